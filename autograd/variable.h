@@ -1,0 +1,100 @@
+// autograd/variable.h — define-by-run automatic differentiation.
+//
+// A Variable is a Tensor plus what reverse mode needs: whether it requires a gradient, its gradient,
+// and — when an op produced it — the op's inputs and a backward closure. Ops (autograd/functions.h)
+// compute their result with tensor/ops.h and attach a closure that captures only what backward reads.
+// `backward()` sorts the graph topologically (iteratively: DenseNet-169's graph has thousands of
+// nodes), walks it in reverse, and accumulates gradients: a feature map used by many layers receives
+// the sum of all their contributions.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tensor/tensor.h"
+
+namespace ladnn {
+
+class Variable {
+ public:
+  /// The backward of an op: given d(output) and which inputs need a gradient, returns one gradient per
+  /// input (undefined where not needed). Shapes must equal the inputs' shapes.
+  using BackwardFn =
+      std::function<std::vector<Tensor>(const Tensor& grad_output, const std::vector<bool>& needs_grad)>;
+  /// Called with the gradient flowing into a variable during backward; may return a replacement
+  /// (same shape) or an undefined Tensor to keep it.
+  using Hook = std::function<Tensor(const Tensor& grad)>;
+
+  Variable() = default;
+  /// A leaf: user data or a parameter.
+  explicit Variable(Tensor data, bool requires_grad = false);
+
+  /// The result of an op. Records `inputs` and `backward` only when grad mode is on and an input
+  /// requires a gradient; otherwise the result is a plain leaf without grad.
+  static Variable from_op(Tensor result, std::vector<Variable> inputs, BackwardFn backward,
+                          const char* op_name);
+
+  bool defined() const { return impl_ != nullptr; }
+  const Tensor& tensor() const;
+  /// The data, for in-place updates (optimizers, initialisation). Do not resize.
+  Tensor& mutable_tensor();
+
+  // Shape forwarding, for brevity.
+  const Shape& shape() const { return tensor().shape(); }
+  int64_t size(int64_t d) const { return tensor().size(d); }
+  int64_t dim() const { return tensor().dim(); }
+  int64_t numel() const { return tensor().numel(); }
+  DType dtype() const { return tensor().dtype(); }
+
+  bool requires_grad() const;
+  /// Leaves only (parameters, inputs): an op result's requirement follows its inputs.
+  void set_requires_grad(bool on);
+  bool is_leaf() const;
+  /// The op that made this variable ("conv2d", …) or "leaf".
+  const char* op_name() const;
+
+  /// The accumulated gradient (undefined until a backward reaches it).
+  const Tensor& grad() const;
+  bool has_grad() const;
+  /// Clears the gradient (the next backward starts from zero).
+  void zero_grad();
+  /// Keeps the gradient of a non-leaf after backward (leaves always keep theirs).
+  void retain_grad();
+  void register_hook(Hook hook);
+
+  /// The same data as a new leaf with no history (requires_grad false).
+  Variable detach() const;
+
+  /// Backward from a one-element variable, seeded with 1.
+  void backward(bool retain_graph = false);
+  /// Backward seeded with `grad_output` (same shape as this variable). Unless `retain_graph`, the
+  /// graph behind this variable is released as it is walked.
+  void backward(const Tensor& grad_output, bool retain_graph = false);
+
+  /// Identity of the underlying node (two handles of the same variable compare equal).
+  bool same(const Variable& other) const { return impl_ == other.impl_; }
+
+  struct Impl;
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+/// Whether ops record graphs. Off inside a NoGradGuard (evaluation, optimizer steps).
+bool grad_enabled();
+
+/// Disables graph recording for its lifetime (RAII; nests).
+class NoGradGuard {
+ public:
+  NoGradGuard();
+  ~NoGradGuard();
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
+}  // namespace ladnn

@@ -1,0 +1,148 @@
+// tensor/ops.h — every raw op, forward and backward, in one place.
+//
+// Each function checks its arguments with an error that names the op and the shape, then dispatches on
+// the device to a CPU kernel (tensor/cpu/) or, with the CUDA backend, to cuda/. Nothing here records a
+// graph: autograd/functions.h wraps these into differentiable ops. Results are new contiguous tensors
+// unless a comment says otherwise. Float ops accept float32 and float64; Int64 is refused.
+//
+// Files: elementwise + reductions in tensor/cpu/elementwise.cpp, GEMM/matmul/conv in
+// tensor/cpu/{gemm,conv2d}.cpp, normalisation/pooling/losses in tensor/cpu/{batchnorm,pool,loss,...}.cpp.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "tensor/random.h"
+#include "tensor/tensor.h"
+
+namespace ladnn::ops {
+
+// ---- elementwise, with NumPy broadcasting -------------------------------------------------------
+/// The broadcast shape of a and b (NumPy rules); throws naming `op` and both shapes otherwise.
+Shape broadcast_shape(const Shape& a, const Shape& b, const char* op = "broadcast");
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+/// Sums `grad` over the dims that broadcasting expanded, giving `shape` (the backward of broadcast).
+Tensor sum_to(const Tensor& grad, const Shape& shape);
+/// Copies `a` broadcast to `shape` (the backward of a reduction).
+Tensor expand_to(const Tensor& a, const Shape& shape);
+
+Tensor add_scalar(const Tensor& a, double s);
+Tensor mul_scalar(const Tensor& a, double s);
+Tensor pow_scalar(const Tensor& a, double p);
+Tensor neg(const Tensor& a);
+
+Tensor exp(const Tensor& a);
+Tensor log(const Tensor& a);
+Tensor sqrt(const Tensor& a);
+Tensor sigmoid(const Tensor& a);
+Tensor relu(const Tensor& a);
+/// grad * (x > 0): the backward of relu, given its input (or output; same mask).
+Tensor relu_backward(const Tensor& grad, const Tensor& x);
+/// grad * y * (1 - y): the backward of sigmoid, given its output y.
+Tensor sigmoid_backward(const Tensor& grad, const Tensor& y);
+
+/// a += alpha * b in place (same shape; a contiguous). The accumulation primitive of autograd and
+/// the optimizers.
+void add_(Tensor& a, const Tensor& b, double alpha = 1.0);
+/// a *= s in place.
+void mul_scalar_(Tensor& a, double s);
+
+// ---- reductions ---------------------------------------------------------------------------------
+Tensor sum(const Tensor& a);  // 0-d result
+Tensor sum(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim = false);
+Tensor mean(const Tensor& a);
+Tensor mean(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim = false);
+/// Largest |a - b| over all elements (tests, comparisons). Shapes must match.
+double max_abs_diff(const Tensor& a, const Tensor& b);
+
+// ---- matrix products ------------------------------------------------------------------------------
+/// (M, K) x (K, N) -> (M, N); `trans_a`/`trans_b` read a or b transposed (as BLAS does).
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+/// y = x W^T + b: x (N, in), weight (out, in), bias (out) or undefined -> (N, out).
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
+
+// ---- convolution (im2col + GEMM on the CPU) -------------------------------------------------------
+struct Conv2dParams {
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_h = 0, pad_w = 0;
+};
+/// Output spatial size: (in + 2*pad - kernel) / stride + 1.
+Shape conv2d_output_shape(const Shape& x, const Shape& w, const Conv2dParams& p);
+/// x (N, C, H, W), w (K, C, R, S), bias (K) or undefined -> (N, K, P, Q).
+Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p);
+Tensor conv2d_backward_input(const Tensor& dy, const Tensor& w, const Shape& x_shape,
+                             const Conv2dParams& p);
+Tensor conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_shape,
+                              const Conv2dParams& p);
+/// Sum of dy over N, P, Q -> (K).
+Tensor conv2d_backward_bias(const Tensor& dy);
+
+// ---- batch normalisation (per channel of NCHW) ----------------------------------------------------
+struct BatchNormForward {
+  Tensor y;
+  Tensor save_mean;    // (C) batch mean
+  Tensor save_invstd;  // (C) 1 / sqrt(biased batch var + eps)
+};
+/// Training: normalises with batch statistics and updates running stats in place as PyTorch:
+/// running = (1 - momentum) * running + momentum * stat, with the *unbiased* variance (n / (n - 1)).
+BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                          Tensor& running_mean, Tensor& running_var,
+                                          double momentum, double eps);
+/// Evaluation: normalises with the running statistics.
+Tensor batch_norm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                               const Tensor& running_mean, const Tensor& running_var, double eps);
+struct BatchNormGrads {
+  Tensor dx, dgamma, dbeta;
+};
+BatchNormGrads batch_norm_backward_train(const Tensor& dy, const Tensor& x, const Tensor& gamma,
+                                         const Tensor& save_mean, const Tensor& save_invstd);
+BatchNormGrads batch_norm_backward_eval(const Tensor& dy, const Tensor& x, const Tensor& gamma,
+                                        const Tensor& running_mean, const Tensor& running_var,
+                                        double eps);
+
+// ---- pooling ----------------------------------------------------------------------------------------
+struct Pool2dParams {
+  int64_t kernel_h = 2, kernel_w = 2;
+  int64_t stride_h = 2, stride_w = 2;
+  int64_t pad_h = 0, pad_w = 0;
+  bool ceil_mode = false;
+  bool count_include_pad = true;  // avg pool only (PyTorch's default)
+};
+Shape pool2d_output_shape(const Shape& x, const Pool2dParams& p);
+struct MaxPoolForward {
+  Tensor y;
+  Tensor indices;  // Int64, same shape as y: flat index h * W + w into the input plane (as PyTorch)
+};
+/// Padding counts as -inf (never selected). Ties keep the first maximum in scan order.
+MaxPoolForward max_pool2d_forward(const Tensor& x, const Pool2dParams& p);
+Tensor max_pool2d_backward(const Tensor& dy, const Tensor& indices, const Shape& x_shape);
+Tensor avg_pool2d_forward(const Tensor& x, const Pool2dParams& p);
+Tensor avg_pool2d_backward(const Tensor& dy, const Shape& x_shape, const Pool2dParams& p);
+/// torch's adaptive average pool: output cell (i, j) averages rows floor(i*H/oh)..ceil((i+1)*H/oh).
+Tensor adaptive_avg_pool2d_forward(const Tensor& x, int64_t out_h, int64_t out_w);
+Tensor adaptive_avg_pool2d_backward(const Tensor& dy, const Shape& x_shape);
+
+// ---- joining and splitting ----------------------------------------------------------------------------
+/// Concatenates along `dim` (all other sizes equal). DenseNet joins feature maps with cat(…, 1).
+Tensor cat(const std::vector<Tensor>& parts, int64_t dim);
+/// Views of consecutive pieces of `sizes` along `dim` (sizes must add up to size(dim)).
+std::vector<Tensor> split(const Tensor& a, const std::vector<int64_t>& sizes, int64_t dim);
+
+// ---- dropout -----------------------------------------------------------------------------------------
+/// A mask of 0 (probability p) and 1 / (1 - p), drawn from `gen`. out = x * mask.
+Tensor dropout_mask(const Shape& shape, double p, Generator& gen, DType dtype = DType::Float32);
+
+// ---- losses --------------------------------------------------------------------------------------------
+enum class Reduction { None, Mean, Sum };
+/// Binary cross-entropy on logits, stable for any x: max(x, 0) - x*y + log(1 + exp(-|x|)), times
+/// `weight` (undefined = 1; broadcast to x). Mean divides by the element count (as PyTorch, the mask
+/// zeros still count). x, y same shape.
+Tensor bce_with_logits(const Tensor& x, const Tensor& y, const Tensor& weight, Reduction reduction);
+/// d loss / d x = (sigmoid(x) - y) * weight * dout (/ numel for Mean). dout is 0-d for Mean/Sum.
+Tensor bce_with_logits_backward(const Tensor& dout, const Tensor& x, const Tensor& y,
+                                const Tensor& weight, Reduction reduction);
+
+}  // namespace ladnn::ops
