@@ -1,0 +1,172 @@
+// autograd/functions_nn.cpp — differentiable batch norm, pooling, cat/split, dropout and BCE.
+//
+// Each op computes its result with tensor/ops.h and hands Variable::from_op a closure that captures
+// only what its backward reads (saved statistics, indices, shapes — never a Variable, which would keep
+// the graph alive in a cycle). Gradients returned are new contiguous tensors of the inputs' shapes.
+// conv2d lives in autograd/functions_conv.cpp.
+#include <memory>
+#include <string>
+
+#include "autograd/functions.h"
+
+namespace ladnn {
+
+Variable batch_norm2d(const Variable& x, const Variable& gamma, const Variable& beta, Tensor& running_mean,
+                      Tensor& running_var, bool training, double momentum, double eps) {
+  check(x.defined(), "batch_norm2d: input is undefined");
+  const Tensor g = gamma.defined() ? gamma.tensor() : Tensor();
+  const Tensor b = beta.defined() ? beta.tensor() : Tensor();
+  // Inputs are x, then gamma and beta where defined (affine=False passes neither).
+  std::vector<Variable> inputs{x};
+  if (gamma.defined()) inputs.push_back(gamma);
+  if (beta.defined()) inputs.push_back(beta);
+  const bool has_gamma = gamma.defined(), has_beta = beta.defined();
+  // Maps the op's three gradients onto the recorded inputs.
+  auto pack = [has_gamma, has_beta](ops::BatchNormGrads grads, const std::vector<bool>& needs) {
+    std::vector<Tensor> out{std::move(grads.dx)};
+    if (has_gamma) out.push_back(std::move(grads.dgamma));
+    if (has_beta) out.push_back(std::move(grads.dbeta));
+    for (std::size_t i = 0; i < out.size(); ++i)
+      if (!needs[i]) out[i] = Tensor();
+    return out;
+  };
+
+  const Tensor xt = x.tensor();
+  if (training) {
+    ops::BatchNormForward fwd =
+        ops::batch_norm_forward_train(xt, g, b, running_mean, running_var, momentum, eps);
+    Tensor save_mean = fwd.save_mean, save_invstd = fwd.save_invstd;
+    return Variable::from_op(
+        std::move(fwd.y), std::move(inputs),
+        [xt, g, save_mean, save_invstd, pack](const Tensor& dy, const std::vector<bool>& needs) {
+          return pack(ops::batch_norm_backward_train(dy, xt, g, save_mean, save_invstd), needs);
+        },
+        "batch_norm2d");
+  }
+  Tensor y = ops::batch_norm_forward_eval(xt, g, b, running_mean, running_var, eps);
+  bool record = false;
+  if (grad_enabled())
+    for (const Variable& v : inputs) record = record || v.requires_grad();
+  if (!record) return Variable(std::move(y));  // inference: no graph, no copies
+  // Copies, so a later training step that updates the buffers in place cannot change this backward.
+  const Tensor rm = running_mean.clone(), rv = running_var.clone();
+  return Variable::from_op(
+      std::move(y), std::move(inputs),
+      [xt, g, rm, rv, eps, pack](const Tensor& dy, const std::vector<bool>& needs) {
+        return pack(ops::batch_norm_backward_eval(dy, xt, g, rm, rv, eps), needs);
+      },
+      "batch_norm2d");
+}
+
+Variable max_pool2d(const Variable& x, const ops::Pool2dParams& p) {
+  check(x.defined(), "max_pool2d: input is undefined");
+  ops::MaxPoolForward fwd = ops::max_pool2d_forward(x.tensor(), p);
+  const Tensor indices = fwd.indices;
+  const Shape x_shape = x.shape();
+  return Variable::from_op(
+      std::move(fwd.y), {x},
+      [indices, x_shape](const Tensor& dy, const std::vector<bool>&) {
+        return std::vector<Tensor>{ops::max_pool2d_backward(dy, indices, x_shape)};
+      },
+      "max_pool2d");
+}
+
+Variable avg_pool2d(const Variable& x, const ops::Pool2dParams& p) {
+  check(x.defined(), "avg_pool2d: input is undefined");
+  const Shape x_shape = x.shape();
+  return Variable::from_op(
+      ops::avg_pool2d_forward(x.tensor(), p), {x},
+      [x_shape, p](const Tensor& dy, const std::vector<bool>&) {
+        return std::vector<Tensor>{ops::avg_pool2d_backward(dy, x_shape, p)};
+      },
+      "avg_pool2d");
+}
+
+Variable adaptive_avg_pool2d(const Variable& x, int64_t out_h, int64_t out_w) {
+  check(x.defined(), "adaptive_avg_pool2d: input is undefined");
+  const Shape x_shape = x.shape();
+  return Variable::from_op(
+      ops::adaptive_avg_pool2d_forward(x.tensor(), out_h, out_w), {x},
+      [x_shape](const Tensor& dy, const std::vector<bool>&) {
+        return std::vector<Tensor>{ops::adaptive_avg_pool2d_backward(dy, x_shape)};
+      },
+      "adaptive_avg_pool2d");
+}
+
+Variable cat(const std::vector<Variable>& parts, int64_t dim) {
+  std::vector<Tensor> tensors;
+  tensors.reserve(parts.size());
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    check(parts[i].defined(), "cat: part " + std::to_string(i) + " is undefined");
+    tensors.push_back(parts[i].tensor());
+  }
+  Tensor y = ops::cat(tensors, dim);  // checks shapes and dim
+  const int64_t d = dim < 0 ? dim + y.dim() : dim;
+  std::vector<int64_t> sizes;
+  sizes.reserve(parts.size());
+  for (const Tensor& t : tensors) sizes.push_back(t.size(d));
+  return Variable::from_op(
+      std::move(y), parts,
+      [sizes, d](const Tensor& dy, const std::vector<bool>& needs) {
+        // Part i's gradient is its slice of dy, copied so it owns contiguous storage.
+        std::vector<Tensor> grads(sizes.size());
+        int64_t start = 0;
+        for (std::size_t i = 0; i < sizes.size(); ++i) {
+          if (needs[i]) grads[i] = dy.narrow(d, start, sizes[i]).clone();
+          start += sizes[i];
+        }
+        return grads;
+      },
+      "cat");
+}
+
+std::vector<Variable> split(const Variable& a, const std::vector<int64_t>& sizes, int64_t dim) {
+  check(a.defined(), "split: input is undefined");
+  std::vector<Tensor> pieces = ops::split(a.tensor(), sizes, dim);  // checks sizes and dim
+  const int64_t d = dim < 0 ? dim + a.dim() : dim;
+  const Shape a_shape = a.shape();
+  const DType dtype = a.dtype();
+  std::vector<Variable> out;
+  out.reserve(pieces.size());
+  int64_t start = 0;
+  for (std::size_t i = 0; i < pieces.size(); ++i) {
+    const int64_t s = sizes[i];
+    // Each piece is its own op on `a`: its gradient fills its slice of a zero tensor of a's shape, and
+    // the engine sums the pieces' contributions into a.
+    out.push_back(Variable::from_op(
+        std::move(pieces[i]), {a},
+        [a_shape, dtype, d, start, s](const Tensor& dy, const std::vector<bool>&) {
+          Tensor da = Tensor::zeros(a_shape, dtype, dy.device());
+          da.narrow(d, start, s).copy_(dy);
+          return std::vector<Tensor>{da};
+        },
+        "split"));
+    start += s;
+  }
+  return out;
+}
+
+Variable dropout(const Variable& x, double p, bool training, Generator& gen) {
+  check(x.defined(), "dropout: input is undefined");
+  check(p >= 0.0 && p <= 1.0, "dropout: probability p must be in [0, 1], got " + std::to_string(p) +
+                                  " (input " + shape_str(x.shape()) + ")");
+  if (!training || p == 0.0) return x;
+  const Tensor mask = ops::dropout_mask(x.shape(), p, gen, x.dtype());
+  return Variable::from_op(
+      ops::mul(x.tensor(), mask), {x},
+      [mask](const Tensor& dy, const std::vector<bool>&) { return std::vector<Tensor>{ops::mul(dy, mask)}; },
+      "dropout");
+}
+
+Variable bce_with_logits(const Variable& x, const Tensor& y, const Tensor& weight, ops::Reduction reduction) {
+  check(x.defined(), "bce_with_logits: input is undefined");
+  const Tensor xt = x.tensor();
+  return Variable::from_op(
+      ops::bce_with_logits(xt, y, weight, reduction), {x},
+      [xt, y, weight, reduction](const Tensor& dy, const std::vector<bool>&) {
+        return std::vector<Tensor>{ops::bce_with_logits_backward(dy, xt, y, weight, reduction)};
+      },
+      "bce_with_logits");
+}
+
+}  // namespace ladnn

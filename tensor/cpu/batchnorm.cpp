@@ -1,0 +1,287 @@
+// tensor/cpu/batchnorm.cpp — BatchNorm2d forward and backward on the CPU, as PyTorch computes them.
+//
+// Per channel c of x (N, C, H, W), with n = N*H*W values per channel:
+//   mean_c = sum(x) / n,  var_c = sum((x - mean_c)^2) / n         (biased; two passes, for accuracy)
+//   invstd_c = 1 / sqrt(var_c + eps),  y = (x - mean_c) * invstd_c * gamma_c + beta_c
+// Training also updates the running statistics in place:
+//   running_mean = (1 - m) * running_mean + m * mean_c
+//   running_var  = (1 - m) * running_var  + m * var_c * n / (n - 1)  (unbiased, as PyTorch)
+//
+// Backward in training, with xhat = (x - mean) * invstd (mean and invstd depend on x):
+//   dbeta = sum(dy),  dgamma = sum(dy * xhat)
+//   dx = gamma * invstd * (dy - dbeta / n - xhat * dgamma / n)
+// The two subtracted terms are the paths through the mean and through the variance. In eval mode the
+// statistics are constants, so dx = dy * gamma * invstd.
+//
+// gamma/beta may be undefined (affine=False: gamma = 1, beta = 0); running stats may be undefined in
+// training (track_running_stats=False). Statistics accumulate in double even for float32 input.
+// Every kernel works on one channel at a time, so channels run in parallel with no shared writes.
+#include <cmath>
+#include <string>
+
+#include "tensor/ops.h"
+
+namespace ladnn::ops {
+namespace {
+
+// Below this many elements the OpenMP fork/join costs more than the work.
+constexpr int64_t kParallelMin = 1 << 15;
+
+bool is_float(DType d) {
+  return d == DType::Float32 || d == DType::Float64;
+}
+
+// Checks x and returns (N, C, H*W).
+struct BnDims {
+  int64_t N, C, HW;
+};
+BnDims check_bn_input(const std::string& op, const Tensor& x, const char* name = "input") {
+  check(x.defined(), op + ": " + name + " is undefined");
+  check(x.dim() == 4, op + ": " + name + " must be 4-D (N, C, H, W), got " + shape_str(x.shape()));
+  check(is_float(x.dtype()), op + ": " + name + " must be float32 or float64, got " + dtype_name(x.dtype()));
+  check(x.device().is_cpu(),
+        op + ": " + name + " is on " + x.device().str() + "; this build has only CPU kernels for batch norm");
+  return {x.size(0), x.size(1), x.size(2) * x.size(3)};
+}
+
+// A per-channel vector (gamma, beta, running stats, saved stats): shape (C), x's dtype and device.
+void check_channel_vector(const std::string& op, const char* name, const Tensor& t, const Tensor& x,
+                          bool required) {
+  if (!t.defined()) {
+    check(!required, op + ": " + name + " is undefined");
+    return;
+  }
+  check(t.dim() == 1 && t.size(0) == x.size(1), op + ": " + name + " must have shape (" +
+                                                    std::to_string(x.size(1)) + ") for input " +
+                                                    shape_str(x.shape()) + ", got " + shape_str(t.shape()));
+  check(t.dtype() == x.dtype(),
+        op + ": " + name + " is " + dtype_name(t.dtype()) + " but the input is " + dtype_name(x.dtype()));
+  check(t.device() == x.device(),
+        op + ": " + name + " is on " + t.device().str() + " but the input is on " + x.device().str());
+}
+
+// Strided read/write access to a (C) vector, or a constant when it is undefined.
+template <typename T>
+struct ChannelVec {
+  T* p = nullptr;
+  int64_t stride = 0;
+  double fallback = 0.0;
+  ChannelVec(const Tensor& t, double value_if_undefined) : fallback(value_if_undefined) {
+    if (t.defined()) {
+      p = t.data<T>();
+      stride = t.strides()[0];
+    }
+  }
+  double get(int64_t c) const { return p ? static_cast<double>(p[c * stride]) : fallback; }
+  void set(int64_t c, double v) const { p[c * stride] = static_cast<T>(v); }
+  bool defined() const { return p != nullptr; }
+};
+
+template <typename T>
+void forward_train_kernel(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                          const Tensor& running_mean, const Tensor& running_var, double momentum, double eps,
+                          const BatchNormForward& out) {
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const double n = static_cast<double>(N * HW);
+  const T* px = x.data<T>();
+  T* py = out.y.data<T>();
+  T* pmean = out.save_mean.data<T>();
+  T* pinvstd = out.save_invstd.data<T>();
+  const ChannelVec<T> g(gamma, 1.0), b(beta, 0.0), rm(running_mean, 0.0), rv(running_var, 0.0);
+
+#pragma omp parallel for schedule(static) if (N * C * HW >= kParallelMin)
+  for (int64_t c = 0; c < C; ++c) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < N; ++i) {
+      const T* xp = px + (i * C + c) * HW;
+      for (int64_t k = 0; k < HW; ++k) sum += xp[k];
+    }
+    const double mean = sum / n;
+    double sq = 0.0;
+    for (int64_t i = 0; i < N; ++i) {
+      const T* xp = px + (i * C + c) * HW;
+      for (int64_t k = 0; k < HW; ++k) {
+        const double d = xp[k] - mean;
+        sq += d * d;
+      }
+    }
+    const double var = sq / n;
+    const double invstd = 1.0 / std::sqrt(var + eps);
+    // y = x * scale + shift folds the four per-element operations into two.
+    const double scale = g.get(c) * invstd;
+    const double shift = b.get(c) - mean * scale;
+    for (int64_t i = 0; i < N; ++i) {
+      const T* xp = px + (i * C + c) * HW;
+      T* yp = py + (i * C + c) * HW;
+      for (int64_t k = 0; k < HW; ++k) yp[k] = static_cast<T>(xp[k] * scale + shift);
+    }
+    pmean[c] = static_cast<T>(mean);
+    pinvstd[c] = static_cast<T>(invstd);
+    if (rm.defined()) rm.set(c, (1.0 - momentum) * rm.get(c) + momentum * mean);
+    if (rv.defined()) rv.set(c, (1.0 - momentum) * rv.get(c) + momentum * var * n / (n - 1.0));
+  }
+}
+
+template <typename T>
+void forward_eval_kernel(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
+                         const Tensor& running_var, double eps, const Tensor& y) {
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const T* px = x.data<T>();
+  T* py = y.data<T>();
+  const ChannelVec<T> g(gamma, 1.0), b(beta, 0.0), rm(running_mean, 0.0), rv(running_var, 1.0);
+
+#pragma omp parallel for schedule(static) if (N * C * HW >= kParallelMin)
+  for (int64_t c = 0; c < C; ++c) {
+    const double invstd = 1.0 / std::sqrt(rv.get(c) + eps);
+    const double scale = g.get(c) * invstd;
+    const double shift = b.get(c) - rm.get(c) * scale;
+    for (int64_t i = 0; i < N; ++i) {
+      const T* xp = px + (i * C + c) * HW;
+      T* yp = py + (i * C + c) * HW;
+      for (int64_t k = 0; k < HW; ++k) yp[k] = static_cast<T>(xp[k] * scale + shift);
+    }
+  }
+}
+
+// One kernel for both modes: `mean`/`invstd` per channel come from the batch (training) or the running
+// stats (eval); `through_stats` adds the terms for the statistics' dependence on x.
+template <typename T>
+void backward_kernel(const Tensor& dy, const Tensor& x, const Tensor& gamma, const std::vector<double>& mean,
+                     const std::vector<double>& invstd, bool through_stats, const BatchNormGrads& out) {
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const double n = static_cast<double>(N * HW);
+  const T* px = x.data<T>();
+  const T* pdy = dy.data<T>();
+  T* pdx = out.dx.data<T>();
+  T* pdgamma = out.dgamma.data<T>();
+  T* pdbeta = out.dbeta.data<T>();
+  const ChannelVec<T> g(gamma, 1.0);
+
+#pragma omp parallel for schedule(static) if (N * C * HW >= kParallelMin)
+  for (int64_t c = 0; c < C; ++c) {
+    const double mu = mean[c];
+    const double is = invstd[c];
+    double sum_dy = 0.0, sum_dy_xmu = 0.0;  // sum(dy), sum(dy * (x - mean))
+    for (int64_t i = 0; i < N; ++i) {
+      const T* xp = px + (i * C + c) * HW;
+      const T* dyp = pdy + (i * C + c) * HW;
+      for (int64_t k = 0; k < HW; ++k) {
+        sum_dy += dyp[k];
+        sum_dy_xmu += dyp[k] * (xp[k] - mu);
+      }
+    }
+    pdbeta[c] = static_cast<T>(sum_dy);
+    pdgamma[c] = static_cast<T>(sum_dy_xmu * is);
+    const double k_dy = g.get(c) * is;
+    // dx = k_dy * (dy - mean_dy - (x - mean) * proj); both terms vanish in eval mode.
+    const double mean_dy = through_stats ? sum_dy / n : 0.0;
+    const double proj = through_stats ? sum_dy_xmu * is * is / n : 0.0;
+    for (int64_t i = 0; i < N; ++i) {
+      const T* xp = px + (i * C + c) * HW;
+      const T* dyp = pdy + (i * C + c) * HW;
+      T* dxp = pdx + (i * C + c) * HW;
+      for (int64_t k = 0; k < HW; ++k)
+        dxp[k] = static_cast<T>(k_dy * (dyp[k] - mean_dy - (xp[k] - mu) * proj));
+    }
+  }
+}
+
+void check_dy(const std::string& op, const Tensor& dy, const Tensor& x) {
+  check_bn_input(op, dy, "grad_output");
+  check(dy.shape() == x.shape(), op + ": grad_output has shape " + shape_str(dy.shape()) +
+                                     " but the input has shape " + shape_str(x.shape()));
+  check(dy.dtype() == x.dtype(), op + ": grad_output is " + std::string(dtype_name(dy.dtype())) +
+                                     " but the input is " + dtype_name(x.dtype()));
+}
+
+std::vector<double> to_doubles(const Tensor& t) {
+  return t.to_vector();
+}
+
+BatchNormGrads alloc_grads(const Tensor& x) {
+  const Shape c_shape{x.size(1)};
+  return {Tensor::empty(x.shape(), x.dtype(), x.device()), Tensor::empty(c_shape, x.dtype(), x.device()),
+          Tensor::empty(c_shape, x.dtype(), x.device())};
+}
+
+}  // namespace
+
+BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                          Tensor& running_mean, Tensor& running_var, double momentum,
+                                          double eps) {
+  const std::string op = "batch_norm_forward_train";
+  const BnDims d = check_bn_input(op, x);
+  check_channel_vector(op, "gamma", gamma, x, false);
+  check_channel_vector(op, "beta", beta, x, false);
+  check_channel_vector(op, "running_mean", running_mean, x, false);
+  check_channel_vector(op, "running_var", running_var, x, false);
+  check(d.N * d.HW > 1, op + ": expected more than 1 value per channel when training, got input of shape " +
+                            shape_str(x.shape()));
+  const Tensor xc = x.contiguous();
+  const Shape c_shape{d.C};
+  BatchNormForward out{Tensor::empty(x.shape(), x.dtype(), x.device()),
+                       Tensor::empty(c_shape, x.dtype(), x.device()),
+                       Tensor::empty(c_shape, x.dtype(), x.device())};
+  if (x.dtype() == DType::Float32)
+    forward_train_kernel<float>(xc, gamma, beta, running_mean, running_var, momentum, eps, out);
+  else
+    forward_train_kernel<double>(xc, gamma, beta, running_mean, running_var, momentum, eps, out);
+  return out;
+}
+
+Tensor batch_norm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                               const Tensor& running_mean, const Tensor& running_var, double eps) {
+  const std::string op = "batch_norm_forward_eval";
+  check_bn_input(op, x);
+  check_channel_vector(op, "gamma", gamma, x, false);
+  check_channel_vector(op, "beta", beta, x, false);
+  check_channel_vector(op, "running_mean", running_mean, x, true);
+  check_channel_vector(op, "running_var", running_var, x, true);
+  const Tensor xc = x.contiguous();
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (x.dtype() == DType::Float32)
+    forward_eval_kernel<float>(xc, gamma, beta, running_mean, running_var, eps, y);
+  else
+    forward_eval_kernel<double>(xc, gamma, beta, running_mean, running_var, eps, y);
+  return y;
+}
+
+BatchNormGrads batch_norm_backward_train(const Tensor& dy, const Tensor& x, const Tensor& gamma,
+                                         const Tensor& save_mean, const Tensor& save_invstd) {
+  const std::string op = "batch_norm_backward_train";
+  check_bn_input(op, x);
+  check_dy(op, dy, x);
+  check_channel_vector(op, "gamma", gamma, x, false);
+  check_channel_vector(op, "save_mean", save_mean, x, true);
+  check_channel_vector(op, "save_invstd", save_invstd, x, true);
+  const Tensor xc = x.contiguous(), dyc = dy.contiguous();
+  BatchNormGrads out = alloc_grads(x);
+  const std::vector<double> mean = to_doubles(save_mean), invstd = to_doubles(save_invstd);
+  if (x.dtype() == DType::Float32)
+    backward_kernel<float>(dyc, xc, gamma, mean, invstd, true, out);
+  else
+    backward_kernel<double>(dyc, xc, gamma, mean, invstd, true, out);
+  return out;
+}
+
+BatchNormGrads batch_norm_backward_eval(const Tensor& dy, const Tensor& x, const Tensor& gamma,
+                                        const Tensor& running_mean, const Tensor& running_var, double eps) {
+  const std::string op = "batch_norm_backward_eval";
+  check_bn_input(op, x);
+  check_dy(op, dy, x);
+  check_channel_vector(op, "gamma", gamma, x, false);
+  check_channel_vector(op, "running_mean", running_mean, x, true);
+  check_channel_vector(op, "running_var", running_var, x, true);
+  const Tensor xc = x.contiguous(), dyc = dy.contiguous();
+  BatchNormGrads out = alloc_grads(x);
+  const std::vector<double> mean = to_doubles(running_mean);
+  std::vector<double> invstd = to_doubles(running_var);
+  for (double& v : invstd) v = 1.0 / std::sqrt(v + eps);
+  if (x.dtype() == DType::Float32)
+    backward_kernel<float>(dyc, xc, gamma, mean, invstd, false, out);
+  else
+    backward_kernel<double>(dyc, xc, gamma, mean, invstd, false, out);
+  return out;
+}
+
+}  // namespace ladnn::ops

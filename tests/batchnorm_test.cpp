@@ -1,0 +1,372 @@
+// tests/batchnorm_test.cpp — ops::batch_norm_* and the differentiable batch_norm2d.
+//
+// Oracle: a plain float64 loop over the definition (below), hand-computed running statistics, and
+// central-difference gradchecks of every differentiable input in both modes.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "autograd/functions.h"
+#include "autograd/gradcheck.h"
+#include "tensor/ops.h"
+
+namespace ladnn {
+namespace {
+
+// Runs `stmt`, expects std::invalid_argument, and checks that its message holds every fragment.
+#define EXPECT_THROW_WITH(stmt, ...)                                 \
+  do {                                                               \
+    std::string msg_ = "<no exception>";                             \
+    try {                                                            \
+      stmt;                                                          \
+    } catch (const std::invalid_argument& e) {                       \
+      msg_ = e.what();                                               \
+    }                                                                \
+    for (const char* frag_ : {__VA_ARGS__})                          \
+      EXPECT_NE(msg_.find(frag_), std::string::npos)                 \
+          << "message \"" << msg_ << "\" lacks \"" << frag_ << "\""; \
+  } while (0)
+
+struct RefStats {
+  std::vector<double> mean, var;  // per channel; var biased
+};
+
+// Per-channel batch mean and biased variance of an (N, C, H, W) tensor, straight from the definition.
+RefStats ref_stats(const Tensor& x) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  RefStats s{std::vector<double>(C, 0.0), std::vector<double>(C, 0.0)};
+  for (int64_t c = 0; c < C; ++c) {
+    double sum = 0;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t w = 0; w < W; ++w) sum += x.at({n, c, h, w});
+    s.mean[c] = sum / double(N * H * W);
+    double sq = 0;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t w = 0; w < W; ++w) sq += std::pow(x.at({n, c, h, w}) - s.mean[c], 2);
+    s.var[c] = sq / double(N * H * W);
+  }
+  return s;
+}
+
+// y = (x - mean_c) / sqrt(var_c + eps) * gamma_c + beta_c, all in double.
+std::vector<double> ref_normalise(const Tensor& x, const std::vector<double>& mean,
+                                  const std::vector<double>& var, const std::vector<double>& gamma,
+                                  const std::vector<double>& beta, double eps) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  std::vector<double> y;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t w = 0; w < W; ++w)
+          y.push_back((x.at({n, c, h, w}) - mean[c]) / std::sqrt(var[c] + eps) * gamma[c] + beta[c]);
+  return y;
+}
+
+double max_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double m = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+const std::vector<Shape> kShapes = {{2, 3, 4, 5}, {1, 2, 3, 3}, {5, 3, 1, 1}, {3, 1, 7, 2}, {2, 4, 1, 3}};
+
+TEST(BatchNormTest, ForwardTrainMatchesReference) {
+  Generator gen(11);
+  for (DType dtype : {DType::Float64, DType::Float32}) {
+    // float32: y is O(3) after normalisation, rounded once per op in float -> a few ulp of 3.
+    const double tol = dtype == DType::Float64 ? 1e-12 : 2e-6;
+    for (const Shape& shape : kShapes) {
+      const int64_t C = shape[1];
+      Tensor x = Tensor::normal(shape, 0.7, 2.0, gen, dtype);
+      Tensor gamma = Tensor::uniform({C}, 0.5, 1.5, gen, dtype);
+      Tensor beta = Tensor::uniform({C}, -1.0, 1.0, gen, dtype);
+      Tensor rm = Tensor::zeros({C}, dtype), rv = Tensor::ones({C}, dtype);
+      const double eps = 1e-5;
+      ops::BatchNormForward out = ops::batch_norm_forward_train(x, gamma, beta, rm, rv, 0.1, eps);
+      RefStats s = ref_stats(x);
+      EXPECT_EQ(out.y.shape(), shape);
+      EXPECT_EQ(out.y.dtype(), dtype);
+      EXPECT_LE(max_diff(out.y.to_vector(),
+                         ref_normalise(x, s.mean, s.var, gamma.to_vector(), beta.to_vector(), eps)),
+                tol)
+          << shape_str(shape);
+      std::vector<double> invstd;
+      for (double v : s.var) invstd.push_back(1.0 / std::sqrt(v + eps));
+      EXPECT_LE(max_diff(out.save_mean.to_vector(), s.mean), tol) << shape_str(shape);
+      EXPECT_LE(max_diff(out.save_invstd.to_vector(), invstd), tol * 10) << shape_str(shape);
+    }
+  }
+}
+
+TEST(BatchNormTest, LargeInputTakesTheParallelPath) {
+  // 4 * 16 * 24 * 24 = 36864 elements: above the kernels' OpenMP threshold (2^15).
+  Generator gen(20);
+  const Shape shape{4, 16, 24, 24};
+  Tensor x = Tensor::normal(shape, 0.3, 1.2, gen, DType::Float64);
+  Tensor gamma = Tensor::uniform({16}, 0.5, 1.5, gen, DType::Float64);
+  Tensor beta = Tensor::uniform({16}, -1.0, 1.0, gen, DType::Float64);
+  Tensor rm = Tensor::zeros({16}, DType::Float64), rv = Tensor::ones({16}, DType::Float64);
+  ops::BatchNormForward out = ops::batch_norm_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5);
+  RefStats s = ref_stats(x);
+  EXPECT_LE(
+      max_diff(out.y.to_vector(), ref_normalise(x, s.mean, s.var, gamma.to_vector(), beta.to_vector(), 1e-5)),
+      1e-12);
+  Tensor y = ops::batch_norm_forward_eval(x, gamma, beta, rm, rv, 1e-5);
+  EXPECT_LE(max_diff(y.to_vector(), ref_normalise(x, rm.to_vector(), rv.to_vector(), gamma.to_vector(),
+                                                  beta.to_vector(), 1e-5)),
+            1e-12);
+  // Backward in both modes against the same op on one channel at a time (each channel is independent).
+  Tensor dy = Tensor::normal(shape, 0, 1, gen, DType::Float64);
+  auto all = ops::batch_norm_backward_train(dy, x, gamma, out.save_mean, out.save_invstd);
+  auto all_eval = ops::batch_norm_backward_eval(dy, x, gamma, rm, rv, 1e-5);
+  for (int64_t c : {0, 7, 15}) {
+    Tensor xc = x.narrow(1, c, 1).contiguous(), dyc = dy.narrow(1, c, 1).contiguous();
+    Tensor gc = gamma.narrow(0, c, 1).contiguous();
+    auto one = ops::batch_norm_backward_train(dyc, xc, gc, out.save_mean.narrow(0, c, 1).contiguous(),
+                                              out.save_invstd.narrow(0, c, 1).contiguous());
+    EXPECT_EQ(one.dx.to_vector(), all.dx.narrow(1, c, 1).contiguous().to_vector()) << "channel " << c;
+    EXPECT_EQ(one.dgamma.item(), all.dgamma.to_vector()[c]);
+    auto one_eval = ops::batch_norm_backward_eval(dyc, xc, gc, rm.narrow(0, c, 1).contiguous(),
+                                                  rv.narrow(0, c, 1).contiguous(), 1e-5);
+    EXPECT_EQ(one_eval.dx.to_vector(), all_eval.dx.narrow(1, c, 1).contiguous().to_vector())
+        << "channel " << c;
+    EXPECT_EQ(one_eval.dbeta.item(), all_eval.dbeta.to_vector()[c]);
+  }
+}
+
+TEST(BatchNormTest, RunningStatsHandComputed) {
+  // One channel, values 1, 2, 3, 4: mean 2.5, biased var 1.25 (used to normalise), unbiased var 5/3
+  // (used for running_var).
+  Tensor x = Tensor::from_vector({1, 2, 3, 4}, {2, 1, 1, 2}, DType::Float64);
+  Tensor rm = Tensor::zeros({1}, DType::Float64), rv = Tensor::ones({1}, DType::Float64);
+  ops::BatchNormForward out = ops::batch_norm_forward_train(x, Tensor(), Tensor(), rm, rv, 0.1, 0.0);
+  EXPECT_NEAR(rm.item(), 0.25, 1e-15);
+  EXPECT_NEAR(rv.item(), 0.9 + 0.1 * 5.0 / 3.0, 1e-15);
+  EXPECT_NEAR(out.save_mean.item(), 2.5, 1e-15);
+  EXPECT_NEAR(out.save_invstd.item(), 1.0 / std::sqrt(1.25), 1e-15);
+  const std::vector<double> y = out.y.to_vector();
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(y[i], (i + 1 - 2.5) / std::sqrt(1.25), 1e-14);
+}
+
+TEST(BatchNormTest, RunningStatsAfterOneAndTwoSteps) {
+  Generator gen(12);
+  for (DType dtype : {DType::Float64, DType::Float32}) {
+    const double tol = dtype == DType::Float64 ? 1e-13 : 1e-5;  // float32 stores the stats rounded
+    const Shape shape{3, 4, 2, 3};
+    const double n = 3 * 2 * 3, momentum = 0.3;
+    Tensor rm = Tensor::uniform({4}, -1, 1, gen, dtype), rv = Tensor::uniform({4}, 0.5, 2, gen, dtype);
+    std::vector<double> want_m = rm.to_vector(), want_v = rv.to_vector();
+    for (int step = 0; step < 2; ++step) {
+      Tensor x = Tensor::normal(shape, step * 2.0, 1.0 + step, gen, dtype);
+      RefStats s = ref_stats(x);
+      for (int c = 0; c < 4; ++c) {
+        want_m[c] = (1 - momentum) * want_m[c] + momentum * s.mean[c];
+        want_v[c] = (1 - momentum) * want_v[c] + momentum * s.var[c] * n / (n - 1);
+      }
+      ops::batch_norm_forward_train(x, Tensor(), Tensor(), rm, rv, momentum, 1e-5);
+      EXPECT_LE(max_diff(rm.to_vector(), want_m), tol) << "step " << step + 1;
+      EXPECT_LE(max_diff(rv.to_vector(), want_v), tol) << "step " << step + 1;
+    }
+  }
+}
+
+TEST(BatchNormTest, VariableTrainingUpdatesBuffersAndEvalUsesThem) {
+  Generator gen(13);
+  const Shape shape{4, 3, 3, 2};
+  Tensor rm = Tensor::zeros({3}, DType::Float64), rv = Tensor::ones({3}, DType::Float64);
+  Variable gamma(Tensor::uniform({3}, 0.5, 1.5, gen, DType::Float64), true);
+  Variable beta(Tensor::uniform({3}, -1, 1, gen, DType::Float64), true);
+  Variable x(Tensor::normal(shape, 1.0, 2.0, gen, DType::Float64));
+  batch_norm2d(x, gamma, beta, rm, rv, true, 0.1, 1e-5);
+  RefStats s = ref_stats(x.tensor());
+  for (int c = 0; c < 3; ++c) {
+    EXPECT_NEAR(rm.to_vector()[c], 0.1 * s.mean[c], 1e-14);
+    EXPECT_NEAR(rv.to_vector()[c], 0.9 + 0.1 * s.var[c] * 24.0 / 23.0, 1e-14);
+  }
+  // Eval: normalises with the running statistics and leaves them alone.
+  const std::vector<double> rm_before = rm.to_vector(), rv_before = rv.to_vector();
+  Variable x2(Tensor::normal(shape, -1.0, 0.5, gen, DType::Float64));
+  Variable y = batch_norm2d(x2, gamma, beta, rm, rv, false, 0.1, 1e-5);
+  EXPECT_EQ(rm.to_vector(), rm_before);
+  EXPECT_EQ(rv.to_vector(), rv_before);
+  EXPECT_LE(max_diff(y.tensor().to_vector(),
+                     ref_normalise(x2.tensor(), rm_before, rv_before, gamma.tensor().to_vector(),
+                                   beta.tensor().to_vector(), 1e-5)),
+            1e-12);
+}
+
+TEST(BatchNormTest, ForwardEvalMatchesReference) {
+  Generator gen(14);
+  for (DType dtype : {DType::Float64, DType::Float32}) {
+    const double tol = dtype == DType::Float64 ? 1e-12 : 2e-5;  // |y| up to ~10 in float32
+    for (const Shape& shape : kShapes) {
+      const int64_t C = shape[1];
+      Tensor x = Tensor::normal(shape, 0.0, 3.0, gen, dtype);
+      Tensor gamma = Tensor::uniform({C}, -1.5, 1.5, gen, dtype),
+             beta = Tensor::uniform({C}, -1, 1, gen, dtype);
+      Tensor rm = Tensor::uniform({C}, -1, 1, gen, dtype), rv = Tensor::uniform({C}, 0.2, 3, gen, dtype);
+      Tensor y = ops::batch_norm_forward_eval(x, gamma, beta, rm, rv, 1e-3);
+      EXPECT_LE(max_diff(y.to_vector(), ref_normalise(x, rm.to_vector(), rv.to_vector(), gamma.to_vector(),
+                                                      beta.to_vector(), 1e-3)),
+                tol)
+          << shape_str(shape);
+    }
+  }
+}
+
+TEST(BatchNormTest, NonContiguousInputMatchesContiguous) {
+  Generator gen(15);
+  Tensor base = Tensor::normal({2, 3, 5, 4}, 0, 1, gen, DType::Float64);
+  Tensor x = base.transpose(2, 3);  // (2, 3, 4, 5), strided
+  ASSERT_FALSE(x.is_contiguous());
+  Tensor rm1 = Tensor::zeros({3}, DType::Float64), rv1 = Tensor::ones({3}, DType::Float64);
+  Tensor rm2 = rm1.clone(), rv2 = rv1.clone();
+  auto a = ops::batch_norm_forward_train(x, Tensor(), Tensor(), rm1, rv1, 0.1, 1e-5);
+  auto b = ops::batch_norm_forward_train(x.contiguous(), Tensor(), Tensor(), rm2, rv2, 0.1, 1e-5);
+  EXPECT_EQ(a.y.to_vector(), b.y.to_vector());
+  EXPECT_EQ(rv1.to_vector(), rv2.to_vector());
+}
+
+TEST(BatchNormTest, Float32StatisticsAccumulateInDouble) {
+  // 2^18 values near 1000 in one channel. A float accumulator loses digits as the sum grows past
+  // 2^24 (error ~1e-2 and more in the mean); a double one keeps the mean to float's own rounding.
+  Generator gen(16);
+  const Shape shape{4, 1, 256, 256};
+  Tensor x = Tensor::uniform(shape, 999.0, 1001.0, gen, DType::Float32);
+  Tensor rm = Tensor::zeros({1}, DType::Float32), rv = Tensor::ones({1}, DType::Float32);
+  auto out = ops::batch_norm_forward_train(x, Tensor(), Tensor(), rm, rv, 1.0, 1e-5);
+  double sum = 0;
+  const std::vector<double> v = x.to_vector();
+  for (double e : v) sum += e;
+  const double mean = sum / double(v.size());
+  double sq = 0;
+  for (double e : v) sq += (e - mean) * (e - mean);
+  const double var = sq / double(v.size());
+  EXPECT_NEAR(out.save_mean.item(), mean, 1.3e-4);  // 2 ulp of float at 1000
+  EXPECT_NEAR(out.save_invstd.item() * std::sqrt(var + 1e-5), 1.0, 1e-6);
+  EXPECT_NEAR(rv.item(), var * double(v.size()) / double(v.size() - 1), 1e-6);
+}
+
+TEST(BatchNormTest, AffineFalseNormalisesOnly) {
+  Generator gen(17);
+  Tensor x = Tensor::normal({3, 2, 2, 2}, 1, 2, gen, DType::Float64);
+  Tensor rm, rv;  // track_running_stats=False: no buffers in training
+  auto out = ops::batch_norm_forward_train(x, Tensor(), Tensor(), rm, rv, 0.1, 1e-5);
+  RefStats s = ref_stats(x);
+  EXPECT_LE(max_diff(out.y.to_vector(), ref_normalise(x, s.mean, s.var, {1, 1}, {0, 0}, 1e-5)), 1e-12);
+}
+
+// ---- gradients -------------------------------------------------------------------------------------------
+
+void gradcheck_bn(const Shape& shape, bool training, uint64_t seed) {
+  Generator gen(seed);
+  const int64_t C = shape[1];
+  Variable x(Tensor::normal(shape, 0.5, 1.5, gen, DType::Float64), true);
+  Variable gamma(Tensor::uniform({C}, 0.5, 1.5, gen, DType::Float64), true);
+  Variable beta(Tensor::uniform({C}, -1, 1, gen, DType::Float64), true);
+  Tensor rm = Tensor::uniform({C}, -0.5, 0.5, gen, DType::Float64);
+  Tensor rv = Tensor::uniform({C}, 0.5, 2.0, gen, DType::Float64);
+  auto fn = [&](const std::vector<Variable>& v) {
+    // In training the output does not read the running stats, so their updates between calls are harmless.
+    return batch_norm2d(v[0], v[1], v[2], rm, rv, training, 0.1, 1e-5);
+  };
+  GradcheckResult r = gradcheck(fn, {x, gamma, beta});
+  EXPECT_TRUE(r.ok) << shape_str(shape) << (training ? " train\n" : " eval\n") << r.message;
+}
+
+TEST(BatchNormTest, GradcheckTraining) {
+  uint64_t seed = 100;
+  for (const Shape& shape : kShapes) gradcheck_bn(shape, true, seed++);
+}
+
+TEST(BatchNormTest, GradcheckEval) {
+  uint64_t seed = 200;
+  for (const Shape& shape : kShapes) gradcheck_bn(shape, false, seed++);
+}
+
+TEST(BatchNormTest, GradcheckWithoutAffineAndPartialInputs) {
+  Generator gen(18);
+  Variable x(Tensor::normal({2, 3, 2, 3}, 0, 1, gen, DType::Float64), true);
+  Tensor rm = Tensor::zeros({3}, DType::Float64), rv = Tensor::ones({3}, DType::Float64);
+  for (bool training : {true, false}) {
+    auto fn = [&](const std::vector<Variable>& v) {
+      return batch_norm2d(v[0], Variable(), Variable(), rm, rv, training);
+    };
+    GradcheckResult r = gradcheck(fn, {x});
+    EXPECT_TRUE(r.ok) << (training ? "train\n" : "eval\n") << r.message;
+  }
+  // Only gamma requires a gradient (x and beta frozen).
+  Variable xf(Tensor::normal({2, 3, 2, 3}, 0, 1, gen, DType::Float64));
+  Variable gamma(Tensor::uniform({3}, 0.5, 1.5, gen, DType::Float64), true);
+  Variable beta(Tensor::uniform({3}, -1, 1, gen, DType::Float64));
+  auto fn = [&](const std::vector<Variable>& v) { return batch_norm2d(v[0], v[1], v[2], rm, rv, true); };
+  GradcheckResult r = gradcheck(fn, {xf, gamma, beta});
+  EXPECT_TRUE(r.ok) << r.message;
+}
+
+TEST(BatchNormTest, Float32BackwardMatchesFloat64) {
+  Generator gen(19);
+  const Shape shape{3, 4, 5, 3};
+  Tensor x = Tensor::normal(shape, 0, 1, gen, DType::Float64),
+         dy = Tensor::normal(shape, 0, 1, gen, DType::Float64);
+  Tensor gamma = Tensor::uniform({4}, 0.5, 1.5, gen, DType::Float64),
+         beta = Tensor::zeros({4}, DType::Float64);
+  Tensor rm, rv;
+  auto f64 = ops::batch_norm_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5);
+  auto g64 = ops::batch_norm_backward_train(dy, x, gamma, f64.save_mean, f64.save_invstd);
+  Tensor x32 = x.to(DType::Float32), g32 = gamma.to(DType::Float32);
+  auto f32 = ops::batch_norm_forward_train(x32, g32, beta.to(DType::Float32), rm, rv, 0.1, 1e-5);
+  auto g = ops::batch_norm_backward_train(dy.to(DType::Float32), x32, g32, f32.save_mean, f32.save_invstd);
+  // Sums of 45 terms of O(1) rounded in float: 1e-5 is ~100 ulp of headroom.
+  EXPECT_LE(max_diff(g.dx.to_vector(), g64.dx.to_vector()), 1e-5);
+  EXPECT_LE(max_diff(g.dgamma.to_vector(), g64.dgamma.to_vector()), 1e-5);
+  EXPECT_LE(max_diff(g.dbeta.to_vector(), g64.dbeta.to_vector()), 1e-5);
+}
+
+// ---- errors
+// ------------------------------------------------------------------------------------------------
+
+TEST(BatchNormTest, Errors) {
+  Tensor x3 = Tensor::zeros({3, 4, 5});
+  Tensor x = Tensor::zeros({2, 3, 4, 4});
+  Tensor c3 = Tensor::ones({3}), c4 = Tensor::ones({4});
+  Tensor rm = Tensor::zeros({3}), rv = Tensor::ones({3});
+  EXPECT_THROW_WITH(ops::batch_norm_forward_train(x3, c3, c3, rm, rv, 0.1, 1e-5), "batch_norm_forward_train",
+                    "4-D", "(3, 4, 5)");
+  EXPECT_THROW_WITH(ops::batch_norm_forward_train(x, c4, c3, rm, rv, 0.1, 1e-5), "batch_norm_forward_train",
+                    "gamma", "(4)", "(2, 3, 4, 4)");
+  EXPECT_THROW_WITH(ops::batch_norm_forward_train(x, c3, c4, rm, rv, 0.1, 1e-5), "beta", "(4)");
+  Tensor rm4 = Tensor::zeros({4});
+  EXPECT_THROW_WITH(ops::batch_norm_forward_train(x, c3, c3, rm4, rv, 0.1, 1e-5), "running_mean", "(4)");
+  Tensor one = Tensor::zeros({1, 3, 1, 1});
+  EXPECT_THROW_WITH(ops::batch_norm_forward_train(one, c3, c3, rm, rv, 0.1, 1e-5), "batch_norm_forward_train",
+                    "more than 1 value per channel", "(1, 3, 1, 1)");
+  Tensor c3d = Tensor::ones({3}, DType::Float64);
+  EXPECT_THROW_WITH(ops::batch_norm_forward_train(x, c3d, c3, rm, rv, 0.1, 1e-5), "gamma", "float64",
+                    "float32");
+  Tensor xi = Tensor::zeros({2, 3, 4, 4}, DType::Int64);
+  EXPECT_THROW_WITH(ops::batch_norm_forward_train(xi, c3, c3, rm, rv, 0.1, 1e-5), "batch_norm_forward_train",
+                    "int64");
+  EXPECT_THROW_WITH(ops::batch_norm_forward_eval(x, c3, c3, Tensor(), rv, 1e-5), "batch_norm_forward_eval",
+                    "running_mean", "undefined");
+  EXPECT_THROW_WITH(ops::batch_norm_forward_eval(x3, c3, c3, rm, rv, 1e-5), "batch_norm_forward_eval",
+                    "(3, 4, 5)");
+  Tensor dy_bad = Tensor::zeros({2, 3, 4, 5});
+  EXPECT_THROW_WITH(ops::batch_norm_backward_train(dy_bad, x, c3, rm, rv), "batch_norm_backward_train",
+                    "(2, 3, 4, 5)", "(2, 3, 4, 4)");
+  EXPECT_THROW_WITH(ops::batch_norm_backward_train(x, x, c3, rm4, rv), "batch_norm_backward_train",
+                    "save_mean", "(4)");
+  EXPECT_THROW_WITH(ops::batch_norm_backward_eval(dy_bad, x, c3, rm, rv, 1e-5), "batch_norm_backward_eval",
+                    "(2, 3, 4, 5)");
+  // Through the differentiable op, too.
+  EXPECT_THROW_WITH(batch_norm2d(Variable(one), Variable(c3), Variable(c3), rm, rv, true),
+                    "more than 1 value per channel");
+}
+
+}  // namespace
+}  // namespace ladnn
