@@ -1,0 +1,43 @@
+// layers/batchnorm2d.cpp — BatchNorm2d: buffers, mode switch, and the num_batches_tracked counter.
+#include "layers/batchnorm2d.h"
+
+#include "autograd/functions.h"
+
+namespace ladnn {
+
+BatchNorm2d::BatchNorm2d(int64_t num_features, double eps, double momentum)
+    : Module("BatchNorm2d"), num_features_(num_features), eps_(eps), momentum_(momentum) {
+  check(num_features > 0, "BatchNorm2d: num_features must be positive, got " + std::to_string(num_features));
+  check(eps > 0, "BatchNorm2d: eps must be positive, got " + std::to_string(eps));
+  check(momentum >= 0 && momentum <= 1,
+        "BatchNorm2d: momentum must be in [0, 1], got " + std::to_string(momentum));
+  weight_ = register_parameter("weight", Tensor::ones({num_features}));
+  bias_ = register_parameter("bias", Tensor::zeros({num_features}));
+  register_buffer("running_mean", Tensor::zeros({num_features}));
+  register_buffer("running_var", Tensor::ones({num_features}));
+  register_buffer("num_batches_tracked", Tensor::zeros({}, DType::Int64));
+}
+
+int64_t BatchNorm2d::num_batches_tracked() const {
+  return static_cast<int64_t>(buffer("num_batches_tracked").item());
+}
+
+Variable BatchNorm2d::forward(const Variable& x) {
+  check(x.dim() == 4 && x.size(1) == num_features_, "BatchNorm2d: expected input (N, " +
+                                                        std::to_string(num_features_) + ", H, W), got " +
+                                                        shape_str(x.shape()));
+  if (is_training()) {
+    // As PyTorch: counted on every training forward (the momentum is fixed, so it is bookkeeping
+    // that makes state dicts match torchvision's).
+    Tensor& count = buffer("num_batches_tracked");
+    if (count.device().is_cpu()) {
+      count.data<int64_t>()[0] += 1;
+    } else {
+      count.copy_(Tensor::full({}, count.item() + 1, DType::Int64));
+    }
+  }
+  return batch_norm2d(x, weight_, bias_, buffer("running_mean"), buffer("running_var"), is_training(),
+                      momentum_, eps_);
+}
+
+}  // namespace ladnn

@@ -1,0 +1,37 @@
+// layers/batchnorm2d.h — batch normalisation over the channels of NCHW, as torch.nn.BatchNorm2d.
+#pragma once
+
+#include <cstdint>
+
+#include "layers/module.h"
+
+namespace ladnn {
+
+/// Parameters "weight" (C) = 1 and "bias" (C) = 0; buffers "running_mean" (C) = 0, "running_var"
+/// (C) = 1 and "num_batches_tracked" (0-d Int64) = 0, registered in PyTorch's order. In training mode
+/// the batch statistics normalise and update the running ones (momentum as PyTorch: running =
+/// (1 - momentum) * running + momentum * batch, unbiased variance) and num_batches_tracked grows by one
+/// per forward; in eval mode the running statistics normalise.
+class BatchNorm2d : public Module {
+ public:
+  explicit BatchNorm2d(int64_t num_features, double eps = 1e-5, double momentum = 0.1);
+
+  Variable forward(const Variable& x) override;
+
+  int64_t num_features() const { return num_features_; }
+  double eps() const { return eps_; }
+  double momentum() const { return momentum_; }
+  const Variable& weight() const { return weight_; }
+  const Variable& bias() const { return bias_; }
+  Tensor& running_mean() { return buffer("running_mean"); }
+  Tensor& running_var() { return buffer("running_var"); }
+  /// The count as an integer (the buffer is a 0-d Int64 tensor).
+  int64_t num_batches_tracked() const;
+
+ private:
+  int64_t num_features_;
+  double eps_, momentum_;
+  Variable weight_, bias_;  // (C) each
+};
+
+}  // namespace ladnn

@@ -1,0 +1,140 @@
+// optim/adam.cpp — Adam / AdamW as torch.optim (single-tensor path, amsgrad = false), in place.
+#include "optim/adam.h"
+
+#include <cmath>
+#include <string>
+
+#include "optim/state_keys.h"
+#include "tensor/ops.h"
+
+namespace ladnn {
+namespace {
+
+void check_hyper(const char* name, double beta1, double beta2, double eps, double weight_decay) {
+  const std::string who(name);
+  check(eps >= 0.0, who + ": invalid epsilon value " + std::to_string(eps));
+  check(beta1 >= 0.0 && beta1 < 1.0, who + ": invalid beta parameter at index 0: " + std::to_string(beta1));
+  check(beta2 >= 0.0 && beta2 < 1.0, who + ": invalid beta parameter at index 1: " + std::to_string(beta2));
+  check(weight_decay >= 0.0, who + ": invalid weight_decay value " + std::to_string(weight_decay));
+}
+
+}  // namespace
+
+Adam::Adam(std::vector<Variable> params, double lr, double beta1, double beta2, double eps,
+           double weight_decay)
+    : Adam("Adam", Decay::L2, std::move(params), lr, beta1, beta2, eps, weight_decay) {}
+
+Adam::Adam(const char* name, Decay decay, std::vector<Variable> params, double lr, double beta1, double beta2,
+           double eps, double weight_decay)
+    : Optimizer(std::move(params), lr),
+      name_(name),
+      decay_(decay),
+      beta1_(beta1),
+      beta2_(beta2),
+      eps_(eps),
+      weight_decay_(weight_decay),
+      exp_avg_(params_.size()),
+      exp_avg_sq_(params_.size()),
+      param_steps_(params_.size(), 0) {
+  check_hyper(name, beta1, beta2, eps, weight_decay);
+}
+
+void Adam::step() {
+  NoGradGuard no_grad;
+  steps_ += 1;
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    Variable& p = params_[i];
+    if (!p.has_grad()) continue;
+    Tensor& w = p.mutable_tensor();
+    Tensor g = p.grad();
+    check(g.shape() == w.shape(), std::string(name_) + "::step: gradient of parameter " + std::to_string(i) +
+                                      " has shape " + shape_str(g.shape()) + ", parameter has " +
+                                      shape_str(w.shape()));
+    if (!exp_avg_[i].defined()) {
+      exp_avg_[i] = Tensor::zeros(w.shape(), w.dtype(), w.device());
+      exp_avg_sq_[i] = Tensor::zeros(w.shape(), w.dtype(), w.device());
+    }
+    Tensor& m = exp_avg_[i];
+    Tensor& v = exp_avg_sq_[i];
+    const int64_t t = ++param_steps_[i];
+
+    if (weight_decay_ != 0.0) {
+      if (decay_ == Decay::Decoupled) {
+        ops::mul_scalar_(w, 1.0 - lr_ * weight_decay_);  // AdamW: p *= 1 - lr * wd
+      } else {
+        g = g.clone();
+        ops::add_(g, w, weight_decay_);  // Adam: g = g + wd * p
+      }
+    }
+    // m.lerp_(g, 1 - b1), written as torch's lerp computes it for weights < 0.5: m + w * (g - m).
+    ops::add_(m, ops::sub(g, m), 1.0 - beta1_);
+    // v = b2 * v + (1 - b2) * g * g
+    ops::mul_scalar_(v, beta2_);
+    ops::add_(v, ops::mul(g, g), 1.0 - beta2_);
+
+    const double bias_correction1 = 1.0 - std::pow(beta1_, static_cast<double>(t));
+    const double bias_correction2 = 1.0 - std::pow(beta2_, static_cast<double>(t));
+    const double step_size = lr_ / bias_correction1;
+    // denom = sqrt(v) / sqrt(bc2) + eps;  p -= step_size * m / denom
+    Tensor denom = ops::add_scalar(ops::mul_scalar(ops::sqrt(v), 1.0 / std::sqrt(bias_correction2)), eps_);
+    ops::add_(w, ops::div(m, denom), -step_size);
+  }
+}
+
+OptimizerState Adam::state_dict() const {
+  OptimizerState s;
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    if (!exp_avg_[i].defined()) continue;
+    const std::string k = std::to_string(i) + ".";
+    s.tensors[k + "exp_avg"] = exp_avg_[i];
+    s.tensors[k + "exp_avg_sq"] = exp_avg_sq_[i];
+    s.scalars[k + "step"] = static_cast<double>(param_steps_[i]);
+  }
+  s.scalars["lr"] = lr_;
+  s.scalars["beta1"] = beta1_;
+  s.scalars["beta2"] = beta2_;
+  s.scalars["eps"] = eps_;
+  s.scalars["weight_decay"] = weight_decay_;
+  s.scalars["step"] = steps_;
+  return s;
+}
+
+void Adam::load_state_dict(const OptimizerState& state) {
+  const std::string who(name_);
+  std::vector<bool> has =
+      optim_detail::validate_state(who, state, params_, {"exp_avg", "exp_avg_sq"}, {"step"},
+                                   {"lr", "beta1", "beta2", "eps", "weight_decay", "step"});
+  const auto& sc = state.scalars;
+  check(sc.at("lr") >= 0.0,
+        who + "::load_state_dict: scalar 'lr' is invalid: " + std::to_string(sc.at("lr")));
+  check_hyper(name_, sc.at("beta1"), sc.at("beta2"), sc.at("eps"), sc.at("weight_decay"));
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    if (!has[i]) continue;
+    const std::string key = std::to_string(i) + ".step";
+    const double t = sc.at(key);
+    check(
+        t >= 1.0 && t == std::floor(t) && t < 9.0e15,
+        who + "::load_state_dict: scalar '" + key + "' must be a positive integer, got " + std::to_string(t));
+  }
+
+  lr_ = sc.at("lr");
+  beta1_ = sc.at("beta1");
+  beta2_ = sc.at("beta2");
+  eps_ = sc.at("eps");
+  weight_decay_ = sc.at("weight_decay");
+  steps_ = sc.at("step");
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    const std::string k = std::to_string(i) + ".";
+    if (has[i]) {
+      exp_avg_[i] = optim_detail::restore_tensor(state.tensors.at(k + "exp_avg"), params_[i]);
+      exp_avg_sq_[i] = optim_detail::restore_tensor(state.tensors.at(k + "exp_avg_sq"), params_[i]);
+      param_steps_[i] = static_cast<int64_t>(sc.at(k + "step"));
+    } else {
+      exp_avg_[i] = Tensor();
+      exp_avg_sq_[i] = Tensor();
+      param_steps_[i] = 0;
+    }
+  }
+}
+
+}  // namespace ladnn

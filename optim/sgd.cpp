@@ -1,0 +1,107 @@
+// optim/sgd.cpp — SGD as torch.optim.SGD (single-tensor path), updating parameters in place.
+#include "optim/sgd.h"
+
+#include <cmath>
+#include <string>
+
+#include "optim/state_keys.h"
+#include "tensor/ops.h"
+
+namespace ladnn {
+namespace {
+
+void check_hyper(double momentum, double dampening, double weight_decay, bool nesterov) {
+  check(momentum >= 0.0, "SGD: invalid momentum value " + std::to_string(momentum));
+  check(weight_decay >= 0.0, "SGD: invalid weight_decay value " + std::to_string(weight_decay));
+  check(!nesterov || (momentum > 0.0 && dampening == 0.0),
+        "SGD: Nesterov momentum requires a momentum and zero dampening (got momentum " +
+            std::to_string(momentum) + ", dampening " + std::to_string(dampening) + ")");
+}
+
+}  // namespace
+
+SGD::SGD(std::vector<Variable> params, double lr, double momentum, double dampening, double weight_decay,
+         bool nesterov)
+    : Optimizer(std::move(params), lr),
+      momentum_(momentum),
+      dampening_(dampening),
+      weight_decay_(weight_decay),
+      nesterov_(nesterov),
+      buffers_(params_.size()) {
+  check_hyper(momentum, dampening, weight_decay, nesterov);
+}
+
+void SGD::step() {
+  NoGradGuard no_grad;
+  steps_ += 1;
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    Variable& p = params_[i];
+    if (!p.has_grad()) continue;
+    Tensor& w = p.mutable_tensor();
+    Tensor d = p.grad();
+    check(d.shape() == w.shape(), "SGD::step: gradient of parameter " + std::to_string(i) + " has shape " +
+                                      shape_str(d.shape()) + ", parameter has " + shape_str(w.shape()));
+    bool own_d = false;  // d is still the gradient itself: copy before writing into it
+    if (weight_decay_ != 0.0) {
+      d = d.clone();
+      own_d = true;
+      ops::add_(d, w, weight_decay_);  // d = g + wd * p
+    }
+    if (momentum_ != 0.0) {
+      Tensor& buf = buffers_[i];
+      if (!buf.defined()) {
+        buf = d.clone();  // torch: the first buffer is d itself, undampened
+      } else {
+        ops::mul_scalar_(buf, momentum_);
+        ops::add_(buf, d, 1.0 - dampening_);
+      }
+      if (nesterov_) {
+        if (!own_d) d = d.clone();
+        ops::add_(d, buf, momentum_);  // d = d + momentum * buf
+      } else {
+        d = buf;
+      }
+    }
+    ops::add_(w, d, -lr_);
+  }
+}
+
+OptimizerState SGD::state_dict() const {
+  OptimizerState s;
+  for (std::size_t i = 0; i < buffers_.size(); ++i)
+    if (buffers_[i].defined()) s.tensors[std::to_string(i) + ".momentum_buffer"] = buffers_[i];
+  s.scalars["lr"] = lr_;
+  s.scalars["momentum"] = momentum_;
+  s.scalars["dampening"] = dampening_;
+  s.scalars["weight_decay"] = weight_decay_;
+  s.scalars["nesterov"] = nesterov_ ? 1.0 : 0.0;
+  s.scalars["step"] = steps_;
+  return s;
+}
+
+void SGD::load_state_dict(const OptimizerState& state) {
+  std::vector<bool> has =
+      optim_detail::validate_state("SGD", state, params_, {"momentum_buffer"}, {},
+                                   {"lr", "momentum", "dampening", "weight_decay", "nesterov", "step"});
+  const double lr = state.scalars.at("lr");
+  const double nesterov = state.scalars.at("nesterov");
+  check(lr >= 0.0, "SGD::load_state_dict: scalar 'lr' is invalid: " + std::to_string(lr));
+  check(nesterov == 0.0 || nesterov == 1.0,
+        "SGD::load_state_dict: scalar 'nesterov' must be 0 or 1, got " + std::to_string(nesterov));
+  check_hyper(state.scalars.at("momentum"), state.scalars.at("dampening"), state.scalars.at("weight_decay"),
+              nesterov == 1.0);
+
+  lr_ = lr;
+  momentum_ = state.scalars.at("momentum");
+  dampening_ = state.scalars.at("dampening");
+  weight_decay_ = state.scalars.at("weight_decay");
+  nesterov_ = nesterov == 1.0;
+  steps_ = state.scalars.at("step");
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    buffers_[i] = has[i] ? optim_detail::restore_tensor(
+                               state.tensors.at(std::to_string(i) + ".momentum_buffer"), params_[i])
+                         : Tensor();
+  }
+}
+
+}  // namespace ladnn
