@@ -1,0 +1,144 @@
+// models/densenet.cpp — the DenseNet modules (see densenet.h).
+#include "models/densenet.h"
+
+#include "autograd/functions.h"
+#include "layers/activation.h"
+#include "layers/pool.h"
+
+namespace ladnn {
+
+DenseNetConfig DenseNetConfig::by_name(const std::string& arch) {
+  if (arch == "densenet121") return densenet121();
+  if (arch == "densenet169") return densenet169();
+  if (arch == "densenet201") return densenet201();
+  if (arch == "tiny") return tiny();
+  throw std::invalid_argument("DenseNet: unknown architecture '" + arch +
+                              "' (choose densenet121, densenet169, densenet201 or tiny)");
+}
+
+int64_t DenseNetConfig::num_features() const {
+  int64_t n = num_init_features;
+  for (size_t i = 0; i < block_config.size(); ++i) {
+    n += block_config[i] * growth_rate;
+    if (i + 1 < block_config.size()) n /= 2;
+  }
+  return n;
+}
+
+namespace {
+/// torchvision re-initialises every conv with kaiming_normal_ (fan_in, relu gain).
+void torchvision_init(Conv2d& conv, Generator& gen) {
+  Variable w = conv.weight();
+  w.mutable_tensor().copy_(kaiming_normal(w.shape(), 0.0, gen, FanMode::FanIn, w.dtype()));
+}
+
+std::shared_ptr<Conv2d> make_conv(int64_t in, int64_t out, int64_t k, int64_t stride, int64_t pad,
+                                  Generator& gen) {
+  auto conv = std::make_shared<Conv2d>(in, out, k, stride, pad, /*bias=*/false, gen);
+  torchvision_init(*conv, gen);
+  return conv;
+}
+}  // namespace
+
+// ---- DenseLayer --------------------------------------------------------------------------------------
+
+DenseLayer::DenseLayer(int64_t num_input_features, int64_t growth_rate, int64_t bn_size,
+                       double drop_rate, Generator& gen)
+    : Module("DenseLayer"), drop_rate_(drop_rate), gen_(gen) {
+  norm1_ = register_module("norm1", std::make_shared<BatchNorm2d>(num_input_features));
+  register_module("relu1", std::make_shared<ReLU>());
+  conv1_ = register_module("conv1", make_conv(num_input_features, bn_size * growth_rate, 1, 1, 0, gen));
+  norm2_ = register_module("norm2", std::make_shared<BatchNorm2d>(bn_size * growth_rate));
+  register_module("relu2", std::make_shared<ReLU>());
+  conv2_ = register_module("conv2", make_conv(bn_size * growth_rate, growth_rate, 3, 1, 1, gen));
+}
+
+Variable DenseLayer::forward(const Variable& x) {
+  Variable bottleneck = (*conv1_)(relu((*norm1_)(x)));  // (N, bn_size*growth, H, W)
+  Variable out = (*conv2_)(relu((*norm2_)(bottleneck)));  // (N, growth, H, W)
+  if (drop_rate_ > 0) out = dropout(out, drop_rate_, is_training(), gen_);
+  return out;
+}
+
+// ---- DenseBlock ---------------------------------------------------------------------------------------
+
+DenseBlock::DenseBlock(int64_t num_layers, int64_t num_input_features, int64_t bn_size,
+                       int64_t growth_rate, double drop_rate, Generator& gen)
+    : Module("DenseBlock") {
+  for (int64_t i = 0; i < num_layers; ++i) {
+    auto layer = std::make_shared<DenseLayer>(num_input_features + i * growth_rate, growth_rate,
+                                              bn_size, drop_rate, gen);
+    layers_.push_back(register_module("denselayer" + std::to_string(i + 1), layer));
+  }
+}
+
+Variable DenseBlock::forward(const Variable& x) {
+  // Every layer reads all earlier maps: features grows by growth_rate channels per layer. (The
+  // memory-efficient variant writes into one preallocated buffer instead; see DESIGN.md.)
+  std::vector<Variable> features{x};
+  for (auto& layer : layers_) features.push_back((*layer)(features.size() == 1 ? x : cat(features, 1)));
+  return cat(features, 1);
+}
+
+// ---- Transition ---------------------------------------------------------------------------------------
+
+Transition::Transition(int64_t num_input_features, int64_t num_output_features, Generator& gen)
+    : Module("Transition") {
+  norm_ = register_module("norm", std::make_shared<BatchNorm2d>(num_input_features));
+  register_module("relu", std::make_shared<ReLU>());
+  conv_ = register_module("conv", make_conv(num_input_features, num_output_features, 1, 1, 0, gen));
+  register_module("pool", std::make_shared<AvgPool2d>(2, 2));
+}
+
+Variable Transition::forward(const Variable& x) {
+  ops::Pool2dParams pool;  // 2x2, stride 2
+  return avg_pool2d((*conv_)(relu((*norm_)(x))), pool);
+}
+
+// ---- DenseNet -----------------------------------------------------------------------------------------
+
+DenseNet::DenseNet(const DenseNetConfig& config, int64_t num_classes, Generator& gen)
+    : Module("DenseNet"), config_(config) {
+  check(!config.block_config.empty() && config.growth_rate > 0 && config.num_init_features > 0 &&
+            config.bn_size > 0,
+        "DenseNet: the configuration needs at least one block and positive sizes");
+  features_ = register_module("features", std::make_shared<Sequential>());
+  features_->push_back("conv0", make_conv(3, config.num_init_features, 7, 2, 3, gen));
+  features_->push_back("norm0", std::make_shared<BatchNorm2d>(config.num_init_features));
+  features_->push_back("relu0", std::make_shared<ReLU>());
+  features_->push_back("pool0", std::make_shared<MaxPool2d>(3, 2, 1));
+  int64_t num_features = config.num_init_features;
+  for (size_t i = 0; i < config.block_config.size(); ++i) {
+    int64_t n = config.block_config[i];
+    features_->push_back("denseblock" + std::to_string(i + 1),
+                         std::make_shared<DenseBlock>(n, num_features, config.bn_size,
+                                                      config.growth_rate, config.drop_rate, gen));
+    num_features += n * config.growth_rate;
+    if (i + 1 < config.block_config.size()) {
+      features_->push_back("transition" + std::to_string(i + 1),
+                           std::make_shared<Transition>(num_features, num_features / 2, gen));
+      num_features /= 2;
+    }
+  }
+  features_->push_back("norm5", std::make_shared<BatchNorm2d>(num_features));
+  if (num_classes > 0) {
+    classifier_ = register_module("classifier", std::make_shared<Linear>(num_features, num_classes, true, gen));
+    // torchvision sets the classifier bias to 0 (the weight keeps Linear's default init).
+    Variable b = classifier_->bias();
+    b.mutable_tensor().zero_();
+  }
+}
+
+Variable DenseNet::features(const Variable& x) {
+  check(x.dim() == 4 && x.size(1) == 3,
+        "DenseNet: input must be (N, 3, H, W), got " + shape_str(x.shape()));
+  return (*features_)(x);
+}
+
+Variable DenseNet::forward(const Variable& x) {
+  check(classifier_ != nullptr, "DenseNet: built without a classifier (num_classes = 0); use features()");
+  Variable pooled = flatten(adaptive_avg_pool2d(relu(features(x)), 1, 1), 1);
+  return (*classifier_)(pooled);
+}
+
+}  // namespace ladnn

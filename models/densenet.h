@@ -1,0 +1,103 @@
+// models/densenet.h — DenseNet-121/169/201 exactly as torchvision builds them, plus a tiny config.
+//
+// Huang et al., "Densely Connected Convolutional Networks" (CVPR 2017). The feature extractor is
+//   conv0 (7x7/2) - norm0 - relu0 - pool0 (3x3/2 max)
+//   denseblock1 - transition1 - denseblock2 - transition2 - denseblock3 - transition3 - denseblock4
+//   norm5
+// A dense layer sees the concatenation of every earlier feature map of its block and adds
+// `growth_rate` new channels: BN-ReLU-conv1x1 (to bn_size*growth) then BN-ReLU-conv3x3 (to growth).
+// A transition halves the channels (BN-ReLU-conv1x1) and the resolution (2x2 average pool).
+//
+// Parameter and buffer names are torchvision's ("features.denseblock1.denselayer1.norm1.weight"), so
+// a torchvision / timm state dict loads one to one. Initialisation is torchvision's: conv weights
+// kaiming_normal (fan_in, gain sqrt(2)), BN weight 1 / bias 0, linear bias 0.
+#pragma once
+
+#include <array>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "layers/batchnorm2d.h"
+#include "layers/conv2d.h"
+#include "layers/linear.h"
+#include "layers/module.h"
+#include "layers/sequential.h"
+
+namespace ladnn {
+
+struct DenseNetConfig {
+  int64_t growth_rate = 32;
+  std::vector<int64_t> block_config = {6, 12, 32, 32};
+  int64_t num_init_features = 64;
+  int64_t bn_size = 4;
+  double drop_rate = 0.0;
+
+  static DenseNetConfig densenet121() { return {32, {6, 12, 24, 16}, 64, 4, 0.0}; }
+  static DenseNetConfig densenet169() { return {32, {6, 12, 32, 32}, 64, 4, 0.0}; }
+  static DenseNetConfig densenet201() { return {32, {6, 12, 48, 32}, 64, 4, 0.0}; }
+  /// The same code at toy size, for tests and the CPU demo: 4 blocks of 2 layers, growth 8.
+  static DenseNetConfig tiny() { return {8, {2, 2, 2, 2}, 16, 2, 0.0}; }
+  /// "densenet121" | "densenet169" | "densenet201" | "tiny"; throws listing the names otherwise.
+  static DenseNetConfig by_name(const std::string& arch);
+
+  /// Channels of the final feature map (1664 for DenseNet-169).
+  int64_t num_features() const;
+};
+
+/// One dense layer: norm1-relu1-conv1 (1x1 bottleneck) then norm2-relu2-conv2 (3x3).
+class DenseLayer : public Module {
+ public:
+  DenseLayer(int64_t num_input_features, int64_t growth_rate, int64_t bn_size, double drop_rate,
+             Generator& gen);
+  /// x: the concatenation of the block's earlier feature maps -> growth_rate new channels.
+  Variable forward(const Variable& x) override;
+
+ private:
+  std::shared_ptr<BatchNorm2d> norm1_, norm2_;
+  std::shared_ptr<Conv2d> conv1_, conv2_;
+  double drop_rate_;
+  Generator& gen_;
+};
+
+/// A block of dense layers named denselayer1..N; returns the concatenation of input and all outputs.
+class DenseBlock : public Module {
+ public:
+  DenseBlock(int64_t num_layers, int64_t num_input_features, int64_t bn_size, int64_t growth_rate,
+             double drop_rate, Generator& gen);
+  Variable forward(const Variable& x) override;
+
+ private:
+  std::vector<std::shared_ptr<DenseLayer>> layers_;
+};
+
+/// norm - relu - conv (1x1, halves channels) - pool (2x2 average).
+class Transition : public Module {
+ public:
+  Transition(int64_t num_input_features, int64_t num_output_features, Generator& gen);
+  Variable forward(const Variable& x) override;
+
+ private:
+  std::shared_ptr<BatchNorm2d> norm_;
+  std::shared_ptr<Conv2d> conv_;
+};
+
+/// torchvision.models.DenseNet: `features` (ending at norm5, before the final ReLU) and a
+/// `classifier` when num_classes > 0 (LA-DNN builds its own heads and passes 0).
+class DenseNet : public Module {
+ public:
+  explicit DenseNet(const DenseNetConfig& config, int64_t num_classes = 1000,
+                    Generator& gen = default_generator());
+  /// features -> relu -> global average pool -> flatten -> classifier.
+  Variable forward(const Variable& x) override;
+  /// The `features` Sequential: (N, 3, H, W) -> (N, num_features, H/32, W/32), after norm5.
+  Variable features(const Variable& x);
+  const DenseNetConfig& config() const { return config_; }
+
+ private:
+  DenseNetConfig config_;
+  std::shared_ptr<Sequential> features_;
+  std::shared_ptr<Linear> classifier_;
+};
+
+}  // namespace ladnn
