@@ -39,9 +39,11 @@ static void print_info() {
   std::cout << "  compiler       g++ " << __VERSION__ << ", C++" << __cplusplus / 100 % 100 << "\n";
 }
 
-void add_info(CLI::App& app) {
+static void add_info(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("info", "Print devices, build options and library versions");
   cmd->callback(print_info);
 }
+
+static const Registration kInfo{"info", 100, add_info};
 
 }  // namespace ladnn::apps
