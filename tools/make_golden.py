@@ -357,6 +357,153 @@ class OptSpec:
         return self.ctor(ps, **kw)
 
 
+# ---- the basic ops: elementwise, reductions, matmul, views, cat/split, dropout ----------------------------
+def grad_case(name, description, params, inputs, fn):
+    """inputs: list of (name, float32 tensor); fn(*leaves) -> one output. Runs fn in float32 and float64,
+    backward with one random upstream gradient (drawn from the torch generator as the case left it), and
+    stores the inputs, "dy", "y" and "d<input>" for every input."""
+    def run(dt):
+        leaves = [leaf(t, dt) for _, t in inputs]
+        return leaves, fn(*leaves)
+
+    l32, y32 = run(torch.float32)
+    dy = torch.randn(y32.shape)  # (a 0-d output gets a 0-d dy)
+    y32.backward(dy)
+    l64, y64 = run(torch.float64)
+    y64.backward(dy.double())
+    cs = Case(name, description, params)
+    for nm, t in inputs:
+        cs.add(nm, t)
+    cs.add("dy", dy); cs.add("y", y32); cs.compare64("y", y32, y64)
+    for (nm, _), g32, g64 in zip(inputs, l32, l64):
+        cs.add("d" + nm, g32.grad); cs.compare64("d" + nm, g32.grad, g64.grad)
+    return cs
+
+
+_BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div}
+
+
+def binary_case(name, seed, op, shape_a, shape_b):
+    """op(a, b) with NumPy broadcasting; da and db are summed back to each input's shape."""
+    torch.manual_seed(seed)
+    a = torch.randn(*shape_a)
+    b = torch.randn(*shape_b)
+    if op == "div":  # denominators away from zero: |b| in [0.5, 2), either sign
+        b = (torch.rand(*shape_b) * 1.5 + 0.5) * torch.where(b < 0, -1.0, 1.0)
+    return grad_case(name, f"{op}(a{tuple(shape_a)}, b{tuple(shape_b)}) with broadcasting", {"op": op},
+                     [("a", a), ("b", b)], _BINARY[op])
+
+
+_UNARY = {"add_scalar": lambda x, s: x + s, "mul_scalar": lambda x, s: x * s, "pow_scalar": lambda x, s: x.pow(s),
+          "neg": lambda x, s: -x, "exp": lambda x, s: torch.exp(x), "log": lambda x, s: torch.log(x),
+          "sigmoid": lambda x, s: torch.sigmoid(x), "relu": lambda x, s: torch.relu(x)}
+
+
+def unary_case(name, seed, op, scalar, make_x, x_desc):
+    """One-input op (scalar: its scalar argument or None); make_x() draws x after the seed is set."""
+    torch.manual_seed(seed)
+    x = make_x()
+    return grad_case(name, f"{op}{'' if scalar is None else f'(s={scalar})'} on x{tuple(x.shape)}: {x_desc}",
+                     {"op": op, "scalar": scalar}, [("x", x)], lambda t: _UNARY[op](t, scalar))
+
+
+def with_values(x, values):
+    """x with its first elements (row-major) replaced by `values`."""
+    x = x.clone()
+    x.view(-1)[:len(values)] = torch.tensor(values, dtype=x.dtype)
+    return x
+
+
+def reduction_case(name, seed, op, shape, dims, keepdim):
+    """sum or mean over all elements (dims None: a 0-d result) or over `dims` (keepdim or not)."""
+    torch.manual_seed(seed)
+    x = torch.randn(*shape)
+    f = torch.sum if op == "sum" else torch.mean
+    fn = (lambda t: f(t)) if dims is None else (lambda t: f(t, dim=dims, keepdim=keepdim))
+    what = "all elements" if dims is None else f"dims {dims} keepdim {keepdim}"
+    return grad_case(name, f"{op} of x{tuple(shape)} over {what}", {"op": op, "dims": dims, "keepdim": keepdim},
+                     [("x", x)], fn)
+
+
+def matmul_case(name, seed, m, k, n):
+    torch.manual_seed(seed)
+    a = torch.randn(m, k)
+    b = torch.randn(k, n) / k ** 0.5
+    return grad_case(name, f"matmul a({m}, {k}) b({k}, {n})", {}, [("a", a), ("b", b)], torch.matmul)
+
+
+def view_case(name, seed, shape, params):
+    """params: {"op": "flatten", "start", "end"} or {"op": "reshape", "shape"} (one size may be -1)."""
+    torch.manual_seed(seed)
+    x = torch.randn(*shape)
+    if params["op"] == "flatten":
+        fn = lambda t: torch.flatten(t, params["start"], params["end"])
+        what = f"flatten(start {params['start']}, end {params['end']})"
+    else:
+        fn = lambda t: t.reshape(params["shape"])
+        what = f"reshape to {tuple(params['shape'])}"
+    return grad_case(name, f"{what} of x{tuple(shape)}", params, [("x", x)], fn)
+
+
+def cat_case(name, seed, shapes, dim):
+    torch.manual_seed(seed)
+    parts = [(f"part{i}", torch.randn(*s)) for i, s in enumerate(shapes)]
+    return grad_case(name, f"cat of {[tuple(s) for s in shapes]} along dim {dim}", {"dim": dim, "parts": len(shapes)},
+                     parts, lambda *ps: torch.cat(ps, dim))
+
+
+def split_case(name, seed, shape, sizes, dim, used):
+    """torch.split(x, sizes, dim); backward from the pieces in `used` only (dy<i> each), so the slices of
+    the unused pieces get a zero gradient."""
+    torch.manual_seed(seed)
+    x = torch.randn(*shape)
+
+    def run(dt):
+        xs = leaf(x, dt)
+        return xs, torch.split(xs, sizes, dim)
+
+    xs, ys = run(torch.float32)
+    dys = [torch.randn(ys[i].shape) for i in used]
+    torch.autograd.backward([ys[i] for i in used], dys)
+    xs64, ys64 = run(torch.float64)
+    torch.autograd.backward([ys64[i] for i in used], [d.double() for d in dys])
+    cs = Case(name, f"split of x{tuple(shape)} into {sizes} along dim {dim}, backward from pieces {used}",
+              {"sizes": sizes, "dim": dim, "used": used})
+    cs.add("x", x)
+    for i, d in zip(used, dys):
+        cs.add(f"dy{i}", d)
+    for i, (y, y64) in enumerate(zip(ys, ys64)):
+        cs.add(f"y{i}", y); cs.compare64(f"y{i}", y, y64)
+    cs.add("dx", xs.grad); cs.compare64("dx", xs.grad, xs64.grad)
+    return cs
+
+
+def dropout_case(name, seed, shape, p, training):
+    """F.dropout(x, p, training). PyTorch's generator is not ladnn's, so for 0 < p < 1 in training the test
+    compares properties, not values (see golden_test.cpp); p = 0, p = 1 and eval are deterministic. The
+    float64 reference reuses PyTorch's mask: x / (1 - p) where kept."""
+    torch.manual_seed(seed)
+    x = torch.randn(*shape)
+    dy = torch.randn(*shape)
+    xs = leaf(x, torch.float32)
+    y = F.dropout(xs, p, training=training)
+    y.backward(dy)
+    kept = y != 0
+    x64 = x.double()
+    if not training or p == 0.0:
+        y64 = x64
+    elif p == 1.0:
+        y64 = torch.zeros_like(x64)
+    else:
+        y64 = torch.where(kept, x64 / (1.0 - p), torch.zeros_like(x64))
+    n = x.numel()
+    cs = Case(name, f"dropout x{tuple(shape)} p {p} training {training}: PyTorch kept {int(kept.sum())} of {n}",
+              {"p": p, "training": training, "seed": seed})
+    cs.add("x", x); cs.add("dy", dy); cs.add("y", y); cs.add("dx", xs.grad)
+    cs.compare64("y", y, y64)
+    return cs
+
+
 def all_cases():
     cs = []
     # conv2d: odd sizes, batch 1 and 2, with and without bias, asymmetric stride/pad.
@@ -405,6 +552,83 @@ def all_cases():
                                                                     dampening=0.3, weight_decay=0.0,
                                                                     nesterov=False),
                              "SGD lr 0.05 momentum 0.8 dampening 0.3 (first step ignores dampening)"))
+    # add/sub/mul/div: same shape, and the broadcasts of a bias ((N,C,H,W) with (1,C,1,1); (N,K) with (K))
+    # and a per-channel scale ((C,1,1)), with either side broadcast.
+    nchw = (2, 3, 4, 5)
+    cs.append(binary_case("add_same", 901, "add", nchw, nchw))
+    cs.append(binary_case("add_nchw_1c11", 902, "add", nchw, (1, 3, 1, 1)))
+    cs.append(binary_case("add_nk_k", 903, "add", (5, 7), (7,)))
+    cs.append(binary_case("sub_same", 904, "sub", nchw, nchw))
+    cs.append(binary_case("sub_nchw_c11", 905, "sub", nchw, (3, 1, 1)))
+    cs.append(binary_case("sub_k_nk", 906, "sub", (7,), (5, 7)))
+    cs.append(binary_case("mul_same", 907, "mul", nchw, nchw))
+    cs.append(binary_case("mul_nchw_c11", 908, "mul", nchw, (3, 1, 1)))
+    cs.append(binary_case("mul_1c11_nchw", 909, "mul", (1, 3, 1, 1), nchw))
+    cs.append(binary_case("mul_n1_1k", 910, "mul", (4, 1), (1, 6)))
+    cs.append(binary_case("div_same", 911, "div", nchw, nchw))
+    cs.append(binary_case("div_nchw_1c11", 912, "div", nchw, (1, 3, 1, 1)))
+    cs.append(binary_case("div_nk_k", 913, "div", (5, 7), (7,)))
+    cs.append(binary_case("div_c11_nchw", 914, "div", (3, 1, 1), nchw))
+    # one-input ops
+    shp = (3, 4, 5)
+    signed = lambda: torch.randn(*shp) * 2.0
+    positive = lambda: torch.rand(*shp) * 2.0 + 0.5
+    away = lambda: (torch.rand(*shp) * 1.5 + 0.5) * torch.where(torch.randn(*shp) < 0, -1.0, 1.0)
+    cs.append(unary_case("add_scalar", 1001, "add_scalar", 0.75, signed, "randn * 2"))
+    cs.append(unary_case("mul_scalar", 1002, "mul_scalar", -1.5, signed, "randn * 2"))
+    cs.append(unary_case("neg", 1003, "neg", None, signed, "randn * 2"))
+    cs.append(unary_case("pow_scalar_2", 1004, "pow_scalar", 2.0, signed, "randn * 2"))
+    cs.append(unary_case("pow_scalar_3", 1005, "pow_scalar", 3.0, signed, "randn * 2"))
+    cs.append(unary_case("pow_scalar_0p5", 1006, "pow_scalar", 0.5, positive, "in [0.5, 2.5)"))
+    cs.append(unary_case("pow_scalar_m1p5", 1007, "pow_scalar", -1.5, positive, "in [0.5, 2.5)"))
+    cs.append(unary_case("pow_scalar_m2", 1008, "pow_scalar", -2.0, away, "|x| in [0.5, 2), either sign"))
+    # exp and log: a narrow range, where the metric holds every element to 1e-5 relative, and a wide one (the
+    # largest elements dominate rms there, so it mostly checks that nothing overflows or turns NaN).
+    cs.append(unary_case("exp", 1009, "exp", None, lambda: torch.rand(*shp) * 4.0 - 2.0, "in [-2, 2)"))
+    cs.append(unary_case("exp_wide", 1013, "exp", None,
+                         lambda: with_values(torch.randn(*shp) * 3.0, [20.0, -30.0, 60.0, -100.0]),
+                         "randn * 3 and 20, -30, 60, -100 (exp(-100) underflows float32)"))
+    cs.append(unary_case("log", 1010, "log", None, lambda: torch.rand(*shp) * 4.5 + 0.5, "in [0.5, 5)"))
+    cs.append(unary_case("log_wide", 1014, "log", None, lambda: 10.0 ** (torch.rand(*shp) * 6.0 - 3.0),
+                         "log-uniform in [1e-3, 1e3)"))
+    big = [17.0, -17.0, 30.0, -30.0, 90.0, -90.0, 1000.0, -1000.0]
+    cs.append(unary_case("sigmoid", 1011, "sigmoid", None, lambda: with_values(torch.randn(*shp) * 3.0, big),
+                         "randn * 3 and +-17, +-30, +-90, +-1000 (exp overflows float32 beyond 88.7)"))
+    cs.append(unary_case("relu", 1012, "relu", None,
+                         lambda: with_values(torch.randn(*shp), [0.0, 0.0, -0.0, 1e-30, -1e-30]),
+                         "randn, exact zeros (gradient 0 there, as PyTorch) and +-1e-30"))
+    # sum and mean: all elements (0-d), one axis, several axes, negative axis, keepdim.
+    cs.append(reduction_case("sum_all", 1101, "sum", nchw, None, False))
+    cs.append(reduction_case("sum_dim1", 1102, "sum", nchw, [1], False))
+    cs.append(reduction_case("sum_dims023_keepdim", 1103, "sum", nchw, [0, 2, 3], True))
+    cs.append(reduction_case("sum_dimm1_keepdim", 1104, "sum", nchw, [-1], True))
+    cs.append(reduction_case("mean_all", 1105, "mean", nchw, None, False))
+    cs.append(reduction_case("mean_dim0", 1106, "mean", nchw, [0], False))
+    cs.append(reduction_case("mean_dim1_keepdim", 1107, "mean", nchw, [1], True))
+    cs.append(reduction_case("mean_dims23", 1108, "mean", nchw, [2, 3], False))
+    # matmul: small, batch 1, K = 1 (an outer product), K beyond one 256-deep GEMM slice.
+    cs.append(matmul_case("matmul_5x7x3", 1201, 5, 7, 3))
+    cs.append(matmul_case("matmul_1x6x4", 1202, 1, 6, 4))
+    cs.append(matmul_case("matmul_4x1x3", 1203, 4, 1, 3))
+    cs.append(matmul_case("matmul_13x300x11", 1204, 13, 300, 11))
+    # flatten/reshape (DenseNet's classifier input is flatten(x, 1) of (N, C, 1, 1))
+    cs.append(view_case("flatten_1", 1301, nchw, {"op": "flatten", "start": 1, "end": -1}))
+    cs.append(view_case("flatten_1_2", 1302, nchw, {"op": "flatten", "start": 1, "end": 2}))
+    cs.append(view_case("flatten_0", 1303, nchw, {"op": "flatten", "start": 0, "end": -1}))
+    cs.append(view_case("flatten_1_b1_c11", 1304, (1, 5, 1, 1), {"op": "flatten", "start": 1, "end": -1}))
+    cs.append(view_case("reshape_m1", 1305, nchw, {"op": "reshape", "shape": [6, -1]}))
+    # cat and split along channels (DenseNet joins feature maps with cat(..., 1)), and one along the last dim.
+    cs.append(cat_case("cat_c_3parts", 1401, [(2, 4, 3, 3), (2, 2, 3, 3), (2, 5, 3, 3)], 1))
+    cs.append(cat_case("cat_c_b1_2parts", 1402, [(1, 3, 2, 4), (1, 6, 2, 4)], 1))
+    cs.append(cat_case("cat_lastdim", 1403, [(2, 3), (2, 4)], -1))
+    cs.append(split_case("split_c_3", 1411, (2, 11, 3, 3), [4, 2, 5], 1, [0, 1, 2]))
+    cs.append(split_case("split_c_unused", 1412, (1, 7, 2, 3), [3, 1, 3], 1, [0, 2]))
+    # dropout: statistical for 0 < p < 1 (4096 elements), exact for p = 0, p = 1 and eval.
+    cs.append(dropout_case("dropout_p0p3", 1501, (2, 8, 16, 16), 0.3, True))
+    cs.append(dropout_case("dropout_p0p5", 1502, (2, 8, 16, 16), 0.5, True))
+    cs.append(dropout_case("dropout_p1", 1503, (2, 3, 4), 1.0, True))
+    cs.append(dropout_case("dropout_p0", 1504, (2, 3, 4), 0.0, True))
+    cs.append(dropout_case("dropout_eval", 1505, (2, 3, 4), 0.5, False))
     return cs
 
 
