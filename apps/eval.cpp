@@ -10,12 +10,14 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "apps/apps.h"
 #include "apps/svg.h"
 #include "data/loader.h"
 #include "data/split.h"
+#include "models/cam_report.h"
 #include "models/checkpoint.h"
 #include "models/evaluation.h"
 
@@ -36,6 +38,7 @@ struct EvalOptions {
   int batch = 32;
   int workers = 2;
   bool skip_bad = false;
+  int cams = 0;
 };
 
 void write_file(const fs::path& path, const std::string& text) {
@@ -145,6 +148,30 @@ void run_eval(const EvalOptions& o) {
   for (const HeadData& h : lesion_scores(p))
     if (auto [s, both_classes] = named(h); both_classes) heads.push_back(std::move(s));
   const std::string where = " — " + o.split + " split";
+
+  // Grad-CAM++ grids of the best- and worst-classified images (--cams N).
+  if (o.cams > 0) {
+    std::map<std::string, std::string> path_of;
+    for (const data::Sample& s : loader.samples()) path_of[s.name] = s.path;
+    const std::vector<CamPick> picks = pick_best_and_worst(p.covid, p.covid_prob, o.cams);
+    fs::create_directories(out / "cams");
+    std::vector<std::string> images, files;
+    nlohmann::json cams = nlohmann::json::array();
+    for (size_t k = 0; k < picks.size(); ++k) {
+      const size_t i = picks[k].index;
+      char prefix[16];
+      std::snprintf(prefix, sizeof prefix, "%02zu_", k + 1);
+      const std::string file =
+          (out / "cams" / (prefix + picks[k].kind + "_" + fs::path(p.names[i]).stem().string() + ".png")).string();
+      images.push_back(path_of.at(p.names[i]));
+      files.push_back(file);
+      cams.push_back({{"image", p.names[i]}, {"file", file}, {"kind", picks[k].kind}, {"covid", p.covid[i]},
+                      {"covid_prob", p.covid_prob[i]}});
+    }
+    std::fprintf(stderr, "ladnn eval: Grad-CAM++ grids of %zu images ...\n", picks.size());
+    write_cam_grids(*model, images, files, image_size, ExplainConfig{});
+    report["cams"] = cams;
+  }
   write_file(out / "report.json", report.dump(2) + "\n");
   write_file(out / "roc.svg", roc_svg("ROC" + where, heads));
   write_file(out / "pr.svg", pr_svg("Precision-recall" + where, heads));
@@ -182,6 +209,10 @@ void add_eval(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--skip-bad", o->skip_bad, "Skip unreadable images with a warning instead of stopping");
+  cmd->add_option("--cams", o->cams,
+                  "Add Grad-CAM++ grids of N images to the report: the best-classified half, then the worst")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   cmd->callback([o] { run_eval(*o); });
 }
 

@@ -21,6 +21,7 @@
 #include "data/transforms.h"
 #include "models/cam_image.h"
 #include "models/checkpoint.h"
+#include "models/cam_report.h"
 #include "models/gradcam.h"
 
 namespace ladnn::apps {
@@ -58,14 +59,6 @@ std::string unique_stem(const std::string& path, std::set<std::string>& used) {
 }
 
 /// The slice as the figures show it: the network's (size, size) resize, unnormalised, as luminance.
-std::vector<float> grey_slice(const data::Image& image, int size) {
-  Tensor rgb = data::transform(image, size, {}, data::Normalize::none());  // (3, S, S) in [0, 1]
-  const float* p = rgb.data<float>();
-  const size_t n = static_cast<size_t>(size) * size;
-  std::vector<float> grey(n);
-  for (size_t i = 0; i < n; ++i) grey[i] = 0.299f * p[i] + 0.587f * p[n + i] + 0.114f * p[2 * n + i];
-  return grey;
-}
 
 void run_explain(const ExplainOptions& o) {
   // What to explain: the requested targets, and always the grid's six.

@@ -148,3 +148,24 @@ TEST(CamImage, FiguresHaveTheirLayout) {
 
 }  // namespace
 }  // namespace ladnn::viz
+
+// ---- ladnn eval --cams: which images get a grid -----------------------------------------------------------
+#include "models/cam_report.h"
+
+TEST(CamReport, PicksBestThenWorst) {
+  using ladnn::pick_best_and_worst;
+  // errors |p - y|: 0.1, 0.9, 0.4, 0.05, 0.7
+  std::vector<int> y{1, 0, 1, 0, 1};
+  std::vector<double> p{0.9, 0.9, 0.6, 0.05, 0.3};
+  auto picks = pick_best_and_worst(y, p, 3);
+  ASSERT_EQ(picks.size(), 3u);
+  EXPECT_EQ(picks[0].index, 3u);  // best: error 0.05
+  EXPECT_EQ(picks[0].kind, "best");
+  EXPECT_EQ(picks[1].index, 0u);  // next best: 0.1
+  EXPECT_EQ(picks[2].index, 1u);  // worst: 0.9
+  EXPECT_EQ(picks[2].kind, "worst");
+  EXPECT_NEAR(picks[2].error, 0.9, 1e-12);
+  EXPECT_EQ(pick_best_and_worst(y, p, 50).size(), 5u);  // capped, each image once
+  EXPECT_TRUE(pick_best_and_worst(y, p, 0).empty());
+  EXPECT_THROW(pick_best_and_worst(y, {0.5}, 2), std::invalid_argument);
+}
