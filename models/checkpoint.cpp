@@ -34,11 +34,12 @@ nlohmann::json parse_json_field(const SafetensorsFile& f, const std::string& key
 void save_checkpoint(const std::string& path, const Module& model, const Optimizer* optimizer,
                      const TrainingState& state) {
   std::vector<std::pair<std::string, Tensor>> tensors;
-  for (const auto& [name, t] : model.state_dict()) tensors.emplace_back(kModelPrefix + name, t);
+  // Checkpoints hold CPU tensors whatever device the run is on.
+  for (const auto& [name, t] : model.state_dict()) tensors.emplace_back(kModelPrefix + name, t.to(Device::cpu()));
   nlohmann::json scalars = nlohmann::json::object();
   if (optimizer) {
     OptimizerState os = optimizer->state_dict();
-    for (const auto& [key, t] : os.tensors) tensors.emplace_back(kOptimPrefix + key, t);
+    for (const auto& [key, t] : os.tensors) tensors.emplace_back(kOptimPrefix + key, t.to(Device::cpu()));
     for (const auto& [key, v] : os.scalars) scalars[key] = v;
   }
   std::map<std::string, std::string> meta;

@@ -105,14 +105,17 @@ Predictions predict(LaDnn& model, data::Loader& loader, const LossConfig& loss) 
   NoGradGuard no_grad;
   Predictions p;
   double loss_sum = 0;
+  const Device device = model.parameters().front().tensor().device();
   loader.start_epoch(0);
   data::Batch b;
   while (loader.next(b)) {
-    LaDnn::Output out = model.forward_heads(Variable(b.images));
-    double l = lesion_attention_loss(out, b.covid, b.lesions, b.lesion_mask, loss).tensor().item();
+    LaDnn::Output out = model.forward_heads(Variable(b.images.to(device)));
+    double l = lesion_attention_loss(out, b.covid.to(device), b.lesions.to(device), b.lesion_mask.to(device), loss)
+                   .tensor()
+                   .item();
     loss_sum += l * static_cast<double>(b.size());
-    std::vector<double> c = ops::sigmoid(out.covid.tensor()).to_vector();
-    std::vector<double> les = ops::sigmoid(out.lesions.tensor()).to_vector();
+    std::vector<double> c = ops::sigmoid(out.covid.tensor()).to(Device::cpu()).to_vector();
+    std::vector<double> les = ops::sigmoid(out.lesions.tensor()).to(Device::cpu()).to_vector();
     std::vector<double> cy = b.covid.to_vector(), ly = b.lesions.to_vector(), m = b.lesion_mask.to_vector();
     for (int64_t i = 0; i < b.size(); ++i) {
       p.names.push_back(b.names[i]);
@@ -286,11 +289,9 @@ std::vector<EpochMetrics> Trainer::run() {
     config_ = saved;
   }
   config_.validate();
-  if (config_.device == "cuda")
-    throw std::runtime_error(
-        "--device cuda: the GPU ops arrive with the CUDA backend (cuda/), which this version does not "
-        "have yet" + std::string(cuda::available() ? "" : "; besides, " + cuda::unavailable_reason()) +
-        ". Train with --device cpu");
+  if (config_.device == "cuda" && !cuda::available())
+    throw std::runtime_error("--device cuda: " + cuda::unavailable_reason() + "; train with --device cpu");
+  const Device device = config_.device == "cuda" ? Device::cuda() : Device::cpu();
   fs::create_directories(config_.out);
   {
     std::ofstream cfg(config_.out + "/config.json");
@@ -300,13 +301,14 @@ std::vector<EpochMetrics> Trainer::run() {
   Generator gen(config_.seed);
   auto model = std::make_shared<LaDnn>(DenseNetConfig::by_name(config_.arch), gen);
   if (!config_.init.empty() && !resuming) init_from_pretrained(*model, config_.init);
+  if (resuming) model->load_state_dict(resumed.model);  // before the move: checkpoints live on the CPU
+  model->to(device);
   auto optimizer = make_optimizer(config_, model->parameters());
   auto schedule = make_schedule(config_, *optimizer);
   TrainingState state;
   state.config = config_.to_json();
   std::vector<EpochMetrics> history;
   if (resuming) {
-    model->load_state_dict(resumed.model);
     if (!resumed.optimizer.tensors.empty() || !resumed.optimizer.scalars.empty())
       optimizer->load_state_dict(resumed.optimizer);
     if (schedule) {
@@ -341,8 +343,9 @@ std::vector<EpochMetrics> Trainer::run() {
     int64_t images = 0, correct = 0, done = 0;
     data::Batch b;
     while (done < total && train.next(b)) {
-      LaDnn::Output out = model->forward_heads(Variable(b.images));
-      Variable l = lesion_attention_loss(out, b.covid, b.lesions, b.lesion_mask, loss);
+      LaDnn::Output out = model->forward_heads(Variable(b.images.to(device)));
+      Variable l = lesion_attention_loss(out, b.covid.to(device), b.lesions.to(device),
+                                         b.lesion_mask.to(device), loss);
       optimizer->zero_grad();
       l.backward();
       optimizer->step();
@@ -350,7 +353,7 @@ std::vector<EpochMetrics> Trainer::run() {
       check(std::isfinite(lv), "training diverged: the loss is " + std::to_string(lv) + " at epoch " +
                                    std::to_string(epoch) + ", batch " + std::to_string(done + 1) +
                                    "; lower --lr");
-      std::vector<double> logits = out.covid.tensor().to_vector(), y = b.covid.to_vector();
+      std::vector<double> logits = out.covid.tensor().to(Device::cpu()).to_vector(), y = b.covid.to_vector();
       for (size_t i = 0; i < y.size(); ++i) correct += (logits[i] >= 0) == (y[i] > 0.5);
       loss_sum += lv * static_cast<double>(b.size());
       images += b.size();
