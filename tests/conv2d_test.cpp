@@ -41,19 +41,19 @@ struct Case {
 
 // The forward/backward comparison shapes. Each line says what it exercises.
 const std::vector<Case> kCases = {
-    {2, 5, 7, 6, 3, 1, 1, 1, 1, 0, 0},     // 1x1 stride 1 pad 0: the no-im2col fast path
-    {1, 16, 14, 14, 8, 1, 1, 1, 1, 0, 0},  // fast path, batch 1, DenseNet-like plane
-    {1, 4, 9, 9, 5, 1, 1, 2, 2, 0, 0},     // 1x1 with stride 2 (im2col path)
-    {1, 3, 5, 5, 2, 1, 1, 1, 1, 1, 1},     // 1x1 with padding (im2col path, zero border)
-    {2, 3, 8, 8, 4, 3, 3, 1, 1, 1, 1},     // 3x3 pad 1 (DenseNet's growth conv)
-    {1, 7, 5, 11, 6, 3, 3, 1, 1, 1, 1},    // odd, non-square plane
-    {3, 2, 9, 7, 5, 3, 3, 2, 2, 0, 0},     // stride 2, no padding, odd sizes
-    {1, 3, 23, 23, 8, 7, 7, 2, 2, 3, 3},   // DenseNet's stem: 7x7 stride 2 pad 3
-    {2, 3, 10, 9, 4, 3, 5, 2, 1, 0, 2},    // non-square kernel, stride and padding
-    {1, 2, 3, 3, 2, 5, 5, 1, 1, 1, 1},     // kernel as large as the padded input: 1x1 output
-    {1, 2, 4, 5, 3, 3, 3, 1, 1, 3, 3},     // padding wider than the kernel: all-padding windows
-    {2, 16, 20, 20, 12, 3, 3, 1, 1, 1, 1}, // large enough for the OpenMP im2col/col2im paths
-    {2, 64, 13, 13, 33, 1, 1, 1, 1, 0, 0}, // fast path large enough for threaded GEMM
+    {2, 5, 7, 6, 3, 1, 1, 1, 1, 0, 0},      // 1x1 stride 1 pad 0: the no-im2col fast path
+    {1, 16, 14, 14, 8, 1, 1, 1, 1, 0, 0},   // fast path, batch 1, DenseNet-like plane
+    {1, 4, 9, 9, 5, 1, 1, 2, 2, 0, 0},      // 1x1 with stride 2 (im2col path)
+    {1, 3, 5, 5, 2, 1, 1, 1, 1, 1, 1},      // 1x1 with padding (im2col path, zero border)
+    {2, 3, 8, 8, 4, 3, 3, 1, 1, 1, 1},      // 3x3 pad 1 (DenseNet's growth conv)
+    {1, 7, 5, 11, 6, 3, 3, 1, 1, 1, 1},     // odd, non-square plane
+    {3, 2, 9, 7, 5, 3, 3, 2, 2, 0, 0},      // stride 2, no padding, odd sizes
+    {1, 3, 23, 23, 8, 7, 7, 2, 2, 3, 3},    // DenseNet's stem: 7x7 stride 2 pad 3
+    {2, 3, 10, 9, 4, 3, 5, 2, 1, 0, 2},     // non-square kernel, stride and padding
+    {1, 2, 3, 3, 2, 5, 5, 1, 1, 1, 1},      // kernel as large as the padded input: 1x1 output
+    {1, 2, 4, 5, 3, 3, 3, 1, 1, 3, 3},      // padding wider than the kernel: all-padding windows
+    {2, 16, 20, 20, 12, 3, 3, 1, 1, 1, 1},  // large enough for the OpenMP im2col/col2im paths
+    {2, 64, 13, 13, 33, 1, 1, 1, 1, 0, 0},  // fast path large enough for threaded GEMM
 };
 
 /// A reference result and, per element, the sum of |terms| that made it (for the error bound).
@@ -66,8 +66,8 @@ double x_at(const std::vector<double>& x, const Case& c, int64_t n, int64_t ch, 
 }
 
 /// y[n][k][p][q] = b[k] + sum_{c,r,s} x[n][c][p*sh - ph + r][q*sw - pw + s] * w[k][c][r][s].
-Ref ref_forward(const std::vector<double>& x, const std::vector<double>& w,
-                const std::vector<double>& b, const Case& c) {
+Ref ref_forward(const std::vector<double>& x, const std::vector<double>& w, const std::vector<double>& b,
+                const Case& c) {
   const int64_t P = c.P(), Q = c.Q();
   Ref ref{std::vector<double>(c.N * c.K * P * Q), std::vector<double>(c.N * c.K * P * Q)};
   for (int64_t n = 0; n < c.N; ++n)
@@ -93,8 +93,8 @@ Ref ref_forward(const std::vector<double>& x, const std::vector<double>& w,
 
 /// The adjoints, by scattering every term of the forward sum:
 ///   dx[n][c][h][w] += dy[n][k][p][q] * w[k][c][r][s],  dw[k][c][r][s] += dy[n][k][p][q] * x[n][c][h][w].
-void ref_backward(const std::vector<double>& dy, const std::vector<double>& x,
-                  const std::vector<double>& w, const Case& c, Ref& dx, Ref& dw) {
+void ref_backward(const std::vector<double>& dy, const std::vector<double>& x, const std::vector<double>& w,
+                  const Case& c, Ref& dx, Ref& dw) {
   const int64_t P = c.P(), Q = c.Q();
   dx = Ref{std::vector<double>(x.size()), std::vector<double>(x.size())};
   dw = Ref{std::vector<double>(w.size()), std::vector<double>(w.size())};
@@ -161,8 +161,8 @@ void check_case_ops(const Case& c, DType dt, uint64_t seed) {
   const int64_t crs = c.C * c.R * c.S;
   expect_close(ops::conv2d_forward(x, w, b, p), ref_forward(x.to_vector(), w.to_vector(), b.to_vector(), c),
                crs + 1, what + " forward with bias");
-  expect_close(ops::conv2d_forward(x, w, Tensor(), p), ref_forward(x.to_vector(), w.to_vector(), {}, c),
-               crs, what + " forward without bias");
+  expect_close(ops::conv2d_forward(x, w, Tensor(), p), ref_forward(x.to_vector(), w.to_vector(), {}, c), crs,
+               what + " forward without bias");
 
   Ref dx, dw;
   ref_backward(dy.to_vector(), x.to_vector(), w.to_vector(), c, dx, dw);
@@ -219,16 +219,32 @@ TEST(Conv2dOps, ChannelSliceInputGivesTheSameResult) {
     Tensor dy = Tensor::uniform(c.y_shape(), -1, 1, gen, DType::Float32);
     Tensor xc = x.contiguous();
     EXPECT_EQ(ops::max_abs_diff(ops::conv2d_forward(x, w, Tensor(), c.params()),
-                                ops::conv2d_forward(xc, w, Tensor(), c.params())), 0.0);
+                                ops::conv2d_forward(xc, w, Tensor(), c.params())),
+              0.0);
     EXPECT_EQ(ops::max_abs_diff(ops::conv2d_backward_weight(dy, x, c.w_shape(), c.params()),
-                                ops::conv2d_backward_weight(dy, xc, c.w_shape(), c.params())), 0.0);
+                                ops::conv2d_backward_weight(dy, xc, c.w_shape(), c.params())),
+              0.0);
     // Non-contiguous grad_output and weight (transposed twice back to the same shape).
     Tensor dyt = dy.transpose(2, 3).contiguous().transpose(2, 3);
     if (c.P() > 1 && c.Q() > 1) {
       ASSERT_FALSE(dyt.is_contiguous());
     }
     EXPECT_EQ(ops::max_abs_diff(ops::conv2d_backward_input(dyt, w, c.x_shape(), c.params()),
-                                ops::conv2d_backward_input(dy, w, c.x_shape(), c.params())), 0.0);
+                                ops::conv2d_backward_input(dy, w, c.x_shape(), c.params())),
+              0.0);
+  }
+}
+
+TEST(Conv2dOps, WeightGradientIsDeterministic) {
+  // With images in parallel each thread sums its own partial weight gradient; the partials are added
+  // in a fixed order, so two runs agree to the bit (a checkpointed run resumes identically).
+  Generator gen(6);
+  for (const Case& c : {Case{6, 8, 9, 9, 5, 3, 3, 1, 1, 1, 1}, Case{5, 16, 6, 6, 8, 1, 1, 1, 1, 0, 0}}) {
+    Tensor x = Tensor::uniform(c.x_shape(), -1, 1, gen, DType::Float32);
+    Tensor dy = Tensor::uniform(c.y_shape(), -1, 1, gen, DType::Float32);
+    Tensor first = ops::conv2d_backward_weight(dy, x, c.w_shape(), c.params());
+    for (int run = 0; run < 3; ++run)
+      EXPECT_EQ(ops::max_abs_diff(first, ops::conv2d_backward_weight(dy, x, c.w_shape(), c.params())), 0.0);
   }
 }
 
@@ -245,14 +261,26 @@ TEST(Conv2dOps, EmptyBatch) {
 TEST(Conv2dOps, Errors) {
   const Tensor x = Tensor::zeros({1, 3, 8, 8}), w = Tensor::zeros({4, 3, 3, 3});
   const ops::Conv2dParams p;
-  expect_error([&] { ops::conv2d_forward(Tensor::zeros({3, 224, 224}), w, Tensor(), p); },
-               "conv2d: input must be 4-D (N, C, H, W), got (3, 224, 224)");
-  expect_error([&] { ops::conv2d_forward(x, Tensor::zeros({4, 3, 3}), Tensor(), p); },
-               "conv2d: weight must be 4-D (K, C, R, S), got (4, 3, 3)");
-  expect_error([&] { ops::conv2d_forward(x, Tensor::zeros({64, 4, 7, 7}), Tensor(), p); },
-               "conv2d: input (1, 3, 8, 8) has 3 channels but weight (64, 4, 7, 7) expects 4");
-  expect_error([&] { ops::conv2d_forward(x, Tensor::zeros({4, 3, 0, 3}), Tensor(), p); },
-               "conv2d: weight (4, 3, 0, 3) has an empty kernel");
+  expect_error(
+      [&] {
+        ops::conv2d_forward(Tensor::zeros({3, 224, 224}), w, Tensor(), p);
+      },
+      "conv2d: input must be 4-D (N, C, H, W), got (3, 224, 224)");
+  expect_error(
+      [&] {
+        ops::conv2d_forward(x, Tensor::zeros({4, 3, 3}), Tensor(), p);
+      },
+      "conv2d: weight must be 4-D (K, C, R, S), got (4, 3, 3)");
+  expect_error(
+      [&] {
+        ops::conv2d_forward(x, Tensor::zeros({64, 4, 7, 7}), Tensor(), p);
+      },
+      "conv2d: input (1, 3, 8, 8) has 3 channels but weight (64, 4, 7, 7) expects 4");
+  expect_error(
+      [&] {
+        ops::conv2d_forward(x, Tensor::zeros({4, 3, 0, 3}), Tensor(), p);
+      },
+      "conv2d: weight (4, 3, 0, 3) has an empty kernel");
   ops::Conv2dParams bad_stride;
   bad_stride.stride_w = 0;
   expect_error([&] { ops::conv2d_forward(x, w, Tensor(), bad_stride); },
@@ -263,34 +291,61 @@ TEST(Conv2dOps, Errors) {
                "conv2d: padding must be non-negative, got -1x0");
   ops::Conv2dParams pad1;
   pad1.pad_h = pad1.pad_w = 1;
-  expect_error([&] { ops::conv2d_forward(Tensor::zeros({1, 3, 3, 3}), Tensor::zeros({4, 3, 7, 7}), Tensor(), pad1); },
-               "conv2d: kernel 7x7 is larger than the padded input 5x5 (input (1, 3, 3, 3), padding 1x1)");
+  expect_error(
+      [&] {
+        ops::conv2d_forward(Tensor::zeros({1, 3, 3, 3}), Tensor::zeros({4, 3, 7, 7}), Tensor(), pad1);
+      },
+      "conv2d: kernel 7x7 is larger than the padded input 5x5 (input (1, 3, 3, 3), padding 1x1)");
   expect_error([&] { ops::conv2d_forward(x, w, Tensor::zeros({3}), p); },
                "conv2d: bias must have shape (4) for weight (4, 3, 3, 3), got (3)");
-  expect_error([&] { ops::conv2d_forward(x, Tensor::zeros({4, 3, 3, 3}, DType::Float64), Tensor(), p); },
-               "conv2d: input is float32 but weight is float64");
+  expect_error(
+      [&] {
+        ops::conv2d_forward(x, Tensor::zeros({4, 3, 3, 3}, DType::Float64), Tensor(), p);
+      },
+      "conv2d: input is float32 but weight is float64");
   expect_error([&] { ops::conv2d_forward(x, w, Tensor::zeros({4}, DType::Float64), p); },
                "conv2d: bias is float64 but input is float32");
-  expect_error([&] { ops::conv2d_forward(Tensor::zeros({1, 3, 8, 8}, DType::Int64), w, Tensor(), p); },
-               "conv2d: input must be float32 or float64, got int64");
+  expect_error(
+      [&] {
+        ops::conv2d_forward(Tensor::zeros({1, 3, 8, 8}, DType::Int64), w, Tensor(), p);
+      },
+      "conv2d: input must be float32 or float64, got int64");
   expect_error([&] { ops::conv2d_forward(Tensor(), w, Tensor(), p); }, "conv2d: input is undefined");
-  expect_error([&] { ops::conv2d_output_shape({1, 3, 8}, {4, 3, 3, 3}, p); },
-               "conv2d: input must be 4-D (N, C, H, W), got (1, 3, 8)");
+  expect_error(
+      [&] {
+        ops::conv2d_output_shape({1, 3, 8}, {4, 3, 3, 3}, p);
+      },
+      "conv2d: input must be 4-D (N, C, H, W), got (1, 3, 8)");
 
   // Backward ops check that grad_output is what the forward produced.
-  expect_error([&] { ops::conv2d_backward_input(Tensor::zeros({1, 4, 5, 5}), w, {1, 3, 8, 8}, p); },
-               "conv2d_backward_input: grad_output has shape (1, 4, 5, 5) but the convolution of "
-               "input (1, 3, 8, 8) by weight (4, 3, 3, 3) gives (1, 4, 6, 6)");
-  expect_error([&] { ops::conv2d_backward_input(Tensor::zeros({1, 4, 6, 6}), w, {1, 2, 8, 8}, p); },
-               "conv2d_backward_input: input (1, 2, 8, 8) has 2 channels but weight (4, 3, 3, 3) "
-               "expects 3");
-  expect_error([&] { ops::conv2d_backward_weight(Tensor::zeros({1, 5, 6, 6}), x, {4, 3, 3, 3}, p); },
-               "conv2d_backward_weight: grad_output has shape (1, 5, 6, 6) but the convolution of "
-               "input (1, 3, 8, 8) by weight (4, 3, 3, 3) gives (1, 4, 6, 6)");
-  expect_error([&] { ops::conv2d_backward_weight(Tensor::zeros({1, 4, 6, 6}, DType::Float64), x, {4, 3, 3, 3}, p); },
-               "conv2d_backward_weight: grad_output is float64 but input is float32");
-  expect_error([&] { ops::conv2d_backward_bias(Tensor::zeros({4, 6, 6})); },
-               "conv2d_backward_bias: grad_output must be 4-D (N, K, P, Q), got (4, 6, 6)");
+  expect_error(
+      [&] {
+        ops::conv2d_backward_input(Tensor::zeros({1, 4, 5, 5}), w, {1, 3, 8, 8}, p);
+      },
+      "conv2d_backward_input: grad_output has shape (1, 4, 5, 5) but the convolution of "
+      "input (1, 3, 8, 8) by weight (4, 3, 3, 3) gives (1, 4, 6, 6)");
+  expect_error(
+      [&] {
+        ops::conv2d_backward_input(Tensor::zeros({1, 4, 6, 6}), w, {1, 2, 8, 8}, p);
+      },
+      "conv2d_backward_input: input (1, 2, 8, 8) has 2 channels but weight (4, 3, 3, 3) "
+      "expects 3");
+  expect_error(
+      [&] {
+        ops::conv2d_backward_weight(Tensor::zeros({1, 5, 6, 6}), x, {4, 3, 3, 3}, p);
+      },
+      "conv2d_backward_weight: grad_output has shape (1, 5, 6, 6) but the convolution of "
+      "input (1, 3, 8, 8) by weight (4, 3, 3, 3) gives (1, 4, 6, 6)");
+  expect_error(
+      [&] {
+        ops::conv2d_backward_weight(Tensor::zeros({1, 4, 6, 6}, DType::Float64), x, {4, 3, 3, 3}, p);
+      },
+      "conv2d_backward_weight: grad_output is float64 but input is float32");
+  expect_error(
+      [&] {
+        ops::conv2d_backward_bias(Tensor::zeros({4, 6, 6}));
+      },
+      "conv2d_backward_bias: grad_output must be 4-D (N, K, P, Q), got (4, 6, 6)");
 }
 
 // ---- the differentiable conv2d ---------------------------------------------------------------------------
@@ -299,27 +354,29 @@ TEST(Conv2dGrad, GradcheckWithBias) {
   Generator gen(21);
   // (N, C, H, W), (K, C, R, S), stride, pad: 3x3 pad 1; 7x7 stride 2 pad 3 (stem); 1x1 fast path;
   // a non-square kernel with uneven stride and padding; batch 1 throughout some.
-  const std::vector<Case> cases = {
-      {2, 3, 5, 6, 4, 3, 3, 1, 1, 1, 1}, {1, 2, 9, 9, 3, 7, 7, 2, 2, 3, 3},
-      {2, 4, 3, 5, 3, 1, 1, 1, 1, 0, 0}, {1, 3, 7, 6, 2, 3, 2, 2, 1, 0, 1}};
+  const std::vector<Case> cases = {{2, 3, 5, 6, 4, 3, 3, 1, 1, 1, 1},
+                                   {1, 2, 9, 9, 3, 7, 7, 2, 2, 3, 3},
+                                   {2, 4, 3, 5, 3, 1, 1, 1, 1, 0, 0},
+                                   {1, 3, 7, 6, 2, 3, 2, 2, 1, 0, 1}};
   for (const Case& c : cases) {
     const ops::Conv2dParams p = c.params();
-    GradcheckResult r = gradcheck(
-        [p](const std::vector<Variable>& in) { return conv2d(in[0], in[1], in[2], p); },
-        {rand_var(c.x_shape(), gen), rand_var(c.w_shape(), gen), rand_var({c.K}, gen)});
+    GradcheckResult r =
+        gradcheck([p](const std::vector<Variable>& in) { return conv2d(in[0], in[1], in[2], p); },
+                  {rand_var(c.x_shape(), gen), rand_var(c.w_shape(), gen), rand_var({c.K}, gen)});
     EXPECT_TRUE(r.ok) << c.str() << ": " << r.message;
   }
 }
 
 TEST(Conv2dGrad, GradcheckWithoutBias) {
   Generator gen(22);
-  const std::vector<Case> cases = {{1, 3, 6, 5, 2, 3, 3, 2, 2, 1, 1}, {3, 2, 4, 4, 5, 1, 1, 1, 1, 0, 0},
+  const std::vector<Case> cases = {{1, 3, 6, 5, 2, 3, 3, 2, 2, 1, 1},
+                                   {3, 2, 4, 4, 5, 1, 1, 1, 1, 0, 0},
                                    {1, 1, 4, 4, 2, 3, 3, 1, 1, 3, 3}};
   for (const Case& c : cases) {
     const ops::Conv2dParams p = c.params();
-    GradcheckResult r = gradcheck(
-        [p](const std::vector<Variable>& in) { return conv2d(in[0], in[1], Variable(), p); },
-        {rand_var(c.x_shape(), gen), rand_var(c.w_shape(), gen)});
+    GradcheckResult r =
+        gradcheck([p](const std::vector<Variable>& in) { return conv2d(in[0], in[1], Variable(), p); },
+                  {rand_var(c.x_shape(), gen), rand_var(c.w_shape(), gen)});
     EXPECT_TRUE(r.ok) << c.str() << ": " << r.message;
   }
 }
@@ -344,7 +401,9 @@ TEST(Conv2dGrad, ForwardMatchesOpAndGradientsAccumulate) {
   Variable x = rand_var(c.x_shape(), gen), w = rand_var(c.w_shape(), gen), b = rand_var({c.K}, gen);
   Variable y = conv2d(x, w, b, c.params());
   EXPECT_STREQ(y.op_name(), "conv2d");
-  EXPECT_EQ(ops::max_abs_diff(y.tensor(), ops::conv2d_forward(x.tensor(), w.tensor(), b.tensor(), c.params())), 0.0);
+  EXPECT_EQ(
+      ops::max_abs_diff(y.tensor(), ops::conv2d_forward(x.tensor(), w.tensor(), b.tensor(), c.params())),
+      0.0);
   // Using x in two convs (DenseNet reuses every feature map) sums both gradients.
   sum(add(conv2d(x, w, b, c.params()), conv2d(x, w, Variable(), c.params()))).backward();
   const Tensor dy = Tensor::ones(c.y_shape(), DType::Float64);

@@ -43,8 +43,8 @@ void expect_product(const Tensor& got, const Tensor& a, bool ta, const Tensor& b
   ASSERT_EQ(got.shape(), (Shape{M, N}));
   ASSERT_EQ(got.dtype(), a.dtype());
   ASSERT_TRUE(got.is_contiguous());
-  const double eps =
-      a.dtype() == DType::Float32 ? std::numeric_limits<float>::epsilon() : std::numeric_limits<double>::epsilon();
+  const double eps = a.dtype() == DType::Float32 ? std::numeric_limits<float>::epsilon()
+                                                 : std::numeric_limits<double>::epsilon();
   const Dense da = dense(a, ta), db = dense(b, tb);
   const std::vector<double> g = got.to_vector();
   const std::vector<double> bv = bias.defined() ? bias.to_vector() : std::vector<double>();
@@ -79,8 +79,8 @@ void expect_error(const std::function<void()>& fn, const std::string& message) {
 TEST(Matmul, MatchesNaiveForAllTransposesAndDtypes) {
   Generator gen(7);
   for (DType dt : {DType::Float32, DType::Float64}) {
-    for (auto [M, N, K] : {std::array<int64_t, 3>{1, 1, 1}, {1, 9, 7}, {5, 1, 33}, {17, 65, 30},
-                           {130, 70, 257}}) {
+    for (auto [M, N, K] :
+         {std::array<int64_t, 3>{1, 1, 1}, {1, 9, 7}, {5, 1, 33}, {17, 65, 30}, {130, 70, 257}}) {
       for (int t = 0; t < 4; ++t) {
         const bool ta = t & 1, tb = t & 2;
         Tensor a = Tensor::uniform(ta ? Shape{K, M} : Shape{M, K}, -1, 1, gen, dt);
@@ -98,19 +98,19 @@ TEST(Matmul, TransposedViewsAndColumnSlicesNeedNoCopy) {
   for (DType dt : {DType::Float32, DType::Float64}) {
     Tensor base_a = Tensor::uniform({23, 40}, -1, 1, gen, dt);
     Tensor base_b = Tensor::uniform({19, 31}, -1, 1, gen, dt);
-    Tensor a_t = base_a.transpose(0, 1);           // (40, 23), column-major
-    Tensor a_slice = base_a.narrow(1, 3, 19);      // (23, 19), row stride 40
-    Tensor b_slice = base_b.narrow(1, 5, 17);      // (19, 17), row stride 31
-    Tensor b_t = base_b.transpose(0, 1);           // (31, 19)
+    Tensor a_t = base_a.transpose(0, 1);       // (40, 23), column-major
+    Tensor a_slice = base_a.narrow(1, 3, 19);  // (23, 19), row stride 40
+    Tensor b_slice = base_b.narrow(1, 5, 17);  // (19, 17), row stride 31
+    Tensor b_t = base_b.transpose(0, 1);       // (31, 19)
     expect_product(ops::matmul(a_slice, b_slice), a_slice, false, b_slice, false);
-    expect_product(ops::matmul(a_t, base_a), a_t, false, base_a, false);       // (40,23)x(23,40)
+    expect_product(ops::matmul(a_t, base_a), a_t, false, base_a, false);        // (40,23)x(23,40)
     expect_product(ops::matmul(a_t, a_t, false, true), a_t, false, a_t, true);  // (40,23)x(23,40)
-    expect_product(ops::matmul(b_t, b_slice), b_t, false, b_slice, false);     // (31,19)x(19,17)
+    expect_product(ops::matmul(b_t, b_slice), b_t, false, b_slice, false);      // (31,19)x(19,17)
     expect_product(ops::matmul(a_slice, b_t, false, true), a_slice, false, b_t, true);
     // Neither rows nor columns contiguous (every other element of a larger buffer): copied first.
     Tensor buf_a = Tensor::uniform({6, 10}, -1, 1, gen, dt), buf_b = Tensor::uniform({5, 8}, -1, 1, gen, dt);
-    Tensor odd(buf_a.storage(), {6, 5}, {10, 2}, 1, dt);      // (6, 5), strides (10, 2)
-    Tensor strided(buf_b.storage(), {5, 4}, {8, 2}, 0, dt);   // (5, 4), strides (8, 2)
+    Tensor odd(buf_a.storage(), {6, 5}, {10, 2}, 1, dt);     // (6, 5), strides (10, 2)
+    Tensor strided(buf_b.storage(), {5, 4}, {8, 2}, 0, dt);  // (5, 4), strides (8, 2)
     ASSERT_FALSE(odd.is_contiguous());
     expect_product(ops::matmul(odd, strided), odd, false, strided, false);
   }
@@ -125,26 +125,30 @@ TEST(Matmul, EmptyInnerDimensionGivesZeros) {
 
 TEST(Matmul, Errors) {
   Tensor a = Tensor::zeros({2, 3}), b = Tensor::zeros({4, 5});
-  expect_error([&] { ops::matmul(Tensor::zeros({2, 3, 4}), b); },
-               "matmul: a must be 2-D, got (2, 3, 4)");
+  expect_error([&] { ops::matmul(Tensor::zeros({2, 3, 4}), b); }, "matmul: a must be 2-D, got (2, 3, 4)");
   expect_error([&] { ops::matmul(a, Tensor::zeros({3})); }, "matmul: b must be 2-D, got (3)");
   expect_error([&] { ops::matmul(a, b); },
                "matmul: cannot multiply a (2, 3) by b (4, 5): inner sizes 3 and 4 differ");
   expect_error([&] { ops::matmul(a, b, true, false); },
                "matmul: cannot multiply a (2, 3) (read transposed) by b (4, 5): inner sizes 2 and 4 "
                "differ");
-  expect_error([&] { ops::matmul(a, Tensor::zeros({3, 2}, DType::Float64)); },
-               "matmul: a is float32 but b is float64");
-  expect_error([&] { ops::matmul(Tensor::zeros({2, 3}, DType::Int64), Tensor::zeros({3, 2}, DType::Int64)); },
-               "matmul: a must be float32 or float64, got int64");
+  expect_error(
+      [&] {
+        ops::matmul(a, Tensor::zeros({3, 2}, DType::Float64));
+      },
+      "matmul: a is float32 but b is float64");
+  expect_error(
+      [&] {
+        ops::matmul(Tensor::zeros({2, 3}, DType::Int64), Tensor::zeros({3, 2}, DType::Int64));
+      },
+      "matmul: a must be float32 or float64, got int64");
   expect_error([&] { ops::matmul(Tensor(), b); }, "matmul: a is undefined");
 }
 
 TEST(Linear, MatchesNaiveWithAndWithoutBias) {
   Generator gen(9);
   for (DType dt : {DType::Float32, DType::Float64}) {
-    for (auto [N, in, out] : {std::array<int64_t, 3>{1, 1, 1}, {1, 1664, 6}, {8, 33, 65},
-                              {32, 129, 7}}) {
+    for (auto [N, in, out] : {std::array<int64_t, 3>{1, 1, 1}, {1, 1664, 6}, {8, 33, 65}, {32, 129, 7}}) {
       Tensor x = Tensor::uniform({N, in}, -1, 1, gen, dt);
       Tensor w = Tensor::uniform({out, in}, -1, 1, gen, dt);
       Tensor b = Tensor::uniform({out}, -1, 1, gen, dt);
@@ -152,7 +156,7 @@ TEST(Linear, MatchesNaiveWithAndWithoutBias) {
       expect_product(ops::linear(x, w, b), x, false, w, true, b);
     }
     // A weight that is a transposed view, an input that is a column slice.
-    Tensor wt = Tensor::uniform({12, 5}, -1, 1, gen, dt).transpose(0, 1);  // (5, 12)
+    Tensor wt = Tensor::uniform({12, 5}, -1, 1, gen, dt).transpose(0, 1);   // (5, 12)
     Tensor xs = Tensor::uniform({4, 20}, -1, 1, gen, dt).narrow(1, 2, 12);  // (4, 12)
     Tensor b = Tensor::uniform({5}, -1, 1, gen, dt);
     expect_product(ops::linear(xs, wt, b), xs, false, wt, true, b);
@@ -161,16 +165,25 @@ TEST(Linear, MatchesNaiveWithAndWithoutBias) {
 
 TEST(Linear, Errors) {
   Tensor x = Tensor::zeros({4, 3}), w = Tensor::zeros({5, 3}), b = Tensor::zeros({5});
-  expect_error([&] { ops::linear(Tensor::zeros({4, 3, 1}), w, b); },
-               "linear: input must be 2-D (N, in_features), got (4, 3, 1)");
+  expect_error(
+      [&] {
+        ops::linear(Tensor::zeros({4, 3, 1}), w, b);
+      },
+      "linear: input must be 2-D (N, in_features), got (4, 3, 1)");
   expect_error([&] { ops::linear(x, Tensor::zeros({15}), b); },
                "linear: weight must be 2-D (out_features, in_features), got (15)");
-  expect_error([&] { ops::linear(x, Tensor::zeros({5, 4}), b); },
-               "linear: input (4, 3) has 3 features but weight (5, 4) expects 4");
+  expect_error(
+      [&] {
+        ops::linear(x, Tensor::zeros({5, 4}), b);
+      },
+      "linear: input (4, 3) has 3 features but weight (5, 4) expects 4");
   expect_error([&] { ops::linear(x, w, Tensor::zeros({4})); },
                "linear: bias must have shape (5) for weight (5, 3), got (4)");
   expect_error([&] { ops::linear(x, w, Tensor::zeros({5}, DType::Float64)); },
                "linear: bias is float64 but the input is float32");
-  expect_error([&] { ops::linear(x, Tensor::zeros({5, 3}, DType::Float64), b); },
-               "linear: input is float32 but weight is float64");
+  expect_error(
+      [&] {
+        ops::linear(x, Tensor::zeros({5, 3}, DType::Float64), b);
+      },
+      "linear: input is float32 but weight is float64");
 }
