@@ -9,8 +9,7 @@
 
 namespace ladnn {
 
-Variable conv2d(const Variable& x, const Variable& weight, const Variable& bias,
-                const ops::Conv2dParams& p) {
+Variable conv2d(const Variable& x, const Variable& weight, const Variable& bias, const ops::Conv2dParams& p) {
   const bool has_bias = bias.defined();
   Tensor y = ops::conv2d_forward(x.tensor(), weight.tensor(), has_bias ? bias.tensor() : Tensor(), p);
 

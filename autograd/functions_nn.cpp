@@ -151,7 +151,9 @@ Variable dropout(const Variable& x, double p, bool training, Generator& gen) {
   check(p >= 0.0 && p <= 1.0, "dropout: probability p must be in [0, 1], got " + std::to_string(p) +
                                   " (input " + shape_str(x.shape()) + ")");
   if (!training || p == 0.0) return x;
-  const Tensor mask = ops::dropout_mask(x.shape(), p, gen, x.dtype());
+  // Drawn on the host from `gen` and moved to x's device: the same seed gives the same mask on every
+  // device (and the GPU run matches the CPU run).
+  const Tensor mask = ops::dropout_mask(x.shape(), p, gen, x.dtype()).to(x.tensor().device());
   return Variable::from_op(
       ops::mul(x.tensor(), mask), {x},
       [mask](const Tensor& dy, const std::vector<bool>&) { return std::vector<Tensor>{ops::mul(dy, mask)}; },

@@ -112,7 +112,7 @@ Variable Variable::detach() const { return Variable(tensor(), false); }
 void Variable::backward(bool retain_graph) {
   check(numel() == 1, "backward: implicit gradient needs a one-element output, got shape " +
                           shape_str(shape()) + "; pass a gradient tensor");
-  backward(Tensor::ones(shape(), dtype()), retain_graph);
+  backward(Tensor::ones(shape(), dtype(), tensor().device()), retain_graph);
 }
 
 void Variable::backward(const Tensor& grad_output, bool retain_graph) {

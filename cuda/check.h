@@ -32,3 +32,27 @@ inline std::string failure(const char* expr, const char* file, int line, const c
 
 /// After every <<<>>> launch: catches bad launch configurations at the launch site.
 #define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())
+
+// cuDNN and cuBLAS statuses, checked the same way. Included only by .cu files (and .cpp files built
+// with the CUDA backend), since they need the libraries' headers.
+#if defined(LADNN_CHECK_CUDNN)
+#include <cudnn.h>
+#define CUDNN_CHECK(expr)                                                                           \
+  do {                                                                                              \
+    cudnnStatus_t ladnn_status_ = (expr);                                                           \
+    if (ladnn_status_ != CUDNN_STATUS_SUCCESS)                                                      \
+      throw ::ladnn::cuda::Error(                                                                   \
+          ::ladnn::cuda::failure(#expr, __FILE__, __LINE__, cudnnGetErrorString(ladnn_status_)));   \
+  } while (0)
+#endif
+
+#if defined(LADNN_CHECK_CUBLAS)
+#include <cublas_v2.h>
+#define CUBLAS_CHECK(expr)                                                                          \
+  do {                                                                                              \
+    cublasStatus_t ladnn_status_ = (expr);                                                          \
+    if (ladnn_status_ != CUBLAS_STATUS_SUCCESS)                                                     \
+      throw ::ladnn::cuda::Error(                                                                   \
+          ::ladnn::cuda::failure(#expr, __FILE__, __LINE__, cublasGetStatusString(ladnn_status_))); \
+  } while (0)
+#endif

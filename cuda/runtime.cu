@@ -1,10 +1,17 @@
 // cuda/runtime.cu — device discovery, memory and copies (cuda/runtime.h) with the CUDA runtime.
 //
-// Memory here is plain cudaMalloc/cudaFree; the caching allocator of the CUDA issue replaces it.
+// Storage's memory comes from the caching allocator (cuda/allocator.h); copies are queued on the
+// framework stream (cuda/context.h), and only a copy *to the host* waits for it, since the host reads
+// those bytes next. A host-to-device copy from ordinary (pageable) memory returns once the driver has
+// staged the source, so the caller may free or change it right away.
 #include <cublas_v2.h>
 #include <cudnn.h>
 
+#include <cstring>
+
+#include "cuda/allocator.h"
 #include "cuda/check.h"
+#include "cuda/context.h"
 #include "cuda/runtime.h"
 
 namespace ladnn::cuda {
@@ -74,22 +81,29 @@ std::string cublas_version() {
 
 void* device_alloc(std::size_t nbytes, int device) {
   if (!available()) throw Error(unavailable_reason());
-  CUDA_CHECK(cudaSetDevice(device));
-  void* p = nullptr;
-  CUDA_CHECK(cudaMalloc(&p, nbytes == 0 ? 1 : nbytes));
-  return p;
+  // One stream and one allocator, both on cuda:0 (pick the GPU with CUDA_VISIBLE_DEVICES).
+  if (device != 0)
+    throw Error("ladnn runs on one GPU, cuda:0; memory on cuda:" + std::to_string(device) +
+                " was asked (choose the GPU with CUDA_VISIBLE_DEVICES)");
+  return allocate(nbytes);
 }
 
 void device_free(void* ptr, std::size_t, int) noexcept {
-  if (ptr) cudaFree(ptr);  // a destructor never throws; a failed free is reported by the next call
+  deallocate(ptr);  // back to the cache, stream-ordered; never throws
 }
 
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, std::size_t n) {
-  cudaMemcpyKind kind = dst_device.is_cpu() ? (src_device.is_cpu() ? cudaMemcpyHostToHost
-                                                                   : cudaMemcpyDeviceToHost)
+  if (n == 0) return;
+  if (dst_device.is_cpu() && src_device.is_cpu()) {
+    std::memmove(dst, src, n);
+    return;
+  }
+  cudaMemcpyKind kind = dst_device.is_cpu() ? cudaMemcpyDeviceToHost
                                             : (src_device.is_cpu() ? cudaMemcpyHostToDevice
                                                                    : cudaMemcpyDeviceToDevice);
-  CUDA_CHECK(cudaMemcpy(dst, src, n, kind));
+  cudaStream_t st = stream();
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, n, kind, st));
+  if (dst_device.is_cpu()) CUDA_CHECK(cudaStreamSynchronize(st));  // the host reads dst next
 }
 
 }  // namespace ladnn::cuda

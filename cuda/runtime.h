@@ -32,10 +32,13 @@ std::string runtime_version();
 std::string cudnn_version();
 std::string cublas_version();
 
-/// Device memory for Storage. Throws on failure; device_free never throws.
+/// Device memory for Storage, from the caching allocator (cuda/allocator.h): device_free returns the
+/// block to the cache, stream-ordered. Throws on failure (OutOfMemory says how much); device_free never throws.
 void* device_alloc(std::size_t nbytes, int device);
 void device_free(void* ptr, std::size_t nbytes, int device) noexcept;
-/// Copies nbytes between any two of host and device memory.
+/// Copies nbytes between any two of host and device memory, queued on the framework stream. Returns
+/// once the bytes are in place when dst is the host; otherwise the copy may still be in flight (the
+/// source may be reused at once: a host source has been staged by then).
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, std::size_t nbytes);
 
 }  // namespace ladnn::cuda

@@ -330,11 +330,11 @@ Explanation explain(LaDnn& model, const Tensor& images, const std::vector<LadnnT
     const int k = lesion_index(t);
     if (k < 0) {
       const double sign = t == LadnnTarget::NotCovid ? -1.0 : 1.0;
-      seeds.push_back({out.covid, Tensor::full({n, 1}, sign, dtype)});
+      seeds.push_back({out.covid, Tensor::full({n, 1}, sign, dtype, out.covid.tensor().device())});
     } else {
       std::vector<double> onehot(static_cast<size_t>(n * 5), 0.0);
       for (int64_t i = 0; i < n; ++i) onehot[static_cast<size_t>(i * 5 + k)] = 1.0;
-      seeds.push_back({out.lesions, Tensor::from_vector(onehot, {n, 5}, dtype)});
+      seeds.push_back({out.lesions, Tensor::from_vector(onehot, {n, 5}, dtype).to(out.lesions.tensor().device())});
     }
   }
   std::vector<Tensor> grads = layer_gradients(layer, seeds);

@@ -51,7 +51,7 @@ Variable lesion_attention_loss(const LaDnn::Output& out, const Tensor& covid_y, 
         "lesion_attention_loss: lesion mask must be (N, 1), got " + shape_str(lesion_mask.shape()));
   // Per-element weights carry both the COVID weight and the lesion mask; one Sum over each head and
   // a single division by 6N give the paper's average over 6 terms and the batch.
-  Tensor w_main = Tensor::full({n, 1}, config.w_main, out.covid.dtype());
+  Tensor w_main = Tensor::full({n, 1}, config.w_main, out.covid.dtype(), out.covid.tensor().device());
   Variable covid_term = bce_with_logits(out.covid, covid_y, w_main, ops::Reduction::Sum);
   Variable lesion_term = bce_with_logits(out.lesions, lesion_y, lesion_mask, ops::Reduction::Sum);
   return mul_scalar(covid_term + lesion_term, 1.0 / (6.0 * static_cast<double>(n)));

@@ -1,4 +1,5 @@
 // optim/adam.cpp — Adam / AdamW as torch.optim (single-tensor path, amsgrad = false), in place.
+// Each parameter's step is one fused pass, ops::adam_update_ (tensor/cpu/optim.cpp, cuda/optim.cu).
 #include "optim/adam.h"
 
 #include <cmath>
@@ -46,7 +47,7 @@ void Adam::step() {
     Variable& p = params_[i];
     if (!p.has_grad()) continue;
     Tensor& w = p.mutable_tensor();
-    Tensor g = p.grad();
+    const Tensor& g = p.grad();
     check(g.shape() == w.shape(), std::string(name_) + "::step: gradient of parameter " + std::to_string(i) +
                                       " has shape " + shape_str(g.shape()) + ", parameter has " +
                                       shape_str(w.shape()));
@@ -54,30 +55,15 @@ void Adam::step() {
       exp_avg_[i] = Tensor::zeros(w.shape(), w.dtype(), w.device());
       exp_avg_sq_[i] = Tensor::zeros(w.shape(), w.dtype(), w.device());
     }
-    Tensor& m = exp_avg_[i];
-    Tensor& v = exp_avg_sq_[i];
-    const int64_t t = ++param_steps_[i];
-
-    if (weight_decay_ != 0.0) {
-      if (decay_ == Decay::Decoupled) {
-        ops::mul_scalar_(w, 1.0 - lr_ * weight_decay_);  // AdamW: p *= 1 - lr * wd
-      } else {
-        g = g.clone();
-        ops::add_(g, w, weight_decay_);  // Adam: g = g + wd * p
-      }
-    }
-    // m.lerp_(g, 1 - b1), written as torch's lerp computes it for weights < 0.5: m + w * (g - m).
-    ops::add_(m, ops::sub(g, m), 1.0 - beta1_);
-    // v = b2 * v + (1 - b2) * g * g
-    ops::mul_scalar_(v, beta2_);
-    ops::add_(v, ops::mul(g, g), 1.0 - beta2_);
-
-    const double bias_correction1 = 1.0 - std::pow(beta1_, static_cast<double>(t));
-    const double bias_correction2 = 1.0 - std::pow(beta2_, static_cast<double>(t));
-    const double step_size = lr_ / bias_correction1;
-    // denom = sqrt(v) / sqrt(bc2) + eps;  p -= step_size * m / denom
-    Tensor denom = ops::add_scalar(ops::mul_scalar(ops::sqrt(v), 1.0 / std::sqrt(bias_correction2)), eps_);
-    ops::add_(w, ops::div(m, denom), -step_size);
+    ops::AdamStep s;
+    s.lr = lr_;
+    s.beta1 = beta1_;
+    s.beta2 = beta2_;
+    s.eps = eps_;
+    s.weight_decay = weight_decay_;
+    s.decoupled = decay_ == Decay::Decoupled;  // AdamW: p *= 1 - lr wd; Adam: g += wd p
+    s.step = ++param_steps_[i];
+    ops::adam_update_(w, g, exp_avg_[i], exp_avg_sq_[i], s);
   }
 }
 

@@ -1,4 +1,5 @@
 // optim/sgd.cpp — SGD as torch.optim.SGD (single-tensor path), updating parameters in place.
+// Each parameter's step is one fused pass, ops::sgd_update_ (tensor/cpu/optim.cpp, cuda/optim.cu).
 #include "optim/sgd.h"
 
 #include <cmath>
@@ -38,31 +39,22 @@ void SGD::step() {
     Variable& p = params_[i];
     if (!p.has_grad()) continue;
     Tensor& w = p.mutable_tensor();
-    Tensor d = p.grad();
-    check(d.shape() == w.shape(), "SGD::step: gradient of parameter " + std::to_string(i) + " has shape " +
-                                      shape_str(d.shape()) + ", parameter has " + shape_str(w.shape()));
-    bool own_d = false;  // d is still the gradient itself: copy before writing into it
-    if (weight_decay_ != 0.0) {
-      d = d.clone();
-      own_d = true;
-      ops::add_(d, w, weight_decay_);  // d = g + wd * p
+    const Tensor& g = p.grad();
+    check(g.shape() == w.shape(), "SGD::step: gradient of parameter " + std::to_string(i) + " has shape " +
+                                      shape_str(g.shape()) + ", parameter has " + shape_str(w.shape()));
+    ops::SgdStep s;
+    s.lr = lr_;
+    s.momentum = momentum_;
+    s.dampening = dampening_;
+    s.weight_decay = weight_decay_;
+    s.nesterov = nesterov_;
+    s.first = false;
+    Tensor& buf = buffers_[i];
+    if (momentum_ != 0.0 && !buf.defined()) {
+      buf = Tensor::empty(w.shape(), w.dtype(), w.device());
+      s.first = true;  // torch: the first buffer is d itself, undampened
     }
-    if (momentum_ != 0.0) {
-      Tensor& buf = buffers_[i];
-      if (!buf.defined()) {
-        buf = d.clone();  // torch: the first buffer is d itself, undampened
-      } else {
-        ops::mul_scalar_(buf, momentum_);
-        ops::add_(buf, d, 1.0 - dampening_);
-      }
-      if (nesterov_) {
-        if (!own_d) d = d.clone();
-        ops::add_(d, buf, momentum_);  // d = d + momentum * buf
-      } else {
-        d = buf;
-      }
-    }
-    ops::add_(w, d, -lr_);
+    ops::sgd_update_(w, g, buf, s);
   }
 }
 

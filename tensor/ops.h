@@ -145,4 +145,23 @@ Tensor bce_with_logits(const Tensor& x, const Tensor& y, const Tensor& weight, R
 Tensor bce_with_logits_backward(const Tensor& dout, const Tensor& x, const Tensor& y,
                                 const Tensor& weight, Reduction reduction);
 
+// ---- fused optimizer updates (one pass over a parameter; optim/ calls these) -------------------------------
+/// One step of torch.optim.Adam (decoupled = false: L2 added to the gradient) or AdamW (decoupled =
+/// true: p *= 1 - lr * weight_decay first), in place:
+///   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  p -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps)
+struct AdamStep {
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
+  bool decoupled = false;
+  int64_t step = 1;  // t, counted from 1
+};
+void adam_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamStep& s);
+/// One step of torch.optim.SGD, in place: d = g + wd p; buf = first ? d : momentum buf + (1 - dampening) d;
+/// d = nesterov ? d + momentum buf : buf (when momentum != 0); p -= lr d.
+struct SgdStep {
+  double lr = 1e-2, momentum = 0, dampening = 0, weight_decay = 0;
+  bool nesterov = false;
+  bool first = true;  // the momentum buffer is initialised from d on the first step
+};
+void sgd_update_(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, const SgdStep& s);
+
 }  // namespace ladnn::ops

@@ -10,6 +10,7 @@
 #include <ostream>
 #include <sstream>
 
+#include "cuda/ops.h"
 #include "cuda/runtime.h"
 #include "tensor/random.h"
 
@@ -123,9 +124,9 @@ Tensor Tensor::ones(const Shape& shape, DType dtype, Device device) {
 }
 
 Tensor Tensor::full(const Shape& shape, double value, DType dtype, Device device) {
-  Tensor cpu = empty(shape, dtype);
-  cpu.fill_(value);
-  return device.is_cpu() ? cpu : cpu.to(device);
+  Tensor t = empty(shape, dtype, device);
+  t.fill_(value);  // on the device itself: no host buffer, no copy
+  return t;
 }
 
 Tensor Tensor::arange(double start, double end, double step, DType dtype) {
@@ -238,7 +239,7 @@ static double load(const void* base, DType dtype, int64_t off) {
 
 std::vector<double> Tensor::to_vector() const {
   check_defined("to_vector");
-  check(device().is_cpu(), "Tensor::to_vector: tensor is on " + device().str() + "; call .to(cpu) first");
+  if (!device().is_cpu()) return to(Device::cpu()).to_vector();  // copies (and waits for) the device
   std::vector<double> out;
   out.reserve(numel());
   const void* base = storage_->data();
@@ -256,7 +257,6 @@ double Tensor::at(const std::vector<int64_t>& index) const {
   check_defined("at");
   check(index.size() == shape_.size(), "Tensor::at: index has " + std::to_string(index.size()) +
                                            " entries for a " + std::to_string(dim()) + "-d tensor");
-  check(device().is_cpu(), "Tensor::at: tensor is on " + device().str());
   int64_t off = offset_;
   for (size_t d = 0; d < index.size(); ++d) {
     check(index[d] >= 0 && index[d] < shape_[d], "Tensor::at: index " + std::to_string(index[d]) +
@@ -264,6 +264,8 @@ double Tensor::at(const std::vector<int64_t>& index) const {
                                                      " of shape " + shape_str(shape_));
     off += index[d] * strides_[d];
   }
+  // On a device: copy just that element (a 0-d view of it) to the host.
+  if (!device().is_cpu()) return Tensor(storage_, {}, {}, off, dtype_).item();
   return load(storage_->data(), dtype_, off);
 }
 
@@ -353,11 +355,37 @@ Tensor& Tensor::copy_(const Tensor& src) {
                                   " differs from destination shape " + shape_str(shape_));
   Device dd = device(), sd = src.device();
   if (!dd.is_cpu() || !sd.is_cpu()) {
-    // Device copies move whole contiguous buffers of one dtype.
-    check(src.dtype_ == dtype_ && is_contiguous() && src.is_contiguous(),
-          "copy_: copies between " + sd.str() + " and " + dd.str() +
-              " need contiguous tensors of one dtype");
-    cuda::copy_bytes(raw_data(), dd, src.raw_data(), sd, numel() * dtype_size(dtype_));
+    if (numel() == 0) return *this;
+    // On the device: strided_copy takes any strides and dtypes, copies whole contiguous buffers with one
+    // cudaMemcpyAsync, and goes through a temporary when the two views overlap.
+    if (dd.is_cuda() && sd.is_cuda()) {
+      cuda::strided_copy(*this, src);
+      return *this;
+    }
+    // Between host and device, whole contiguous buffers of one dtype move as bytes.
+    if (src.dtype_ == dtype_ && is_contiguous() && src.is_contiguous()) {
+      cuda::copy_bytes(raw_data(), dd, src.raw_data(), sd, numel() * dtype_size(dtype_));
+      return *this;
+    }
+    // Between host and device with strides or a dtype change: the strides and the conversion are done
+    // on whichever side the data is on, and one contiguous buffer crosses.
+    if (dd.is_cuda()) {
+      Tensor staged = empty(shape_, dtype_);  // host, our dtype, contiguous
+      staged.copy_(src);
+      const std::size_t nbytes = numel() * dtype_size(dtype_);
+      if (is_contiguous()) {
+        cuda::copy_bytes(raw_data(), dd, staged.raw_data(), sd, nbytes);
+      } else {
+        Tensor moved = empty(shape_, dtype_, dd);
+        cuda::copy_bytes(moved.raw_data(), dd, staged.raw_data(), sd, nbytes);
+        cuda::strided_copy(*this, moved);
+      }
+    } else {
+      Tensor packed = src.contiguous();  // on the device, src's dtype
+      Tensor host = empty(shape_, src.dtype_);
+      cuda::copy_bytes(host.raw_data(), dd, packed.raw_data(), sd, numel() * dtype_size(src.dtype_));
+      copy_(host);  // host to host: strides and conversion
+    }
     return *this;
   }
   if (src.dtype_ == dtype_ && is_contiguous() && src.is_contiguous()) {
@@ -383,7 +411,10 @@ Tensor& Tensor::copy_(const Tensor& src) {
 
 Tensor& Tensor::fill_(double value) {
   check_defined("fill_");
-  check(device().is_cpu(), "fill_: only CPU tensors can be filled here, tensor is on " + device().str());
+  if (device().is_cuda()) {
+    cuda::fill(*this, value);  // any strides, on the device
+    return *this;
+  }
   void* base = storage_->data();
   for_each_offset(shape_, strides_, offset_, [&](int64_t off) {
     switch (dtype_) {
@@ -410,8 +441,7 @@ Tensor Tensor::contiguous() const {
 Tensor Tensor::to(DType dtype) const {
   check_defined("to");
   if (dtype == dtype_) return *this;
-  check(device().is_cpu(), "to(dtype): conversion runs on the CPU; tensor is on " + device().str());
-  Tensor out = empty(shape_, dtype);
+  Tensor out = empty(shape_, dtype, device());  // converted where the data is
   out.copy_(*this);
   return out;
 }

@@ -124,7 +124,8 @@ class Tensor {
   void* raw_data() const;
   /// The single value of a one-element tensor, as double.
   double item() const;
-  /// Every element in row-major order as double (any strides, any dtype, CPU only).
+  /// Every element in row-major order as double (any strides, any dtype; a device tensor is copied to
+  /// the host first, which waits for the GPU).
   std::vector<double> to_vector() const;
   /// Element at a multi-index, as double (tests and printing; slow).
   double at(const std::vector<int64_t>& index) const;
@@ -144,7 +145,7 @@ class Tensor {
   // ---- copies ---------------------------------------------------------------------------------
   Tensor clone() const;  // contiguous copy, same dtype and device
   Tensor contiguous() const;  // *this when already contiguous
-  Tensor to(DType dtype) const;  // converted copy (or *this when already that dtype)
+  Tensor to(DType dtype) const;  // converted copy on the same device (or *this when already that dtype)
   Tensor to(Device device) const;  // copy to another device (or *this)
   /// Copies `src` into this tensor's elements (same shape; dtype converted; any strides).
   Tensor& copy_(const Tensor& src);

@@ -16,9 +16,13 @@
 // gamma/beta may be undefined (affine=False: gamma = 1, beta = 0); running stats may be undefined in
 // training (track_running_stats=False). Statistics accumulate in double even for float32 input.
 // Every kernel works on one channel at a time, so channels run in parallel with no shared writes.
+//
+// Devices: the argument checks below are device-agnostic (plus "every operand on the input's device");
+// CUDA tensors then go to cuda/batchnorm.cu (cuDNN or native, cuda/context.h's LADNN_BN switch).
 #include <cmath>
 #include <string>
 
+#include "cuda/ops.h"
 #include "tensor/ops.h"
 
 namespace ladnn::ops {
@@ -39,8 +43,6 @@ BnDims check_bn_input(const std::string& op, const Tensor& x, const char* name =
   check(x.defined(), op + ": " + name + " is undefined");
   check(x.dim() == 4, op + ": " + name + " must be 4-D (N, C, H, W), got " + shape_str(x.shape()));
   check(is_float(x.dtype()), op + ": " + name + " must be float32 or float64, got " + dtype_name(x.dtype()));
-  check(x.device().is_cpu(),
-        op + ": " + name + " is on " + x.device().str() + "; this build has only CPU kernels for batch norm");
   return {x.size(0), x.size(1), x.size(2) * x.size(3)};
 }
 
@@ -192,6 +194,8 @@ void check_dy(const std::string& op, const Tensor& dy, const Tensor& x) {
                                      " but the input has shape " + shape_str(x.shape()));
   check(dy.dtype() == x.dtype(), op + ": grad_output is " + std::string(dtype_name(dy.dtype())) +
                                      " but the input is " + dtype_name(x.dtype()));
+  check(dy.device() == x.device(),
+        op + ": grad_output is on " + dy.device().str() + " but the input is on " + x.device().str());
 }
 
 std::vector<double> to_doubles(const Tensor& t) {
@@ -217,6 +221,8 @@ BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, 
   check_channel_vector(op, "running_var", running_var, x, false);
   check(d.N * d.HW > 1, op + ": expected more than 1 value per channel when training, got input of shape " +
                             shape_str(x.shape()));
+  if (x.device().is_cuda())
+    return cuda::batch_norm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps);
   const Tensor xc = x.contiguous();
   const Shape c_shape{d.C};
   BatchNormForward out{Tensor::empty(x.shape(), x.dtype(), x.device()),
@@ -237,6 +243,7 @@ Tensor batch_norm_forward_eval(const Tensor& x, const Tensor& gamma, const Tenso
   check_channel_vector(op, "beta", beta, x, false);
   check_channel_vector(op, "running_mean", running_mean, x, true);
   check_channel_vector(op, "running_var", running_var, x, true);
+  if (x.device().is_cuda()) return cuda::batch_norm_forward_eval(x, gamma, beta, running_mean, running_var, eps);
   const Tensor xc = x.contiguous();
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (x.dtype() == DType::Float32)
@@ -254,6 +261,7 @@ BatchNormGrads batch_norm_backward_train(const Tensor& dy, const Tensor& x, cons
   check_channel_vector(op, "gamma", gamma, x, false);
   check_channel_vector(op, "save_mean", save_mean, x, true);
   check_channel_vector(op, "save_invstd", save_invstd, x, true);
+  if (x.device().is_cuda()) return cuda::batch_norm_backward_train(dy, x, gamma, save_mean, save_invstd);
   const Tensor xc = x.contiguous(), dyc = dy.contiguous();
   BatchNormGrads out = alloc_grads(x);
   const std::vector<double> mean = to_doubles(save_mean), invstd = to_doubles(save_invstd);
@@ -272,6 +280,7 @@ BatchNormGrads batch_norm_backward_eval(const Tensor& dy, const Tensor& x, const
   check_channel_vector(op, "gamma", gamma, x, false);
   check_channel_vector(op, "running_mean", running_mean, x, true);
   check_channel_vector(op, "running_var", running_var, x, true);
+  if (x.device().is_cuda()) return cuda::batch_norm_backward_eval(dy, x, gamma, running_mean, running_var, eps);
   const Tensor xc = x.contiguous(), dyc = dy.contiguous();
   BatchNormGrads out = alloc_grads(x);
   const std::vector<double> mean = to_doubles(running_mean);

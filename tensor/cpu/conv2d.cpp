@@ -1,27 +1,56 @@
-// tensor/cpu/conv2d.cpp — 2-D convolution on the CPU: im2col + GEMM, col2im for the input gradient.
+// tensor/cpu/conv2d.cpp — 2-D convolution on the CPU as GEMMs: im2col, shifted windows, or none.
 //
-// Shapes: x (N, C, H, W), weight (K, C, R, S), y (N, K, P, Q), P = (H + 2*pad_h - R) / stride_h + 1.
-// Per image n, im2col lays the receptive fields out as the columns of a matrix
-//   col (C*R*S, P*Q):  col[(c*R + r)*S + s][p*Q + q] = x[n][c][p*stride_h - pad_h + r][q*stride_w - pad_w + s]
-// (zero where that falls in the padding), and the convolution becomes one GEMM:
-//   forward          y[n]   (K, P*Q)   = weight (K, C*R*S) * col (C*R*S, P*Q)       (+ bias per row)
-//   backward input   dcol   (C*R*S, P*Q) = weight^T * dy[n] (K, P*Q);  dx[n] = col2im(dcol)
-//   backward weight  dweight (K, C*R*S) += dy[n] (K, P*Q) * col^T                  (summed over n)
-//   backward bias    dbias[k] = sum over n, p, q of dy[n][k][p][q]
-// col2im is im2col's adjoint: it scatters each column entry back onto the input pixel it was read from,
-// adding where receptive fields overlap.
+// Shapes: x (N, C, H, W), weight (K, C, R, S), y (N, K, P, Q), P = (H + 2*ph - R) / sh + 1 (stride sh,
+// padding ph; likewise Q along the width).
+// Three algorithms, picked per call (pick_algo); each works one image at a time:
 //
-// Fast path: a 1x1 kernel with stride 1 and no padding has col == x[n] viewed as (C, H*W), so no
-// im2col/col2im at all (DenseNet's bottleneck convs; more than half its conv FLOPs).
+//   Pointwise (1x1, stride 1, no padding; DenseNet's bottleneck convs, most of its FLOPs): x[n] viewed
+//     as (C, H*W) already is the column matrix, so each pass is a single GEMM with no copies:
+//       forward          y[n] (K, P*Q)   = weight (K, C) * x[n] (C, P*Q)
+//       backward input   dx[n] (C, H*W)  = weight^T * dy[n]
+//       backward weight  dweight (K, C) += dy[n] * x[n]^T                           (summed over n)
 //
-// Threads: the GEMM parallelises itself (OpenBLAS's threads, or OpenMP in gemm_blocked); im2col and
-// col2im use OpenMP over rows / channels, which write disjoint memory.
+//   Shifted windows (any other stride-1 conv: DenseNet's 3x3 growth convs): the im2col matrix of a
+//     padded copy of the image is a set of overlapping windows of it, so the GEMM reads them in place
+//     through row pointers; no im2col copy (see "the shifted-window algorithm" below).
+//
+//   Im2col (strided convs: the 7x7/2 stem): im2col lays the receptive fields out as the columns of
+//       col (C*R*S, P*Q):  col[(c*R + r)*S + s][p*Q + q] = x[n][c][p*sh - ph + r][q*sw - pw + s]
+//     (zero where that falls in the padding), and each pass is one GEMM:
+//       forward          y[n]    (K, P*Q)     = weight (K, C*R*S) * col (C*R*S, P*Q)
+//       backward input   dcol    (C*R*S, P*Q) = weight^T * dy[n] (K, P*Q);  dx[n] = col2im(dcol)
+//       backward weight  dweight (K, C*R*S)  += dy[n] (K, P*Q) * col^T              (summed over n)
+//     col2im is im2col's adjoint: it scatters each column entry back onto the input pixel it was read
+//     from, adding where receptive fields overlap.
+//
+// backward bias: dbias[k] = sum over n, p, q of dy[n][k][p][q]. The bias, when there is one, starts
+// each output row before the GEMM adds onto it.
+//
+// Threads. Two regimes, picked per call:
+//   * batch >= threads (training, batched inference): images run in parallel, one per OpenMP thread,
+//     each doing its copies and GEMMs single-threaded with our blocked GEMM, the weights packed once
+//     for all of them (cpu::pack_a / gemm_packed). No synchronisation inside a conv, and no second
+//     thread pool: OpenBLAS's own threads fight OpenMP's for the same cores (on 2 cores that cost
+//     2-10x in our measurements). The weight gradient adds per-thread partial sums in a fixed order,
+//     so results do not depend on timing.
+//   * batch < threads (batch-1 inference): one image at a time; cpu::gemm (OpenBLAS unless
+//     LADNN_GEMM=native) parallelises each GEMM, and im2col/col2im use OpenMP over rows/channels.
+// Before this (one image at a time, im2col for every kernel, OpenBLAS) the DenseNet-169 shapes of
+// bench/conv2d_bench.cpp ran 1.2-9x slower; bench/RESULTS-cpu.md has the numbers.
+//
+// x may be a channel slice of a wider tensor (images_view): DenseNet's memory-efficient dense blocks
+// feed convs from one shared buffer without a copy.
+#include <omp.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <new>
 #include <string>
+#include <vector>
 
+#include "cuda/ops.h"
 #include "tensor/cpu/gemm.h"
 #include "tensor/ops.h"
 
@@ -31,7 +60,9 @@ namespace {
 // Below this many elements an OpenMP fork/join costs more than the copy it would split.
 constexpr int64_t kParallelMin = 1 << 15;
 
-std::string hw_str(int64_t h, int64_t w) { return std::to_string(h) + "x" + std::to_string(w); }
+std::string hw_str(int64_t h, int64_t w) {
+  return std::to_string(h) + "x" + std::to_string(w);
+}
 
 /// Everything about one convolution's sizes, checked once.
 struct ConvGeom {
@@ -39,6 +70,7 @@ struct ConvGeom {
   int64_t K, R, S;     // weight (K, C, R, S)
   int64_t P, Q;        // output plane
   int64_t sh, sw, ph, pw;
+  int64_t x_stride = 0;  // elements between images of x: C*H*W, or more for a channel slice
   int64_t hw() const { return H * W; }
   int64_t pq() const { return P * Q; }
   int64_t crs() const { return C * R * S; }
@@ -48,29 +80,26 @@ struct ConvGeom {
 };
 
 /// Checks the shapes and parameters of a convolution of `x` by `w`; `op` names the caller in errors.
-ConvGeom conv_geometry(const std::string& op, const Shape& x, const Shape& w,
-                       const Conv2dParams& p) {
+ConvGeom conv_geometry(const std::string& op, const Shape& x, const Shape& w, const Conv2dParams& p) {
   check(x.size() == 4, op + ": input must be 4-D (N, C, H, W), got " + shape_str(x));
   check(w.size() == 4, op + ": weight must be 4-D (K, C, R, S), got " + shape_str(w));
   check(x[1] == w[1], op + ": input " + shape_str(x) + " has " + std::to_string(x[1]) +
-                          " channels but weight " + shape_str(w) + " expects " +
-                          std::to_string(w[1]));
+                          " channels but weight " + shape_str(w) + " expects " + std::to_string(w[1]));
   check(w[2] >= 1 && w[3] >= 1, op + ": weight " + shape_str(w) + " has an empty kernel");
   check(p.stride_h >= 1 && p.stride_w >= 1,
         op + ": stride must be positive, got " + hw_str(p.stride_h, p.stride_w));
-  check(p.pad_h >= 0 && p.pad_w >= 0,
-        op + ": padding must be non-negative, got " + hw_str(p.pad_h, p.pad_w));
+  check(p.pad_h >= 0 && p.pad_w >= 0, op + ": padding must be non-negative, got " + hw_str(p.pad_h, p.pad_w));
   const int64_t hp = x[2] + 2 * p.pad_h, wp = x[3] + 2 * p.pad_w;
   check(w[2] <= hp && w[3] <= wp, op + ": kernel " + hw_str(w[2], w[3]) +
-                                      " is larger than the padded input " + hw_str(hp, wp) +
-                                      " (input " + shape_str(x) + ", padding " +
-                                      hw_str(p.pad_h, p.pad_w) + ")");
+                                      " is larger than the padded input " + hw_str(hp, wp) + " (input " +
+                                      shape_str(x) + ", padding " + hw_str(p.pad_h, p.pad_w) + ")");
   ConvGeom g;
   g.N = x[0], g.C = x[1], g.H = x[2], g.W = x[3];
   g.K = w[0], g.R = w[2], g.S = w[3];
   g.sh = p.stride_h, g.sw = p.stride_w, g.ph = p.pad_h, g.pw = p.pad_w;
   g.P = (hp - g.R) / g.sh + 1;
   g.Q = (wp - g.S) / g.sw + 1;
+  g.x_stride = g.C * g.H * g.W;
   return g;
 }
 
@@ -78,28 +107,44 @@ void check_operand(const std::string& op, const char* name, const Tensor& t) {
   check(t.defined(), op + ": " + name + " is undefined");
   check(t.dtype() == DType::Float32 || t.dtype() == DType::Float64,
         op + ": " + name + " must be float32 or float64, got " + dtype_name(t.dtype()));
-  check(t.device().is_cpu(), op + ": " + name + " is on " + t.device().str() +
-                                 "; this op runs on the CPU (the CUDA backend adds the GPU path)");
 }
 
-void check_same_dtype(const std::string& op, const char* name_a, const Tensor& a,
-                      const char* name_b, const Tensor& b) {
-  check(a.dtype() == b.dtype(), op + ": " + name_a + " is " + dtype_name(a.dtype()) + " but " +
-                                    name_b + " is " + dtype_name(b.dtype()));
+/// Same dtype and same device (a CUDA op must never receive a host pointer).
+void check_same_dtype(const std::string& op, const char* name_a, const Tensor& a, const char* name_b,
+                      const Tensor& b) {
+  check(a.dtype() == b.dtype(), op + ": " + name_a + " is " + dtype_name(a.dtype()) + " but " + name_b +
+                                    " is " + dtype_name(b.dtype()));
+  check(a.device() == b.device(), op + ": " + name_a + " is on " + a.device().str() + " but " + name_b +
+                                      " is on " + b.device().str() + "; move both to one device first");
 }
 
 /// dy must be the shape this convolution produces.
-void check_grad_output(const std::string& op, const Tensor& dy, const ConvGeom& g,
-                       const Shape& x_shape, const Shape& w_shape) {
+void check_grad_output(const std::string& op, const Tensor& dy, const ConvGeom& g, const Shape& x_shape,
+                       const Shape& w_shape) {
   check(dy.shape() == g.y_shape(), op + ": grad_output has shape " + shape_str(dy.shape()) +
-                                       " but the convolution of input " + shape_str(x_shape) +
-                                       " by weight " + shape_str(w_shape) + " gives " +
-                                       shape_str(g.y_shape()));
+                                       " but the convolution of input " + shape_str(x_shape) + " by weight " +
+                                       shape_str(w_shape) + " gives " + shape_str(g.y_shape()));
 }
 
-/// A 64-byte aligned scratch buffer that only grows, one per calling thread: the column matrix of a
-/// layer is reused by the next layer instead of being allocated (and page-faulted in) every call.
-template <typename T>
+/// x as the kernels read it: each image a contiguous (C, H, W) block, images `x_stride` apart. A
+/// channel slice of a wider tensor (DenseNet's layers read the first C channels of a shared
+/// feature buffer) already is one, so it is used in place; anything else is copied.
+Tensor images_view(const Tensor& x, ConvGeom& g) {
+  const Shape& st = x.strides();
+  const bool inner_contiguous =
+      (g.C <= 1 || st[1] == g.H * g.W) && (g.H <= 1 || st[2] == g.W) && (g.W <= 1 || st[3] == 1);
+  if (inner_contiguous && (g.N <= 1 || st[0] >= g.C * g.H * g.W)) {
+    g.x_stride = g.N <= 1 ? g.C * g.H * g.W : st[0];
+    return x;
+  }
+  g.x_stride = g.C * g.H * g.W;
+  return x.contiguous();
+}
+
+/// A 64-byte aligned scratch buffer that only grows, one per calling thread and slot: the column
+/// matrices of a layer are reused by the next layer instead of being allocated (and page-faulted in)
+/// on every call.
+template <typename T, int Slot>
 T* scratch(std::size_t count) {
   struct Buffer {
     T* data = nullptr;
@@ -118,10 +163,45 @@ T* scratch(std::size_t count) {
   }
   return buffer.data;
 }
+constexpr int kColSlot = 0, kPartialSlot = 1, kWeightSlot = 2;
+
+/// How many threads to run images on: the OpenMP team size when the batch can fill it (and we are
+/// not already inside a parallel region), else 1 (one image at a time, GEMMs threaded).
+int image_threads(int64_t N) {
+  if (omp_in_parallel()) return 1;
+  const int threads = omp_get_max_threads();
+  return threads > 1 && N >= threads ? threads : 1;
+}
+
+/// Runs body(n, tid) for n in [0, N) on `threads` OpenMP threads. `fixed` keeps the static schedule
+/// (image n always goes to the same thread for a given N and team: the weight gradient's partial sums
+/// need that to be reproducible); otherwise images are handed out one by one, so a thread the OS
+/// preempts (a busy machine) does not hold the others up. An exception inside is carried out and
+/// rethrown.
+template <typename Body>
+void for_each_image(int64_t N, int threads, bool fixed, Body body) {
+  std::exception_ptr error;
+  auto one = [&](int64_t n) {
+    try {
+      body(n, omp_get_thread_num());
+    } catch (...) {
+#pragma omp critical(ladnn_conv2d_error)
+      if (!error) error = std::current_exception();
+    }
+  };
+  if (fixed) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n = 0; n < N; ++n) one(n);
+  } else {
+#pragma omp parallel for schedule(dynamic) num_threads(threads)
+    for (int64_t n = 0; n < N; ++n) one(n);
+  }
+  if (error) std::rethrow_exception(error);
+}
 
 /// The output columns q whose input column q*sw - pw + s lies inside [0, W): [q0, q1).
 void valid_q_range(const ConvGeom& g, int64_t s, int64_t& q0, int64_t& q1) {
-  const int64_t lo = g.pw - s;          // need q*sw >= lo
+  const int64_t lo = g.pw - s;            // need q*sw >= lo
   const int64_t hi = g.W - 1 + g.pw - s;  // need q*sw <= hi
   q0 = lo > 0 ? (lo + g.sw - 1) / g.sw : 0;
   q1 = hi >= 0 ? std::min(g.Q, hi / g.sw + 1) : 0;
@@ -189,63 +269,360 @@ void col2im(const T* col, const ConvGeom& g, T* dx) {
   }
 }
 
-// ---- kernels -------------------------------------------------------------------------------------------
+// ---- the shifted-window algorithm (stride 1) ------------------------------------------------------------
+// With stride 1, pad the image once into xpad (C, Hp, Wp), Hp = H + 2*pad_h, Wp = W + 2*pad_w, and
+// compute the output on an extended grid of P rows of Wp columns (the last Wp - Q columns of each row
+// are garbage, dropped at the end). Flattening that grid, output position j = p*Wp + q reads, for
+// kernel tap (r, s), the padded pixel j + r*Wp + s. So row (r*S + s)*C + c of the im2col matrix on
+// the extended grid is simply the P*Wp values of xpad starting at c*Hp*Wp + r*Wp + s: a *window* of
+// the padded image. The GEMM takes B as row pointers (cpu::gemm_*_rows) and reads the windows in
+// place; no im2col matrix is ever written:
+//   forward          yext (K, P*Wp)        = wcat (K, R*S*C) * windows (R*S*C, P*Wp)
+//   backward weight  dwcat (K, R*S*C)     += dyext (K, P*Wp) * windows^T
+//   backward input   dxpad[window rs]     += wcat_rs^T (C, K) * dyext (K, P*Wp)   for each tap (r, s)
+// with wcat[k][(r*S + s)*C + c] = weight[k][c][r][s], wcat_rs its columns of tap (r, s), and dyext dy on
+// the extended grid with zeros in the garbage columns (so they add nothing). The input gradient cannot
+// be one GEMM (each tap writes a different window), so it is R*S GEMMs of depth K accumulating into
+// shifted windows of dxpad. The last window reads S - 1 elements past the last plane: buffers carry
+// that slack, zeroed. Memory moved per image is about C*Hp*Wp instead of im2col's C*R*S*P*Q (9x less
+// for 3x3), which is what made im2col slow.
+
+template <typename T>
+using GemmFn = void (*)(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*, int64_t, T, T*,
+                        int64_t);
+
+/// The threaded cpu::gemm when images run one at a time, the single-threaded blocked GEMM when
+/// images run in parallel (see "Threads" at the top).
+template <typename T>
+GemmFn<T> gemm_for(int threads) {
+  if (threads > 1) return static_cast<GemmFn<T>>(&cpu::gemm_blocked);
+  return static_cast<GemmFn<T>>(&cpu::gemm);
+}
+
+/// The products with the weight, op(w_tap) * B, for forward (op = identity) and backward input
+/// (op = transpose). One tap for the pointwise and im2col algorithms (w is (K, C*R*S)), and for the
+/// shifted forward (w is wcat); R*S taps for the shifted backward input (tap rs: C columns of wcat).
+/// With images in parallel the taps are packed once (cpu::pack_a) and shared by all threads, instead
+/// of every GEMM of every image packing the same weights again.
+template <typename T>
+struct WeightGemm {
+  bool trans = false;    // backward input multiplies by the transpose
+  int64_t M = 0, K = 0;  // op(w_tap) is M x K
+  const T* w = nullptr;  // tap t at w + t * tap_stride, leading dimension lda
+  int64_t tap_stride = 0, lda = 1;
+  std::vector<cpu::PackedA<T>> packed;  // per tap, when images run in parallel
+
+  WeightGemm(bool trans_, int64_t M_, int64_t K_, const T* w_, int64_t taps, int64_t tap_stride_,
+             int64_t lda_, bool pack)
+      : trans(trans_), M(M_), K(K_), w(w_), tap_stride(tap_stride_), lda(lda_) {
+    if (pack)
+      for (int64_t t = 0; t < taps; ++t) packed.push_back(cpu::pack_a(trans, M, K, w + t * tap_stride, lda));
+  }
+  /// C (M, N) = beta * C + op(w_tap) * B (K, N).
+  void operator()(int64_t tap, int64_t N, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) const {
+    if (!packed.empty())
+      cpu::gemm_packed(packed[tap], false, N, T(1), B, ldb, beta, C, ldc);
+    else
+      cpu::gemm(trans, false, M, N, K, T(1), w + tap * tap_stride, lda, B, ldb, beta, C, ldc);
+  }
+  /// C (M, N) = beta * C + op(w_tap) * B with B's K rows given as pointers (needs `pack`).
+  void rows(int64_t tap, int64_t N, const T* const* b_rows, T beta, T* C, int64_t ldc) const {
+    cpu::gemm_packed_rows(packed.at(tap), false, N, T(1), b_rows, beta, C, ldc);
+  }
+};
+
+enum class Algo { Pointwise, Shifted, Im2col };
+
+Algo pick_algo(const ConvGeom& g) {
+  if (g.pointwise()) return Algo::Pointwise;
+  if (g.sh == 1 && g.sw == 1) return Algo::Shifted;
+  return Algo::Im2col;
+}
+
+struct Padded {
+  int64_t Hp, Wp;
+  int64_t plane() const { return Hp * Wp; }
+};
+Padded padded(const ConvGeom& g) {
+  return {g.H + 2 * g.ph, g.W + 2 * g.pw};
+}
+int64_t xpad_size(const ConvGeom& g) {
+  return g.C * padded(g).plane() + g.S;
+}  // + slack
+int64_t ext_size(const ConvGeom& g, int64_t rows) {
+  return rows * g.P * padded(g).Wp;
+}
+
+/// x (C, H, W) -> xpad (C, Hp, Wp) with zero borders, and zero slack after the last plane.
+template <typename T>
+void pad_image(const T* x, const ConvGeom& g, T* xpad) {
+  const Padded pd = padded(g);
+  for (int64_t c = 0; c < g.C; ++c) {
+    T* dst = xpad + c * pd.plane();
+    std::fill(dst, dst + g.ph * pd.Wp, T(0));  // top rows
+    for (int64_t h = 0; h < g.H; ++h) {
+      T* row = dst + (h + g.ph) * pd.Wp;
+      std::fill(row, row + g.pw, T(0));
+      std::memcpy(row + g.pw, x + (c * g.H + h) * g.W, static_cast<std::size_t>(g.W) * sizeof(T));
+      std::fill(row + g.pw + g.W, row + pd.Wp, T(0));
+    }
+    std::fill(dst + (g.ph + g.H) * pd.Wp, dst + pd.plane(), T(0));  // bottom rows
+  }
+  std::fill(xpad + g.C * pd.plane(), xpad + xpad_size(g), T(0));
+}
+
+/// The interior of dxpad (C, Hp, Wp) -> dx (C, H, W).
+template <typename T>
+void unpad_image(const T* dxpad, const ConvGeom& g, T* dx) {
+  const Padded pd = padded(g);
+  for (int64_t c = 0; c < g.C; ++c)
+    for (int64_t h = 0; h < g.H; ++h)
+      std::memcpy(dx + (c * g.H + h) * g.W, dxpad + c * pd.plane() + (h + g.ph) * pd.Wp + g.pw,
+                  static_cast<std::size_t>(g.W) * sizeof(T));
+}
+
+/// weight (K, C, R, S) -> wcat (K, R*S*C), taps outermost in a row: wcat[k][rs*C + c] = w[k][c][rs].
+template <typename T>
+void repack_weight(const T* w, const ConvGeom& g, T* wcat) {
+  const int64_t RS = g.R * g.S;
+  for (int64_t k = 0; k < g.K; ++k)
+    for (int64_t c = 0; c < g.C; ++c)
+      for (int64_t rs = 0; rs < RS; ++rs) wcat[(k * RS + rs) * g.C + c] = w[(k * g.C + c) * RS + rs];
+}
+
+/// The R*S*C windows of xpad that make the im2col matrix on the extended grid (row (r*S+s)*C + c).
+/// One vector per thread, reused.
+template <typename T>
+const T* const* window_rows(const ConvGeom& g, const T* xpad) {
+  static thread_local std::vector<const T*> rows;
+  const Padded pd = padded(g);
+  rows.resize(static_cast<std::size_t>(g.crs()));
+  for (int64_t r = 0; r < g.R; ++r)
+    for (int64_t s = 0; s < g.S; ++s)
+      for (int64_t c = 0; c < g.C; ++c) rows[(r * g.S + s) * g.C + c] = xpad + c * pd.plane() + r * pd.Wp + s;
+  return rows.data();
+}
+
+template <typename T>
+void forward_shifted(const ConvGeom& g, const T* xn, const WeightGemm<T>& wg, const T* bias, T* yn, T* work) {
+  const Padded pd = padded(g);
+  const int64_t N_ext = g.P * pd.Wp;  // columns of the extended output grid
+  T* xpad = work;
+  T* yext = work + xpad_size(g);  // (K, P*Wp)
+  pad_image(xn, g, xpad);
+  wg.rows(0, N_ext, window_rows(g, xpad), T(0), yext, N_ext);
+  // Drop the garbage columns (and add the bias).
+  for (int64_t k = 0; k < g.K; ++k) {
+    const T b = bias != nullptr ? bias[k] : T(0);
+    for (int64_t p = 0; p < g.P; ++p) {
+      const T* src = yext + k * N_ext + p * pd.Wp;
+      T* dst = yn + (k * g.P + p) * g.Q;
+      for (int64_t q = 0; q < g.Q; ++q) dst[q] = src[q] + b;
+    }
+  }
+}
+
+/// dy (K, P, Q) -> dyext (K, P*Wp), zeros in the garbage columns.
+template <typename T>
+void extend_grad(const T* dyn, const ConvGeom& g, T* dyext) {
+  const Padded pd = padded(g);
+  for (int64_t k = 0; k < g.K; ++k)
+    for (int64_t p = 0; p < g.P; ++p) {
+      T* dst = dyext + (k * g.P + p) * pd.Wp;
+      std::memcpy(dst, dyn + (k * g.P + p) * g.Q, static_cast<std::size_t>(g.Q) * sizeof(T));
+      std::fill(dst + g.Q, dst + pd.Wp, T(0));
+    }
+}
+
+template <typename T>
+void backward_input_shifted(const ConvGeom& g, const T* dyn, const WeightGemm<T>& wg, T* dxn, T* work) {
+  const Padded pd = padded(g);
+  const int64_t N_ext = g.P * pd.Wp;
+  T* dxpad = work;                 // (C, Hp, Wp) + slack
+  T* dyext = work + xpad_size(g);  // (K, P*Wp)
+  extend_grad(dyn, g, dyext);
+  std::fill(dxpad, dxpad + xpad_size(g), T(0));
+  for (int64_t r = 0; r < g.R; ++r)
+    for (int64_t s = 0; s < g.S; ++s) {
+      const int64_t rs = r * g.S + s;
+      wg(rs, N_ext, dyext, N_ext, T(1), dxpad + r * pd.Wp + s, pd.plane());
+    }
+  unpad_image(dxpad, g, dxn);
+}
+
+/// dwcat (K, R*S*C) = beta * dwcat + dyext * windows^T for one image.
+template <typename T>
+void backward_weight_shifted(const ConvGeom& g, const T* dyn, const T* xn, T beta, T* dwcat, T* work) {
+  const Padded pd = padded(g);
+  const int64_t N_ext = g.P * pd.Wp;
+  T* xpad = work;
+  T* dyext = work + xpad_size(g);
+  pad_image(xn, g, xpad);
+  extend_grad(dyn, g, dyext);
+  cpu::gemm_blocked_rows(false, g.K, g.crs(), N_ext, T(1), dyext, N_ext, true, window_rows(g, xpad), beta,
+                         dwcat, g.crs());
+}
+
+// ---- per-image passes for all three algorithms ------------------------------------------------------------
+
+/// Scratch elements one image needs (per thread).
+int64_t work_size(const ConvGeom& g, Algo algo) {
+  switch (algo) {
+    case Algo::Pointwise:
+      return 0;
+    case Algo::Shifted:
+      return xpad_size(g) + ext_size(g, g.K);  // xpad + yext, or dxpad + dyext
+    case Algo::Im2col:
+      return g.crs() * g.pq();
+  }
+  return 0;
+}
+
+/// y[n] (K, PQ) = weight * col(x[n]) (+ bias).
+template <typename T>
+void forward_image(const ConvGeom& g, Algo algo, const T* xn, const WeightGemm<T>& wg, const T* bias, T* yn,
+                   T* work) {
+  const int64_t PQ = g.pq();
+  if (algo == Algo::Shifted) return forward_shifted(g, xn, wg, bias, yn, work);
+  const T* cols = xn;  // pointwise: x[n] is (C, H*W) = (C*R*S, P*Q) already
+  if (algo == Algo::Im2col) {
+    im2col(xn, g, work);
+    cols = work;
+  }
+  T beta = T(0);
+  if (bias != nullptr) {  // start each output row at its bias, then accumulate the GEMM onto it
+    for (int64_t k = 0; k < g.K; ++k) std::fill(yn + k * PQ, yn + (k + 1) * PQ, bias[k]);
+    beta = T(1);
+  }
+  wg(0, PQ, cols, PQ, beta, yn, PQ);
+}
+
+/// dx[n] = col2im(weight^T (CRS, K) * dy[n] (K, PQ)); pointwise: dx[n] (C, HW) = weight^T * dy[n].
+template <typename T>
+void backward_input_image(const ConvGeom& g, Algo algo, const T* dyn, const WeightGemm<T>& wg, T* dxn,
+                          T* work) {
+  const int64_t PQ = g.pq();
+  switch (algo) {
+    case Algo::Pointwise:
+      wg(0, PQ, dyn, PQ, T(0), dxn, PQ);
+      break;
+    case Algo::Shifted:
+      backward_input_shifted(g, dyn, wg, dxn, work);
+      break;
+    case Algo::Im2col:
+      wg(0, PQ, dyn, PQ, T(0), work, PQ);
+      col2im(work, g, dxn);
+      break;
+  }
+}
+
+/// dweight = beta * dweight + dy[n] (K, PQ) * col(x[n])^T; for the shifted algorithm dweight is dwcat.
+template <typename T>
+void backward_weight_image(const ConvGeom& g, Algo algo, const T* dyn, const T* xn, T beta, T* dw, T* work,
+                           GemmFn<T> gemm) {
+  const int64_t CRS = g.crs(), PQ = g.pq();
+  if (algo == Algo::Shifted) return backward_weight_shifted(g, dyn, xn, beta, dw, work);
+  const T* cols = xn;
+  if (algo == Algo::Im2col) {
+    im2col(xn, g, work);
+    cols = work;
+  }
+  gemm(false, true, g.K, CRS, PQ, T(1), dyn, PQ, cols, PQ, beta, dw, CRS);
+}
+
+// ---- whole-batch drivers
+// ------------------------------------------------------------------------------------
+
+/// Runs image(n, work) for every image, in parallel over images or one at a time (see "Threads").
+template <typename T, typename Image>
+void run_images(const ConvGeom& g, Algo algo, int threads, Image image) {
+  const int64_t ws = work_size(g, algo);
+  T* work = scratch<T, kColSlot>(static_cast<std::size_t>(threads * ws));
+  if (threads > 1) {
+    for_each_image(g.N, threads, false, [&](int64_t n, int tid) { image(n, work + tid * ws); });
+  } else {
+    for (int64_t n = 0; n < g.N; ++n) image(n, work);
+  }
+}
+
+/// The weight products of a pass: from wcat for the shifted algorithm, else the whole weight.
+template <typename T>
+WeightGemm<T> weight_gemm(const ConvGeom& g, Algo algo, bool trans, const T* w, int threads) {
+  if (algo == Algo::Shifted) {
+    T* wcat = scratch<T, kWeightSlot>(static_cast<std::size_t>(g.K * g.crs()));
+    repack_weight(w, g, wcat);
+    if (!trans)  // forward: one GEMM by all the windows, wcat packed (the rows product needs it)
+      return WeightGemm<T>(false, g.K, g.crs(), wcat, 1, 0, g.crs(), true);
+    // backward input: per tap, wcat_rs^T (C, K) = the C columns of tap rs, transposed
+    return WeightGemm<T>(true, g.C, g.K, wcat, g.R * g.S, g.C, g.crs(), threads > 1);
+  }
+  return WeightGemm<T>(trans, trans ? g.crs() : g.K, trans ? g.K : g.crs(), w, 1, 0, g.crs(), threads > 1);
+}
 
 template <typename T>
 void forward_impl(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y) {
-  const int64_t CRS = g.crs(), PQ = g.pq();
-  T* col = g.pointwise() ? nullptr : scratch<T>(static_cast<std::size_t>(CRS * PQ));
-  for (int64_t n = 0; n < g.N; ++n) {
-    const T* xn = x + n * g.C * g.hw();
-    T* yn = y + n * g.K * PQ;
-    const T* cols = xn;  // pointwise: x[n] is (C, H*W) = (C*R*S, P*Q) already
-    if (!g.pointwise()) {
-      im2col(xn, g, col);
-      cols = col;
-    }
-    T beta = T(0);
-    if (bias != nullptr) {  // start each output row at its bias, then accumulate the GEMM onto it
-      for (int64_t k = 0; k < g.K; ++k) std::fill(yn + k * PQ, yn + (k + 1) * PQ, bias[k]);
-      beta = T(1);
-    }
-    cpu::gemm(false, false, g.K, PQ, CRS, T(1), w, CRS, cols, PQ, beta, yn, PQ);
-  }
+  const Algo algo = pick_algo(g);
+  const int threads = image_threads(g.N);
+  const WeightGemm<T> wg = weight_gemm(g, algo, false, w, threads);
+  run_images<T>(g, algo, threads, [&](int64_t n, T* work) {
+    forward_image(g, algo, x + n * g.x_stride, wg, bias, y + n * g.K * g.pq(), work);
+  });
 }
 
 template <typename T>
 void backward_input_impl(const ConvGeom& g, const T* dy, const T* w, T* dx) {
-  const int64_t CRS = g.crs(), PQ = g.pq();
-  T* dcol = g.pointwise() ? nullptr : scratch<T>(static_cast<std::size_t>(CRS * PQ));
-  for (int64_t n = 0; n < g.N; ++n) {
-    const T* dyn = dy + n * g.K * PQ;
-    T* dxn = dx + n * g.C * g.hw();
-    if (g.pointwise()) {  // dx[n] (C, H*W) = weight^T (C, K) * dy[n] (K, H*W)
-      cpu::gemm(true, false, g.C, PQ, g.K, T(1), w, CRS, dyn, PQ, T(0), dxn, PQ);
-    } else {
-      cpu::gemm(true, false, CRS, PQ, g.K, T(1), w, CRS, dyn, PQ, T(0), dcol, PQ);
-      col2im(dcol, g, dxn);
-    }
-  }
+  const Algo algo = pick_algo(g);
+  const int threads = image_threads(g.N);
+  const WeightGemm<T> wg = weight_gemm(g, algo, true, w, threads);
+  run_images<T>(g, algo, threads, [&](int64_t n, T* work) {
+    backward_input_image(g, algo, dy + n * g.K * g.pq(), wg, dx + n * g.C * g.hw(), work);
+  });
 }
 
 template <typename T>
 void backward_weight_impl(const ConvGeom& g, const T* dy, const T* x, T* dw) {
-  const int64_t CRS = g.crs(), PQ = g.pq();
+  const Algo algo = pick_algo(g);
+  const int64_t KCRS = g.K * g.crs();
   if (g.N == 0) {
-    std::fill(dw, dw + g.K * CRS, T(0));
+    std::fill(dw, dw + KCRS, T(0));
     return;
   }
-  T* col = g.pointwise() ? nullptr : scratch<T>(static_cast<std::size_t>(CRS * PQ));
-  for (int64_t n = 0; n < g.N; ++n) {
-    const T* xn = x + n * g.C * g.hw();
-    const T* cols = xn;
-    if (!g.pointwise()) {
-      im2col(xn, g, col);
-      cols = col;
+  const int threads = image_threads(g.N);
+  const GemmFn<T> gemm = gemm_for<T>(threads);
+  // The shifted algorithm produces dwcat (K, R*S*C); it is put back into (K, C, R, S) at the end.
+  T* target = dw;
+  if (algo == Algo::Shifted) target = scratch<T, kWeightSlot>(static_cast<std::size_t>(KCRS));
+
+  if (threads == 1) {  // one image at a time, accumulating: the first overwrites, the rest add
+    run_images<T>(g, algo, 1, [&](int64_t n, T* work) {
+      backward_weight_image(g, algo, dy + n * g.K * g.pq(), x + n * g.x_stride, n == 0 ? T(0) : T(1), target,
+                            work, gemm);
+    });
+  } else {
+    // Each thread sums its images into its own partial; then the partials are added in thread order.
+    // The static schedule fixes which images each thread gets, so the sum order is fixed too.
+    T* partials = scratch<T, kPartialSlot>(static_cast<std::size_t>(threads * KCRS));
+    std::vector<char> used(threads, 0);
+    const int64_t ws = work_size(g, algo);
+    T* work = scratch<T, kColSlot>(static_cast<std::size_t>(threads * ws));
+    for_each_image(g.N, threads, true, [&](int64_t n, int tid) {
+      backward_weight_image(g, algo, dy + n * g.K * g.pq(), x + n * g.x_stride, used[tid] ? T(1) : T(0),
+                            partials + tid * KCRS, work + tid * ws, gemm);
+      used[tid] = 1;
+    });
+#pragma omp parallel for schedule(static) num_threads(threads) if (KCRS * threads >= kParallelMin)
+    for (int64_t i = 0; i < KCRS; ++i) {
+      T sum = T(0);
+      for (int t = 0; t < threads; ++t)
+        if (used[t]) sum += partials[t * KCRS + i];
+      target[i] = sum;
     }
-    // dweight (K, CRS) (+)= dy[n] (K, PQ) * cols^T; the first image overwrites, the rest add.
-    cpu::gemm(false, true, g.K, CRS, PQ, T(1), dy + n * g.K * PQ, PQ, cols, PQ,
-              n == 0 ? T(0) : T(1), dw, CRS);
+  }
+  if (algo == Algo::Shifted) {  // dwcat (K, R*S*C) -> dw (K, C, R, S)
+    const int64_t RS = g.R * g.S;
+    for (int64_t k = 0; k < g.K; ++k)
+      for (int64_t c = 0; c < g.C; ++c)
+        for (int64_t rs = 0; rs < RS; ++rs) dw[(k * g.C + c) * RS + rs] = target[(k * RS + rs) * g.C + c];
   }
 }
 
@@ -275,35 +652,36 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, cons
   check_operand(op, "input", x);
   check_operand(op, "weight", w);
   check_same_dtype(op, "input", x, "weight", w);
-  const ConvGeom g = conv_geometry(op, x.shape(), w.shape(), p);
+  ConvGeom g = conv_geometry(op, x.shape(), w.shape(), p);
   if (bias.defined()) {
     check_operand(op, "bias", bias);
     check_same_dtype(op, "bias", bias, "input", x);
-    check(bias.dim() == 1 && bias.size(0) == g.K,
-          op + ": bias must have shape (" + std::to_string(g.K) + ") for weight " +
-              shape_str(w.shape()) + ", got " + shape_str(bias.shape()));
+    check(bias.dim() == 1 && bias.size(0) == g.K, op + ": bias must have shape (" + std::to_string(g.K) +
+                                                      ") for weight " + shape_str(w.shape()) + ", got " +
+                                                      shape_str(bias.shape()));
   }
-  const Tensor xc = x.contiguous(), wc = w.contiguous();
+  if (x.device().is_cuda()) return cuda::conv2d_forward(x, w, bias, p);
+  const Tensor xc = images_view(x, g), wc = w.contiguous();
   const Tensor bc = bias.defined() ? bias.contiguous() : Tensor();
   Tensor y = Tensor::empty(g.y_shape(), x.dtype());
   if (x.dtype() == DType::Float32) {
-    forward_impl<float>(g, xc.data<float>(), wc.data<float>(),
-                        bc.defined() ? bc.data<float>() : nullptr, y.data<float>());
+    forward_impl<float>(g, xc.data<float>(), wc.data<float>(), bc.defined() ? bc.data<float>() : nullptr,
+                        y.data<float>());
   } else {
-    forward_impl<double>(g, xc.data<double>(), wc.data<double>(),
-                         bc.defined() ? bc.data<double>() : nullptr, y.data<double>());
+    forward_impl<double>(g, xc.data<double>(), wc.data<double>(), bc.defined() ? bc.data<double>() : nullptr,
+                         y.data<double>());
   }
   return y;
 }
 
-Tensor conv2d_backward_input(const Tensor& dy, const Tensor& w, const Shape& x_shape,
-                             const Conv2dParams& p) {
+Tensor conv2d_backward_input(const Tensor& dy, const Tensor& w, const Shape& x_shape, const Conv2dParams& p) {
   const std::string op = "conv2d_backward_input";
   check_operand(op, "grad_output", dy);
   check_operand(op, "weight", w);
   check_same_dtype(op, "grad_output", dy, "weight", w);
   const ConvGeom g = conv_geometry(op, x_shape, w.shape(), p);
   check_grad_output(op, dy, g, x_shape, w.shape());
+  if (dy.device().is_cuda()) return cuda::conv2d_backward_input(dy, w, x_shape, p);
   const Tensor dyc = dy.contiguous(), wc = w.contiguous();
   Tensor dx = Tensor::empty(x_shape, dy.dtype());
   if (dy.dtype() == DType::Float32)
@@ -319,9 +697,10 @@ Tensor conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_
   check_operand(op, "grad_output", dy);
   check_operand(op, "input", x);
   check_same_dtype(op, "grad_output", dy, "input", x);
-  const ConvGeom g = conv_geometry(op, x.shape(), w_shape, p);
+  ConvGeom g = conv_geometry(op, x.shape(), w_shape, p);
   check_grad_output(op, dy, g, x.shape(), w_shape);
-  const Tensor dyc = dy.contiguous(), xc = x.contiguous();
+  if (dy.device().is_cuda()) return cuda::conv2d_backward_weight(dy, x, w_shape, p);
+  const Tensor dyc = dy.contiguous(), xc = images_view(x, g);
   Tensor dw = Tensor::empty(w_shape, dy.dtype());
   if (dy.dtype() == DType::Float32)
     backward_weight_impl<float>(g, dyc.data<float>(), xc.data<float>(), dw.data<float>());
@@ -334,6 +713,7 @@ Tensor conv2d_backward_bias(const Tensor& dy) {
   const std::string op = "conv2d_backward_bias";
   check_operand(op, "grad_output", dy);
   check(dy.dim() == 4, op + ": grad_output must be 4-D (N, K, P, Q), got " + shape_str(dy.shape()));
+  if (dy.device().is_cuda()) return cuda::conv2d_backward_bias(dy);
   const Tensor dyc = dy.contiguous();
   const int64_t N = dy.size(0), K = dy.size(1), PQ = dy.size(2) * dy.size(3);
   Tensor db = Tensor::empty({K}, dy.dtype());

@@ -4,10 +4,14 @@
 // expanded in. So every binary op is a walk over the output shape with one offset per operand, and a
 // reduction is a walk over the input with the output's stride set to 0 along the reduced dims.
 // Contiguous same-shape operands take a flat, OpenMP-parallel loop instead.
+//
+// Every public op checks its arguments here, device-agnostically (float dtype, shapes, all operands on
+// one device), then runs the CPU kernel below or, for CUDA tensors, its twin in cuda/ops.h.
 #include <array>
 #include <cmath>
 #include <string>
 
+#include "cuda/ops.h"
 #include "tensor/ops.h"
 
 namespace ladnn::ops {
@@ -17,14 +21,19 @@ void check_float(const Tensor& t, const char* op, const char* name = "input") {
   check(t.defined(), std::string(op) + ": " + name + " is undefined");
   check(t.dtype() == DType::Float32 || t.dtype() == DType::Float64,
         std::string(op) + ": " + name + " must be float32 or float64, got " + dtype_name(t.dtype()));
-  check(t.device().is_cpu(), std::string(op) + ": " + name + " is on " + t.device().str() +
-                                 "; this op runs on the CPU (the CUDA backend adds the GPU path)");
 }
 
 void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) {
   check(a.dtype() == b.dtype(), std::string(op) + ": operands have different dtypes (" +
                                     dtype_name(a.dtype()) + " and " + dtype_name(b.dtype()) + ")");
 }
+
+void check_same_device(const Tensor& a, const Tensor& b, const char* op, const char* na, const char* nb) {
+  check(a.device() == b.device(), std::string(op) + ": " + na + " is on " + a.device().str() + " but " + nb +
+                                      " is on " + b.device().str() + "; move both to one device first");
+}
+
+bool on_gpu(const Tensor& t) { return t.device().is_cuda(); }
 
 /// Strides of `t` seen from the shape `out` it broadcasts to: leading dims and size-1 dims
 /// get stride 0.
@@ -87,12 +96,15 @@ Tensor binary_t(const Tensor& a, const Tensor& b, const Shape& out_shape, F f) {
   return out;
 }
 
-template <typename F>
-Tensor binary(const Tensor& a, const Tensor& b, const char* op, F f) {
+/// `gpu` runs the op on the GPU (a CUDA tensor); f is the CPU element function.
+template <typename F, typename G>
+Tensor binary(const Tensor& a, const Tensor& b, const char* op, F f, G gpu) {
   check_float(a, op, "left operand");
   check_float(b, op, "right operand");
   check_same_dtype(a, b, op);
+  check_same_device(a, b, op, "the left operand", "the right operand");
   Shape out = broadcast_shape(a.shape(), b.shape(), op);
+  if (on_gpu(a)) return gpu();
   if (a.dtype() == DType::Float32) return binary_t<float>(a, b, out, f);
   return binary_t<double>(a, b, out, f);
 }
@@ -109,9 +121,10 @@ Tensor unary_t(const Tensor& a, F f) {
   return out;
 }
 
-template <typename F>
-Tensor unary(const Tensor& a, const char* op, F f) {
+template <typename F, typename G>
+Tensor unary(const Tensor& a, const char* op, F f, G gpu) {
   check_float(a, op);
+  if (on_gpu(a)) return gpu();
   if (a.dtype() == DType::Float32) return unary_t<float>(a, f);
   return unary_t<double>(a, f);
 }
@@ -177,16 +190,16 @@ Shape broadcast_shape(const Shape& a, const Shape& b, const char* op) {
 }
 
 Tensor add(const Tensor& a, const Tensor& b) {
-  return binary(a, b, "add", [](auto x, auto y) { return x + y; });
+  return binary(a, b, "add", [](auto x, auto y) { return x + y; }, [&] { return cuda::add(a, b); });
 }
 Tensor sub(const Tensor& a, const Tensor& b) {
-  return binary(a, b, "sub", [](auto x, auto y) { return x - y; });
+  return binary(a, b, "sub", [](auto x, auto y) { return x - y; }, [&] { return cuda::sub(a, b); });
 }
 Tensor mul(const Tensor& a, const Tensor& b) {
-  return binary(a, b, "mul", [](auto x, auto y) { return x * y; });
+  return binary(a, b, "mul", [](auto x, auto y) { return x * y; }, [&] { return cuda::mul(a, b); });
 }
 Tensor div(const Tensor& a, const Tensor& b) {
-  return binary(a, b, "div", [](auto x, auto y) { return x / y; });
+  return binary(a, b, "div", [](auto x, auto y) { return x / y; }, [&] { return cuda::div(a, b); });
 }
 
 Tensor sum_to(const Tensor& grad, const Shape& shape) {
@@ -206,6 +219,7 @@ Tensor sum_to(const Tensor& grad, const Shape& shape) {
                                                     " does not broadcast from " + shape_str(shape));
     mask[d] = want == 1 && grad.shape()[d] != 1;
   }
+  if (on_gpu(grad)) return cuda::sum_to(grad, shape);
   return reduce_sum(grad, mask).reshape(shape);
 }
 
@@ -224,31 +238,38 @@ Tensor expand_to(const Tensor& a, const Shape& shape) {
   check_float(a, "expand_to");
   check(broadcast_shape(a.shape(), shape, "expand_to") == shape,
         "expand_to: " + shape_str(a.shape()) + " does not broadcast to " + shape_str(shape));
+  if (on_gpu(a)) return cuda::expand_to(a, shape);
   return a.dtype() == DType::Float32 ? expand_to_t<float>(a, shape) : expand_to_t<double>(a, shape);
 }
 
 // ---- scalar and unary --------------------------------------------------------------------------------------
 
 Tensor add_scalar(const Tensor& a, double s) {
-  return unary(a, "add_scalar", [s](auto x) { return static_cast<decltype(x)>(x + s); });
+  return unary(
+      a, "add_scalar", [s](auto x) { return static_cast<decltype(x)>(x + s); },
+      [&] { return cuda::add_scalar(a, s); });
 }
 Tensor mul_scalar(const Tensor& a, double s) {
-  return unary(a, "mul_scalar", [s](auto x) { return static_cast<decltype(x)>(x * s); });
+  return unary(
+      a, "mul_scalar", [s](auto x) { return static_cast<decltype(x)>(x * s); },
+      [&] { return cuda::mul_scalar(a, s); });
 }
 Tensor pow_scalar(const Tensor& a, double p) {
-  return unary(a, "pow_scalar", [p](auto x) { return static_cast<decltype(x)>(std::pow(x, p)); });
+  return unary(
+      a, "pow_scalar", [p](auto x) { return static_cast<decltype(x)>(std::pow(x, p)); },
+      [&] { return cuda::pow_scalar(a, p); });
 }
 Tensor neg(const Tensor& a) {
-  return unary(a, "neg", [](auto x) { return -x; });
+  return unary(a, "neg", [](auto x) { return -x; }, [&] { return cuda::neg(a); });
 }
 Tensor exp(const Tensor& a) {
-  return unary(a, "exp", [](auto x) { return std::exp(x); });
+  return unary(a, "exp", [](auto x) { return std::exp(x); }, [&] { return cuda::exp(a); });
 }
 Tensor log(const Tensor& a) {
-  return unary(a, "log", [](auto x) { return std::log(x); });
+  return unary(a, "log", [](auto x) { return std::log(x); }, [&] { return cuda::log(a); });
 }
 Tensor sqrt(const Tensor& a) {
-  return unary(a, "sqrt", [](auto x) { return std::sqrt(x); });
+  return unary(a, "sqrt", [](auto x) { return std::sqrt(x); }, [&] { return cuda::sqrt(a); });
 }
 Tensor sigmoid(const Tensor& a) {
   // Two branches keep exp's argument <= 0, so neither overflows.
@@ -257,23 +278,26 @@ Tensor sigmoid(const Tensor& a) {
     if (x >= 0) return T(1) / (T(1) + std::exp(-x));
     T e = std::exp(x);
     return e / (T(1) + e);
-  });
+  }, [&] { return cuda::sigmoid(a); });
 }
 Tensor relu(const Tensor& a) {
-  return unary(a, "relu", [](auto x) { return x > 0 ? x : decltype(x)(0); });
+  return unary(a, "relu", [](auto x) { return x > 0 ? x : decltype(x)(0); }, [&] { return cuda::relu(a); });
 }
 
 Tensor relu_backward(const Tensor& grad, const Tensor& x) {
   check(grad.shape() == x.shape(), "relu_backward: gradient " + shape_str(grad.shape()) +
                                        " and input " + shape_str(x.shape()) + " differ");
-  return binary(grad, x, "relu_backward", [](auto g, auto v) { return v > 0 ? g : decltype(g)(0); });
+  return binary(
+      grad, x, "relu_backward", [](auto g, auto v) { return v > 0 ? g : decltype(g)(0); },
+      [&] { return cuda::relu_backward(grad, x); });
 }
 
 Tensor sigmoid_backward(const Tensor& grad, const Tensor& y) {
   check(grad.shape() == y.shape(), "sigmoid_backward: gradient " + shape_str(grad.shape()) +
                                        " and output " + shape_str(y.shape()) + " differ");
-  return binary(grad, y, "sigmoid_backward",
-                [](auto g, auto v) { return g * v * (decltype(v)(1) - v); });
+  return binary(
+      grad, y, "sigmoid_backward", [](auto g, auto v) { return g * v * (decltype(v)(1) - v); },
+      [&] { return cuda::sigmoid_backward(grad, y); });
 }
 
 template <typename T>
@@ -291,9 +315,11 @@ void add_(Tensor& a, const Tensor& b, double alpha) {
   check_float(a, "add_", "destination");
   check_float(b, "add_", "source");
   check_same_dtype(a, b, "add_");
+  check_same_device(a, b, "add_", "the destination", "the source");
   check(a.shape() == b.shape(), "add_: destination " + shape_str(a.shape()) + " and source " +
                                     shape_str(b.shape()) + " differ");
   check(a.is_contiguous(), "add_: destination must be contiguous");
+  if (on_gpu(a)) return cuda::add_(a, b, alpha);
   if (a.dtype() == DType::Float32) add_inplace_t<float>(a, b, alpha);
   else add_inplace_t<double>(a, b, alpha);
 }
@@ -301,6 +327,7 @@ void add_(Tensor& a, const Tensor& b, double alpha) {
 void mul_scalar_(Tensor& a, double s) {
   check_float(a, "mul_scalar_");
   check(a.is_contiguous(), "mul_scalar_: tensor must be contiguous");
+  if (on_gpu(a)) return cuda::mul_scalar_(a, s);
   const int64_t n = a.numel();
   if (a.dtype() == DType::Float32) {
     float* x = a.data<float>();
@@ -315,12 +342,14 @@ void mul_scalar_(Tensor& a, double s) {
 
 Tensor sum(const Tensor& a) {
   check_float(a, "sum");
+  if (on_gpu(a)) return cuda::sum(a);
   return reduce_sum(a, std::vector<bool>(a.dim(), true)).reshape({});
 }
 
 Tensor sum(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim) {
   check_float(a, "sum");
   std::vector<bool> mask = reduce_mask(a, dims, "sum");
+  if (on_gpu(a)) return cuda::sum(a, dims, keepdim);
   Tensor r = reduce_sum(a, mask);
   return keepdim ? r : r.reshape(drop_reduced(a.shape(), mask));
 }

@@ -5,10 +5,12 @@
 // size_i) * inner) of every row with one memcpy. DenseNet joins NCHW feature maps along channels, so a
 // row is one image and a part's chunk is its C_i * H * W contiguous values.
 // split returns views (Tensor::narrow): no copy, the pieces share the input's storage.
-// Both are pure data movement, so every dtype (Int64 too) is accepted.
+// Both are pure data movement, so every dtype (Int64 too) is accepted. cat of CUDA tensors runs
+// cuda::cat (cuda/join.cu) after the same checks; split's views serve every device.
 #include <cstring>
 #include <string>
 
+#include "cuda/ops.h"
 #include "tensor/ops.h"
 
 namespace ladnn::ops {
@@ -38,8 +40,6 @@ Tensor cat(const std::vector<Tensor>& parts, int64_t dim) {
   check(nd > 0, "cat: part 0 is 0-d (shape ()); cat needs tensors with at least one dimension");
   check(dim >= -nd && dim < nd, dim_error("cat", dim, first.shape()));
   if (dim < 0) dim += nd;
-  check(first.device().is_cpu(),
-        "cat: part 0 is on " + first.device().str() + "; this build has only a CPU kernel for cat");
 
   int64_t total = 0;
   for (std::size_t i = 0; i < parts.size(); ++i) {
@@ -56,6 +56,7 @@ Tensor cat(const std::vector<Tensor>& parts, int64_t dim) {
                                             " but part 0 is on " + first.device().str());
     total += t.size(dim);
   }
+  if (first.device().is_cuda()) return cuda::cat(parts, dim);
 
   Shape out_shape = first.shape();
   out_shape[dim] = total;

@@ -6,10 +6,12 @@
 // accurate where log(1 + e^x) would round to 0 or overflow. d/dx = sigmoid(x) - y.
 // The weight (undefined = 1) broadcasts to x; PyTorch's Mean divides by numel(x) even where the
 // weight is 0 (masked terms still count). Sums accumulate in double.
+// The checks here are device-agnostic; CUDA tensors then run cuda/loss.cu (same formula, in double).
 #include <algorithm>
 #include <cmath>
 #include <string>
 
+#include "cuda/ops.h"
 #include "tensor/ops.h"
 
 namespace ladnn::ops {
@@ -36,8 +38,6 @@ Tensor check_and_expand(const std::string& op, const Tensor& x, const Tensor& y,
   check(x.defined(), op + ": input (logits) is undefined");
   check(y.defined(), op + ": target is undefined");
   check(is_float(x.dtype()), op + ": input must be float32 or float64, got " + dtype_name(x.dtype()));
-  check(x.device().is_cpu(),
-        op + ": input is on " + x.device().str() + "; this build has only a CPU kernel for this loss");
   check(y.shape() == x.shape(),
         op + ": target has shape " + shape_str(y.shape()) + " but input has shape " + shape_str(x.shape()));
   check(y.dtype() == x.dtype(),
@@ -100,6 +100,7 @@ void bce_backward_kernel(const T* x, const T* y, const T* w, const T* dout_all, 
 Tensor bce_with_logits(const Tensor& x, const Tensor& y, const Tensor& weight, Reduction reduction) {
   const std::string op = "bce_with_logits";
   const Tensor w = check_and_expand(op, x, y, weight);
+  if (x.device().is_cuda()) return cuda::bce_with_logits(x, y, w, reduction);
   const Tensor xc = x.contiguous(), yc = y.contiguous();
   const int64_t n = x.numel();
   Tensor out = reduction == Reduction::None ? Tensor::empty(x.shape(), x.dtype(), x.device())
@@ -133,6 +134,9 @@ Tensor bce_with_logits_backward(const Tensor& dout, const Tensor& x, const Tenso
   else
     check(dout.numel() == 1, op + ": with reduction " + reduction_name(reduction) +
                                  ", grad_output must hold one value, got shape " + shape_str(dout.shape()));
+  check(dout.device() == x.device(),
+        op + ": grad_output is on " + dout.device().str() + " but input is on " + x.device().str());
+  if (x.device().is_cuda()) return cuda::bce_with_logits_backward(dout, x, y, w, reduction);
   const Tensor xc = x.contiguous(), yc = y.contiguous();
   const int64_t n = x.numel();
   Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());

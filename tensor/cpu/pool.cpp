@@ -9,11 +9,15 @@
 // Adaptive average pooling: output row i averages rows [floor(i*H/oh), ceil((i+1)*H/oh)).
 //
 // Every kernel handles one (n, c) plane at a time; planes run in parallel and never share writes.
+//
+// Devices: the argument checks below are device-agnostic (plus "every operand on one device"); CUDA
+// tensors then go to cuda/pool.cu (cuDNN or native, cuda/context.h's LADNN_POOL switch).
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
 
+#include "cuda/ops.h"
 #include "tensor/ops.h"
 
 namespace ladnn::ops {
@@ -51,8 +55,6 @@ void check_input(const std::string& op, const Tensor& x, const char* name = "inp
   check(x.defined(), op + ": " + name + " is undefined");
   check(x.dim() == 4, op + ": " + name + " must be 4-D (N, C, H, W), got " + shape_str(x.shape()));
   check(is_float(x.dtype()), op + ": " + name + " must be float32 or float64, got " + dtype_name(x.dtype()));
-  check(x.device().is_cpu(),
-        op + ": " + name + " is on " + x.device().str() + "; this build has only CPU kernels for pooling");
 }
 
 void check_plane_shape(const std::string& op, const Shape& x_shape) {
@@ -257,6 +259,7 @@ MaxPoolForward max_pool2d_forward(const Tensor& x, const Pool2dParams& p) {
   const std::string op = "max_pool2d_forward";
   check_input(op, x);
   const Shape y_shape = pool_shape(op, x.shape(), p);
+  if (x.device().is_cuda()) return cuda::max_pool2d_forward(x, p);
   const Tensor xc = x.contiguous();
   MaxPoolForward out{Tensor::empty(y_shape, x.dtype(), x.device()),
                      Tensor::empty(y_shape, DType::Int64, x.device())};
@@ -281,6 +284,9 @@ Tensor max_pool2d_backward(const Tensor& dy, const Tensor& indices, const Shape&
         op + ": indices must be an int64 tensor from max_pool2d_forward");
   check(indices.shape() == dy.shape(), op + ": indices have shape " + shape_str(indices.shape()) +
                                            " but grad_output has shape " + shape_str(dy.shape()));
+  check(indices.device() == dy.device(), op + ": indices are on " + indices.device().str() +
+                                             " but grad_output is on " + dy.device().str());
+  if (dy.device().is_cuda()) return cuda::max_pool2d_backward(dy, indices, x_shape);
   const Tensor dyc = dy.contiguous(), ic = indices.contiguous();
   Tensor dx = Tensor::zeros(x_shape, dy.dtype(), dy.device());
   const int64_t planes = x_shape[0] * x_shape[1], HW = x_shape[2] * x_shape[3];
@@ -299,6 +305,7 @@ Tensor avg_pool2d_forward(const Tensor& x, const Pool2dParams& p) {
   const std::string op = "avg_pool2d_forward";
   check_input(op, x);
   const Shape y_shape = pool_shape(op, x.shape(), p);
+  if (x.device().is_cuda()) return cuda::avg_pool2d_forward(x, p);
   const Tensor xc = x.contiguous();
   Tensor y = Tensor::empty(y_shape, x.dtype(), x.device());
   const int64_t planes = y_shape[0] * y_shape[1];
@@ -315,6 +322,7 @@ Tensor avg_pool2d_backward(const Tensor& dy, const Shape& x_shape, const Pool2dP
   const std::string op = "avg_pool2d_backward";
   const Shape y_shape = pool_shape(op, x_shape, p);
   check_grad(op, dy, y_shape);
+  if (dy.device().is_cuda()) return cuda::avg_pool2d_backward(dy, x_shape, p);
   const Tensor dyc = dy.contiguous();
   Tensor dx = Tensor::zeros(x_shape, dy.dtype(), dy.device());
   const int64_t planes = x_shape[0] * x_shape[1];
@@ -333,6 +341,7 @@ Tensor adaptive_avg_pool2d_forward(const Tensor& x, int64_t out_h, int64_t out_w
   check_plane_shape(op, x.shape());
   check(out_h > 0 && out_w > 0, op + ": output size must be positive, got " + pair_str(out_h, out_w) +
                                     " for input " + shape_str(x.shape()));
+  if (x.device().is_cuda()) return cuda::adaptive_avg_pool2d_forward(x, out_h, out_w);
   const Tensor xc = x.contiguous();
   const Shape y_shape{x.size(0), x.size(1), out_h, out_w};
   Tensor y = Tensor::empty(y_shape, x.dtype(), x.device());
@@ -350,6 +359,7 @@ Tensor adaptive_avg_pool2d_backward(const Tensor& dy, const Shape& x_shape) {
   check_input(op, dy, "grad_output");
   check(dy.size(0) == x_shape[0] && dy.size(1) == x_shape[1] && dy.size(2) > 0 && dy.size(3) > 0,
         op + ": grad_output " + shape_str(dy.shape()) + " does not fit input " + shape_str(x_shape));
+  if (dy.device().is_cuda()) return cuda::adaptive_avg_pool2d_backward(dy, x_shape);
   const Tensor dyc = dy.contiguous();
   Tensor dx = Tensor::zeros(x_shape, dy.dtype(), dy.device());
   const int64_t planes = x_shape[0] * x_shape[1];

@@ -1,0 +1,534 @@
+// cuda/batchnorm.cu — BatchNorm2d forward and backward on the GPU (float32, NCHW), two versions chosen
+// by cuda::impl(Family::BatchNorm) (LADNN_BN=cudnn|native, STYLE.md habit 2):
+//
+//   cudnn   cudnnBatchNormalizationForwardTraining / ForwardInference / Backward in
+//           CUDNN_BATCHNORM_SPATIAL mode (one mean/variance per channel over N, H, W).
+//   native  three kernels per call:
+//             forward train  bn_stats_partial (Welford per channel chunk) -> bn_stats_finalize (one thread
+//                            per channel: merge chunks in double, save stats, update running stats,
+//                            per-channel scale) -> bn_normalize (fused (x - mean) * scale + beta)
+//             forward eval   bn_eval_prepare (per-channel mean/scale/shift from running stats) -> bn_normalize
+//             backward       bn_grad_partial (sum dy, sum dy * (x - mean) per chunk) -> bn_grad_finalize
+//                            (dgamma, dbeta, per-channel coefficients) -> bn_backward_dx (one elementwise pass)
+//   Eval-mode backward always runs the native kernels: cuDNN has no backward for frozen statistics.
+//   The native kernels' arithmetic (partition of a channel over blocks, Welford, finalisation) is in
+//   cuda/bnpool_math.h, which tests/cuda_bnpool_math_test.cpp also runs on the CPU.
+//
+// Semantics are tensor/cpu/batchnorm.cpp's (read its header for the formulas): biased variance to
+// normalise, unbiased n/(n-1) for running_var, eps inside the square root, save_invstd = 1/sqrt(var+eps),
+// gamma/beta undefined = 1/0, running stats undefined = not tracked, (C) vectors with any stride.
+//
+// What we rely on from cuDNN, and how it was established (tests/cuda_bnpool_test.cpp checks each one
+// against the CPU on the device, so a cuDNN that behaves otherwise fails there):
+//   * exponentialAverageFactor is PyTorch's momentum: running = (1 - f) * running + f * batch_stat
+//     (cudnn_ops.h: "runningMean = newMean*factor + runningMean*(1-factor)", variance "in the same way").
+//   * The running variance is blended with the *unbiased* batch variance, as PyTorch does: PyTorch hands
+//     its running_var to cuDNN unchanged (aten/src/ATen/native/cudnn/BatchNorm.cpp) and documents the
+//     unbiased running variance for both backends (pytorch/pytorch#19902, #106366); MXNet measured it
+//     (apache/mxnet#21111: "non-cudnn biased, cudnn unbiased").
+//   * resultSaveInvVariance receives 1/sqrt(var + eps) — an inverse standard deviation despite the
+//     name (measured in microsoft/onnxruntime#8172) — so it is exactly our save_invstd, and
+//     cudnnBatchNormalizationBackward takes save_mean/save_invstd back as savedMean/savedInvVariance.
+//     With them given, the backward does not recompute statistics, so the epsilon we pass it (the
+//     backward API has none) is irrelevant; the test runs the forward with eps = 1e-3 to prove it.
+//   * CUDNN_BN_MIN_EPSILON is 0.0 in cuDNN 9 (cudnn_ops.h), so every eps >= 0 is accepted.
+//   * resultRunningMean/resultRunningVariance may both be NULL (statistics not tracked).
+//
+// Accuracy of the native version: per-thread Welford in float (no E[x^2] - mean^2 cancellation),
+// merged across threads with Chan's formula, chunks merged per channel in double; the normalisation
+// computes (x - mean) first, which stays accurate when |mean| >> std (x * scale + shift would not).
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <initializer_list>
+#include <string>
+#include <utility>
+
+#include "cuda/allocator.h"
+#include "cuda/bnpool_math.h"
+#include "cuda/bnpool_util.cuh"
+#include "cuda/ops.h"
+
+namespace ladnn::cuda {
+namespace {
+
+using math::BnPartition;
+using math::Welford;
+
+constexpr int kThreads = math::kBnThreads;  // reduction blocks; elementwise blocks use the same
+constexpr int kFinalizeThreads = 128;
+
+// ---- geometry and pointers ----------------------------------------------------------------------------
+
+struct BnGeom {
+  int64_t N, C, HW;
+  int64_t M() const { return N * HW; }  // values per channel
+  int64_t total() const { return N * C * HW; }
+};
+
+BnGeom geom_of(const Tensor& x) { return {x.size(0), x.size(1), x.size(2) * x.size(3)}; }
+
+BnPartition partition_of(const BnGeom& g) { return math::bn_partition(g.N, g.C, g.HW, num_sms()); }
+
+/// A per-channel vector as the kernels read it: base pointer and element stride; null = undefined.
+struct ChanPtr {
+  float* p = nullptr;
+  int64_t stride = 0;
+};
+ChanPtr chan(const Tensor& t) {
+  if (!t.defined()) return {};
+  return {t.data<float>(), t.strides()[0]};
+}
+
+// ---- native kernels (the arithmetic is in cuda/bnpool_math.h, shared with a host test) ------------------
+
+__device__ __forceinline__ Welford welford_warp(Welford w) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const Welford o{__shfl_down_sync(kFullMask, w.n, offset), __shfl_down_sync(kFullMask, w.mean, offset),
+                    __shfl_down_sync(kFullMask, w.m2, offset)};
+    w = math::welford_merge(w, o);
+  }
+  return w;  // complete in lane 0
+}
+
+// grid (C, splits), block kThreads: block (c, s) reduces chunk s of channel c (math::BnPartition) to
+// (count, mean, M2) at partial[(c*splits + s)*3 ...]. VEC = 4 reads float4 (HW % 4 == 0, x aligned).
+template <int VEC>
+__global__ void bn_stats_partial_kernel(const float* __restrict__ x, BnPartition p, float* __restrict__ partial) {
+  const int64_t c = blockIdx.x, s = blockIdx.y;
+  Welford w = math::bn_stats_thread<VEC>(x, c, s, threadIdx.x, blockDim.x, p);
+  // Block reduction: each warp merges its lanes, then the first warp merges the warps.
+  __shared__ Welford shared[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  w = welford_warp(w);
+  if (lane == 0) shared[warp] = w;
+  __syncthreads();
+  if (warp == 0) {
+    w = lane < int(blockDim.x >> 5) ? shared[lane] : Welford{0.0f, 0.0f, 0.0f};
+    w = welford_warp(w);
+    if (lane == 0) {
+      float* out = partial + (c * p.splits + s) * 3;
+      out[0] = w.n;
+      out[1] = w.mean;
+      out[2] = w.m2;
+    }
+  }
+}
+
+// One thread per channel: merges the chunks (in double), writes save_mean/save_invstd and the
+// normalisation's per-channel scale/shift, and blends the running statistics (if tracked).
+__global__ void bn_stats_finalize_kernel(const float* __restrict__ partial, int64_t C, int splits, double eps,
+                                         double momentum, ChanPtr gamma, ChanPtr beta, ChanPtr running_mean,
+                                         ChanPtr running_var, float* __restrict__ save_mean,
+                                         float* __restrict__ save_invstd, float* __restrict__ scale,
+                                         float* __restrict__ shift) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  const math::BnChannelStats st = math::bn_merge_partials(partial + c * splits * 3, splits, eps);
+  save_mean[c] = static_cast<float>(st.mean);
+  save_invstd[c] = static_cast<float>(st.invstd);
+  const double g = gamma.p ? gamma.p[c * gamma.stride] : 1.0;
+  scale[c] = static_cast<float>(g * st.invstd);
+  shift[c] = beta.p ? beta.p[c * beta.stride] : 0.0f;
+  if (running_mean.p) {
+    float& rm = running_mean.p[c * running_mean.stride];
+    rm = static_cast<float>(math::bn_running_mean(rm, momentum, st));
+  }
+  if (running_var.p) {
+    float& rv = running_var.p[c * running_var.stride];
+    rv = static_cast<float>(math::bn_running_var(rv, momentum, st));
+  }
+}
+
+// One thread per channel, eval mode: mean = running_mean, scale = gamma / sqrt(running_var + eps),
+// shift = beta, into contiguous arrays for bn_normalize.
+__global__ void bn_eval_prepare_kernel(int64_t C, double eps, ChanPtr gamma, ChanPtr beta, ChanPtr running_mean,
+                                       ChanPtr running_var, float* __restrict__ mean, float* __restrict__ scale,
+                                       float* __restrict__ shift) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  const double invstd = 1.0 / ::sqrt(double(running_var.p[c * running_var.stride]) + eps);
+  const double g = gamma.p ? gamma.p[c * gamma.stride] : 1.0;
+  mean[c] = running_mean.p[c * running_mean.stride];
+  scale[c] = static_cast<float>(g * invstd);
+  shift[c] = beta.p ? beta.p[c * beta.stride] : 0.0f;
+}
+
+// y = (x - mean[c]) * scale[c] + shift[c] over all N*C*HW values (grid-stride), c = (i / HW) % C.
+// With VEC = 4 a group of four never straddles two channels, because HW % 4 == 0.
+template <int VEC>
+__global__ void bn_normalize_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t total, int64_t C,
+                                    int64_t HW, const float* __restrict__ mean, const float* __restrict__ scale,
+                                    const float* __restrict__ shift) {
+  const int64_t step = int64_t(gridDim.x) * blockDim.x * VEC;
+  for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * VEC; i < total; i += step) {
+    const int64_t c = (i / HW) % C;
+    const float mu = __ldg(mean + c), sc = __ldg(scale + c), sh = __ldg(shift + c);
+    if constexpr (VEC == 4) {
+      float v[4];
+      math::load4(x + i, v);
+      for (int k = 0; k < 4; ++k) v[k] = math::bn_normalize(v[k], mu, sc, sh);
+      math::store4(y + i, v);
+    } else {
+      y[i] = math::bn_normalize(x[i], mu, sc, sh);
+    }
+  }
+}
+
+// grid (C, splits): per chunk, sum(dy) and sum(dy * (x - mean[c])) into partial[(c*splits + s)*2 ...].
+template <int VEC>
+__global__ void bn_grad_partial_kernel(const float* __restrict__ dy, const float* __restrict__ x, BnPartition p,
+                                       ChanPtr mean, float* __restrict__ partial) {
+  const int64_t c = blockIdx.x, s = blockIdx.y;
+  float sum_dy, sum_dy_xmu;
+  math::bn_grad_thread<VEC>(dy, x, mean.p[c * mean.stride], c, s, threadIdx.x, blockDim.x, p, sum_dy, sum_dy_xmu);
+  __shared__ float shared[32];
+  sum_dy = block_sum(sum_dy, shared);
+  sum_dy_xmu = block_sum(sum_dy_xmu, shared);
+  if (threadIdx.x == 0) {
+    partial[(c * p.splits + s) * 2] = sum_dy;
+    partial[(c * p.splits + s) * 2 + 1] = sum_dy_xmu;
+  }
+}
+
+// One thread per channel: dgamma, dbeta and the coefficients of dx (math::bn_grad_coefs). The
+// statistics are the batch's (invstd given, through_stats) or the running ones (invstd from
+// running_var and eps; frozen statistics do not depend on x).
+__global__ void bn_grad_finalize_kernel(const float* __restrict__ partial, int64_t C, int splits, double M,
+                                        ChanPtr gamma, ChanPtr mean, ChanPtr invstd, ChanPtr running_var,
+                                        double eps, bool through_stats, float* __restrict__ dgamma,
+                                        float* __restrict__ dbeta, float* __restrict__ coef_mean,
+                                        float* __restrict__ coef_k, float* __restrict__ coef_mean_dy,
+                                        float* __restrict__ coef_proj) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  double sum_dy = 0.0, sum_dy_xmu = 0.0;
+  for (int s = 0; s < splits; ++s) {
+    sum_dy += partial[(c * splits + s) * 2];
+    sum_dy_xmu += partial[(c * splits + s) * 2 + 1];
+  }
+  const double is = invstd.p ? double(invstd.p[c * invstd.stride])
+                             : 1.0 / ::sqrt(double(running_var.p[c * running_var.stride]) + eps);
+  const double g = gamma.p ? gamma.p[c * gamma.stride] : 1.0;
+  const math::BnGradCoefs k = math::bn_grad_coefs(sum_dy, sum_dy_xmu, is, g, M, through_stats);
+  dbeta[c] = static_cast<float>(k.dbeta);
+  dgamma[c] = static_cast<float>(k.dgamma);
+  coef_mean[c] = mean.p[c * mean.stride];
+  coef_k[c] = static_cast<float>(k.k);
+  coef_mean_dy[c] = static_cast<float>(k.mean_dy);
+  coef_proj[c] = static_cast<float>(k.proj);
+}
+
+// dx = k[c] * (dy - mean_dy[c] - (x - mean[c]) * proj[c]) over all values (grid-stride).
+template <int VEC>
+__global__ void bn_backward_dx_kernel(const float* __restrict__ dy, const float* __restrict__ x,
+                                      float* __restrict__ dx, int64_t total, int64_t C, int64_t HW,
+                                      const float* __restrict__ coef_mean, const float* __restrict__ coef_k,
+                                      const float* __restrict__ coef_mean_dy, const float* __restrict__ coef_proj) {
+  const int64_t step = int64_t(gridDim.x) * blockDim.x * VEC;
+  for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * VEC; i < total; i += step) {
+    const int64_t c = (i / HW) % C;
+    const float mu = __ldg(coef_mean + c), k = __ldg(coef_k + c), mdy = __ldg(coef_mean_dy + c),
+                proj = __ldg(coef_proj + c);
+    if constexpr (VEC == 4) {
+      float d[4], v[4], r[4];
+      math::load4(dy + i, d);
+      math::load4(x + i, v);
+      for (int j = 0; j < 4; ++j) r[j] = math::bn_dx(d[j], v[j], mu, k, mdy, proj);
+      math::store4(dx + i, r);
+    } else {
+      dx[i] = math::bn_dx(dy[i], x[i], mu, k, mdy, proj);
+    }
+  }
+}
+
+// ---- native drivers -------------------------------------------------------------------------------------
+
+// Launches bn_normalize with per-channel arrays mean/scale/shift (contiguous, C floats each).
+void launch_normalize(const Tensor& x, const Tensor& y, const BnGeom& g, const float* mean, const float* scale,
+                      const float* shift) {
+  const float* px = x.data<float>();
+  float* py = y.data<float>();
+  const bool vec = g.HW % 4 == 0 && aligned16(px) && aligned16(py);
+  if (vec) {
+    bn_normalize_kernel<4><<<grid_for(g.total() / 4, kThreads), kThreads, 0, cur_stream()>>>(
+        px, py, g.total(), g.C, g.HW, mean, scale, shift);
+  } else {
+    bn_normalize_kernel<1><<<grid_for(g.total(), kThreads), kThreads, 0, cur_stream()>>>(
+        px, py, g.total(), g.C, g.HW, mean, scale, shift);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+void native_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
+                          const Tensor& running_var, double momentum, double eps, const ops::BatchNormForward& out) {
+  const BnGeom g = geom_of(x);
+  const BnPartition part = partition_of(g);
+  const int splits = part.splits;
+  // Scratch: Welford partials (C, splits, 3), then scale (C) and shift (C).
+  Buffer ws(sizeof(float) * static_cast<std::size_t>(g.C * splits * 3 + 2 * g.C));
+  float* partial = ws.as<float>();
+  float* scale = partial + g.C * splits * 3;
+  float* shift = scale + g.C;
+
+  const float* px = x.data<float>();
+  const dim3 grid(static_cast<unsigned>(g.C), static_cast<unsigned>(splits));
+  if (g.HW % 4 == 0 && aligned16(px))
+    bn_stats_partial_kernel<4><<<grid, kThreads, 0, cur_stream()>>>(px, part, partial);
+  else
+    bn_stats_partial_kernel<1><<<grid, kThreads, 0, cur_stream()>>>(px, part, partial);
+  CUDA_CHECK_LAUNCH();
+
+  const unsigned fblocks = static_cast<unsigned>((g.C + kFinalizeThreads - 1) / kFinalizeThreads);
+  bn_stats_finalize_kernel<<<fblocks, kFinalizeThreads, 0, cur_stream()>>>(
+      partial, g.C, splits, eps, momentum, chan(gamma), chan(beta), chan(running_mean), chan(running_var),
+      out.save_mean.data<float>(), out.save_invstd.data<float>(), scale, shift);
+  CUDA_CHECK_LAUNCH();
+
+  launch_normalize(x, out.y, g, out.save_mean.data<float>(), scale, shift);
+}
+
+void native_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
+                         const Tensor& running_var, double eps, const Tensor& y) {
+  const BnGeom g = geom_of(x);
+  Buffer ws(sizeof(float) * static_cast<std::size_t>(3 * g.C));
+  float* mean = ws.as<float>();
+  float* scale = mean + g.C;
+  float* shift = scale + g.C;
+  const unsigned fblocks = static_cast<unsigned>((g.C + kFinalizeThreads - 1) / kFinalizeThreads);
+  bn_eval_prepare_kernel<<<fblocks, kFinalizeThreads, 0, cur_stream()>>>(
+      g.C, eps, chan(gamma), chan(beta), chan(running_mean), chan(running_var), mean, scale, shift);
+  CUDA_CHECK_LAUNCH();
+  if (g.total() > 0) launch_normalize(x, y, g, mean, scale, shift);
+}
+
+// Both backward modes: `mean` is save_mean or running_mean; `invstd` is save_invstd (training) or
+// undefined (eval: computed from running_var and eps).
+void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& mean,
+                     const Tensor& invstd, const Tensor& running_var, double eps, bool through_stats,
+                     const ops::BatchNormGrads& out) {
+  const BnGeom g = geom_of(x);
+  const BnPartition part = partition_of(g);
+  const int splits = part.splits;
+  // Scratch: partial sums (C, splits, 2) and four per-channel coefficients.
+  Buffer ws(sizeof(float) * static_cast<std::size_t>(g.C * splits * 2 + 4 * g.C));
+  float* partial = ws.as<float>();
+  float* coef_mean = partial + g.C * splits * 2;
+  float* coef_k = coef_mean + g.C;
+  float* coef_mean_dy = coef_k + g.C;
+  float* coef_proj = coef_mean_dy + g.C;
+
+  const float* px = x.data<float>();
+  const float* pdy = dy.data<float>();
+  float* pdx = out.dx.data<float>();
+  const bool vec = g.HW % 4 == 0 && aligned16(px) && aligned16(pdy) && aligned16(pdx);
+  if (g.M() > 0) {
+    const dim3 grid(static_cast<unsigned>(g.C), static_cast<unsigned>(splits));
+    if (vec)
+      bn_grad_partial_kernel<4><<<grid, kThreads, 0, cur_stream()>>>(pdy, px, part, chan(mean), partial);
+    else
+      bn_grad_partial_kernel<1><<<grid, kThreads, 0, cur_stream()>>>(pdy, px, part, chan(mean), partial);
+    CUDA_CHECK_LAUNCH();
+  } else {
+    // No values (N = 0 or HW = 0, eval only): the sums are zero.
+    CUDA_CHECK(cudaMemsetAsync(partial, 0, sizeof(float) * g.C * splits * 2, cur_stream()));
+  }
+
+  const unsigned fblocks = static_cast<unsigned>((g.C + kFinalizeThreads - 1) / kFinalizeThreads);
+  bn_grad_finalize_kernel<<<fblocks, kFinalizeThreads, 0, cur_stream()>>>(
+      partial, g.C, splits, static_cast<double>(g.M()), chan(gamma), chan(mean), chan(invstd), chan(running_var),
+      eps, through_stats, out.dgamma.data<float>(), out.dbeta.data<float>(), coef_mean, coef_k, coef_mean_dy,
+      coef_proj);
+  CUDA_CHECK_LAUNCH();
+
+  if (g.total() == 0) return;
+  if (vec)
+    bn_backward_dx_kernel<4><<<grid_for(g.total() / 4, kThreads), kThreads, 0, cur_stream()>>>(
+        pdy, px, pdx, g.total(), g.C, g.HW, coef_mean, coef_k, coef_mean_dy, coef_proj);
+  else
+    bn_backward_dx_kernel<1><<<grid_for(g.total(), kThreads), kThreads, 0, cur_stream()>>>(
+        pdy, px, pdx, g.total(), g.C, g.HW, coef_mean, coef_k, coef_mean_dy, coef_proj);
+  CUDA_CHECK_LAUNCH();
+}
+
+// ---- cuDNN drivers ----------------------------------------------------------------------------------------
+
+/// A contiguous float32 (C) vector for cuDNN: `t` itself when contiguous; a contiguous copy when
+/// strided; `fill` in a scratch buffer when undefined (gamma = 1, beta = 0).
+struct CudnnVec {
+  Tensor tensor;  // the contiguous tensor, when t was defined
+  Buffer scratch;
+  const float* ptr = nullptr;
+};
+CudnnVec cudnn_vec(const Tensor& t, int64_t C, float fill) {
+  CudnnVec v;
+  if (t.defined()) {
+    v.tensor = t.contiguous();
+    v.ptr = v.tensor.data<float>();
+  } else {
+    v.scratch = Buffer(sizeof(float) * static_cast<std::size_t>(C));
+    fill_floats(v.scratch.as<float>(), C, fill);
+    v.ptr = v.scratch.as<float>();
+  }
+  return v;
+}
+
+void cudnn_forward_train(const std::string& op, const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                         Tensor& running_mean, Tensor& running_var, double momentum, double eps,
+                         const ops::BatchNormForward& out) {
+  const int64_t C = x.size(1);
+  TensorDesc xd, bd;
+  xd.set_nchw(op, x.shape());
+  CUDNN_CHECK(cudnnDeriveBNTensorDescriptor(bd.get(), xd.get(), CUDNN_BATCHNORM_SPATIAL));
+  const CudnnVec g = cudnn_vec(gamma, C, 1.0f), b = cudnn_vec(beta, C, 0.0f);
+
+  // cuDNN updates running stats in place, contiguous, and both or neither. A strided running stat is
+  // updated in a contiguous copy and copied back; a lone one gets a throwaway partner.
+  const bool track = running_mean.defined() || running_var.defined();
+  Tensor rm, rv;
+  Buffer partner;
+  if (track) {
+    if (running_mean.defined()) rm = running_mean.contiguous();
+    if (running_var.defined()) rv = running_var.contiguous();
+    if (!rm.defined() || !rv.defined()) {
+      partner = Buffer(sizeof(float) * static_cast<std::size_t>(C));
+      fill_floats(partner.as<float>(), C, 1.0f);
+    }
+  }
+  float* rm_ptr = rm.defined() ? rm.data<float>() : (track ? partner.as<float>() : nullptr);
+  float* rv_ptr = rv.defined() ? rv.data<float>() : (track ? partner.as<float>() : nullptr);
+
+  const float one = 1.0f, zero = 0.0f;
+  CUDNN_CHECK(cudnnBatchNormalizationForwardTraining(
+      cudnn_handle(), CUDNN_BATCHNORM_SPATIAL, &one, &zero, xd.get(), x.data<float>(), xd.get(),
+      out.y.data<float>(), bd.get(), g.ptr, b.ptr, momentum, rm_ptr, rv_ptr, eps, out.save_mean.data<float>(),
+      out.save_invstd.data<float>()));
+
+  if (rm.defined() && !rm.shares_storage(running_mean)) running_mean.copy_(rm);
+  if (rv.defined() && !rv.shares_storage(running_var)) running_var.copy_(rv);
+}
+
+void cudnn_forward_eval(const std::string& op, const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                        const Tensor& running_mean, const Tensor& running_var, double eps, const Tensor& y) {
+  const int64_t C = x.size(1);
+  TensorDesc xd, bd;
+  xd.set_nchw(op, x.shape());
+  CUDNN_CHECK(cudnnDeriveBNTensorDescriptor(bd.get(), xd.get(), CUDNN_BATCHNORM_SPATIAL));
+  const CudnnVec g = cudnn_vec(gamma, C, 1.0f), b = cudnn_vec(beta, C, 0.0f);
+  const Tensor rm = running_mean.contiguous(), rv = running_var.contiguous();
+  const float one = 1.0f, zero = 0.0f;
+  CUDNN_CHECK(cudnnBatchNormalizationForwardInference(cudnn_handle(), CUDNN_BATCHNORM_SPATIAL, &one, &zero,
+                                                      xd.get(), x.data<float>(), xd.get(), y.data<float>(),
+                                                      bd.get(), g.ptr, b.ptr, rm.data<float>(), rv.data<float>(),
+                                                      eps));
+}
+
+void cudnn_backward_train(const std::string& op, const Tensor& dy, const Tensor& x, const Tensor& gamma,
+                          const Tensor& save_mean, const Tensor& save_invstd, const ops::BatchNormGrads& out) {
+  const int64_t C = x.size(1);
+  TensorDesc xd, bd;
+  xd.set_nchw(op, x.shape());
+  CUDNN_CHECK(cudnnDeriveBNTensorDescriptor(bd.get(), xd.get(), CUDNN_BATCHNORM_SPATIAL));
+  const CudnnVec g = cudnn_vec(gamma, C, 1.0f);
+  const Tensor sm = save_mean.contiguous(), si = save_invstd.contiguous();
+  // The epsilon only matters if cuDNN recomputed the statistics; with savedMean/savedInvVariance
+  // given it uses them as they are (see the file header).
+  constexpr double kUnusedEps = 1e-5;
+  const float one = 1.0f, zero = 0.0f;
+  CUDNN_CHECK(cudnnBatchNormalizationBackward(
+      cudnn_handle(), CUDNN_BATCHNORM_SPATIAL, &one, &zero, &one, &zero, xd.get(), x.data<float>(), xd.get(),
+      dy.data<float>(), xd.get(), out.dx.data<float>(), bd.get(), g.ptr, out.dgamma.data<float>(),
+      out.dbeta.data<float>(), kUnusedEps, sm.data<float>(), si.data<float>()));
+}
+
+// ---- shared plumbing ----------------------------------------------------------------------------------------
+
+void require_float32_all(const std::string& op, std::initializer_list<std::pair<const Tensor*, const char*>> ts) {
+  for (const auto& [t, name] : ts) require_float32(op, *t, name);
+}
+
+ops::BatchNormGrads new_grads(const Tensor& x) {
+  const Shape c_shape{x.size(1)};
+  return {new_output(x.shape(), DType::Float32, x.device()), new_output(c_shape, DType::Float32, x.device()),
+          new_output(c_shape, DType::Float32, x.device())};
+}
+
+/// The implementation that runs now, for dispatch and the profiler's table.
+Impl bn_impl() { return impl(Family::BatchNorm); }
+const char* bn_impl_name(Impl i) { return impl_name(Family::BatchNorm, i); }
+
+}  // namespace
+
+// ---- cuda/ops.h ---------------------------------------------------------------------------------------------
+
+ops::BatchNormForward batch_norm_forward_train(const Tensor& x_in, const Tensor& gamma, const Tensor& beta,
+                                               Tensor& running_mean, Tensor& running_var, double momentum,
+                                               double eps) {
+  const std::string op = "batch_norm_forward_train";
+  require_float32_all(op, {{&x_in, "input"}, {&gamma, "gamma"}, {&beta, "beta"},
+                           {&running_mean, "running_mean"}, {&running_var, "running_var"}});
+  const Impl which = bn_impl();
+  OpRange range("batch_norm_forward_train", bn_impl_name(which));
+  const Tensor x = x_in.contiguous();
+  const Shape c_shape{x.size(1)};
+  ops::BatchNormForward out{new_output(x.shape(), DType::Float32, x.device()),
+                            new_output(c_shape, DType::Float32, x.device()),
+                            new_output(c_shape, DType::Float32, x.device())};
+  if (x.size(1) == 0) return out;  // no channels: nothing to compute (N*H*W > 1 was checked)
+  if (which == Impl::Library)
+    cudnn_forward_train(op, x, gamma, beta, running_mean, running_var, momentum, eps, out);
+  else
+    native_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps, out);
+  return out;
+}
+
+Tensor batch_norm_forward_eval(const Tensor& x_in, const Tensor& gamma, const Tensor& beta,
+                               const Tensor& running_mean, const Tensor& running_var, double eps) {
+  const std::string op = "batch_norm_forward_eval";
+  require_float32_all(op, {{&x_in, "input"}, {&gamma, "gamma"}, {&beta, "beta"},
+                           {&running_mean, "running_mean"}, {&running_var, "running_var"}});
+  // cuDNN rejects empty tensors; nothing to compute anyway.
+  const Impl which = x_in.numel() == 0 ? Impl::Native : bn_impl();
+  OpRange range("batch_norm_forward_eval", bn_impl_name(which));
+  const Tensor x = x_in.contiguous();
+  Tensor y = new_output(x.shape(), DType::Float32, x.device());
+  if (x.size(1) == 0) return y;
+  if (which == Impl::Library)
+    cudnn_forward_eval(op, x, gamma, beta, running_mean, running_var, eps, y);
+  else
+    native_forward_eval(x, gamma, beta, running_mean, running_var, eps, y);
+  return y;
+}
+
+ops::BatchNormGrads batch_norm_backward_train(const Tensor& dy_in, const Tensor& x_in, const Tensor& gamma,
+                                              const Tensor& save_mean, const Tensor& save_invstd) {
+  const std::string op = "batch_norm_backward_train";
+  require_float32_all(op, {{&dy_in, "grad_output"}, {&x_in, "input"}, {&gamma, "gamma"},
+                           {&save_mean, "save_mean"}, {&save_invstd, "save_invstd"}});
+  const Impl which = x_in.numel() == 0 ? Impl::Native : bn_impl();
+  OpRange range("batch_norm_backward_train", bn_impl_name(which));
+  const Tensor x = x_in.contiguous(), dy = dy_in.contiguous();
+  ops::BatchNormGrads out = new_grads(x);
+  if (x.size(1) == 0) return out;
+  if (which == Impl::Library)
+    cudnn_backward_train(op, dy, x, gamma, save_mean, save_invstd, out);
+  else
+    native_backward(dy, x, gamma, save_mean, save_invstd, Tensor(), 0.0, true, out);
+  return out;
+}
+
+ops::BatchNormGrads batch_norm_backward_eval(const Tensor& dy_in, const Tensor& x_in, const Tensor& gamma,
+                                             const Tensor& running_mean, const Tensor& running_var, double eps) {
+  const std::string op = "batch_norm_backward_eval";
+  require_float32_all(op, {{&dy_in, "grad_output"}, {&x_in, "input"}, {&gamma, "gamma"},
+                           {&running_mean, "running_mean"}, {&running_var, "running_var"}});
+  // cuDNN has no backward with frozen statistics: both implementations run the native kernels.
+  OpRange range("batch_norm_backward_eval", "native");
+  const Tensor x = x_in.contiguous(), dy = dy_in.contiguous();
+  ops::BatchNormGrads out = new_grads(x);
+  if (x.size(1) == 0) return out;
+  native_backward(dy, x, gamma, running_mean, Tensor(), running_var, eps, false, out);
+  return out;
+}
+
+}  // namespace ladnn::cuda

@@ -1,0 +1,351 @@
+// cuda/bnpool_math.h — the arithmetic of the batch-norm and pooling kernels (cuda/batchnorm.cu,
+// cuda/pool.cu) as functions that compile for the host and the device alike.
+//
+// Why a separate header: the kernels are thin loops over these functions (which element a thread
+// takes, which window an output covers, how statistics merge), and tests/cuda_bnpool_math_test.cpp
+// runs the very same functions on the CPU against the CPU ops — so the index arithmetic, the window
+// and divisor rules, the chunking of a channel across blocks and the Welford merges are checked on
+// every machine, with or without a GPU. What stays GPU-only is the launch geometry and the
+// warp/block reductions, which tests/cuda_bnpool_test.cpp checks on the device.
+//
+// Plain C++17: no CUDA header is needed (LADNN_HD is empty outside nvcc). NaN is tested as v != v,
+// which nvcc and the host compilers keep as long as fast-math is off (it is: see CMakeLists.txt).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define LADNN_HD __host__ __device__ __forceinline__
+#else
+#define LADNN_HD inline
+#endif
+
+namespace ladnn::cuda::math {
+
+LADNN_HD int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+LADNN_HD int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/// Four consecutive floats: one 16-byte load on the device (p must be 16-byte aligned), four on the host.
+LADNN_HD void load4(const float* p, float (&v)[4]) {
+#if defined(__CUDA_ARCH__)
+  const float4 q = *reinterpret_cast<const float4*>(p);
+  v[0] = q.x;
+  v[1] = q.y;
+  v[2] = q.z;
+  v[3] = q.w;
+#else
+  v[0] = p[0];
+  v[1] = p[1];
+  v[2] = p[2];
+  v[3] = p[3];
+#endif
+}
+
+LADNN_HD void store4(float* p, const float (&v)[4]) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+#else
+  p[0] = v[0];
+  p[1] = v[1];
+  p[2] = v[2];
+  p[3] = v[3];
+#endif
+}
+
+// =====================================================================================================
+// Batch norm
+// =====================================================================================================
+
+/// Running count, mean and sum of squared deviations (M2) of a set of values. Trivially constructible
+/// (it lives in __shared__ memory): initialise with Welford{0, 0, 0}.
+struct Welford {
+  float n, mean, m2;
+};
+
+/// Welford's update: no E[x^2] - mean^2 cancellation, whatever the mean.
+LADNN_HD void welford_add(Welford& w, float x) {
+  w.n += 1.0f;
+  const float d = x - w.mean;
+  w.mean += d / w.n;
+  w.m2 += d * (x - w.mean);
+}
+
+/// Chan et al.'s pairwise combination of two states (either may be empty).
+LADNN_HD Welford welford_merge(const Welford& a, const Welford& b) {
+  if (b.n == 0.0f) return a;
+  if (a.n == 0.0f) return b;
+  const float n = a.n + b.n;
+  const float d = b.mean - a.mean;
+  const float fb = b.n / n;
+  return Welford{n, a.mean + d * fb, a.m2 + b.m2 + d * d * a.n * fb};
+}
+
+/// How a channel's M = N*HW values are split: `splits` chunks of `chunk` values (the last may be
+/// shorter), value j of channel c at x[(n*C + c)*HW + k] with n = j / HW, k = j % HW. chunk is a
+/// multiple of 4, so with HW % 4 == 0 a group of 4 never straddles a chunk or a row.
+struct BnPartition {
+  int64_t C = 0, HW = 0, M = 0, chunk = 0;
+  int splits = 1;
+};
+
+constexpr int kBnThreads = 256;  // threads per block of the reduction kernels
+constexpr int kBnMaxSplits = 128;
+
+/// Chunks per channel so that C * splits blocks fill the GPU (about 8 resident blocks of kBnThreads
+/// per SM) while each thread still gets >= 4 values; 1 when the channels alone fill it.
+inline BnPartition bn_partition(int64_t N, int64_t C, int64_t HW, int num_sms) {
+  BnPartition p;
+  p.C = C;
+  p.HW = HW;
+  p.M = N * HW;
+  const int64_t target_blocks = int64_t(num_sms) * 8;
+  int64_t splits = C > 0 ? (target_blocks + C - 1) / C : 1;
+  const int64_t by_work = p.M / (int64_t(kBnThreads) * 4);
+  if (splits > by_work) splits = by_work;
+  if (splits > kBnMaxSplits) splits = kBnMaxSplits;
+  if (splits < 1) splits = 1;
+  p.splits = static_cast<int>(splits);
+  const int64_t chunk = (p.M + p.splits - 1) / p.splits;
+  p.chunk = (chunk + 3) / 4 * 4;
+  return p;
+}
+
+LADNN_HD int64_t bn_offset(int64_t j, int64_t c, const BnPartition& p) {
+  const int64_t n = j / p.HW, k = j - n * p.HW;
+  return (n * p.C + c) * p.HW + k;
+}
+
+/// The Welford state of thread t (of T) in block (c, s): values j = begin + t*VEC, stepping T*VEC,
+/// of chunk s of channel c. VEC = 4 needs HW % 4 == 0 (and, on the device, x 16-byte aligned).
+template <int VEC>
+LADNN_HD Welford bn_stats_thread(const float* x, int64_t c, int64_t s, int64_t t, int64_t T, const BnPartition& p) {
+  const int64_t begin = s * p.chunk;
+  const int64_t end = imin(p.M, begin + p.chunk);
+  Welford w{0.0f, 0.0f, 0.0f};
+  for (int64_t j = begin + t * VEC; j < end; j += T * VEC) {
+    const float* ptr = x + bn_offset(j, c, p);
+    if constexpr (VEC == 4) {
+      float v[4];
+      load4(ptr, v);
+      welford_add(w, v[0]);
+      welford_add(w, v[1]);
+      welford_add(w, v[2]);
+      welford_add(w, v[3]);
+    } else {
+      welford_add(w, *ptr);
+    }
+  }
+  return w;
+}
+
+/// Per-channel statistics from the chunks' partial states (count, mean, M2 for each of `splits`),
+/// merged in double.
+struct BnChannelStats {
+  double n = 0, mean = 0, var = 0, invstd = 0;  // var biased (divides by n)
+};
+LADNN_HD BnChannelStats bn_merge_partials(const float* partial, int splits, double eps) {
+  double n = 0.0, mean = 0.0, m2 = 0.0;
+  for (int s = 0; s < splits; ++s) {
+    const double nb = partial[3 * s], mb = partial[3 * s + 1], m2b = partial[3 * s + 2];
+    if (nb == 0.0) continue;
+    const double nn = n + nb, d = mb - mean;
+    mean += d * nb / nn;
+    m2 += m2b + d * d * n * nb / nn;
+    n = nn;
+  }
+  BnChannelStats r;
+  r.n = n;
+  r.mean = mean;
+  r.var = m2 / n;
+  r.invstd = 1.0 / ::sqrt(r.var + eps);
+  return r;
+}
+
+/// PyTorch's running-statistics update: the batch variance enters unbiased, n / (n - 1).
+LADNN_HD double bn_running_mean(double running, double momentum, const BnChannelStats& st) {
+  return (1.0 - momentum) * running + momentum * st.mean;
+}
+LADNN_HD double bn_running_var(double running, double momentum, const BnChannelStats& st) {
+  return (1.0 - momentum) * running + momentum * st.var * st.n / (st.n - 1.0);
+}
+
+/// The fused normalisation, (x - mean) first: accurate even when |mean| >> std.
+LADNN_HD float bn_normalize(float x, float mean, float scale, float shift) { return (x - mean) * scale + shift; }
+
+/// sum(dy) and sum(dy * (x - mu)) of thread t (of T) in block (c, s), as bn_stats_thread walks.
+template <int VEC>
+LADNN_HD void bn_grad_thread(const float* dy, const float* x, float mu, int64_t c, int64_t s, int64_t t, int64_t T,
+                             const BnPartition& p, float& sum_dy, float& sum_dy_xmu) {
+  const int64_t begin = s * p.chunk;
+  const int64_t end = imin(p.M, begin + p.chunk);
+  sum_dy = 0.0f;
+  sum_dy_xmu = 0.0f;
+  for (int64_t j = begin + t * VEC; j < end; j += T * VEC) {
+    const int64_t off = bn_offset(j, c, p);
+    if constexpr (VEC == 4) {
+      float d[4], v[4];
+      load4(dy + off, d);
+      load4(x + off, v);
+      sum_dy += (d[0] + d[1]) + (d[2] + d[3]);
+      sum_dy_xmu += d[0] * (v[0] - mu) + d[1] * (v[1] - mu) + d[2] * (v[2] - mu) + d[3] * (v[3] - mu);
+    } else {
+      const float d = dy[off];
+      sum_dy += d;
+      sum_dy_xmu += d * (x[off] - mu);
+    }
+  }
+}
+
+/// The backward's per-channel results: dbeta = sum(dy), dgamma = sum(dy (x - mean)) invstd, and
+/// dx = k (dy - mean_dy - (x - mean) proj). Frozen statistics (eval) have mean_dy = proj = 0.
+struct BnGradCoefs {
+  double dgamma, dbeta, k, mean_dy, proj;
+};
+LADNN_HD BnGradCoefs bn_grad_coefs(double sum_dy, double sum_dy_xmu, double invstd, double gamma, double M,
+                                   bool through_stats) {
+  BnGradCoefs r;
+  r.dbeta = sum_dy;
+  r.dgamma = sum_dy_xmu * invstd;
+  r.k = gamma * invstd;
+  r.mean_dy = through_stats ? sum_dy / M : 0.0;
+  r.proj = through_stats ? sum_dy_xmu * invstd * invstd / M : 0.0;
+  return r;
+}
+
+LADNN_HD float bn_dx(float dy, float x, float mean, float k, float mean_dy, float proj) {
+  return k * (dy - mean_dy - (x - mean) * proj);
+}
+
+// =====================================================================================================
+// Pooling (tensor/cpu/pool.cpp's rules)
+// =====================================================================================================
+
+/// Input plane, output plane and window parameters.
+struct PoolGeom {
+  int64_t H, W, OH, OW;
+  int64_t kh, kw, sh, sw, ph, pw;
+  bool include_pad;
+};
+
+/// Output o = ((plane * OH) + oh) * OW + ow.
+struct OutPos {
+  int64_t plane, oh, ow;
+};
+LADNN_HD OutPos out_pos(int64_t o, int64_t OH, int64_t OW) {
+  const int64_t ow = o % OW, t = o / OW;
+  return {t / OH, t % OH, ow};
+}
+
+/// Max over the window of output o, clipped to the input (padding never selected), scanning rows then
+/// columns; a strictly larger value or a NaN takes over: ties keep the first maximum, a NaN wins.
+/// `index` is h * W + w within the plane.
+LADNN_HD void max_pool_at(const float* x, int64_t o, const PoolGeom& g, float& value, int64_t& index) {
+  const OutPos q = out_pos(o, g.OH, g.OW);
+  int64_t h0 = q.oh * g.sh - g.ph, w0 = q.ow * g.sw - g.pw;
+  const int64_t h1 = imin(h0 + g.kh, g.H), w1 = imin(w0 + g.kw, g.W);
+  h0 = imax(h0, 0);
+  w0 = imax(w0, 0);
+  const float* xp = x + q.plane * g.H * g.W;
+  int64_t best = h0 * g.W + w0;
+  float best_v = -INFINITY;
+  for (int64_t h = h0; h < h1; ++h)
+    for (int64_t w = w0; w < w1; ++w) {
+      const float v = xp[h * g.W + w];
+      if (v > best_v || v != v) {
+        best_v = v;
+        best = h * g.W + w;
+      }
+    }
+  value = best_v;
+  index = best;
+}
+
+/// The window of output (oh, ow) clipped to the input, and its divisor: the window clipped to the
+/// padded input (count_include_pad) or to the input (otherwise).
+struct AvgWindow {
+  int64_t h0, h1, w0, w1, divisor;
+};
+LADNN_HD AvgWindow avg_window(int64_t oh, int64_t ow, const PoolGeom& g) {
+  int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
+  int64_t h1 = imin(h0 + g.kh, g.H + g.ph), w1 = imin(w0 + g.kw, g.W + g.pw);
+  const int64_t padded_size = (h1 - h0) * (w1 - w0);
+  h0 = imax(h0, 0);
+  w0 = imax(w0, 0);
+  h1 = imin(h1, g.H);
+  w1 = imin(w1, g.W);
+  return {h0, h1, w0, w1, g.include_pad ? padded_size : (h1 - h0) * (w1 - w0)};
+}
+
+LADNN_HD float avg_pool_at(const float* x, int64_t o, const PoolGeom& g) {
+  const OutPos q = out_pos(o, g.OH, g.OW);
+  const AvgWindow win = avg_window(q.oh, q.ow, g);
+  if (win.h0 >= win.h1 || win.w0 >= win.w1) return 0.0f;  // cannot happen with checked parameters; as the CPU
+  const float* xp = x + q.plane * g.H * g.W;
+  float sum = 0.0f;
+  for (int64_t h = win.h0; h < win.h1; ++h)
+    for (int64_t w = win.w0; w < win.w1; ++w) sum += xp[h * g.W + w];
+  return sum / static_cast<float>(win.divisor);
+}
+
+/// dx at input element i = ((plane * H) + h) * W + w: the CPU's scatter as a gather. The windows
+/// [oh*sh - ph, oh*sh - ph + kh) that contain h are oh in [floor((h + ph - kh) / sh) + 1, floor((h + ph) / sh)]
+/// (clipped to [0, OH)); likewise for w.
+LADNN_HD float avg_pool_backward_at(const float* dy, int64_t i, const PoolGeom& g) {
+  const int64_t w = i % g.W, t = i / g.W;
+  const int64_t h = t % g.H, plane = t / g.H;
+  const int64_t oh_lo = h + g.ph < g.kh ? 0 : (h + g.ph - g.kh) / g.sh + 1;
+  const int64_t oh_hi = imin(g.OH - 1, (h + g.ph) / g.sh);
+  const int64_t ow_lo = w + g.pw < g.kw ? 0 : (w + g.pw - g.kw) / g.sw + 1;
+  const int64_t ow_hi = imin(g.OW - 1, (w + g.pw) / g.sw);
+  const float* dyp = dy + plane * g.OH * g.OW;
+  float sum = 0.0f;
+  for (int64_t oh = oh_lo; oh <= oh_hi; ++oh)
+    for (int64_t ow = ow_lo; ow <= ow_hi; ++ow) {
+      const AvgWindow win = avg_window(oh, ow, g);
+      if (h < win.h0 || h >= win.h1 || w < win.w0 || w >= win.w1) continue;  // defensive: always inside
+      sum += dyp[oh * g.OW + ow] / static_cast<float>(win.divisor);
+    }
+  return sum;
+}
+
+/// torch's adaptive bounds: output i averages [floor(i*in/out), ceil((i+1)*in/out)).
+LADNN_HD int64_t adaptive_start(int64_t i, int64_t in, int64_t out) { return (i * in) / out; }
+LADNN_HD int64_t adaptive_end(int64_t i, int64_t in, int64_t out) { return ((i + 1) * in + out - 1) / out; }
+
+/// Lane `lane` of `lanes`'s share of output o's window sum: cells k = lane, lane + lanes, ... of the
+/// window in row-major order. `count` gets the window's size.
+LADNN_HD float adaptive_avg_lane_sum(const float* x, int64_t o, int64_t lane, int64_t lanes, int64_t H, int64_t W,
+                                     int64_t OH, int64_t OW, int64_t& count) {
+  const OutPos q = out_pos(o, OH, OW);
+  const int64_t h0 = adaptive_start(q.oh, H, OH), h1 = adaptive_end(q.oh, H, OH);
+  const int64_t w0 = adaptive_start(q.ow, W, OW), w1 = adaptive_end(q.ow, W, OW);
+  const int64_t ww = w1 - w0;
+  count = (h1 - h0) * ww;
+  const float* xp = x + q.plane * H * W;
+  float sum = 0.0f;
+  for (int64_t k = lane; k < count; k += lanes) sum += xp[(h0 + k / ww) * W + (w0 + k % ww)];
+  return sum;
+}
+
+/// dx at input element i: sum of dy / count over the outputs whose windows contain it. The first
+/// output row whose window can reach row h is floor(h*OH/H) (every earlier window ends at or before
+/// h); the walk stops at the first window that starts after h.
+LADNN_HD float adaptive_avg_backward_at(const float* dy, int64_t i, int64_t H, int64_t W, int64_t OH, int64_t OW) {
+  const int64_t w = i % W, t = i / W;
+  const int64_t h = t % H, plane = t / H;
+  const float* dyp = dy + plane * OH * OW;
+  float sum = 0.0f;
+  for (int64_t oh = (h * OH) / H; oh < OH && adaptive_start(oh, H, OH) <= h; ++oh) {
+    const int64_t h0 = adaptive_start(oh, H, OH), h1 = adaptive_end(oh, H, OH);
+    if (h < h0 || h >= h1) continue;
+    for (int64_t ow = (w * OW) / W; ow < OW && adaptive_start(ow, W, OW) <= w; ++ow) {
+      const int64_t w0 = adaptive_start(ow, W, OW), w1 = adaptive_end(ow, W, OW);
+      if (w < w0 || w >= w1) continue;
+      sum += dyp[oh * OW + ow] / static_cast<float>((h1 - h0) * (w1 - w0));
+    }
+  }
+  return sum;
+}
+
+}  // namespace ladnn::cuda::math

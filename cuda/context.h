@@ -1,0 +1,51 @@
+// cuda/context.h — the framework's CUDA state: one stream, library handles created once, the
+// per-op-family implementation switches and the TF32 switch.
+//
+// Every kernel and library call goes on `stream()`; nothing synchronises the host inside a training
+// step except reading a value back (DESIGN.md), which keeps a step capturable as a CUDA graph.
+//
+// Implementation switches (llm.c's "kernel versions", STYLE.md habit 2): each op family with a library
+// twin runs either the library (cuDNN/cuBLAS) or our native kernel. Defaults come from the environment
+// (LADNN_CONV, LADNN_BN, LADNN_POOL = cudnn|native; LADNN_GEMM = cublas|native) and can be changed
+// with set_impl(). LADNN_TF32=0 turns TF32 tensor-core math off for cuDNN convolutions and cuBLAS.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "tensor/tensor.h"
+
+// Only the CUDA backend's own files see the runtime types; the declarations below need none.
+struct CUstream_st;
+struct cudnnContext;
+struct cublasContext;
+
+namespace ladnn::cuda {
+
+enum class Family { Conv, BatchNorm, Pool, Gemm };
+enum class Impl { Library, Native };
+
+/// "conv", "bn", "pool", "gemm" and "cudnn"/"cublas"/"native" — for tables and error messages.
+const char* family_name(Family f);
+const char* impl_name(Family f, Impl impl);
+
+/// The implementation an op family runs now (from the environment at first use, then set_impl).
+Impl impl(Family f);
+void set_impl(Family f, Impl impl);
+/// Parses "cudnn"/"cublas"/"library"/"native"; throws naming the variable and value otherwise.
+Impl parse_impl(Family f, const std::string& value, const char* where);
+
+bool tf32_enabled();
+void set_tf32(bool on);
+
+/// The framework stream (created on first use, on cuda:0). Throws cuda::Error without a usable GPU.
+CUstream_st* stream();
+/// Handles bound to stream(), created once.
+cudnnContext* cudnn();
+cublasContext* cublas();
+
+/// Waits for all work on the framework stream (tests, timing, reading results). Does nothing when no
+/// stream was ever created (no GPU work queued), so it is safe to call without a GPU.
+void synchronize();
+
+}  // namespace ladnn::cuda

@@ -1,0 +1,128 @@
+// cuda/context_switches.cpp — the implementation switches and the TF32 switch of cuda/context.h.
+//
+// Pure host state, so it is compiled in every build (a CPU-only `ladnn bench --help` can still list and
+// parse them). The stream and the library handles are in cuda/context.cu.
+//
+// Each switch starts "unread" and takes its value from the environment at first use, so a bad value
+// fails the first op that needs it, with an error naming the variable — not at program start, and not
+// silently. set_impl()/set_tf32() override the environment from then on.
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+#include "cuda/context.h"
+
+namespace ladnn::cuda {
+namespace {
+
+constexpr int kUnread = -1;
+constexpr int kFamilies = 4;
+
+std::atomic<int> g_impl[kFamilies] = {{kUnread}, {kUnread}, {kUnread}, {kUnread}};
+std::atomic<int> g_tf32{kUnread};
+
+int index_of(Family f) {
+  return static_cast<int>(f);
+}
+
+const char* env_name(Family f) {
+  switch (f) {
+    case Family::Conv:
+      return "LADNN_CONV";
+    case Family::BatchNorm:
+      return "LADNN_BN";
+    case Family::Pool:
+      return "LADNN_POOL";
+    case Family::Gemm:
+      return "LADNN_GEMM";
+  }
+  return "?";
+}
+
+// Lower case, surrounding blanks removed: "  cuDNN " -> "cudnn".
+std::string normalised(const std::string& s) {
+  std::size_t b = 0, e = s.size();
+  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
+  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
+  std::string out = s.substr(b, e - b);
+  std::transform(out.begin(), out.end(), out.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+}  // namespace
+
+const char* family_name(Family f) {
+  switch (f) {
+    case Family::Conv:
+      return "conv";
+    case Family::BatchNorm:
+      return "bn";
+    case Family::Pool:
+      return "pool";
+    case Family::Gemm:
+      return "gemm";
+  }
+  return "?";
+}
+
+const char* impl_name(Family f, Impl impl) {
+  if (impl == Impl::Native) return "native";
+  return f == Family::Gemm ? "cublas" : "cudnn";
+}
+
+Impl parse_impl(Family f, const std::string& value, const char* where) {
+  const std::string v = normalised(value);
+  if (v == impl_name(f, Impl::Library) || v == "library") return Impl::Library;
+  if (v == "native") return Impl::Native;
+  throw std::invalid_argument(std::string(where) + "=\"" + value + "\" is not an implementation of " +
+                              family_name(f) + "; use " + impl_name(f, Impl::Library) +
+                              " (the library, the default) or native (ladnn's own kernel)");
+}
+
+Impl impl(Family f) {
+  std::atomic<int>& slot = g_impl[index_of(f)];
+  int v = slot.load(std::memory_order_relaxed);
+  if (v == kUnread) {
+    const char* env = std::getenv(env_name(f));
+    const Impl parsed = (env && *env) ? parse_impl(f, env, env_name(f)) : Impl::Library;
+    v = static_cast<int>(parsed);
+    int expected = kUnread;  // a concurrent set_impl() wins over the environment
+    if (!slot.compare_exchange_strong(expected, v)) v = expected;
+  }
+  return static_cast<Impl>(v);
+}
+
+void set_impl(Family f, Impl impl) {
+  g_impl[index_of(f)].store(static_cast<int>(impl));
+}
+
+bool tf32_enabled() {
+  int v = g_tf32.load(std::memory_order_relaxed);
+  if (v == kUnread) {
+    const char* env = std::getenv("LADNN_TF32");
+    int parsed = 1;  // TF32 on by default, as cuDNN and PyTorch's convolutions
+    if (env && *env) {
+      const std::string s = normalised(env);
+      if (s == "1" || s == "on" || s == "true" || s == "yes")
+        parsed = 1;
+      else if (s == "0" || s == "off" || s == "false" || s == "no")
+        parsed = 0;
+      else
+        throw std::invalid_argument(std::string("LADNN_TF32=\"") + env +
+                                    "\" is not a switch; use 1 or 0 (on/off, true/false, yes/no)");
+    }
+    int expected = kUnread;
+    v = g_tf32.compare_exchange_strong(expected, parsed) ? parsed : expected;
+  }
+  return v == 1;
+}
+
+void set_tf32(bool on) {
+  g_tf32.store(on ? 1 : 0);
+}
+
+}  // namespace ladnn::cuda

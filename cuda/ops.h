@@ -1,0 +1,91 @@
+// cuda/ops.h — the CUDA side of tensor/ops.h: one function per op, same name and signature.
+//
+// tensor/ops.h's functions check their arguments (device-agnostic checks, plus "all operands on one
+// device"), then call these for CUDA tensors. Inputs here are already checked; float32 only on the
+// GPU (float64 raises a clear error). Families with a library twin (conv, bn, pool, gemm) pick cuDNN /
+// cuBLAS or the native kernel with cuda/context.h's switches.
+//
+// Files: cuda/tensor_kernels.cu (strided_copy, fill), cuda/elementwise.cu (elementwise, broadcast,
+// scalar, unary, in-place), cuda/reduce.cu (sum, sum_to), cuda/join.cu (cat), cuda/loss.cu, cuda/optim.cu,
+// cuda/gemm.cu (matmul, linear), cuda/conv2d.cu, cuda/batchnorm.cu, cuda/pool.cu. Dropout needs no kernel:
+// the mask is drawn on the host and copied. Without the CUDA backend, cuda/ops_stub.cpp and
+// cuda/bnpool_stub.cpp define them all to throw.
+#pragma once
+
+#include <vector>
+
+#include "tensor/ops.h"
+
+namespace ladnn::cuda {
+
+// ---- tensor plumbing (tensor/tensor.cpp calls these for device tensors) ------------------------------
+/// dst (any strides) = src (any strides), same shape, both on the GPU; the dtype is converted (through
+/// double, as on the CPU). Overlapping views of one buffer are copied through a temporary.
+void strided_copy(Tensor& dst, const Tensor& src);
+/// Every element of `t` (any strides, on the GPU) = value.
+void fill(Tensor& t, double value);
+
+// ---- elementwise and reductions ------------------------------------------------------------------------
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor sum_to(const Tensor& grad, const Shape& shape);
+Tensor expand_to(const Tensor& a, const Shape& shape);
+Tensor add_scalar(const Tensor& a, double s);
+Tensor mul_scalar(const Tensor& a, double s);
+Tensor pow_scalar(const Tensor& a, double p);
+Tensor neg(const Tensor& a);
+Tensor exp(const Tensor& a);
+Tensor log(const Tensor& a);
+Tensor sqrt(const Tensor& a);
+Tensor sigmoid(const Tensor& a);
+Tensor relu(const Tensor& a);
+Tensor relu_backward(const Tensor& grad, const Tensor& x);
+Tensor sigmoid_backward(const Tensor& grad, const Tensor& y);
+void add_(Tensor& a, const Tensor& b, double alpha);
+void mul_scalar_(Tensor& a, double s);
+Tensor sum(const Tensor& a);
+Tensor sum(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim);
+
+// ---- matrix products (cuBLAS | native tiled SGEMM) ----------------------------------------------------------
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b);
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
+
+// ---- convolution (cuDNN | native) -----------------------------------------------------------------------------
+Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const ops::Conv2dParams& p);
+Tensor conv2d_backward_input(const Tensor& dy, const Tensor& w, const Shape& x_shape, const ops::Conv2dParams& p);
+Tensor conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_shape, const ops::Conv2dParams& p);
+Tensor conv2d_backward_bias(const Tensor& dy);
+
+// ---- batch normalisation (cuDNN | native) ---------------------------------------------------------------------
+ops::BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                               Tensor& running_mean, Tensor& running_var, double momentum,
+                                               double eps);
+Tensor batch_norm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                               const Tensor& running_mean, const Tensor& running_var, double eps);
+ops::BatchNormGrads batch_norm_backward_train(const Tensor& dy, const Tensor& x, const Tensor& gamma,
+                                              const Tensor& save_mean, const Tensor& save_invstd);
+ops::BatchNormGrads batch_norm_backward_eval(const Tensor& dy, const Tensor& x, const Tensor& gamma,
+                                             const Tensor& running_mean, const Tensor& running_var, double eps);
+
+// ---- pooling (cuDNN | native) -----------------------------------------------------------------------------------
+ops::MaxPoolForward max_pool2d_forward(const Tensor& x, const ops::Pool2dParams& p);
+Tensor max_pool2d_backward(const Tensor& dy, const Tensor& indices, const Shape& x_shape);
+Tensor avg_pool2d_forward(const Tensor& x, const ops::Pool2dParams& p);
+Tensor avg_pool2d_backward(const Tensor& dy, const Shape& x_shape, const ops::Pool2dParams& p);
+Tensor adaptive_avg_pool2d_forward(const Tensor& x, int64_t out_h, int64_t out_w);
+Tensor adaptive_avg_pool2d_backward(const Tensor& dy, const Shape& x_shape);
+
+// ---- joining, losses (dropout masks are drawn on the host and copied: the same seed gives the same
+// mask on every device) ------------------------------------------------------------------------------------
+Tensor cat(const std::vector<Tensor>& parts, int64_t dim);
+Tensor bce_with_logits(const Tensor& x, const Tensor& y, const Tensor& weight, ops::Reduction reduction);
+Tensor bce_with_logits_backward(const Tensor& dout, const Tensor& x, const Tensor& y, const Tensor& weight,
+                                ops::Reduction reduction);
+
+// ---- fused optimizer updates ----------------------------------------------------------------------------------------
+void adam_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const ops::AdamStep& s);
+void sgd_update_(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, const ops::SgdStep& s);
+
+}  // namespace ladnn::cuda

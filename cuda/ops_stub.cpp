@@ -1,0 +1,179 @@
+// cuda/ops_stub.cpp — cuda/ops.h (all but batch norm and pooling, whose stubs are in
+// cuda/bnpool_stub.cpp), cuda/context.h and cuda/allocator.h for a build without the CUDA
+// backend (LADNN_CUDA=OFF or no nvcc), so such a build links. No CUDA tensor can exist there
+// (Storage's device_alloc throws first, cuda/runtime_stub.cpp), so none of these is reached by a correct
+// program; each throws the same clear error. Queries that have a truthful answer without a GPU give it
+// (allocator statistics are all zero; synchronize and release_cached have nothing to do).
+// The implementation switches (cuda/context_switches.cpp) are pure host code and built everywhere.
+#ifndef LADNN_HAVE_CUDA
+#include <stdexcept>
+#include <string>
+
+#include "cuda/allocator.h"
+#include "cuda/context.h"
+#include "cuda/ops.h"
+
+namespace ladnn::cuda {
+namespace {
+
+[[noreturn]] void no_backend(const char* what) {
+  throw std::runtime_error(std::string("cuda::") + what +
+                           ": ladnn was built without the CUDA backend (LADNN_CUDA=OFF or no nvcc); "
+                           "rebuild with nvcc available to use a GPU");
+}
+
+std::size_t g_limit = 0;
+
+}  // namespace
+
+// ---- cuda/context.h (the switches are in context_switches.cpp) --------------------------------------------
+CUstream_st* stream() {
+  no_backend("stream");
+}
+cudnnContext* cudnn() {
+  no_backend("cudnn");
+}
+cublasContext* cublas() {
+  no_backend("cublas");
+}
+void synchronize() {}
+
+// ---- cuda/allocator.h (round_size, format_bytes, Buffer are in allocator_common.cpp)
+// ------------------------
+void* allocate(std::size_t) {
+  no_backend("allocate");
+}
+void* allocate(std::size_t, CUstream_st*) {
+  no_backend("allocate");
+}
+void deallocate(void*) noexcept {}
+AllocatorStats allocator_stats() {
+  return {};
+}
+void reset_peak_stats() {}
+void release_cached() {}
+void set_memory_limit(std::size_t bytes) {
+  g_limit = bytes;
+}
+std::size_t memory_limit() {
+  return g_limit;
+}
+void set_fill_on_allocate(bool) {}
+bool fill_on_allocate() {
+  return false;
+}
+
+// ---- cuda/ops.h
+// ---------------------------------------------------------------------------------------------------
+void strided_copy(Tensor&, const Tensor&) {
+  no_backend("strided_copy");
+}
+void fill(Tensor&, double) {
+  no_backend("fill");
+}
+
+Tensor add(const Tensor&, const Tensor&) {
+  no_backend("add");
+}
+Tensor sub(const Tensor&, const Tensor&) {
+  no_backend("sub");
+}
+Tensor mul(const Tensor&, const Tensor&) {
+  no_backend("mul");
+}
+Tensor div(const Tensor&, const Tensor&) {
+  no_backend("div");
+}
+Tensor sum_to(const Tensor&, const Shape&) {
+  no_backend("sum_to");
+}
+Tensor expand_to(const Tensor&, const Shape&) {
+  no_backend("expand_to");
+}
+Tensor add_scalar(const Tensor&, double) {
+  no_backend("add_scalar");
+}
+Tensor mul_scalar(const Tensor&, double) {
+  no_backend("mul_scalar");
+}
+Tensor pow_scalar(const Tensor&, double) {
+  no_backend("pow_scalar");
+}
+Tensor neg(const Tensor&) {
+  no_backend("neg");
+}
+Tensor exp(const Tensor&) {
+  no_backend("exp");
+}
+Tensor log(const Tensor&) {
+  no_backend("log");
+}
+Tensor sqrt(const Tensor&) {
+  no_backend("sqrt");
+}
+Tensor sigmoid(const Tensor&) {
+  no_backend("sigmoid");
+}
+Tensor relu(const Tensor&) {
+  no_backend("relu");
+}
+Tensor relu_backward(const Tensor&, const Tensor&) {
+  no_backend("relu_backward");
+}
+Tensor sigmoid_backward(const Tensor&, const Tensor&) {
+  no_backend("sigmoid_backward");
+}
+void add_(Tensor&, const Tensor&, double) {
+  no_backend("add_");
+}
+void mul_scalar_(Tensor&, double) {
+  no_backend("mul_scalar_");
+}
+Tensor sum(const Tensor&) {
+  no_backend("sum");
+}
+Tensor sum(const Tensor&, const std::vector<int64_t>&, bool) {
+  no_backend("sum");
+}
+
+Tensor matmul(const Tensor&, const Tensor&, bool, bool) {
+  no_backend("matmul");
+}
+Tensor linear(const Tensor&, const Tensor&, const Tensor&) {
+  no_backend("linear");
+}
+
+Tensor conv2d_forward(const Tensor&, const Tensor&, const Tensor&, const ops::Conv2dParams&) {
+  no_backend("conv2d_forward");
+}
+Tensor conv2d_backward_input(const Tensor&, const Tensor&, const Shape&, const ops::Conv2dParams&) {
+  no_backend("conv2d_backward_input");
+}
+Tensor conv2d_backward_weight(const Tensor&, const Tensor&, const Shape&, const ops::Conv2dParams&) {
+  no_backend("conv2d_backward_weight");
+}
+Tensor conv2d_backward_bias(const Tensor&) {
+  no_backend("conv2d_backward_bias");
+}
+
+// batch norm and pooling: C3's cuda/bnpool_stub.cpp.
+
+Tensor cat(const std::vector<Tensor>&, int64_t) {
+  no_backend("cat");
+}
+Tensor bce_with_logits(const Tensor&, const Tensor&, const Tensor&, ops::Reduction) {
+  no_backend("bce_with_logits");
+}
+Tensor bce_with_logits_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, ops::Reduction) {
+  no_backend("bce_with_logits_backward");
+}
+
+void adam_update_(Tensor&, const Tensor&, Tensor&, Tensor&, const ops::AdamStep&) {
+  no_backend("adam_update_");
+}
+void sgd_update_(Tensor&, const Tensor&, Tensor&, const ops::SgdStep&) {
+  no_backend("sgd_update_");
+}
+
+}  // namespace ladnn::cuda
+#endif

@@ -1,0 +1,121 @@
+// cuda/optim.cu — fused optimizer updates on the GPU: one kernel per parameter tensor does the whole
+// Adam/AdamW or SGD step, reading p, g and the state once and writing p and the state once (the unfused
+// chain of ops read and wrote each parameter-sized tensor ~10 times).
+//
+// The element formulas are those of tensor/cpu/optim.cpp (torch.optim's single-tensor path, operation
+// for operation). Written with the _rn intrinsics (__fadd_rn, __fmul_rn, __fdiv_rn, __fsqrt_rn): they
+// round like the plain operators but are never fused into an FMA, so the GPU performs the very same
+// roundings as the CPU reference and the two agree to the bit.
+//
+// Scalars (bias corrections, step size) are computed on the host in double, rounded to float as the
+// CPU does, and passed by value. A later CUDA-graph capture of the step would need them in device
+// memory instead (the step count changes every iteration).
+#include <cmath>
+
+#include "cuda/kernel_util.cuh"
+#include "cuda/ops.h"
+
+namespace ladnn::cuda {
+namespace {
+
+using namespace detail;
+
+struct AdamScalars {
+  float wd, decay, w, one_minus_w, b2, one_minus_b2, bc2_sqrt, neg_step, eps;
+  bool has_wd, decoupled, small_w;
+};
+
+struct SgdScalars {
+  float wd, mom, keep, neg_lr;
+  bool has_wd, has_momentum, nesterov, first;
+};
+
+__global__ void adam_kernel(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
+                            float* __restrict__ v, int64_t n, AdamScalars s) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float pi = p[i], gi = g[i];
+    if (s.has_wd) {
+      if (s.decoupled)
+        pi = __fmul_rn(pi, s.decay);  // AdamW: p * (1 - lr wd)
+      else
+        gi = __fadd_rn(gi, __fmul_rn(s.wd, pi));  // Adam: g + wd p
+    }
+    const float m0 = m[i];
+    const float mi = s.small_w ? __fadd_rn(m0, __fmul_rn(s.w, __fadd_rn(gi, -m0)))
+                               : __fadd_rn(gi, -__fmul_rn(__fadd_rn(gi, -m0), s.one_minus_w));
+    float vi = __fmul_rn(v[i], s.b2);
+    vi = __fadd_rn(vi, __fmul_rn(__fmul_rn(s.one_minus_b2, gi), gi));
+    const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), s.bc2_sqrt), s.eps);
+    p[i] = __fadd_rn(pi, __fmul_rn(s.neg_step, __fdiv_rn(mi, denom)));
+    m[i] = mi;
+    v[i] = vi;
+  }
+}
+
+__global__ void sgd_kernel(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ buf,
+                           int64_t n, SgdScalars s) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float pi = p[i];
+    float d = g[i];
+    if (s.has_wd) d = __fadd_rn(d, __fmul_rn(s.wd, pi));
+    if (s.has_momentum) {
+      const float b = s.first ? d : __fadd_rn(__fmul_rn(buf[i], s.mom), __fmul_rn(s.keep, d));
+      buf[i] = b;
+      d = s.nesterov ? __fadd_rn(d, __fmul_rn(s.mom, b)) : b;
+    }
+    p[i] = __fadd_rn(pi, __fmul_rn(s.neg_lr, d));
+  }
+}
+
+}  // namespace
+
+void adam_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                  const ops::AdamStep& s) {
+  // tensor/ops.h has checked shapes, dtypes, devices, contiguity and the step.
+  const char* op = s.decoupled ? "adamw_update_" : "adam_update_";
+  require_float32(param, op, "parameter");
+  const int64_t n = param.numel();
+  if (n == 0) return;
+  const Tensor g = grad.contiguous();
+  AdamScalars a;
+  a.has_wd = s.weight_decay != 0.0;
+  a.decoupled = s.decoupled;
+  a.wd = static_cast<float>(s.weight_decay);
+  a.decay = static_cast<float>(1.0 - s.lr * s.weight_decay);
+  a.w = static_cast<float>(1.0 - s.beta1);
+  a.one_minus_w = 1.0f - a.w;  // in float, as torch's lerp (and the CPU) computes it
+  a.small_w = std::fabs(a.w) < 0.5f;
+  a.b2 = static_cast<float>(s.beta2);
+  a.one_minus_b2 = static_cast<float>(1.0 - s.beta2);
+  const double bc1 = 1.0 - std::pow(s.beta1, static_cast<double>(s.step));
+  const double bc2 = 1.0 - std::pow(s.beta2, static_cast<double>(s.step));
+  a.bc2_sqrt = static_cast<float>(std::sqrt(bc2));
+  a.neg_step = static_cast<float>(-(s.lr / bc1));
+  a.eps = static_cast<float>(s.eps);
+  adam_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(
+      param.data<float>(), g.data<float>(), exp_avg.data<float>(), exp_avg_sq.data<float>(), n, a);
+  CUDA_CHECK_LAUNCH();
+}
+
+void sgd_update_(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, const ops::SgdStep& s) {
+  require_float32(param, "sgd_update_", "parameter");
+  const int64_t n = param.numel();
+  if (n == 0) return;
+  const Tensor g = grad.contiguous();
+  SgdScalars a;
+  a.has_wd = s.weight_decay != 0.0;
+  a.has_momentum = s.momentum != 0.0;
+  a.nesterov = s.nesterov;
+  a.first = s.first;
+  a.wd = static_cast<float>(s.weight_decay);
+  a.mom = static_cast<float>(s.momentum);
+  a.keep = static_cast<float>(1.0 - s.dampening);
+  a.neg_lr = static_cast<float>(-s.lr);
+  sgd_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(
+      param.data<float>(), g.data<float>(), a.has_momentum ? momentum_buffer.data<float>() : nullptr, n, a);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace ladnn::cuda

@@ -1,0 +1,99 @@
+// cuda/profiler.h — NVTX ranges around every GPU op and an optional per-op timer (CUDA events) that
+// prints a table like torch.profiler's key_averages():
+//
+//   op                          impl     calls   total ms    mean ms   share
+//   batch_norm_forward_train    cudnn      168     12.416      0.074   21.3%
+//   ...
+//
+// Usage inside an op (one line, first statement after the argument checks; `impl` must be a string
+// with static lifetime — a literal or cuda::impl_name(...)):
+//
+//   ops::BatchNormForward batch_norm_forward_train(...) {
+//     OpRange range("batch_norm_forward_train", impl_name(Family::BatchNorm, impl(Family::BatchNorm)));
+//     ...
+//
+// The NVTX range ("batch_norm_forward_train/cudnn") is always pushed: it costs a few nanoseconds when no
+// tool listens and shows the op in Nsight Systems / Nsight Compute (`nsys profile ./build/ladnn train`).
+// The timer is off by default; LADNN_PROFILE=1 in the environment (read at first use) or
+// profiler::set_enabled(true) turns it on. When on, each OpRange records a CUDA event before and after
+// the op's work on cuda::stream(); the elapsed times are read lazily (flush) — which synchronises — so
+// the timer adds host synchronisation and must not be used while capturing a CUDA graph (ranges
+// opened while the stream is capturing are not timed). With LADNN_PROFILE=1 the table is printed to
+// stderr when the program exits.
+//
+// Nested ranges (an op that calls another op) are timed too; their time is also inside the parent's,
+// so "share" is each row's total over the summed time of the *outermost* ranges, and nested rows add
+// up to more than 100%.
+//
+// Built with and without the CUDA backend (without it OpRange does nothing and the table is empty).
+#pragma once
+
+#include <cstdint>
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+namespace ladnn::cuda {
+
+namespace profiler {
+
+/// True when the per-op timer records (LADNN_PROFILE=1 at first use, or set_enabled).
+bool enabled();
+/// Turns the per-op timer on or off (recorded statistics are kept; see reset()).
+void set_enabled(bool on);
+/// Forgets every recorded statistic (after finishing pending timings).
+void reset();
+
+struct OpStat {
+  std::string op;
+  std::string impl;
+  int64_t calls = 0;
+  double total_ms = 0.0;
+  double outermost_ms = 0.0;  // the part of total_ms from calls not nested inside another range
+};
+/// Every (op, impl) pair recorded so far, largest total first. Reads pending events (synchronises).
+std::vector<OpStat> stats();
+/// The key-averages table (op, impl, calls, total ms, mean ms, share %); "" when nothing was recorded.
+std::string table();
+/// Writes table() to `os` (with a one-line title), or nothing when nothing was recorded.
+void print(std::ostream& os);
+
+}  // namespace profiler
+
+/// RAII: an NVTX range for the lifetime of the object, and a timed interval on cuda::stream() when the
+/// per-op timer is on. Never throws from its destructor. Not copyable.
+class OpRange {
+ public:
+  OpRange(const char* op, const char* impl);
+  ~OpRange();
+  OpRange(const OpRange&) = delete;
+  OpRange& operator=(const OpRange&) = delete;
+
+ private:
+  const char* op_;
+  const char* impl_;
+  int slot_ = -1;       // index of this range's event pair in the profiler's pool, -1 when not timed
+  bool nested_ = false;  // another OpRange was open on this thread when this one started
+  bool pushed_ = false;  // an NVTX range was pushed (popped by the destructor)
+};
+
+/// A pair of CUDA events on cuda::stream() for benches and tools that time their own regions without
+/// including CUDA headers: start(); ...work...; stop(); elapsed_ms() (waits for the stop event).
+/// Without a usable GPU every call throws cuda::Error-like std::runtime_error with the reason.
+class EventTimer {
+ public:
+  EventTimer();
+  ~EventTimer();
+  EventTimer(const EventTimer&) = delete;
+  EventTimer& operator=(const EventTimer&) = delete;
+  void start();
+  void stop();
+  /// Milliseconds between start() and stop(); synchronises with the stop event.
+  double elapsed_ms();
+
+ private:
+  void* start_ = nullptr;  // cudaEvent_t (kept opaque so this header needs no CUDA include)
+  void* stop_ = nullptr;
+};
+
+}  // namespace ladnn::cuda

@@ -1,0 +1,383 @@
+// tests/cuda_bnpool_math_test.cpp — the arithmetic of the batch-norm and pooling kernels
+// (cuda/bnpool_math.h: per-element windows, gathers, the chunking of a channel across blocks and
+// threads, Welford merges, the per-channel finalisation) run on the CPU against the CPU ops.
+//
+// These are the functions the GPU kernels in cuda/batchnorm.cu and cuda/pool.cu are loops over, so
+// this checks their index arithmetic and formulas on every machine, GPU or not. What only the GPU can
+// check — launches, warp/block reductions, cuDNN — is in tests/cuda_bnpool_test.cpp.
+//
+// Oracle: tensor/cpu/{batchnorm,pool}.cpp in float64 (max pooling in float32: exact). Tolerances as in
+// tests/cuda_bnpool_test.cpp: kPoolTol = 1e-6 * sum|terms| for window sums of at most 9 float32 terms
+// (error <= 9 u sum|t|, u = 6e-8); kSumTol = 1e-5 for long float32 reductions and values computed from
+// them. The host runs the same float32 operations as the device (up to fused multiply-adds, which
+// only make the device more accurate).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cuda/bnpool_math.h"
+#include "tensor/ops.h"
+#include "tensor/random.h"
+
+namespace ladnn {
+namespace {
+
+namespace m = cuda::math;
+
+constexpr double kPoolTol = 1e-6;
+constexpr double kSumTol = 1e-5;
+
+std::vector<float> floats(const Tensor& t) {
+  const std::vector<double> v = t.to_vector();
+  return std::vector<float>(v.begin(), v.end());
+}
+
+std::vector<double> abs_values(const Tensor& t) {
+  std::vector<double> v = t.to_vector();
+  for (double& x : v) x = std::fabs(x);
+  return v;
+}
+
+Tensor f64(const Tensor& t) { return t.to(DType::Float64); }
+
+/// |got - want| <= atol_scale[i] * tol + tol * |want| for every i; reports the first few failures.
+void expect_near_all(const std::vector<double>& got, const std::vector<double>& want,
+                     const std::vector<double>& atol_scale, double tol, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  int bad = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    const double bound = tol * (atol_scale.empty() ? 1.0 : atol_scale[i]) + tol * std::fabs(want[i]);
+    const bool ok = std::isnan(want[i]) ? std::isnan(got[i]) : std::fabs(got[i] - want[i]) <= bound;
+    if (!ok && bad++ < 5)
+      ADD_FAILURE() << what << " [" << i << "]: got " << got[i] << ", want " << want[i] << " (bound " << bound << ")";
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << got.size() << " out of tolerance";
+}
+
+// ---- pooling --------------------------------------------------------------------------------------------
+
+struct PoolCase {
+  Shape shape;
+  int64_t kh, kw, sh, sw, ph, pw;
+  bool ceil = false;
+};
+
+const PoolCase kPoolCases[] = {
+    {{2, 3, 7, 9}, 3, 3, 2, 2, 1, 1},  {{1, 5, 6, 6}, 2, 2, 2, 2, 0, 0},   {{2, 2, 8, 8}, 3, 3, 2, 2, 1, 1, true},
+    {{2, 2, 7, 7}, 2, 2, 2, 2, 0, 0, true}, {{2, 2, 7, 7}, 3, 3, 2, 2, 1, 1, true}, {{1, 3, 5, 5}, 3, 3, 1, 1, 1, 1},
+    {{3, 4, 9, 7}, 3, 2, 2, 1, 1, 1},  {{1, 1, 1, 1}, 1, 1, 1, 1, 0, 0},   {{2, 1, 5, 4}, 3, 3, 3, 3, 1, 1, true},
+    {{1, 2, 13, 11}, 2, 3, 3, 2, 1, 1, true},
+};
+
+ops::Pool2dParams params_of(const PoolCase& c, bool include_pad) {
+  ops::Pool2dParams p;
+  p.kernel_h = c.kh;
+  p.kernel_w = c.kw;
+  p.stride_h = c.sh;
+  p.stride_w = c.sw;
+  p.pad_h = c.ph;
+  p.pad_w = c.pw;
+  p.ceil_mode = c.ceil;
+  p.count_include_pad = include_pad;
+  return p;
+}
+
+m::PoolGeom geom_of(const PoolCase& c, const ops::Pool2dParams& p) {
+  const Shape y = ops::pool2d_output_shape(c.shape, p);
+  return {c.shape[2], c.shape[3], y[2], y[3], p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w,
+          p.count_include_pad};
+}
+
+std::string name_of(const PoolCase& c) {
+  return shape_str(c.shape) + " k" + std::to_string(c.kh) + "x" + std::to_string(c.kw) + " s" + std::to_string(c.sh) +
+         "x" + std::to_string(c.sw) + " p" + std::to_string(c.ph) + "x" + std::to_string(c.pw) + (c.ceil ? " ceil" : "");
+}
+
+TEST(CudaBnPoolMath, MaxPoolValuesAndIndicesMatchCpu) {
+  Generator gen(1);
+  for (const PoolCase& c : kPoolCases) {
+    SCOPED_TRACE(name_of(c));
+    const ops::Pool2dParams p = params_of(c, true);
+    const m::PoolGeom g = geom_of(c, p);
+    // Three inputs: random (no ties), quantised (many ties: the first maximum must win), with NaNs.
+    std::vector<double> base = Tensor::normal(c.shape, 0, 1, gen).to_vector();
+    std::vector<double> ties = base, nans = base;
+    for (double& v : ties) v = std::round(v * 2) / 2;
+    for (std::size_t i = 0; i < nans.size(); i += 7) nans[i] = std::nan("");
+    for (const auto* values : {&base, &ties, &nans}) {
+      const Tensor x = Tensor::from_vector(*values, c.shape, DType::Float32);
+      const ops::MaxPoolForward ref = ops::max_pool2d_forward(x, p);
+      const std::vector<float> xf = floats(x);
+      const std::vector<double> ref_y = ref.y.to_vector(), ref_i = ref.indices.to_vector();
+      for (int64_t o = 0; o < ref.y.numel(); ++o) {
+        float v;
+        int64_t idx;
+        m::max_pool_at(xf.data(), o, g, v, idx);
+        if (std::isnan(ref_y[o]))
+          EXPECT_TRUE(std::isnan(v)) << "output " << o;
+        else
+          EXPECT_EQ(double(v), ref_y[o]) << "output " << o;
+        EXPECT_EQ(double(idx), ref_i[o]) << "output " << o;
+      }
+    }
+  }
+}
+
+TEST(CudaBnPoolMath, AvgPoolForwardAndGatherBackwardMatchCpu) {
+  Generator gen(2);
+  for (const PoolCase& c : kPoolCases)
+    for (bool include_pad : {true, false}) {
+      SCOPED_TRACE(name_of(c) + (include_pad ? " include_pad" : " exclude_pad"));
+      const ops::Pool2dParams p = params_of(c, include_pad);
+      const m::PoolGeom g = geom_of(c, p);
+      const Tensor x = Tensor::normal(c.shape, 0, 1, gen);
+      const Tensor y_ref = ops::avg_pool2d_forward(f64(x), p);
+      const std::vector<float> xf = floats(x);
+      std::vector<double> y(y_ref.numel());
+      for (int64_t o = 0; o < y_ref.numel(); ++o) y[o] = m::avg_pool_at(xf.data(), o, g);
+      const Tensor x_abs = Tensor::from_vector(abs_values(x), c.shape, DType::Float64);
+      expect_near_all(y, y_ref.to_vector(), ops::avg_pool2d_forward(x_abs, p).to_vector(), kPoolTol, "y");
+
+      const Tensor dy = Tensor::normal(y_ref.shape(), 0, 1, gen);
+      const Tensor dx_ref = ops::avg_pool2d_backward(f64(dy), c.shape, p);
+      const std::vector<float> dyf = floats(dy);
+      std::vector<double> dx(dx_ref.numel());
+      for (int64_t i = 0; i < dx_ref.numel(); ++i) dx[i] = m::avg_pool_backward_at(dyf.data(), i, g);
+      const Tensor dy_abs = Tensor::from_vector(abs_values(dy), dy.shape(), DType::Float64);
+      expect_near_all(dx, dx_ref.to_vector(), ops::avg_pool2d_backward(dy_abs, c.shape, p).to_vector(), kPoolTol,
+                      "dx");
+    }
+}
+
+TEST(CudaBnPoolMath, AdaptiveAvgPoolLaneSumsAndGatherMatchCpu) {
+  Generator gen(3);
+  struct Case {
+    Shape x;
+    int64_t oh, ow;
+  };
+  const Case cases[] = {{{2, 3, 7, 9}, 3, 4}, {{1, 2, 5, 5}, 7, 7}, {{2, 3, 56, 56}, 1, 1}, {{3, 5, 6, 6}, 6, 6},
+                        {{1, 4, 7, 7}, 1, 1}, {{1, 2, 10, 3}, 4, 5}, {{2, 1, 1, 1}, 3, 2}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(shape_str(c.x) + " -> " + std::to_string(c.oh) + "x" + std::to_string(c.ow));
+    const int64_t H = c.x[2], W = c.x[3];
+    const Tensor x = Tensor::normal(c.x, 0.5, 1, gen);
+    const Tensor y_ref = ops::adaptive_avg_pool2d_forward(f64(x), c.oh, c.ow);
+    const std::vector<float> xf = floats(x);
+    std::vector<double> y(y_ref.numel());
+    for (int64_t o = 0; o < y_ref.numel(); ++o) {
+      // The 32 lanes of a warp, then their sum (the device adds them in a shuffle tree).
+      float sum = 0;
+      int64_t count = 0;
+      for (int lane = 0; lane < 32; ++lane) sum += m::adaptive_avg_lane_sum(xf.data(), o, lane, 32, H, W, c.oh, c.ow, count);
+      y[o] = sum / float(count);
+    }
+    const Tensor x_abs = Tensor::from_vector(abs_values(x), c.x, DType::Float64);
+    expect_near_all(y, y_ref.to_vector(), ops::adaptive_avg_pool2d_forward(x_abs, c.oh, c.ow).to_vector(), kSumTol,
+                    "y");
+
+    const Tensor dy = Tensor::normal(y_ref.shape(), 0, 1, gen);
+    const Tensor dx_ref = ops::adaptive_avg_pool2d_backward(f64(dy), c.x);
+    const std::vector<float> dyf = floats(dy);
+    std::vector<double> dx(dx_ref.numel());
+    for (int64_t i = 0; i < dx_ref.numel(); ++i) dx[i] = m::adaptive_avg_backward_at(dyf.data(), i, H, W, c.oh, c.ow);
+    const Tensor dy_abs = Tensor::from_vector(abs_values(dy), dy.shape(), DType::Float64);
+    expect_near_all(dx, dx_ref.to_vector(), ops::adaptive_avg_pool2d_backward(dy_abs, c.x).to_vector(), kPoolTol,
+                    "dx");
+  }
+}
+
+// ---- batch norm ------------------------------------------------------------------------------------------
+
+struct BnShapeCase {
+  Shape shape;
+  int sms;  // multiprocessors the partition plans for (1: few chunks; 132: an H100)
+};
+
+// Single and multiple chunks per channel, HW % 4 == 0 (float4 path) and odd HW, a last chunk shorter
+// than the others, HW = 1, batch 1.
+const BnShapeCase kBnShapes[] = {
+    {{2, 3, 5, 7}, 132},   {{4, 8, 4, 4}, 132},  {{3, 5, 1, 1}, 132},  {{8, 2, 32, 32}, 132},
+    {{7, 3, 20, 20}, 132}, {{3, 2, 33, 33}, 132}, {{8, 2, 32, 32}, 1},  {{1, 4, 48, 48}, 132},
+    {{16, 1, 64, 64}, 132},
+};
+
+/// The block-level result of the stats kernel for (c, s): the threads' states merged (in thread order
+/// here; the device merges in a shuffle tree — the same values, differently rounded).
+template <int VEC>
+m::Welford block_stats(const float* x, int64_t c, int64_t s, const m::BnPartition& p) {
+  m::Welford w{0, 0, 0};
+  for (int64_t t = 0; t < m::kBnThreads; ++t)
+    w = m::welford_merge(w, m::bn_stats_thread<VEC>(x, c, s, t, m::kBnThreads, p));
+  return w;
+}
+
+template <int VEC>
+void check_partition_coverage(const BnShapeCase& sc) {
+  const Shape& s = sc.shape;
+  const m::BnPartition p = m::bn_partition(s[0], s[1], s[2] * s[3], sc.sms);
+  ASSERT_GE(p.splits, 1);
+  ASSERT_EQ(p.chunk % 4, 0);
+  ASSERT_GE(p.chunk * p.splits, p.M);
+  // x[i] = i (exact in float32 below 2^24): every value counted once shows as count == M and
+  // sum(count * mean) == the sum of the channel's flat offsets.
+  const int64_t numel = shape_numel(s);
+  ASSERT_LT(numel, int64_t(1) << 24);
+  std::vector<float> x(numel);
+  for (int64_t i = 0; i < numel; ++i) x[i] = float(i);
+  for (int64_t c = 0; c < p.C; ++c) {
+    double count = 0, sum = 0, want_sum = 0;
+    for (int64_t n = 0; n < s[0]; ++n)
+      for (int64_t k = 0; k < p.HW; ++k) want_sum += double((n * p.C + c) * p.HW + k);
+    for (int64_t sp = 0; sp < p.splits; ++sp)
+      for (int64_t t = 0; t < m::kBnThreads; ++t) {
+        const m::Welford w = m::bn_stats_thread<VEC>(x.data(), c, sp, t, m::kBnThreads, p);
+        count += w.n;
+        sum += double(w.n) * double(w.mean);
+      }
+    EXPECT_EQ(count, double(p.M)) << "channel " << c << ": values counted";
+    EXPECT_NEAR(sum, want_sum, 1e-6 * want_sum) << "channel " << c << ": sum of the values' offsets";
+  }
+}
+
+TEST(CudaBnPoolMath, BatchNormPartitionCoversEveryValueOnce) {
+  for (const BnShapeCase& sc : kBnShapes) {
+    SCOPED_TRACE(shape_str(sc.shape) + " planned for " + std::to_string(sc.sms) + " SMs");
+    check_partition_coverage<1>(sc);
+    if ((sc.shape[2] * sc.shape[3]) % 4 == 0) check_partition_coverage<4>(sc);
+  }
+}
+
+TEST(CudaBnPoolMath, BatchNormPartitionFillsAnH100) {
+  // (32, 64, 112, 112): 64 channels alone would leave half of 132 SMs idle; the partition splits them.
+  const m::BnPartition p = m::bn_partition(32, 64, 112 * 112, 132);
+  EXPECT_GE(p.C * p.splits, 132 * 4);
+  // (32, 1664, 7, 7): channels fill the GPU, and 1568 values per channel are too few to split.
+  EXPECT_EQ(m::bn_partition(32, 1664, 49, 132).splits, 1);
+}
+
+template <int VEC>
+void check_bn_forward(const BnShapeCase& sc, Generator& gen) {
+  const Shape& s = sc.shape;
+  const int64_t C = s[1], HW = s[2] * s[3];
+  const double momentum = 0.2, eps = 1e-3;
+  const m::BnPartition p = m::bn_partition(s[0], C, HW, sc.sms);
+  const Tensor x = Tensor::normal(s, 0.5, 2.0, gen);
+  const Tensor gamma = Tensor::uniform({C}, 0.5, 1.5, gen), beta = Tensor::uniform({C}, -0.5, 0.5, gen);
+  const Tensor rm0 = Tensor::normal({C}, 0, 1, gen), rv0 = Tensor::uniform({C}, 0.5, 2, gen);
+  Tensor rm = f64(rm0), rv = f64(rv0);
+  const ops::BatchNormForward ref = ops::batch_norm_forward_train(f64(x), f64(gamma), f64(beta), rm, rv, momentum, eps);
+
+  const std::vector<float> xf = floats(x);
+  const std::vector<double> g = gamma.to_vector(), b = beta.to_vector(), rm0v = rm0.to_vector(), rv0v = rv0.to_vector();
+  std::vector<double> mean(C), invstd(C), run_mean(C), run_var(C), y(x.numel()), n_abs(C, 0.0);
+  for (int64_t c = 0; c < C; ++c) {
+    std::vector<float> partial(3 * p.splits);
+    for (int64_t sp = 0; sp < p.splits; ++sp) {
+      const m::Welford w = block_stats<VEC>(xf.data(), c, sp, p);
+      partial[3 * sp] = w.n;
+      partial[3 * sp + 1] = w.mean;
+      partial[3 * sp + 2] = w.m2;
+    }
+    const m::BnChannelStats st = m::bn_merge_partials(partial.data(), p.splits, eps);
+    mean[c] = float(st.mean);
+    invstd[c] = float(st.invstd);
+    run_mean[c] = float(m::bn_running_mean(rm0v[c], momentum, st));
+    run_var[c] = float(m::bn_running_var(rv0v[c], momentum, st));
+    const float scale = float(g[c] * st.invstd), shift = float(b[c]);
+    for (int64_t n = 0; n < s[0]; ++n)
+      for (int64_t k = 0; k < HW; ++k) {
+        const int64_t i = (n * C + c) * HW + k;
+        y[i] = m::bn_normalize(xf[i], float(st.mean), scale, shift);
+        n_abs[c] += std::fabs(xf[i]);
+      }
+  }
+  std::vector<double> mean_scale(C);
+  for (int64_t c = 0; c < C; ++c) mean_scale[c] = n_abs[c] / double(p.M);
+  expect_near_all(mean, ref.save_mean.to_vector(), mean_scale, kSumTol, "save_mean");
+  expect_near_all(invstd, ref.save_invstd.to_vector(), {}, kSumTol, "save_invstd");
+  expect_near_all(run_mean, rm.to_vector(), {}, kSumTol, "running_mean");
+  expect_near_all(run_var, rv.to_vector(), std::vector<double>(C, 0.0), kSumTol, "running_var");
+  expect_near_all(y, ref.y.to_vector(), {}, kSumTol, "y");
+}
+
+TEST(CudaBnPoolMath, BatchNormForwardMatchesCpu) {
+  Generator gen(4);
+  for (const BnShapeCase& sc : kBnShapes) {
+    SCOPED_TRACE(shape_str(sc.shape) + " planned for " + std::to_string(sc.sms) + " SMs");
+    check_bn_forward<1>(sc, gen);
+    if ((sc.shape[2] * sc.shape[3]) % 4 == 0) check_bn_forward<4>(sc, gen);
+  }
+}
+
+template <int VEC>
+void check_bn_backward(const BnShapeCase& sc, bool train, Generator& gen) {
+  const Shape& s = sc.shape;
+  const int64_t C = s[1], HW = s[2] * s[3];
+  const double eps = 1e-3;
+  const m::BnPartition p = m::bn_partition(s[0], C, HW, sc.sms);
+  const Tensor x = Tensor::normal(s, 0.5, 2.0, gen), dy = Tensor::normal(s, 0, 1, gen);
+  const Tensor gamma = Tensor::uniform({C}, 0.5, 1.5, gen);
+  // The statistics: saved by a forward (training) or running ones (eval), float32 for both sides.
+  Tensor mean_t, invstd_t, rm, rv;
+  ops::BatchNormGrads ref;
+  if (train) {
+    Tensor none;
+    const ops::BatchNormForward f = ops::batch_norm_forward_train(f64(x), Tensor(), Tensor(), none, none, 0.1, eps);
+    mean_t = f.save_mean.to(DType::Float32);
+    invstd_t = f.save_invstd.to(DType::Float32);
+    ref = ops::batch_norm_backward_train(f64(dy), f64(x), f64(gamma), f64(mean_t), f64(invstd_t));
+  } else {
+    rm = Tensor::normal({C}, 0, 1, gen);
+    rv = Tensor::uniform({C}, 0.5, 2, gen);
+    mean_t = rm;
+    ref = ops::batch_norm_backward_eval(f64(dy), f64(x), f64(gamma), f64(rm), f64(rv), eps);
+  }
+  const std::vector<float> xf = floats(x), dyf = floats(dy);
+  const std::vector<double> g = gamma.to_vector(), mu = mean_t.to_vector();
+  std::vector<double> dgamma(C), dbeta(C), dx(x.numel()), dy_abs(C, 0.0), dg_abs(C, 0.0);
+  for (int64_t c = 0; c < C; ++c) {
+    const double is = train ? invstd_t.to_vector()[c] : 1.0 / std::sqrt(rv.to_vector()[c] + eps);
+    double sum_dy = 0, sum_dy_xmu = 0;  // the finalize kernel adds the blocks' float sums in double
+    for (int64_t sp = 0; sp < p.splits; ++sp) {
+      float block_dy = 0, block_dy_xmu = 0;
+      for (int64_t t = 0; t < m::kBnThreads; ++t) {
+        float a, b;
+        m::bn_grad_thread<VEC>(dyf.data(), xf.data(), float(mu[c]), c, sp, t, m::kBnThreads, p, a, b);
+        block_dy += a;
+        block_dy_xmu += b;
+      }
+      sum_dy += block_dy;
+      sum_dy_xmu += block_dy_xmu;
+    }
+    const m::BnGradCoefs k = m::bn_grad_coefs(sum_dy, sum_dy_xmu, is, g[c], double(p.M), train);
+    dgamma[c] = float(k.dgamma);
+    dbeta[c] = float(k.dbeta);
+    for (int64_t n = 0; n < s[0]; ++n)
+      for (int64_t q = 0; q < HW; ++q) {
+        const int64_t i = (n * C + c) * HW + q;
+        dx[i] = m::bn_dx(dyf[i], xf[i], float(mu[c]), float(k.k), float(k.mean_dy), float(k.proj));
+        dy_abs[c] += std::fabs(dyf[i]);
+        dg_abs[c] += std::fabs(dyf[i] * (xf[i] - mu[c]) * is);
+      }
+  }
+  expect_near_all(dbeta, ref.dbeta.to_vector(), dy_abs, kSumTol, "dbeta");
+  expect_near_all(dgamma, ref.dgamma.to_vector(), dg_abs, kSumTol, "dgamma");
+  expect_near_all(dx, ref.dx.to_vector(), {}, kSumTol, "dx");
+}
+
+TEST(CudaBnPoolMath, BatchNormBackwardMatchesCpu) {
+  Generator gen(5);
+  for (const BnShapeCase& sc : kBnShapes)
+    for (bool train : {true, false}) {
+      SCOPED_TRACE(shape_str(sc.shape) + (train ? " train" : " eval") + " planned for " + std::to_string(sc.sms) +
+                   " SMs");
+      check_bn_backward<1>(sc, train, gen);
+      if ((sc.shape[2] * sc.shape[3]) % 4 == 0) check_bn_backward<4>(sc, train, gen);
+    }
+}
+
+}  // namespace
+}  // namespace ladnn

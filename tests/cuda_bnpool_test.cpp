@@ -1,0 +1,562 @@
+// tests/cuda_bnpool_test.cpp — batch norm and pooling on the GPU against the CPU reference, for both
+// implementations (cuDNN and native; cuda/batchnorm.cu, cuda/pool.cu). Skips with the reason when no
+// GPU is usable.
+//
+// Oracle: the same op on the CPU in float64 (tensor/cpu/{batchnorm,pool}.cpp, themselves checked
+// against definitions and gradchecks in batchnorm_test/pool_test), on fresh random float32 inputs
+// converted to float64, so the reference carries no float32 rounding of its own.
+//
+// Every GPU block is filled with NaN when allocated (FillNanScope, tests/cuda_test_util.h: NaN for
+// float32, -1 for int64 indices), so an output element the kernel forgets to write shows up as a
+// mismatch.
+//
+// Tolerances (|gpu - ref| <= atol + rtol * scale, elementwise, scale = |ref| unless said; float32 unit
+// roundoff u = 6e-8):
+//   kElemTol = 1e-5  values computed per element from O(1) inputs through a handful of float32 operations
+//                    and per-channel statistics that are themselves accurate to ~1e-6 relative: a few
+//                    ulps, so 1e-5 (the CUDA issue's bound) leaves ~10x headroom; atol scales with the
+//                    tensor's RMS so the bound is relative to the values' magnitude.
+//   kSumTol = 1e-5   reductions (channel sums, window averages): a float32 sum of terms t_i errs by at
+//                    most ~depth * u * sum|t_i| (depth = the longest chain of additions: a few dozen to a
+//                    hundred in the tree reductions here and in cuDNN), so the allowed error is
+//                    1e-5 * sum|t_i| per output (scale = sum|t_i|, which is >= |result|). Scaling by
+//                    sum|t_i| rather than by |result| matters: dbeta = sum(dy) of random dy is near 0,
+//                    and its error is relative to the terms, not to the sum.
+//   kPoolTol = 1e-6  fixed-window pooling sums at most 9 terms (3x3): error <= 9 u sum|t| ~ 5e-7 sum|t|.
+// Max pooling is exact (y is a copy of one input; indices are integers) and compared exactly.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cuda/context.h"
+#include "cuda/profiler.h"
+#include "cuda/runtime.h"
+#include "tensor/ops.h"
+#include "tensor/random.h"
+#include "tests/cuda_test_util.h"
+
+namespace ladnn {
+namespace {
+
+using cuda::Family;
+using cuda::Impl;
+
+constexpr double kElemTol = 1e-5;
+constexpr double kSumTol = 1e-5;
+constexpr double kPoolTol = 1e-6;
+
+// ---- helpers ---------------------------------------------------------------------------------------
+
+using cuda_test::gpu_equals;
+using cuda_test::gpu_matches;
+using cuda_test::Tol;
+
+Tensor gpu(const Tensor& t) { return t.defined() ? t.to(Device::cuda()) : Tensor(); }
+Tensor f64(const Tensor& t) { return t.defined() ? t.to(DType::Float64) : Tensor(); }
+
+std::vector<double> values(const Tensor& t) { return t.to_vector(); }  // copies from the GPU if need be
+
+double rms(const Tensor& t) {
+  const std::vector<double> v = values(t);
+  double s = 0;
+  for (double x : v) s += x * x;
+  return v.empty() ? 0.0 : std::sqrt(s / double(v.size()));
+}
+
+/// Elementwise |x| of a CPU tensor, as float64.
+Tensor abs64(const Tensor& t) {
+  std::vector<double> v = values(t);
+  for (double& x : v) x = std::fabs(x);
+  return Tensor::from_vector(v, t.shape(), DType::Float64);
+}
+
+Tensor vec64(const std::vector<double>& v) { return Tensor::from_vector(v, {int64_t(v.size())}, DType::Float64); }
+
+/// Values computed per element (see kElemTol): atol follows the reference's RMS magnitude.
+Tol elem_tol(const Tensor& ref) { return Tol{kElemTol * std::max(1e-3, rms(ref)), kElemTol}; }
+
+/// Per-channel sum of |t| over N, H, W of an (N, C, H, W) CPU tensor, times f.
+Tensor channel_abs_sum(const Tensor& t, double f = 1.0) {
+  const int64_t N = t.size(0), C = t.size(1), HW = t.size(2) * t.size(3);
+  const std::vector<double> v = values(t);
+  std::vector<double> s(C, 0.0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t k = 0; k < HW; ++k) s[c] += std::fabs(v[(n * C + c) * HW + k]);
+  for (double& x : s) x *= f;
+  return vec64(s);
+}
+
+/// Per-channel sum of |dy * (x - mean_c) * invstd_c|: the terms of dgamma.
+Tensor dgamma_abs_terms(const Tensor& dy, const Tensor& x, const std::vector<double>& mean,
+                        const std::vector<double>& invstd) {
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const std::vector<double> d = values(dy), v = values(x);
+  std::vector<double> s(C, 0.0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t k = 0; k < HW; ++k) {
+        const int64_t i = (n * C + c) * HW + k;
+        s[c] += std::fabs(d[i] * (v[i] - mean[c]) * invstd[c]);
+      }
+  return vec64(s);
+}
+
+std::string impl_label(const ::testing::TestParamInfo<Impl>& info) {
+  return info.param == Impl::Library ? "cudnn" : "native";
+}
+
+/// Runs each test once per implementation, with new GPU blocks filled with NaN; restores the switches
+/// after.
+class CudaOpTest : public ::testing::TestWithParam<Impl> {
+ protected:
+  void SetUp() override {
+    LADNN_REQUIRE_GPU();
+    saved_bn_ = cuda::impl(Family::BatchNorm);
+    saved_pool_ = cuda::impl(Family::Pool);
+    cuda::set_impl(Family::BatchNorm, GetParam());
+    cuda::set_impl(Family::Pool, GetParam());
+    nan_fill_.emplace();
+  }
+  void TearDown() override {
+    if (!nan_fill_) return;
+    cuda::synchronize();
+    nan_fill_.reset();
+    cuda::set_impl(Family::BatchNorm, saved_bn_);
+    cuda::set_impl(Family::Pool, saved_pool_);
+  }
+
+ private:
+  std::optional<cuda_test::FillNanScope> nan_fill_;
+  Impl saved_bn_ = Impl::Library, saved_pool_ = Impl::Library;
+};
+
+// ---- batch norm --------------------------------------------------------------------------------------
+
+enum class Track { None, Both, MeanOnly };
+
+struct BnCase {
+  Shape shape;
+  double momentum = 0.1, eps = 1e-5;
+  bool affine = true;
+  Track track = Track::Both;
+  std::string name() const {
+    std::string s = shape_str(shape) + " momentum " + std::to_string(momentum) + " eps " + std::to_string(eps);
+    if (!affine) s += " affine=False";
+    if (track == Track::None) s += " no running stats";
+    if (track == Track::MeanOnly) s += " running_mean only";
+    return s;
+  }
+};
+
+// Odd sizes (HW = 35: scalar path), HW % 4 == 0 (float4 path), batch 1, HW = 1, no affine, untracked,
+// and channels long enough to be split across several blocks (cuda/bnpool_math.h's bn_partition: 8
+// chunks of (8, 4, 32, 32)'s 8192 values, 6 uneven ones of (6, 3, 33, 33)'s 6534 on an H100).
+const BnCase kBnCases[] = {
+    {{8, 4, 32, 32}},
+    {{6, 3, 33, 33}, 0.1, 1e-5, false, Track::Both},
+    {{2, 3, 5, 7}},
+    {{1, 4, 3, 3}},
+    {{4, 8, 4, 4}},
+    {{3, 5, 1, 1}},
+    {{2, 6, 7, 9}, 0.3, 1e-3, false, Track::None},
+    {{2, 3, 8, 8}, 0.1, 1e-5, true, Track::MeanOnly},
+    {{5, 17, 12, 12}},
+};
+
+// DenseNet-169 at batch 32: the widest early BN (transition 1's norm), the last block's norm5.
+const BnCase kBnDenseNet[] = {
+    {{32, 256, 56, 56}},
+    {{32, 1664, 7, 7}},
+};
+
+struct BnInputs {
+  Tensor x, gamma, beta, running_mean, running_var;  // float32, CPU
+};
+
+BnInputs make_bn_inputs(const BnCase& c, Generator& gen) {
+  const int64_t C = c.shape[1];
+  BnInputs in;
+  // An offset mean (0.5) and std 2 exercise the (x - mean) path; gamma away from 0.
+  in.x = Tensor::normal(c.shape, 0.5, 2.0, gen);
+  if (c.affine) {
+    in.gamma = Tensor::uniform({C}, 0.5, 1.5, gen);
+    in.beta = Tensor::uniform({C}, -0.5, 0.5, gen);
+  }
+  if (c.track != Track::None) in.running_mean = Tensor::normal({C}, 0.0, 1.0, gen);
+  if (c.track == Track::Both) in.running_var = Tensor::uniform({C}, 0.5, 2.0, gen);
+  return in;
+}
+
+void check_forward_train(const BnCase& c, Generator& gen) {
+  SCOPED_TRACE(c.name());
+  const BnInputs in = make_bn_inputs(c, gen);
+  Tensor rm64 = f64(in.running_mean), rv64 = f64(in.running_var);
+  const ops::BatchNormForward ref = ops::batch_norm_forward_train(f64(in.x), f64(in.gamma), f64(in.beta), rm64, rv64,
+                                                                  c.momentum, c.eps);
+  Tensor rm = gpu(in.running_mean), rv = gpu(in.running_var);
+  const ops::BatchNormForward out =
+      ops::batch_norm_forward_train(gpu(in.x), gpu(in.gamma), gpu(in.beta), rm, rv, c.momentum, c.eps);
+  EXPECT_TRUE(out.y.device().is_cuda());
+  EXPECT_TRUE(gpu_matches("y", out.y, ref.y, elem_tol(ref.y)));
+  // The mean is a channel sum / n: its error is relative to mean|x|.
+  const int64_t n = c.shape[0] * c.shape[2] * c.shape[3];
+  EXPECT_TRUE(gpu_matches("save_mean", out.save_mean, ref.save_mean, Tol{0, kSumTol},
+                          channel_abs_sum(in.x, 1.0 / double(n))));
+  EXPECT_TRUE(gpu_matches("save_invstd", out.save_invstd, ref.save_invstd, Tol{0, kSumTol}));
+  if (rm.defined()) {
+    EXPECT_TRUE(gpu_matches("running_mean", rm, rm64, Tol{kSumTol * std::max(1.0, rms(rm64)), kSumTol}));
+  }
+  if (rv.defined()) {
+    EXPECT_TRUE(gpu_matches("running_var (unbiased)", rv, rv64, Tol{0, kSumTol}));
+  }
+}
+
+TEST_P(CudaOpTest, BatchNormForwardTrainMatchesCpu) {
+  Generator gen(101);
+  for (const BnCase& c : kBnCases) check_forward_train(c, gen);
+}
+
+TEST_P(CudaOpTest, BatchNormForwardEvalMatchesCpu) {
+  Generator gen(102);
+  for (const BnCase& c0 : kBnCases) {
+    BnCase c = c0;
+    c.track = Track::Both;  // eval needs running statistics
+    SCOPED_TRACE(c.name());
+    const BnInputs in = make_bn_inputs(c, gen);
+    const Tensor ref = ops::batch_norm_forward_eval(f64(in.x), f64(in.gamma), f64(in.beta), f64(in.running_mean),
+                                                    f64(in.running_var), c.eps);
+    const Tensor y = ops::batch_norm_forward_eval(gpu(in.x), gpu(in.gamma), gpu(in.beta), gpu(in.running_mean),
+                                                  gpu(in.running_var), c.eps);
+    EXPECT_TRUE(gpu_matches("y", y, ref, elem_tol(ref)));
+  }
+}
+
+void check_backward_train(const BnCase& c, Generator& gen) {
+  SCOPED_TRACE(c.name());
+  const BnInputs in = make_bn_inputs(c, gen);
+  const Tensor dy = Tensor::normal(c.shape, 0.0, 1.0, gen);
+  // Saved statistics from a float64 forward (with this case's eps: cuDNN's backward must use the saved
+  // invstd as given, since the backward API carries no eps), rounded to float32 once and used by both.
+  Tensor no_rm, no_rv;
+  const ops::BatchNormForward fwd =
+      ops::batch_norm_forward_train(f64(in.x), f64(in.gamma), f64(in.beta), no_rm, no_rv, c.momentum, c.eps);
+  const Tensor save_mean = fwd.save_mean.to(DType::Float32), save_invstd = fwd.save_invstd.to(DType::Float32);
+  const ops::BatchNormGrads ref =
+      ops::batch_norm_backward_train(f64(dy), f64(in.x), f64(in.gamma), f64(save_mean), f64(save_invstd));
+  const ops::BatchNormGrads out =
+      ops::batch_norm_backward_train(gpu(dy), gpu(in.x), gpu(in.gamma), gpu(save_mean), gpu(save_invstd));
+  EXPECT_TRUE(gpu_matches("dx", out.dx, ref.dx, elem_tol(ref.dx)));
+  EXPECT_TRUE(gpu_matches("dbeta", out.dbeta, ref.dbeta, Tol{0, kSumTol}, channel_abs_sum(dy)));
+  EXPECT_TRUE(gpu_matches("dgamma", out.dgamma, ref.dgamma, Tol{0, kSumTol},
+                          dgamma_abs_terms(dy, in.x, values(save_mean), values(save_invstd))));
+}
+
+TEST_P(CudaOpTest, BatchNormBackwardTrainMatchesCpu) {
+  Generator gen(103);
+  for (const BnCase& c : kBnCases) check_backward_train(c, gen);
+}
+
+TEST_P(CudaOpTest, BatchNormBackwardEvalMatchesCpu) {
+  Generator gen(104);
+  for (const BnCase& c0 : kBnCases) {
+    BnCase c = c0;
+    c.track = Track::Both;
+    SCOPED_TRACE(c.name());
+    const BnInputs in = make_bn_inputs(c, gen);
+    const Tensor dy = Tensor::normal(c.shape, 0.0, 1.0, gen);
+    const ops::BatchNormGrads ref = ops::batch_norm_backward_eval(f64(dy), f64(in.x), f64(in.gamma),
+                                                                  f64(in.running_mean), f64(in.running_var), c.eps);
+    const ops::BatchNormGrads out = ops::batch_norm_backward_eval(gpu(dy), gpu(in.x), gpu(in.gamma),
+                                                                  gpu(in.running_mean), gpu(in.running_var), c.eps);
+    EXPECT_TRUE(gpu_matches("dx", out.dx, ref.dx, elem_tol(ref.dx)));
+    EXPECT_TRUE(gpu_matches("dbeta", out.dbeta, ref.dbeta, Tol{0, kSumTol}, channel_abs_sum(dy)));
+    std::vector<double> invstd = values(in.running_var);
+    for (double& v : invstd) v = 1.0 / std::sqrt(v + c.eps);
+    EXPECT_TRUE(gpu_matches("dgamma", out.dgamma, ref.dgamma, Tol{0, kSumTol},
+                            dgamma_abs_terms(dy, in.x, values(in.running_mean), invstd)));
+  }
+}
+
+// gamma, beta and the running statistics as every-other-element views of a longer buffer (the CPU
+// accepts any stride; cuDNN needs contiguous vectors and gets copies, updated back in place). The
+// running statistics must change at the even elements only.
+TEST_P(CudaOpTest, BatchNormStridedChannelVectors) {
+  Generator gen(105);
+  const Shape shape{3, 6, 5, 4};
+  const int64_t C = shape[1];
+  // A (2C) GPU buffer holding v at the even elements and -7 at the odd ones, and the view of v.
+  struct Strided {
+    Tensor buffer, view;
+  };
+  auto strided_gpu = [&](const Tensor& v) {
+    Tensor buf = Tensor::full({2 * C}, -7.0);
+    for (int64_t c = 0; c < C; ++c) buf.data<float>()[2 * c] = v.data<float>()[c];
+    Tensor g = buf.to(Device::cuda());
+    return Strided{g, Tensor(g.storage(), {C}, {2}, g.offset(), DType::Float32)};
+  };
+  auto evens = [&](const Strided& s, const std::string& what) {
+    const std::vector<double> all = values(s.buffer);
+    std::vector<double> even(C);
+    for (int64_t c = 0; c < C; ++c) {
+      even[c] = all[2 * c];
+      EXPECT_EQ(all[2 * c + 1], -7.0) << what << ": element " << 2 * c + 1 << " outside the view was written";
+    }
+    return Tensor::from_vector(even, {C}, DType::Float32);
+  };
+  const Tensor x = Tensor::normal(shape, 0.5, 2.0, gen);
+  const Tensor gamma = Tensor::uniform({C}, 0.5, 1.5, gen), beta = Tensor::uniform({C}, -0.5, 0.5, gen);
+  const Tensor rm0 = Tensor::normal({C}, 0, 1, gen), rv0 = Tensor::uniform({C}, 0.5, 2, gen);
+  Tensor rm64 = f64(rm0), rv64 = f64(rv0);
+  const ops::BatchNormForward ref =
+      ops::batch_norm_forward_train(f64(x), f64(gamma), f64(beta), rm64, rv64, 0.1, 1e-5);
+  const Strided g = strided_gpu(gamma), b = strided_gpu(beta), rm = strided_gpu(rm0), rv = strided_gpu(rv0);
+  Tensor rm_view = rm.view, rv_view = rv.view;
+  const ops::BatchNormForward out =
+      ops::batch_norm_forward_train(gpu(x), g.view, b.view, rm_view, rv_view, 0.1, 1e-5);
+  EXPECT_TRUE(gpu_matches("y", out.y, ref.y, elem_tol(ref.y)));
+  EXPECT_TRUE(gpu_matches("strided running_mean", evens(rm, "running_mean"), rm64, Tol{kSumTol, kSumTol}));
+  EXPECT_TRUE(gpu_matches("strided running_var", evens(rv, "running_var"), rv64, Tol{0, kSumTol}));
+}
+
+TEST_P(CudaOpTest, BatchNormDenseNetShapes) {
+  Generator gen(106);
+  for (const BnCase& c : kBnDenseNet) {
+    check_forward_train(c, gen);
+    check_backward_train(c, gen);
+  }
+}
+
+// ---- pooling -----------------------------------------------------------------------------------------------
+
+struct PoolCase {
+  Shape shape;
+  int64_t kh, kw, sh, sw, ph, pw;
+  bool ceil = false;
+  ops::Pool2dParams params(bool include_pad) const {
+    ops::Pool2dParams p;
+    p.kernel_h = kh;
+    p.kernel_w = kw;
+    p.stride_h = sh;
+    p.stride_w = sw;
+    p.pad_h = ph;
+    p.pad_w = pw;
+    p.ceil_mode = ceil;
+    p.count_include_pad = include_pad;
+    return p;
+  }
+  std::string name() const {
+    std::ostringstream s;
+    s << shape_str(shape) << " kernel " << kh << "x" << kw << " stride " << sh << "x" << sw << " pad " << ph << "x"
+      << pw << (ceil ? " ceil_mode" : "");
+    return s.str();
+  }
+};
+
+const PoolCase kPoolCases[] = {
+    {{2, 3, 7, 9}, 3, 3, 2, 2, 1, 1},        // the stem's 3x3/2 pad 1 on odd sizes: overlapping windows
+    {{1, 5, 6, 6}, 2, 2, 2, 2, 0, 0},        // a transition's 2x2/2, batch 1
+    {{2, 2, 8, 8}, 3, 3, 2, 2, 1, 1, true},  // ceil mode adds a window that overhangs the padding
+    {{2, 2, 7, 7}, 2, 2, 2, 2, 0, 0, true},  // ceil mode, last window half outside the input
+    {{2, 2, 7, 7}, 3, 3, 2, 2, 1, 1, true},  // ceil mode that adds no window (cuDNN still usable)
+    {{1, 3, 5, 5}, 3, 3, 1, 1, 1, 1},        // stride 1: every cell in up to 9 windows
+    {{3, 4, 9, 7}, 3, 2, 2, 1, 1, 1},        // rectangular kernel, stride and padding
+};
+
+const PoolCase kPoolDenseNet[] = {
+    {{32, 64, 112, 112}, 3, 3, 2, 2, 1, 1},  // features.pool0
+    {{32, 128, 56, 56}, 2, 2, 2, 2, 0, 0},   // transition1.pool
+    {{32, 640, 14, 14}, 2, 2, 2, 2, 0, 0},   // transition3.pool
+};
+
+// Distinct values (a shuffled grid 1/64 apart, exact in float32): no ties, so the argmax is unique.
+Tensor distinct(const Shape& shape, Generator& gen) {
+  const int64_t n = shape_numel(shape);
+  std::vector<double> v(n);
+  for (int64_t i = 0; i < n; ++i) v[i] = double(i - n / 2) / 64.0;
+  for (int64_t i = n - 1; i > 0; --i) std::swap(v[i], v[gen.below(i + 1)]);
+  return Tensor::from_vector(v, shape, DType::Float32);
+}
+
+void check_max_pool(const PoolCase& c, const Tensor& x, Generator& gen, const std::string& what) {
+  SCOPED_TRACE(c.name() + " " + what);
+  const ops::Pool2dParams p = c.params(true);
+  const ops::MaxPoolForward ref = ops::max_pool2d_forward(f64(x), p);
+  const ops::MaxPoolForward out = ops::max_pool2d_forward(gpu(x), p);
+  EXPECT_TRUE(gpu_equals("y (max pooling copies values: exact)", out.y, ref.y));
+  EXPECT_TRUE(gpu_equals("indices", out.indices, ref.indices));
+  // Backward through the (equal) indices: at most ceil(k/s)^2 values land in one cell.
+  const Tensor dy = Tensor::normal(ref.y.shape(), 0.0, 1.0, gen);
+  const Tensor dx_ref = ops::max_pool2d_backward(f64(dy), ref.indices, x.shape());
+  const Tensor dx = ops::max_pool2d_backward(gpu(dy), gpu(ref.indices), x.shape());
+  const Tensor dx_abs = ops::max_pool2d_backward(abs64(dy), ref.indices, x.shape());
+  EXPECT_TRUE(gpu_matches("dx", dx, dx_ref, Tol{0, kPoolTol}, dx_abs));
+}
+
+TEST_P(CudaOpTest, MaxPoolMatchesCpu) {
+  Generator gen(201);
+  for (const PoolCase& c : kPoolCases) {
+    check_max_pool(c, distinct(c.shape, gen), gen, "distinct values");
+    // Many ties: values on a grid of 0.5, so windows often hold equal maxima; the first one wins.
+    std::vector<double> v = Tensor::normal(c.shape, 0, 1, gen).to_vector();
+    for (double& e : v) e = std::round(e * 2) / 2;
+    check_max_pool(c, Tensor::from_vector(v, c.shape), gen, "ties");
+  }
+}
+
+TEST_P(CudaOpTest, MaxPoolPropagatesNaNAsCpu) {
+  Generator gen(202);
+  const PoolCase c = kPoolCases[0];
+  std::vector<double> v = distinct(c.shape, gen).to_vector();
+  for (std::size_t i = 0; i < v.size(); i += 11) v[i] = std::nan("");
+  const Tensor x = Tensor::from_vector(v, c.shape);
+  const ops::Pool2dParams p = c.params(true);
+  const ops::MaxPoolForward ref = ops::max_pool2d_forward(f64(x), p);
+  const ops::MaxPoolForward out = ops::max_pool2d_forward(gpu(x), p);
+  EXPECT_TRUE(gpu_equals("y with NaN inputs", out.y, ref.y));
+  EXPECT_TRUE(gpu_equals("indices with NaN inputs", out.indices, ref.indices));
+}
+
+void check_avg_pool(const PoolCase& c, bool include_pad, Generator& gen) {
+  SCOPED_TRACE(c.name() + (include_pad ? " count_include_pad" : " count_include_pad=False"));
+  const ops::Pool2dParams p = c.params(include_pad);
+  const Tensor x = Tensor::normal(c.shape, 0.0, 1.0, gen);
+  const Tensor y_ref = ops::avg_pool2d_forward(f64(x), p);
+  const Tensor y = ops::avg_pool2d_forward(gpu(x), p);
+  // avg_pool(|x|) = sum|x| / divisor: the scale of each output's rounding error.
+  EXPECT_TRUE(gpu_matches("y", y, y_ref, Tol{0, kPoolTol}, ops::avg_pool2d_forward(abs64(x), p)));
+  const Tensor dy = Tensor::normal(y_ref.shape(), 0.0, 1.0, gen);
+  const Tensor dx_ref = ops::avg_pool2d_backward(f64(dy), x.shape(), p);
+  const Tensor dx = ops::avg_pool2d_backward(gpu(dy), x.shape(), p);
+  EXPECT_TRUE(gpu_matches("dx", dx, dx_ref, Tol{0, kPoolTol}, ops::avg_pool2d_backward(abs64(dy), x.shape(), p)));
+}
+
+TEST_P(CudaOpTest, AvgPoolMatchesCpu) {
+  Generator gen(203);
+  for (const PoolCase& c : kPoolCases)
+    for (bool include_pad : {true, false}) check_avg_pool(c, include_pad, gen);
+}
+
+void check_adaptive(const Shape& shape, int64_t oh, int64_t ow, Generator& gen) {
+  SCOPED_TRACE(shape_str(shape) + " -> " + std::to_string(oh) + "x" + std::to_string(ow));
+  const Tensor x = Tensor::normal(shape, 0.5, 1.0, gen);
+  const Tensor y_ref = ops::adaptive_avg_pool2d_forward(f64(x), oh, ow);
+  const Tensor y = ops::adaptive_avg_pool2d_forward(gpu(x), oh, ow);
+  EXPECT_TRUE(gpu_matches("y", y, y_ref, Tol{0, kSumTol}, ops::adaptive_avg_pool2d_forward(abs64(x), oh, ow)));
+  const Tensor dy = Tensor::normal(y_ref.shape(), 0.0, 1.0, gen);
+  const Tensor dx_ref = ops::adaptive_avg_pool2d_backward(f64(dy), shape);
+  const Tensor dx = ops::adaptive_avg_pool2d_backward(gpu(dy), shape);
+  EXPECT_TRUE(gpu_matches("dx", dx, dx_ref, Tol{0, kSumTol}, ops::adaptive_avg_pool2d_backward(abs64(dy), shape)));
+}
+
+// Native only (no library twin): the parameter only repeats it, which is harmless.
+TEST_P(CudaOpTest, AdaptiveAvgPoolMatchesCpu) {
+  Generator gen(204);
+  check_adaptive({2, 3, 7, 9}, 3, 4, gen);    // uneven, overlapping windows
+  check_adaptive({1, 2, 5, 5}, 7, 7, gen);    // more outputs than inputs
+  check_adaptive({2, 3, 56, 56}, 1, 1, gen);  // a long window: 3136 values per warp
+  check_adaptive({3, 5, 6, 6}, 6, 6, gen);    // identity
+  check_adaptive({1, 4, 7, 7}, 1, 1, gen);    // the DenseNet head, batch 1
+}
+
+TEST_P(CudaOpTest, PoolDenseNetShapes) {
+  Generator gen(205);
+  check_max_pool(kPoolDenseNet[0], distinct(kPoolDenseNet[0].shape, gen), gen, "distinct values");
+  check_avg_pool(kPoolDenseNet[1], true, gen);
+  check_avg_pool(kPoolDenseNet[2], true, gen);
+  check_adaptive({32, 1664, 7, 7}, 1, 1, gen);  // global average pool of the DenseNet-169 head
+}
+
+// ---- errors: operands on two devices, float64 on the GPU ---------------------------------------------------
+
+#define EXPECT_THROW_WITH(stmt, ...)                                 \
+  do {                                                               \
+    std::string msg_ = "<no exception>";                             \
+    try {                                                            \
+      stmt;                                                          \
+    } catch (const std::exception& e) {                              \
+      msg_ = e.what();                                               \
+    }                                                                \
+    for (const char* frag_ : {__VA_ARGS__})                          \
+      EXPECT_NE(msg_.find(frag_), std::string::npos)                 \
+          << "message \"" << msg_ << "\" lacks \"" << frag_ << "\""; \
+  } while (0)
+
+TEST_P(CudaOpTest, ErrorsNameBothDevices) {
+  Generator gen(301);
+  const Tensor x = Tensor::normal({2, 3, 4, 4}, 0, 1, gen);
+  const Tensor gamma = Tensor::ones({3});
+  Tensor none;
+  EXPECT_THROW_WITH(ops::batch_norm_forward_train(gpu(x), gamma, Tensor(), none, none, 0.1, 1e-5),
+                    "batch_norm_forward_train", "gamma is on cpu but the input is on cuda:0");
+  EXPECT_THROW_WITH(ops::batch_norm_backward_train(x, gpu(x), Tensor(), gpu(gamma), gpu(gamma)),
+                    "batch_norm_backward_train", "grad_output is on cpu but the input is on cuda:0");
+  EXPECT_THROW_WITH(ops::batch_norm_forward_train(gpu(f64(x)), Tensor(), Tensor(), none, none, 0.1, 1e-5),
+                    "batch_norm_forward_train", "float64", "float32");
+  const ops::Pool2dParams p;
+  const ops::MaxPoolForward mp = ops::max_pool2d_forward(x, p);
+  EXPECT_THROW_WITH(ops::max_pool2d_backward(gpu(mp.y), mp.indices, x.shape()), "max_pool2d_backward",
+                    "indices are on cpu but grad_output is on cuda:0");
+  EXPECT_THROW_WITH(ops::avg_pool2d_forward(gpu(f64(x)), p), "avg_pool2d_forward", "float64", "float32");
+}
+
+// ---- profiler: each op appears in the table under the implementation that ran ---------------------------------
+
+TEST_P(CudaOpTest, ProfilerRecordsOpAndImplementation) {
+  cuda::profiler::reset();
+  cuda::profiler::set_enabled(true);
+  Generator gen(302);
+  const Tensor x = gpu(Tensor::normal({4, 8, 6, 6}, 0, 1, gen));
+  Tensor none;
+  for (int i = 0; i < 3; ++i) ops::batch_norm_forward_train(x, Tensor(), Tensor(), none, none, 0.1, 1e-5);
+  ops::max_pool2d_forward(x, ops::Pool2dParams());
+  const std::vector<cuda::profiler::OpStat> stats = cuda::profiler::stats();
+  const std::string table = cuda::profiler::table();
+  cuda::profiler::set_enabled(false);
+  cuda::profiler::reset();
+  const char* want = cuda::impl_name(Family::BatchNorm, GetParam());
+  bool bn = false, pool = false;
+  for (const auto& s : stats) {
+    if (s.op == "batch_norm_forward_train") {
+      bn = true;
+      EXPECT_EQ(s.impl, want);
+      EXPECT_EQ(s.calls, 3);
+      EXPECT_GT(s.total_ms, 0.0);
+      EXPECT_DOUBLE_EQ(s.outermost_ms, s.total_ms);
+    }
+    if (s.op == "max_pool2d_forward") pool = true;
+  }
+  EXPECT_TRUE(bn) << table;
+  EXPECT_TRUE(pool) << table;
+  for (const char* col : {"op", "impl", "calls", "total ms", "mean ms", "share", "batch_norm_forward_train"})
+    EXPECT_NE(table.find(col), std::string::npos) << "table lacks \"" << col << "\":\n" << table;
+}
+
+INSTANTIATE_TEST_SUITE_P(CudaImpl, CudaOpTest, ::testing::Values(Impl::Library, Impl::Native), impl_label);
+
+// ---- without a device ---------------------------------------------------------------------------------------
+
+// OpRange and the profiler must be harmless where no GPU is usable (CI): no throw, nothing recorded.
+TEST(CudaProfiler, RangesAreHarmlessWithoutADevice) {
+  if (cuda::available()) GTEST_SKIP() << "a GPU is usable; ProfilerRecordsOpAndImplementation covers this";
+  cuda::profiler::reset();
+  cuda::profiler::set_enabled(true);
+  {
+    cuda::OpRange outer("outer", "native");
+    cuda::OpRange inner("inner", "cudnn");
+  }
+  EXPECT_TRUE(cuda::profiler::stats().empty());
+  EXPECT_EQ(cuda::profiler::table(), "");
+  cuda::profiler::set_enabled(false);
+  EXPECT_THROW(cuda::EventTimer(), std::runtime_error);
+}
+
+}  // namespace
+}  // namespace ladnn

@@ -1,0 +1,123 @@
+// tests/cuda_context_test.cpp — cuda/context.h: the implementation switches and the TF32 switch (pure host
+// logic, always run), and the stream and library handles (skip with the reason when no GPU is usable).
+#include <gtest/gtest.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "cuda/context.h"
+#include "cuda/runtime.h"
+#include "tests/cuda_test_util.h"
+
+#ifdef LADNN_HAVE_CUDA
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#endif
+
+using namespace ladnn;
+
+namespace {
+
+std::string parse_error(cuda::Family f, const std::string& value, const char* where) {
+  try {
+    cuda::parse_impl(f, value, where);
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(CudaContextSwitches, ParseAcceptsTheLibraryNameLibraryAndNative) {
+  using cuda::Family;
+  using cuda::Impl;
+  EXPECT_EQ(cuda::parse_impl(Family::Conv, "cudnn", "LADNN_CONV"), Impl::Library);
+  EXPECT_EQ(cuda::parse_impl(Family::Conv, "  cuDNN ", "LADNN_CONV"), Impl::Library);
+  EXPECT_EQ(cuda::parse_impl(Family::BatchNorm, "library", "LADNN_BN"), Impl::Library);
+  EXPECT_EQ(cuda::parse_impl(Family::Pool, "Native", "LADNN_POOL"), Impl::Native);
+  EXPECT_EQ(cuda::parse_impl(Family::Gemm, "cublas", "LADNN_GEMM"), Impl::Library);
+  EXPECT_EQ(cuda::parse_impl(Family::Gemm, "native", "LADNN_GEMM"), Impl::Native);
+  // Each family knows only its own library's name.
+  EXPECT_EQ(parse_error(Family::Conv, "cublas", "LADNN_CONV"),
+            "LADNN_CONV=\"cublas\" is not an implementation of conv; use cudnn (the library, the default) or "
+            "native (ladnn's own kernel)");
+  EXPECT_EQ(
+      parse_error(Family::Gemm, "cudnn", "--gemm"),
+      "--gemm=\"cudnn\" is not an implementation of gemm; use cublas (the library, the default) or native "
+      "(ladnn's own kernel)");
+  EXPECT_NE(parse_error(Family::BatchNorm, "", "LADNN_BN").find("LADNN_BN=\"\""), std::string::npos);
+}
+
+TEST(CudaContextSwitches, NamesAndSetImplRoundTrip) {
+  using cuda::Family;
+  using cuda::Impl;
+  EXPECT_STREQ(cuda::family_name(Family::Conv), "conv");
+  EXPECT_STREQ(cuda::family_name(Family::BatchNorm), "bn");
+  EXPECT_STREQ(cuda::family_name(Family::Pool), "pool");
+  EXPECT_STREQ(cuda::family_name(Family::Gemm), "gemm");
+  EXPECT_STREQ(cuda::impl_name(Family::Conv, Impl::Library), "cudnn");
+  EXPECT_STREQ(cuda::impl_name(Family::Gemm, Impl::Library), "cublas");
+  EXPECT_STREQ(cuda::impl_name(Family::Pool, Impl::Native), "native");
+  for (Family f : {Family::Conv, Family::BatchNorm, Family::Pool, Family::Gemm}) {
+    const Impl before = cuda::impl(f);
+    cuda::set_impl(f, Impl::Native);
+    EXPECT_EQ(cuda::impl(f), Impl::Native);
+    cuda::set_impl(f, Impl::Library);
+    EXPECT_EQ(cuda::impl(f), Impl::Library);
+    cuda::set_impl(f, before);
+  }
+  const bool tf32 = cuda::tf32_enabled();
+  cuda::set_tf32(false);
+  EXPECT_FALSE(cuda::tf32_enabled());
+  cuda::set_tf32(true);
+  EXPECT_TRUE(cuda::tf32_enabled());
+  cuda::set_tf32(tf32);
+}
+
+TEST(CudaContext, WithoutAGpuTheStreamSaysWhyAndSynchronizeIsANoOp) {
+  if (cuda::available()) GTEST_SKIP() << "a GPU is usable; this checks the behaviour without one";
+  EXPECT_NO_THROW(cuda::synchronize());
+  try {
+    cuda::stream();
+    ADD_FAILURE() << "stream() succeeded without a GPU";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find(cuda::unavailable_reason()), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(cuda::cublas(), std::runtime_error);
+  EXPECT_THROW(cuda::cudnn(), std::runtime_error);
+}
+
+TEST(CudaContext, StreamAndHandlesAreCreatedOnce) {
+  LADNN_REQUIRE_GPU();
+  CUstream_st* s = cuda::stream();
+  EXPECT_NE(s, nullptr);  // our own stream, not the legacy default one
+  EXPECT_EQ(cuda::stream(), s);
+  cudnnContext* dnn = cuda::cudnn();
+  EXPECT_NE(dnn, nullptr);
+  EXPECT_EQ(cuda::cudnn(), dnn);
+  cublasContext* blas = cuda::cublas();
+  EXPECT_NE(blas, nullptr);
+  EXPECT_EQ(cuda::cublas(), blas);
+  EXPECT_NO_THROW(cuda::synchronize());
+}
+
+#ifdef LADNN_HAVE_CUDA
+TEST(CudaContext, CublasIsBoundToTheStreamAndFollowsTheTf32Switch) {
+  LADNN_REQUIRE_GPU();
+  cublasHandle_t h = cuda::cublas();
+  cudaStream_t bound = nullptr;
+  ASSERT_EQ(cublasGetStream(h, &bound), CUBLAS_STATUS_SUCCESS);
+  EXPECT_EQ(bound, cuda::stream());
+  const bool tf32 = cuda::tf32_enabled();
+  cublasMath_t mode{};
+  cuda::set_tf32(false);
+  ASSERT_EQ(cublasGetMathMode(cuda::cublas(), &mode), CUBLAS_STATUS_SUCCESS);
+  EXPECT_EQ(mode, CUBLAS_DEFAULT_MATH);
+  cuda::set_tf32(true);
+  ASSERT_EQ(cublasGetMathMode(cuda::cublas(), &mode), CUBLAS_STATUS_SUCCESS);
+  EXPECT_EQ(mode, CUBLAS_TF32_TENSOR_OP_MATH);
+  cuda::set_tf32(tf32);
+  cuda::cublas();  // re-applies the saved setting
+}
+#endif
+
+}  // namespace

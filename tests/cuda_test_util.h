@@ -1,0 +1,162 @@
+// tests/cuda_test_util.h — what every CUDA test needs (STYLE.md habits 7 and 8):
+//
+//   LADNN_REQUIRE_GPU();            first line of a CUDA test: skips with the reason when no GPU is usable
+//   EXPECT_TRUE(gpu_matches("relu forward", y_gpu, y_cpu, {atol, rtol}));
+//                                   |gpu - ref| <= atol + rtol * scale elementwise (scale = |ref| unless
+//                                   given), printing the first mismatches and the worst one
+//   FillNanScope nan_fill;          every GPU block allocated in the scope starts as 0xFF bytes (NaN in
+//                                   float, -1 in int64), so an output element a kernel never writes fails
+//
+// Tolerances belong in the test, next to their reason (dtype, formula, reduction length); kEps32 is
+// float32's machine epsilon to write them with.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cuda/allocator.h"
+#include "cuda/context.h"
+#include "cuda/runtime.h"
+#include "tensor/random.h"
+#include "tensor/tensor.h"
+
+/// Skips the current test (returns from it) when no GPU is usable, saying why.
+#define LADNN_REQUIRE_GPU()                                                                             \
+  do {                                                                                                  \
+    if (!::ladnn::cuda::available()) GTEST_SKIP() << "no GPU: " << ::ladnn::cuda::unavailable_reason(); \
+  } while (0)
+
+namespace ladnn::cuda_test {
+
+/// 2^-23: the gap between 1 and the next float32 (one ulp at 1.0). A correctly rounded float32
+/// operation errs by at most kEps32 / 2 relative.
+constexpr double kEps32 = 1.1920928955078125e-07;
+
+struct Tol {
+  double atol = 0.0;
+  double rtol = 0.0;
+};
+
+/// "[0, 2, 1]" — the multi-index of a row-major flat index.
+inline std::string multi_index(int64_t flat, const Shape& shape) {
+  std::vector<int64_t> idx(shape.size());
+  for (std::size_t d = shape.size(); d-- > 0;) {
+    idx[d] = shape[d] > 0 ? flat % shape[d] : 0;
+    if (shape[d] > 0) flat /= shape[d];
+  }
+  std::string s = "[";
+  for (std::size_t d = 0; d < idx.size(); ++d) s += (d ? ", " : "") + std::to_string(idx[d]);
+  return s + "]";
+}
+
+/// `gpu` (on any device; copied to the host) against `ref` (the CPU reference, any float dtype):
+///   |gpu_i - ref_i| <= atol + rtol * scale_i,   scale_i = |ref_i|, or scale's element i when given.
+/// Give a scale where the error does not follow the result: a sum's rounding error follows sum |terms|
+/// (a near-zero sum of large terms is only accurate to the terms' size). Equal values (equal
+/// infinities included) always pass; a NaN passes only against a NaN. Shapes must match exactly.
+/// On failure the message says how many elements fail, shows the first `show` and the worst
+/// (largest |diff| / allowed).
+inline ::testing::AssertionResult gpu_matches(const std::string& what, const Tensor& gpu, const Tensor& ref,
+                                              Tol tol, const Tensor& scale = Tensor(), int show = 5) {
+  if (!gpu.defined()) return ::testing::AssertionFailure() << what << ": the GPU result is undefined";
+  if (!ref.defined()) return ::testing::AssertionFailure() << what << ": the reference is undefined";
+  if (gpu.shape() != ref.shape())
+    return ::testing::AssertionFailure() << what << ": GPU shape " << shape_str(gpu.shape())
+                                         << ", reference shape " << shape_str(ref.shape());
+  if (scale.defined() && scale.shape() != ref.shape())
+    return ::testing::AssertionFailure() << what << ": scale shape " << shape_str(scale.shape())
+                                         << " differs from the reference's " << shape_str(ref.shape());
+  const std::vector<double> g = gpu.to_vector(), r = ref.to_vector();
+  const std::vector<double> s = scale.defined() ? scale.to_vector() : std::vector<double>();
+  int64_t bad = 0, worst = -1;
+  double worst_ratio = 0.0;
+  std::ostringstream first;
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    const double a = g[i], b = r[i];
+    if (a == b || (std::isnan(a) && std::isnan(b))) continue;
+    const double diff = std::fabs(a - b);
+    const double allowed = tol.atol + tol.rtol * (s.empty() ? std::fabs(b) : std::fabs(s[i]));
+    if (diff <= allowed) continue;  // a NaN or infinite diff never passes here
+    const double ratio = std::isfinite(diff) && allowed > 0 ? diff / allowed : INFINITY;
+    if (bad < show)
+      first << "\n    " << multi_index(static_cast<int64_t>(i), ref.shape()) << ": gpu " << a << ", ref " << b
+            << ", |diff| " << diff << ", allowed " << allowed;
+    if (worst < 0 || ratio > worst_ratio) {
+      worst = static_cast<int64_t>(i);
+      worst_ratio = ratio;
+    }
+    ++bad;
+  }
+  if (bad == 0) return ::testing::AssertionSuccess();
+  const std::size_t w = static_cast<std::size_t>(worst);
+  std::ostringstream msg;
+  msg.precision(9);
+  msg << what << ": " << bad << " of " << g.size() << " elements differ beyond atol " << tol.atol
+      << " + rtol " << tol.rtol << " * " << (s.empty() ? "|ref|" : "scale") << " (shape "
+      << shape_str(ref.shape()) << "); first:" << first.str()
+      << "\n  worst: " << multi_index(worst, ref.shape()) << ": gpu " << g[w] << ", ref " << r[w]
+      << ", |diff| " << std::fabs(g[w] - r[w]) << " = " << worst_ratio << " x allowed";
+  return ::testing::AssertionFailure() << msg.str();
+}
+
+/// Bit-for-bit agreement (NaN matches NaN): for copies, integer data and ops the GPU computes exactly
+/// as the CPU does.
+inline ::testing::AssertionResult gpu_equals(const std::string& what, const Tensor& gpu, const Tensor& ref) {
+  return gpu_matches(what, gpu, ref, Tol{0.0, 0.0});
+}
+
+/// True when any element is NaN (e.g. an output element left unwritten under FillNanScope).
+inline bool has_nan(const Tensor& t) {
+  for (double v : t.to_vector())
+    if (std::isnan(v)) return true;
+  return false;
+}
+
+/// While alive, every block the caching allocator hands out starts filled with 0xFF bytes: NaN in every
+/// float32/float64 element, -1 in every int64. A GPU op's output element that the kernel never writes
+/// then shows up as a NaN (or -1) in the comparison. Restores the previous setting on exit.
+class FillNanScope {
+ public:
+  FillNanScope() : previous_(cuda::fill_on_allocate()) { cuda::set_fill_on_allocate(true); }
+  ~FillNanScope() { cuda::set_fill_on_allocate(previous_); }
+  FillNanScope(const FillNanScope&) = delete;
+  FillNanScope& operator=(const FillNanScope&) = delete;
+
+ private:
+  bool previous_;
+};
+
+/// A float32 CPU tensor of N(mean, std) values from `gen`.
+inline Tensor randn(const Shape& shape, Generator& gen, double mean = 0.0, double std = 1.0) {
+  return Tensor::normal(shape, mean, std, gen, DType::Float32);
+}
+
+/// A float32 CPU tensor of U(low, high) values from `gen`.
+inline Tensor randu(const Shape& shape, Generator& gen, double low, double high) {
+  return Tensor::uniform(shape, low, high, gen, DType::Float32);
+}
+
+/// A CPU copy of `t` with every value closer than `margin` to `at` pushed out to at ± margin (keeping
+/// its side): inputs for ops with a kink at `at` (relu at 0), so a rounding difference cannot flip a
+/// branch between the GPU and the reference. Nudge inputs rather than loosen tolerances.
+inline Tensor away_from(const Tensor& t, double at, double margin) {
+  std::vector<double> v = t.to_vector();
+  for (double& x : v)
+    if (std::fabs(x - at) < margin) x = x < at ? at - margin : at + margin;
+  return Tensor::from_vector(v, t.shape(), t.dtype());
+}
+
+inline Tensor to_gpu(const Tensor& t) {
+  return t.to(Device::cuda());
+}
+inline Tensor to_cpu(const Tensor& t) {
+  return t.to(Device::cpu());
+}
+
+}  // namespace ladnn::cuda_test

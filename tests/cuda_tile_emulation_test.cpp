@@ -1,0 +1,468 @@
+// tests/cuda_tile_emulation_test.cpp — the native GEMM and convolution kernels (cuda/gemm_tile.cuh,
+// cuda/conv2d_gemm.cuh) run on the CPU, against the CPU reference. Runs everywhere, GPU or not.
+//
+// Why: the CUDA tests (tests/cuda_conv_gemm_test.cpp) need a GPU; this one checks the same kernel *code*
+// — the tile loop with its double buffering and barriers, every thread-to-element mapping of every tile
+// shape, the implicit-GEMM operands of all three convolution passes, split-K and the epilogues — on any
+// machine. Both headers compile as plain C++ under LADNN_TILE_EMULATION; this file supplies the CUDA
+// keywords (below) and an emulator that runs a launch block by block, each block as one host thread per
+// CUDA thread with a real barrier for __syncthreads() and function-static arrays for __shared__ memory.
+// A missing barrier or a mapping that skips or double-writes an element shows up as a wrong result (the
+// threads really run concurrently). What it cannot check: GPU-only behaviour (memory coalescing, bank
+// conflicts, register spills, the launch configuration limits) — those are for the GPU tests and benches.
+//
+// Oracle: tensor/ops.h on the CPU in float64 (GEMMs by a plain triple loop in double). Outputs start
+// as NaN, so an element no thread writes fails. Tolerance: |emulated - ref| <= 1e-5 * sum|terms| (the
+// float32-accumulation bound explained in tests/cuda_conv_gemm_test.cpp; the emulator computes in float32
+// with fmaf exactly as the kernel does).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tensor/ops.h"
+#include "tensor/random.h"
+#include "tensor/tensor.h"
+#include "tests/cuda_test_util.h"
+
+// ---- the CUDA dialect, for host compilation (after every standard header)
+// ---------------------------------------
+namespace emu {
+
+struct Dim3 {
+  unsigned x = 0, y = 0, z = 0;
+};
+
+/// A reusable barrier for the threads of one emulated block.
+class Barrier {
+ public:
+  explicit Barrier(int count) : count_(count) {}
+  void wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    const uint64_t gen = generation_;
+    if (++waiting_ == count_) {
+      waiting_ = 0;
+      ++generation_;
+      cv_.notify_all();
+    } else {
+      cv_.wait(lock, [&] { return generation_ != gen; });
+    }
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int count_, waiting_ = 0;
+  uint64_t generation_ = 0;
+};
+
+thread_local Barrier* t_barrier = nullptr;
+
+}  // namespace emu
+
+thread_local emu::Dim3 threadIdx, blockIdx;
+emu::Dim3 blockDim, gridDim;
+inline void __syncthreads() {
+  emu::t_barrier->wait();
+}
+template <typename T>
+inline T __ldg(const T* p) {
+  return *p;
+}
+inline int min(int a, int b) {
+  return a < b ? a : b;
+}
+struct float2 {
+  float x, y;
+};
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+
+#define LADNN_TILE_EMULATION 1
+#define __device__
+#define __global__
+#define __forceinline__ inline
+#define __shared__ static  // one copy per kernel instantiation: blocks run one at a time
+#define __align__(n) __attribute__((aligned(n)))
+#define __launch_bounds__(...)
+#include "cuda/conv2d_gemm.cuh"
+#include "cuda/gemm_tile.cuh"
+#undef __device__
+#undef __global__
+#undef __forceinline__
+#undef __shared__
+#undef __align__
+#undef __launch_bounds__
+
+namespace ladnn::cuda {
+namespace {
+
+using cuda_test::gpu_matches;
+using cuda_test::Tol;
+
+constexpr double kRtol = 1e-5;
+constexpr int kEmulatedSms = 132;  // an H100 SXM, for the planner
+
+// ---- the emulator
+// --------------------------------------------------------------------------------------------------
+
+/// Runs `kernel` (a callable that reads threadIdx/blockIdx) over grid x threads, block by block; the
+/// threads of a block run concurrently and meet at __syncthreads().
+void emulate(emu::Dim3 grid, int threads, const std::function<void()>& kernel) {
+  gridDim = grid;
+  blockDim = {static_cast<unsigned>(threads), 1, 1};
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        emu::Barrier barrier(threads);
+        std::vector<std::thread> pool;
+        pool.reserve(threads);
+        for (int t = 0; t < threads; ++t)
+          pool.emplace_back([&, t] {
+            threadIdx = {static_cast<unsigned>(t), 0, 0};
+            blockIdx = {bx, by, bz};
+            emu::t_barrier = &barrier;
+            kernel();
+          });
+        for (std::thread& th : pool) th.join();
+      }
+}
+
+template <class Cfg, class OpA, class OpB, class Epi>
+void emulate_tiled_cfg(const TilePlan& plan, int M, int N, int K, int batch, const OpA& a, const OpB& b,
+                       const Epi& epi) {
+  const emu::Dim3 grid{static_cast<unsigned>(ceil_div_int(N, Cfg::BN)),
+                       static_cast<unsigned>(ceil_div_int(M, Cfg::BM)),
+                       static_cast<unsigned>(batch * plan.splits)};
+  emulate(grid, Cfg::kThreads,
+          [&] { tiled_gemm_kernel<Cfg, OpA, OpB, Epi>(M, N, K, plan.k_per_split, plan.splits, a, b, epi); });
+}
+
+/// cuda/gemm_tile.cuh's launch_tiled, emulated.
+template <class OpA, class OpB, class Epi>
+void emulate_tiled(const TilePlan& plan, int M, int N, int K, int batch, const OpA& a, const OpB& b,
+                   const Epi& epi) {
+  if (M <= 0 || N <= 0 || batch <= 0) return;
+  switch (plan.kind) {
+    case TileKind::Large:
+      return emulate_tiled_cfg<TileLarge>(plan, M, N, K, batch, a, b, epi);
+    case TileKind::Medium:
+      return emulate_tiled_cfg<TileMedium>(plan, M, N, K, batch, a, b, epi);
+    case TileKind::Narrow:
+      return emulate_tiled_cfg<TileNarrow>(plan, M, N, K, batch, a, b, epi);
+  }
+}
+
+void emulate_sum_splits(const float* partial, int64_t count, int splits, float* out) {
+  emulate({2, 1, 1}, 64, [&] { sum_splits_kernel(partial, count, splits, out); });
+}
+
+/// A plan of the given tile shape and split factor (k_per_split a multiple of 8 covering K).
+TilePlan forced_plan(TileKind kind, int K, int splits = 1) {
+  TilePlan p;
+  p.kind = kind;
+  const int kps = std::max(8, ((K + splits - 1) / splits + 7) / 8 * 8);
+  p.k_per_split = kps;
+  p.splits = std::max(1, (K + kps - 1) / kps);
+  return p;
+}
+
+const char* kind_name(TileKind k) {
+  switch (k) {
+    case TileKind::Large:
+      return "large";
+    case TileKind::Medium:
+      return "medium";
+    case TileKind::Narrow:
+      return "narrow";
+  }
+  return "?";
+}
+
+constexpr TileKind kKinds[] = {TileKind::Large, TileKind::Medium, TileKind::Narrow};
+
+std::vector<float> random_floats(std::size_t n, Generator& gen) {
+  std::vector<float> v(n);
+  for (float& x : v) x = static_cast<float>(gen.normal01());
+  return v;
+}
+
+Tensor as_tensor(const std::vector<float>& v, const Shape& shape) {
+  return Tensor::from_data(v.data(), shape);
+}
+Tensor as_tensor64(const std::vector<double>& v, const Shape& shape) {
+  return Tensor::from_vector(v, shape, DType::Float64);
+}
+Tensor f64(const Tensor& t) {
+  return t.defined() ? t.to(DType::Float64) : Tensor();
+}
+Tensor abs64(const Tensor& t) {
+  if (!t.defined()) return Tensor();
+  std::vector<double> v = t.to_vector();
+  for (double& x : v) x = std::fabs(x);
+  return Tensor::from_vector(v, t.shape(), DType::Float64);
+}
+
+// ---- the planner
+// ------------------------------------------------------------------------------------------------------
+
+TEST(TileKernelEmulation, PlannerPicksTilesAndSplits) {
+  EXPECT_EQ(plan_tiles_for(32, 100000, 1152, 1, false, kEmulatedSms).kind, TileKind::Narrow);
+  EXPECT_EQ(plan_tiles_for(128, 100352, 128, 1, false, kEmulatedSms).kind, TileKind::Large);
+  EXPECT_EQ(plan_tiles_for(128, 1568, 1280, 1, false, kEmulatedSms).kind,
+            TileKind::Medium);  // 13 large tiles
+  EXPECT_EQ(plan_tiles_for(4096, 4096, 4096, 1, false, kEmulatedSms).kind, TileKind::Large);
+  // Without split-K one split covers K; with it, a thin product with a long reduction is split.
+  for (bool split : {false, true}) {
+    for (int64_t K : {int64_t(1), int64_t(7), int64_t(8), int64_t(100), int64_t(6272), int64_t(401408)}) {
+      const TilePlan p = plan_tiles_for(64, 147, K, 1, split, kEmulatedSms);
+      SCOPED_TRACE("K " + std::to_string(K) + (split ? " split" : ""));
+      EXPECT_EQ(p.k_per_split % 8, 0);
+      EXPECT_GE(int64_t(p.k_per_split) * p.splits, K);                              // the splits cover K
+      EXPECT_LT(int64_t(p.k_per_split) * (p.splits - 1), std::max<int64_t>(K, 1));  // and none is empty
+      if (!split || K < 2 * kMinSplitK) {
+        EXPECT_EQ(p.splits, 1);
+      } else {
+        EXPECT_GT(p.splits, 1);
+        EXPECT_GE(p.k_per_split, kMinSplitK - 8);
+      }
+    }
+  }
+}
+
+// ---- SGEMM
+// ----------------------------------------------------------------------------------------------------------------
+
+struct GemmCase {
+  int M, N, K, batch;
+  float alpha, beta;
+};
+
+// Ragged edges around every tile size, K not a multiple of 8, K = 0, batches, alpha/beta.
+const GemmCase kGemmCases[] = {
+    {1, 1, 1, 1, 1.0f, 0.0f},     {37, 45, 70, 1, 1.0f, 0.0f},  {130, 129, 17, 1, 0.5f, 0.0f},
+    {33, 150, 9, 2, 1.0f, 0.75f}, {65, 64, 24, 1, -2.0f, 1.0f}, {5, 7, 0, 1, 1.0f, 0.5f},
+};
+
+/// C = alpha op(A) op(B) + beta C for every batch item, in double: the reference and its scale.
+void reference_gemm(bool ta, bool tb, const GemmCase& c, const std::vector<float>& A, int lda, int64_t sa,
+                    const std::vector<float>& B, int ldb, int64_t sb, const std::vector<float>& C0, int ldc,
+                    int64_t sc, std::vector<double>& ref, std::vector<double>& scale) {
+  ref.assign(C0.size(), 0.0);
+  scale.assign(C0.size(), 0.0);
+  for (int bt = 0; bt < c.batch; ++bt)
+    for (int m = 0; m < c.M; ++m)
+      for (int n = 0; n < c.N; ++n) {
+        double s = 0, a = 0;
+        for (int k = 0; k < c.K; ++k) {
+          const double av = A[bt * sa + (ta ? int64_t(k) * lda + m : int64_t(m) * lda + k)];
+          const double bv = B[bt * sb + (tb ? int64_t(n) * ldb + k : int64_t(k) * ldb + n)];
+          s += av * bv;
+          a += std::fabs(av * bv);
+        }
+        const int64_t i = bt * sc + int64_t(m) * ldc + n;
+        const double c0 = c.beta == 0.0f ? 0.0 : double(c.beta) * C0[i];
+        ref[i] = double(c.alpha) * s + c0;
+        scale[i] = std::fabs(c.alpha) * a + std::fabs(c0);
+      }
+}
+
+TEST(TileKernelEmulation, SgemmAllTransposesAndTiles) {
+  Generator gen(9100);
+  for (const GemmCase& c : kGemmCases)
+    for (bool ta : {false, true})
+      for (bool tb : {false, true})
+        for (TileKind kind : kKinds) {
+          std::ostringstream what;
+          what << "M " << c.M << " N " << c.N << " K " << c.K << " batch " << c.batch << " alpha " << c.alpha
+               << " beta " << c.beta << (ta ? " A^T" : "") << (tb ? " B^T" : "") << " tile "
+               << kind_name(kind);
+          SCOPED_TRACE(what.str());
+          // Leading dimensions a little longer than the rows, batch strides longer than a matrix.
+          const int lda = (ta ? c.M : c.K) + 3, ldb = (tb ? c.K : c.N) + 2, ldc = c.N + 1;
+          const int64_t sa = int64_t(lda) * (ta ? c.K : c.M) + 5, sb = int64_t(ldb) * (tb ? c.N : c.K) + 1;
+          const int64_t sc = int64_t(ldc) * c.M + 4;
+          const std::vector<float> A = random_floats(std::size_t(sa * c.batch), gen);
+          const std::vector<float> B = random_floats(std::size_t(sb * c.batch), gen);
+          // beta == 0 must not read C: start it as NaN then (and as values otherwise).
+          std::vector<float> C = c.beta == 0.0f ? std::vector<float>(std::size_t(sc * c.batch), NAN)
+                                                : random_floats(std::size_t(sc * c.batch), gen);
+          const std::vector<float> C0 = C;
+          std::vector<double> ref, scale;
+          reference_gemm(ta, tb, c, A, lda, sa, B, ldb, sb, C, ldc, sc, ref, scale);
+          const DenseEpilogue epi{C.data(), ldc, sc, c.alpha, c.beta};
+          const TilePlan plan = forced_plan(kind, c.K);
+          if (!ta && !tb)
+            emulate_tiled(plan, c.M, c.N, c.K, c.batch, gemm_operand_a<false>(A.data(), lda, sa),
+                          gemm_operand_b<false>(B.data(), ldb, sb), epi);
+          else if (!ta && tb)
+            emulate_tiled(plan, c.M, c.N, c.K, c.batch, gemm_operand_a<false>(A.data(), lda, sa),
+                          gemm_operand_b<true>(B.data(), ldb, sb), epi);
+          else if (ta && !tb)
+            emulate_tiled(plan, c.M, c.N, c.K, c.batch, gemm_operand_a<true>(A.data(), lda, sa),
+                          gemm_operand_b<false>(B.data(), ldb, sb), epi);
+          else
+            emulate_tiled(plan, c.M, c.N, c.K, c.batch, gemm_operand_a<true>(A.data(), lda, sa),
+                          gemm_operand_b<true>(B.data(), ldb, sb), epi);
+          // Compare the C elements of every batch item (the padding between rows and items is not ours).
+          std::vector<double> got, want, sc_v;
+          for (int bt = 0; bt < c.batch; ++bt)
+            for (int m = 0; m < c.M; ++m)
+              for (int n = 0; n < c.N; ++n) {
+                const int64_t i = bt * sc + int64_t(m) * ldc + n;
+                got.push_back(C[i]);
+                want.push_back(ref[i]);
+                sc_v.push_back(scale[i]);
+              }
+          const Shape shape{c.batch, c.M, c.N};
+          EXPECT_TRUE(gpu_matches("emulated sgemm", as_tensor64(got, shape), as_tensor64(want, shape),
+                                  Tol{0, kRtol}, as_tensor64(sc_v, shape)));
+          // And the elements between rows and batch items were left alone.
+          int64_t touched = 0;
+          for (int64_t i = 0; i < int64_t(C.size()); ++i) {
+            const int64_t bt = i / sc, in_item = i - bt * sc, m = in_item / ldc, n = in_item - m * ldc;
+            const bool inside = bt < c.batch && m < c.M && n < c.N;
+            const bool same = C[i] == C0[i] || (std::isnan(C[i]) && std::isnan(C0[i]));
+            if (!inside && !same) ++touched;
+          }
+          EXPECT_EQ(touched, 0) << "elements outside C were written";
+        }
+}
+
+// ---- convolution
+// --------------------------------------------------------------------------------------------------------
+
+struct ConvCase {
+  Shape x;  // (N, C, H, W)
+  int64_t K, R, S, sh, sw, ph, pw;
+  bool bias;
+  int64_t extra_channels;  // > 0: x is a channel slice of a wider buffer (images further apart)
+  ops::Conv2dParams params() const {
+    ops::Conv2dParams p;
+    p.stride_h = sh, p.stride_w = sw, p.pad_h = ph, p.pad_w = pw;
+    return p;
+  }
+  Shape w() const { return {K, x[1], R, S}; }
+  std::string name() const {
+    std::ostringstream s;
+    s << "x " << shape_str(x) << " w " << shape_str(w()) << " stride " << sh << "x" << sw << " pad " << ph
+      << "x" << pw << (bias ? " bias" : "") << (extra_channels ? " (channel slice)" : "");
+    return s.str();
+  }
+};
+
+const ConvCase kConvCases[] = {
+    {{1, 3, 5, 7}, 4, 3, 3, 1, 1, 1, 1, true, 0},    // batch 1, odd sizes
+    {{2, 5, 9, 11}, 6, 3, 3, 2, 2, 1, 1, false, 0},  // stride 2
+    {{3, 7, 6, 5}, 5, 1, 1, 1, 1, 0, 0, true, 0},    // pointwise
+    {{2, 6, 5, 4}, 9, 1, 1, 1, 1, 0, 0, false, 2},   // pointwise on a channel slice
+    {{2, 4, 8, 9}, 3, 1, 1, 2, 2, 0, 0, false, 0},   // 1x1 stride 2 (not pointwise)
+    {{1, 3, 13, 11}, 8, 7, 7, 2, 2, 3, 3, true, 0},  // the stem's 7x7/2 pad 3
+    {{1, 2, 5, 5}, 3, 3, 3, 1, 1, 2, 2, true, 0},    // pad 2: border outputs see one tap
+    {{2, 3, 8, 7}, 5, 2, 3, 2, 1, 1, 0, true, 1},    // rectangular kernel, unequal stride/pad, slice
+    {{2, 9, 6, 6}, 34, 3, 3, 1, 1, 1, 1, false, 0},  // 34 outputs: past the narrow tile's 32 rows
+};
+
+struct ConvData {
+  std::vector<float> xbuf, w, b, dy;  // xbuf holds x, possibly as a channel slice
+  int64_t x_img = 0, x_off = 0;       // elements between images of x, offset of x in xbuf
+  Tensor x;                           // x as a contiguous float32 tensor (for the reference)
+};
+
+ConvData make_data(const ConvCase& c, Generator& gen) {
+  ConvData d;
+  const int64_t N = c.x[0], C = c.x[1], H = c.x[2], W = c.x[3];
+  const int64_t Cw = C + c.extra_channels;
+  d.x_img = Cw * H * W;
+  d.x_off = c.extra_channels > 0 ? H * W : 0;       // the slice starts at channel 1 of the wider buffer
+  d.xbuf.assign(std::size_t(N * Cw * H * W), NAN);  // channels outside the slice are NaN: reading one shows
+  std::vector<float> xc(std::size_t(N * C * H * W));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < C * H * W; ++i) {
+      const float v = static_cast<float>(gen.normal01());
+      xc[std::size_t(n * C * H * W + i)] = v;
+      d.xbuf[std::size_t(n * d.x_img + d.x_off + i)] = v;
+    }
+  d.x = as_tensor(xc, c.x);
+  d.w = random_floats(std::size_t(shape_numel(c.w())), gen);
+  if (c.bias) d.b = random_floats(std::size_t(c.K), gen);
+  return d;
+}
+
+ConvShape conv_shape_of(const ConvCase& c, const Shape& y, int64_t x_img) {
+  auto i = [](int64_t v) { return static_cast<int>(v); };
+  return ConvShape{i(c.x[0]), i(c.x[1]), i(c.x[2]), i(c.x[3]), i(c.K),  i(c.R),  i(c.S),
+                   i(y[2]),   i(y[3]),   i(c.sh),   i(c.sw),   i(c.ph), i(c.pw), x_img};
+}
+
+TEST(TileKernelEmulation, ConvPassesAllTiles) {
+  Generator gen(9200);
+  for (const ConvCase& c : kConvCases) {
+    SCOPED_TRACE(c.name());
+    const ops::Conv2dParams p = c.params();
+    ConvData d = make_data(c, gen);
+    const Tensor w = as_tensor(d.w, c.w());
+    const Tensor b = c.bias ? as_tensor(d.b, {c.K}) : Tensor();
+    const Tensor y_ref = ops::conv2d_forward(f64(d.x), f64(w), f64(b), p);
+    const Tensor y_scale = ops::conv2d_forward(abs64(d.x), abs64(w), abs64(b), p);
+    const Shape ys = y_ref.shape();
+    d.dy = random_floats(std::size_t(shape_numel(ys)), gen);
+    const Tensor dy = as_tensor(d.dy, ys);
+    const Tensor dx_ref = ops::conv2d_backward_input(f64(dy), f64(w), c.x, p);
+    const Tensor dx_scale = ops::conv2d_backward_input(abs64(dy), abs64(w), c.x, p);
+    const Tensor dw_ref = ops::conv2d_backward_weight(f64(dy), f64(d.x), c.w(), p);
+    const Tensor dw_scale = ops::conv2d_backward_weight(abs64(dy), abs64(d.x), c.w(), p);
+    const ConvShape g = conv_shape_of(c, ys, d.x_img);
+    const float* x = d.xbuf.data() + d.x_off;
+
+    for (TileKind kind : kKinds) {
+      SCOPED_TRACE(std::string("tile ") + kind_name(kind));
+      {  // forward (bias in the epilogue)
+        std::vector<float> y(std::size_t(shape_numel(ys)), NAN);
+        const GemmDims gd = forward_dims(g);
+        forward_gemm(g, x, d.w.data(), c.bias ? d.b.data() : nullptr, y.data(),
+                     [&](const auto& a, const auto& bo, const auto& e) {
+                       emulate_tiled(forced_plan(kind, gd.K), gd.M, gd.N, gd.K, 1, a, bo, e);
+                     });
+        EXPECT_TRUE(gpu_matches("emulated conv forward", as_tensor(y, ys), y_ref, Tol{0, kRtol}, y_scale));
+      }
+      {  // backward input
+        std::vector<float> dx(std::size_t(shape_numel(c.x)), NAN);
+        const GemmDims gd = backward_input_dims(g);
+        backward_input_gemm(g, d.dy.data(), d.w.data(), dx.data(),
+                            [&](const auto& a, const auto& bo, const auto& e) {
+                              emulate_tiled(forced_plan(kind, gd.K), gd.M, gd.N, gd.K, 1, a, bo, e);
+                            });
+        EXPECT_TRUE(
+            gpu_matches("emulated conv backward input", as_tensor(dx, c.x), dx_ref, Tol{0, kRtol}, dx_scale));
+      }
+      for (int splits : {1, 3}) {  // backward weight, without and with split-K
+        SCOPED_TRACE("splits " + std::to_string(splits));
+        const GemmDims gd = backward_weight_dims(g);
+        const TilePlan plan = forced_plan(kind, gd.K, splits);
+        const int64_t count = int64_t(gd.M) * gd.N;
+        std::vector<float> partial(std::size_t(count * plan.splits), NAN), dw(std::size_t(count), NAN);
+        backward_weight_gemm(g, d.dy.data(), x, plan.splits > 1 ? partial.data() : dw.data(),
+                             [&](const auto& a, const auto& bo, const auto& e) {
+                               emulate_tiled(plan, gd.M, gd.N, gd.K, 1, a, bo, e);
+                             });
+        if (plan.splits > 1) emulate_sum_splits(partial.data(), count, plan.splits, dw.data());
+        EXPECT_TRUE(gpu_matches("emulated conv backward weight", as_tensor(dw, c.w()), dw_ref, Tol{0, kRtol},
+                                dw_scale));
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ladnn::cuda
