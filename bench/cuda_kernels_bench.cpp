@@ -1,0 +1,362 @@
+// bench/cuda_kernels_bench.cpp — each hand-written CUDA kernel beside its library twin (cuDNN, cuBLAS)
+// on DenseNet-169's layer shapes at batch 32, through the public ops (tensor/ops.h) with the op
+// family's implementation switch set per benchmark (cuda/context.h).
+//
+// Names: <op>/<impl>/<shape>[/<variant>], impl = cudnn | cublas | native, so
+//   ./build/cuda_kernels_bench --benchmark_filter='bn_'            BN only
+//   ./build/cuda_kernels_bench --benchmark_filter='/native/'       our kernels only
+//   ./build/cuda_kernels_bench --benchmark_format=json > out.json  machine-readable
+// Timing: manual time from CUDA events around each call on the framework stream, after kWarmup
+// untimed calls (cuDNN algorithm search, allocator cache fill) and with the L2 cache flushed before
+// every timed call (a memset of twice its size, untimed), so each call starts cold as in a real step
+// where the previous layer evicted its inputs. The host-side cost of a call (argument checks, descriptor
+// set-up, launches) is inside the interval whenever the GPU waits for it, as it would in training.
+// Counters: GB/s = the bytes an ideal kernel must move (read every input once, write every output
+// once; a two-pass kernel moves more, so its GB/s understates its real bandwidth), TFLOP/s = the
+// op's FLOPs (2 per multiply-add). Both are per call over the measured time.
+//
+// Without a usable GPU every benchmark is skipped with "no GPU: <reason>" and the program exits 0; an
+// op that throws skips its benchmark with the message and makes the program exit 1.
+#include <benchmark/benchmark.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <functional>
+#include <string>
+#include <vector>
+
+#ifdef LADNN_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
+#include "cuda/allocator.h"
+#include "cuda/check.h"
+#include "cuda/context.h"
+#include "cuda/profiler.h"
+#include "cuda/runtime.h"
+#include "tensor/ops.h"
+#include "tensor/random.h"
+
+namespace {
+
+using ladnn::Device;
+using ladnn::Generator;
+using ladnn::Shape;
+using ladnn::Tensor;
+using ladnn::cuda::Family;
+using ladnn::cuda::Impl;
+namespace ops = ladnn::ops;
+namespace cuda = ladnn::cuda;
+
+constexpr int kWarmup = 3;
+constexpr int64_t kBatch = 32;
+
+std::atomic<int> g_failures{0};  // ops that threw: the exit status says so
+
+std::string shape_name(const Shape& s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) out += (i ? "x" : "") + std::to_string(s[i]);
+  return out;
+}
+
+/// Uniform(-1, 1) float32 on the GPU (generated on the host: same values in every run).
+Tensor random_gpu(const Shape& shape, uint64_t seed) {
+  Generator gen(seed);
+  return Tensor::uniform(shape, -1.0, 1.0, gen).to(Device::cuda());
+}
+
+/// Evicts the L2 cache: a memset of twice its size on the framework stream.
+void flush_l2() {
+#ifdef LADNN_HAVE_CUDA
+  static const std::size_t bytes = [] {
+    int dev = 0, l2 = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
+    return std::size_t(l2 > 0 ? l2 : 64 << 20) * 2;
+  }();
+  static cuda::Buffer buffer(bytes);  // lives until exit, from the caching allocator
+  CUDA_CHECK(cudaMemsetAsync(buffer.data(), 0, bytes, static_cast<cudaStream_t>(cuda::stream())));
+#endif
+}
+
+/// Per-call traffic and work, for the counters.
+struct Work {
+  double bytes = 0;
+  double flops = 0;
+};
+
+/// Runs a benchmark body: skipped with the reason when no GPU is usable; an exception (from the set-up
+/// or an op) skips the benchmark with its message and counts as a failure for the exit status.
+template <typename Body>
+void guarded(benchmark::State& state, Body body) {
+  if (!cuda::available()) {
+    state.SkipWithError(("no GPU: " + cuda::unavailable_reason()).c_str());
+    return;
+  }
+  try {
+    body();
+  } catch (const std::exception& e) {
+    ++g_failures;
+    state.SkipWithError(e.what());
+  }
+}
+
+/// Runs `call` kWarmup times, then once per benchmark iteration between two CUDA events, with an L2
+/// flush before each. `call` queues GPU work (through the public ops); its results are dropped.
+void run_timed(benchmark::State& state, const std::function<void()>& call, Work work) {
+  for (int i = 0; i < kWarmup; ++i) call();
+  cuda::synchronize();
+  cuda::EventTimer timer;
+  double seconds = 0;
+  int64_t calls = 0;
+  for (auto _ : state) {
+    flush_l2();
+    timer.start();
+    call();
+    timer.stop();
+    const double s = timer.elapsed_ms() / 1e3;
+    state.SetIterationTime(s);
+    seconds += s;
+    ++calls;
+  }
+  if (calls > 0 && seconds > 0) {
+    if (work.bytes > 0) state.counters["GB/s"] = work.bytes * double(calls) / seconds / 1e9;
+    if (work.flops > 0) state.counters["TFLOP/s"] = work.flops * double(calls) / seconds / 1e12;
+  }
+}
+
+benchmark::internal::Benchmark* configure(benchmark::internal::Benchmark* b) {
+  return b->UseManualTime()->Unit(benchmark::kMillisecond);
+}
+
+// ---- batch norm -----------------------------------------------------------------------------------------
+
+// DenseNet-169 BN inputs at batch 32: the stem's norm0, a bottleneck norm2 in block 1, the transition
+// norms (the widest input of each block) and norm5.
+const Shape kBnShapes[] = {
+    {kBatch, 64, 112, 112}, {kBatch, 128, 56, 56}, {kBatch, 256, 56, 56},
+    {kBatch, 512, 28, 28},  {kBatch, 1280, 14, 14}, {kBatch, 1664, 7, 7},
+};
+
+enum class BnPass { ForwardTrain, ForwardEval, BackwardTrain };
+
+void bench_bn(benchmark::State& state, Shape shape, BnPass pass, Impl impl) {
+  guarded(state, [&] {
+    cuda::set_impl(Family::BatchNorm, impl);
+    const int64_t C = shape[1];
+    const Tensor x = random_gpu(shape, 1), dy = random_gpu(shape, 2);
+    const Tensor gamma = random_gpu({C}, 3), beta = random_gpu({C}, 4);
+    Tensor rm = Tensor::zeros({C}).to(Device::cuda()), rv = Tensor::ones({C}).to(Device::cuda());
+    Tensor save_mean, save_invstd;
+    {
+      const ops::BatchNormForward f = ops::batch_norm_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5);
+      save_mean = f.save_mean;
+      save_invstd = f.save_invstd;
+    }
+    const double n = double(x.numel()) * sizeof(float);
+    switch (pass) {
+      case BnPass::ForwardTrain:
+        run_timed(state, [&] { ops::batch_norm_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5); }, {2 * n, 0});
+        break;
+      case BnPass::ForwardEval:
+        run_timed(state, [&] { ops::batch_norm_forward_eval(x, gamma, beta, rm, rv, 1e-5); }, {2 * n, 0});
+        break;
+      case BnPass::BackwardTrain:
+        run_timed(state, [&] { ops::batch_norm_backward_train(dy, x, gamma, save_mean, save_invstd); }, {3 * n, 0});
+        break;
+    }
+    state.SetLabel(cuda::impl_name(Family::BatchNorm, impl));
+  });
+}
+
+// ---- pooling ---------------------------------------------------------------------------------------------
+
+ops::Pool2dParams pool_params(int64_t k, int64_t s, int64_t pad) {
+  ops::Pool2dParams p;
+  p.kernel_h = p.kernel_w = k;
+  p.stride_h = p.stride_w = s;
+  p.pad_h = p.pad_w = pad;
+  return p;
+}
+
+struct PoolShape {
+  Shape x;
+  int64_t k, s, pad;
+};
+// features.pool0 (max 3x3/2 pad 1) and the three transition pools (avg 2x2/2).
+const PoolShape kMaxPool = {{kBatch, 64, 112, 112}, 3, 2, 1};
+const PoolShape kAvgPools[] = {
+    {{kBatch, 128, 56, 56}, 2, 2, 0},
+    {{kBatch, 256, 28, 28}, 2, 2, 0},
+    {{kBatch, 640, 14, 14}, 2, 2, 0},
+};
+
+void bench_max_pool(benchmark::State& state, PoolShape ps, bool backward, Impl impl) {
+  guarded(state, [&] {
+    cuda::set_impl(Family::Pool, impl);
+    const ops::Pool2dParams p = pool_params(ps.k, ps.s, ps.pad);
+    const Tensor x = random_gpu(ps.x, 5);
+    const ops::MaxPoolForward f = ops::max_pool2d_forward(x, p);
+    const Tensor dy = random_gpu(f.y.shape(), 6);
+    const double nx = double(x.numel()), ny = double(f.y.numel());
+    if (!backward)
+      run_timed(state, [&] { ops::max_pool2d_forward(x, p); }, {4 * nx + 12 * ny, 0});
+    else
+      run_timed(state, [&] { ops::max_pool2d_backward(dy, f.indices, ps.x); }, {12 * ny + 4 * nx, 0});
+    state.SetLabel(cuda::impl_name(Family::Pool, impl));
+  });
+}
+
+void bench_avg_pool(benchmark::State& state, PoolShape ps, bool backward, Impl impl) {
+  guarded(state, [&] {
+    cuda::set_impl(Family::Pool, impl);
+    const ops::Pool2dParams p = pool_params(ps.k, ps.s, ps.pad);
+    const Tensor x = random_gpu(ps.x, 7);
+    const Shape y_shape = ops::pool2d_output_shape(ps.x, p);
+    const Tensor dy = random_gpu(y_shape, 8);
+    const double bytes = 4.0 * double(x.numel() + dy.numel());
+    if (!backward)
+      run_timed(state, [&] { ops::avg_pool2d_forward(x, p); }, {bytes, 0});
+    else
+      run_timed(state, [&] { ops::avg_pool2d_backward(dy, ps.x, p); }, {bytes, 0});
+    state.SetLabel(cuda::impl_name(Family::Pool, impl));
+  });
+}
+
+// The DenseNet head's global average pool (native only: no library twin).
+void bench_global_pool(benchmark::State& state, bool backward) {
+  guarded(state, [&] {
+    const Shape xs{kBatch, 1664, 7, 7};
+    const Tensor x = random_gpu(xs, 9), dy = random_gpu({kBatch, 1664, 1, 1}, 10);
+    const double bytes = 4.0 * double(x.numel() + dy.numel());
+    if (!backward)
+      run_timed(state, [&] { ops::adaptive_avg_pool2d_forward(x, 1, 1); }, {bytes, 0});
+    else
+      run_timed(state, [&] { ops::adaptive_avg_pool2d_backward(dy, xs); }, {bytes, 0});
+    state.SetLabel("native");
+  });
+}
+
+// ---- convolution -------------------------------------------------------------------------------------------
+
+struct ConvShape {
+  const char* kernel;  // "1x1", "3x3", "7x7s2"
+  int64_t H, C, K, R, stride, pad;
+};
+// As bench/conv2d_bench.cpp (a mid-block 1x1 bottleneck and the 3x3 growth conv of each dense block,
+// and the 7x7 stride-2 stem), at batch 32.
+const ConvShape kConvShapes[] = {
+    {"1x1", 56, 128, 128, 1, 1, 0}, {"1x1", 28, 256, 128, 1, 1, 0}, {"1x1", 14, 640, 128, 1, 1, 0},
+    {"1x1", 7, 1280, 128, 1, 1, 0}, {"3x3", 56, 128, 32, 3, 1, 1},  {"3x3", 28, 128, 32, 3, 1, 1},
+    {"3x3", 14, 128, 32, 3, 1, 1},  {"3x3", 7, 128, 32, 3, 1, 1},   {"7x7s2", 224, 3, 64, 7, 2, 3},
+};
+
+enum class ConvPass { Forward, BackwardInput, BackwardWeight };
+
+void bench_conv(benchmark::State& state, ConvShape s, ConvPass pass, Impl impl) {
+  guarded(state, [&] {
+    cuda::set_impl(Family::Conv, impl);
+    ops::Conv2dParams p;
+    p.stride_h = p.stride_w = s.stride;
+    p.pad_h = p.pad_w = s.pad;
+    const Shape xs{kBatch, s.C, s.H, s.H}, ws{s.K, s.C, s.R, s.R};
+    const Shape ys = ops::conv2d_output_shape(xs, ws, p);
+    const Tensor x = random_gpu(xs, 11), w = random_gpu(ws, 12), dy = random_gpu(ys, 13);
+    const double flops = 2.0 * double(kBatch * s.K * s.C * s.R * s.R * ys[2] * ys[3]);
+    switch (pass) {
+      case ConvPass::Forward:
+        run_timed(state, [&] { ops::conv2d_forward(x, w, Tensor(), p); }, {0, flops});
+        break;
+      case ConvPass::BackwardInput:
+        run_timed(state, [&] { ops::conv2d_backward_input(dy, w, xs, p); }, {0, flops});
+        break;
+      case ConvPass::BackwardWeight:
+        run_timed(state, [&] { ops::conv2d_backward_weight(dy, x, ws, p); }, {0, flops});
+        break;
+    }
+    state.SetLabel(std::string(cuda::impl_name(Family::Conv, impl)) + (cuda::tf32_enabled() ? " tf32" : " fp32"));
+  });
+}
+
+// ---- GEMM ---------------------------------------------------------------------------------------------------
+
+void bench_gemm(benchmark::State& state, int64_t n, Impl impl, bool tf32) {
+  guarded(state, [&] {
+    cuda::set_impl(Family::Gemm, impl);
+    struct Tf32Scope {  // restores the TF32 switch even when an op throws
+      bool saved = cuda::tf32_enabled();
+      ~Tf32Scope() { cuda::set_tf32(saved); }
+    } tf32_scope;
+    cuda::set_tf32(tf32);
+    const Tensor a = random_gpu({n, n}, 14), b = random_gpu({n, n}, 15);
+    run_timed(state, [&] { ops::matmul(a, b); }, {0, 2.0 * double(n) * double(n) * double(n)});
+    state.SetLabel(std::string(cuda::impl_name(Family::Gemm, impl)) + (tf32 ? " tf32" : " fp32"));
+  });
+}
+
+// ---- registration ----------------------------------------------------------------------------------------------
+
+void register_all() {
+  const Impl impls[] = {Impl::Library, Impl::Native};
+  auto impl_str = [](Family f, Impl i) { return std::string(cuda::impl_name(f, i)); };
+
+  const std::pair<BnPass, const char*> bn_passes[] = {
+      {BnPass::ForwardTrain, "bn_fwd_train"}, {BnPass::ForwardEval, "bn_fwd_eval"}, {BnPass::BackwardTrain, "bn_bwd_train"}};
+  for (const auto& [pass, name] : bn_passes)
+    for (const Shape& s : kBnShapes)
+      for (Impl i : impls)
+        configure(benchmark::RegisterBenchmark(
+            (std::string(name) + "/" + impl_str(Family::BatchNorm, i) + "/" + shape_name(s)).c_str(), bench_bn, s, pass,
+            i));
+
+  for (bool backward : {false, true}) {
+    for (Impl i : impls)
+      configure(benchmark::RegisterBenchmark((std::string(backward ? "maxpool_bwd/" : "maxpool_fwd/") +
+                                              impl_str(Family::Pool, i) + "/" + shape_name(kMaxPool.x) + "/3x3s2")
+                                                 .c_str(),
+                                             bench_max_pool, kMaxPool, backward, i));
+    for (const PoolShape& ps : kAvgPools)
+      for (Impl i : impls)
+        configure(benchmark::RegisterBenchmark((std::string(backward ? "avgpool_bwd/" : "avgpool_fwd/") +
+                                                impl_str(Family::Pool, i) + "/" + shape_name(ps.x) + "/2x2s2")
+                                                   .c_str(),
+                                               bench_avg_pool, ps, backward, i));
+    configure(benchmark::RegisterBenchmark(
+        (std::string(backward ? "globalpool_bwd" : "globalpool_fwd") + "/native/32x1664x7x7").c_str(),
+        bench_global_pool, backward));
+  }
+
+  const std::pair<ConvPass, const char*> conv_passes[] = {{ConvPass::Forward, "conv_fwd"},
+                                                          {ConvPass::BackwardInput, "conv_bwd_input"},
+                                                          {ConvPass::BackwardWeight, "conv_bwd_weight"}};
+  for (const auto& [pass, name] : conv_passes)
+    for (const ConvShape& s : kConvShapes)
+      for (Impl i : impls)
+        configure(benchmark::RegisterBenchmark((std::string(name) + "/" + impl_str(Family::Conv, i) + "/" + s.kernel +
+                                                "/" + std::to_string(s.H) + "x" + std::to_string(s.H) + "/" +
+                                                std::to_string(s.C) + "->" + std::to_string(s.K))
+                                                   .c_str(),
+                                               bench_conv, s, pass, i));
+
+  configure(benchmark::RegisterBenchmark("gemm/cublas/4096/fp32", bench_gemm, int64_t(4096), Impl::Library, false));
+  configure(benchmark::RegisterBenchmark("gemm/cublas/4096/tf32", bench_gemm, int64_t(4096), Impl::Library, true));
+  configure(benchmark::RegisterBenchmark("gemm/native/4096/fp32", bench_gemm, int64_t(4096), Impl::Native, false));
+}
+
+}  // namespace
+
+// Our own main (instead of benchmark_main's) so that an op that threw makes the exit status non-zero.
+int main(int argc, char** argv) {
+  register_all();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  if (g_failures.load() > 0) {
+    std::fprintf(stderr, "cuda_kernels_bench: %d benchmark(s) failed (see the error rows above)\n", g_failures.load());
+    return 1;
+  }
+  return 0;
+}

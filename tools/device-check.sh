@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# tools/device-check.sh — the CUDA backend's checks on a GPU machine, in one go (issue 3), from a build
+# made on a machine without a GPU. Prints a short table last. Budget: under 6 minutes.
+#
+#   Here (no GPU), once:
+#     cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 -DLADNN_BLAS=OFF
+#     cmake --build build-gpu -j2
+#     tools/device-check.sh pack build-gpu build-device    # binaries + the shared libraries the GPU
+#                                                          # machine may lack, under 64 MiB
+#   There (carry build-device):
+#     LADNN_BUILD=build-device bash tools/device-check.sh   # or with the build copied as build/
+#
+# Steps (each under its own time limit, so one hang cannot eat the budget):
+#   1. ./ladnn info                         the device, the CUDA/cuDNN/cuBLAS versions
+#   2. ladnn_tests --gtest_filter='Cuda*'   with LADNN_CONV/BN/POOL=cudnn, LADNN_GEMM=cublas   (library)
+#   3. the same with every family native                                                      (native)
+#      (tests that pick the implementation themselves, like tests/cuda_bnpool_test.cpp, run both in each)
+#   4. compute-sanitizer --tool memcheck over the CUDA tests, native kernels, DenseNet-sized cases left
+#      out for time (they run the same kernels as the small ones). Skipped with a message when
+#      compute-sanitizer is not under /usr/local/cuda/bin or on PATH. The caching allocator rounds
+#      blocks up (cuda/allocator.h), so memcheck sees an overrun only past the rounded size; the tests'
+#      NaN fill of new blocks (cuda::set_fill_on_allocate, used by the tests) catches unwritten elements.
+#   5. cuda_kernels_bench with a short minimum time, JSON kept.
+# Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to
+# device-check-out/.
+#
+# Environment: LADNN_BUILD (build folder, default build), LADNN_CHECK_BENCH_FILTER (a
+# --benchmark_filter regex, default all), T_TESTS / T_SANITIZER / T_BENCH (seconds per step).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+# ---- pack mode (run here) ------------------------------------------------------------------------------
+if [ "${1:-}" = "pack" ]; then
+  src="${2:-build}"
+  dest="${3:-build-device}"
+  [ -x "$src/ladnn_tests" ] || { echo "pack: no $src/ladnn_tests; build first" >&2; exit 1; }
+  rm -rf "$dest"
+  mkdir -p "$dest/lib"
+  # Only what the checks run (the CPU benches stay behind: the tree that travels is limited to 64 MiB).
+  for exe in ladnn ladnn_tests cuda_kernels_bench; do
+    [ -x "$src/$exe" ] && cp "$src/$exe" "$dest/"
+  done
+  # Shared libraries outside glibc and the CUDA libraries (the GPU machine has its own cuDNN and
+  # cuBLAS of the same major versions; they are hundreds of MB): OpenMP, Google Benchmark, OpenBLAS
+  # (avoid it with -DLADNN_BLAS=OFF: 36 MB), gfortran.
+  for exe in "$dest"/*; do
+    [ -f "$exe" ] || continue
+    ldd "$exe" | awk '/=> \// {print $3}'
+  done | sort -u | while read -r lib; do
+    case "$(basename "$lib")" in
+      libc.so*|libm.so*|libdl.so*|librt.so*|libpthread.so*|ld-linux*|libstdc++.so*|libgcc_s.so*) ;;
+      libcudnn*|libcublas*|libcudart*|libcuda.so*|libnvrtc*|libnvJitLink*) ;;
+      *) cp -L "$lib" "$dest/lib/" ;;
+    esac
+  done
+  ls "$dest" "$dest/lib"
+  size_mb=$(du -sm "$dest" | cut -f1)
+  echo "$dest: ${size_mb} MiB"
+  [ "$size_mb" -le 56 ] || echo "warning: over 56 MiB; the device tool carries 64 MiB in all (configure with -DLADNN_BLAS=OFF)"
+  exit 0
+fi
+
+# ---- check mode (run on the GPU machine) ----------------------------------------------------------------
+B="${LADNN_BUILD:-build}"
+OUTDIR="${OUT:-device-check-out}"
+mkdir -p "$OUTDIR"
+T_INFO=20
+T_TESTS="${T_TESTS:-75}"
+T_SANITIZER="${T_SANITIZER:-120}"
+T_BENCH="${T_BENCH:-90}"
+START=$(date +%s)
+
+# Libraries: what pack bundled, the toolkit's, and cuDNN/cuBLAS from the Python wheels if that is
+# where this machine keeps them.
+LIBS="$PWD/$B/lib:/usr/local/cuda/lib64:/usr/local/cuda/lib"
+wheel_libs=$(timeout 20 python3 -c '
+import glob, os
+try:
+    import nvidia
+    roots = list(nvidia.__path__)
+except Exception:
+    roots = []
+for r in roots:
+    for d in sorted(glob.glob(os.path.join(r, "*", "lib"))):
+        print(d)
+' 2>/dev/null)
+for d in $wheel_libs; do LIBS="$LIBS:$d"; done
+export LD_LIBRARY_PATH="$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+section() { printf '\n==== %s (t=%ss)\n' "$1" "$(( $(date +%s) - START ))"; }
+
+section "environment"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -2
+missing=0
+for exe in "$B/ladnn" "$B/ladnn_tests" "$B/cuda_kernels_bench"; do
+  if [ ! -x "$exe" ]; then echo "missing $exe"; missing=1; continue; fi
+  nf=$(ldd "$exe" | grep "not found")
+  if [ -n "$nf" ]; then echo "$exe: unresolved libraries:"; echo "$nf"; missing=1; fi
+done
+[ "$missing" = 0 ] || echo "(some binaries or libraries are missing: pack here with 'tools/device-check.sh pack')"
+
+section "1. ladnn info"
+timeout "$T_INFO" "$B/ladnn" info 2>&1 | tee "$OUTDIR/info.txt"
+
+run_tests() {  # name, then environment assignments
+  local name="$1"; shift
+  section "tests, $name"
+  env "$@" timeout "$T_TESTS" "$B/ladnn_tests" --gtest_filter='Cuda*' --gtest_brief=1 \
+      --gtest_output="json:$OUTDIR/tests_$name.json" >"$OUTDIR/tests_$name.log" 2>&1
+  local rc=$?
+  tail -n 25 "$OUTDIR/tests_$name.log"
+  echo "exit status $rc"
+  echo "$rc" >"$OUTDIR/tests_$name.rc"
+}
+run_tests library LADNN_CONV=cudnn LADNN_BN=cudnn LADNN_POOL=cudnn LADNN_GEMM=cublas
+run_tests native LADNN_CONV=native LADNN_BN=native LADNN_POOL=native LADNN_GEMM=native
+
+section "4. compute-sanitizer memcheck"
+CS=""
+for c in /usr/local/cuda/bin/compute-sanitizer "$(command -v compute-sanitizer 2>/dev/null)"; do
+  [ -n "$c" ] && [ -x "$c" ] && { CS="$c"; break; }
+done
+if [ -z "$CS" ]; then
+  echo "compute-sanitizer not found under /usr/local/cuda/bin or on PATH: memcheck skipped"
+  echo "skipped (no compute-sanitizer)" >"$OUTDIR/sanitizer.result"
+else
+  env LADNN_CONV=native LADNN_BN=native LADNN_POOL=native LADNN_GEMM=native \
+    timeout "$T_SANITIZER" "$CS" --tool memcheck --error-exitcode 97 --leak-check no \
+    "$B/ladnn_tests" --gtest_filter='Cuda*:-*DenseNet*' --gtest_brief=1 >"$OUTDIR/sanitizer.log" 2>&1
+  rc=$?
+  grep -E "ERROR SUMMARY|Invalid|out of bounds|FAILED" "$OUTDIR/sanitizer.log" | head -20
+  case $rc in
+    0) echo "clean" >"$OUTDIR/sanitizer.result" ;;
+    97) echo "ERRORS ($(grep -o 'ERROR SUMMARY: [0-9]* error' "$OUTDIR/sanitizer.log" | tail -1))" >"$OUTDIR/sanitizer.result" ;;
+    124) echo "timed out after ${T_SANITIZER}s (inconclusive)" >"$OUTDIR/sanitizer.result" ;;
+    *) echo "tests failed under memcheck (exit $rc; $(grep -o 'ERROR SUMMARY: [0-9]* error' "$OUTDIR/sanitizer.log" | tail -1))" >"$OUTDIR/sanitizer.result" ;;
+  esac
+  cat "$OUTDIR/sanitizer.result"
+fi
+
+section "5. benchmarks"
+timeout "$T_BENCH" "$B/cuda_kernels_bench" --benchmark_min_time=0.02 \
+  --benchmark_filter="${LADNN_CHECK_BENCH_FILTER:-.}" \
+  --benchmark_out="$OUTDIR/bench.json" --benchmark_out_format=json >"$OUTDIR/bench.log" 2>&1
+echo "exit status $?" | tee "$OUTDIR/bench.rc"
+tail -n 5 "$OUTDIR/bench.log"
+
+section "summary"
+python3 - "$OUTDIR" <<'PY' || echo "(python3 unavailable: see $OUTDIR for the raw logs)"
+import json, os, sys
+out = sys.argv[1]
+
+def tests(name):
+    path = os.path.join(out, f"tests_{name}.json")
+    rc = open(os.path.join(out, f"tests_{name}.rc")).read().strip() if os.path.exists(os.path.join(out, f"tests_{name}.rc")) else "?"
+    if not os.path.exists(path):
+        return f"no result (exit {rc}{', timed out' if rc == '124' else ''})"
+    d = json.load(open(path))
+    passed = failed = skipped = 0
+    failures = []
+    for suite in d.get("testsuites", []):
+        for t in suite.get("testsuite", []):
+            if t.get("result") == "SKIPPED" or t.get("status") == "NOTRUN":
+                skipped += 1
+            elif t.get("failures"):
+                failed += 1
+                failures.append(f"{suite['name']}.{t['name']}")
+            else:
+                passed += 1
+    s = f"{passed} passed, {failed} failed, {skipped} skipped (exit {rc})"
+    if failures:
+        s += "\n      failed: " + ", ".join(failures[:8]) + (" ..." if len(failures) > 8 else "")
+    return s
+
+print("CUDA tests")
+for name in ("library", "native"):
+    print(f"  {name:8s} {tests(name)}")
+res = os.path.join(out, "sanitizer.result")
+print("memcheck   " + (open(res).read().strip() if os.path.exists(res) else "not run"))
+
+path = os.path.join(out, "bench.json")
+if not os.path.exists(path):
+    print("benchmarks: no result")
+    sys.exit(0)
+try:
+    rows = json.load(open(path)).get("benchmarks", [])
+except ValueError:
+    print("benchmarks: unreadable JSON (the run was cut short?)")
+    sys.exit(0)
+# name = op/impl/shape[/variant]; pair each library row with its native twin.
+res = {}
+for r in rows:
+    name = r["name"][: -len("/manual_time")] if r["name"].endswith("/manual_time") else r["name"]
+    parts = name.split("/")
+    if len(parts) < 3:
+        continue
+    op, impl, rest = parts[0], parts[1], "/".join(parts[2:])
+    if r.get("error_occurred"):
+        res[(op, rest, impl)] = ("error", r.get("error_message", "")[:40])
+        continue
+    unit = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[r.get("time_unit", "ns")]
+    rate = r.get("TFLOP/s")
+    rate_s = f"{rate:7.1f} TFLOP/s" if rate else (f"{r['GB/s']:7.0f} GB/s" if r.get("GB/s") else "")
+    res[(op, rest, impl)] = (r["real_time"] * unit, rate_s)
+keys = sorted({(op, rest) for (op, rest, _) in res}, key=lambda k: (k[0], k[1]))
+print(f"\n{'benchmark':44s} {'library ms':>11s} {'rate':>14s} {'native ms':>11s} {'rate':>14s} {'native/lib':>10s}")
+for op, rest in keys:
+    lib = next((res[(op, rest, i)] for i in ("cudnn", "cublas") if (op, rest, i) in res), None)
+    nat = res.get((op, rest, "native"))
+    def cell(v):
+        if v is None: return f"{'-':>11s} {'':>14s}"
+        if v[0] == "error": return f"{'error':>11s} {v[1][:14]:>14s}"
+        return f"{v[0]:11.3f} {v[1]:>14s}"
+    ratio = ""
+    if lib and nat and lib[0] != "error" and nat[0] != "error":
+        ratio = f"{nat[0] / lib[0]:10.2f}"
+    print(f"{(op + '/' + rest)[:44]:44s} {cell(lib)} {cell(nat)} {ratio:>10s}")
+PY
+section "done"
