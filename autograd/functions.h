@@ -2,7 +2,8 @@
 // a backward closure that captures only what backward reads (flashlight's pattern).
 //
 // Files: autograd/functions.cpp (elementwise, reductions, views, matmul/linear),
-// autograd/functions_nn.cpp (conv2d, batch_norm2d, pools, cat/split, dropout, losses).
+// autograd/functions_conv.cpp (conv2d), autograd/functions_nn.cpp (batch_norm2d, pools, cat/split,
+// dropout, losses).
 #pragma once
 
 #include <vector>
