@@ -4,6 +4,8 @@
 // central-difference gradchecks of every differentiable input in both modes.
 #include <gtest/gtest.h>
 
+#include "tests/test_util.h"
+
 #include <cmath>
 #include <string>
 #include <vector>
@@ -15,19 +17,6 @@
 namespace ladnn {
 namespace {
 
-// Runs `stmt`, expects std::invalid_argument, and checks that its message holds every fragment.
-#define EXPECT_THROW_WITH(stmt, ...)                                 \
-  do {                                                               \
-    std::string msg_ = "<no exception>";                             \
-    try {                                                            \
-      stmt;                                                          \
-    } catch (const std::invalid_argument& e) {                       \
-      msg_ = e.what();                                               \
-    }                                                                \
-    for (const char* frag_ : {__VA_ARGS__})                          \
-      EXPECT_NE(msg_.find(frag_), std::string::npos)                 \
-          << "message \"" << msg_ << "\" lacks \"" << frag_ << "\""; \
-  } while (0)
 
 struct RefStats {
   std::vector<double> mean, var;  // per channel; var biased

@@ -26,6 +26,8 @@
 // Max pooling is exact (y is a copy of one input; indices are integers) and compared exactly.
 #include <gtest/gtest.h>
 
+#include "tests/test_util.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -476,18 +478,6 @@ TEST_P(CudaOpTest, PoolDenseNetShapes) {
 
 // ---- errors: operands on two devices, float64 on the GPU ---------------------------------------------------
 
-#define EXPECT_THROW_WITH(stmt, ...)                                 \
-  do {                                                               \
-    std::string msg_ = "<no exception>";                             \
-    try {                                                            \
-      stmt;                                                          \
-    } catch (const std::exception& e) {                              \
-      msg_ = e.what();                                               \
-    }                                                                \
-    for (const char* frag_ : {__VA_ARGS__})                          \
-      EXPECT_NE(msg_.find(frag_), std::string::npos)                 \
-          << "message \"" << msg_ << "\" lacks \"" << frag_ << "\""; \
-  } while (0)
 
 TEST_P(CudaOpTest, ErrorsNameBothDevices) {
   Generator gen(301);

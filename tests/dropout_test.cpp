@@ -1,6 +1,8 @@
 // tests/dropout_test.cpp — the dropout mask and the differentiable dropout.
 #include <gtest/gtest.h>
 
+#include "tests/test_util.h"
+
 #include <cmath>
 #include <string>
 #include <vector>
@@ -12,18 +14,6 @@
 namespace ladnn {
 namespace {
 
-#define EXPECT_THROW_WITH(stmt, ...)                                 \
-  do {                                                               \
-    std::string msg_ = "<no exception>";                             \
-    try {                                                            \
-      stmt;                                                          \
-    } catch (const std::invalid_argument& e) {                       \
-      msg_ = e.what();                                               \
-    }                                                                \
-    for (const char* frag_ : {__VA_ARGS__})                          \
-      EXPECT_NE(msg_.find(frag_), std::string::npos)                 \
-          << "message \"" << msg_ << "\" lacks \"" << frag_ << "\""; \
-  } while (0)
 
 TEST(DropoutTest, SameSeedSameMask) {
   Generator g1(7), g2(7), g3(8);

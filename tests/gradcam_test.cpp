@@ -15,6 +15,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/test_util.h"
+
 #include <cmath>
 #include <string>
 
@@ -26,18 +28,6 @@
 namespace ladnn {
 namespace {
 
-#define EXPECT_THROW_WITH(stmt, ...)                                 \
-  do {                                                               \
-    std::string msg_ = "<no exception>";                             \
-    try {                                                            \
-      stmt;                                                          \
-    } catch (const std::invalid_argument& e) {                       \
-      msg_ = e.what();                                               \
-    }                                                                \
-    for (const char* frag_ : {__VA_ARGS__})                          \
-      EXPECT_NE(msg_.find(frag_), std::string::npos)                 \
-          << "message \"" << msg_ << "\" lacks \"" << frag_ << "\""; \
-  } while (0)
 
 Tensor f64(const std::vector<double>& v, const Shape& s) {
   return Tensor::from_vector(v, s, DType::Float64);

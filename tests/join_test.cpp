@@ -2,6 +2,8 @@
 // errors.
 #include <gtest/gtest.h>
 
+#include "tests/test_util.h"
+
 #include <string>
 #include <vector>
 
@@ -12,18 +14,6 @@
 namespace ladnn {
 namespace {
 
-#define EXPECT_THROW_WITH(stmt, ...)                                 \
-  do {                                                               \
-    std::string msg_ = "<no exception>";                             \
-    try {                                                            \
-      stmt;                                                          \
-    } catch (const std::invalid_argument& e) {                       \
-      msg_ = e.what();                                               \
-    }                                                                \
-    for (const char* frag_ : {__VA_ARGS__})                          \
-      EXPECT_NE(msg_.find(frag_), std::string::npos)                 \
-          << "message \"" << msg_ << "\" lacks \"" << frag_ << "\""; \
-  } while (0)
 
 // Multi-index of flat position `flat` in row-major `shape`.
 std::vector<int64_t> unravel(int64_t flat, const Shape& shape) {

@@ -4,6 +4,8 @@
 // accurate (|x| <= 8), and closed forms at x = ±100 where it is not.
 #include <gtest/gtest.h>
 
+#include "tests/test_util.h"
+
 #include <cmath>
 #include <string>
 #include <vector>
@@ -15,18 +17,6 @@
 namespace ladnn {
 namespace {
 
-#define EXPECT_THROW_WITH(stmt, ...)                                 \
-  do {                                                               \
-    std::string msg_ = "<no exception>";                             \
-    try {                                                            \
-      stmt;                                                          \
-    } catch (const std::invalid_argument& e) {                       \
-      msg_ = e.what();                                               \
-    }                                                                \
-    for (const char* frag_ : {__VA_ARGS__})                          \
-      EXPECT_NE(msg_.find(frag_), std::string::npos)                 \
-          << "message \"" << msg_ << "\" lacks \"" << frag_ << "\""; \
-  } while (0)
 
 using ops::Reduction;
 

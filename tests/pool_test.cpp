@@ -5,6 +5,8 @@
 // values 0.1 apart, so the finite-difference step (1e-6) never changes which element wins.
 #include <gtest/gtest.h>
 
+#include "tests/test_util.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -18,18 +20,6 @@
 namespace ladnn {
 namespace {
 
-#define EXPECT_THROW_WITH(stmt, ...)                                 \
-  do {                                                               \
-    std::string msg_ = "<no exception>";                             \
-    try {                                                            \
-      stmt;                                                          \
-    } catch (const std::invalid_argument& e) {                       \
-      msg_ = e.what();                                               \
-    }                                                                \
-    for (const char* frag_ : {__VA_ARGS__})                          \
-      EXPECT_NE(msg_.find(frag_), std::string::npos)                 \
-          << "message \"" << msg_ << "\" lacks \"" << frag_ << "\""; \
-  } while (0)
 
 ops::Pool2dParams make(int64_t k, int64_t s, int64_t pad, bool ceil = false, bool include_pad = true) {
   ops::Pool2dParams p;
