@@ -4,7 +4,7 @@
 // Names: conv2d_<pass>/<kernel>/<H>x<W>/<Cin>-><Cout>. Counter GFLOP/s = 2 N K C R S P Q per pass / wall
 // time. With a batch of at least as many images as OpenMP threads (here 8 >= 2), images run in
 // parallel, each with the single-threaded blocked GEMM; with OMP_NUM_THREADS above 8 they would run
-// one at a time on the threaded GEMM (OpenBLAS, or ours with LADNN_GEMM=native). The label says which.
+// one at a time on the threaded GEMM (OpenBLAS, or ours with LADNN_CPU_GEMM=native). The label says which.
 // tools/torch_cpu_bench.py times the same passes in PyTorch under the same names.
 #include <benchmark/benchmark.h>
 #include <omp.h>

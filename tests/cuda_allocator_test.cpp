@@ -95,13 +95,14 @@ TEST(CudaAllocator, TheSecondIdenticalAllocationReusesTheCachedBlock) {
   const cuda::AllocatorStats s2 = cuda::allocator_stats();
   EXPECT_EQ(s2.cached_bytes, s1.cached_bytes + cuda::round_size(n));
   EXPECT_EQ(s2.allocated_bytes, s1.allocated_bytes - cuda::round_size(n));
-  void* p2 = cuda::allocate(n - 100);  // same class
+  ASSERT_EQ(cuda::round_size(n - 10), cuda::round_size(n));
+  void* p2 = cuda::allocate(n - 10);  // same class
   const cuda::AllocatorStats s3 = cuda::allocator_stats();
   EXPECT_EQ(p2, p1) << "the cached block was not reused";
   EXPECT_EQ(s3.device_mallocs, s2.device_mallocs) << "a cudaMalloc happened for a cached size";
   EXPECT_EQ(s3.cache_hits, s2.cache_hits + 1);
   EXPECT_EQ(s3.allocations, s2.allocations + 1);
-  EXPECT_EQ(s3.requested_bytes, s2.requested_bytes + (n - 100));
+  EXPECT_EQ(s3.requested_bytes, s2.requested_bytes + (n - 10));
   // A request of another class does not take it.
   void* p3 = cuda::allocate(2 * n);
   EXPECT_NE(p3, p1);

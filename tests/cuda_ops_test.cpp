@@ -417,8 +417,11 @@ TEST(CudaElementwise, BackwardHelpersAndInPlaceOpsEqualTheCpu) {
     ops::mul_scalar_(acc_cpu, 0.91);
     ops::mul_scalar_(acc_gpu, 0.91);
     EXPECT_TRUE(gpu_equals("mul_scalar_", acc_gpu, acc_cpu));
-    // expand_to: the backward of a reduction.
-    const Tensor row = randn({shape[1], 1, 1}, gen);
+    // expand_to: the backward of a reduction (a per-channel column: C followed by ones, as many as
+    // the dims after the channel).
+    Shape col_shape(shape.size() - 1, 1);
+    col_shape[0] = shape[1];
+    const Tensor row = randn(col_shape, gen);
     EXPECT_TRUE(gpu_equals("expand_to", ops::expand_to(row.to(kGpu), shape), ops::expand_to(row, shape)));
   }
   // add_ from a transposed view of the destination's own storage reads the old values, as on the CPU.

@@ -15,6 +15,8 @@
 #include "layers/linear.h"
 #include "layers/pool.h"
 #include "layers/sequential.h"
+#include "cuda/context.h"
+#include "cuda/runtime.h"
 #include "optim/adam.h"
 
 using namespace ladnn;
@@ -63,46 +65,79 @@ std::shared_ptr<Sequential> make_model(Generator& g) {
   return m;
 }
 
-double accuracy(Sequential& model, const Batch& data) {
+double accuracy(Sequential& model, const Batch& data, Device device) {
   NoGradGuard no_grad;
-  Variable logits = model(Variable(data.images));
-  std::vector<double> z = logits.tensor().to_vector(), y = data.labels.to_vector();
+  Variable logits = model(Variable(data.images.to(device)));
+  std::vector<double> z = logits.tensor().to(Device::cpu()).to_vector(), y = data.labels.to_vector();
   int64_t right = 0;
   for (std::size_t i = 0; i < z.size(); ++i) right += (z[i] > 0.0) == (y[i] > 0.5);
   return static_cast<double>(right) / static_cast<double>(z.size());
 }
 
-}  // namespace
+struct TrainResult {
+  double acc_before = 0, acc = 0, first_loss = 0, last_loss = 0;
+  int64_t batches_tracked = 0;
+};
 
-TEST(TinyCnn, LearnsBarOrientationAndGeneralises) {
+// 200 Adam steps on fresh batches of 32 from the same seeds, on `device`; held-out accuracy after.
+TrainResult train_tiny_cnn(Device device) {
   Generator init(2024), data(7), held_out_gen(99991);
   auto model = make_model(init);
+  model->to(device);
   Adam opt(model->parameters(), 1e-2);
   const Batch held_out = make_batch(1000, held_out_gen);
 
+  TrainResult r;
   model->eval();
-  const double acc_before = accuracy(*model, held_out);
+  r.acc_before = accuracy(*model, held_out, device);
   model->train();
-
-  double first_loss = 0.0, last_loss = 0.0;
   const int steps = 200;
   for (int step = 0; step < steps; ++step) {
     Batch b = make_batch(32, data);
     opt.zero_grad();
-    Variable loss = bce_with_logits((*model)(Variable(b.images)), b.labels, Tensor());
+    Variable loss = bce_with_logits((*model)(Variable(b.images.to(device))), b.labels.to(device), Tensor());
     loss.backward();
     opt.step();
-    if (step < 10) first_loss += loss.tensor().item() / 10;
-    if (step >= steps - 10) last_loss += loss.tensor().item() / 10;
+    if (step < 10) r.first_loss += loss.tensor().item() / 10;
+    if (step >= steps - 10) r.last_loss += loss.tensor().item() / 10;
   }
-
   model->eval();
-  const double acc = accuracy(*model, held_out);
-  EXPECT_GT(acc, 0.95) << "held-out accuracy before training " << acc_before << ", after " << acc << "; loss "
-                       << first_loss << " -> " << last_loss;
-  EXPECT_LT(last_loss, 0.5 * first_loss);
-  // BatchNorm counted every training forward.
+  r.acc = accuracy(*model, held_out, device);
   auto bn = std::dynamic_pointer_cast<BatchNorm2d>((*model)[1]);
-  ASSERT_NE(bn, nullptr);
-  EXPECT_EQ(bn->num_batches_tracked(), steps);
+  r.batches_tracked = bn ? bn->num_batches_tracked() : -1;
+  return r;
+}
+
+}  // namespace
+
+TEST(TinyCnn, LearnsBarOrientationAndGeneralises) {
+  const TrainResult r = train_tiny_cnn(Device::cpu());
+  EXPECT_GT(r.acc, 0.95) << "held-out accuracy before training " << r.acc_before << ", after " << r.acc
+                         << "; loss " << r.first_loss << " -> " << r.last_loss;
+  EXPECT_LT(r.last_loss, 0.5 * r.first_loss);
+  EXPECT_EQ(r.batches_tracked, 200);  // BatchNorm counted every training forward
+}
+
+// Issue 3: the same training on the GPU, with the library and with the native kernels, reaches the CPU's
+// held-out accuracy (within 1 point: 200 float32 steps on two devices drift apart in rounding, not in
+// what is learnt).
+TEST(CudaTinyCnn, LearnsOnTheGpuAsOnTheCpuWithEitherImplementation) {
+  if (!cuda::available()) GTEST_SKIP() << "no GPU: " << cuda::unavailable_reason();
+  const TrainResult cpu = train_tiny_cnn(Device::cpu());
+  const cuda::Family families[] = {cuda::Family::Conv, cuda::Family::BatchNorm, cuda::Family::Pool,
+                                   cuda::Family::Gemm};
+  for (cuda::Impl impl : {cuda::Impl::Library, cuda::Impl::Native}) {
+    std::vector<cuda::Impl> saved;
+    for (cuda::Family f : families) {
+      saved.push_back(cuda::impl(f));
+      cuda::set_impl(f, impl);
+    }
+    const TrainResult gpu = train_tiny_cnn(Device::cuda());
+    for (size_t i = 0; i < saved.size(); ++i) cuda::set_impl(families[i], saved[i]);
+    const char* name = impl == cuda::Impl::Library ? "library" : "native";
+    EXPECT_GT(gpu.acc, 0.95) << name << ": held-out accuracy " << gpu.acc << " (CPU " << cpu.acc << ")";
+    EXPECT_NEAR(gpu.acc, cpu.acc, 0.01) << name;
+    EXPECT_LT(gpu.last_loss, 0.5 * gpu.first_loss) << name;
+    EXPECT_EQ(gpu.batches_tracked, 200) << name;
+  }
 }

@@ -12,7 +12,7 @@
 #
 # Steps (each under its own time limit, so one hang cannot eat the budget):
 #   1. ./ladnn info                         the device, the CUDA/cuDNN/cuBLAS versions
-#   2. ladnn_tests --gtest_filter='Cuda*'   with LADNN_CONV/BN/POOL=cudnn, LADNN_GEMM=cublas   (library)
+#   2. ladnn_tests --gtest_filter='Cuda*:*Cuda*' with LADNN_CONV/BN/POOL=cudnn, LADNN_GEMM=cublas   (library)
 #   3. the same with every family native                                                      (native)
 #      (tests that pick the implementation themselves, like tests/cuda_bnpool_test.cpp, run both in each)
 #   4. compute-sanitizer --tool memcheck over the CUDA tests, native kernels, DenseNet-sized cases left
@@ -21,6 +21,9 @@
 #      blocks up (cuda/allocator.h), so memcheck sees an overrun only past the rounded size; the tests'
 #      NaN fill of new blocks (cuda::set_fill_on_allocate, used by the tests) catches unwritten elements.
 #   5. cuda_kernels_bench with a short minimum time, JSON kept.
+#   6. ladnn bench: the DenseNet-169 training step and inference, beside PyTorch eager when python3 has
+#      torch (tools/bench_torch.py); arguments from LADNN_CHECK_LADNN_BENCH_ARGS, time from T_LADNN_BENCH
+#      (0 skips it).
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to
 # device-check-out/.
 #
@@ -105,7 +108,7 @@ timeout "$T_INFO" "$B/ladnn" info 2>&1 | tee "$OUTDIR/info.txt"
 run_tests() {  # name, then environment assignments
   local name="$1"; shift
   section "tests, $name"
-  env "$@" timeout "$T_TESTS" "$B/ladnn_tests" --gtest_filter='Cuda*' --gtest_brief=1 \
+  env "$@" timeout "$T_TESTS" "$B/ladnn_tests" --gtest_filter='Cuda*:*Cuda*' --gtest_brief=1 \
       --gtest_output="json:$OUTDIR/tests_$name.json" >"$OUTDIR/tests_$name.log" 2>&1
   local rc=$?
   tail -n 25 "$OUTDIR/tests_$name.log"
@@ -126,7 +129,7 @@ if [ -z "$CS" ]; then
 else
   env LADNN_CONV=native LADNN_BN=native LADNN_POOL=native LADNN_GEMM=native \
     timeout "$T_SANITIZER" "$CS" --tool memcheck --error-exitcode 97 --leak-check no \
-    "$B/ladnn_tests" --gtest_filter='Cuda*:-*DenseNet*' --gtest_brief=1 >"$OUTDIR/sanitizer.log" 2>&1
+    "$B/ladnn_tests" --gtest_filter='Cuda*:*Cuda*:-*DenseNet*' --gtest_brief=1 >"$OUTDIR/sanitizer.log" 2>&1
   rc=$?
   grep -E "ERROR SUMMARY|Invalid|out of bounds|FAILED" "$OUTDIR/sanitizer.log" | head -20
   case $rc in
@@ -144,6 +147,15 @@ timeout "$T_BENCH" "$B/cuda_kernels_bench" --benchmark_min_time=0.02 \
   --benchmark_out="$OUTDIR/bench.json" --benchmark_out_format=json >"$OUTDIR/bench.log" 2>&1
 echo "exit status $?" | tee "$OUTDIR/bench.rc"
 tail -n 5 "$OUTDIR/bench.log"
+
+section "6. ladnn bench (issue 6): training step and inference beside PyTorch eager"
+if [ "${T_LADNN_BENCH:-150}" -gt 0 ]; then
+  # shellcheck disable=SC2086
+  timeout "${T_LADNN_BENCH:-150}" "$B/ladnn" bench ${LADNN_CHECK_LADNN_BENCH_ARGS:-} >"$OUTDIR/ladnn_bench.log" 2>&1
+  echo "exit status $?" | tee "$OUTDIR/ladnn_bench.rc"
+else
+  echo "skipped (T_LADNN_BENCH=0)" >"$OUTDIR/ladnn_bench.log"
+fi
 
 section "summary"
 python3 - "$OUTDIR" <<'PY' || echo "(python3 unavailable: see $OUTDIR for the raw logs)"
@@ -216,4 +228,6 @@ for op, rest in keys:
         ratio = f"{nat[0] / lib[0]:10.2f}"
     print(f"{(op + '/' + rest)[:44]:44s} {cell(lib)} {cell(nat)} {ratio:>10s}")
 PY
+echo
+sed -n '/^densenet\|^tiny\|^work\|^train\|^infer\|^loss curve\|^largest/p' "$OUTDIR/ladnn_bench.log" 2>/dev/null
 section "done"

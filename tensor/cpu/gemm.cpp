@@ -641,15 +641,15 @@ const char* blas_name() {
 
 GemmBackend gemm_backend() {
   static const GemmBackend backend = [] {
-    const char* env = std::getenv("LADNN_GEMM");
+    const char* env = std::getenv("LADNN_CPU_GEMM");
     const std::string value = env != nullptr ? env : "";
     if (value.empty()) return have_blas() ? GemmBackend::Blas : GemmBackend::Blocked;
     if (value == "native") return GemmBackend::Blocked;
     if (value == "blas") {
-      check(have_blas(), "LADNN_GEMM=blas, but this build of ladnn has no BLAS");
+      check(have_blas(), "LADNN_CPU_GEMM=blas, but this build of ladnn has no BLAS");
       return GemmBackend::Blas;
     }
-    throw std::invalid_argument("LADNN_GEMM must be 'blas' or 'native', got '" + value + "'");
+    throw std::invalid_argument("LADNN_CPU_GEMM must be 'blas' or 'native', got '" + value + "'");
   }();
   return backend;
 }

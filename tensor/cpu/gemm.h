@@ -12,7 +12,7 @@
 //                 compiled for AVX-512, AVX2 and baseline x86-64 (picked at load time), OpenMP over
 //                 tiles of C. Within about 10% of OpenBLAS on the shapes of a DenseNet on AVX-512; the
 //                 reference when there is no BLAS, and the per-image GEMM of conv2d (see conv2d.cpp).
-// `gemm` dispatches: OpenBLAS when present, unless the environment says LADNN_GEMM=native.
+// `gemm` dispatches: OpenBLAS when present, unless the environment says LADNN_CPU_GEMM=native.
 // Called inside an OpenMP parallel region, gemm_blocked runs on the calling thread alone.
 #pragma once
 
@@ -27,7 +27,7 @@ enum class GemmBackend { Blas, Blocked };
 bool have_blas();
 /// "OpenBLAS 0.3.21 DYNAMIC_ARCH ... Zen MAX_THREADS=64" (its build config), or "none" without BLAS.
 const char* blas_name();
-/// The version `gemm` uses: Blas when available, unless LADNN_GEMM=native (read once; LADNN_GEMM=blas
+/// The version `gemm` uses: Blas when available, unless LADNN_CPU_GEMM=native (read once; LADNN_CPU_GEMM=blas
 /// without OpenBLAS, or any other value, throws std::invalid_argument on first use).
 GemmBackend gemm_backend();
 /// "blas" or "native".

@@ -1,0 +1,346 @@
+// apps/bench.cpp — `ladnn bench`: the LA-DNN training step and inference, timed, beside PyTorch (issue 6).
+//
+//   ladnn bench [--arch densenet169] [--batches 1,32,64] [--work train,infer] [--steps 20] [--warmup 5]
+//               [--device cuda] [--tf32 on|off] [--torch auto|off] [--profile] [--loss-curve N]
+//
+// For each batch size and each work:
+//   train  one step = forward of both heads, lesion-attention loss, zero_grad, backward, Adam step
+//   infer  one forward of both heads in eval mode without autograd
+// on random 224x224 images and labels made once (data loading is not part of the step). Timing: the
+// warm-up steps, then a pair of CUDA events around each step (wall clock on the CPU), the median.
+// Peak memory: the caching allocator's peak of allocated bytes over the timed steps, what
+// torch.cuda.max_memory_allocated() reports on the PyTorch side.
+//
+// When --torch auto and tools/bench_torch.py runs under `python3` with a CUDA torch, the same work is
+// timed there in the same call and the table shows ours, PyTorch's and the ratio (PyTorch / ours:
+// above 1 means ladnn is faster).
+//
+// --loss-curve N: from the same initial weights and the same 4 batches of 32 (cycled), N Adam steps in
+// ladnn and in PyTorch; prints both loss curves and their largest difference.
+// --profile: the per-op timer (cuda/profiler.h) over the timed steps of each row, printed after the table.
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "apps/apps.h"
+#include "cuda/allocator.h"
+#include "cuda/context.h"
+#include "cuda/profiler.h"
+#include "cuda/runtime.h"
+#include "models/ladnn.h"
+#include "optim/adam.h"
+#include "tensor/safetensors.h"
+
+namespace ladnn::apps {
+namespace {
+
+struct BenchOptions {
+  std::string arch = "densenet169";
+  std::string batches = "1,32,64";
+  std::string work = "train,infer";
+  int steps = 20;
+  int warmup = 5;
+  std::string device = "cuda";
+  std::string tf32 = "on";
+  std::string torch = "auto";
+  std::string torch_script = "tools/bench_torch.py";
+  bool profile = false;
+  int loss_curve = 0;
+  int image_size = 224;
+};
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+/// Random images and labels for one batch (CPU tensors), from `gen`.
+struct RandomBatch {
+  Tensor images, covid, lesions, mask;
+};
+
+RandomBatch random_batch(int64_t n, int size, Generator& gen) {
+  RandomBatch b;
+  b.images = Tensor::normal({n, 3, size, size}, 0.0, 1.0, gen);
+  auto bernoulli = [&](Shape shape, double p) {
+    Tensor u = Tensor::uniform(shape, 0.0, 1.0, gen);
+    std::vector<double> v = u.to_vector();
+    for (double& x : v) x = x < p ? 1.0 : 0.0;
+    return Tensor::from_vector(v, shape);
+  };
+  b.covid = bernoulli({n, 1}, 0.5);
+  b.lesions = bernoulli({n, 5}, 0.3);
+  b.mask = bernoulli({n, 1}, 0.5);
+  return b;
+}
+
+RandomBatch to_device(const RandomBatch& b, Device d) {
+  return {b.images.to(d), b.covid.to(d), b.lesions.to(d), b.mask.to(d)};
+}
+
+/// Milliseconds of each of `steps` calls of `fn` after `warmup` untimed ones.
+template <typename Fn>
+std::vector<double> time_steps(Fn&& fn, int steps, int warmup, bool on_gpu) {
+  for (int i = 0; i < warmup; ++i) fn();
+  if (on_gpu) cuda::synchronize();
+  std::vector<double> ms;
+  if (on_gpu) {
+    cuda::reset_peak_stats();
+    cuda::EventTimer timer;
+    for (int i = 0; i < steps; ++i) {
+      timer.start();
+      fn();
+      timer.stop();
+      ms.push_back(timer.elapsed_ms());
+    }
+  } else {
+    for (int i = 0; i < steps; ++i) {
+      auto t0 = std::chrono::steady_clock::now();
+      fn();
+      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+  }
+  return ms;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+struct Row {
+  std::string work;
+  int64_t batch = 0;
+  double ms = 0;
+  std::size_t peak_bytes = 0;
+  double torch_ms = 0;  // 0 = not measured
+  std::size_t torch_peak = 0;
+};
+
+Row run_one(const BenchOptions& o, const std::string& work, int64_t batch, Device device) {
+  const bool gpu = device.is_cuda();
+  Generator gen(0);
+  auto model = std::make_shared<LaDnn>(DenseNetConfig::by_name(o.arch), gen);
+  model->to(device);
+  RandomBatch b = to_device(random_batch(batch, o.image_size, gen), device);
+  std::unique_ptr<Adam> opt;
+  std::function<void()> step;
+  Variable x(b.images);
+  if (work == "train") {
+    model->train();
+    opt = std::make_unique<Adam>(model->parameters(), 1e-4);
+    step = [&] {
+      LaDnn::Output out = model->forward_heads(x);
+      Variable l = lesion_attention_loss(out, b.covid, b.lesions, b.mask);
+      opt->zero_grad();
+      l.backward();
+      opt->step();
+    };
+  } else if (work == "infer") {
+    model->eval();
+    step = [&] {
+      NoGradGuard ng;
+      model->forward_heads(x);
+    };
+  } else {
+    throw std::invalid_argument("--work: unknown work '" + work + "' (train or infer)");
+  }
+  if (o.profile && gpu) cuda::profiler::set_enabled(false);
+  for (int i = 0; i < o.warmup; ++i) step();
+  if (o.profile && gpu) {
+    cuda::synchronize();
+    cuda::profiler::reset();
+    cuda::profiler::set_enabled(true);
+  }
+  Row r;
+  r.work = work;
+  r.batch = batch;
+  r.ms = median(time_steps(step, o.steps, 0, gpu));
+  if (gpu) r.peak_bytes = cuda::allocator_stats().peak_allocated_bytes;
+  if (o.profile && gpu) {
+    cuda::profiler::set_enabled(false);
+    std::cerr << "\nper-op profile: " << work << ", batch " << batch << ", " << o.steps << " steps\n"
+              << cuda::profiler::table();
+    cuda::profiler::reset();
+  }
+  return r;
+}
+
+/// Runs `cmd` and returns its standard output ("" and a message when it fails).
+std::string capture(const std::string& cmd, bool* ok) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) {
+    *ok = false;
+    return out;
+  }
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  *ok = pclose(p) == 0;
+  return out;
+}
+
+std::string fmt(const char* f, double v) {
+  char s[64];
+  std::snprintf(s, sizeof s, f, v);
+  return s;
+}
+
+void loss_curve(const BenchOptions& o, Device device) {
+  const int64_t batch = 32;
+  const int nbatches = 4;
+  Generator gen(0);
+  auto model = std::make_shared<LaDnn>(DenseNetConfig::by_name(o.arch), gen);
+  std::vector<std::pair<std::string, Tensor>> file;
+  for (const auto& [k, t] : model->state_dict()) file.emplace_back("model." + k, t);
+  std::vector<RandomBatch> batches;
+  for (int i = 0; i < nbatches; ++i) {
+    batches.push_back(random_batch(batch, o.image_size, gen));
+    const std::string p = "batch" + std::to_string(i) + ".";
+    file.emplace_back(p + "images", batches.back().images);
+    file.emplace_back(p + "covid", batches.back().covid);
+    file.emplace_back(p + "lesions", batches.back().lesions);
+    file.emplace_back(p + "mask", batches.back().mask);
+  }
+  file.emplace_back("steps", Tensor::full({1}, o.loss_curve, DType::Int64));
+  const std::string path = "/tmp/ladnn-loss-curve.safetensors";
+  save_safetensors(path, file);
+
+  model->to(device);
+  model->train();
+  for (auto& b : batches) b = to_device(b, device);
+  Adam opt(model->parameters(), 1e-4);
+  std::vector<double> ours;
+  for (int i = 0; i < o.loss_curve; ++i) {
+    const RandomBatch& b = batches[i % nbatches];
+    LaDnn::Output out = model->forward_heads(Variable(b.images));
+    Variable l = lesion_attention_loss(out, b.covid, b.lesions, b.mask);
+    opt.zero_grad();
+    l.backward();
+    opt.step();
+    ours.push_back(l.tensor().item());
+  }
+  std::vector<double> theirs;
+  if (o.torch != "off") {
+    bool ok = true;
+    std::string out = capture("python3 " + o.torch_script + " --tf32 " + (o.tf32 == "on" ? "1" : "0") +
+                                  " --arch " + o.arch + " --loss-curve " + path, &ok);
+    try {
+      if (ok) theirs = nlohmann::json::parse(out.substr(out.rfind("{\"work\"")))["losses"].get<std::vector<double>>();
+    } catch (const std::exception& e) {
+      std::cerr << "bench: could not read PyTorch's loss curve: " << e.what() << "\n";
+    }
+  }
+  std::cout << "\nloss curve, " << o.arch << ", batch 32, Adam 1e-4, same weights and batches\n";
+  std::cout << "step      ladnn    pytorch       diff\n";
+  double worst = 0;
+  for (size_t i = 0; i < ours.size(); ++i) {
+    std::cout << fmt("%4.0f", double(i + 1)) << fmt(" %10.6f", ours[i]);
+    if (i < theirs.size()) {
+      const double d = ours[i] - theirs[i];
+      worst = std::max(worst, std::abs(d));
+      std::cout << fmt(" %10.6f", theirs[i]) << fmt(" %+10.2e", d);
+    }
+    std::cout << "\n";
+  }
+  if (!theirs.empty()) std::cout << "largest |difference|: " << fmt("%.3e", worst) << "\n";
+  std::remove(path.c_str());
+}
+
+void run_bench(const BenchOptions& o) {
+  const Device device = o.device == "cpu" ? Device::cpu() : Device::cuda(0);
+  if (device.is_cuda()) {
+    if (!cuda::available()) throw std::runtime_error("bench: --device cuda but " + cuda::unavailable_reason());
+    cuda::set_tf32(o.tf32 == "on");
+  }
+  if (o.loss_curve > 0) {
+    loss_curve(o, device);
+    return;
+  }
+  std::vector<Row> rows;
+  for (const std::string& w : split_list(o.work))
+    for (const std::string& bs : split_list(o.batches)) {
+      const int64_t batch = std::stoll(bs);
+      if (batch < 1) throw std::invalid_argument("--batches: batch sizes must be >= 1, got " + bs);
+      rows.push_back(run_one(o, w, batch, device));
+      std::cerr << "ladnn " << w << " batch " << batch << ": " << fmt("%.2f", rows.back().ms) << " ms\n";
+      if (device.is_cuda()) cuda::release_cached();
+    }
+  bool have_torch = false;
+  if (o.torch != "off" && device.is_cuda()) {
+    bool ok = true;
+    std::string cmd = "python3 " + o.torch_script + " --arch " + o.arch + " --batches " + o.batches + " --work " + o.work +
+                      " --steps " + std::to_string(o.steps) + " --warmup " + std::to_string(o.warmup) +
+                      " --tf32 " + (o.tf32 == "on" ? "1" : "0") + " 2>/dev/null";
+    std::string out = capture(cmd, &ok);
+    std::istringstream lines(out);
+    std::string line;
+    while (std::getline(lines, line)) {
+      if (line.rfind("{", 0) != 0) continue;
+      nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+      if (j.is_discarded()) continue;
+      for (Row& r : rows)
+        if (r.work == j.value("work", "") && r.batch == j.value("batch", 0)) {
+          r.torch_ms = j.value("ms", 0.0);
+          r.torch_peak = j.value("peak_bytes", std::size_t{0});
+          have_torch = true;
+        }
+    }
+    if (!have_torch) std::cerr << "bench: no PyTorch figures (" << cmd << " gave none)\n";
+  }
+  const double gib = 1024.0 * 1024.0 * 1024.0;
+  std::cout << "\n" << o.arch << ", float32, TF32 " << o.tf32 << ", " << o.device;
+  if (device.is_cuda()) std::cout << " (" << cuda::device_info(0).name << ")";
+  std::cout << ", median of " << o.steps << " steps after " << o.warmup << " warm-up\n";
+  std::cout << "work     batch   ladnn ms    img/s  torch ms    img/s  torch/ladnn  ladnn GiB  torch GiB\n";
+  for (const Row& r : rows) {
+    std::cout << r.work << std::string(r.work.size() < 6 ? 6 - r.work.size() : 0, ' ')
+              << fmt(" %7.0f", double(r.batch)) << fmt(" %10.2f", r.ms) << fmt(" %8.0f", r.batch * 1000.0 / r.ms);
+    if (r.torch_ms > 0)
+      std::cout << fmt(" %9.2f", r.torch_ms) << fmt(" %8.0f", r.batch * 1000.0 / r.torch_ms)
+                << fmt(" %12.2fx", r.torch_ms / r.ms);
+    else
+      std::cout << std::string(9 + 9 + 14, ' ');
+    std::cout << fmt(" %10.2f", r.peak_bytes / gib);
+    if (r.torch_peak) std::cout << fmt(" %10.2f", r.torch_peak / gib);
+    std::cout << "\n";
+  }
+}
+
+void add_bench(CLI::App& app) {
+  auto o = std::make_shared<BenchOptions>();
+  CLI::App* cmd = app.add_subcommand("bench", "Time the LA-DNN training step and inference (beside PyTorch)");
+  cmd->add_option("--arch", o->arch, "densenet121|densenet169|densenet201|tiny")->capture_default_str();
+  cmd->add_option("--batches", o->batches, "Comma-separated batch sizes")->capture_default_str();
+  cmd->add_option("--work", o->work, "train,infer or one of them")->capture_default_str();
+  cmd->add_option("--steps", o->steps, "Timed steps per row (the median is reported)")
+      ->check(CLI::Range(1, 100000))->capture_default_str();
+  cmd->add_option("--warmup", o->warmup, "Untimed steps first")->check(CLI::Range(0, 100000))->capture_default_str();
+  cmd->add_option("--device", o->device, "cuda or cpu")->check(CLI::IsMember({"cuda", "cpu"}))->capture_default_str();
+  cmd->add_option("--tf32", o->tf32, "TF32 tensor-core math for convolutions and GEMMs")
+      ->check(CLI::IsMember({"on", "off"}))->capture_default_str();
+  cmd->add_option("--torch", o->torch, "auto: also time PyTorch eager when python3 has CUDA torch")
+      ->check(CLI::IsMember({"auto", "off"}))->capture_default_str();
+  cmd->add_option("--torch-script", o->torch_script, "The PyTorch twin")->capture_default_str();
+  cmd->add_option("--image-size", o->image_size, "Input height and width")->check(CLI::Range(32, 1024))->capture_default_str();
+  cmd->add_flag("--profile", o->profile, "Per-op CUDA-event profile of each row's timed steps");
+  cmd->add_option("--loss-curve", o->loss_curve, "N: compare N training steps' losses with PyTorch")
+      ->check(CLI::Range(0, 10000));
+  cmd->callback([o] { run_bench(*o); });
+}
+
+const Registration kBench{"bench", 60, add_bench};
+
+}  // namespace
+}  // namespace ladnn::apps
