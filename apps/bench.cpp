@@ -30,6 +30,7 @@
 #include "apps/apps.h"
 #include "cuda/allocator.h"
 #include "cuda/context.h"
+#include "cuda/graph.h"
 #include "cuda/profiler.h"
 #include "cuda/runtime.h"
 #include "models/ladnn.h"
@@ -52,6 +53,7 @@ struct BenchOptions {
   bool profile = false;
   int loss_curve = 0;
   int image_size = 224;
+  std::string graph = "both";  // eager rows, CUDA-graph rows, or both
 };
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -120,6 +122,8 @@ double median(std::vector<double> v) {
 
 struct Row {
   std::string work;
+  bool graph = false;
+  std::string error;  // the capture failed: why
   int64_t batch = 0;
   double ms = 0;
   std::size_t peak_bytes = 0;
@@ -127,7 +131,7 @@ struct Row {
   std::size_t torch_peak = 0;
 };
 
-Row run_one(const BenchOptions& o, const std::string& work, int64_t batch, Device device) {
+Row run_one(const BenchOptions& o, const std::string& work, int64_t batch, Device device, bool graph) {
   const bool gpu = device.is_cuda();
   Generator gen(0);
   auto model = std::make_shared<LaDnn>(DenseNetConfig::by_name(o.arch), gen);
@@ -156,20 +160,39 @@ Row run_one(const BenchOptions& o, const std::string& work, int64_t batch, Devic
     throw std::invalid_argument("--work: unknown work '" + work + "' (train or infer)");
   }
   if (o.profile && gpu) cuda::profiler::set_enabled(false);
-  for (int i = 0; i < o.warmup; ++i) step();
+  for (int i = 0; i < std::max(o.warmup, graph ? 1 : 0); ++i) step();
+  Row r;
+  r.work = work;
+  r.batch = batch;
+  r.graph = graph;
+  cuda::Graph cuda_graph;
+  if (graph) {
+    try {
+      cuda_graph.capture(step);
+    } catch (const std::exception& e) {
+      r.error = e.what();
+      std::cerr << "bench: " << work << " batch " << batch << ": " << r.error << "\n";
+      return r;
+    }
+    step = [&] { cuda_graph.replay(); };
+    for (int i = 0; i < o.warmup; ++i) step();
+  }
   if (o.profile && gpu) {
     cuda::synchronize();
     cuda::profiler::reset();
     cuda::profiler::set_enabled(true);
   }
-  Row r;
-  r.work = work;
-  r.batch = batch;
   r.ms = median(time_steps(step, o.steps, 0, gpu));
-  if (gpu) r.peak_bytes = cuda::allocator_stats().peak_allocated_bytes;
+  if (gpu) {
+    // Eager: the peak of live tensors. Graph: the replays allocate nothing, so the step's footprint is
+    // what stays live plus the blocks the graph's private pool holds for its intermediates.
+    const cuda::AllocatorStats st = cuda::allocator_stats();
+    r.peak_bytes = st.peak_allocated_bytes + (graph ? st.pool_cached_bytes : 0);
+  }
   if (o.profile && gpu) {
     cuda::profiler::set_enabled(false);
-    std::cerr << "\nper-op profile: " << work << ", batch " << batch << ", " << o.steps << " steps\n"
+    std::cerr << "\nper-op profile: " << work << (graph ? " (graph replays: not timed per op)" : "")
+              << ", batch " << batch << ", " << o.steps << " steps\n"
               << cuda::profiler::table();
     cuda::profiler::reset();
   }
@@ -273,9 +296,13 @@ void run_bench(const BenchOptions& o) {
     for (const std::string& bs : split_list(o.batches)) {
       const int64_t batch = std::stoll(bs);
       if (batch < 1) throw std::invalid_argument("--batches: batch sizes must be >= 1, got " + bs);
-      rows.push_back(run_one(o, w, batch, device));
-      std::cerr << "ladnn " << w << " batch " << batch << ": " << fmt("%.2f", rows.back().ms) << " ms\n";
-      if (device.is_cuda()) cuda::release_cached();
+      for (bool graph : {false, true}) {
+        if (graph ? (o.graph == "off" || !device.is_cuda()) : o.graph == "on") continue;
+        rows.push_back(run_one(o, w, batch, device, graph));
+        std::cerr << "ladnn " << w << (graph ? " (graph)" : "") << " batch " << batch << ": "
+                  << fmt("%.2f", rows.back().ms) << " ms\n";
+        if (device.is_cuda()) cuda::release_cached();
+      }
     }
   bool have_torch = false;
   if (o.torch != "off" && device.is_cuda()) {
@@ -303,10 +330,16 @@ void run_bench(const BenchOptions& o) {
   std::cout << "\n" << o.arch << ", float32, TF32 " << o.tf32 << ", " << o.device;
   if (device.is_cuda()) std::cout << " (" << cuda::device_info(0).name << ")";
   std::cout << ", median of " << o.steps << " steps after " << o.warmup << " warm-up\n";
-  std::cout << "work     batch   ladnn ms    img/s  torch ms    img/s  torch/ladnn  ladnn GiB  torch GiB\n";
+  std::cout << "(graph: the step captured once as a CUDA graph and replayed; torch: PyTorch eager)\n";
+  std::cout << "work          batch   ladnn ms    img/s  torch ms    img/s  torch/ladnn  ladnn GiB  torch GiB\n";
   for (const Row& r : rows) {
-    std::cout << r.work << std::string(r.work.size() < 6 ? 6 - r.work.size() : 0, ' ')
-              << fmt(" %7.0f", double(r.batch)) << fmt(" %10.2f", r.ms) << fmt(" %8.0f", r.batch * 1000.0 / r.ms);
+    const std::string name = r.work + (r.graph ? " graph" : "");
+    std::cout << name << std::string(name.size() < 11 ? 11 - name.size() : 0, ' ') << fmt(" %7.0f", double(r.batch));
+    if (!r.error.empty()) {
+      std::cout << "   capture failed: " << r.error.substr(0, 100) << "\n";
+      continue;
+    }
+    std::cout << fmt(" %10.2f", r.ms) << fmt(" %8.0f", r.batch * 1000.0 / r.ms);
     if (r.torch_ms > 0)
       std::cout << fmt(" %9.2f", r.torch_ms) << fmt(" %8.0f", r.batch * 1000.0 / r.torch_ms)
                 << fmt(" %12.2fx", r.torch_ms / r.ms);
@@ -334,6 +367,8 @@ void add_bench(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "off"}))->capture_default_str();
   cmd->add_option("--torch-script", o->torch_script, "The PyTorch twin")->capture_default_str();
   cmd->add_option("--image-size", o->image_size, "Input height and width")->check(CLI::Range(32, 1024))->capture_default_str();
+  cmd->add_option("--graph", o->graph, "Rows for eager steps (off), CUDA-graph replays (on) or both")
+      ->check(CLI::IsMember({"both", "on", "off"}))->capture_default_str();
   cmd->add_flag("--profile", o->profile, "Per-op CUDA-event profile of each row's timed steps");
   cmd->add_option("--loss-curve", o->loss_curve, "N: compare N training steps' losses with PyTorch")
       ->check(CLI::Range(0, 10000));

@@ -23,17 +23,22 @@ const char kLeaf[] = "leaf";
 }
 
 struct Variable::Impl {
-  Tensor data;
+  Shape shape;  // of the data, for checking gradients (the data itself lives in the Handle)
   Tensor grad;
   bool requires_grad = false;
   bool retain_grad = false;
   const char* op_name = kLeaf;
   bool released = false;  // backward ran without retain_graph: the closure and edges are gone
   // Set for op results only: the op's inputs (the graph's edges) and its backward closure.
-  std::vector<Variable> inputs;
+  std::vector<std::shared_ptr<Impl>> inputs;
   BackwardFn backward;
   std::vector<Hook> hooks;
   bool is_leaf() const { return op_name == kLeaf; }
+};
+
+struct Variable::Handle {
+  Tensor data;
+  std::shared_ptr<Impl> node;
 };
 
 namespace {
@@ -55,10 +60,16 @@ bool grad_enabled() { return g_grad_enabled; }
 NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { g_grad_enabled = previous_; }
 
-Variable::Variable(Tensor data, bool requires_grad) : impl_(std::make_shared<Impl>()) {
+Variable::Variable(Tensor data, bool requires_grad) : handle_(std::make_shared<Handle>()) {
   check(data.defined(), "Variable: data tensor is undefined");
-  impl_->data = std::move(data);
-  impl_->requires_grad = requires_grad;
+  handle_->node = std::make_shared<Impl>();
+  handle_->node->shape = data.shape();
+  handle_->node->requires_grad = requires_grad;
+  handle_->data = std::move(data);
+}
+
+Variable::Impl* Variable::node() const {
+  return handle_->node.get();
 }
 
 Variable Variable::from_op(Tensor result, std::vector<Variable> inputs, BackwardFn backward,
@@ -68,44 +79,46 @@ Variable Variable::from_op(Tensor result, std::vector<Variable> inputs, Backward
   bool any = false;
   for (const Variable& v : inputs) any = any || (v.defined() && v.requires_grad());
   if (!any) return out;
-  out.impl_->requires_grad = true;
-  out.impl_->op_name = op_name;
-  out.impl_->inputs = std::move(inputs);
-  out.impl_->backward = std::move(backward);
+  Impl* n = out.node();
+  n->requires_grad = true;
+  n->op_name = op_name;
+  n->inputs.reserve(inputs.size());
+  for (const Variable& v : inputs) n->inputs.push_back(v.defined() ? v.handle_->node : nullptr);
+  n->backward = std::move(backward);
   return out;
 }
 
 const Tensor& Variable::tensor() const {
   check(defined(), "Variable: undefined variable");
-  return impl_->data;
+  return handle_->data;
 }
 Tensor& Variable::mutable_tensor() {
   check(defined(), "Variable: undefined variable");
-  return impl_->data;
+  return handle_->data;
 }
-bool Variable::requires_grad() const { return defined() && impl_->requires_grad; }
+bool Variable::requires_grad() const { return defined() && node()->requires_grad; }
 void Variable::set_requires_grad(bool on) {
   check(defined() && is_leaf(), std::string("set_requires_grad: only leaves can change; this is the "
                                             "result of ") + op_name());
-  impl_->requires_grad = on;
+  node()->requires_grad = on;
 }
-bool Variable::is_leaf() const { return impl_->is_leaf(); }
-const char* Variable::op_name() const { return defined() ? impl_->op_name : "undefined"; }
+bool Variable::is_leaf() const { return node()->is_leaf(); }
+const char* Variable::op_name() const { return defined() ? node()->op_name : "undefined"; }
 const Tensor& Variable::grad() const {
   check(defined(), "Variable::grad: undefined variable");
-  return impl_->grad;
+  return node()->grad;
 }
-bool Variable::has_grad() const { return defined() && impl_->grad.defined(); }
+bool Variable::has_grad() const { return defined() && node()->grad.defined(); }
 void Variable::zero_grad() {
-  if (defined()) impl_->grad = Tensor();
+  if (defined()) node()->grad = Tensor();
 }
 void Variable::retain_grad() {
   check(defined(), "retain_grad: undefined variable");
-  impl_->retain_grad = true;
+  node()->retain_grad = true;
 }
 void Variable::register_hook(Hook hook) {
   check(defined() && requires_grad(), "register_hook: the variable does not require a gradient");
-  impl_->hooks.push_back(std::move(hook));
+  node()->hooks.push_back(std::move(hook));
 }
 Variable Variable::detach() const { return Variable(tensor(), false); }
 
@@ -129,13 +142,13 @@ void Variable::backward(const Tensor& grad_output, bool retain_graph) {
   std::vector<std::shared_ptr<Impl>> order;
   std::unordered_set<Impl*> seen;
   std::vector<std::pair<std::shared_ptr<Impl>, size_t>> stack;
-  stack.emplace_back(impl_, 0);
-  seen.insert(impl_.get());
+  stack.emplace_back(handle_->node, 0);
+  seen.insert(node());
   while (!stack.empty()) {
     Impl* node = stack.back().first.get();
     size_t& next = stack.back().second;
     if (next < node->inputs.size()) {
-      const std::shared_ptr<Impl>& child = node->inputs[next++].impl_;
+      const std::shared_ptr<Impl>& child = node->inputs[next++];
       if (child && child->requires_grad && seen.insert(child.get()).second) stack.emplace_back(child, 0);
     } else {
       order.push_back(std::move(stack.back().first));
@@ -145,7 +158,7 @@ void Variable::backward(const Tensor& grad_output, bool retain_graph) {
 
   // 2-4. Reverse walk with a per-pass gradient table.
   std::unordered_map<Impl*, Tensor> pending;
-  pending[impl_.get()] = grad_output;
+  pending[node()] = grad_output;
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     std::shared_ptr<Impl> node = std::move(*it);  // dropped at the end of this iteration
     auto found = pending.find(node.get());
@@ -155,7 +168,8 @@ void Variable::backward(const Tensor& grad_output, bool retain_graph) {
     for (const Hook& hook : node->hooks) {
       Tensor replaced = hook(g);
       if (replaced.defined()) {
-        check_grad_shape(replaced, node->data, "the hooked variable");
+        check(replaced.shape() == node->shape, "backward: gradient of shape " + shape_str(replaced.shape()) +
+                                                   " does not match the hooked variable of shape " + shape_str(node->shape));
         g = replaced;
       }
     }
@@ -166,17 +180,17 @@ void Variable::backward(const Tensor& grad_output, bool retain_graph) {
                                "to the first call to walk it twice");
 
     std::vector<bool> needs(node->inputs.size());
-    for (size_t i = 0; i < needs.size(); ++i) needs[i] = node->inputs[i].requires_grad();
+    for (size_t i = 0; i < needs.size(); ++i) needs[i] = node->inputs[i] && node->inputs[i]->requires_grad;
     std::vector<Tensor> grads = node->backward(g, needs);
     check(grads.size() == node->inputs.size(),
           std::string("backward of ") + node->op_name + " returned " + std::to_string(grads.size()) +
               " gradients for " + std::to_string(node->inputs.size()) + " inputs");
     for (size_t i = 0; i < grads.size(); ++i) {
       if (!needs[i] || !grads[i].defined()) continue;
-      Impl* in = node->inputs[i].impl_.get();
-      check(grads[i].shape() == in->data.shape(),
+      Impl* in = node->inputs[i].get();
+      check(grads[i].shape() == in->shape,
             std::string("backward of ") + node->op_name + ": gradient for input " + std::to_string(i) +
-                " has shape " + shape_str(grads[i].shape()) + ", input has " + shape_str(in->data.shape()));
+                " has shape " + shape_str(grads[i].shape()) + ", input has " + shape_str(in->shape));
       accumulate(pending[in], grads[i]);
     }
     if (!retain_graph) {

@@ -6,6 +6,13 @@
 //            block (likeliest still in L2) is handed out first
 // A request takes a free block of exactly its size class on its stream, or cudaMallocs a new one.
 // Nothing is ever returned to the driver except by release_cached() or an out-of-memory retry.
+//
+// Private pools (CUDA graphs, cuda/graph.h): while a pool is active (begin_pool), every allocation
+// is served from and tagged with that pool, and a tagged block goes back to its pool's free lists
+// whenever it is freed, during the capture or after it. A captured graph bakes in the addresses it
+// used, so those blocks must never be handed to anyone else while the graph may replay; the pool's
+// own allocations may reuse them (in stream order, which is the graph's order). release_pool() (the
+// graph is gone) turns the pool's blocks into ordinary ones.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -29,6 +36,7 @@ struct Block {
   std::size_t requested = 0;  // what the current owner asked for
   cudaStream_t stream = nullptr;
   bool in_use = false;
+  uint64_t pool = 0;  // private pool (CUDA graph) the block belongs to, 0 for none
 };
 
 class CachingAllocator {
@@ -43,15 +51,17 @@ class CachingAllocator {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.allocations;
     void* p = nullptr;
-    auto it = free_.find({stream, size});
-    if (it != free_.end() && !it->second.empty()) {
+    auto& lists = active_pool_ ? pool_free_[active_pool_] : free_;
+    auto it = lists.find({stream, size});
+    if (it != lists.end() && !it->second.empty()) {
       p = it->second.back();
       it->second.pop_back();
       stats_.cached_bytes -= size;
+      if (active_pool_) stats_.pool_cached_bytes -= size;
       ++stats_.cache_hits;
     } else {
       p = device_malloc(size, nbytes);
-      blocks_[p] = Block{size, 0, stream, false};
+      blocks_[p] = Block{size, 0, stream, false, active_pool_};
       stats_.reserved_bytes += size;
       stats_.peak_reserved_bytes = std::max(stats_.peak_reserved_bytes, stats_.reserved_bytes);
     }
@@ -84,7 +94,9 @@ class CachingAllocator {
       stats_.requested_bytes -= b.requested;
       b.requested = 0;
       stats_.cached_bytes += b.size;
-      free_[{b.stream, b.size}].push_back(p);
+      if (b.pool != 0 && pool_free_.count(b.pool) == 0) b.pool = 0;  // its graph is gone
+      (b.pool ? pool_free_[b.pool] : free_)[{b.stream, b.size}].push_back(p);
+      if (b.pool) stats_.pool_cached_bytes += b.size;
     } catch (...) {
       // Only bad_alloc from growing a free list can land here; the block is then simply not reused.
     }
@@ -104,6 +116,31 @@ class CachingAllocator {
   void release_cached() {
     std::lock_guard<std::mutex> lock(mu_);
     release_cached_locked();
+  }
+
+  void begin_pool(uint64_t pool) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (active_pool_ != 0) throw Error("cuda::begin_pool: a private pool is already active (nested capture)");
+    active_pool_ = pool;
+    pool_free_[pool];  // the pool exists from now on, even before its first block
+  }
+  void end_pool() {
+    std::lock_guard<std::mutex> lock(mu_);
+    active_pool_ = 0;
+  }
+  void release_pool(uint64_t pool) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = pool_free_.find(pool);
+    if (it == pool_free_.end()) return;
+    for (auto& [key, ptrs] : it->second)
+      for (void* q : ptrs) {
+        blocks_.at(q).pool = 0;
+        free_[key].push_back(q);
+        stats_.pool_cached_bytes -= key.second;
+      }
+    pool_free_.erase(it);
+    for (auto& [q, b] : blocks_)  // live blocks of the pool come back as ordinary ones when freed
+      if (b.pool == pool) b.pool = 0;
   }
 
   void set_limit(std::size_t bytes) {
@@ -181,7 +218,10 @@ class CachingAllocator {
 
   std::mutex mu_;
   std::unordered_map<void*, Block> blocks_;
-  std::map<std::pair<cudaStream_t, std::size_t>, std::vector<void*>> free_;
+  using FreeLists = std::map<std::pair<cudaStream_t, std::size_t>, std::vector<void*>>;
+  FreeLists free_;
+  std::unordered_map<uint64_t, FreeLists> pool_free_;  // private pools' free blocks (never released)
+  uint64_t active_pool_ = 0;
   AllocatorStats stats_;
   std::size_t limit_ = 0;
   bool fill_ = false;
@@ -216,6 +256,15 @@ void reset_peak_stats() {
 }
 void release_cached() {
   if (available()) the_allocator().release_cached();
+}
+void begin_pool(uint64_t pool) {
+  the_allocator().begin_pool(pool);
+}
+void end_pool() {
+  the_allocator().end_pool();
+}
+void release_pool(uint64_t pool) {
+  the_allocator().release_pool(pool);
 }
 void set_memory_limit(std::size_t bytes) {
   the_allocator().set_limit(bytes);

@@ -42,7 +42,8 @@ struct AllocatorStats {
   std::size_t allocated_bytes = 0;       // in blocks handed out now
   std::size_t requested_bytes = 0;       // asked for by the live blocks (before rounding)
   std::size_t peak_allocated_bytes = 0;  // max of allocated_bytes since start / reset_peak_stats()
-  std::size_t cached_bytes = 0;          // in free blocks kept for reuse
+  std::size_t cached_bytes = 0;          // in free blocks kept for reuse (private pools' included)
+  std::size_t pool_cached_bytes = 0;     // the part of cached_bytes held by private pools (CUDA graphs)
   std::size_t reserved_bytes = 0;        // allocated + cached: what cudaMalloc gave us
   std::size_t peak_reserved_bytes = 0;
   uint64_t allocations = 0;     // calls of allocate()
@@ -67,6 +68,14 @@ AllocatorStats allocator_stats();
 void reset_peak_stats();
 /// Frees every cached (unused) block with cudaFree, after waiting for the device. Blocks in use stay.
 void release_cached();
+/// Private pools for CUDA graphs (cuda/graph.h; ids from 1): between begin_pool(id) and end_pool()
+/// every allocation comes from, and stays in, pool `id` — freed blocks return to that pool, never to
+/// the common cache — until release_pool(id), called once nothing can replay the graph any more.
+/// release_cached() leaves pools alone.
+void begin_pool(uint64_t pool);
+void end_pool();
+void release_pool(uint64_t pool);
+
 /// Caps reserved_bytes (0 = no cap, the default): an allocation that would exceed it releases the cache
 /// and then throws OutOfMemory, as a full device would. For tests and for sharing a GPU.
 void set_memory_limit(std::size_t bytes);

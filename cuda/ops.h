@@ -24,6 +24,8 @@ namespace ladnn::cuda {
 void strided_copy(Tensor& dst, const Tensor& src);
 /// Every element of `t` (any strides, on the GPU) = value.
 void fill(Tensor& t, double value);
+/// Adds 1 to every element of a contiguous Int64 tensor in place (counters kept on the device).
+void increment_(Tensor& t);
 
 // ---- elementwise and reductions ------------------------------------------------------------------------
 Tensor add(const Tensor& a, const Tensor& b);

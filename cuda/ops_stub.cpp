@@ -11,6 +11,7 @@
 
 #include "cuda/allocator.h"
 #include "cuda/context.h"
+#include "cuda/graph.h"
 #include "cuda/ops.h"
 
 namespace ladnn::cuda {
@@ -51,7 +52,21 @@ AllocatorStats allocator_stats() {
   return {};
 }
 void reset_peak_stats() {}
+bool capturing() {
+  return false;
+}
+Graph::~Graph() = default;
+void Graph::reset() {}
+void Graph::capture(const std::function<void()>&) {
+  no_backend("Graph::capture");
+}
+void Graph::replay() {
+  no_backend("Graph::replay");
+}
 void release_cached() {}
+void begin_pool(uint64_t) {}
+void end_pool() {}
+void release_pool(uint64_t) {}
 void set_memory_limit(std::size_t bytes) {
   g_limit = bytes;
 }
@@ -70,6 +85,9 @@ void strided_copy(Tensor&, const Tensor&) {
 }
 void fill(Tensor&, double) {
   no_backend("fill");
+}
+void increment_(Tensor&) {
+  no_backend("increment_");
 }
 
 Tensor add(const Tensor&, const Tensor&) {

@@ -8,8 +8,9 @@
 // roundings as the CPU reference and the two agree to the bit.
 //
 // Scalars (bias corrections, step size) are computed on the host in double, rounded to float as the
-// CPU does, and passed by value. A later CUDA-graph capture of the step would need them in device
-// memory instead (the step count changes every iteration).
+// CPU does, and passed by value. For a CUDA graph (cuda/graph.h) that would freeze step t into the
+// graph, so AdamStep::device_step instead hands the kernel a pointer to t in device memory (bumped by a
+// kernel each step); each thread then computes the same double expressions before its loop.
 #include <cmath>
 
 #include "cuda/kernel_util.cuh"
@@ -23,7 +24,18 @@ using namespace detail;
 struct AdamScalars {
   float wd, decay, w, one_minus_w, b2, one_minus_b2, bc2_sqrt, neg_step, eps;
   bool has_wd, decoupled, small_w;
+  const int64_t* step;      // null: bc2_sqrt and neg_step are set; else t lives here (CUDA graphs)
+  double lr, beta1, beta2;  // for computing them from *step
 };
+
+// The host's bias-corrected scalars, from t in double (as adam_update_ below computes them).
+__device__ __forceinline__ void adam_step_scalars(AdamScalars& s) {
+  const double t = static_cast<double>(*s.step);
+  const double bc1 = 1.0 - ::pow(s.beta1, t);
+  const double bc2 = 1.0 - ::pow(s.beta2, t);
+  s.bc2_sqrt = static_cast<float>(::sqrt(bc2));
+  s.neg_step = static_cast<float>(-(s.lr / bc1));
+}
 
 struct SgdScalars {
   float wd, mom, keep, neg_lr;
@@ -32,6 +44,7 @@ struct SgdScalars {
 
 __global__ void adam_kernel(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
                             float* __restrict__ v, int64_t n, AdamScalars s) {
+  if (s.step) adam_step_scalars(s);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     float pi = p[i], gi = g[i];
@@ -94,6 +107,10 @@ void adam_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& ex
   a.bc2_sqrt = static_cast<float>(std::sqrt(bc2));
   a.neg_step = static_cast<float>(-(s.lr / bc1));
   a.eps = static_cast<float>(s.eps);
+  a.step = s.device_step.defined() ? static_cast<const int64_t*>(s.device_step.raw_data()) : nullptr;
+  a.lr = s.lr;
+  a.beta1 = s.beta1;
+  a.beta2 = s.beta2;
   adam_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(
       param.data<float>(), g.data<float>(), exp_avg.data<float>(), exp_avg_sq.data<float>(), n, a);
   CUDA_CHECK_LAUNCH();

@@ -102,6 +102,15 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
                                             : (src_device.is_cpu() ? cudaMemcpyHostToDevice
                                                                    : cudaMemcpyDeviceToDevice);
   cudaStream_t st = stream();
+  if (kind != cudaMemcpyDeviceToDevice) {
+    // Captured, a host copy would replay from (or into) host memory that is long gone or stale.
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(st, &status));
+    if (status != cudaStreamCaptureStatusNone)
+      throw Error(std::string("a ") + (dst_device.is_cpu() ? "device-to-host" : "host-to-device") + " copy of " +
+                  std::to_string(n) + " bytes while a CUDA graph is being captured (cuda/graph.h): read results "
+                  "after replay(), and feed inputs by copying into the captured tensors before it");
+  }
   CUDA_CHECK(cudaMemcpyAsync(dst, src, n, kind, st));
   if (dst_device.is_cpu()) CUDA_CHECK(cudaStreamSynchronize(st));  // the host reads dst next
 }

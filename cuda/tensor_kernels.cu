@@ -122,4 +122,17 @@ void fill(Tensor& t, double value) {
   });
 }
 
+__global__ void increment_kernel(int64_t* __restrict__ t, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    t[i] += 1;
+}
+
+void increment_(Tensor& t) {
+  const int64_t n = t.numel();
+  if (n == 0) return;
+  increment_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(static_cast<int64_t*>(t.raw_data()), n);
+  CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace ladnn::cuda

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <string>
 
+#include "cuda/graph.h"
 #include "optim/state_keys.h"
 #include "tensor/ops.h"
 
@@ -42,7 +43,18 @@ Adam::Adam(const char* name, Decay decay, std::vector<Variable> params, double l
 
 void Adam::step() {
   NoGradGuard no_grad;
+  // Under CUDA-graph capture (cuda/graph.h) t must come from the device, or every replay would repeat
+  // the captured step's bias corrections; eager steps keep that device copy of t current.
+  const bool graph = cuda::capturing();
+  if (graph) {
+    check(device_step_.defined(), std::string(name_) +
+                                      "::step under CUDA-graph capture: run one eager step first (it creates "
+                                      "the optimizer state, which a capture must not allocate)");
+    ops::increment_(device_step_);
+  }
   steps_ += 1;
+  bool any_cuda = false;
+  Device cuda_device = Device::cpu();
   for (std::size_t i = 0; i < params_.size(); ++i) {
     Variable& p = params_[i];
     if (!p.has_grad()) continue;
@@ -52,6 +64,8 @@ void Adam::step() {
                                       " has shape " + shape_str(g.shape()) + ", parameter has " +
                                       shape_str(w.shape()));
     if (!exp_avg_[i].defined()) {
+      check(!graph, std::string(name_) + "::step under CUDA-graph capture: parameter " + std::to_string(i) +
+                        " has no optimizer state yet; run one eager step before capturing");
       exp_avg_[i] = Tensor::zeros(w.shape(), w.dtype(), w.device());
       exp_avg_sq_[i] = Tensor::zeros(w.shape(), w.dtype(), w.device());
     }
@@ -63,7 +77,23 @@ void Adam::step() {
     s.weight_decay = weight_decay_;
     s.decoupled = decay_ == Decay::Decoupled;  // AdamW: p *= 1 - lr wd; Adam: g += wd p
     s.step = ++param_steps_[i];
+    if (graph) {
+      check(s.step == static_cast<int64_t>(steps_),
+            std::string(name_) + "::step under CUDA-graph capture: parameter " + std::to_string(i) +
+                " has taken " + std::to_string(s.step) + " steps, the optimizer " + std::to_string(int64_t(steps_)) +
+                "; a captured step keeps one step count for all parameters");
+      s.device_step = device_step_;
+    }
     ops::adam_update_(w, g, exp_avg_[i], exp_avg_sq_[i], s);
+    if (w.device().is_cuda()) {
+      any_cuda = true;
+      cuda_device = w.device();
+    }
+  }
+  if (!graph && any_cuda) {
+    if (!device_step_.defined() || device_step_.device() != cuda_device)
+      device_step_ = Tensor::zeros({}, DType::Int64, cuda_device);
+    device_step_.fill_(steps_);
   }
 }
 
@@ -109,6 +139,7 @@ void Adam::load_state_dict(const OptimizerState& state) {
   eps_ = sc.at("eps");
   weight_decay_ = sc.at("weight_decay");
   steps_ = sc.at("step");
+  device_step_ = Tensor();  // the next eager step makes it again from steps_
   for (std::size_t i = 0; i < params_.size(); ++i) {
     const std::string k = std::to_string(i) + ".";
     if (has[i]) {

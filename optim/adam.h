@@ -45,6 +45,7 @@ class Adam : public Optimizer {
   double steps_ = 0;
   std::vector<Tensor> exp_avg_, exp_avg_sq_;  // per parameter; undefined until first update
   std::vector<int64_t> param_steps_;
+  Tensor device_step_;  // t on the GPU, kept equal to steps_ by eager steps, bumped by captured ones
 };
 
 /// Adam with decoupled weight decay (Loshchilov & Hutter), torch's defaults (weight_decay 1e-2).

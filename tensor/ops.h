@@ -49,6 +49,9 @@ Tensor sigmoid_backward(const Tensor& grad, const Tensor& y);
 void add_(Tensor& a, const Tensor& b, double alpha = 1.0);
 /// a *= s in place.
 void mul_scalar_(Tensor& a, double s);
+/// a += 1 in place, a contiguous Int64 tensor (BatchNorm's num_batches_tracked): on the GPU one kernel,
+/// no host round trip, so a training step stays free of synchronisation and capturable as a graph.
+void increment_(Tensor& a);
 
 // ---- reductions ---------------------------------------------------------------------------------
 Tensor sum(const Tensor& a);  // 0-d result
@@ -153,6 +156,10 @@ struct AdamStep {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
   bool decoupled = false;
   int64_t step = 1;  // t, counted from 1
+  /// CUDA only: when defined, an Int64 scalar on the parameter's device holding t, read by the kernel
+  /// (bias corrections computed there in double, as the host does) instead of `step`. This is what lets
+  /// a captured CUDA graph replay successive Adam steps: a host value would be frozen into the graph.
+  Tensor device_step;
 };
 void adam_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamStep& s);
 /// One step of torch.optim.SGD, in place: d = g + wd p; buf = first ? d : momentum buf + (1 - dampening) d;

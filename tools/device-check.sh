@@ -27,7 +27,8 @@
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to
 # device-check-out/.
 #
-# Environment: LADNN_BUILD (build folder, default build), LADNN_CHECK_BENCH_FILTER (a
+# Environment: LADNN_BUILD (build folder, default build), LADNN_CHECK_IMPLS (the default implementations
+# the test pass runs under: 'library native', the default, or one of them), LADNN_CHECK_BENCH_FILTER (a
 # --benchmark_filter regex, default all), T_TESTS / T_SANITIZER / T_BENCH (seconds per step).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -115,8 +116,12 @@ run_tests() {  # name, then environment assignments
   echo "exit status $rc"
   echo "$rc" >"$OUTDIR/tests_$name.rc"
 }
-run_tests library LADNN_CONV=cudnn LADNN_BN=cudnn LADNN_POOL=cudnn LADNN_GEMM=cublas
-run_tests native LADNN_CONV=native LADNN_BN=native LADNN_POOL=native LADNN_GEMM=native
+for impls in ${LADNN_CHECK_IMPLS:-library native}; do
+  case $impls in
+    library) run_tests library LADNN_CONV=cudnn LADNN_BN=cudnn LADNN_POOL=cudnn LADNN_GEMM=cublas ;;
+    native) run_tests native LADNN_CONV=native LADNN_BN=native LADNN_POOL=native LADNN_GEMM=native ;;
+  esac
+done
 
 section "4. compute-sanitizer memcheck"
 CS=""

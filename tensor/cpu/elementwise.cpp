@@ -338,6 +338,14 @@ void mul_scalar_(Tensor& a, double s) {
   }
 }
 
+void increment_(Tensor& a) {
+  check(a.dtype() == DType::Int64, "increment_: expected an Int64 tensor, got " + std::string(dtype_name(a.dtype())));
+  check(a.is_contiguous(), "increment_: tensor must be contiguous");
+  if (on_gpu(a)) return cuda::increment_(a);
+  int64_t* x = a.data<int64_t>();
+  for (int64_t i = 0; i < a.numel(); ++i) x[i] += 1;
+}
+
 // ---- reductions ----------------------------------------------------------------------------------------------
 
 Tensor sum(const Tensor& a) {

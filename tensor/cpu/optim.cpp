@@ -103,6 +103,12 @@ void adam_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& ex
   check_operand(op, exp_avg, param, "exp_avg", true);
   check_operand(op, exp_avg_sq, param, "exp_avg_sq", true);
   check(s.step >= 1, op + ": step must be >= 1 (counted from 1), got " + std::to_string(s.step));
+  if (s.device_step.defined()) {
+    check(param.device().is_cuda(), op + ": device_step is for parameters on the GPU (CUDA graphs)");
+    check(s.device_step.dtype() == DType::Int64 && s.device_step.numel() == 1 &&
+              s.device_step.device() == param.device(),
+          op + ": device_step must be one Int64 element on the parameter's device");
+  }
   if (param.device().is_cuda()) return cuda::adam_update_(param, grad, exp_avg, exp_avg_sq, s);
   const Tensor g = grad.contiguous();
   if (param.dtype() == DType::Float32)

@@ -1,0 +1,55 @@
+// cuda/graph.h — capture the GPU work of a function once as a CUDA graph, then replay it.
+//
+// Why: a DenseNet-169 step is ~2,000 small kernels; launched one by one from the host, the GPU waits
+// on the launches (the first H200 runs measured the eager step host-bound). A replay submits the whole
+// recorded graph in one call.
+//
+//   cuda::Graph g;
+//   step();                          // eager warm-up first: cuDNN algorithm search, optimizer state,
+//                                    // cuBLAS/cuDNN handles, the allocator's cache
+//   g.capture([&] { step(); });      // records the kernels; runs nothing
+//   for (...) { input.copy_(next); g.replay(); }
+//
+// What a captured function may do: queue work on cuda::stream() (every ladnn op does) and allocate
+// device memory. Allocations during the capture come from a private pool of the caching allocator
+// (cuda/allocator.h): the graph owns those addresses and reuses them at every replay, so tensors made
+// during the capture and kept afterwards (a step's outputs, gradients) are overwritten by each replay,
+// and their memory is never handed to anyone else while the graph lives. What it must not do, and what
+// fails the capture with an error that names the capture: read a value back to the host (item(),
+// to(cpu)), copy host memory to the device (a CPU tensor's .to(cuda)), synchronise.
+// What a replay does not do: run host code. Host-side state is frozen at its captured value — Adam's
+// learning rate, BatchNorm's momentum, dropout's mask seed; Adam's step count t is kept on the device
+// (AdamStep::device_step) so bias corrections advance, but the host's copy (state_dict) does not.
+// Inputs are read from the addresses used at capture: feed new data by copying into the same tensors.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace ladnn::cuda {
+
+/// True while the framework stream is being captured (ops use this to pick graph-safe paths).
+bool capturing();
+
+class Graph {
+ public:
+  Graph() = default;
+  ~Graph();  // waits for replays in flight, frees the graph, returns its pool to the common cache
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+
+  /// Records everything `fn` queues on cuda::stream() (nothing runs). Throws cuda::Error naming what
+  /// broke the capture; the stream is usable afterwards and this Graph stays empty. A second capture
+  /// replaces the first.
+  void capture(const std::function<void()>& fn);
+  /// Queues one run of the captured work on cuda::stream(). Throws when nothing was captured.
+  void replay();
+  bool captured() const { return exec_ != nullptr; }
+
+ private:
+  void reset();
+  void* exec_ = nullptr;  // cudaGraphExec_t
+  uint64_t pool_ = 0;     // the allocator's private pool of this graph
+};
+
+}  // namespace ladnn::cuda

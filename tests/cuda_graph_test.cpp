@@ -1,0 +1,257 @@
+// tests/cuda_graph_test.cpp — CUDA graphs (cuda/graph.h): a captured LA-DNN training step replayed
+// gives the parameters of the same number of eager steps; a captured forward follows new inputs copied
+// into its input tensor; what would silently replay wrong (host copies) fails the capture with a
+// clear error and leaves the stream usable; the graph's memory is never handed to anyone else.
+#include <gtest/gtest.h>
+
+#include <memory>
+
+#include "cuda/graph.h"
+#include "cuda_test_util.h"
+#include "models/ladnn.h"
+#include "autograd/functions.h"
+#include "layers/linear.h"
+#include "optim/adam.h"
+#include "optim/sgd.h"
+#include "tensor/ops.h"
+
+namespace ladnn {
+namespace {
+
+using namespace cuda_test;
+
+const Device kGpu = Device::cuda();
+
+struct Data {
+  Tensor images, covid, lesions, mask;  // on the GPU
+};
+
+Data make_data(int64_t n, Generator& gen) {
+  Data d;
+  d.images = to_gpu(randn({n, 3, 64, 64}, gen));
+  std::vector<double> c(n), l(n * 5), m(n);
+  for (auto& v : c) v = double(gen.below(2));
+  for (auto& v : l) v = double(gen.below(2));
+  for (auto& v : m) v = double(gen.below(2));
+  d.covid = to_gpu(Tensor::from_vector(c, {n, 1}));
+  d.lesions = to_gpu(Tensor::from_vector(l, {n, 5}));
+  d.mask = to_gpu(Tensor::from_vector(m, {n, 1}));
+  return d;
+}
+
+std::shared_ptr<LaDnn> tiny_ladnn(uint64_t seed) {
+  Generator gen(seed);
+  auto m = std::make_shared<LaDnn>(DenseNetConfig::tiny(), gen);
+  m->to(kGpu);
+  m->train();
+  return m;
+}
+
+class CudaGraphTest : public ::testing::TestWithParam<cuda::Impl> {
+ protected:
+  void SetUp() override {
+    LADNN_REQUIRE_GPU();
+    for (int f = 0; f < 4; ++f) {
+      saved_[f] = cuda::impl(cuda::Family(f));
+      cuda::set_impl(cuda::Family(f), GetParam());
+    }
+    saved_tf32_ = cuda::tf32_enabled();
+    cuda::set_tf32(false);
+    active_ = true;
+  }
+  void TearDown() override {
+    if (!active_) return;
+    cuda::synchronize();
+    for (int f = 0; f < 4; ++f) cuda::set_impl(cuda::Family(f), saved_[f]);
+    cuda::set_tf32(saved_tf32_);
+  }
+
+ private:
+  cuda::Impl saved_[4] = {};
+  bool saved_tf32_ = true, active_ = false;
+};
+
+// Four SGD steps on the same batch: eagerly, and as one eager step + a capture + three replays. Same
+// kernels in the same order, so the two agree to rounding — not to the bit: the max-pool backward
+// scatters with atomicAdd and cuDNN may sum in any order. SGD, because Adam turns such rounding noise
+// in a near-zero gradient into a full +-lr step (the first H200 run saw 5e-5 differences in the stem's
+// BatchNorm weights after four Adam steps, graph or not); Adam under replay is checked exactly below.
+// A replay that skipped the BatchNorm counter or read stale inputs or weights would be off by far more.
+TEST_P(CudaGraphTest, ReplayedTrainingStepsEqualEagerSteps) {
+  Generator gen(31);
+  const Data d = make_data(4, gen);
+  auto eager = tiny_ladnn(7), graphed = tiny_ladnn(7);
+  SGD opt_e(eager->parameters(), 0.05, 0.9), opt_g(graphed->parameters(), 0.05, 0.9);
+  auto step = [&](LaDnn& m, SGD& opt) {
+    LaDnn::Output out = m.forward_heads(Variable(d.images));
+    Variable l = lesion_attention_loss(out, d.covid, d.lesions, d.mask);
+    opt.zero_grad();
+    l.backward();
+    opt.step();
+  };
+  for (int i = 0; i < 4; ++i) step(*eager, opt_e);
+
+  step(*graphed, opt_g);
+  cuda::Graph g;
+  g.capture([&] { step(*graphed, opt_g); });
+  ASSERT_TRUE(g.captured());
+  const uint64_t mallocs = cuda::allocator_stats().device_mallocs;
+  for (int i = 0; i < 3; ++i) g.replay();
+  cuda::synchronize();
+  EXPECT_EQ(cuda::allocator_stats().device_mallocs, mallocs) << "a replay allocated device memory";
+
+  const auto pe = eager->named_parameters(), pg = graphed->named_parameters();
+  ASSERT_EQ(pe.size(), pg.size());
+  for (size_t i = 0; i < pe.size(); ++i)
+    EXPECT_TRUE(gpu_matches("parameter " + pe[i].first + " after 4 steps", pg[i].second.tensor(),
+                            to_cpu(pe[i].second.tensor()), Tol{2e-6, 1e-5}));
+  const auto be = eager->named_buffers(), bg = graphed->named_buffers();
+  for (size_t i = 0; i < be.size(); ++i) {
+    if (be[i].second.dtype() == DType::Int64) {
+      EXPECT_EQ(to_cpu(bg[i].second).item(), 4.0) << bg[i].first << ": the counter advanced at every replay";
+      continue;
+    }
+    EXPECT_TRUE(gpu_matches("buffer " + be[i].first + " after 4 steps", bg[i].second, to_cpu(be[i].second),
+                            Tol{2e-6, 1e-5}));
+  }
+}
+
+// Inference: the captured forward reads whatever was copied into its input and writes the same output
+// tensor at every replay; each replay equals an eager forward of that input.
+TEST_P(CudaGraphTest, ReplayedForwardFollowsNewInputs) {
+  Generator gen(32);
+  auto m = tiny_ladnn(8);
+  m->eval();
+  Tensor x = to_gpu(randn({2, 3, 64, 64}, gen));
+  NoGradGuard no_grad;
+  m->forward(Variable(x));  // warm-up (algorithm search)
+  Tensor y;
+  cuda::Graph g;
+  g.capture([&] { y = m->forward(Variable(x)).tensor(); });
+  for (int round = 0; round < 3; ++round) {
+    const Tensor next = randn({2, 3, 64, 64}, gen);
+    x.copy_(to_gpu(next));
+    g.replay();
+    const Tensor want = m->forward(Variable(to_gpu(next))).tensor();
+    EXPECT_TRUE(gpu_matches("replayed forward, input " + std::to_string(round), y, to_cpu(want), Tol{1e-6, 1e-6}));
+  }
+}
+
+// Adam's bias corrections depend on t, which a graph would freeze if it were a kernel argument: five
+// replayed steps of a linear model (deterministic kernels: GEMM, elementwise, tree reductions) equal
+// five eager ones. Only the device's pow (vs the host's) may move a rounding of lr / (1 - b1^t).
+TEST_P(CudaGraphTest, ReplayedAdamStepsAdvanceTheStepCount) {
+  Generator gen(33);
+  auto make = [] {
+    Generator g(5);
+    auto m = std::make_shared<Linear>(16, 3, true, g);
+    m->to(kGpu);
+    return m;
+  };
+  auto eager = make(), graphed = make();
+  const Tensor x = to_gpu(randn({8, 16}, gen)), y = to_gpu(randu({8, 3}, gen, 0, 1));
+  Adam opt_e(eager->parameters(), 1e-2), opt_g(graphed->parameters(), 1e-2);
+  auto step = [&](Linear& m, Adam& opt) {
+    Variable l = bce_with_logits(m(Variable(x)), y, Tensor());
+    opt.zero_grad();
+    l.backward();
+    opt.step();
+  };
+  for (int i = 0; i < 6; ++i) step(*eager, opt_e);
+  step(*graphed, opt_g);
+  cuda::Graph g;
+  g.capture([&] { step(*graphed, opt_g); });
+  for (int i = 0; i < 5; ++i) g.replay();
+  const auto pe = eager->named_parameters(), pg = graphed->named_parameters();
+  for (size_t i = 0; i < pe.size(); ++i)
+    EXPECT_TRUE(gpu_matches("parameter " + pe[i].first + " after 6 Adam steps", pg[i].second.tensor(),
+                            to_cpu(pe[i].second.tensor()), Tol{1e-7, 4 * kEps32}));
+  // And they moved as six steps do, not as one step repeated: compare with a model that took only
+  // the first two steps (t = 1, 2) — it must differ.
+  auto two = make();
+  Adam opt_2(two->parameters(), 1e-2);
+  for (int i = 0; i < 2; ++i) step(*two, opt_2);
+  EXPECT_GT(ops::max_abs_diff(to_cpu(two->named_parameters()[0].second.tensor()),
+                              to_cpu(pg[0].second.tensor())),
+            1e-3);
+}
+
+INSTANTIATE_TEST_SUITE_P(CudaImpls, CudaGraphTest, ::testing::Values(cuda::Impl::Library, cuda::Impl::Native),
+                         [](const ::testing::TestParamInfo<cuda::Impl>& info) {
+                           return std::string(info.param == cuda::Impl::Library ? "library" : "native");
+                         });
+
+TEST(CudaGraph, HostCopiesFailTheCaptureClearlyAndTheStreamStaysUsable) {
+  LADNN_REQUIRE_GPU();
+  Tensor a = to_gpu(Tensor::ones({16}));
+  cuda::Graph g;
+  try {
+    g.capture([&] { Tensor b = Tensor::ones({16}).to(kGpu); });
+    FAIL() << "a host-to-device copy was captured";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("host-to-device copy"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("captured"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(g.captured());
+  EXPECT_FALSE(cuda::capturing());
+  try {
+    g.capture([&] { (void)ops::sum(a).item(); });
+    FAIL() << "a device-to-host read was captured";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("device-to-host copy"), std::string::npos) << e.what();
+  }
+  // The stream works as before.
+  EXPECT_EQ(ops::sum(ops::mul_scalar(a, 2.0)).item(), 32.0);
+  EXPECT_THROW(g.replay(), std::runtime_error);
+}
+
+// The autograd graph points at nodes, not data: an intermediate result no Variable refers to and no
+// backward saved is freed at once (before, every op's output lived until backward).
+TEST(CudaAutograd, TheGraphKeepsOnlyWhatBackwardSaved) {
+  LADNN_REQUIRE_GPU();
+  const int64_t n = 1 << 20;  // 4 MiB per tensor
+  Generator gen(34);
+  Variable x(to_gpu(randn({n}, gen)), true);
+  const std::size_t base = cuda::allocator_stats().allocated_bytes;
+  Variable l;
+  {
+    Variable h = mul_scalar(x, 2.0);  // its backward saves nothing
+    Variable r = relu(h);             // saves its output r
+    l = sum(r);
+  }
+  const std::size_t live = cuda::allocator_stats().allocated_bytes - base;
+  EXPECT_GE(live, std::size_t(n) * 4) << "relu's saved output must stay";
+  EXPECT_LT(live, std::size_t(n) * 4 * 2) << "mul_scalar's output is still alive: the graph holds data";
+  l.backward();
+  EXPECT_TRUE(x.has_grad());
+}
+
+TEST(CudaGraph, ItsMemoryIsNotHandedOutWhileItLivesAndIsAfter) {
+  LADNN_REQUIRE_GPU();
+  const std::size_t n = 123457 * 4;  // its own size class
+  const Tensor a = to_gpu(Tensor::ones({123457}));
+  void* inside = nullptr;
+  {
+    cuda::Graph g;
+    g.capture([&] {
+      Tensor t = ops::mul_scalar(a, 3.0);  // allocated in the graph's pool, freed at once
+      inside = t.raw_data();
+    });
+    ASSERT_NE(inside, nullptr);
+    Tensor outside = Tensor::empty({123457}, DType::Float32, kGpu);  // same size class
+    EXPECT_NE(outside.raw_data(), inside) << "a block of a live graph was handed out";
+    g.replay();
+    cuda::synchronize();
+  }
+  // The graph is gone: its block is an ordinary cached block again.
+  bool reused = false;
+  std::vector<Tensor> keep;
+  for (int i = 0; i < 4 && !reused; ++i) {
+    keep.push_back(Tensor::empty({123457}, DType::Float32, kGpu));
+    reused = keep.back().raw_data() == inside;
+  }
+  EXPECT_TRUE(reused) << "the released pool's block never came back (size " << n << ")";
+}
+
+}  // namespace
+}  // namespace ladnn
