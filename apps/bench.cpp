@@ -1,7 +1,8 @@
 // apps/bench.cpp — `ladnn bench`: the LA-DNN training step and inference, timed, beside PyTorch (issue 6).
 //
 //   ladnn bench [--arch densenet169] [--batches 1,32,64] [--work train,infer] [--steps 20] [--warmup 5]
-//               [--device cuda] [--tf32 on|off] [--torch auto|off] [--profile] [--loss-curve N]
+//               [--device cuda] [--tf32 on|off] [--torch auto|off] [--graph both|on|off]
+//               [--memory-efficient] [--profile] [--loss-curve N]
 //
 // For each batch size and each work:
 //   train  one step = forward of both heads, lesion-attention loss, zero_grad, backward, Adam step
@@ -9,7 +10,11 @@
 // on random 224x224 images and labels made once (data loading is not part of the step). Timing: the
 // warm-up steps, then a pair of CUDA events around each step (wall clock on the CPU), the median.
 // Peak memory: the caching allocator's peak of allocated bytes over the timed steps, what
-// torch.cuda.max_memory_allocated() reports on the PyTorch side.
+// torch.cuda.max_memory_allocated() reports on the PyTorch side (size classes, so up to 25% above
+// the bytes asked for); for graph rows, plus the blocks the graph's private pool holds; on the CPU,
+// the peak of live tensor storage.
+// Graph rows (--graph): the step is captured once as a CUDA graph (cuda/graph.h) after the warm-up
+// and each timed step is one replay.
 //
 // When --torch auto and tools/bench_torch.py runs under `python3` with a CUDA torch, the same work is
 // timed there in the same call and the table shows ours, PyTorch's and the ratio (PyTorch / ours:
@@ -54,6 +59,7 @@ struct BenchOptions {
   int loss_curve = 0;
   int image_size = 224;
   std::string graph = "both";  // eager rows, CUDA-graph rows, or both
+  bool memory_efficient = false;
 };
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -105,6 +111,7 @@ std::vector<double> time_steps(Fn&& fn, int steps, int warmup, bool on_gpu) {
       ms.push_back(timer.elapsed_ms());
     }
   } else {
+    reset_cpu_memory_peak();
     for (int i = 0; i < steps; ++i) {
       auto t0 = std::chrono::steady_clock::now();
       fn();
@@ -134,7 +141,9 @@ struct Row {
 Row run_one(const BenchOptions& o, const std::string& work, int64_t batch, Device device, bool graph) {
   const bool gpu = device.is_cuda();
   Generator gen(0);
-  auto model = std::make_shared<LaDnn>(DenseNetConfig::by_name(o.arch), gen);
+  DenseNetConfig config = DenseNetConfig::by_name(o.arch);
+  config.memory_efficient = o.memory_efficient;
+  auto model = std::make_shared<LaDnn>(config, gen);
   model->to(device);
   RandomBatch b = to_device(random_batch(batch, o.image_size, gen), device);
   std::unique_ptr<Adam> opt;
@@ -188,6 +197,8 @@ Row run_one(const BenchOptions& o, const std::string& work, int64_t batch, Devic
     // what stays live plus the blocks the graph's private pool holds for its intermediates.
     const cuda::AllocatorStats st = cuda::allocator_stats();
     r.peak_bytes = st.peak_allocated_bytes + (graph ? st.pool_cached_bytes : 0);
+  } else {
+    r.peak_bytes = cpu_memory_stats().peak_bytes;  // tensor storage on the host, the same measure
   }
   if (o.profile && gpu) {
     cuda::profiler::set_enabled(false);
@@ -327,7 +338,8 @@ void run_bench(const BenchOptions& o) {
     if (!have_torch) std::cerr << "bench: no PyTorch figures (" << cmd << " gave none)\n";
   }
   const double gib = 1024.0 * 1024.0 * 1024.0;
-  std::cout << "\n" << o.arch << ", float32, TF32 " << o.tf32 << ", " << o.device;
+  std::cout << "\n" << o.arch << (o.memory_efficient ? " (memory-efficient)" : "") << ", float32, TF32 "
+            << o.tf32 << ", " << o.device;
   if (device.is_cuda()) std::cout << " (" << cuda::device_info(0).name << ")";
   std::cout << ", median of " << o.steps << " steps after " << o.warmup << " warm-up\n";
   std::cout << "(graph: the step captured once as a CUDA graph and replayed; torch: PyTorch eager)\n";
@@ -369,6 +381,8 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--image-size", o->image_size, "Input height and width")->check(CLI::Range(32, 1024))->capture_default_str();
   cmd->add_option("--graph", o->graph, "Rows for eager steps (off), CUDA-graph replays (on) or both")
       ->check(CLI::IsMember({"both", "on", "off"}))->capture_default_str();
+  cmd->add_flag("--memory-efficient", o->memory_efficient,
+                "Dense layers recompute their concatenation-BN-ReLU in backward (autograd/checkpoint.h)");
   cmd->add_flag("--profile", o->profile, "Per-op CUDA-event profile of each row's timed steps");
   cmd->add_option("--loss-curve", o->loss_curve, "N: compare N training steps' losses with PyTorch")
       ->check(CLI::Range(0, 10000));

@@ -14,6 +14,8 @@ static void add_train(CLI::App& app) {
   cmd->add_option("--data", c->data_dir, "Data folder (data_split/, CT_COVID/, CT_NonCOVID/); default $LADNN_DATA or ../shared/data/covid-ct");
   cmd->add_option("--out", c->out, "Run folder: last/best.safetensors, metrics.csv, config.json")->required();
   cmd->add_option("--arch", c->arch, "densenet169 | densenet121 | densenet201 | tiny")->capture_default_str();
+  cmd->add_flag("--memory-efficient", c->memory_efficient,
+                "Dense layers recompute their concatenation-BN-ReLU in backward: less memory, same results");
   cmd->add_option("--loss", c->loss, "ladnn (COVID x w_main + lesion BCEs) | baseline (COVID only)")->capture_default_str();
   cmd->add_option("--w-main", c->w_main, "Weight of the COVID term in the LA-DNN loss")->capture_default_str();
   cmd->add_option("--epochs", c->epochs, "Epochs in total (a resumed run continues to this)")->capture_default_str();

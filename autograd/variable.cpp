@@ -59,6 +59,8 @@ void accumulate(Tensor& acc, const Tensor& g) {
 bool grad_enabled() { return g_grad_enabled; }
 NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { g_grad_enabled = previous_; }
+EnableGradGuard::EnableGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = true; }
+EnableGradGuard::~EnableGradGuard() { g_grad_enabled = previous_; }
 
 Variable::Variable(Tensor data, bool requires_grad) : handle_(std::make_shared<Handle>()) {
   check(data.defined(), "Variable: data tensor is undefined");

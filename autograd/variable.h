@@ -106,4 +106,17 @@ class NoGradGuard {
   bool previous_;
 };
 
+/// Enables graph recording for its lifetime, whatever the surrounding mode (RAII; nests).
+/// For re-running a piece of the network during backward (autograd/checkpoint.h).
+class EnableGradGuard {
+ public:
+  EnableGradGuard();
+  ~EnableGradGuard();
+  EnableGradGuard(const EnableGradGuard&) = delete;
+  EnableGradGuard& operator=(const EnableGradGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
 }  // namespace ladnn

@@ -1,6 +1,7 @@
 // layers/batchnorm2d.cpp — BatchNorm2d: buffers, mode switch, and the num_batches_tracked counter.
 #include "layers/batchnorm2d.h"
 
+#include "autograd/checkpoint.h"
 #include "autograd/functions.h"
 #include "tensor/ops.h"
 
@@ -27,6 +28,12 @@ Variable BatchNorm2d::forward(const Variable& x) {
   check(x.dim() == 4 && x.size(1) == num_features_, "BatchNorm2d: expected input (N, " +
                                                         std::to_string(num_features_) + ", H, W), got " +
                                                         shape_str(x.shape()));
+  if (is_training() && recomputing()) {
+    // A checkpoint's backward re-runs this layer (autograd/checkpoint.h): the same batch statistics,
+    // but the running statistics and the counter were already updated by the first run.
+    Tensor no_mean, no_var;
+    return batch_norm2d(x, weight_, bias_, no_mean, no_var, true, momentum_, eps_);
+  }
   if (is_training()) {
     // As PyTorch: counted on every training forward (the momentum is fixed, so it is bookkeeping
     // that makes state dicts match torchvision's).

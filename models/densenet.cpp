@@ -1,6 +1,7 @@
 // models/densenet.cpp — the DenseNet modules (see densenet.h).
 #include "models/densenet.h"
 
+#include "autograd/checkpoint.h"
 #include "autograd/functions.h"
 #include "layers/activation.h"
 #include "layers/pool.h"
@@ -54,8 +55,19 @@ DenseLayer::DenseLayer(int64_t num_input_features, int64_t growth_rate, int64_t 
 }
 
 Variable DenseLayer::forward(const Variable& x) {
-  Variable bottleneck = (*conv1_)(relu((*norm1_)(x)));  // (N, bn_size*growth, H, W)
-  Variable out = (*conv2_)(relu((*norm2_)(bottleneck)));  // (N, growth, H, W)
+  return forward_features({x});
+}
+
+Variable DenseLayer::bottleneck(const std::vector<Variable>& features) {
+  const Variable x = features.size() == 1 ? features[0] : cat(features, 1);
+  return (*conv1_)(relu((*norm1_)(x)));  // (N, bn_size*growth, H, W)
+}
+
+Variable DenseLayer::forward_features(const std::vector<Variable>& features) {
+  Variable b = memory_efficient_ && is_training()
+                   ? checkpoint([this](const std::vector<Variable>& in) { return bottleneck(in); }, features)
+                   : bottleneck(features);
+  Variable out = (*conv2_)(relu((*norm2_)(b)));  // (N, growth, H, W)
   if (drop_rate_ > 0) out = dropout(out, drop_rate_, is_training(), gen_);
   return out;
 }
@@ -73,11 +85,14 @@ DenseBlock::DenseBlock(int64_t num_layers, int64_t num_input_features, int64_t b
 }
 
 Variable DenseBlock::forward(const Variable& x) {
-  // Every layer reads all earlier maps: features grows by growth_rate channels per layer. (The
-  // memory-efficient variant writes into one preallocated buffer instead; see DESIGN.md.)
+  // Every layer reads all earlier maps: features grows by growth_rate channels per layer.
   std::vector<Variable> features{x};
-  for (auto& layer : layers_) features.push_back((*layer)(features.size() == 1 ? x : cat(features, 1)));
+  for (auto& layer : layers_) features.push_back(layer->forward_features(features));
   return cat(features, 1);
+}
+
+void DenseBlock::set_memory_efficient(bool on) {
+  for (auto& layer : layers_) layer->set_memory_efficient(on);
 }
 
 // ---- Transition ---------------------------------------------------------------------------------------
@@ -121,12 +136,19 @@ DenseNet::DenseNet(const DenseNetConfig& config, int64_t num_classes, Generator&
     }
   }
   features_->push_back("norm5", std::make_shared<BatchNorm2d>(num_features));
+  set_memory_efficient(config.memory_efficient);
   if (num_classes > 0) {
     classifier_ = register_module("classifier", std::make_shared<Linear>(num_features, num_classes, true, gen));
     // torchvision sets the classifier bias to 0 (the weight keeps Linear's default init).
     Variable b = classifier_->bias();
     b.mutable_tensor().zero_();
   }
+}
+
+void DenseNet::set_memory_efficient(bool on) {
+  config_.memory_efficient = on;
+  for (const auto& [name, child] : features_->named_children())
+    if (auto block = std::dynamic_pointer_cast<DenseBlock>(child)) block->set_memory_efficient(on);
 }
 
 Variable DenseNet::features(const Variable& x) {

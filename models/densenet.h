@@ -32,6 +32,10 @@ struct DenseNetConfig {
   int64_t num_init_features = 64;
   int64_t bn_size = 4;
   double drop_rate = 0.0;
+  /// Each dense layer's concatenation-BN-ReLU-1x1 conv runs under a checkpoint (autograd/checkpoint.h):
+  /// those intermediate maps, which grow with depth, are recomputed in backward instead of stored
+  /// (torchvision's memory_efficient). Same results; less memory, a little more compute.
+  bool memory_efficient = false;
 
   static DenseNetConfig densenet121() { return {32, {6, 12, 24, 16}, 64, 4, 0.0}; }
   static DenseNetConfig densenet169() { return {32, {6, 12, 32, 32}, 64, 4, 0.0}; }
@@ -52,11 +56,17 @@ class DenseLayer : public Module {
              Generator& gen);
   /// x: the concatenation of the block's earlier feature maps -> growth_rate new channels.
   Variable forward(const Variable& x) override;
+  /// The same from the block's feature maps, concatenated here (inside the checkpoint when
+  /// memory-efficient, so the concatenation is never stored).
+  Variable forward_features(const std::vector<Variable>& features);
+  void set_memory_efficient(bool on) { memory_efficient_ = on; }
 
  private:
+  Variable bottleneck(const std::vector<Variable>& features);
   std::shared_ptr<BatchNorm2d> norm1_, norm2_;
   std::shared_ptr<Conv2d> conv1_, conv2_;
   double drop_rate_;
+  bool memory_efficient_ = false;
   Generator& gen_;
 };
 
@@ -66,6 +76,7 @@ class DenseBlock : public Module {
   DenseBlock(int64_t num_layers, int64_t num_input_features, int64_t bn_size, int64_t growth_rate,
              double drop_rate, Generator& gen);
   Variable forward(const Variable& x) override;
+  void set_memory_efficient(bool on);
 
  private:
   std::vector<std::shared_ptr<DenseLayer>> layers_;
@@ -93,6 +104,8 @@ class DenseNet : public Module {
   /// The `features` Sequential: (N, 3, H, W) -> (N, num_features, H/32, W/32), after norm5.
   Variable features(const Variable& x);
   const DenseNetConfig& config() const { return config_; }
+  /// Switches every dense layer to (or from) the memory-efficient form; weights are unaffected.
+  void set_memory_efficient(bool on);
 
  private:
   DenseNetConfig config_;

@@ -32,7 +32,7 @@ nlohmann::json TrainConfig::to_json() const {
           {"wd", wd},             {"optimizer", optimizer}, {"schedule", schedule}, {"step_size", step_size},
           {"gamma", gamma},       {"seed", seed},       {"device", device},       {"image_size", image_size},
           {"workers", workers},   {"augment", augment}, {"skip_bad", skip_bad},   {"init", init},
-          {"max_batches", max_batches}};
+          {"max_batches", max_batches}, {"memory_efficient", memory_efficient}};
 }
 
 TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
@@ -68,6 +68,7 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   c.skip_bad = merged["skip_bad"];
   c.init = merged["init"];
   c.max_batches = merged["max_batches"];
+  c.memory_efficient = merged["memory_efficient"];
   return c;
 }
 
@@ -299,7 +300,9 @@ std::vector<EpochMetrics> Trainer::run() {
   }
 
   Generator gen(config_.seed);
-  auto model = std::make_shared<LaDnn>(DenseNetConfig::by_name(config_.arch), gen);
+  DenseNetConfig arch = DenseNetConfig::by_name(config_.arch);
+  arch.memory_efficient = config_.memory_efficient;
+  auto model = std::make_shared<LaDnn>(arch, gen);
   if (!config_.init.empty() && !resuming) init_from_pretrained(*model, config_.init);
   if (resuming) model->load_state_dict(resumed.model);  // before the move: checkpoints live on the CPU
   model->to(device);

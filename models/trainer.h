@@ -27,6 +27,7 @@ struct TrainConfig {
   std::string data_dir;            // a folder laid out as ../shared/data/covid-ct
   std::string out;                 // the run folder
   std::string arch = "densenet169";
+  bool memory_efficient = false;   // dense layers recompute concat-BN-ReLU in backward (less memory)
   std::string loss = "ladnn";      // ladnn | baseline
   double w_main = 5.0;
   int epochs = 40;

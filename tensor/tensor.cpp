@@ -2,6 +2,7 @@
 #include "tensor/tensor.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -65,12 +66,31 @@ Shape contiguous_strides(const Shape& shape) {
 
 // ---- Storage ------------------------------------------------------------------------------------------
 
+namespace {
+std::atomic<std::size_t> g_cpu_live{0}, g_cpu_peak{0};
+
+void note_cpu_alloc(std::size_t n) {
+  const std::size_t now = g_cpu_live.fetch_add(n) + n;
+  std::size_t peak = g_cpu_peak.load();
+  while (now > peak && !g_cpu_peak.compare_exchange_weak(peak, now)) {
+  }
+}
+}  // namespace
+
+CpuMemoryStats cpu_memory_stats() {
+  return {g_cpu_live.load(), g_cpu_peak.load()};
+}
+void reset_cpu_memory_peak() {
+  g_cpu_peak.store(g_cpu_live.load());
+}
+
 Storage::Storage(std::size_t nbytes, Device device) : nbytes_(nbytes), device_(device) {
   if (device.is_cpu()) {
     // 64-byte alignment: a cache line, and enough for any SIMD load the compiler emits.
     std::size_t rounded = (std::max<std::size_t>(nbytes, 1) + 63) / 64 * 64;
     data_ = std::aligned_alloc(64, rounded);
     if (!data_) throw std::bad_alloc();
+    note_cpu_alloc(nbytes_);
   } else {
     data_ = cuda::device_alloc(nbytes, device.index);
   }
@@ -79,6 +99,7 @@ Storage::Storage(std::size_t nbytes, Device device) : nbytes_(nbytes), device_(d
 Storage::~Storage() {
   if (device_.is_cpu()) {
     std::free(data_);
+    g_cpu_live.fetch_sub(nbytes_);
   } else {
     cuda::device_free(data_, nbytes_, device_.index);  // never throws
   }

@@ -73,6 +73,17 @@ class Storage {
   Device device_;
 };
 
+/// Bytes of CPU tensor storage alive now and the most alive at once since the last reset — the host's
+/// counterpart of cuda::allocator_stats(), for measuring what a training step keeps (tests, benches).
+/// Counted per Storage (as asked, not rounded), thread-safe.
+struct CpuMemoryStats {
+  std::size_t live_bytes = 0;
+  std::size_t peak_bytes = 0;
+};
+CpuMemoryStats cpu_memory_stats();
+/// Peak restarts from the live value.
+void reset_cpu_memory_peak();
+
 class Generator;
 
 class Tensor {
