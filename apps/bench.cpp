@@ -302,20 +302,15 @@ void run_bench(const BenchOptions& o) {
     loss_curve(o, device);
     return;
   }
-  std::vector<Row> rows;
-  for (const std::string& w : split_list(o.work))
-    for (const std::string& bs : split_list(o.batches)) {
-      const int64_t batch = std::stoll(bs);
-      if (batch < 1) throw std::invalid_argument("--batches: batch sizes must be >= 1, got " + bs);
-      for (bool graph : {false, true}) {
-        if (graph ? (o.graph == "off" || !device.is_cuda()) : o.graph == "on") continue;
-        rows.push_back(run_one(o, w, batch, device, graph));
-        std::cerr << "ladnn " << w << (graph ? " (graph)" : "") << " batch " << batch << ": "
-                  << fmt("%.2f", rows.back().ms) << " ms\n";
-        if (device.is_cuda()) cuda::release_cached();
-      }
-    }
-  bool have_torch = false;
+  // PyTorch first, so that a run cut short by a time limit still has both sides of what it finished
+  // (each row is also reported on stderr as soon as it is measured).
+  struct TorchRow {
+    std::string work;
+    int64_t batch;
+    double ms;
+    std::size_t peak;
+  };
+  std::vector<TorchRow> torch_rows;
   if (o.torch != "off" && device.is_cuda()) {
     bool ok = true;
     std::string cmd = "python3 " + o.torch_script + " --arch " + o.arch + " --batches " + o.batches + " --work " + o.work +
@@ -328,15 +323,32 @@ void run_bench(const BenchOptions& o) {
       if (line.rfind("{", 0) != 0) continue;
       nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
       if (j.is_discarded()) continue;
-      for (Row& r : rows)
-        if (r.work == j.value("work", "") && r.batch == j.value("batch", 0)) {
-          r.torch_ms = j.value("ms", 0.0);
-          r.torch_peak = j.value("peak_bytes", std::size_t{0});
-          have_torch = true;
-        }
+      torch_rows.push_back({j.value("work", ""), j.value("batch", int64_t{0}), j.value("ms", 0.0),
+                            j.value("peak_bytes", std::size_t{0})});
+      std::cerr << "torch " << torch_rows.back().work << " batch " << torch_rows.back().batch << ": "
+                << fmt("%.2f", torch_rows.back().ms) << " ms\n";
     }
-    if (!have_torch) std::cerr << "bench: no PyTorch figures (" << cmd << " gave none)\n";
+    if (torch_rows.empty()) std::cerr << "bench: no PyTorch figures (" << cmd << " gave none)\n";
   }
+  std::vector<Row> rows;
+  for (const std::string& w : split_list(o.work))
+    for (const std::string& bs : split_list(o.batches)) {
+      const int64_t batch = std::stoll(bs);
+      if (batch < 1) throw std::invalid_argument("--batches: batch sizes must be >= 1, got " + bs);
+      for (bool graph : {false, true}) {
+        if (graph ? (o.graph == "off" || !device.is_cuda()) : o.graph == "on") continue;
+        rows.push_back(run_one(o, w, batch, device, graph));
+        Row& r = rows.back();
+        for (const TorchRow& t : torch_rows)
+          if (t.work == r.work && t.batch == r.batch) {
+            r.torch_ms = t.ms;
+            r.torch_peak = t.peak;
+          }
+        std::cerr << "ladnn " << w << (graph ? " (graph)" : "") << " batch " << batch << ": "
+                  << fmt("%.2f", r.ms) << " ms, " << fmt("%.2f", r.peak_bytes / 1073741824.0) << " GiB\n";
+        if (device.is_cuda()) cuda::release_cached();
+      }
+    }
   const double gib = 1024.0 * 1024.0 * 1024.0;
   std::cout << "\n" << o.arch << (o.memory_efficient ? " (memory-efficient)" : "") << ", float32, TF32 "
             << o.tf32 << ", " << o.device;

@@ -154,9 +154,9 @@ echo "exit status $?" | tee "$OUTDIR/bench.rc"
 tail -n 5 "$OUTDIR/bench.log"
 
 section "6. ladnn bench (issue 6): training step and inference beside PyTorch eager"
-if [ "${T_LADNN_BENCH:-150}" -gt 0 ]; then
+if [ "${T_LADNN_BENCH:-200}" -gt 0 ]; then
   # shellcheck disable=SC2086
-  timeout "${T_LADNN_BENCH:-150}" "$B/ladnn" bench ${LADNN_CHECK_LADNN_BENCH_ARGS:-} >"$OUTDIR/ladnn_bench.log" 2>&1
+  timeout "${T_LADNN_BENCH:-200}" "$B/ladnn" bench ${LADNN_CHECK_LADNN_BENCH_ARGS:---steps 20 --warmup 3} >"$OUTDIR/ladnn_bench.log" 2>&1
   echo "exit status $?" | tee "$OUTDIR/ladnn_bench.rc"
 else
   echo "skipped (T_LADNN_BENCH=0)" >"$OUTDIR/ladnn_bench.log"
