@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "apps/apps.h"
+#include "cuda/profiler.h"
 #include "data/split.h"
 #include "models/trainer.h"
 
@@ -37,8 +38,12 @@ static void add_train(CLI::App& app) {
   cmd->add_flag("!--no-progress", c->progress, "No progress bar");
   cmd->add_option("--stop-after", c->stop_after, "End this session after N epochs (continue with --resume)");
   cmd->add_option("--max-batches", c->max_batches, "Stop each epoch after this many batches (smoke tests)");
-  cmd->callback([c] {
+  auto profile = std::make_shared<bool>(false);
+  cmd->add_flag("--profile", *profile,
+                "GPU: time every op with CUDA events and print the per-op table at the end (as LADNN_PROFILE=1)");
+  cmd->callback([c, profile] {
     if (c->data_dir.empty()) c->data_dir = data::find_data_dir();
+    if (*profile) cuda::profiler::set_enabled(true);
     Trainer trainer(*c);
     trainer.on_epoch = [](const EpochMetrics& m) {
       std::printf("epoch %3d  lr %.3g  train loss %.4f acc %.3f  val loss %.4f acc %.3f auc %.3f  %.0fs %.1f img/s%s\n",
@@ -48,6 +53,7 @@ static void add_train(CLI::App& app) {
     };
     trainer.run();
     std::printf("run folder: %s (best.safetensors, last.safetensors, metrics.csv)\n", c->out.c_str());
+    if (*profile) cuda::profiler::print(std::cout);
   });
 }
 
