@@ -96,7 +96,7 @@ TEST(DenseNetMemoryEfficient, SameOutputsGradientsAndRunningStatisticsAsThePlain
         << ba[i].first;
 }
 
-TEST(DenseNetMemoryEfficient, KeepsFarLessAliveBetweenForwardAndBackward) {
+TEST(DenseNetMemoryEfficient, KeepsLessAliveBetweenForwardAndBackward) {
   // DenseNet-121's first two blocks at 64x64: 6 and 12 layers, growth 32.
   const DenseNetConfig cfg{32, {6, 12}, 64, 4, 0.0};
   Pair p = make_pair_of(cfg, DType::Float32);
@@ -112,7 +112,10 @@ TEST(DenseNetMemoryEfficient, KeepsFarLessAliveBetweenForwardAndBackward) {
   const std::size_t plain = kept(*p.plain), efficient = kept(*p.efficient);
   // Per layer the plain graph keeps the concatenated input, its BN-ReLU output, the bottleneck and
   // its BN-ReLU output; the efficient one only the last two (the block's own features stay alive
-  // either way).
+  // either way). Measured: 29.8 MB plain, 16.6 MB memory-efficient (byte counts follow from the shapes
+  // alone, so the margin to 0.6 is not noise).
+  RecordProperty("kept_plain_bytes", std::to_string(plain));
+  RecordProperty("kept_efficient_bytes", std::to_string(efficient));
   EXPECT_LT(double(efficient), 0.6 * double(plain))
       << "plain graph keeps " << plain << " bytes, memory-efficient " << efficient;
 }
