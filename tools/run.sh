@@ -2,7 +2,7 @@
 # tools/run.sh — the README's main-job command: set up, build, train LA-DNN on COVID-CT, evaluate it
 # on the test split, and say where the report is.
 #
-# On the CPU it trains the tiny DenseNet configuration (about 10 minutes on 2 cores). On a GPU machine
+# On the CPU it trains the tiny DenseNet configuration (under 2 minutes on 2 idle cores). On a GPU machine
 # the full model is `./build/ladnn train --arch densenet169 --device cuda ...` (the CUDA backend was
 # verified on an H200; see bench/RESULTS-gpu.md); this script keeps to the CPU job.
 # Environment: LADNN_DATA (data folder; default ../shared/data/covid-ct), EPOCHS (default 20).
