@@ -95,10 +95,9 @@ RandomBatch to_device(const RandomBatch& b, Device d) {
   return {b.images.to(d), b.covid.to(d), b.lesions.to(d), b.mask.to(d)};
 }
 
-/// Milliseconds of each of `steps` calls of `fn` after `warmup` untimed ones.
+/// Milliseconds of each of `steps` calls of `fn` (warmed up by the caller); the memory peaks restart here.
 template <typename Fn>
-std::vector<double> time_steps(Fn&& fn, int steps, int warmup, bool on_gpu) {
-  for (int i = 0; i < warmup; ++i) fn();
+std::vector<double> time_steps(Fn&& fn, int steps, bool on_gpu) {
   if (on_gpu) cuda::synchronize();
   std::vector<double> ms;
   if (on_gpu) {
@@ -191,7 +190,7 @@ Row run_one(const BenchOptions& o, const std::string& work, int64_t batch, Devic
     cuda::profiler::reset();
     cuda::profiler::set_enabled(true);
   }
-  r.ms = median(time_steps(step, o.steps, 0, gpu));
+  r.ms = median(time_steps(step, o.steps, gpu));
   if (gpu) {
     // Eager: the peak of live tensors. Graph: the replays allocate nothing, so the step's footprint is
     // what stays live plus the blocks the graph's private pool holds for its intermediates.
@@ -210,8 +209,8 @@ Row run_one(const BenchOptions& o, const std::string& work, int64_t batch, Devic
   return r;
 }
 
-/// Runs `cmd` and returns its standard output ("" and a message when it fails).
-std::string capture(const std::string& cmd, bool* ok) {
+/// Runs `cmd` through the shell and returns its standard output; *ok says whether it exited with 0.
+std::string command_output(const std::string& cmd, bool* ok) {
   std::string out;
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) {
@@ -268,7 +267,7 @@ void loss_curve(const BenchOptions& o, Device device) {
   std::vector<double> theirs;
   if (o.torch != "off") {
     bool ok = true;
-    std::string out = capture("python3 " + o.torch_script + " --tf32 " + (o.tf32 == "on" ? "1" : "0") +
+    std::string out = command_output("python3 " + o.torch_script + " --tf32 " + (o.tf32 == "on" ? "1" : "0") +
                                   " --arch " + o.arch + " --loss-curve " + path, &ok);
     try {
       if (ok) theirs = nlohmann::json::parse(out.substr(out.rfind("{\"work\"")))["losses"].get<std::vector<double>>();
@@ -316,7 +315,7 @@ void run_bench(const BenchOptions& o) {
     std::string cmd = "python3 " + o.torch_script + " --arch " + o.arch + " --batches " + o.batches + " --work " + o.work +
                       " --steps " + std::to_string(o.steps) + " --warmup " + std::to_string(o.warmup) +
                       " --tf32 " + (o.tf32 == "on" ? "1" : "0") + " 2>/dev/null";
-    std::string out = capture(cmd, &ok);
+    std::string out = command_output(cmd, &ok);
     std::istringstream lines(out);
     std::string line;
     while (std::getline(lines, line)) {

@@ -44,9 +44,9 @@ struct Variable::Handle {
 namespace {
 thread_local bool g_grad_enabled = true;
 
-void check_grad_shape(const Tensor& g, const Tensor& data, const char* who) {
-  check(g.shape() == data.shape(), std::string("backward: gradient of shape ") + shape_str(g.shape()) +
-                                       " does not match " + who + " of shape " + shape_str(data.shape()));
+void check_grad_shape(const Tensor& g, const Shape& shape, const char* who) {
+  check(g.shape() == shape, std::string("backward: gradient of shape ") + shape_str(g.shape()) +
+                                " does not match " + who + " of shape " + shape_str(shape));
 }
 
 /// acc += g. Out of place on purpose: g may share storage with a tensor an op saved or returned
@@ -133,7 +133,7 @@ void Variable::backward(bool retain_graph) {
 void Variable::backward(const Tensor& grad_output, bool retain_graph) {
   check(requires_grad(), "backward: the output does not require a gradient (no input requires one, "
                          "or it was computed under NoGradGuard)");
-  check_grad_shape(grad_output, tensor(), "the output");
+  check_grad_shape(grad_output, shape(), "the output");
   check(grad_output.dtype() == dtype(), std::string("backward: gradient dtype ") +
                                             dtype_name(grad_output.dtype()) + " differs from output " +
                                             dtype_name(dtype()));
@@ -170,8 +170,7 @@ void Variable::backward(const Tensor& grad_output, bool retain_graph) {
     for (const Hook& hook : node->hooks) {
       Tensor replaced = hook(g);
       if (replaced.defined()) {
-        check(replaced.shape() == node->shape, "backward: gradient of shape " + shape_str(replaced.shape()) +
-                                                   " does not match the hooked variable of shape " + shape_str(node->shape));
+        check_grad_shape(replaced, node->shape, "the hooked variable");
         g = replaced;
       }
     }

@@ -76,7 +76,7 @@ void Graph::capture(const std::function<void()>& fn) {
     else
       what = std::string("cudaGraphInstantiate: ") + cudaGetErrorString(inst);
   }
-  if (graph) cudaGraphDestroy(graph);
+  if (graph) CUDA_CHECK(cudaGraphDestroy(graph));
   if (!what.empty()) {
     cudaGetLastError();
     reset();

@@ -53,8 +53,7 @@ void Adam::step() {
     ops::increment_(device_step_);
   }
   steps_ += 1;
-  bool any_cuda = false;
-  Device cuda_device = Device::cpu();
+  Device cuda_device = Device::cpu();  // becomes the parameters' GPU when any is on one
   for (std::size_t i = 0; i < params_.size(); ++i) {
     Variable& p = params_[i];
     if (!p.has_grad()) continue;
@@ -85,12 +84,9 @@ void Adam::step() {
       s.device_step = device_step_;
     }
     ops::adam_update_(w, g, exp_avg_[i], exp_avg_sq_[i], s);
-    if (w.device().is_cuda()) {
-      any_cuda = true;
-      cuda_device = w.device();
-    }
+    if (w.device().is_cuda()) cuda_device = w.device();
   }
-  if (!graph && any_cuda) {
+  if (!graph && cuda_device.is_cuda()) {
     if (!device_step_.defined() || device_step_.device() != cuda_device)
       device_step_ = Tensor::zeros({}, DType::Int64, cuda_device);
     device_step_.fill_(steps_);

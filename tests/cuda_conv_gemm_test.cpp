@@ -470,23 +470,12 @@ class CudaTrainStepTest : public ::testing::TestWithParam<Impl> {
  protected:
   void SetUp() override {
     LADNN_REQUIRE_GPU();
-    for (Family f : kFamilies) saved_[int(f)] = cuda::impl(f);
-    saved_tf32_ = cuda::tf32_enabled();
-    for (Family f : kFamilies) cuda::set_impl(f, GetParam());
-    cuda::set_tf32(false);
-    active_ = true;
+    scope_.emplace(GetParam(), /*tf32=*/false);
   }
-  void TearDown() override {
-    if (!active_) return;
-    cuda::synchronize();
-    for (Family f : kFamilies) cuda::set_impl(f, saved_[int(f)]);
-    cuda::set_tf32(saved_tf32_);
-  }
+  void TearDown() override { scope_.reset(); }
 
  private:
-  static constexpr Family kFamilies[] = {Family::Conv, Family::BatchNorm, Family::Pool, Family::Gemm};
-  Impl saved_[4] = {};
-  bool saved_tf32_ = true, active_ = false;
+  std::optional<cuda_test::ImplScope> scope_;
 };
 
 // One SGD step (lr 0.5, momentum 0.9) from the same initial weights on the same batch: the float32 GPU

@@ -159,4 +159,39 @@ inline Tensor to_cpu(const Tensor& t) {
   return t.to(Device::cpu());
 }
 
+/// Sets TF32 on or off for its lifetime, then restores the previous setting.
+class Tf32Scope {
+ public:
+  explicit Tf32Scope(bool on) : saved_(cuda::tf32_enabled()) { cuda::set_tf32(on); }
+  ~Tf32Scope() { cuda::set_tf32(saved_); }
+  Tf32Scope(const Tf32Scope&) = delete;
+  Tf32Scope& operator=(const Tf32Scope&) = delete;
+
+ private:
+  bool saved_;
+};
+
+/// Runs every op family (conv, BN, pool, GEMM) on `impl` and sets TF32 for its lifetime; waits for the
+/// stream, then restores the previous choices. Make one only where a GPU is usable.
+class ImplScope {
+ public:
+  ImplScope(cuda::Impl impl, bool tf32) : tf32_(tf32) {
+    for (int f = 0; f < kFamilies; ++f) {
+      saved_[f] = cuda::impl(cuda::Family(f));
+      cuda::set_impl(cuda::Family(f), impl);
+    }
+  }
+  ~ImplScope() {
+    cuda::synchronize();
+    for (int f = 0; f < kFamilies; ++f) cuda::set_impl(cuda::Family(f), saved_[f]);
+  }
+  ImplScope(const ImplScope&) = delete;
+  ImplScope& operator=(const ImplScope&) = delete;
+
+ private:
+  static constexpr int kFamilies = 4;  // cuda::Family's Conv, BatchNorm, Pool, Gemm
+  cuda::Impl saved_[kFamilies] = {};
+  Tf32Scope tf32_;
+};
+
 }  // namespace ladnn::cuda_test

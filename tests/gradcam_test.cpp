@@ -21,8 +21,8 @@
 #include <string>
 
 #include "autograd/functions.h"
-#include "cuda/context.h"
 #include "cuda/runtime.h"
+#include "tests/cuda_test_util.h"
 #include "tensor/safetensors.h"
 #include "tests/golden_util.h"
 
@@ -279,11 +279,7 @@ TEST(GradCamExplain, CudaMapsEqualCpuMaps) {
   // it the first H200 run measured relative errors of 1.2e-4 (Grad-CAM++) to 2e-3 (Grad-CAM, whose
   // mean-gradient weights cancel) against the CPU.
   if (!cuda::available()) GTEST_SKIP() << "no GPU: " << cuda::unavailable_reason();
-  struct Tf32Off {
-    bool saved = cuda::tf32_enabled();
-    Tf32Off() { cuda::set_tf32(false); }
-    ~Tf32Off() { cuda::set_tf32(saved); }
-  } tf32_off;
+  cuda_test::Tf32Scope tf32_off(false);
   auto cpu = small_model(13, DType::Float32);
   auto gpu = small_model(13, DType::Float32);
   gpu->to(Device::cuda());

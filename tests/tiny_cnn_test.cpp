@@ -15,8 +15,7 @@
 #include "layers/linear.h"
 #include "layers/pool.h"
 #include "layers/sequential.h"
-#include "cuda/context.h"
-#include "cuda/runtime.h"
+#include "tests/cuda_test_util.h"
 #include "optim/adam.h"
 
 using namespace ladnn;
@@ -124,16 +123,12 @@ TEST(TinyCnn, LearnsBarOrientationAndGeneralises) {
 TEST(CudaTinyCnn, LearnsOnTheGpuAsOnTheCpuWithEitherImplementation) {
   if (!cuda::available()) GTEST_SKIP() << "no GPU: " << cuda::unavailable_reason();
   const TrainResult cpu = train_tiny_cnn(Device::cpu());
-  const cuda::Family families[] = {cuda::Family::Conv, cuda::Family::BatchNorm, cuda::Family::Pool,
-                                   cuda::Family::Gemm};
   for (cuda::Impl impl : {cuda::Impl::Library, cuda::Impl::Native}) {
-    std::vector<cuda::Impl> saved;
-    for (cuda::Family f : families) {
-      saved.push_back(cuda::impl(f));
-      cuda::set_impl(f, impl);
+    TrainResult gpu;
+    {
+      cuda_test::ImplScope scope(impl, cuda::tf32_enabled());  // the default TF32 setting, as users train
+      gpu = train_tiny_cnn(Device::cuda());
     }
-    const TrainResult gpu = train_tiny_cnn(Device::cuda());
-    for (size_t i = 0; i < saved.size(); ++i) cuda::set_impl(families[i], saved[i]);
     const char* name = impl == cuda::Impl::Library ? "library" : "native";
     EXPECT_GT(gpu.acc, 0.95) << name << ": held-out accuracy " << gpu.acc << " (CPU " << cpu.acc << ")";
     EXPECT_NEAR(gpu.acc, cpu.acc, 0.01) << name;

@@ -111,7 +111,6 @@ def loss_curve(path, arch):
     model.to(dev).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     losses = []
-    i = 0
     steps = int(t["steps"].item())
     nb = len([k for k in t if k.startswith("batch") and k.endswith(".images")])
     for i in range(steps):

@@ -34,12 +34,11 @@
 //     2-10x in our measurements). The weight gradient adds per-thread partial sums in a fixed order,
 //     so results do not depend on timing.
 //   * batch < threads (batch-1 inference): one image at a time; cpu::gemm (OpenBLAS unless
-//     LADNN_GEMM=native) parallelises each GEMM, and im2col/col2im use OpenMP over rows/channels.
+//     LADNN_CPU_GEMM=native) parallelises each GEMM, and im2col/col2im use OpenMP over rows/channels.
 // Before this (one image at a time, im2col for every kernel, OpenBLAS) the 27 DenseNet-169 passes of
 // bench/conv2d_bench.cpp took 2.5x as long in all (up to 6x for the 3x3 convs); bench/RESULTS-cpu.md.
 //
-// x may be a channel slice of a wider tensor (images_view): DenseNet's memory-efficient dense blocks
-// feed convs from one shared buffer without a copy.
+// x may be a channel slice of a wider tensor (images_view): it is read in place, without a copy.
 #include <omp.h>
 
 #include <algorithm>
