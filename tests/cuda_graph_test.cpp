@@ -5,9 +5,10 @@
 #include <gtest/gtest.h>
 
 #include <memory>
+#include <optional>
 
 #include "cuda/graph.h"
-#include "cuda_test_util.h"
+#include "tests/cuda_test_util.h"
 #include "models/ladnn.h"
 #include "autograd/functions.h"
 #include "layers/linear.h"
@@ -51,24 +52,12 @@ class CudaGraphTest : public ::testing::TestWithParam<cuda::Impl> {
  protected:
   void SetUp() override {
     LADNN_REQUIRE_GPU();
-    for (int f = 0; f < 4; ++f) {
-      saved_[f] = cuda::impl(cuda::Family(f));
-      cuda::set_impl(cuda::Family(f), GetParam());
-    }
-    saved_tf32_ = cuda::tf32_enabled();
-    cuda::set_tf32(false);
-    active_ = true;
+    scope_.emplace(GetParam(), /*tf32=*/false);
   }
-  void TearDown() override {
-    if (!active_) return;
-    cuda::synchronize();
-    for (int f = 0; f < 4; ++f) cuda::set_impl(cuda::Family(f), saved_[f]);
-    cuda::set_tf32(saved_tf32_);
-  }
+  void TearDown() override { scope_.reset(); }
 
  private:
-  cuda::Impl saved_[4] = {};
-  bool saved_tf32_ = true, active_ = false;
+  std::optional<ImplScope> scope_;
 };
 
 // Four SGD steps on the same batch: eagerly, and as one eager step + a capture + three replays. Same
@@ -180,6 +169,25 @@ INSTANTIATE_TEST_SUITE_P(CudaImpls, CudaGraphTest, ::testing::Values(cuda::Impl:
                          [](const ::testing::TestParamInfo<cuda::Impl>& info) {
                            return std::string(info.param == cuda::Impl::Library ? "library" : "native");
                          });
+
+TEST(CudaGraph, AdamMustTakeOneEagerStepBeforeACapture) {
+  LADNN_REQUIRE_GPU();
+  Variable w(to_gpu(Tensor::ones({4})), true);
+  Adam opt({w}, 1e-2);
+  cuda::Graph g;
+  try {
+    g.capture([&] {
+      Variable l = sum(mul(w, w));
+      opt.zero_grad();
+      l.backward();
+      opt.step();
+    });
+    FAIL() << "a capture allocated Adam's state";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("eager step"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(g.captured());
+}
 
 TEST(CudaGraph, HostCopiesFailTheCaptureClearlyAndTheStreamStaysUsable) {
   LADNN_REQUIRE_GPU();

@@ -741,6 +741,20 @@ std::string error_of(const std::function<void()>& f) {
   return "(no error)";
 }
 
+TEST(CudaElementwise, IncrementCountsOnTheDeviceAsOnTheCpu) {
+  LADNN_REQUIRE_GPU();
+  FillNanScope nan_fill;
+  std::vector<double> v(1000);
+  for (std::size_t i = 0; i < v.size(); ++i) v[i] = double(i) * 3 - 700;
+  Tensor cpu = Tensor::from_vector(v, {1000}, DType::Int64);
+  Tensor gpu = cpu.to(kGpu);
+  for (int i = 0; i < 3; ++i) {
+    ops::increment_(cpu);
+    ops::increment_(gpu);
+  }
+  EXPECT_TRUE(gpu_equals("increment_ x3", gpu, cpu));
+}
+
 TEST(CudaOps, MixedDevicesAndFloat64AreClearErrors) {
   LADNN_REQUIRE_GPU();
   const Tensor c = Tensor::ones({2, 3}), g = Tensor::ones({2, 3}, DType::Float32, kGpu);

@@ -530,3 +530,13 @@ TEST(LRSchedule, Errors) {
             }),
             "LRScheduler::load_state_dict: key 'last_epoch' must be a non-negative integer, got -1.000000");
 }
+
+TEST(AdamUpdate, DeviceStepIsRefusedForCpuParameters) {
+  Tensor p = Tensor::zeros({3}), g = Tensor::ones({3}), m = Tensor::zeros({3}), v = Tensor::zeros({3});
+  ops::AdamStep s;
+  s.device_step = Tensor::ones({}, DType::Int64);
+  const std::string msg = error_of([&] { ops::adam_update_(p, g, m, v, s); });
+  EXPECT_TRUE(contains(msg, "device_step")) << msg;
+  EXPECT_TRUE(contains(msg, "GPU")) << msg;
+  EXPECT_EQ(ops::max_abs_diff(p, Tensor::zeros({3})), 0.0) << "nothing is updated on a refusal";
+}

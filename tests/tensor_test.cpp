@@ -3,8 +3,10 @@
 
 #include <cmath>
 
+#include "tensor/ops.h"
 #include "tensor/random.h"
 #include "tensor/tensor.h"
+#include "tests/test_util.h"
 
 using namespace ladnn;
 
@@ -178,4 +180,29 @@ TEST(Init, KaimingBoundsFollowTorch) {
   for (double v : k.to_vector()) s += v * v;
   EXPECT_NEAR(std::sqrt(s / k.numel()), std::sqrt(2.0 / 1152), 0.01 * std::sqrt(2.0 / 1152));
   EXPECT_THROW(compute_fans({5}), std::invalid_argument);
+}
+
+TEST(Increment, CountsInPlaceAndRefusesWhatIsNotACounter) {
+  Tensor c = Tensor::zeros({}, DType::Int64);
+  ops::increment_(c);
+  ops::increment_(c);
+  EXPECT_EQ(c.item(), 2.0);
+  Tensor f = Tensor::zeros({3});
+  EXPECT_THROW_WITH(ops::increment_(f), "increment_", "Int64", "float32");
+  Tensor t = Tensor::zeros({2, 3}, DType::Int64).transpose(0, 1);
+  EXPECT_THROW_WITH(ops::increment_(t), "increment_", "contiguous");
+}
+
+TEST(CpuMemoryStats, CountLiveBytesAndThePeak) {
+  const CpuMemoryStats before = cpu_memory_stats();
+  reset_cpu_memory_peak();
+  {
+    Tensor a = Tensor::zeros({1000});  // 4000 bytes
+    Tensor b = Tensor::zeros({500}, DType::Float64);  // 4000 bytes
+    EXPECT_EQ(cpu_memory_stats().live_bytes, before.live_bytes + 8000);
+  }
+  EXPECT_EQ(cpu_memory_stats().live_bytes, before.live_bytes);
+  EXPECT_GE(cpu_memory_stats().peak_bytes, before.live_bytes + 8000);
+  reset_cpu_memory_peak();
+  EXPECT_EQ(cpu_memory_stats().peak_bytes, before.live_bytes);
 }
