@@ -108,11 +108,15 @@ Variable cat(const std::vector<Variable>& parts, int64_t dim) {
   return Variable::from_op(
       std::move(y), parts,
       [sizes, d](const Tensor& dy, const std::vector<bool>& needs) {
-        // Part i's gradient is its slice of dy, copied so it owns contiguous storage.
+        // Part i's gradient is its slice of dy, a view: no copy. The engine never writes through a
+        // gradient (it accumulates out of place) and every op reads its gradient through strides or
+        // copies it itself. In a dense block this matters: feature k's slice is handed back by every
+        // later layer's cat, O(L^2) slices per block (1155 in DenseNet-169), each of which was a copy
+        // (and on the GPU a kernel launch).
         std::vector<Tensor> grads(sizes.size());
         int64_t start = 0;
         for (std::size_t i = 0; i < sizes.size(); ++i) {
-          if (needs[i]) grads[i] = dy.narrow(d, start, sizes[i]).clone();
+          if (needs[i]) grads[i] = dy.narrow(d, start, sizes[i]);
           start += sizes[i];
         }
         return grads;

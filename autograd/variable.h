@@ -28,6 +28,9 @@ class Variable {
  public:
   /// The backward of an op: given d(output) and which inputs need a gradient, returns one gradient per
   /// input (undefined where not needed). Shapes must equal the inputs' shapes.
+  /// Gradients are read-only values: a backward may return a view of grad_output or of a saved tensor
+  /// (cat returns slices), the engine accumulates out of place, and a backward may receive a strided
+  /// grad_output. Nothing writes through a gradient.
   using BackwardFn =
       std::function<std::vector<Tensor>(const Tensor& grad_output, const std::vector<bool>& needs_grad)>;
   /// Called with the gradient flowing into a variable during backward; may return a replacement

@@ -144,6 +144,22 @@ TEST(JoinTest, CatGradcheck) {
   EXPECT_TRUE(r.ok) << r.message;
 }
 
+// cat's backward hands each part a view of the output gradient (a dense block's O(L^2) slices cost no
+// copies), and the engine's accumulation never writes through one.
+TEST(JoinTest, CatBackwardHandsOutViewsAndNeverWritesThroughThem) {
+  Variable a(Tensor::zeros({2, 3}, DType::Float64), true), b(Tensor::zeros({2, 2}, DType::Float64), true);
+  Variable y = cat({a, b, a}, 1);  // a's two slices add up
+  std::vector<double> g(16);
+  for (int i = 0; i < 16; ++i) g[i] = i + 1;
+  const Tensor dy = Tensor::from_vector(g, {2, 8}, DType::Float64);
+  y.backward(dy);
+  EXPECT_TRUE(b.grad().shares_storage(dy));
+  EXPECT_FALSE(b.grad().is_contiguous());  // a column slice of a (2, 8) gradient
+  EXPECT_EQ(b.grad().to_vector(), (std::vector<double>{4, 5, 12, 13}));
+  EXPECT_EQ(a.grad().to_vector(), (std::vector<double>{1 + 6, 2 + 7, 3 + 8, 9 + 14, 10 + 15, 11 + 16}));
+  EXPECT_EQ(dy.to_vector(), g);  // the sum went to a new tensor
+}
+
 TEST(JoinTest, SplitGradcheck) {
   Generator gen(36);
   Variable a(Tensor::normal({3, 7, 2}, 0, 1, gen, DType::Float64), true);
