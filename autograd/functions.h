@@ -57,6 +57,11 @@ Variable conv2d(const Variable& x, const Variable& weight, const Variable& bias,
 Variable batch_norm2d(const Variable& x, const Variable& gamma, const Variable& beta,
                       Tensor& running_mean, Tensor& running_var, bool training,
                       double momentum = 0.1, double eps = 1e-5);
+/// relu(batch_norm2d(...)) as one op (ops::BnAct::Relu): the same values and gradients, one pass and
+/// one stored map fewer. DenseNet's norm-relu pairs run through it.
+Variable batch_norm_relu2d(const Variable& x, const Variable& gamma, const Variable& beta,
+                           Tensor& running_mean, Tensor& running_var, bool training,
+                           double momentum = 0.1, double eps = 1e-5);
 Variable max_pool2d(const Variable& x, const ops::Pool2dParams& p);
 Variable avg_pool2d(const Variable& x, const ops::Pool2dParams& p);
 Variable adaptive_avg_pool2d(const Variable& x, int64_t out_h, int64_t out_w);

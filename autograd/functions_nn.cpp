@@ -11,9 +11,14 @@
 
 namespace ladnn {
 
-Variable batch_norm2d(const Variable& x, const Variable& gamma, const Variable& beta, Tensor& running_mean,
-                      Tensor& running_var, bool training, double momentum, double eps) {
-  check(x.defined(), "batch_norm2d: input is undefined");
+namespace {
+// batch_norm2d and batch_norm_relu2d: one body, the activation passed to the ops. The fused form's
+// backward also captures its output y (the mask); the next conv keeps y alive anyway, as relu's does.
+Variable batch_norm_act(const Variable& x, const Variable& gamma, const Variable& beta, Tensor& running_mean,
+                        Tensor& running_var, bool training, double momentum, double eps, ops::BnAct act) {
+  const bool relu = act == ops::BnAct::Relu;
+  const char* name = relu ? "batch_norm_relu2d" : "batch_norm2d";
+  check(x.defined(), std::string(name) + ": input is undefined");
   const Tensor g = gamma.defined() ? gamma.tensor() : Tensor();
   const Tensor b = beta.defined() ? beta.tensor() : Tensor();
   // Inputs are x, then gamma and beta where defined (affine=False passes neither).
@@ -34,28 +39,41 @@ Variable batch_norm2d(const Variable& x, const Variable& gamma, const Variable& 
   const Tensor xt = x.tensor();
   if (training) {
     ops::BatchNormForward fwd =
-        ops::batch_norm_forward_train(xt, g, b, running_mean, running_var, momentum, eps);
+        ops::batch_norm_forward_train(xt, g, b, running_mean, running_var, momentum, eps, act);
     Tensor save_mean = fwd.save_mean, save_invstd = fwd.save_invstd;
+    const Tensor mask = relu ? fwd.y : Tensor();
     return Variable::from_op(
         std::move(fwd.y), std::move(inputs),
-        [xt, g, save_mean, save_invstd, pack](const Tensor& dy, const std::vector<bool>& needs) {
-          return pack(ops::batch_norm_backward_train(dy, xt, g, save_mean, save_invstd), needs);
+        [xt, g, save_mean, save_invstd, mask, pack](const Tensor& dy, const std::vector<bool>& needs) {
+          return pack(ops::batch_norm_backward_train(dy, xt, g, save_mean, save_invstd, mask), needs);
         },
-        "batch_norm2d");
+        name);
   }
-  Tensor y = ops::batch_norm_forward_eval(xt, g, b, running_mean, running_var, eps);
+  Tensor y = ops::batch_norm_forward_eval(xt, g, b, running_mean, running_var, eps, act);
   bool record = false;
   if (grad_enabled())
     for (const Variable& v : inputs) record = record || v.requires_grad();
   if (!record) return Variable(std::move(y));  // inference: no graph, no copies
   // Copies, so a later training step that updates the buffers in place cannot change this backward.
   const Tensor rm = running_mean.clone(), rv = running_var.clone();
+  const Tensor mask = relu ? y : Tensor();
   return Variable::from_op(
       std::move(y), std::move(inputs),
-      [xt, g, rm, rv, eps, pack](const Tensor& dy, const std::vector<bool>& needs) {
-        return pack(ops::batch_norm_backward_eval(dy, xt, g, rm, rv, eps), needs);
+      [xt, g, rm, rv, eps, mask, pack](const Tensor& dy, const std::vector<bool>& needs) {
+        return pack(ops::batch_norm_backward_eval(dy, xt, g, rm, rv, eps, mask), needs);
       },
-      "batch_norm2d");
+      name);
+}
+}  // namespace
+
+Variable batch_norm2d(const Variable& x, const Variable& gamma, const Variable& beta, Tensor& running_mean,
+                      Tensor& running_var, bool training, double momentum, double eps) {
+  return batch_norm_act(x, gamma, beta, running_mean, running_var, training, momentum, eps, ops::BnAct::None);
+}
+
+Variable batch_norm_relu2d(const Variable& x, const Variable& gamma, const Variable& beta, Tensor& running_mean,
+                           Tensor& running_var, bool training, double momentum, double eps) {
+  return batch_norm_act(x, gamma, beta, running_mean, running_var, training, momentum, eps, ops::BnAct::Relu);
 }
 
 Variable max_pool2d(const Variable& x, const ops::Pool2dParams& p) {

@@ -158,29 +158,32 @@ const Shape kBnShapes[] = {
 
 enum class BnPass { ForwardTrain, ForwardEval, BackwardTrain };
 
-void bench_bn(benchmark::State& state, Shape shape, BnPass pass, Impl impl) {
+// act = Relu: the fused BatchNorm-ReLU (native: in the BN kernels; cuDNN: its BN plus a ReLU pass).
+void bench_bn(benchmark::State& state, Shape shape, BnPass pass, ops::BnAct act, Impl impl) {
   guarded(state, [&] {
     cuda::set_impl(Family::BatchNorm, impl);
     const int64_t C = shape[1];
     const Tensor x = random_gpu(shape, 1), dy = random_gpu(shape, 2);
     const Tensor gamma = random_gpu({C}, 3), beta = random_gpu({C}, 4);
     Tensor rm = Tensor::zeros({C}).to(Device::cuda()), rv = Tensor::ones({C}).to(Device::cuda());
-    Tensor save_mean, save_invstd;
+    Tensor save_mean, save_invstd, relu_y;
     {
-      const ops::BatchNormForward f = ops::batch_norm_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5);
+      const ops::BatchNormForward f = ops::batch_norm_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5, act);
       save_mean = f.save_mean;
       save_invstd = f.save_invstd;
+      if (act == ops::BnAct::Relu) relu_y = f.y;
     }
     const double n = double(x.numel()) * sizeof(float);
     switch (pass) {
       case BnPass::ForwardTrain:
-        run_timed(state, [&] { ops::batch_norm_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5); }, {2 * n, 0});
+        run_timed(state, [&] { ops::batch_norm_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5, act); }, {2 * n, 0});
         break;
       case BnPass::ForwardEval:
-        run_timed(state, [&] { ops::batch_norm_forward_eval(x, gamma, beta, rm, rv, 1e-5); }, {2 * n, 0});
+        run_timed(state, [&] { ops::batch_norm_forward_eval(x, gamma, beta, rm, rv, 1e-5, act); }, {2 * n, 0});
         break;
       case BnPass::BackwardTrain:
-        run_timed(state, [&] { ops::batch_norm_backward_train(dy, x, gamma, save_mean, save_invstd); }, {3 * n, 0});
+        run_timed(state, [&] { ops::batch_norm_backward_train(dy, x, gamma, save_mean, save_invstd, relu_y); },
+                  {(relu_y.defined() ? 4 : 3) * n, 0});
         break;
     }
     state.SetLabel(cuda::impl_name(Family::BatchNorm, impl));
@@ -319,13 +322,15 @@ void register_all() {
   auto impl_str = [](Family f, Impl i) { return std::string(cuda::impl_name(f, i)); };
 
   const std::pair<BnPass, const char*> bn_passes[] = {
-      {BnPass::ForwardTrain, "bn_fwd_train"}, {BnPass::ForwardEval, "bn_fwd_eval"}, {BnPass::BackwardTrain, "bn_bwd_train"}};
-  for (const auto& [pass, name] : bn_passes)
-    for (const Shape& s : kBnShapes)
-      for (Impl i : impls)
-        configure(benchmark::RegisterBenchmark(
-            (std::string(name) + "/" + impl_str(Family::BatchNorm, i) + "/" + shape_name(s)).c_str(), bench_bn, s, pass,
-            i));
+      {BnPass::ForwardTrain, "fwd_train"}, {BnPass::ForwardEval, "fwd_eval"}, {BnPass::BackwardTrain, "bwd_train"}};
+  for (ops::BnAct act : {ops::BnAct::None, ops::BnAct::Relu})
+    for (const auto& [pass, name] : bn_passes)
+      for (const Shape& s : kBnShapes)
+        for (Impl i : impls)
+          configure(benchmark::RegisterBenchmark((std::string(act == ops::BnAct::Relu ? "bnrelu_" : "bn_") + name + "/" +
+                                                  impl_str(Family::BatchNorm, i) + "/" + shape_name(s))
+                                                     .c_str(),
+                                                 bench_bn, s, pass, act, i));
 
   for (bool backward : {false, true}) {
     for (Impl i : impls)

@@ -7,10 +7,17 @@
 //             forward train  bn_stats_partial (Welford per channel chunk) -> bn_stats_finalize (one thread
 //                            per channel: merge chunks in double, save stats, update running stats,
 //                            per-channel scale) -> bn_normalize (fused (x - mean) * scale + beta)
-//             forward eval   bn_eval_prepare (per-channel mean/scale/shift from running stats) -> bn_normalize
+//             forward eval   bn_eval_plane (one kernel: a block per (n, c) plane derives the channel's
+//                            scale/shift from the running stats and normalises the plane)
 //             backward       bn_grad_partial (sum dy, sum dy * (x - mean) per chunk) -> bn_grad_finalize
 //                            (dgamma, dbeta, per-channel coefficients) -> bn_backward_dx (one elementwise pass)
 //   Eval-mode backward always runs the native kernels: cuDNN has no backward for frozen statistics.
+//
+//   Fused ReLU (ops::BnAct::Relu; DenseNet's norm-relu pairs): native folds it into bn_normalize
+//   (y = max(normalised, 0), no extra pass) and the backward kernels read dy through the mask y > 0
+//   (no materialised masked gradient). cuDNN's descriptor API fuses an activation only for NHWC half
+//   precision (cudnnBatchNormalizationForwardTrainingEx), so the library version composes: cuDNN's BN,
+//   a ReLU in place on its output; backward relu_backward, then cuDNN's BN backward.
 //   The native kernels' arithmetic (partition of a channel over blocks, Welford, finalisation) is in
 //   cuda/bnpool_math.h, which tests/cuda_bnpool_math_test.cpp also runs on the CPU.
 //
@@ -39,6 +46,7 @@
 // computes (x - mean) first, which stays accurate when |mean| >> std (x * scale + shift would not).
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <initializer_list>
 #include <string>
@@ -140,23 +148,43 @@ __global__ void bn_stats_finalize_kernel(const float* __restrict__ partial, int6
   }
 }
 
-// One thread per channel, eval mode: mean = running_mean, scale = gamma / sqrt(running_var + eps),
-// shift = beta, into contiguous arrays for bn_normalize.
-__global__ void bn_eval_prepare_kernel(int64_t C, double eps, ChanPtr gamma, ChanPtr beta, ChanPtr running_mean,
-                                       ChanPtr running_var, float* __restrict__ mean, float* __restrict__ scale,
-                                       float* __restrict__ shift) {
-  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (c >= C) return;
-  const double invstd = 1.0 / ::sqrt(double(running_var.p[c * running_var.stride]) + eps);
-  const double g = gamma.p ? gamma.p[c * gamma.stride] : 1.0;
-  mean[c] = running_mean.p[c * running_mean.stride];
-  scale[c] = static_cast<float>(g * invstd);
-  shift[c] = beta.p ? beta.p[c * beta.stride] : 0.0f;
+// Eval mode in one launch: block b normalises planes b, b + gridDim.x, ... (plane = n * C + c, HW values
+// each), deriving channel c's scale = gamma / sqrt(running_var + eps) (in double) and shift = beta
+// itself, then max(., 0) when RELU. Two launches (per-channel constants, then the map) cost more than
+// the arithmetic at inference sizes: at batch 1 a 7x7 map is 49 values and the launch is the work.
+template <int VEC, bool RELU>
+__global__ void bn_eval_plane_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t planes, int64_t C,
+                                     int64_t HW, double eps, ChanPtr gamma, ChanPtr beta, ChanPtr running_mean,
+                                     ChanPtr running_var) {
+  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
+    const int64_t c = plane % C;
+    const double invstd = 1.0 / ::sqrt(double(running_var.p[c * running_var.stride]) + eps);
+    const double g = gamma.p ? gamma.p[c * gamma.stride] : 1.0;
+    const float mu = running_mean.p[c * running_mean.stride];
+    const float sc = static_cast<float>(g * invstd);
+    const float sh = beta.p ? beta.p[c * beta.stride] : 0.0f;
+    const float* xp = x + plane * HW;
+    float* yp = y + plane * HW;
+    for (int64_t i = threadIdx.x * int64_t(VEC); i < HW; i += int64_t(blockDim.x) * VEC) {
+      if constexpr (VEC == 4) {
+        float v[4];
+        math::load4(xp + i, v);
+        for (int k = 0; k < 4; ++k) {
+          v[k] = math::bn_normalize(v[k], mu, sc, sh);
+          if constexpr (RELU) v[k] = math::bn_relu(v[k]);
+        }
+        math::store4(yp + i, v);
+      } else {
+        const float v = math::bn_normalize(xp[i], mu, sc, sh);
+        yp[i] = RELU ? math::bn_relu(v) : v;
+      }
+    }
+  }
 }
 
-// y = (x - mean[c]) * scale[c] + shift[c] over all N*C*HW values (grid-stride), c = (i / HW) % C.
-// With VEC = 4 a group of four never straddles two channels, because HW % 4 == 0.
-template <int VEC>
+// y = (x - mean[c]) * scale[c] + shift[c] over all N*C*HW values (grid-stride), c = (i / HW) % C,
+// then max(y, 0) when RELU. With VEC = 4 a group of four never straddles two channels (HW % 4 == 0).
+template <int VEC, bool RELU>
 __global__ void bn_normalize_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t total, int64_t C,
                                     int64_t HW, const float* __restrict__ mean, const float* __restrict__ scale,
                                     const float* __restrict__ shift) {
@@ -167,21 +195,44 @@ __global__ void bn_normalize_kernel(const float* __restrict__ x, float* __restri
     if constexpr (VEC == 4) {
       float v[4];
       math::load4(x + i, v);
-      for (int k = 0; k < 4; ++k) v[k] = math::bn_normalize(v[k], mu, sc, sh);
+      for (int k = 0; k < 4; ++k) {
+        v[k] = math::bn_normalize(v[k], mu, sc, sh);
+        if constexpr (RELU) v[k] = math::bn_relu(v[k]);
+      }
       math::store4(y + i, v);
     } else {
-      y[i] = math::bn_normalize(x[i], mu, sc, sh);
+      const float v = math::bn_normalize(x[i], mu, sc, sh);
+      y[i] = RELU ? math::bn_relu(v) : v;
+    }
+  }
+}
+
+// y = max(y, 0) in place over n values: the library version's ReLU after cuDNN's normalisation.
+template <int VEC>
+__global__ void relu_inplace_kernel(float* __restrict__ y, int64_t n) {
+  const int64_t step = int64_t(gridDim.x) * blockDim.x * VEC;
+  for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * VEC; i < n; i += step) {
+    if constexpr (VEC == 4) {
+      float v[4];
+      math::load4(y + i, v);
+      for (int k = 0; k < 4; ++k) v[k] = math::bn_relu(v[k]);
+      math::store4(y + i, v);
+    } else {
+      y[i] = math::bn_relu(y[i]);
     }
   }
 }
 
 // grid (C, splits): per chunk, sum(dy) and sum(dy * (x - mean[c])) into partial[(c*splits + s)*2 ...].
+// relu_y (null for a plain BatchNorm) masks dy: the fused BatchNorm-ReLU's backward.
 template <int VEC>
-__global__ void bn_grad_partial_kernel(const float* __restrict__ dy, const float* __restrict__ x, BnPartition p,
-                                       ChanPtr mean, float* __restrict__ partial) {
+__global__ void bn_grad_partial_kernel(const float* __restrict__ dy, const float* __restrict__ x,
+                                       const float* __restrict__ relu_y, BnPartition p, ChanPtr mean,
+                                       float* __restrict__ partial) {
   const int64_t c = blockIdx.x, s = blockIdx.y;
   float sum_dy, sum_dy_xmu;
-  math::bn_grad_thread<VEC>(dy, x, mean.p[c * mean.stride], c, s, threadIdx.x, blockDim.x, p, sum_dy, sum_dy_xmu);
+  math::bn_grad_thread<VEC>(dy, x, mean.p[c * mean.stride], c, s, threadIdx.x, blockDim.x, p, sum_dy, sum_dy_xmu,
+                            relu_y);
   __shared__ float shared[32];
   sum_dy = block_sum(sum_dy, shared);
   sum_dy_xmu = block_sum(sum_dy_xmu, shared);
@@ -219,10 +270,12 @@ __global__ void bn_grad_finalize_kernel(const float* __restrict__ partial, int64
   coef_proj[c] = static_cast<float>(k.proj);
 }
 
-// dx = k[c] * (dy - mean_dy[c] - (x - mean[c]) * proj[c]) over all values (grid-stride).
+// dx = k[c] * (dy - mean_dy[c] - (x - mean[c]) * proj[c]) over all values (grid-stride); dy masked by
+// relu_y > 0 when relu_y is not null.
 template <int VEC>
 __global__ void bn_backward_dx_kernel(const float* __restrict__ dy, const float* __restrict__ x,
-                                      float* __restrict__ dx, int64_t total, int64_t C, int64_t HW,
+                                      const float* __restrict__ relu_y, float* __restrict__ dx, int64_t total,
+                                      int64_t C, int64_t HW,
                                       const float* __restrict__ coef_mean, const float* __restrict__ coef_k,
                                       const float* __restrict__ coef_mean_dy, const float* __restrict__ coef_proj) {
   const int64_t step = int64_t(gridDim.x) * blockDim.x * VEC;
@@ -234,34 +287,57 @@ __global__ void bn_backward_dx_kernel(const float* __restrict__ dy, const float*
       float d[4], v[4], r[4];
       math::load4(dy + i, d);
       math::load4(x + i, v);
+      if (relu_y) {
+        float y[4];
+        math::load4(relu_y + i, y);
+        for (int j = 0; j < 4; ++j) d[j] = math::bn_relu_grad(d[j], y[j]);
+      }
       for (int j = 0; j < 4; ++j) r[j] = math::bn_dx(d[j], v[j], mu, k, mdy, proj);
       math::store4(dx + i, r);
     } else {
-      dx[i] = math::bn_dx(dy[i], x[i], mu, k, mdy, proj);
+      const float d = relu_y ? math::bn_relu_grad(dy[i], relu_y[i]) : dy[i];
+      dx[i] = math::bn_dx(d, x[i], mu, k, mdy, proj);
     }
   }
 }
 
 // ---- native drivers -------------------------------------------------------------------------------------
 
+template <int VEC, bool RELU>
+void launch_normalize_as(const float* px, float* py, const BnGeom& g, const float* mean, const float* scale,
+                         const float* shift) {
+  bn_normalize_kernel<VEC, RELU><<<grid_for(g.total() / VEC, kThreads), kThreads, 0, cur_stream()>>>(
+      px, py, g.total(), g.C, g.HW, mean, scale, shift);
+  CUDA_CHECK_LAUNCH();
+}
+
 // Launches bn_normalize with per-channel arrays mean/scale/shift (contiguous, C floats each).
 void launch_normalize(const Tensor& x, const Tensor& y, const BnGeom& g, const float* mean, const float* scale,
-                      const float* shift) {
+                      const float* shift, bool relu) {
   const float* px = x.data<float>();
   float* py = y.data<float>();
   const bool vec = g.HW % 4 == 0 && aligned16(px) && aligned16(py);
-  if (vec) {
-    bn_normalize_kernel<4><<<grid_for(g.total() / 4, kThreads), kThreads, 0, cur_stream()>>>(
-        px, py, g.total(), g.C, g.HW, mean, scale, shift);
-  } else {
-    bn_normalize_kernel<1><<<grid_for(g.total(), kThreads), kThreads, 0, cur_stream()>>>(
-        px, py, g.total(), g.C, g.HW, mean, scale, shift);
-  }
+  if (vec && relu) launch_normalize_as<4, true>(px, py, g, mean, scale, shift);
+  else if (vec) launch_normalize_as<4, false>(px, py, g, mean, scale, shift);
+  else if (relu) launch_normalize_as<1, true>(px, py, g, mean, scale, shift);
+  else launch_normalize_as<1, false>(px, py, g, mean, scale, shift);
+}
+
+// y = max(y, 0) in place (the cuDNN version's fused ReLU).
+void relu_inplace(const Tensor& y) {
+  const int64_t n = y.numel();
+  if (n == 0) return;
+  float* py = y.data<float>();
+  if (n % 4 == 0 && aligned16(py))
+    relu_inplace_kernel<4><<<grid_for(n / 4, kThreads), kThreads, 0, cur_stream()>>>(py, n);
+  else
+    relu_inplace_kernel<1><<<grid_for(n, kThreads), kThreads, 0, cur_stream()>>>(py, n);
   CUDA_CHECK_LAUNCH();
 }
 
 void native_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
-                          const Tensor& running_var, double momentum, double eps, const ops::BatchNormForward& out) {
+                          const Tensor& running_var, double momentum, double eps, bool relu,
+                          const ops::BatchNormForward& out) {
   const BnGeom g = geom_of(x);
   const BnPartition part = partition_of(g);
   const int splits = part.splits;
@@ -285,28 +361,40 @@ void native_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& be
       out.save_mean.data<float>(), out.save_invstd.data<float>(), scale, shift);
   CUDA_CHECK_LAUNCH();
 
-  launch_normalize(x, out.y, g, out.save_mean.data<float>(), scale, shift);
+  launch_normalize(x, out.y, g, out.save_mean.data<float>(), scale, shift, relu);
+}
+
+template <int VEC, bool RELU>
+void launch_eval_planes(const Tensor& x, const Tensor& y, const BnGeom& g, double eps, const Tensor& gamma,
+                        const Tensor& beta, const Tensor& running_mean, const Tensor& running_var) {
+  const int64_t planes = g.N * g.C;
+  // Threads: enough warps to cover a plane in one sweep, at most kThreads (a 7x7 plane gets 64).
+  const int64_t per_plane = (g.HW + VEC - 1) / VEC;
+  const int threads = static_cast<int>(std::min<int64_t>(kThreads, (per_plane + 31) / 32 * 32));
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(planes, int64_t(1) << 30));
+  bn_eval_plane_kernel<VEC, RELU><<<blocks, threads, 0, cur_stream()>>>(x.data<float>(), y.data<float>(), planes,
+                                                                       g.C, g.HW, eps, chan(gamma), chan(beta),
+                                                                       chan(running_mean), chan(running_var));
+  CUDA_CHECK_LAUNCH();
 }
 
 void native_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
-                         const Tensor& running_var, double eps, const Tensor& y) {
+                         const Tensor& running_var, double eps, bool relu, const Tensor& y) {
   const BnGeom g = geom_of(x);
-  Buffer ws(sizeof(float) * static_cast<std::size_t>(3 * g.C));
-  float* mean = ws.as<float>();
-  float* scale = mean + g.C;
-  float* shift = scale + g.C;
-  const unsigned fblocks = static_cast<unsigned>((g.C + kFinalizeThreads - 1) / kFinalizeThreads);
-  bn_eval_prepare_kernel<<<fblocks, kFinalizeThreads, 0, cur_stream()>>>(
-      g.C, eps, chan(gamma), chan(beta), chan(running_mean), chan(running_var), mean, scale, shift);
-  CUDA_CHECK_LAUNCH();
-  if (g.total() > 0) launch_normalize(x, y, g, mean, scale, shift);
+  if (g.total() == 0) return;
+  const bool vec = g.HW % 4 == 0 && aligned16(x.data<float>()) && aligned16(y.data<float>());
+  if (vec && relu) launch_eval_planes<4, true>(x, y, g, eps, gamma, beta, running_mean, running_var);
+  else if (vec) launch_eval_planes<4, false>(x, y, g, eps, gamma, beta, running_mean, running_var);
+  else if (relu) launch_eval_planes<1, true>(x, y, g, eps, gamma, beta, running_mean, running_var);
+  else launch_eval_planes<1, false>(x, y, g, eps, gamma, beta, running_mean, running_var);
 }
 
 // Both backward modes: `mean` is save_mean or running_mean; `invstd` is save_invstd (training) or
-// undefined (eval: computed from running_var and eps).
+// undefined (eval: computed from running_var and eps). `relu_y` (contiguous, or undefined): the fused
+// BatchNorm-ReLU's output, masking dy inside both passes.
 void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& mean,
                      const Tensor& invstd, const Tensor& running_var, double eps, bool through_stats,
-                     const ops::BatchNormGrads& out) {
+                     const Tensor& relu_y, const ops::BatchNormGrads& out) {
   const BnGeom g = geom_of(x);
   const BnPartition part = partition_of(g);
   const int splits = part.splits;
@@ -321,13 +409,14 @@ void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
   const float* px = x.data<float>();
   const float* pdy = dy.data<float>();
   float* pdx = out.dx.data<float>();
-  const bool vec = g.HW % 4 == 0 && aligned16(px) && aligned16(pdy) && aligned16(pdx);
+  const float* pmask = relu_y.defined() ? relu_y.data<float>() : nullptr;
+  const bool vec = g.HW % 4 == 0 && aligned16(px) && aligned16(pdy) && aligned16(pdx) && (!pmask || aligned16(pmask));
   if (g.M() > 0) {
     const dim3 grid(static_cast<unsigned>(g.C), static_cast<unsigned>(splits));
     if (vec)
-      bn_grad_partial_kernel<4><<<grid, kThreads, 0, cur_stream()>>>(pdy, px, part, chan(mean), partial);
+      bn_grad_partial_kernel<4><<<grid, kThreads, 0, cur_stream()>>>(pdy, px, pmask, part, chan(mean), partial);
     else
-      bn_grad_partial_kernel<1><<<grid, kThreads, 0, cur_stream()>>>(pdy, px, part, chan(mean), partial);
+      bn_grad_partial_kernel<1><<<grid, kThreads, 0, cur_stream()>>>(pdy, px, pmask, part, chan(mean), partial);
     CUDA_CHECK_LAUNCH();
   } else {
     // No values (N = 0 or HW = 0, eval only): the sums are zero.
@@ -344,10 +433,10 @@ void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
   if (g.total() == 0) return;
   if (vec)
     bn_backward_dx_kernel<4><<<grid_for(g.total() / 4, kThreads), kThreads, 0, cur_stream()>>>(
-        pdy, px, pdx, g.total(), g.C, g.HW, coef_mean, coef_k, coef_mean_dy, coef_proj);
+        pdy, px, pmask, pdx, g.total(), g.C, g.HW, coef_mean, coef_k, coef_mean_dy, coef_proj);
   else
     bn_backward_dx_kernel<1><<<grid_for(g.total(), kThreads), kThreads, 0, cur_stream()>>>(
-        pdy, px, pdx, g.total(), g.C, g.HW, coef_mean, coef_k, coef_mean_dy, coef_proj);
+        pdy, px, pmask, pdx, g.total(), g.C, g.HW, coef_mean, coef_k, coef_mean_dy, coef_proj);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -463,71 +552,86 @@ const char* bn_impl_name(Impl i) { return impl_name(Family::BatchNorm, i); }
 
 ops::BatchNormForward batch_norm_forward_train(const Tensor& x_in, const Tensor& gamma, const Tensor& beta,
                                                Tensor& running_mean, Tensor& running_var, double momentum,
-                                               double eps) {
+                                               double eps, ops::BnAct act) {
   const std::string op = "batch_norm_forward_train";
+  const bool relu = act == ops::BnAct::Relu;
   require_float32_all(op, {{&x_in, "input"}, {&gamma, "gamma"}, {&beta, "beta"},
                            {&running_mean, "running_mean"}, {&running_var, "running_var"}});
   const Impl which = bn_impl();
-  OpRange range("batch_norm_forward_train", bn_impl_name(which));
+  OpRange range(relu ? "batch_norm_relu_forward_train" : "batch_norm_forward_train", bn_impl_name(which));
   const Tensor x = x_in.contiguous();
   const Shape c_shape{x.size(1)};
   ops::BatchNormForward out{new_output(x.shape(), DType::Float32, x.device()),
                             new_output(c_shape, DType::Float32, x.device()),
                             new_output(c_shape, DType::Float32, x.device())};
   if (x.size(1) == 0) return out;  // no channels: nothing to compute (N*H*W > 1 was checked)
-  if (which == Impl::Library)
+  if (which == Impl::Library) {
     cudnn_forward_train(op, x, gamma, beta, running_mean, running_var, momentum, eps, out);
-  else
-    native_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps, out);
+    if (relu) relu_inplace(out.y);
+  } else {
+    native_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps, relu, out);
+  }
   return out;
 }
 
 Tensor batch_norm_forward_eval(const Tensor& x_in, const Tensor& gamma, const Tensor& beta,
-                               const Tensor& running_mean, const Tensor& running_var, double eps) {
+                               const Tensor& running_mean, const Tensor& running_var, double eps, ops::BnAct act) {
   const std::string op = "batch_norm_forward_eval";
+  const bool relu = act == ops::BnAct::Relu;
   require_float32_all(op, {{&x_in, "input"}, {&gamma, "gamma"}, {&beta, "beta"},
                            {&running_mean, "running_mean"}, {&running_var, "running_var"}});
   // cuDNN rejects empty tensors; nothing to compute anyway.
   const Impl which = x_in.numel() == 0 ? Impl::Native : bn_impl();
-  OpRange range("batch_norm_forward_eval", bn_impl_name(which));
+  OpRange range(relu ? "batch_norm_relu_forward_eval" : "batch_norm_forward_eval", bn_impl_name(which));
   const Tensor x = x_in.contiguous();
   Tensor y = new_output(x.shape(), DType::Float32, x.device());
   if (x.size(1) == 0) return y;
-  if (which == Impl::Library)
+  if (which == Impl::Library) {
     cudnn_forward_eval(op, x, gamma, beta, running_mean, running_var, eps, y);
-  else
-    native_forward_eval(x, gamma, beta, running_mean, running_var, eps, y);
+    if (relu) relu_inplace(y);
+  } else {
+    native_forward_eval(x, gamma, beta, running_mean, running_var, eps, relu, y);
+  }
   return y;
 }
 
 ops::BatchNormGrads batch_norm_backward_train(const Tensor& dy_in, const Tensor& x_in, const Tensor& gamma,
-                                              const Tensor& save_mean, const Tensor& save_invstd) {
+                                              const Tensor& save_mean, const Tensor& save_invstd,
+                                              const Tensor& relu_y) {
   const std::string op = "batch_norm_backward_train";
   require_float32_all(op, {{&dy_in, "grad_output"}, {&x_in, "input"}, {&gamma, "gamma"},
-                           {&save_mean, "save_mean"}, {&save_invstd, "save_invstd"}});
+                           {&save_mean, "save_mean"}, {&save_invstd, "save_invstd"}, {&relu_y, "relu_y"}});
   const Impl which = x_in.numel() == 0 ? Impl::Native : bn_impl();
-  OpRange range("batch_norm_backward_train", bn_impl_name(which));
+  const bool relu = relu_y.defined();
+  OpRange range(relu ? "batch_norm_relu_backward_train" : "batch_norm_backward_train", bn_impl_name(which));
   const Tensor x = x_in.contiguous(), dy = dy_in.contiguous();
   ops::BatchNormGrads out = new_grads(x);
   if (x.size(1) == 0) return out;
-  if (which == Impl::Library)
-    cudnn_backward_train(op, dy, x, gamma, save_mean, save_invstd, out);
-  else
-    native_backward(dy, x, gamma, save_mean, save_invstd, Tensor(), 0.0, true, out);
+  if (which == Impl::Library) {
+    // cuDNN's backward has no mask: the masked gradient is materialised first.
+    const Tensor dz = relu ? relu_backward(dy, relu_y) : dy;
+    cudnn_backward_train(op, dz, x, gamma, save_mean, save_invstd, out);
+  } else {
+    const Tensor mask = relu ? relu_y.contiguous() : Tensor();
+    native_backward(dy, x, gamma, save_mean, save_invstd, Tensor(), 0.0, true, mask, out);
+  }
   return out;
 }
 
 ops::BatchNormGrads batch_norm_backward_eval(const Tensor& dy_in, const Tensor& x_in, const Tensor& gamma,
-                                             const Tensor& running_mean, const Tensor& running_var, double eps) {
+                                             const Tensor& running_mean, const Tensor& running_var, double eps,
+                                             const Tensor& relu_y) {
   const std::string op = "batch_norm_backward_eval";
   require_float32_all(op, {{&dy_in, "grad_output"}, {&x_in, "input"}, {&gamma, "gamma"},
-                           {&running_mean, "running_mean"}, {&running_var, "running_var"}});
+                           {&running_mean, "running_mean"}, {&running_var, "running_var"}, {&relu_y, "relu_y"}});
   // cuDNN has no backward with frozen statistics: both implementations run the native kernels.
-  OpRange range("batch_norm_backward_eval", "native");
+  const bool relu = relu_y.defined();
+  OpRange range(relu ? "batch_norm_relu_backward_eval" : "batch_norm_backward_eval", "native");
   const Tensor x = x_in.contiguous(), dy = dy_in.contiguous();
+  const Tensor mask = relu ? relu_y.contiguous() : Tensor();
   ops::BatchNormGrads out = new_grads(x);
   if (x.size(1) == 0) return out;
-  native_backward(dy, x, gamma, running_mean, Tensor(), running_var, eps, false, out);
+  native_backward(dy, x, gamma, running_mean, Tensor(), running_var, eps, false, mask, out);
   return out;
 }
 

@@ -173,10 +173,17 @@ LADNN_HD double bn_running_var(double running, double momentum, const BnChannelS
 /// The fused normalisation, (x - mean) first: accurate even when |mean| >> std.
 LADNN_HD float bn_normalize(float x, float mean, float scale, float shift) { return (x - mean) * scale + shift; }
 
+/// The fused BatchNorm-ReLU's activation, as ops::relu (NaN -> 0).
+LADNN_HD float bn_relu(float v) { return v > 0.0f ? v : 0.0f; }
+/// Its backward mask: dy where the forward's output y was > 0, else 0 (relu_backward's rule).
+LADNN_HD float bn_relu_grad(float dy, float y) { return y > 0.0f ? dy : 0.0f; }
+
 /// sum(dy) and sum(dy * (x - mu)) of thread t (of T) in block (c, s), as bn_stats_thread walks.
+/// `relu_y` (null for a plain BatchNorm): the fused BatchNorm-ReLU's output, masking dy.
 template <int VEC>
 LADNN_HD void bn_grad_thread(const float* dy, const float* x, float mu, int64_t c, int64_t s, int64_t t, int64_t T,
-                             const BnPartition& p, float& sum_dy, float& sum_dy_xmu) {
+                             const BnPartition& p, float& sum_dy, float& sum_dy_xmu,
+                             const float* relu_y = nullptr) {
   const int64_t begin = s * p.chunk;
   const int64_t end = imin(p.M, begin + p.chunk);
   sum_dy = 0.0f;
@@ -187,10 +194,15 @@ LADNN_HD void bn_grad_thread(const float* dy, const float* x, float mu, int64_t 
       float d[4], v[4];
       load4(dy + off, d);
       load4(x + off, v);
+      if (relu_y) {
+        float y[4];
+        load4(relu_y + off, y);
+        for (int k = 0; k < 4; ++k) d[k] = bn_relu_grad(d[k], y[k]);
+      }
       sum_dy += (d[0] + d[1]) + (d[2] + d[3]);
       sum_dy_xmu += d[0] * (v[0] - mu) + d[1] * (v[1] - mu) + d[2] * (v[2] - mu) + d[3] * (v[3] - mu);
     } else {
-      const float d = dy[off];
+      const float d = relu_y ? bn_relu_grad(dy[off], relu_y[off]) : dy[off];
       sum_dy += d;
       sum_dy_xmu += d * (x[off] - mu);
     }

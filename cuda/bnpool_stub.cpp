@@ -17,18 +17,19 @@ namespace {
 }  // namespace
 
 ops::BatchNormForward batch_norm_forward_train(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&, double,
-                                               double) {
+                                               double, ops::BnAct) {
   no_backend("batch_norm_forward_train");
 }
-Tensor batch_norm_forward_eval(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, double) {
+Tensor batch_norm_forward_eval(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
+                               ops::BnAct) {
   no_backend("batch_norm_forward_eval");
 }
 ops::BatchNormGrads batch_norm_backward_train(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                              const Tensor&) {
+                                              const Tensor&, const Tensor&) {
   no_backend("batch_norm_backward_train");
 }
 ops::BatchNormGrads batch_norm_backward_eval(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                             double) {
+                                             double, const Tensor&) {
   no_backend("batch_norm_backward_eval");
 }
 ops::MaxPoolForward max_pool2d_forward(const Tensor&, const ops::Pool2dParams&) { no_backend("max_pool2d_forward"); }

@@ -61,15 +61,19 @@ Tensor conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_
 Tensor conv2d_backward_bias(const Tensor& dy);
 
 // ---- batch normalisation (cuDNN | native) ---------------------------------------------------------------------
+// act / relu_y: the fused BatchNorm-ReLU (tensor/ops.h). Native: the ReLU and the gradient mask live
+// inside the BN kernels. cuDNN: its BN, then a ReLU in place on y; backward relu_backward, then its BN.
 ops::BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                                Tensor& running_mean, Tensor& running_var, double momentum,
-                                               double eps);
+                                               double eps, ops::BnAct act);
 Tensor batch_norm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
-                               const Tensor& running_mean, const Tensor& running_var, double eps);
+                               const Tensor& running_mean, const Tensor& running_var, double eps, ops::BnAct act);
 ops::BatchNormGrads batch_norm_backward_train(const Tensor& dy, const Tensor& x, const Tensor& gamma,
-                                              const Tensor& save_mean, const Tensor& save_invstd);
+                                              const Tensor& save_mean, const Tensor& save_invstd,
+                                              const Tensor& relu_y);
 ops::BatchNormGrads batch_norm_backward_eval(const Tensor& dy, const Tensor& x, const Tensor& gamma,
-                                             const Tensor& running_mean, const Tensor& running_var, double eps);
+                                             const Tensor& running_mean, const Tensor& running_var, double eps,
+                                             const Tensor& relu_y);
 
 // ---- pooling (cuDNN | native) -----------------------------------------------------------------------------------
 ops::MaxPoolForward max_pool2d_forward(const Tensor& x, const ops::Pool2dParams& p);

@@ -24,7 +24,11 @@ int64_t BatchNorm2d::num_batches_tracked() const {
   return static_cast<int64_t>(buffer("num_batches_tracked").item());
 }
 
-Variable BatchNorm2d::forward(const Variable& x) {
+Variable BatchNorm2d::forward(const Variable& x) { return run(x, false); }
+Variable BatchNorm2d::forward_relu(const Variable& x) { return run(x, true); }
+
+Variable BatchNorm2d::run(const Variable& x, bool relu) {
+  const auto op = relu ? batch_norm_relu2d : batch_norm2d;
   check(x.dim() == 4 && x.size(1) == num_features_, "BatchNorm2d: expected input (N, " +
                                                         std::to_string(num_features_) + ", H, W), got " +
                                                         shape_str(x.shape()));
@@ -32,7 +36,7 @@ Variable BatchNorm2d::forward(const Variable& x) {
     // A checkpoint's backward re-runs this layer (autograd/checkpoint.h): the same batch statistics,
     // but the running statistics and the counter were already updated by the first run.
     Tensor no_mean, no_var;
-    return batch_norm2d(x, weight_, bias_, no_mean, no_var, true, momentum_, eps_);
+    return op(x, weight_, bias_, no_mean, no_var, true, momentum_, eps_);
   }
   if (is_training()) {
     // As PyTorch: counted on every training forward (the momentum is fixed, so it is bookkeeping
@@ -42,8 +46,7 @@ Variable BatchNorm2d::forward(const Variable& x) {
     // stalling the training step.
     ops::increment_(buffer("num_batches_tracked"));
   }
-  return batch_norm2d(x, weight_, bias_, buffer("running_mean"), buffer("running_var"), is_training(),
-                      momentum_, eps_);
+  return op(x, weight_, bias_, buffer("running_mean"), buffer("running_var"), is_training(), momentum_, eps_);
 }
 
 }  // namespace ladnn

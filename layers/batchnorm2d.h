@@ -17,6 +17,8 @@ class BatchNorm2d : public Module {
   explicit BatchNorm2d(int64_t num_features, double eps = 1e-5, double momentum = 0.1);
 
   Variable forward(const Variable& x) override;
+  /// relu(forward(x)) in one fused op (batch_norm_relu2d): same values, gradients and statistics.
+  Variable forward_relu(const Variable& x);
 
   int64_t num_features() const { return num_features_; }
   double eps() const { return eps_; }
@@ -29,6 +31,8 @@ class BatchNorm2d : public Module {
   int64_t num_batches_tracked() const;
 
  private:
+  Variable run(const Variable& x, bool relu);
+
   int64_t num_features_;
   double eps_, momentum_;
   Variable weight_, bias_;  // (C) each

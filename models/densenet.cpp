@@ -60,14 +60,14 @@ Variable DenseLayer::forward(const Variable& x) {
 
 Variable DenseLayer::bottleneck(const std::vector<Variable>& features) {
   const Variable x = features.size() == 1 ? features[0] : cat(features, 1);
-  return (*conv1_)(relu((*norm1_)(x)));  // (N, bn_size*growth, H, W)
+  return (*conv1_)(norm1_->forward_relu(x));  // (N, bn_size*growth, H, W); norm1-relu1 fused
 }
 
 Variable DenseLayer::forward_features(const std::vector<Variable>& features) {
   Variable b = memory_efficient_ && is_training()
                    ? checkpoint([this](const std::vector<Variable>& in) { return bottleneck(in); }, features)
                    : bottleneck(features);
-  Variable out = (*conv2_)(relu((*norm2_)(b)));  // (N, growth, H, W)
+  Variable out = (*conv2_)(norm2_->forward_relu(b));  // (N, growth, H, W)
   if (drop_rate_ > 0) out = dropout(out, drop_rate_, is_training(), gen_);
   return out;
 }
@@ -107,7 +107,7 @@ Transition::Transition(int64_t num_input_features, int64_t num_output_features, 
 
 Variable Transition::forward(const Variable& x) {
   ops::Pool2dParams pool;  // 2x2, stride 2
-  return avg_pool2d((*conv_)(relu((*norm_)(x))), pool);
+  return avg_pool2d((*conv_)(norm_->forward_relu(x)), pool);
 }
 
 // ---- DenseNet -----------------------------------------------------------------------------------------
@@ -154,7 +154,21 @@ void DenseNet::set_memory_efficient(bool on) {
 Variable DenseNet::features(const Variable& x) {
   check(x.dim() == 4 && x.size(1) == 3,
         "DenseNet: input must be (N, 3, H, W), got " + shape_str(x.shape()));
-  return (*features_)(x);
+  // The Sequential's children in order, except that a BatchNorm2d followed by a ReLU (norm0, relu0)
+  // runs as one fused op, as inside the dense layers and transitions (the ReLU modules stay registered:
+  // torchvision's names and printout).
+  Variable h = x;
+  for (std::size_t i = 0; i < features_->size(); ++i) {
+    const std::shared_ptr<Module> m = (*features_)[i];
+    auto* bn = dynamic_cast<BatchNorm2d*>(m.get());
+    if (bn && i + 1 < features_->size() && dynamic_cast<ReLU*>((*features_)[i + 1].get())) {
+      h = bn->forward_relu(h);
+      ++i;
+    } else {
+      h = m->forward(h);
+    }
+  }
+  return h;
 }
 
 Variable DenseNet::forward(const Variable& x) {

@@ -84,6 +84,10 @@ Tensor conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_
 Tensor conv2d_backward_bias(const Tensor& dy);
 
 // ---- batch normalisation (per channel of NCHW) ----------------------------------------------------
+/// What follows the normalisation in the same pass. DenseNet runs every BatchNorm but norm5 straight
+/// into a ReLU: fused, the normalised map is written once (already rectified) instead of written, read
+/// back and written again, and the backward masks the gradient on the fly instead of materialising it.
+enum class BnAct { None, Relu };
 struct BatchNormForward {
   Tensor y;
   Tensor save_mean;    // (C) batch mean
@@ -91,20 +95,26 @@ struct BatchNormForward {
 };
 /// Training: normalises with batch statistics and updates running stats in place as PyTorch:
 /// running = (1 - momentum) * running + momentum * stat, with the *unbiased* variance (n / (n - 1)).
+/// With act = Relu, y = max(normalised, 0) (NaN -> 0, as ops::relu); the statistics are unchanged.
 BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                           Tensor& running_mean, Tensor& running_var,
-                                          double momentum, double eps);
+                                          double momentum, double eps, BnAct act = BnAct::None);
 /// Evaluation: normalises with the running statistics.
 Tensor batch_norm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
-                               const Tensor& running_mean, const Tensor& running_var, double eps);
+                               const Tensor& running_mean, const Tensor& running_var, double eps,
+                               BnAct act = BnAct::None);
 struct BatchNormGrads {
   Tensor dx, dgamma, dbeta;
 };
+/// `relu_y`: undefined for a plain BatchNorm; for a fused BatchNorm-ReLU, its output y. The gradient
+/// then passes only where y > 0 (relu_backward's rule), applied inside the kernels: the results equal
+/// batch_norm_backward_*(relu_backward(dy, y), ...).
 BatchNormGrads batch_norm_backward_train(const Tensor& dy, const Tensor& x, const Tensor& gamma,
-                                         const Tensor& save_mean, const Tensor& save_invstd);
+                                         const Tensor& save_mean, const Tensor& save_invstd,
+                                         const Tensor& relu_y = Tensor());
 BatchNormGrads batch_norm_backward_eval(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                                         const Tensor& running_mean, const Tensor& running_var,
-                                        double eps);
+                                        double eps, const Tensor& relu_y = Tensor());
 
 // ---- pooling ----------------------------------------------------------------------------------------
 struct Pool2dParams {

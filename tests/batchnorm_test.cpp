@@ -6,6 +6,7 @@
 
 #include "tests/test_util.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -315,6 +316,92 @@ TEST(BatchNormTest, Float32BackwardMatchesFloat64) {
   EXPECT_LE(max_diff(g.dx.to_vector(), g64.dx.to_vector()), 1e-5);
   EXPECT_LE(max_diff(g.dgamma.to_vector(), g64.dgamma.to_vector()), 1e-5);
   EXPECT_LE(max_diff(g.dbeta.to_vector(), g64.dbeta.to_vector()), 1e-5);
+}
+
+// ---- the fused BatchNorm-ReLU ------------------------------------------------------------------------------
+
+// The fused op must equal its composition exactly: the same value is computed, then rectified; the
+// backward sums and scales the same masked gradient. Both dtypes, both modes, a NaN (-> 0 as relu).
+TEST(BatchNormReluTest, EqualsReluOfBatchNormExactly) {
+  Generator gen(31);
+  for (DType dt : {DType::Float32, DType::Float64})
+    for (const Shape& shape : kShapes) {
+      SCOPED_TRACE(shape_str(shape) + " " + dtype_name(dt));
+      const int64_t C = shape[1];
+      Tensor x = Tensor::normal(shape, 0.2, 1.0, gen, dt), dy = Tensor::normal(shape, 0, 1, gen, dt);
+      const Tensor gamma = Tensor::uniform({C}, 0.5, 1.5, gen, dt), beta = Tensor::uniform({C}, -0.5, 0.5, gen, dt);
+      Tensor rm1 = Tensor::uniform({C}, -0.5, 0.5, gen, dt), rv1 = Tensor::uniform({C}, 0.5, 2, gen, dt);
+      Tensor rm2 = rm1.clone(), rv2 = rv1.clone();
+      const auto plain = ops::batch_norm_forward_train(x, gamma, beta, rm1, rv1, 0.1, 1e-5);
+      const auto fused = ops::batch_norm_forward_train(x, gamma, beta, rm2, rv2, 0.1, 1e-5, ops::BnAct::Relu);
+      const Tensor relu_y = ops::relu(plain.y);
+      EXPECT_EQ(ops::max_abs_diff(fused.y, relu_y), 0.0);
+      EXPECT_EQ(ops::max_abs_diff(fused.save_mean, plain.save_mean), 0.0);
+      EXPECT_EQ(ops::max_abs_diff(fused.save_invstd, plain.save_invstd), 0.0);
+      EXPECT_EQ(ops::max_abs_diff(rm2, rm1), 0.0);
+      EXPECT_EQ(ops::max_abs_diff(rv2, rv1), 0.0);
+      const auto g_plain = ops::batch_norm_backward_train(ops::relu_backward(dy, relu_y), x, gamma, plain.save_mean,
+                                                          plain.save_invstd);
+      const auto g_fused = ops::batch_norm_backward_train(dy, x, gamma, fused.save_mean, fused.save_invstd, fused.y);
+      EXPECT_EQ(ops::max_abs_diff(g_fused.dx, g_plain.dx), 0.0);
+      EXPECT_EQ(ops::max_abs_diff(g_fused.dgamma, g_plain.dgamma), 0.0);
+      EXPECT_EQ(ops::max_abs_diff(g_fused.dbeta, g_plain.dbeta), 0.0);
+
+      const Tensor ye = ops::batch_norm_forward_eval(x, gamma, beta, rm1, rv1, 1e-5);
+      const Tensor ye_fused = ops::batch_norm_forward_eval(x, gamma, beta, rm1, rv1, 1e-5, ops::BnAct::Relu);
+      EXPECT_EQ(ops::max_abs_diff(ye_fused, ops::relu(ye)), 0.0);
+      const auto ge_plain = ops::batch_norm_backward_eval(ops::relu_backward(dy, ye_fused), x, gamma, rm1, rv1, 1e-5);
+      const auto ge_fused = ops::batch_norm_backward_eval(dy, x, gamma, rm1, rv1, 1e-5, ye_fused);
+      EXPECT_EQ(ops::max_abs_diff(ge_fused.dx, ge_plain.dx), 0.0);
+      EXPECT_EQ(ops::max_abs_diff(ge_fused.dgamma, ge_plain.dgamma), 0.0);
+      EXPECT_EQ(ops::max_abs_diff(ge_fused.dbeta, ge_plain.dbeta), 0.0);
+      // Some values were cut and some passed: the mask was exercised both ways.
+      const std::vector<double> yv = fused.y.to_vector();
+      EXPECT_GT(std::count(yv.begin(), yv.end(), 0.0), 0);
+      EXPECT_LT(std::count(yv.begin(), yv.end(), 0.0), static_cast<long>(yv.size()));
+    }
+}
+
+TEST(BatchNormReluTest, NaNBecomesZeroAsRelu) {
+  Tensor x = Tensor::from_vector({1.0, std::nan(""), -1.0, 2.0}, {1, 2, 2, 1});
+  const Tensor g = Tensor::ones({2}), b = Tensor::zeros({2}), rm = Tensor::zeros({2}), rv = Tensor::ones({2});
+  const std::vector<double> y = ops::batch_norm_forward_eval(x, g, b, rm, rv, 0.0, ops::BnAct::Relu).to_vector();
+  EXPECT_EQ(y[0], 1.0);
+  EXPECT_EQ(y[1], 0.0);  // NaN -> 0, as ops::relu
+  EXPECT_EQ(y[2], 0.0);
+  EXPECT_EQ(y[3], 2.0);
+}
+
+void gradcheck_bn_relu(const Shape& shape, bool training, uint64_t seed) {
+  Generator gen(seed);
+  const int64_t C = shape[1];
+  Variable x(Tensor::normal(shape, 0.5, 1.5, gen, DType::Float64), true);
+  Variable gamma(Tensor::uniform({C}, 0.5, 1.5, gen, DType::Float64), true);
+  Variable beta(Tensor::uniform({C}, -1, 1, gen, DType::Float64), true);
+  Tensor rm = Tensor::uniform({C}, -0.5, 0.5, gen, DType::Float64);
+  Tensor rv = Tensor::uniform({C}, 0.5, 2.0, gen, DType::Float64);
+  auto fn = [&](const std::vector<Variable>& v) {
+    return batch_norm_relu2d(v[0], v[1], v[2], rm, rv, training, 0.1, 1e-5);
+  };
+  GradcheckResult r = gradcheck(fn, {x, gamma, beta});
+  EXPECT_TRUE(r.ok) << shape_str(shape) << (training ? " train\n" : " eval\n") << r.message;
+}
+
+TEST(BatchNormReluTest, GradcheckBothModes) {
+  uint64_t seed = 300;
+  for (const Shape& shape : kShapes) {
+    gradcheck_bn_relu(shape, true, seed++);
+    gradcheck_bn_relu(shape, false, seed++);
+  }
+}
+
+TEST(BatchNormReluTest, ReluOutputMustMatchTheInput) {
+  Tensor x = Tensor::zeros({2, 3, 4, 4}), c3 = Tensor::ones({3}), rm = Tensor::zeros({3}), rv = Tensor::ones({3});
+  Tensor bad = Tensor::zeros({2, 3, 4, 5});
+  EXPECT_THROW_WITH(ops::batch_norm_backward_train(x, x, c3, rm, rv, bad), "batch_norm_backward_train", "relu_y",
+                    "(2, 3, 4, 5)", "(2, 3, 4, 4)");
+  EXPECT_THROW_WITH(ops::batch_norm_backward_eval(x, x, c3, rm, rv, 1e-5, bad.to(DType::Float64)),
+                    "batch_norm_backward_eval", "relu_y");
 }
 
 // ---- errors

@@ -41,7 +41,7 @@ std::vector<double> abs_values(const Tensor& t) {
   return v;
 }
 
-Tensor f64(const Tensor& t) { return t.to(DType::Float64); }
+Tensor f64(const Tensor& t) { return t.defined() ? t.to(DType::Float64) : Tensor(); }
 
 /// |got - want| <= atol_scale[i] * tol + tol * |want| for every i; reports the first few failures.
 void expect_near_all(const std::vector<double>& got, const std::vector<double>& want,
@@ -312,14 +312,16 @@ TEST(CudaBnPoolMath, BatchNormForwardMatchesCpu) {
   }
 }
 
+// relu: the fused BatchNorm-ReLU's backward, masked by a forward output that is 0 about half the time.
 template <int VEC>
-void check_bn_backward(const BnShapeCase& sc, bool train, Generator& gen) {
+void check_bn_backward(const BnShapeCase& sc, bool train, bool relu, Generator& gen) {
   const Shape& s = sc.shape;
   const int64_t C = s[1], HW = s[2] * s[3];
   const double eps = 1e-3;
   const m::BnPartition p = m::bn_partition(s[0], C, HW, sc.sms);
   const Tensor x = Tensor::normal(s, 0.5, 2.0, gen), dy = Tensor::normal(s, 0, 1, gen);
   const Tensor gamma = Tensor::uniform({C}, 0.5, 1.5, gen);
+  const Tensor relu_y = relu ? ops::relu(Tensor::normal(s, 0, 1, gen)) : Tensor();
   // The statistics: saved by a forward (training) or running ones (eval), float32 for both sides.
   Tensor mean_t, invstd_t, rm, rv;
   ops::BatchNormGrads ref;
@@ -328,14 +330,16 @@ void check_bn_backward(const BnShapeCase& sc, bool train, Generator& gen) {
     const ops::BatchNormForward f = ops::batch_norm_forward_train(f64(x), Tensor(), Tensor(), none, none, 0.1, eps);
     mean_t = f.save_mean.to(DType::Float32);
     invstd_t = f.save_invstd.to(DType::Float32);
-    ref = ops::batch_norm_backward_train(f64(dy), f64(x), f64(gamma), f64(mean_t), f64(invstd_t));
+    ref = ops::batch_norm_backward_train(f64(dy), f64(x), f64(gamma), f64(mean_t), f64(invstd_t), f64(relu_y));
   } else {
     rm = Tensor::normal({C}, 0, 1, gen);
     rv = Tensor::uniform({C}, 0.5, 2, gen);
     mean_t = rm;
-    ref = ops::batch_norm_backward_eval(f64(dy), f64(x), f64(gamma), f64(rm), f64(rv), eps);
+    ref = ops::batch_norm_backward_eval(f64(dy), f64(x), f64(gamma), f64(rm), f64(rv), eps, f64(relu_y));
   }
   const std::vector<float> xf = floats(x), dyf = floats(dy);
+  const std::vector<float> mask = relu ? floats(relu_y) : std::vector<float>();
+  const float* mask_p = relu ? mask.data() : nullptr;
   const std::vector<double> g = gamma.to_vector(), mu = mean_t.to_vector();
   std::vector<double> dgamma(C), dbeta(C), dx(x.numel()), dy_abs(C, 0.0), dg_abs(C, 0.0);
   for (int64_t c = 0; c < C; ++c) {
@@ -345,7 +349,7 @@ void check_bn_backward(const BnShapeCase& sc, bool train, Generator& gen) {
       float block_dy = 0, block_dy_xmu = 0;
       for (int64_t t = 0; t < m::kBnThreads; ++t) {
         float a, b;
-        m::bn_grad_thread<VEC>(dyf.data(), xf.data(), float(mu[c]), c, sp, t, m::kBnThreads, p, a, b);
+        m::bn_grad_thread<VEC>(dyf.data(), xf.data(), float(mu[c]), c, sp, t, m::kBnThreads, p, a, b, mask_p);
         block_dy += a;
         block_dy_xmu += b;
       }
@@ -358,7 +362,8 @@ void check_bn_backward(const BnShapeCase& sc, bool train, Generator& gen) {
     for (int64_t n = 0; n < s[0]; ++n)
       for (int64_t q = 0; q < HW; ++q) {
         const int64_t i = (n * C + c) * HW + q;
-        dx[i] = m::bn_dx(dyf[i], xf[i], float(mu[c]), float(k.k), float(k.mean_dy), float(k.proj));
+        const float d = relu ? m::bn_relu_grad(dyf[i], mask[i]) : dyf[i];
+        dx[i] = m::bn_dx(d, xf[i], float(mu[c]), float(k.k), float(k.mean_dy), float(k.proj));
         dy_abs[c] += std::fabs(dyf[i]);
         dg_abs[c] += std::fabs(dyf[i] * (xf[i] - mu[c]) * is);
       }
@@ -371,12 +376,13 @@ void check_bn_backward(const BnShapeCase& sc, bool train, Generator& gen) {
 TEST(CudaBnPoolMath, BatchNormBackwardMatchesCpu) {
   Generator gen(5);
   for (const BnShapeCase& sc : kBnShapes)
-    for (bool train : {true, false}) {
-      SCOPED_TRACE(shape_str(sc.shape) + (train ? " train" : " eval") + " planned for " + std::to_string(sc.sms) +
-                   " SMs");
-      check_bn_backward<1>(sc, train, gen);
-      if ((sc.shape[2] * sc.shape[3]) % 4 == 0) check_bn_backward<4>(sc, train, gen);
-    }
+    for (bool train : {true, false})
+      for (bool relu : {false, true}) {
+        SCOPED_TRACE(shape_str(sc.shape) + (train ? " train" : " eval") + (relu ? " relu" : "") + " planned for " +
+                     std::to_string(sc.sms) + " SMs");
+        check_bn_backward<1>(sc, train, relu, gen);
+        if ((sc.shape[2] * sc.shape[3]) % 4 == 0) check_bn_backward<4>(sc, train, relu, gen);
+      }
 }
 
 }  // namespace

@@ -287,6 +287,53 @@ TEST_P(CudaOpTest, BatchNormBackwardEvalMatchesCpu) {
   }
 }
 
+// The fused BatchNorm-ReLU against the CPU's in float64, both modes, forward and backward (with
+// either implementation: native fuses, cuDNN composes). The backward's mask is one float32 tensor
+// given to both devices, so they mask the same elements.
+TEST_P(CudaOpTest, BatchNormReluMatchesCpu) {
+  Generator gen(106);
+  for (const BnCase& c0 : kBnCases) {
+    BnCase c = c0;
+    c.track = Track::Both;
+    SCOPED_TRACE(c.name());
+    const BnInputs in = make_bn_inputs(c, gen);
+    Tensor rm64 = f64(in.running_mean), rv64 = f64(in.running_var);
+    const ops::BatchNormForward ref = ops::batch_norm_forward_train(
+        f64(in.x), f64(in.gamma), f64(in.beta), rm64, rv64, c.momentum, c.eps, ops::BnAct::Relu);
+    Tensor rm = gpu(in.running_mean), rv = gpu(in.running_var);
+    const ops::BatchNormForward out = ops::batch_norm_forward_train(gpu(in.x), gpu(in.gamma), gpu(in.beta), rm, rv,
+                                                                    c.momentum, c.eps, ops::BnAct::Relu);
+    EXPECT_TRUE(gpu_matches("y (train)", out.y, ref.y, elem_tol(ref.y)));
+    EXPECT_TRUE(gpu_matches("save_invstd", out.save_invstd, ref.save_invstd, Tol{0, kSumTol}));
+
+    const Tensor ye_ref = ops::batch_norm_forward_eval(f64(in.x), f64(in.gamma), f64(in.beta), f64(in.running_mean),
+                                                       f64(in.running_var), c.eps, ops::BnAct::Relu);
+    const Tensor ye = ops::batch_norm_forward_eval(gpu(in.x), gpu(in.gamma), gpu(in.beta), gpu(in.running_mean),
+                                                   gpu(in.running_var), c.eps, ops::BnAct::Relu);
+    EXPECT_TRUE(gpu_matches("y (eval)", ye, ye_ref, elem_tol(ye_ref)));
+
+    const Tensor dy = Tensor::normal(c.shape, 0.0, 1.0, gen);
+    const Tensor mask = ref.y.to(DType::Float32);  // the forward's output: about half the values are 0
+    const Tensor save_mean = ref.save_mean.to(DType::Float32), save_invstd = ref.save_invstd.to(DType::Float32);
+    const ops::BatchNormGrads gref = ops::batch_norm_backward_train(f64(dy), f64(in.x), f64(in.gamma), f64(save_mean),
+                                                                    f64(save_invstd), f64(mask));
+    const ops::BatchNormGrads g = ops::batch_norm_backward_train(gpu(dy), gpu(in.x), gpu(in.gamma), gpu(save_mean),
+                                                                 gpu(save_invstd), gpu(mask));
+    // The masked gradient's sums are bounded by the unmasked ones' absolute terms.
+    EXPECT_TRUE(gpu_matches("dx (train)", g.dx, gref.dx, elem_tol(gref.dx)));
+    EXPECT_TRUE(gpu_matches("dbeta (train)", g.dbeta, gref.dbeta, Tol{0, kSumTol}, channel_abs_sum(dy)));
+    EXPECT_TRUE(gpu_matches("dgamma (train)", g.dgamma, gref.dgamma, Tol{0, kSumTol},
+                            dgamma_abs_terms(dy, in.x, values(save_mean), values(save_invstd))));
+
+    const ops::BatchNormGrads geref = ops::batch_norm_backward_eval(
+        f64(dy), f64(in.x), f64(in.gamma), f64(in.running_mean), f64(in.running_var), c.eps, f64(mask));
+    const ops::BatchNormGrads ge = ops::batch_norm_backward_eval(
+        gpu(dy), gpu(in.x), gpu(in.gamma), gpu(in.running_mean), gpu(in.running_var), c.eps, gpu(mask));
+    EXPECT_TRUE(gpu_matches("dx (eval)", ge.dx, geref.dx, elem_tol(geref.dx)));
+    EXPECT_TRUE(gpu_matches("dbeta (eval)", ge.dbeta, geref.dbeta, Tol{0, kSumTol}, channel_abs_sum(dy)));
+  }
+}
+
 // gamma, beta and the running statistics as every-other-element views of a longer buffer (the CPU
 // accepts any stride; cuDNN needs contiguous vectors and gets copies, updated back in place). The
 // running statistics must change at the even elements only.

@@ -131,6 +131,29 @@ TEST(Layers, BatchNormTrainingMatchesTheOpAndCounts) {
   EXPECT_EQ(ops::max_abs_diff(bn.running_mean(), rm), 0.0);  // nor do they move the statistics
 }
 
+// forward_relu is relu(forward): same output, same statistics and counter, in both modes.
+TEST(Layers, BatchNormForwardReluIsReluOfForward) {
+  Generator g(5);
+  BatchNorm2d plain(4), fused(4);
+  for (BatchNorm2d* bn : {&plain, &fused}) {
+    Variable w = bn->weight(), b = bn->bias();  // handles: the copies write the modules' parameters
+    w.mutable_tensor().copy_(Tensor::full({4}, 1.25));
+    b.mutable_tensor().copy_(Tensor::from_vector({-0.5, 0.0, 0.25, 0.5}, {4}));
+  }
+  for (int step = 1; step <= 2; ++step) {
+    Variable x(Tensor::normal({3, 4, 5, 2}, 0.5, 2.0, g));
+    expect_same(fused.forward_relu(x), relu(plain(x)).tensor());
+    EXPECT_EQ(ops::max_abs_diff(fused.running_mean(), plain.running_mean()), 0.0);
+    EXPECT_EQ(ops::max_abs_diff(fused.running_var(), plain.running_var()), 0.0);
+    EXPECT_EQ(fused.num_batches_tracked(), step);
+  }
+  plain.eval();
+  fused.eval();
+  Variable x(Tensor::normal({2, 4, 3, 3}, 0.0, 1.0, g));
+  expect_same(fused.forward_relu(x), relu(plain(x)).tensor());
+  EXPECT_EQ(fused.num_batches_tracked(), 2);
+}
+
 TEST(Layers, BatchNormErrors) {
   EXPECT_TRUE(contains(error_of([] { BatchNorm2d(0); }), "BatchNorm2d: num_features must be positive"));
   EXPECT_TRUE(contains(error_of([] { BatchNorm2d(3, 0.0); }), "BatchNorm2d: eps must be positive"));

@@ -15,6 +15,11 @@
 //
 // gamma/beta may be undefined (affine=False: gamma = 1, beta = 0); running stats may be undefined in
 // training (track_running_stats=False). Statistics accumulate in double even for float32 input.
+//
+// Fused ReLU (BnAct::Relu): y = max(x * scale + shift, 0), computed from the same value the plain
+// kernel writes, so it equals relu(batch_norm(x)) bit for bit. Backward with relu_y (the fused output)
+// reads dy as 0 wherever relu_y <= 0, which is exactly relu_backward's gradient fed to the plain
+// backward; both the sums and dx see the masked value.
 // Every kernel works on one channel at a time, so channels run in parallel with no shared writes.
 //
 // Devices: the argument checks below are device-agnostic (plus "every operand on the input's device");
@@ -79,10 +84,17 @@ struct ChannelVec {
   bool defined() const { return p != nullptr; }
 };
 
+// The written value: the normalised one, rectified when the ReLU is fused (NaN -> 0, as ops::relu).
+template <typename T>
+inline T activate(double v, bool relu) {
+  const T t = static_cast<T>(v);
+  return relu && !(t > 0) ? T(0) : t;
+}
+
 template <typename T>
 void forward_train_kernel(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                           const Tensor& running_mean, const Tensor& running_var, double momentum, double eps,
-                          const BatchNormForward& out) {
+                          bool relu, const BatchNormForward& out) {
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   const double n = static_cast<double>(N * HW);
   const T* px = x.data<T>();
@@ -115,7 +127,7 @@ void forward_train_kernel(const Tensor& x, const Tensor& gamma, const Tensor& be
     for (int64_t i = 0; i < N; ++i) {
       const T* xp = px + (i * C + c) * HW;
       T* yp = py + (i * C + c) * HW;
-      for (int64_t k = 0; k < HW; ++k) yp[k] = static_cast<T>(xp[k] * scale + shift);
+      for (int64_t k = 0; k < HW; ++k) yp[k] = activate<T>(xp[k] * scale + shift, relu);
     }
     pmean[c] = static_cast<T>(mean);
     pinvstd[c] = static_cast<T>(invstd);
@@ -126,7 +138,7 @@ void forward_train_kernel(const Tensor& x, const Tensor& gamma, const Tensor& be
 
 template <typename T>
 void forward_eval_kernel(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
-                         const Tensor& running_var, double eps, const Tensor& y) {
+                         const Tensor& running_var, double eps, bool relu, const Tensor& y) {
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   const T* px = x.data<T>();
   T* py = y.data<T>();
@@ -140,16 +152,18 @@ void forward_eval_kernel(const Tensor& x, const Tensor& gamma, const Tensor& bet
     for (int64_t i = 0; i < N; ++i) {
       const T* xp = px + (i * C + c) * HW;
       T* yp = py + (i * C + c) * HW;
-      for (int64_t k = 0; k < HW; ++k) yp[k] = static_cast<T>(xp[k] * scale + shift);
+      for (int64_t k = 0; k < HW; ++k) yp[k] = activate<T>(xp[k] * scale + shift, relu);
     }
   }
 }
 
 // One kernel for both modes: `mean`/`invstd` per channel come from the batch (training) or the running
-// stats (eval); `through_stats` adds the terms for the statistics' dependence on x.
+// stats (eval); `through_stats` adds the terms for the statistics' dependence on x. `relu_y`, when
+// defined (contiguous), masks dy: the gradient of the fused BatchNorm-ReLU.
 template <typename T>
 void backward_kernel(const Tensor& dy, const Tensor& x, const Tensor& gamma, const std::vector<double>& mean,
-                     const std::vector<double>& invstd, bool through_stats, const BatchNormGrads& out) {
+                     const std::vector<double>& invstd, bool through_stats, const Tensor& relu_y,
+                     const BatchNormGrads& out) {
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   const double n = static_cast<double>(N * HW);
   const T* px = x.data<T>();
@@ -157,7 +171,10 @@ void backward_kernel(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
   T* pdx = out.dx.data<T>();
   T* pdgamma = out.dgamma.data<T>();
   T* pdbeta = out.dbeta.data<T>();
+  const T* pmask = relu_y.defined() ? relu_y.data<T>() : nullptr;
   const ChannelVec<T> g(gamma, 1.0);
+  // dy where the ReLU let the value through, else 0.
+  auto grad_at = [pdy, pmask](int64_t i) { return pmask && !(pmask[i] > 0) ? T(0) : pdy[i]; };
 
 #pragma omp parallel for schedule(static) if (N * C * HW >= kParallelMin)
   for (int64_t c = 0; c < C; ++c) {
@@ -165,11 +182,11 @@ void backward_kernel(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
     const double is = invstd[c];
     double sum_dy = 0.0, sum_dy_xmu = 0.0;  // sum(dy), sum(dy * (x - mean))
     for (int64_t i = 0; i < N; ++i) {
-      const T* xp = px + (i * C + c) * HW;
-      const T* dyp = pdy + (i * C + c) * HW;
+      const int64_t base = (i * C + c) * HW;
       for (int64_t k = 0; k < HW; ++k) {
-        sum_dy += dyp[k];
-        sum_dy_xmu += dyp[k] * (xp[k] - mu);
+        const double d = grad_at(base + k);
+        sum_dy += d;
+        sum_dy_xmu += d * (px[base + k] - mu);
       }
     }
     pdbeta[c] = static_cast<T>(sum_dy);
@@ -179,11 +196,9 @@ void backward_kernel(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
     const double mean_dy = through_stats ? sum_dy / n : 0.0;
     const double proj = through_stats ? sum_dy_xmu * is * is / n : 0.0;
     for (int64_t i = 0; i < N; ++i) {
-      const T* xp = px + (i * C + c) * HW;
-      const T* dyp = pdy + (i * C + c) * HW;
-      T* dxp = pdx + (i * C + c) * HW;
+      const int64_t base = (i * C + c) * HW;
       for (int64_t k = 0; k < HW; ++k)
-        dxp[k] = static_cast<T>(k_dy * (dyp[k] - mean_dy - (xp[k] - mu) * proj));
+        pdx[base + k] = static_cast<T>(k_dy * (grad_at(base + k) - mean_dy - (px[base + k] - mu) * proj));
     }
   }
 }
@@ -196,6 +211,15 @@ void check_dy(const std::string& op, const Tensor& dy, const Tensor& x) {
                                      " but the input is " + dtype_name(x.dtype()));
   check(dy.device() == x.device(),
         op + ": grad_output is on " + dy.device().str() + " but the input is on " + x.device().str());
+}
+
+// relu_y, when given, is the fused forward's output: x's shape, dtype and device.
+void check_relu_y(const std::string& op, const Tensor& relu_y, const Tensor& x) {
+  if (!relu_y.defined()) return;
+  check(relu_y.shape() == x.shape() && relu_y.dtype() == x.dtype() && relu_y.device() == x.device(),
+        op + ": relu_y (the fused BatchNorm-ReLU output) must match the input " + shape_str(x.shape()) + " " +
+            dtype_name(x.dtype()) + " on " + x.device().str() + ", got " + shape_str(relu_y.shape()) + " " +
+            dtype_name(relu_y.dtype()) + " on " + relu_y.device().str());
 }
 
 std::vector<double> to_doubles(const Tensor& t) {
@@ -212,7 +236,7 @@ BatchNormGrads alloc_grads(const Tensor& x) {
 
 BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                           Tensor& running_mean, Tensor& running_var, double momentum,
-                                          double eps) {
+                                          double eps, BnAct act) {
   const std::string op = "batch_norm_forward_train";
   const BnDims d = check_bn_input(op, x);
   check_channel_vector(op, "gamma", gamma, x, false);
@@ -222,74 +246,81 @@ BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, 
   check(d.N * d.HW > 1, op + ": expected more than 1 value per channel when training, got input of shape " +
                             shape_str(x.shape()));
   if (x.device().is_cuda())
-    return cuda::batch_norm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps);
+    return cuda::batch_norm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps, act);
   const Tensor xc = x.contiguous();
   const Shape c_shape{d.C};
   BatchNormForward out{Tensor::empty(x.shape(), x.dtype(), x.device()),
                        Tensor::empty(c_shape, x.dtype(), x.device()),
                        Tensor::empty(c_shape, x.dtype(), x.device())};
   if (x.dtype() == DType::Float32)
-    forward_train_kernel<float>(xc, gamma, beta, running_mean, running_var, momentum, eps, out);
+    forward_train_kernel<float>(xc, gamma, beta, running_mean, running_var, momentum, eps, act == BnAct::Relu, out);
   else
-    forward_train_kernel<double>(xc, gamma, beta, running_mean, running_var, momentum, eps, out);
+    forward_train_kernel<double>(xc, gamma, beta, running_mean, running_var, momentum, eps, act == BnAct::Relu, out);
   return out;
 }
 
 Tensor batch_norm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
-                               const Tensor& running_mean, const Tensor& running_var, double eps) {
+                               const Tensor& running_mean, const Tensor& running_var, double eps, BnAct act) {
   const std::string op = "batch_norm_forward_eval";
   check_bn_input(op, x);
   check_channel_vector(op, "gamma", gamma, x, false);
   check_channel_vector(op, "beta", beta, x, false);
   check_channel_vector(op, "running_mean", running_mean, x, true);
   check_channel_vector(op, "running_var", running_var, x, true);
-  if (x.device().is_cuda()) return cuda::batch_norm_forward_eval(x, gamma, beta, running_mean, running_var, eps);
+  if (x.device().is_cuda())
+    return cuda::batch_norm_forward_eval(x, gamma, beta, running_mean, running_var, eps, act);
   const Tensor xc = x.contiguous();
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (x.dtype() == DType::Float32)
-    forward_eval_kernel<float>(xc, gamma, beta, running_mean, running_var, eps, y);
+    forward_eval_kernel<float>(xc, gamma, beta, running_mean, running_var, eps, act == BnAct::Relu, y);
   else
-    forward_eval_kernel<double>(xc, gamma, beta, running_mean, running_var, eps, y);
+    forward_eval_kernel<double>(xc, gamma, beta, running_mean, running_var, eps, act == BnAct::Relu, y);
   return y;
 }
 
 BatchNormGrads batch_norm_backward_train(const Tensor& dy, const Tensor& x, const Tensor& gamma,
-                                         const Tensor& save_mean, const Tensor& save_invstd) {
+                                         const Tensor& save_mean, const Tensor& save_invstd, const Tensor& relu_y) {
   const std::string op = "batch_norm_backward_train";
   check_bn_input(op, x);
   check_dy(op, dy, x);
   check_channel_vector(op, "gamma", gamma, x, false);
   check_channel_vector(op, "save_mean", save_mean, x, true);
   check_channel_vector(op, "save_invstd", save_invstd, x, true);
-  if (x.device().is_cuda()) return cuda::batch_norm_backward_train(dy, x, gamma, save_mean, save_invstd);
+  check_relu_y(op, relu_y, x);
+  if (x.device().is_cuda()) return cuda::batch_norm_backward_train(dy, x, gamma, save_mean, save_invstd, relu_y);
   const Tensor xc = x.contiguous(), dyc = dy.contiguous();
+  const Tensor mask = relu_y.defined() ? relu_y.contiguous() : Tensor();
   BatchNormGrads out = alloc_grads(x);
   const std::vector<double> mean = to_doubles(save_mean), invstd = to_doubles(save_invstd);
   if (x.dtype() == DType::Float32)
-    backward_kernel<float>(dyc, xc, gamma, mean, invstd, true, out);
+    backward_kernel<float>(dyc, xc, gamma, mean, invstd, true, mask, out);
   else
-    backward_kernel<double>(dyc, xc, gamma, mean, invstd, true, out);
+    backward_kernel<double>(dyc, xc, gamma, mean, invstd, true, mask, out);
   return out;
 }
 
 BatchNormGrads batch_norm_backward_eval(const Tensor& dy, const Tensor& x, const Tensor& gamma,
-                                        const Tensor& running_mean, const Tensor& running_var, double eps) {
+                                        const Tensor& running_mean, const Tensor& running_var, double eps,
+                                        const Tensor& relu_y) {
   const std::string op = "batch_norm_backward_eval";
   check_bn_input(op, x);
   check_dy(op, dy, x);
   check_channel_vector(op, "gamma", gamma, x, false);
   check_channel_vector(op, "running_mean", running_mean, x, true);
   check_channel_vector(op, "running_var", running_var, x, true);
-  if (x.device().is_cuda()) return cuda::batch_norm_backward_eval(dy, x, gamma, running_mean, running_var, eps);
+  check_relu_y(op, relu_y, x);
+  if (x.device().is_cuda())
+    return cuda::batch_norm_backward_eval(dy, x, gamma, running_mean, running_var, eps, relu_y);
   const Tensor xc = x.contiguous(), dyc = dy.contiguous();
+  const Tensor mask = relu_y.defined() ? relu_y.contiguous() : Tensor();
   BatchNormGrads out = alloc_grads(x);
   const std::vector<double> mean = to_doubles(running_mean);
   std::vector<double> invstd = to_doubles(running_var);
   for (double& v : invstd) v = 1.0 / std::sqrt(v + eps);
   if (x.dtype() == DType::Float32)
-    backward_kernel<float>(dyc, xc, gamma, mean, invstd, false, out);
+    backward_kernel<float>(dyc, xc, gamma, mean, invstd, false, mask, out);
   else
-    backward_kernel<double>(dyc, xc, gamma, mean, invstd, false, out);
+    backward_kernel<double>(dyc, xc, gamma, mean, invstd, false, mask, out);
   return out;
 }
 
