@@ -24,6 +24,14 @@
 #   6. ladnn bench: the DenseNet-169 training step and inference, beside PyTorch eager when python3 has
 #      torch (tools/bench_torch.py); arguments from LADNN_CHECK_LADNN_BENCH_ARGS, time from T_LADNN_BENCH
 #      (0 skips it).
+#   7. issue 6's comparisons, each its own ladnn bench call (PyTorch off; T_COMPARE seconds each):
+#        before      the same rows from an older ladnn binary (LADNN_BEFORE=path), to measure a change
+#                    on the same card in the same session
+#        native-bn   the same rows with LADNN_BN=native (our fused BatchNorm-ReLU kernels)
+#        memory      batch 64 training with --memory-efficient: the peak-memory goal
+#        profile     batch 32 eager training with --profile: the per-op table
+# LADNN_CHECK_STEPS picks the steps (comma-separated names: info,tests,sanitizer,kernels,bench,before,
+# native-bn,memory,profile; default all but the comparisons, which need the time of a second call).
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to
 # device-check-out/.
 #
@@ -72,6 +80,9 @@ T_INFO=20
 T_TESTS="${T_TESTS:-75}"
 T_SANITIZER="${T_SANITIZER:-120}"
 T_BENCH="${T_BENCH:-90}"
+T_COMPARE="${T_COMPARE:-120}"
+STEPS=",${LADNN_CHECK_STEPS:-info,tests,sanitizer,kernels,bench},"
+want() { case "$STEPS" in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 START=$(date +%s)
 
 # Libraries: what pack bundled, the toolkit's, and cuDNN/cuBLAS from the Python wheels if that is
@@ -103,8 +114,10 @@ for exe in "$B/ladnn" "$B/ladnn_tests" "$B/cuda_kernels_bench"; do
 done
 [ "$missing" = 0 ] || echo "(some binaries or libraries are missing: pack here with 'tools/device-check.sh pack')"
 
-section "1. ladnn info"
-timeout "$T_INFO" "$B/ladnn" info 2>&1 | tee "$OUTDIR/info.txt"
+if want info; then
+  section "1. ladnn info"
+  timeout "$T_INFO" "$B/ladnn" info 2>&1 | tee "$OUTDIR/info.txt"
+fi
 
 run_tests() {  # name, then environment assignments
   local name="$1"; shift
@@ -116,13 +129,14 @@ run_tests() {  # name, then environment assignments
   echo "exit status $rc"
   echo "$rc" >"$OUTDIR/tests_$name.rc"
 }
-for impls in ${LADNN_CHECK_IMPLS:-library native}; do
+want tests && for impls in ${LADNN_CHECK_IMPLS:-library native}; do
   case $impls in
     library) run_tests library LADNN_CONV=cudnn LADNN_BN=cudnn LADNN_POOL=cudnn LADNN_GEMM=cublas ;;
     native) run_tests native LADNN_CONV=native LADNN_BN=native LADNN_POOL=native LADNN_GEMM=native ;;
   esac
 done
 
+if want sanitizer; then
 section "4. compute-sanitizer memcheck"
 CS=""
 for c in /usr/local/cuda/bin/compute-sanitizer "$(command -v compute-sanitizer 2>/dev/null)"; do
@@ -145,22 +159,52 @@ else
   esac
   cat "$OUTDIR/sanitizer.result"
 fi
-
-section "5. benchmarks"
-timeout "$T_BENCH" "$B/cuda_kernels_bench" --benchmark_min_time=0.02 \
-  --benchmark_filter="${LADNN_CHECK_BENCH_FILTER:-.}" \
-  --benchmark_out="$OUTDIR/bench.json" --benchmark_out_format=json >"$OUTDIR/bench.log" 2>&1
-echo "exit status $?" | tee "$OUTDIR/bench.rc"
-tail -n 5 "$OUTDIR/bench.log"
-
-section "6. ladnn bench (issue 6): training step and inference beside PyTorch eager"
-if [ "${T_LADNN_BENCH:-200}" -gt 0 ]; then
-  # shellcheck disable=SC2086
-  timeout "${T_LADNN_BENCH:-200}" "$B/ladnn" bench ${LADNN_CHECK_LADNN_BENCH_ARGS:---steps 20 --warmup 3} >"$OUTDIR/ladnn_bench.log" 2>&1
-  echo "exit status $?" | tee "$OUTDIR/ladnn_bench.rc"
-else
-  echo "skipped (T_LADNN_BENCH=0)" >"$OUTDIR/ladnn_bench.log"
 fi
+
+if want kernels; then
+  section "5. benchmarks"
+  timeout "$T_BENCH" "$B/cuda_kernels_bench" --benchmark_min_time=0.02 \
+    --benchmark_filter="${LADNN_CHECK_BENCH_FILTER:-.}" \
+    --benchmark_out="$OUTDIR/bench.json" --benchmark_out_format=json >"$OUTDIR/bench.log" 2>&1
+  echo "exit status $?" | tee "$OUTDIR/bench.rc"
+  tail -n 5 "$OUTDIR/bench.log"
+fi
+
+BENCH_ARGS="${LADNN_CHECK_LADNN_BENCH_ARGS:---steps 20 --warmup 3}"
+if want bench; then
+  section "6. ladnn bench (issue 6): training step and inference beside PyTorch eager"
+  if [ "${T_LADNN_BENCH:-200}" -gt 0 ]; then
+    # shellcheck disable=SC2086
+    timeout "${T_LADNN_BENCH:-200}" "$B/ladnn" bench $BENCH_ARGS >"$OUTDIR/ladnn_bench.log" 2>&1
+    echo "exit status $?" | tee "$OUTDIR/ladnn_bench.rc"
+  else
+    echo "skipped (T_LADNN_BENCH=0)" >"$OUTDIR/ladnn_bench.log"
+  fi
+fi
+
+compare() {  # name, then the command (environment assignments first)
+  local name="$1"; shift
+  section "7. compare: $name"
+  env "$@" >"$OUTDIR/compare_$name.log" 2>&1
+  local rc=$?
+  echo "exit status $rc"
+  sed -n '/^work/,$p' "$OUTDIR/compare_$name.log"
+  grep -A40 -E '^op +impl' "$OUTDIR/compare_$name.log" | head -45
+}
+# shellcheck disable=SC2086
+if want before; then
+  if [ -x "${LADNN_BEFORE:-}" ]; then
+    compare before timeout "$T_COMPARE" "$LADNN_BEFORE" bench $BENCH_ARGS --torch off
+  else
+    section "7. compare: before"; echo "skipped: LADNN_BEFORE is not an executable ladnn"
+  fi
+fi
+# shellcheck disable=SC2086
+want native-bn && compare native-bn LADNN_BN=native timeout "$T_COMPARE" "$B/ladnn" bench $BENCH_ARGS --torch off
+want memory && compare memory timeout "$T_COMPARE" "$B/ladnn" bench --batches 64 --work train --memory-efficient \
+  --torch off --steps 10 --warmup 3
+want profile && compare profile timeout "$T_COMPARE" "$B/ladnn" bench --batches 32 --work train --graph off \
+  --profile --torch off --steps 5 --warmup 2
 
 section "summary"
 python3 - "$OUTDIR" <<'PY' || echo "(python3 unavailable: see $OUTDIR for the raw logs)"
