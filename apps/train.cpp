@@ -17,6 +17,9 @@ static void add_train(CLI::App& app) {
   cmd->add_option("--arch", c->arch, "densenet169 | densenet121 | densenet201 | tiny")->capture_default_str();
   cmd->add_flag("--memory-efficient", c->memory_efficient,
                 "Dense layers recompute their concatenation-BN-ReLU in backward: less memory, same results");
+  cmd->add_flag("--cuda-graph", c->cuda_graph,
+                "GPU: capture the training step once as a CUDA graph and replay it (same updates, far fewer "
+                "host launches; the short last batch of an epoch runs eagerly)");
   cmd->add_option("--loss", c->loss, "ladnn (COVID x w_main + lesion BCEs) | baseline (COVID only)")->capture_default_str();
   cmd->add_option("--w-main", c->w_main, "Weight of the COVID term in the LA-DNN loss")->capture_default_str();
   cmd->add_option("--epochs", c->epochs, "Epochs in total (a resumed run continues to this)")->capture_default_str();

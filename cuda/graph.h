@@ -19,7 +19,8 @@
 // to(cpu)), copy host memory to the device (a CPU tensor's .to(cuda)), synchronise.
 // What a replay does not do: run host code. Host-side state is frozen at its captured value — Adam's
 // learning rate, BatchNorm's momentum, dropout's mask seed; Adam's step count t is kept on the device
-// (AdamStep::device_step) so bias corrections advance, but the host's copy (state_dict) does not.
+// (AdamStep::device_step) so bias corrections advance, and the host's copy (state_dict) advances when
+// the caller reports each replay with Optimizer::replayed_step() (models/graphed_step.h does).
 // Inputs are read from the addresses used at capture: feed new data by copying into the same tensors.
 #pragma once
 

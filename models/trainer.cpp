@@ -15,6 +15,7 @@
 #include "autograd/functions.h"
 #include "cuda/runtime.h"
 #include "models/checkpoint.h"
+#include "models/graphed_step.h"
 #include "models/metrics.h"
 #include "optim/adam.h"
 #include "optim/lr_schedule.h"
@@ -32,7 +33,7 @@ nlohmann::json TrainConfig::to_json() const {
           {"wd", wd},             {"optimizer", optimizer}, {"schedule", schedule}, {"step_size", step_size},
           {"gamma", gamma},       {"seed", seed},       {"device", device},       {"image_size", image_size},
           {"workers", workers},   {"augment", augment}, {"skip_bad", skip_bad},   {"init", init},
-          {"max_batches", max_batches}, {"memory_efficient", memory_efficient}};
+          {"max_batches", max_batches}, {"memory_efficient", memory_efficient}, {"cuda_graph", cuda_graph}};
 }
 
 TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
@@ -69,6 +70,7 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   c.init = merged["init"];
   c.max_batches = merged["max_batches"];
   c.memory_efficient = merged["memory_efficient"];
+  c.cuda_graph = merged["cuda_graph"];
   return c;
 }
 
@@ -88,6 +90,7 @@ void TrainConfig::validate() const {
   check(image_size >= 32, "--size must be at least 32 (DenseNet downsamples 32x), got " +
                               std::to_string(image_size));
   check(device == "cpu" || device == "cuda", "--device must be cpu or cuda, got '" + device + "'");
+  check(!cuda_graph || device == "cuda", "--cuda-graph needs --device cuda (CUDA graphs are a GPU feature)");
   check(!data_dir.empty(), "--data is required (a folder with data_split/ and CT_COVID/, CT_NonCOVID/)");
   check(!out.empty(), "--out is required (the run folder)");
 }
@@ -285,6 +288,7 @@ std::vector<EpochMetrics> Trainer::run() {
     saved.workers = config_.workers;
     saved.progress = config_.progress;
     saved.device = config_.device;
+    saved.cuda_graph = config_.cuda_graph;
     saved.max_batches = config_.max_batches;
     saved.stop_after = config_.stop_after;
     config_ = saved;
@@ -308,6 +312,7 @@ std::vector<EpochMetrics> Trainer::run() {
   model->to(device);
   auto optimizer = make_optimizer(config_, model->parameters());
   auto schedule = make_schedule(config_, *optimizer);
+  std::unique_ptr<GraphedTrainStep> graphed;  // made after a resume has loaded the optimizer state
   TrainingState state;
   state.config = config_.to_json();
   std::vector<EpochMetrics> history;
@@ -327,6 +332,7 @@ std::vector<EpochMetrics> Trainer::run() {
   write_metrics(csv_path, history);
 
   LossConfig loss{loss_mode_by_name(config_.loss), config_.w_main};
+  if (config_.cuda_graph) graphed = std::make_unique<GraphedTrainStep>(*model, *optimizer, loss);
   data::Loader train(data::read_split(config_.data_dir, "train"), loader_options(config_, true));
   data::Loader val(data::read_split(config_.data_dir, "val"), loader_options(config_, false));
 
@@ -346,17 +352,26 @@ std::vector<EpochMetrics> Trainer::run() {
     int64_t images = 0, correct = 0, done = 0;
     data::Batch b;
     while (done < total && train.next(b)) {
-      LaDnn::Output out = model->forward_heads(Variable(b.images.to(device)));
-      Variable l = lesion_attention_loss(out, b.covid.to(device), b.lesions.to(device),
-                                         b.lesion_mask.to(device), loss);
-      optimizer->zero_grad();
-      l.backward();
-      optimizer->step();
-      const double lv = l.tensor().item();
+      double lv = 0;
+      std::vector<double> logits;
+      if (graphed) {
+        GraphedTrainStep::Result r = graphed->step(b.images, b.covid, b.lesions, b.lesion_mask);
+        lv = r.loss;
+        logits = r.covid_logit.to_vector();
+      } else {
+        LaDnn::Output out = model->forward_heads(Variable(b.images.to(device)));
+        Variable l = lesion_attention_loss(out, b.covid.to(device), b.lesions.to(device),
+                                           b.lesion_mask.to(device), loss);
+        optimizer->zero_grad();
+        l.backward();
+        optimizer->step();
+        lv = l.tensor().item();
+        logits = out.covid.tensor().to(Device::cpu()).to_vector();
+      }
       check(std::isfinite(lv), "training diverged: the loss is " + std::to_string(lv) + " at epoch " +
                                    std::to_string(epoch) + ", batch " + std::to_string(done + 1) +
                                    "; lower --lr");
-      std::vector<double> logits = out.covid.tensor().to(Device::cpu()).to_vector(), y = b.covid.to_vector();
+      const std::vector<double> y = b.covid.to_vector();
       for (size_t i = 0; i < y.size(); ++i) correct += (logits[i] >= 0) == (y[i] > 0.5);
       loss_sum += lv * static_cast<double>(b.size());
       images += b.size();

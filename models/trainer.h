@@ -28,6 +28,7 @@ struct TrainConfig {
   std::string out;                 // the run folder
   std::string arch = "densenet169";
   bool memory_efficient = false;   // dense layers recompute concat-BN-ReLU in backward (less memory)
+  bool cuda_graph = false;         // GPU: replay each step as a captured CUDA graph (models/graphed_step.h)
   std::string loss = "ladnn";      // ladnn | baseline
   double w_main = 5.0;
   int epochs = 40;

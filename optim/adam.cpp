@@ -51,8 +51,11 @@ void Adam::step() {
                                       "::step under CUDA-graph capture: run one eager step first (it creates "
                                       "the optimizer state, which a capture must not allocate)");
     ops::increment_(device_step_);
+    captured_.assign(params_.size(), false);
   }
-  steps_ += 1;
+  // A capture runs nothing: the host counts move when a replay is reported (replayed_step), so they
+  // always count executed steps (and a failed capture leaves them as they were).
+  if (!graph) steps_ += 1;
   Device cuda_device = Device::cpu();  // becomes the parameters' GPU when any is on one
   for (std::size_t i = 0; i < params_.size(); ++i) {
     Variable& p = params_[i];
@@ -75,13 +78,16 @@ void Adam::step() {
     s.eps = eps_;
     s.weight_decay = weight_decay_;
     s.decoupled = decay_ == Decay::Decoupled;  // AdamW: p *= 1 - lr wd; Adam: g += wd p
-    s.step = ++param_steps_[i];
+    s.step = param_steps_[i] + 1;
     if (graph) {
-      check(s.step == static_cast<int64_t>(steps_),
+      check(param_steps_[i] == static_cast<int64_t>(steps_),
             std::string(name_) + "::step under CUDA-graph capture: parameter " + std::to_string(i) +
-                " has taken " + std::to_string(s.step) + " steps, the optimizer " + std::to_string(int64_t(steps_)) +
-                "; a captured step keeps one step count for all parameters");
+                " has taken " + std::to_string(param_steps_[i]) + " steps, the optimizer " +
+                std::to_string(int64_t(steps_)) + "; a captured step keeps one step count for all parameters");
       s.device_step = device_step_;
+      captured_[i] = true;
+    } else {
+      ++param_steps_[i];
     }
     ops::adam_update_(w, g, exp_avg_[i], exp_avg_sq_[i], s);
     if (w.device().is_cuda()) cuda_device = w.device();
@@ -91,6 +97,13 @@ void Adam::step() {
       device_step_ = Tensor::zeros({}, DType::Int64, cuda_device);
     device_step_.fill_(steps_);
   }
+}
+
+void Adam::replayed_step() {
+  check(!captured_.empty(), std::string(name_) + "::replayed_step: no step of this optimizer was captured");
+  steps_ += 1;
+  for (std::size_t i = 0; i < params_.size(); ++i)
+    if (captured_[i]) ++param_steps_[i];
 }
 
 OptimizerState Adam::state_dict() const {
@@ -135,7 +148,8 @@ void Adam::load_state_dict(const OptimizerState& state) {
   eps_ = sc.at("eps");
   weight_decay_ = sc.at("weight_decay");
   steps_ = sc.at("step");
-  device_step_ = Tensor();  // the next eager step makes it again from steps_
+  device_step_ = Tensor();  // the next eager step makes it again from steps_ (capture again after loading)
+  captured_.clear();
   for (std::size_t i = 0; i < params_.size(); ++i) {
     const std::string k = std::to_string(i) + ".";
     if (has[i]) {

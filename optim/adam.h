@@ -22,6 +22,7 @@ class Adam : public Optimizer {
        double eps = 1e-8, double weight_decay = 0.0);
 
   void step() override;
+  void replayed_step() override;
   OptimizerState state_dict() const override;
   void load_state_dict(const OptimizerState& state) override;
 
@@ -46,6 +47,7 @@ class Adam : public Optimizer {
   std::vector<Tensor> exp_avg_, exp_avg_sq_;  // per parameter; undefined until first update
   std::vector<int64_t> param_steps_;
   Tensor device_step_;  // t on the GPU, kept equal to steps_ by eager steps, bumped by captured ones
+  std::vector<bool> captured_;  // which parameters the last captured step updates (for replayed_step)
 };
 
 /// Adam with decoupled weight decay (Loshchilov & Hutter), torch's defaults (weight_decay 1e-2).

@@ -36,6 +36,11 @@ class Optimizer {
   void set_lr(double lr) { lr_ = lr; }
   const std::vector<Variable>& params() const { return params_; }
 
+  /// A replay of a captured step() ran (cuda/graph.h): advance the host-side bookkeeping (Adam's step
+  /// counts) as that step would have. A capture records the step without running it, so it counts
+  /// nothing; the caller reports every replay. SGD keeps no count: nothing to do.
+  virtual void replayed_step() {}
+
   virtual OptimizerState state_dict() const = 0;
   /// Restores state from state_dict(); throws naming the key that is missing or mis-shaped.
   virtual void load_state_dict(const OptimizerState& state) = 0;

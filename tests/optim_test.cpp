@@ -14,6 +14,7 @@
 #include "optim/lr_schedule.h"
 #include "optim/sgd.h"
 #include "tensor/ops.h"
+#include "tests/test_util.h"
 
 using namespace ladnn;
 
@@ -529,6 +530,14 @@ TEST(LRSchedule, Errors) {
               sched.load_state_dict({{"base_lr", 0.1}, {"last_epoch", -1}});
             }),
             "LRScheduler::load_state_dict: key 'last_epoch' must be a non-negative integer, got -1.000000");
+}
+
+// replayed_step reports a replay of a captured step; without a capture there is nothing to replay.
+TEST(OptimAdam, ReplayedStepWithoutACaptureIsRefused) {
+  Variable w(Tensor::ones({3}), true);
+  Adam opt({w}, 1e-2);
+  EXPECT_THROW_WITH(opt.replayed_step(), "Adam::replayed_step", "no step of this optimizer was captured");
+  EXPECT_EQ(opt.state_dict().scalars.at("step"), 0.0);
 }
 
 TEST(AdamUpdate, DeviceStepIsRefusedForCpuParameters) {

@@ -272,6 +272,16 @@ TEST(Trainer, BadConfigurationsAreSentences) {
   c.resume = true;
   c.out = temp_dir("bad_resume").string();
   EXPECT_THROW(Trainer(c).run(), std::runtime_error);
+  c.resume = false;
+  c.device = "cpu";
+  c.cuda_graph = true;
+  try {
+    Trainer(c).run();
+    FAIL() << "--cuda-graph on the CPU must be an error";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("--cuda-graph needs --device cuda"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(TrainConfig::from_json(c.to_json()).cuda_graph);  // saved with the run
   EXPECT_THROW(TrainConfig::from_json({{"epochz", 3}}), std::invalid_argument);
   EXPECT_THROW(TrainConfig::from_json({{"epochs", "three"}}), std::invalid_argument);
 }
