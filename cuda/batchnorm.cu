@@ -8,7 +8,10 @@
 //                            per channel: merge chunks in double, save stats, update running stats,
 //                            per-channel scale) -> bn_normalize (fused (x - mean) * scale + beta)
 //             forward eval   bn_eval_plane (one kernel: a block per (n, c) plane derives the channel's
-//                            scale/shift from the running stats and normalises the plane)
+//                            scale/shift from the running stats and normalises the plane); it reads x in
+//                            place when x's samples are contiguous but spaced apart (a dense block's
+//                            channel prefix, ops::sample_contiguous), which cuDNN's packed descriptors
+//                            cannot express: such inputs take the native kernel under LADNN_BN=cudnn too
 //             backward       bn_grad_partial (sum dy, sum dy * (x - mean) per chunk) -> bn_grad_finalize
 //                            (dgamma, dbeta, per-channel coefficients) -> bn_backward_dx (one elementwise pass)
 //   Eval-mode backward always runs the native kernels: cuDNN has no backward for frozen statistics.
@@ -152,18 +155,19 @@ __global__ void bn_stats_finalize_kernel(const float* __restrict__ partial, int6
 // each), deriving channel c's scale = gamma / sqrt(running_var + eps) (in double) and shift = beta
 // itself, then max(., 0) when RELU. Two launches (per-channel constants, then the map) cost more than
 // the arithmetic at inference sizes: at batch 1 a 7x7 map is 49 values and the launch is the work.
+// x's samples are sN floats apart (C * HW when contiguous); y is contiguous.
 template <int VEC, bool RELU>
-__global__ void bn_eval_plane_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t planes, int64_t C,
-                                     int64_t HW, double eps, ChanPtr gamma, ChanPtr beta, ChanPtr running_mean,
-                                     ChanPtr running_var) {
+__global__ void bn_eval_plane_kernel(const float* __restrict__ x, int64_t sN, float* __restrict__ y, int64_t planes,
+                                     int64_t C, int64_t HW, double eps, ChanPtr gamma, ChanPtr beta,
+                                     ChanPtr running_mean, ChanPtr running_var) {
   for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
-    const int64_t c = plane % C;
+    const int64_t c = plane % C, n = plane / C;
     const double invstd = 1.0 / ::sqrt(double(running_var.p[c * running_var.stride]) + eps);
     const double g = gamma.p ? gamma.p[c * gamma.stride] : 1.0;
     const float mu = running_mean.p[c * running_mean.stride];
     const float sc = static_cast<float>(g * invstd);
     const float sh = beta.p ? beta.p[c * beta.stride] : 0.0f;
-    const float* xp = x + plane * HW;
+    const float* xp = x + n * sN + c * HW;
     float* yp = y + plane * HW;
     for (int64_t i = threadIdx.x * int64_t(VEC); i < HW; i += int64_t(blockDim.x) * VEC) {
       if constexpr (VEC == 4) {
@@ -372,9 +376,9 @@ void launch_eval_planes(const Tensor& x, const Tensor& y, const BnGeom& g, doubl
   const int64_t per_plane = (g.HW + VEC - 1) / VEC;
   const int threads = static_cast<int>(std::min<int64_t>(kThreads, (per_plane + 31) / 32 * 32));
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(planes, int64_t(1) << 30));
-  bn_eval_plane_kernel<VEC, RELU><<<blocks, threads, 0, cur_stream()>>>(x.data<float>(), y.data<float>(), planes,
-                                                                       g.C, g.HW, eps, chan(gamma), chan(beta),
-                                                                       chan(running_mean), chan(running_var));
+  bn_eval_plane_kernel<VEC, RELU><<<blocks, threads, 0, cur_stream()>>>(
+      x.data<float>(), x.strides()[0], y.data<float>(), planes, g.C, g.HW, eps, chan(gamma), chan(beta),
+      chan(running_mean), chan(running_var));
   CUDA_CHECK_LAUNCH();
 }
 
@@ -382,7 +386,8 @@ void native_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& bet
                          const Tensor& running_var, double eps, bool relu, const Tensor& y) {
   const BnGeom g = geom_of(x);
   if (g.total() == 0) return;
-  const bool vec = g.HW % 4 == 0 && aligned16(x.data<float>()) && aligned16(y.data<float>());
+  const bool vec =
+      g.HW % 4 == 0 && x.strides()[0] % 4 == 0 && aligned16(x.data<float>()) && aligned16(y.data<float>());
   if (vec && relu) launch_eval_planes<4, true>(x, y, g, eps, gamma, beta, running_mean, running_var);
   else if (vec) launch_eval_planes<4, false>(x, y, g, eps, gamma, beta, running_mean, running_var);
   else if (relu) launch_eval_planes<1, true>(x, y, g, eps, gamma, beta, running_mean, running_var);
@@ -580,10 +585,12 @@ Tensor batch_norm_forward_eval(const Tensor& x_in, const Tensor& gamma, const Te
   const bool relu = act == ops::BnAct::Relu;
   require_float32_all(op, {{&x_in, "input"}, {&gamma, "gamma"}, {&beta, "beta"},
                            {&running_mean, "running_mean"}, {&running_var, "running_var"}});
-  // cuDNN rejects empty tensors; nothing to compute anyway.
-  const Impl which = x_in.numel() == 0 ? Impl::Native : bn_impl();
+  // cuDNN rejects empty tensors (nothing to compute anyway) and needs packed ones: a sample-contiguous
+  // view (a dense block's channel prefix) is read in place by the native kernel instead of copied.
+  const bool spaced = !x_in.is_contiguous() && ops::sample_contiguous(x_in);
+  const Impl which = x_in.numel() == 0 || spaced ? Impl::Native : bn_impl();
   OpRange range(relu ? "batch_norm_relu_forward_eval" : "batch_norm_forward_eval", bn_impl_name(which));
-  const Tensor x = x_in.contiguous();
+  const Tensor x = spaced ? x_in : x_in.contiguous();
   Tensor y = new_output(x.shape(), DType::Float32, x.device());
   if (x.size(1) == 0) return y;
   if (which == Impl::Library) {

@@ -76,7 +76,7 @@ Variable DenseLayer::forward_features(const std::vector<Variable>& features) {
 
 DenseBlock::DenseBlock(int64_t num_layers, int64_t num_input_features, int64_t bn_size,
                        int64_t growth_rate, double drop_rate, Generator& gen)
-    : Module("DenseBlock") {
+    : Module("DenseBlock"), growth_rate_(growth_rate) {
   for (int64_t i = 0; i < num_layers; ++i) {
     auto layer = std::make_shared<DenseLayer>(num_input_features + i * growth_rate, growth_rate,
                                               bn_size, drop_rate, gen);
@@ -85,10 +85,28 @@ DenseBlock::DenseBlock(int64_t num_layers, int64_t num_input_features, int64_t b
 }
 
 Variable DenseBlock::forward(const Variable& x) {
+  if (!is_training() && !grad_enabled()) return forward_buffered(x);
   // Every layer reads all earlier maps: features grows by growth_rate channels per layer.
   std::vector<Variable> features{x};
   for (auto& layer : layers_) features.push_back(layer->forward_features(features));
   return cat(features, 1);
+}
+
+Variable DenseBlock::forward_buffered(const Variable& x) {
+  const Tensor& in = x.tensor();
+  check(in.dim() == 4, "DenseBlock: input must be (N, C, H, W), got " + shape_str(in.shape()));
+  const int64_t c_in = in.size(1);
+  const int64_t total = c_in + static_cast<int64_t>(layers_.size()) * growth_rate_;
+  Tensor block = Tensor::empty({in.size(0), total, in.size(2), in.size(3)}, in.dtype(), in.device());
+  block.narrow(1, 0, c_in).copy_(in);
+  int64_t c = c_in;
+  for (auto& layer : layers_) {
+    // The first c channels of every sample: a view (contiguous only at batch 1), read in place.
+    const Tensor out = layer->forward(Variable(block.narrow(1, 0, c))).tensor();
+    block.narrow(1, c, growth_rate_).copy_(out);
+    c += growth_rate_;
+  }
+  return Variable(block);
 }
 
 void DenseBlock::set_memory_efficient(bool on) {

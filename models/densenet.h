@@ -71,6 +71,10 @@ class DenseLayer : public Module {
 };
 
 /// A block of dense layers named denselayer1..N; returns the concatenation of input and all outputs.
+/// Training (and any forward that records a graph) concatenates before each layer, as torchvision.
+/// Inference (eval mode, no gradient) writes into one buffer instead: the block's output is allocated
+/// once, each layer reads the channel prefix written so far (in place: BatchNorm reads a view) and
+/// writes its growth_rate channels after it. Same values; none of the O(L^2) concatenation copies.
 class DenseBlock : public Module {
  public:
   DenseBlock(int64_t num_layers, int64_t num_input_features, int64_t bn_size, int64_t growth_rate,
@@ -79,7 +83,9 @@ class DenseBlock : public Module {
   void set_memory_efficient(bool on);
 
  private:
+  Variable forward_buffered(const Variable& x);
   std::vector<std::shared_ptr<DenseLayer>> layers_;
+  int64_t growth_rate_;
 };
 
 /// norm - relu - conv (1x1, halves channels) - pool (2x2 average).

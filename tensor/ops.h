@@ -99,13 +99,17 @@ struct BatchNormForward {
 BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                           Tensor& running_mean, Tensor& running_var,
                                           double momentum, double eps, BnAct act = BnAct::None);
-/// Evaluation: normalises with the running statistics.
+/// Evaluation: normalises with the running statistics. x may be any view whose samples are each
+/// contiguous (sample_contiguous): a dense block's channel prefix is read in place, not copied.
 Tensor batch_norm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                const Tensor& running_mean, const Tensor& running_var, double eps,
                                BnAct act = BnAct::None);
 struct BatchNormGrads {
   Tensor dx, dgamma, dbeta;
 };
+/// True when x (N, C, H, W) stores each sample's C*H*W values contiguously, whatever the stride from one
+/// sample to the next: contiguous tensors, and channel prefixes of a larger NCHW buffer.
+bool sample_contiguous(const Tensor& x);
 /// `relu_y`: undefined for a plain BatchNorm; for a fused BatchNorm-ReLU, its output y. The gradient
 /// then passes only where y > 0 (relu_backward's rule), applied inside the kernels: the results equal
 /// batch_norm_backward_*(relu_backward(dy, y), ...).

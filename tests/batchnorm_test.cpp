@@ -362,6 +362,39 @@ TEST(BatchNormReluTest, EqualsReluOfBatchNormExactly) {
     }
 }
 
+TEST(BatchNormTest, SampleContiguousViews) {
+  const Tensor buf = Tensor::zeros({3, 7, 4, 5});
+  EXPECT_TRUE(ops::sample_contiguous(buf));
+  EXPECT_TRUE(ops::sample_contiguous(buf.narrow(1, 0, 4)));   // a dense block's channel prefix
+  EXPECT_TRUE(ops::sample_contiguous(buf.narrow(1, 2, 4)));   // any channel range
+  EXPECT_TRUE(ops::sample_contiguous(buf.narrow(0, 1, 2)));
+  EXPECT_FALSE(ops::sample_contiguous(buf.narrow(2, 0, 3)));  // rows cut: planes have gaps
+  EXPECT_FALSE(ops::sample_contiguous(buf.narrow(3, 1, 3)));
+  EXPECT_TRUE(ops::sample_contiguous(Tensor::zeros({2, 3, 1, 1}).narrow(1, 0, 2)));
+  EXPECT_FALSE(ops::sample_contiguous(Tensor::zeros({2, 3})));
+}
+
+// Eval mode reads a channel prefix of a bigger buffer in place (no copy of the input: only the
+// output is allocated) and gives what it gives on a contiguous copy, with and without the ReLU.
+TEST(BatchNormTest, EvalReadsAChannelPrefixInPlace) {
+  Generator gen(32);
+  for (DType dt : {DType::Float32, DType::Float64}) {
+    const Tensor buf = Tensor::normal({3, 7, 4, 5}, 0.3, 1.2, gen, dt);
+    const Tensor view = buf.narrow(1, 1, 4);
+    ASSERT_FALSE(view.is_contiguous());
+    const Tensor g = Tensor::uniform({4}, 0.5, 1.5, gen, dt), b = Tensor::uniform({4}, -0.5, 0.5, gen, dt);
+    const Tensor rm = Tensor::uniform({4}, -0.5, 0.5, gen, dt), rv = Tensor::uniform({4}, 0.5, 2, gen, dt);
+    const Tensor copy = view.contiguous();
+    for (ops::BnAct act : {ops::BnAct::None, ops::BnAct::Relu}) {
+      reset_cpu_memory_peak();
+      const std::size_t live = cpu_memory_stats().live_bytes;
+      const Tensor y = ops::batch_norm_forward_eval(view, g, b, rm, rv, 1e-5, act);
+      EXPECT_EQ(cpu_memory_stats().peak_bytes - live, y.numel() * dtype_size(dt)) << "the input was copied";
+      EXPECT_EQ(ops::max_abs_diff(y, ops::batch_norm_forward_eval(copy, g, b, rm, rv, 1e-5, act)), 0.0);
+    }
+  }
+}
+
 TEST(BatchNormReluTest, NaNBecomesZeroAsRelu) {
   Tensor x = Tensor::from_vector({1.0, std::nan(""), -1.0, 2.0}, {1, 2, 2, 1});
   const Tensor g = Tensor::ones({2}), b = Tensor::zeros({2}), rm = Tensor::zeros({2}), rv = Tensor::ones({2});

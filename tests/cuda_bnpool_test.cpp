@@ -334,6 +334,26 @@ TEST_P(CudaOpTest, BatchNormReluMatchesCpu) {
   }
 }
 
+// Eval mode on a channel prefix of a bigger buffer (a dense block's, at inference): read in place by the
+// native kernel under either setting (cuDNN's descriptors are packed), equal to the CPU's.
+TEST_P(CudaOpTest, BatchNormEvalReadsAChannelPrefix) {
+  Generator gen(107);
+  for (const Shape& full : {Shape{3, 12, 8, 8}, Shape{2, 9, 5, 7}, Shape{1, 40, 7, 7}}) {
+    SCOPED_TRACE(shape_str(full));
+    const int64_t C = full[1] - 3;
+    const Tensor buf = Tensor::normal(full, 0.5, 2.0, gen);
+    const Tensor g = Tensor::uniform({C}, 0.5, 1.5, gen), b = Tensor::uniform({C}, -0.5, 0.5, gen);
+    const Tensor rm = Tensor::normal({C}, 0, 1, gen), rv = Tensor::uniform({C}, 0.5, 2, gen);
+    const Tensor gbuf = gpu(buf);
+    for (ops::BnAct act : {ops::BnAct::None, ops::BnAct::Relu}) {
+      const Tensor ref = ops::batch_norm_forward_eval(f64(buf.narrow(1, 0, C)), f64(g), f64(b), f64(rm), f64(rv),
+                                                      1e-5, act);
+      const Tensor y = ops::batch_norm_forward_eval(gbuf.narrow(1, 0, C), gpu(g), gpu(b), gpu(rm), gpu(rv), 1e-5, act);
+      EXPECT_TRUE(gpu_matches(act == ops::BnAct::Relu ? "y (relu)" : "y", y, ref, elem_tol(ref)));
+    }
+  }
+}
+
 // gamma, beta and the running statistics as every-other-element views of a longer buffer (the CPU
 // accepts any stride; cuDNN needs contiguous vectors and gets copies, updated back in place). The
 // running statistics must change at the even elements only.

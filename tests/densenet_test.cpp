@@ -18,6 +18,7 @@
 
 #include "models/densenet.h"
 #include "models/ladnn.h"
+#include "tensor/ops.h"
 #include "tensor/safetensors.h"
 #include "tests/golden_util.h"
 
@@ -145,6 +146,30 @@ TEST(DenseNet, ShapesThroughTheNetwork) {
   EXPECT_EQ(m.forward(x).shape(), (Shape{1, 6}));
   EXPECT_THROW(m.features(Variable(Tensor::zeros({1, 1, 64, 64}))), std::invalid_argument);
   EXPECT_THROW(DenseNetConfig::by_name("resnet50"), std::invalid_argument);
+}
+
+// Inference (eval, no gradient) writes each dense block into one buffer instead of concatenating; a
+// forward that records a graph concatenates. Same arithmetic in the same order: equal to the bit, in
+// float32 and float64, at batch 1 (the buffer's prefixes are contiguous) and 3 (they are strided).
+TEST(DenseNet, BufferedInferenceEqualsTheConcatenatingForward) {
+  for (DType dt : {DType::Float32, DType::Float64})
+    for (int64_t n : {1, 3}) {
+      Generator g(5);
+      LaDnn m(DenseNetConfig::tiny(), g);
+      if (dt == DType::Float64) m.to(DType::Float64);
+      Variable warm(Tensor::normal({4, 3, 64, 64}, 0.5, 1.0, g, dt));
+      m.train();
+      m.forward_heads(warm);  // running statistics away from 0 and 1
+      m.eval();
+      Variable x(Tensor::normal({n, 3, 64, 64}, 0, 1, g, dt));
+      const Tensor with_graph = m.features(x).tensor();  // parameters require grad: cat path
+      Tensor buffered;
+      {
+        NoGradGuard no_grad;
+        buffered = m.features(x).tensor();
+      }
+      EXPECT_EQ(ops::max_abs_diff(buffered, with_graph), 0.0) << dtype_name(dt) << " batch " << n;
+    }
 }
 
 TEST(LesionAttentionLoss, MatchesTheFormulaByHand) {

@@ -136,10 +136,12 @@ void forward_train_kernel(const Tensor& x, const Tensor& gamma, const Tensor& be
   }
 }
 
+// x sample-contiguous (its samples sN apart), y contiguous.
 template <typename T>
 void forward_eval_kernel(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
                          const Tensor& running_var, double eps, bool relu, const Tensor& y) {
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const int64_t sN = x.strides()[0];
   const T* px = x.data<T>();
   T* py = y.data<T>();
   const ChannelVec<T> g(gamma, 1.0), b(beta, 0.0), rm(running_mean, 0.0), rv(running_var, 1.0);
@@ -150,7 +152,7 @@ void forward_eval_kernel(const Tensor& x, const Tensor& gamma, const Tensor& bet
     const double scale = g.get(c) * invstd;
     const double shift = b.get(c) - rm.get(c) * scale;
     for (int64_t i = 0; i < N; ++i) {
-      const T* xp = px + (i * C + c) * HW;
+      const T* xp = px + i * sN + c * HW;
       T* yp = py + (i * C + c) * HW;
       for (int64_t k = 0; k < HW; ++k) yp[k] = activate<T>(xp[k] * scale + shift, relu);
     }
@@ -234,6 +236,14 @@ BatchNormGrads alloc_grads(const Tensor& x) {
 
 }  // namespace
 
+bool sample_contiguous(const Tensor& x) {
+  if (x.dim() != 4) return false;
+  const Shape& s = x.shape();
+  const Shape& st = x.strides();
+  // A dim of size 1 is never stepped over, so its stride does not matter.
+  return (s[3] == 1 || st[3] == 1) && (s[2] == 1 || st[2] == s[3]) && (s[1] == 1 || st[1] == s[2] * s[3]);
+}
+
 BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                           Tensor& running_mean, Tensor& running_var, double momentum,
                                           double eps, BnAct act) {
@@ -269,7 +279,7 @@ Tensor batch_norm_forward_eval(const Tensor& x, const Tensor& gamma, const Tenso
   check_channel_vector(op, "running_var", running_var, x, true);
   if (x.device().is_cuda())
     return cuda::batch_norm_forward_eval(x, gamma, beta, running_mean, running_var, eps, act);
-  const Tensor xc = x.contiguous();
+  const Tensor xc = sample_contiguous(x) ? x : x.contiguous();
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (x.dtype() == DType::Float32)
     forward_eval_kernel<float>(xc, gamma, beta, running_mean, running_var, eps, act == BnAct::Relu, y);
