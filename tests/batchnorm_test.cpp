@@ -253,7 +253,8 @@ TEST(BatchNormTest, AffineFalseNormalisesOnly) {
 
 // ---- gradients -------------------------------------------------------------------------------------------
 
-void gradcheck_bn(const Shape& shape, bool training, uint64_t seed) {
+// relu: the fused batch_norm_relu2d instead of batch_norm2d.
+void gradcheck_bn(const Shape& shape, bool training, uint64_t seed, bool relu = false) {
   Generator gen(seed);
   const int64_t C = shape[1];
   Variable x(Tensor::normal(shape, 0.5, 1.5, gen, DType::Float64), true);
@@ -263,10 +264,11 @@ void gradcheck_bn(const Shape& shape, bool training, uint64_t seed) {
   Tensor rv = Tensor::uniform({C}, 0.5, 2.0, gen, DType::Float64);
   auto fn = [&](const std::vector<Variable>& v) {
     // In training the output does not read the running stats, so their updates between calls are harmless.
-    return batch_norm2d(v[0], v[1], v[2], rm, rv, training, 0.1, 1e-5);
+    return (relu ? batch_norm_relu2d : batch_norm2d)(v[0], v[1], v[2], rm, rv, training, 0.1, 1e-5);
   };
   GradcheckResult r = gradcheck(fn, {x, gamma, beta});
-  EXPECT_TRUE(r.ok) << shape_str(shape) << (training ? " train\n" : " eval\n") << r.message;
+  EXPECT_TRUE(r.ok) << shape_str(shape) << (training ? " train" : " eval") << (relu ? " relu\n" : "\n")
+                    << r.message;
 }
 
 TEST(BatchNormTest, GradcheckTraining) {
@@ -405,26 +407,11 @@ TEST(BatchNormReluTest, NaNBecomesZeroAsRelu) {
   EXPECT_EQ(y[3], 2.0);
 }
 
-void gradcheck_bn_relu(const Shape& shape, bool training, uint64_t seed) {
-  Generator gen(seed);
-  const int64_t C = shape[1];
-  Variable x(Tensor::normal(shape, 0.5, 1.5, gen, DType::Float64), true);
-  Variable gamma(Tensor::uniform({C}, 0.5, 1.5, gen, DType::Float64), true);
-  Variable beta(Tensor::uniform({C}, -1, 1, gen, DType::Float64), true);
-  Tensor rm = Tensor::uniform({C}, -0.5, 0.5, gen, DType::Float64);
-  Tensor rv = Tensor::uniform({C}, 0.5, 2.0, gen, DType::Float64);
-  auto fn = [&](const std::vector<Variable>& v) {
-    return batch_norm_relu2d(v[0], v[1], v[2], rm, rv, training, 0.1, 1e-5);
-  };
-  GradcheckResult r = gradcheck(fn, {x, gamma, beta});
-  EXPECT_TRUE(r.ok) << shape_str(shape) << (training ? " train\n" : " eval\n") << r.message;
-}
-
 TEST(BatchNormReluTest, GradcheckBothModes) {
   uint64_t seed = 300;
   for (const Shape& shape : kShapes) {
-    gradcheck_bn_relu(shape, true, seed++);
-    gradcheck_bn_relu(shape, false, seed++);
+    gradcheck_bn(shape, true, seed++, /*relu=*/true);
+    gradcheck_bn(shape, false, seed++, /*relu=*/true);
   }
 }
 
