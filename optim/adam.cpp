@@ -47,9 +47,10 @@ void Adam::step() {
   // the captured step's bias corrections; eager steps keep that device copy of t current.
   const bool graph = cuda::capturing();
   if (graph) {
-    check(device_step_.defined(), std::string(name_) +
+    check(device_step_.defined() && device_step_current_, std::string(name_) +
                                       "::step under CUDA-graph capture: run one eager step first (it creates "
-                                      "the optimizer state, which a capture must not allocate)");
+                                      "the optimizer state, which a capture must not allocate, and after "
+                                      "load_state_dict puts the step count on the device)");
     ops::increment_(device_step_);
     captured_.assign(params_.size(), false);
   }
@@ -96,6 +97,7 @@ void Adam::step() {
     if (!device_step_.defined() || device_step_.device() != cuda_device)
       device_step_ = Tensor::zeros({}, DType::Int64, cuda_device);
     device_step_.fill_(steps_);
+    device_step_current_ = true;
   }
 }
 
@@ -148,7 +150,9 @@ void Adam::load_state_dict(const OptimizerState& state) {
   eps_ = sc.at("eps");
   weight_decay_ = sc.at("weight_decay");
   steps_ = sc.at("step");
-  device_step_ = Tensor();  // the next eager step makes it again from steps_ (capture again after loading)
+  // device_step_ stays allocated (a graph captured earlier may still point at it); the next eager step
+  // refills it from steps_. A graph captured before the load replays the old state: capture again.
+  device_step_current_ = false;
   captured_.clear();
   for (std::size_t i = 0; i < params_.size(); ++i) {
     const std::string k = std::to_string(i) + ".";

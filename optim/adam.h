@@ -47,6 +47,7 @@ class Adam : public Optimizer {
   std::vector<Tensor> exp_avg_, exp_avg_sq_;  // per parameter; undefined until first update
   std::vector<int64_t> param_steps_;
   Tensor device_step_;  // t on the GPU, kept equal to steps_ by eager steps, bumped by captured ones
+  bool device_step_current_ = false;  // device_step_ == steps_ (false after load_state_dict until an eager step)
   std::vector<bool> captured_;  // which parameters the last captured step updates (for replayed_step)
 };
 

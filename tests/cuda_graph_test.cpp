@@ -245,6 +245,22 @@ TEST(CudaGraph, AdamMustTakeOneEagerStepBeforeACapture) {
     EXPECT_NE(std::string(e.what()).find("eager step"), std::string::npos) << e.what();
   }
   EXPECT_FALSE(g.captured());
+  // After load_state_dict the device's step count is stale until an eager step refills it.
+  auto step = [&] {
+    Variable l = sum(mul(w, w));
+    opt.zero_grad();
+    l.backward();
+    opt.step();
+  };
+  step();
+  opt.load_state_dict(opt.state_dict());
+  EXPECT_THROW(g.capture(step), std::exception);
+  step();
+  g.capture(step);
+  EXPECT_TRUE(g.captured());
+  g.replay();
+  opt.replayed_step();
+  EXPECT_EQ(opt.state_dict().scalars.at("step"), 3.0);  // two eager steps and one replay
 }
 
 TEST(CudaGraph, HostCopiesFailTheCaptureClearlyAndTheStreamStaysUsable) {
