@@ -92,6 +92,7 @@ Tensor bce_with_logits_backward(const Tensor& dout, const Tensor& x, const Tenso
 
 // ---- fused optimizer updates ----------------------------------------------------------------------------------------
 void adam_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const ops::AdamStep& s);
+void adam_update_multi_(const std::vector<ops::AdamTensors>& params, const ops::AdamStep& s);
 void sgd_update_(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, const ops::SgdStep& s);
 
 }  // namespace ladnn::cuda

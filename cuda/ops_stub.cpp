@@ -189,6 +189,9 @@ Tensor bce_with_logits_backward(const Tensor&, const Tensor&, const Tensor&, con
 void adam_update_(Tensor&, const Tensor&, Tensor&, Tensor&, const ops::AdamStep&) {
   no_backend("adam_update_");
 }
+void adam_update_multi_(const std::vector<ops::AdamTensors>&, const ops::AdamStep&) {
+  no_backend("adam_update_multi_");
+}
 void sgd_update_(Tensor&, const Tensor&, Tensor&, const ops::SgdStep&) {
   no_backend("sgd_update_");
 }

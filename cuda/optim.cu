@@ -11,7 +11,13 @@
 // CPU does, and passed by value. For a CUDA graph (cuda/graph.h) that would freeze step t into the
 // graph, so AdamStep::device_step instead hands the kernel a pointer to t in device memory (bumped by a
 // kernel each step); each thread then computes the same double expressions before its loop.
+//
+// adam_update_multi_ runs the same element update over a batch of up to kMultiTensors parameters per
+// launch (blockIdx.y picks the tensor, as cuda/join.cu's cat): DenseNet-169's 510 parameter tensors
+// were 510 launches per step, most of them a few thousand elements (BatchNorm's gamma and beta).
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "cuda/kernel_util.cuh"
 #include "cuda/ops.h"
@@ -42,28 +48,53 @@ struct SgdScalars {
   bool has_wd, has_momentum, nesterov, first;
 };
 
+// The update of element i (both kernels below).
+__device__ __forceinline__ void adam_element(float* __restrict__ p, const float* __restrict__ g,
+                                             float* __restrict__ m, float* __restrict__ v, int64_t i,
+                                             const AdamScalars& s) {
+  float pi = p[i], gi = g[i];
+  if (s.has_wd) {
+    if (s.decoupled)
+      pi = __fmul_rn(pi, s.decay);  // AdamW: p * (1 - lr wd)
+    else
+      gi = __fadd_rn(gi, __fmul_rn(s.wd, pi));  // Adam: g + wd p
+  }
+  const float m0 = m[i];
+  const float mi = s.small_w ? __fadd_rn(m0, __fmul_rn(s.w, __fadd_rn(gi, -m0)))
+                             : __fadd_rn(gi, -__fmul_rn(__fadd_rn(gi, -m0), s.one_minus_w));
+  float vi = __fmul_rn(v[i], s.b2);
+  vi = __fadd_rn(vi, __fmul_rn(__fmul_rn(s.one_minus_b2, gi), gi));
+  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), s.bc2_sqrt), s.eps);
+  p[i] = __fadd_rn(pi, __fmul_rn(s.neg_step, __fdiv_rn(mi, denom)));
+  m[i] = mi;
+  v[i] = vi;
+}
+
 __global__ void adam_kernel(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
                             float* __restrict__ v, int64_t n, AdamScalars s) {
   if (s.step) adam_step_scalars(s);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    float pi = p[i], gi = g[i];
-    if (s.has_wd) {
-      if (s.decoupled)
-        pi = __fmul_rn(pi, s.decay);  // AdamW: p * (1 - lr wd)
-      else
-        gi = __fadd_rn(gi, __fmul_rn(s.wd, pi));  // Adam: g + wd p
-    }
-    const float m0 = m[i];
-    const float mi = s.small_w ? __fadd_rn(m0, __fmul_rn(s.w, __fadd_rn(gi, -m0)))
-                               : __fadd_rn(gi, -__fmul_rn(__fadd_rn(gi, -m0), s.one_minus_w));
-    float vi = __fmul_rn(v[i], s.b2);
-    vi = __fadd_rn(vi, __fmul_rn(__fmul_rn(s.one_minus_b2, gi), gi));
-    const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), s.bc2_sqrt), s.eps);
-    p[i] = __fadd_rn(pi, __fmul_rn(s.neg_step, __fdiv_rn(mi, denom)));
-    m[i] = mi;
-    v[i] = vi;
-  }
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    adam_element(p, g, m, v, i, s);
+}
+
+constexpr int kMultiTensors = 32;  // 32 * 40 B of pointers and sizes: well under the 4 KiB parameter limit
+struct AdamBatch {
+  float* p[kMultiTensors];
+  const float* g[kMultiTensors];
+  float* m[kMultiTensors];
+  float* v[kMultiTensors];
+  int64_t n[kMultiTensors];
+};
+
+// blockIdx.y = the tensor; x a grid-stride loop over its elements.
+__global__ void adam_multi_kernel(AdamBatch b, AdamScalars s) {
+  if (s.step) adam_step_scalars(s);
+  const int t = blockIdx.y;
+  const int64_t n = b.n[t];
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    adam_element(b.p[t], b.g[t], b.m[t], b.v[t], i, s);
 }
 
 __global__ void sgd_kernel(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ buf,
@@ -82,16 +113,8 @@ __global__ void sgd_kernel(float* __restrict__ p, const float* __restrict__ g, f
   }
 }
 
-}  // namespace
-
-void adam_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
-                  const ops::AdamStep& s) {
-  // tensor/ops.h has checked shapes, dtypes, devices, contiguity and the step.
-  const char* op = s.decoupled ? "adamw_update_" : "adam_update_";
-  require_float32(param, op, "parameter");
-  const int64_t n = param.numel();
-  if (n == 0) return;
-  const Tensor g = grad.contiguous();
+// The kernels' scalars, computed on the host in double and rounded once (see the file header).
+AdamScalars adam_scalars(const ops::AdamStep& s) {
   AdamScalars a;
   a.has_wd = s.weight_decay != 0.0;
   a.decoupled = s.decoupled;
@@ -111,9 +134,57 @@ void adam_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& ex
   a.lr = s.lr;
   a.beta1 = s.beta1;
   a.beta2 = s.beta2;
+  return a;
+}
+
+}  // namespace
+
+void adam_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                  const ops::AdamStep& s) {
+  // tensor/ops.h has checked shapes, dtypes, devices, contiguity and the step.
+  const char* op = s.decoupled ? "adamw_update_" : "adam_update_";
+  require_float32(param, op, "parameter");
+  const int64_t n = param.numel();
+  if (n == 0) return;
+  const Tensor g = grad.contiguous();
+  const AdamScalars a = adam_scalars(s);
   adam_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(
       param.data<float>(), g.data<float>(), exp_avg.data<float>(), exp_avg_sq.data<float>(), n, a);
   CUDA_CHECK_LAUNCH();
+}
+
+void adam_update_multi_(const std::vector<ops::AdamTensors>& params, const ops::AdamStep& s) {
+  // tensor/ops.h has checked every parameter and that they share a device and dtype.
+  const char* op = s.decoupled ? "adamw_update_multi_" : "adam_update_multi_";
+  const AdamScalars a = adam_scalars(s);
+  std::vector<Tensor> keep;  // contiguous gradients, alive until their launch is queued
+  keep.reserve(params.size());
+  AdamBatch batch{};
+  int count = 0;
+  int64_t longest = 0;
+  auto launch = [&] {
+    if (count == 0) return;
+    const dim3 grid(grid_for(longest), static_cast<unsigned>(count));
+    adam_multi_kernel<<<grid, kThreads, 0, current_stream()>>>(batch, a);
+    CUDA_CHECK_LAUNCH();
+    batch = AdamBatch{};
+    count = 0;
+    longest = 0;
+  };
+  for (const ops::AdamTensors& t : params) {
+    require_float32(*t.param, op, "parameter");
+    const int64_t n = t.param->numel();
+    if (n == 0) continue;
+    keep.push_back(t.grad->contiguous());
+    batch.p[count] = t.param->data<float>();
+    batch.g[count] = keep.back().data<float>();
+    batch.m[count] = t.exp_avg->data<float>();
+    batch.v[count] = t.exp_avg_sq->data<float>();
+    batch.n[count] = n;
+    longest = std::max(longest, n);
+    if (++count == kMultiTensors) launch();
+  }
+  launch();
 }
 
 void sgd_update_(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, const ops::SgdStep& s) {

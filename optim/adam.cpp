@@ -1,9 +1,13 @@
 // optim/adam.cpp — Adam / AdamW as torch.optim (single-tensor path, amsgrad = false), in place.
-// Each parameter's step is one fused pass, ops::adam_update_ (tensor/cpu/optim.cpp, cuda/optim.cu).
+// Each parameter's step is one fused pass, and the parameters go together to ops::adam_update_multi_
+// (tensor/cpu/optim.cpp, cuda/optim.cu): on a GPU a handful of launches per step, not one per tensor.
 #include "optim/adam.h"
 
 #include <cmath>
+#include <map>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "cuda/graph.h"
 #include "optim/state_keys.h"
@@ -58,6 +62,10 @@ void Adam::step() {
   // always count executed steps (and a failed capture leaves them as they were).
   if (!graph) steps_ += 1;
   Device cuda_device = Device::cpu();  // becomes the parameters' GPU when any is on one
+  // One multi-tensor update per group of parameters that share a step count, device and dtype (on a
+  // GPU: a few launches for the whole model instead of one per parameter). Normally one group: only a
+  // parameter that missed steps (no gradient) has a count of its own.
+  std::map<std::tuple<int64_t, std::string, DType>, std::vector<ops::AdamTensors>> groups;
   for (std::size_t i = 0; i < params_.size(); ++i) {
     Variable& p = params_[i];
     if (!p.has_grad()) continue;
@@ -72,6 +80,20 @@ void Adam::step() {
       exp_avg_[i] = Tensor::zeros(w.shape(), w.dtype(), w.device());
       exp_avg_sq_[i] = Tensor::zeros(w.shape(), w.dtype(), w.device());
     }
+    const int64_t t = param_steps_[i] + 1;
+    if (graph) {
+      check(param_steps_[i] == static_cast<int64_t>(steps_),
+            std::string(name_) + "::step under CUDA-graph capture: parameter " + std::to_string(i) +
+                " has taken " + std::to_string(param_steps_[i]) + " steps, the optimizer " +
+                std::to_string(int64_t(steps_)) + "; a captured step keeps one step count for all parameters");
+      captured_[i] = true;
+    } else {
+      ++param_steps_[i];
+    }
+    groups[{t, w.device().str(), w.dtype()}].push_back({&w, &g, &exp_avg_[i], &exp_avg_sq_[i]});
+    if (w.device().is_cuda()) cuda_device = w.device();
+  }
+  for (const auto& [key, tensors] : groups) {
     ops::AdamStep s;
     s.lr = lr_;
     s.beta1 = beta1_;
@@ -79,19 +101,9 @@ void Adam::step() {
     s.eps = eps_;
     s.weight_decay = weight_decay_;
     s.decoupled = decay_ == Decay::Decoupled;  // AdamW: p *= 1 - lr wd; Adam: g += wd p
-    s.step = param_steps_[i] + 1;
-    if (graph) {
-      check(param_steps_[i] == static_cast<int64_t>(steps_),
-            std::string(name_) + "::step under CUDA-graph capture: parameter " + std::to_string(i) +
-                " has taken " + std::to_string(param_steps_[i]) + " steps, the optimizer " +
-                std::to_string(int64_t(steps_)) + "; a captured step keeps one step count for all parameters");
-      s.device_step = device_step_;
-      captured_[i] = true;
-    } else {
-      ++param_steps_[i];
-    }
-    ops::adam_update_(w, g, exp_avg_[i], exp_avg_sq_[i], s);
-    if (w.device().is_cuda()) cuda_device = w.device();
+    s.step = std::get<0>(key);
+    if (graph) s.device_step = device_step_;
+    ops::adam_update_multi_(tensors, s);
   }
   if (!graph && cuda_device.is_cuda()) {
     if (!device_step_.defined() || device_step_.device() != cuda_device)

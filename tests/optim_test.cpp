@@ -540,6 +540,39 @@ TEST(OptimAdam, ReplayedStepWithoutACaptureIsRefused) {
   EXPECT_EQ(opt.state_dict().scalars.at("step"), 0.0);
 }
 
+// Many parameters in one call: the result of one call each, and every parameter checked as one call
+// checks it (the message says which).
+TEST(AdamUpdate, MultiEqualsOneCallPerParameterAndChecksEach) {
+  Generator gen(9);
+  std::vector<Tensor> p1, p2, m1, m2, v1, v2, g;
+  for (const Shape& s : {Shape{3, 4}, Shape{7}, Shape{2, 2, 2}}) {
+    const Tensor p = Tensor::normal(s, 0, 1, gen, DType::Float64);
+    p1.push_back(p.clone());
+    p2.push_back(p.clone());
+    for (auto* st : {&m1, &m2, &v1, &v2}) st->push_back(Tensor::zeros(s, DType::Float64));
+    g.push_back(Tensor::normal(s, 0, 1, gen, DType::Float64));
+  }
+  ops::AdamStep s;
+  s.lr = 0.1;
+  std::vector<ops::AdamTensors> all;
+  for (std::size_t i = 0; i < p1.size(); ++i) {
+    ops::adam_update_(p1[i], g[i], m1[i], v1[i], s);
+    all.push_back({&p2[i], &g[i], &m2[i], &v2[i]});
+  }
+  ops::adam_update_multi_(all, s);
+  for (std::size_t i = 0; i < p1.size(); ++i) {
+    EXPECT_EQ(ops::max_abs_diff(p1[i], p2[i]), 0.0);
+    EXPECT_EQ(ops::max_abs_diff(m1[i], m2[i]), 0.0);
+  }
+  Tensor wrong = Tensor::zeros({5}, DType::Float64);
+  all[1].exp_avg = &wrong;
+  EXPECT_THROW_WITH(ops::adam_update_multi_(all, s), "adam_update_multi_ (parameter 1)", "exp_avg", "(5)", "(7)");
+  all[1].exp_avg = &m2[1];
+  Tensor p32 = Tensor::zeros({7}), m32 = Tensor::zeros({7}), v32 = Tensor::zeros({7}), g32 = Tensor::zeros({7});
+  all.push_back({&p32, &g32, &m32, &v32});
+  EXPECT_THROW_WITH(ops::adam_update_multi_(all, s), "parameter 3 is float32", "parameter 0 float64");
+}
+
 TEST(AdamUpdate, DeviceStepIsRefusedForCpuParameters) {
   Tensor p = Tensor::zeros({3}), g = Tensor::ones({3}), m = Tensor::zeros({3}), v = Tensor::zeros({3});
   ops::AdamStep s;

@@ -96,8 +96,9 @@ void sgd_kernel(T* p, const T* g, T* buf, int64_t n, const SgdStep& s) {
 
 }  // namespace
 
-void adam_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamStep& s) {
-  const std::string op = s.decoupled ? "adamw_update_" : "adam_update_";
+namespace {
+void check_adam(const std::string& op, const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
+                const Tensor& exp_avg_sq, const AdamStep& s) {
   check_param(op, param);
   check_operand(op, grad, param, "gradient", false);
   check_operand(op, exp_avg, param, "exp_avg", true);
@@ -109,6 +110,11 @@ void adam_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& ex
               s.device_step.device() == param.device(),
           op + ": device_step must be one Int64 element on the parameter's device");
   }
+}
+}  // namespace
+
+void adam_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamStep& s) {
+  check_adam(s.decoupled ? "adamw_update_" : "adam_update_", param, grad, exp_avg, exp_avg_sq, s);
   if (param.device().is_cuda()) return cuda::adam_update_(param, grad, exp_avg, exp_avg_sq, s);
   const Tensor g = grad.contiguous();
   if (param.dtype() == DType::Float32)
@@ -117,6 +123,23 @@ void adam_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& ex
   else
     adam_kernel<double>(param.data<double>(), g.data<double>(), exp_avg.data<double>(),
                         exp_avg_sq.data<double>(), param.numel(), s);
+}
+
+void adam_update_multi_(const std::vector<AdamTensors>& params, const AdamStep& s) {
+  const std::string op = s.decoupled ? "adamw_update_multi_" : "adam_update_multi_";
+  if (params.empty()) return;
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    const AdamTensors& t = params[i];
+    check(t.param && t.grad && t.exp_avg && t.exp_avg_sq, op + ": entry " + std::to_string(i) + " has a null tensor");
+    check_adam(op + " (parameter " + std::to_string(i) + ")", *t.param, *t.grad, *t.exp_avg, *t.exp_avg_sq, s);
+    check(t.param->device() == params[0].param->device() && t.param->dtype() == params[0].param->dtype(),
+          op + ": parameter " + std::to_string(i) + " is " + dtype_name(t.param->dtype()) + " on " +
+              t.param->device().str() + ", parameter 0 " + dtype_name(params[0].param->dtype()) + " on " +
+              params[0].param->device().str() + "; one call takes one device and dtype");
+  }
+  if (params[0].param->device().is_cuda()) return cuda::adam_update_multi_(params, s);
+  // The CPU has no launches to save: one pass per parameter, as adam_update_.
+  for (const AdamTensors& t : params) adam_update_(*t.param, *t.grad, *t.exp_avg, *t.exp_avg_sq, s);
 }
 
 void sgd_update_(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, const SgdStep& s) {
