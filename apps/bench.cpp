@@ -133,6 +133,7 @@ struct Row {
   int64_t batch = 0;
   double ms = 0;
   std::size_t peak_bytes = 0;
+  std::size_t graph_nodes = 0;  // graph rows: what one replay launches
   double torch_ms = 0;  // 0 = not measured
   std::size_t torch_peak = 0;
 };
@@ -182,6 +183,7 @@ Row run_one(const BenchOptions& o, const std::string& work, int64_t batch, Devic
       std::cerr << "bench: " << work << " batch " << batch << ": " << r.error << "\n";
       return r;
     }
+    r.graph_nodes = cuda_graph.nodes();
     step = [&] { cuda_graph.replay(); };
     for (int i = 0; i < o.warmup; ++i) step();
   }
@@ -344,7 +346,8 @@ void run_bench(const BenchOptions& o) {
             r.torch_peak = t.peak;
           }
         std::cerr << "ladnn " << w << (graph ? " (graph)" : "") << " batch " << batch << ": "
-                  << fmt("%.2f", r.ms) << " ms, " << fmt("%.2f", r.peak_bytes / 1073741824.0) << " GiB\n";
+                  << fmt("%.2f", r.ms) << " ms, " << fmt("%.2f", r.peak_bytes / 1073741824.0) << " GiB"
+                  << (r.graph_nodes ? ", " + std::to_string(r.graph_nodes) + " graph nodes" : std::string()) << "\n";
         if (device.is_cuda()) cuda::release_cached();
       }
     }
@@ -354,7 +357,8 @@ void run_bench(const BenchOptions& o) {
   if (device.is_cuda()) std::cout << " (" << cuda::device_info(0).name << ")";
   std::cout << ", median of " << o.steps << " steps after " << o.warmup << " warm-up\n";
   std::cout << "(graph: the step captured once as a CUDA graph and replayed; torch: PyTorch eager)\n";
-  std::cout << "work          batch   ladnn ms    img/s  torch ms    img/s  torch/ladnn  ladnn GiB  torch GiB\n";
+  std::cout << "(nodes: kernels and copies one graph replay launches)\n";
+  std::cout << "work          batch   ladnn ms    img/s  torch ms    img/s  torch/ladnn  ladnn GiB  torch GiB    nodes\n";
   for (const Row& r : rows) {
     const std::string name = r.work + (r.graph ? " graph" : "");
     std::cout << name << std::string(name.size() < 11 ? 11 - name.size() : 0, ' ') << fmt(" %7.0f", double(r.batch));
@@ -369,7 +373,11 @@ void run_bench(const BenchOptions& o) {
     else
       std::cout << std::string(9 + 9 + 14, ' ');
     std::cout << fmt(" %10.2f", r.peak_bytes / gib);
-    if (r.torch_peak) std::cout << fmt(" %10.2f", r.torch_peak / gib);
+    if (r.torch_peak)
+      std::cout << fmt(" %10.2f", r.torch_peak / gib);
+    else if (r.graph_nodes)
+      std::cout << std::string(11, ' ');
+    if (r.graph_nodes) std::cout << fmt(" %8.0f", double(r.graph_nodes));
     std::cout << "\n";
   }
 }

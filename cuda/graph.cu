@@ -31,6 +31,7 @@ Graph::~Graph() {
 }
 
 void Graph::reset() {
+  nodes_ = 0;
   if (exec_) {
     CUDA_CHECK(cudaStreamSynchronize(stream()));  // replays in flight still use the pool
     CUDA_CHECK(cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_)));
@@ -68,6 +69,12 @@ void Graph::capture(const std::function<void()>& fn) {
   if (what.empty() && end != cudaSuccess)
     what = std::string("cudaStreamEndCapture: ") + cudaGetErrorString(end) +
            " (the captured function synchronised or used the legacy stream)";
+  if (what.empty()) {
+    std::size_t count = 0;
+    const cudaError_t got = cudaGraphGetNodes(graph, nullptr, &count);
+    if (got != cudaSuccess) what = std::string("cudaGraphGetNodes: ") + cudaGetErrorString(got);
+    nodes_ = count;
+  }
   if (what.empty()) {
     cudaGraphExec_t exec = nullptr;
     cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);

@@ -24,6 +24,7 @@
 // Inputs are read from the addresses used at capture: feed new data by copying into the same tensors.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 
@@ -46,11 +47,14 @@ class Graph {
   /// Queues one run of the captured work on cuda::stream(). Throws when nothing was captured.
   void replay();
   bool captured() const { return exec_ != nullptr; }
+  /// Nodes of the captured graph (kernels, memsets, copies): what one replay launches. 0 when empty.
+  std::size_t nodes() const { return nodes_; }
 
  private:
   void reset();
   void* exec_ = nullptr;  // cudaGraphExec_t
   uint64_t pool_ = 0;     // the allocator's private pool of this graph
+  std::size_t nodes_ = 0;
 };
 
 }  // namespace ladnn::cuda
