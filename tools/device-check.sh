@@ -188,6 +188,7 @@ compare() {  # name, then the command (environment assignments first)
   env "$@" >"$OUTDIR/compare_$name.log" 2>&1
   local rc=$?
   echo "exit status $rc"
+  [ "$rc" = 0 ] || tail -n 5 "$OUTDIR/compare_$name.log"
   sed -n '/^work/,$p' "$OUTDIR/compare_$name.log"
   grep -A40 -E '^op +impl' "$OUTDIR/compare_$name.log" | head -45
 }
