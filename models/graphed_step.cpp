@@ -21,10 +21,11 @@ GraphedTrainStep::~GraphedTrainStep() {
   graph_.reset();
 }
 
-GraphedTrainStep::Result GraphedTrainStep::eager(const Tensor& images, const Tensor& covid, const Tensor& lesions,
-                                                 const Tensor& lesion_mask) {
+GraphedTrainStep::Result GraphedTrainStep::eager(const Tensor& images, const Tensor& covid,
+                                                 const Tensor& lesions, const Tensor& lesion_mask) {
   LaDnn::Output out = model_.forward_heads(Variable(images.to(device_)));
-  Variable l = lesion_attention_loss(out, covid.to(device_), lesions.to(device_), lesion_mask.to(device_), loss_);
+  Variable l =
+      lesion_attention_loss(out, covid.to(device_), lesions.to(device_), lesion_mask.to(device_), loss_);
   opt_.zero_grad();
   l.backward();
   opt_.step();
@@ -54,8 +55,8 @@ void GraphedTrainStep::capture() {
   ++captures_;
 }
 
-GraphedTrainStep::Result GraphedTrainStep::step(const Tensor& images, const Tensor& covid, const Tensor& lesions,
-                                                const Tensor& lesion_mask) {
+GraphedTrainStep::Result GraphedTrainStep::step(const Tensor& images, const Tensor& covid,
+                                                const Tensor& lesions, const Tensor& lesion_mask) {
   // The first step runs eagerly: the optimizer state and the cuDNN algorithm choices are made there.
   if (eager_steps_ == 0 && !graph_) return eager(images, covid, lesions, lesion_mask);
   bool recapture = !graph_ || opt_.lr() != graph_lr_;
@@ -65,7 +66,8 @@ GraphedTrainStep::Result GraphedTrainStep::step(const Tensor& images, const Tens
   if (images_.defined() && !same_shape) {
     // A smaller batch (an epoch's last) runs eagerly and the graph stays for the full ones; a larger
     // one (the graph was captured on a short batch) takes the graph's place.
-    if (images.dim() == 4 && images.size(0) <= images_.size(0)) return eager(images, covid, lesions, lesion_mask);
+    if (images.dim() == 4 && images.size(0) <= images_.size(0))
+      return eager(images, covid, lesions, lesion_mask);
     loss_out_ = Tensor();
     logit_out_ = Tensor();
     graph_.reset();
