@@ -18,9 +18,10 @@
 //
 //   Fused ReLU (ops::BnAct::Relu; DenseNet's norm-relu pairs): native folds it into bn_normalize
 //   (y = max(normalised, 0), no extra pass) and the backward kernels read dy through the mask y > 0
-//   (no materialised masked gradient). cuDNN's descriptor API fuses an activation only for NHWC half
-//   precision (cudnnBatchNormalizationForwardTrainingEx), so the library version composes: cuDNN's BN,
-//   a ReLU in place on its output; backward relu_backward, then cuDNN's BN backward.
+//   (no materialised masked gradient). cuDNN's fused BN-activation (cudnnBatchNormalizationForward-
+//   TrainingEx with CUDNN_BATCHNORM_OPS_BN_ACTIVATION) is meant for NHWC half-precision tensors and has
+//   not been tried here on NCHW float32, so the library version composes: cuDNN's BN, a ReLU in place
+//   on its output; backward relu_backward, then cuDNN's BN backward.
 //   The native kernels' arithmetic (partition of a channel over blocks, Welford, finalisation) is in
 //   cuda/bnpool_math.h, which tests/cuda_bnpool_math_test.cpp also runs on the CPU.
 //
