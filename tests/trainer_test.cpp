@@ -13,6 +13,7 @@
 #include "autograd/functions.h"
 #include "data/image.h"
 #include "models/checkpoint.h"
+#include "models/graphed_step.h"
 #include "models/trainer.h"
 #include "optim/adam.h"
 #include "tensor/safetensors.h"
@@ -251,6 +252,18 @@ TEST(Trainer, LearnsTheGeneratedTask) {
   // Bright squares vs none: the validation set separates well after a few epochs.
   EXPECT_LT(h.back().train_loss, h.front().train_loss);
   EXPECT_GE(h.back().val_auc, 0.9);
+}
+
+TEST(GraphedTrainStep, RefusesAModelOnTheCpu) {
+  Generator gen(3);
+  LaDnn model(DenseNetConfig::tiny(), gen);
+  Adam opt(model.parameters(), 1e-3);
+  try {
+    GraphedTrainStep step(model, opt, LossConfig{});
+    FAIL() << "a CPU model was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("needs the model on a GPU (--device cuda)"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Trainer, BadConfigurationsAreSentences) {
