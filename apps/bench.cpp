@@ -352,8 +352,8 @@ void run_bench(const BenchOptions& o) {
       }
     }
   const double gib = 1024.0 * 1024.0 * 1024.0;
-  std::cout << "\n" << o.arch << (o.memory_efficient ? " (memory-efficient)" : "") << ", float32, TF32 "
-            << o.tf32 << ", " << o.device;
+  std::cout << "\n" << o.arch << (o.memory_efficient ? " (memory-efficient)" : "") << ", float32"
+            << (device.is_cuda() ? ", TF32 " + o.tf32 : std::string()) << ", " << o.device;
   if (device.is_cuda()) std::cout << " (" << cuda::device_info(0).name << ")";
   std::cout << ", median of " << o.steps << " steps after " << o.warmup << " warm-up\n";
   std::cout << "(graph: the step captured once as a CUDA graph and replayed; torch: PyTorch eager)\n";

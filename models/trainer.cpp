@@ -405,6 +405,9 @@ std::vector<EpochMetrics> Trainer::run() {
     write_metrics(csv_path, history);
     if (on_epoch) on_epoch(m);
   }
+  if (graphed && config_.progress)
+    std::cerr << "cuda-graph: " << graphed->replays() << " replayed steps, " << graphed->captures() << " captures, "
+              << graphed->eager_steps() << " eager steps (the first, and short batches)\n";
   return history;
 }
 
