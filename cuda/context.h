@@ -5,9 +5,9 @@
 // step except reading a value back (DESIGN.md), which keeps a step capturable as a CUDA graph.
 //
 // Implementation switches (llm.c's "kernel versions", STYLE.md habit 2): each op family with a library
-// twin runs either the library (cuDNN/cuBLAS) or our native kernel. Defaults come from the environment
-// (LADNN_CONV, LADNN_BN, LADNN_POOL = cudnn|native; LADNN_GEMM = cublas|native) and can be changed
-// with set_impl(). LADNN_TF32=0 turns TF32 tensor-core math off for cuDNN convolutions and cuBLAS.
+// twin runs either the library (cuDNN/cuBLAS) or our native kernel. The environment picks
+// (LADNN_CONV, LADNN_BN, LADNN_POOL = cudnn|native; LADNN_GEMM = cublas|native), set_impl() changes it
+// later; unset, each family takes default_impl(): the library, except BatchNorm (native, measured). LADNN_TF32=0 turns TF32 tensor-core math off for cuDNN convolutions and cuBLAS.
 #pragma once
 
 #include <cstddef>
@@ -29,6 +29,8 @@ enum class Impl { Library, Native };
 const char* family_name(Family f);
 const char* impl_name(Family f, Impl impl);
 
+/// What a family runs when its variable is unset: Impl::Library, but Impl::Native for BatchNorm.
+Impl default_impl(Family f);
 /// The implementation an op family runs now (from the environment at first use, then set_impl).
 Impl impl(Family f);
 void set_impl(Family f, Impl impl);

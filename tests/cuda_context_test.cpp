@@ -45,6 +45,19 @@ TEST(CudaContextSwitches, ParseAcceptsTheLibraryNameLibraryAndNative) {
       "--gemm=\"cudnn\" is not an implementation of gemm; use cublas (the library, the default) or native "
       "(ladnn's own kernel)");
   EXPECT_NE(parse_error(Family::BatchNorm, "", "LADNN_BN").find("LADNN_BN=\"\""), std::string::npos);
+  // BatchNorm's default is ours (measured faster, and only it fuses the ReLU): the message says so.
+  EXPECT_EQ(parse_error(Family::BatchNorm, "cublas", "LADNN_BN"),
+            "LADNN_BN=\"cublas\" is not an implementation of bn; use cudnn (the library) or native (ladnn's own "
+            "kernel, the default)");
+}
+
+TEST(CudaContextSwitches, DefaultsAreTheLibrariesExceptBatchNorm) {
+  using cuda::Family;
+  using cuda::Impl;
+  EXPECT_EQ(cuda::default_impl(Family::Conv), Impl::Library);
+  EXPECT_EQ(cuda::default_impl(Family::BatchNorm), Impl::Native);
+  EXPECT_EQ(cuda::default_impl(Family::Pool), Impl::Library);
+  EXPECT_EQ(cuda::default_impl(Family::Gemm), Impl::Library);
 }
 
 TEST(CudaContextSwitches, NamesAndSetImplRoundTrip) {

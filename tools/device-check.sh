@@ -27,11 +27,11 @@
 #   7. issue 6's comparisons, each its own ladnn bench call (PyTorch off; T_COMPARE seconds each):
 #        before      the same rows from an older ladnn binary (LADNN_BEFORE=path), to measure a change
 #                    on the same card in the same session
-#        native-bn   the same rows with LADNN_BN=native (our fused BatchNorm-ReLU kernels)
+#        cudnn-bn    the same rows with LADNN_BN=cudnn (the library twin of the default, our fused BN-ReLU)
 #        memory      batch 64 training with --memory-efficient: the peak-memory goal
 #        profile     batch 32 eager training with --profile: the per-op table
 # LADNN_CHECK_STEPS picks the steps (comma-separated names: info,tests,sanitizer,kernels,bench,before,
-# native-bn,memory,profile; default all but the comparisons, which need the time of a second call).
+# cudnn-bn,memory,profile; default all but the comparisons, which need the time of a second call).
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to
 # device-check-out/.
 #
@@ -201,7 +201,7 @@ if want before; then
   fi
 fi
 # shellcheck disable=SC2086
-want native-bn && compare native-bn LADNN_BN=native timeout "$T_COMPARE" "$B/ladnn" bench $BENCH_ARGS --torch off
+want cudnn-bn && compare cudnn-bn LADNN_BN=cudnn timeout "$T_COMPARE" "$B/ladnn" bench $BENCH_ARGS --torch off
 want memory && compare memory timeout "$T_COMPARE" "$B/ladnn" bench --batches 64 --work train --memory-efficient \
   --torch off --steps 10 --warmup 3
 want profile && compare profile timeout "$T_COMPARE" "$B/ladnn" bench --batches 32 --work train --graph off \
