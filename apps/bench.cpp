@@ -9,10 +9,11 @@
 //   infer  one forward of both heads in eval mode without autograd
 // on random 224x224 images and labels made once (data loading is not part of the step). Timing: the
 // warm-up steps, then a pair of CUDA events around each step (wall clock on the CPU), the median.
-// Peak memory: the caching allocator's peak of allocated bytes over the timed steps, what
+// Peak memory: eager rows, the caching allocator's peak of allocated bytes over the timed steps, what
 // torch.cuda.max_memory_allocated() reports on the PyTorch side (size classes, so up to 25% above
-// the bytes asked for); for graph rows, plus the blocks the graph's private pool holds; on the CPU,
-// the peak of live tensor storage.
+// the bytes asked for); graph rows, everything the allocator holds from the device while the graph
+// replays (its reserved bytes, after the warm-up's cache is released): live tensors, the graph's
+// private pool, and any free rest of a segment in use; on the CPU, the peak of live tensor storage.
 // Graph rows (--graph): the step is captured once as a CUDA graph (cuda/graph.h) after the warm-up
 // and each timed step is one replay.
 //
@@ -184,6 +185,7 @@ Row run_one(const BenchOptions& o, const std::string& work, int64_t batch, Devic
       return r;
     }
     r.graph_nodes = cuda_graph.nodes();
+    if (gpu) cuda::release_cached();  // the eager warm-up's cache: a graph user would not keep it
     step = [&] { cuda_graph.replay(); };
     for (int i = 0; i < o.warmup; ++i) step();
   }
@@ -195,9 +197,9 @@ Row run_one(const BenchOptions& o, const std::string& work, int64_t batch, Devic
   r.ms = median(time_steps(step, o.steps, gpu));
   if (gpu) {
     // Eager: the peak of live tensors. Graph: the replays allocate nothing, so the step's footprint is
-    // what stays live plus the blocks the graph's private pool holds for its intermediates.
+    // all the device memory the allocator holds (live tensors, the graph's pool, free rests).
     const cuda::AllocatorStats st = cuda::allocator_stats();
-    r.peak_bytes = st.peak_allocated_bytes + (graph ? st.pool_cached_bytes : 0);
+    r.peak_bytes = graph ? st.peak_reserved_bytes : st.peak_allocated_bytes;
   } else {
     r.peak_bytes = cpu_memory_stats().peak_bytes;  // tensor storage on the host, the same measure
   }

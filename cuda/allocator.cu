@@ -1,14 +1,12 @@
 // cuda/allocator.cu — the caching device allocator (cuda/allocator.h explains the policy).
 //
-// Book-keeping, all under one mutex:
-//   blocks_  every block cudaMalloc gave us, by pointer: size class, bytes asked, stream, in use or not
-//   free_    the free blocks, by (stream, size class): a LIFO stack each, so the most recently freed
-//            block (likeliest still in L2) is handed out first
-// A request takes a free block of exactly its size class on its stream, or cudaMallocs a new one.
-// Nothing is ever returned to the driver except by release_cached() or an out-of-memory retry.
+// The book-keeping of which ranges are free, split and merged is cuda/block_cache.h (host code, tested
+// without a GPU); this file adds the device: cudaMalloc when the cache has nothing that fits, cudaFree
+// of whole free segments on release or an out-of-memory retry, the memory limit, the statistics, the NaN
+// fill, all under one mutex.
 //
 // Private pools (CUDA graphs, cuda/graph.h): while a pool is active (begin_pool), every allocation
-// is served from and tagged with that pool, and a tagged block goes back to its pool's free lists
+// is served from and tagged with that pool, and a tagged block goes back to its pool's free blocks
 // whenever it is freed, during the capture or after it. A captured graph bakes in the addresses it
 // used, so those blocks must never be handed to anyone else while the graph may replay; the pool's
 // own allocations may reuse them (in stream order, which is the graph's order). release_pool() (the
@@ -16,28 +14,20 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <map>
 #include <mutex>
+#include <set>
 #include <string>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "cuda/allocator.h"
+#include "cuda/block_cache.h"
 #include "cuda/check.h"
 #include "cuda/context.h"
 #include "cuda/runtime.h"
 
 namespace ladnn::cuda {
 namespace {
-
-struct Block {
-  std::size_t size = 0;       // size class: what cudaMalloc gave
-  std::size_t requested = 0;  // what the current owner asked for
-  cudaStream_t stream = nullptr;
-  bool in_use = false;
-  uint64_t pool = 0;  // private pool (CUDA graph) the block belongs to, 0 for none
-};
 
 class CachingAllocator {
  public:
@@ -50,27 +40,15 @@ class CachingAllocator {
     const std::size_t size = round_size(nbytes);
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.allocations;
-    void* p = nullptr;
-    auto& lists = active_pool_ ? pool_free_[active_pool_] : free_;
-    auto it = lists.find({stream, size});
-    if (it != lists.end() && !it->second.empty()) {
-      p = it->second.back();
-      it->second.pop_back();
-      stats_.cached_bytes -= size;
-      if (active_pool_) stats_.pool_cached_bytes -= size;
+    void* p = cache_.take(size, nbytes, stream, active_pool_);
+    if (p) {
       ++stats_.cache_hits;
     } else {
-      p = device_malloc(size, nbytes);
-      blocks_[p] = Block{size, 0, stream, false, active_pool_};
-      stats_.reserved_bytes += size;
-      stats_.peak_reserved_bytes = std::max(stats_.peak_reserved_bytes, stats_.reserved_bytes);
+      void* base = device_malloc(size, nbytes);
+      p = cache_.add_segment(base, size, size, nbytes, stream, active_pool_);
     }
-    Block& b = blocks_.at(p);
-    b.in_use = true;
-    b.requested = nbytes;
-    stats_.allocated_bytes += size;
     stats_.requested_bytes += nbytes;
-    stats_.peak_allocated_bytes = std::max(stats_.peak_allocated_bytes, stats_.allocated_bytes);
+    sync_stats();
     // Queued on the block's stream, so it lands after any earlier use and before the new owner's.
     if (fill_) CUDA_CHECK(cudaMemsetAsync(p, 0xFF, size, stream));
     return p;
@@ -80,25 +58,18 @@ class CachingAllocator {
     if (!p) return;
     try {
       std::lock_guard<std::mutex> lock(mu_);
-      auto it = blocks_.find(p);
-      if (it == blocks_.end() || !it->second.in_use) {
+      const BlockCache::Freed f = cache_.put_back(p);
+      if (f.size == 0) {
         // A pointer we never gave out, or a double free: a bug in the caller. Destructors call us, so
         // report and carry on rather than throw.
         std::fprintf(stderr, "ladnn: cuda::deallocate(%p): %s\n", p,
-                     it == blocks_.end() ? "not a block of the caching allocator" : "block freed twice");
+                     f.double_free ? "block freed twice" : "not a block of the caching allocator");
         return;
       }
-      Block& b = it->second;
-      b.in_use = false;
-      stats_.allocated_bytes -= b.size;
-      stats_.requested_bytes -= b.requested;
-      b.requested = 0;
-      stats_.cached_bytes += b.size;
-      if (b.pool != 0 && pool_free_.count(b.pool) == 0) b.pool = 0;  // its graph is gone
-      (b.pool ? pool_free_[b.pool] : free_)[{b.stream, b.size}].push_back(p);
-      if (b.pool) stats_.pool_cached_bytes += b.size;
+      stats_.requested_bytes -= f.requested;
+      sync_stats();
     } catch (...) {
-      // Only bad_alloc from growing a free list can land here; the block is then simply not reused.
+      // Only bad_alloc from the free set can land here; the block is then simply not reused.
     }
   }
 
@@ -122,7 +93,7 @@ class CachingAllocator {
     std::lock_guard<std::mutex> lock(mu_);
     if (active_pool_ != 0) throw Error("cuda::begin_pool: a private pool is already active (nested capture)");
     active_pool_ = pool;
-    pool_free_[pool];  // the pool exists from now on, even before its first block
+    live_pools_.insert(pool);
   }
   void end_pool() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -130,17 +101,9 @@ class CachingAllocator {
   }
   void release_pool(uint64_t pool) {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = pool_free_.find(pool);
-    if (it == pool_free_.end()) return;
-    for (auto& [key, ptrs] : it->second)
-      for (void* q : ptrs) {
-        blocks_.at(q).pool = 0;
-        free_[key].push_back(q);
-        stats_.pool_cached_bytes -= key.second;
-      }
-    pool_free_.erase(it);
-    for (auto& [q, b] : blocks_)  // live blocks of the pool come back as ordinary ones when freed
-      if (b.pool == pool) b.pool = 0;
+    if (live_pools_.erase(pool) == 0) return;
+    cache_.release_pool(pool);
+    sync_stats();
   }
 
   void set_limit(std::size_t bytes) {
@@ -161,26 +124,31 @@ class CachingAllocator {
   }
 
  private:
-  // cudaFree of every free block. Frees are stream-ordered (a cached block may still be read by a
-  // queued kernel), so wait for the device first.
+  // The byte counts come from the cache; the peaks follow them.
+  void sync_stats() {
+    stats_.allocated_bytes = cache_.allocated_bytes();
+    stats_.cached_bytes = cache_.cached_bytes();
+    stats_.pool_cached_bytes = cache_.pool_cached_bytes();
+    stats_.reserved_bytes = cache_.reserved_bytes();
+    stats_.peak_allocated_bytes = std::max(stats_.peak_allocated_bytes, stats_.allocated_bytes);
+    stats_.peak_reserved_bytes = std::max(stats_.peak_reserved_bytes, stats_.reserved_bytes);
+  }
+
+  // cudaFree of every segment with nothing in use (outside the graphs' pools). Frees are stream-ordered
+  // (a cached block may still be read by a queued kernel), so wait for the device first.
   void release_cached_locked() {
-    if (stats_.cached_bytes == 0) return;
+    if (cache_.cached_bytes() == cache_.pool_cached_bytes()) return;
     CUDA_CHECK(cudaDeviceSynchronize());
-    for (auto& entry : free_) {
-      for (void* p : entry.second) {
-        CUDA_CHECK(cudaFree(p));
-        ++stats_.device_frees;
-        stats_.cached_bytes -= entry.first.second;
-        stats_.reserved_bytes -= entry.first.second;
-        blocks_.erase(p);
-      }
+    for (const auto& [base, size] : cache_.drop_free_segments()) {
+      CUDA_CHECK(cudaFree(base));
+      ++stats_.device_frees;
     }
-    free_.clear();
+    sync_stats();
   }
 
   // One cudaMalloc of `size` bytes; the memory limit counts as the device's capacity.
   cudaError_t try_malloc(void** p, std::size_t size) {
-    if (limit_ != 0 && stats_.reserved_bytes + size > limit_) return cudaErrorMemoryAllocation;
+    if (limit_ != 0 && cache_.reserved_bytes() + size > limit_) return cudaErrorMemoryAllocation;
     cudaError_t st = cudaMalloc(p, size);
     // A failed cudaMalloc leaves its error to be returned by the next cudaGetLastError, which would
     // make the next CUDA_CHECK_LAUNCH blame an innocent kernel: clear it here.
@@ -191,9 +159,9 @@ class CachingAllocator {
   void* device_malloc(std::size_t size, std::size_t nbytes) {
     void* p = nullptr;
     cudaError_t st = try_malloc(&p, size);
-    const std::size_t cached_before = stats_.cached_bytes;
-    if (st == cudaErrorMemoryAllocation && cached_before > 0) {
-      release_cached_locked();  // blocks of other size classes may make room
+    const std::size_t cached_before = cache_.cached_bytes();
+    if (st == cudaErrorMemoryAllocation && cached_before > cache_.pool_cached_bytes()) {
+      release_cached_locked();  // free segments of other sizes may make room
       ++stats_.oom_retries;
       st = try_malloc(&p, size);
     }
@@ -205,8 +173,8 @@ class CachingAllocator {
       throw Error(failure("cudaMalloc(&p, size)", __FILE__, __LINE__, cudaGetErrorString(st)));
     std::string msg = "CUDA out of memory: tried to allocate " + format_bytes(nbytes) + " on cuda:0";
     if (size != nbytes) msg += " (size class " + format_bytes(size) + ")";
-    msg += "; ladnn has " + format_bytes(stats_.allocated_bytes) + " in use and had " +
-           format_bytes(cached_before) + " cached" + (cached_before > 0 ? " (released, then retried)" : "");
+    msg += "; ladnn has " + format_bytes(cache_.allocated_bytes()) + " in use and had " +
+           format_bytes(cached_before) + " cached" + (cached_before > 0 ? " (free segments released, then retried)" : "");
     std::size_t free_b = 0, total_b = 0;
     if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess)
       msg += "; the device has " + format_bytes(free_b) + " free of " + format_bytes(total_b);
@@ -217,10 +185,8 @@ class CachingAllocator {
   }
 
   std::mutex mu_;
-  std::unordered_map<void*, Block> blocks_;
-  using FreeLists = std::map<std::pair<cudaStream_t, std::size_t>, std::vector<void*>>;
-  FreeLists free_;
-  std::unordered_map<uint64_t, FreeLists> pool_free_;  // private pools' free blocks (never released)
+  BlockCache cache_;
+  std::set<uint64_t> live_pools_;  // pools begun and not yet released
   uint64_t active_pool_ = 0;
   AllocatorStats stats_;
   std::size_t limit_ = 0;

@@ -9,16 +9,19 @@
 //   n <= 1 MiB        -> a multiple of 512 B               (waste < 512 B)
 //   1 MiB < n <= 32 MiB -> 4 steps per power of two: 2^k * {1, 1.25, 1.5, 1.75}   (waste < 25%)
 //   n > 32 MiB        -> a multiple of 2 MiB                (waste < 6.25%)
-// A cached block is reused only for a request of exactly its size class on the same stream; blocks are
-// never split or merged (simple, and DenseNet's activation sizes repeat every step).
+// Reuse (cuda/block_cache.h has the details): a small block (class <= 1 MiB) is reused only for a request
+// of exactly its class on the same stream. A large request takes the smallest cached large block of its
+// stream that holds it, split so the rest stays cached; a freed block merges with free neighbours of its
+// cudaMalloc segment. (The first version reused large blocks by exact class too: a DenseNet step, whose
+// activations come in hundreds of sizes, then held several times the memory it used.)
 //
 // Stream-ordered frees: deallocate() returns a block to the cache at once, although kernels already
 // queued on its stream may still read or write it. That is safe because the block is handed out again
 // only for work on the *same* stream, which runs after those kernels. Memory used on another stream
 // must not be freed while that stream still uses it (ladnn uses one stream, cuda/context.h).
 //
-// Out of memory: when cudaMalloc fails, the cache is released (cudaFree of every free block) and the
-// allocation retried once; if it still fails, OutOfMemory is thrown with what was asked, what is in use
+// Out of memory: when cudaMalloc fails, the cache is released (cudaFree of every segment with nothing in
+// use) and the allocation retried once; if it still fails, OutOfMemory is thrown with what was asked, what is in use
 // and what was cached.
 #pragma once
 
@@ -66,7 +69,8 @@ void deallocate(void* ptr) noexcept;
 AllocatorStats allocator_stats();
 /// Peaks restart from the current values.
 void reset_peak_stats();
-/// Frees every cached (unused) block with cudaFree, after waiting for the device. Blocks in use stay.
+/// Frees every cudaMalloc segment with nothing in use, after waiting for the device. Blocks in use stay,
+/// and so do the free parts of a segment that is partly in use (they are still cached_bytes).
 void release_cached();
 /// Private pools for CUDA graphs (cuda/graph.h; ids from 1): between begin_pool(id) and end_pool()
 /// every allocation comes from, and stays in, pool `id` — freed blocks return to that pool, never to
