@@ -83,8 +83,8 @@ Variable max_pool2d(const Variable& x, const ops::Pool2dParams& p) {
   const Shape x_shape = x.shape();
   return Variable::from_op(
       std::move(fwd.y), {x},
-      [indices, x_shape](const Tensor& dy, const std::vector<bool>&) {
-        return std::vector<Tensor>{ops::max_pool2d_backward(dy, indices, x_shape)};
+      [indices, x_shape, p](const Tensor& dy, const std::vector<bool>&) {
+        return std::vector<Tensor>{ops::max_pool2d_backward(dy, indices, x_shape, p)};
       },
       "max_pool2d");
 }

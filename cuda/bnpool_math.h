@@ -321,6 +321,28 @@ LADNN_HD float avg_pool_backward_at(const float* dy, int64_t i, const PoolGeom& 
   return sum;
 }
 
+/// dx at input element i for max pooling, as a gather: the sum of dy over the outputs whose windows
+/// contain the cell (the same oh/ow ranges as avg_pool_backward_at) and whose saved index names it,
+/// in increasing output order — the CPU scatter's order, so the float sum is the CPU's to the bit, and
+/// the same on every run (the scatter form needs atomicAdd where windows overlap: run-to-run noise).
+LADNN_HD float max_pool_backward_at(const float* dy, const int64_t* ind, int64_t i, const PoolGeom& g) {
+  const int64_t w = i % g.W, t = i / g.W;
+  const int64_t h = t % g.H, plane = t / g.H;
+  const int64_t oh_lo = h + g.ph < g.kh ? 0 : (h + g.ph - g.kh) / g.sh + 1;
+  const int64_t oh_hi = imin(g.OH - 1, (h + g.ph) / g.sh);
+  const int64_t ow_lo = w + g.pw < g.kw ? 0 : (w + g.pw - g.kw) / g.sw + 1;
+  const int64_t ow_hi = imin(g.OW - 1, (w + g.pw) / g.sw);
+  const int64_t cell = h * g.W + w;
+  const int64_t base = plane * g.OH * g.OW;
+  float sum = 0.0f;
+  for (int64_t oh = oh_lo; oh <= oh_hi; ++oh)
+    for (int64_t ow = ow_lo; ow <= ow_hi; ++ow) {
+      const int64_t o = base + oh * g.OW + ow;
+      if (ind[o] == cell) sum += dy[o];
+    }
+  return sum;
+}
+
 /// torch's adaptive bounds: output i averages [floor(i*in/out), ceil((i+1)*in/out)).
 LADNN_HD int64_t adaptive_start(int64_t i, int64_t in, int64_t out) { return (i * in) / out; }
 LADNN_HD int64_t adaptive_end(int64_t i, int64_t in, int64_t out) { return ((i + 1) * in + out - 1) / out; }

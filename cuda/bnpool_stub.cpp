@@ -33,7 +33,7 @@ ops::BatchNormGrads batch_norm_backward_eval(const Tensor&, const Tensor&, const
   no_backend("batch_norm_backward_eval");
 }
 ops::MaxPoolForward max_pool2d_forward(const Tensor&, const ops::Pool2dParams&) { no_backend("max_pool2d_forward"); }
-Tensor max_pool2d_backward(const Tensor&, const Tensor&, const Shape&) { no_backend("max_pool2d_backward"); }
+Tensor max_pool2d_backward(const Tensor&, const Tensor&, const Shape&, const ops::Pool2dParams*) { no_backend("max_pool2d_backward"); }
 Tensor avg_pool2d_forward(const Tensor&, const ops::Pool2dParams&) { no_backend("avg_pool2d_forward"); }
 Tensor avg_pool2d_backward(const Tensor&, const Shape&, const ops::Pool2dParams&) { no_backend("avg_pool2d_backward"); }
 Tensor adaptive_avg_pool2d_forward(const Tensor&, int64_t, int64_t) { no_backend("adaptive_avg_pool2d_forward"); }

@@ -77,7 +77,9 @@ ops::BatchNormGrads batch_norm_backward_eval(const Tensor& dy, const Tensor& x, 
 
 // ---- pooling (cuDNN | native) -----------------------------------------------------------------------------------
 ops::MaxPoolForward max_pool2d_forward(const Tensor& x, const ops::Pool2dParams& p);
-Tensor max_pool2d_backward(const Tensor& dy, const Tensor& indices, const Shape& x_shape);
+/// With the pooling parameters (`window`), a gather (deterministic); without, a scatter with atomicAdd.
+Tensor max_pool2d_backward(const Tensor& dy, const Tensor& indices, const Shape& x_shape,
+                           const ops::Pool2dParams* window = nullptr);
 Tensor avg_pool2d_forward(const Tensor& x, const ops::Pool2dParams& p);
 Tensor avg_pool2d_backward(const Tensor& dy, const Shape& x_shape, const ops::Pool2dParams& p);
 Tensor adaptive_avg_pool2d_forward(const Tensor& x, int64_t out_h, int64_t out_w);

@@ -5,7 +5,11 @@
 //   max forward    cudnn:  cudnnPoolingForward (CUDNN_POOLING_MAX, NaN propagated) for y, plus our
 //                          max_pool_forward<index only> for the int64 indices, which cuDNN does not return.
 //                  native: max_pool_forward<y and index>, one thread per output.
-//   max backward   both:   max_pool_backward (zero dx, then scatter dy to dx[index] with atomicAdd).
+//   max backward   both:   with the pooling parameters (every autograd call): max_pool_backward_gather,
+//                          one thread per input cell summing the dy of the windows whose index names it
+//                          (deterministic, no zeroing pass); without them (ops::max_pool2d_backward's
+//                          three-argument form): max_pool_backward (zero dx, then scatter dy to dx[index]
+//                          with atomicAdd).
 //                          cudnnPoolingBackward cannot serve this API: it recomputes the argmax from x and
 //                          y, which max_pool2d_backward(dy, indices, x_shape) does not carry. Routing
 //                          gradients through the saved indices is also what makes both versions send
@@ -31,11 +35,11 @@
 // EXCLUDE_PADDING's (the cells inside the input) is count_include_pad=False's. cuDNN's max pooling
 // treats padding as -inf, as PyTorch does (a window is never all padding: pad <= kernel/2 is checked).
 //
-// Determinism: the max-pool backward's atomicAdd makes the order of the (at most
-// ceil(kernel/stride)^2, e.g. 4 for DenseNet's 3x3 stride-2 stem pool) additions into one input cell
-// vary between runs, so dx may differ in the last bits from run to run; without overlapping windows
-// (stride >= kernel) each cell gets at most one value and the result is exact. Everything else here is
-// deterministic.
+// Determinism: the scatter form's atomicAdd makes the order of the (at most ceil(kernel/stride)^2, e.g. 4
+// for DenseNet's 3x3 stride-2 stem pool) additions into one input cell vary between runs, so dx may
+// differ in the last bits from run to run. That noise reached every parameter after a step and made two
+// runs of the same training drift apart (a ReLU input near zero flips its mask), which is why autograd
+// passes the parameters and gets the gather. Everything else here is deterministic.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -85,6 +89,13 @@ __global__ void max_pool_backward_kernel(const float* __restrict__ dy, const int
     if (i < 0 || i >= HW) continue;
     atomicAdd(dx + (o / OHW) * HW + i, dy[o]);
   }
+}
+
+// One thread per input cell, gathering (math::max_pool_backward_at): no atomics, no zeroing pass.
+__global__ void max_pool_backward_gather_kernel(const float* __restrict__ dy, const int64_t* __restrict__ ind,
+                                                float* __restrict__ dx, int64_t total, PoolGeom g) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
+    dx[i] = math::max_pool_backward_at(dy, ind, i, g);
 }
 
 __global__ void avg_pool_forward_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t total,
@@ -186,7 +197,8 @@ ops::MaxPoolForward max_pool2d_forward(const Tensor& x_in, const ops::Pool2dPara
   return out;
 }
 
-Tensor max_pool2d_backward(const Tensor& dy_in, const Tensor& indices_in, const Shape& x_shape) {
+Tensor max_pool2d_backward(const Tensor& dy_in, const Tensor& indices_in, const Shape& x_shape,
+                           const ops::Pool2dParams* window) {
   const std::string op = "max_pool2d_backward";
   require_float32(op, dy_in, "grad_output");
   // Both versions route gradients through the saved indices (see the file header).
@@ -194,6 +206,14 @@ Tensor max_pool2d_backward(const Tensor& dy_in, const Tensor& indices_in, const 
   const Tensor dy = dy_in.contiguous(), indices = indices_in.contiguous();
   Tensor dx = new_output(x_shape, DType::Float32, dy.device());
   if (dx.numel() == 0) return dx;
+  if (window) {
+    const PoolGeom g = geom_of(x_shape, dy.shape(), *window);
+    const int64_t cells = dx.numel();
+    max_pool_backward_gather_kernel<<<grid_for(cells, kThreads), kThreads, 0, cur_stream()>>>(
+        dy.data<float>(), indices.data<int64_t>(), dx.data<float>(), cells, g);
+    CUDA_CHECK_LAUNCH();
+    return dx;
+  }
   CUDA_CHECK(cudaMemsetAsync(dx.raw_data(), 0, sizeof(float) * static_cast<std::size_t>(dx.numel()), cur_stream()));
   const int64_t total = dy.numel();
   if (total == 0) return dx;

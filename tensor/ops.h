@@ -136,6 +136,9 @@ struct MaxPoolForward {
 /// Padding counts as -inf (never selected). Ties keep the first maximum in scan order.
 MaxPoolForward max_pool2d_forward(const Tensor& x, const Pool2dParams& p);
 Tensor max_pool2d_backward(const Tensor& dy, const Tensor& indices, const Shape& x_shape);
+/// The same, told the window: dy must be the output shape of `p` on x_shape. On the GPU this gathers
+/// (deterministic to the bit, the CPU's sum order) instead of scattering with atomicAdd; autograd uses it.
+Tensor max_pool2d_backward(const Tensor& dy, const Tensor& indices, const Shape& x_shape, const Pool2dParams& p);
 Tensor avg_pool2d_forward(const Tensor& x, const Pool2dParams& p);
 Tensor avg_pool2d_backward(const Tensor& dy, const Shape& x_shape, const Pool2dParams& p);
 /// torch's adaptive average pool: output cell (i, j) averages rows floor(i*H/oh)..ceil((i+1)*H/oh).

@@ -96,7 +96,7 @@ std::string name_of(const PoolCase& c) {
          "x" + std::to_string(c.sw) + " p" + std::to_string(c.ph) + "x" + std::to_string(c.pw) + (c.ceil ? " ceil" : "");
 }
 
-TEST(CudaBnPoolMath, MaxPoolValuesAndIndicesMatchCpu) {
+TEST(CudaBnPoolMath, MaxPoolValuesIndicesAndGatherMatchCpu) {
   Generator gen(1);
   for (const PoolCase& c : kPoolCases) {
     SCOPED_TRACE(name_of(c));
@@ -122,6 +122,13 @@ TEST(CudaBnPoolMath, MaxPoolValuesAndIndicesMatchCpu) {
           EXPECT_EQ(double(v), ref_y[o]) << "output " << o;
         EXPECT_EQ(double(idx), ref_i[o]) << "output " << o;
       }
+      // Backward as the GPU's gather: float32, the CPU's order, so equal to the bit.
+      const Tensor dy = Tensor::normal(ref.y.shape(), 0, 1, gen, DType::Float32);
+      const std::vector<double> dx_ref = ops::max_pool2d_backward(dy, ref.indices, c.shape).to_vector();
+      const std::vector<float> dyf = floats(dy);
+      std::vector<int64_t> ind(ref_i.begin(), ref_i.end());
+      for (int64_t i = 0; i < int64_t(dx_ref.size()); ++i)
+        ASSERT_EQ(double(m::max_pool_backward_at(dyf.data(), ind.data(), i, g)), dx_ref[i]) << "input cell " << i;
     }
   }
 }

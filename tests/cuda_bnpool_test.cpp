@@ -467,6 +467,13 @@ void check_max_pool(const PoolCase& c, const Tensor& x, Generator& gen, const st
   const Tensor dx = ops::max_pool2d_backward(gpu(dy), gpu(ref.indices), x.shape());
   const Tensor dx_abs = ops::max_pool2d_backward(abs64(dy), ref.indices, x.shape());
   EXPECT_TRUE(gpu_matches("dx", dx, dx_ref, Tol{0, kPoolTol}, dx_abs));
+  // Told the window (as autograd calls it), the GPU gathers in the CPU's order: float32 to the bit, and
+  // the same bits on every call.
+  const Tensor dx_cpu32 = ops::max_pool2d_backward(dy.to(DType::Float32), ref.indices, x.shape(), p);
+  const Tensor dx_gather = ops::max_pool2d_backward(gpu(dy), gpu(ref.indices), x.shape(), p);
+  EXPECT_TRUE(gpu_equals("dx (gather, float32 CPU order)", dx_gather, dx_cpu32));
+  EXPECT_TRUE(gpu_equals("dx (gather, again)", ops::max_pool2d_backward(gpu(dy), gpu(ref.indices), x.shape(), p),
+                         cuda_test::to_cpu(dx_gather)));
 }
 
 TEST_P(CudaOpTest, MaxPoolMatchesCpu) {

@@ -231,6 +231,10 @@ TEST(PoolTest, MaxPoolBackwardRoutesToArgmax) {
   // cell 8 outputs 4, 5, 7, 8 (dy 5 + 6 + 8 + 9).
   EXPECT_EQ(out.indices.to_vector(), (std::vector<double>{4, 5, 5, 7, 8, 8, 7, 8, 8}));
   EXPECT_EQ(dx.to_vector(), (std::vector<double>{0, 0, 0, 0, 1, 5, 0, 11, 28}));
+  // The form told the window gives the same, and checks that dy is the window's output shape.
+  EXPECT_EQ(ops::max_pool2d_backward(dy, out.indices, x.shape(), make(3, 1, 1)).to_vector(), dx.to_vector());
+  EXPECT_THROW_WITH(ops::max_pool2d_backward(dy, out.indices, x.shape(), make(3, 2, 1)), "max_pool2d_backward",
+                    "(1, 1, 3, 3)", "(1, 1, 2, 2)");
 }
 
 TEST(PoolTest, MaxPoolGradcheck) {

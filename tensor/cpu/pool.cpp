@@ -273,7 +273,25 @@ MaxPoolForward max_pool2d_forward(const Tensor& x, const Pool2dParams& p) {
   return out;
 }
 
+// Both public forms check and run here; `window` (may be null) only picks the GPU kernel.
+static Tensor max_pool2d_backward_impl(const Tensor& dy, const Tensor& indices, const Shape& x_shape,
+                                       const Pool2dParams* window);
+
+Tensor max_pool2d_backward(const Tensor& dy, const Tensor& indices, const Shape& x_shape, const Pool2dParams& p) {
+  check_plane_shape("max_pool2d_backward", x_shape);
+  const Shape expected = pool2d_output_shape(x_shape, p);
+  check(dy.dim() == 4 && dy.size(2) == expected[2] && dy.size(3) == expected[3],
+        "max_pool2d_backward: grad_output " + shape_str(dy.shape()) + " is not the pooled shape " +
+            shape_str(expected) + " of input " + shape_str(x_shape));
+  return max_pool2d_backward_impl(dy, indices, x_shape, &p);
+}
+
 Tensor max_pool2d_backward(const Tensor& dy, const Tensor& indices, const Shape& x_shape) {
+  return max_pool2d_backward_impl(dy, indices, x_shape, nullptr);
+}
+
+static Tensor max_pool2d_backward_impl(const Tensor& dy, const Tensor& indices, const Shape& x_shape,
+                                       const Pool2dParams* window) {
   const std::string op = "max_pool2d_backward";
   check_plane_shape(op, x_shape);
   check_input(op, dy, "grad_output");
@@ -286,7 +304,7 @@ Tensor max_pool2d_backward(const Tensor& dy, const Tensor& indices, const Shape&
                                            " but grad_output has shape " + shape_str(dy.shape()));
   check(indices.device() == dy.device(), op + ": indices are on " + indices.device().str() +
                                              " but grad_output is on " + dy.device().str());
-  if (dy.device().is_cuda()) return cuda::max_pool2d_backward(dy, indices, x_shape);
+  if (dy.device().is_cuda()) return cuda::max_pool2d_backward(dy, indices, x_shape, window);
   const Tensor dyc = dy.contiguous(), ic = indices.contiguous();
   Tensor dx = Tensor::zeros(x_shape, dy.dtype(), dy.device());
   const int64_t planes = x_shape[0] * x_shape[1], HW = x_shape[2] * x_shape[3];
