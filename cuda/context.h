@@ -40,6 +40,13 @@ Impl parse_impl(Family f, const std::string& value, const char* where);
 bool tf32_enabled();
 void set_tf32(bool on);
 
+/// Deterministic mode (LADNN_DETERMINISTIC=1, off by default, as PyTorch's
+/// torch.backends.cudnn.deterministic): cuDNN convolutions use only algorithms that give the same bits on
+/// every run (some backward algorithms add partial sums with atomics, in any order). Our own kernels are
+/// deterministic in either mode. For comparing two runs of a computation that amplifies rounding.
+bool deterministic();
+void set_deterministic(bool on);
+
 /// The framework stream (created on first use, on cuda:0). Throws cuda::Error without a usable GPU.
 CUstream_st* stream();
 /// Handles bound to stream(), created once.

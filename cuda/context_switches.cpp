@@ -23,6 +23,7 @@ constexpr int kFamilies = 4;
 
 std::atomic<int> g_impl[kFamilies] = {{kUnread}, {kUnread}, {kUnread}, {kUnread}};
 std::atomic<int> g_tf32{kUnread};
+std::atomic<int> g_deterministic{kUnread};
 
 int index_of(Family f) {
   return static_cast<int>(f);
@@ -51,6 +52,17 @@ std::string normalised(const std::string& s) {
   std::transform(out.begin(), out.end(), out.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   return out;
+}
+
+// 1 or 0 from a boolean environment variable (unset or empty: `fallback`); throws naming it otherwise.
+int env_switch(const char* name, int fallback) {
+  const char* env = std::getenv(name);
+  if (!env || !*env) return fallback;
+  const std::string s = normalised(env);
+  if (s == "1" || s == "on" || s == "true" || s == "yes") return 1;
+  if (s == "0" || s == "off" || s == "false" || s == "no") return 0;
+  throw std::invalid_argument(std::string(name) + "=\"" + env +
+                              "\" is not a switch; use 1 or 0 (on/off, true/false, yes/no)");
 }
 
 }  // namespace
@@ -112,22 +124,25 @@ void set_impl(Family f, Impl impl) {
 bool tf32_enabled() {
   int v = g_tf32.load(std::memory_order_relaxed);
   if (v == kUnread) {
-    const char* env = std::getenv("LADNN_TF32");
-    int parsed = 1;  // TF32 on by default, as cuDNN and PyTorch's convolutions
-    if (env && *env) {
-      const std::string s = normalised(env);
-      if (s == "1" || s == "on" || s == "true" || s == "yes")
-        parsed = 1;
-      else if (s == "0" || s == "off" || s == "false" || s == "no")
-        parsed = 0;
-      else
-        throw std::invalid_argument(std::string("LADNN_TF32=\"") + env +
-                                    "\" is not a switch; use 1 or 0 (on/off, true/false, yes/no)");
-    }
+    const int parsed = env_switch("LADNN_TF32", 1);  // TF32 on by default, as cuDNN and PyTorch's convolutions
     int expected = kUnread;
     v = g_tf32.compare_exchange_strong(expected, parsed) ? parsed : expected;
   }
   return v == 1;
+}
+
+bool deterministic() {
+  int v = g_deterministic.load(std::memory_order_relaxed);
+  if (v == kUnread) {
+    const int parsed = env_switch("LADNN_DETERMINISTIC", 0);
+    int expected = kUnread;
+    v = g_deterministic.compare_exchange_strong(expected, parsed) ? parsed : expected;
+  }
+  return v == 1;
+}
+
+void set_deterministic(bool on) {
+  g_deterministic.store(on ? 1 : 0);
 }
 
 void set_tf32(bool on) {

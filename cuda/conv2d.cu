@@ -10,7 +10,9 @@
 //           backward bias    cudnnConvolutionBackwardBias
 //           The algorithm of each pass is chosen by cudnnFind*AlgorithmEx (it times them all on the real
 //           buffers) the first time a (pass, shapes, x image stride, stride, padding, TF32) key is seen,
-//           and cached for the process; workspaces come from the caching allocator. TF32: the descriptor's
+//           and cached for the process; workspaces come from the caching allocator. Deterministic mode
+//           (cuda::deterministic(), LADNN_DETERMINISTIC=1) keeps only algorithms cuDNN reports as
+//           CUDNN_DETERMINISTIC (and is part of the cache key). TF32: the descriptor's
 //           math type is CUDNN_TENSOR_OP_MATH when cuda::tf32_enabled(), else CUDNN_FMA_MATH (plain
 //           float32 — CUDNN_DEFAULT_MATH would still allow TF32 on Ampere and later), and then the math
 //           type the search reported for the chosen algorithm. LADNN_CUDNN_LOG=1 prints each choice.
@@ -235,6 +237,7 @@ struct CudnnConv {
   FilterDescriptor w;
   ConvDescriptor conv;
   bool tf32 = false;
+  bool deterministic = false;  // cuda::deterministic(): only algorithms that give the same bits each run
 
   CudnnConv(const ConvShape& g, int64_t x_img) {
     x.set(g.N, g.C, g.H, g.W, x_img);
@@ -244,6 +247,7 @@ struct CudnnConv {
                                                 CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
     // The search below only considers algorithms of this math type (FMA: no tensor cores, no TF32).
     tf32 = tf32_enabled();
+    deterministic = cuda::deterministic();
     set_math(tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH);
   }
   void set_math(cudnnMathType_t m) { CUDNN_CHECK(cudnnSetConvolutionMathType(conv.get(), m)); }
@@ -258,11 +262,12 @@ struct AlgoChoice {
   std::size_t workspace = 0;
 };
 
-// pass, N, C, H, W, x image stride, K, R, S, stride h/w, pad h/w, TF32
-using AlgoKey = std::array<int64_t, 14>;
+// pass, N, C, H, W, x image stride, K, R, S, stride h/w, pad h/w, TF32, deterministic
+using AlgoKey = std::array<int64_t, 15>;
 
-AlgoKey algo_key(Pass pass, const ConvShape& g, int64_t x_img, bool tf32) {
-  return {int64_t(pass), g.N, g.C, g.H, g.W, x_img, g.K, g.R, g.S, g.sh, g.sw, g.ph, g.pw, tf32 ? 1 : 0};
+AlgoKey algo_key(Pass pass, const ConvShape& g, int64_t x_img, bool tf32, bool deterministic) {
+  return {int64_t(pass), g.N, g.C, g.H, g.W, x_img, g.K, g.R, g.S, g.sh, g.sw, g.ph, g.pw, tf32 ? 1 : 0,
+          deterministic ? 1 : 0};
 }
 
 struct AlgoCache {
@@ -301,13 +306,15 @@ Buffer search_workspace(std::size_t need) {
   }
 }
 
-/// The fastest successful result that fits `limit` bytes and, with TF32 off, uses FMA math.
+/// The fastest successful result that fits `limit` bytes and, with TF32 off, uses FMA math; in
+/// deterministic mode, only a deterministic one.
 template <typename Perf>
-bool pick(const std::vector<Perf>& perf, int returned, bool tf32, std::size_t limit, AlgoChoice& out) {
+bool pick(const std::vector<Perf>& perf, int returned, const CudnnConv& c, std::size_t limit, AlgoChoice& out) {
   for (int i = 0; i < returned; ++i) {
     const Perf& r = perf[i];
     if (r.status != CUDNN_STATUS_SUCCESS || r.memory > limit) continue;
-    if (!tf32 && r.mathType != CUDNN_FMA_MATH) continue;
+    if (!c.tf32 && r.mathType != CUDNN_FMA_MATH) continue;
+    if (c.deterministic && r.determinism != CUDNN_DETERMINISTIC) continue;
     out.algo = static_cast<int>(r.algo);
     out.math = r.mathType;
     out.workspace = r.memory;
@@ -334,7 +341,7 @@ AlgoChoice find_forward(cudnnHandle_t h, CudnnConv& c, const float* x, const flo
                                                      y, static_cast<int>(perf.size()), &returned, perf.data(),
                                                      ws.data(), ws.size()));
   AlgoChoice ch;
-  if (!pick(perf, returned, c.tf32, ws.size(), ch)) {
+  if (!pick(perf, returned, c, ws.size(), ch)) {
     // Nothing usable (should not happen): implicit GEMM, which supports every configuration.
     ch.algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
     ch.math = c.tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
@@ -363,11 +370,12 @@ AlgoChoice find_backward_data(cudnnHandle_t h, CudnnConv& c, const float* w, con
                                                           c.x.get(), dx, static_cast<int>(perf.size()),
                                                           &returned, perf.data(), ws.data(), ws.size()));
   AlgoChoice ch;
-  if (!pick(perf, returned, c.tf32, ws.size(), ch)) {
-    ch.algo = CUDNN_CONVOLUTION_BWD_DATA_ALGO_0;
+  if (!pick(perf, returned, c, ws.size(), ch)) {
+    // ALGO_1 is deterministic (ALGO_0 adds with atomics) and supports every configuration.
+    ch.algo = CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
     ch.math = c.tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
     CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
-        h, c.w.get(), c.y.get(), c.conv.get(), c.x.get(), CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, &ch.workspace));
+        h, c.w.get(), c.y.get(), c.conv.get(), c.x.get(), CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, &ch.workspace));
   }
   return ch;
 }
@@ -390,11 +398,12 @@ AlgoChoice find_backward_filter(cudnnHandle_t h, CudnnConv& c, const float* x, c
                                                             c.w.get(), dw, static_cast<int>(perf.size()),
                                                             &returned, perf.data(), ws.data(), ws.size()));
   AlgoChoice ch;
-  if (!pick(perf, returned, c.tf32, ws.size(), ch)) {
-    ch.algo = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0;
+  if (!pick(perf, returned, c, ws.size(), ch)) {
+    // ALGO_1 is deterministic (ALGO_0 and ALGO_3 add with atomics) and supports every configuration.
+    ch.algo = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
     ch.math = c.tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
     CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, c.x.get(), c.y.get(), c.conv.get(),
-                                                               c.w.get(), CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0,
+                                                               c.w.get(), CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
                                                                &ch.workspace));
   }
   return ch;
@@ -404,7 +413,7 @@ AlgoChoice find_backward_filter(cudnnHandle_t h, CudnnConv& c, const float* x, c
 /// Leaves the descriptor's math type set to the choice's.
 template <typename Find>
 AlgoChoice choose(Pass pass, const ConvShape& g, int64_t x_img, CudnnConv& c, Find find) {
-  const AlgoKey key = algo_key(pass, g, x_img, c.tf32);
+  const AlgoKey key = algo_key(pass, g, x_img, c.tf32, c.deterministic);
   AlgoCache& cache = algo_cache();
   std::lock_guard<std::mutex> lock(cache.mu);
   auto it = cache.choices.find(key);

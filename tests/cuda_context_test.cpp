@@ -51,6 +51,15 @@ TEST(CudaContextSwitches, ParseAcceptsTheLibraryNameLibraryAndNative) {
             "kernel, the default)");
 }
 
+TEST(CudaContextSwitches, DeterministicModeSetsAndRestores) {
+  const bool saved = cuda::deterministic();
+  cuda::set_deterministic(true);
+  EXPECT_TRUE(cuda::deterministic());
+  cuda::set_deterministic(false);
+  EXPECT_FALSE(cuda::deterministic());
+  cuda::set_deterministic(saved);
+}
+
 TEST(CudaContextSwitches, DefaultsAreTheLibrariesExceptBatchNorm) {
   using cuda::Family;
   using cuda::Impl;

@@ -171,6 +171,18 @@ class Tf32Scope {
   bool saved_;
 };
 
+/// Deterministic mode (cuda::set_deterministic) for its lifetime, restored after.
+class DeterministicScope {
+ public:
+  DeterministicScope() : saved_(cuda::deterministic()) { cuda::set_deterministic(true); }
+  ~DeterministicScope() { cuda::set_deterministic(saved_); }
+  DeterministicScope(const DeterministicScope&) = delete;
+  DeterministicScope& operator=(const DeterministicScope&) = delete;
+
+ private:
+  bool saved_;
+};
+
 /// Runs every op family (conv, BN, pool, GEMM) on `impl` and sets TF32 for its lifetime; waits for the
 /// stream, then restores the previous choices. Make one only where a GPU is usable.
 class ImplScope {
