@@ -62,7 +62,7 @@ void* BlockCache::take(std::size_t size, std::size_t requested, Stream stream, u
   if (it == free_.end()) return nullptr;
   Block* b = *it;
   if (b->small != probe.small || b->pool != pool || b->stream != stream) return nullptr;
-  if (b->small && b->size != size) return nullptr;  // small blocks: exactly their class
+  if (!splits(b->small) && b->size != size) return nullptr;  // e.g. small blocks: exactly their class
   erase_free(b);
   if (b->size > size) split(b, size);
   b->in_use = true;
@@ -81,7 +81,7 @@ void* BlockCache::add_segment(void* base, std::size_t segment_size, std::size_t 
   b->small = size <= kSmallLimit;
   blocks_[b->ptr] = b;
   ++segments_;
-  if (segment_size > size && !b->small) split(b, size);
+  if (segment_size > size && splits(b->small)) split(b, size);
   b->in_use = true;
   b->requested = requested;
   allocated_ += b->size;

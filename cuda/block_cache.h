@@ -33,7 +33,13 @@ class BlockCache {
   using Stream = const void*;
   static constexpr std::size_t kSmallLimit = std::size_t{1} << 20;
 
-  BlockCache() = default;
+  /// Which blocks are split to serve smaller requests (and merge back when freed).
+  enum class Policy {
+    ExactClasses,  // none: every block reused only by its exact class (the first version)
+    SplitLarge,    // large blocks (the default, above)
+    SplitAll,      // small blocks too, within small segments (the caller makes those, e.g. 2 MiB each)
+  };
+  explicit BlockCache(Policy policy = Policy::SplitLarge) : policy_(policy) {}
   BlockCache(const BlockCache&) = delete;
   BlockCache& operator=(const BlockCache&) = delete;
   ~BlockCache();
@@ -77,7 +83,7 @@ class BlockCache {
     std::size_t requested = 0;
     Stream stream = nullptr;
     uint64_t pool = 0;
-    bool small = false;  // its segment is a small class: served whole, never split
+    bool small = false;  // made for a small class (<= kSmallLimit): served whole unless Policy::SplitAll
     bool in_use = false;
     uint64_t freed_seq = 0;  // when it was last cached (the most recent is reused first)
     Block* prev = nullptr;  // neighbours inside the same segment (nullptr at its ends)
@@ -97,6 +103,10 @@ class BlockCache {
   std::set<Block*, Order> free_;
   std::size_t allocated_ = 0, cached_ = 0, pool_cached_ = 0, segments_ = 0;
   uint64_t seq_ = 0;
+  Policy policy_ = Policy::SplitLarge;
+  bool splits(bool small) const {
+    return small ? policy_ == Policy::SplitAll : policy_ != Policy::ExactClasses;
+  }
 };
 
 }  // namespace ladnn::cuda

@@ -68,6 +68,7 @@ Shape contiguous_strides(const Shape& shape) {
 
 namespace {
 std::atomic<std::size_t> g_cpu_live{0}, g_cpu_peak{0};
+std::atomic<CpuStorageObserver> g_cpu_observer{nullptr};
 
 void note_cpu_alloc(std::size_t n) {
   const std::size_t now = g_cpu_live.fetch_add(n) + n;
@@ -83,6 +84,9 @@ CpuMemoryStats cpu_memory_stats() {
 void reset_cpu_memory_peak() {
   g_cpu_peak.store(g_cpu_live.load());
 }
+void set_cpu_storage_observer(CpuStorageObserver observer) {
+  g_cpu_observer.store(observer);
+}
 
 Storage::Storage(std::size_t nbytes, Device device) : nbytes_(nbytes), device_(device) {
   if (device.is_cpu()) {
@@ -91,6 +95,7 @@ Storage::Storage(std::size_t nbytes, Device device) : nbytes_(nbytes), device_(d
     data_ = std::aligned_alloc(64, rounded);
     if (!data_) throw std::bad_alloc();
     note_cpu_alloc(nbytes_);
+    if (CpuStorageObserver obs = g_cpu_observer.load(std::memory_order_relaxed)) obs(data_, nbytes_, true);
   } else {
     data_ = cuda::device_alloc(nbytes, device.index);
   }
@@ -98,6 +103,7 @@ Storage::Storage(std::size_t nbytes, Device device) : nbytes_(nbytes), device_(d
 
 Storage::~Storage() {
   if (device_.is_cpu()) {
+    if (CpuStorageObserver obs = g_cpu_observer.load(std::memory_order_relaxed)) obs(data_, nbytes_, false);
     std::free(data_);
     g_cpu_live.fetch_sub(nbytes_);
   } else {

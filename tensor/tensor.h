@@ -83,6 +83,12 @@ struct CpuMemoryStats {
 CpuMemoryStats cpu_memory_stats();
 /// Peak restarts from the live value.
 void reset_cpu_memory_peak();
+/// Called with every CPU Storage's address and size when it is made (allocated = true) and freed; null
+/// (the default) for none. A measuring aid: bench/allocator_bench.cpp replays a training step's
+/// allocations through the GPU allocator's book-keeping this way. Not for use while other threads
+/// create tensors.
+using CpuStorageObserver = void (*)(const void* ptr, std::size_t nbytes, bool allocated);
+void set_cpu_storage_observer(CpuStorageObserver observer);
 
 class Generator;
 

@@ -111,6 +111,16 @@ TEST(BlockCache, SmallBlocksAreReusedOnlyByExactClassAndNeverSplit) {
   expect_consistent(c);
 }
 
+TEST(BlockCache, WithoutSplittingLargeBlocksServeOnlyTheirExactClass) {
+  BlockCache c(BlockCache::Policy::ExactClasses);
+  FakeDevice d;
+  void* big = alloc(c, d, 100 * MiB);
+  c.put_back(big);
+  EXPECT_EQ(c.take(30 * MiB, 1, nullptr, 0), nullptr) << "the first version's policy never splits";
+  EXPECT_EQ(c.take(100 * MiB, 1, nullptr, 0), big);
+  expect_consistent(c);
+}
+
 TEST(BlockCache, TheMostRecentlyFreedBlockOfASizeComesFirst) {
   BlockCache c;
   FakeDevice d;
