@@ -121,6 +121,23 @@ TEST(BlockCache, WithoutSplittingLargeBlocksServeOnlyTheirExactClass) {
   expect_consistent(c);
 }
 
+TEST(BlockCache, SplitAllCarvesSmallRequestsFromSmallSegmentsOnly) {
+  BlockCache c(BlockCache::Policy::SplitAll);
+  FakeDevice d;
+  // A 2 MiB segment made for a 4 KiB request: the rest serves the next small requests.
+  void* a = c.add_segment(d.malloc(2 * MiB), 2 * MiB, 4 * KiB, 1, nullptr, 0);
+  void* b = c.take(8 * KiB, 1, nullptr, 0);
+  EXPECT_EQ(b, at(a, 4 * KiB));
+  EXPECT_EQ(c.cached_bytes(), 2 * MiB - 12 * KiB);
+  // Large requests never carve a small segment, even one with room.
+  EXPECT_EQ(c.take(1 * MiB + 512 * KiB, 1, nullptr, 0), nullptr);
+  c.put_back(a);
+  c.put_back(b);
+  ASSERT_EQ(c.free_blocks().size(), 1u);
+  EXPECT_EQ(c.free_blocks()[0], std::make_pair(a, 2 * MiB));
+  expect_consistent(c);
+}
+
 TEST(BlockCache, TheMostRecentlyFreedBlockOfASizeComesFirst) {
   BlockCache c;
   FakeDevice d;
