@@ -122,16 +122,18 @@ void BM_TrainingStepReplay(benchmark::State& state) {
   state.counters["reserved_GiB"] = reserved_gib;
   state.counters["reserved/live_peak"] = reserved_gib / live_peak_gib;
   state.counters["segments"] = segments;
-  state.counters["live_after_GiB"] = live_end;            // in use after the step (pool's and others')
-  state.counters["pool_free_GiB"] = pool_cached;          // the pool's free blocks
-  state.counters["other_free_GiB"] = common_cached;       // free rests of segments still in use
-  state.SetLabel(std::string("densenet169 b") + std::to_string(batch) + (memory_efficient ? " memory-efficient" : "") +
-                 (policy == cuda::BlockCache::Policy::ExactClasses ? ", exact classes"
-                  : policy == cuda::BlockCache::Policy::SplitLarge ? ", large blocks split"
-                                                                    : ", all blocks split (2 MiB small segments)"));
+  state.counters["live_after_GiB"] = live_end;       // in use after the step (pool's and others')
+  state.counters["pool_free_GiB"] = pool_cached;     // the pool's free blocks
+  state.counters["other_free_GiB"] = common_cached;  // free rests of segments still in use
+  state.SetLabel(
+      std::string("densenet169 b") + std::to_string(batch) + (memory_efficient ? " memory-efficient" : "") +
+      (policy == cuda::BlockCache::Policy::ExactClasses ? ", exact classes"
+       : policy == cuda::BlockCache::Policy::SplitLarge ? ", large blocks split"
+                                                        : ", all blocks split (2 MiB small segments)"));
 }
 
-// densenet169/<batch>/<memory-efficient>/<policy: 0 exact classes, 1 split large (the allocator's), 2 split all>
+// densenet169/<batch>/<memory-efficient>/<policy: 0 exact classes, 1 split large (the allocator's), 2 split
+// all>
 BENCHMARK(BM_TrainingStepReplay)
     ->Name("densenet169")
     ->ArgsProduct({{8, 64}, {0, 1}, {0, 1, 2}})

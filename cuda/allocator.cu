@@ -174,7 +174,8 @@ class CachingAllocator {
     std::string msg = "CUDA out of memory: tried to allocate " + format_bytes(nbytes) + " on cuda:0";
     if (size != nbytes) msg += " (size class " + format_bytes(size) + ")";
     msg += "; ladnn has " + format_bytes(cache_.allocated_bytes()) + " in use and had " +
-           format_bytes(cached_before) + " cached" + (cached_before > 0 ? " (free segments released, then retried)" : "");
+           format_bytes(cached_before) + " cached" +
+           (cached_before > 0 ? " (free segments released, then retried)" : "");
     std::size_t free_b = 0, total_b = 0;
     if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess)
       msg += "; the device has " + format_bytes(free_b) + " free of " + format_bytes(total_b);

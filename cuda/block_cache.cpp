@@ -160,7 +160,8 @@ void BlockCache::release_pool(uint64_t pool) {
 std::vector<std::pair<void*, std::size_t>> BlockCache::free_blocks() const {
   std::vector<std::pair<void*, std::size_t>> out;
   for (const Block* b : free_) out.emplace_back(b->ptr, b->size);
-  std::sort(out.begin(), out.end(), [](const auto& x, const auto& y) { return std::less<void*>()(x.first, y.first); });
+  std::sort(out.begin(), out.end(),
+            [](const auto& x, const auto& y) { return std::less<void*>()(x.first, y.first); });
   return out;
 }
 

@@ -86,7 +86,7 @@ class BlockCache {
     bool small = false;  // made for a small class (<= kSmallLimit): served whole unless Policy::SplitAll
     bool in_use = false;
     uint64_t freed_seq = 0;  // when it was last cached (the most recent is reused first)
-    Block* prev = nullptr;  // neighbours inside the same segment (nullptr at its ends)
+    Block* prev = nullptr;   // neighbours inside the same segment (nullptr at its ends)
     Block* next = nullptr;
   };
   // Free blocks ordered so that lower_bound finds the best fit: same kind, pool and stream, then the

@@ -1,6 +1,8 @@
 // tests/block_cache_test.cpp — the caching allocator's book-keeping (cuda/block_cache.h) on made-up
 // addresses: no GPU needed, the cache never touches the memory it tracks. The device side
 // (cudaMalloc/cudaFree, limits, statistics) is tests/cuda_allocator_test.cpp.
+#include "cuda/block_cache.h"
+
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -10,7 +12,6 @@
 #include <vector>
 
 #include "cuda/allocator.h"
-#include "cuda/block_cache.h"
 
 using ladnn::cuda::BlockCache;
 
@@ -31,7 +32,8 @@ struct FakeDevice {
 };
 
 /// What the allocator does: the cache first, a new segment of exactly the class otherwise.
-void* alloc(BlockCache& c, FakeDevice& d, std::size_t size, BlockCache::Stream s = nullptr, uint64_t pool = 0) {
+void* alloc(BlockCache& c, FakeDevice& d, std::size_t size, BlockCache::Stream s = nullptr,
+            uint64_t pool = 0) {
   if (void* p = c.take(size, size, s, pool)) return p;
   return c.add_segment(d.malloc(size), size, size, size, s, pool);
 }
@@ -186,7 +188,7 @@ TEST(BlockCache, OnlyWhollyFreeSegmentsAreDropped) {
   void* seg = alloc(c, d, 64 * MiB);
   c.put_back(seg);
   void* part = c.take(16 * MiB, 1, nullptr, 0);  // the segment is now partly in use
-  void* other = alloc(c, d, 512 * KiB);  // small: a segment of its own (a large one would be carved)
+  void* other = alloc(c, d, 512 * KiB);          // small: a segment of its own (a large one would be carved)
   c.put_back(other);
   std::vector<std::pair<void*, std::size_t>> dropped = c.drop_free_segments();
   ASSERT_EQ(dropped.size(), 1u);
