@@ -62,12 +62,15 @@ class CudaGraphTest : public ::testing::TestWithParam<cuda::Impl> {
 };
 
 // Four SGD steps on the same batch: eagerly, and as one eager step + a capture + three replays. Same
-// kernels in the same order, so the two agree to rounding — not to the bit: the max-pool backward
-// scatters with atomicAdd and cuDNN may sum in any order. SGD, because Adam turns such rounding noise
-// in a near-zero gradient into a full +-lr step (the first H200 run saw 5e-5 differences in the stem's
-// BatchNorm weights after four Adam steps, graph or not); Adam under replay is checked exactly below.
-// A replay that skipped the BatchNorm counter or read stale inputs or weights would be off by far more.
+// kernels in the same order. Deterministic mode (cuDNN's deterministic algorithms; the max-pool
+// backward gathers since 2026-11-27) keeps rounding noise out of the comparison; before it, the
+// max-pool's atomicAdd and cuDNN's summation order made the runs differ in the last bits. SGD, because
+// Adam turns such noise in a near-zero gradient into a full +-lr step (the first H200 run saw 5e-5
+// differences in the stem's BatchNorm weights after four Adam steps, graph or not); Adam under replay
+// is checked exactly below. A replay that skipped the BatchNorm counter or read stale inputs or weights
+// would be off by far more.
 TEST_P(CudaGraphTest, ReplayedTrainingStepsEqualEagerSteps) {
+  DeterministicScope deterministic;
   Generator gen(31);
   const Data d = make_data(4, gen);
   auto eager = tiny_ladnn(7), graphed = tiny_ladnn(7);

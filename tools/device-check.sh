@@ -30,8 +30,10 @@
 #        cudnn-bn    the same rows with LADNN_BN=cudnn (the library twin of the default, our fused BN-ReLU)
 #        memory      batch 64 training with --memory-efficient: the peak-memory goal
 #        profile     batch 32 eager training with --profile: the per-op table
+#        tf32-off    inference at batches 1 and 32 with LADNN_TF32=0 (at batch 1 cuDNN's FP32 kernels beat
+#                    its TF32 ones: 3.19 vs 4.11 ms in run 5)
 # LADNN_CHECK_STEPS picks the steps (comma-separated names: info,tests,sanitizer,kernels,bench,before,
-# cudnn-bn,memory,profile; default all but the comparisons, which need the time of a second call).
+# cudnn-bn,memory,profile,tf32-off; default all but the comparisons, which need the time of a second call).
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to
 # device-check-out/.
 #
@@ -204,6 +206,8 @@ fi
 want cudnn-bn && compare cudnn-bn LADNN_BN=cudnn timeout "$T_COMPARE" "$B/ladnn" bench $BENCH_ARGS --torch off
 want memory && compare memory timeout "$T_COMPARE" "$B/ladnn" bench --batches 64 --work train --memory-efficient \
   --torch off --steps 10 --warmup 3
+want tf32-off && compare tf32-off LADNN_TF32=0 timeout "$T_COMPARE" "$B/ladnn" bench --batches 1,32 --work infer \
+  --graph on --torch off --steps 20 --warmup 3
 want profile && compare profile timeout "$T_COMPARE" "$B/ladnn" bench --batches 32 --work train --graph off \
   --profile --torch off --steps 5 --warmup 2
 
