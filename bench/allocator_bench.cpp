@@ -16,11 +16,11 @@
 // Measured (2026-11-27, this repository's 2-core CPU machine): memory-efficient batch 64, live peak
 // 4.19 GiB; policy 0 reserves 11.40 GiB, policy 1 5.10 (the H200 measured 14.65 and 5.77-5.81 GiB for
 // the same step with its GPU-only scratch on top, and 4.24-4.31 GiB live). At batch 8 policy 2 cuts the
-// segments from ~1,850 to ~160 but not the bytes, and segments of at least 64 or 256 MiB for large
-// requests were no better, nor was address-ordered first fit instead of best fit (memory-efficient
-// batch 8: 1.26x the live peak against 1.22x) (all tried, removed). What is left (reserved 1.22x the live peak, nothing held
-// outside the pool but live tensors) is the pool's own fragmentation; our guess, not measured, is that
-// a cure needs segments that grow in place (cuMemMap-backed, as PyTorch's expandable segments).
+// segments from ~1,850 to ~160 but not the bytes; segments of at least 64 or 256 MiB for large requests,
+// and address-ordered first fit instead of best fit (1.26x the live peak against 1.22x), were no better
+// (all tried, removed). What is left (reserved 1.22x the live peak, nothing held outside the pool but
+// live tensors) is the pool's own fragmentation; our guess, not measured, is that a cure needs segments
+// that grow in place (cuMemMap-backed, as PyTorch's expandable segments).
 //
 // Caveats: CPU ops make the same tensors as the GPU's, not the same scratch (cuDNN workspaces and our
 // kernels' partial sums are GPU-only, im2col buffers CPU-only); and a step of DenseNet-169 at 224x224
