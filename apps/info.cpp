@@ -1,8 +1,10 @@
 // apps/info.cpp — `ladnn info`: what this binary was built with and what it can run on.
-#include <iostream>
 #include <omp.h>
 
+#include <iostream>
+
 #include "apps/apps.h"
+#include "cuda/context.h"
 #include "cuda/runtime.h"
 #include "tensor/cpu/gemm.h"
 
@@ -28,8 +30,7 @@ static void print_info() {
 #else
   std::cout << "  CUDA backend   off\n";
 #endif
-  std::cout << "  CPU GEMM       " << (cpu::have_blas() ? cpu::blas_name() : "built-in blocked GEMM")
-            << "\n";
+  std::cout << "  CPU GEMM       " << (cpu::have_blas() ? cpu::blas_name() : "built-in blocked GEMM") << "\n";
   std::cout << "\nlibraries\n";
 #ifdef LADNN_HAVE_CUDA
   std::cout << "  CUDA runtime   " << cuda::runtime_version() << "\n";
@@ -37,6 +38,9 @@ static void print_info() {
   std::cout << "  cuBLAS         " << cuda::cublas_version() << "\n";
 #endif
   std::cout << "  compiler       g++ " << __VERSION__ << ", C++" << __cplusplus / 100 % 100 << "\n";
+#ifdef LADNN_HAVE_CUDA
+  std::cout << "\nGPU switches (environment, cuda/context.h)\n" << cuda::describe_switches();
+#endif
 }
 
 static void add_info(CLI::App& app) {

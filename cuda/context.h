@@ -40,6 +40,11 @@ Impl parse_impl(Family f, const std::string& value, const char* where);
 bool tf32_enabled();
 void set_tf32(bool on);
 
+/// One line per switch, as `ladnn info` prints them: "conv  cudnn  (LADNN_CONV; default cudnn)", ...,
+/// "tf32  on  (LADNN_TF32)", "deterministic  off  (LADNN_DETERMINISTIC)". A switch whose environment
+/// value is invalid says so instead of throwing.
+std::string describe_switches();
+
 /// Deterministic mode (LADNN_DETERMINISTIC=1, off by default, as PyTorch's
 /// torch.backends.cudnn.deterministic): cuDNN convolutions use only algorithms that give the same bits on
 /// every run (some backward algorithms add partial sums with atomics, in any order). Our own kernels are

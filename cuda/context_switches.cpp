@@ -11,6 +11,7 @@
 #include <cctype>
 #include <cstdlib>
 #include <stdexcept>
+#include <sstream>
 #include <string>
 
 #include "cuda/context.h"
@@ -147,6 +148,33 @@ void set_deterministic(bool on) {
 
 void set_tf32(bool on) {
   g_tf32.store(on ? 1 : 0);
+}
+
+std::string describe_switches() {
+  std::ostringstream out;
+  auto line = [&](const std::string& name, const std::string& value, const std::string& note) {
+    out << "  " << name << std::string(name.size() < 15 ? 15 - name.size() : 1, ' ') << value
+        << std::string(value.size() < 8 ? 8 - value.size() : 1, ' ') << "(" << note << ")\n";
+  };
+  for (Family f : {Family::Conv, Family::BatchNorm, Family::Pool, Family::Gemm}) {
+    const std::string note = std::string(env_name(f)) + "; default " + impl_name(f, default_impl(f));
+    try {
+      line(family_name(f), impl_name(f, impl(f)), note);
+    } catch (const std::exception& e) {
+      line(family_name(f), "invalid", e.what());
+    }
+  }
+  try {
+    line("tf32", tf32_enabled() ? "on" : "off", "LADNN_TF32; default on");
+  } catch (const std::exception& e) {
+    line("tf32", "invalid", e.what());
+  }
+  try {
+    line("deterministic", deterministic() ? "on" : "off", "LADNN_DETERMINISTIC; default off");
+  } catch (const std::exception& e) {
+    line("deterministic", "invalid", e.what());
+  }
+  return out.str();
 }
 
 }  // namespace ladnn::cuda

@@ -60,6 +60,25 @@ TEST(CudaContextSwitches, DeterministicModeSetsAndRestores) {
   cuda::set_deterministic(saved);
 }
 
+TEST(CudaContextSwitches, DescribeSwitchesNamesEachValueAndVariable) {
+  using cuda::Family;
+  using cuda::Impl;
+  const Impl saved_bn = cuda::impl(Family::BatchNorm);
+  const bool saved_tf32 = cuda::tf32_enabled(), saved_det = cuda::deterministic();
+  cuda::set_impl(Family::BatchNorm, Impl::Library);
+  cuda::set_tf32(false);
+  cuda::set_deterministic(true);
+  const std::string d = cuda::describe_switches();
+  cuda::set_impl(Family::BatchNorm, saved_bn);
+  cuda::set_tf32(saved_tf32);
+  cuda::set_deterministic(saved_det);
+  EXPECT_NE(d.find("  bn             cudnn   (LADNN_BN; default native)\n"), std::string::npos) << d;
+  EXPECT_NE(d.find("  tf32           off     (LADNN_TF32; default on)\n"), std::string::npos) << d;
+  EXPECT_NE(d.find("  deterministic  on      (LADNN_DETERMINISTIC; default off)\n"), std::string::npos) << d;
+  EXPECT_NE(d.find("  gemm           "), std::string::npos) << d;
+  EXPECT_NE(d.find("(LADNN_GEMM; default cublas)"), std::string::npos) << d;
+}
+
 TEST(CudaContextSwitches, DefaultsAreTheLibrariesExceptBatchNorm) {
   using cuda::Family;
   using cuda::Impl;
