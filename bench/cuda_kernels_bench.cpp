@@ -223,7 +223,7 @@ void bench_max_pool(benchmark::State& state, PoolShape ps, bool backward, Impl i
     if (!backward)
       run_timed(state, [&] { ops::max_pool2d_forward(x, p); }, {4 * nx + 12 * ny, 0});
     else
-      run_timed(state, [&] { ops::max_pool2d_backward(dy, f.indices, ps.x); }, {12 * ny + 4 * nx, 0});
+      run_timed(state, [&] { ops::max_pool2d_backward(dy, f.indices, ps.x, p); }, {12 * ny + 4 * nx, 0});  // the gather autograd runs
     state.SetLabel(cuda::impl_name(Family::Pool, impl));
   });
 }

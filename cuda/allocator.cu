@@ -15,7 +15,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
-#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -93,7 +92,6 @@ class CachingAllocator {
     std::lock_guard<std::mutex> lock(mu_);
     if (active_pool_ != 0) throw Error("cuda::begin_pool: a private pool is already active (nested capture)");
     active_pool_ = pool;
-    live_pools_.insert(pool);
   }
   void end_pool() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -101,8 +99,7 @@ class CachingAllocator {
   }
   void release_pool(uint64_t pool) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (live_pools_.erase(pool) == 0) return;
-    cache_.release_pool(pool);
+    cache_.release_pool(pool);  // a pool with no blocks (or released before) has nothing to retag
     sync_stats();
   }
 
@@ -187,7 +184,6 @@ class CachingAllocator {
 
   std::mutex mu_;
   BlockCache cache_;
-  std::set<uint64_t> live_pools_;  // pools begun and not yet released
   uint64_t active_pool_ = 0;
   AllocatorStats stats_;
   std::size_t limit_ = 0;

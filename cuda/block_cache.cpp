@@ -51,6 +51,15 @@ BlockCache::Block* BlockCache::split(Block* b, std::size_t size) {
   return rest;
 }
 
+void BlockCache::absorb_next(Block* b) {
+  Block* n = b->next;
+  b->size += n->size;
+  b->next = n->next;
+  if (n->next) n->next->prev = b;
+  blocks_.erase(n->ptr);
+  delete n;
+}
+
 void* BlockCache::take(std::size_t size, std::size_t requested, Stream stream, uint64_t pool) {
   Block probe;
   probe.small = size <= kSmallLimit;
@@ -104,22 +113,14 @@ BlockCache::Freed BlockCache::put_back(void* p) {
   allocated_ -= b->size;
   // Merge with free neighbours (only large segments have any). They share b's stream and pool: a
   // segment is made for one stream inside one pool, and release_pool retags all of a pool's blocks.
-  if (Block* prev = b->prev; prev && !prev->in_use) {
-    erase_free(prev);
-    prev->size += b->size;
-    prev->next = b->next;
-    if (b->next) b->next->prev = prev;
-    blocks_.erase(b->ptr);
-    delete b;
-    b = prev;
+  if (b->prev && !b->prev->in_use) {
+    erase_free(b->prev);
+    b = b->prev;
+    absorb_next(b);
   }
-  if (Block* next = b->next; next && !next->in_use) {
-    erase_free(next);
-    b->size += next->size;
-    b->next = next->next;
-    if (next->next) next->next->prev = b;
-    blocks_.erase(next->ptr);
-    delete next;
+  if (b->next && !b->next->in_use) {
+    erase_free(b->next);
+    absorb_next(b);
   }
   insert_free(b);
   return out;

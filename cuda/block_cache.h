@@ -98,6 +98,7 @@ class BlockCache {
   void insert_free(Block* b);
   void erase_free(Block* b);
   Block* split(Block* b, std::size_t size);  // b keeps `size` bytes; the rest becomes a new free block
+  void absorb_next(Block* b);                // b grows over b->next (free, in no free set), which goes away
 
   std::unordered_map<const void*, Block*> blocks_;  // every block, by its address
   std::set<Block*, Order> free_;

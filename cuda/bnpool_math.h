@@ -300,43 +300,51 @@ LADNN_HD float avg_pool_at(const float* x, int64_t o, const PoolGeom& g) {
   return sum / static_cast<float>(win.divisor);
 }
 
-/// dx at input element i = ((plane * H) + h) * W + w: the CPU's scatter as a gather. The windows
-/// [oh*sh - ph, oh*sh - ph + kh) that contain h are oh in [floor((h + ph - kh) / sh) + 1, floor((h + ph) / sh)]
-/// (clipped to [0, OH)); likewise for w.
+/// Input element i = ((plane * H) + h) * W + w and the outputs whose windows may contain it, for the
+/// backward gathers: the windows [oh*sh - ph, oh*sh - ph + kh) that contain h are oh in
+/// [floor((h + ph - kh) / sh) + 1, floor((h + ph) / sh)] (clipped to [0, OH)); likewise for w.
+struct Covering {
+  int64_t plane, h, w;
+  int64_t oh_lo, oh_hi, ow_lo, ow_hi;  // inclusive
+};
+LADNN_HD Covering covering_outputs(int64_t i, const PoolGeom& g) {
+  Covering c;
+  c.w = i % g.W;
+  const int64_t t = i / g.W;
+  c.h = t % g.H;
+  c.plane = t / g.H;
+  c.oh_lo = c.h + g.ph < g.kh ? 0 : (c.h + g.ph - g.kh) / g.sh + 1;
+  c.oh_hi = imin(g.OH - 1, (c.h + g.ph) / g.sh);
+  c.ow_lo = c.w + g.pw < g.kw ? 0 : (c.w + g.pw - g.kw) / g.sw + 1;
+  c.ow_hi = imin(g.OW - 1, (c.w + g.pw) / g.sw);
+  return c;
+}
+
+/// dx at input element i: the CPU's scatter as a gather over covering_outputs.
 LADNN_HD float avg_pool_backward_at(const float* dy, int64_t i, const PoolGeom& g) {
-  const int64_t w = i % g.W, t = i / g.W;
-  const int64_t h = t % g.H, plane = t / g.H;
-  const int64_t oh_lo = h + g.ph < g.kh ? 0 : (h + g.ph - g.kh) / g.sh + 1;
-  const int64_t oh_hi = imin(g.OH - 1, (h + g.ph) / g.sh);
-  const int64_t ow_lo = w + g.pw < g.kw ? 0 : (w + g.pw - g.kw) / g.sw + 1;
-  const int64_t ow_hi = imin(g.OW - 1, (w + g.pw) / g.sw);
-  const float* dyp = dy + plane * g.OH * g.OW;
+  const Covering c = covering_outputs(i, g);
+  const float* dyp = dy + c.plane * g.OH * g.OW;
   float sum = 0.0f;
-  for (int64_t oh = oh_lo; oh <= oh_hi; ++oh)
-    for (int64_t ow = ow_lo; ow <= ow_hi; ++ow) {
+  for (int64_t oh = c.oh_lo; oh <= c.oh_hi; ++oh)
+    for (int64_t ow = c.ow_lo; ow <= c.ow_hi; ++ow) {
       const AvgWindow win = avg_window(oh, ow, g);
-      if (h < win.h0 || h >= win.h1 || w < win.w0 || w >= win.w1) continue;  // defensive: always inside
+      if (c.h < win.h0 || c.h >= win.h1 || c.w < win.w0 || c.w >= win.w1) continue;  // defensive: always inside
       sum += dyp[oh * g.OW + ow] / static_cast<float>(win.divisor);
     }
   return sum;
 }
 
 /// dx at input element i for max pooling, as a gather: the sum of dy over the outputs whose windows
-/// contain the cell (the same oh/ow ranges as avg_pool_backward_at) and whose saved index names it,
+/// contain the cell (covering_outputs) and whose saved index names it,
 /// in increasing output order — the CPU scatter's order, so the float sum is the CPU's to the bit, and
 /// the same on every run (the scatter form needs atomicAdd where windows overlap: run-to-run noise).
 LADNN_HD float max_pool_backward_at(const float* dy, const int64_t* ind, int64_t i, const PoolGeom& g) {
-  const int64_t w = i % g.W, t = i / g.W;
-  const int64_t h = t % g.H, plane = t / g.H;
-  const int64_t oh_lo = h + g.ph < g.kh ? 0 : (h + g.ph - g.kh) / g.sh + 1;
-  const int64_t oh_hi = imin(g.OH - 1, (h + g.ph) / g.sh);
-  const int64_t ow_lo = w + g.pw < g.kw ? 0 : (w + g.pw - g.kw) / g.sw + 1;
-  const int64_t ow_hi = imin(g.OW - 1, (w + g.pw) / g.sw);
-  const int64_t cell = h * g.W + w;
-  const int64_t base = plane * g.OH * g.OW;
+  const Covering c = covering_outputs(i, g);
+  const int64_t cell = c.h * g.W + c.w;
+  const int64_t base = c.plane * g.OH * g.OW;
   float sum = 0.0f;
-  for (int64_t oh = oh_lo; oh <= oh_hi; ++oh)
-    for (int64_t ow = ow_lo; ow <= ow_hi; ++ow) {
+  for (int64_t oh = c.oh_lo; oh <= c.oh_hi; ++oh)
+    for (int64_t ow = c.ow_lo; ow <= c.ow_hi; ++ow) {
       const int64_t o = base + oh * g.OW + ow;
       if (ind[o] == cell) sum += dy[o];
     }

@@ -10,8 +10,8 @@
 #include <atomic>
 #include <cctype>
 #include <cstdlib>
-#include <stdexcept>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 
 #include "cuda/context.h"
@@ -125,7 +125,8 @@ void set_impl(Family f, Impl impl) {
 bool tf32_enabled() {
   int v = g_tf32.load(std::memory_order_relaxed);
   if (v == kUnread) {
-    const int parsed = env_switch("LADNN_TF32", 1);  // TF32 on by default, as cuDNN and PyTorch's convolutions
+    // TF32 on by default, as cuDNN and PyTorch's convolutions.
+    const int parsed = env_switch("LADNN_TF32", 1);
     int expected = kUnread;
     v = g_tf32.compare_exchange_strong(expected, parsed) ? parsed : expected;
   }
@@ -156,24 +157,20 @@ std::string describe_switches() {
     out << "  " << name << std::string(name.size() < 15 ? 15 - name.size() : 1, ' ') << value
         << std::string(value.size() < 8 ? 8 - value.size() : 1, ' ') << "(" << note << ")\n";
   };
-  for (Family f : {Family::Conv, Family::BatchNorm, Family::Pool, Family::Gemm}) {
-    const std::string note = std::string(env_name(f)) + "; default " + impl_name(f, default_impl(f));
+  // An invalid environment value throws from the query: say so on its line.
+  auto guarded = [&](const std::string& name, const std::string& note, auto value) {
     try {
-      line(family_name(f), impl_name(f, impl(f)), note);
+      line(name, value(), note);
     } catch (const std::exception& e) {
-      line(family_name(f), "invalid", e.what());
+      line(name, "invalid", e.what());
     }
-  }
-  try {
-    line("tf32", tf32_enabled() ? "on" : "off", "LADNN_TF32; default on");
-  } catch (const std::exception& e) {
-    line("tf32", "invalid", e.what());
-  }
-  try {
-    line("deterministic", deterministic() ? "on" : "off", "LADNN_DETERMINISTIC; default off");
-  } catch (const std::exception& e) {
-    line("deterministic", "invalid", e.what());
-  }
+  };
+  for (Family f : {Family::Conv, Family::BatchNorm, Family::Pool, Family::Gemm})
+    guarded(family_name(f), std::string(env_name(f)) + "; default " + impl_name(f, default_impl(f)),
+            [f] { return std::string(impl_name(f, impl(f))); });
+  guarded("tf32", "LADNN_TF32; default on", [] { return std::string(tf32_enabled() ? "on" : "off"); });
+  guarded("deterministic", "LADNN_DETERMINISTIC; default off",
+          [] { return std::string(deterministic() ? "on" : "off"); });
   return out.str();
 }
 
