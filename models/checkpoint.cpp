@@ -141,7 +141,7 @@ size_t init_from_pretrained(LaDnn& model, const std::string& path) {
   // so may BN's num_batches_tracked (files older than PyTorch 0.4.1 lack it; PyTorch keeps 0 too).
   auto optional = [](const std::string& name) {
     return starts_with(name, "covid_head.") || starts_with(name, "lesion_head.") ||
-           name.size() > 20 && name.compare(name.size() - 20, 20, ".num_batches_tracked") == 0;
+           (name.size() > 20 && name.compare(name.size() - 20, 20, ".num_batches_tracked") == 0);
   };
   std::string missing;
   for (const auto& [name, t] : own)
