@@ -40,8 +40,21 @@ Impl parse_impl(Family f, const std::string& value, const char* where);
 bool tf32_enabled();
 void set_tf32(bool on);
 
+/// How a pointwise convolution (1x1 kernel, stride 1, no padding: DenseNet's bottlenecks and
+/// transitions) runs when the conv family is the library (LADNN_CONV1X1=auto|cudnn|cublas):
+///   Auto    (default) the first call of each shape and pass times cuDNN's best algorithm against one
+///           cuBLAS strided batched GEMM on the NCHW planes (cuda/pointwise_gemm.h) and keeps the faster
+///           — forward and backward input; backward weight is cuDNN's;
+///   Cudnn   cuDNN only;
+///   Cublas  cuBLAS whenever it applies (tests, comparisons).
+/// The profiler shows which ran: the op's implementation reads "cublas" for the GEMM.
+enum class Conv1x1 { Auto, Cudnn, Cublas };
+Conv1x1 conv1x1();
+void set_conv1x1(Conv1x1 mode);
+const char* conv1x1_name(Conv1x1 mode);
+
 /// One line per switch, as `ladnn info` prints them: "conv  cudnn  (LADNN_CONV; default cudnn)", ...,
-/// "tf32  on  (LADNN_TF32)", "deterministic  off  (LADNN_DETERMINISTIC)". A switch whose environment
+/// "conv1x1  auto  (LADNN_CONV1X1; ...)", "tf32  on  (LADNN_TF32)", "deterministic  off  (LADNN_DETERMINISTIC)". A switch whose environment
 /// value is invalid says so instead of throwing.
 std::string describe_switches();
 

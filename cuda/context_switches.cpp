@@ -25,6 +25,7 @@ constexpr int kFamilies = 4;
 std::atomic<int> g_impl[kFamilies] = {{kUnread}, {kUnread}, {kUnread}, {kUnread}};
 std::atomic<int> g_tf32{kUnread};
 std::atomic<int> g_deterministic{kUnread};
+std::atomic<int> g_conv1x1{kUnread};
 
 int index_of(Family f) {
   return static_cast<int>(f);
@@ -151,6 +152,47 @@ void set_tf32(bool on) {
   g_tf32.store(on ? 1 : 0);
 }
 
+const char* conv1x1_name(Conv1x1 mode) {
+  switch (mode) {
+    case Conv1x1::Auto:
+      return "auto";
+    case Conv1x1::Cudnn:
+      return "cudnn";
+    case Conv1x1::Cublas:
+      return "cublas";
+  }
+  return "?";
+}
+
+Conv1x1 conv1x1() {
+  int v = g_conv1x1.load(std::memory_order_relaxed);
+  if (v == kUnread) {
+    Conv1x1 parsed = Conv1x1::Auto;
+    const char* env = std::getenv("LADNN_CONV1X1");
+    if (env && *env) {
+      const std::string s = normalised(env);
+      if (s == "auto")
+        parsed = Conv1x1::Auto;
+      else if (s == "cudnn")
+        parsed = Conv1x1::Cudnn;
+      else if (s == "cublas")
+        parsed = Conv1x1::Cublas;
+      else
+        throw std::invalid_argument(std::string("LADNN_CONV1X1=\"") + env +
+                                    "\" is not a mode for pointwise convolutions; use auto (time both per "
+                                    "shape, the default), cudnn or cublas");
+    }
+    int expected = kUnread;
+    v = g_conv1x1.compare_exchange_strong(expected, static_cast<int>(parsed)) ? static_cast<int>(parsed)
+                                                                              : expected;
+  }
+  return static_cast<Conv1x1>(v);
+}
+
+void set_conv1x1(Conv1x1 mode) {
+  g_conv1x1.store(static_cast<int>(mode));
+}
+
 std::string describe_switches() {
   std::ostringstream out;
   auto line = [&](const std::string& name, const std::string& value, const std::string& note) {
@@ -168,6 +210,8 @@ std::string describe_switches() {
   for (Family f : {Family::Conv, Family::BatchNorm, Family::Pool, Family::Gemm})
     guarded(family_name(f), std::string(env_name(f)) + "; default " + impl_name(f, default_impl(f)),
             [f] { return std::string(impl_name(f, impl(f))); });
+  guarded("conv1x1", "LADNN_CONV1X1; default auto: cuDNN or cuBLAS, timed per shape",
+          [] { return std::string(conv1x1_name(conv1x1())); });
   guarded("tf32", "LADNN_TF32; default on", [] { return std::string(tf32_enabled() ? "on" : "off"); });
   guarded("deterministic", "LADNN_DETERMINISTIC; default off",
           [] { return std::string(deterministic() ? "on" : "off"); });

@@ -40,8 +40,12 @@
 // x may be a channel slice of a wider tensor (DenseNet's memory-efficient dense blocks feed convs from one
 // shared buffer): when each image is a contiguous (C, H, W) block, both versions read it in place
 // (cuDNN through a strided tensor descriptor); other layouts are copied first. Outputs are new contiguous
-// tensors. Shapes and parameters were checked by tensor/ops.h's conv2d_* before these are called.
+// tensors, except conv2d_forward_into's: a caller's (K, P, Q)-per-image view (a channel slice of the
+// inference block buffer), written in place through the same kind of strided descriptor (cuDNN), image
+// stride (cuBLAS) or epilogue stride (native). Shapes and parameters were checked by tensor/ops.h's conv2d_* before these are called.
 #define LADNN_CHECK_CUDNN
+#define LADNN_CHECK_CUBLAS
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
@@ -51,6 +55,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <string>
@@ -61,12 +66,14 @@
 #include "cuda/context.h"
 #include "cuda/conv2d_gemm.cuh"
 #include "cuda/gemm_tile.cuh"
+#include "cuda/graph.h"
 #include "cuda/kernel_util.cuh"
 #include "cuda/ops.h"
+#include "cuda/pointwise_gemm.h"
 #include "cuda/profiler.h"
 
-#ifndef CUDNN_CHECK
-#error "cuda/check.h was included before cuda/conv2d.cu defined LADNN_CHECK_CUDNN"
+#if !defined(CUDNN_CHECK) || !defined(CUBLAS_CHECK)
+#error "cuda/check.h was included before cuda/conv2d.cu defined LADNN_CHECK_CUDNN and LADNN_CHECK_CUBLAS"
 #endif
 
 namespace ladnn::cuda {
@@ -241,7 +248,7 @@ struct CudnnConv {
 
   CudnnConv(const ConvShape& g, int64_t x_img) {
     x.set(g.N, g.C, g.H, g.W, x_img);
-    y.set(g.N, g.K, g.P, g.Q, int64_t(g.K) * g.P * g.Q);
+    y.set(g.N, g.K, g.P, g.Q, g.y_stride());
     w.set(g.K, g.C, g.R, g.S);
     CUDNN_CHECK(cudnnSetConvolution2dDescriptor(conv.get(), g.ph, g.pw, g.sh, g.sw, 1, 1,
                                                 CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
@@ -260,14 +267,18 @@ struct AlgoChoice {
   int algo = 0;
   cudnnMathType_t math = CUDNN_FMA_MATH;
   std::size_t workspace = 0;
+  float ms = std::numeric_limits<float>::infinity();  // cuDNN's time for it (unknown: infinite)
+  bool cublas = false;  // run as a cuBLAS strided batched GEMM instead (pointwise only, Conv1x1)
+  float cublas_ms = -1.0f;  // the GEMM's time when it was measured
 };
 
-// pass, N, C, H, W, x image stride, K, R, S, stride h/w, pad h/w, TF32, deterministic
-using AlgoKey = std::array<int64_t, 15>;
+// pass, N, C, H, W, x and y image strides, K, R, S, stride h/w, pad h/w, TF32, deterministic, 1x1 mode
+using AlgoKey = std::array<int64_t, 17>;
 
-AlgoKey algo_key(Pass pass, const ConvShape& g, int64_t x_img, bool tf32, bool deterministic) {
-  return {int64_t(pass), g.N, g.C, g.H, g.W, x_img, g.K, g.R, g.S, g.sh, g.sw, g.ph, g.pw, tf32 ? 1 : 0,
-          deterministic ? 1 : 0};
+AlgoKey algo_key(Pass pass, const ConvShape& g, int64_t x_img, bool tf32, bool deterministic, Conv1x1 mode) {
+  return {int64_t(pass), g.N,  g.C,  g.H,  g.W,          x_img,
+          g.y_stride(),  g.K,  g.R,  g.S,  g.sh,         g.sw,
+          g.ph,          g.pw, tf32 ? 1 : 0, deterministic ? 1 : 0, int64_t(mode)};
 }
 
 struct AlgoCache {
@@ -318,6 +329,7 @@ bool pick(const std::vector<Perf>& perf, int returned, const CudnnConv& c, std::
     out.algo = static_cast<int>(r.algo);
     out.math = r.mathType;
     out.workspace = r.memory;
+    out.ms = r.time;
     return true;
   }
   return false;
@@ -409,25 +421,82 @@ AlgoChoice find_backward_filter(cudnnHandle_t h, CudnnConv& c, const float* x, c
   return ch;
 }
 
+// ---- cuBLAS for pointwise convolutions (cuda/pointwise_gemm.h)
+// ------------------------------------------------------------------------------------------------------------
+
+/// One strided batch of column-major GEMMs, C_i = op(A_i) op(B_i), float32 operands, TF32 per the switch.
+/// Every size is a convolution dimension already checked against kMaxGemmDim (conv_shape), so fits int.
+void cublas_strided(const StridedGemm& s, const float* A, const float* B, float* C) {
+  cublasHandle_t h = static_cast<cublasHandle_t>(cublas());  // bound to stream()
+  const cublasComputeType_t compute = tf32_enabled() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  const float one = 1.0f, zero = 0.0f;
+  auto i = [](int64_t v) { return static_cast<int>(v); };
+  CUBLAS_CHECK(cublasGemmStridedBatchedEx(h, s.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, s.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                          i(s.m), i(s.n), i(s.k), &one, A, CUDA_R_32F, i(s.lda), s.stride_a, B,
+                                          CUDA_R_32F, i(s.ldb), s.stride_b, &zero, C, CUDA_R_32F, i(s.ldc),
+                                          s.stride_c, i(s.batch), compute, CUBLAS_GEMM_DEFAULT));
+}
+
+/// Milliseconds of one run of `run` on the stream: the fastest of three after a warm-up, on the call's own
+/// buffers, as cuDNN's search times its algorithms.
+template <typename Run>
+float time_ms(Run&& run) {
+  run();
+  EventTimer timer;
+  double best = std::numeric_limits<double>::infinity();
+  for (int rep = 0; rep < 3; ++rep) {
+    timer.start();
+    run();
+    timer.stop();
+    best = std::min(best, timer.elapsed_ms());
+  }
+  return static_cast<float>(best);
+}
+
 /// The cached choice for this call, searching (with `find`, on the call's own buffers) the first time.
-/// Leaves the descriptor's math type set to the choice's.
-template <typename Find>
-AlgoChoice choose(Pass pass, const ConvShape& g, int64_t x_img, CudnnConv& c, Find find) {
-  const AlgoKey key = algo_key(pass, g, x_img, c.tf32, c.deterministic);
+/// When `gemm_applies` (a pointwise forward or backward input), the Conv1x1 switch may make the choice
+/// cuBLAS: always (Cublas), or when `gemm` (one run of the cuBLAS call) times faster than cuDNN's best
+/// (Auto). Leaves the descriptor's math type set to the choice's.
+template <typename Find, typename Gemm>
+AlgoChoice choose(Pass pass, const ConvShape& g, int64_t x_img, CudnnConv& c, bool gemm_applies, Find find,
+                  Gemm gemm) {
+  const Conv1x1 mode = gemm_applies ? conv1x1() : Conv1x1::Cudnn;
+  const AlgoKey key = algo_key(pass, g, x_img, c.tf32, c.deterministic, mode);
   AlgoCache& cache = algo_cache();
   std::lock_guard<std::mutex> lock(cache.mu);
   auto it = cache.choices.find(key);
   if (it == cache.choices.end()) {
-    const AlgoChoice ch = find();
+    // The search runs and times kernels, and synchronises: impossible inside a stream capture.
+    if (capturing())
+      throw Error(std::string(pass_name(pass)) + ": x (" + std::to_string(g.N) + ", " + std::to_string(g.C) +
+                  ", " + std::to_string(g.H) + ", " + std::to_string(g.W) + ") with weight (" +
+                  std::to_string(g.K) + ", " + std::to_string(g.C) + ", " + std::to_string(g.R) + ", " +
+                  std::to_string(g.S) + ") was first seen inside a CUDA graph capture, where the algorithm "
+                  "search cannot run: run the same step once before capturing it");
+    AlgoChoice ch;
+    if (mode == Conv1x1::Cublas) {
+      ch.cublas = true;
+    } else {
+      ch = find();
+      if (mode == Conv1x1::Auto) {
+        ch.cublas_ms = time_ms(gemm);
+        ch.cublas = ch.cublas_ms < ch.ms;
+      }
+    }
     it = cache.choices.emplace(key, ch).first;
-    if (log_choices())
-      std::fprintf(stderr,
-                   "ladnn: %s x (%d, %d, %d, %d) w (%d, %d, %d, %d) stride %dx%d pad %dx%d %s: cuDNN algo "
-                   "%d, math %d, workspace %zu B\n",
+    if (log_choices()) {
+      std::fprintf(stderr, "ladnn: %s x (%d, %d, %d, %d) w (%d, %d, %d, %d) stride %dx%d pad %dx%d %s: ",
                    pass_name(pass), g.N, g.C, g.H, g.W, g.K, g.C, g.R, g.S, g.sh, g.sw, g.ph, g.pw,
-                   c.tf32 ? "tf32" : "fp32", ch.algo, static_cast<int>(ch.math), ch.workspace);
+                   c.tf32 ? "tf32" : "fp32");
+      if (mode == Conv1x1::Cublas)
+        std::fprintf(stderr, "cuBLAS GEMM (LADNN_CONV1X1=cublas)\n");
+      else
+        std::fprintf(stderr, "cuDNN algo %d, math %d, workspace %zu B, %.4f ms%s%.4f ms -> %s\n", ch.algo,
+                     static_cast<int>(ch.math), ch.workspace, ch.ms, mode == Conv1x1::Auto ? "; cuBLAS GEMM " : "",
+                     mode == Conv1x1::Auto ? ch.cublas_ms : 0.0f, ch.cublas ? "cuBLAS" : "cuDNN");
+    }
   }
-  c.set_math(it->second.math);
+  if (!it->second.cublas) c.set_math(it->second.math);
   return it->second;
 }
 
@@ -435,15 +504,29 @@ cudnnHandle_t cudnn_handle() {
   return static_cast<cudnnHandle_t>(cudnn());
 }
 
-void cudnn_forward(const ConvShape& g, const float* x, const float* w, const float* bias, float* y) {
+// The library versions open the op's profiler range themselves, after the (first-call) search: the range
+// then times the op alone and names what ran, "cudnn" or "cublas".
+
+void cudnn_forward(const char* op, const ConvShape& g, const float* x, const float* w, const float* bias,
+                   float* y) {
   cudnnHandle_t h = cudnn_handle();
   CudnnConv c(g, g.x_img);
-  const AlgoChoice ch = choose(Pass::Forward, g, g.x_img, c, [&] { return find_forward(h, c, x, w, y); });
-  Buffer ws = workspace(ch.workspace);
+  const bool pw = g.pointwise();
+  const StridedGemm gemm =
+      pw ? pointwise_forward_gemm(g.N, g.C, int64_t(g.H) * g.W, g.K, g.x_img, g.y_stride()) : StridedGemm{};
+  auto run_gemm = [&] { cublas_strided(gemm, x, w, y); };
+  const AlgoChoice ch =
+      choose(Pass::Forward, g, g.x_img, c, pw, [&] { return find_forward(h, c, x, w, y); }, run_gemm);
+  OpRange range(op, ch.cublas ? "cublas" : "cudnn");
   const float one = 1.0f, zero = 0.0f;
-  CUDNN_CHECK(cudnnConvolutionForward(h, &one, c.x.get(), x, c.w.get(), w, c.conv.get(),
-                                      static_cast<cudnnConvolutionFwdAlgo_t>(ch.algo), ws.data(), ws.size(),
-                                      &zero, c.y.get(), y));
+  if (ch.cublas) {
+    run_gemm();
+  } else {
+    Buffer ws = workspace(ch.workspace);
+    CUDNN_CHECK(cudnnConvolutionForward(h, &one, c.x.get(), x, c.w.get(), w, c.conv.get(),
+                                        static_cast<cudnnConvolutionFwdAlgo_t>(ch.algo), ws.data(), ws.size(),
+                                        &zero, c.y.get(), y));
+  }
   if (bias) {  // y += bias, broadcast over N, P, Q
     TensorDescriptor bd;
     bd.set(1, g.K, 1, 1, g.K);
@@ -451,12 +534,20 @@ void cudnn_forward(const ConvShape& g, const float* x, const float* w, const flo
   }
 }
 
-void cudnn_backward_input(const ConvShape& g, const float* dy, const float* w, float* dx) {
+void cudnn_backward_input(const char* op, const ConvShape& g, const float* dy, const float* w, float* dx) {
   cudnnHandle_t h = cudnn_handle();
   const int64_t packed = int64_t(g.C) * g.H * g.W;  // dx is a new contiguous tensor
   CudnnConv c(g, packed);
-  const AlgoChoice ch =
-      choose(Pass::BackwardData, g, packed, c, [&] { return find_backward_data(h, c, w, dy, dx); });
+  const bool pw = g.pointwise();
+  const StridedGemm gemm = pw ? pointwise_backward_input_gemm(g.N, g.C, int64_t(g.H) * g.W, g.K) : StridedGemm{};
+  auto run_gemm = [&] { cublas_strided(gemm, dy, w, dx); };
+  const AlgoChoice ch = choose(
+      Pass::BackwardData, g, packed, c, pw, [&] { return find_backward_data(h, c, w, dy, dx); }, run_gemm);
+  OpRange range(op, ch.cublas ? "cublas" : "cudnn");
+  if (ch.cublas) {
+    run_gemm();
+    return;
+  }
   Buffer ws = workspace(ch.workspace);
   const float one = 1.0f, zero = 0.0f;
   CUDNN_CHECK(cudnnConvolutionBackwardData(h, &one, c.w.get(), w, c.y.get(), dy, c.conv.get(),
@@ -464,11 +555,13 @@ void cudnn_backward_input(const ConvShape& g, const float* dy, const float* w, f
                                            ws.size(), &zero, c.x.get(), dx));
 }
 
-void cudnn_backward_weight(const ConvShape& g, const float* dy, const float* x, float* dw) {
+void cudnn_backward_weight(const char* op, const ConvShape& g, const float* dy, const float* x, float* dw) {
   cudnnHandle_t h = cudnn_handle();
   CudnnConv c(g, g.x_img);
-  const AlgoChoice ch =
-      choose(Pass::BackwardFilter, g, g.x_img, c, [&] { return find_backward_filter(h, c, x, dy, dw); });
+  const AlgoChoice ch = choose(
+      Pass::BackwardFilter, g, g.x_img, c, false, [&] { return find_backward_filter(h, c, x, dy, dw); },
+      [] {});
+  OpRange range(op, "cudnn");
   Buffer ws = workspace(ch.workspace);
   const float one = 1.0f, zero = 0.0f;
   CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &one, c.x.get(), x, c.y.get(), dy, c.conv.get(),
@@ -485,28 +578,50 @@ const char* conv_impl_name(Impl i) {
 // ---- cuda/ops.h
 // ----------------------------------------------------------------------------------------------------------
 
-Tensor conv2d_forward(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in,
-                      const ops::Conv2dParams& p) {
-  const char* op = "conv2d_forward";
-  detail::require_float32(x_in, op, "input");
-  detail::require_float32(w_in, op, "weight");
-  if (bias_in.defined()) detail::require_float32(bias_in, op, "bias");
+namespace {
+/// The forward into y (its images y_img elements apart; 0: a new packed tensor), both versions.
+void forward_into(const char* op, const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in,
+                  const ops::Conv2dParams& p, const Tensor& y, int64_t y_img) {
   int64_t x_img = 0;
   const Tensor x = images_view(x_in, x_img);
   const Tensor w = w_in.contiguous();
   const Tensor bias = bias_in.defined() ? bias_in.contiguous() : Tensor();
-  const ConvShape g = conv_shape(op, x.shape(), w.shape(), p, x_img);
+  ConvShape g = conv_shape(op, x.shape(), w.shape(), p, x_img);
+  g.y_img = y_img;
   // An empty reduction (C == 0) has nothing for cuDNN to do: the native epilogue writes the bias (or 0).
   const Impl which = impl(Family::Conv) == Impl::Library && g.C > 0 ? Impl::Library : Impl::Native;
-  OpRange range(op, conv_impl_name(which));
-  Tensor y = Tensor::empty(g.y_shape(), DType::Float32, x.device());
-  if (y.numel() == 0) return y;
+  if (y.numel() == 0) {
+    OpRange range(op, conv_impl_name(which));
+    return;
+  }
   const float* b = bias.defined() ? bias.data<float>() : nullptr;
-  if (which == Impl::Library)
-    cudnn_forward(g, x.data<float>(), w.data<float>(), b, y.data<float>());
-  else
+  if (which == Impl::Library) {
+    cudnn_forward(op, g, x.data<float>(), w.data<float>(), b, y.data<float>());
+  } else {
+    OpRange range(op, conv_impl_name(which));
     native_forward(g, x.data<float>(), w.data<float>(), b, y.data<float>());
+  }
+}
+}  // namespace
+
+Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const ops::Conv2dParams& p) {
+  const char* op = "conv2d_forward";
+  detail::require_float32(x, op, "input");
+  detail::require_float32(w, op, "weight");
+  if (bias.defined()) detail::require_float32(bias, op, "bias");
+  Tensor y = Tensor::empty(ops::conv2d_output_shape(x.shape(), w.shape(), p), DType::Float32, x.device());
+  forward_into(op, x, w, bias, p, y, 0);
   return y;
+}
+
+void conv2d_forward_into(const Tensor& x, const Tensor& w, const Tensor& bias, const ops::Conv2dParams& p,
+                         const Tensor& out) {
+  const char* op = "conv2d_forward";  // the same op for the profiler and cuDNN's choices
+  detail::require_float32(x, op, "input");
+  detail::require_float32(w, op, "weight");
+  if (bias.defined()) detail::require_float32(bias, op, "bias");
+  // ops::conv2d_forward_into checked that each image of out is one packed (K, P, Q) block.
+  forward_into(op, x, w, bias, p, out, out.size(0) <= 1 ? 0 : out.strides()[0]);
 }
 
 Tensor conv2d_backward_input(const Tensor& dy_in, const Tensor& w_in, const Shape& x_shape,
@@ -518,13 +633,17 @@ Tensor conv2d_backward_input(const Tensor& dy_in, const Tensor& w_in, const Shap
   const ConvShape g = conv_shape(op, x_shape, w.shape(), p, x_shape[1] * x_shape[2] * x_shape[3]);
   // No output channels (K == 0): dx is all zeros, which the native epilogue writes.
   const Impl which = impl(Family::Conv) == Impl::Library && g.K > 0 ? Impl::Library : Impl::Native;
-  OpRange range(op, conv_impl_name(which));
   Tensor dx = Tensor::empty(x_shape, DType::Float32, dy.device());
-  if (dx.numel() == 0) return dx;
-  if (which == Impl::Library)
-    cudnn_backward_input(g, dy.data<float>(), w.data<float>(), dx.data<float>());
-  else
+  if (dx.numel() == 0) {
+    OpRange range(op, conv_impl_name(which));
+    return dx;
+  }
+  if (which == Impl::Library) {
+    cudnn_backward_input(op, g, dy.data<float>(), w.data<float>(), dx.data<float>());
+  } else {
+    OpRange range(op, conv_impl_name(which));
     native_backward_input(g, dy.data<float>(), w.data<float>(), dx.data<float>());
+  }
   return dx;
 }
 
@@ -539,13 +658,17 @@ Tensor conv2d_backward_weight(const Tensor& dy_in, const Tensor& x_in, const Sha
   const ConvShape g = conv_shape(op, x.shape(), w_shape, p, x_img);
   // An empty batch (N == 0) sums nothing: zeros, which the native epilogue writes.
   const Impl which = impl(Family::Conv) == Impl::Library && g.N > 0 ? Impl::Library : Impl::Native;
-  OpRange range(op, conv_impl_name(which));
   Tensor dw = Tensor::empty(w_shape, DType::Float32, dy.device());
-  if (dw.numel() == 0) return dw;
-  if (which == Impl::Library)
-    cudnn_backward_weight(g, dy.data<float>(), x.data<float>(), dw.data<float>());
-  else
+  if (dw.numel() == 0) {
+    OpRange range(op, conv_impl_name(which));
+    return dw;
+  }
+  if (which == Impl::Library) {
+    cudnn_backward_weight(op, g, dy.data<float>(), x.data<float>(), dw.data<float>());
+  } else {
+    OpRange range(op, conv_impl_name(which));
     native_backward_weight(g, dy.data<float>(), x.data<float>(), dw.data<float>());
+  }
   return dw;
 }
 

@@ -21,7 +21,9 @@ struct ConvShape {
   int K, R, S;     // weight (K, C, R, S)
   int P, Q;        // output plane
   int sh, sw, ph, pw;
-  int64_t x_img;  // elements between images of x: C*H*W, or more for a channel slice
+  int64_t x_img;      // elements between images of x: C*H*W, or more for a channel slice
+  int64_t y_img = 0;  // elements between images of y (forward): 0 for packed K*P*Q, more for a slice
+  int64_t y_stride() const { return y_img > 0 ? y_img : int64_t(K) * P * Q; }
   bool pointwise() const { return R == 1 && S == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
   Shape y_shape() const { return {N, K, P, Q}; }
 };
@@ -185,14 +187,16 @@ struct PointwiseRows {
 // ------------------------------------------------------------------------------------------------------
 
 /// GEMM element (channel m, column n*plane + pos) -> out[n][m][pos] (+ bias[m]): the (channels,
-/// N*plane) product back into an NCHW tensor.
+/// N*plane) product back into an NCHW tensor whose images are `img` elements apart (channels * plane
+/// when packed, more when out is a channel slice of a wider tensor).
 struct NchwEpilogue {
   float* out;
-  int channels, plane;
+  int plane;
+  int64_t img;
   const float* bias;  // null: none
   __device__ __forceinline__ void operator()(int m, int col, float acc, int, int) const {
     const int n = col / plane, pos = col - n * plane;
-    out[(int64_t(n) * channels + m) * plane + pos] = bias ? acc + __ldg(bias + m) : acc;
+    out[int64_t(n) * img + int64_t(m) * plane + pos] = bias ? acc + __ldg(bias + m) : acc;
   }
 };
 
@@ -232,7 +236,7 @@ template <class Launch>
 void forward_gemm(const ConvShape& g, const float* x, const float* w, const float* bias, float* y,
                   Launch&& launch) {
   const DenseOperand<true> a{w, int64_t(g.C) * g.R * g.S, 1, 0};  // weight (K, C*R*S), row-major
-  const NchwEpilogue epi{y, g.K, g.P * g.Q, bias};
+  const NchwEpilogue epi{y, g.P * g.Q, g.y_stride(), bias};
   if (g.pointwise())  // y[n] (K, HW) = weight (K, C) * x[n] (C, HW)
     launch(a, PointwiseColumns{x, g.H * g.W, g.x_img}, epi);
   else
@@ -241,7 +245,7 @@ void forward_gemm(const ConvShape& g, const float* x, const float* w, const floa
 
 template <class Launch>
 void backward_input_gemm(const ConvShape& g, const float* dy, const float* w, float* dx, Launch&& launch) {
-  const NchwEpilogue epi{dx, g.C, g.H * g.W, nullptr};
+  const NchwEpilogue epi{dx, g.H * g.W, int64_t(g.C) * g.H * g.W, nullptr};
   if (g.pointwise())  // dx[n] (C, HW) = weight^T (C, K) * dy[n] (K, HW)
     launch(WeightByInputChannel<true>{w, g.C, 1}, PointwiseColumns{dy, g.H * g.W, int64_t(g.K) * g.H * g.W},
            epi);

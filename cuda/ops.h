@@ -56,6 +56,9 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
 
 // ---- convolution (cuDNN | native) -----------------------------------------------------------------------------
 Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const ops::Conv2dParams& p);
+// out checked by ops::conv2d_forward_into (shape, dtype, device, images as (K, P, Q) blocks, not empty).
+void conv2d_forward_into(const Tensor& x, const Tensor& w, const Tensor& bias, const ops::Conv2dParams& p,
+                         const Tensor& out);
 Tensor conv2d_backward_input(const Tensor& dy, const Tensor& w, const Shape& x_shape, const ops::Conv2dParams& p);
 Tensor conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_shape, const ops::Conv2dParams& p);
 Tensor conv2d_backward_bias(const Tensor& dy);

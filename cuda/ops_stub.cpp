@@ -164,6 +164,9 @@ Tensor linear(const Tensor&, const Tensor&, const Tensor&) {
 Tensor conv2d_forward(const Tensor&, const Tensor&, const Tensor&, const ops::Conv2dParams&) {
   no_backend("conv2d_forward");
 }
+void conv2d_forward_into(const Tensor&, const Tensor&, const Tensor&, const ops::Conv2dParams&, const Tensor&) {
+  no_backend("conv2d_forward_into");
+}
 Tensor conv2d_backward_input(const Tensor&, const Tensor&, const Shape&, const ops::Conv2dParams&) {
   no_backend("conv2d_backward_input");
 }

@@ -36,4 +36,12 @@ Variable Conv2d::forward(const Variable& x) {
   return conv2d(x, weight_, bias_, params_);
 }
 
+void Conv2d::forward_into(const Tensor& x, const Tensor& out) {
+  check(!grad_enabled(), "Conv2d::forward_into: records no gradient; call it with gradients off (NoGradGuard)");
+  check(
+      x.dim() == 4 && x.size(1) == in_channels_,
+      "Conv2d: expected input (N, " + std::to_string(in_channels_) + ", H, W), got " + shape_str(x.shape()));
+  ops::conv2d_forward_into(x, weight_.tensor(), bias_.defined() ? bias_.tensor() : Tensor(), params_, out);
+}
+
 }  // namespace ladnn

@@ -19,6 +19,9 @@ class Conv2d : public Module {
          int64_t padding = 0, bool bias = true, Generator& gen = default_generator());
 
   Variable forward(const Variable& x) override;
+  /// Inference only (gradients off): the same values written into `out`, a (N, out, P, Q) tensor or a
+  /// channel slice of a wider one (ops::conv2d_forward_into) — no new tensor, no autograd record.
+  void forward_into(const Tensor& x, const Tensor& out);
 
   int64_t in_channels() const { return in_channels_; }
   int64_t out_channels() const { return out_channels_; }

@@ -72,6 +72,12 @@ Variable DenseLayer::forward_features(const std::vector<Variable>& features) {
   return out;
 }
 
+void DenseLayer::forward_into(const Variable& x, const Tensor& out) {
+  check(!is_training(), "DenseLayer::forward_into: for inference (eval mode)");
+  // Dropout is the identity in eval mode, so conv2 is the layer's last op.
+  conv2_->forward_into(norm2_->forward_relu(bottleneck({x})).tensor(), out);
+}
+
 // ---- DenseBlock ---------------------------------------------------------------------------------------
 
 DenseBlock::DenseBlock(int64_t num_layers, int64_t num_input_features, int64_t bn_size,
@@ -101,9 +107,9 @@ Variable DenseBlock::forward_buffered(const Variable& x) {
   block.narrow(1, 0, c_in).copy_(in);
   int64_t c = c_in;
   for (auto& layer : layers_) {
-    // The first c channels of every sample: a view (contiguous only at batch 1), read in place.
-    const Tensor out = layer->forward(Variable(block.narrow(1, 0, c))).tensor();
-    block.narrow(1, c, growth_rate_).copy_(out);
+    // Reads the first c channels of every sample (a view, contiguous only at batch 1) in place and
+    // writes channels [c, c + growth) of every sample, also in place.
+    layer->forward_into(Variable(block.narrow(1, 0, c)), block.narrow(1, c, growth_rate_));
     c += growth_rate_;
   }
   return Variable(block);

@@ -59,6 +59,9 @@ class DenseLayer : public Module {
   /// The same from the block's feature maps, concatenated here (inside the checkpoint when
   /// memory-efficient, so the concatenation is never stored).
   Variable forward_features(const std::vector<Variable>& features);
+  /// Inference (eval mode, gradients off): the layer's growth_rate channels written straight into `out`
+  /// (a channel slice of the block's buffer), conv2's output never a tensor of its own.
+  void forward_into(const Variable& x, const Tensor& out);
   void set_memory_efficient(bool on) { memory_efficient_ = on; }
 
  private:
@@ -73,8 +76,9 @@ class DenseLayer : public Module {
 /// A block of dense layers named denselayer1..N; returns the concatenation of input and all outputs.
 /// Training (and any forward that records a graph) concatenates before each layer, as torchvision.
 /// Inference (eval mode, no gradient) writes into one buffer instead: the block's output is allocated
-/// once, each layer reads the channel prefix written so far (in place: BatchNorm reads a view) and
-/// writes its growth_rate channels after it. Same values; none of the O(L^2) concatenation copies.
+/// once, each layer reads the channel prefix written so far (in place: BatchNorm reads a view) and its
+/// 3x3 convolution writes its growth_rate channels after it, in place. Same values; none of the O(L^2)
+/// concatenation copies, and no copy per layer either.
 class DenseBlock : public Module {
  public:
   DenseBlock(int64_t num_layers, int64_t num_input_features, int64_t bn_size, int64_t growth_rate,

@@ -76,6 +76,12 @@ struct Conv2dParams {
 Shape conv2d_output_shape(const Shape& x, const Shape& w, const Conv2dParams& p);
 /// x (N, C, H, W), w (K, C, R, S), bias (K) or undefined -> (N, K, P, Q).
 Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p);
+/// The same written into `out` instead of a new tensor: out has the output's shape, x's dtype and device,
+/// and holds each image as one contiguous (K, P, Q) block, images any distance apart — a channel slice
+/// of a wider NCHW tensor (DenseNet's inference block buffer: each layer's new channels land in place,
+/// no copy). Elements of the wider tensor outside the slice are untouched; out must not overlap x, w, bias.
+void conv2d_forward_into(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p,
+                         const Tensor& out);
 Tensor conv2d_backward_input(const Tensor& dy, const Tensor& w, const Shape& x_shape,
                              const Conv2dParams& p);
 Tensor conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_shape,

@@ -235,6 +235,56 @@ TEST(Conv2dOps, ChannelSliceInputGivesTheSameResult) {
   }
 }
 
+// conv2d_forward_into writes into a channel slice of a wider tensor (DenseNet's inference block buffer):
+// the slice holds exactly conv2d_forward's result, every other element keeps its value (NaN here, so a
+// stray write or read shows), in float32 and float64, with and without bias, batch 1 and 3.
+TEST(Conv2dOps, ForwardIntoAChannelSliceEqualsForward) {
+  Generator gen(15);
+  for (DType dt : {DType::Float32, DType::Float64})
+    for (const Case& c : {kCases[0], kCases[4], Case{1, 5, 6, 6, 4, 3, 3, 1, 1, 1, 1}}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + " N " + std::to_string(c.N) + " K " + std::to_string(c.K));
+      const Tensor x = Tensor::uniform(c.x_shape(), -1, 1, gen, dt);
+      const Tensor w = Tensor::uniform(c.w_shape(), -1, 1, gen, dt);
+      const Tensor b = Tensor::uniform({c.K}, -1, 1, gen, dt);
+      for (const Tensor& bias : {Tensor(), b}) {
+        const Shape ys = c.y_shape();
+        Tensor wide = Tensor::full({ys[0], ys[1] + 5, ys[2], ys[3]}, NAN, dt);
+        ops::conv2d_forward_into(x, w, bias, c.params(), wide.narrow(1, 3, c.K));
+        EXPECT_EQ(ops::max_abs_diff(wide.narrow(1, 3, c.K), ops::conv2d_forward(x, w, bias, c.params())),
+                  0.0);
+        for (double v : wide.narrow(1, 0, 3).contiguous().to_vector()) ASSERT_TRUE(std::isnan(v));
+        for (double v : wide.narrow(1, 3 + c.K, 2).contiguous().to_vector()) ASSERT_TRUE(std::isnan(v));
+      }
+    }
+}
+
+TEST(Conv2dOps, ForwardIntoRejectsAnUnfitOutput) {
+  const Tensor x = Tensor::zeros({2, 3, 8, 8}), w = Tensor::zeros({4, 3, 3, 3});
+  const ops::Conv2dParams p;  // -> (2, 4, 6, 6)
+  expect_error(
+      [&] {
+        ops::conv2d_forward_into(x, w, Tensor(), p, Tensor::zeros({2, 4, 6, 5}));
+      },
+      "conv2d_forward_into: out must have the output's shape (2, 4, 6, 6), got (2, 4, 6, 5)");
+  expect_error(
+      [&] {
+        ops::conv2d_forward_into(x, w, Tensor(), p, Tensor::zeros({2, 4, 6, 6}, DType::Float64));
+      },
+      "conv2d_forward_into: out must have the input's dtype and device (float32, cpu), got float64, cpu");
+  // Rows and columns swapped: not one (K, P, Q) block per image.
+  const Tensor transposed = Tensor::zeros({2, 4, 6, 6}).transpose(2, 3);
+  expect_error([&] { ops::conv2d_forward_into(x, w, Tensor(), p, transposed); },
+               "conv2d_forward_into: out must hold each image as one contiguous (K, P, Q) block (a channel "
+               "slice of an NCHW tensor is), got strides (144, 36, 1, 6)");
+  expect_error([&] { ops::conv2d_forward_into(x, w, Tensor(), p, Tensor()); },
+               "conv2d_forward_into: out is undefined");
+  expect_error(
+      [&] {
+        ops::conv2d_forward_into(x, Tensor::zeros({4, 2, 3, 3}), Tensor(), p, Tensor::zeros({2, 4, 6, 6}));
+      },
+      "conv2d_forward_into: input (2, 3, 8, 8) has 3 channels but weight (4, 2, 3, 3) expects 2");
+}
+
 TEST(Conv2dOps, WeightGradientIsDeterministic) {
   // With images in parallel each thread sums its own partial weight gradient; the partials are added
   // in a fixed order, so two runs agree to the bit (a checkpointed run resumes identically).

@@ -65,18 +65,36 @@ TEST(CudaContextSwitches, DescribeSwitchesNamesEachValueAndVariable) {
   using cuda::Impl;
   const Impl saved_bn = cuda::impl(Family::BatchNorm);
   const bool saved_tf32 = cuda::tf32_enabled(), saved_det = cuda::deterministic();
+  const cuda::Conv1x1 saved_1x1 = cuda::conv1x1();
   cuda::set_impl(Family::BatchNorm, Impl::Library);
   cuda::set_tf32(false);
   cuda::set_deterministic(true);
+  cuda::set_conv1x1(cuda::Conv1x1::Cublas);
   const std::string d = cuda::describe_switches();
   cuda::set_impl(Family::BatchNorm, saved_bn);
   cuda::set_tf32(saved_tf32);
   cuda::set_deterministic(saved_det);
+  cuda::set_conv1x1(saved_1x1);
+  EXPECT_NE(d.find("  conv1x1        cublas  (LADNN_CONV1X1; default auto: cuDNN or cuBLAS, timed per shape)\n"),
+            std::string::npos)
+      << d;
   EXPECT_NE(d.find("  bn             cudnn   (LADNN_BN; default native)\n"), std::string::npos) << d;
   EXPECT_NE(d.find("  tf32           off     (LADNN_TF32; default on)\n"), std::string::npos) << d;
   EXPECT_NE(d.find("  deterministic  on      (LADNN_DETERMINISTIC; default off)\n"), std::string::npos) << d;
   EXPECT_NE(d.find("  gemm           "), std::string::npos) << d;
   EXPECT_NE(d.find("(LADNN_GEMM; default cublas)"), std::string::npos) << d;
+}
+
+TEST(CudaContextSwitches, Conv1x1ModeNamesAndRoundTrip) {
+  EXPECT_STREQ(cuda::conv1x1_name(cuda::Conv1x1::Auto), "auto");
+  EXPECT_STREQ(cuda::conv1x1_name(cuda::Conv1x1::Cudnn), "cudnn");
+  EXPECT_STREQ(cuda::conv1x1_name(cuda::Conv1x1::Cublas), "cublas");
+  const cuda::Conv1x1 saved = cuda::conv1x1();
+  for (cuda::Conv1x1 m : {cuda::Conv1x1::Cublas, cuda::Conv1x1::Cudnn, cuda::Conv1x1::Auto}) {
+    cuda::set_conv1x1(m);
+    EXPECT_EQ(cuda::conv1x1(), m);
+  }
+  cuda::set_conv1x1(saved);
 }
 
 TEST(CudaContextSwitches, DefaultsAreTheLibrariesExceptBatchNorm) {

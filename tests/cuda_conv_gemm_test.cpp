@@ -419,6 +419,75 @@ TEST_P(CudaConvGemmTest, ImplSwitchSelectsImplementation) {
   EXPECT_TRUE(recorded("matmul", cuda::impl_name(Family::Gemm, impl())));
 }
 
+// conv2d_forward_into writes into a channel slice of a wider GPU tensor (the inference block buffer):
+// the slice equals the CPU's convolution, the channels around it keep their NaN (nothing written outside).
+// Pointwise and 3x3, batch 1 (the slice is contiguous) and 3; with Conv1x1 = cublas too for the library.
+TEST_P(CudaConvGemmTest, ConvForwardIntoAChannelSlice) {
+  const cuda::Conv1x1 saved = cuda::conv1x1();
+  uint64_t seed = 4400;
+  for (cuda::Conv1x1 mode : {cuda::Conv1x1::Auto, cuda::Conv1x1::Cublas}) {
+    cuda::set_conv1x1(mode);
+    for (const ConvCase& c : {ConvCase{{1, 6, 7, 7}, 5, 3, 3, 1, 1, 1, 1, false},
+                              ConvCase{{3, 6, 7, 7}, 5, 3, 3, 1, 1, 1, 1, true},
+                              ConvCase{{1, 9, 5, 6}, 4, 1, 1, 1, 1, 0, 0, false},
+                              ConvCase{{3, 9, 5, 6}, 4, 1, 1, 1, 1, 0, 0, false}}) {
+      SCOPED_TRACE(c.name() + " conv1x1 " + cuda::conv1x1_name(mode));
+      const ConvRef& r = conv_ref(c, seed++);
+      const Shape ys = r.y.shape();
+      Tensor wide = gpu(Tensor::full({ys[0], ys[1] + 3, ys[2], ys[3]}, NAN));
+      ops::conv2d_forward_into(gpu(r.x), gpu(r.w), gpu(r.b), c.params(), wide.narrow(1, 2, c.K));
+      EXPECT_TRUE(gpu_matches("conv2d_forward_into", wide.narrow(1, 2, c.K), r.y, tol(), r.y_scale));
+      const Tensor host = wide.to(Device::cpu());
+      for (double v : host.narrow(1, 0, 2).contiguous().to_vector()) ASSERT_TRUE(std::isnan(v));
+      for (double v : host.narrow(1, 2 + c.K, 1).contiguous().to_vector()) ASSERT_TRUE(std::isnan(v));
+    }
+  }
+  cuda::set_conv1x1(saved);
+}
+
+// Pointwise convolutions as cuBLAS strided batched GEMMs (LADNN_CONV1X1=cublas): forward and backward
+// input run cuBLAS (the profiler says so), all four passes match the CPU, on DenseNet-169's 1x1 shapes, a
+// ragged one and a channel-slice input. With cudnn forced, cuDNN runs. The native version has no cuBLAS.
+TEST_P(CudaConvGemmTest, Conv1x1AsCublasGemm) {
+  if (impl() == Impl::Native) GTEST_SKIP() << "the cuBLAS pointwise path belongs to the library version";
+  const cuda::Conv1x1 saved = cuda::conv1x1();
+  const bool was_enabled = cuda::profiler::enabled();
+  cuda::profiler::set_enabled(true);
+  cuda::profiler::reset();
+  cuda::set_conv1x1(cuda::Conv1x1::Cublas);
+  uint64_t seed = 4500;
+  for (const ConvCase& c : kConvDenseNet)
+    if (c.R == 1 && c.sh == 1) check_conv(c, conv_ref(c, seed++), tol());
+  const ConvCase ragged{{2, 130, 9, 9}, 129, 1, 1, 1, 1, 0, 0, true};
+  check_conv(ragged, conv_ref(ragged, seed++), tol());
+  const ConvCase sliced{{2, 6, 5, 5}, 7, 1, 1, 1, 1, 0, 0, false};
+  const ConvRef& r = conv_ref(sliced, seed++);
+  Tensor wide = Tensor::full({2, 9, 5, 5}, NAN);
+  wide.narrow(1, 1, 6).copy_(r.x);
+  check_conv(sliced, r, tol(), gpu(wide).narrow(1, 1, 6));
+  std::vector<cuda::profiler::OpStat> stats = cuda::profiler::stats();
+  auto calls = [&](const std::string& op, const std::string& impl) {
+    int64_t n = 0;
+    for (const auto& st : stats)
+      if (st.op == op && st.impl == impl) n += st.calls;
+    return n;
+  };
+  EXPECT_GT(calls("conv2d_forward", "cublas"), 0);
+  EXPECT_GT(calls("conv2d_backward_input", "cublas"), 0);
+  EXPECT_EQ(calls("conv2d_forward", "cudnn"), 0);
+  EXPECT_EQ(calls("conv2d_backward_input", "cudnn"), 0);
+  EXPECT_GT(calls("conv2d_backward_weight", "cudnn"), 0);  // a sum over images: cuDNN's
+
+  cuda::profiler::reset();
+  cuda::set_conv1x1(cuda::Conv1x1::Cudnn);
+  check_conv(ragged, conv_ref(ragged, 4600), tol());
+  stats = cuda::profiler::stats();
+  EXPECT_EQ(calls("conv2d_forward", "cublas") + calls("conv2d_backward_input", "cublas"), 0);
+  EXPECT_GT(calls("conv2d_forward", "cudnn"), 0);
+  cuda::set_conv1x1(saved);
+  cuda::profiler::set_enabled(was_enabled);
+}
+
 INSTANTIATE_TEST_SUITE_P(CudaModes, CudaConvGemmTest,
                          ::testing::Combine(::testing::Values(Impl::Library, Impl::Native),
                                             ::testing::Bool()),

@@ -436,6 +436,28 @@ TEST(TileKernelEmulation, ConvPassesAllTiles) {
                      });
         EXPECT_TRUE(gpu_matches("emulated conv forward", as_tensor(y, ys), y_ref, Tol{0, kRtol}, y_scale));
       }
+      {  // forward into channels [1, 1 + K) of a wider (N, K + 2, P, Q) buffer (conv2d_forward_into)
+        const int64_t plane = ys[2] * ys[3], K = ys[1], wide_img = (K + 2) * plane;
+        std::vector<float> wide(std::size_t(ys[0] * wide_img), NAN);
+        ConvShape gi = g;
+        gi.y_img = wide_img;
+        const GemmDims gd = forward_dims(gi);
+        forward_gemm(gi, x, d.w.data(), c.bias ? d.b.data() : nullptr, wide.data() + plane,
+                     [&](const auto& a, const auto& bo, const auto& e) {
+                       emulate_tiled(forced_plan(kind, gd.K), gd.M, gd.N, gd.K, 1, a, bo, e);
+                     });
+        std::vector<float> slice;
+        for (int64_t n = 0; n < ys[0]; ++n) {
+          const float* img = wide.data() + n * wide_img;
+          slice.insert(slice.end(), img + plane, img + (K + 1) * plane);
+          for (int64_t i = 0; i < plane; ++i) {  // channels 0 and K + 1 untouched
+            ASSERT_TRUE(std::isnan(img[i]));
+            ASSERT_TRUE(std::isnan(img[(K + 1) * plane + i]));
+          }
+        }
+        EXPECT_TRUE(gpu_matches("emulated conv forward into a slice", as_tensor(slice, ys), y_ref, Tol{0, kRtol},
+                                y_scale));
+      }
       {  // backward input
         std::vector<float> dx(std::size_t(shape_numel(c.x)), NAN);
         const GemmDims gd = backward_input_dims(g);

@@ -32,8 +32,12 @@
 #        profile     batch 32 eager training with --profile: the per-op table
 #        tf32-off    inference at batches 1 and 32 with LADNN_TF32=0 (at batch 1 cuDNN's FP32 kernels beat
 #                    its TF32 ones: 3.19 vs 4.11 ms in run 5)
+#        conv1x1     the same rows with LADNN_CONV1X1=cudnn (pointwise convolutions never as cuBLAS GEMMs:
+#                    the lever's before), then which 1x1 shapes the default search gave to cuBLAS
+#                    (LADNN_CUDNN_LOG=1, inference at batches 1 and 32, counted per pass)
 # LADNN_CHECK_STEPS picks the steps (comma-separated names: info,tests,sanitizer,kernels,bench,before,
-# cudnn-bn,memory,profile,tf32-off; default all but the comparisons, which need the time of a second call).
+# cudnn-bn,memory,profile,tf32-off,conv1x1; default all but the comparisons, which need the time of a
+# second call).
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to
 # device-check-out/.
 #
@@ -208,6 +212,19 @@ want memory && compare memory timeout "$T_COMPARE" "$B/ladnn" bench --batches 64
   --torch off --steps 10 --warmup 3
 want tf32-off && compare tf32-off LADNN_TF32=0 timeout "$T_COMPARE" "$B/ladnn" bench --batches 1,32 --work infer \
   --graph on --torch off --steps 20 --warmup 3
+if want conv1x1; then
+  # shellcheck disable=SC2086
+  compare conv1x1-cudnn LADNN_CONV1X1=cudnn timeout "$T_COMPARE" "$B/ladnn" bench $BENCH_ARGS --torch off
+  section "7. conv1x1: the default search's choices (inference, batches 1 and 32)"
+  LADNN_CUDNN_LOG=1 timeout "$T_COMPARE" "$B/ladnn" bench --batches 1,32 --work infer --graph on --torch off \
+    --steps 5 --warmup 2 >"$OUTDIR/conv1x1_choices.log" 2>&1
+  echo "exit status $?"
+  for pass in conv2d_forward conv2d_backward_input; do
+    echo "$pass: $(grep -c "^ladnn: $pass .* -> cuBLAS" "$OUTDIR/conv1x1_choices.log") shapes to cuBLAS," \
+      "$(grep -c "^ladnn: $pass .*w ([0-9]*, [0-9]*, 1, 1).* -> cuDNN" "$OUTDIR/conv1x1_choices.log") 1x1 shapes to cuDNN"
+  done
+  grep -E "^ladnn: conv2d_forward .*w \([0-9]+, [0-9]+, 1, 1\)" "$OUTDIR/conv1x1_choices.log" | head -12
+fi
 want profile && compare profile timeout "$T_COMPARE" "$B/ladnn" bench --batches 32 --work train --graph off \
   --profile --torch off --steps 5 --warmup 2
 

@@ -70,6 +70,7 @@ struct ConvGeom {
   int64_t P, Q;        // output plane
   int64_t sh, sw, ph, pw;
   int64_t x_stride = 0;  // elements between images of x: C*H*W, or more for a channel slice
+  int64_t y_stride = 0;  // elements between images of y: K*P*Q, or more when writing into a slice
   int64_t hw() const { return H * W; }
   int64_t pq() const { return P * Q; }
   int64_t crs() const { return C * R * S; }
@@ -563,8 +564,9 @@ void forward_impl(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y
   const Algo algo = pick_algo(g);
   const int threads = image_threads(g.N);
   const WeightGemm<T> wg = weight_gemm(g, algo, false, w, threads);
+  const int64_t y_stride = g.y_stride > 0 ? g.y_stride : g.K * g.pq();
   run_images<T>(g, algo, threads, [&](int64_t n, T* work) {
-    forward_image(g, algo, x + n * g.x_stride, wg, bias, y + n * g.K * g.pq(), work);
+    forward_image(g, algo, x + n * g.x_stride, wg, bias, y + n * y_stride, work);
   });
 }
 
@@ -646,8 +648,10 @@ Shape conv2d_output_shape(const Shape& x, const Shape& w, const Conv2dParams& p)
   return conv_geometry("conv2d", x, w, p).y_shape();
 }
 
-Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p) {
-  const std::string op = "conv2d";
+namespace {
+/// The checks of a forward call; returns its geometry.
+ConvGeom check_forward(const std::string& op, const Tensor& x, const Tensor& w, const Tensor& bias,
+                       const Conv2dParams& p) {
   check_operand(op, "input", x);
   check_operand(op, "weight", w);
   check_same_dtype(op, "input", x, "weight", w);
@@ -659,10 +663,13 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, cons
                                                       ") for weight " + shape_str(w.shape()) + ", got " +
                                                       shape_str(bias.shape()));
   }
-  if (x.device().is_cuda()) return cuda::conv2d_forward(x, w, bias, p);
+  return g;
+}
+
+/// Runs the CPU forward into y, whose images are g.y_stride elements apart.
+void forward_cpu(ConvGeom g, const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y) {
   const Tensor xc = images_view(x, g), wc = w.contiguous();
   const Tensor bc = bias.defined() ? bias.contiguous() : Tensor();
-  Tensor y = Tensor::empty(g.y_shape(), x.dtype());
   if (x.dtype() == DType::Float32) {
     forward_impl<float>(g, xc.data<float>(), wc.data<float>(), bc.defined() ? bc.data<float>() : nullptr,
                         y.data<float>());
@@ -670,7 +677,42 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, cons
     forward_impl<double>(g, xc.data<double>(), wc.data<double>(), bc.defined() ? bc.data<double>() : nullptr,
                          y.data<double>());
   }
+}
+/// The image stride of a forward's `out`, checked: the output's shape, each image one (K, P, Q) block.
+int64_t conv2d_out_image_stride(const std::string& op, const Tensor& out, const Shape& y_shape) {
+  check(out.shape() == y_shape,
+        op + ": out must have the output's shape " + shape_str(y_shape) + ", got " + shape_str(out.shape()));
+  const int64_t N = y_shape[0], K = y_shape[1], P = y_shape[2], Q = y_shape[3];
+  const Shape& st = out.strides();
+  const bool inner = (K <= 1 || st[1] == P * Q) && (P <= 1 || st[2] == Q) && (Q <= 1 || st[3] == 1);
+  check(inner && (N <= 1 || st[0] >= K * P * Q),
+        op + ": out must hold each image as one contiguous (K, P, Q) block (a channel slice of an NCHW "
+             "tensor is), got strides " + shape_str(st));
+  return N <= 1 ? K * P * Q : st[0];
+}
+}  // namespace
+
+Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p) {
+  ConvGeom g = check_forward("conv2d", x, w, bias, p);
+  if (x.device().is_cuda()) return cuda::conv2d_forward(x, w, bias, p);
+  Tensor y = Tensor::empty(g.y_shape(), x.dtype());
+  g.y_stride = g.K * g.pq();
+  forward_cpu(g, x, w, bias, y);
   return y;
+}
+
+void conv2d_forward_into(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p,
+                         const Tensor& out) {
+  const std::string op = "conv2d_forward_into";
+  ConvGeom g = check_forward(op, x, w, bias, p);
+  check(out.defined(), op + ": out is undefined");
+  check(out.dtype() == x.dtype() && out.device() == x.device(),
+        op + ": out must have the input's dtype and device (" + dtype_name(x.dtype()) + ", " +
+            x.device().str() + "), got " + dtype_name(out.dtype()) + ", " + out.device().str());
+  g.y_stride = conv2d_out_image_stride(op, out, g.y_shape());
+  if (out.numel() == 0) return;
+  if (x.device().is_cuda()) return cuda::conv2d_forward_into(x, w, bias, p, out);
+  forward_cpu(g, x, w, bias, out);
 }
 
 Tensor conv2d_backward_input(const Tensor& dy, const Tensor& w, const Shape& x_shape, const Conv2dParams& p) {
