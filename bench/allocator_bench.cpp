@@ -21,6 +21,9 @@
 // (all tried, removed). What is left (reserved 1.22x the live peak, nothing held outside the pool but
 // live tensors) is the pool's own fragmentation; our guess, not measured, is that a cure needs segments
 // that grow in place (cuMemMap-backed, as PyTorch's expandable segments).
+// After the memory-efficient dense layer stopped keeping its bottleneck and that map's BN-ReLU output
+// (DenseLayer::forward_recomputed, 2026-11-27, same machine): live peak 4.19 -> 1.90 GiB, policy 1
+// reserves 5.10 -> 2.84 GiB (1.49x the live peak: the pool's fragmentation is a larger share now).
 //
 // Caveats: CPU ops make the same tensors as the GPU's, not the same scratch (cuDNN workspaces and our
 // kernels' partial sums are GPU-only, im2col buffers CPU-only); and a step of DenseNet-169 at 224x224

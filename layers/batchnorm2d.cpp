@@ -27,6 +27,21 @@ int64_t BatchNorm2d::num_batches_tracked() const {
 Variable BatchNorm2d::forward(const Variable& x) { return run(x, false); }
 Variable BatchNorm2d::forward_relu(const Variable& x) { return run(x, true); }
 
+ops::BatchNormForward BatchNorm2d::forward_train(const Tensor& x, ops::BnAct act) {
+  check(is_training(), "BatchNorm2d::forward_train: the layer is in eval mode");
+  check(x.dim() == 4 && x.size(1) == num_features_, "BatchNorm2d: expected input (N, " +
+                                                        std::to_string(num_features_) + ", H, W), got " +
+                                                        shape_str(x.shape()));
+  if (recomputing()) {  // as run(): the statistics were updated by the first run
+    Tensor no_mean, no_var;
+    return ops::batch_norm_forward_train(x, weight_.tensor(), bias_.tensor(), no_mean, no_var, momentum_, eps_,
+                                         act);
+  }
+  ops::increment_(buffer("num_batches_tracked"));
+  return ops::batch_norm_forward_train(x, weight_.tensor(), bias_.tensor(), buffer("running_mean"),
+                                       buffer("running_var"), momentum_, eps_, act);
+}
+
 Variable BatchNorm2d::run(const Variable& x, bool relu) {
   const auto op = relu ? batch_norm_relu2d : batch_norm2d;
   check(x.dim() == 4 && x.size(1) == num_features_, "BatchNorm2d: expected input (N, " +

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "layers/module.h"
+#include "tensor/ops.h"
 
 namespace ladnn {
 
@@ -19,6 +20,10 @@ class BatchNorm2d : public Module {
   Variable forward(const Variable& x) override;
   /// relu(forward(x)) in one fused op (batch_norm_relu2d): same values, gradients and statistics.
   Variable forward_relu(const Variable& x);
+  /// The training forward on plain tensors, no autograd record, with this layer's bookkeeping (running
+  /// statistics and num_batches_tracked updated, but not again while a checkpoint re-runs it), for code
+  /// that writes its own backward (DenseNet's memory-efficient layer). Needs training mode.
+  ops::BatchNormForward forward_train(const Tensor& x, ops::BnAct act);
 
   int64_t num_features() const { return num_features_; }
   double eps() const { return eps_; }

@@ -1,7 +1,6 @@
 // models/densenet.cpp — the DenseNet modules (see densenet.h).
 #include "models/densenet.h"
 
-#include "autograd/checkpoint.h"
 #include "autograd/functions.h"
 #include "layers/activation.h"
 #include "layers/pool.h"
@@ -64,12 +63,85 @@ Variable DenseLayer::bottleneck(const std::vector<Variable>& features) {
 }
 
 Variable DenseLayer::forward_features(const std::vector<Variable>& features) {
-  Variable b = memory_efficient_ && is_training()
-                   ? checkpoint([this](const std::vector<Variable>& in) { return bottleneck(in); }, features)
-                   : bottleneck(features);
-  Variable out = (*conv2_)(norm2_->forward_relu(b));  // (N, growth, H, W)
+  Variable out = memory_efficient_ && is_training() && grad_enabled()
+                     ? forward_recomputed(features)
+                     : (*conv2_)(norm2_->forward_relu(bottleneck(features)));  // (N, growth, H, W)
   if (drop_rate_ > 0) out = dropout(out, drop_rate_, is_training(), gen_);
   return out;
+}
+
+// The memory-efficient layer as one autograd op with a hand-written backward. Forward computes
+//   x = cat(features), t = relu(norm1(x)), b = conv1(t), h = relu(norm2(b)), out = conv2(h)
+// and keeps none of x, t, b, h: only the features (alive anyway, they are the block's output) and the
+// parameters. Backward recomputes them — the same batch statistics of the same values, so the same bits
+// — and runs the layer's backward by hand, freeing each map as soon as it is used:
+//   dW2 = conv2'(dout; h)    dh = conv2'(dout; W2)    db, dgamma2, dbeta2 = norm2'(dh; b, h)
+//   dW1 = conv1'(db; t)      dt = conv1'(db; W1)      dx, dgamma1, dbeta1 = norm1'(dt; x, t)
+// and dx split back onto the features. torchvision's memory_efficient (a checkpoint around x..b) re-runs
+// the same convolution in backward but keeps b and h from forward: 128 + 128 channels per layer, most of
+// the step's memory. Here the price of dropping them is one BatchNorm pass (norm2's statistics again).
+Variable DenseLayer::forward_recomputed(const std::vector<Variable>& features) {
+  std::vector<Tensor> parts;
+  std::vector<int64_t> sizes;
+  for (const Variable& f : features) {
+    parts.push_back(f.tensor());
+    sizes.push_back(f.size(1));
+  }
+  auto concat = [](const std::vector<Tensor>& p) { return p.size() == 1 ? p[0] : ops::cat(p, 1); };
+  const ops::Conv2dParams p1 = conv1_->params(), p2 = conv2_->params();
+  Tensor out;
+  {
+    Tensor t = norm1_->forward_train(concat(parts), ops::BnAct::Relu).y;  // x dies here
+    Tensor b = ops::conv2d_forward(t, conv1_->weight().tensor(), Tensor(), p1);
+    t = Tensor();
+    Tensor h = norm2_->forward_train(b, ops::BnAct::Relu).y;
+    b = Tensor();
+    out = ops::conv2d_forward(h, conv2_->weight().tensor(), Tensor(), p2);
+  }
+  std::vector<Variable> inputs = features;
+  for (const Variable* v : {&norm1_->weight(), &norm1_->bias(), &conv1_->weight(), &norm2_->weight(),
+                            &norm2_->bias(), &conv2_->weight()})
+    inputs.push_back(*v);
+  const Tensor g1 = norm1_->weight().tensor(), be1 = norm1_->bias().tensor(), w1 = conv1_->weight().tensor();
+  const Tensor g2 = norm2_->weight().tensor(), be2 = norm2_->bias().tensor(), w2 = conv2_->weight().tensor();
+  const double eps1 = norm1_->eps(), eps2 = norm2_->eps();
+  return Variable::from_op(
+      std::move(out), std::move(inputs),
+      [=](const Tensor& dout, const std::vector<bool>& needs) {
+        const std::size_t nf = parts.size();  // needs/grads: features, gamma1, beta1, W1, gamma2, beta2, W2
+        std::vector<Tensor> grads(nf + 6);
+        Tensor none_mean, none_var;  // recomputation: no running statistics to update
+        const Tensor x = concat(parts);
+        const ops::BatchNormForward f1 =
+            ops::batch_norm_forward_train(x, g1, be1, none_mean, none_var, 0.0, eps1, ops::BnAct::Relu);
+        Tensor db;
+        {
+          const Tensor b = ops::conv2d_forward(f1.y, w1, Tensor(), p1);
+          const ops::BatchNormForward f2 =
+              ops::batch_norm_forward_train(b, g2, be2, none_mean, none_var, 0.0, eps2, ops::BnAct::Relu);
+          if (needs[nf + 5]) grads[nf + 5] = ops::conv2d_backward_weight(dout, f2.y, w2.shape(), p2);
+          const Tensor dh = ops::conv2d_backward_input(dout, w2, f2.y.shape(), p2);
+          ops::BatchNormGrads n2 = ops::batch_norm_backward_train(dh, b, g2, f2.save_mean, f2.save_invstd, f2.y);
+          if (needs[nf + 3]) grads[nf + 3] = std::move(n2.dgamma);
+          if (needs[nf + 4]) grads[nf + 4] = std::move(n2.dbeta);
+          db = std::move(n2.dx);
+        }
+        if (needs[nf + 2]) grads[nf + 2] = ops::conv2d_backward_weight(db, f1.y, w1.shape(), p1);
+        bool below = needs[nf] || needs[nf + 1];
+        for (std::size_t i = 0; i < nf; ++i) below = below || needs[i];
+        if (below) {
+          const Tensor dt = ops::conv2d_backward_input(db, w1, f1.y.shape(), p1);
+          db = Tensor();
+          ops::BatchNormGrads n1 = ops::batch_norm_backward_train(dt, x, g1, f1.save_mean, f1.save_invstd, f1.y);
+          if (needs[nf]) grads[nf] = std::move(n1.dgamma);
+          if (needs[nf + 1]) grads[nf + 1] = std::move(n1.dbeta);
+          const std::vector<Tensor> dparts = nf == 1 ? std::vector<Tensor>{n1.dx} : ops::split(n1.dx, sizes, 1);
+          for (std::size_t i = 0; i < nf; ++i)
+            if (needs[i]) grads[i] = dparts[i];
+        }
+        return grads;
+      },
+      "dense_layer_recomputed");
 }
 
 void DenseLayer::forward_into(const Variable& x, const Tensor& out) {

@@ -32,9 +32,10 @@ struct DenseNetConfig {
   int64_t num_init_features = 64;
   int64_t bn_size = 4;
   double drop_rate = 0.0;
-  /// Each dense layer's concatenation-BN-ReLU-1x1 conv runs under a checkpoint (autograd/checkpoint.h):
-  /// those intermediate maps, which grow with depth, are recomputed in backward instead of stored
-  /// (torchvision's memory_efficient). Same results; less memory, a little more compute.
+  /// Training keeps none of a dense layer's inner maps (concatenation, both BN-ReLU outputs, the
+  /// bottleneck) for backward: it recomputes them there (DenseLayer::forward_recomputed). Same results;
+  /// far less memory, a little more compute. torchvision's memory_efficient recomputes the same
+  /// convolution but keeps the bottleneck and its BN-ReLU output.
   bool memory_efficient = false;
 
   static DenseNetConfig densenet121() { return {32, {6, 12, 24, 16}, 64, 4, 0.0}; }
@@ -56,8 +57,8 @@ class DenseLayer : public Module {
              Generator& gen);
   /// x: the concatenation of the block's earlier feature maps -> growth_rate new channels.
   Variable forward(const Variable& x) override;
-  /// The same from the block's feature maps, concatenated here (inside the checkpoint when
-  /// memory-efficient, so the concatenation is never stored).
+  /// The same from the block's feature maps, concatenated here (memory-efficient training: inside
+  /// forward_recomputed, so the concatenation is never stored).
   Variable forward_features(const std::vector<Variable>& features);
   /// Inference (eval mode, gradients off): the layer's growth_rate channels written straight into `out`
   /// (a channel slice of the block's buffer), conv2's output never a tensor of its own.
@@ -66,6 +67,9 @@ class DenseLayer : public Module {
 
  private:
   Variable bottleneck(const std::vector<Variable>& features);
+  /// Memory-efficient training: the whole layer as one op that stores nothing but its inputs and
+  /// recomputes its inner maps in backward (see densenet.cpp).
+  Variable forward_recomputed(const std::vector<Variable>& features);
   std::shared_ptr<BatchNorm2d> norm1_, norm2_;
   std::shared_ptr<Conv2d> conv1_, conv2_;
   double drop_rate_;

@@ -111,12 +111,13 @@ TEST(DenseNetMemoryEfficient, KeepsLessAliveBetweenForwardAndBackward) {
   };
   const std::size_t plain = kept(*p.plain), efficient = kept(*p.efficient);
   // Per layer the plain graph keeps the concatenated input, its BN-ReLU output, the bottleneck and
-  // its BN-ReLU output; the efficient one only the last two (the block's own features stay alive
-  // either way). Measured: 29.8 MB plain, 16.6 MB memory-efficient (byte counts follow from the shapes
-  // alone, so the margin to 0.6 is not noise).
+  // its BN-ReLU output; the efficient one only the bottleneck (the block's own features stay alive
+  // either way). Measured: 30.1 MB plain, 12.2 MB memory-efficient (16.6 MB while it also kept the
+  // bottleneck's BN-ReLU output; byte counts follow from the shapes alone, so the margin to 0.45 is
+  // not noise).
   RecordProperty("kept_plain_bytes", std::to_string(plain));
   RecordProperty("kept_efficient_bytes", std::to_string(efficient));
-  EXPECT_LT(double(efficient), 0.6 * double(plain))
+  EXPECT_LT(double(efficient), 0.45 * double(plain))
       << "plain graph keeps " << plain << " bytes, memory-efficient " << efficient;
 }
 
