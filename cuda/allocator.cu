@@ -11,9 +11,15 @@
 // used, so those blocks must never be handed to anyone else while the graph may replay; the pool's
 // own allocations may reuse them (in stream order, which is the graph's order). release_pool() (the
 // graph is gone) turns the pool's blocks into ordinary ones.
+//
+// Planned pools (cuda/memory_plan.h): a recorded pool notes its allocation sequence; a planned pool
+// takes one ordinary block (the arena) and serves its allocations at the planned offsets inside it
+// (PlannedArena), so the cache never sees them. The arena goes back to the cache when its pool is
+// released and none of its blocks is in use any more.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -23,6 +29,7 @@
 #include "cuda/block_cache.h"
 #include "cuda/check.h"
 #include "cuda/context.h"
+#include "cuda/memory_plan.h"
 #include "cuda/runtime.h"
 
 namespace ladnn::cuda {
@@ -36,8 +43,22 @@ class CachingAllocator {
   }
 
   void* allocate(std::size_t nbytes, cudaStream_t stream) {
-    const std::size_t size = round_size(nbytes);
     std::lock_guard<std::mutex> lock(mu_);
+    if (planning_) {
+      if (void* p = planning_->take(nbytes)) {
+        ++stats_.allocations;
+        if (fill_) CUDA_CHECK(cudaMemsetAsync(p, 0xFF, nbytes, stream));
+        return p;
+      }
+      // The run left the recorded sequence: the pool serves the rest; the capture will be discarded.
+    }
+    void* p = allocate_locked(nbytes, stream);
+    if (recorder_) recorder_->allocated(p, nbytes);
+    return p;
+  }
+
+  void* allocate_locked(std::size_t nbytes, cudaStream_t stream) {
+    const std::size_t size = round_size(nbytes);
     ++stats_.allocations;
     void* p = cache_.take(size, nbytes, stream, active_pool_);
     if (p) {
@@ -57,6 +78,12 @@ class CachingAllocator {
     if (!p) return;
     try {
       std::lock_guard<std::mutex> lock(mu_);
+      for (auto it = arenas_.begin(); it != arenas_.end(); ++it)
+        if (it->arena->put_back(p)) {
+          if (it->released && it->arena->live_blocks() == 0) free_arena(it);
+          return;
+        }
+      if (recorder_) recorder_->freed(p);
       const BlockCache::Freed f = cache_.put_back(p);
       if (f.size == 0) {
         // A pointer we never gave out, or a double free: a bug in the caller. Destructors call us, so
@@ -100,7 +127,50 @@ class CachingAllocator {
   void release_pool(uint64_t pool) {
     std::lock_guard<std::mutex> lock(mu_);
     cache_.release_pool(pool);  // a pool with no blocks (or released before) has nothing to retag
+    for (auto it = arenas_.begin(); it != arenas_.end();) {
+      if (it->pool != pool) {
+        ++it;
+        continue;
+      }
+      it->released = true;
+      if (it->arena->live_blocks() == 0)
+        it = free_arena(it);
+      else
+        ++it;  // blocks made during the capture are still in use: the arena goes when they do
+    }
     sync_stats();
+  }
+
+  void begin_recording(uint64_t pool) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (active_pool_ != 0) throw Error("cuda::begin_pool_recording: a private pool is already active");
+    active_pool_ = pool;
+    recorder_ = std::make_unique<PlanRecorder>();
+  }
+  std::vector<PlanBlock> end_recording() {
+    std::lock_guard<std::mutex> lock(mu_);
+    active_pool_ = 0;
+    std::vector<PlanBlock> blocks = recorder_ ? recorder_->blocks() : std::vector<PlanBlock>{};
+    recorder_.reset();
+    return blocks;
+  }
+  void begin_planned(uint64_t pool, std::vector<PlanBlock> blocks, MemoryPlan plan) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (active_pool_ != 0) throw Error("cuda::begin_planned_pool: a private pool is already active");
+    // The arena: one ordinary block, outside every pool, owned here until the pool is released.
+    char* base = static_cast<char*>(allocate_locked(std::max<std::size_t>(plan.arena_bytes, 1), stream()));
+    arenas_.push_back({std::make_unique<PlannedArena>(base, std::move(blocks), std::move(plan)), pool, false});
+    planning_ = arenas_.back().arena.get();
+    active_pool_ = pool;  // a deviation falls back to the pool
+  }
+  std::string end_planned() {
+    std::lock_guard<std::mutex> lock(mu_);
+    active_pool_ = 0;
+    if (!planning_) return "no planned pool was active";
+    planning_->finish();
+    const std::string why = planning_->broken() ? planning_->why() : "";
+    planning_ = nullptr;
+    return why;
   }
 
   void set_limit(std::size_t bytes) {
@@ -182,7 +252,22 @@ class CachingAllocator {
     throw OutOfMemory(msg);
   }
 
+  struct Arena {
+    std::unique_ptr<PlannedArena> arena;
+    uint64_t pool = 0;
+    bool released = false;  // its pool (graph) is gone
+  };
+  std::vector<Arena>::iterator free_arena(std::vector<Arena>::iterator it) {
+    const BlockCache::Freed f = cache_.put_back(it->arena->base());  // ordinary: back to the cache
+    stats_.requested_bytes -= f.requested;
+    sync_stats();
+    return arenas_.erase(it);
+  }
+
   std::mutex mu_;
+  std::vector<Arena> arenas_;               // planned pools' arenas, live until released and empty
+  PlannedArena* planning_ = nullptr;        // the arena serving a capture now
+  std::unique_ptr<PlanRecorder> recorder_;  // recording a pool's allocations now
   BlockCache cache_;
   uint64_t active_pool_ = 0;
   AllocatorStats stats_;
@@ -228,6 +313,18 @@ void end_pool() {
 }
 void release_pool(uint64_t pool) {
   the_allocator().release_pool(pool);
+}
+void begin_pool_recording(uint64_t pool) {
+  the_allocator().begin_recording(pool);
+}
+std::vector<PlanBlock> end_pool_recording() {
+  return the_allocator().end_recording();
+}
+void begin_planned_pool(uint64_t pool, std::vector<PlanBlock> blocks, MemoryPlan plan) {
+  the_allocator().begin_planned(pool, std::move(blocks), std::move(plan));
+}
+std::string end_planned_pool() {
+  return the_allocator().end_planned();
 }
 void set_memory_limit(std::size_t bytes) {
   the_allocator().set_limit(bytes);

@@ -29,6 +29,9 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
+
+#include "cuda/memory_plan.h"
 
 // No CUDA header here: this file is included by code built without the CUDA backend too.
 struct CUstream_st;
@@ -79,6 +82,18 @@ void release_cached();
 void begin_pool(uint64_t pool);
 void end_pool();
 void release_pool(uint64_t pool);
+
+/// Memory planning for graphs (cuda/memory_plan.h; cuda::Graph::capture uses these). A pool can record
+/// its allocation sequence (begin_pool_recording ... end_pool_recording returns it); a later pool can be
+/// served from one arena planned for that sequence (begin_planned_pool ... end_planned_pool), which
+/// holds about the step's live peak instead of what best fit left behind. end_planned_pool returns ""
+/// when the run followed the recorded sequence, else why not; the run's graph must then be discarded (its
+/// addresses may overlap), and the arena is freed with the pool (release_pool), once no block in it is in
+/// use. Allocations after a deviation come from the ordinary pool.
+void begin_pool_recording(uint64_t pool);
+std::vector<PlanBlock> end_pool_recording();
+void begin_planned_pool(uint64_t pool, std::vector<PlanBlock> blocks, MemoryPlan plan);
+std::string end_planned_pool();
 
 /// Caps reserved_bytes (0 = no cap, the default): an allocation that would exceed it releases the cache
 /// and then throws OutOfMemory, as a full device would. For tests and for sharing a GPU.

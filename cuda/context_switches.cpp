@@ -15,6 +15,7 @@
 #include <string>
 
 #include "cuda/context.h"
+#include "cuda/graph.h"
 
 namespace ladnn::cuda {
 namespace {
@@ -26,6 +27,7 @@ std::atomic<int> g_impl[kFamilies] = {{kUnread}, {kUnread}, {kUnread}, {kUnread}
 std::atomic<int> g_tf32{kUnread};
 std::atomic<int> g_deterministic{kUnread};
 std::atomic<int> g_conv1x1{kUnread};
+std::atomic<int> g_graph_plan{kUnread};
 
 int index_of(Family f) {
   return static_cast<int>(f);
@@ -193,6 +195,20 @@ void set_conv1x1(Conv1x1 mode) {
   g_conv1x1.store(static_cast<int>(mode));
 }
 
+bool graph_memory_plan() {
+  int v = g_graph_plan.load(std::memory_order_relaxed);
+  if (v == kUnread) {
+    const int parsed = env_switch("LADNN_GRAPH_PLAN", 0);
+    int expected = kUnread;
+    v = g_graph_plan.compare_exchange_strong(expected, parsed) ? parsed : expected;
+  }
+  return v == 1;
+}
+
+void set_graph_memory_plan(bool on) {
+  g_graph_plan.store(on ? 1 : 0);
+}
+
 std::string describe_switches() {
   std::ostringstream out;
   auto line = [&](const std::string& name, const std::string& value, const std::string& note) {
@@ -212,6 +228,8 @@ std::string describe_switches() {
             [f] { return std::string(impl_name(f, impl(f))); });
   guarded("conv1x1", "LADNN_CONV1X1; default auto: cuDNN or cuBLAS, timed per shape",
           [] { return std::string(conv1x1_name(conv1x1())); });
+  guarded("graph-plan", "LADNN_GRAPH_PLAN; default off: one planned arena per CUDA graph",
+          [] { return std::string(graph_memory_plan() ? "on" : "off"); });
   guarded("tf32", "LADNN_TF32; default on", [] { return std::string(tf32_enabled() ? "on" : "off"); });
   guarded("deterministic", "LADNN_DETERMINISTIC; default off",
           [] { return std::string(deterministic() ? "on" : "off"); });

@@ -4,6 +4,9 @@
 // blocks, which the stricter modes forbid while a capture is open. Synchronising the stream or a copy
 // through the legacy stream still invalidates the capture; cudaStreamEndCapture then reports it and
 // capture() throws (copy_bytes refuses host copies itself, with a clearer message).
+//
+// Planned captures (capture(fn, true)): record, plan (cuda/memory_plan.h), capture again into the planned
+// arena; a second run that allocates differently from the first is discarded and captured plainly.
 #include <atomic>
 #include <string>
 
@@ -32,6 +35,7 @@ Graph::~Graph() {
 
 void Graph::reset() {
   nodes_ = 0;
+  arena_bytes_ = 0;
   if (exec_) {
     CUDA_CHECK(cudaStreamSynchronize(stream()));  // replays in flight still use the pool
     CUDA_CHECK(cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_)));
@@ -44,14 +48,61 @@ void Graph::reset() {
 }
 
 void Graph::capture(const std::function<void()>& fn) {
+  capture(fn, graph_memory_plan());
+}
+
+void Graph::capture(const std::function<void()>& fn, bool plan_memory) {
+  plan_failure_.clear();
+  if (!plan_memory) {
+    capture_once(fn, PoolMode::Plain);
+    return;
+  }
+  // 1. Record the allocation sequence (into an ordinary pool), and plan it.
+  capture_once(fn, PoolMode::Record);
+  plan_ = ladnn::cuda::plan_memory(recorded_);
+  // 2. That graph goes, and its pool's memory back to the device, so the arena can take its place.
+  reset();
+  release_cached();
+  // 3. The same capture at the planned offsets; a run that allocates differently is captured again plainly.
+  try {
+    capture_once(fn, PoolMode::Planned);
+  } catch (const OutOfMemory& e) {  // the arena itself did not fit
+    plan_failure_ = std::string("the planned arena: ") + e.what();
+  }
+  if (!plan_failure_.empty()) {
+    reset();
+    capture_once(fn, PoolMode::Plain);
+  }
+}
+
+void Graph::capture_once(const std::function<void()>& fn, PoolMode mode) {
   reset();
   static std::atomic<uint64_t> next_pool{1};
   cudaStream_t st = stream();
   pool_ = next_pool++;
-  begin_pool(pool_);
+  switch (mode) {
+    case PoolMode::Plain:
+      begin_pool(pool_);
+      break;
+    case PoolMode::Record:
+      begin_pool_recording(pool_);
+      break;
+    case PoolMode::Planned:
+      begin_planned_pool(pool_, recorded_, plan_);
+      arena_bytes_ = plan_.arena_bytes;
+      break;
+  }
+  auto end_pool_mode = [&] {
+    if (mode == PoolMode::Record)
+      recorded_ = end_pool_recording();
+    else if (mode == PoolMode::Planned)
+      plan_failure_ = end_planned_pool();
+    else
+      end_pool();
+  };
   cudaError_t begin = cudaStreamBeginCapture(st, cudaStreamCaptureModeRelaxed);
   if (begin != cudaSuccess) {
-    end_pool();
+    end_pool_mode();
     reset();
     throw Error(failure("cudaStreamBeginCapture(stream(), cudaStreamCaptureModeRelaxed)", __FILE__, __LINE__,
                         cudaGetErrorString(begin)));
@@ -64,7 +115,7 @@ void Graph::capture(const std::function<void()>& fn) {
   }
   cudaGraph_t graph = nullptr;
   cudaError_t end = cudaStreamEndCapture(st, &graph);
-  end_pool();
+  end_pool_mode();
   cudaGetLastError();  // an invalidated capture leaves its error behind: don't blame the next launch
   if (what.empty() && end != cudaSuccess)
     what = std::string("cudaStreamEndCapture: ") + cudaGetErrorString(end) +

@@ -27,6 +27,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <string>
+#include <vector>
+
+#include "cuda/memory_plan.h"
 
 namespace ladnn::cuda {
 
@@ -42,19 +46,39 @@ class Graph {
 
   /// Records everything `fn` queues on cuda::stream() (nothing runs). Throws cuda::Error naming what
   /// broke the capture; the stream is usable afterwards and this Graph stays empty. A second capture
-  /// replaces the first.
+  /// replaces the first. With graph_memory_plan() on, capture(fn, true).
   void capture(const std::function<void()>& fn);
+  /// With `plan_memory`, the graph's intermediates get one planned arena instead of a pool
+  /// (cuda/memory_plan.h): `fn` is captured once to record its allocations, then again with every
+  /// allocation at a planned offset — fn runs twice, so it must queue the same work both times (host
+  /// side effects happen twice). Should the second run allocate differently, it is captured a third
+  /// time into an ordinary pool, and plan_failure() says why.
+  void capture(const std::function<void()>& fn, bool plan_memory);
   /// Queues one run of the captured work on cuda::stream(). Throws when nothing was captured.
   void replay();
   bool captured() const { return exec_ != nullptr; }
   /// Nodes of the captured graph (kernels, memsets, copies): what one replay launches. 0 when empty.
   std::size_t nodes() const { return nodes_; }
+  /// The planned arena's bytes (0 without a plan), and why the last planned capture fell back ("" if not).
+  std::size_t arena_bytes() const { return arena_bytes_; }
+  const std::string& plan_failure() const { return plan_failure_; }
 
  private:
+  enum class PoolMode { Plain, Record, Planned };
+  void capture_once(const std::function<void()>& fn, PoolMode mode);
   void reset();
   void* exec_ = nullptr;  // cudaGraphExec_t
   uint64_t pool_ = 0;     // the allocator's private pool of this graph
   std::size_t nodes_ = 0;
+  std::size_t arena_bytes_ = 0;
+  std::string plan_failure_;
+  std::vector<PlanBlock> recorded_;  // Record's allocations, for Planned
+  MemoryPlan plan_;
 };
+
+/// Whether Graph::capture(fn) plans its memory: LADNN_GRAPH_PLAN=1 (default off until measured on a GPU),
+/// or set_graph_memory_plan.
+bool graph_memory_plan();
+void set_graph_memory_plan(bool on);
 
 }  // namespace ladnn::cuda

@@ -60,6 +60,9 @@ void Graph::reset() {}
 void Graph::capture(const std::function<void()>&) {
   no_backend("Graph::capture");
 }
+void Graph::capture(const std::function<void()>&, bool) {
+  no_backend("Graph::capture");
+}
 void Graph::replay() {
   no_backend("Graph::replay");
 }
@@ -67,6 +70,14 @@ void release_cached() {}
 void begin_pool(uint64_t) {}
 void end_pool() {}
 void release_pool(uint64_t) {}
+void begin_pool_recording(uint64_t) {}
+std::vector<PlanBlock> end_pool_recording() {
+  return {};
+}
+void begin_planned_pool(uint64_t, std::vector<PlanBlock>, MemoryPlan) {}
+std::string end_planned_pool() {
+  return "";
+}
 void set_memory_limit(std::size_t bytes) {
   g_limit = bytes;
 }

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "cuda/context.h"
+#include "cuda/graph.h"
 #include "cuda/runtime.h"
 #include "tests/cuda_test_util.h"
 
@@ -70,7 +71,10 @@ TEST(CudaContextSwitches, DescribeSwitchesNamesEachValueAndVariable) {
   cuda::set_tf32(false);
   cuda::set_deterministic(true);
   cuda::set_conv1x1(cuda::Conv1x1::Cublas);
+  const bool saved_plan = cuda::graph_memory_plan();
+  cuda::set_graph_memory_plan(true);
   const std::string d = cuda::describe_switches();
+  cuda::set_graph_memory_plan(saved_plan);
   cuda::set_impl(Family::BatchNorm, saved_bn);
   cuda::set_tf32(saved_tf32);
   cuda::set_deterministic(saved_det);
@@ -80,6 +84,9 @@ TEST(CudaContextSwitches, DescribeSwitchesNamesEachValueAndVariable) {
       << d;
   EXPECT_NE(d.find("  bn             cudnn   (LADNN_BN; default native)\n"), std::string::npos) << d;
   EXPECT_NE(d.find("  tf32           off     (LADNN_TF32; default on)\n"), std::string::npos) << d;
+  EXPECT_NE(d.find("  graph-plan     on      (LADNN_GRAPH_PLAN; default off: one planned arena per CUDA graph)\n"),
+            std::string::npos)
+      << d;
   EXPECT_NE(d.find("  deterministic  on      (LADNN_DETERMINISTIC; default off)\n"), std::string::npos) << d;
   EXPECT_NE(d.find("  gemm           "), std::string::npos) << d;
   EXPECT_NE(d.find("(LADNN_GEMM; default cublas)"), std::string::npos) << d;

@@ -4,6 +4,7 @@
 // clear error and leaves the stream usable; the graph's memory is never handed to anyone else.
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 
@@ -69,7 +70,14 @@ class CudaGraphTest : public ::testing::TestWithParam<cuda::Impl> {
 // differences in the stem's BatchNorm weights after four Adam steps, graph or not); Adam under replay
 // is checked exactly below. A replay that skipped the BatchNorm counter or read stale inputs or weights
 // would be off by far more.
-TEST_P(CudaGraphTest, ReplayedTrainingStepsEqualEagerSteps) {
+/// Sets cuda::set_graph_memory_plan for a scope, restoring the previous value.
+struct GraphPlanScope {
+  explicit GraphPlanScope(bool on) : saved(cuda::graph_memory_plan()) { cuda::set_graph_memory_plan(on); }
+  ~GraphPlanScope() { cuda::set_graph_memory_plan(saved); }
+  bool saved;
+};
+
+void check_replayed_steps(bool plan_memory) {
   DeterministicScope deterministic;
   Generator gen(31);
   const Data d = make_data(4, gen);
@@ -86,8 +94,10 @@ TEST_P(CudaGraphTest, ReplayedTrainingStepsEqualEagerSteps) {
 
   step(*graphed, opt_g);
   cuda::Graph g;
-  g.capture([&] { step(*graphed, opt_g); });
+  g.capture([&] { step(*graphed, opt_g); }, plan_memory);
   ASSERT_TRUE(g.captured());
+  EXPECT_EQ(g.plan_failure(), "");
+  EXPECT_EQ(g.arena_bytes() > 0, plan_memory);
   const uint64_t mallocs = cuda::allocator_stats().device_mallocs;
   for (int i = 0; i < 3; ++i) g.replay();
   cuda::synchronize();
@@ -107,6 +117,16 @@ TEST_P(CudaGraphTest, ReplayedTrainingStepsEqualEagerSteps) {
     EXPECT_TRUE(gpu_matches("buffer " + be[i].first + " after 4 steps", bg[i].second, to_cpu(be[i].second),
                             Tol{2e-6, 1e-5}));
   }
+}
+
+TEST_P(CudaGraphTest, ReplayedTrainingStepsEqualEagerSteps) {
+  check_replayed_steps(false);
+}
+
+// The same with the graph's memory planned (cuda/memory_plan.h): every intermediate at a planned offset
+// of one arena; a wrong plan (two live blocks overlapping) would corrupt the replayed steps.
+TEST_P(CudaGraphTest, PlannedReplayedTrainingStepsEqualEagerSteps) {
+  check_replayed_steps(true);
 }
 
 // Inference: the captured forward reads whatever was copied into its input and writes the same output
@@ -230,6 +250,16 @@ TEST_P(CudaGraphTest, GraphedTrainStepMatchesTheEagerLoop) {
   const OptimizerState st = oa->state_dict();
   EXPECT_EQ(st.scalars.at("step"), 6.0);
   EXPECT_EQ(st.scalars.at("0.step"), 6.0);
+
+  // With planned graph memory (LADNN_GRAPH_PLAN=1): the same losses and parameters as the eager loop.
+  GraphPlanScope plan(true);
+  std::vector<double> loss_p;
+  auto [mp, op] = run(sgd, true, &loss_p);
+  for (size_t i = 0; i < loss_e.size(); ++i) EXPECT_NEAR(loss_p[i], loss_e[i], 1e-5) << "planned, step " << i + 1;
+  const auto pp = mp->named_parameters();
+  for (size_t i = 0; i < pe.size(); ++i)
+    EXPECT_TRUE(gpu_matches("planned: parameter " + pe[i].first + " after 6 steps", pp[i].second.tensor(),
+                            to_cpu(pe[i].second.tensor()), Tol{2e-6, 1e-5}));
 }
 
 INSTANTIATE_TEST_SUITE_P(CudaImpls, CudaGraphTest, ::testing::Values(cuda::Impl::Library, cuda::Impl::Native),
@@ -342,6 +372,68 @@ TEST(CudaGraph, ItsMemoryIsNotHandedOutWhileItLivesAndIsAfter) {
     reused = keep.back().raw_data() == inside;
   }
   EXPECT_TRUE(reused) << "the released pool's block never came back (size " << n << ")";
+}
+
+// A planned graph's arena is never handed out while the graph or a block made in it lives; afterwards it
+// is an ordinary cached block again.
+TEST(CudaGraph, ThePlannedArenaIsNotHandedOutWhileItLivesAndIsAfter) {
+  LADNN_REQUIRE_GPU();
+  const Tensor a = to_gpu(Tensor::ones({1 << 20}));
+  void* inside = nullptr;
+  std::size_t arena = 0;
+  Tensor kept;
+  {
+    cuda::Graph g;
+    g.capture(
+        [&] {
+          Tensor t = ops::mul_scalar(a, 3.0);  // freed at once
+          kept = ops::add_scalar(t, 1.0);      // kept after the capture
+          inside = kept.raw_data();
+        },
+        /*plan_memory=*/true);
+    ASSERT_TRUE(g.captured());
+    EXPECT_EQ(g.plan_failure(), "");
+    arena = g.arena_bytes();
+    EXPECT_GE(arena, 2u * (4u << 20));  // both 4 MiB maps live at once while add_scalar runs
+    Tensor outside = Tensor::empty({1 << 20}, DType::Float32, kGpu);
+    // `inside` lies in the arena, so the arena lies within [inside - arena, inside + arena).
+    const uintptr_t o = reinterpret_cast<uintptr_t>(outside.raw_data()), in = reinterpret_cast<uintptr_t>(inside);
+    EXPECT_TRUE(o + (4u << 20) <= in - arena || o >= in + arena) << "a block inside the arena was handed out";
+    g.replay();
+    cuda::synchronize();
+    EXPECT_TRUE(gpu_matches("replayed output", kept, Tensor::full({1 << 20}, 4.0, DType::Float64), Tol{0, 0}));
+  }
+  // The graph is gone but `kept` still lives in the arena: it keeps its values.
+  cuda::synchronize();
+  EXPECT_TRUE(gpu_matches("output after the graph", kept, Tensor::full({1 << 20}, 4.0, DType::Float64), Tol{0, 0}));
+  const std::size_t before = cuda::allocator_stats().allocated_bytes;
+  kept = Tensor();  // the arena's last block: the arena goes back to the cache
+  EXPECT_GE(before - cuda::allocator_stats().allocated_bytes, arena);
+}
+
+// A function that allocates differently the second time cannot use the plan of the first: the capture
+// falls back to an ordinary pool, says why, and the graph still replays correctly.
+TEST(CudaGraph, APlanTheSecondRunBreaksFallsBackToAPlainCapture) {
+  LADNN_REQUIRE_GPU();
+  const Tensor a = to_gpu(Tensor::ones({4096}));
+  int calls = 0;
+  Tensor y;
+  cuda::Graph g;
+  g.capture(
+      [&] {
+        ++calls;
+        // The second run makes a block of another size.
+        Tensor t = ops::mul_scalar(calls == 2 ? a.narrow(0, 0, 8) : a, 2.0);
+        y = ops::add_scalar(a, 5.0);
+      },
+      /*plan_memory=*/true);
+  EXPECT_EQ(calls, 3);  // record, planned (broken), plain
+  ASSERT_TRUE(g.captured());
+  EXPECT_NE(g.plan_failure(), "");
+  EXPECT_EQ(g.arena_bytes(), 0u);
+  g.replay();
+  cuda::synchronize();
+  EXPECT_TRUE(gpu_matches("replayed output", y, Tensor::full({4096}, 6.0, DType::Float64), Tol{0, 0}));
 }
 
 }  // namespace

@@ -32,11 +32,13 @@
 #        profile     batch 32 eager training with --profile: the per-op table
 #        tf32-off    inference at batches 1 and 32 with LADNN_TF32=0 (at batch 1 cuDNN's FP32 kernels beat
 #                    its TF32 ones: 3.19 vs 4.11 ms in run 5)
+#        graph-plan  batch-64 training (plain and --memory-efficient) with LADNN_GRAPH_PLAN=1: each graph's
+#                    intermediates in one planned arena (cuda/memory_plan.h) instead of a best-fit pool
 #        conv1x1     the same rows with LADNN_CONV1X1=cudnn (pointwise convolutions never as cuBLAS GEMMs:
 #                    the lever's before), then which 1x1 shapes the default search gave to cuBLAS
 #                    (LADNN_CUDNN_LOG=1, inference at batches 1 and 32, counted per pass)
 # LADNN_CHECK_STEPS picks the steps (comma-separated names: info,tests,sanitizer,kernels,bench,before,
-# cudnn-bn,memory,profile,tf32-off,conv1x1; default all but the comparisons, which need the time of a
+# cudnn-bn,memory,profile,tf32-off,conv1x1,graph-plan; default all but the comparisons, which need the time of a
 # second call).
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to
 # device-check-out/.
@@ -212,6 +214,12 @@ want memory && compare memory timeout "$T_COMPARE" "$B/ladnn" bench --batches 64
   --torch off --steps 10 --warmup 3
 want tf32-off && compare tf32-off LADNN_TF32=0 timeout "$T_COMPARE" "$B/ladnn" bench --batches 1,32 --work infer \
   --graph on --torch off --steps 20 --warmup 3
+if want graph-plan; then
+  compare graph-plan LADNN_GRAPH_PLAN=1 timeout "$T_COMPARE" "$B/ladnn" bench --batches 64 --work train \
+    --graph on --torch off --steps 10 --warmup 3
+  compare graph-plan-memory-efficient LADNN_GRAPH_PLAN=1 timeout "$T_COMPARE" "$B/ladnn" bench --batches 64 \
+    --work train --memory-efficient --graph on --torch off --steps 10 --warmup 3
+fi
 if want conv1x1; then
   # shellcheck disable=SC2086
   compare conv1x1-cudnn LADNN_CONV1X1=cudnn timeout "$T_COMPARE" "$B/ladnn" bench $BENCH_ARGS --torch off
