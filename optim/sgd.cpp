@@ -5,6 +5,7 @@
 #include <cmath>
 #include <string>
 
+#include "cuda/graph.h"
 #include "optim/state_keys.h"
 #include "tensor/ops.h"
 
@@ -34,7 +35,7 @@ SGD::SGD(std::vector<Variable> params, double lr, double momentum, double dampen
 
 void SGD::step() {
   NoGradGuard no_grad;
-  steps_ += 1;
+  if (!cuda::capturing()) steps_ += 1;  // a capture runs nothing: replayed_step() counts the replays
   for (std::size_t i = 0; i < params_.size(); ++i) {
     Variable& p = params_[i];
     if (!p.has_grad()) continue;

@@ -20,6 +20,9 @@ class SGD : public Optimizer {
       double weight_decay = 0.0, bool nesterov = false);
 
   void step() override;
+  /// A replayed CUDA graph ran one captured step: the step count advances (a capture itself runs nothing
+  /// and counts nothing, so a graph captured twice — a planned capture — is not counted twice).
+  void replayed_step() override { steps_ += 1; }
   OptimizerState state_dict() const override;
   void load_state_dict(const OptimizerState& state) override;
 

@@ -102,6 +102,8 @@ void check_replayed_steps(bool plan_memory) {
   for (int i = 0; i < 3; ++i) g.replay();
   cuda::synchronize();
   EXPECT_EQ(cuda::allocator_stats().device_mallocs, mallocs) << "a replay allocated device memory";
+  for (int i = 0; i < 3; ++i) opt_g.replayed_step();
+  EXPECT_EQ(opt_g.state_dict().scalars.at("step"), 4.0) << "captures counted as steps, or replays not";
 
   const auto pe = eager->named_parameters(), pg = graphed->named_parameters();
   ASSERT_EQ(pe.size(), pg.size());
