@@ -135,6 +135,8 @@ struct Row {
   double ms = 0;
   std::size_t peak_bytes = 0;
   std::size_t graph_nodes = 0;  // graph rows: what one replay launches
+  std::size_t arena_bytes = 0;  // graph rows with LADNN_GRAPH_PLAN=1: the planned arena
+  std::string plan_failure;     // ... or why the plan fell back to a pool
   double torch_ms = 0;  // 0 = not measured
   std::size_t torch_peak = 0;
 };
@@ -185,6 +187,8 @@ Row run_one(const BenchOptions& o, const std::string& work, int64_t batch, Devic
       return r;
     }
     r.graph_nodes = cuda_graph.nodes();
+    r.arena_bytes = cuda_graph.arena_bytes();
+    r.plan_failure = cuda_graph.plan_failure();
     if (gpu) cuda::release_cached();  // the eager warm-up's cache: a graph user would not keep it
     step = [&] { cuda_graph.replay(); };
     for (int i = 0; i < o.warmup; ++i) step();
@@ -349,7 +353,10 @@ void run_bench(const BenchOptions& o) {
           }
         std::cerr << "ladnn " << w << (graph ? " (graph)" : "") << " batch " << batch << ": "
                   << fmt("%.2f", r.ms) << " ms, " << fmt("%.2f", r.peak_bytes / 1073741824.0) << " GiB"
-                  << (r.graph_nodes ? ", " + std::to_string(r.graph_nodes) + " graph nodes" : std::string()) << "\n";
+                  << (r.graph_nodes ? ", " + std::to_string(r.graph_nodes) + " graph nodes" : std::string())
+                  << (r.arena_bytes ? ", planned arena " + fmt("%.2f", r.arena_bytes / 1073741824.0) + " GiB"
+                                    : std::string())
+                  << (r.plan_failure.empty() ? std::string() : ", memory plan not used: " + r.plan_failure) << "\n";
         if (device.is_cuda()) cuda::release_cached();
       }
     }
