@@ -2,7 +2,7 @@
 //
 //   ladnn bench [--arch densenet169] [--batches 1,32,64] [--work train,infer] [--steps 20] [--warmup 5]
 //               [--device cuda] [--tf32 on|off] [--torch auto|off] [--graph both|on|off]
-//               [--memory-efficient] [--profile] [--loss-curve N]
+//               [--memory-efficient] [--profile] [--loss-curve N] [--graph-kernels N]
 //
 // For each batch size and each work:
 //   train  one step = forward of both heads, lesion-attention loss, zero_grad, backward, Adam step
@@ -24,6 +24,8 @@
 // --loss-curve N: from the same initial weights and the same 4 batches of 32 (cycled), N Adam steps in
 // ladnn and in PyTorch; prints both loss curves and their largest difference.
 // --profile: the per-op timer (cuda/profiler.h) over the timed steps of each row, printed after the table.
+// --graph-kernels N: what each graph row's replay launches, counted by kernel name (cuda::Graph's
+// kernel_summary), the N most frequent — where the nodes of a latency-bound replay go.
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -61,6 +63,7 @@ struct BenchOptions {
   int image_size = 224;
   std::string graph = "both";  // eager rows, CUDA-graph rows, or both
   bool memory_efficient = false;
+  int graph_kernels = 0;  // > 0: each graph row's most frequent kernels, this many
 };
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -179,6 +182,7 @@ Row run_one(const BenchOptions& o, const std::string& work, int64_t batch, Devic
   r.graph = graph;
   cuda::Graph cuda_graph;
   if (graph) {
+    cuda_graph.set_kernel_summary(o.graph_kernels > 0);
     try {
       cuda_graph.capture(step);
     } catch (const std::exception& e) {
@@ -189,6 +193,19 @@ Row run_one(const BenchOptions& o, const std::string& work, int64_t batch, Devic
     r.graph_nodes = cuda_graph.nodes();
     r.arena_bytes = cuda_graph.arena_bytes();
     r.plan_failure = cuda_graph.plan_failure();
+    if (o.graph_kernels > 0) {
+      std::cerr << "graph of " << work << " batch " << batch << ": " << r.graph_nodes << " nodes, by kernel:\n";
+      const auto& kernels = cuda_graph.kernel_summary();
+      std::size_t shown = 0, rest = 0;
+      for (const auto& [name, n] : kernels) {
+        if (shown++ < static_cast<std::size_t>(o.graph_kernels))
+          std::cerr << "  " << std::to_string(n) << std::string(n < 10 ? 5 : n < 100 ? 4 : n < 1000 ? 3 : 2, ' ')
+                    << name.substr(0, 110) << "\n";
+        else
+          rest += n;
+      }
+      if (rest) std::cerr << "  " << rest << " more in " << (kernels.size() - o.graph_kernels) << " other kernels\n";
+    }
     if (gpu) cuda::release_cached();  // the eager warm-up's cache: a graph user would not keep it
     step = [&] { cuda_graph.replay(); };
     for (int i = 0; i < o.warmup; ++i) step();
@@ -412,6 +429,9 @@ void add_bench(CLI::App& app) {
   cmd->add_flag("--memory-efficient", o->memory_efficient,
                 "Dense layers recompute their concatenation-BN-ReLU in backward (autograd/checkpoint.h)");
   cmd->add_flag("--profile", o->profile, "Per-op CUDA-event profile of each row's timed steps");
+  cmd->add_option("--graph-kernels", o->graph_kernels,
+                  "For each graph row, list the N kernels it launches most often (name and count)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--loss-curve", o->loss_curve, "N: compare N training steps' losses with PyTorch")
       ->check(CLI::Range(0, 10000));
   cmd->callback([o] { run_bench(*o); });

@@ -7,16 +7,86 @@
 //
 // Planned captures (capture(fn, true)): record, plan (cuda/memory_plan.h), capture again into the planned
 // arena; a second run that allocates differently from the first is discarded and captured plainly.
+#include <cuda.h>  // driver types only: the functions come through cudaGetDriverEntryPointByVersion
+
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <map>
 #include <string>
+#include <vector>
 
 #include "cuda/allocator.h"
 #include "cuda/check.h"
 #include "cuda/context.h"
 #include "cuda/graph.h"
+#include "cuda/profiler.h"
 #include "cuda/runtime.h"
 
 namespace ladnn::cuda {
+
+namespace {
+
+template <typename Fn>
+Fn driver_function(const char* symbol) {
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+  if (cudaGetDriverEntryPointByVersion(symbol, &fn, CUDA_VERSION, cudaEnableDefault, &found) != cudaSuccess ||
+      found != cudaDriverEntryPointSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  return reinterpret_cast<Fn>(fn);
+}
+
+/// The nodes of `graph` counted by kernel name, most first (Graph::kernel_summary).
+std::vector<std::pair<std::string, std::size_t>> summarize(cudaGraph_t graph) {
+  using GetParams = CUresult (*)(CUgraphNode, CUDA_KERNEL_NODE_PARAMS*);
+  using FuncName = CUresult (*)(const char**, CUfunction);
+  using KernelName = CUresult (*)(const char**, CUkernel);
+  static const GetParams get_params = driver_function<GetParams>("cuGraphKernelNodeGetParams");
+  static const FuncName func_name = driver_function<FuncName>("cuFuncGetName");
+  static const KernelName kernel_name = driver_function<KernelName>("cuKernelGetName");
+  std::size_t count = 0;
+  if (cudaGraphGetNodes(graph, nullptr, &count) != cudaSuccess) {
+    cudaGetLastError();
+    return {};
+  }
+  std::vector<cudaGraphNode_t> nodes(count);
+  if (count > 0 && cudaGraphGetNodes(graph, nodes.data(), &count) != cudaSuccess) {
+    cudaGetLastError();
+    return {};
+  }
+  std::map<std::string, std::size_t> counts;
+  for (cudaGraphNode_t node : nodes) {
+    cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
+    if (cudaGraphNodeGetType(node, &type) != cudaSuccess) {
+      cudaGetLastError();
+      ++counts["(unknown)"];
+      continue;
+    }
+    if (type == cudaGraphNodeTypeMemset) {
+      ++counts["(memset)"];
+    } else if (type == cudaGraphNodeTypeMemcpy) {
+      ++counts["(memcpy)"];
+    } else if (type != cudaGraphNodeTypeKernel) {
+      ++counts["(other)"];
+    } else {
+      const char* name = nullptr;
+      CUDA_KERNEL_NODE_PARAMS params{};
+      if (get_params && get_params(reinterpret_cast<CUgraphNode>(node), &params) == CUDA_SUCCESS) {
+        if (params.func && func_name) func_name(&name, params.func);
+        if (!name && params.kern && kernel_name) kernel_name(&name, params.kern);
+      }
+      ++counts[profiler::kernel_display_name(name)];
+    }
+  }
+  std::vector<std::pair<std::string, std::size_t>> out(counts.begin(), counts.end());
+  std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+  return out;
+}
+
+}  // namespace
 
 bool capturing() {
   if (!available()) return false;
@@ -125,6 +195,8 @@ void Graph::capture_once(const std::function<void()>& fn, PoolMode mode) {
     const cudaError_t got = cudaGraphGetNodes(graph, nullptr, &count);
     if (got != cudaSuccess) what = std::string("cudaGraphGetNodes: ") + cudaGetErrorString(got);
     nodes_ = count;
+    kernels_.clear();
+    if (summarize_ && what.empty()) kernels_ = summarize(graph);
   }
   if (what.empty()) {
     cudaGraphExec_t exec = nullptr;

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda/memory_plan.h"
@@ -62,6 +63,12 @@ class Graph {
   /// The planned arena's bytes (0 without a plan), and why the last planned capture fell back ("" if not).
   std::size_t arena_bytes() const { return arena_bytes_; }
   const std::string& plan_failure() const { return plan_failure_; }
+  /// With set_kernel_summary(true) before capture: the captured nodes counted by kernel name (demangled,
+  /// without the parameter list; "(memset)", "(memcpy)", "(other)" for the rest), most frequent first —
+  /// what one replay launches, library kernels included. Names come from the driver (cuFuncGetName via
+  /// cudaGetDriverEntryPointByVersion, no link to libcuda); a kernel it cannot name counts as "(unnamed)".
+  void set_kernel_summary(bool on) { summarize_ = on; }
+  const std::vector<std::pair<std::string, std::size_t>>& kernel_summary() const { return kernels_; }
 
  private:
   enum class PoolMode { Plain, Record, Planned };
@@ -74,6 +81,8 @@ class Graph {
   std::string plan_failure_;
   std::vector<PlanBlock> recorded_;  // Record's allocations, for Planned
   MemoryPlan plan_;
+  bool summarize_ = false;
+  std::vector<std::pair<std::string, std::size_t>> kernels_;
 };
 
 /// Whether Graph::capture(fn) plans its memory: LADNN_GRAPH_PLAN=1 (default off until measured on a GPU),

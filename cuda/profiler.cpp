@@ -12,6 +12,8 @@
 // event records per op and no synchronisation per op.
 #include "cuda/profiler.h"
 
+#include <cxxabi.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -171,6 +173,25 @@ std::vector<OpStat> stats() {
   std::stable_sort(out.begin(), out.end(),
                    [](const OpStat& a, const OpStat& b) { return a.total_ms > b.total_ms; });
   return out;
+}
+
+std::string kernel_display_name(const char* mangled) {
+  if (!mangled) return "(unnamed)";
+  int status = 0;
+  char* demangled = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
+  std::string name = status == 0 && demangled ? demangled : mangled;
+  std::free(demangled);
+  // Cut the parameter list: the last '(' outside template brackets ("(anonymous namespace)::k(int)").
+  int depth = 0;
+  std::size_t cut = std::string::npos;
+  for (std::size_t i = 0; i < name.size(); ++i) {
+    if (name[i] == '<') ++depth;
+    if (name[i] == '>' && depth > 0) --depth;
+    if (name[i] == '(' && depth == 0) cut = i;
+  }
+  if (cut != std::string::npos && cut > 0) name.resize(cut);
+  if (name.rfind("void ", 0) == 0) name.erase(0, 5);
+  return name;
 }
 
 std::string table() {

@@ -55,6 +55,10 @@ struct OpStat {
 std::vector<OpStat> stats();
 /// The key-averages table (op, impl, calls, total ms, mean ms, share %); "" when nothing was recorded.
 std::string table();
+
+/// A kernel's name as tables show it: demangled, without the parameter list and a leading "void"
+/// ("void ns::k<float>(float const*, int)" -> "ns::k<float>"); a C name stays; null -> "(unnamed)".
+std::string kernel_display_name(const char* mangled);
 /// Writes table() to `os` (with a one-line title), or nothing when nothing was recorded.
 void print(std::ostream& os);
 

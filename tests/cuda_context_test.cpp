@@ -7,6 +7,7 @@
 
 #include "cuda/context.h"
 #include "cuda/graph.h"
+#include "cuda/profiler.h"
 #include "cuda/runtime.h"
 #include "tests/cuda_test_util.h"
 
@@ -102,6 +103,19 @@ TEST(CudaContextSwitches, Conv1x1ModeNamesAndRoundTrip) {
     EXPECT_EQ(cuda::conv1x1(), m);
   }
   cuda::set_conv1x1(saved);
+}
+
+// Graph kernel summaries and tables show kernels by a short name: demangled, no parameters, no "void".
+TEST(CudaProfilerNames, KernelNamesAreDemangledAndShortened) {
+  using cuda::profiler::kernel_display_name;
+  // void ladnn::cuda::(anonymous namespace)::bias_grad_kernel(float const*, int, int, int, float*)
+  EXPECT_EQ(kernel_display_name("_ZN5ladnn4cuda12_GLOBAL__N_116bias_grad_kernelEPKfiiiPf"),
+            "ladnn::cuda::(anonymous namespace)::bias_grad_kernel");
+  // void foo<float, 4>(float*)
+  EXPECT_EQ(kernel_display_name("_Z3fooIfLi4EEvPf"), "foo<float, 4>");
+  // A C name (as cuDNN's generated kernels often have) stays as it is.
+  EXPECT_EQ(kernel_display_name("sm90_xmma_fprop_implicit_gemm_tf32f32"), "sm90_xmma_fprop_implicit_gemm_tf32f32");
+  EXPECT_EQ(kernel_display_name(nullptr), "(unnamed)");
 }
 
 TEST(CudaContextSwitches, DefaultsAreTheLibrariesExceptBatchNorm) {

@@ -36,7 +36,8 @@
 #                    intermediates in one planned arena (cuda/memory_plan.h) instead of a best-fit pool
 #        conv1x1     the same rows with LADNN_CONV1X1=cudnn (pointwise convolutions never as cuBLAS GEMMs:
 #                    the lever's before), then which 1x1 shapes the default search gave to cuBLAS
-#                    (LADNN_CUDNN_LOG=1, inference at batches 1 and 32, counted per pass)
+#                    (LADNN_CUDNN_LOG=1, inference at batches 1 and 32, counted per pass) and the kernels
+#                    a batch-1 inference replay launches (--graph-kernels)
 # LADNN_CHECK_STEPS picks the steps (comma-separated names: info,tests,sanitizer,kernels,bench,before,
 # cudnn-bn,memory,profile,tf32-off,conv1x1,graph-plan; default all but the comparisons, which need the time of a
 # second call).
@@ -225,13 +226,14 @@ if want conv1x1; then
   compare conv1x1-cudnn LADNN_CONV1X1=cudnn timeout "$T_COMPARE" "$B/ladnn" bench $BENCH_ARGS --torch off
   section "7. conv1x1: the default search's choices (inference, batches 1 and 32)"
   LADNN_CUDNN_LOG=1 timeout "$T_COMPARE" "$B/ladnn" bench --batches 1,32 --work infer --graph on --torch off \
-    --steps 5 --warmup 2 >"$OUTDIR/conv1x1_choices.log" 2>&1
+    --steps 5 --warmup 2 --graph-kernels 25 >"$OUTDIR/conv1x1_choices.log" 2>&1
   echo "exit status $?"
   for pass in conv2d_forward conv2d_backward_input; do
     echo "$pass: $(grep -c "^ladnn: $pass .* -> cuBLAS" "$OUTDIR/conv1x1_choices.log") shapes to cuBLAS," \
       "$(grep -c "^ladnn: $pass .*w ([0-9]*, [0-9]*, 1, 1).* -> cuDNN" "$OUTDIR/conv1x1_choices.log") 1x1 shapes to cuDNN"
   done
   grep -E "^ladnn: conv2d_forward .*w \([0-9]+, [0-9]+, 1, 1\)" "$OUTDIR/conv1x1_choices.log" | head -12
+  sed -n '/^graph of infer batch 1:/,/other kernels$/p' "$OUTDIR/conv1x1_choices.log"  # what a b1 replay launches
 fi
 want profile && compare profile timeout "$T_COMPARE" "$B/ladnn" bench --batches 32 --work train --graph off \
   --profile --torch off --steps 5 --warmup 2
