@@ -29,7 +29,9 @@
 //           dy[n][k][p][q] over the (p, q) with p * stride_h - pad_h + r = h (and the same for w) — each
 //           dx element is written once by one thread: no atomics, no col2im buffer, deterministic.
 //           Backward weight reduces over N*P*Q (long) into few outputs, so it splits K (split-K:
-//           partial sums in a workspace, then sum_splits_kernel adds them in a fixed order).
+//           partial sums in a workspace, then sum_splits_kernel adds them in a fixed order); the forward
+//           splits too when its output has too few tiles to fill the GPU (batch-1 inference), summing
+//           into the NCHW output with sum_splits_nchw_kernel.
 //           Pointwise fast path (1x1, stride 1, no padding: DenseNet's bottleneck convs): x[n] viewed as
 //           (C, H*W) already is the column matrix, so the operands index it directly (Pointwise*) — a
 //           plain GEMM per image, batched in one launch — with none of the tap/padding arithmetic.
@@ -134,10 +136,22 @@ Tensor images_view(const Tensor& x, int64_t& x_img) {
 
 void native_forward(const ConvShape& g, const float* x, const float* w, const float* bias, float* y) {
   const GemmDims d = forward_dims(g);
-  const TilePlan plan = plan_tiles(d.M, d.N, d.K, 1, /*allow_split_k=*/false);
-  forward_gemm(g, x, w, bias, y, [&](const auto& a, const auto& b, const auto& epi) {
+  // Split-K when the output has too few tiles to fill the GPU (batch-1 inference: a 128 x 49 output of
+  // block 4 is one tile, and one block would walk all 1,632 input channels alone).
+  const TilePlan plan = plan_tiles(d.M, d.N, d.K, 1, /*allow_split_k=*/true);
+  auto launch = [&](const auto& a, const auto& b, const auto& epi) {
     launch_tiled(plan, d.M, d.N, d.K, 1, a, b, epi, cur_stream());
-  });
+  };
+  if (plan.splits == 1) {
+    forward_gemm(g, x, w, bias, y, launch);
+    return;
+  }
+  const int64_t count = int64_t(d.M) * d.N;
+  Buffer partial(sizeof(float) * static_cast<std::size_t>(count * plan.splits));
+  forward_gemm_split(g, x, w, partial.as<float>(), launch);
+  sum_splits_nchw_kernel<<<detail::grid_for(count), detail::kThreads, 0, cur_stream()>>>(
+      partial.as<float>(), d.M, d.N, plan.splits, g.P * g.Q, g.y_stride(), bias, y);
+  CUDA_CHECK_LAUNCH();
 }
 
 void native_backward_input(const ConvShape& g, const float* dy, const float* w, float* dx) {

@@ -232,15 +232,43 @@ inline GemmDims backward_weight_dims(const ConvShape& g) {
   return {g.K, g.C * g.R * g.S, g.N * g.P * g.Q};
 }
 
-template <class Launch>
-void forward_gemm(const ConvShape& g, const float* x, const float* w, const float* bias, float* y,
-                  Launch&& launch) {
+/// The forward's operands with any epilogue: NchwEpilogue (y itself, with the bias) or, split-K,
+/// SplitEpilogue (partial sums, summed into y by sum_splits_nchw_kernel).
+template <class Epi, class Launch>
+void forward_gemm_with(const ConvShape& g, const float* x, const float* w, const Epi& epi, Launch&& launch) {
   const DenseOperand<true> a{w, int64_t(g.C) * g.R * g.S, 1, 0};  // weight (K, C*R*S), row-major
-  const NchwEpilogue epi{y, g.P * g.Q, g.y_stride(), bias};
   if (g.pointwise())  // y[n] (K, HW) = weight (K, C) * x[n] (C, HW)
     launch(a, PointwiseColumns{x, g.H * g.W, g.x_img}, epi);
   else
     launch(a, Im2colColumns{x, g}, epi);
+}
+
+template <class Launch>
+void forward_gemm(const ConvShape& g, const float* x, const float* w, const float* bias, float* y,
+                  Launch&& launch) {
+  forward_gemm_with(g, x, w, NchwEpilogue{y, g.P * g.Q, g.y_stride(), bias}, launch);
+}
+
+/// Split-K forward (few output tiles, a long reduction: batch-1 inference): split s wrote its partial
+/// product (K, N*P*Q) at partial + s * K * N*P*Q. Sums the splits in order (deterministic) and writes y
+/// as NchwEpilogue would: out[n][k][pq] (+ bias[k]), images `img` elements apart.
+template <class Launch>
+void forward_gemm_split(const ConvShape& g, const float* x, const float* w, float* partial, Launch&& launch) {
+  const int cols = g.N * g.P * g.Q;
+  forward_gemm_with(g, x, w, SplitEpilogue{partial, cols, int64_t(g.K) * cols}, launch);
+}
+
+__global__ void sum_splits_nchw_kernel(const float* __restrict__ partial, int M, int N, int splits, int plane,
+                                       int64_t img, const float* __restrict__ bias, float* __restrict__ out) {
+  const int64_t count = int64_t(M) * N;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float s = 0.0f;
+    for (int sp = 0; sp < splits; ++sp) s += partial[sp * count + i];
+    const int m = static_cast<int>(i / N), col = static_cast<int>(i - int64_t(m) * N);
+    const int n = col / plane, pos = col - n * plane;
+    out[int64_t(n) * img + int64_t(m) * plane + pos] = bias ? s + bias[m] : s;
+  }
 }
 
 template <class Launch>

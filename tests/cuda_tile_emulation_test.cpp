@@ -436,6 +436,33 @@ TEST(TileKernelEmulation, ConvPassesAllTiles) {
                      });
         EXPECT_TRUE(gpu_matches("emulated conv forward", as_tensor(y, ys), y_ref, Tol{0, kRtol}, y_scale));
       }
+      {  // forward split-K (3 splits), summed into channels [1, 1 + K) of a wider buffer with the bias
+        const int64_t plane = ys[2] * ys[3], K = ys[1], wide_img = (K + 2) * plane;
+        ConvShape gs = g;
+        gs.y_img = wide_img;
+        const GemmDims gd = forward_dims(gs);
+        const TilePlan plan = forced_plan(kind, gd.K, 3);
+        std::vector<float> partial(std::size_t(int64_t(gd.M) * gd.N * plan.splits), NAN);
+        forward_gemm_split(gs, x, d.w.data(), partial.data(), [&](const auto& a, const auto& bo, const auto& e) {
+          emulate_tiled(plan, gd.M, gd.N, gd.K, 1, a, bo, e);
+        });
+        std::vector<float> wide(std::size_t(ys[0] * wide_img), NAN);
+        emulate({2, 1, 1}, 64, [&] {
+          sum_splits_nchw_kernel(partial.data(), gd.M, gd.N, plan.splits, int(plane), wide_img,
+                                 c.bias ? d.b.data() : nullptr, wide.data() + plane);
+        });
+        std::vector<float> slice;
+        for (int64_t n = 0; n < ys[0]; ++n) {
+          const float* img = wide.data() + n * wide_img;
+          slice.insert(slice.end(), img + plane, img + (K + 1) * plane);
+          for (int64_t i = 0; i < plane; ++i) {
+            ASSERT_TRUE(std::isnan(img[i]));
+            ASSERT_TRUE(std::isnan(img[(K + 1) * plane + i]));
+          }
+        }
+        EXPECT_TRUE(gpu_matches("emulated split-K conv forward (" + std::to_string(plan.splits) + " splits)",
+                                as_tensor(slice, ys), y_ref, Tol{0, kRtol}, y_scale));
+      }
       {  // forward into channels [1, 1 + K) of a wider (N, K + 2, P, Q) buffer (conv2d_forward_into)
         const int64_t plane = ys[2] * ys[3], K = ys[1], wide_img = (K + 2) * plane;
         std::vector<float> wide(std::size_t(ys[0] * wide_img), NAN);
