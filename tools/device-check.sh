@@ -32,6 +32,8 @@
 #        profile     batch 32 eager training with --profile: the per-op table
 #        tf32-off    inference at batches 1 and 32 with LADNN_TF32=0 (at batch 1 cuDNN's FP32 kernels beat
 #                    its TF32 ones: 3.19 vs 4.11 ms in run 5)
+#        native-conv inference at batches 1 and 32 with LADNN_CONV=native (our convolutions; split-K
+#                    forward since 2026-11-27: 31.5 ms at batch 1 before it, run 5)
 #        graph-plan  batch-64 training (plain and --memory-efficient) with LADNN_GRAPH_PLAN=1: each graph's
 #                    intermediates in one planned arena (cuda/memory_plan.h) instead of a best-fit pool
 #        conv1x1     the same rows with LADNN_CONV1X1=cudnn (pointwise convolutions never as cuBLAS GEMMs:
@@ -39,7 +41,7 @@
 #                    (LADNN_CUDNN_LOG=1, inference at batches 1 and 32, counted per pass) and the kernels
 #                    a batch-1 inference replay launches (--graph-kernels)
 # LADNN_CHECK_STEPS picks the steps (comma-separated names: info,tests,sanitizer,kernels,bench,before,
-# cudnn-bn,memory,profile,tf32-off,conv1x1,graph-plan; default all but the comparisons, which need the time of a
+# cudnn-bn,memory,profile,tf32-off,conv1x1,graph-plan,native-conv; default all but the comparisons, which need the time of a
 # second call).
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to
 # device-check-out/.
@@ -215,6 +217,8 @@ want memory && compare memory timeout "$T_COMPARE" "$B/ladnn" bench --batches 64
   --torch off --steps 10 --warmup 3
 want tf32-off && compare tf32-off LADNN_TF32=0 timeout "$T_COMPARE" "$B/ladnn" bench --batches 1,32 --work infer \
   --graph on --torch off --steps 20 --warmup 3
+want native-conv && compare native-conv LADNN_CONV=native timeout "$T_COMPARE" "$B/ladnn" bench --batches 1,32 \
+  --work infer --graph on --torch off --steps 20 --warmup 3
 if want graph-plan; then
   compare graph-plan LADNN_GRAPH_PLAN=1 timeout "$T_COMPARE" "$B/ladnn" bench --batches 64 --work train \
     --graph on --torch off --steps 10 --warmup 3
