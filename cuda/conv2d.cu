@@ -545,10 +545,13 @@ AlgoChoice choose(Pass pass, const ConvShape& g, int64_t x_img, CudnnConv& c, bo
                    c.tf32 ? "tf32" : "fp32");
       if (mode == Conv1x1::Cublas)
         std::fprintf(stderr, "cuBLAS GEMM (LADNN_CONV1X1=cublas)\n");
+      else if (mode == Conv1x1::Auto)
+        std::fprintf(stderr, "cuDNN algo %d, math %d, workspace %zu B, %.4f ms; cuBLAS GEMM %.4f ms -> %s\n",
+                     ch.algo, static_cast<int>(ch.math), ch.workspace, ch.ms, ch.cublas_ms,
+                     ch.cublas ? "cuBLAS" : "cuDNN");
       else
-        std::fprintf(stderr, "cuDNN algo %d, math %d, workspace %zu B, %.4f ms%s%.4f ms -> %s\n", ch.algo,
-                     static_cast<int>(ch.math), ch.workspace, ch.ms, mode == Conv1x1::Auto ? "; cuBLAS GEMM " : "",
-                     mode == Conv1x1::Auto ? ch.cublas_ms : 0.0f, ch.cublas ? "cuBLAS" : "cuDNN");
+        std::fprintf(stderr, "cuDNN algo %d, math %d, workspace %zu B, %.4f ms -> cuDNN\n", ch.algo,
+                     static_cast<int>(ch.math), ch.workspace, ch.ms);
     }
   }
   if (!it->second.cublas) c.set_math(it->second.math);
