@@ -253,6 +253,14 @@ void DenseNet::set_memory_efficient(bool on) {
 }
 
 Variable DenseNet::features(const Variable& x) {
+  return run_features(x, /*final_relu=*/false);
+}
+
+Variable DenseNet::features_relu(const Variable& x) {
+  return run_features(x, /*final_relu=*/true);
+}
+
+Variable DenseNet::run_features(const Variable& x, bool final_relu) {
   check(x.dim() == 4 && x.size(1) == 3,
         "DenseNet: input must be (N, 3, H, W), got " + shape_str(x.shape()));
   // The Sequential's children in order, except that a BatchNorm2d followed by a ReLU (norm0, relu0)
@@ -265,6 +273,8 @@ Variable DenseNet::features(const Variable& x) {
     if (bn && i + 1 < features_->size() && dynamic_cast<ReLU*>((*features_)[i + 1].get())) {
       h = bn->forward_relu(h);
       ++i;
+    } else if (bn && final_relu && i + 1 == features_->size()) {
+      h = bn->forward_relu(h);  // norm5 and the ReLU the heads apply, fused
     } else {
       h = m->forward(h);
     }
@@ -274,7 +284,7 @@ Variable DenseNet::features(const Variable& x) {
 
 Variable DenseNet::forward(const Variable& x) {
   check(classifier_ != nullptr, "DenseNet: built without a classifier (num_classes = 0); use features()");
-  Variable pooled = flatten(adaptive_avg_pool2d(relu(features(x)), 1, 1), 1);
+  Variable pooled = flatten(adaptive_avg_pool2d(features_relu(x), 1, 1), 1);
   return (*classifier_)(pooled);
 }
 

@@ -117,11 +117,15 @@ class DenseNet : public Module {
   Variable forward(const Variable& x) override;
   /// The `features` Sequential: (N, 3, H, W) -> (N, num_features, H/32, W/32), after norm5.
   Variable features(const Variable& x);
+  /// relu(features(x)), with norm5 and the ReLU as one fused op (what the classifier and LA-DNN's heads
+  /// read): the same values and gradients, one kernel and one stored map fewer.
+  Variable features_relu(const Variable& x);
   const DenseNetConfig& config() const { return config_; }
   /// Switches every dense layer to (or from) the memory-efficient form; weights are unaffected.
   void set_memory_efficient(bool on);
 
  private:
+  Variable run_features(const Variable& x, bool final_relu);
   DenseNetConfig config_;
   std::shared_ptr<Sequential> features_;
   std::shared_ptr<Linear> classifier_;

@@ -23,7 +23,7 @@ LaDnn::Output LaDnn::heads(const Variable& activated_features) {
   return {(*covid_head_)(pooled), (*lesion_head_)(pooled)};
 }
 
-LaDnn::Output LaDnn::forward_heads(const Variable& x) { return heads(relu(features(x))); }
+LaDnn::Output LaDnn::forward_heads(const Variable& x) { return heads(features_relu(x)); }
 
 Variable LaDnn::forward(const Variable& x) {
   Output out = forward_heads(x);

@@ -16,6 +16,7 @@
 
 #include <filesystem>
 
+#include "autograd/functions.h"
 #include "models/densenet.h"
 #include "models/ladnn.h"
 #include "tensor/ops.h"
@@ -170,6 +171,27 @@ TEST(DenseNet, BufferedInferenceEqualsTheConcatenatingForward) {
       }
       EXPECT_EQ(ops::max_abs_diff(buffered, with_graph), 0.0) << dtype_name(dt) << " batch " << n;
     }
+}
+
+// features_relu fuses norm5 with the heads' ReLU: the same values and parameter gradients as
+// relu(features(x)), to the bit, in training (batch statistics) and eval.
+TEST(DenseNet, FeaturesReluEqualsReluOfFeatures) {
+  for (bool training : {true, false}) {
+    Generator g1(8), g2(8), gx(9);
+    DenseNet a(DenseNetConfig::tiny(), 0, g1), b(DenseNetConfig::tiny(), 0, g2);
+    a.to(DType::Float64);
+    b.to(DType::Float64);
+    a.train(training);
+    b.train(training);
+    const Tensor x = Tensor::normal({2, 3, 64, 64}, 0, 1, gx, DType::Float64);
+    const Variable ya = relu(a.features(Variable(x))), yb = b.features_relu(Variable(x));
+    EXPECT_EQ(ops::max_abs_diff(ya.tensor(), yb.tensor()), 0.0) << (training ? "train" : "eval");
+    sum(ya).backward();
+    sum(yb).backward();
+    const auto pa = a.named_parameters(), pb = b.named_parameters();
+    for (size_t i = 0; i < pa.size(); ++i)
+      EXPECT_EQ(ops::max_abs_diff(pa[i].second.grad(), pb[i].second.grad()), 0.0) << pa[i].first;
+  }
 }
 
 TEST(LesionAttentionLoss, MatchesTheFormulaByHand) {
