@@ -1,6 +1,7 @@
 // models/densenet.cpp — the DenseNet modules (see densenet.h).
 #include "models/densenet.h"
 
+#include "autograd/checkpoint.h"
 #include "autograd/functions.h"
 #include "layers/activation.h"
 #include "layers/pool.h"
@@ -63,85 +64,14 @@ Variable DenseLayer::bottleneck(const std::vector<Variable>& features) {
 }
 
 Variable DenseLayer::forward_features(const std::vector<Variable>& features) {
-  Variable out = memory_efficient_ && is_training() && grad_enabled()
-                     ? forward_recomputed(features)
-                     : (*conv2_)(norm2_->forward_relu(bottleneck(features)));  // (N, growth, H, W)
+  // Memory-efficient here (training with dropout; without, DenseBlock runs its one-op form):
+  // torchvision's checkpoint around the concatenation-BN-ReLU-conv1.
+  Variable b = memory_efficient_ && is_training()
+                   ? checkpoint([this](const std::vector<Variable>& in) { return bottleneck(in); }, features)
+                   : bottleneck(features);
+  Variable out = (*conv2_)(norm2_->forward_relu(b));  // (N, growth, H, W)
   if (drop_rate_ > 0) out = dropout(out, drop_rate_, is_training(), gen_);
   return out;
-}
-
-// The memory-efficient layer as one autograd op with a hand-written backward. Forward computes
-//   x = cat(features), t = relu(norm1(x)), b = conv1(t), h = relu(norm2(b)), out = conv2(h)
-// and keeps none of x, t, b, h: only the features (alive anyway, they are the block's output) and the
-// parameters. Backward recomputes them — the same batch statistics of the same values, so the same bits
-// — and runs the layer's backward by hand, freeing each map as soon as it is used:
-//   dW2 = conv2'(dout; h)    dh = conv2'(dout; W2)    db, dgamma2, dbeta2 = norm2'(dh; b, h)
-//   dW1 = conv1'(db; t)      dt = conv1'(db; W1)      dx, dgamma1, dbeta1 = norm1'(dt; x, t)
-// and dx split back onto the features. torchvision's memory_efficient (a checkpoint around x..b) re-runs
-// the same convolution in backward but keeps b and h from forward: 128 + 128 channels per layer, most of
-// the step's memory. Here the price of dropping them is one BatchNorm pass (norm2's statistics again).
-Variable DenseLayer::forward_recomputed(const std::vector<Variable>& features) {
-  std::vector<Tensor> parts;
-  std::vector<int64_t> sizes;
-  for (const Variable& f : features) {
-    parts.push_back(f.tensor());
-    sizes.push_back(f.size(1));
-  }
-  auto concat = [](const std::vector<Tensor>& p) { return p.size() == 1 ? p[0] : ops::cat(p, 1); };
-  const ops::Conv2dParams p1 = conv1_->params(), p2 = conv2_->params();
-  Tensor out;
-  {
-    Tensor t = norm1_->forward_train(concat(parts), ops::BnAct::Relu).y;  // x dies here
-    Tensor b = ops::conv2d_forward(t, conv1_->weight().tensor(), Tensor(), p1);
-    t = Tensor();
-    Tensor h = norm2_->forward_train(b, ops::BnAct::Relu).y;
-    b = Tensor();
-    out = ops::conv2d_forward(h, conv2_->weight().tensor(), Tensor(), p2);
-  }
-  std::vector<Variable> inputs = features;
-  for (const Variable* v : {&norm1_->weight(), &norm1_->bias(), &conv1_->weight(), &norm2_->weight(),
-                            &norm2_->bias(), &conv2_->weight()})
-    inputs.push_back(*v);
-  const Tensor g1 = norm1_->weight().tensor(), be1 = norm1_->bias().tensor(), w1 = conv1_->weight().tensor();
-  const Tensor g2 = norm2_->weight().tensor(), be2 = norm2_->bias().tensor(), w2 = conv2_->weight().tensor();
-  const double eps1 = norm1_->eps(), eps2 = norm2_->eps();
-  return Variable::from_op(
-      std::move(out), std::move(inputs),
-      [=](const Tensor& dout, const std::vector<bool>& needs) {
-        const std::size_t nf = parts.size();  // needs/grads: features, gamma1, beta1, W1, gamma2, beta2, W2
-        std::vector<Tensor> grads(nf + 6);
-        Tensor none_mean, none_var;  // recomputation: no running statistics to update
-        const Tensor x = concat(parts);
-        const ops::BatchNormForward f1 =
-            ops::batch_norm_forward_train(x, g1, be1, none_mean, none_var, 0.0, eps1, ops::BnAct::Relu);
-        Tensor db;
-        {
-          const Tensor b = ops::conv2d_forward(f1.y, w1, Tensor(), p1);
-          const ops::BatchNormForward f2 =
-              ops::batch_norm_forward_train(b, g2, be2, none_mean, none_var, 0.0, eps2, ops::BnAct::Relu);
-          if (needs[nf + 5]) grads[nf + 5] = ops::conv2d_backward_weight(dout, f2.y, w2.shape(), p2);
-          const Tensor dh = ops::conv2d_backward_input(dout, w2, f2.y.shape(), p2);
-          ops::BatchNormGrads n2 = ops::batch_norm_backward_train(dh, b, g2, f2.save_mean, f2.save_invstd, f2.y);
-          if (needs[nf + 3]) grads[nf + 3] = std::move(n2.dgamma);
-          if (needs[nf + 4]) grads[nf + 4] = std::move(n2.dbeta);
-          db = std::move(n2.dx);
-        }
-        if (needs[nf + 2]) grads[nf + 2] = ops::conv2d_backward_weight(db, f1.y, w1.shape(), p1);
-        bool below = needs[nf] || needs[nf + 1];
-        for (std::size_t i = 0; i < nf; ++i) below = below || needs[i];
-        if (below) {
-          const Tensor dt = ops::conv2d_backward_input(db, w1, f1.y.shape(), p1);
-          db = Tensor();
-          ops::BatchNormGrads n1 = ops::batch_norm_backward_train(dt, x, g1, f1.save_mean, f1.save_invstd, f1.y);
-          if (needs[nf]) grads[nf] = std::move(n1.dgamma);
-          if (needs[nf + 1]) grads[nf + 1] = std::move(n1.dbeta);
-          const std::vector<Tensor> dparts = nf == 1 ? std::vector<Tensor>{n1.dx} : ops::split(n1.dx, sizes, 1);
-          for (std::size_t i = 0; i < nf; ++i)
-            if (needs[i]) grads[i] = dparts[i];
-        }
-        return grads;
-      },
-      "dense_layer_recomputed");
 }
 
 void DenseLayer::forward_into(const Variable& x, const Tensor& out) {
@@ -164,6 +94,7 @@ DenseBlock::DenseBlock(int64_t num_layers, int64_t num_input_features, int64_t b
 
 Variable DenseBlock::forward(const Variable& x) {
   if (!is_training() && !grad_enabled()) return forward_buffered(x);
+  if (is_training() && grad_enabled() && dropout_free()) return forward_training(x);
   // Every layer reads all earlier maps: features grows by growth_rate channels per layer.
   std::vector<Variable> features{x};
   for (auto& layer : layers_) features.push_back(layer->forward_features(features));
@@ -188,7 +119,118 @@ Variable DenseBlock::forward_buffered(const Variable& x) {
 }
 
 void DenseBlock::set_memory_efficient(bool on) {
+  memory_efficient_ = on;
   for (auto& layer : layers_) layer->set_memory_efficient(on);
+}
+
+bool DenseBlock::dropout_free() const {
+  for (const auto& layer : layers_)
+    if (layer->drop_rate() > 0) return false;
+  return true;
+}
+
+// Training: the block as one autograd op over one feature buffer (Pleiss et al. 2017's shared storage,
+// and the same for the gradient).
+//
+// Forward: the block's output is allocated once; layer l reads the channel prefix [0, c_l) written so
+// far and its conv2 writes channels [c_l, c_l + growth) in place — no concatenation, stored or not.
+// Per layer it keeps t = relu(norm1(prefix)) (conv1's input), b = conv1(t) and h = relu(norm2(b))
+// (conv2's input) with their batch statistics; memory-efficient, it keeps none of them and recomputes
+// them in backward (the same batch statistics of the same values: the same bits), so the step holds
+// little more than the block buffers.
+//
+// Backward: one gradient buffer G (the output's gradient) for the whole block. Going back from the
+// last layer, G's channels [c_l, c_l + growth) are complete when layer l is reached (only later layers
+// read them), so they are layer l's output gradient; its backward, written out by hand,
+//   dW2 = conv2'(dout; h)    dh = conv2'(dout; W2)    db, dgamma2, dbeta2 = norm2'(dh; b, h)
+//   dW1 = conv1'(db; t)      dt = conv1'(db; W1)      dx, dgamma1, dbeta1 = norm1'(dt; prefix, t)
+// ends with G[:, 0:c_l] += dx: one addition per layer. (The per-layer autograd form accumulates each
+// earlier feature's gradient separately: O(L^2) small additions per block, ~1,100 kernels per
+// DenseNet-169 step.) G[:, 0:c_0] is the block input's gradient.
+Variable DenseBlock::forward_training(const Variable& x) {
+  const Tensor& in = x.tensor();
+  check(in.dim() == 4, "DenseBlock: input must be (N, C, H, W), got " + shape_str(in.shape()));
+  const int64_t c0 = in.size(1), g = growth_rate_, L = static_cast<int64_t>(layers_.size());
+  Tensor block = Tensor::empty({in.size(0), c0 + L * g, in.size(2), in.size(3)}, in.dtype(), in.device());
+  block.narrow(1, 0, c0).copy_(in);
+
+  struct Saved {
+    ops::BatchNormForward n1, n2;  // y: t and h
+    Tensor b;
+  };
+  const bool keep = !memory_efficient_;
+  auto saved = std::make_shared<std::vector<Saved>>(keep ? L : 0);
+  struct Params {
+    Tensor g1, be1, w1, g2, be2, w2;
+    double eps1, eps2;
+    ops::Conv2dParams p1, p2;
+  };
+  std::vector<Params> params;
+  std::vector<Variable> inputs{x};
+  for (int64_t l = 0; l < L; ++l) {
+    DenseLayer& layer = *layers_[l];
+    const int64_t c = c0 + l * g;
+    ops::BatchNormForward n1 = layer.norm1().forward_train(block.narrow(1, 0, c), ops::BnAct::Relu);
+    Tensor b = ops::conv2d_forward(n1.y, layer.conv1().weight().tensor(), Tensor(), layer.conv1().params());
+    ops::BatchNormForward n2 = layer.norm2().forward_train(b, ops::BnAct::Relu);
+    ops::conv2d_forward_into(n2.y, layer.conv2().weight().tensor(), Tensor(), layer.conv2().params(),
+                             block.narrow(1, c, g));
+    if (keep) (*saved)[l] = {std::move(n1), std::move(n2), std::move(b)};
+    params.push_back({layer.norm1().weight().tensor(), layer.norm1().bias().tensor(),
+                      layer.conv1().weight().tensor(), layer.norm2().weight().tensor(),
+                      layer.norm2().bias().tensor(), layer.conv2().weight().tensor(), layer.norm1().eps(),
+                      layer.norm2().eps(), layer.conv1().params(), layer.conv2().params()});
+    for (const Variable* v : {&layer.norm1().weight(), &layer.norm1().bias(), &layer.conv1().weight(),
+                              &layer.norm2().weight(), &layer.norm2().bias(), &layer.conv2().weight()})
+      inputs.push_back(*v);
+  }
+
+  return Variable::from_op(
+      block, std::move(inputs),
+      [block, saved, params, c0, g, L, keep](const Tensor& dblock, const std::vector<bool>& needs) {
+        std::vector<Tensor> grads(1 + 6 * static_cast<std::size_t>(L));
+        Tensor G = dblock.clone();  // ours to accumulate into
+        Tensor none_mean, none_var;  // recomputation: no running statistics to update
+        for (int64_t l = L - 1; l >= 0; --l) {
+          const Params& p = params[l];
+          const int64_t c = c0 + l * g;
+          const std::size_t k = 1 + 6 * static_cast<std::size_t>(l);  // gamma1, beta1, W1, gamma2, beta2, W2
+          const Tensor prefix = block.narrow(1, 0, c);
+          ops::BatchNormForward n1, n2;
+          Tensor b;
+          if (keep) {
+            n1 = (*saved)[l].n1;
+            n2 = (*saved)[l].n2;
+            b = (*saved)[l].b;
+          } else {
+            n1 = ops::batch_norm_forward_train(prefix, p.g1, p.be1, none_mean, none_var, 0.0, p.eps1,
+                                               ops::BnAct::Relu);
+            b = ops::conv2d_forward(n1.y, p.w1, Tensor(), p.p1);
+            n2 = ops::batch_norm_forward_train(b, p.g2, p.be2, none_mean, none_var, 0.0, p.eps2, ops::BnAct::Relu);
+          }
+          const Tensor dout = G.narrow(1, c, g);
+          if (needs[k + 5]) grads[k + 5] = ops::conv2d_backward_weight(dout, n2.y, p.w2.shape(), p.p2);
+          Tensor db;
+          {
+            const Tensor dh = ops::conv2d_backward_input(dout, p.w2, n2.y.shape(), p.p2);
+            ops::BatchNormGrads bn2 = ops::batch_norm_backward_train(dh, b, p.g2, n2.save_mean, n2.save_invstd, n2.y);
+            if (needs[k + 3]) grads[k + 3] = std::move(bn2.dgamma);
+            if (needs[k + 4]) grads[k + 4] = std::move(bn2.dbeta);
+            db = std::move(bn2.dx);
+          }
+          if (needs[k + 2]) grads[k + 2] = ops::conv2d_backward_weight(db, n1.y, p.w1.shape(), p.p1);
+          const Tensor dt = ops::conv2d_backward_input(db, p.w1, n1.y.shape(), p.p1);
+          db = Tensor();
+          ops::BatchNormGrads bn1 = ops::batch_norm_backward_train(dt, prefix, p.g1, n1.save_mean, n1.save_invstd, n1.y);
+          if (needs[k]) grads[k] = std::move(bn1.dgamma);
+          if (needs[k + 1]) grads[k + 1] = std::move(bn1.dbeta);
+          Tensor head = G.narrow(1, 0, c);
+          ops::add_(head, bn1.dx);
+        }
+        if (needs[0]) grads[0] = G.narrow(1, 0, c0);
+        return grads;
+      },
+      "dense_block");
 }
 
 // ---- Transition ---------------------------------------------------------------------------------------

@@ -32,10 +32,10 @@ struct DenseNetConfig {
   int64_t num_init_features = 64;
   int64_t bn_size = 4;
   double drop_rate = 0.0;
-  /// Training keeps none of a dense layer's inner maps (concatenation, both BN-ReLU outputs, the
-  /// bottleneck) for backward: it recomputes them there (DenseLayer::forward_recomputed). Same results;
-  /// far less memory, a little more compute. torchvision's memory_efficient recomputes the same
-  /// convolution but keeps the bottleneck and its BN-ReLU output.
+  /// Training keeps none of a dense layer's inner maps (both BN-ReLU outputs, the bottleneck) for
+  /// backward: it recomputes them there (DenseBlock's one-op training form). Same results; far less
+  /// memory, a little more compute. torchvision's memory_efficient recomputes the same convolution but
+  /// keeps the bottleneck and its BN-ReLU output (and, like the plain form, the concatenations).
   bool memory_efficient = false;
 
   static DenseNetConfig densenet121() { return {32, {6, 12, 24, 16}, 64, 4, 0.0}; }
@@ -64,12 +64,14 @@ class DenseLayer : public Module {
   /// (a channel slice of the block's buffer), conv2's output never a tensor of its own.
   void forward_into(const Variable& x, const Tensor& out);
   void set_memory_efficient(bool on) { memory_efficient_ = on; }
+  BatchNorm2d& norm1() { return *norm1_; }
+  BatchNorm2d& norm2() { return *norm2_; }
+  Conv2d& conv1() { return *conv1_; }
+  Conv2d& conv2() { return *conv2_; }
+  double drop_rate() const { return drop_rate_; }
 
  private:
   Variable bottleneck(const std::vector<Variable>& features);
-  /// Memory-efficient training: the whole layer as one op that stores nothing but its inputs and
-  /// recomputes its inner maps in backward (see densenet.cpp).
-  Variable forward_recomputed(const std::vector<Variable>& features);
   std::shared_ptr<BatchNorm2d> norm1_, norm2_;
   std::shared_ptr<Conv2d> conv1_, conv2_;
   double drop_rate_;
@@ -78,11 +80,13 @@ class DenseLayer : public Module {
 };
 
 /// A block of dense layers named denselayer1..N; returns the concatenation of input and all outputs.
-/// Training (and any forward that records a graph) concatenates before each layer, as torchvision.
-/// Inference (eval mode, no gradient) writes into one buffer instead: the block's output is allocated
-/// once, each layer reads the channel prefix written so far (in place: BatchNorm reads a view) and its
-/// 3x3 convolution writes its growth_rate channels after it, in place. Same values; none of the O(L^2)
-/// concatenation copies, and no copy per layer either.
+/// Inference (eval mode, no gradient) and training (with gradients, no dropout) write into one buffer:
+/// the block's output is allocated once, each layer reads the channel prefix written so far and its
+/// 3x3 convolution writes its growth_rate channels after it, in place. Training runs the whole block
+/// as one autograd op whose backward accumulates into one gradient buffer (densenet.cpp); with
+/// memory_efficient it keeps nothing per layer and recomputes. Same values and gradients; none of the
+/// O(L^2) concatenation copies or gradient additions. Any other forward that records a graph (eval
+/// with gradients: Grad-CAM; dropout) concatenates before each layer, as torchvision.
 class DenseBlock : public Module {
  public:
   DenseBlock(int64_t num_layers, int64_t num_input_features, int64_t bn_size, int64_t growth_rate,
@@ -92,8 +96,12 @@ class DenseBlock : public Module {
 
  private:
   Variable forward_buffered(const Variable& x);
+  /// Training with gradients and no dropout: the block as one op over one buffer (densenet.cpp).
+  Variable forward_training(const Variable& x);
+  bool dropout_free() const;
   std::vector<std::shared_ptr<DenseLayer>> layers_;
   int64_t growth_rate_;
+  bool memory_efficient_ = false;
 };
 
 /// norm - relu - conv (1x1, halves channels) - pool (2x2 average).

@@ -44,8 +44,8 @@ Tensor relu_backward(const Tensor& grad, const Tensor& x);
 /// grad * y * (1 - y): the backward of sigmoid, given its output y.
 Tensor sigmoid_backward(const Tensor& grad, const Tensor& y);
 
-/// a += alpha * b in place (same shape; a contiguous). The accumulation primitive of autograd and
-/// the optimizers.
+/// a += alpha * b in place (same shape; a in any layout: the CPU updates a strided a through a
+/// contiguous copy). The accumulation primitive of autograd, the optimizers and DenseBlock's backward.
 void add_(Tensor& a, const Tensor& b, double alpha = 1.0);
 /// a *= s in place.
 void mul_scalar_(Tensor& a, double s);

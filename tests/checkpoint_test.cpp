@@ -110,14 +110,15 @@ TEST(DenseNetMemoryEfficient, KeepsLessAliveBetweenForwardAndBackward) {
     return after - before;
   };
   const std::size_t plain = kept(*p.plain), efficient = kept(*p.efficient);
-  // Per layer the plain graph keeps the concatenated input, its BN-ReLU output, the bottleneck and
-  // its BN-ReLU output; the efficient one only the bottleneck (the block's own features stay alive
-  // either way). Measured: 30.1 MB plain, 12.2 MB memory-efficient (16.6 MB while it also kept the
-  // bottleneck's BN-ReLU output; byte counts follow from the shapes alone, so the margin to 0.45 is
-  // not noise).
+  // Per layer the plain form keeps conv1's input (the BN-ReLU of the concatenation so far), the
+  // bottleneck and its BN-ReLU output; the efficient one none of them (the block buffers stay alive
+  // either way). Measured: 22.8 MB plain, 6.0 MB memory-efficient. History: 29.8 / 16.6 MB with
+  // torchvision's forms (concatenations stored; the checkpoint kept the bottleneck and its BN-ReLU
+  // output), 30.1 / 12.2 and 30.1 / 7.5 MB along the way. Byte counts follow from the shapes alone,
+  // so the margin to 0.35 is not noise.
   RecordProperty("kept_plain_bytes", std::to_string(plain));
   RecordProperty("kept_efficient_bytes", std::to_string(efficient));
-  EXPECT_LT(double(efficient), 0.45 * double(plain))
+  EXPECT_LT(double(efficient), 0.35 * double(plain))
       << "plain graph keeps " << plain << " bytes, memory-efficient " << efficient;
 }
 

@@ -318,10 +318,13 @@ void add_(Tensor& a, const Tensor& b, double alpha) {
   check_same_device(a, b, "add_", "the destination", "the source");
   check(a.shape() == b.shape(), "add_: destination " + shape_str(a.shape()) + " and source " +
                                     shape_str(b.shape()) + " differ");
-  check(a.is_contiguous(), "add_: destination must be contiguous");
-  if (on_gpu(a)) return cuda::add_(a, b, alpha);
-  if (a.dtype() == DType::Float32) add_inplace_t<float>(a, b, alpha);
-  else add_inplace_t<double>(a, b, alpha);
+  if (on_gpu(a)) return cuda::add_(a, b, alpha);  // any strides
+  // A strided destination (a channel slice: a dense block's gradient buffer) is updated through a
+  // contiguous copy, with the same arithmetic.
+  Tensor dst = a.is_contiguous() ? a : a.contiguous();
+  if (a.dtype() == DType::Float32) add_inplace_t<float>(dst, b, alpha);
+  else add_inplace_t<double>(dst, b, alpha);
+  if (!a.is_contiguous()) a.copy_(dst);
 }
 
 void mul_scalar_(Tensor& a, double s) {
