@@ -208,7 +208,7 @@ Variable DenseBlock::forward_training(const Variable& x) {
             b = ops::conv2d_forward(n1.y, p.w1, Tensor(), p.p1);
             n2 = ops::batch_norm_forward_train(b, p.g2, p.be2, none_mean, none_var, 0.0, p.eps2, ops::BnAct::Relu);
           }
-          const Tensor dout = G.narrow(1, c, g);
+          const Tensor dout = G.narrow(1, c, g).contiguous();  // both conv2 passes read it: one copy (N > 1)
           if (needs[k + 5]) grads[k + 5] = ops::conv2d_backward_weight(dout, n2.y, p.w2.shape(), p.p2);
           Tensor db;
           {
