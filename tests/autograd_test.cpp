@@ -241,3 +241,22 @@ TEST(Ops, ValuesAndErrors) {
   EXPECT_EQ(acc.to_vector(), (std::vector<double>{2, -4, 6, -8}));
   EXPECT_THROW(ops::add_(acc, Tensor::zeros({4})), std::invalid_argument);
 }
+
+// add_ into a channel slice of an NCHW buffer (DenseBlock's gradient buffer) and into a transposed view:
+// only the view's elements change, by exactly alpha * b.
+TEST(Accumulate, AddIntoStridedDestinations) {
+  Generator gen(5);
+  for (bool transposed : {false, true}) {
+    Tensor buf = Tensor::normal({2, 5, 3, 3}, 0, 1, gen, DType::Float64);
+    const Tensor before = buf.clone();
+    Tensor view = transposed ? buf.transpose(2, 3) : buf.narrow(1, 1, 3);
+    const Tensor b = Tensor::normal(view.shape(), 0, 1, gen, DType::Float64);
+    const Tensor expected = ops::add(view.contiguous(), ops::mul_scalar(b, 0.5));
+    ops::add_(view, b, 0.5);
+    EXPECT_EQ(ops::max_abs_diff(view, expected), 0.0);
+    if (!transposed) {
+      EXPECT_EQ(ops::max_abs_diff(buf.narrow(1, 0, 1), before.narrow(1, 0, 1)), 0.0);
+      EXPECT_EQ(ops::max_abs_diff(buf.narrow(1, 4, 1), before.narrow(1, 4, 1)), 0.0);
+    }
+  }
+}

@@ -96,6 +96,7 @@ void forward_train_kernel(const Tensor& x, const Tensor& gamma, const Tensor& be
                           const Tensor& running_mean, const Tensor& running_var, double momentum, double eps,
                           bool relu, const BatchNormForward& out) {
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const int64_t sN = N > 1 ? x.strides()[0] : C * HW;  // x sample-contiguous (a channel prefix read in place)
   const double n = static_cast<double>(N * HW);
   const T* px = x.data<T>();
   T* py = out.y.data<T>();
@@ -107,13 +108,13 @@ void forward_train_kernel(const Tensor& x, const Tensor& gamma, const Tensor& be
   for (int64_t c = 0; c < C; ++c) {
     double sum = 0.0;
     for (int64_t i = 0; i < N; ++i) {
-      const T* xp = px + (i * C + c) * HW;
+      const T* xp = px + i * sN + c * HW;
       for (int64_t k = 0; k < HW; ++k) sum += xp[k];
     }
     const double mean = sum / n;
     double sq = 0.0;
     for (int64_t i = 0; i < N; ++i) {
-      const T* xp = px + (i * C + c) * HW;
+      const T* xp = px + i * sN + c * HW;
       for (int64_t k = 0; k < HW; ++k) {
         const double d = xp[k] - mean;
         sq += d * d;
@@ -125,7 +126,7 @@ void forward_train_kernel(const Tensor& x, const Tensor& gamma, const Tensor& be
     const double scale = g.get(c) * invstd;
     const double shift = b.get(c) - mean * scale;
     for (int64_t i = 0; i < N; ++i) {
-      const T* xp = px + (i * C + c) * HW;
+      const T* xp = px + i * sN + c * HW;
       T* yp = py + (i * C + c) * HW;
       for (int64_t k = 0; k < HW; ++k) yp[k] = activate<T>(xp[k] * scale + shift, relu);
     }
@@ -167,6 +168,7 @@ void backward_kernel(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
                      const std::vector<double>& invstd, bool through_stats, const Tensor& relu_y,
                      const BatchNormGrads& out) {
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const int64_t sN = N > 1 ? x.strides()[0] : C * HW;  // x sample-contiguous; dy, relu_y, dx contiguous
   const double n = static_cast<double>(N * HW);
   const T* px = x.data<T>();
   const T* pdy = dy.data<T>();
@@ -185,10 +187,11 @@ void backward_kernel(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
     double sum_dy = 0.0, sum_dy_xmu = 0.0;  // sum(dy), sum(dy * (x - mean))
     for (int64_t i = 0; i < N; ++i) {
       const int64_t base = (i * C + c) * HW;
+      const T* xp = px + i * sN + c * HW;
       for (int64_t k = 0; k < HW; ++k) {
         const double d = grad_at(base + k);
         sum_dy += d;
-        sum_dy_xmu += d * (px[base + k] - mu);
+        sum_dy_xmu += d * (xp[k] - mu);
       }
     }
     pdbeta[c] = static_cast<T>(sum_dy);
@@ -199,8 +202,9 @@ void backward_kernel(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
     const double proj = through_stats ? sum_dy_xmu * is * is / n : 0.0;
     for (int64_t i = 0; i < N; ++i) {
       const int64_t base = (i * C + c) * HW;
+      const T* xp = px + i * sN + c * HW;
       for (int64_t k = 0; k < HW; ++k)
-        pdx[base + k] = static_cast<T>(k_dy * (grad_at(base + k) - mean_dy - (px[base + k] - mu) * proj));
+        pdx[base + k] = static_cast<T>(k_dy * (grad_at(base + k) - mean_dy - (xp[k] - mu) * proj));
     }
   }
 }
@@ -257,7 +261,7 @@ BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, 
                             shape_str(x.shape()));
   if (x.device().is_cuda())
     return cuda::batch_norm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps, act);
-  const Tensor xc = x.contiguous();
+  const Tensor xc = sample_contiguous(x) ? x : x.contiguous();
   const Shape c_shape{d.C};
   BatchNormForward out{Tensor::empty(x.shape(), x.dtype(), x.device()),
                        Tensor::empty(c_shape, x.dtype(), x.device()),
@@ -298,7 +302,7 @@ BatchNormGrads batch_norm_backward_train(const Tensor& dy, const Tensor& x, cons
   check_channel_vector(op, "save_invstd", save_invstd, x, true);
   check_relu_y(op, relu_y, x);
   if (x.device().is_cuda()) return cuda::batch_norm_backward_train(dy, x, gamma, save_mean, save_invstd, relu_y);
-  const Tensor xc = x.contiguous(), dyc = dy.contiguous();
+  const Tensor xc = sample_contiguous(x) ? x : x.contiguous(), dyc = dy.contiguous();
   const Tensor mask = relu_y.defined() ? relu_y.contiguous() : Tensor();
   BatchNormGrads out = alloc_grads(x);
   const std::vector<double> mean = to_doubles(save_mean), invstd = to_doubles(save_invstd);
@@ -321,7 +325,7 @@ BatchNormGrads batch_norm_backward_eval(const Tensor& dy, const Tensor& x, const
   check_relu_y(op, relu_y, x);
   if (x.device().is_cuda())
     return cuda::batch_norm_backward_eval(dy, x, gamma, running_mean, running_var, eps, relu_y);
-  const Tensor xc = x.contiguous(), dyc = dy.contiguous();
+  const Tensor xc = sample_contiguous(x) ? x : x.contiguous(), dyc = dy.contiguous();
   const Tensor mask = relu_y.defined() ? relu_y.contiguous() : Tensor();
   BatchNormGrads out = alloc_grads(x);
   const std::vector<double> mean = to_doubles(running_mean);

@@ -319,12 +319,26 @@ void add_(Tensor& a, const Tensor& b, double alpha) {
   check(a.shape() == b.shape(), "add_: destination " + shape_str(a.shape()) + " and source " +
                                     shape_str(b.shape()) + " differ");
   if (on_gpu(a)) return cuda::add_(a, b, alpha);  // any strides
-  // A strided destination (a channel slice: a dense block's gradient buffer) is updated through a
-  // contiguous copy, with the same arithmetic.
-  Tensor dst = a.is_contiguous() ? a : a.contiguous();
+  if (a.is_contiguous()) {
+    if (a.dtype() == DType::Float32) add_inplace_t<float>(a, b, alpha);
+    else add_inplace_t<double>(a, b, alpha);
+    return;
+  }
+  if (sample_contiguous(a)) {  // a channel prefix of an NCHW buffer (a dense block's gradient): in place
+    const Tensor bc = b.contiguous();
+    for (int64_t n = 0; n < a.size(0); ++n) {
+      Tensor dst = a.narrow(0, n, 1);  // one sample: one contiguous block of memory
+      const Tensor src = bc.narrow(0, n, 1);
+      if (a.dtype() == DType::Float32) add_inplace_t<float>(dst, src, alpha);
+      else add_inplace_t<double>(dst, src, alpha);
+    }
+    return;
+  }
+  // Any other layout: through a contiguous copy, with the same arithmetic.
+  Tensor dst = a.contiguous();
   if (a.dtype() == DType::Float32) add_inplace_t<float>(dst, b, alpha);
   else add_inplace_t<double>(dst, b, alpha);
-  if (!a.is_contiguous()) a.copy_(dst);
+  a.copy_(dst);
 }
 
 void mul_scalar_(Tensor& a, double s) {
