@@ -14,6 +14,9 @@
 //                            cannot express: such inputs take the native kernel under LADNN_BN=cudnn too
 //             backward       bn_grad_partial (sum dy, sum dy * (x - mean) per chunk) -> bn_grad_finalize
 //                            (dgamma, dbeta, per-channel coefficients) -> bn_backward_dx (one elementwise pass)
+//           Training forward and backward read a spaced x in place as well (the training dense block's
+//           channel prefix, models/densenet.cpp): x's sample stride is BnPartition::sN and a kernel
+//           parameter; dy, relu_y, y and dx are always packed.
 //   Eval-mode backward always runs the native kernels: cuDNN has no backward for frozen statistics.
 //
 //   Fused ReLU (ops::BnAct::Relu; DenseNet's norm-relu pairs): native folds it into bn_normalize
@@ -189,24 +192,26 @@ __global__ void bn_eval_plane_kernel(const float* __restrict__ x, int64_t sN, fl
 
 // y = (x - mean[c]) * scale[c] + shift[c] over all N*C*HW values (grid-stride), c = (i / HW) % C,
 // then max(y, 0) when RELU. With VEC = 4 a group of four never straddles two channels (HW % 4 == 0).
+// x's samples are sN apart (C * HW when packed); y is packed.
 template <int VEC, bool RELU>
-__global__ void bn_normalize_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t total, int64_t C,
-                                    int64_t HW, const float* __restrict__ mean, const float* __restrict__ scale,
-                                    const float* __restrict__ shift) {
+__global__ void bn_normalize_kernel(const float* __restrict__ x, int64_t sN, float* __restrict__ y, int64_t total,
+                                    int64_t C, int64_t HW, const float* __restrict__ mean,
+                                    const float* __restrict__ scale, const float* __restrict__ shift) {
   const int64_t step = int64_t(gridDim.x) * blockDim.x * VEC;
   for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * VEC; i < total; i += step) {
     const int64_t c = (i / HW) % C;
     const float mu = __ldg(mean + c), sc = __ldg(scale + c), sh = __ldg(shift + c);
+    const int64_t xi = math::sample_offset(i, C * HW, sN);
     if constexpr (VEC == 4) {
       float v[4];
-      math::load4(x + i, v);
+      math::load4(x + xi, v);
       for (int k = 0; k < 4; ++k) {
         v[k] = math::bn_normalize(v[k], mu, sc, sh);
         if constexpr (RELU) v[k] = math::bn_relu(v[k]);
       }
       math::store4(y + i, v);
     } else {
-      const float v = math::bn_normalize(x[i], mu, sc, sh);
+      const float v = math::bn_normalize(x[xi], mu, sc, sh);
       y[i] = RELU ? math::bn_relu(v) : v;
     }
   }
@@ -277,8 +282,9 @@ __global__ void bn_grad_finalize_kernel(const float* __restrict__ partial, int64
 
 // dx = k[c] * (dy - mean_dy[c] - (x - mean[c]) * proj[c]) over all values (grid-stride); dy masked by
 // relu_y > 0 when relu_y is not null.
+// x's samples are sN apart (C * HW when packed); dy, relu_y and dx are packed.
 template <int VEC>
-__global__ void bn_backward_dx_kernel(const float* __restrict__ dy, const float* __restrict__ x,
+__global__ void bn_backward_dx_kernel(const float* __restrict__ dy, const float* __restrict__ x, int64_t sN,
                                       const float* __restrict__ relu_y, float* __restrict__ dx, int64_t total,
                                       int64_t C, int64_t HW,
                                       const float* __restrict__ coef_mean, const float* __restrict__ coef_k,
@@ -288,10 +294,11 @@ __global__ void bn_backward_dx_kernel(const float* __restrict__ dy, const float*
     const int64_t c = (i / HW) % C;
     const float mu = __ldg(coef_mean + c), k = __ldg(coef_k + c), mdy = __ldg(coef_mean_dy + c),
                 proj = __ldg(coef_proj + c);
+    const int64_t xi = math::sample_offset(i, C * HW, sN);
     if constexpr (VEC == 4) {
       float d[4], v[4], r[4];
       math::load4(dy + i, d);
-      math::load4(x + i, v);
+      math::load4(x + xi, v);
       if (relu_y) {
         float y[4];
         math::load4(relu_y + i, y);
@@ -301,7 +308,7 @@ __global__ void bn_backward_dx_kernel(const float* __restrict__ dy, const float*
       math::store4(dx + i, r);
     } else {
       const float d = relu_y ? math::bn_relu_grad(dy[i], relu_y[i]) : dy[i];
-      dx[i] = math::bn_dx(d, x[i], mu, k, mdy, proj);
+      dx[i] = math::bn_dx(d, x[xi], mu, k, mdy, proj);
     }
   }
 }
@@ -309,11 +316,16 @@ __global__ void bn_backward_dx_kernel(const float* __restrict__ dy, const float*
 // ---- native drivers -------------------------------------------------------------------------------------
 
 template <int VEC, bool RELU>
-void launch_normalize_as(const float* px, float* py, const BnGeom& g, const float* mean, const float* scale,
-                         const float* shift) {
+void launch_normalize_as(const float* px, int64_t sN, float* py, const BnGeom& g, const float* mean,
+                         const float* scale, const float* shift) {
   bn_normalize_kernel<VEC, RELU><<<grid_for(g.total() / VEC, kThreads), kThreads, 0, cur_stream()>>>(
-      px, py, g.total(), g.C, g.HW, mean, scale, shift);
+      px, sN, py, g.total(), g.C, g.HW, mean, scale, shift);
   CUDA_CHECK_LAUNCH();
+}
+
+/// Elements between x's samples: its batch stride (x is packed or sample-contiguous, checked by the entry).
+int64_t sample_stride(const Tensor& x, const BnGeom& g) {
+  return g.N > 1 ? x.strides()[0] : g.C * g.HW;
 }
 
 // Launches bn_normalize with per-channel arrays mean/scale/shift (contiguous, C floats each).
@@ -321,11 +333,12 @@ void launch_normalize(const Tensor& x, const Tensor& y, const BnGeom& g, const f
                       const float* shift, bool relu) {
   const float* px = x.data<float>();
   float* py = y.data<float>();
-  const bool vec = g.HW % 4 == 0 && aligned16(px) && aligned16(py);
-  if (vec && relu) launch_normalize_as<4, true>(px, py, g, mean, scale, shift);
-  else if (vec) launch_normalize_as<4, false>(px, py, g, mean, scale, shift);
-  else if (relu) launch_normalize_as<1, true>(px, py, g, mean, scale, shift);
-  else launch_normalize_as<1, false>(px, py, g, mean, scale, shift);
+  const int64_t sN = sample_stride(x, g);
+  const bool vec = g.HW % 4 == 0 && sN % 4 == 0 && aligned16(px) && aligned16(py);
+  if (vec && relu) launch_normalize_as<4, true>(px, sN, py, g, mean, scale, shift);
+  else if (vec) launch_normalize_as<4, false>(px, sN, py, g, mean, scale, shift);
+  else if (relu) launch_normalize_as<1, true>(px, sN, py, g, mean, scale, shift);
+  else launch_normalize_as<1, false>(px, sN, py, g, mean, scale, shift);
 }
 
 // y = max(y, 0) in place (the cuDNN version's fused ReLU).
@@ -344,7 +357,8 @@ void native_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& be
                           const Tensor& running_var, double momentum, double eps, bool relu,
                           const ops::BatchNormForward& out) {
   const BnGeom g = geom_of(x);
-  const BnPartition part = partition_of(g);
+  BnPartition part = partition_of(g);
+  part.sN = sample_stride(x, g);
   const int splits = part.splits;
   // Scratch: Welford partials (C, splits, 3), then scale (C) and shift (C).
   Buffer ws(sizeof(float) * static_cast<std::size_t>(g.C * splits * 3 + 2 * g.C));
@@ -354,7 +368,7 @@ void native_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& be
 
   const float* px = x.data<float>();
   const dim3 grid(static_cast<unsigned>(g.C), static_cast<unsigned>(splits));
-  if (g.HW % 4 == 0 && aligned16(px))
+  if (g.HW % 4 == 0 && part.sN % 4 == 0 && aligned16(px))
     bn_stats_partial_kernel<4><<<grid, kThreads, 0, cur_stream()>>>(px, part, partial);
   else
     bn_stats_partial_kernel<1><<<grid, kThreads, 0, cur_stream()>>>(px, part, partial);
@@ -402,7 +416,8 @@ void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
                      const Tensor& invstd, const Tensor& running_var, double eps, bool through_stats,
                      const Tensor& relu_y, const ops::BatchNormGrads& out) {
   const BnGeom g = geom_of(x);
-  const BnPartition part = partition_of(g);
+  BnPartition part = partition_of(g);
+  part.sN = sample_stride(x, g);
   const int splits = part.splits;
   // Scratch: partial sums (C, splits, 2) and four per-channel coefficients.
   Buffer ws(sizeof(float) * static_cast<std::size_t>(g.C * splits * 2 + 4 * g.C));
@@ -416,7 +431,8 @@ void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
   const float* pdy = dy.data<float>();
   float* pdx = out.dx.data<float>();
   const float* pmask = relu_y.defined() ? relu_y.data<float>() : nullptr;
-  const bool vec = g.HW % 4 == 0 && aligned16(px) && aligned16(pdy) && aligned16(pdx) && (!pmask || aligned16(pmask));
+  const bool vec = g.HW % 4 == 0 && part.sN % 4 == 0 && aligned16(px) && aligned16(pdy) && aligned16(pdx) &&
+                   (!pmask || aligned16(pmask));
   if (g.M() > 0) {
     const dim3 grid(static_cast<unsigned>(g.C), static_cast<unsigned>(splits));
     if (vec)
@@ -439,10 +455,10 @@ void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
   if (g.total() == 0) return;
   if (vec)
     bn_backward_dx_kernel<4><<<grid_for(g.total() / 4, kThreads), kThreads, 0, cur_stream()>>>(
-        pdy, px, pmask, pdx, g.total(), g.C, g.HW, coef_mean, coef_k, coef_mean_dy, coef_proj);
+        pdy, px, part.sN, pmask, pdx, g.total(), g.C, g.HW, coef_mean, coef_k, coef_mean_dy, coef_proj);
   else
     bn_backward_dx_kernel<1><<<grid_for(g.total(), kThreads), kThreads, 0, cur_stream()>>>(
-        pdy, px, pmask, pdx, g.total(), g.C, g.HW, coef_mean, coef_k, coef_mean_dy, coef_proj);
+        pdy, px, part.sN, pmask, pdx, g.total(), g.C, g.HW, coef_mean, coef_k, coef_mean_dy, coef_proj);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -563,9 +579,12 @@ ops::BatchNormForward batch_norm_forward_train(const Tensor& x_in, const Tensor&
   const bool relu = act == ops::BnAct::Relu;
   require_float32_all(op, {{&x_in, "input"}, {&gamma, "gamma"}, {&beta, "beta"},
                            {&running_mean, "running_mean"}, {&running_var, "running_var"}});
-  const Impl which = bn_impl();
+  // A sample-contiguous view (the training dense block's channel prefix) is read in place by the native
+  // kernels; cuDNN needs packed tensors.
+  const bool spaced = !x_in.is_contiguous() && ops::sample_contiguous(x_in);
+  const Impl which = spaced ? Impl::Native : bn_impl();
   OpRange range(relu ? "batch_norm_relu_forward_train" : "batch_norm_forward_train", bn_impl_name(which));
-  const Tensor x = x_in.contiguous();
+  const Tensor x = spaced ? x_in : x_in.contiguous();
   const Shape c_shape{x.size(1)};
   ops::BatchNormForward out{new_output(x.shape(), DType::Float32, x.device()),
                             new_output(c_shape, DType::Float32, x.device()),
@@ -609,10 +628,11 @@ ops::BatchNormGrads batch_norm_backward_train(const Tensor& dy_in, const Tensor&
   const std::string op = "batch_norm_backward_train";
   require_float32_all(op, {{&dy_in, "grad_output"}, {&x_in, "input"}, {&gamma, "gamma"},
                            {&save_mean, "save_mean"}, {&save_invstd, "save_invstd"}, {&relu_y, "relu_y"}});
-  const Impl which = x_in.numel() == 0 ? Impl::Native : bn_impl();
+  const bool spaced = !x_in.is_contiguous() && ops::sample_contiguous(x_in);  // read in place, natively
+  const Impl which = x_in.numel() == 0 || spaced ? Impl::Native : bn_impl();
   const bool relu = relu_y.defined();
   OpRange range(relu ? "batch_norm_relu_backward_train" : "batch_norm_backward_train", bn_impl_name(which));
-  const Tensor x = x_in.contiguous(), dy = dy_in.contiguous();
+  const Tensor x = spaced ? x_in : x_in.contiguous(), dy = dy_in.contiguous();
   ops::BatchNormGrads out = new_grads(x);
   if (x.size(1) == 0) return out;
   if (which == Impl::Library) {
@@ -635,7 +655,7 @@ ops::BatchNormGrads batch_norm_backward_eval(const Tensor& dy_in, const Tensor& 
   // cuDNN has no backward with frozen statistics: both implementations run the native kernels.
   const bool relu = relu_y.defined();
   OpRange range(relu ? "batch_norm_relu_backward_eval" : "batch_norm_backward_eval", "native");
-  const Tensor x = x_in.contiguous(), dy = dy_in.contiguous();
+  const Tensor x = ops::sample_contiguous(x_in) ? x_in : x_in.contiguous(), dy = dy_in.contiguous();
   const Tensor mask = relu ? relu_y.contiguous() : Tensor();
   ops::BatchNormGrads out = new_grads(x);
   if (x.size(1) == 0) return out;

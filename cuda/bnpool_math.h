@@ -87,6 +87,7 @@ LADNN_HD Welford welford_merge(const Welford& a, const Welford& b) {
 struct BnPartition {
   int64_t C = 0, HW = 0, M = 0, chunk = 0;
   int splits = 1;
+  int64_t sN = 0;  // elements between x's samples: C * HW when packed, more for a channel prefix
 };
 
 constexpr int kBnThreads = 256;  // threads per block of the reduction kernels
@@ -108,12 +109,26 @@ inline BnPartition bn_partition(int64_t N, int64_t C, int64_t HW, int num_sms) {
   p.splits = static_cast<int>(splits);
   const int64_t chunk = (p.M + p.splits - 1) / p.splits;
   p.chunk = (chunk + 3) / 4 * 4;
+  p.sN = C * HW;
   return p;
 }
 
+/// Offset of value j (of the M = N*HW) of channel c in a packed (N, C, HW) tensor: dy, relu_y, dx.
 LADNN_HD int64_t bn_offset(int64_t j, int64_t c, const BnPartition& p) {
   const int64_t n = j / p.HW, k = j - n * p.HW;
   return (n * p.C + c) * p.HW + k;
+}
+
+/// The same in x, whose samples are p.sN apart (a dense block's channel prefix, read in place).
+LADNN_HD int64_t bn_x_offset(int64_t j, int64_t c, const BnPartition& p) {
+  const int64_t n = j / p.HW, k = j - n * p.HW;
+  return n * p.sN + c * p.HW + k;
+}
+
+/// Packed flat index i of an (N, C*HW) tensor -> the element's offset when samples are sN apart.
+LADNN_HD int64_t sample_offset(int64_t i, int64_t CHW, int64_t sN) {
+  const int64_t n = i / CHW;
+  return n * sN + (i - n * CHW);
 }
 
 /// The Welford state of thread t (of T) in block (c, s): values j = begin + t*VEC, stepping T*VEC,
@@ -124,7 +139,7 @@ LADNN_HD Welford bn_stats_thread(const float* x, int64_t c, int64_t s, int64_t t
   const int64_t end = imin(p.M, begin + p.chunk);
   Welford w{0.0f, 0.0f, 0.0f};
   for (int64_t j = begin + t * VEC; j < end; j += T * VEC) {
-    const float* ptr = x + bn_offset(j, c, p);
+    const float* ptr = x + bn_x_offset(j, c, p);
     if constexpr (VEC == 4) {
       float v[4];
       load4(ptr, v);
@@ -189,11 +204,11 @@ LADNN_HD void bn_grad_thread(const float* dy, const float* x, float mu, int64_t 
   sum_dy = 0.0f;
   sum_dy_xmu = 0.0f;
   for (int64_t j = begin + t * VEC; j < end; j += T * VEC) {
-    const int64_t off = bn_offset(j, c, p);
+    const int64_t off = bn_offset(j, c, p), xoff = bn_x_offset(j, c, p);
     if constexpr (VEC == 4) {
       float d[4], v[4];
       load4(dy + off, d);
-      load4(x + off, v);
+      load4(x + xoff, v);
       if (relu_y) {
         float y[4];
         load4(relu_y + off, y);
@@ -204,7 +219,7 @@ LADNN_HD void bn_grad_thread(const float* dy, const float* x, float mu, int64_t 
     } else {
       const float d = relu_y ? bn_relu_grad(dy[off], relu_y[off]) : dy[off];
       sum_dy += d;
-      sum_dy_xmu += d * (x[off] - mu);
+      sum_dy_xmu += d * (x[xoff] - mu);
     }
   }
 }

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cuda/bnpool_math.h"
@@ -255,6 +256,43 @@ TEST(CudaBnPoolMath, BatchNormPartitionCoversEveryValueOnce) {
     check_partition_coverage<1>(sc);
     if ((sc.shape[2] * sc.shape[3]) % 4 == 0) check_partition_coverage<4>(sc);
   }
+}
+
+// x as a channel prefix of a wider buffer (samples sN = (C + 3) * HW apart, the other channels NaN): the
+// stats and gradient threads read the same values as from the packed tensor, so every block gives the same
+// bits; dy and relu_y stay packed. sample_offset maps packed indices to the spaced ones.
+TEST(CudaBnPoolMath, SpacedSamplesAreReadLikePackedOnes) {
+  Generator gen(77);
+  const int64_t N = 3, C = 4, HW = 20, extra = 3;
+  const std::vector<float> x = floats(Tensor::normal({N, C, 4, 5}, 0.5, 2.0, gen));
+  const std::vector<float> dy = floats(Tensor::normal({N, C, 4, 5}, 0, 1, gen));
+  std::vector<float> spaced(static_cast<std::size_t>(N * (C + extra) * HW), NAN);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < C * HW; ++i) spaced[n * (C + extra) * HW + i] = x[n * C * HW + i];
+  for (int64_t i = 0; i < N * C * HW; ++i) ASSERT_EQ(spaced[m::sample_offset(i, C * HW, (C + extra) * HW)], x[i]);
+  m::BnPartition packed = m::bn_partition(N, C, HW, 1);
+  EXPECT_EQ(packed.sN, C * HW);
+  m::BnPartition wide = packed;
+  wide.sN = (C + extra) * HW;
+  auto check = [&](auto vec) {
+    constexpr int VEC = decltype(vec)::value;
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t sp = 0; sp < packed.splits; ++sp)
+        for (int64_t t = 0; t < m::kBnThreads; ++t) {
+          const m::Welford a = m::bn_stats_thread<VEC>(x.data(), c, sp, t, m::kBnThreads, packed);
+          const m::Welford b = m::bn_stats_thread<VEC>(spaced.data(), c, sp, t, m::kBnThreads, wide);
+          ASSERT_EQ(a.n, b.n);
+          ASSERT_EQ(a.mean, b.mean);
+          ASSERT_EQ(a.m2, b.m2);
+          float a1, a2, b1, b2;
+          m::bn_grad_thread<VEC>(dy.data(), x.data(), 0.25f, c, sp, t, m::kBnThreads, packed, a1, a2);
+          m::bn_grad_thread<VEC>(dy.data(), spaced.data(), 0.25f, c, sp, t, m::kBnThreads, wide, b1, b2);
+          ASSERT_EQ(a1, b1);
+          ASSERT_EQ(a2, b2);
+        }
+  };
+  check(std::integral_constant<int, 1>{});
+  check(std::integral_constant<int, 4>{});
 }
 
 TEST(CudaBnPoolMath, BatchNormPartitionFillsAnH100) {

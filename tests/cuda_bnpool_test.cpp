@@ -35,6 +35,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "cuda/context.h"
@@ -351,6 +352,36 @@ TEST_P(CudaOpTest, BatchNormEvalReadsAChannelPrefix) {
       const Tensor y = ops::batch_norm_forward_eval(gbuf.narrow(1, 0, C), gpu(g), gpu(b), gpu(rm), gpu(rv), 1e-5, act);
       EXPECT_TRUE(gpu_matches(act == ops::BnAct::Relu ? "y (relu)" : "y", y, ref, elem_tol(ref)));
     }
+  }
+}
+
+// Training on a channel prefix of a bigger buffer (the training dense block's): the native kernels read
+// it in place (under LADNN_BN=cudnn too) and give the same bits as on a packed copy — forward (y, saved
+// and running statistics) and backward (dx, dgamma, dbeta), float4 and scalar paths.
+TEST_P(CudaOpTest, BatchNormTrainingReadsAChannelPrefix) {
+  const cuda::Impl saved = cuda::impl(cuda::Family::BatchNorm);
+  Generator gen(108);
+  for (const Shape& full : {Shape{3, 12, 8, 8}, Shape{2, 9, 5, 7}, Shape{1, 40, 7, 7}}) {
+    SCOPED_TRACE(shape_str(full));
+    const int64_t C = full[1] - 3;
+    const Tensor buf = gpu(Tensor::normal(full, 0.5, 2.0, gen));
+    const Tensor prefix = buf.narrow(1, 0, C), packed = prefix.contiguous();
+    const Tensor g = gpu(Tensor::uniform({C}, 0.5, 1.5, gen)), b = gpu(Tensor::uniform({C}, -0.5, 0.5, gen));
+    const Tensor dy = gpu(Tensor::normal(packed.shape(), 0, 1, gen));
+    Tensor rm1 = gpu(Tensor::zeros({C})), rv1 = gpu(Tensor::ones({C})), rm2 = gpu(Tensor::zeros({C})),
+           rv2 = gpu(Tensor::ones({C}));
+    cuda::set_impl(cuda::Family::BatchNorm, cuda::Impl::Native);  // the packed run too: same kernels
+    const auto a = ops::batch_norm_forward_train(prefix, g, b, rm1, rv1, 0.1, 1e-5, ops::BnAct::Relu);
+    const auto p = ops::batch_norm_forward_train(packed, g, b, rm2, rv2, 0.1, 1e-5, ops::BnAct::Relu);
+    const auto ga = ops::batch_norm_backward_train(dy, prefix, g, a.save_mean, a.save_invstd, a.y);
+    const auto gp = ops::batch_norm_backward_train(dy, packed, g, p.save_mean, p.save_invstd, p.y);
+    cuda::set_impl(cuda::Family::BatchNorm, saved);
+    const std::vector<std::tuple<const char*, Tensor, Tensor>> pairs{
+        {"y", a.y, p.y},           {"save_mean", a.save_mean, p.save_mean}, {"save_invstd", a.save_invstd, p.save_invstd},
+        {"running_var", rv1, rv2}, {"dx", ga.dx, gp.dx},                    {"dgamma", ga.dgamma, gp.dgamma},
+        {"dbeta", ga.dbeta, gp.dbeta}};
+    for (const auto& [what, x, y] : pairs)
+      EXPECT_TRUE(cuda_test::gpu_equals(what, x, y.to(Device::cpu()).to(DType::Float64))) << what;
   }
 }
 
