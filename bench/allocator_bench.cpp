@@ -29,8 +29,9 @@
 // the GPU): memory-efficient batch 64 reserves 2.15 GiB (arena 1.87 GiB for the step's own 1.76 GiB live
 // peak), against policy 1's 2.84; the plain step 9.39 GiB (arena 9.29 = its live peak) against 10.50.
 // With training's dense blocks as one op over one buffer (DenseBlock::forward_training; no stored
-// concatenations): plain live peak 6.81 GiB, policy 1 8.19, policy 3 6.63; memory-efficient 2.06 /
-// 2.89 / 2.12 (PyTorch eager on the H200: 9.69).
+// concatenations) and BatchNorm reading the channel prefixes in place: plain live peak 6.79 GiB,
+// policy 1 reserves 7.86, policy 3 6.56; memory-efficient 1.92 / 2.41 / 1.95 (PyTorch eager on the
+// H200: 9.69).
 //
 // Caveats: CPU ops make the same tensors as the GPU's, not the same scratch (cuDNN workspaces and our
 // kernels' partial sums are GPU-only, im2col buffers CPU-only); and a step of DenseNet-169 at 224x224
