@@ -52,6 +52,8 @@ enum class Conv1x1 { Auto, Cudnn, Cublas };
 Conv1x1 conv1x1();
 void set_conv1x1(Conv1x1 mode);
 const char* conv1x1_name(Conv1x1 mode);
+/// Parses "auto"/"cudnn"/"cublas" (any case, blanks around); throws naming `where` and the value otherwise.
+Conv1x1 parse_conv1x1(const std::string& value, const char* where);
 
 /// One line per switch, as `ladnn info` prints them: "conv  cudnn  (LADNN_CONV; default cudnn)", ...,
 /// "conv1x1  auto  (LADNN_CONV1X1; ...)", "tf32  on  (LADNN_TF32)", "deterministic  off  (LADNN_DETERMINISTIC)". A switch whose environment

@@ -69,6 +69,17 @@ int env_switch(const char* name, int fallback) {
                               "\" is not a switch; use 1 or 0 (on/off, true/false, yes/no)");
 }
 
+/// A switch's value: what `slot` holds, or — at first use — `read()` (from the environment; it may
+/// throw, naming the variable). A set_*() that ran meanwhile wins over the environment.
+template <typename Read>
+int read_once(std::atomic<int>& slot, Read read) {
+  const int v = slot.load(std::memory_order_relaxed);
+  if (v != kUnread) return v;
+  const int parsed = read();
+  int expected = kUnread;
+  return slot.compare_exchange_strong(expected, parsed) ? parsed : expected;
+}
+
 }  // namespace
 
 Impl default_impl(Family f) {
@@ -109,16 +120,10 @@ Impl parse_impl(Family f, const std::string& value, const char* where) {
 }
 
 Impl impl(Family f) {
-  std::atomic<int>& slot = g_impl[index_of(f)];
-  int v = slot.load(std::memory_order_relaxed);
-  if (v == kUnread) {
+  return static_cast<Impl>(read_once(g_impl[index_of(f)], [f] {
     const char* env = std::getenv(env_name(f));
-    const Impl parsed = (env && *env) ? parse_impl(f, env, env_name(f)) : default_impl(f);
-    v = static_cast<int>(parsed);
-    int expected = kUnread;  // a concurrent set_impl() wins over the environment
-    if (!slot.compare_exchange_strong(expected, v)) v = expected;
-  }
-  return static_cast<Impl>(v);
+    return static_cast<int>((env && *env) ? parse_impl(f, env, env_name(f)) : default_impl(f));
+  }));
 }
 
 void set_impl(Family f, Impl impl) {
@@ -126,24 +131,12 @@ void set_impl(Family f, Impl impl) {
 }
 
 bool tf32_enabled() {
-  int v = g_tf32.load(std::memory_order_relaxed);
-  if (v == kUnread) {
-    // TF32 on by default, as cuDNN and PyTorch's convolutions.
-    const int parsed = env_switch("LADNN_TF32", 1);
-    int expected = kUnread;
-    v = g_tf32.compare_exchange_strong(expected, parsed) ? parsed : expected;
-  }
-  return v == 1;
+  // TF32 on by default, as cuDNN and PyTorch's convolutions.
+  return read_once(g_tf32, [] { return env_switch("LADNN_TF32", 1); }) == 1;
 }
 
 bool deterministic() {
-  int v = g_deterministic.load(std::memory_order_relaxed);
-  if (v == kUnread) {
-    const int parsed = env_switch("LADNN_DETERMINISTIC", 0);
-    int expected = kUnread;
-    v = g_deterministic.compare_exchange_strong(expected, parsed) ? parsed : expected;
-  }
-  return v == 1;
+  return read_once(g_deterministic, [] { return env_switch("LADNN_DETERMINISTIC", 0); }) == 1;
 }
 
 void set_deterministic(bool on) {
@@ -166,29 +159,20 @@ const char* conv1x1_name(Conv1x1 mode) {
   return "?";
 }
 
+Conv1x1 parse_conv1x1(const std::string& value, const char* where) {
+  const std::string v = normalised(value);
+  for (Conv1x1 mode : {Conv1x1::Auto, Conv1x1::Cudnn, Conv1x1::Cublas})
+    if (v == conv1x1_name(mode)) return mode;
+  throw std::invalid_argument(std::string(where) + "=\"" + value +
+                              "\" is not a mode for pointwise convolutions; use auto (time both per shape, the "
+                              "default), cudnn or cublas");
+}
+
 Conv1x1 conv1x1() {
-  int v = g_conv1x1.load(std::memory_order_relaxed);
-  if (v == kUnread) {
-    Conv1x1 parsed = Conv1x1::Auto;
+  return static_cast<Conv1x1>(read_once(g_conv1x1, [] {
     const char* env = std::getenv("LADNN_CONV1X1");
-    if (env && *env) {
-      const std::string s = normalised(env);
-      if (s == "auto")
-        parsed = Conv1x1::Auto;
-      else if (s == "cudnn")
-        parsed = Conv1x1::Cudnn;
-      else if (s == "cublas")
-        parsed = Conv1x1::Cublas;
-      else
-        throw std::invalid_argument(std::string("LADNN_CONV1X1=\"") + env +
-                                    "\" is not a mode for pointwise convolutions; use auto (time both per "
-                                    "shape, the default), cudnn or cublas");
-    }
-    int expected = kUnread;
-    v = g_conv1x1.compare_exchange_strong(expected, static_cast<int>(parsed)) ? static_cast<int>(parsed)
-                                                                              : expected;
-  }
-  return static_cast<Conv1x1>(v);
+    return static_cast<int>((env && *env) ? parse_conv1x1(env, "LADNN_CONV1X1") : Conv1x1::Auto);
+  }));
 }
 
 void set_conv1x1(Conv1x1 mode) {
@@ -196,13 +180,7 @@ void set_conv1x1(Conv1x1 mode) {
 }
 
 bool graph_memory_plan() {
-  int v = g_graph_plan.load(std::memory_order_relaxed);
-  if (v == kUnread) {
-    const int parsed = env_switch("LADNN_GRAPH_PLAN", 0);
-    int expected = kUnread;
-    v = g_graph_plan.compare_exchange_strong(expected, parsed) ? parsed : expected;
-  }
-  return v == 1;
+  return read_once(g_graph_plan, [] { return env_switch("LADNN_GRAPH_PLAN", 0); }) == 1;
 }
 
 void set_graph_memory_plan(bool on) {

@@ -361,14 +361,22 @@ std::vector<cudnnMathType_t> search_maths(const CudnnConv& c) {
   return {CUDNN_FMA_MATH};
 }
 
-/// One search per math type (search_maths): `need()` is the workspace the descriptor's current math asks
-/// for, `find(ws, perf, returned)` runs cudnnFind*Ex; keeps the fastest pick. False when nothing fits.
-template <typename Perf, typename Need, typename Find>
-bool search(CudnnConv& c, int max_count, Need need, Find find, AlgoChoice& best) {
+/// The pass's choice: one cudnnFind*Ex per math type (search_maths), keeping the fastest usable result.
+/// `ws_size(a, &bytes)` is the pass's cudnnGet*WorkspaceSize for algorithm a (the search's workspace is the
+/// hungriest applicable one's), `find(ws, perf, returned)` its cudnnFind*Ex. Should nothing be usable,
+/// `fallback`, an algorithm that supports every configuration, with the descriptor's default math.
+template <typename Perf, typename WsSize, typename Find>
+AlgoChoice search(CudnnConv& c, int max_count, int algo_count, int fallback, WsSize ws_size, Find find) {
+  AlgoChoice best;
   bool found = false;
   for (cudnnMathType_t math : search_maths(c)) {
     c.set_math(math);
-    Buffer ws = search_workspace(need());
+    std::size_t need = 0;
+    for (int a = 0; a < algo_count; ++a) {
+      std::size_t bytes = 0;  // an algorithm that does not apply answers with an error: ignored
+      if (ws_size(a, &bytes) == CUDNN_STATUS_SUCCESS) need = std::max(need, bytes);
+    }
+    Buffer ws = search_workspace(need);
     std::vector<Perf> perf(std::max(max_count, 1));
     int returned = 0;
     find(ws, perf, returned);
@@ -378,102 +386,65 @@ bool search(CudnnConv& c, int max_count, Need need, Find find, AlgoChoice& best)
       found = true;
     }
   }
-  return found;
+  if (!found) {
+    best = AlgoChoice{};
+    best.algo = fallback;
+    best.math = c.tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
+    c.set_math(best.math);
+    CUDNN_CHECK(ws_size(fallback, &best.workspace));
+  }
+  return best;
 }
 
 AlgoChoice find_forward(cudnnHandle_t h, CudnnConv& c, const float* x, const float* w, float* y) {
   int max_count = 0;
   CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(h, &max_count));
-  auto need = [&] {
-    std::size_t most = 0;
-    for (int a = 0; a < CUDNN_CONVOLUTION_FWD_ALGO_COUNT; ++a) {
-      std::size_t s = 0;  // an algorithm that does not apply answers with an error: ignored
-      if (cudnnGetConvolutionForwardWorkspaceSize(h, c.x.get(), c.w.get(), c.conv.get(), c.y.get(),
-                                                  static_cast<cudnnConvolutionFwdAlgo_t>(a),
-                                                  &s) == CUDNN_STATUS_SUCCESS)
-        most = std::max(most, s);
-    }
-    return most;
+  auto ws_size = [&](int a, std::size_t* bytes) {
+    return cudnnGetConvolutionForwardWorkspaceSize(h, c.x.get(), c.w.get(), c.conv.get(), c.y.get(),
+                                                   static_cast<cudnnConvolutionFwdAlgo_t>(a), bytes);
   };
   auto find = [&](Buffer& ws, std::vector<cudnnConvolutionFwdAlgoPerf_t>& perf, int& returned) {
     CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(h, c.x.get(), x, c.w.get(), w, c.conv.get(), c.y.get(),
                                                        y, static_cast<int>(perf.size()), &returned, perf.data(),
                                                        ws.data(), ws.size()));
   };
-  AlgoChoice ch;
-  if (!search<cudnnConvolutionFwdAlgoPerf_t>(c, max_count, need, find, ch)) {
-    // Nothing usable (should not happen): implicit GEMM, which supports every configuration.
-    ch.algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
-    ch.math = c.tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
-    c.set_math(ch.math);
-    CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, c.x.get(), c.w.get(), c.conv.get(), c.y.get(),
-                                                        CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
-                                                        &ch.workspace));
-  }
-  return ch;
+  // Fallback (should not be needed): implicit GEMM, which supports every configuration.
+  return search<cudnnConvolutionFwdAlgoPerf_t>(c, max_count, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
+                                               CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, ws_size, find);
 }
 
 AlgoChoice find_backward_data(cudnnHandle_t h, CudnnConv& c, const float* w, const float* dy, float* dx) {
   int max_count = 0;
   CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(h, &max_count));
-  auto need = [&] {
-    std::size_t most = 0;
-    for (int a = 0; a < CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT; ++a) {
-      std::size_t s = 0;
-      if (cudnnGetConvolutionBackwardDataWorkspaceSize(h, c.w.get(), c.y.get(), c.conv.get(), c.x.get(),
-                                                       static_cast<cudnnConvolutionBwdDataAlgo_t>(a),
-                                                       &s) == CUDNN_STATUS_SUCCESS)
-        most = std::max(most, s);
-    }
-    return most;
+  auto ws_size = [&](int a, std::size_t* bytes) {
+    return cudnnGetConvolutionBackwardDataWorkspaceSize(h, c.w.get(), c.y.get(), c.conv.get(), c.x.get(),
+                                                        static_cast<cudnnConvolutionBwdDataAlgo_t>(a), bytes);
   };
   auto find = [&](Buffer& ws, std::vector<cudnnConvolutionBwdDataAlgoPerf_t>& perf, int& returned) {
     CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(h, c.w.get(), w, c.y.get(), dy, c.conv.get(),
                                                             c.x.get(), dx, static_cast<int>(perf.size()),
                                                             &returned, perf.data(), ws.data(), ws.size()));
   };
-  AlgoChoice ch;
-  if (!search<cudnnConvolutionBwdDataAlgoPerf_t>(c, max_count, need, find, ch)) {
-    // ALGO_1 is deterministic (ALGO_0 adds with atomics) and supports every configuration.
-    ch.algo = CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
-    ch.math = c.tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
-    c.set_math(ch.math);
-    CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
-        h, c.w.get(), c.y.get(), c.conv.get(), c.x.get(), CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, &ch.workspace));
-  }
-  return ch;
+  // Fallback: ALGO_1 is deterministic (ALGO_0 adds with atomics) and supports every configuration.
+  return search<cudnnConvolutionBwdDataAlgoPerf_t>(c, max_count, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
+                                                   CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, ws_size, find);
 }
 
 AlgoChoice find_backward_filter(cudnnHandle_t h, CudnnConv& c, const float* x, const float* dy, float* dw) {
   int max_count = 0;
   CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(h, &max_count));
-  auto need = [&] {
-    std::size_t most = 0;
-    for (int a = 0; a < CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT; ++a) {
-      std::size_t s = 0;
-      if (cudnnGetConvolutionBackwardFilterWorkspaceSize(h, c.x.get(), c.y.get(), c.conv.get(), c.w.get(),
-                                                         static_cast<cudnnConvolutionBwdFilterAlgo_t>(a),
-                                                         &s) == CUDNN_STATUS_SUCCESS)
-        most = std::max(most, s);
-    }
-    return most;
+  auto ws_size = [&](int a, std::size_t* bytes) {
+    return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, c.x.get(), c.y.get(), c.conv.get(), c.w.get(),
+                                                          static_cast<cudnnConvolutionBwdFilterAlgo_t>(a), bytes);
   };
   auto find = [&](Buffer& ws, std::vector<cudnnConvolutionBwdFilterAlgoPerf_t>& perf, int& returned) {
     CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, c.x.get(), x, c.y.get(), dy, c.conv.get(),
                                                               c.w.get(), dw, static_cast<int>(perf.size()),
                                                               &returned, perf.data(), ws.data(), ws.size()));
   };
-  AlgoChoice ch;
-  if (!search<cudnnConvolutionBwdFilterAlgoPerf_t>(c, max_count, need, find, ch)) {
-    // ALGO_1 is deterministic (ALGO_0 and ALGO_3 add with atomics) and supports every configuration.
-    ch.algo = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
-    ch.math = c.tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
-    c.set_math(ch.math);
-    CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, c.x.get(), c.y.get(), c.conv.get(),
-                                                               c.w.get(), CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
-                                                               &ch.workspace));
-  }
-  return ch;
+  // Fallback: ALGO_1 is deterministic (ALGO_0 and ALGO_3 add with atomics) and supports every configuration.
+  return search<cudnnConvolutionBwdFilterAlgoPerf_t>(c, max_count, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
+                                                     CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, ws_size, find);
 }
 
 // ---- cuBLAS for pointwise convolutions (cuda/pointwise_gemm.h)

@@ -123,29 +123,32 @@ void Graph::capture(const std::function<void()>& fn) {
 
 void Graph::capture(const std::function<void()>& fn, bool plan_memory) {
   plan_failure_.clear();
+  std::vector<PlanBlock> blocks;
+  MemoryPlan plan;
   if (!plan_memory) {
-    capture_once(fn, PoolMode::Plain);
+    capture_once(fn, PoolMode::Plain, blocks, plan);
     return;
   }
   // 1. Record the allocation sequence (into an ordinary pool), and plan it.
-  capture_once(fn, PoolMode::Record);
-  plan_ = ladnn::cuda::plan_memory(recorded_);
+  capture_once(fn, PoolMode::Record, blocks, plan);
+  plan = ladnn::cuda::plan_memory(blocks);
   // 2. That graph goes, and its pool's memory back to the device, so the arena can take its place.
   reset();
   release_cached();
   // 3. The same capture at the planned offsets; a run that allocates differently is captured again plainly.
   try {
-    capture_once(fn, PoolMode::Planned);
+    capture_once(fn, PoolMode::Planned, blocks, plan);
   } catch (const OutOfMemory& e) {  // the arena itself did not fit
     plan_failure_ = std::string("the planned arena: ") + e.what();
   }
   if (!plan_failure_.empty()) {
     reset();
-    capture_once(fn, PoolMode::Plain);
+    capture_once(fn, PoolMode::Plain, blocks, plan);
   }
 }
 
-void Graph::capture_once(const std::function<void()>& fn, PoolMode mode) {
+void Graph::capture_once(const std::function<void()>& fn, PoolMode mode, std::vector<PlanBlock>& blocks,
+                         const MemoryPlan& plan) {
   reset();
   static std::atomic<uint64_t> next_pool{1};
   cudaStream_t st = stream();
@@ -158,13 +161,13 @@ void Graph::capture_once(const std::function<void()>& fn, PoolMode mode) {
       begin_pool_recording(pool_);
       break;
     case PoolMode::Planned:
-      begin_planned_pool(pool_, recorded_, plan_);
-      arena_bytes_ = plan_.arena_bytes;
+      begin_planned_pool(pool_, blocks, plan);
+      arena_bytes_ = plan.arena_bytes;
       break;
   }
   auto end_pool_mode = [&] {
     if (mode == PoolMode::Record)
-      recorded_ = end_pool_recording();
+      blocks = end_pool_recording();
     else if (mode == PoolMode::Planned)
       plan_failure_ = end_planned_pool();
     else

@@ -72,15 +72,16 @@ class Graph {
 
  private:
   enum class PoolMode { Plain, Record, Planned };
-  void capture_once(const std::function<void()>& fn, PoolMode mode);
+  /// One capture into an ordinary pool (Plain), one that records its allocations into `blocks` (Record),
+  /// or one served from an arena planned for `blocks` (Planned: `plan`).
+  void capture_once(const std::function<void()>& fn, PoolMode mode, std::vector<PlanBlock>& blocks,
+                    const MemoryPlan& plan);
   void reset();
   void* exec_ = nullptr;  // cudaGraphExec_t
   uint64_t pool_ = 0;     // the allocator's private pool of this graph
   std::size_t nodes_ = 0;
   std::size_t arena_bytes_ = 0;
   std::string plan_failure_;
-  std::vector<PlanBlock> recorded_;  // Record's allocations, for Planned
-  MemoryPlan plan_;
   bool summarize_ = false;
   std::vector<std::pair<std::string, std::size_t>> kernels_;
 };
