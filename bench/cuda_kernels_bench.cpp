@@ -274,9 +274,11 @@ const ConvShape kConvShapes[] = {
 
 enum class ConvPass { Forward, BackwardInput, BackwardWeight };
 
-void bench_conv(benchmark::State& state, ConvShape s, ConvPass pass, Impl impl) {
+// `mode`: for the library version, cuDNN alone or a pointwise conv as a cuBLAS GEMM (LADNN_CONV1X1).
+void bench_conv(benchmark::State& state, ConvShape s, ConvPass pass, Impl impl, cuda::Conv1x1 mode) {
   guarded(state, [&] {
     cuda::set_impl(Family::Conv, impl);
+    cuda::set_conv1x1(mode);
     ops::Conv2dParams p;
     p.stride_h = p.stride_w = s.stride;
     p.pad_h = p.pad_w = s.pad;
@@ -295,7 +297,8 @@ void bench_conv(benchmark::State& state, ConvShape s, ConvPass pass, Impl impl) 
         run_timed(state, [&] { ops::conv2d_backward_weight(dy, x, ws, p); }, {0, flops});
         break;
     }
-    state.SetLabel(std::string(cuda::impl_name(Family::Conv, impl)) + (cuda::tf32_enabled() ? " tf32" : " fp32"));
+    state.SetLabel(std::string(impl == Impl::Native ? "native" : cuda::conv1x1_name(mode)) +
+                   (cuda::tf32_enabled() ? " tf32" : " fp32"));
   });
 }
 
@@ -352,14 +355,19 @@ void register_all() {
   const std::pair<ConvPass, const char*> conv_passes[] = {{ConvPass::Forward, "conv_fwd"},
                                                           {ConvPass::BackwardInput, "conv_bwd_input"},
                                                           {ConvPass::BackwardWeight, "conv_bwd_weight"}};
+  // Library rows are cuDNN alone; 1x1 forward and backward-input rows also as cuBLAS GEMMs (the candidate
+  // LADNN_CONV1X1=auto times against cuDNN per shape).
   for (const auto& [pass, name] : conv_passes)
-    for (const ConvShape& s : kConvShapes)
+    for (const ConvShape& s : kConvShapes) {
+      const std::string shape = std::string(s.kernel) + "/" + std::to_string(s.H) + "x" + std::to_string(s.H) + "/" +
+                                std::to_string(s.C) + "->" + std::to_string(s.K);
       for (Impl i : impls)
-        configure(benchmark::RegisterBenchmark((std::string(name) + "/" + impl_str(Family::Conv, i) + "/" + s.kernel +
-                                                "/" + std::to_string(s.H) + "x" + std::to_string(s.H) + "/" +
-                                                std::to_string(s.C) + "->" + std::to_string(s.K))
-                                                   .c_str(),
-                                               bench_conv, s, pass, i));
+        configure(benchmark::RegisterBenchmark((std::string(name) + "/" + impl_str(Family::Conv, i) + "/" + shape).c_str(),
+                                               bench_conv, s, pass, i, cuda::Conv1x1::Cudnn));
+      if (s.R == 1 && s.stride == 1 && pass != ConvPass::BackwardWeight)
+        configure(benchmark::RegisterBenchmark((std::string(name) + "/cublas/" + shape).c_str(), bench_conv, s, pass,
+                                               Impl::Library, cuda::Conv1x1::Cublas));
+    }
 
   configure(benchmark::RegisterBenchmark("gemm/cublas/4096/fp32", bench_gemm, int64_t(4096), Impl::Library, false));
   configure(benchmark::RegisterBenchmark("gemm/cublas/4096/tf32", bench_gemm, int64_t(4096), Impl::Library, true));

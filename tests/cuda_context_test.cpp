@@ -97,6 +97,16 @@ TEST(CudaContextSwitches, Conv1x1ModeNamesAndRoundTrip) {
   EXPECT_STREQ(cuda::conv1x1_name(cuda::Conv1x1::Auto), "auto");
   EXPECT_STREQ(cuda::conv1x1_name(cuda::Conv1x1::Cudnn), "cudnn");
   EXPECT_STREQ(cuda::conv1x1_name(cuda::Conv1x1::Cublas), "cublas");
+  EXPECT_EQ(cuda::parse_conv1x1(" cuBLAS ", "LADNN_CONV1X1"), cuda::Conv1x1::Cublas);
+  EXPECT_EQ(cuda::parse_conv1x1("auto", "LADNN_CONV1X1"), cuda::Conv1x1::Auto);
+  try {
+    cuda::parse_conv1x1("gemm", "LADNN_CONV1X1");
+    ADD_FAILURE() << "\"gemm\" was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "LADNN_CONV1X1=\"gemm\" is not a mode for pointwise convolutions; use auto (time both per shape, the "
+              "default), cudnn or cublas");
+  }
   const cuda::Conv1x1 saved = cuda::conv1x1();
   for (cuda::Conv1x1 m : {cuda::Conv1x1::Cublas, cuda::Conv1x1::Cudnn, cuda::Conv1x1::Auto}) {
     cuda::set_conv1x1(m);

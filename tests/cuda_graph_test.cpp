@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
 
 #include "cuda/graph.h"
 #include "tests/cuda_test_util.h"
@@ -42,10 +43,12 @@ Data make_data(int64_t n, Generator& gen) {
   return d;
 }
 
-std::shared_ptr<LaDnn> tiny_ladnn(uint64_t seed) {
+std::shared_ptr<LaDnn> tiny_ladnn(uint64_t seed, bool memory_efficient = false, Device device = kGpu) {
   Generator gen(seed);
-  auto m = std::make_shared<LaDnn>(DenseNetConfig::tiny(), gen);
-  m->to(kGpu);
+  DenseNetConfig cfg = DenseNetConfig::tiny();
+  cfg.memory_efficient = memory_efficient;
+  auto m = std::make_shared<LaDnn>(cfg, gen);
+  m->to(device);
   m->train();
   return m;
 }
@@ -138,16 +141,7 @@ TEST_P(CudaGraphTest, MemoryEfficientStepsEqualPlainSteps) {
   DeterministicScope deterministic;
   Generator gen(35);
   const Data d = make_data(4, gen);
-  auto make = [](bool efficient) {
-    Generator g(11);
-    DenseNetConfig cfg = DenseNetConfig::tiny();
-    cfg.memory_efficient = efficient;
-    auto m = std::make_shared<LaDnn>(cfg, g);
-    m->to(kGpu);
-    m->train();
-    return m;
-  };
-  auto plain = make(false), efficient = make(true), graphed = make(true);
+  auto plain = tiny_ladnn(11), efficient = tiny_ladnn(11, true), graphed = tiny_ladnn(11, true);
   SGD opt_p(plain->parameters(), 0.05, 0.9), opt_e(efficient->parameters(), 0.05, 0.9),
       opt_g(graphed->parameters(), 0.05, 0.9);
   auto step = [&](LaDnn& m, SGD& opt) {
@@ -183,16 +177,7 @@ TEST_P(CudaGraphTest, DenseBlockTrainingStepMatchesTheCpu) {
   const Data d = make_data(3, gen);
   for (bool efficient : {false, true}) {
     SCOPED_TRACE(efficient ? "memory-efficient" : "plain");
-    auto make = [&](Device device) {
-      Generator g(12);
-      DenseNetConfig cfg = DenseNetConfig::tiny();
-      cfg.memory_efficient = efficient;
-      auto m = std::make_shared<LaDnn>(cfg, g);
-      m->to(device);
-      m->train();
-      return m;
-    };
-    auto cpu = make(Device::cpu()), gpu = make(kGpu);
+    auto cpu = tiny_ladnn(12, efficient, Device::cpu()), gpu = tiny_ladnn(12, efficient);
     SGD opt_c(cpu->parameters(), 0.05, 0.9), opt_g(gpu->parameters(), 0.05, 0.9);
     Variable lc = lesion_attention_loss(cpu->forward_heads(Variable(to_cpu(d.images))), to_cpu(d.covid),
                                         to_cpu(d.lesions), to_cpu(d.mask));
@@ -453,6 +438,28 @@ TEST(CudaGraph, ItsMemoryIsNotHandedOutWhileItLivesAndIsAfter) {
     reused = keep.back().raw_data() == inside;
   }
   EXPECT_TRUE(reused) << "the released pool's block never came back (size " << n << ")";
+}
+
+// cuDNN's algorithm search cannot run inside a capture: a convolution shape first seen there fails the
+// capture with a message naming the shape, instead of a cryptic capture error.
+TEST(CudaGraph, AConvolutionFirstSeenInACaptureIsNamed) {
+  LADNN_REQUIRE_GPU();
+  ImplScope scope(cuda::Impl::Library, /*tf32=*/false);
+  const Tensor x = to_gpu(Tensor::ones({1, 5, 11, 13})), w = to_gpu(Tensor::ones({3, 5, 3, 3}));
+  cuda::Graph g;
+  std::string what = "<no error>";
+  try {
+    g.capture([&] { ops::conv2d_forward(x, w, Tensor(), ops::Conv2dParams{}); });
+  } catch (const std::exception& e) {
+    what = e.what();
+  }
+  EXPECT_NE(what.find("conv2d_forward: x (1, 5, 11, 13) with weight (3, 5, 3, 3) was first seen inside a CUDA "
+                      "graph capture"),
+            std::string::npos)
+      << what;
+  EXPECT_FALSE(g.captured());
+  ops::conv2d_forward(x, w, Tensor(), ops::Conv2dParams{});  // the stream is usable; eagerly it runs
+  cuda::synchronize();
 }
 
 // A planned graph's arena is never handed out while the graph or a block made in it lives; afterwards it

@@ -98,6 +98,15 @@ TEST(Layers, Conv2dErrors) {
               conv(Variable(Tensor::zeros({1, 2, 8, 8})));
             }),
             "Conv2d: expected input (N, 3, H, W), got (1, 2, 8, 8)");
+  // forward_into records no gradient: refused while gradients are on; with them off it writes out.
+  const Tensor x = Tensor::ones({1, 3, 8, 8}), out = Tensor::zeros({1, 4, 6, 6});
+  EXPECT_EQ(error_of([&] { conv.forward_into(x, out); }),
+            "Conv2d::forward_into: records no gradient; call it with gradients off (NoGradGuard)");
+  {
+    NoGradGuard no_grad;
+    conv.forward_into(x, out);
+  }
+  EXPECT_EQ(ops::max_abs_diff(out, conv(Variable(x)).tensor()), 0.0);
 }
 
 TEST(Layers, BatchNormTrainingMatchesTheOpAndCounts) {
@@ -165,6 +174,13 @@ TEST(Layers, BatchNormErrors) {
             }),
             "BatchNorm2d: expected input (N, 3, H, W), got (2, 4, 3, 3)");
   EXPECT_EQ(bn.num_batches_tracked(), 0);  // a refused call is not counted
+  bn.eval();
+  EXPECT_EQ(error_of([&] { bn.forward_train(Tensor::zeros({2, 3, 3, 3}), ops::BnAct::None); }),
+            "BatchNorm2d::forward_train: the layer is in eval mode");
+  bn.train();
+  EXPECT_EQ(error_of([&] { bn.forward_train(Tensor::zeros({2, 4, 3, 3}), ops::BnAct::None); }),
+            "BatchNorm2d: expected input (N, 3, H, W), got (2, 4, 3, 3)");
+  EXPECT_EQ(bn.num_batches_tracked(), 0);
 }
 
 TEST(Layers, ReLUComputesRelu) {
