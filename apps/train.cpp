@@ -33,7 +33,12 @@ static void add_train(CLI::App& app) {
   cmd->add_option("--seed", c->seed, "Seed of initialisation, data order and augmentation")->capture_default_str();
   cmd->add_option("--device", c->device, "cpu | cuda")->capture_default_str();
   cmd->add_option("--size", c->image_size, "Image side after resizing")->capture_default_str();
-  cmd->add_option("--workers", c->workers, "Data loading threads")->capture_default_str();
+  cmd->add_option("--workers", c->workers, "Data loading threads (-1: one per core beyond the first, 2 to 8)")
+      ->capture_default_str();
+  cmd->add_option("--cache-mb", c->cache_mb,
+                  "Keep decoded images in memory up to this many MiB per split, so later epochs only "
+                  "augment (0: decode every epoch)")
+      ->capture_default_str();
   cmd->add_option("--init", c->init, "Start from a safetensors file with torchvision DenseNet names (e.g. timm densenet169.tv_in1k)");
   cmd->add_flag("--resume", c->resume, "Continue the run in --out from last.safetensors");
   cmd->add_flag("!--no-augment", c->augment, "Train without random affine and flip");

@@ -5,6 +5,8 @@
 //   ./build/data_bench --benchmark_format=json     ../shared/data/covid-ct)
 //
 // BM_Loader/workers:N   a whole training epoch through Loader (shuffle, augment, batch 32), wall time;
+// BM_Loader/cached/workers:N   the same from the second epoch on, with the decoded-image cache filled
+//                       (LoaderOptions::cache_bytes; `ladnn train --cache-mb`): transform and batch only;
 // BM_Decode             read_image alone, one thread, cycling through the split;
 // BM_Transform          the fused resize + affine + flip + normalise of one decoded image, one thread.
 // The loader's rate is about workers x 1 / (decode + transform) while the cores last; compare it with
@@ -45,7 +47,7 @@ const std::vector<Sample>& train_samples(std::string& why) {
   return samples;
 }
 
-void BM_Loader(benchmark::State& state) {
+void run_loader(benchmark::State& state, bool cached) {
   std::string why;
   const std::vector<Sample>& samples = train_samples(why);
   if (samples.empty()) {
@@ -59,8 +61,16 @@ void BM_Loader(benchmark::State& state) {
   o.image_size = 224;
   o.workers = static_cast<int>(state.range(0));
   o.seed = 1;
+  o.cache_bytes = cached ? int64_t{4} << 30 : 0;
   Loader loader(samples, o);
   int epoch = 0;
+  if (cached) {  // an untimed first epoch decodes every image into the cache
+    loader.start_epoch(epoch++);
+    Batch b;
+    while (loader.next(b)) {
+    }
+    state.counters["cached MiB"] = static_cast<double>(loader.cached_bytes()) / (1 << 20);
+  }
   int64_t images = 0;
   for (auto _ : state) {
     loader.start_epoch(epoch++);
@@ -73,7 +83,18 @@ void BM_Loader(benchmark::State& state) {
   state.SetItemsProcessed(images);
   state.counters["img/s"] = benchmark::Counter(static_cast<double>(images), benchmark::Counter::kIsRate);
 }
+void BM_Loader(benchmark::State& state) { run_loader(state, false); }
+void BM_LoaderCached(benchmark::State& state) { run_loader(state, true); }
+
 BENCHMARK(BM_Loader)
+    ->ArgName("workers")
+    ->Arg(1)
+    ->Arg(2)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(2.0);
+BENCHMARK(BM_LoaderCached)
+    ->Name("BM_Loader/cached")
     ->ArgName("workers")
     ->Arg(1)
     ->Arg(2)

@@ -41,6 +41,8 @@ Loader::Loader(std::vector<Sample> samples, LoaderOptions options)
   check(o.workers >= 0 && o.workers <= 256,
         "Loader: workers must be in [0, 256], got " + std::to_string(o.workers));
   check(o.prefetch >= 1, "Loader: prefetch must be >= 1, got " + std::to_string(o.prefetch));
+  check(o.cache_bytes >= 0, "Loader: cache_bytes must be >= 0, got " + std::to_string(o.cache_bytes));
+  if (o.cache_bytes > 0) cache_.resize(samples_.size());
   for (int c = 0; c < 3; ++c)
     check(o.normalize.std[c] > 0.f, "Loader: normalisation std must be positive, got " +
                                         std::to_string(o.normalize.std[c]) + " for channel " +
@@ -129,9 +131,9 @@ Loader::Slot Loader::build(const Job& job) const {
       if (generation_.load(std::memory_order_relaxed) != job.generation) return slot;
       const int64_t index = job.indices[i];
       const Sample& s = samples_[index];
-      Image img;
+      std::shared_ptr<const Image> img;
       try {
-        img = read_image(s.path);
+        img = decoded(index);
       } catch (const std::runtime_error& e) {
         if (!options_.skip_bad) throw;
         std::fprintf(stderr, "ladnn: warning: skipping bad image '%s' (epoch %d): %s\n", s.name.c_str(),
@@ -139,7 +141,7 @@ Loader::Slot Loader::build(const Job& job) const {
         ++slot.skipped;
         continue;
       }
-      transform_into(img, S, augmentation(job.epoch, index), options_.normalize,
+      transform_into(*img, S, augmentation(job.epoch, index), options_.normalize,
                      images.data<float>() + kept * image_floats);
       covid.push_back(s.covid);
       lesions.insert(lesions.end(), s.lesions.begin(), s.lesions.end());
@@ -160,6 +162,35 @@ Loader::Slot Loader::build(const Job& job) const {
     slot.error = std::current_exception();
   }
   return slot;
+}
+
+std::shared_ptr<const Image> Loader::decoded(int64_t index) const {
+  if (cache_.empty()) return std::make_shared<const Image>(read_image(samples_[index].path));
+  {
+    std::lock_guard<std::mutex> lk(cache_mu_);
+    if (cache_[index]) return cache_[index];
+  }
+  // Two workers may decode the same image at once (it is in two batches only across epochs, so
+  // rarely); the first to finish keeps its copy, the other's is used once and dropped.
+  auto img = std::make_shared<const Image>(read_image(samples_[index].path));
+  const int64_t bytes = static_cast<int64_t>(img->pixels.size());
+  std::lock_guard<std::mutex> lk(cache_mu_);
+  if (cache_[index]) return cache_[index];
+  if (cache_used_ + bytes <= options_.cache_bytes) {
+    cache_[index] = img;
+    cache_used_ += bytes;
+  }
+  return img;
+}
+
+int64_t Loader::cached_images() const {
+  std::lock_guard<std::mutex> lk(cache_mu_);
+  return std::count_if(cache_.begin(), cache_.end(), [](const auto& p) { return p != nullptr; });
+}
+
+int64_t Loader::cached_bytes() const {
+  std::lock_guard<std::mutex> lk(cache_mu_);
+  return cache_used_;
 }
 
 void Loader::worker_loop() {

@@ -20,6 +20,12 @@
 // consumer last took, so memory stays bounded however slow the consumer is. With workers = 0 the
 // batch is built inside next() on the calling thread (for debugging; the output is the same).
 //
+// Decoded-image cache. With cache_bytes > 0 a decoded image is kept (shared by the workers, at most
+// cache_bytes of pixels in all, first come first kept) and later epochs only transform it: decoding is
+// two thirds of an image's time (data_bench: 1.15 ms decode, 0.62 ms transform on the COVID-CT PNGs),
+// so from the second epoch a worker feeds about 3x the images. The batches are the same bits with or
+// without it (the cache holds what read_image returned). A bad image is never cached.
+//
 // Errors. A worker's exception is rethrown by the next() that reaches that batch; the epoch then ends
 // (next() returns false until start_epoch). With skip_bad an image that cannot be read or decoded is
 // left out with a warning on stderr instead; its batch is smaller by one, and a batch whose images are
@@ -32,11 +38,13 @@
 #include <cstdint>
 #include <exception>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "data/image.h"
 #include "data/split.h"
 #include "data/transforms.h"
 #include "tensor/tensor.h"
@@ -63,6 +71,7 @@ struct LoaderOptions {
   int prefetch = 3;        // batches built ahead of the consumer, >= 1
   bool drop_last = false;  // leave out a last batch smaller than batch_size
   bool skip_bad = false;   // skip an undecodable image (warning on stderr) instead of throwing
+  int64_t cache_bytes = 0; // keep decoded images up to this many bytes of pixels (0: decode every time)
   uint64_t seed = 0;
   AugmentConfig augment_config;
   Normalize normalize = Normalize::imagenet();
@@ -88,6 +97,9 @@ class Loader {
   /// Images skipped as bad so far in the current epoch (batches delivered by next() only).
   int64_t skipped() const { return skipped_; }
   const std::vector<Sample>& samples() const { return samples_; }
+  /// Decoded images held by the cache, and their pixel bytes (<= options().cache_bytes).
+  int64_t cached_images() const;
+  int64_t cached_bytes() const;
   const LoaderOptions& options() const { return options_; }
 
   /// The epoch's order of sample indices (the identity without shuffle).
@@ -110,6 +122,9 @@ class Loader {
 
   void worker_loop();
   Slot build(const Job& job) const;
+  /// Sample `index` decoded: from the cache, or read (and cached while the budget lasts). Throws as
+  /// read_image does.
+  std::shared_ptr<const Image> decoded(int64_t index) const;
   Job make_job(int64_t b) const;  // needs mu_ held (reads order_)
 
   const std::vector<Sample> samples_;
@@ -129,6 +144,10 @@ class Loader {
   std::map<int64_t, Slot> ready_;
   int64_t skipped_ = 0;
   std::vector<std::thread> threads_;
+
+  mutable std::mutex cache_mu_;  // guards the two below; never held while decoding
+  mutable std::vector<std::shared_ptr<const Image>> cache_;  // by sample index; empty when off
+  mutable int64_t cache_used_ = 0;
 };
 
 }  // namespace ladnn::data

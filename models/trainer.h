@@ -42,7 +42,8 @@ struct TrainConfig {
   uint64_t seed = 0;
   std::string device = "cpu";
   int image_size = 224;
-  int workers = 2;
+  int workers = -1;                // data threads; -1: one per core beyond the first, 2 to 8
+  int64_t cache_mb = 2048;         // keep decoded images in memory, up to this many MiB per split
   bool augment = true;
   bool skip_bad = false;
   std::string init;                // safetensors with torchvision DenseNet names, or ""

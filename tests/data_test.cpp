@@ -761,6 +761,68 @@ TEST(DataLoader, BadImagesThrowOrAreSkipped) {
   EXPECT_EQ(got[0].lesion_mask.to_vector(), (std::vector<double>{1, 0}));
 }
 
+TEST(DataLoader, CachedDecodesGiveTheSameBatchesWithinTheBudget) {
+  TinyData d;
+  std::string rows = kHeader;
+  // Six images of 12x9, 9x12, 10x10, ... pixels (RGB bytes: 324, 324, 300, ...) and one bad file.
+  const int sides[6][2] = {{12, 9}, {9, 12}, {10, 10}, {14, 8}, {8, 8}, {11, 13}};
+  int64_t total = 0;
+  for (int i = 0; i < 6; ++i) {
+    const std::string name = "img" + std::to_string(i) + ".png";
+    d.image(i % 2 ? "CT_NonCOVID" : "CT_COVID", name, random_image(sides[i][0], sides[i][1], 10 + i));
+    rows += name + (i % 2 ? ",,,,,," : ",CVD19,GGO,,,,") + "\r\n";
+    total += int64_t{3} * sides[i][0] * sides[i][1];
+  }
+  write_text(d.dir.path() / "CT_NonCOVID" / "bad.png", "not a png\n");
+  rows += "bad.png,,,,,,\r\n";
+  d.csv("train", rows);
+  const std::vector<Sample> samples = read_split(d.dir.str(), "train");
+  ASSERT_EQ(samples.size(), 7u);
+
+  LoaderOptions o;
+  o.batch_size = 3;
+  o.image_size = 16;
+  o.shuffle = true;
+  o.augment = true;
+  o.skip_bad = true;
+  o.seed = 11;
+  o.workers = 2;
+  testing::internal::CaptureStderr();
+  Loader plain(samples, o);
+  const std::vector<Batch> ref0 = whole_epoch(plain, 0), ref1 = whole_epoch(plain, 1);
+  EXPECT_EQ(plain.cached_images(), 0);
+  EXPECT_EQ(plain.cached_bytes(), 0);
+
+  o.cache_bytes = int64_t{1} << 30;
+  Loader cached(samples, o);
+  expect_same_batches(whole_epoch(cached, 0), ref0, "cache filling, epoch 0");
+  EXPECT_EQ(cached.cached_images(), 6) << "every good image, never the bad one";
+  EXPECT_EQ(cached.cached_bytes(), total);
+  expect_same_batches(whole_epoch(cached, 1), ref1, "from the cache, epoch 1");
+  EXPECT_EQ(cached.skipped(), 1) << "the bad image is read (and skipped) again each epoch";
+  EXPECT_EQ(cached.cached_bytes(), total);
+
+  // A budget below the smallest image (192 bytes) keeps nothing; one of 700 keeps exactly two images
+  // whatever the order (the three smallest take 816 bytes; the largest, 429, and the smallest fit);
+  // the batches never change.
+  for (int64_t budget : {int64_t{100}, int64_t{700}}) {
+    o.cache_bytes = budget;
+    for (int workers : {0, 3}) {
+      o.workers = workers;
+      Loader small(samples, o);
+      expect_same_batches(whole_epoch(small, 0), ref0, "budget " + std::to_string(budget));
+      expect_same_batches(whole_epoch(small, 1), ref1, "budget " + std::to_string(budget));
+      EXPECT_LE(small.cached_bytes(), budget);
+      if (budget == 100) EXPECT_EQ(small.cached_images(), 0);
+      if (budget == 700) {
+        EXPECT_EQ(small.cached_images(), 2);
+        EXPECT_GE(small.cached_bytes(), 192 + 300);
+      }
+    }
+  }
+  testing::internal::GetCapturedStderr();
+}
+
 TEST(DataLoader, StopsCleanlyMidEpochAndRestarts) {
   REQUIRE_DATA(dir);
   std::vector<Sample> samples = first_train_samples(dir, 40);
@@ -803,6 +865,7 @@ TEST(DataLoader, EmptyListAndOptionErrors) {
   for (auto bad : std::vector<std::function<void(LoaderOptions&)>>{
            [](LoaderOptions& x) { x.batch_size = 0; }, [](LoaderOptions& x) { x.image_size = 0; },
            [](LoaderOptions& x) { x.workers = -1; }, [](LoaderOptions& x) { x.prefetch = 0; },
+           [](LoaderOptions& x) { x.cache_bytes = -1; },
            [](LoaderOptions& x) { x.normalize.std[2] = 0.f; },
            [](LoaderOptions& x) { x.augment = true, x.augment_config.scale_min = -1.f; }}) {
     LoaderOptions x;

@@ -295,6 +295,23 @@ TEST(Trainer, BadConfigurationsAreSentences) {
     EXPECT_NE(std::string(e.what()).find("--cuda-graph needs --device cuda"), std::string::npos) << e.what();
   }
   EXPECT_TRUE(TrainConfig::from_json(c.to_json()).cuda_graph);  // saved with the run
+  c.cuda_graph = false;
+  auto expect_sentence = [&](const std::string& flag, const std::string& value) {
+    try {
+      Trainer(c).run();
+      ADD_FAILURE() << flag << " " << value << " was accepted";
+    } catch (const std::invalid_argument& e) {
+      const std::string what = e.what();
+      EXPECT_TRUE(what.find(flag) != std::string::npos && what.find(value) != std::string::npos) << what;
+    }
+  };
+  c.workers = -2;
+  expect_sentence("--workers", "-2");
+  c.workers = -1;
+  c.cache_mb = -5;
+  expect_sentence("--cache-mb", "-5");
+  c.cache_mb = 64;
+  EXPECT_EQ(TrainConfig::from_json(c.to_json()).cache_mb, 64);
   EXPECT_THROW(TrainConfig::from_json({{"epochz", 3}}), std::invalid_argument);
   EXPECT_THROW(TrainConfig::from_json({{"epochs", "three"}}), std::invalid_argument);
 }
