@@ -115,4 +115,73 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
   if (dst_device.is_cpu()) CUDA_CHECK(cudaStreamSynchronize(st));  // the host reads dst next
 }
 
+
+// ---- pinned memory, events, queued copies --------------------------------------------------------
+
+PinnedBuffer::PinnedBuffer(std::size_t nbytes) : size_(nbytes) {
+  if (!available()) throw Error(unavailable_reason());
+  if (nbytes > 0) CUDA_CHECK(cudaHostAlloc(&ptr_, nbytes, cudaHostAllocDefault));
+}
+
+PinnedBuffer::~PinnedBuffer() {
+  // cudaFreeHost waits for queued copies from or into the buffer; its status has nowhere to go here.
+  if (ptr_) cudaFreeHost(ptr_);
+}
+
+PinnedBuffer::PinnedBuffer(PinnedBuffer&& other) noexcept : ptr_(other.ptr_), size_(other.size_) {
+  other.ptr_ = nullptr;
+  other.size_ = 0;
+}
+
+PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& other) noexcept {
+  if (this != &other) {
+    if (ptr_) cudaFreeHost(ptr_);
+    ptr_ = other.ptr_;
+    size_ = other.size_;
+    other.ptr_ = nullptr;
+    other.size_ = 0;
+  }
+  return *this;
+}
+
+StreamEvent::StreamEvent() {
+  if (!available()) throw Error(unavailable_reason());
+  cudaEvent_t e = nullptr;
+  CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  event_ = e;
+}
+
+StreamEvent::~StreamEvent() {
+  if (event_) cudaEventDestroy(static_cast<cudaEvent_t>(event_));
+}
+
+void StreamEvent::record() {
+  CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(event_), stream()));
+  recorded_ = true;
+}
+
+void StreamEvent::wait() {
+  if (recorded_) CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(event_)));
+}
+
+void copy_async(void* dst, Device dst_device, const void* src, Device src_device, std::size_t n) {
+  if (n == 0) return;
+  if (dst_device.is_cpu() == src_device.is_cpu())
+    throw Error("copy_async copies between pinned host memory and the device, got " + src_device.str() + " -> " +
+                dst_device.str());
+  const void* host = dst_device.is_cpu() ? dst : src;
+  cudaPointerAttributes attr{};
+  CUDA_CHECK(cudaPointerGetAttributes(&attr, host));
+  if (attr.type != cudaMemoryTypeHost)
+    throw Error("copy_async: the host side of a " + std::to_string(n) +
+                "-byte copy is not pinned memory (a PinnedBuffer's); pageable memory is copied with copy_bytes");
+  cudaStream_t st = stream();
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  CUDA_CHECK(cudaStreamIsCapturing(st, &status));
+  if (status != cudaStreamCaptureStatusNone)
+    throw Error("copy_async of " + std::to_string(n) + " bytes while a CUDA graph is being captured (cuda/graph.h)");
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, n, dst_device.is_cpu() ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice,
+                             st));
+}
+
 }  // namespace ladnn::cuda

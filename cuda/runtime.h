@@ -41,4 +41,45 @@ void device_free(void* ptr, std::size_t nbytes, int device) noexcept;
 /// source may be reused at once: a host source has been staged by then).
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, std::size_t nbytes);
 
+/// Page-locked host memory (cudaHostAlloc): the GPU copies from and into it directly, so a copy can be
+/// queued (copy_async) and the host go on. Move-only; freed by the destructor. Throws without a GPU.
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  explicit PinnedBuffer(std::size_t nbytes);
+  ~PinnedBuffer();
+  PinnedBuffer(PinnedBuffer&& other) noexcept;
+  PinnedBuffer& operator=(PinnedBuffer&& other) noexcept;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  void* data() const { return ptr_; }
+  std::size_t size() const { return size_; }
+
+ private:
+  void* ptr_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+/// A point in the framework stream's work: record() marks everything queued so far; wait() blocks the
+/// host until that work is done (at once when never recorded). Throws without a GPU.
+class StreamEvent {
+ public:
+  StreamEvent();
+  ~StreamEvent();
+  StreamEvent(const StreamEvent&) = delete;
+  StreamEvent& operator=(const StreamEvent&) = delete;
+  void record();
+  void wait();
+
+ private:
+  void* event_ = nullptr;  // cudaEvent_t, opaque here
+  bool recorded_ = false;
+};
+
+/// Queues a copy between pinned host memory (a PinnedBuffer's) and the device on the framework stream
+/// and returns at once: the host must not touch the pinned bytes until a StreamEvent recorded after it
+/// has been waited for. Throws when the host side is not pinned (a pageable copy cannot be queued; use
+/// copy_bytes), or inside a graph capture.
+void copy_async(void* dst, Device dst_device, const void* src, Device src_device, std::size_t nbytes);
+
 }  // namespace ladnn::cuda

@@ -27,5 +27,24 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
   throw std::runtime_error(kReason);
 }
 
+PinnedBuffer::PinnedBuffer(std::size_t) { throw std::runtime_error(kReason); }
+PinnedBuffer::~PinnedBuffer() = default;
+PinnedBuffer::PinnedBuffer(PinnedBuffer&& other) noexcept : ptr_(other.ptr_), size_(other.size_) {
+  other.ptr_ = nullptr;
+  other.size_ = 0;
+}
+PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& other) noexcept {
+  ptr_ = other.ptr_;
+  size_ = other.size_;
+  other.ptr_ = nullptr;
+  other.size_ = 0;
+  return *this;
+}
+StreamEvent::StreamEvent() { throw std::runtime_error(kReason); }
+StreamEvent::~StreamEvent() = default;
+void StreamEvent::record() { throw std::runtime_error(kReason); }
+void StreamEvent::wait() {}
+void copy_async(void*, Device, const void*, Device, std::size_t) { throw std::runtime_error(kReason); }
+
 }  // namespace ladnn::cuda
 #endif

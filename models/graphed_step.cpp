@@ -1,10 +1,25 @@
 // models/graphed_step.cpp — GraphedTrainStep (see the header for the rules).
 #include "models/graphed_step.h"
 
+#include <cstring>
+
 #include "cuda/graph.h"
 #include "cuda/runtime.h"
 
 namespace ladnn {
+
+namespace {
+
+bool same_layout(const Tensor& a, const Tensor& b) {
+  return a.defined() && b.defined() && a.shape() == b.shape() && a.dtype() == b.dtype();
+}
+
+std::size_t bytes_of(const Tensor& t) { return static_cast<std::size_t>(t.numel()) * dtype_size(t.dtype()); }
+
+// A host copy of `t` (on any device) that nobody else writes to.
+Tensor host_copy(const Tensor& t) { return t.device().is_cpu() ? t.clone() : t.to(Device::cpu()); }
+
+}  // namespace
 
 GraphedTrainStep::GraphedTrainStep(LaDnn& model, Optimizer& opt, LossConfig loss)
     : model_(model), opt_(opt), loss_(loss), device_(Device::cpu()) {
@@ -15,6 +30,13 @@ GraphedTrainStep::GraphedTrainStep(LaDnn& model, Optimizer& opt, LossConfig loss
 }
 
 GraphedTrainStep::~GraphedTrainStep() {
+  // Queued copies may still read or write the pinned slots: let them finish before the slots go.
+  for (Slot& s : slots_) {
+    try {
+      if (s.done) s.done->wait();
+    } catch (...) {  // a failed device has nothing left to wait for
+    }
+  }
   // The outputs live in the graph's pool: let them go first, then the graph.
   loss_out_ = Tensor();
   logit_out_ = Tensor();
@@ -30,7 +52,7 @@ GraphedTrainStep::Result GraphedTrainStep::eager(const Tensor& images, const Ten
   l.backward();
   opt_.step();
   ++eager_steps_;
-  return {l.tensor().item(), out.covid.tensor().to(Device::cpu()), false};
+  return {l.tensor().item(), out.covid.tensor().to(Device::cpu()), host_copy(covid), false};
 }
 
 void GraphedTrainStep::capture() {
@@ -55,40 +77,124 @@ void GraphedTrainStep::capture() {
   ++captures_;
 }
 
-GraphedTrainStep::Result GraphedTrainStep::step(const Tensor& images, const Tensor& covid,
-                                                const Tensor& lesions, const Tensor& lesion_mask) {
+void GraphedTrainStep::settle(Owed& o) {
+  if (o.slot < 0) return;
+  Slot& s = slots_[o.slot];
+  s.done->wait();
+  // The slot's out: the loss, then the logits (the layout submit() queued).
+  const auto* bytes = static_cast<const unsigned char*>(s.out.data());
+  Tensor loss = Tensor::empty(loss_out_.shape(), loss_out_.dtype());
+  std::memcpy(loss.raw_data(), bytes, bytes_of(loss));
+  o.result.loss = loss.item();
+  o.result.covid_logit = Tensor::empty(logit_out_.shape(), logit_out_.dtype());
+  std::memcpy(o.result.covid_logit.raw_data(), bytes + bytes_of(loss), bytes_of(logit_out_));
+  o.slot = -1;
+}
+
+void GraphedTrainStep::settle() {
+  for (Owed& o : owed_) settle(o);
+}
+
+void GraphedTrainStep::allocate(const Tensor& images, const Tensor& covid, const Tensor& lesions,
+                                const Tensor& lesion_mask) {
+  images_ = Tensor::empty(images.shape(), images.dtype(), device_);
+  covid_ = Tensor::empty(covid.shape(), covid.dtype(), device_);
+  lesions_ = Tensor::empty(lesions.shape(), lesions.dtype(), device_);
+  mask_ = Tensor::empty(lesion_mask.shape(), lesion_mask.dtype(), device_);
+  // Out: the loss (one value) and the (N, 1) logits, of the parameters' dtype.
+  const DType dt = model_.parameters().front().tensor().dtype();
+  const std::size_t out_bytes = (1 + static_cast<std::size_t>(images.size(0))) * dtype_size(dt);
+  for (Slot& s : slots_) {
+    s.in = cuda::PinnedBuffer(bytes_of(images_) + bytes_of(covid_) + bytes_of(lesions_) + bytes_of(mask_));
+    s.out = cuda::PinnedBuffer(out_bytes);
+    if (!s.done) s.done = std::make_unique<cuda::StreamEvent>();
+  }
+}
+
+void GraphedTrainStep::submit(const Tensor& images, const Tensor& covid, const Tensor& lesions,
+                              const Tensor& lesion_mask) {
   // The first step runs eagerly: the optimizer state and the cuDNN algorithm choices are made there.
-  if (eager_steps_ == 0 && !graph_) return eager(images, covid, lesions, lesion_mask);
+  if (eager_steps_ == 0 && !graph_) {
+    settle();
+    owed_.push_back({-1, eager(images, covid, lesions, lesion_mask)});
+    return;
+  }
   bool recapture = !graph_ || opt_.lr() != graph_lr_;
-  const bool same_shape = images_.defined() && images.shape() == images_.shape() &&
-                          covid.shape() == covid_.shape() && lesions.shape() == lesions_.shape() &&
-                          lesion_mask.shape() == mask_.shape();
-  if (images_.defined() && !same_shape) {
+  const bool same = same_layout(images, images_) && same_layout(covid, covid_) &&
+                    same_layout(lesions, lesions_) && same_layout(lesion_mask, mask_);
+  if (images_.defined() && !same) {
     // A smaller batch (an epoch's last) runs eagerly and the graph stays for the full ones; a larger
     // one (the graph was captured on a short batch) takes the graph's place.
-    if (images.dim() == 4 && images.size(0) <= images_.size(0))
-      return eager(images, covid, lesions, lesion_mask);
+    settle();  // every step in flight reads its result before anything changes under it
+    if (images.dim() == 4 && images.size(0) <= images_.size(0)) {
+      owed_.push_back({-1, eager(images, covid, lesions, lesion_mask)});
+      return;
+    }
     loss_out_ = Tensor();
     logit_out_ = Tensor();
     graph_.reset();
     images_ = covid_ = lesions_ = mask_ = Tensor();
     recapture = true;
   }
-  if (!images_.defined()) {
-    images_ = Tensor::empty(images.shape(), images.dtype(), device_);
-    covid_ = Tensor::empty(covid.shape(), covid.dtype(), device_);
-    lesions_ = Tensor::empty(lesions.shape(), lesions.dtype(), device_);
-    mask_ = Tensor::empty(lesion_mask.shape(), lesion_mask.dtype(), device_);
+  if (recapture) settle();  // the old graph's outputs go with it
+  if (!images_.defined()) allocate(images, covid, lesions, lesion_mask);
+
+  // The slot used two steps ago: its copies must be done and its result read before it is reused.
+  const int si = next_slot_;
+  next_slot_ ^= 1;
+  for (Owed& o : owed_)
+    if (o.slot == si) settle(o);
+  Slot& slot = slots_[si];
+  slot.done->wait();
+
+  // In: host batches through the pinned slot by queued copies; device batches straight across.
+  auto* in = static_cast<unsigned char*>(slot.in.data());
+  for (auto [src, dst] : {std::pair<const Tensor*, Tensor*>{&images, &images_}, {&covid, &covid_},
+                          {&lesions, &lesions_}, {&lesion_mask, &mask_}}) {
+    const std::size_t n = bytes_of(*dst);
+    if (src->device().is_cpu()) {
+      const Tensor c = src->contiguous();
+      std::memcpy(in, c.raw_data(), n);
+      cuda::copy_async(dst->raw_data(), device_, in, Device::cpu(), n);
+    } else {
+      dst->copy_(*src);
+    }
+    in += n;
   }
-  images_.copy_(images);
-  covid_.copy_(covid);
-  lesions_.copy_(lesions);
-  mask_.copy_(lesion_mask);
   if (recapture) capture();
   graph_->replay();
   opt_.replayed_step();
   ++replays_;
-  return {loss_out_.item(), logit_out_.to(Device::cpu()), true};
+  // Out: the loss and the logits into the slot, read by settle() once the event has passed.
+  auto* out = static_cast<unsigned char*>(slot.out.data());
+  cuda::copy_async(out, Device::cpu(), loss_out_.raw_data(), device_, bytes_of(loss_out_));
+  cuda::copy_async(out + bytes_of(loss_out_), Device::cpu(), logit_out_.raw_data(), device_, bytes_of(logit_out_));
+  slot.done->record();
+  Owed o;
+  o.slot = si;
+  o.result.covid = host_copy(covid);
+  o.result.replayed = true;
+  owed_.push_back(std::move(o));
+}
+
+bool GraphedTrainStep::next_result(Result& out, bool wait) {
+  if (owed_.empty()) return false;
+  Owed& front = owed_.front();
+  if (!wait && front.slot >= 0 && owed_.size() < 2) return false;
+  settle(front);
+  out = std::move(front.result);
+  owed_.pop_front();
+  return true;
+}
+
+GraphedTrainStep::Result GraphedTrainStep::step(const Tensor& images, const Tensor& covid, const Tensor& lesions,
+                                                const Tensor& lesion_mask) {
+  check(owed_.empty(), "GraphedTrainStep::step: " + std::to_string(owed_.size()) +
+                           " submitted step(s) not read yet; read them with next_result first");
+  submit(images, covid, lesions, lesion_mask);
+  Result r;
+  next_result(r, true);
+  return r;
 }
 
 }  // namespace ladnn

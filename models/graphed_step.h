@@ -16,13 +16,20 @@
 // Same updates as the eager loop: the replay runs the captured kernels on the same parameters,
 // optimizer moments and BatchNorm buffers (fixed addresses); only what a graph freezes is watched
 // (the learning rate: a schedule changes it between epochs, and the next step recaptures).
+// Pipelined: submit() queues a replayed step and returns without waiting for the GPU; next_result()
+// hands results back in order, one step late, so the host reads step k's loss while the GPU runs
+// step k+1 and the GPU never waits on the host between steps. A batch goes host -> pinned memory (two
+// slots, used in turn) -> the graph's input tensors by a queued copy; the loss and COVID logits come
+// back the same way. step() is submit() then the wait for that step (the synchronous form).
 // Memory: the graph keeps its own pool of the caching allocator for its intermediates, so an eager
 // step in between (the short last batch) needs its memory on top.
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 
+#include "cuda/runtime.h"
 #include "models/ladnn.h"
 #include "optim/optimizer.h"
 
@@ -42,19 +49,47 @@ class GraphedTrainStep {
   struct Result {
     double loss = 0;     // the batch's loss
     Tensor covid_logit;  // (N, 1), on the host
+    Tensor covid;        // (N, 1), on the host: the labels the step was given
     bool replayed = false;
   };
-  /// One training step (forward, loss, backward, optimizer step) on a batch; host or device tensors:
-  /// images (N, 3, H, W), covid (N, 1), lesions (N, 5), lesion_mask (N, 1).
+  /// Queues one training step (forward, loss, backward, optimizer step) on a batch; host or device
+  /// tensors: images (N, 3, H, W), covid (N, 1), lesions (N, 5), lesion_mask (N, 1). A replay returns
+  /// once it is queued; an eager step or a capture (see above) runs there and then.
+  void submit(const Tensor& images, const Tensor& covid, const Tensor& lesions, const Tensor& lesion_mask);
+  /// The oldest submitted step's result, in submission order. With `wait` false: only while a newer step
+  /// is queued behind it or it is already known (so the GPU keeps working while the host reads);
+  /// with `wait` true: any step still owed (waits for it). False when there is none to give.
+  bool next_result(Result& out, bool wait);
+  /// submit() and the wait for that step's result (the steps before it must have been read).
   Result step(const Tensor& images, const Tensor& covid, const Tensor& lesions, const Tensor& lesion_mask);
+  /// Steps submitted whose results have not been read.
+  int64_t owed() const { return static_cast<int64_t>(owed_.size()); }
 
   int64_t captures() const { return captures_; }
   int64_t replays() const { return replays_; }
   int64_t eager_steps() const { return eager_steps_; }
 
  private:
+  // One step whose result is owed: in flight in a pinned slot (slot >= 0), or already known.
+  struct Owed {
+    int slot = -1;
+    Result result;
+  };
+  // Pinned host memory for one step's way in (the four batch tensors, packed) and out (loss, logits),
+  // and the event after its last queued copy: the slot is free again once the event has passed.
+  struct Slot {
+    cuda::PinnedBuffer in, out;
+    std::unique_ptr<cuda::StreamEvent> done;
+  };
+
   Result eager(const Tensor& images, const Tensor& covid, const Tensor& lesions, const Tensor& lesion_mask);
   void capture();
+  /// Waits for every step in flight and reads its result (they stay owed, in order).
+  void settle();
+  /// Reads the result of `o` out of its slot (waits for the slot's event).
+  void settle(Owed& o);
+  /// The graph's fixed inputs, outputs and slots for a batch of these shapes.
+  void allocate(const Tensor& images, const Tensor& covid, const Tensor& lesions, const Tensor& lesion_mask);
 
   LaDnn& model_;
   Optimizer& opt_;
@@ -66,6 +101,9 @@ class GraphedTrainStep {
   // every replay).
   Tensor images_, covid_, lesions_, mask_;
   Tensor loss_out_, logit_out_;
+  Slot slots_[2];
+  int next_slot_ = 0;
+  std::deque<Owed> owed_;
   int64_t captures_ = 0, replays_ = 0, eager_steps_ = 0;
 };
 

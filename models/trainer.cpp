@@ -367,35 +367,38 @@ std::vector<EpochMetrics> Trainer::run() {
     if (config_.max_batches > 0) total = std::min(total, config_.max_batches);
     ProgressBar bar(config_.progress, epoch, config_.epochs, total);
     double loss_sum = 0;
-    int64_t images = 0, correct = 0, done = 0;
+    int64_t images = 0, correct = 0, done = 0, counted = 0;
+    // One finished step into the epoch's figures, in order (graphed steps arrive one step late).
+    auto count = [&](double lv, const std::vector<double>& logits, const std::vector<double>& y) {
+      ++counted;
+      check(std::isfinite(lv), "training diverged: the loss is " + std::to_string(lv) + " at epoch " +
+                                   std::to_string(epoch) + ", batch " + std::to_string(counted) + "; lower --lr");
+      for (size_t i = 0; i < y.size(); ++i) correct += (logits[i] >= 0) == (y[i] > 0.5);
+      loss_sum += lv * static_cast<double>(y.size());
+      images += static_cast<int64_t>(y.size());
+      bar.update(counted, images, loss_sum / static_cast<double>(images));
+    };
+    auto count_graphed = [&](bool wait) {
+      GraphedTrainStep::Result r;
+      while (graphed->next_result(r, wait)) count(r.loss, r.covid_logit.to_vector(), r.covid.to_vector());
+    };
     data::Batch b;
     while (done < total && train.next(b)) {
-      double lv = 0;
-      std::vector<double> logits;
-      if (graphed) {
-        GraphedTrainStep::Result r = graphed->step(b.images, b.covid, b.lesions, b.lesion_mask);
-        lv = r.loss;
-        logits = r.covid_logit.to_vector();
-      } else {
-        LaDnn::Output out = model->forward_heads(Variable(b.images.to(device)));
-        Variable l = lesion_attention_loss(out, b.covid.to(device), b.lesions.to(device),
-                                           b.lesion_mask.to(device), loss);
-        optimizer->zero_grad();
-        l.backward();
-        optimizer->step();
-        lv = l.tensor().item();
-        logits = out.covid.tensor().to(Device::cpu()).to_vector();
-      }
-      check(std::isfinite(lv), "training diverged: the loss is " + std::to_string(lv) + " at epoch " +
-                                   std::to_string(epoch) + ", batch " + std::to_string(done + 1) +
-                                   "; lower --lr");
-      const std::vector<double> y = b.covid.to_vector();
-      for (size_t i = 0; i < y.size(); ++i) correct += (logits[i] >= 0) == (y[i] > 0.5);
-      loss_sum += lv * static_cast<double>(b.size());
-      images += b.size();
       ++done;
-      bar.update(done, images, loss_sum / static_cast<double>(images));
+      if (graphed) {
+        // Queued: the host fetches the next batch while the GPU runs this one.
+        graphed->submit(b.images, b.covid, b.lesions, b.lesion_mask);
+        count_graphed(false);
+        continue;
+      }
+      LaDnn::Output out = model->forward_heads(Variable(b.images.to(device)));
+      Variable l = lesion_attention_loss(out, b.covid.to(device), b.lesions.to(device), b.lesion_mask.to(device), loss);
+      optimizer->zero_grad();
+      l.backward();
+      optimizer->step();
+      count(l.tensor().item(), out.covid.tensor().to(Device::cpu()).to_vector(), b.covid.to_vector());
     }
+    if (graphed) count_graphed(true);
     bar.finish();
     m.seconds = bar.seconds();
     m.train_loss = images ? loss_sum / static_cast<double>(images) : NAN;

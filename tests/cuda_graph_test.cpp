@@ -258,8 +258,9 @@ TEST_P(CudaGraphTest, ReplayedAdamStepsAdvanceTheStepCount) {
 
 // The trainer's graphed step (models/graphed_step.h) against the plain eager loop over the same batches:
 // six steps, the fourth a short batch (eager), the learning rate lowered before it (the fifth must
-// recapture). SGD with momentum for the parameter check (see the first test for why not Adam), Adam for
-// the host-side step counts, which must count replays exactly.
+// recapture); step by step and pipelined (submit, results one step late). SGD with momentum for the
+// parameter check (see the first test for why not Adam), Adam for the host-side step counts, which
+// must count replays exactly.
 // Deterministic mode: the two runs must do the same arithmetic. With atomics in the max-pool backward
 // (before it gathered) or in cuDNN's backward algorithms, last-bit noise flipped a ReLU mask for an
 // input near zero in one run and not the other, and the losses then split by 6e-5 at the short batch —
@@ -270,26 +271,51 @@ TEST_P(CudaGraphTest, GraphedTrainStepMatchesTheEagerLoop) {
   const int64_t sizes[] = {4, 4, 4, 2, 4, 4};
   std::vector<Data> batches;
   for (int64_t n : sizes) batches.push_back(make_data(n, gen));
-  auto run = [&](auto make_opt, bool graphed, std::vector<double>* losses) {
+  // pipelined: submit() every batch and read the results one step late (next_result), as the trainer
+  // does; the labels that come back with each result must be its batch's.
+  auto run = [&](auto make_opt, bool graphed, std::vector<double>* losses, bool pipelined = false) {
     auto m = tiny_ladnn(9);
     auto opt = make_opt(*m);
     std::unique_ptr<GraphedTrainStep> gs;
     if (graphed) gs = std::make_unique<GraphedTrainStep>(*m, *opt, LossConfig{});
+    size_t read = 0;
+    auto take = [&](bool wait) {
+      GraphedTrainStep::Result r;
+      while (gs->next_result(r, wait)) {
+        EXPECT_EQ(r.covid.to_vector(), to_cpu(batches[read].covid).to_vector()) << "result " << read;
+        EXPECT_EQ(r.covid_logit.shape(), (Shape{sizes[read], 1})) << "result " << read;
+        if (losses) losses->push_back(r.loss);
+        ++read;
+      }
+    };
     for (size_t i = 0; i < batches.size(); ++i) {
       if (i == 3) opt->set_lr(opt->lr() / 2);
       const Data& d = batches[i];
-      double l = 0;
-      if (gs) {
+      if (gs && pipelined) {
+        gs->submit(to_cpu(d.images), to_cpu(d.covid), to_cpu(d.lesions), to_cpu(d.mask));
+        take(false);
+        EXPECT_LE(gs->owed(), 1) << "at most the step just queued is owed";
+      } else if (gs) {
         // Host tensors, as the loader gives them.
-        l = gs->step(to_cpu(d.images), to_cpu(d.covid), to_cpu(d.lesions), to_cpu(d.mask)).loss;
+        const double l = gs->step(to_cpu(d.images), to_cpu(d.covid), to_cpu(d.lesions), to_cpu(d.mask)).loss;
+        if (losses) losses->push_back(l);
       } else {
         Variable loss = lesion_attention_loss(m->forward_heads(Variable(d.images)), d.covid, d.lesions, d.mask);
         opt->zero_grad();
         loss.backward();
         opt->step();
-        l = loss.tensor().item();
+        if (losses) losses->push_back(loss.tensor().item());
       }
-      if (losses) losses->push_back(l);
+    }
+    if (gs && pipelined) {
+      EXPECT_EQ(gs->owed(), 1) << "the last replay is still owed";
+      EXPECT_THROW(gs->step(to_cpu(batches[0].images), to_cpu(batches[0].covid), to_cpu(batches[0].lesions),
+                            to_cpu(batches[0].mask)),
+                   std::invalid_argument)
+          << "step() while a result is owed";
+      take(true);
+      EXPECT_EQ(read, batches.size());
+      EXPECT_EQ(gs->owed(), 0);
     }
     if (gs) {
       EXPECT_EQ(gs->eager_steps(), 2);  // the first step and the short batch
@@ -310,6 +336,16 @@ TEST_P(CudaGraphTest, GraphedTrainStepMatchesTheEagerLoop) {
                             to_cpu(pe[i].second.tensor()), Tol{2e-6, 1e-5}));
   for (const auto& [name, t] : mg->named_buffers())
     if (t.dtype() == DType::Int64) EXPECT_EQ(to_cpu(t).item(), 6.0) << name;
+
+  // Pipelined: the same losses and parameters.
+  std::vector<double> loss_q;
+  auto [mq, oq] = run(sgd, true, &loss_q, /*pipelined=*/true);
+  ASSERT_EQ(loss_q.size(), loss_e.size());
+  for (size_t i = 0; i < loss_e.size(); ++i) EXPECT_NEAR(loss_q[i], loss_e[i], 1e-5) << "pipelined, step " << i + 1;
+  const auto pq = mq->named_parameters();
+  for (size_t i = 0; i < pe.size(); ++i)
+    EXPECT_TRUE(gpu_matches("pipelined: parameter " + pe[i].first + " after 6 steps", pq[i].second.tensor(),
+                            to_cpu(pe[i].second.tensor()), Tol{2e-6, 1e-5}));
 
   auto adam = [](LaDnn& m) { return std::make_unique<Adam>(m.parameters(), 1e-3); };
   auto [ma, oa] = run(adam, true, nullptr);
