@@ -7,6 +7,10 @@
 // For each batch size and each work:
 //   train  one step = forward of both heads, lesion-attention loss, zero_grad, backward, Adam step
 //   infer  one forward of both heads in eval mode without autograd
+//   loop   (GPU) the trainer's graphed loop, models/graphed_step.h, over host batches as the loader hands
+//          them (4 batches cycled): two rows, "loop sync" (step(): wait for each step, then copy the
+//          next batch in) and "loop ahead" (submit(), results read one step late, the way `ladnn train
+//          --cuda-graph` runs); wall clock over the timed steps, per step. Not part of the default --work.
 // on random 224x224 images and labels made once (data loading is not part of the step). Timing: the
 // warm-up steps, then a pair of CUDA events around each step (wall clock on the CPU), the median.
 // Peak memory: eager rows, the caching allocator's peak of allocated bytes over the timed steps, what
@@ -29,6 +33,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -41,6 +46,7 @@
 #include "cuda/graph.h"
 #include "cuda/profiler.h"
 #include "cuda/runtime.h"
+#include "models/graphed_step.h"
 #include "models/ladnn.h"
 #include "optim/adam.h"
 #include "tensor/safetensors.h"
@@ -234,6 +240,50 @@ Row run_one(const BenchOptions& o, const std::string& work, int64_t batch, Devic
   return r;
 }
 
+/// The "loop" rows: GraphedTrainStep over pageable host batches, synchronous or one step ahead.
+Row run_loop(const BenchOptions& o, int64_t batch, Device device, bool ahead) {
+  Row r;
+  r.work = ahead ? "loop ahead" : "loop sync";
+  r.batch = batch;
+  if (!device.is_cuda()) {
+    r.error = "the graphed loop needs --device cuda";
+    return r;
+  }
+  Generator gen(0);
+  DenseNetConfig config = DenseNetConfig::by_name(o.arch);
+  config.memory_efficient = o.memory_efficient;
+  auto model = std::make_shared<LaDnn>(config, gen);
+  model->to(device);
+  model->train();
+  Adam opt(model->parameters(), 1e-4);
+  GraphedTrainStep g(*model, opt, LossConfig{});
+  std::vector<RandomBatch> batches;
+  for (int i = 0; i < 4; ++i) batches.push_back(random_batch(batch, o.image_size, gen));
+  double sink = 0;
+  GraphedTrainStep::Result res;
+  auto run = [&](int steps, int first) {
+    for (int i = 0; i < steps; ++i) {
+      const RandomBatch& b = batches[(first + i) % batches.size()];
+      if (ahead) {
+        g.submit(b.images, b.covid, b.lesions, b.mask);
+        while (g.next_result(res, false)) sink += res.loss;
+      } else {
+        sink += g.step(b.images, b.covid, b.lesions, b.mask).loss;
+      }
+    }
+    while (g.next_result(res, true)) sink += res.loss;
+  };
+  run(std::max(o.warmup, 2), 0);  // the eager first step and the capture
+  cuda::synchronize();
+  cuda::reset_peak_stats();
+  const auto t0 = std::chrono::steady_clock::now();
+  run(o.steps, 0);
+  r.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / o.steps;
+  r.peak_bytes = cuda::allocator_stats().peak_reserved_bytes;
+  if (!std::isfinite(sink)) std::cerr << "bench: the loop's loss is not finite\n";
+  return r;
+}
+
 /// Runs `cmd` through the shell and returns its standard output; *ok says whether it exited with 0.
 std::string command_output(const std::string& cmd, bool* ok) {
   std::string out;
@@ -360,15 +410,24 @@ void run_bench(const BenchOptions& o) {
       const int64_t batch = std::stoll(bs);
       if (batch < 1) throw std::invalid_argument("--batches: batch sizes must be >= 1, got " + bs);
       for (bool graph : {false, true}) {
-        if (graph ? (o.graph == "off" || !device.is_cuda()) : o.graph == "on") continue;
-        rows.push_back(run_one(o, w, batch, device, graph));
+        if (w == "loop") {
+          rows.push_back(run_loop(o, batch, device, graph));
+        } else {
+          if (graph ? (o.graph == "off" || !device.is_cuda()) : o.graph == "on") continue;
+          rows.push_back(run_one(o, w, batch, device, graph));
+        }
         Row& r = rows.back();
         for (const TorchRow& t : torch_rows)
           if (t.work == r.work && t.batch == r.batch) {
             r.torch_ms = t.ms;
             r.torch_peak = t.peak;
           }
-        std::cerr << "ladnn " << w << (graph ? " (graph)" : "") << " batch " << batch << ": "
+        const std::string what = w == "loop" ? r.work : w + (graph ? " (graph)" : "");
+        if (!r.error.empty()) {
+          std::cerr << "ladnn " << what << " batch " << batch << ": " << r.error << "\n";
+          continue;
+        }
+        std::cerr << "ladnn " << what << " batch " << batch << ": "
                   << fmt("%.2f", r.ms) << " ms, " << fmt("%.2f", r.peak_bytes / 1073741824.0) << " GiB"
                   << (r.graph_nodes ? ", " + std::to_string(r.graph_nodes) + " graph nodes" : std::string())
                   << (r.arena_bytes ? ", planned arena " + fmt("%.2f", r.arena_bytes / 1073741824.0) + " GiB"
@@ -389,7 +448,7 @@ void run_bench(const BenchOptions& o) {
     const std::string name = r.work + (r.graph ? " graph" : "");
     std::cout << name << std::string(name.size() < 11 ? 11 - name.size() : 0, ' ') << fmt(" %7.0f", double(r.batch));
     if (!r.error.empty()) {
-      std::cout << "   capture failed: " << r.error.substr(0, 100) << "\n";
+      std::cout << "   " << (r.work.rfind("loop", 0) == 0 ? "" : "capture failed: ") << r.error.substr(0, 100) << "\n";
       continue;
     }
     std::cout << fmt(" %10.2f", r.ms) << fmt(" %8.0f", r.batch * 1000.0 / r.ms);
@@ -413,7 +472,7 @@ void add_bench(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("bench", "Time the LA-DNN training step and inference (beside PyTorch)");
   cmd->add_option("--arch", o->arch, "densenet121|densenet169|densenet201|tiny")->capture_default_str();
   cmd->add_option("--batches", o->batches, "Comma-separated batch sizes")->capture_default_str();
-  cmd->add_option("--work", o->work, "train,infer or one of them")->capture_default_str();
+  cmd->add_option("--work", o->work, "train,infer (and loop: the trainer's graphed loop, GPU)")->capture_default_str();
   cmd->add_option("--steps", o->steps, "Timed steps per row (the median is reported)")
       ->check(CLI::Range(1, 100000))->capture_default_str();
   cmd->add_option("--warmup", o->warmup, "Untimed steps first")->check(CLI::Range(0, 100000))->capture_default_str();

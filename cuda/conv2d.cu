@@ -59,6 +59,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <initializer_list>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -289,13 +290,25 @@ struct AlgoChoice {
   float cublas_ms = -1.0f;  // the GEMM's time when it was measured
 };
 
-// pass, N, C, H, W, x and y image strides, K, R, S, stride h/w, pad h/w, TF32, deterministic, 1x1 mode
-using AlgoKey = std::array<int64_t, 17>;
+// pass, N, C, H, W, x and y image strides, K, R, S, stride h/w, pad h/w, TF32, deterministic, 1x1 mode,
+// pointer alignment
+using AlgoKey = std::array<int64_t, 18>;
 
-AlgoKey algo_key(Pass pass, const ConvShape& g, int64_t x_img, bool tf32, bool deterministic, Conv1x1 mode) {
+AlgoKey algo_key(Pass pass, const ConvShape& g, int64_t x_img, bool tf32, bool deterministic, Conv1x1 mode,
+                 int64_t align) {
   return {int64_t(pass), g.N,  g.C,  g.H,  g.W,          x_img,
           g.y_stride(),  g.K,  g.R,  g.S,  g.sh,         g.sw,
-          g.ph,          g.pw, tf32 ? 1 : 0, deterministic ? 1 : 0, int64_t(mode)};
+          g.ph,          g.pw, tf32 ? 1 : 0, deterministic ? 1 : 0, int64_t(mode), align};
+}
+
+/// The alignment a call's buffers share, up to 16 bytes (4, 8 or 16 for float data). cuDNN's vectorised
+/// and tensor-core kernels may need aligned pointers, and a channel slice (conv2d_forward_into) can
+/// start anywhere: a choice made on aligned buffers is not reused on less aligned ones (PyTorch keys its
+/// cuDNN plans the same way).
+int64_t alignment(std::initializer_list<const void*> ptrs) {
+  uintptr_t bits = 16;
+  for (const void* p : ptrs) bits |= reinterpret_cast<uintptr_t>(p);
+  return static_cast<int64_t>(bits & (~bits + 1));  // the lowest set bit
 }
 
 struct AlgoCache {
@@ -484,10 +497,10 @@ float time_ms(Run&& run) {
 /// cuBLAS: always (Cublas), or when `gemm` (one run of the cuBLAS call) times faster than cuDNN's best
 /// (Auto). Leaves the descriptor's math type set to the choice's.
 template <typename Find, typename Gemm>
-AlgoChoice choose(Pass pass, const ConvShape& g, int64_t x_img, CudnnConv& c, bool gemm_applies, Find find,
-                  Gemm gemm) {
+AlgoChoice choose(Pass pass, const ConvShape& g, int64_t x_img, int64_t align, CudnnConv& c, bool gemm_applies,
+                  Find find, Gemm gemm) {
   const Conv1x1 mode = gemm_applies ? conv1x1() : Conv1x1::Cudnn;
-  const AlgoKey key = algo_key(pass, g, x_img, c.tf32, c.deterministic, mode);
+  const AlgoKey key = algo_key(pass, g, x_img, c.tf32, c.deterministic, mode, align);
   AlgoCache& cache = algo_cache();
   std::lock_guard<std::mutex> lock(cache.mu);
   auto it = cache.choices.find(key);
@@ -545,7 +558,8 @@ void cudnn_forward(const char* op, const ConvShape& g, const float* x, const flo
       pw ? pointwise_forward_gemm(g.N, g.C, int64_t(g.H) * g.W, g.K, g.x_img, g.y_stride()) : StridedGemm{};
   auto run_gemm = [&] { cublas_strided(gemm, x, w, y); };
   const AlgoChoice ch =
-      choose(Pass::Forward, g, g.x_img, c, pw, [&] { return find_forward(h, c, x, w, y); }, run_gemm);
+      choose(Pass::Forward, g, g.x_img, alignment({x, w, y}), c, pw, [&] { return find_forward(h, c, x, w, y); },
+             run_gemm);
   OpRange range(op, ch.cublas ? "cublas" : "cudnn");
   const float one = 1.0f, zero = 0.0f;
   if (ch.cublas) {
@@ -571,7 +585,8 @@ void cudnn_backward_input(const char* op, const ConvShape& g, const float* dy, c
   const StridedGemm gemm = pw ? pointwise_backward_input_gemm(g.N, g.C, int64_t(g.H) * g.W, g.K) : StridedGemm{};
   auto run_gemm = [&] { cublas_strided(gemm, dy, w, dx); };
   const AlgoChoice ch = choose(
-      Pass::BackwardData, g, packed, c, pw, [&] { return find_backward_data(h, c, w, dy, dx); }, run_gemm);
+      Pass::BackwardData, g, packed, alignment({dy, w, dx}), c, pw,
+      [&] { return find_backward_data(h, c, w, dy, dx); }, run_gemm);
   OpRange range(op, ch.cublas ? "cublas" : "cudnn");
   if (ch.cublas) {
     run_gemm();
@@ -588,7 +603,8 @@ void cudnn_backward_weight(const char* op, const ConvShape& g, const float* dy, 
   cudnnHandle_t h = cudnn_handle();
   CudnnConv c(g, g.x_img);
   const AlgoChoice ch = choose(
-      Pass::BackwardFilter, g, g.x_img, c, false, [&] { return find_backward_filter(h, c, x, dy, dw); },
+      Pass::BackwardFilter, g, g.x_img, alignment({dy, x, dw}), c, false,
+      [&] { return find_backward_filter(h, c, x, dy, dw); },
       [] {});
   OpRange range(op, "cudnn");
   Buffer ws = workspace(ch.workspace);

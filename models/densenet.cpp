@@ -136,8 +136,10 @@ bool DenseBlock::dropout_free() const {
 // far and its conv2 writes channels [c_l, c_l + growth) in place — no concatenation, stored or not.
 // Per layer it keeps t = relu(norm1(prefix)) (conv1's input), b = conv1(t) and h = relu(norm2(b))
 // (conv2's input) with their batch statistics; memory-efficient, it keeps none of them and recomputes
-// them in backward (the same batch statistics of the same values: the same bits), so the step holds
-// little more than the block buffers.
+// them in backward (the same batch statistics of the same values: the same bits where the convolutions
+// are deterministic, as on the CPU and on the GPU with LADNN_DETERMINISTIC=1; otherwise cuDNN may order
+// a sum differently and the recomputed maps differ in the last bits), so the step holds little more
+// than the block buffers.
 //
 // Backward: one gradient buffer G (the output's gradient) for the whole block. Going back from the
 // last layer, G's channels [c_l, c_l + growth) are complete when layer l is reached (only later layers

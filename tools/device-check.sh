@@ -40,8 +40,11 @@
 #                    the lever's before), then which 1x1 shapes the default search gave to cuBLAS
 #                    (LADNN_CUDNN_LOG=1, inference at batches 1 and 32, counted per pass) and the kernels
 #                    a batch-1 inference replay launches (--graph-kernels)
+#        loop        the trainer's graphed loop over host batches at 32 and 64: waiting for each step
+#                    ("loop sync", the old `ladnn train --cuda-graph`) against one step ahead ("loop
+#                    ahead", pinned slots and queued copies) — what the app loses around the step
 # LADNN_CHECK_STEPS picks the steps (comma-separated names: info,tests,sanitizer,kernels,bench,before,
-# cudnn-bn,memory,profile,tf32-off,conv1x1,graph-plan,native-conv; default all but the comparisons, which need the time of a
+# cudnn-bn,memory,profile,tf32-off,conv1x1,graph-plan,native-conv,loop; default all but the comparisons, which need the time of a
 # second call).
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to
 # device-check-out/.
@@ -239,6 +242,8 @@ if want conv1x1; then
   grep -E "^ladnn: conv2d_forward .*w \([0-9]+, [0-9]+, 1, 1\)" "$OUTDIR/conv1x1_choices.log" | head -12
   sed -n '/^graph of infer batch 1:/,/other kernels$/p' "$OUTDIR/conv1x1_choices.log"  # what a b1 replay launches
 fi
+want loop && compare loop timeout "$T_COMPARE" "$B/ladnn" bench --batches 32,64 --work loop --torch off \
+  --steps 20 --warmup 3
 want profile && compare profile timeout "$T_COMPARE" "$B/ladnn" bench --batches 32 --work train --graph off \
   --profile --torch off --steps 5 --warmup 2
 
