@@ -282,11 +282,14 @@ __global__ void bn_grad_finalize_kernel(const float* __restrict__ partial, int64
 
 // dx = k[c] * (dy - mean_dy[c] - (x - mean[c]) * proj[c]) over all values (grid-stride); dy masked by
 // relu_y > 0 when relu_y is not null.
-// x's samples are sN apart (C * HW when packed); dy, relu_y and dx are packed.
-template <int VEC>
+// x's samples are sN apart (C * HW when packed); dy and relu_y are packed. ADD: dx (samples sD apart)
+// gets the value added, dx + value rounded once (__fadd_rn: never contracted into an FMA with the
+// product inside bn_dx, so the same bits as a separate add_); otherwise dx (packed, sD = C * HW) is
+// written.
+template <int VEC, bool ADD>
 __global__ void bn_backward_dx_kernel(const float* __restrict__ dy, const float* __restrict__ x, int64_t sN,
-                                      const float* __restrict__ relu_y, float* __restrict__ dx, int64_t total,
-                                      int64_t C, int64_t HW,
+                                      const float* __restrict__ relu_y, float* __restrict__ dx, int64_t sD,
+                                      int64_t total, int64_t C, int64_t HW,
                                       const float* __restrict__ coef_mean, const float* __restrict__ coef_k,
                                       const float* __restrict__ coef_mean_dy, const float* __restrict__ coef_proj) {
   const int64_t step = int64_t(gridDim.x) * blockDim.x * VEC;
@@ -305,10 +308,21 @@ __global__ void bn_backward_dx_kernel(const float* __restrict__ dy, const float*
         for (int j = 0; j < 4; ++j) d[j] = math::bn_relu_grad(d[j], y[j]);
       }
       for (int j = 0; j < 4; ++j) r[j] = math::bn_dx(d[j], v[j], mu, k, mdy, proj);
-      math::store4(dx + i, r);
+      float* out = dx + math::sample_offset(i, C * HW, sD);
+      if constexpr (ADD) {
+        float a[4];
+        math::load4(out, a);
+        for (int j = 0; j < 4; ++j) r[j] = __fadd_rn(a[j], r[j]);
+      }
+      math::store4(out, r);
     } else {
       const float d = relu_y ? math::bn_relu_grad(dy[i], relu_y[i]) : dy[i];
-      dx[i] = math::bn_dx(d, x[xi], mu, k, mdy, proj);
+      const float r = math::bn_dx(d, x[xi], mu, k, mdy, proj);
+      float* out = dx + math::sample_offset(i, C * HW, sD);
+      if constexpr (ADD)
+        *out = __fadd_rn(*out, r);
+      else
+        *out = r;
     }
   }
 }
@@ -414,7 +428,7 @@ void native_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& bet
 // BatchNorm-ReLU's output, masking dy inside both passes.
 void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& mean,
                      const Tensor& invstd, const Tensor& running_var, double eps, bool through_stats,
-                     const Tensor& relu_y, const ops::BatchNormGrads& out) {
+                     const Tensor& relu_y, const ops::BatchNormGrads& out, const Tensor& dx_into = Tensor()) {
   const BnGeom g = geom_of(x);
   BnPartition part = partition_of(g);
   part.sN = sample_stride(x, g);
@@ -429,10 +443,13 @@ void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
 
   const float* px = x.data<float>();
   const float* pdy = dy.data<float>();
-  float* pdx = out.dx.data<float>();
+  // dx_into (a sample-contiguous view) takes dx added in; otherwise out.dx (packed) is written.
+  const bool add = dx_into.defined();
+  float* pdx = add ? dx_into.data<float>() : out.dx.data<float>();
+  const int64_t sD = add ? sample_stride(dx_into, g) : g.C * g.HW;
   const float* pmask = relu_y.defined() ? relu_y.data<float>() : nullptr;
-  const bool vec = g.HW % 4 == 0 && part.sN % 4 == 0 && aligned16(px) && aligned16(pdy) && aligned16(pdx) &&
-                   (!pmask || aligned16(pmask));
+  const bool vec = g.HW % 4 == 0 && part.sN % 4 == 0 && sD % 4 == 0 && aligned16(px) && aligned16(pdy) &&
+                   aligned16(pdx) && (!pmask || aligned16(pmask));
   if (g.M() > 0) {
     const dim3 grid(static_cast<unsigned>(g.C), static_cast<unsigned>(splits));
     if (vec)
@@ -453,12 +470,15 @@ void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
   CUDA_CHECK_LAUNCH();
 
   if (g.total() == 0) return;
-  if (vec)
-    bn_backward_dx_kernel<4><<<grid_for(g.total() / 4, kThreads), kThreads, 0, cur_stream()>>>(
-        pdy, px, part.sN, pmask, pdx, g.total(), g.C, g.HW, coef_mean, coef_k, coef_mean_dy, coef_proj);
-  else
-    bn_backward_dx_kernel<1><<<grid_for(g.total(), kThreads), kThreads, 0, cur_stream()>>>(
-        pdy, px, part.sN, pmask, pdx, g.total(), g.C, g.HW, coef_mean, coef_k, coef_mean_dy, coef_proj);
+  const unsigned grid = grid_for(vec ? g.total() / 4 : g.total(), kThreads);
+  auto launch = [&](auto kernel) {
+    kernel<<<grid, kThreads, 0, cur_stream()>>>(pdy, px, part.sN, pmask, pdx, sD, g.total(), g.C, g.HW, coef_mean,
+                                                coef_k, coef_mean_dy, coef_proj);
+  };
+  if (vec && add) launch(bn_backward_dx_kernel<4, true>);
+  else if (vec) launch(bn_backward_dx_kernel<4, false>);
+  else if (add) launch(bn_backward_dx_kernel<1, true>);
+  else launch(bn_backward_dx_kernel<1, false>);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -558,10 +578,10 @@ void require_float32_all(const std::string& op, std::initializer_list<std::pair<
   for (const auto& [t, name] : ts) require_float32(op, *t, name);
 }
 
-ops::BatchNormGrads new_grads(const Tensor& x) {
+ops::BatchNormGrads new_grads(const Tensor& x, bool with_dx = true) {
   const Shape c_shape{x.size(1)};
-  return {new_output(x.shape(), DType::Float32, x.device()), new_output(c_shape, DType::Float32, x.device()),
-          new_output(c_shape, DType::Float32, x.device())};
+  return {with_dx ? new_output(x.shape(), DType::Float32, x.device()) : Tensor(),
+          new_output(c_shape, DType::Float32, x.device()), new_output(c_shape, DType::Float32, x.device())};
 }
 
 /// The implementation that runs now, for dispatch and the profiler's table.
@@ -624,16 +644,19 @@ Tensor batch_norm_forward_eval(const Tensor& x_in, const Tensor& gamma, const Te
 
 ops::BatchNormGrads batch_norm_backward_train(const Tensor& dy_in, const Tensor& x_in, const Tensor& gamma,
                                               const Tensor& save_mean, const Tensor& save_invstd,
-                                              const Tensor& relu_y) {
+                                              const Tensor& relu_y, const Tensor& dx_into) {
   const std::string op = "batch_norm_backward_train";
   require_float32_all(op, {{&dy_in, "grad_output"}, {&x_in, "input"}, {&gamma, "gamma"},
-                           {&save_mean, "save_mean"}, {&save_invstd, "save_invstd"}, {&relu_y, "relu_y"}});
+                           {&save_mean, "save_mean"}, {&save_invstd, "save_invstd"}, {&relu_y, "relu_y"},
+                           {&dx_into, "dx_into"}});
   const bool spaced = !x_in.is_contiguous() && ops::sample_contiguous(x_in);  // read in place, natively
-  const Impl which = x_in.numel() == 0 || spaced ? Impl::Native : bn_impl();
+  // Adding into dx_into is a native pass (cuDNN would write a packed dx to be added afterwards).
+  const bool add = dx_into.defined();
+  const Impl which = x_in.numel() == 0 || spaced || add ? Impl::Native : bn_impl();
   const bool relu = relu_y.defined();
   OpRange range(relu ? "batch_norm_relu_backward_train" : "batch_norm_backward_train", bn_impl_name(which));
   const Tensor x = spaced ? x_in : x_in.contiguous(), dy = dy_in.contiguous();
-  ops::BatchNormGrads out = new_grads(x);
+  ops::BatchNormGrads out = new_grads(x, !add);
   if (x.size(1) == 0) return out;
   if (which == Impl::Library) {
     // cuDNN's backward has no mask: the masked gradient is materialised first.
@@ -641,7 +664,7 @@ ops::BatchNormGrads batch_norm_backward_train(const Tensor& dy_in, const Tensor&
     cudnn_backward_train(op, dz, x, gamma, save_mean, save_invstd, out);
   } else {
     const Tensor mask = relu ? relu_y.contiguous() : Tensor();
-    native_backward(dy, x, gamma, save_mean, save_invstd, Tensor(), 0.0, true, mask, out);
+    native_backward(dy, x, gamma, save_mean, save_invstd, Tensor(), 0.0, true, mask, out, dx_into);
   }
   return out;
 }

@@ -119,9 +119,15 @@ bool sample_contiguous(const Tensor& x);
 /// `relu_y`: undefined for a plain BatchNorm; for a fused BatchNorm-ReLU, its output y. The gradient
 /// then passes only where y > 0 (relu_backward's rule), applied inside the kernels: the results equal
 /// batch_norm_backward_*(relu_backward(dy, y), ...).
+///
+/// `dx_into` (training only), when defined: the input gradient is *added* into it instead of returned
+/// (grads.dx stays undefined) — a view of x's shape and dtype whose samples are each contiguous, e.g. a
+/// channel prefix of a dense block's gradient buffer, sharing no memory with dy, x or relu_y. The sums
+/// are the same bits as ops::add_(dx_into, batch_norm_backward_train(...).dx), without the dx tensor
+/// written and read back.
 BatchNormGrads batch_norm_backward_train(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                                          const Tensor& save_mean, const Tensor& save_invstd,
-                                         const Tensor& relu_y = Tensor());
+                                         const Tensor& relu_y = Tensor(), const Tensor& dx_into = Tensor());
 BatchNormGrads batch_norm_backward_eval(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                                         const Tensor& running_mean, const Tensor& running_var,
                                         double eps, const Tensor& relu_y = Tensor());

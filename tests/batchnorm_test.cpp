@@ -246,6 +246,54 @@ TEST(BatchNormTest, TrainingReadsAChannelPrefixInPlace) {
   }
 }
 
+// dx_into: the input gradient added into a channel prefix of a bigger gradient buffer (the training
+// dense block's G) gives the same bits as the returned dx added there by ops::add_, without or with the
+// ReLU mask, at batch 3 and 1; the channels beyond the prefix are untouched.
+TEST(BatchNormTest, BackwardAddsDxIntoAChannelPrefix) {
+  Generator gen(17);
+  for (DType dt : {DType::Float32, DType::Float64})
+    for (int64_t n : {3, 1})
+      for (bool relu : {false, true}) {
+        SCOPED_TRACE(std::string(dtype_name(dt)) + " batch " + std::to_string(n) + (relu ? " relu" : ""));
+        const Tensor wide = Tensor::normal({n, 7, 4, 5}, 0.2, 1, gen, dt);
+        const Tensor x = wide.narrow(1, 0, 4);
+        const Tensor gamma = Tensor::uniform({4}, 0.5, 1.5, gen, dt), beta = Tensor::uniform({4}, -0.5, 0.5, gen, dt);
+        const Tensor dy = Tensor::normal({n, 4, 4, 5}, 0, 1, gen, dt);
+        Tensor rm = Tensor::zeros({4}, dt), rv = Tensor::ones({4}, dt);
+        const auto f = ops::batch_norm_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5,
+                                                     relu ? ops::BnAct::Relu : ops::BnAct::None);
+        const Tensor mask = relu ? f.y : Tensor();
+        const Tensor G0 = Tensor::normal({n, 9, 4, 5}, 0, 1, gen, dt);  // the buffer, 9 > 4 channels
+        Tensor G_ref = G0.clone(), G = G0.clone();
+        const auto ref = ops::batch_norm_backward_train(dy, x, gamma, f.save_mean, f.save_invstd, mask);
+        Tensor head = G_ref.narrow(1, 0, 4);
+        ops::add_(head, ref.dx);
+        const auto got = ops::batch_norm_backward_train(dy, x, gamma, f.save_mean, f.save_invstd, mask, G.narrow(1, 0, 4));
+        EXPECT_FALSE(got.dx.defined()) << "added in, not returned";
+        EXPECT_EQ(ops::max_abs_diff(G, G_ref), 0.0);
+        EXPECT_EQ(ops::max_abs_diff(got.dgamma, ref.dgamma), 0.0);
+        EXPECT_EQ(ops::max_abs_diff(got.dbeta, ref.dbeta), 0.0);
+        EXPECT_EQ(ops::max_abs_diff(G.narrow(1, 4, 5), G0.narrow(1, 4, 5)), 0.0) << "beyond the prefix";
+        EXPECT_GT(ops::max_abs_diff(G, G0), 0.0);
+      }
+  // Errors: the wrong shape, a layout whose samples are not contiguous, memory shared with dy.
+  const Tensor x = Tensor::normal({2, 3, 4, 4}, 0, 1, gen);
+  const Tensor gamma = Tensor::ones({3}), dy = Tensor::normal({2, 3, 4, 4}, 0, 1, gen);
+  Tensor rm = Tensor::zeros({3}), rv = Tensor::ones({3});
+  const auto f = ops::batch_norm_forward_train(x, gamma, Tensor::zeros({3}), rm, rv, 0.1, 1e-5);
+  auto expect_refused = [&](const Tensor& into, const std::string& part) {
+    try {
+      ops::batch_norm_backward_train(dy, x, gamma, f.save_mean, f.save_invstd, Tensor(), into);
+      ADD_FAILURE() << "accepted: " << part;
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  };
+  expect_refused(Tensor::zeros({2, 4, 4, 4}), "dx_into must match the input (2, 3, 4, 4)");
+  expect_refused(Tensor::zeros({2, 3, 4, 8}).narrow(3, 0, 4), "each sample's values contiguously");
+  expect_refused(dy, "shares memory");
+}
+
 TEST(BatchNormTest, Float32StatisticsAccumulateInDouble) {
   // 2^18 values near 1000 in one channel. A float accumulator loses digits as the sum grows past
   // 2^24 (error ~1e-2 and more in the mean); a double one keeps the mean to float's own rounding.

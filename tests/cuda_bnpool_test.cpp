@@ -385,6 +385,41 @@ TEST_P(CudaOpTest, BatchNormTrainingReadsAChannelPrefix) {
   }
 }
 
+// dx_into on the GPU (the training dense block's G): the native backward adds dx into a channel prefix
+// with the same bits as the returned dx added by ops::add_ — under LADNN_BN=cudnn too (adding in is
+// native) — float4 and scalar paths, and matches the CPU.
+TEST_P(CudaOpTest, BatchNormBackwardAddsDxIntoAChannelPrefix) {
+  Generator gen(109);
+  for (const Shape& full : {Shape{3, 12, 8, 8}, Shape{2, 9, 5, 7}, Shape{1, 40, 7, 7}}) {
+    SCOPED_TRACE(shape_str(full));
+    const int64_t C = full[1] - 3;
+    const Tensor cbuf = Tensor::normal(full, 0.5, 2.0, gen);
+    const Tensor buf = gpu(cbuf);
+    const Tensor prefix = buf.narrow(1, 0, C);
+    const Tensor g = Tensor::uniform({C}, 0.5, 1.5, gen), b = Tensor::uniform({C}, -0.5, 0.5, gen);
+    const Tensor dy = Tensor::normal(prefix.shape(), 0, 1, gen);
+    const Tensor G0 = Tensor::normal({full[0], full[1] + 2, full[2], full[3]}, 0, 1, gen);
+    Tensor rm = gpu(Tensor::zeros({C})), rv = gpu(Tensor::ones({C}));
+    const auto f = ops::batch_norm_forward_train(prefix, gpu(g), gpu(b), rm, rv, 0.1, 1e-5, ops::BnAct::Relu);
+    Tensor G_ref = gpu(G0), G = gpu(G0);
+    const auto ref = ops::batch_norm_backward_train(gpu(dy), prefix, gpu(g), f.save_mean, f.save_invstd, f.y);
+    Tensor head = G_ref.narrow(1, 0, C);
+    ops::add_(head, ref.dx);
+    const auto got =
+        ops::batch_norm_backward_train(gpu(dy), prefix, gpu(g), f.save_mean, f.save_invstd, f.y, G.narrow(1, 0, C));
+    EXPECT_FALSE(got.dx.defined());
+    EXPECT_TRUE(cuda_test::gpu_equals("G", G, G_ref.to(Device::cpu()).to(DType::Float64)));
+    EXPECT_TRUE(cuda_test::gpu_equals("dgamma", got.dgamma, ref.dgamma.to(Device::cpu()).to(DType::Float64)));
+    // Against the CPU in float64 (same forward statistics, from the GPU's y mask and saved values).
+    Tensor G64 = f64(G0);
+    const Tensor y64 = f.y.to(Device::cpu()).to(DType::Float64);
+    ops::batch_norm_backward_train(f64(dy), f64(cbuf.narrow(1, 0, C)), f64(g),
+                                   f.save_mean.to(Device::cpu()).to(DType::Float64),
+                                   f.save_invstd.to(Device::cpu()).to(DType::Float64), y64, G64.narrow(1, 0, C));
+    EXPECT_TRUE(gpu_matches("G against the CPU", G, G64, elem_tol(G64)));
+  }
+}
+
 // gamma, beta and the running statistics as every-other-element views of a longer buffer (the CPU
 // accepts any stride; cuDNN needs contiguous vectors and gets copies, updated back in place). The
 // running statistics must change at the even elements only.

@@ -166,13 +166,16 @@ void forward_eval_kernel(const Tensor& x, const Tensor& gamma, const Tensor& bet
 template <typename T>
 void backward_kernel(const Tensor& dy, const Tensor& x, const Tensor& gamma, const std::vector<double>& mean,
                      const std::vector<double>& invstd, bool through_stats, const Tensor& relu_y,
-                     const BatchNormGrads& out) {
+                     const BatchNormGrads& out, const Tensor& dx_into = Tensor()) {
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   const int64_t sN = N > 1 ? x.strides()[0] : C * HW;  // x sample-contiguous; dy, relu_y, dx contiguous
+  // dx_into (sample-contiguous, samples sD apart) takes dx added in; otherwise out.dx is written.
+  const bool add = dx_into.defined();
+  const int64_t sD = add && N > 1 ? dx_into.strides()[0] : C * HW;
   const double n = static_cast<double>(N * HW);
   const T* px = x.data<T>();
   const T* pdy = dy.data<T>();
-  T* pdx = out.dx.data<T>();
+  T* pdx = add ? dx_into.data<T>() : out.dx.data<T>();
   T* pdgamma = out.dgamma.data<T>();
   T* pdbeta = out.dbeta.data<T>();
   const T* pmask = relu_y.defined() ? relu_y.data<T>() : nullptr;
@@ -203,8 +206,14 @@ void backward_kernel(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
     for (int64_t i = 0; i < N; ++i) {
       const int64_t base = (i * C + c) * HW;
       const T* xp = px + i * sN + c * HW;
-      for (int64_t k = 0; k < HW; ++k)
-        pdx[base + k] = static_cast<T>(k_dy * (grad_at(base + k) - mean_dy - (xp[k] - mu) * proj));
+      if (add) {
+        T* dp = pdx + i * sD + c * HW;
+        for (int64_t k = 0; k < HW; ++k)
+          dp[k] = dp[k] + static_cast<T>(k_dy * (grad_at(base + k) - mean_dy - (xp[k] - mu) * proj));
+      } else {
+        for (int64_t k = 0; k < HW; ++k)
+          pdx[base + k] = static_cast<T>(k_dy * (grad_at(base + k) - mean_dy - (xp[k] - mu) * proj));
+      }
     }
   }
 }
@@ -232,10 +241,26 @@ std::vector<double> to_doubles(const Tensor& t) {
   return t.to_vector();
 }
 
-BatchNormGrads alloc_grads(const Tensor& x) {
+BatchNormGrads alloc_grads(const Tensor& x, bool with_dx = true) {
   const Shape c_shape{x.size(1)};
-  return {Tensor::empty(x.shape(), x.dtype(), x.device()), Tensor::empty(c_shape, x.dtype(), x.device()),
-          Tensor::empty(c_shape, x.dtype(), x.device())};
+  return {with_dx ? Tensor::empty(x.shape(), x.dtype(), x.device()) : Tensor(),
+          Tensor::empty(c_shape, x.dtype(), x.device()), Tensor::empty(c_shape, x.dtype(), x.device())};
+}
+
+// dx_into, when given: x's shape, dtype and device, samples each contiguous, no memory shared with the
+// tensors the backward reads.
+void check_dx_into(const std::string& op, const Tensor& dx_into, const Tensor& dy, const Tensor& x,
+                   const Tensor& relu_y) {
+  if (!dx_into.defined()) return;
+  check(dx_into.shape() == x.shape() && dx_into.dtype() == x.dtype() && dx_into.device() == x.device(),
+        op + ": dx_into must match the input " + shape_str(x.shape()) + " " + dtype_name(x.dtype()) + " on " +
+            x.device().str() + ", got " + shape_str(dx_into.shape()) + " " + dtype_name(dx_into.dtype()) + " on " +
+            dx_into.device().str());
+  check(sample_contiguous(dx_into), op + ": dx_into must hold each sample's values contiguously (strides " +
+                                        shape_str(dx_into.strides()) + ")");
+  for (const Tensor* t : {&dy, &x, &relu_y})
+    check(!t->defined() || !dx_into.shares_storage(*t),
+          op + ": dx_into shares memory with an input of the backward; the gradient is added into it in place");
 }
 
 }  // namespace
@@ -293,7 +318,8 @@ Tensor batch_norm_forward_eval(const Tensor& x, const Tensor& gamma, const Tenso
 }
 
 BatchNormGrads batch_norm_backward_train(const Tensor& dy, const Tensor& x, const Tensor& gamma,
-                                         const Tensor& save_mean, const Tensor& save_invstd, const Tensor& relu_y) {
+                                         const Tensor& save_mean, const Tensor& save_invstd, const Tensor& relu_y,
+                                         const Tensor& dx_into) {
   const std::string op = "batch_norm_backward_train";
   check_bn_input(op, x);
   check_dy(op, dy, x);
@@ -301,15 +327,17 @@ BatchNormGrads batch_norm_backward_train(const Tensor& dy, const Tensor& x, cons
   check_channel_vector(op, "save_mean", save_mean, x, true);
   check_channel_vector(op, "save_invstd", save_invstd, x, true);
   check_relu_y(op, relu_y, x);
-  if (x.device().is_cuda()) return cuda::batch_norm_backward_train(dy, x, gamma, save_mean, save_invstd, relu_y);
+  check_dx_into(op, dx_into, dy, x, relu_y);
+  if (x.device().is_cuda())
+    return cuda::batch_norm_backward_train(dy, x, gamma, save_mean, save_invstd, relu_y, dx_into);
   const Tensor xc = sample_contiguous(x) ? x : x.contiguous(), dyc = dy.contiguous();
   const Tensor mask = relu_y.defined() ? relu_y.contiguous() : Tensor();
-  BatchNormGrads out = alloc_grads(x);
+  BatchNormGrads out = alloc_grads(x, !dx_into.defined());
   const std::vector<double> mean = to_doubles(save_mean), invstd = to_doubles(save_invstd);
   if (x.dtype() == DType::Float32)
-    backward_kernel<float>(dyc, xc, gamma, mean, invstd, true, mask, out);
+    backward_kernel<float>(dyc, xc, gamma, mean, invstd, true, mask, out, dx_into);
   else
-    backward_kernel<double>(dyc, xc, gamma, mean, invstd, true, mask, out);
+    backward_kernel<double>(dyc, xc, gamma, mean, invstd, true, mask, out, dx_into);
   return out;
 }
 
