@@ -27,7 +27,9 @@
 //
 // --loss-curve N: from the same initial weights and the same 4 batches of 32 (cycled), N Adam steps in
 // ladnn and in PyTorch; prints both loss curves and their largest difference.
-// --profile: the per-op timer (cuda/profiler.h) over the timed steps of each row, printed after the table.
+// --profile: the per-op timer (cuda/profiler.h) over the timed steps of each row, printed after the table;
+// for graph rows, over as many replays of a second capture whose ops' events are graph nodes (GPU time
+// per op without host gaps; the row's own figure is timed without them).
 // --graph-kernels N: what each graph row's replay launches, counted by kernel name (cuda::Graph's
 // kernel_summary), the N most frequent — where the nodes of a latency-bound replay go.
 #include <algorithm>
@@ -187,6 +189,7 @@ Row run_one(const BenchOptions& o, const std::string& work, int64_t batch, Devic
   r.batch = batch;
   r.graph = graph;
   cuda::Graph cuda_graph;
+  std::function<void()> body;  // graph rows: the step the graph replays
   if (graph) {
     cuda_graph.set_kernel_summary(o.graph_kernels > 0);
     try {
@@ -213,10 +216,11 @@ Row run_one(const BenchOptions& o, const std::string& work, int64_t batch, Devic
       if (rest) std::cerr << "  " << rest << " more in " << (kernels.size() - o.graph_kernels) << " other kernels\n";
     }
     if (gpu) cuda::release_cached();  // the eager warm-up's cache: a graph user would not keep it
+    body = step;
     step = [&] { cuda_graph.replay(); };
     for (int i = 0; i < o.warmup; ++i) step();
   }
-  if (o.profile && gpu) {
+  if (o.profile && gpu && !graph) {
     cuda::synchronize();
     cuda::profiler::reset();
     cuda::profiler::set_enabled(true);
@@ -230,9 +234,29 @@ Row run_one(const BenchOptions& o, const std::string& work, int64_t batch, Devic
   } else {
     r.peak_bytes = cpu_memory_stats().peak_bytes;  // tensor storage on the host, the same measure
   }
+  if (o.profile && gpu && graph) {
+    // The per-op profile of the replay: the same step captured again with every op's events as nodes
+    // of the graph (cuda/profiler.h capture timing), replayed and read after each replay. Timed apart
+    // from the row's figure (the event nodes cost a little).
+    cuda::synchronize();
+    cuda::profiler::reset();
+    cuda::profiler::set_enabled(true);
+    cuda::profiler::set_capture_timing(true);
+    try {
+      cuda::Graph profiled;
+      profiled.capture(body);
+      for (int i = 0; i < o.steps; ++i) {
+        profiled.replay();
+        cuda::profiler::collect_captured();
+      }
+    } catch (const std::exception& e) {
+      std::cerr << "bench: the profiled capture failed: " << e.what() << "\n";
+    }
+    cuda::profiler::set_capture_timing(false);
+  }
   if (o.profile && gpu) {
     cuda::profiler::set_enabled(false);
-    std::cerr << "\nper-op profile: " << work << (graph ? " (graph replays: not timed per op)" : "")
+    std::cerr << "\nper-op profile: " << work << (graph ? " (graph replays, GPU time per op)" : " (eager)")
               << ", batch " << batch << ", " << o.steps << " steps\n"
               << cuda::profiler::table();
     cuda::profiler::reset();

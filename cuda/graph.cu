@@ -150,6 +150,9 @@ void Graph::capture(const std::function<void()>& fn, bool plan_memory) {
 void Graph::capture_once(const std::function<void()>& fn, PoolMode mode, std::vector<PlanBlock>& blocks,
                          const MemoryPlan& plan) {
   reset();
+  // Timed ranges (profiler capture timing) belong to the capture that is about to run, not to an
+  // attempt before it (a planned capture runs fn more than once).
+  if (profiler::capture_timing()) profiler::set_capture_timing(true);
   static std::atomic<uint64_t> next_pool{1};
   cudaStream_t st = stream();
   pool_ = next_pool++;

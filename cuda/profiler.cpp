@@ -67,6 +67,10 @@ struct State {
 #endif
   std::vector<int> free_slots;
   std::vector<Pending> pending;
+  // Ranges timed inside graph captures: their events are nodes of a graph, recorded by each replay,
+  // so their slots are never returned to the pool (a live graph may record them again).
+  bool capture_timing = false;
+  std::vector<Pending> captured;
   bool print_at_exit = false;  // LADNN_PROFILE=1: print the table when the program ends
   bool atexit_registered = false;
 };
@@ -78,6 +82,18 @@ State& state() {
 }
 
 #ifdef LADNN_HAVE_CUDA
+// Adds one timed call of (op, impl).
+void add_locked(State& s, const Pending& p, float ms) {
+  profiler::OpStat& st = s.stats[{p.op, p.impl}];
+  if (st.calls == 0) {
+    st.op = p.op;
+    st.impl = p.impl;
+  }
+  st.calls += 1;
+  st.total_ms += ms;
+  if (!p.nested) st.outermost_ms += ms;
+}
+
 // Reads every pending pair into the statistics and frees the slots. Errors (a sticky CUDA error, a
 // context already torn down at exit) drop the pending records: timing must never break the program.
 void flush_locked(State& s) {
@@ -85,14 +101,7 @@ void flush_locked(State& s) {
     auto [start, stop] = s.events[p.slot];
     float ms = 0.0f;
     if (cudaEventSynchronize(stop) == cudaSuccess && cudaEventElapsedTime(&ms, start, stop) == cudaSuccess) {
-      profiler::OpStat& st = s.stats[{p.op, p.impl}];
-      if (st.calls == 0) {
-        st.op = p.op;
-        st.impl = p.impl;
-      }
-      st.calls += 1;
-      st.total_ms += ms;
-      if (!p.nested) st.outermost_ms += ms;
+      add_locked(s, p, ms);
     } else {
       cudaGetLastError();  // clear a non-sticky error so the next CUDA call starts clean
     }
@@ -175,6 +184,36 @@ std::vector<OpStat> stats() {
   return out;
 }
 
+void set_capture_timing(bool on) {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (on) s.captured.clear();  // the slots stay out of the pool: an older graph may still record them
+  s.capture_timing = on;
+}
+
+bool capture_timing() {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  return s.capture_timing;
+}
+
+std::size_t collect_captured() {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  std::size_t read = 0;
+#ifdef LADNN_HAVE_CUDA
+  if (!s.captured.empty()) CUDA_CHECK(cudaStreamSynchronize(stream()));
+  for (const Pending& p : s.captured) {
+    auto [start, stop] = s.events[p.slot];
+    float ms = 0.0f;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    add_locked(s, p, ms);
+    ++read;
+  }
+#endif
+  return read;
+}
+
 std::string kernel_display_name(const char* mangled) {
   if (!mangled) return "(unnamed)";
   int status = 0;
@@ -242,15 +281,23 @@ OpRange::OpRange(const char* op, const char* impl) : op_(op), impl_(impl) {
   pushed_ = true;
   if (!profiler::enabled()) return;
   try {
-    // Events recorded during stream capture become graph nodes and cannot be timed: skip.
+    // During a stream capture an event record is a graph node: timed only with capture timing on,
+    // as an external event-record node that every replay records.
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     CUDA_CHECK(cudaStreamIsCapturing(stream(), &capture));
-    if (capture != cudaStreamCaptureStatusNone) return;
     State& s = state();
     std::lock_guard<std::mutex> lock(s.mu);
+    if (capture != cudaStreamCaptureStatusNone && !(capture == cudaStreamCaptureStatusActive && s.capture_timing))
+      return;
+    captured_ = capture != cudaStreamCaptureStatusNone;
     const int slot = acquire_slot_locked(s);
-    if (cudaEventRecord(s.events[slot].first, stream()) != cudaSuccess) {
+    const cudaError_t rec = captured_
+                                ? cudaEventRecordWithFlags(s.events[slot].first, stream(), cudaEventRecordExternal)
+                                : cudaEventRecord(s.events[slot].first, stream());
+    if (rec != cudaSuccess) {
+      cudaGetLastError();
       s.free_slots.push_back(slot);
+      captured_ = false;
       return;
     }
     slot_ = slot;
@@ -272,7 +319,13 @@ OpRange::~OpRange() {
     try {
       State& s = state();
       std::lock_guard<std::mutex> lock(s.mu);
-      if (cudaEventRecord(s.events[slot_].second, stream()) == cudaSuccess) {
+      if (captured_) {
+        // The slot belongs to the graph now, even if this record failed (its start is a node).
+        if (cudaEventRecordWithFlags(s.events[slot_].second, stream(), cudaEventRecordExternal) == cudaSuccess)
+          s.captured.push_back({op_, impl_, slot_, nested_});
+        else
+          cudaGetLastError();
+      } else if (cudaEventRecord(s.events[slot_].second, stream()) == cudaSuccess) {
         s.pending.push_back({op_, impl_, slot_, nested_});
         if (s.pending.size() >= kMaxPending) flush_locked(s);
       } else {

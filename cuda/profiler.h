@@ -17,9 +17,13 @@
 // The timer is off by default; LADNN_PROFILE=1 in the environment (read at first use) or
 // profiler::set_enabled(true) turns it on. When on, each OpRange records a CUDA event before and after
 // the op's work on cuda::stream(); the elapsed times are read lazily (flush) — which synchronises — so
-// the timer adds host synchronisation and must not be used while capturing a CUDA graph (ranges
-// opened while the stream is capturing are not timed). With LADNN_PROFILE=1 the table is printed to
-// stderr when the program exits.
+// the timer adds host synchronisation. Ranges opened while the stream is capturing a CUDA graph are
+// not timed — unless capture timing is on (set_capture_timing): then each range's two events become
+// event-record nodes of the graph (cudaEventRecordExternal), every replay records them, and
+// collect_captured() after a replay adds each range's time in that replay to the table. That is the
+// per-op profile of a replayed step: GPU time only, no host gaps between ops (an eager step's ranges
+// include the host's launch gaps). With LADNN_PROFILE=1 the table is printed to stderr when the
+// program exits.
 //
 // Nested ranges (an op that calls another op) are timed too; their time is also inside the parent's,
 // so "share" is each row's total over the summed time of the *outermost* ranges, and nested rows add
@@ -56,6 +60,17 @@ std::vector<OpStat> stats();
 /// The key-averages table (op, impl, calls, total ms, mean ms, share %); "" when nothing was recorded.
 std::string table();
 
+/// With capture timing on (and the timer enabled), ranges opened during a stream capture are timed
+/// inside the graph (see above). Off by default. Turning it on, and each cuda::Graph capture while it
+/// is on, forgets the ranges of earlier captures (their events stay alive, for graphs that may still
+/// record them): collect_captured() reads the latest capture's.
+void set_capture_timing(bool on);
+bool capture_timing();
+/// After a replay of a graph captured with capture timing: waits for the replay and adds each captured
+/// range's time in it to the statistics (one call per range per collect). Returns how many ranges were
+/// read (0 when the latest capture timed none).
+std::size_t collect_captured();
+
 /// A kernel's name as tables show it: demangled, without the parameter list and a leading "void"
 /// ("void ns::k<float>(float const*, int)" -> "ns::k<float>"); a C name stays; null -> "(unnamed)".
 std::string kernel_display_name(const char* mangled);
@@ -79,6 +94,7 @@ class OpRange {
   int slot_ = -1;       // index of this range's event pair in the profiler's pool, -1 when not timed
   bool nested_ = false;  // another OpRange was open on this thread when this one started
   bool pushed_ = false;  // an NVTX range was pushed (popped by the destructor)
+  bool captured_ = false;  // timed inside a graph capture (event-record nodes)
 };
 
 /// A pair of CUDA events on cuda::stream() for benches and tools that time their own regions without

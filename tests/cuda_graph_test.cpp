@@ -10,6 +10,7 @@
 #include <string>
 
 #include "cuda/graph.h"
+#include "cuda/profiler.h"
 #include "tests/cuda_test_util.h"
 #include "models/graphed_step.h"
 #include "models/ladnn.h"
@@ -496,6 +497,49 @@ TEST(CudaGraph, AConvolutionFirstSeenInACaptureIsNamed) {
   EXPECT_FALSE(g.captured());
   ops::conv2d_forward(x, w, Tensor(), ops::Conv2dParams{});  // the stream is usable; eagerly it runs
   cuda::synchronize();
+}
+
+// The per-op profile of a replay (cuda/profiler.h capture timing): with it on, the ops captured become
+// timed ranges inside the graph, and each collect after a replay adds one call per range; without it a
+// capture times nothing. The graph computes the same either way.
+TEST(CudaGraph, CaptureTimingProfilesEachReplayedOp) {
+  LADNN_REQUIRE_GPU();
+  Generator gen(41);
+  const Tensor a = to_gpu(Tensor::normal({64, 96}, 0, 1, gen)), b = to_gpu(Tensor::normal({96, 32}, 0, 1, gen));
+  Tensor out;
+  auto body = [&] { out = ops::matmul(ops::matmul(a, b), b, false, true); };  // two timed ops
+  body();  // eager first (cuBLAS handles, workspaces)
+  const Tensor expected = to_cpu(out);
+  struct Restore {
+    ~Restore() {
+      cuda::profiler::set_capture_timing(false);
+      cuda::profiler::set_enabled(false);
+      cuda::profiler::reset();
+    }
+  } restore;
+  cuda::profiler::reset();
+  cuda::profiler::set_enabled(true);
+  {
+    cuda::Graph plain;  // capture timing off: nothing inside the graph is timed
+    plain.capture(body);
+    plain.replay();
+    EXPECT_EQ(cuda::profiler::collect_captured(), 0u);
+    EXPECT_TRUE(cuda::profiler::stats().empty());
+  }
+  cuda::profiler::set_capture_timing(true);
+  cuda::Graph g;
+  g.capture(body);
+  for (int i = 0; i < 2; ++i) {
+    g.replay();
+    EXPECT_EQ(cuda::profiler::collect_captured(), 2u) << "the two GEMMs";
+  }
+  EXPECT_TRUE(gpu_matches("the timed graph's output", out, expected.to(DType::Float64), Tol{1e-4, 1e-4}));
+  const std::vector<cuda::profiler::OpStat> rows = cuda::profiler::stats();
+  ASSERT_EQ(rows.size(), 1u) << cuda::profiler::table();
+  EXPECT_EQ(rows[0].op, "matmul");
+  EXPECT_EQ(rows[0].calls, 4) << "two ranges, two replays";
+  EXPECT_GT(rows[0].total_ms, 0.0);
+  EXPECT_GT(rows[0].outermost_ms, 0.0);
 }
 
 // A planned graph's arena is never handed out while the graph or a block made in it lives; afterwards it

@@ -40,11 +40,14 @@
 #                    the lever's before), then which 1x1 shapes the default search gave to cuBLAS
 #                    (LADNN_CUDNN_LOG=1, inference at batches 1 and 32, counted per pass) and the kernels
 #                    a batch-1 inference replay launches (--graph-kernels)
+#        graph-profile  the per-op profile of replayed steps (training at 32 and 64, inference at 1 and
+#                    32): each graph captured again with its ops' events as graph nodes, GPU time per op
+#                    without host gaps (cuda/profiler.h capture timing); the top rows of each table
 #        loop        the trainer's graphed loop over host batches at 32 and 64: waiting for each step
 #                    ("loop sync", the old `ladnn train --cuda-graph`) against one step ahead ("loop
 #                    ahead", pinned slots and queued copies) — what the app loses around the step
 # LADNN_CHECK_STEPS picks the steps (comma-separated names: info,tests,sanitizer,kernels,bench,before,
-# cudnn-bn,memory,profile,tf32-off,conv1x1,graph-plan,native-conv,loop; default all but the comparisons, which need the time of a
+# cudnn-bn,memory,profile,graph-profile,tf32-off,conv1x1,graph-plan,native-conv,loop; default all but the comparisons, which need the time of a
 # second call).
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to
 # device-check-out/.
@@ -244,6 +247,17 @@ if want conv1x1; then
 fi
 want loop && compare loop timeout "$T_COMPARE" "$B/ladnn" bench --batches 32,64 --work loop --torch off \
   --steps 20 --warmup 3
+if want graph-profile; then
+  section "7. graph-profile: GPU time per op inside replayed steps"
+  for spec in "train 32,64" "infer 1,32"; do
+    set -- $spec
+    timeout "$T_COMPARE" "$B/ladnn" bench --work "$1" --batches "$2" --graph on --profile --torch off --steps 5 \
+      --warmup 2 >"$OUTDIR/graph_profile_$1.log" 2>&1
+    echo "$1 $2: exit status $?"
+    awk '/^per-op profile/ {print; n = 18; next} n > 0 {print; n--; next} /^total \(outermost\)/' \
+      "$OUTDIR/graph_profile_$1.log"
+  done
+fi
 want profile && compare profile timeout "$T_COMPARE" "$B/ladnn" bench --batches 32 --work train --graph off \
   --profile --torch off --steps 5 --warmup 2
 
