@@ -124,7 +124,8 @@ PinnedBuffer::PinnedBuffer(std::size_t nbytes) : size_(nbytes) {
 }
 
 PinnedBuffer::~PinnedBuffer() {
-  // cudaFreeHost waits for queued copies from or into the buffer; its status has nowhere to go here.
+  // Whoever queued copies from or into the buffer waits for them first (a StreamEvent); the status of
+  // cudaFreeHost has nowhere to go from a destructor.
   if (ptr_) cudaFreeHost(ptr_);
 }
 

@@ -14,6 +14,14 @@ bool same_layout(const Tensor& a, const Tensor& b) {
   return a.defined() && b.defined() && a.shape() == b.shape() && a.dtype() == b.dtype();
 }
 
+// Fewer rows of the same kind: a's shape is b's with a smaller first dimension, same dtype.
+bool fewer_rows(const Tensor& a, const Tensor& b) {
+  if (!a.defined() || !b.defined() || a.dtype() != b.dtype() || a.dim() != b.dim() || a.dim() == 0) return false;
+  for (int64_t d = 1; d < a.dim(); ++d)
+    if (a.size(d) != b.size(d)) return false;
+  return a.size(0) < b.size(0);
+}
+
 std::size_t bytes_of(const Tensor& t) { return static_cast<std::size_t>(t.numel()) * dtype_size(t.dtype()); }
 
 // A host copy of `t` (on any device) that nobody else writes to.
@@ -36,7 +44,7 @@ GraphedTrainStep::~GraphedTrainStep() {
       if (s.done) s.done->wait();
     } catch (...) {  // a failed device has nothing left to wait for
     }
-  }
+  }  // (PinnedBuffer's cudaFreeHost is not documented to wait for queued copies: hence the waits)
   // The outputs live in the graph's pool: let them go first, then the graph.
   loss_out_ = Tensor();
   logit_out_ = Tensor();
@@ -97,18 +105,27 @@ void GraphedTrainStep::settle() {
 
 void GraphedTrainStep::allocate(const Tensor& images, const Tensor& covid, const Tensor& lesions,
                                 const Tensor& lesion_mask) {
-  images_ = Tensor::empty(images.shape(), images.dtype(), device_);
-  covid_ = Tensor::empty(covid.shape(), covid.dtype(), device_);
-  lesions_ = Tensor::empty(lesions.shape(), lesions.dtype(), device_);
-  mask_ = Tensor::empty(lesion_mask.shape(), lesion_mask.dtype(), device_);
+  // Everything is made first and kept only when all of it was: a failure leaves no half-set state.
+  Tensor im = Tensor::empty(images.shape(), images.dtype(), device_);
+  Tensor co = Tensor::empty(covid.shape(), covid.dtype(), device_);
+  Tensor le = Tensor::empty(lesions.shape(), lesions.dtype(), device_);
+  Tensor ma = Tensor::empty(lesion_mask.shape(), lesion_mask.dtype(), device_);
   // Out: the loss (one value) and the (N, 1) logits, of the parameters' dtype.
   const DType dt = model_.parameters().front().tensor().dtype();
   const std::size_t out_bytes = (1 + static_cast<std::size_t>(images.size(0))) * dtype_size(dt);
-  for (Slot& s : slots_) {
-    s.in = cuda::PinnedBuffer(bytes_of(images_) + bytes_of(covid_) + bytes_of(lesions_) + bytes_of(mask_));
+  Slot made[2];
+  for (Slot& s : made) {
+    s.in = cuda::PinnedBuffer(bytes_of(im) + bytes_of(co) + bytes_of(le) + bytes_of(ma));
     s.out = cuda::PinnedBuffer(out_bytes);
-    if (!s.done) s.done = std::make_unique<cuda::StreamEvent>();
+    s.done = std::make_unique<cuda::StreamEvent>();
   }
+  for (Slot& s : slots_)
+    if (s.done) s.done->wait();  // the old slots' copies are done before their memory goes
+  for (int i = 0; i < 2; ++i) slots_[i] = std::move(made[i]);
+  images_ = std::move(im);
+  covid_ = std::move(co);
+  lesions_ = std::move(le);
+  mask_ = std::move(ma);
 }
 
 void GraphedTrainStep::submit(const Tensor& images, const Tensor& covid, const Tensor& lesions,
@@ -119,22 +136,27 @@ void GraphedTrainStep::submit(const Tensor& images, const Tensor& covid, const T
     owed_.push_back({-1, eager(images, covid, lesions, lesion_mask)});
     return;
   }
-  bool recapture = !graph_ || opt_.lr() != graph_lr_;
+  const bool recapture = !graph_ || opt_.lr() != graph_lr_;
   const bool same = same_layout(images, images_) && same_layout(covid, covid_) &&
                     same_layout(lesions, lesions_) && same_layout(lesion_mask, mask_);
   if (images_.defined() && !same) {
-    // A smaller batch (an epoch's last) runs eagerly and the graph stays for the full ones; a larger
-    // one (the graph was captured on a short batch) takes the graph's place.
+    // A batch of fewer rows (an epoch's last) runs eagerly and the graph stays for the full ones. Any
+    // other layout (more rows, another image size or dtype) replaces the graph: this batch runs eagerly
+    // — its shapes' cuDNN algorithms are searched there, which a capture cannot do — and the next batch
+    // of its layout is captured.
     settle();  // every step in flight reads its result before anything changes under it
-    if (images.dim() == 4 && images.size(0) <= images_.size(0)) {
-      owed_.push_back({-1, eager(images, covid, lesions, lesion_mask)});
-      return;
+    const bool shorter = fewer_rows(images, images_) && fewer_rows(covid, covid_) &&
+                         fewer_rows(lesions, lesions_) && fewer_rows(lesion_mask, mask_) &&
+                         images.size(0) == covid.size(0) && covid.size(0) == lesions.size(0) &&
+                         lesions.size(0) == lesion_mask.size(0);
+    if (!shorter) {
+      loss_out_ = Tensor();
+      logit_out_ = Tensor();
+      graph_.reset();
+      images_ = covid_ = lesions_ = mask_ = Tensor();
     }
-    loss_out_ = Tensor();
-    logit_out_ = Tensor();
-    graph_.reset();
-    images_ = covid_ = lesions_ = mask_ = Tensor();
-    recapture = true;
+    owed_.push_back({-1, eager(images, covid, lesions, lesion_mask)});
+    return;
   }
   if (recapture) settle();  // the old graph's outputs go with it
   if (!images_.defined()) allocate(images, covid, lesions, lesion_mask);
@@ -147,7 +169,9 @@ void GraphedTrainStep::submit(const Tensor& images, const Tensor& covid, const T
   Slot& slot = slots_[si];
   slot.done->wait();
 
-  // In: host batches through the pinned slot by queued copies; device batches straight across.
+  // In: host batches through the pinned slot by queued copies; device batches straight across. The
+  // slot's event is recorded after them at once, so that it covers them even if the capture below
+  // throws; again after the results' copies.
   auto* in = static_cast<unsigned char*>(slot.in.data());
   for (auto [src, dst] : {std::pair<const Tensor*, Tensor*>{&images, &images_}, {&covid, &covid_},
                           {&lesions, &lesions_}, {&lesion_mask, &mask_}}) {
@@ -161,6 +185,7 @@ void GraphedTrainStep::submit(const Tensor& images, const Tensor& covid, const T
     }
     in += n;
   }
+  slot.done->record();
   if (recapture) capture();
   graph_->replay();
   opt_.replayed_step();

@@ -11,7 +11,9 @@
 //                Otherwise: the first step ever runs eagerly (it creates the optimizer state and
 //                searches the cuDNN algorithms, which a capture must not do); a full-size batch after
 //                that (re)captures the step with its data in the input tensors and replays it once; a
-//                batch of another shape (an epoch's last, smaller one) runs eagerly.
+//                batch of fewer rows (an epoch's last) runs eagerly and the graph stays; a batch of any
+//                other layout (more rows, another image size or dtype) drops the graph and runs
+//                eagerly (searching its shapes' algorithms), and the next batch like it is captured.
 //
 // Same updates as the eager loop: the replay runs the captured kernels on the same parameters,
 // optimizer moments and BatchNorm buffers (fixed addresses); only what a graph freezes is watched

@@ -123,8 +123,8 @@ bool sample_contiguous(const Tensor& x);
 /// `dx_into` (training only), when defined: the input gradient is *added* into it instead of returned
 /// (grads.dx stays undefined) — a view of x's shape and dtype whose samples are each contiguous, e.g. a
 /// channel prefix of a dense block's gradient buffer, sharing no memory with dy, x or relu_y. The sums
-/// are the same bits as ops::add_(dx_into, batch_norm_backward_train(...).dx), without the dx tensor
-/// written and read back.
+/// are the same bits as ops::add_(dx_into, batch_norm_backward_train(...).dx) with the same kernels (on
+/// the GPU: the native ones, which adding in always uses), without the dx tensor written and read back.
 BatchNormGrads batch_norm_backward_train(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                                          const Tensor& save_mean, const Tensor& save_invstd,
                                          const Tensor& relu_y = Tensor(), const Tensor& dx_into = Tensor());

@@ -386,8 +386,9 @@ TEST_P(CudaOpTest, BatchNormTrainingReadsAChannelPrefix) {
 }
 
 // dx_into on the GPU (the training dense block's G): the native backward adds dx into a channel prefix
-// with the same bits as the returned dx added by ops::add_ — under LADNN_BN=cudnn too (adding in is
-// native) — float4 and scalar paths, and matches the CPU.
+// with the same bits as the native backward's returned dx added by ops::add_ (adding in is native under
+// LADNN_BN=cudnn too; at batch 1 the prefix is contiguous and the plain call would run cuDNN, so the
+// reference is forced native), float4 and scalar paths, and matches the CPU.
 TEST_P(CudaOpTest, BatchNormBackwardAddsDxIntoAChannelPrefix) {
   Generator gen(109);
   for (const Shape& full : {Shape{3, 12, 8, 8}, Shape{2, 9, 5, 7}, Shape{1, 40, 7, 7}}) {
@@ -402,7 +403,10 @@ TEST_P(CudaOpTest, BatchNormBackwardAddsDxIntoAChannelPrefix) {
     Tensor rm = gpu(Tensor::zeros({C})), rv = gpu(Tensor::ones({C}));
     const auto f = ops::batch_norm_forward_train(prefix, gpu(g), gpu(b), rm, rv, 0.1, 1e-5, ops::BnAct::Relu);
     Tensor G_ref = gpu(G0), G = gpu(G0);
+    const cuda::Impl saved = cuda::impl(cuda::Family::BatchNorm);
+    cuda::set_impl(cuda::Family::BatchNorm, cuda::Impl::Native);
     const auto ref = ops::batch_norm_backward_train(gpu(dy), prefix, gpu(g), f.save_mean, f.save_invstd, f.y);
+    cuda::set_impl(cuda::Family::BatchNorm, saved);
     Tensor head = G_ref.narrow(1, 0, C);
     ops::add_(head, ref.dx);
     const auto got =

@@ -365,6 +365,42 @@ TEST_P(CudaGraphTest, GraphedTrainStepMatchesTheEagerLoop) {
                             to_cpu(pe[i].second.tensor()), Tol{2e-6, 1e-5}));
 }
 
+// A batch with more rows than the graph's (or another layout) drops the graph and runs eagerly — its
+// shapes' cuDNN algorithms are searched there, which a capture cannot do — and the next batch like it
+// is captured; the losses stay those of the eager loop.
+TEST_P(CudaGraphTest, GraphedTrainStepTakesABiggerBatchEagerlyThenCapturesIt) {
+  DeterministicScope deterministic;
+  Generator gen(35);
+  const int64_t sizes[] = {2, 2, 4, 4, 4};
+  std::vector<Data> batches;
+  for (int64_t n : sizes) batches.push_back(make_data(n, gen));
+  std::vector<double> loss_e, loss_g;
+  for (bool graphed : {false, true}) {
+    auto m = tiny_ladnn(12);
+    SGD opt(m->parameters(), 0.05, 0.9);
+    std::unique_ptr<GraphedTrainStep> gs;
+    if (graphed) gs = std::make_unique<GraphedTrainStep>(*m, opt, LossConfig{});
+    for (const Data& d : batches) {
+      if (gs) {
+        loss_g.push_back(gs->step(to_cpu(d.images), to_cpu(d.covid), to_cpu(d.lesions), to_cpu(d.mask)).loss);
+      } else {
+        Variable loss = lesion_attention_loss(m->forward_heads(Variable(d.images)), d.covid, d.lesions, d.mask);
+        opt.zero_grad();
+        loss.backward();
+        opt.step();
+        loss_e.push_back(loss.tensor().item());
+      }
+    }
+    if (gs) {
+      EXPECT_EQ(gs->eager_steps(), 2);  // the first step, and the first batch of 4
+      EXPECT_EQ(gs->captures(), 2);     // on the second batch of 2 and the second of 4
+      EXPECT_EQ(gs->replays(), 3);
+    }
+  }
+  ASSERT_EQ(loss_g.size(), loss_e.size());
+  for (size_t i = 0; i < loss_e.size(); ++i) EXPECT_NEAR(loss_g[i], loss_e[i], 1e-5) << "step " << i + 1;
+}
+
 INSTANTIATE_TEST_SUITE_P(CudaImpls, CudaGraphTest, ::testing::Values(cuda::Impl::Library, cuda::Impl::Native),
                          [](const ::testing::TestParamInfo<cuda::Impl>& info) {
                            return std::string(info.param == cuda::Impl::Library ? "library" : "native");
