@@ -95,6 +95,19 @@ ChanPtr chan(const Tensor& t) {
   return {t.data<float>(), t.strides()[0]};
 }
 
+// What a backward needs to recompute the fused ReLU's mask from x (math::BnMaskFromX): gamma, beta and
+// save_invstd per channel; `on` false for the other backwards.
+struct MaskSource {
+  bool on = false;
+  ChanPtr gamma, beta, invstd;
+};
+__device__ __forceinline__ math::BnMaskFromX mask_of(const MaskSource& m, int64_t c) {
+  if (!m.on) return {};
+  const float g = m.gamma.p ? m.gamma.p[c * m.gamma.stride] : 1.0f;
+  return {true, math::bn_train_scale(g, m.invstd.p[c * m.invstd.stride]),
+          m.beta.p ? m.beta.p[c * m.beta.stride] : 0.0f};
+}
+
 // ---- native kernels (the arithmetic is in cuda/bnpool_math.h, shared with a host test) ------------------
 
 __device__ __forceinline__ Welford welford_warp(Welford w) {
@@ -142,8 +155,9 @@ __global__ void bn_stats_finalize_kernel(const float* __restrict__ partial, int6
   const math::BnChannelStats st = math::bn_merge_partials(partial + c * splits * 3, splits, eps);
   save_mean[c] = static_cast<float>(st.mean);
   save_invstd[c] = static_cast<float>(st.invstd);
-  const double g = gamma.p ? gamma.p[c * gamma.stride] : 1.0;
-  scale[c] = static_cast<float>(g * st.invstd);
+  // scale from the float gamma and saved invstd (bn_train_scale), so that a backward can recompute the
+  // ReLU's decisions from x (math::BnMaskFromX); shift = beta.
+  scale[c] = math::bn_train_scale(gamma.p ? gamma.p[c * gamma.stride] : 1.0f, save_invstd[c]);
   shift[c] = beta.p ? beta.p[c * beta.stride] : 0.0f;
   if (running_mean.p) {
     float& rm = running_mean.p[c * running_mean.stride];
@@ -237,12 +251,12 @@ __global__ void relu_inplace_kernel(float* __restrict__ y, int64_t n) {
 // relu_y (null for a plain BatchNorm) masks dy: the fused BatchNorm-ReLU's backward.
 template <int VEC>
 __global__ void bn_grad_partial_kernel(const float* __restrict__ dy, const float* __restrict__ x,
-                                       const float* __restrict__ relu_y, BnPartition p, ChanPtr mean,
-                                       float* __restrict__ partial) {
+                                       const float* __restrict__ relu_y, MaskSource from_x, BnPartition p,
+                                       ChanPtr mean, float* __restrict__ partial) {
   const int64_t c = blockIdx.x, s = blockIdx.y;
   float sum_dy, sum_dy_xmu;
   math::bn_grad_thread<VEC>(dy, x, mean.p[c * mean.stride], c, s, threadIdx.x, blockDim.x, p, sum_dy, sum_dy_xmu,
-                            relu_y);
+                            relu_y, mask_of(from_x, c));
   __shared__ float shared[32];
   sum_dy = block_sum(sum_dy, shared);
   sum_dy_xmu = block_sum(sum_dy_xmu, shared);
@@ -288,8 +302,8 @@ __global__ void bn_grad_finalize_kernel(const float* __restrict__ partial, int64
 // written.
 template <int VEC, bool ADD>
 __global__ void bn_backward_dx_kernel(const float* __restrict__ dy, const float* __restrict__ x, int64_t sN,
-                                      const float* __restrict__ relu_y, float* __restrict__ dx, int64_t sD,
-                                      int64_t total, int64_t C, int64_t HW,
+                                      const float* __restrict__ relu_y, MaskSource from_x, float* __restrict__ dx,
+                                      int64_t sD, int64_t total, int64_t C, int64_t HW,
                                       const float* __restrict__ coef_mean, const float* __restrict__ coef_k,
                                       const float* __restrict__ coef_mean_dy, const float* __restrict__ coef_proj) {
   const int64_t step = int64_t(gridDim.x) * blockDim.x * VEC;
@@ -297,6 +311,7 @@ __global__ void bn_backward_dx_kernel(const float* __restrict__ dy, const float*
     const int64_t c = (i / HW) % C;
     const float mu = __ldg(coef_mean + c), k = __ldg(coef_k + c), mdy = __ldg(coef_mean_dy + c),
                 proj = __ldg(coef_proj + c);
+    const math::BnMaskFromX m = mask_of(from_x, c);
     const int64_t xi = math::sample_offset(i, C * HW, sN);
     if constexpr (VEC == 4) {
       float d[4], v[4], r[4];
@@ -306,6 +321,8 @@ __global__ void bn_backward_dx_kernel(const float* __restrict__ dy, const float*
         float y[4];
         math::load4(relu_y + i, y);
         for (int j = 0; j < 4; ++j) d[j] = math::bn_relu_grad(d[j], y[j]);
+      } else if (m.on) {
+        for (int j = 0; j < 4; ++j) d[j] = math::bn_relu_on(v[j], mu, m) ? d[j] : 0.0f;
       }
       for (int j = 0; j < 4; ++j) r[j] = math::bn_dx(d[j], v[j], mu, k, mdy, proj);
       float* out = dx + math::sample_offset(i, C * HW, sD);
@@ -316,8 +333,9 @@ __global__ void bn_backward_dx_kernel(const float* __restrict__ dy, const float*
       }
       math::store4(out, r);
     } else {
-      const float d = relu_y ? math::bn_relu_grad(dy[i], relu_y[i]) : dy[i];
-      const float r = math::bn_dx(d, x[xi], mu, k, mdy, proj);
+      const float xv = x[xi];
+      const float d = relu_y ? math::bn_relu_grad(dy[i], relu_y[i]) : (m.on && !math::bn_relu_on(xv, mu, m) ? 0.0f : dy[i]);
+      const float r = math::bn_dx(d, xv, mu, k, mdy, proj);
       float* out = dx + math::sample_offset(i, C * HW, sD);
       if constexpr (ADD)
         *out = __fadd_rn(*out, r);
@@ -428,7 +446,8 @@ void native_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& bet
 // BatchNorm-ReLU's output, masking dy inside both passes.
 void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& mean,
                      const Tensor& invstd, const Tensor& running_var, double eps, bool through_stats,
-                     const Tensor& relu_y, const ops::BatchNormGrads& out, const Tensor& dx_into = Tensor()) {
+                     const Tensor& relu_y, const ops::BatchNormGrads& out, const Tensor& dx_into = Tensor(),
+                     const MaskSource& from_x = {}) {
   const BnGeom g = geom_of(x);
   BnPartition part = partition_of(g);
   part.sN = sample_stride(x, g);
@@ -453,9 +472,9 @@ void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
   if (g.M() > 0) {
     const dim3 grid(static_cast<unsigned>(g.C), static_cast<unsigned>(splits));
     if (vec)
-      bn_grad_partial_kernel<4><<<grid, kThreads, 0, cur_stream()>>>(pdy, px, pmask, part, chan(mean), partial);
+      bn_grad_partial_kernel<4><<<grid, kThreads, 0, cur_stream()>>>(pdy, px, pmask, from_x, part, chan(mean), partial);
     else
-      bn_grad_partial_kernel<1><<<grid, kThreads, 0, cur_stream()>>>(pdy, px, pmask, part, chan(mean), partial);
+      bn_grad_partial_kernel<1><<<grid, kThreads, 0, cur_stream()>>>(pdy, px, pmask, from_x, part, chan(mean), partial);
     CUDA_CHECK_LAUNCH();
   } else {
     // No values (N = 0 or HW = 0, eval only): the sums are zero.
@@ -472,8 +491,8 @@ void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
   if (g.total() == 0) return;
   const unsigned grid = grid_for(vec ? g.total() / 4 : g.total(), kThreads);
   auto launch = [&](auto kernel) {
-    kernel<<<grid, kThreads, 0, cur_stream()>>>(pdy, px, part.sN, pmask, pdx, sD, g.total(), g.C, g.HW, coef_mean,
-                                                coef_k, coef_mean_dy, coef_proj);
+    kernel<<<grid, kThreads, 0, cur_stream()>>>(pdy, px, part.sN, pmask, from_x, pdx, sD, g.total(), g.C, g.HW,
+                                                coef_mean, coef_k, coef_mean_dy, coef_proj);
   };
   if (vec && add) launch(bn_backward_dx_kernel<4, true>);
   else if (vec) launch(bn_backward_dx_kernel<4, false>);
@@ -615,6 +634,7 @@ ops::BatchNormForward batch_norm_forward_train(const Tensor& x_in, const Tensor&
     if (relu) relu_inplace(out.y);
   } else {
     native_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps, relu, out);
+    out.relu_from_x = relu;  // math::BnMaskFromX redoes its ReLU's decisions
   }
   return out;
 }
@@ -644,16 +664,18 @@ Tensor batch_norm_forward_eval(const Tensor& x_in, const Tensor& gamma, const Te
 
 ops::BatchNormGrads batch_norm_backward_train(const Tensor& dy_in, const Tensor& x_in, const Tensor& gamma,
                                               const Tensor& save_mean, const Tensor& save_invstd,
-                                              const Tensor& relu_y, const Tensor& dx_into) {
+                                              const Tensor& relu_y, const Tensor& dx_into,
+                                              const ops::BnReluFromX& relu_from_x) {
   const std::string op = "batch_norm_backward_train";
   require_float32_all(op, {{&dy_in, "grad_output"}, {&x_in, "input"}, {&gamma, "gamma"},
                            {&save_mean, "save_mean"}, {&save_invstd, "save_invstd"}, {&relu_y, "relu_y"},
-                           {&dx_into, "dx_into"}});
+                           {&dx_into, "dx_into"}, {&relu_from_x.beta, "beta"}});
   const bool spaced = !x_in.is_contiguous() && ops::sample_contiguous(x_in);  // read in place, natively
-  // Adding into dx_into is a native pass (cuDNN would write a packed dx to be added afterwards).
+  // Adding into dx_into, and the mask from x, are native passes (cuDNN would write a packed dx to be
+  // added afterwards, and has no mask).
   const bool add = dx_into.defined();
-  const Impl which = x_in.numel() == 0 || spaced || add ? Impl::Native : bn_impl();
-  const bool relu = relu_y.defined();
+  const Impl which = x_in.numel() == 0 || spaced || add || relu_from_x.on ? Impl::Native : bn_impl();
+  const bool relu = relu_y.defined() || relu_from_x.on;
   OpRange range(relu ? "batch_norm_relu_backward_train" : "batch_norm_backward_train", bn_impl_name(which));
   const Tensor x = spaced ? x_in : x_in.contiguous(), dy = dy_in.contiguous();
   ops::BatchNormGrads out = new_grads(x, !add);
@@ -663,8 +685,10 @@ ops::BatchNormGrads batch_norm_backward_train(const Tensor& dy_in, const Tensor&
     const Tensor dz = relu ? relu_backward(dy, relu_y) : dy;
     cudnn_backward_train(op, dz, x, gamma, save_mean, save_invstd, out);
   } else {
-    const Tensor mask = relu ? relu_y.contiguous() : Tensor();
-    native_backward(dy, x, gamma, save_mean, save_invstd, Tensor(), 0.0, true, mask, out, dx_into);
+    const Tensor mask = relu_y.defined() ? relu_y.contiguous() : Tensor();
+    MaskSource from_x;
+    if (relu_from_x.on) from_x = {true, chan(gamma), chan(relu_from_x.beta), chan(save_invstd)};
+    native_backward(dy, x, gamma, save_mean, save_invstd, Tensor(), 0.0, true, mask, out, dx_into, from_x);
   }
   return out;
 }

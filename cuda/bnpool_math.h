@@ -185,8 +185,31 @@ LADNN_HD double bn_running_var(double running, double momentum, const BnChannelS
   return (1.0 - momentum) * running + momentum * st.var * st.n / (st.n - 1.0);
 }
 
-/// The fused normalisation, (x - mean) first: accurate even when |mean| >> std.
-LADNN_HD float bn_normalize(float x, float mean, float scale, float shift) { return (x - mean) * scale + shift; }
+/// The fused normalisation, (x - mean) first: accurate even when |mean| >> std. One fused multiply-add,
+/// written out (not left to the compiler's contraction): the training backward recomputes the ReLU's
+/// decisions from x with this very function and must get the forward's bits (BnMaskFromX).
+LADNN_HD float bn_normalize(float x, float mean, float scale, float shift) {
+#if defined(__CUDA_ARCH__)
+  return __fmaf_rn(x - mean, scale, shift);
+#else
+  return std::fma(x - mean, scale, shift);
+#endif
+}
+
+/// The training normalisation's per-channel scale: gamma * save_invstd, one float rounding. The native
+/// forward's finalize writes it; the backward recomputes it from the same two floats.
+LADNN_HD float bn_train_scale(float gamma, float invstd) { return gamma * invstd; }
+
+/// The fused BatchNorm-ReLU's backward mask recomputed from x (the training dense block's: it then reads
+/// no y): on when the forward's normalised value was > 0, from the channel's save_mean, scale
+/// (bn_train_scale) and shift (beta), exactly as the native forward computed it.
+struct BnMaskFromX {
+  bool on = false;
+  float scale = 0.0f, shift = 0.0f;
+};
+LADNN_HD bool bn_relu_on(float x, float mean, const BnMaskFromX& m) {
+  return bn_normalize(x, mean, m.scale, m.shift) > 0.0f;
+}
 
 /// The fused BatchNorm-ReLU's activation, as ops::relu (NaN -> 0).
 LADNN_HD float bn_relu(float v) { return v > 0.0f ? v : 0.0f; }
@@ -194,11 +217,12 @@ LADNN_HD float bn_relu(float v) { return v > 0.0f ? v : 0.0f; }
 LADNN_HD float bn_relu_grad(float dy, float y) { return y > 0.0f ? dy : 0.0f; }
 
 /// sum(dy) and sum(dy * (x - mu)) of thread t (of T) in block (c, s), as bn_stats_thread walks.
-/// `relu_y` (null for a plain BatchNorm): the fused BatchNorm-ReLU's output, masking dy.
+/// `relu_y` (null for a plain BatchNorm): the fused BatchNorm-ReLU's output, masking dy; or, with
+/// `from_x.on`, the same mask recomputed from x (relu_y null).
 template <int VEC>
 LADNN_HD void bn_grad_thread(const float* dy, const float* x, float mu, int64_t c, int64_t s, int64_t t, int64_t T,
                              const BnPartition& p, float& sum_dy, float& sum_dy_xmu,
-                             const float* relu_y = nullptr) {
+                             const float* relu_y = nullptr, BnMaskFromX from_x = {}) {
   const int64_t begin = s * p.chunk;
   const int64_t end = imin(p.M, begin + p.chunk);
   sum_dy = 0.0f;
@@ -213,13 +237,17 @@ LADNN_HD void bn_grad_thread(const float* dy, const float* x, float mu, int64_t 
         float y[4];
         load4(relu_y + off, y);
         for (int k = 0; k < 4; ++k) d[k] = bn_relu_grad(d[k], y[k]);
+      } else if (from_x.on) {
+        for (int k = 0; k < 4; ++k) d[k] = bn_relu_on(v[k], mu, from_x) ? d[k] : 0.0f;
       }
       sum_dy += (d[0] + d[1]) + (d[2] + d[3]);
       sum_dy_xmu += d[0] * (v[0] - mu) + d[1] * (v[1] - mu) + d[2] * (v[2] - mu) + d[3] * (v[3] - mu);
     } else {
-      const float d = relu_y ? bn_relu_grad(dy[off], relu_y[off]) : dy[off];
+      const float xv = x[xoff];
+      const float d = relu_y ? bn_relu_grad(dy[off], relu_y[off])
+                             : (from_x.on && !bn_relu_on(xv, mu, from_x) ? 0.0f : dy[off]);
       sum_dy += d;
-      sum_dy_xmu += d * (x[xoff] - mu);
+      sum_dy_xmu += d * (xv - mu);
     }
   }
 }

@@ -25,7 +25,7 @@ Tensor batch_norm_forward_eval(const Tensor&, const Tensor&, const Tensor&, cons
   no_backend("batch_norm_forward_eval");
 }
 ops::BatchNormGrads batch_norm_backward_train(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                              const Tensor&, const Tensor&, const Tensor&) {
+                                              const Tensor&, const Tensor&, const Tensor&, const ops::BnReluFromX&) {
   no_backend("batch_norm_backward_train");
 }
 ops::BatchNormGrads batch_norm_backward_eval(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,

@@ -73,7 +73,8 @@ Tensor batch_norm_forward_eval(const Tensor& x, const Tensor& gamma, const Tenso
                                const Tensor& running_mean, const Tensor& running_var, double eps, ops::BnAct act);
 ops::BatchNormGrads batch_norm_backward_train(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                                               const Tensor& save_mean, const Tensor& save_invstd,
-                                              const Tensor& relu_y, const Tensor& dx_into);
+                                              const Tensor& relu_y, const Tensor& dx_into,
+                                              const ops::BnReluFromX& relu_from_x);
 ops::BatchNormGrads batch_norm_backward_eval(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                                              const Tensor& running_mean, const Tensor& running_var, double eps,
                                              const Tensor& relu_y);

@@ -145,8 +145,9 @@ bool DenseBlock::dropout_free() const {
 // last layer, G's channels [c_l, c_l + growth) are complete when layer l is reached (only later layers
 // read them), so they are layer l's output gradient; its backward, written out by hand,
 //   dW2 = conv2'(dout; h)    dh = conv2'(dout; W2)    db, dgamma2, dbeta2 = norm2'(dh; b, h)
-//   dW1 = conv1'(db; t)      dt = conv1'(db; W1)      dx, dgamma1, dbeta1 = norm1'(dt; prefix, t)
-// ends with G[:, 0:c_l] += dx, done by norm1's backward itself (dx_into): no dx tensor at all. (The per-layer autograd form accumulates each
+//   dW1 = conv1'(db; t)      dt = conv1'(db; W1)      dx, dgamma1, dbeta1 = norm1'(dt; prefix)
+// ends with G[:, 0:c_l] += dx, done by norm1's backward itself (dx_into): no dx tensor at all; norm1's
+// ReLU mask is recomputed from the prefix (BnReluFromX), so its backward does not read t either. (The per-layer autograd form accumulates each
 // earlier feature's gradient separately: O(L^2) small additions per block, ~1,100 kernels per
 // DenseNet-169 step.) G[:, 0:c_0] is the block input's gradient.
 Variable DenseBlock::forward_training(const Variable& x) {
@@ -223,9 +224,14 @@ Variable DenseBlock::forward_training(const Variable& x) {
           if (needs[k + 2]) grads[k + 2] = ops::conv2d_backward_weight(db, n1.y, p.w1.shape(), p.p1);
           const Tensor dt = ops::conv2d_backward_input(db, p.w1, n1.y.shape(), p.p1);
           db = Tensor();
-          // dx goes straight into G's first c channels (added by the backward's last pass).
-          ops::BatchNormGrads bn1 = ops::batch_norm_backward_train(dt, prefix, p.g1, n1.save_mean, n1.save_invstd,
-                                                                   n1.y, G.narrow(1, 0, c));
+          // dx goes straight into G's first c channels (added by the backward's last pass), and the
+          // ReLU's mask is recomputed from the prefix it reads anyway instead of read from t (two
+          // prefix-sized reads fewer), where the forward's arithmetic allows (BatchNormForward::relu_from_x).
+          ops::BnReluFromX from_x;
+          if (n1.relu_from_x) from_x = {true, p.be1};
+          ops::BatchNormGrads bn1 = ops::batch_norm_backward_train(
+              dt, prefix, p.g1, n1.save_mean, n1.save_invstd, n1.relu_from_x ? Tensor() : n1.y, G.narrow(1, 0, c),
+              from_x);
           if (needs[k]) grads[k] = std::move(bn1.dgamma);
           if (needs[k + 1]) grads[k + 1] = std::move(bn1.dbeta);
         }

@@ -98,6 +98,17 @@ struct BatchNormForward {
   Tensor y;
   Tensor save_mean;    // (C) batch mean
   Tensor save_invstd;  // (C) 1 / sqrt(biased batch var + eps)
+  /// Training with the ReLU fused: y's zeros can be recomputed from x, save_mean, save_invstd, gamma and
+  /// beta by the arithmetic that made y (the CPU's and the native GPU kernels'; not cuDNN's), so the
+  /// backward may take BnReluFromX instead of reading y.
+  bool relu_from_x = false;
+};
+/// For batch_norm_backward_train: the fused ReLU's mask recomputed from x (BatchNormForward::relu_from_x
+/// must have been true) with the forward's beta, instead of read from its output — the backward then
+/// reads no y. The same bits as passing relu_y = y.
+struct BnReluFromX {
+  bool on = false;
+  Tensor beta;  // the forward's beta (undefined: 0)
 };
 /// Training: normalises with batch statistics and updates running stats in place as PyTorch:
 /// running = (1 - momentum) * running + momentum * stat, with the *unbiased* variance (n / (n - 1)).
@@ -127,7 +138,8 @@ bool sample_contiguous(const Tensor& x);
 /// the GPU: the native ones, which adding in always uses), without the dx tensor written and read back.
 BatchNormGrads batch_norm_backward_train(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                                          const Tensor& save_mean, const Tensor& save_invstd,
-                                         const Tensor& relu_y = Tensor(), const Tensor& dx_into = Tensor());
+                                         const Tensor& relu_y = Tensor(), const Tensor& dx_into = Tensor(),
+                                         const BnReluFromX& relu_from_x = {});
 BatchNormGrads batch_norm_backward_eval(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                                         const Tensor& running_mean, const Tensor& running_var,
                                         double eps, const Tensor& relu_y = Tensor());

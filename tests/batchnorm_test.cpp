@@ -294,6 +294,59 @@ TEST(BatchNormTest, BackwardAddsDxIntoAChannelPrefix) {
   expect_refused(dy, "shares memory");
 }
 
+// The fused ReLU's mask recomputed from x in the backward (BnReluFromX: the training dense block's
+// norm1 reads no y) gives the same bits as the mask read from y — dx (returned or added in), dgamma,
+// dbeta — in float32 and float64, on a channel prefix, with a channel whose values sit on the ReLU's
+// edge; and the refusals.
+TEST(BatchNormTest, BackwardReluMaskFromXEqualsTheMaskFromY) {
+  Generator gen(18);
+  for (DType dt : {DType::Float32, DType::Float64})
+    for (int64_t n : {3, 1}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + " batch " + std::to_string(n));
+      // Channel 2 constant but for one value: normalised, all but one value sit just below the mean,
+      // and with beta 0 the ReLU decides on values near 0.
+      std::vector<double> v = Tensor::normal({n, 7, 4, 5}, 0.2, 1, gen, DType::Float64).to_vector();
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t k = 0; k < 20; ++k) v[(i * 7 + 2) * 20 + k] = 0.5;
+      v[2 * 20 + 3] = 0.75;
+      const Tensor wide = Tensor::from_vector(v, {n, 7, 4, 5}, dt);
+      const Tensor x = wide.narrow(1, 0, 4);
+      const Tensor gamma = Tensor::uniform({4}, 0.5, 1.5, gen, dt);
+      Tensor beta = Tensor::uniform({4}, -0.5, 0.5, gen, dt);
+      beta.narrow(0, 2, 1).fill_(0.0);
+      const Tensor dy = Tensor::normal({n, 4, 4, 5}, 0, 1, gen, dt);
+      Tensor rm = Tensor::zeros({4}, dt), rv = Tensor::ones({4}, dt);
+      const auto f = ops::batch_norm_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5, ops::BnAct::Relu);
+      ASSERT_TRUE(f.relu_from_x);
+      const std::vector<double> yv = f.y.to_vector();
+      ASSERT_GT(std::count(yv.begin(), yv.end(), 0.0), static_cast<long>(yv.size() / 10));
+      const auto ref = ops::batch_norm_backward_train(dy, x, gamma, f.save_mean, f.save_invstd, f.y);
+      const auto got = ops::batch_norm_backward_train(dy, x, gamma, f.save_mean, f.save_invstd, Tensor(), Tensor(),
+                                                      ops::BnReluFromX{true, beta});
+      EXPECT_EQ(ops::max_abs_diff(got.dx, ref.dx), 0.0);
+      EXPECT_EQ(ops::max_abs_diff(got.dgamma, ref.dgamma), 0.0);
+      EXPECT_EQ(ops::max_abs_diff(got.dbeta, ref.dbeta), 0.0);
+      Tensor G = Tensor::zeros({n, 6, 4, 5}, dt), G_ref = G.clone();
+      ops::batch_norm_backward_train(dy, x, gamma, f.save_mean, f.save_invstd, Tensor(), G.narrow(1, 0, 4),
+                                     ops::BnReluFromX{true, beta});
+      Tensor head = G_ref.narrow(1, 0, 4);
+      ops::add_(head, ref.dx);
+      EXPECT_EQ(ops::max_abs_diff(G, G_ref), 0.0);
+      const auto f_plain = ops::batch_norm_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5);
+      EXPECT_FALSE(f_plain.relu_from_x) << "no ReLU, nothing to recompute";
+    }
+  const Tensor x = Tensor::normal({2, 3, 4, 4}, 0, 1, gen);
+  const Tensor gamma = Tensor::ones({3}), beta = Tensor::zeros({3}), dy = Tensor::normal({2, 3, 4, 4}, 0, 1, gen);
+  Tensor rm = Tensor::zeros({3}), rv = Tensor::ones({3});
+  const auto f = ops::batch_norm_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5, ops::BnAct::Relu);
+  EXPECT_THROW(ops::batch_norm_backward_train(dy, x, gamma, f.save_mean, f.save_invstd, f.y, Tensor(),
+                                              ops::BnReluFromX{true, beta}),
+               std::invalid_argument);
+  EXPECT_THROW(ops::batch_norm_backward_train(dy, x, gamma, f.save_mean, f.save_invstd, Tensor(), Tensor(),
+                                              ops::BnReluFromX{true, Tensor::zeros({4})}),
+               std::invalid_argument);
+}
+
 TEST(BatchNormTest, Float32StatisticsAccumulateInDouble) {
   // 2^18 values near 1000 in one channel. A float accumulator loses digits as the sum grows past
   // 2^24 (error ~1e-2 and more in the mean); a double one keeps the mean to float's own rounding.

@@ -295,6 +295,58 @@ TEST(CudaBnPoolMath, SpacedSamplesAreReadLikePackedOnes) {
   check(std::integral_constant<int, 4>{});
 }
 
+// The fused BatchNorm-ReLU's backward mask recomputed from x (BnMaskFromX, what the training dense
+// block's norm1 uses) gives the bits of the mask read from the forward's output: the forward's y is
+// emulated with the very functions the native kernels use (bn_train_scale, bn_normalize, bn_relu),
+// with values put exactly on the ReLU's edge (x = mean and shift 0: v = 0) and around it.
+TEST(CudaBnPoolMath, ReluMaskFromXEqualsTheMaskFromY) {
+  Generator gen(78);
+  const int64_t N = 3, C = 5, HW = 20;
+  std::vector<float> x = floats(Tensor::normal({N, C, 4, 5}, 0.5, 2.0, gen));
+  const std::vector<float> dy = floats(Tensor::normal({N, C, 4, 5}, 0, 1, gen));
+  const std::vector<float> gamma = floats(Tensor::uniform({C}, 0.5, 1.5, gen));
+  std::vector<float> beta = floats(Tensor::uniform({C}, -0.5, 0.5, gen));
+  const std::vector<float> mean = floats(Tensor::normal({C}, 0.5, 0.3, gen));
+  const std::vector<float> invstd = floats(Tensor::uniform({C}, 0.3, 3.0, gen));
+  beta[1] = 0.0f;  // channel 1: v = 0 exactly where x = mean; tiny either side next to it
+  for (int64_t n = 0; n < N; ++n) {
+    float* p = x.data() + (n * C + 1) * HW;
+    p[0] = mean[1];
+    p[1] = std::nextafter(mean[1], 10.0f);
+    p[2] = std::nextafter(mean[1], -10.0f);
+  }
+  std::vector<float> y(x.size());
+  int zeros = 0;
+  for (int64_t i = 0; i < N * C * HW; ++i) {
+    const int64_t c = (i / HW) % C;
+    y[i] = m::bn_relu(m::bn_normalize(x[i], mean[c], m::bn_train_scale(gamma[c], invstd[c]), beta[c]));
+    zeros += y[i] == 0.0f;
+  }
+  ASSERT_GT(zeros, 20);
+  ASSERT_LT(zeros, N * C * HW - 20);
+  const m::BnPartition p = m::bn_partition(N, C, HW, 1);
+  auto check = [&](auto vec) {
+    constexpr int VEC = decltype(vec)::value;
+    for (int64_t c = 0; c < C; ++c) {
+      const m::BnMaskFromX from_x{true, m::bn_train_scale(gamma[c], invstd[c]), beta[c]};
+      for (int64_t i = 0; i < N * HW; ++i) {  // the elementwise rule, as the dx kernel applies it
+        const int64_t k = (i / HW * C + c) * HW + i % HW;
+        ASSERT_EQ(m::bn_relu_on(x[k], mean[c], from_x), y[k] > 0.0f) << "element " << k;
+      }
+      for (int64_t sp = 0; sp < p.splits; ++sp)
+        for (int64_t t = 0; t < m::kBnThreads; ++t) {
+          float a1, a2, b1, b2;
+          m::bn_grad_thread<VEC>(dy.data(), x.data(), mean[c], c, sp, t, m::kBnThreads, p, a1, a2, y.data());
+          m::bn_grad_thread<VEC>(dy.data(), x.data(), mean[c], c, sp, t, m::kBnThreads, p, b1, b2, nullptr, from_x);
+          ASSERT_EQ(a1, b1);
+          ASSERT_EQ(a2, b2);
+        }
+    }
+  };
+  check(std::integral_constant<int, 1>{});
+  check(std::integral_constant<int, 4>{});
+}
+
 TEST(CudaBnPoolMath, BatchNormPartitionFillsAnH100) {
   // (32, 64, 112, 112): 64 channels alone would leave half of 132 SMs idle; the partition splits them.
   const m::BnPartition p = m::bn_partition(32, 64, 112 * 112, 132);

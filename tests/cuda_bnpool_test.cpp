@@ -424,6 +424,46 @@ TEST_P(CudaOpTest, BatchNormBackwardAddsDxIntoAChannelPrefix) {
   }
 }
 
+// The fused ReLU's mask recomputed from x on the GPU (BnReluFromX, the training dense block's norm1):
+// the native forward says it may be (relu_from_x), and the backward then gives the bits of the mask read
+// from y, float4 and scalar paths, returned or added into a buffer; cuDNN's forward (a packed input
+// under LADNN_BN=cudnn) says it may not.
+TEST_P(CudaOpTest, BatchNormReluMaskFromXEqualsTheMaskFromY) {
+  Generator gen(110);
+  for (const Shape& full : {Shape{3, 12, 8, 8}, Shape{2, 9, 5, 7}, Shape{1, 40, 7, 7}}) {
+    SCOPED_TRACE(shape_str(full));
+    const int64_t C = full[1] - 3;
+    const Tensor buf = gpu(Tensor::normal(full, 0.5, 2.0, gen));
+    const Tensor prefix = buf.narrow(1, 0, C);
+    const Tensor g = gpu(Tensor::uniform({C}, 0.5, 1.5, gen)), b = gpu(Tensor::uniform({C}, -0.5, 0.5, gen));
+    const Tensor dy = gpu(Tensor::normal(prefix.shape(), 0, 1, gen));
+    Tensor rm = gpu(Tensor::zeros({C})), rv = gpu(Tensor::ones({C}));
+    const cuda::Impl saved = cuda::impl(cuda::Family::BatchNorm);
+    cuda::set_impl(cuda::Family::BatchNorm, cuda::Impl::Native);
+    const auto f = ops::batch_norm_forward_train(prefix, g, b, rm, rv, 0.1, 1e-5, ops::BnAct::Relu);
+    const auto ref = ops::batch_norm_backward_train(dy, prefix, g, f.save_mean, f.save_invstd, f.y);
+    cuda::set_impl(cuda::Family::BatchNorm, saved);
+    ASSERT_TRUE(f.relu_from_x);
+    const auto got = ops::batch_norm_backward_train(dy, prefix, g, f.save_mean, f.save_invstd, Tensor(), Tensor(),
+                                                    ops::BnReluFromX{true, b});
+    EXPECT_TRUE(cuda_test::gpu_equals("dx", got.dx, ref.dx.to(Device::cpu()).to(DType::Float64)));
+    EXPECT_TRUE(cuda_test::gpu_equals("dgamma", got.dgamma, ref.dgamma.to(Device::cpu()).to(DType::Float64)));
+    EXPECT_TRUE(cuda_test::gpu_equals("dbeta", got.dbeta, ref.dbeta.to(Device::cpu()).to(DType::Float64)));
+    Tensor G = gpu(Tensor::zeros({full[0], full[1], full[2], full[3]}));
+    ops::batch_norm_backward_train(dy, prefix, g, f.save_mean, f.save_invstd, Tensor(), G.narrow(1, 0, C),
+                                   ops::BnReluFromX{true, b});
+    EXPECT_TRUE(cuda_test::gpu_equals("dx added in", G.narrow(1, 0, C).contiguous(),
+                                      ref.dx.to(Device::cpu()).to(DType::Float64)));
+  }
+  if (GetParam() == cuda::Impl::Library) {
+    const Tensor x = gpu(Tensor::normal({2, 3, 4, 4}, 0, 1, gen));
+    Tensor rm = gpu(Tensor::zeros({3})), rv = gpu(Tensor::ones({3}));
+    const auto f = ops::batch_norm_forward_train(x, gpu(Tensor::ones({3})), gpu(Tensor::zeros({3})), rm, rv, 0.1,
+                                                 1e-5, ops::BnAct::Relu);
+    EXPECT_FALSE(f.relu_from_x) << "cuDNN's normalisation cannot be redone bit for bit";
+  }
+}
+
 // gamma, beta and the running statistics as every-other-element views of a longer buffer (the CPU
 // accepts any stride; cuDNN needs contiguous vectors and gets copies, updated back in place). The
 // running statistics must change at the even elements only.

@@ -91,6 +91,15 @@ inline T activate(double v, bool relu) {
   return relu && !(t > 0) ? T(0) : t;
 }
 
+// The training forward's y = x * scale + shift per channel, from gamma, beta and the saved statistics
+// as stored (rounded to T): the forward writes y with it and a backward recomputes the ReLU's zeros
+// from x with it (this file builds with -ffp-contract=off: the same two roundings both times).
+template <typename T>
+inline std::pair<double, double> relu_scale_shift(double gamma, double beta, T mean, T invstd) {
+  const double scale = gamma * static_cast<double>(invstd);
+  return {scale, beta - static_cast<double>(mean) * scale};
+}
+
 template <typename T>
 void forward_train_kernel(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                           const Tensor& running_mean, const Tensor& running_var, double momentum, double eps,
@@ -122,9 +131,10 @@ void forward_train_kernel(const Tensor& x, const Tensor& gamma, const Tensor& be
     }
     const double var = sq / n;
     const double invstd = 1.0 / std::sqrt(var + eps);
-    // y = x * scale + shift folds the four per-element operations into two.
-    const double scale = g.get(c) * invstd;
-    const double shift = b.get(c) - mean * scale;
+    // y = x * scale + shift folds the four per-element operations into two. scale and shift come from
+    // the saved (T-rounded) statistics, so that a backward can redo the ReLU's decisions from x with
+    // the same arithmetic (relu_scale_shift; BnReluFromX).
+    const auto [scale, shift] = relu_scale_shift(g.get(c), b.get(c), static_cast<T>(mean), static_cast<T>(invstd));
     for (int64_t i = 0; i < N; ++i) {
       const T* xp = px + i * sN + c * HW;
       T* yp = py + (i * C + c) * HW;
@@ -166,7 +176,8 @@ void forward_eval_kernel(const Tensor& x, const Tensor& gamma, const Tensor& bet
 template <typename T>
 void backward_kernel(const Tensor& dy, const Tensor& x, const Tensor& gamma, const std::vector<double>& mean,
                      const std::vector<double>& invstd, bool through_stats, const Tensor& relu_y,
-                     const BatchNormGrads& out, const Tensor& dx_into = Tensor()) {
+                     const BatchNormGrads& out, const Tensor& dx_into = Tensor(),
+                     const BnReluFromX& relu_from_x = {}) {
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   const int64_t sN = N > 1 ? x.strides()[0] : C * HW;  // x sample-contiguous; dy, relu_y, dx contiguous
   // dx_into (sample-contiguous, samples sD apart) takes dx added in; otherwise out.dx is written.
@@ -179,20 +190,29 @@ void backward_kernel(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
   T* pdgamma = out.dgamma.data<T>();
   T* pdbeta = out.dbeta.data<T>();
   const T* pmask = relu_y.defined() ? relu_y.data<T>() : nullptr;
-  const ChannelVec<T> g(gamma, 1.0);
-  // dy where the ReLU let the value through, else 0.
-  auto grad_at = [pdy, pmask](int64_t i) { return pmask && !(pmask[i] > 0) ? T(0) : pdy[i]; };
+  const ChannelVec<T> g(gamma, 1.0), beta(relu_from_x.beta, 0.0);
+  const bool from_x = relu_from_x.on;
 
 #pragma omp parallel for schedule(static) if (N * C * HW >= kParallelMin)
   for (int64_t c = 0; c < C; ++c) {
     const double mu = mean[c];
     const double is = invstd[c];
+    // dy where the ReLU let the value through, else 0: the forward's y > 0, read or recomputed from x
+    // (mean and invstd hold the saved T values exactly, so relu_scale_shift gives the forward's).
+    const auto [scale, shift] =
+        from_x ? relu_scale_shift(g.get(c), beta.get(c), static_cast<T>(mu), static_cast<T>(is))
+               : std::pair<double, double>{0.0, 0.0};
+    auto grad_at = [&](int64_t i, T xv) {
+      if (pmask) return pmask[i] > 0 ? pdy[i] : T(0);
+      if (from_x) return activate<T>(xv * scale + shift, true) > 0 ? pdy[i] : T(0);
+      return pdy[i];
+    };
     double sum_dy = 0.0, sum_dy_xmu = 0.0;  // sum(dy), sum(dy * (x - mean))
     for (int64_t i = 0; i < N; ++i) {
       const int64_t base = (i * C + c) * HW;
       const T* xp = px + i * sN + c * HW;
       for (int64_t k = 0; k < HW; ++k) {
-        const double d = grad_at(base + k);
+        const double d = grad_at(base + k, xp[k]);
         sum_dy += d;
         sum_dy_xmu += d * (xp[k] - mu);
       }
@@ -209,10 +229,10 @@ void backward_kernel(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
       if (add) {
         T* dp = pdx + i * sD + c * HW;
         for (int64_t k = 0; k < HW; ++k)
-          dp[k] = dp[k] + static_cast<T>(k_dy * (grad_at(base + k) - mean_dy - (xp[k] - mu) * proj));
+          dp[k] = dp[k] + static_cast<T>(k_dy * (grad_at(base + k, xp[k]) - mean_dy - (xp[k] - mu) * proj));
       } else {
         for (int64_t k = 0; k < HW; ++k)
-          pdx[base + k] = static_cast<T>(k_dy * (grad_at(base + k) - mean_dy - (xp[k] - mu) * proj));
+          pdx[base + k] = static_cast<T>(k_dy * (grad_at(base + k, xp[k]) - mean_dy - (xp[k] - mu) * proj));
       }
     }
   }
@@ -290,7 +310,7 @@ BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, 
   const Shape c_shape{d.C};
   BatchNormForward out{Tensor::empty(x.shape(), x.dtype(), x.device()),
                        Tensor::empty(c_shape, x.dtype(), x.device()),
-                       Tensor::empty(c_shape, x.dtype(), x.device())};
+                       Tensor::empty(c_shape, x.dtype(), x.device()), act == BnAct::Relu};
   if (x.dtype() == DType::Float32)
     forward_train_kernel<float>(xc, gamma, beta, running_mean, running_var, momentum, eps, act == BnAct::Relu, out);
   else
@@ -319,7 +339,7 @@ Tensor batch_norm_forward_eval(const Tensor& x, const Tensor& gamma, const Tenso
 
 BatchNormGrads batch_norm_backward_train(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                                          const Tensor& save_mean, const Tensor& save_invstd, const Tensor& relu_y,
-                                         const Tensor& dx_into) {
+                                         const Tensor& dx_into, const BnReluFromX& relu_from_x) {
   const std::string op = "batch_norm_backward_train";
   check_bn_input(op, x);
   check_dy(op, dy, x);
@@ -328,16 +348,20 @@ BatchNormGrads batch_norm_backward_train(const Tensor& dy, const Tensor& x, cons
   check_channel_vector(op, "save_invstd", save_invstd, x, true);
   check_relu_y(op, relu_y, x);
   check_dx_into(op, dx_into, dy, x, relu_y);
+  if (relu_from_x.on) {
+    check(!relu_y.defined(), op + ": the ReLU's mask comes from relu_y or from x (BnReluFromX), not both");
+    check_channel_vector(op, "beta", relu_from_x.beta, x, false);
+  }
   if (x.device().is_cuda())
-    return cuda::batch_norm_backward_train(dy, x, gamma, save_mean, save_invstd, relu_y, dx_into);
+    return cuda::batch_norm_backward_train(dy, x, gamma, save_mean, save_invstd, relu_y, dx_into, relu_from_x);
   const Tensor xc = sample_contiguous(x) ? x : x.contiguous(), dyc = dy.contiguous();
   const Tensor mask = relu_y.defined() ? relu_y.contiguous() : Tensor();
   BatchNormGrads out = alloc_grads(x, !dx_into.defined());
   const std::vector<double> mean = to_doubles(save_mean), invstd = to_doubles(save_invstd);
   if (x.dtype() == DType::Float32)
-    backward_kernel<float>(dyc, xc, gamma, mean, invstd, true, mask, out, dx_into);
+    backward_kernel<float>(dyc, xc, gamma, mean, invstd, true, mask, out, dx_into, relu_from_x);
   else
-    backward_kernel<double>(dyc, xc, gamma, mean, invstd, true, mask, out, dx_into);
+    backward_kernel<double>(dyc, xc, gamma, mean, invstd, true, mask, out, dx_into, relu_from_x);
   return out;
 }
 
