@@ -216,7 +216,11 @@ Variable DenseBlock::forward_training(const Variable& x) {
           Tensor db;
           {
             const Tensor dh = ops::conv2d_backward_input(dout, p.w2, n2.y.shape(), p.p2);
-            ops::BatchNormGrads bn2 = ops::batch_norm_backward_train(dh, b, p.g2, n2.save_mean, n2.save_invstd, n2.y);
+            // The ReLU's mask from b (read anyway), not from h: as norm1's below.
+            ops::BnReluFromX from_b;
+            if (n2.relu_from_x) from_b = {true, p.be2};
+            ops::BatchNormGrads bn2 = ops::batch_norm_backward_train(
+                dh, b, p.g2, n2.save_mean, n2.save_invstd, n2.relu_from_x ? Tensor() : n2.y, Tensor(), from_b);
             if (needs[k + 3]) grads[k + 3] = std::move(bn2.dgamma);
             if (needs[k + 4]) grads[k + 4] = std::move(bn2.dbeta);
             db = std::move(bn2.dx);
