@@ -271,10 +271,11 @@ __global__ void bn_grad_partial_kernel(const float* __restrict__ dy, const float
 // running_var and eps; frozen statistics do not depend on x).
 __global__ void bn_grad_finalize_kernel(const float* __restrict__ partial, int64_t C, int splits, double M,
                                         ChanPtr gamma, ChanPtr mean, ChanPtr invstd, ChanPtr running_var,
-                                        double eps, bool through_stats, float* __restrict__ dgamma,
-                                        float* __restrict__ dbeta, float* __restrict__ coef_mean,
-                                        float* __restrict__ coef_k, float* __restrict__ coef_mean_dy,
-                                        float* __restrict__ coef_proj) {
+                                        double eps, bool through_stats, MaskSource from_x,
+                                        float* __restrict__ dgamma, float* __restrict__ dbeta,
+                                        float* __restrict__ coef_mean, float* __restrict__ coef_k,
+                                        float* __restrict__ coef_mean_dy, float* __restrict__ coef_proj,
+                                        float* __restrict__ coef_scale, float* __restrict__ coef_shift) {
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (c >= C) return;
   double sum_dy = 0.0, sum_dy_xmu = 0.0;
@@ -292,6 +293,11 @@ __global__ void bn_grad_finalize_kernel(const float* __restrict__ partial, int64
   coef_k[c] = static_cast<float>(k.k);
   coef_mean_dy[c] = static_cast<float>(k.mean_dy);
   coef_proj[c] = static_cast<float>(k.proj);
+  if (from_x.on) {  // the mask's scale and shift, once per channel for the dx pass
+    const math::BnMaskFromX m = mask_of(from_x, c);
+    coef_scale[c] = m.scale;
+    coef_shift[c] = m.shift;
+  }
 }
 
 // dx = k[c] * (dy - mean_dy[c] - (x - mean[c]) * proj[c]) over all values (grid-stride); dy masked by
@@ -302,16 +308,18 @@ __global__ void bn_grad_finalize_kernel(const float* __restrict__ partial, int64
 // written.
 template <int VEC, bool ADD>
 __global__ void bn_backward_dx_kernel(const float* __restrict__ dy, const float* __restrict__ x, int64_t sN,
-                                      const float* __restrict__ relu_y, MaskSource from_x, float* __restrict__ dx,
+                                      const float* __restrict__ relu_y, bool from_x, float* __restrict__ dx,
                                       int64_t sD, int64_t total, int64_t C, int64_t HW,
                                       const float* __restrict__ coef_mean, const float* __restrict__ coef_k,
-                                      const float* __restrict__ coef_mean_dy, const float* __restrict__ coef_proj) {
+                                      const float* __restrict__ coef_mean_dy, const float* __restrict__ coef_proj,
+                                      const float* __restrict__ coef_scale, const float* __restrict__ coef_shift) {
   const int64_t step = int64_t(gridDim.x) * blockDim.x * VEC;
   for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * VEC; i < total; i += step) {
     const int64_t c = (i / HW) % C;
     const float mu = __ldg(coef_mean + c), k = __ldg(coef_k + c), mdy = __ldg(coef_mean_dy + c),
                 proj = __ldg(coef_proj + c);
-    const math::BnMaskFromX m = mask_of(from_x, c);
+    const math::BnMaskFromX m =
+        from_x ? math::BnMaskFromX{true, __ldg(coef_scale + c), __ldg(coef_shift + c)} : math::BnMaskFromX{};
     const int64_t xi = math::sample_offset(i, C * HW, sN);
     if constexpr (VEC == 4) {
       float d[4], v[4], r[4];
@@ -452,13 +460,16 @@ void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
   BnPartition part = partition_of(g);
   part.sN = sample_stride(x, g);
   const int splits = part.splits;
-  // Scratch: partial sums (C, splits, 2) and four per-channel coefficients.
-  Buffer ws(sizeof(float) * static_cast<std::size_t>(g.C * splits * 2 + 4 * g.C));
+  // Scratch: partial sums (C, splits, 2) and six per-channel coefficients (the last two: the mask's scale
+  // and shift, written only when it comes from x).
+  Buffer ws(sizeof(float) * static_cast<std::size_t>(g.C * splits * 2 + 6 * g.C));
   float* partial = ws.as<float>();
   float* coef_mean = partial + g.C * splits * 2;
   float* coef_k = coef_mean + g.C;
   float* coef_mean_dy = coef_k + g.C;
   float* coef_proj = coef_mean_dy + g.C;
+  float* coef_scale = coef_proj + g.C;
+  float* coef_shift = coef_scale + g.C;
 
   const float* px = x.data<float>();
   const float* pdy = dy.data<float>();
@@ -484,15 +495,15 @@ void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
   const unsigned fblocks = static_cast<unsigned>((g.C + kFinalizeThreads - 1) / kFinalizeThreads);
   bn_grad_finalize_kernel<<<fblocks, kFinalizeThreads, 0, cur_stream()>>>(
       partial, g.C, splits, static_cast<double>(g.M()), chan(gamma), chan(mean), chan(invstd), chan(running_var),
-      eps, through_stats, out.dgamma.data<float>(), out.dbeta.data<float>(), coef_mean, coef_k, coef_mean_dy,
-      coef_proj);
+      eps, through_stats, from_x, out.dgamma.data<float>(), out.dbeta.data<float>(), coef_mean, coef_k,
+      coef_mean_dy, coef_proj, coef_scale, coef_shift);
   CUDA_CHECK_LAUNCH();
 
   if (g.total() == 0) return;
   const unsigned grid = grid_for(vec ? g.total() / 4 : g.total(), kThreads);
   auto launch = [&](auto kernel) {
-    kernel<<<grid, kThreads, 0, cur_stream()>>>(pdy, px, part.sN, pmask, from_x, pdx, sD, g.total(), g.C, g.HW,
-                                                coef_mean, coef_k, coef_mean_dy, coef_proj);
+    kernel<<<grid, kThreads, 0, cur_stream()>>>(pdy, px, part.sN, pmask, from_x.on, pdx, sD, g.total(), g.C, g.HW,
+                                                coef_mean, coef_k, coef_mean_dy, coef_proj, coef_scale, coef_shift);
   };
   if (vec && add) launch(bn_backward_dx_kernel<4, true>);
   else if (vec) launch(bn_backward_dx_kernel<4, false>);

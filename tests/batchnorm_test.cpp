@@ -296,29 +296,34 @@ TEST(BatchNormTest, BackwardAddsDxIntoAChannelPrefix) {
 
 // The fused ReLU's mask recomputed from x in the backward (BnReluFromX: the training dense block's
 // norm1 reads no y) gives the same bits as the mask read from y — dx (returned or added in), dgamma,
-// dbeta — in float32 and float64, on a channel prefix, with a channel whose values sit on the ReLU's
-// edge; and the refusals.
+// dbeta — in float32 and float64, on a channel prefix. On the edge: a first forward gives the
+// statistics, then each channel's beta is set so that one chosen value normalises to within rounding
+// of 0 (beta = -(x_k - mean) * scale), where a backward that redid the arithmetic differently from
+// the forward (unrounded statistics, another order) would decide differently.
 TEST(BatchNormTest, BackwardReluMaskFromXEqualsTheMaskFromY) {
   Generator gen(18);
+  const int64_t C = 32, CW = 36, HW = 20, k = 7;
   for (DType dt : {DType::Float32, DType::Float64})
     for (int64_t n : {3, 1}) {
       SCOPED_TRACE(std::string(dtype_name(dt)) + " batch " + std::to_string(n));
-      // Channel 2 constant but for one value: normalised, all but one value sit just below the mean,
-      // and with beta 0 the ReLU decides on values near 0.
-      std::vector<double> v = Tensor::normal({n, 7, 4, 5}, 0.2, 1, gen, DType::Float64).to_vector();
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t k = 0; k < 20; ++k) v[(i * 7 + 2) * 20 + k] = 0.5;
-      v[2 * 20 + 3] = 0.75;
-      const Tensor wide = Tensor::from_vector(v, {n, 7, 4, 5}, dt);
-      const Tensor x = wide.narrow(1, 0, 4);
-      const Tensor gamma = Tensor::uniform({4}, 0.5, 1.5, gen, dt);
-      Tensor beta = Tensor::uniform({4}, -0.5, 0.5, gen, dt);
-      beta.narrow(0, 2, 1).fill_(0.0);
-      const Tensor dy = Tensor::normal({n, 4, 4, 5}, 0, 1, gen, dt);
-      Tensor rm = Tensor::zeros({4}, dt), rv = Tensor::ones({4}, dt);
+      const Tensor wide = Tensor::normal({n, CW, 4, 5}, 0.2, 1, gen, dt);
+      const Tensor x = wide.narrow(1, 0, C);
+      const Tensor gamma = Tensor::uniform({C}, 0.5, 1.5, gen, dt);
+      const Tensor dy = Tensor::normal({n, C, 4, 5}, 0, 1, gen, dt);
+      Tensor rm = Tensor::zeros({C}, dt), rv = Tensor::ones({C}, dt);
+      const auto first = ops::batch_norm_forward_train(x, gamma, Tensor(), rm, rv, 0.1, 1e-5, ops::BnAct::Relu);
+      const std::vector<double> xv = wide.to_vector(), g = gamma.to_vector(), mu = first.save_mean.to_vector(),
+                                is = first.save_invstd.to_vector();
+      std::vector<double> b(C);
+      for (int64_t c = 0; c < C; ++c) b[c] = -(xv[c * HW + k] - mu[c]) * (g[c] * is[c]);  // sample 0, value k
+      const Tensor beta = Tensor::from_vector(b, {C}, dt);
       const auto f = ops::batch_norm_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5, ops::BnAct::Relu);
       ASSERT_TRUE(f.relu_from_x);
+      EXPECT_EQ(ops::max_abs_diff(f.save_mean, first.save_mean), 0.0) << "beta does not move the statistics";
       const std::vector<double> yv = f.y.to_vector();
+      int64_t edge_on = 0;
+      for (int64_t c = 0; c < C; ++c) edge_on += yv[c * HW + k] > 0;
+      EXPECT_LT(edge_on, C) << "the edge values normalise to about 0: some rectified";
       ASSERT_GT(std::count(yv.begin(), yv.end(), 0.0), static_cast<long>(yv.size() / 10));
       const auto ref = ops::batch_norm_backward_train(dy, x, gamma, f.save_mean, f.save_invstd, f.y);
       const auto got = ops::batch_norm_backward_train(dy, x, gamma, f.save_mean, f.save_invstd, Tensor(), Tensor(),
@@ -326,10 +331,10 @@ TEST(BatchNormTest, BackwardReluMaskFromXEqualsTheMaskFromY) {
       EXPECT_EQ(ops::max_abs_diff(got.dx, ref.dx), 0.0);
       EXPECT_EQ(ops::max_abs_diff(got.dgamma, ref.dgamma), 0.0);
       EXPECT_EQ(ops::max_abs_diff(got.dbeta, ref.dbeta), 0.0);
-      Tensor G = Tensor::zeros({n, 6, 4, 5}, dt), G_ref = G.clone();
-      ops::batch_norm_backward_train(dy, x, gamma, f.save_mean, f.save_invstd, Tensor(), G.narrow(1, 0, 4),
+      Tensor G = Tensor::zeros({n, CW, 4, 5}, dt), G_ref = G.clone();
+      ops::batch_norm_backward_train(dy, x, gamma, f.save_mean, f.save_invstd, Tensor(), G.narrow(1, 0, C),
                                      ops::BnReluFromX{true, beta});
-      Tensor head = G_ref.narrow(1, 0, 4);
+      Tensor head = G_ref.narrow(1, 0, C);
       ops::add_(head, ref.dx);
       EXPECT_EQ(ops::max_abs_diff(G, G_ref), 0.0);
       const auto f_plain = ops::batch_norm_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5);

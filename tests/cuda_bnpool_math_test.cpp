@@ -296,34 +296,37 @@ TEST(CudaBnPoolMath, SpacedSamplesAreReadLikePackedOnes) {
 }
 
 // The fused BatchNorm-ReLU's backward mask recomputed from x (BnMaskFromX, what the training dense
-// block's norm1 uses) gives the bits of the mask read from the forward's output: the forward's y is
-// emulated with the very functions the native kernels use (bn_train_scale, bn_normalize, bn_relu),
-// with values put exactly on the ReLU's edge (x = mean and shift 0: v = 0) and around it.
+// block's norm1 uses) gives the bits of the mask read from the forward's output, the forward emulated
+// with the functions the native kernels use (the finalize's bn_train_scale, bn_normalize, bn_relu).
+// On the edge: each channel's shift is -fl((x_k - mean) * scale) for one chosen x_k, so the fused
+// multiply-add leaves only the product's rounding error there — a sign that an unfused or 1-ulp-off
+// recomputation gets wrong (the control below shows such a change flips masks).
 TEST(CudaBnPoolMath, ReluMaskFromXEqualsTheMaskFromY) {
   Generator gen(78);
-  const int64_t N = 3, C = 5, HW = 20;
-  std::vector<float> x = floats(Tensor::normal({N, C, 4, 5}, 0.5, 2.0, gen));
+  const int64_t N = 3, C = 32, HW = 20;
+  const std::vector<float> x = floats(Tensor::normal({N, C, 4, 5}, 0.5, 2.0, gen));
   const std::vector<float> dy = floats(Tensor::normal({N, C, 4, 5}, 0, 1, gen));
   const std::vector<float> gamma = floats(Tensor::uniform({C}, 0.5, 1.5, gen));
-  std::vector<float> beta = floats(Tensor::uniform({C}, -0.5, 0.5, gen));
   const std::vector<float> mean = floats(Tensor::normal({C}, 0.5, 0.3, gen));
   const std::vector<float> invstd = floats(Tensor::uniform({C}, 0.3, 3.0, gen));
-  beta[1] = 0.0f;  // channel 1: v = 0 exactly where x = mean; tiny either side next to it
-  for (int64_t n = 0; n < N; ++n) {
-    float* p = x.data() + (n * C + 1) * HW;
-    p[0] = mean[1];
-    p[1] = std::nextafter(mean[1], 10.0f);
-    p[2] = std::nextafter(mean[1], -10.0f);
+  std::vector<float> beta(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const float xk = x[c * HW + 7];  // sample 0, element 7 of channel c
+    beta[c] = -((xk - mean[c]) * m::bn_train_scale(gamma[c], invstd[c]));
   }
   std::vector<float> y(x.size());
-  int zeros = 0;
+  int zeros = 0, edge_on = 0;
   for (int64_t i = 0; i < N * C * HW; ++i) {
     const int64_t c = (i / HW) % C;
     y[i] = m::bn_relu(m::bn_normalize(x[i], mean[c], m::bn_train_scale(gamma[c], invstd[c]), beta[c]));
     zeros += y[i] == 0.0f;
+    if (i % (C * HW) == c * HW + 7 && i < C * HW) edge_on += y[i] > 0.0f;
   }
   ASSERT_GT(zeros, 20);
   ASSERT_LT(zeros, N * C * HW - 20);
+  // Both signs occur on the edge (the rounding errors' signs), so the edge decides something.
+  ASSERT_GT(edge_on, 0);
+  ASSERT_LT(edge_on, C);
   const m::BnPartition p = m::bn_partition(N, C, HW, 1);
   auto check = [&](auto vec) {
     constexpr int VEC = decltype(vec)::value;
@@ -345,6 +348,18 @@ TEST(CudaBnPoolMath, ReluMaskFromXEqualsTheMaskFromY) {
   };
   check(std::integral_constant<int, 1>{});
   check(std::integral_constant<int, 4>{});
+  // Control: the unfused expression, or a scale one ulp off, decides some edge element differently.
+  int unfused_flips = 0, ulp_flips = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    const float scale = m::bn_train_scale(gamma[c], invstd[c]);
+    const float xk = x[c * HW + 7];
+    const bool on = m::bn_relu_on(xk, mean[c], {true, scale, beta[c]});
+    volatile float prod = (xk - mean[c]) * scale;  // rounded: no fused multiply-add
+    unfused_flips += (prod + beta[c] > 0.0f) != on;
+    ulp_flips += m::bn_relu_on(xk, mean[c], {true, std::nextafter(scale, 10.0f), beta[c]}) != on;
+  }
+  EXPECT_GT(unfused_flips, 0);
+  EXPECT_GT(ulp_flips, 0);
 }
 
 TEST(CudaBnPoolMath, BatchNormPartitionFillsAnH100) {
@@ -383,7 +398,7 @@ void check_bn_forward(const BnShapeCase& sc, Generator& gen) {
     invstd[c] = float(st.invstd);
     run_mean[c] = float(m::bn_running_mean(rm0v[c], momentum, st));
     run_var[c] = float(m::bn_running_var(rv0v[c], momentum, st));
-    const float scale = float(g[c] * st.invstd), shift = float(b[c]);
+    const float scale = m::bn_train_scale(float(g[c]), invstd[c]), shift = float(b[c]);  // the finalize's
     for (int64_t n = 0; n < s[0]; ++n)
       for (int64_t k = 0; k < HW; ++k) {
         const int64_t i = (n * C + c) * HW + k;
