@@ -48,7 +48,8 @@ static void add_train(CLI::App& app) {
   cmd->add_option("--max-batches", c->max_batches, "Stop each epoch after this many batches (smoke tests)");
   auto profile = std::make_shared<bool>(false);
   cmd->add_flag("--profile", *profile,
-                "GPU: time every op with CUDA events and print the per-op table at the end (as LADNN_PROFILE=1)");
+                "GPU: time every op with CUDA events and print the per-op table at the end (as LADNN_PROFILE=1); "
+                "with --cuda-graph the replays' ops too, each step then waited for");
   cmd->callback([c, profile] {
     if (c->data_dir.empty()) c->data_dir = data::find_data_dir();
     if (*profile) cuda::profiler::set_enabled(true);

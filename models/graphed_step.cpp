@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "cuda/graph.h"
+#include "cuda/profiler.h"
 #include "cuda/runtime.h"
 
 namespace ladnn {
@@ -68,6 +69,16 @@ void GraphedTrainStep::capture() {
   logit_out_ = Tensor();
   graph_.reset();  // its pool goes back to the cache before the new capture takes one
   auto g = std::make_unique<cuda::Graph>();
+  // Profiling (ladnn train --profile): the graph's ops are timed inside each replay (capture timing),
+  // read right after it — which waits for every step, so profiled runs are not pipelined.
+  timed_ = cuda::profiler::enabled();
+  if (timed_) cuda::profiler::set_capture_timing(true);
+  struct Off {
+    bool on;
+    ~Off() {
+      if (on) cuda::profiler::set_capture_timing(false);
+    }
+  } off{timed_};
   g->capture([&] {
     LaDnn::Output out = model_.forward_heads(Variable(images_));
     Variable l = lesion_attention_loss(out, covid_, lesions_, mask_, loss_);
@@ -190,6 +201,7 @@ void GraphedTrainStep::submit(const Tensor& images, const Tensor& covid, const T
   graph_->replay();
   opt_.replayed_step();
   ++replays_;
+  if (timed_) cuda::profiler::collect_captured();
   // Out: the loss and the logits into the slot, read by settle() once the event has passed.
   auto* out = static_cast<unsigned char*>(slot.out.data());
   cuda::copy_async(out, Device::cpu(), loss_out_.raw_data(), device_, bytes_of(loss_out_));

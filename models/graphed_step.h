@@ -22,7 +22,9 @@
 // hands results back in order, one step late, so the host reads step k's loss while the GPU runs
 // step k+1 and the GPU never waits on the host between steps. A batch goes host -> pinned memory (two
 // slots, used in turn) -> the graph's input tensors by a queued copy; the loss and COVID logits come
-// back the same way. step() is submit() then the wait for that step (the synchronous form).
+// back the same way. step() is submit() then the wait for that step (the synchronous form). With the
+// profiler on (ladnn train --profile) the replays' ops are timed too (cuda/profiler.h capture timing),
+// each replay waited for: profiled runs are not pipelined.
 // Memory: the graph keeps its own pool of the caching allocator for its intermediates, so an eager
 // step in between (the short last batch) needs its memory on top.
 #pragma once
@@ -107,6 +109,7 @@ class GraphedTrainStep {
   int next_slot_ = 0;
   std::deque<Owed> owed_;
   int64_t captures_ = 0, replays_ = 0, eager_steps_ = 0;
+  bool timed_ = false;  // the graph was captured with the profiler's capture timing
 };
 
 }  // namespace ladnn

@@ -401,6 +401,48 @@ TEST_P(CudaGraphTest, GraphedTrainStepTakesABiggerBatchEagerlyThenCapturesIt) {
   for (size_t i = 0; i < loss_e.size(); ++i) EXPECT_NEAR(loss_g[i], loss_e[i], 1e-5) << "step " << i + 1;
 }
 
+// ladnn train --cuda-graph --profile: with the profiler on, the graphed step's replays are timed per op
+// (capture timing), so the table covers the replayed steps, not only the eager first one.
+TEST(CudaGraph, AProfiledGraphedTrainStepTimesItsReplays) {
+  LADNN_REQUIRE_GPU();
+  Generator gen(36);
+  std::vector<Data> batches;
+  for (int i = 0; i < 4; ++i) batches.push_back(make_data(4, gen));
+  auto m = tiny_ladnn(13);
+  SGD opt(m->parameters(), 0.05, 0.9);
+  struct Restore {
+    ~Restore() {
+      cuda::profiler::set_enabled(false);
+      cuda::profiler::reset();
+    }
+  } restore;
+  cuda::profiler::reset();
+  cuda::profiler::set_enabled(true);
+  GraphedTrainStep gs(*m, opt, LossConfig{});
+  for (const Data& d : batches) gs.step(to_cpu(d.images), to_cpu(d.covid), to_cpu(d.lesions), to_cpu(d.mask));
+  ASSERT_EQ(gs.replays(), 3);  // the first step eager, then a capture and three replays
+  EXPECT_FALSE(cuda::profiler::capture_timing()) << "switched off again after the capture";
+  // conv2d_forward runs in every step: eagerly once, then in each of the 3 replays.
+  const std::vector<cuda::profiler::OpStat> rows = cuda::profiler::stats();
+  int64_t conv_calls = 0, eager_conv_calls = 0;
+  for (const auto& r : rows)
+    if (r.op == "conv2d_forward") conv_calls += r.calls;
+  {
+    auto m2 = tiny_ladnn(13);
+    SGD opt2(m2->parameters(), 0.05, 0.9);
+    cuda::profiler::reset();
+    const Data& d = batches[0];
+    Variable loss = lesion_attention_loss(m2->forward_heads(Variable(d.images)), d.covid, d.lesions, d.mask);
+    opt2.zero_grad();
+    loss.backward();
+    opt2.step();
+    for (const auto& r : cuda::profiler::stats())
+      if (r.op == "conv2d_forward") eager_conv_calls += r.calls;
+  }
+  ASSERT_GT(eager_conv_calls, 0);
+  EXPECT_EQ(conv_calls, 4 * eager_conv_calls) << "one eager step and three timed replays";
+}
+
 INSTANTIATE_TEST_SUITE_P(CudaImpls, CudaGraphTest, ::testing::Values(cuda::Impl::Library, cuda::Impl::Native),
                          [](const ::testing::TestParamInfo<cuda::Impl>& info) {
                            return std::string(info.param == cuda::Impl::Library ? "library" : "native");
