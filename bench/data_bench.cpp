@@ -86,21 +86,12 @@ void run_loader(benchmark::State& state, bool cached) {
 void BM_Loader(benchmark::State& state) { run_loader(state, false); }
 void BM_LoaderCached(benchmark::State& state) { run_loader(state, true); }
 
-BENCHMARK(BM_Loader)
-    ->ArgName("workers")
-    ->Arg(1)
-    ->Arg(2)
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime()
-    ->MinTime(2.0);
-BENCHMARK(BM_LoaderCached)
-    ->Name("BM_Loader/cached")
-    ->ArgName("workers")
-    ->Arg(1)
-    ->Arg(2)
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime()
-    ->MinTime(2.0);
+// Both loader rows: 1 and 2 workers, whole epochs by the wall clock.
+void loader_rows(benchmark::internal::Benchmark* b) {
+  b->ArgName("workers")->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
+}
+BENCHMARK(BM_Loader)->Apply(loader_rows);
+BENCHMARK(BM_LoaderCached)->Name("BM_Loader/cached")->Apply(loader_rows);
 
 void BM_Decode(benchmark::State& state) {
   std::string why;
