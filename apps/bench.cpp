@@ -152,13 +152,19 @@ struct Row {
   std::size_t torch_peak = 0;
 };
 
-Row run_one(const BenchOptions& o, const std::string& work, int64_t batch, Device device, bool graph) {
-  const bool gpu = device.is_cuda();
-  Generator gen(0);
+/// The benched model: o.arch (memory-efficient when asked), initialised from `gen`, on `device`.
+std::shared_ptr<LaDnn> make_model(const BenchOptions& o, Device device, Generator& gen) {
   DenseNetConfig config = DenseNetConfig::by_name(o.arch);
   config.memory_efficient = o.memory_efficient;
   auto model = std::make_shared<LaDnn>(config, gen);
   model->to(device);
+  return model;
+}
+
+Row run_one(const BenchOptions& o, const std::string& work, int64_t batch, Device device, bool graph) {
+  const bool gpu = device.is_cuda();
+  Generator gen(0);
+  auto model = make_model(o, device, gen);
   RandomBatch b = to_device(random_batch(batch, o.image_size, gen), device);
   std::unique_ptr<Adam> opt;
   std::function<void()> step;
@@ -274,10 +280,7 @@ Row run_loop(const BenchOptions& o, int64_t batch, Device device, bool ahead) {
     return r;
   }
   Generator gen(0);
-  DenseNetConfig config = DenseNetConfig::by_name(o.arch);
-  config.memory_efficient = o.memory_efficient;
-  auto model = std::make_shared<LaDnn>(config, gen);
-  model->to(device);
+  auto model = make_model(o, device, gen);
   model->train();
   Adam opt(model->parameters(), 1e-4);
   GraphedTrainStep g(*model, opt, LossConfig{});

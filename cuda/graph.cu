@@ -152,7 +152,7 @@ void Graph::capture_once(const std::function<void()>& fn, PoolMode mode, std::ve
   reset();
   // Timed ranges (profiler capture timing) belong to the capture that is about to run, not to an
   // attempt before it (a planned capture runs fn more than once).
-  if (profiler::capture_timing()) profiler::set_capture_timing(true);
+  profiler::begin_capture();
   static std::atomic<uint64_t> next_pool{1};
   cudaStream_t st = stream();
   pool_ = next_pool++;

@@ -191,6 +191,12 @@ void set_capture_timing(bool on) {
   s.capture_timing = on;
 }
 
+void begin_capture() {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.capture_timing) s.captured.clear();  // the slots stay out of the pool, as in set_capture_timing
+}
+
 bool capture_timing() {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);

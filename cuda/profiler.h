@@ -66,6 +66,9 @@ std::string table();
 /// record them): collect_captured() reads the latest capture's.
 void set_capture_timing(bool on);
 bool capture_timing();
+/// Called by cuda::Graph as each capture begins: with capture timing on, the ranges of earlier
+/// captures are forgotten (collect_captured() reads the latest capture's); otherwise nothing.
+void begin_capture();
 /// After a replay of a graph captured with capture timing: waits for the replay and adds each captured
 /// range's time in it to the statistics (one call per range per collect). Returns how many ranges were
 /// read (0 when the latest capture timed none).

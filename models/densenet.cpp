@@ -146,10 +146,11 @@ bool DenseBlock::dropout_free() const {
 // read them), so they are layer l's output gradient; its backward, written out by hand,
 //   dW2 = conv2'(dout; h)    dh = conv2'(dout; W2)    db, dgamma2, dbeta2 = norm2'(dh; b, h)
 //   dW1 = conv1'(db; t)      dt = conv1'(db; W1)      dx, dgamma1, dbeta1 = norm1'(dt; prefix)
-// ends with G[:, 0:c_l] += dx, done by norm1's backward itself (dx_into): no dx tensor at all; norm1's
-// ReLU mask is recomputed from the prefix (BnReluFromX), so its backward does not read t either. (The per-layer autograd form accumulates each
-// earlier feature's gradient separately: O(L^2) small additions per block, ~1,100 kernels per
-// DenseNet-169 step.) G[:, 0:c_0] is the block input's gradient.
+// ends with G[:, 0:c_l] += dx, done by norm1's backward itself (dx_into): no dx tensor at all. Both
+// BatchNorms' ReLU masks are recomputed from their inputs (BnReluFromX), so the backwards read neither t
+// nor h. (The per-layer autograd form accumulates each earlier feature's gradient separately: O(L^2)
+// small additions per block, ~1,100 kernels per DenseNet-169 step.) G[:, 0:c_0] is the block input's
+// gradient.
 Variable DenseBlock::forward_training(const Variable& x) {
   const Tensor& in = x.tensor();
   check(in.dim() == 4, "DenseBlock: input must be (N, C, H, W), got " + shape_str(in.shape()));
@@ -217,10 +218,9 @@ Variable DenseBlock::forward_training(const Variable& x) {
           {
             const Tensor dh = ops::conv2d_backward_input(dout, p.w2, n2.y.shape(), p.p2);
             // The ReLU's mask from b (read anyway), not from h: as norm1's below.
-            ops::BnReluFromX from_b;
-            if (n2.relu_from_x) from_b = {true, p.be2};
-            ops::BatchNormGrads bn2 = ops::batch_norm_backward_train(
-                dh, b, p.g2, n2.save_mean, n2.save_invstd, n2.relu_from_x ? Tensor() : n2.y, Tensor(), from_b);
+            const ops::BnReluMask m2 = ops::relu_mask_of(n2, p.be2);
+            ops::BatchNormGrads bn2 =
+                ops::batch_norm_backward_train(dh, b, p.g2, n2.save_mean, n2.save_invstd, m2.relu_y, Tensor(), m2.from_x);
             if (needs[k + 3]) grads[k + 3] = std::move(bn2.dgamma);
             if (needs[k + 4]) grads[k + 4] = std::move(bn2.dbeta);
             db = std::move(bn2.dx);
@@ -231,11 +231,9 @@ Variable DenseBlock::forward_training(const Variable& x) {
           // dx goes straight into G's first c channels (added by the backward's last pass), and the
           // ReLU's mask is recomputed from the prefix it reads anyway instead of read from t (two
           // prefix-sized reads fewer), where the forward's arithmetic allows (BatchNormForward::relu_from_x).
-          ops::BnReluFromX from_x;
-          if (n1.relu_from_x) from_x = {true, p.be1};
-          ops::BatchNormGrads bn1 = ops::batch_norm_backward_train(
-              dt, prefix, p.g1, n1.save_mean, n1.save_invstd, n1.relu_from_x ? Tensor() : n1.y, G.narrow(1, 0, c),
-              from_x);
+          const ops::BnReluMask m1 = ops::relu_mask_of(n1, p.be1);
+          ops::BatchNormGrads bn1 = ops::batch_norm_backward_train(dt, prefix, p.g1, n1.save_mean, n1.save_invstd,
+                                                                   m1.relu_y, G.narrow(1, 0, c), m1.from_x);
           if (needs[k]) grads[k] = std::move(bn1.dgamma);
           if (needs[k + 1]) grads[k + 1] = std::move(bn1.dbeta);
         }

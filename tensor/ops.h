@@ -110,6 +110,15 @@ struct BnReluFromX {
   bool on = false;
   Tensor beta;  // the forward's beta (undefined: 0)
 };
+/// The mask arguments of a fused forward's backward (relu_y, relu_from_x): recomputed from x where
+/// `f` says that is exact, else read from its y. `beta`: the forward's.
+struct BnReluMask {
+  Tensor relu_y;
+  BnReluFromX from_x;
+};
+inline BnReluMask relu_mask_of(const BatchNormForward& f, const Tensor& beta) {
+  return f.relu_from_x ? BnReluMask{Tensor(), {true, beta}} : BnReluMask{f.y, {}};
+}
 /// Training: normalises with batch statistics and updates running stats in place as PyTorch:
 /// running = (1 - momentum) * running + momentum * stat, with the *unbiased* variance (n / (n - 1)).
 /// With act = Relu, y = max(normalised, 0) (NaN -> 0, as ops::relu); the statistics are unchanged.

@@ -21,6 +21,8 @@ TEST(CudaRuntime, ReportsWhyNoDeviceIsUsable) {
     EXPECT_THROW(Tensor::zeros({2}, DType::Float32, Device::cuda()), std::runtime_error);
     EXPECT_THROW(cuda::PinnedBuffer(64), std::runtime_error);
     EXPECT_THROW(cuda::StreamEvent(), std::runtime_error);
+    float host[4] = {};
+    EXPECT_THROW(cuda::copy_async(host, Device::cpu(), host + 2, Device::cuda(), 8), std::runtime_error);
   }
 }
 
