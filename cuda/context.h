@@ -55,6 +55,20 @@ const char* conv1x1_name(Conv1x1 mode);
 /// Parses "auto"/"cudnn"/"cublas" (any case, blanks around); throws naming `where` and the value otherwise.
 Conv1x1 parse_conv1x1(const std::string& value, const char* where);
 
+/// The fused inference convolution (cuda/fused_conv.cuh: ops::conv2d_bn_eval's eval BatchNorm(-ReLU)
+/// before and after a convolution in one kernel, built for batch-1 latency), LADNN_FUSED_CONV=off|on|auto:
+///   Off   (default until measured on a GPU) the unfused ops: BatchNorm kernel, library conv, BatchNorm;
+///   On    the fused kernel wherever it applies (float32, at most 2,048 input channels);
+///   Auto  the first call of each shape times the fused kernel against the unfused ops and keeps the
+///         faster (like LADNN_CONV1X1=auto; never inside a graph capture).
+/// The profiler shows which ran: the fused kernel is op "conv2d_bn_eval", implementation "native".
+enum class FusedConv { Off, On, Auto };
+FusedConv fused_conv();
+void set_fused_conv(FusedConv mode);
+const char* fused_conv_name(FusedConv mode);
+/// Parses "off"/"on"/"auto" (any case, blanks around); throws naming `where` and the value otherwise.
+FusedConv parse_fused_conv(const std::string& value, const char* where);
+
 /// One line per switch, as `ladnn info` prints them: "conv  cudnn  (LADNN_CONV; default cudnn)", ...,
 /// "conv1x1  auto  (LADNN_CONV1X1; ...)", "tf32  on  (LADNN_TF32)", "deterministic  off  (LADNN_DETERMINISTIC)". A switch whose environment
 /// value is invalid says so instead of throwing.

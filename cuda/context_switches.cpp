@@ -28,6 +28,7 @@ std::atomic<int> g_tf32{kUnread};
 std::atomic<int> g_deterministic{kUnread};
 std::atomic<int> g_conv1x1{kUnread};
 std::atomic<int> g_graph_plan{kUnread};
+std::atomic<int> g_fused_conv{kUnread};
 
 int index_of(Family f) {
   return static_cast<int>(f);
@@ -179,6 +180,38 @@ void set_conv1x1(Conv1x1 mode) {
   g_conv1x1.store(static_cast<int>(mode));
 }
 
+const char* fused_conv_name(FusedConv mode) {
+  switch (mode) {
+    case FusedConv::Off:
+      return "off";
+    case FusedConv::On:
+      return "on";
+    case FusedConv::Auto:
+      return "auto";
+  }
+  return "?";
+}
+
+FusedConv parse_fused_conv(const std::string& value, const char* where) {
+  const std::string v = normalised(value);
+  for (FusedConv mode : {FusedConv::Off, FusedConv::On, FusedConv::Auto})
+    if (v == fused_conv_name(mode)) return mode;
+  throw std::invalid_argument(std::string(where) + "=\"" + value +
+                              "\" is not a mode for the fused inference convolution; use off (the default), on "
+                              "(wherever it applies) or auto (time it against the unfused ops per shape)");
+}
+
+FusedConv fused_conv() {
+  return static_cast<FusedConv>(read_once(g_fused_conv, [] {
+    const char* env = std::getenv("LADNN_FUSED_CONV");
+    return static_cast<int>((env && *env) ? parse_fused_conv(env, "LADNN_FUSED_CONV") : FusedConv::Off);
+  }));
+}
+
+void set_fused_conv(FusedConv mode) {
+  g_fused_conv.store(static_cast<int>(mode));
+}
+
 bool graph_memory_plan() {
   return read_once(g_graph_plan, [] { return env_switch("LADNN_GRAPH_PLAN", 0); }) == 1;
 }
@@ -206,6 +239,8 @@ std::string describe_switches() {
             [f] { return std::string(impl_name(f, impl(f))); });
   guarded("conv1x1", "LADNN_CONV1X1; default auto: cuDNN or cuBLAS, timed per shape",
           [] { return std::string(conv1x1_name(conv1x1())); });
+  guarded("fused-conv", "LADNN_FUSED_CONV; default off: inference conv with its BatchNorms in one kernel",
+          [] { return std::string(fused_conv_name(fused_conv())); });
   guarded("graph-plan", "LADNN_GRAPH_PLAN; default off: one planned arena per CUDA graph",
           [] { return std::string(graph_memory_plan() ? "on" : "off"); });
   guarded("tf32", "LADNN_TF32; default on", [] { return std::string(tf32_enabled() ? "on" : "off"); });

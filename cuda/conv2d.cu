@@ -476,22 +476,6 @@ void cublas_strided(const StridedGemm& s, const float* A, const float* B, float*
                                           s.stride_c, i(s.batch), compute, CUBLAS_GEMM_DEFAULT));
 }
 
-/// Milliseconds of one run of `run` on the stream: the fastest of three after a warm-up, on the call's own
-/// buffers, as cuDNN's search times its algorithms.
-template <typename Run>
-float time_ms(Run&& run) {
-  run();
-  EventTimer timer;
-  double best = std::numeric_limits<double>::infinity();
-  for (int rep = 0; rep < 3; ++rep) {
-    timer.start();
-    run();
-    timer.stop();
-    best = std::min(best, timer.elapsed_ms());
-  }
-  return static_cast<float>(best);
-}
-
 /// The cached choice for this call, searching (with `find`, on the call's own buffers) the first time.
 /// When `gemm_applies` (a pointwise forward or backward input), the Conv1x1 switch may make the choice
 /// cuBLAS: always (Cublas), or when `gemm` (one run of the cuBLAS call) times faster than cuDNN's best
@@ -518,7 +502,7 @@ AlgoChoice choose(Pass pass, const ConvShape& g, int64_t x_img, int64_t align, C
     } else {
       ch = find();
       if (mode == Conv1x1::Auto) {
-        ch.cublas_ms = time_ms(gemm);
+        ch.cublas_ms = static_cast<float>(time_best_of_three_ms(gemm));
         ch.cublas = ch.cublas_ms < ch.ms;
       }
     }

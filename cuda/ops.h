@@ -12,6 +12,7 @@
 // cuda/bnpool_stub.cpp define them all to throw.
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include "tensor/ops.h"
@@ -62,6 +63,15 @@ void conv2d_forward_into(const Tensor& x, const Tensor& w, const Tensor& bias, c
 Tensor conv2d_backward_input(const Tensor& dy, const Tensor& w, const Shape& x_shape, const ops::Conv2dParams& p);
 Tensor conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_shape, const ops::Conv2dParams& p);
 Tensor conv2d_backward_bias(const Tensor& dy);
+/// ops::conv2d_bn_eval(_into) on the GPU, when cuda::fused_conv() is not Off: x's images x_img elements
+/// apart, out's out_img (checked by the caller). Returns true when out holds the result: the fused kernel
+/// ran (On, or Auto's choice for this shape), or Auto timed both on this first call of a shape (the last
+/// run being `unfused`, which computes the same values into out). Returns false, having done nothing,
+/// when the switch is Off, the call is outside what the kernel takes (float32, at most 2,048 input
+/// channels) or Auto chose the unfused ops for this shape: the caller then runs them.
+bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
+                          const ops::Conv2dParams& p, const ops::BnEval* post, const Tensor& out, int64_t out_img,
+                          const std::function<void()>& unfused);
 
 // ---- batch normalisation (cuDNN | native) ---------------------------------------------------------------------
 // act / relu_y: the fused BatchNorm-ReLU (tensor/ops.h). Native: the ReLU and the gradient mask live

@@ -187,6 +187,10 @@ Tensor conv2d_backward_weight(const Tensor&, const Tensor&, const Shape&, const 
 Tensor conv2d_backward_bias(const Tensor&) {
   no_backend("conv2d_backward_bias");
 }
+bool conv2d_bn_eval_fused(const Tensor&, int64_t, const ops::BnEval*, const Tensor&, const ops::Conv2dParams&,
+                          const ops::BnEval*, const Tensor&, int64_t, const std::function<void()>&) {
+  no_backend("conv2d_bn_eval");
+}
 
 // batch norm and pooling: C3's cuda/bnpool_stub.cpp.
 

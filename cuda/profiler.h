@@ -32,8 +32,10 @@
 // Built with and without the CUDA backend (without it OpRange does nothing and the table is empty).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <iosfwd>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -118,5 +120,21 @@ class EventTimer {
   void* start_ = nullptr;  // cudaEvent_t (kept opaque so this header needs no CUDA include)
   void* stop_ = nullptr;
 };
+
+/// Milliseconds of one run of `run` on the stream: the fastest of three after a warm-up, as cuDNN's
+/// search times its algorithms (the choices between a library call and our kernel use it).
+template <typename Run>
+double time_best_of_three_ms(Run&& run) {
+  run();
+  EventTimer timer;
+  double best = std::numeric_limits<double>::infinity();
+  for (int rep = 0; rep < 3; ++rep) {
+    timer.start();
+    run();
+    timer.stop();
+    best = std::min(best, timer.elapsed_ms());
+  }
+  return best;
+}
 
 }  // namespace ladnn::cuda

@@ -27,6 +27,10 @@ int64_t BatchNorm2d::num_batches_tracked() const {
 Variable BatchNorm2d::forward(const Variable& x) { return run(x, false); }
 Variable BatchNorm2d::forward_relu(const Variable& x) { return run(x, true); }
 
+ops::BnEval BatchNorm2d::eval_params(ops::BnAct act) {
+  return {weight_.tensor(), bias_.tensor(), buffer("running_mean"), buffer("running_var"), eps_, act};
+}
+
 ops::BatchNormForward BatchNorm2d::forward_train(const Tensor& x, ops::BnAct act) {
   check(is_training(), "BatchNorm2d::forward_train: the layer is in eval mode");
   check(x.dim() == 4 && x.size(1) == num_features_, "BatchNorm2d: expected input (N, " +

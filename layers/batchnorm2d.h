@@ -25,6 +25,9 @@ class BatchNorm2d : public Module {
   /// that writes its own backward (DenseNet's memory-efficient layer). Needs training mode.
   ops::BatchNormForward forward_train(const Tensor& x, ops::BnAct act);
 
+  /// This layer in eval mode followed by `act`, for a fused op (ops::conv2d_bn_eval).
+  ops::BnEval eval_params(ops::BnAct act);
+
   int64_t num_features() const { return num_features_; }
   double eps() const { return eps_; }
   double momentum() const { return momentum_; }

@@ -76,8 +76,11 @@ Variable DenseLayer::forward_features(const std::vector<Variable>& features) {
 
 void DenseLayer::forward_into(const Variable& x, const Tensor& out) {
   check(!is_training(), "DenseLayer::forward_into: for inference (eval mode)");
-  // Dropout is the identity in eval mode, so conv2 is the layer's last op.
-  conv2_->forward_into(norm2_->forward_relu(bottleneck({x})).tensor(), out);
+  // norm1-relu1-conv1-norm2-relu2 as one op, then conv2 (dropout is the identity in eval mode): the
+  // same ops as forward() on the CPU; on the GPU one kernel each when LADNN_FUSED_CONV picks it.
+  const ops::BnEval n1 = norm1_->eval_params(ops::BnAct::Relu), n2 = norm2_->eval_params(ops::BnAct::Relu);
+  const Tensor h = ops::conv2d_bn_eval(x.tensor(), &n1, conv1_->weight().tensor(), conv1_->params(), &n2);
+  ops::conv2d_bn_eval_into(h, nullptr, conv2_->weight().tensor(), conv2_->params(), nullptr, out);
 }
 
 // ---- DenseBlock ---------------------------------------------------------------------------------------

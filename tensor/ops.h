@@ -153,6 +153,29 @@ BatchNormGrads batch_norm_backward_eval(const Tensor& dy, const Tensor& x, const
                                         const Tensor& running_mean, const Tensor& running_var,
                                         double eps, const Tensor& relu_y = Tensor());
 
+// ---- convolution with its BatchNorms (inference) --------------------------------------------------
+/// An eval-mode BatchNorm (running statistics) and what follows it, as a part of a fused op:
+/// act((x - running_mean) / sqrt(running_var + eps) * gamma + beta), batch_norm_forward_eval's values.
+/// gamma / beta may be undefined (1 / 0).
+struct BnEval {
+  Tensor gamma, beta, running_mean, running_var;
+  double eps = 1e-5;
+  BnAct act = BnAct::None;
+};
+/// Inference: post(conv2d(pre(x), w)) with no bias, where `pre` (x's C channels) and `post` (the
+/// output's K channels) are eval BatchNorms or null for none — a DenseNet layer is
+/// conv2d_bn_eval(prefix, &norm1-ReLU, conv1, &norm2-ReLU) then conv2d_bn_eval_into(h, -, conv2, -, slice).
+/// The values of batch_norm_forward_eval, conv2d_forward and batch_norm_forward_eval in sequence — which
+/// is what runs on the CPU and, on the GPU, unless cuda::fused_conv() picks the fused kernel
+/// (cuda/fused_conv.cuh): one launch that normalises x as it loads it and the sums before it stores them,
+/// in float32 (no TF32) with its own order of additions. x may be a channel prefix (samples contiguous).
+Tensor conv2d_bn_eval(const Tensor& x, const BnEval* pre, const Tensor& w, const Conv2dParams& p,
+                      const BnEval* post);
+/// The same written into `out`, with conv2d_forward_into's rules for out (a channel slice of a wider
+/// NCHW tensor is written in place).
+void conv2d_bn_eval_into(const Tensor& x, const BnEval* pre, const Tensor& w, const Conv2dParams& p,
+                         const BnEval* post, const Tensor& out);
+
 // ---- pooling ----------------------------------------------------------------------------------------
 struct Pool2dParams {
   int64_t kernel_h = 2, kernel_w = 2;

@@ -14,6 +14,9 @@
 #include "autograd/functions.h"
 #include "autograd/gradcheck.h"
 #include "tensor/ops.h"
+#include "tensor/random.h"
+#include "tests/conv_bn_reference.h"
+#include "tests/test_util.h"
 
 using namespace ladnn;
 
@@ -469,4 +472,111 @@ TEST(Conv2dGrad, NoGraphUnderNoGrad) {
   Variable y = conv2d(x, w, Variable(), ops::Conv2dParams{});
   EXPECT_FALSE(y.requires_grad());
   EXPECT_TRUE(y.is_leaf());
+}
+
+// ---- conv2d_bn_eval: a convolution with eval BatchNorms before and after it ----------------------------
+// On the CPU the op runs batch_norm_forward_eval, conv2d_forward and batch_norm_forward_eval; these
+// check that sequence against plain float64 loops (tests/conv_bn_reference.h), every way it can be
+// called: with or without each BatchNorm, ReLU or not, affine or not, strided and padded convolutions,
+// a channel prefix read in place and a channel slice written in place.
+
+namespace {
+
+struct BnCase {
+  const char* name;
+  bool on, relu, affine;
+};
+constexpr BnCase kBnCases[] = {
+    {"none", false, false, true}, {"bn", true, false, true}, {"bn-relu", true, true, true}, {"bn-relu, no affine", true, true, false}};
+
+}  // namespace
+
+TEST(ConvBnEval, MatchesFloat64LoopsForEveryCombination) {
+  Generator gen(41);
+  const Case convs[] = {{2, 6, 5, 7, 4, 1, 1, 1, 1, 0, 0}, {1, 5, 7, 7, 3, 3, 3, 1, 1, 1, 1}, {2, 4, 9, 8, 5, 3, 3, 2, 2, 1, 1}};
+  for (DType dtype : {DType::Float64, DType::Float32})
+    for (const Case& c : convs)
+      for (const BnCase& pre_case : kBnCases)
+        for (const BnCase& post_case : kBnCases) {
+          const Tensor x = Tensor::normal(c.x_shape(), 0, 1, gen, dtype);
+          const Tensor w = Tensor::normal(c.w_shape(), 0, 0.5, gen, dtype);
+          const ops::BnEval pre = test::random_bn_eval(c.C, pre_case.relu ? ops::BnAct::Relu : ops::BnAct::None, gen,
+                                                       dtype, pre_case.affine);
+          const ops::BnEval post = test::random_bn_eval(c.K, post_case.relu ? ops::BnAct::Relu : ops::BnAct::None,
+                                                        gen, dtype, post_case.affine);
+          const ops::BnEval* pp = pre_case.on ? &pre : nullptr;
+          const ops::BnEval* qp = post_case.on ? &post : nullptr;
+          const Tensor y = ops::conv2d_bn_eval(x, pp, w, c.params(), qp);
+          const test::ConvBnReference ref = test::conv_bn_eval_reference(x, pp, w, c.params(), qp);
+          ASSERT_EQ(y.shape(), c.y_shape());
+          ASSERT_EQ(y.dtype(), dtype);
+          // float32: rounding of the inputs' normalisation and of the sum, relative to sum |terms|.
+          const double rtol = dtype == DType::Float64 ? 1e-13 : 4e-6;
+          const std::vector<double> got = y.to_vector(), want = ref.y.to_vector(), scale = ref.scale.to_vector();
+          for (std::size_t i = 0; i < got.size(); ++i)
+            ASSERT_LE(std::fabs(got[i] - want[i]), rtol * scale[i])
+                << c.str() << " pre " << pre_case.name << " post " << post_case.name << " element " << i;
+        }
+}
+
+TEST(ConvBnEval, IntoReadsAPrefixAndWritesASliceInPlace) {
+  Generator gen(42);
+  const Case c{2, 6, 5, 5, 4, 3, 3, 1, 1, 1, 1};
+  for (DType dtype : {DType::Float64, DType::Float32}) {
+    // x: the first 6 of 9 channels of a buffer; out: channels [3, 7) of an 8-channel buffer.
+    const Tensor xbuf = Tensor::normal({c.N, 9, c.H, c.W}, 0, 1, gen, dtype);
+    const Tensor x = xbuf.narrow(1, 0, c.C);
+    Tensor obuf = Tensor::full({c.N, 8, c.H, c.W}, 7.0, dtype);
+    const Tensor out = obuf.narrow(1, 3, c.K);
+    const Tensor w = Tensor::normal(c.w_shape(), 0, 0.5, gen, dtype);
+    const ops::BnEval pre = test::random_bn_eval(c.C, ops::BnAct::Relu, gen, dtype);
+    const ops::BnEval post = test::random_bn_eval(c.K, ops::BnAct::Relu, gen, dtype);
+    for (const ops::BnEval* qp : {static_cast<const ops::BnEval*>(nullptr), &post}) {
+      ops::conv2d_bn_eval_into(x, &pre, w, c.params(), qp, out);
+      const test::ConvBnReference ref = test::conv_bn_eval_reference(x, &pre, w, c.params(), qp);
+      const std::vector<double> got = out.to_vector(), want = ref.y.to_vector(), scale = ref.scale.to_vector();
+      for (std::size_t i = 0; i < got.size(); ++i) ASSERT_LE(std::fabs(got[i] - want[i]), 4e-6 * scale[i]) << i;
+      for (int64_t ch : {0, 1, 2, 7})
+        for (double v : obuf.narrow(1, ch, 1).to_vector()) ASSERT_EQ(v, 7.0) << "channel " << ch << " was written";
+    }
+  }
+}
+
+TEST(ConvBnEval, EqualsTheUnfusedOpsToTheBit) {
+  // What DenseNet's inference layer ran before the op existed: the CPU results must not move.
+  Generator gen(43);
+  const Case c{1, 8, 7, 7, 6, 1, 1, 1, 1, 0, 0};
+  const Tensor x = Tensor::normal(c.x_shape(), 0, 1, gen);
+  const Tensor w = Tensor::normal(c.w_shape(), 0, 0.5, gen);
+  const ops::BnEval pre = test::random_bn_eval(c.C, ops::BnAct::Relu, gen);
+  const ops::BnEval post = test::random_bn_eval(c.K, ops::BnAct::Relu, gen);
+  const Tensor t = ops::batch_norm_forward_eval(x, pre.gamma, pre.beta, pre.running_mean, pre.running_var, pre.eps,
+                                                ops::BnAct::Relu);
+  const Tensor b = ops::conv2d_forward(t, w, Tensor(), c.params());
+  const Tensor want = ops::batch_norm_forward_eval(b, post.gamma, post.beta, post.running_mean, post.running_var,
+                                                   post.eps, ops::BnAct::Relu);
+  EXPECT_EQ(ops::max_abs_diff(ops::conv2d_bn_eval(x, &pre, w, c.params(), &post), want), 0.0);
+}
+
+TEST(ConvBnEval, ChecksItsArguments) {
+  Generator gen(44);
+  const Tensor x = Tensor::normal({1, 4, 5, 5}, 0, 1, gen), w = Tensor::normal({3, 4, 1, 1}, 0, 1, gen);
+  ops::BnEval pre = test::random_bn_eval(4, ops::BnAct::Relu, gen);
+  ops::BnEval post = test::random_bn_eval(3, ops::BnAct::Relu, gen);
+  ops::BnEval bad = pre;
+  bad.gamma = Tensor::ones({5});
+  EXPECT_THROW_WITH(ops::conv2d_bn_eval(x, &bad, w, {}, &post), "conv2d_bn_eval", "pre gamma", "(4)", "(5)");
+  bad = post;
+  bad.running_var = Tensor();
+  EXPECT_THROW_WITH(ops::conv2d_bn_eval(x, &pre, w, {}, &bad), "post running_var is undefined");
+  bad = post;
+  bad.running_mean = Tensor::zeros({3}, DType::Float64);
+  EXPECT_THROW_WITH(ops::conv2d_bn_eval(x, &pre, w, {}, &bad), "post running_mean", "float64", "float32");
+  bad = pre;
+  bad.eps = -1;
+  EXPECT_THROW_WITH(ops::conv2d_bn_eval(x, &bad, w, {}, nullptr), "pre eps must be >= 0");
+  EXPECT_THROW_WITH(ops::conv2d_bn_eval_into(x, &pre, w, {}, &post, Tensor::empty({1, 3, 4, 5})),
+                    "conv2d_bn_eval_into", "out must have the output's shape (1, 3, 5, 5)");
+  EXPECT_THROW_WITH(ops::conv2d_bn_eval(x, &pre, Tensor::normal({3, 5, 1, 1}, 0, 1, gen), {}, &post), "5",
+                    "channels");
 }

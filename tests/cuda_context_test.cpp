@@ -74,7 +74,10 @@ TEST(CudaContextSwitches, DescribeSwitchesNamesEachValueAndVariable) {
   cuda::set_conv1x1(cuda::Conv1x1::Cublas);
   const bool saved_plan = cuda::graph_memory_plan();
   cuda::set_graph_memory_plan(true);
+  const cuda::FusedConv saved_fused = cuda::fused_conv();
+  cuda::set_fused_conv(cuda::FusedConv::Auto);
   const std::string d = cuda::describe_switches();
+  cuda::set_fused_conv(saved_fused);
   cuda::set_graph_memory_plan(saved_plan);
   cuda::set_impl(Family::BatchNorm, saved_bn);
   cuda::set_tf32(saved_tf32);
@@ -89,8 +92,33 @@ TEST(CudaContextSwitches, DescribeSwitchesNamesEachValueAndVariable) {
             std::string::npos)
       << d;
   EXPECT_NE(d.find("  deterministic  on      (LADNN_DETERMINISTIC; default off)\n"), std::string::npos) << d;
+  EXPECT_NE(d.find("  fused-conv     auto    (LADNN_FUSED_CONV; default off: inference conv with its BatchNorms in one "
+                   "kernel)\n"),
+            std::string::npos)
+      << d;
   EXPECT_NE(d.find("  gemm           "), std::string::npos) << d;
   EXPECT_NE(d.find("(LADNN_GEMM; default cublas)"), std::string::npos) << d;
+}
+
+TEST(CudaContextSwitches, FusedConvModeNamesAndRoundTrip) {
+  EXPECT_STREQ(cuda::fused_conv_name(cuda::FusedConv::Off), "off");
+  EXPECT_STREQ(cuda::fused_conv_name(cuda::FusedConv::On), "on");
+  EXPECT_STREQ(cuda::fused_conv_name(cuda::FusedConv::Auto), "auto");
+  EXPECT_EQ(cuda::parse_fused_conv(" AUTO ", "LADNN_FUSED_CONV"), cuda::FusedConv::Auto);
+  EXPECT_EQ(cuda::parse_fused_conv("on", "LADNN_FUSED_CONV"), cuda::FusedConv::On);
+  try {
+    cuda::parse_fused_conv("yes", "LADNN_FUSED_CONV");
+    ADD_FAILURE() << "\"yes\" was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "LADNN_FUSED_CONV=\"yes\" is not a mode for the fused inference convolution; use off (the default), on "
+              "(wherever it applies) or auto (time it against the unfused ops per shape)");
+  }
+  const cuda::FusedConv saved = cuda::fused_conv();
+  cuda::set_fused_conv(cuda::FusedConv::On);
+  EXPECT_EQ(cuda::fused_conv(), cuda::FusedConv::On);
+  cuda::set_fused_conv(saved);
+  EXPECT_EQ(cuda::fused_conv(), saved);
 }
 
 TEST(CudaContextSwitches, Conv1x1ModeNamesAndRoundTrip) {

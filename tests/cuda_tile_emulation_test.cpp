@@ -32,6 +32,7 @@
 #include "tensor/ops.h"
 #include "tensor/random.h"
 #include "tensor/tensor.h"
+#include "tests/conv_bn_reference.h"
 #include "tests/cuda_test_util.h"
 
 // ---- the CUDA dialect, for host compilation (after every standard header)
@@ -96,6 +97,7 @@ struct alignas(16) float4 {
 #define __align__(n) __attribute__((aligned(n)))
 #define __launch_bounds__(...)
 #include "cuda/conv2d_gemm.cuh"
+#include "cuda/fused_conv.cuh"
 #include "cuda/gemm_tile.cuh"
 #undef __device__
 #undef __global__
@@ -511,6 +513,111 @@ TEST(TileKernelEmulation, ConvPassesAllTiles) {
       }
     }
   }
+}
+
+// ---- the fused inference convolution (cuda/fused_conv.cuh) ------------------------------------------------
+
+template <int KT, int WARPS>
+void emulate_fused_cfg(const FusedConvGeom& g, const float* x, const float* w, const FusedBn& pre,
+                       const FusedBn& post, float* y) {
+  const emu::Dim3 grid{static_cast<unsigned>((g.M() + 31) / 32), static_cast<unsigned>((g.K + KT - 1) / KT), 1};
+  if (g.pointwise())
+    emulate(grid, WARPS * 32, [&] { fused_conv_kernel<KT, WARPS, true>(g, x, w, pre, post, y); });
+  else
+    emulate(grid, WARPS * 32, [&] { fused_conv_kernel<KT, WARPS, false>(g, x, w, pre, post, y); });
+}
+
+/// cuda/fused_conv.cu's launch, emulated.
+void emulate_fused(const FusedPlan& plan, const FusedConvGeom& g, const float* x, const float* w, const FusedBn& pre,
+                   const FusedBn& post, float* y) {
+  if (plan.kt == 8) {
+    if (plan.warps == 4) return emulate_fused_cfg<8, 4>(g, x, w, pre, post, y);
+    if (plan.warps == 8) return emulate_fused_cfg<8, 8>(g, x, w, pre, post, y);
+    return emulate_fused_cfg<8, 16>(g, x, w, pre, post, y);
+  }
+  if (plan.warps == 4) return emulate_fused_cfg<4, 4>(g, x, w, pre, post, y);
+  if (plan.warps == 8) return emulate_fused_cfg<4, 8>(g, x, w, pre, post, y);
+  return emulate_fused_cfg<4, 16>(g, x, w, pre, post, y);
+}
+
+TEST(FusedConvEmulation, PlannerSplitsTheReductionWhenTheOutputIsSmall) {
+  // DenseNet-169 at batch 1 on 132 SMs: a 7x7 bottleneck has 2 pixel tiles, a 56x56 one 98.
+  FusedPlan p = plan_fused(49, 128, kEmulatedSms);
+  EXPECT_EQ(p.kt, 4);
+  EXPECT_EQ(p.warps, 16);  // 64 blocks: the fewest, each warp walks 1/16 of the channels
+  p = plan_fused(3136, 128, kEmulatedSms);
+  EXPECT_EQ(p.kt, 8);
+  EXPECT_EQ(p.warps, 4);  // 1,568 blocks already fill the GPU
+  p = plan_fused(196, 128, kEmulatedSms);  // 14x14: 7 tiles x 16 = 112 blocks of 8 channels < 132
+  EXPECT_EQ(p.kt, 4);
+  EXPECT_EQ(p.warps, 8);  // 224 blocks of 4 channels: at least half the SMs, under two per SM
+  p = plan_fused(196, 128, 100);
+  EXPECT_EQ(p.kt, 8);
+  EXPECT_EQ(p.warps, 8);
+}
+
+TEST(FusedConvEmulation, EveryPlanMatchesFloat64WithBatchNormsPrefixesAndSlices) {
+  struct Shape4 {
+    int N, C, H, W, K, R, S, st, pad;
+  };
+  // 1x1 and 3x3 as in a dense layer, a strided 3x3, channel counts that do not divide by the warps or KT,
+  // fewer channels than warps (empty chunks), several images with a partial last pixel tile.
+  const Shape4 shapes[] = {{1, 40, 7, 7, 16, 1, 1, 1, 0}, {2, 13, 5, 5, 6, 3, 3, 1, 1}, {1, 3, 6, 5, 9, 3, 3, 2, 1},
+                           {3, 21, 4, 3, 8, 1, 1, 1, 0}};
+  const FusedPlan plans[] = {{4, 4}, {8, 8}, {4, 16}, {8, 16}};
+  Generator gen(51);
+  int cases = 0;
+  for (const Shape4& sh : shapes) {
+    ops::Conv2dParams p;
+    p.stride_h = p.stride_w = sh.st;
+    p.pad_h = p.pad_w = sh.pad;
+    const int P = (sh.H + 2 * sh.pad - sh.R) / sh.st + 1, Q = (sh.W + 2 * sh.pad - sh.S) / sh.st + 1;
+    // x: the first C of C + 3 channels per image; y: channels [2, 2 + K) of K + 5.
+    const int64_t x_img = int64_t(sh.C + 3) * sh.H * sh.W, y_img = int64_t(sh.K + 5) * P * Q;
+    const Tensor xbuf = Tensor::normal({sh.N, sh.C + 3, sh.H, sh.W}, 0, 1, gen);
+    const Tensor x = xbuf.narrow(1, 0, sh.C);
+    const Tensor w = Tensor::normal({sh.K, sh.C, sh.R, sh.S}, 0, 0.5, gen);
+    for (int variant = 0; variant < 4; ++variant) {
+      const bool has_pre = variant != 0, has_post = variant >= 2;
+      const ops::BnEval pre = test::random_bn_eval(sh.C, ops::BnAct::Relu, gen, DType::Float32, variant != 3);
+      const ops::BnEval post = test::random_bn_eval(sh.K, variant == 3 ? ops::BnAct::None : ops::BnAct::Relu, gen);
+      const ops::BnEval* pp = has_pre ? &pre : nullptr;
+      const ops::BnEval* qp = has_post ? &post : nullptr;
+      const test::ConvBnReference ref = test::conv_bn_eval_reference(x, pp, w, p, qp);
+      auto bn_of = [](const ops::BnEval* bn) {
+        FusedBn f;
+        if (!bn) return f;
+        f.gamma = bn->gamma.defined() ? bn->gamma.data<float>() : nullptr;
+        f.beta = bn->beta.defined() ? bn->beta.data<float>() : nullptr;
+        f.mean = bn->running_mean.data<float>();
+        f.var = bn->running_var.data<float>();
+        f.eps = bn->eps;
+        f.on = true;
+        f.relu = bn->act == ops::BnAct::Relu;
+        return f;
+      };
+      FusedConvGeom g{sh.N, sh.C, sh.H, sh.W, sh.K, sh.R, sh.S, P, Q, sh.st, sh.st, sh.pad, sh.pad, x_img, y_img};
+      for (int pi = 0; pi < 2; ++pi) {  // two plans per variant, all four per shape
+        const FusedPlan& plan = plans[(variant + 2 * pi) % 4];
+        SCOPED_TRACE("x (" + std::to_string(sh.N) + ", " + std::to_string(sh.C) + ", " + std::to_string(sh.H) + ", " +
+                     std::to_string(sh.W) + ") w " + std::to_string(sh.K) + "x" + std::to_string(sh.R) + "x" +
+                     std::to_string(sh.S) + " variant " + std::to_string(variant) + " kt " +
+                     std::to_string(plan.kt) + " warps " + std::to_string(plan.warps));
+        // Outside the slice: 7 (must survive); inside: NaN (an element no thread writes fails).
+        Tensor ybuf = Tensor::full({sh.N, sh.K + 5, P, Q}, 7.0);
+        ybuf.narrow(1, 2, sh.K).fill_(std::numeric_limits<double>::quiet_NaN());
+        const Tensor out = ybuf.narrow(1, 2, sh.K);
+        emulate_fused(plan, g, xbuf.data<float>(), w.data<float>(), bn_of(pp), bn_of(qp), out.data<float>());
+        const std::vector<double> got = out.to_vector(), want = ref.y.to_vector(), scale = ref.scale.to_vector();
+        for (std::size_t i = 0; i < got.size(); ++i)
+          ASSERT_LE(std::fabs(got[i] - want[i]), 4e-6 * scale[i]) << "element " << i << " got " << got[i];
+        for (int ch : {0, 1, sh.K + 2, sh.K + 3, sh.K + 4})
+          for (double v : ybuf.narrow(1, ch, 1).to_vector()) ASSERT_EQ(v, 7.0) << "channel " << ch << " was written";
+        ++cases;
+      }
+    }
+  }
+  EXPECT_EQ(cases, 32);
 }
 
 }  // namespace

@@ -43,11 +43,14 @@
 #        graph-profile  the per-op profile of replayed steps (training at 32 and 64, inference at 1 and
 #                    32): each graph captured again with its ops' events as graph nodes, GPU time per op
 #                    without host gaps (cuda/profiler.h capture timing); the top rows of each table
+#        fused       inference at batches 1 and 32 with LADNN_FUSED_CONV=on and =auto (each dense layer as
+#                    two kernels, its BatchNorms fused into its convolutions: cuda/fused_conv.cuh), then
+#                    auto's per-shape choices (LADNN_CUDNN_LOG=1, counted)
 #        loop        the trainer's graphed loop over host batches at 32 and 64: waiting for each step
 #                    ("loop sync", the old `ladnn train --cuda-graph`) against one step ahead ("loop
 #                    ahead", pinned slots and queued copies) — what the app loses around the step
 # LADNN_CHECK_STEPS picks the steps (comma-separated names: info,tests,sanitizer,kernels,bench,before,
-# cudnn-bn,memory,profile,graph-profile,tf32-off,conv1x1,graph-plan,native-conv,loop; default all but the comparisons, which need the time of a
+# cudnn-bn,memory,profile,graph-profile,tf32-off,conv1x1,graph-plan,native-conv,fused,loop; default all but the comparisons, which need the time of a
 # second call).
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to
 # device-check-out/.
@@ -244,6 +247,19 @@ if want conv1x1; then
   done
   grep -E "^ladnn: conv2d_forward .*w \([0-9]+, [0-9]+, 1, 1\)" "$OUTDIR/conv1x1_choices.log" | head -12
   sed -n '/^graph of infer batch 1:/,/other kernels$/p' "$OUTDIR/conv1x1_choices.log"  # what a b1 replay launches
+fi
+if want fused; then
+  compare fused-on LADNN_FUSED_CONV=on timeout "$T_COMPARE" "$B/ladnn" bench --batches 1,32 --work infer --graph on \
+    --torch off --steps 20 --warmup 3
+  compare fused-auto LADNN_FUSED_CONV=auto timeout "$T_COMPARE" "$B/ladnn" bench --batches 1,32 --work infer \
+    --graph on --torch off --steps 20 --warmup 3
+  section "7. fused: auto's choices (inference, batches 1 and 32)"
+  LADNN_FUSED_CONV=auto LADNN_CUDNN_LOG=1 timeout "$T_COMPARE" "$B/ladnn" bench --batches 1,32 --work infer \
+    --graph on --torch off --steps 3 --warmup 1 >"$OUTDIR/fused_choices.log" 2>&1
+  echo "exit status $?"
+  echo "fused: $(grep -c '^ladnn: conv2d_bn_eval .* -> fused' "$OUTDIR/fused_choices.log") shapes," \
+    "unfused: $(grep -c '^ladnn: conv2d_bn_eval .* -> unfused' "$OUTDIR/fused_choices.log") shapes"
+  grep '^ladnn: conv2d_bn_eval' "$OUTDIR/fused_choices.log" | awk 'NR % 8 == 1' | head -16
 fi
 want loop && compare loop timeout "$T_COMPARE" "$B/ladnn" bench --batches 32,64 --work loop --torch off \
   --steps 20 --warmup 3

@@ -765,4 +765,89 @@ Tensor conv2d_backward_bias(const Tensor& dy) {
   return db;
 }
 
+// ---- convolution with its BatchNorms (inference) ------------------------------------------------------
+
+namespace {
+/// A BatchNorm of a fused op: its four (channels) vectors on x's device, in x's dtype.
+void check_bn_eval(const std::string& op, const char* where, const BnEval& bn, int64_t channels, const Tensor& x) {
+  auto vec = [&](const char* name, const Tensor& t, bool optional) {
+    const std::string what = std::string(where) + " " + name;
+    if (!t.defined()) {
+      check(optional, op + ": " + what + " is undefined");
+      return;
+    }
+    check(t.dim() == 1 && t.size(0) == channels, op + ": " + what + " must have shape (" +
+                                                     std::to_string(channels) + "), got " + shape_str(t.shape()));
+    check_same_dtype(op, what.c_str(), t, "input", x);
+  };
+  vec("gamma", bn.gamma, true);
+  vec("beta", bn.beta, true);
+  vec("running_mean", bn.running_mean, false);
+  vec("running_var", bn.running_var, false);
+  check(bn.eps >= 0, op + ": " + where + " eps must be >= 0, got " + std::to_string(bn.eps));
+}
+
+ConvGeom check_bn_eval_conv(const std::string& op, const Tensor& x, const BnEval* pre, const Tensor& w,
+                            const Conv2dParams& p, const BnEval* post) {
+  ConvGeom g = check_forward(op, x, w, Tensor(), p);
+  if (pre) check_bn_eval(op, "pre", *pre, g.C, x);
+  if (post) check_bn_eval(op, "post", *post, g.K, x);
+  return g;
+}
+
+Tensor bn_eval_of(const Tensor& x, const BnEval& bn) {
+  return batch_norm_forward_eval(x, bn.gamma, bn.beta, bn.running_mean, bn.running_var, bn.eps, bn.act);
+}
+
+/// The unfused ops: pre's BatchNorm, the convolution, post's BatchNorm (into `out` when defined).
+Tensor bn_eval_conv_unfused(const Tensor& x, const BnEval* pre, const Tensor& w, const Conv2dParams& p,
+                            const BnEval* post, const Tensor& out) {
+  const Tensor t = pre ? bn_eval_of(x, *pre) : x;
+  if (out.defined() && !post) {
+    conv2d_forward_into(t, w, Tensor(), p, out);
+    return out;
+  }
+  Tensor y = conv2d_forward(t, w, Tensor(), p);
+  if (post) y = bn_eval_of(y, *post);
+  if (!out.defined()) return y;
+  Tensor o = out;  // a handle: copies into out's storage
+  o.copy_(y);
+  return out;
+}
+
+/// The GPU's choice of the fused kernel for out (images out_img apart); false: run the unfused ops.
+bool fused_on_gpu(ConvGeom g, const Tensor& x, const BnEval* pre, const Tensor& w,
+                  const Conv2dParams& p, const BnEval* post, const Tensor& out, int64_t out_img) {
+  if (!x.device().is_cuda()) return false;
+  const Tensor xc = images_view(x, g);
+  return cuda::conv2d_bn_eval_fused(xc, g.x_stride, pre, w, p, post, out, out_img,
+                                    [&] { bn_eval_conv_unfused(x, pre, w, p, post, out); });
+}
+}  // namespace
+
+Tensor conv2d_bn_eval(const Tensor& x, const BnEval* pre, const Tensor& w, const Conv2dParams& p,
+                      const BnEval* post) {
+  const std::string op = "conv2d_bn_eval";
+  const ConvGeom g = check_bn_eval_conv(op, x, pre, w, p, post);
+  if (x.device().is_cuda()) {
+    Tensor y = Tensor::empty(g.y_shape(), x.dtype(), x.device());
+    if (y.numel() > 0 && fused_on_gpu(g, x, pre, w, p, post, y, g.K * g.pq())) return y;
+  }
+  return bn_eval_conv_unfused(x, pre, w, p, post, Tensor());
+}
+
+void conv2d_bn_eval_into(const Tensor& x, const BnEval* pre, const Tensor& w, const Conv2dParams& p,
+                         const BnEval* post, const Tensor& out) {
+  const std::string op = "conv2d_bn_eval_into";
+  const ConvGeom g = check_bn_eval_conv(op, x, pre, w, p, post);
+  check(out.defined(), op + ": out is undefined");
+  check(out.dtype() == x.dtype() && out.device() == x.device(),
+        op + ": out must have the input's dtype and device (" + dtype_name(x.dtype()) + ", " +
+            x.device().str() + "), got " + dtype_name(out.dtype()) + ", " + out.device().str());
+  const int64_t out_img = conv2d_out_image_stride(op, out, g.y_shape());
+  if (out.numel() == 0) return;
+  if (fused_on_gpu(g, x, pre, w, p, post, out, out_img)) return;
+  bn_eval_conv_unfused(x, pre, w, p, post, out);
+}
+
 }  // namespace ladnn::ops

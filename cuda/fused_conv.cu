@@ -1,0 +1,179 @@
+// cuda/fused_conv.cu — runs cuda/fused_conv.cuh's kernel for ops::conv2d_bn_eval(_into) when
+// cuda::fused_conv() (LADNN_FUSED_CONV) picks it; otherwise the caller runs the unfused ops.
+//
+// Auto times both on the call's own buffers the first time a shape is seen (cuda::time_best_of_three_ms,
+// the warm-up run also doing the unfused convolution's cuDNN search) and keeps the faster for the
+// process, as LADNN_CONV1X1=auto does for cuBLAS against cuDNN. LADNN_CUDNN_LOG=1 prints each choice.
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "cuda/check.h"
+#include "cuda/context.h"
+#include "cuda/fused_conv.cuh"
+#include "cuda/gemm_tile.cuh"
+#include "cuda/graph.h"
+#include "cuda/ops.h"
+#include "cuda/profiler.h"
+
+namespace ladnn::cuda {
+namespace {
+
+/// A BatchNorm's vectors as the kernel reads them (contiguous copies kept alive in `keep` if needed).
+FusedBn fused_bn_of(const ops::BnEval* bn, std::vector<Tensor>& keep) {
+  FusedBn f;
+  if (!bn) return f;
+  auto ptr = [&keep](const Tensor& t) -> const float* {
+    if (!t.defined()) return nullptr;
+    keep.push_back(t.contiguous());
+    return keep.back().data<float>();
+  };
+  f.gamma = ptr(bn->gamma);
+  f.beta = ptr(bn->beta);
+  f.mean = ptr(bn->running_mean);
+  f.var = ptr(bn->running_var);
+  f.eps = bn->eps;
+  f.on = true;
+  f.relu = bn->act == ops::BnAct::Relu;
+  return f;
+}
+
+template <int KT, int WARPS>
+void launch_cfg(const FusedConvGeom& g, const float* x, const float* w, const FusedBn& pre, const FusedBn& post,
+                float* y) {
+  const dim3 grid(static_cast<unsigned>((g.M() + 31) / 32), static_cast<unsigned>((g.K + KT - 1) / KT));
+  cudaStream_t s = static_cast<cudaStream_t>(stream());
+  if (g.pointwise())
+    fused_conv_kernel<KT, WARPS, true><<<grid, WARPS * 32, 0, s>>>(g, x, w, pre, post, y);
+  else
+    fused_conv_kernel<KT, WARPS, false><<<grid, WARPS * 32, 0, s>>>(g, x, w, pre, post, y);
+  CUDA_CHECK_LAUNCH();
+}
+
+void launch(const FusedPlan& plan, const FusedConvGeom& g, const float* x, const float* w, const FusedBn& pre,
+            const FusedBn& post, float* y) {
+  OpRange range("conv2d_bn_eval", "native");
+  if (plan.kt == 8) {
+    if (plan.warps == 4) return launch_cfg<8, 4>(g, x, w, pre, post, y);
+    if (plan.warps == 8) return launch_cfg<8, 8>(g, x, w, pre, post, y);
+    return launch_cfg<8, 16>(g, x, w, pre, post, y);
+  }
+  if (plan.warps == 4) return launch_cfg<4, 4>(g, x, w, pre, post, y);
+  if (plan.warps == 8) return launch_cfg<4, 8>(g, x, w, pre, post, y);
+  return launch_cfg<4, 16>(g, x, w, pre, post, y);
+}
+
+/// What Auto's choice depends on: the shapes, strides and BatchNorms of the call, and the switches that
+/// change the unfused ops' speed.
+using FusedKey = std::tuple<std::vector<int64_t>, int, int, int, int, int>;
+struct FusedCache {
+  std::mutex mu;
+  std::map<FusedKey, bool> use_fused;
+};
+FusedCache& fused_cache() {
+  static FusedCache* c = new FusedCache;  // never destroyed: used from other statics' destructors
+  return *c;
+}
+
+bool log_choices() {
+  const char* env = std::getenv("LADNN_CUDNN_LOG");
+  return env && *env && std::string(env) != "0";
+}
+
+int bn_code(const ops::BnEval* bn) {
+  return bn ? (bn->act == ops::BnAct::Relu ? 2 : 1) : 0;
+}
+
+/// The kernel for one call, on the stream.
+void run_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w, const ops::Conv2dParams& p,
+               const ops::BnEval* post, const Tensor& out, int64_t out_img) {
+  FusedConvGeom g;
+  auto i = [](int64_t v) { return static_cast<int>(v); };
+  g.N = i(x.size(0));
+  g.C = i(x.size(1));
+  g.H = i(x.size(2));
+  g.W = i(x.size(3));
+  g.K = i(w.size(0));
+  g.R = i(w.size(2));
+  g.S = i(w.size(3));
+  g.P = i(out.size(2));
+  g.Q = i(out.size(3));
+  g.sh = i(p.stride_h);
+  g.sw = i(p.stride_w);
+  g.ph = i(p.pad_h);
+  g.pw = i(p.pad_w);
+  g.x_img = x_img;
+  g.y_img = out_img;
+  std::vector<Tensor> keep;
+  const FusedBn fpre = fused_bn_of(pre, keep), fpost = fused_bn_of(post, keep);
+  const Tensor wc = w.contiguous();
+  launch(plan_fused(g.M(), g.K, sm_count()), g, x.data<float>(), wc.data<float>(), fpre, fpost, out.data<float>());
+}
+
+}  // namespace
+
+bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
+                          const ops::Conv2dParams& p, const ops::BnEval* post, const Tensor& out, int64_t out_img,
+                          const std::function<void()>& unfused) {
+  const FusedConv mode = fused_conv();
+  if (mode == FusedConv::Off || x.dtype() != DType::Float32) return false;
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t K = w.size(0), R = w.size(2), S = w.size(3), P = out.size(2), Q = out.size(3);
+  // The kernel indexes pixels, channels and weights in int (offsets between images in int64_t).
+  const int64_t lim = int64_t(1) << 30;
+  if (C > kFusedMaxC || N * P * Q >= lim || K * C * R * S >= lim || C * H * W >= lim || K * P * Q >= lim)
+    return false;
+  if (mode == FusedConv::On) {
+    run_fused(x, x_img, pre, w, p, post, out, out_img);
+    return true;
+  }
+
+  const FusedKey key{{N, C, H, W, K, R, S, p.stride_h, p.stride_w, p.pad_h, p.pad_w, x_img, out_img},
+                     bn_code(pre),
+                     bn_code(post),
+                     tf32_enabled() ? 1 : 0,
+                     static_cast<int>(conv1x1()),
+                     deterministic() ? 1 : 0};
+  FusedCache& cache = fused_cache();
+  {
+    std::lock_guard<std::mutex> lock(cache.mu);
+    auto it = cache.use_fused.find(key);
+    if (it != cache.use_fused.end()) {
+      if (it->second) run_fused(x, x_img, pre, w, p, post, out, out_img);
+      return it->second;
+    }
+  }
+  // Timing synchronises: impossible inside a stream capture.
+  if (capturing())
+    throw Error("conv2d_bn_eval: x (" + std::to_string(N) + ", " + std::to_string(C) + ", " + std::to_string(H) +
+                ", " + std::to_string(W) + ") with weight (" + std::to_string(K) + ", " + std::to_string(C) + ", " +
+                std::to_string(R) + ", " + std::to_string(S) +
+                ") was first seen inside a CUDA graph capture, where LADNN_FUSED_CONV=auto cannot time it: run "
+                "the same step once before capturing it");
+  // Unlocked while timing: the unfused ops take the convolution's own cache lock.
+  const double fused_ms = time_best_of_three_ms([&] { run_fused(x, x_img, pre, w, p, post, out, out_img); });
+  const double unfused_ms = time_best_of_three_ms(unfused);
+  const bool use = fused_ms < unfused_ms;
+  {
+    std::lock_guard<std::mutex> lock(cache.mu);
+    cache.use_fused.emplace(key, use);
+  }
+  if (log_choices())
+    std::fprintf(stderr,
+                 "ladnn: conv2d_bn_eval x (%lld, %lld, %lld, %lld) w (%lld, %lld, %lld, %lld) pre %d post %d: fused "
+                 "%.4f ms, unfused %.4f ms -> %s\n",
+                 static_cast<long long>(N), static_cast<long long>(C), static_cast<long long>(H),
+                 static_cast<long long>(W), static_cast<long long>(K), static_cast<long long>(C),
+                 static_cast<long long>(R), static_cast<long long>(S), bn_code(pre), bn_code(post), fused_ms,
+                 unfused_ms, use ? "fused" : "unfused");
+  // The last run timed was the unfused ops': out holds this call's result either way.
+  return true;
+}
+
+}  // namespace ladnn::cuda
