@@ -2,7 +2,8 @@
 // on DenseNet-169's layer shapes at batch 32, through the public ops (tensor/ops.h) with the op
 // family's implementation switch set per benchmark (cuda/context.h).
 //
-// Names: <op>/<impl>/<shape>[/<variant>], impl = cudnn | cublas | native, so
+// Names: <op>/<impl>/<shape>[/<variant>], impl = cudnn | cublas | native (| unfused: dense_layer_eval's
+// library ops with their BatchNorm kernels), so
 //   ./build/cuda_kernels_bench --benchmark_filter='bn_'            BN only
 //   ./build/cuda_kernels_bench --benchmark_filter='/native/'       our kernels only
 //   ./build/cuda_kernels_bench --benchmark_format=json > out.json  machine-readable
@@ -302,6 +303,54 @@ void bench_conv(benchmark::State& state, ConvShape s, ConvPass pass, Impl impl, 
   });
 }
 
+// ---- a dense layer at inference: unfused ops against the fused kernel ----------------------------------------
+
+struct DenseLayerShape {
+  int64_t N, H, C;  // batch, map size, channel prefix the layer reads (its block buffer holds C + 32)
+};
+// The last layer of each DenseNet-169 dense block, at batch 1 (the latency goal) and 32.
+const DenseLayerShape kDenseLayers[] = {{1, 56, 224}, {1, 28, 480}, {1, 14, 992}, {1, 7, 1632},
+                                        {32, 56, 224}, {32, 28, 480}, {32, 14, 992}, {32, 7, 1632}};
+
+ops::BnEval bench_bn_eval(int64_t C, uint64_t seed) {
+  ops::BnEval bn;
+  bn.gamma = random_gpu({C}, seed);
+  bn.beta = random_gpu({C}, seed + 1);
+  bn.running_mean = random_gpu({C}, seed + 2);
+  bn.running_var = ops::add_scalar(random_gpu({C}, seed + 3), 2.0);  // in [1, 3]
+  bn.act = ops::BnAct::Relu;
+  return bn;
+}
+
+// norm1-ReLU, conv1 (1x1 to 128), norm2-ReLU, conv2 (3x3 to 32) written into the block buffer, as
+// DenseLayer::forward_into runs them: LADNN_FUSED_CONV off (four ops) or on (two kernels).
+void bench_dense_layer(benchmark::State& state, DenseLayerShape d, cuda::FusedConv mode) {
+  guarded(state, [&] {
+    struct ModeScope {  // restores the switch even when an op throws
+      cuda::FusedConv saved = cuda::fused_conv();
+      ~ModeScope() { cuda::set_fused_conv(saved); }
+    } scope;
+    cuda::set_fused_conv(mode);
+    const Tensor block = random_gpu({d.N, d.C + 32, d.H, d.H}, 21);
+    const Tensor prefix = block.narrow(1, 0, d.C), slice = block.narrow(1, d.C, 32);
+    const Tensor w1 = random_gpu({128, d.C, 1, 1}, 22), w2 = random_gpu({32, 128, 3, 3}, 23);
+    const ops::BnEval n1 = bench_bn_eval(d.C, 30), n2 = bench_bn_eval(128, 40);
+    ops::Conv2dParams p3;
+    p3.pad_h = p3.pad_w = 1;
+    const double pixels = double(d.N * d.H * d.H);
+    const double flops = 2.0 * pixels * (128.0 * double(d.C) + 32.0 * 128.0 * 9.0);
+    run_timed(
+        state,
+        [&] {
+          const Tensor h = ops::conv2d_bn_eval(prefix, &n1, w1, ops::Conv2dParams{}, &n2);
+          ops::conv2d_bn_eval_into(h, nullptr, w2, p3, nullptr, slice);
+        },
+        {4.0 * pixels * double(d.C + 32), flops});
+    state.SetLabel(std::string(mode == cuda::FusedConv::On ? "fused" : "unfused") +
+                   (cuda::tf32_enabled() ? " tf32" : " fp32"));
+  });
+}
+
 // ---- GEMM ---------------------------------------------------------------------------------------------------
 
 void bench_gemm(benchmark::State& state, int64_t n, Impl impl, bool tf32) {
@@ -368,6 +417,16 @@ void register_all() {
         configure(benchmark::RegisterBenchmark((std::string(name) + "/cublas/" + shape).c_str(), bench_conv, s, pass,
                                                Impl::Library, cuda::Conv1x1::Cublas));
     }
+
+  // "unfused" = BN kernel + cuDNN (or cuBLAS) conv, twice; "native" = the fused kernel.
+  for (const DenseLayerShape& d : kDenseLayers)
+    for (cuda::FusedConv mode : {cuda::FusedConv::Off, cuda::FusedConv::On})
+      configure(benchmark::RegisterBenchmark((std::string("dense_layer_eval/") +
+                                              (mode == cuda::FusedConv::On ? "native" : "unfused") + "/" +
+                                              std::to_string(d.N) + "x" + std::to_string(d.C) + "x" +
+                                              std::to_string(d.H) + "x" + std::to_string(d.H))
+                                                 .c_str(),
+                                             bench_dense_layer, d, mode));
 
   configure(benchmark::RegisterBenchmark("gemm/cublas/4096/fp32", bench_gemm, int64_t(4096), Impl::Library, false));
   configure(benchmark::RegisterBenchmark("gemm/cublas/4096/tf32", bench_gemm, int64_t(4096), Impl::Library, true));

@@ -58,9 +58,10 @@ Conv1x1 parse_conv1x1(const std::string& value, const char* where);
 /// The fused inference convolution (cuda/fused_conv.cuh: ops::conv2d_bn_eval's eval BatchNorm(-ReLU)
 /// before and after a convolution in one kernel, built for batch-1 latency), LADNN_FUSED_CONV=off|on|auto:
 ///   Off   (default until measured on a GPU) the unfused ops: BatchNorm kernel, library conv, BatchNorm;
-///   On    the fused kernel wherever it applies (float32, at most 2,048 input channels);
-///   Auto  the first call of each shape times the fused kernel against the unfused ops and keeps the
-///         faster (like LADNN_CONV1X1=auto; never inside a graph capture).
+///   On    the fused kernel wherever it applies (float32, at most 2,048 input channels), in the launch
+///         shape cuda/fused_conv.cuh's plan_fused picks from the output's size;
+///   Auto  the first call of each shape times the kernel in each of its launch shapes and the unfused
+///         ops, and keeps the fastest (like LADNN_CONV1X1=auto; never inside a graph capture).
 /// The profiler shows which ran: the fused kernel is op "conv2d_bn_eval", implementation "native".
 enum class FusedConv { Off, On, Auto };
 FusedConv fused_conv();

@@ -1,13 +1,16 @@
 // cuda/fused_conv.cu — runs cuda/fused_conv.cuh's kernel for ops::conv2d_bn_eval(_into) when
 // cuda::fused_conv() (LADNN_FUSED_CONV) picks it; otherwise the caller runs the unfused ops.
 //
-// Auto times both on the call's own buffers the first time a shape is seen (cuda::time_best_of_three_ms,
-// the warm-up run also doing the unfused convolution's cuDNN search) and keeps the faster for the
-// process, as LADNN_CONV1X1=auto does for cuBLAS against cuDNN. LADNN_CUDNN_LOG=1 prints each choice.
+// On launches in the shape plan_fused picks (a guess from the output's size). Auto times the kernel in
+// each of its six launch shapes and the unfused ops, on the call's own buffers, the first time a shape
+// is seen (cuda::time_best_of_three_ms; the unfused warm-up run also does the convolution's cuDNN
+// search), and keeps the fastest for the process — as LADNN_CONV1X1=auto does for cuBLAS against cuDNN,
+// so the launch shape is tuned on the card that runs it. LADNN_CUDNN_LOG=1 prints each choice.
 #include <cuda_runtime.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <string>
@@ -72,14 +75,21 @@ void launch(const FusedPlan& plan, const FusedConvGeom& g, const float* x, const
 /// What Auto's choice depends on: the shapes, strides and BatchNorms of the call, and the switches that
 /// change the unfused ops' speed.
 using FusedKey = std::tuple<std::vector<int64_t>, int, int, int, int, int>;
+struct FusedChoice {
+  bool fused = false;
+  FusedPlan plan;
+};
 struct FusedCache {
   std::mutex mu;
-  std::map<FusedKey, bool> use_fused;
+  std::map<FusedKey, FusedChoice> choices;
 };
 FusedCache& fused_cache() {
   static FusedCache* c = new FusedCache;  // never destroyed: used from other statics' destructors
   return *c;
 }
+
+/// The launch shapes Auto times (KT output channels x WARPS warps per block): every instantiation.
+constexpr FusedPlan kFusedPlans[] = {{4, 4}, {4, 8}, {4, 16}, {8, 4}, {8, 8}, {8, 16}};
 
 bool log_choices() {
   const char* env = std::getenv("LADNN_CUDNN_LOG");
@@ -92,7 +102,7 @@ int bn_code(const ops::BnEval* bn) {
 
 /// The kernel for one call, on the stream.
 void run_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w, const ops::Conv2dParams& p,
-               const ops::BnEval* post, const Tensor& out, int64_t out_img) {
+               const ops::BnEval* post, const Tensor& out, int64_t out_img, const FusedPlan* plan = nullptr) {
   FusedConvGeom g;
   auto i = [](int64_t v) { return static_cast<int>(v); };
   g.N = i(x.size(0));
@@ -113,7 +123,8 @@ void run_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Ten
   std::vector<Tensor> keep;
   const FusedBn fpre = fused_bn_of(pre, keep), fpost = fused_bn_of(post, keep);
   const Tensor wc = w.contiguous();
-  launch(plan_fused(g.M(), g.K, sm_count()), g, x.data<float>(), wc.data<float>(), fpre, fpost, out.data<float>());
+  launch(plan ? *plan : plan_fused(g.M(), g.K, sm_count()), g, x.data<float>(), wc.data<float>(), fpre, fpost,
+         out.data<float>());
 }
 
 }  // namespace
@@ -143,10 +154,10 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
   FusedCache& cache = fused_cache();
   {
     std::lock_guard<std::mutex> lock(cache.mu);
-    auto it = cache.use_fused.find(key);
-    if (it != cache.use_fused.end()) {
-      if (it->second) run_fused(x, x_img, pre, w, p, post, out, out_img);
-      return it->second;
+    auto it = cache.choices.find(key);
+    if (it != cache.choices.end()) {
+      if (it->second.fused) run_fused(x, x_img, pre, w, p, post, out, out_img, &it->second.plan);
+      return it->second.fused;
     }
   }
   // Timing synchronises: impossible inside a stream capture.
@@ -156,22 +167,32 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
                 std::to_string(R) + ", " + std::to_string(S) +
                 ") was first seen inside a CUDA graph capture, where LADNN_FUSED_CONV=auto cannot time it: run "
                 "the same step once before capturing it");
-  // Unlocked while timing: the unfused ops take the convolution's own cache lock.
-  const double fused_ms = time_best_of_three_ms([&] { run_fused(x, x_img, pre, w, p, post, out, out_img); });
+  // Every launch shape of the kernel, then the unfused ops; the fastest is kept. Unlocked while timing:
+  // the unfused ops take the convolution's own cache lock.
+  FusedChoice best;
+  double best_ms = std::numeric_limits<double>::infinity();
+  std::string timings;
+  for (const FusedPlan& plan : kFusedPlans) {
+    const double ms = time_best_of_three_ms([&] { run_fused(x, x_img, pre, w, p, post, out, out_img, &plan); });
+    timings += " " + std::to_string(plan.kt) + "x" + std::to_string(plan.warps) + " " + std::to_string(ms).substr(0, 6);
+    if (ms < best_ms) best_ms = ms, best = {true, plan};
+  }
   const double unfused_ms = time_best_of_three_ms(unfused);
-  const bool use = fused_ms < unfused_ms;
+  if (unfused_ms <= best_ms) best.fused = false;
   {
     std::lock_guard<std::mutex> lock(cache.mu);
-    cache.use_fused.emplace(key, use);
+    cache.choices.emplace(key, best);
   }
   if (log_choices())
     std::fprintf(stderr,
                  "ladnn: conv2d_bn_eval x (%lld, %lld, %lld, %lld) w (%lld, %lld, %lld, %lld) pre %d post %d: fused "
-                 "%.4f ms, unfused %.4f ms -> %s\n",
+                 "(channels x warps, ms)%s; unfused %.4f ms -> %s\n",
                  static_cast<long long>(N), static_cast<long long>(C), static_cast<long long>(H),
                  static_cast<long long>(W), static_cast<long long>(K), static_cast<long long>(C),
-                 static_cast<long long>(R), static_cast<long long>(S), bn_code(pre), bn_code(post), fused_ms,
-                 unfused_ms, use ? "fused" : "unfused");
+                 static_cast<long long>(R), static_cast<long long>(S), bn_code(pre), bn_code(post), timings.c_str(),
+                 unfused_ms,
+                 best.fused ? ("fused " + std::to_string(best.plan.kt) + "x" + std::to_string(best.plan.warps)).c_str()
+                            : "unfused");
   // The last run timed was the unfused ops': out holds this call's result either way.
   return true;
 }

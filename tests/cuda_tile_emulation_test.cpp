@@ -564,7 +564,7 @@ TEST(FusedConvEmulation, EveryPlanMatchesFloat64WithBatchNormsPrefixesAndSlices)
   // fewer channels than warps (empty chunks), several images with a partial last pixel tile.
   const Shape4 shapes[] = {{1, 40, 7, 7, 16, 1, 1, 1, 0}, {2, 13, 5, 5, 6, 3, 3, 1, 1}, {1, 3, 6, 5, 9, 3, 3, 2, 1},
                            {3, 21, 4, 3, 8, 1, 1, 1, 0}};
-  const FusedPlan plans[] = {{4, 4}, {8, 8}, {4, 16}, {8, 16}};
+  const FusedPlan plans[] = {{4, 4}, {4, 8}, {4, 16}, {8, 4}, {8, 8}, {8, 16}};  // every instantiation
   Generator gen(51);
   int cases = 0;
   for (const Shape4& sh : shapes) {
@@ -597,8 +597,8 @@ TEST(FusedConvEmulation, EveryPlanMatchesFloat64WithBatchNormsPrefixesAndSlices)
         return f;
       };
       FusedConvGeom g{sh.N, sh.C, sh.H, sh.W, sh.K, sh.R, sh.S, P, Q, sh.st, sh.st, sh.pad, sh.pad, x_img, y_img};
-      for (int pi = 0; pi < 2; ++pi) {  // two plans per variant, all four per shape
-        const FusedPlan& plan = plans[(variant + 2 * pi) % 4];
+      for (int pi = 0; pi < 2; ++pi) {  // two plans per variant: all six per shape
+        const FusedPlan& plan = plans[(2 * variant + pi) % 6];
         SCOPED_TRACE("x (" + std::to_string(sh.N) + ", " + std::to_string(sh.C) + ", " + std::to_string(sh.H) + ", " +
                      std::to_string(sh.W) + ") w " + std::to_string(sh.K) + "x" + std::to_string(sh.R) + "x" +
                      std::to_string(sh.S) + " variant " + std::to_string(variant) + " kt " +

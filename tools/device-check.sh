@@ -337,7 +337,7 @@ for r in rows:
 keys = sorted({(op, rest) for (op, rest, _) in res}, key=lambda k: (k[0], k[1]))
 print(f"\n{'benchmark':44s} {'library ms':>11s} {'rate':>14s} {'native ms':>11s} {'rate':>14s} {'native/lib':>10s}")
 for op, rest in keys:
-    lib = next((res[(op, rest, i)] for i in ("cudnn", "cublas") if (op, rest, i) in res), None)
+    lib = next((res[(op, rest, i)] for i in ("cudnn", "cublas", "unfused") if (op, rest, i) in res), None)
     nat = res.get((op, rest, "native"))
     def cell(v):
         if v is None: return f"{'-':>11s} {'':>14s}"
