@@ -8,6 +8,7 @@
 // so the launch shape is tuned on the card that runs it. LADNN_CUDNN_LOG=1 prints each choice.
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
@@ -52,10 +53,16 @@ void launch_cfg(const FusedConvGeom& g, const float* x, const float* w, const Fu
                 float* y) {
   const dim3 grid(static_cast<unsigned>((g.M() + 31) / 32), static_cast<unsigned>((g.K + KT - 1) / KT));
   cudaStream_t s = static_cast<cudaStream_t>(stream());
-  if (g.pointwise())
-    fused_conv_kernel<KT, WARPS, true><<<grid, WARPS * 32, 0, s>>>(g, x, w, pre, post, y);
-  else
-    fused_conv_kernel<KT, WARPS, false><<<grid, WARPS * 32, 0, s>>>(g, x, w, pre, post, y);
+  switch (g.ksize()) {
+    case 1:
+      fused_conv_kernel<KT, WARPS, 1><<<grid, WARPS * 32, 0, s>>>(g, x, w, pre, post, y);
+      break;
+    case 3:
+      fused_conv_kernel<KT, WARPS, 3><<<grid, WARPS * 32, 0, s>>>(g, x, w, pre, post, y);
+      break;
+    default:
+      fused_conv_kernel<KT, WARPS, 0><<<grid, WARPS * 32, 0, s>>>(g, x, w, pre, post, y);
+  }
   CUDA_CHECK_LAUNCH();
 }
 
@@ -123,6 +130,7 @@ void run_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Ten
   std::vector<Tensor> keep;
   const FusedBn fpre = fused_bn_of(pre, keep), fpost = fused_bn_of(post, keep);
   const Tensor wc = w.contiguous();
+  g.vec4 = g.pointwise() && g.C % 4 == 0 && reinterpret_cast<std::uintptr_t>(wc.data<float>()) % 16 == 0;
   launch(plan ? *plan : plan_fused(g.M(), g.K, sm_count()), g, x.data<float>(), wc.data<float>(), fpre, fpost,
          out.data<float>());
 }

@@ -38,8 +38,11 @@ struct FusedConvGeom {
   int sh, sw, ph, pw;
   int64_t x_img;  // elements between images of x (C*H*W, or more for a channel prefix)
   int64_t y_img;  // elements between images of y (K*P*Q, or more for a channel slice)
+  bool vec4 = false;  // pointwise only: w's rows read four channels at a time (C % 4 == 0, w 16-byte aligned)
   LADNN_HD int M() const { return N * P * Q; }
   LADNN_HD bool pointwise() const { return R == 1 && S == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
+  /// The kernel's KSIZE for this window: 1 (pointwise), 3 (3x3) or 0 (any).
+  LADNN_HD int ksize() const { return pointwise() ? 1 : R == 3 && S == 3 ? 3 : 0; }
 };
 
 /// An eval BatchNorm as the kernel reads it: contiguous (C) arrays; gamma/beta may be null (1 / 0).
@@ -82,16 +85,26 @@ inline FusedPlan plan_fused(int M, int K, int sms) {
   return plan;
 }
 
-/// The fused convolution. Grid (ceil(M / 32), ceil(K / KT)), WARPS * 32 threads. POINTWISE: 1x1,
-/// stride 1, no padding (x's plane is read at the output's own pixel, no bounds to test).
-template <int KT, int WARPS, bool POINTWISE>
+/// x value v of input channel c through the prologue (pre's BatchNorm and ReLU, when on).
+__device__ __forceinline__ float fused_prologue(const FusedBn& pre, const float* s_mean, const float* s_scale,
+                                                const float* s_shift, int c, float v) {
+  if (!pre.on) return v;
+  v = math::bn_normalize(v, s_mean[c], s_scale[c], s_shift[c]);
+  return pre.relu ? math::bn_relu(v) : v;
+}
+
+/// The fused convolution. Grid (ceil(M / 32), ceil(K / KT)), WARPS * 32 threads. KSIZE: 1 = pointwise
+/// (1x1, stride 1, no padding: x's plane is read at the output's own pixel, no bounds to test), 3 = a
+/// 3x3 window (any stride and padding; the nine taps unrolled), 0 = any R x S.
+template <int KT, int WARPS, int KSIZE>
 __global__ void __launch_bounds__(WARPS * 32)
     fused_conv_kernel(FusedConvGeom g, const float* __restrict__ x, const float* __restrict__ w, FusedBn pre,
                       FusedBn post, float* __restrict__ y) {
   __shared__ float s_mean[kFusedMaxC], s_scale[kFusedMaxC], s_shift[kFusedMaxC];
   __shared__ float s_part[WARPS * KT * 32];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int M = g.M(), PQ = g.P * g.Q, HW = g.H * g.W, RS = g.R * g.S;
+  const int M = g.M(), PQ = g.P * g.Q, HW = g.H * g.W;
+  const int R = KSIZE == 0 ? g.R : KSIZE, S = KSIZE == 0 ? g.S : KSIZE, RS = R * S;
   const int k0 = blockIdx.y * KT;
 
   if (pre.on)
@@ -99,31 +112,61 @@ __global__ void __launch_bounds__(WARPS * 32)
   __syncthreads();
 
   float acc[KT];
+#pragma unroll
   for (int j = 0; j < KT; ++j) acc[j] = 0.0f;
   const int m = blockIdx.x * 32 + lane;
   if (m < M) {
     const int n = m / PQ, pq = m - n * PQ;
     const int p = pq / g.Q, q = pq - p * g.Q;
     const float* img = x + n * g.x_img;
-    const int chunk = (g.C + WARPS - 1) / WARPS;
+    // Warp `warp` sums channels [c_begin, c_end): a multiple of 4 wide when the weights are read four
+    // channels at a time.
+    int chunk = (g.C + WARPS - 1) / WARPS;
+    if (g.vec4) chunk = (chunk + 3) & ~3;
     const int c_begin = warp * chunk, c_end = c_begin + chunk < g.C ? c_begin + chunk : g.C;
     // Weight (k0 + j, c, r, s); rows past K read row K - 1 (valid memory) and are never stored.
     const float* wk[KT];
+#pragma unroll
     for (int j = 0; j < KT; ++j) wk[j] = w + int64_t(k0 + j < g.K ? k0 + j : g.K - 1) * g.C * RS;
-    for (int c = c_begin; c < c_end; ++c) {
+    int c = c_begin;
+    if (KSIZE == 1 && g.vec4) {  // (a plain if: the emulation's host compiler sees every branch anyway)
+      // Four channels per step: one 16-byte load of each output channel's four weights (w rows are
+      // 16-byte aligned: C % 4 == 0 and an aligned base, checked by the launcher). The sums still add
+      // channel by channel in order, so the values are those of the one-channel loop.
+      for (; c + 4 <= c_end; c += 4) {
+        float v[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+          v[i] = fused_prologue(pre, s_mean, s_scale, s_shift, c + i, img[int64_t(c + i) * HW + pq]);
+#pragma unroll
+        for (int j = 0; j < KT; ++j) {
+          float wv[4];
+          math::load4(wk[j] + c, wv);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) acc[j] = fmaf(wv[i], v[i], acc[j]);
+        }
+      }
+    }
+#pragma unroll 4
+    for (; c < c_end; ++c) {
       const float* plane = img + int64_t(c) * HW;
-      for (int r = 0; r < g.R; ++r) {
-        const int ih = POINTWISE ? p : p * g.sh - g.ph + r;
-        if (!POINTWISE && static_cast<unsigned>(ih) >= static_cast<unsigned>(g.H)) continue;
-        for (int s = 0; s < g.S; ++s) {
-          const int iw = POINTWISE ? q : q * g.sw - g.pw + s;
-          if (!POINTWISE && static_cast<unsigned>(iw) >= static_cast<unsigned>(g.W)) continue;
-          float v = POINTWISE ? plane[pq] : plane[ih * g.W + iw];
-          if (pre.on) {
-            v = math::bn_normalize(v, s_mean[c], s_scale[c], s_shift[c]);
-            if (pre.relu) v = math::bn_relu(v);
-          }
-          const int tap = (c * g.R + r) * g.S + s;
+      if (KSIZE == 1) {
+        const float v = fused_prologue(pre, s_mean, s_scale, s_shift, c, plane[pq]);
+#pragma unroll
+        for (int j = 0; j < KT; ++j) acc[j] = fmaf(wk[j][c], v, acc[j]);
+        continue;
+      }
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const int ih = p * g.sh - g.ph + r;
+        if (static_cast<unsigned>(ih) >= static_cast<unsigned>(g.H)) continue;
+#pragma unroll
+        for (int s = 0; s < S; ++s) {
+          const int iw = q * g.sw - g.pw + s;
+          if (static_cast<unsigned>(iw) >= static_cast<unsigned>(g.W)) continue;
+          const float v = fused_prologue(pre, s_mean, s_scale, s_shift, c, plane[ih * g.W + iw]);
+          const int tap = (c * R + r) * S + s;
+#pragma unroll
           for (int j = 0; j < KT; ++j) acc[j] = fmaf(wk[j][tap], v, acc[j]);
         }
       }

@@ -521,10 +521,14 @@ template <int KT, int WARPS>
 void emulate_fused_cfg(const FusedConvGeom& g, const float* x, const float* w, const FusedBn& pre,
                        const FusedBn& post, float* y) {
   const emu::Dim3 grid{static_cast<unsigned>((g.M() + 31) / 32), static_cast<unsigned>((g.K + KT - 1) / KT), 1};
-  if (g.pointwise())
-    emulate(grid, WARPS * 32, [&] { fused_conv_kernel<KT, WARPS, true>(g, x, w, pre, post, y); });
-  else
-    emulate(grid, WARPS * 32, [&] { fused_conv_kernel<KT, WARPS, false>(g, x, w, pre, post, y); });
+  switch (g.ksize()) {
+    case 1:
+      return emulate(grid, WARPS * 32, [&] { fused_conv_kernel<KT, WARPS, 1>(g, x, w, pre, post, y); });
+    case 3:
+      return emulate(grid, WARPS * 32, [&] { fused_conv_kernel<KT, WARPS, 3>(g, x, w, pre, post, y); });
+    default:
+      return emulate(grid, WARPS * 32, [&] { fused_conv_kernel<KT, WARPS, 0>(g, x, w, pre, post, y); });
+  }
 }
 
 /// cuda/fused_conv.cu's launch, emulated.
@@ -560,10 +564,11 @@ TEST(FusedConvEmulation, EveryPlanMatchesFloat64WithBatchNormsPrefixesAndSlices)
   struct Shape4 {
     int N, C, H, W, K, R, S, st, pad;
   };
-  // 1x1 and 3x3 as in a dense layer, a strided 3x3, channel counts that do not divide by the warps or KT,
-  // fewer channels than warps (empty chunks), several images with a partial last pixel tile.
+  // 1x1 and 3x3 as in a dense layer, a strided 3x3, a 2x3 window (the general path), channel counts that
+  // do not divide by the warps or KT, fewer channels than warps (empty chunks), several images with a
+  // partial last pixel tile; the pointwise ones with C % 4 == 0 read their weights four at a time.
   const Shape4 shapes[] = {{1, 40, 7, 7, 16, 1, 1, 1, 0}, {2, 13, 5, 5, 6, 3, 3, 1, 1}, {1, 3, 6, 5, 9, 3, 3, 2, 1},
-                           {3, 21, 4, 3, 8, 1, 1, 1, 0}};
+                           {3, 21, 4, 3, 8, 1, 1, 1, 0},  {1, 5, 6, 6, 4, 2, 3, 1, 0},  {2, 36, 3, 3, 12, 1, 1, 1, 0}};
   const FusedPlan plans[] = {{4, 4}, {4, 8}, {4, 16}, {8, 4}, {8, 8}, {8, 16}};  // every instantiation
   Generator gen(51);
   int cases = 0;
@@ -597,6 +602,8 @@ TEST(FusedConvEmulation, EveryPlanMatchesFloat64WithBatchNormsPrefixesAndSlices)
         return f;
       };
       FusedConvGeom g{sh.N, sh.C, sh.H, sh.W, sh.K, sh.R, sh.S, P, Q, sh.st, sh.st, sh.pad, sh.pad, x_img, y_img};
+      g.vec4 = g.pointwise() && sh.C % 4 == 0 && reinterpret_cast<std::uintptr_t>(w.data<float>()) % 16 == 0;
+      EXPECT_EQ(g.vec4, g.pointwise() && sh.C % 4 == 0) << "the test's weights are not 16-byte aligned";
       for (int pi = 0; pi < 2; ++pi) {  // two plans per variant: all six per shape
         const FusedPlan& plan = plans[(2 * variant + pi) % 6];
         SCOPED_TRACE("x (" + std::to_string(sh.N) + ", " + std::to_string(sh.C) + ", " + std::to_string(sh.H) + ", " +
@@ -617,7 +624,7 @@ TEST(FusedConvEmulation, EveryPlanMatchesFloat64WithBatchNormsPrefixesAndSlices)
       }
     }
   }
-  EXPECT_EQ(cases, 32);
+  EXPECT_EQ(cases, 48);
 }
 
 }  // namespace
