@@ -2,7 +2,7 @@
 // cuda::fused_conv() (LADNN_FUSED_CONV) picks it; otherwise the caller runs the unfused ops.
 //
 // On launches in the shape plan_fused picks (a guess from the output's size). Auto times the kernel in
-// each of its six launch shapes and the unfused ops, on the call's own buffers, the first time a shape
+// each of its ten launch shapes (kFusedPlans) and the unfused ops, on the call's own buffers, the first time a shape
 // is seen (cuda::time_best_of_three_ms; the unfused warm-up run also does the convolution's cuDNN
 // search), and keeps the fastest for the process — as LADNN_CONV1X1=auto does for cuBLAS against cuDNN,
 // so the launch shape is tuned on the card that runs it. LADNN_CUDNN_LOG=1 prints each choice.
@@ -48,35 +48,28 @@ FusedBn fused_bn_of(const ops::BnEval* bn, std::vector<Tensor>& keep) {
   return f;
 }
 
-template <int KT, int WARPS>
-void launch_cfg(const FusedConvGeom& g, const float* x, const float* w, const FusedBn& pre, const FusedBn& post,
-                float* y) {
-  const dim3 grid(static_cast<unsigned>((g.M() + 31) / 32), static_cast<unsigned>((g.K + KT - 1) / KT));
-  cudaStream_t s = static_cast<cudaStream_t>(stream());
-  switch (g.ksize()) {
-    case 1:
-      fused_conv_kernel<KT, WARPS, 1><<<grid, WARPS * 32, 0, s>>>(g, x, w, pre, post, y);
-      break;
-    case 3:
-      fused_conv_kernel<KT, WARPS, 3><<<grid, WARPS * 32, 0, s>>>(g, x, w, pre, post, y);
-      break;
-    default:
-      fused_conv_kernel<KT, WARPS, 0><<<grid, WARPS * 32, 0, s>>>(g, x, w, pre, post, y);
+/// dispatch_fused's callback: launches the instantiation on the stream.
+struct Launch {
+  const FusedConvGeom& g;
+  const float* x;
+  const float* w;
+  const FusedBn& pre;
+  const FusedBn& post;
+  float* y;
+  template <int KT, int WARPS, int KSIZE, int PIX>
+  void go() const {
+    const FusedPlan plan{KT, WARPS, PIX};
+    const FusedGrid fg = fused_grid(g, plan);
+    fused_conv_kernel<KT, WARPS, KSIZE, PIX>
+        <<<dim3(fg.x, fg.y), WARPS * 32, 0, static_cast<cudaStream_t>(stream())>>>(g, x, w, pre, post, y);
+    CUDA_CHECK_LAUNCH();
   }
-  CUDA_CHECK_LAUNCH();
-}
+};
 
 void launch(const FusedPlan& plan, const FusedConvGeom& g, const float* x, const float* w, const FusedBn& pre,
             const FusedBn& post, float* y) {
   OpRange range("conv2d_bn_eval", "native");
-  if (plan.kt == 8) {
-    if (plan.warps == 4) return launch_cfg<8, 4>(g, x, w, pre, post, y);
-    if (plan.warps == 8) return launch_cfg<8, 8>(g, x, w, pre, post, y);
-    return launch_cfg<8, 16>(g, x, w, pre, post, y);
-  }
-  if (plan.warps == 4) return launch_cfg<4, 4>(g, x, w, pre, post, y);
-  if (plan.warps == 8) return launch_cfg<4, 8>(g, x, w, pre, post, y);
-  return launch_cfg<4, 16>(g, x, w, pre, post, y);
+  dispatch_fused(plan, g.ksize(), Launch{g, x, w, pre, post, y});
 }
 
 /// What Auto's choice depends on: the shapes, strides and BatchNorms of the call, and the switches that
@@ -94,9 +87,6 @@ FusedCache& fused_cache() {
   static FusedCache* c = new FusedCache;  // never destroyed: used from other statics' destructors
   return *c;
 }
-
-/// The launch shapes Auto times (KT output channels x WARPS warps per block): every instantiation.
-constexpr FusedPlan kFusedPlans[] = {{4, 4}, {4, 8}, {4, 16}, {8, 4}, {8, 8}, {8, 16}};
 
 bool log_choices() {
   const char* env = std::getenv("LADNN_CUDNN_LOG");
@@ -180,10 +170,17 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
   FusedChoice best;
   double best_ms = std::numeric_limits<double>::infinity();
   std::string timings;
+  auto name = [](const FusedPlan& plan) {
+    return std::to_string(plan.kt) + "x" + std::to_string(plan.warps) + "x" + std::to_string(plan.pix);
+  };
+  const bool pointwise = R == 1 && S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0;
+  const bool general = !pointwise && !(R == 3 && S == 3);  // one instantiation: kGeneralPlan
   for (const FusedPlan& plan : kFusedPlans) {
-    const double ms = time_best_of_three_ms([&] { run_fused(x, x_img, pre, w, p, post, out, out_img, &plan); });
-    timings += " " + std::to_string(plan.kt) + "x" + std::to_string(plan.warps) + " " + std::to_string(ms).substr(0, 6);
-    if (ms < best_ms) best_ms = ms, best = {true, plan};
+    if (general && &plan != kFusedPlans) break;
+    const FusedPlan run_plan = general ? kGeneralPlan : plan;
+    const double ms = time_best_of_three_ms([&] { run_fused(x, x_img, pre, w, p, post, out, out_img, &run_plan); });
+    timings += " " + name(run_plan) + " " + std::to_string(ms).substr(0, 6);
+    if (ms < best_ms) best_ms = ms, best = {true, run_plan};
   }
   const double unfused_ms = time_best_of_three_ms(unfused);
   if (unfused_ms <= best_ms) best.fused = false;
@@ -194,13 +191,12 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
   if (log_choices())
     std::fprintf(stderr,
                  "ladnn: conv2d_bn_eval x (%lld, %lld, %lld, %lld) w (%lld, %lld, %lld, %lld) pre %d post %d: fused "
-                 "(channels x warps, ms)%s; unfused %.4f ms -> %s\n",
+                 "(channels x warps x pixels per lane, ms)%s; unfused %.4f ms -> %s\n",
                  static_cast<long long>(N), static_cast<long long>(C), static_cast<long long>(H),
                  static_cast<long long>(W), static_cast<long long>(K), static_cast<long long>(C),
                  static_cast<long long>(R), static_cast<long long>(S), bn_code(pre), bn_code(post), timings.c_str(),
                  unfused_ms,
-                 best.fused ? ("fused " + std::to_string(best.plan.kt) + "x" + std::to_string(best.plan.warps)).c_str()
-                            : "unfused");
+                 best.fused ? ("fused " + name(best.plan)).c_str() : "unfused");
   // The last run timed was the unfused ops': out holds this call's result either way.
   return true;
 }

@@ -11,11 +11,13 @@
 // sums, and the eval BatchNorms ride along: the prologue normalises (and rectifies) each x value as it
 // is loaded, the epilogue normalises the sum before it is stored. A dense layer becomes two launches.
 //
-// Mapping. Output element (k, m), m = n*P*Q + p*Q + q over the whole batch. A block covers 32 pixels
-// (lane = pixel: adjacent lanes read adjacent x values) and KT output channels. Its WARPS warps split
-// the input channels into WARPS contiguous chunks; every lane keeps KT sums over its warp's chunk (all
-// taps), the weights being the same for the whole warp (one broadcast load each). The partial sums meet
-// in shared memory and are added warp 0, 1, ... in that order (deterministic), then the epilogue.
+// Mapping. Output element (k, m), m = n*P*Q + p*Q + q over the whole batch. A block covers 32 * PIX
+// pixels (lane = pixel, and pixel + 32 when PIX = 2: adjacent lanes read adjacent x values) and KT
+// output channels. Its WARPS warps split the input channels into WARPS contiguous chunks; every lane
+// keeps KT * PIX sums over its warp's chunk (all taps), the weights being the same for the whole warp
+// (one broadcast load each, used PIX times). The partial sums meet in shared memory and are added warp
+// 0, 1, ... in that order (deterministic), then the epilogue. Which (KT, WARPS, PIX) is fastest depends
+// on the shape and the card: plan_fused guesses, LADNN_FUSED_CONV=auto measures.
 //
 // Arithmetic, fixed so that the emulation and the GPU give the same bits: products accumulate with
 // fmaf in the order c, r, s; the BatchNorm coefficients and normalisation are bn_eval_plane_kernel's
@@ -24,6 +26,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/bnpool_math.h"
 
@@ -69,19 +72,24 @@ __device__ __forceinline__ void fused_bn_coef(const FusedBn& bn, int c, float& m
   shift = bn.beta ? bn.beta[c] : 0.0f;
 }
 
-/// The block's launch shape: KT output channels and WARPS warps per block.
+/// The block's launch shape: KT output channels, WARPS warps and 32 * PIX output pixels per block (each
+/// lane computes PIX pixels, 32 apart, reusing every weight it loads PIX times). PIX = 2 only with up
+/// to 8 warps (the partial sums' shared memory).
 struct FusedPlan {
-  int kt = 8, warps = 8;
+  int kt = 8, warps = 8, pix = 1;
 };
 
 /// Enough blocks to cover the SMs with the fewest warps per block that do: small outputs (batch 1,
-/// 7x7 maps) get 4 channels and 16 warps per block, so each warp walks 1/16 of the reduction.
+/// 7x7 maps) get 4 channels and 16 warps per block, so each warp walks 1/16 of the reduction; outputs
+/// with blocks to spare (over 4 per SM) take two pixels per lane. A guess from sizes alone: Auto
+/// (cuda/fused_conv.cu) times every plan instead.
 inline FusedPlan plan_fused(int M, int K, int sms) {
   FusedPlan plan;
   const int64_t tiles = (int64_t(M) + 31) / 32;
   plan.kt = tiles * ((int64_t(K) + 7) / 8) >= sms ? 8 : 4;
   const int64_t blocks = tiles * ((int64_t(K) + plan.kt - 1) / plan.kt);
   plan.warps = blocks >= 2 * int64_t(sms) ? 4 : blocks >= sms / 2 ? 8 : 16;
+  if (blocks >= 8 * int64_t(sms)) plan.pix = 2;
   return plan;
 }
 
@@ -93,15 +101,16 @@ __device__ __forceinline__ float fused_prologue(const FusedBn& pre, const float*
   return pre.relu ? math::bn_relu(v) : v;
 }
 
-/// The fused convolution. Grid (ceil(M / 32), ceil(K / KT)), WARPS * 32 threads. KSIZE: 1 = pointwise
-/// (1x1, stride 1, no padding: x's plane is read at the output's own pixel, no bounds to test), 3 = a
-/// 3x3 window (any stride and padding; the nine taps unrolled), 0 = any R x S.
-template <int KT, int WARPS, int KSIZE>
+/// The fused convolution. Grid (ceil(M / (32 * PIX)), ceil(K / KT)), WARPS * 32 threads. KSIZE: 1 =
+/// pointwise (1x1, stride 1, no padding: x's plane is read at the output's own pixel, no bounds to
+/// test), 3 = a 3x3 window (any stride and padding; the nine taps unrolled), 0 = any R x S.
+template <int KT, int WARPS, int KSIZE, int PIX>
 __global__ void __launch_bounds__(WARPS * 32)
     fused_conv_kernel(FusedConvGeom g, const float* __restrict__ x, const float* __restrict__ w, FusedBn pre,
                       FusedBn post, float* __restrict__ y) {
+  constexpr int TILE = 32 * PIX;  // output pixels per block
   __shared__ float s_mean[kFusedMaxC], s_scale[kFusedMaxC], s_shift[kFusedMaxC];
-  __shared__ float s_part[WARPS * KT * 32];
+  __shared__ float s_part[WARPS * KT * TILE];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int M = g.M(), PQ = g.P * g.Q, HW = g.H * g.W;
   const int R = KSIZE == 0 ? g.R : KSIZE, S = KSIZE == 0 ? g.S : KSIZE, RS = R * S;
@@ -111,85 +120,168 @@ __global__ void __launch_bounds__(WARPS * 32)
     for (int c = tid; c < g.C; c += WARPS * 32) fused_bn_coef(pre, c, s_mean[c], s_scale[c], s_shift[c]);
   __syncthreads();
 
-  float acc[KT];
+  // This lane's pixels: m_i = tile start + 32 i + lane. One past the output reads pixel M - 1 instead
+  // (valid memory; its sums are never stored), so every lane runs the same loop.
+  const float* img[PIX];  // x's image of pixel i
+  int pq[PIX], ih0[PIX], iw0[PIX];
 #pragma unroll
-  for (int j = 0; j < KT; ++j) acc[j] = 0.0f;
-  const int m = blockIdx.x * 32 + lane;
-  if (m < M) {
-    const int n = m / PQ, pq = m - n * PQ;
-    const int p = pq / g.Q, q = pq - p * g.Q;
-    const float* img = x + n * g.x_img;
-    // Warp `warp` sums channels [c_begin, c_end): a multiple of 4 wide when the weights are read four
-    // channels at a time.
-    int chunk = (g.C + WARPS - 1) / WARPS;
-    if (g.vec4) chunk = (chunk + 3) & ~3;
-    const int c_begin = warp * chunk, c_end = c_begin + chunk < g.C ? c_begin + chunk : g.C;
-    // Weight (k0 + j, c, r, s); rows past K read row K - 1 (valid memory) and are never stored.
-    const float* wk[KT];
+  for (int i = 0; i < PIX; ++i) {
+    int m = blockIdx.x * TILE + i * 32 + lane;
+    m = m < M ? m : M - 1;
+    const int n = m / PQ;
+    pq[i] = m - n * PQ;
+    const int p = pq[i] / g.Q, q = pq[i] - p * g.Q;
+    img[i] = x + n * g.x_img;
+    ih0[i] = p * g.sh - g.ph;
+    iw0[i] = q * g.sw - g.pw;
+  }
+  float acc[PIX][KT];
 #pragma unroll
-    for (int j = 0; j < KT; ++j) wk[j] = w + int64_t(k0 + j < g.K ? k0 + j : g.K - 1) * g.C * RS;
-    int c = c_begin;
-    if (KSIZE == 1 && g.vec4) {  // (a plain if: the emulation's host compiler sees every branch anyway)
-      // Four channels per step: one 16-byte load of each output channel's four weights (w rows are
-      // 16-byte aligned: C % 4 == 0 and an aligned base, checked by the launcher). The sums still add
-      // channel by channel in order, so the values are those of the one-channel loop.
-      for (; c + 4 <= c_end; c += 4) {
-        float v[4];
+  for (int i = 0; i < PIX; ++i)
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
-          v[i] = fused_prologue(pre, s_mean, s_scale, s_shift, c + i, img[int64_t(c + i) * HW + pq]);
+    for (int j = 0; j < KT; ++j) acc[i][j] = 0.0f;
+
+  // Warp `warp` sums channels [c_begin, c_end): a multiple of 4 wide when the weights are read four
+  // channels at a time.
+  int chunk = (g.C + WARPS - 1) / WARPS;
+  if (g.vec4) chunk = (chunk + 3) & ~3;
+  const int c_begin = warp * chunk, c_end = c_begin + chunk < g.C ? c_begin + chunk : g.C;
+  // Weight (k0 + j, c, r, s); rows past K read row K - 1 (valid memory) and are never stored.
+  const float* wk[KT];
 #pragma unroll
-        for (int j = 0; j < KT; ++j) {
-          float wv[4];
-          math::load4(wk[j] + c, wv);
+  for (int j = 0; j < KT; ++j) wk[j] = w + int64_t(k0 + j < g.K ? k0 + j : g.K - 1) * g.C * RS;
+  int c = c_begin;
+  if (KSIZE == 1 && g.vec4) {  // (a plain if: the emulation's host compiler sees every branch anyway)
+    // Four channels per step: one 16-byte load of each output channel's four weights (w rows are
+    // 16-byte aligned: C % 4 == 0 and an aligned base, checked by the launcher). The sums still add
+    // channel by channel in order, so the values are those of the one-channel loop.
+    for (; c + 4 <= c_end; c += 4) {
+      float v[PIX][4];
 #pragma unroll
-          for (int i = 0; i < 4; ++i) acc[j] = fmaf(wv[i], v[i], acc[j]);
-        }
+      for (int i = 0; i < PIX; ++i)
+#pragma unroll
+        for (int u = 0; u < 4; ++u)
+          v[i][u] = fused_prologue(pre, s_mean, s_scale, s_shift, c + u, img[i][int64_t(c + u) * HW + pq[i]]);
+#pragma unroll
+      for (int j = 0; j < KT; ++j) {
+        float wv[4];
+        math::load4(wk[j] + c, wv);
+#pragma unroll
+        for (int i = 0; i < PIX; ++i)
+#pragma unroll
+          for (int u = 0; u < 4; ++u) acc[i][j] = fmaf(wv[u], v[i][u], acc[i][j]);
       }
     }
+  }
 #pragma unroll 4
-    for (; c < c_end; ++c) {
-      const float* plane = img + int64_t(c) * HW;
-      if (KSIZE == 1) {
-        const float v = fused_prologue(pre, s_mean, s_scale, s_shift, c, plane[pq]);
+  for (; c < c_end; ++c) {
+    if (KSIZE == 1) {
+      float v[PIX];
 #pragma unroll
-        for (int j = 0; j < KT; ++j) acc[j] = fmaf(wk[j][c], v, acc[j]);
-        continue;
+      for (int i = 0; i < PIX; ++i)
+        v[i] = fused_prologue(pre, s_mean, s_scale, s_shift, c, img[i][int64_t(c) * HW + pq[i]]);
+#pragma unroll
+      for (int j = 0; j < KT; ++j) {
+        const float wv = wk[j][c];
+#pragma unroll
+        for (int i = 0; i < PIX; ++i) acc[i][j] = fmaf(wv, v[i], acc[i][j]);
       }
+      continue;
+    }
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const int ih = p * g.sh - g.ph + r;
-        if (static_cast<unsigned>(ih) >= static_cast<unsigned>(g.H)) continue;
+    for (int r = 0; r < R; ++r) {
 #pragma unroll
-        for (int s = 0; s < S; ++s) {
-          const int iw = q * g.sw - g.pw + s;
-          if (static_cast<unsigned>(iw) >= static_cast<unsigned>(g.W)) continue;
-          const float v = fused_prologue(pre, s_mean, s_scale, s_shift, c, plane[ih * g.W + iw]);
-          const int tap = (c * R + r) * S + s;
+      for (int s = 0; s < S; ++s) {
+        // Each pixel's tap, or nothing where it falls in the padding (0 after the prologue: the
+        // padding pads the normalised map).
+        float v[PIX];
+        bool any = false;
 #pragma unroll
-          for (int j = 0; j < KT; ++j) acc[j] = fmaf(wk[j][tap], v, acc[j]);
+        for (int i = 0; i < PIX; ++i) {
+          const int ih = ih0[i] + r, iw = iw0[i] + s;
+          const bool in = static_cast<unsigned>(ih) < static_cast<unsigned>(g.H) &&
+                          static_cast<unsigned>(iw) < static_cast<unsigned>(g.W);
+          v[i] = in ? fused_prologue(pre, s_mean, s_scale, s_shift, c, img[i][int64_t(c) * HW + ih * g.W + iw]) : 0.0f;
+          any = any || in;
+        }
+        if (!any) continue;
+        const int tap = (c * R + r) * S + s;
+#pragma unroll
+        for (int j = 0; j < KT; ++j) {
+          const float wv = wk[j][tap];
+#pragma unroll
+          for (int i = 0; i < PIX; ++i) acc[i][j] = fmaf(wv, v[i], acc[i][j]);
         }
       }
     }
   }
-  for (int j = 0; j < KT; ++j) s_part[(warp * KT + j) * 32 + lane] = acc[j];
+
+#pragma unroll
+  for (int i = 0; i < PIX; ++i)
+#pragma unroll
+    for (int j = 0; j < KT; ++j) s_part[(warp * KT + j) * TILE + i * 32 + lane] = acc[i][j];
   __syncthreads();
 
-  for (int t = tid; t < KT * 32; t += WARPS * 32) {
-    const int j = t >> 5, l = t & 31;
-    const int mm = blockIdx.x * 32 + l, k = k0 + j;
+  for (int t = tid; t < KT * TILE; t += WARPS * 32) {
+    const int j = t / TILE, l = t - j * TILE;
+    const int mm = blockIdx.x * TILE + l, k = k0 + j;
     if (mm >= M || k >= g.K) continue;
-    float sum = s_part[j * 32 + l];
-    for (int wi = 1; wi < WARPS; ++wi) sum += s_part[(wi * KT + j) * 32 + l];
+    float sum = s_part[j * TILE + l];
+    for (int wi = 1; wi < WARPS; ++wi) sum += s_part[(wi * KT + j) * TILE + l];
     if (post.on) {
       float mean, scale, shift;
       fused_bn_coef(post, k, mean, scale, shift);
       sum = math::bn_normalize(sum, mean, scale, shift);
       if (post.relu) sum = math::bn_relu(sum);
     }
-    const int n = mm / PQ, pq = mm - n * PQ;
-    y[n * g.y_img + int64_t(k) * PQ + pq] = sum;
+    const int n = mm / PQ, opq = mm - n * PQ;
+    y[n * g.y_img + int64_t(k) * PQ + opq] = sum;
   }
+}
+
+/// The plans Auto times: every instantiation of the kernel (the general window runs kGeneralPlan only).
+constexpr FusedPlan kFusedPlans[] = {{4, 4, 1}, {4, 8, 1}, {4, 16, 1}, {8, 4, 1}, {8, 8, 1},
+                                     {8, 16, 1}, {4, 4, 2}, {4, 8, 2}, {8, 4, 2}, {8, 8, 2}};
+constexpr FusedPlan kGeneralPlan = {4, 8, 1};
+
+/// Calls `run.template go<KT, WARPS, KSIZE, PIX>()` for `plan` and the window `ksize` — the one table of
+/// instantiations, for the launcher (cuda/fused_conv.cu) and the emulator (the tests). A plan outside
+/// kFusedPlans, and any plan for the general window, runs as kGeneralPlan.
+template <class Run>
+void dispatch_fused(const FusedPlan& plan, int ksize, const Run& run) {
+  if (ksize == 0) return run.template go<kGeneralPlan.kt, kGeneralPlan.warps, 0, kGeneralPlan.pix>();
+  auto window = [&](auto kt, auto warps, auto pix) {
+    if (ksize == 1) return run.template go<decltype(kt)::value, decltype(warps)::value, 1, decltype(pix)::value>();
+    return run.template go<decltype(kt)::value, decltype(warps)::value, 3, decltype(pix)::value>();
+  };
+  using I4 = std::integral_constant<int, 4>;
+  using I8 = std::integral_constant<int, 8>;
+  using I16 = std::integral_constant<int, 16>;
+  using I1 = std::integral_constant<int, 1>;
+  using I2 = std::integral_constant<int, 2>;
+  if (plan.pix == 2) {
+    if (plan.kt == 4 && plan.warps == 4) return window(I4{}, I4{}, I2{});
+    if (plan.kt == 4 && plan.warps == 8) return window(I4{}, I8{}, I2{});
+    if (plan.kt == 8 && plan.warps == 4) return window(I8{}, I4{}, I2{});
+    if (plan.kt == 8 && plan.warps == 8) return window(I8{}, I8{}, I2{});
+  } else if (plan.pix == 1) {
+    if (plan.kt == 4 && plan.warps == 4) return window(I4{}, I4{}, I1{});
+    if (plan.kt == 4 && plan.warps == 8) return window(I4{}, I8{}, I1{});
+    if (plan.kt == 4 && plan.warps == 16) return window(I4{}, I16{}, I1{});
+    if (plan.kt == 8 && plan.warps == 4) return window(I8{}, I4{}, I1{});
+    if (plan.kt == 8 && plan.warps == 8) return window(I8{}, I8{}, I1{});
+    if (plan.kt == 8 && plan.warps == 16) return window(I8{}, I16{}, I1{});
+  }
+  return window(I4{}, I8{}, I1{});
+}
+
+/// The grid of `plan` over g's output: (pixel tiles, channel groups).
+struct FusedGrid {
+  unsigned x, y;
+};
+inline FusedGrid fused_grid(const FusedConvGeom& g, const FusedPlan& plan) {
+  const int tile = 32 * plan.pix;
+  return {static_cast<unsigned>((int64_t(g.M()) + tile - 1) / tile), static_cast<unsigned>((g.K + plan.kt - 1) / plan.kt)};
 }
 
 }  // namespace

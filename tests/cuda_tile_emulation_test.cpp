@@ -517,31 +517,24 @@ TEST(TileKernelEmulation, ConvPassesAllTiles) {
 
 // ---- the fused inference convolution (cuda/fused_conv.cuh) ------------------------------------------------
 
-template <int KT, int WARPS>
-void emulate_fused_cfg(const FusedConvGeom& g, const float* x, const float* w, const FusedBn& pre,
-                       const FusedBn& post, float* y) {
-  const emu::Dim3 grid{static_cast<unsigned>((g.M() + 31) / 32), static_cast<unsigned>((g.K + KT - 1) / KT), 1};
-  switch (g.ksize()) {
-    case 1:
-      return emulate(grid, WARPS * 32, [&] { fused_conv_kernel<KT, WARPS, 1>(g, x, w, pre, post, y); });
-    case 3:
-      return emulate(grid, WARPS * 32, [&] { fused_conv_kernel<KT, WARPS, 3>(g, x, w, pre, post, y); });
-    default:
-      return emulate(grid, WARPS * 32, [&] { fused_conv_kernel<KT, WARPS, 0>(g, x, w, pre, post, y); });
+/// cuda/fused_conv.cu's launch, emulated (the same dispatch table).
+struct EmulateFused {
+  const FusedConvGeom& g;
+  const float* x;
+  const float* w;
+  const FusedBn& pre;
+  const FusedBn& post;
+  float* y;
+  template <int KT, int WARPS, int KSIZE, int PIX>
+  void go() const {
+    const FusedGrid fg = fused_grid(g, FusedPlan{KT, WARPS, PIX});
+    emulate({fg.x, fg.y, 1}, WARPS * 32, [&] { fused_conv_kernel<KT, WARPS, KSIZE, PIX>(g, x, w, pre, post, y); });
   }
-}
+};
 
-/// cuda/fused_conv.cu's launch, emulated.
 void emulate_fused(const FusedPlan& plan, const FusedConvGeom& g, const float* x, const float* w, const FusedBn& pre,
                    const FusedBn& post, float* y) {
-  if (plan.kt == 8) {
-    if (plan.warps == 4) return emulate_fused_cfg<8, 4>(g, x, w, pre, post, y);
-    if (plan.warps == 8) return emulate_fused_cfg<8, 8>(g, x, w, pre, post, y);
-    return emulate_fused_cfg<8, 16>(g, x, w, pre, post, y);
-  }
-  if (plan.warps == 4) return emulate_fused_cfg<4, 4>(g, x, w, pre, post, y);
-  if (plan.warps == 8) return emulate_fused_cfg<4, 8>(g, x, w, pre, post, y);
-  return emulate_fused_cfg<4, 16>(g, x, w, pre, post, y);
+  dispatch_fused(plan, g.ksize(), EmulateFused{g, x, w, pre, post, y});
 }
 
 TEST(FusedConvEmulation, PlannerSplitsTheReductionWhenTheOutputIsSmall) {
@@ -549,9 +542,11 @@ TEST(FusedConvEmulation, PlannerSplitsTheReductionWhenTheOutputIsSmall) {
   FusedPlan p = plan_fused(49, 128, kEmulatedSms);
   EXPECT_EQ(p.kt, 4);
   EXPECT_EQ(p.warps, 16);  // 64 blocks: the fewest, each warp walks 1/16 of the channels
+  EXPECT_EQ(p.pix, 1);
   p = plan_fused(3136, 128, kEmulatedSms);
   EXPECT_EQ(p.kt, 8);
-  EXPECT_EQ(p.warps, 4);  // 1,568 blocks already fill the GPU
+  EXPECT_EQ(p.warps, 4);  // 1,568 blocks already fill the GPU,
+  EXPECT_EQ(p.pix, 2);    // and more than 8 per SM: two pixels per lane, each weight load used twice
   p = plan_fused(196, 128, kEmulatedSms);  // 14x14: 7 tiles x 16 = 112 blocks of 8 channels < 132
   EXPECT_EQ(p.kt, 4);
   EXPECT_EQ(p.warps, 8);  // 224 blocks of 4 channels: at least half the SMs, under two per SM
@@ -569,8 +564,7 @@ TEST(FusedConvEmulation, EveryPlanMatchesFloat64WithBatchNormsPrefixesAndSlices)
   // partial last pixel tile; the pointwise ones with C % 4 == 0 read their weights four at a time.
   const Shape4 shapes[] = {{1, 40, 7, 7, 16, 1, 1, 1, 0}, {2, 13, 5, 5, 6, 3, 3, 1, 1}, {1, 3, 6, 5, 9, 3, 3, 2, 1},
                            {3, 21, 4, 3, 8, 1, 1, 1, 0},  {1, 5, 6, 6, 4, 2, 3, 1, 0},  {2, 36, 3, 3, 12, 1, 1, 1, 0}};
-  const FusedPlan plans[] = {{4, 4}, {4, 8}, {4, 16}, {8, 4}, {8, 8}, {8, 16}};  // every instantiation
-  Generator gen(51);
+    Generator gen(51);
   int cases = 0;
   for (const Shape4& sh : shapes) {
     ops::Conv2dParams p;
@@ -604,12 +598,13 @@ TEST(FusedConvEmulation, EveryPlanMatchesFloat64WithBatchNormsPrefixesAndSlices)
       FusedConvGeom g{sh.N, sh.C, sh.H, sh.W, sh.K, sh.R, sh.S, P, Q, sh.st, sh.st, sh.pad, sh.pad, x_img, y_img};
       g.vec4 = g.pointwise() && sh.C % 4 == 0 && reinterpret_cast<std::uintptr_t>(w.data<float>()) % 16 == 0;
       EXPECT_EQ(g.vec4, g.pointwise() && sh.C % 4 == 0) << "the test's weights are not 16-byte aligned";
-      for (int pi = 0; pi < 2; ++pi) {  // two plans per variant: all six per shape
-        const FusedPlan& plan = plans[(2 * variant + pi) % 6];
+      for (int pi = 0; pi < 3; ++pi) {  // three plans per variant: all ten per shape (some twice)
+        const FusedPlan& plan = kFusedPlans[(3 * variant + pi) % 10];
         SCOPED_TRACE("x (" + std::to_string(sh.N) + ", " + std::to_string(sh.C) + ", " + std::to_string(sh.H) + ", " +
                      std::to_string(sh.W) + ") w " + std::to_string(sh.K) + "x" + std::to_string(sh.R) + "x" +
                      std::to_string(sh.S) + " variant " + std::to_string(variant) + " kt " +
-                     std::to_string(plan.kt) + " warps " + std::to_string(plan.warps));
+                     std::to_string(plan.kt) + " warps " + std::to_string(plan.warps) + " pix " +
+                     std::to_string(plan.pix));
         // Outside the slice: 7 (must survive); inside: NaN (an element no thread writes fails).
         Tensor ybuf = Tensor::full({sh.N, sh.K + 5, P, Q}, 7.0);
         ybuf.narrow(1, 2, sh.K).fill_(std::numeric_limits<double>::quiet_NaN());
@@ -624,7 +619,7 @@ TEST(FusedConvEmulation, EveryPlanMatchesFloat64WithBatchNormsPrefixesAndSlices)
       }
     }
   }
-  EXPECT_EQ(cases, 48);
+  EXPECT_EQ(cases, 72);
 }
 
 }  // namespace
