@@ -128,18 +128,24 @@ void run_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Ten
 }  // namespace
 
 bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
-                          const ops::Conv2dParams& p, const ops::BnEval* post, const Tensor& out, int64_t out_img,
-                          const std::function<void()>& unfused) {
+                          const ops::Conv2dParams& p, const ops::BnEval* post, Tensor& out, int64_t out_img,
+                          const std::function<void(const Tensor&)>& unfused_into) {
   const FusedConv mode = fused_conv();
   if (mode == FusedConv::Off || x.dtype() != DType::Float32) return false;
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t K = w.size(0), R = w.size(2), S = w.size(3), P = out.size(2), Q = out.size(3);
+  const int64_t K = w.size(0), R = w.size(2), S = w.size(3);
+  const int64_t P = (H + 2 * p.pad_h - R) / p.stride_h + 1, Q = (W + 2 * p.pad_w - S) / p.stride_w + 1;
   // The kernel indexes pixels, channels and weights in int (offsets between images in int64_t).
   const int64_t lim = int64_t(1) << 30;
   if (C > kFusedMaxC || N * P * Q >= lim || K * C * R * S >= lim || C * H * W >= lim || K * P * Q >= lim)
     return false;
+  // A new output only when the result is computed here.
+  auto output = [&]() -> const Tensor& {
+    if (!out.defined()) out = Tensor::empty({N, K, P, Q}, DType::Float32, x.device());
+    return out;
+  };
   if (mode == FusedConv::On) {
-    run_fused(x, x_img, pre, w, p, post, out, out_img);
+    run_fused(x, x_img, pre, w, p, post, output(), out_img);
     return true;
   }
 
@@ -154,7 +160,7 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
     std::lock_guard<std::mutex> lock(cache.mu);
     auto it = cache.choices.find(key);
     if (it != cache.choices.end()) {
-      if (it->second.fused) run_fused(x, x_img, pre, w, p, post, out, out_img, &it->second.plan);
+      if (it->second.fused) run_fused(x, x_img, pre, w, p, post, output(), out_img, &it->second.plan);
       return it->second.fused;
     }
   }
@@ -167,6 +173,7 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
                 "the same step once before capturing it");
   // Every launch shape of the kernel, then the unfused ops; the fastest is kept. Unlocked while timing:
   // the unfused ops take the convolution's own cache lock.
+  output();
   FusedChoice best;
   double best_ms = std::numeric_limits<double>::infinity();
   std::string timings;
@@ -182,7 +189,7 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
     timings += " " + name(run_plan) + " " + std::to_string(ms).substr(0, 6);
     if (ms < best_ms) best_ms = ms, best = {true, run_plan};
   }
-  const double unfused_ms = time_best_of_three_ms(unfused);
+  const double unfused_ms = time_best_of_three_ms([&] { unfused_into(out); });
   if (unfused_ms <= best_ms) best.fused = false;
   {
     std::lock_guard<std::mutex> lock(cache.mu);

@@ -188,7 +188,7 @@ Tensor conv2d_backward_bias(const Tensor&) {
   no_backend("conv2d_backward_bias");
 }
 bool conv2d_bn_eval_fused(const Tensor&, int64_t, const ops::BnEval*, const Tensor&, const ops::Conv2dParams&,
-                          const ops::BnEval*, const Tensor&, int64_t, const std::function<void()>&) {
+                          const ops::BnEval*, Tensor&, int64_t, const std::function<void(const Tensor&)>&) {
   no_backend("conv2d_bn_eval");
 }
 

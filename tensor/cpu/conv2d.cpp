@@ -815,13 +815,14 @@ Tensor bn_eval_conv_unfused(const Tensor& x, const BnEval* pre, const Tensor& w,
   return out;
 }
 
-/// The GPU's choice of the fused kernel for out (images out_img apart); false: run the unfused ops.
-bool fused_on_gpu(ConvGeom g, const Tensor& x, const BnEval* pre, const Tensor& w,
-                  const Conv2dParams& p, const BnEval* post, const Tensor& out, int64_t out_img) {
+/// The GPU's fused kernel, when cuda::fused_conv() picks it, into `out` (images out_img apart) or, when
+/// out is undefined, into a new tensor it returns through out; false: run the unfused ops.
+bool fused_on_gpu(ConvGeom g, const Tensor& x, const BnEval* pre, const Tensor& w, const Conv2dParams& p,
+                  const BnEval* post, Tensor& out, int64_t out_img) {
   if (!x.device().is_cuda()) return false;
   const Tensor xc = images_view(x, g);
   return cuda::conv2d_bn_eval_fused(xc, g.x_stride, pre, w, p, post, out, out_img,
-                                    [&] { bn_eval_conv_unfused(x, pre, w, p, post, out); });
+                                    [&](const Tensor& o) { bn_eval_conv_unfused(x, pre, w, p, post, o); });
 }
 }  // namespace
 
@@ -829,10 +830,8 @@ Tensor conv2d_bn_eval(const Tensor& x, const BnEval* pre, const Tensor& w, const
                       const BnEval* post) {
   const std::string op = "conv2d_bn_eval";
   const ConvGeom g = check_bn_eval_conv(op, x, pre, w, p, post);
-  if (x.device().is_cuda()) {
-    Tensor y = Tensor::empty(g.y_shape(), x.dtype(), x.device());
-    if (y.numel() > 0 && fused_on_gpu(g, x, pre, w, p, post, y, g.K * g.pq())) return y;
-  }
+  Tensor y;
+  if (shape_numel(g.y_shape()) > 0 && fused_on_gpu(g, x, pre, w, p, post, y, g.K * g.pq())) return y;
   return bn_eval_conv_unfused(x, pre, w, p, post, Tensor());
 }
 
@@ -846,7 +845,8 @@ void conv2d_bn_eval_into(const Tensor& x, const BnEval* pre, const Tensor& w, co
             x.device().str() + "), got " + dtype_name(out.dtype()) + ", " + out.device().str());
   const int64_t out_img = conv2d_out_image_stride(op, out, g.y_shape());
   if (out.numel() == 0) return;
-  if (fused_on_gpu(g, x, pre, w, p, post, out, out_img)) return;
+  Tensor o = out;
+  if (fused_on_gpu(g, x, pre, w, p, post, o, out_img)) return;
   bn_eval_conv_unfused(x, pre, w, p, post, out);
 }
 
