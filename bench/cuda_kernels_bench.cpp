@@ -157,7 +157,10 @@ const Shape kBnShapes[] = {
     {kBatch, 512, 28, 28},  {kBatch, 1280, 14, 14}, {kBatch, 1664, 7, 7},
 };
 
-enum class BnPass { ForwardTrain, ForwardEval, BackwardTrain };
+// BackwardFromX / BackwardInto (fused ReLU, native only): the training dense block's norm1 backward —
+// the ReLU mask recomputed from x instead of read from y, and then dx also added into a channel prefix
+// of the block's gradient buffer (dx_into) instead of returned.
+enum class BnPass { ForwardTrain, ForwardEval, BackwardTrain, BackwardFromX, BackwardInto };
 
 // act = Relu: the fused BatchNorm-ReLU (native: in the BN kernels; cuDNN: its BN plus a ReLU pass).
 void bench_bn(benchmark::State& state, Shape shape, BnPass pass, ops::BnAct act, Impl impl) {
@@ -186,6 +189,20 @@ void bench_bn(benchmark::State& state, Shape shape, BnPass pass, ops::BnAct act,
         run_timed(state, [&] { ops::batch_norm_backward_train(dy, x, gamma, save_mean, save_invstd, relu_y); },
                   {(relu_y.defined() ? 4 : 3) * n, 0});
         break;
+      case BnPass::BackwardFromX:  // reads dy and x, writes dx
+        run_timed(state, [&] {
+          ops::batch_norm_backward_train(dy, x, gamma, save_mean, save_invstd, Tensor(), Tensor(), {true, beta});
+        }, {3 * n, 0});
+        break;
+      case BnPass::BackwardInto: {  // reads dy, x and the prefix, writes the prefix
+        Shape gs = shape;
+        gs[1] += 32;
+        const Tensor G = random_gpu(gs, 5), prefix = G.narrow(1, 0, C);
+        run_timed(state, [&] {
+          ops::batch_norm_backward_train(dy, x, gamma, save_mean, save_invstd, Tensor(), prefix, {true, beta});
+        }, {4 * n, 0});
+        break;
+      }
     }
     state.SetLabel(cuda::impl_name(Family::BatchNorm, impl));
   });
@@ -383,6 +400,12 @@ void register_all() {
                                                   impl_str(Family::BatchNorm, i) + "/" + shape_name(s))
                                                      .c_str(),
                                                  bench_bn, s, pass, act, i));
+  // The dense block's norm1 backward variants (native only: cuDNN has neither).
+  for (const auto& [pass, name] : {std::pair<BnPass, const char*>{BnPass::BackwardFromX, "bwd_train_fromx"},
+                                   std::pair<BnPass, const char*>{BnPass::BackwardInto, "bwd_train_fromx_into"}})
+    for (const Shape& s : kBnShapes)
+      configure(benchmark::RegisterBenchmark((std::string("bnrelu_") + name + "/native/" + shape_name(s)).c_str(),
+                                             bench_bn, s, pass, ops::BnAct::Relu, Impl::Native));
 
   for (bool backward : {false, true}) {
     for (Impl i : impls)
