@@ -74,7 +74,7 @@ void launch(const FusedPlan& plan, const FusedConvGeom& g, const float* x, const
 
 /// What Auto's choice depends on: the shapes, strides and BatchNorms of the call, and the switches that
 /// change the unfused ops' speed.
-using FusedKey = std::tuple<std::vector<int64_t>, int, int, int, int, int>;
+using FusedKey = std::tuple<std::vector<int64_t>, int, int, int>;
 struct FusedChoice {
   bool fused = false;
   FusedPlan plan;
@@ -97,9 +97,16 @@ int bn_code(const ops::BnEval* bn) {
   return bn ? (bn->act == ops::BnAct::Relu ? 2 : 1) : 0;
 }
 
-/// The kernel for one call, on the stream.
-void run_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w, const ops::Conv2dParams& p,
-               const ops::BnEval* post, const Tensor& out, int64_t out_img, const FusedPlan* plan = nullptr) {
+/// The kernel takes the call: float32, channels within the prologue's shared memory, every index
+/// within int, the grid within its limits.
+bool fused_applies(const Tensor& x, int64_t K, int64_t R, int64_t S, int64_t P, int64_t Q) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t lim = int64_t(1) << 30;
+  return x.dtype() == DType::Float32 && C <= kFusedMaxC && N * P * Q < lim && K * C * R * S < lim &&
+         C * H * W < lim && K * P * Q < lim && (K + 3) / 4 <= 65535;
+}
+
+FusedConvGeom geom_of(const Tensor& x, int64_t x_img, const Tensor& w, const ops::Conv2dParams& p, int64_t out_img) {
   FusedConvGeom g;
   auto i = [](int64_t v) { return static_cast<int>(v); };
   g.N = i(x.size(0));
@@ -109,20 +116,58 @@ void run_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Ten
   g.K = i(w.size(0));
   g.R = i(w.size(2));
   g.S = i(w.size(3));
-  g.P = i(out.size(2));
-  g.Q = i(out.size(3));
+  g.P = (g.H + i(2 * p.pad_h) - g.R) / i(p.stride_h) + 1;
+  g.Q = (g.W + i(2 * p.pad_w) - g.S) / i(p.stride_w) + 1;
   g.sh = i(p.stride_h);
   g.sw = i(p.stride_w);
   g.ph = i(p.pad_h);
   g.pw = i(p.pad_w);
   g.x_img = x_img;
   g.y_img = out_img;
-  std::vector<Tensor> keep;
+  return g;
+}
+
+/// The kernel for one call, on the stream: in `plan`, or plan_fused's guess.
+void run_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w, const ops::Conv2dParams& p,
+               const ops::BnEval* post, const Tensor& out, int64_t out_img, const FusedPlan* plan = nullptr) {
+  FusedConvGeom g = geom_of(x, x_img, w, p, out_img);
+  std::vector<Tensor> keep;  // contiguous copies, alive until the launch is queued (stream-ordered reuse)
   const FusedBn fpre = fused_bn_of(pre, keep), fpost = fused_bn_of(post, keep);
   const Tensor wc = w.contiguous();
-  g.vec4 = g.pointwise() && g.C % 4 == 0 && reinterpret_cast<std::uintptr_t>(wc.data<float>()) % 16 == 0;
+  g.chunk4 = g.pointwise() && g.C % 4 == 0;
+  g.vec4 = g.chunk4 && reinterpret_cast<std::uintptr_t>(wc.data<float>()) % 16 == 0;
   launch(plan ? *plan : plan_fused(g.M(), g.K, sm_count()), g, x.data<float>(), wc.data<float>(), fpre, fpost,
          out.data<float>());
+}
+
+/// Auto's measurement for one shape: the kernel in every launch shape (the general window has one), then
+/// `unfused`; the fastest, printed with LADNN_CUDNN_LOG=1.
+FusedChoice time_choices(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
+                         const ops::Conv2dParams& p, const ops::BnEval* post, const Tensor& out, int64_t out_img,
+                         const FusedConvGeom& g, const std::function<void()>& unfused) {
+  auto name = [](const FusedPlan& plan) {
+    return std::to_string(plan.kt) + "x" + std::to_string(plan.warps) + "x" + std::to_string(plan.pix);
+  };
+  FusedChoice best;
+  double best_ms = std::numeric_limits<double>::infinity();
+  std::string timings;
+  const bool general = g.ksize() == 0;  // one instantiation: kGeneralPlan
+  for (const FusedPlan& plan : kFusedPlans) {
+    if (general && &plan != kFusedPlans) break;
+    const FusedPlan run_plan = general ? kGeneralPlan : plan;
+    const double ms = time_best_of_three_ms([&] { run_fused(x, x_img, pre, w, p, post, out, out_img, &run_plan); });
+    timings += " " + name(run_plan) + " " + std::to_string(ms).substr(0, 6);
+    if (ms < best_ms) best_ms = ms, best = {true, run_plan};
+  }
+  const double unfused_ms = time_best_of_three_ms(unfused);
+  if (unfused_ms <= best_ms) best.fused = false;
+  if (log_choices())
+    std::fprintf(stderr,
+                 "ladnn: conv2d_bn_eval x (%d, %d, %d, %d) w (%d, %d, %d, %d) pre %d post %d: fused (channels x warps "
+                 "x pixels per lane, ms)%s; unfused %.4f ms -> %s\n",
+                 g.N, g.C, g.H, g.W, g.K, g.C, g.R, g.S, bn_code(pre), bn_code(post), timings.c_str(), unfused_ms,
+                 best.fused ? ("fused " + name(best.plan)).c_str() : "unfused");
+  return best;
 }
 
 }  // namespace
@@ -131,17 +176,13 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
                           const ops::Conv2dParams& p, const ops::BnEval* post, Tensor& out, int64_t out_img,
                           const std::function<void(const Tensor&)>& unfused_into) {
   const FusedConv mode = fused_conv();
-  if (mode == FusedConv::Off || x.dtype() != DType::Float32) return false;
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t K = w.size(0), R = w.size(2), S = w.size(3);
-  const int64_t P = (H + 2 * p.pad_h - R) / p.stride_h + 1, Q = (W + 2 * p.pad_w - S) / p.stride_w + 1;
-  // The kernel indexes pixels, channels and weights in int (offsets between images in int64_t).
-  const int64_t lim = int64_t(1) << 30;
-  if (C > kFusedMaxC || N * P * Q >= lim || K * C * R * S >= lim || C * H * W >= lim || K * P * Q >= lim)
-    return false;
+  if (mode == FusedConv::Off) return false;
+  const FusedConvGeom g = geom_of(x, x_img, w, p, out_img);
+  if (!fused_applies(x, g.K, g.R, g.S, g.P, g.Q)) return false;
+  const bool caller_out = out.defined();
   // A new output only when the result is computed here.
   auto output = [&]() -> const Tensor& {
-    if (!out.defined()) out = Tensor::empty({N, K, P, Q}, DType::Float32, x.device());
+    if (!out.defined()) out = Tensor::empty({g.N, g.K, g.P, g.Q}, DType::Float32, x.device());
     return out;
   };
   if (mode == FusedConv::On) {
@@ -149,63 +190,64 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
     return true;
   }
 
-  const FusedKey key{{N, C, H, W, K, R, S, p.stride_h, p.stride_w, p.pad_h, p.pad_w, x_img, out_img},
-                     bn_code(pre),
-                     bn_code(post),
+  // Auto. The key: everything the result or the right choice depends on — shapes, strides, the
+  // BatchNorms, and the switches that change what the unfused ops run.
+  const FusedKey key{{g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.sh, g.sw, g.ph, g.pw, x_img, out_img, bn_code(pre),
+                      bn_code(post), static_cast<int64_t>(impl(Family::Conv)), static_cast<int64_t>(impl(Family::BatchNorm))},
                      tf32_enabled() ? 1 : 0,
                      static_cast<int>(conv1x1()),
                      deterministic() ? 1 : 0};
   FusedCache& cache = fused_cache();
+  FusedChoice choice;
+  bool known = false;
   {
     std::lock_guard<std::mutex> lock(cache.mu);
     auto it = cache.choices.find(key);
-    if (it != cache.choices.end()) {
-      if (it->second.fused) run_fused(x, x_img, pre, w, p, post, output(), out_img, &it->second.plan);
-      return it->second.fused;
-    }
+    if (it != cache.choices.end()) choice = it->second, known = true;
   }
-  // Timing synchronises: impossible inside a stream capture.
-  if (capturing())
-    throw Error("conv2d_bn_eval: x (" + std::to_string(N) + ", " + std::to_string(C) + ", " + std::to_string(H) +
-                ", " + std::to_string(W) + ") with weight (" + std::to_string(K) + ", " + std::to_string(C) + ", " +
-                std::to_string(R) + ", " + std::to_string(S) +
-                ") was first seen inside a CUDA graph capture, where LADNN_FUSED_CONV=auto cannot time it: run "
-                "the same step once before capturing it");
-  // Every launch shape of the kernel, then the unfused ops; the fastest is kept. Unlocked while timing:
-  // the unfused ops take the convolution's own cache lock.
-  output();
-  FusedChoice best;
-  double best_ms = std::numeric_limits<double>::infinity();
-  std::string timings;
-  auto name = [](const FusedPlan& plan) {
-    return std::to_string(plan.kt) + "x" + std::to_string(plan.warps) + "x" + std::to_string(plan.pix);
-  };
-  const bool pointwise = R == 1 && S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0;
-  const bool general = !pointwise && !(R == 3 && S == 3);  // one instantiation: kGeneralPlan
-  for (const FusedPlan& plan : kFusedPlans) {
-    if (general && &plan != kFusedPlans) break;
-    const FusedPlan run_plan = general ? kGeneralPlan : plan;
-    const double ms = time_best_of_three_ms([&] { run_fused(x, x_img, pre, w, p, post, out, out_img, &run_plan); });
-    timings += " " + name(run_plan) + " " + std::to_string(ms).substr(0, 6);
-    if (ms < best_ms) best_ms = ms, best = {true, run_plan};
-  }
-  const double unfused_ms = time_best_of_three_ms([&] { unfused_into(out); });
-  if (unfused_ms <= best_ms) best.fused = false;
-  {
+  if (!known) {
+    // Timing synchronises: impossible inside a stream capture.
+    if (capturing())
+      throw Error("conv2d_bn_eval: x (" + std::to_string(g.N) + ", " + std::to_string(g.C) + ", " + std::to_string(g.H) +
+                  ", " + std::to_string(g.W) + ") with weight (" + std::to_string(g.K) + ", " + std::to_string(g.C) +
+                  ", " + std::to_string(g.R) + ", " + std::to_string(g.S) +
+                  ") was first seen inside a CUDA graph capture, where LADNN_FUSED_CONV=auto cannot time it: run "
+                  "the same step once before capturing it");
+    choice = time_choices(x, x_img, pre, w, p, post, output(), out_img, g,
+                          // the unfused ops as they would run: into the caller's out, or into their own
+                          [&] { unfused_into(caller_out ? out : Tensor()); });
     std::lock_guard<std::mutex> lock(cache.mu);
-    cache.choices.emplace(key, best);
+    cache.choices.emplace(key, choice);
   }
-  if (log_choices())
-    std::fprintf(stderr,
-                 "ladnn: conv2d_bn_eval x (%lld, %lld, %lld, %lld) w (%lld, %lld, %lld, %lld) pre %d post %d: fused "
-                 "(channels x warps x pixels per lane, ms)%s; unfused %.4f ms -> %s\n",
-                 static_cast<long long>(N), static_cast<long long>(C), static_cast<long long>(H),
-                 static_cast<long long>(W), static_cast<long long>(K), static_cast<long long>(C),
-                 static_cast<long long>(R), static_cast<long long>(S), bn_code(pre), bn_code(post), timings.c_str(),
-                 unfused_ms,
-                 best.fused ? ("fused " + name(best.plan)).c_str() : "unfused");
-  // The last run timed was the unfused ops': out holds this call's result either way.
-  return true;
+  if (choice.fused) {
+    run_fused(x, x_img, pre, w, p, post, output(), out_img, &choice.plan);
+    return true;
+  }
+  if (!caller_out) out = Tensor();  // the caller runs the unfused ops into their own output
+  return false;
+}
+
+void reset_fused_conv_choices() {
+  FusedCache& cache = fused_cache();
+  std::lock_guard<std::mutex> lock(cache.mu);
+  cache.choices.clear();
+}
+
+int fused_conv_plans() {
+  return static_cast<int>(sizeof(kFusedPlans) / sizeof(kFusedPlans[0]));
+}
+
+void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
+                               const ops::Conv2dParams& p, const ops::BnEval* post, const Tensor& out, int64_t out_img,
+                               int plan) {
+  const FusedConvGeom g = geom_of(x, x_img, w, p, out_img);
+  if (plan < 0 || plan >= fused_conv_plans())
+    throw std::invalid_argument("conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) + " is not in [0, " +
+                                std::to_string(fused_conv_plans()) + ")");
+  if (!fused_applies(x, g.K, g.R, g.S, g.P, g.Q))
+    throw std::invalid_argument("conv2d_bn_eval_fused_plan: the fused kernel does not take this call (float32, at "
+                                "most 2,048 input channels)");
+  run_fused(x, x_img, pre, w, p, post, out, out_img, &kFusedPlans[plan]);
 }
 
 }  // namespace ladnn::cuda

@@ -41,7 +41,11 @@ struct FusedConvGeom {
   int sh, sw, ph, pw;
   int64_t x_img;  // elements between images of x (C*H*W, or more for a channel prefix)
   int64_t y_img;  // elements between images of y (K*P*Q, or more for a channel slice)
-  bool vec4 = false;  // pointwise only: w's rows read four channels at a time (C % 4 == 0, w 16-byte aligned)
+  // Pointwise with C % 4 == 0: each warp's channel chunk is a multiple of 4 wide (chunk4) and, when w is
+  // also 16-byte aligned, its rows are read four channels at a time (vec4). The chunks — and so the
+  // values — do not depend on the alignment; only the loads do.
+  bool chunk4 = false;
+  bool vec4 = false;
   LADNN_HD int M() const { return N * P * Q; }
   LADNN_HD bool pointwise() const { return R == 1 && S == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
   /// The kernel's KSIZE for this window: 1 (pointwise), 3 (3x3) or 0 (any).
@@ -144,7 +148,7 @@ __global__ void __launch_bounds__(WARPS * 32)
   // Warp `warp` sums channels [c_begin, c_end): a multiple of 4 wide when the weights are read four
   // channels at a time.
   int chunk = (g.C + WARPS - 1) / WARPS;
-  if (g.vec4) chunk = (chunk + 3) & ~3;
+  if (g.chunk4) chunk = (chunk + 3) & ~3;
   const int c_begin = warp * chunk, c_end = c_begin + chunk < g.C ? c_begin + chunk : g.C;
   // Weight (k0 + j, c, r, s); rows past K read row K - 1 (valid memory) and are never stored.
   const float* wk[KT];
@@ -154,7 +158,7 @@ __global__ void __launch_bounds__(WARPS * 32)
   if (KSIZE == 1 && g.vec4) {  // (a plain if: the emulation's host compiler sees every branch anyway)
     // Four channels per step: one 16-byte load of each output channel's four weights (w rows are
     // 16-byte aligned: C % 4 == 0 and an aligned base, checked by the launcher). The sums still add
-    // channel by channel in order, so the values are those of the one-channel loop.
+    // channel by channel in order: the values of the one-channel loop over the same chunk.
     for (; c + 4 <= c_end; c += 4) {
       float v[PIX][4];
 #pragma unroll
@@ -175,7 +179,7 @@ __global__ void __launch_bounds__(WARPS * 32)
   }
 #pragma unroll 4
   for (; c < c_end; ++c) {
-    if (KSIZE == 1) {
+    if constexpr (KSIZE == 1) {
       float v[PIX];
 #pragma unroll
       for (int i = 0; i < PIX; ++i)
@@ -186,31 +190,32 @@ __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
         for (int i = 0; i < PIX; ++i) acc[i][j] = fmaf(wv, v[i], acc[i][j]);
       }
-      continue;
-    }
+    } else {
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
+      for (int r = 0; r < R; ++r) {
 #pragma unroll
-      for (int s = 0; s < S; ++s) {
-        // Each pixel's tap, or nothing where it falls in the padding (0 after the prologue: the
-        // padding pads the normalised map).
-        float v[PIX];
-        bool any = false;
+        for (int s = 0; s < S; ++s) {
+          // Each pixel's tap, or nothing where it falls in the padding (0 after the prologue: the
+          // padding pads the normalised map).
+          float v[PIX];
+          bool any = false;
 #pragma unroll
-        for (int i = 0; i < PIX; ++i) {
-          const int ih = ih0[i] + r, iw = iw0[i] + s;
-          const bool in = static_cast<unsigned>(ih) < static_cast<unsigned>(g.H) &&
-                          static_cast<unsigned>(iw) < static_cast<unsigned>(g.W);
-          v[i] = in ? fused_prologue(pre, s_mean, s_scale, s_shift, c, img[i][int64_t(c) * HW + ih * g.W + iw]) : 0.0f;
-          any = any || in;
-        }
-        if (!any) continue;
-        const int tap = (c * R + r) * S + s;
+          for (int i = 0; i < PIX; ++i) {
+            const int ih = ih0[i] + r, iw = iw0[i] + s;
+            const bool in = static_cast<unsigned>(ih) < static_cast<unsigned>(g.H) &&
+                            static_cast<unsigned>(iw) < static_cast<unsigned>(g.W);
+            v[i] = in ? fused_prologue(pre, s_mean, s_scale, s_shift, c, img[i][int64_t(c) * HW + ih * g.W + iw])
+                      : 0.0f;
+            any = any || in;
+          }
+          if (!any) continue;
+          const int tap = (c * R + r) * S + s;
 #pragma unroll
-        for (int j = 0; j < KT; ++j) {
-          const float wv = wk[j][tap];
+          for (int j = 0; j < KT; ++j) {
+            const float wv = wk[j][tap];
 #pragma unroll
-          for (int i = 0; i < PIX; ++i) acc[i][j] = fmaf(wv, v[i], acc[i][j]);
+            for (int i = 0; i < PIX; ++i) acc[i][j] = fmaf(wv, v[i], acc[i][j]);
+          }
         }
       }
     }

@@ -74,6 +74,19 @@ Tensor conv2d_backward_bias(const Tensor& dy);
 bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
                           const ops::Conv2dParams& p, const ops::BnEval* post, Tensor& out, int64_t out_img,
                           const std::function<void(const Tensor&)>& unfused_into);
+/// Forgets LADNN_FUSED_CONV=auto's per-shape choices (they are kept for the process): the next call of
+/// each shape times again. For tests, and after changing something the choice depends on that its key
+/// does not hold.
+void reset_fused_conv_choices();
+/// How many launch shapes the fused kernel has (cuda/fused_conv.cuh's kFusedPlans).
+int fused_conv_plans();
+/// The fused kernel alone in launch shape `plan` (0 <= plan < fused_conv_plans()), whatever the switch
+/// says — for tests and benches that check or time every shape Auto may pick. Arguments as
+/// conv2d_bn_eval_fused's, out defined; throws std::invalid_argument when the kernel does not take the
+/// call or the plan is out of range.
+void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
+                               const ops::Conv2dParams& p, const ops::BnEval* post, const Tensor& out, int64_t out_img,
+                               int plan);
 
 // ---- batch normalisation (cuDNN | native) ---------------------------------------------------------------------
 // act / relu_y: the fused BatchNorm-ReLU (tensor/ops.h). Native: the ReLU and the gradient mask live

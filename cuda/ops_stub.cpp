@@ -191,6 +191,14 @@ bool conv2d_bn_eval_fused(const Tensor&, int64_t, const ops::BnEval*, const Tens
                           const ops::BnEval*, Tensor&, int64_t, const std::function<void(const Tensor&)>&) {
   no_backend("conv2d_bn_eval");
 }
+void reset_fused_conv_choices() {}
+int fused_conv_plans() {
+  return 0;
+}
+void conv2d_bn_eval_fused_plan(const Tensor&, int64_t, const ops::BnEval*, const Tensor&, const ops::Conv2dParams&,
+                               const ops::BnEval*, const Tensor&, int64_t, int) {
+  no_backend("conv2d_bn_eval_fused_plan");
+}
 
 // batch norm and pooling: C3's cuda/bnpool_stub.cpp.
 

@@ -172,7 +172,8 @@ struct BnEval {
 Tensor conv2d_bn_eval(const Tensor& x, const BnEval* pre, const Tensor& w, const Conv2dParams& p,
                       const BnEval* post);
 /// The same written into `out`, with conv2d_forward_into's rules for out (a channel slice of a wider
-/// NCHW tensor is written in place).
+/// NCHW tensor is written in place; out must not overlap x or w — the fused kernel reads x while other
+/// blocks write out).
 void conv2d_bn_eval_into(const Tensor& x, const BnEval* pre, const Tensor& w, const Conv2dParams& p,
                          const BnEval* post, const Tensor& out);
 

@@ -596,8 +596,9 @@ TEST(FusedConvEmulation, EveryPlanMatchesFloat64WithBatchNormsPrefixesAndSlices)
         return f;
       };
       FusedConvGeom g{sh.N, sh.C, sh.H, sh.W, sh.K, sh.R, sh.S, P, Q, sh.st, sh.st, sh.pad, sh.pad, x_img, y_img};
-      g.vec4 = g.pointwise() && sh.C % 4 == 0 && reinterpret_cast<std::uintptr_t>(w.data<float>()) % 16 == 0;
-      EXPECT_EQ(g.vec4, g.pointwise() && sh.C % 4 == 0) << "the test's weights are not 16-byte aligned";
+      g.chunk4 = g.pointwise() && sh.C % 4 == 0;  // as the launcher sets them
+      g.vec4 = g.chunk4 && reinterpret_cast<std::uintptr_t>(w.data<float>()) % 16 == 0;
+      EXPECT_EQ(g.vec4, g.chunk4) << "the test's weights are not 16-byte aligned";
       for (int pi = 0; pi < 3; ++pi) {  // three plans per variant: all ten per shape (some twice)
         const FusedPlan& plan = kFusedPlans[(3 * variant + pi) % 10];
         SCOPED_TRACE("x (" + std::to_string(sh.N) + ", " + std::to_string(sh.C) + ", " + std::to_string(sh.H) + ", " +
@@ -620,6 +621,32 @@ TEST(FusedConvEmulation, EveryPlanMatchesFloat64WithBatchNormsPrefixesAndSlices)
     }
   }
   EXPECT_EQ(cases, 72);
+}
+
+// The four-channel weight loads (vec4, taken only when the weights are 16-byte aligned) change the loads,
+// not the arithmetic: the same bits as the one-channel loop over the same chunks, for every plan.
+TEST(FusedConvEmulation, AlignedWeightLoadsGiveTheSameBits) {
+  Generator gen(52);
+  const int N = 1, C = 24, H = 5, W = 5, K = 8;
+  const Tensor x = Tensor::normal({N, C, H, W}, 0, 1, gen), w = Tensor::normal({K, C, 1, 1}, 0, 0.5, gen);
+  const ops::BnEval pre = test::random_bn_eval(C, ops::BnAct::Relu, gen);
+  FusedBn fpre;
+  fpre.gamma = pre.gamma.data<float>();
+  fpre.beta = pre.beta.data<float>();
+  fpre.mean = pre.running_mean.data<float>();
+  fpre.var = pre.running_var.data<float>();
+  fpre.eps = pre.eps;
+  fpre.on = fpre.relu = true;
+  FusedConvGeom g{N, C, H, W, K, 1, 1, H, W, 1, 1, 0, 0, int64_t(C) * H * W, int64_t(K) * H * W};
+  g.chunk4 = true;
+  for (const FusedPlan& plan : kFusedPlans) {
+    Tensor a = Tensor::empty({N, K, H, W}), b = Tensor::empty({N, K, H, W});
+    g.vec4 = true;
+    emulate_fused(plan, g, x.data<float>(), w.data<float>(), fpre, FusedBn{}, a.data<float>());
+    g.vec4 = false;
+    emulate_fused(plan, g, x.data<float>(), w.data<float>(), fpre, FusedBn{}, b.data<float>());
+    EXPECT_EQ(ops::max_abs_diff(a, b), 0.0) << "plan " << plan.kt << "x" << plan.warps << "x" << plan.pix;
+  }
 }
 
 }  // namespace

@@ -49,6 +49,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/context.h"
 #include "cuda/ops.h"
 #include "tensor/cpu/gemm.h"
 #include "tensor/ops.h"
@@ -819,8 +820,8 @@ Tensor bn_eval_conv_unfused(const Tensor& x, const BnEval* pre, const Tensor& w,
 /// out is undefined, into a new tensor it returns through out; false: run the unfused ops.
 bool fused_on_gpu(ConvGeom g, const Tensor& x, const BnEval* pre, const Tensor& w, const Conv2dParams& p,
                   const BnEval* post, Tensor& out, int64_t out_img) {
-  if (!x.device().is_cuda()) return false;
-  const Tensor xc = images_view(x, g);
+  if (!x.device().is_cuda() || cuda::fused_conv() == cuda::FusedConv::Off) return false;
+  const Tensor xc = images_view(x, g);  // (a copy only for an input whose images are not blocks)
   return cuda::conv2d_bn_eval_fused(xc, g.x_stride, pre, w, p, post, out, out_img,
                                     [&](const Tensor& o) { bn_eval_conv_unfused(x, pre, w, p, post, o); });
 }
