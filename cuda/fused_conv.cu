@@ -2,10 +2,12 @@
 // cuda::fused_conv() (LADNN_FUSED_CONV) picks it; otherwise the caller runs the unfused ops.
 //
 // On launches in the shape plan_fused picks (a guess from the output's size). Auto times the kernel in
-// each of its ten launch shapes (kFusedPlans) and the unfused ops, on the call's own buffers, the first time a shape
-// is seen (cuda::time_best_of_three_ms; the unfused warm-up run also does the convolution's cuDNN
-// search), and keeps the fastest for the process — as LADNN_CONV1X1=auto does for cuBLAS against cuDNN,
-// so the launch shape is tuned on the card that runs it. LADNN_CUDNN_LOG=1 prints each choice.
+// each of its ten launch shapes (kFusedPlans) and the unfused ops, on the call's own buffers, the first
+// time a shape is seen, and keeps the fastest for the process — as LADNN_CONV1X1=auto does for cuBLAS
+// against cuDNN, so the launch shape is tuned on the card that runs it. Each candidate is timed as a
+// graph replay (cuda::time_replayed_ms; its eager warm-up run also does the convolution's cuDNN search):
+// GPU time without the host's launch gaps, which an eager timing would charge to the unfused ops' three
+// library calls but a replayed inference never pays. LADNN_CUDNN_LOG=1 prints each choice.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -155,11 +157,11 @@ FusedChoice time_choices(const Tensor& x, int64_t x_img, const ops::BnEval* pre,
   for (const FusedPlan& plan : kFusedPlans) {
     if (general && &plan != kFusedPlans) break;
     const FusedPlan run_plan = general ? kGeneralPlan : plan;
-    const double ms = time_best_of_three_ms([&] { run_fused(x, x_img, pre, w, p, post, out, out_img, &run_plan); });
+    const double ms = time_replayed_ms([&] { run_fused(x, x_img, pre, w, p, post, out, out_img, &run_plan); });
     timings += " " + name(run_plan) + " " + std::to_string(ms).substr(0, 6);
     if (ms < best_ms) best_ms = ms, best = {true, run_plan};
   }
-  const double unfused_ms = time_best_of_three_ms(unfused);
+  const double unfused_ms = time_replayed_ms(unfused);
   if (unfused_ms <= best_ms) best.fused = false;
   if (log_choices())
     std::fprintf(stderr,

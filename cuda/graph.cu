@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -223,6 +224,22 @@ void Graph::capture_once(const std::function<void()>& fn, PoolMode mode, std::ve
 void Graph::replay() {
   if (!exec_) throw Error("cuda::Graph::replay: nothing was captured");
   CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), stream()));
+}
+
+double time_replayed_ms(const std::function<void()>& run) {
+  run();
+  Graph graph;
+  graph.capture(run, /*plan_memory=*/false);
+  graph.replay();
+  EventTimer timer;
+  double best = std::numeric_limits<double>::infinity();
+  for (int rep = 0; rep < 3; ++rep) {
+    timer.start();
+    graph.replay();
+    timer.stop();
+    best = std::min(best, timer.elapsed_ms());
+  }
+  return best;
 }
 
 }  // namespace ladnn::cuda

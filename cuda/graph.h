@@ -86,6 +86,13 @@ class Graph {
   std::vector<std::pair<std::string, std::size_t>> kernels_;
 };
 
+/// GPU milliseconds of one run of `run` as a graph replay: run once eagerly (warm-up: algorithm searches,
+/// caches), captured once into a graph of its own, replayed once, then the fastest of three timed
+/// replays. Host work inside `run` (argument checks, descriptors, launches) costs nothing here, as in a
+/// replayed step: what a choice between implementations for graph replays should compare (an eager
+/// timing favours whichever launches fewer kernels). Not inside a capture.
+double time_replayed_ms(const std::function<void()>& run);
+
 /// Whether Graph::capture(fn) plans its memory: LADNN_GRAPH_PLAN=1 (default off until measured on a GPU),
 /// or set_graph_memory_plan.
 bool graph_memory_plan();
