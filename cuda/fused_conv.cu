@@ -23,6 +23,7 @@
 #include "cuda/check.h"
 #include "cuda/context.h"
 #include "cuda/fused_conv.cuh"
+#include "cuda/fused_conv_tc.cuh"
 #include "cuda/gemm_tile.cuh"
 #include "cuda/graph.h"
 #include "cuda/ops.h"
@@ -66,21 +67,37 @@ struct Launch {
         <<<dim3(fg.x, fg.y), WARPS * 32, 0, static_cast<cudaStream_t>(stream())>>>(g, x, w, pre, post, y);
     CUDA_CHECK_LAUNCH();
   }
+  template <int BK, int BM>
+  void go_tc() const {
+    const FusedGrid fg = tc_grid(g, TcPlan{BK, BM});
+    fused_conv_tc_kernel<BK, BM><<<dim3(fg.x, fg.y), TcTile<BK, BM>::kThreads, 0, static_cast<cudaStream_t>(stream())>>>(
+        g, x, w, pre, post, y);
+    CUDA_CHECK_LAUNCH();
+  }
 };
-
-void launch(const FusedPlan& plan, const FusedConvGeom& g, const float* x, const float* w, const FusedBn& pre,
-            const FusedBn& post, float* y) {
-  OpRange range("conv2d_bn_eval", "native");
-  dispatch_fused(plan, g.ksize(), Launch{g, x, w, pre, post, y});
-}
 
 /// What Auto's choice depends on: the shapes, strides and BatchNorms of the call, and the switches that
 /// change the unfused ops' speed.
 using FusedKey = std::tuple<std::vector<int64_t>, int, int, int>;
+/// A way to run one shape: the unfused ops, or the fused kernel — SIMT in `plan`, or on the tensor cores
+/// in `tc_plan`.
 struct FusedChoice {
   bool fused = false;
+  bool tc = false;
   FusedPlan plan;
+  TcPlan tc_plan;
 };
+
+/// The tensor-core form runs: a pointwise convolution, TF32 allowed, a GPU with TF32 tensor cores (sm_80+).
+bool tc_applies(const FusedConvGeom& g) {
+  static const int major = [] {
+    int dev = 0, v = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, dev));
+    return v;
+  }();
+  return g.pointwise() && tf32_enabled() && major >= 8;
+}
 struct FusedCache {
   std::mutex mu;
   std::map<FusedKey, FusedChoice> choices;
@@ -129,17 +146,21 @@ FusedConvGeom geom_of(const Tensor& x, int64_t x_img, const Tensor& w, const ops
   return g;
 }
 
-/// The kernel for one call, on the stream: in `plan`, or plan_fused's guess.
+/// The kernel for one call, on the stream: as `choice` says (fused), or plan_fused's SIMT guess.
 void run_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w, const ops::Conv2dParams& p,
-               const ops::BnEval* post, const Tensor& out, int64_t out_img, const FusedPlan* plan = nullptr) {
+               const ops::BnEval* post, const Tensor& out, int64_t out_img, const FusedChoice* choice = nullptr) {
   FusedConvGeom g = geom_of(x, x_img, w, p, out_img);
   std::vector<Tensor> keep;  // contiguous copies, alive until the launch is queued (stream-ordered reuse)
   const FusedBn fpre = fused_bn_of(pre, keep), fpost = fused_bn_of(post, keep);
   const Tensor wc = w.contiguous();
   g.chunk4 = g.pointwise() && g.C % 4 == 0;
   g.vec4 = g.chunk4 && reinterpret_cast<std::uintptr_t>(wc.data<float>()) % 16 == 0;
-  launch(plan ? *plan : plan_fused(g.M(), g.K, sm_count()), g, x.data<float>(), wc.data<float>(), fpre, fpost,
-         out.data<float>());
+  const Launch run{g, x.data<float>(), wc.data<float>(), fpre, fpost, out.data<float>()};
+  OpRange range("conv2d_bn_eval", choice && choice->tc ? "native-tc" : "native");
+  if (choice && choice->tc)
+    dispatch_fused_tc(choice->tc_plan, run);
+  else
+    dispatch_fused(choice ? choice->plan : plan_fused(g.M(), g.K, sm_count()), g.ksize(), run);
 }
 
 /// Auto's measurement for one shape: the kernel in every launch shape (the general window has one), then
@@ -157,18 +178,32 @@ FusedChoice time_choices(const Tensor& x, int64_t x_img, const ops::BnEval* pre,
   for (const FusedPlan& plan : kFusedPlans) {
     if (general && &plan != kFusedPlans) break;
     const FusedPlan run_plan = general ? kGeneralPlan : plan;
-    const double ms = time_replayed_ms([&] { run_fused(x, x_img, pre, w, p, post, out, out_img, &run_plan); });
+    FusedChoice c;
+    c.fused = true;
+    c.plan = run_plan;
+    const double ms = time_replayed_ms([&] { run_fused(x, x_img, pre, w, p, post, out, out_img, &c); });
     timings += " " + name(run_plan) + " " + std::to_string(ms).substr(0, 6);
-    if (ms < best_ms) best_ms = ms, best = {true, run_plan};
+    if (ms < best_ms) best_ms = ms, best = c;
   }
-  const double unfused_ms = time_replayed_ms(unfused);
+  if (tc_applies(g))
+    for (const TcPlan& plan : kTcPlans) {
+      FusedChoice c;
+      c.fused = c.tc = true;
+      c.tc_plan = plan;
+      const double ms = time_replayed_ms([&] { run_fused(x, x_img, pre, w, p, post, out, out_img, &c); });
+      timings += " tc" + std::to_string(plan.bk) + "x" + std::to_string(plan.bm) + " " + std::to_string(ms).substr(0, 6);
+      if (ms < best_ms) best_ms = ms, best = c;
+    }
+    const double unfused_ms = time_replayed_ms(unfused);
   if (unfused_ms <= best_ms) best.fused = false;
   if (log_choices())
     std::fprintf(stderr,
                  "ladnn: conv2d_bn_eval x (%d, %d, %d, %d) w (%d, %d, %d, %d) pre %d post %d: fused (channels x warps "
                  "x pixels per lane, ms)%s; unfused %.4f ms -> %s\n",
                  g.N, g.C, g.H, g.W, g.K, g.C, g.R, g.S, bn_code(pre), bn_code(post), timings.c_str(), unfused_ms,
-                 best.fused ? ("fused " + name(best.plan)).c_str() : "unfused");
+                 !best.fused ? "unfused"
+                 : best.tc   ? ("fused tc" + std::to_string(best.tc_plan.bk) + "x" + std::to_string(best.tc_plan.bm)).c_str()
+                             : ("fused " + name(best.plan)).c_str());
   return best;
 }
 
@@ -222,7 +257,7 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
     cache.choices.emplace(key, choice);
   }
   if (choice.fused) {
-    run_fused(x, x_img, pre, w, p, post, output(), out_img, &choice.plan);
+    run_fused(x, x_img, pre, w, p, post, output(), out_img, &choice);
     return true;
   }
   if (!caller_out) out = Tensor();  // the caller runs the unfused ops into their own output
@@ -236,7 +271,11 @@ void reset_fused_conv_choices() {
 }
 
 int fused_conv_plans() {
-  return static_cast<int>(sizeof(kFusedPlans) / sizeof(kFusedPlans[0]));
+  return static_cast<int>(sizeof(kFusedPlans) / sizeof(kFusedPlans[0]) + sizeof(kTcPlans) / sizeof(kTcPlans[0]));
+}
+
+bool fused_conv_plan_is_tensor_core(int plan) {
+  return plan >= static_cast<int>(sizeof(kFusedPlans) / sizeof(kFusedPlans[0])) && plan < fused_conv_plans();
 }
 
 void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
@@ -249,7 +288,18 @@ void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval
   if (!fused_applies(x, g.K, g.R, g.S, g.P, g.Q))
     throw std::invalid_argument("conv2d_bn_eval_fused_plan: the fused kernel does not take this call (float32, at "
                                 "most 2,048 input channels)");
-  run_fused(x, x_img, pre, w, p, post, out, out_img, &kFusedPlans[plan]);
+  FusedChoice c;
+  c.fused = true;
+  if (fused_conv_plan_is_tensor_core(plan)) {
+    if (!tc_applies(g))
+      throw std::invalid_argument("conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) +
+                                  " is a tensor-core plan: it needs a pointwise convolution, TF32 on and sm_80+");
+    c.tc = true;
+    c.tc_plan = kTcPlans[plan - static_cast<int>(sizeof(kFusedPlans) / sizeof(kFusedPlans[0]))];
+  } else {
+    c.plan = kFusedPlans[plan];
+  }
+  run_fused(x, x_img, pre, w, p, post, out, out_img, &c);
 }
 
 }  // namespace ladnn::cuda

@@ -78,8 +78,11 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
 /// each shape times again. For tests, and after changing something the choice depends on that its key
 /// does not hold.
 void reset_fused_conv_choices();
-/// How many launch shapes the fused kernel has (cuda/fused_conv.cuh's kFusedPlans).
+/// How many launch shapes the fused kernel has: cuda/fused_conv.cuh's SIMT kFusedPlans, then
+/// cuda/fused_conv_tc.cuh's tensor-core kTcPlans (pointwise convolutions with TF32 on, sm_80+).
 int fused_conv_plans();
+/// True for the tensor-core plans among them.
+bool fused_conv_plan_is_tensor_core(int plan);
 /// The fused kernel alone in launch shape `plan` (0 <= plan < fused_conv_plans()), whatever the switch
 /// says — for tests and benches that check or time every shape Auto may pick. Arguments as
 /// conv2d_bn_eval_fused's, out defined; throws std::invalid_argument when the kernel does not take the

@@ -195,6 +195,9 @@ void reset_fused_conv_choices() {}
 int fused_conv_plans() {
   return 0;
 }
+bool fused_conv_plan_is_tensor_core(int) {
+  return false;
+}
 void conv2d_bn_eval_fused_plan(const Tensor&, int64_t, const ops::BnEval*, const Tensor&, const ops::Conv2dParams&,
                                const ops::BnEval*, const Tensor&, int64_t, int) {
   no_backend("conv2d_bn_eval_fused_plan");

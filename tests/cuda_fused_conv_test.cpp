@@ -92,7 +92,8 @@ TEST(CudaFusedConv, MatchesFloat64OnDenseNetShapes) {
   }
 }
 
-// Every launch shape Auto may pick, on the windows and BatchNorm forms DenseNet does not use too: a
+// Every launch shape Auto may pick (the tensor-core ones on the pointwise cases), on the windows and
+// BatchNorm forms DenseNet does not use too: a
 // strided 3x3, a 2x3 window (the general kernel), a pointwise conv with C % 4 != 0 (no four-channel
 // loads), a pre BatchNorm without ReLU or affine parameters.
 TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
@@ -119,13 +120,19 @@ TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
     const test::ConvBnReference ref = test::conv_bn_eval_reference(x, &pre, w, p, &post);
     const Tensor gx = to_gpu(x), gw = to_gpu(w);
     const Shape ys = ref.y.shape();
+    const bool pointwise = c.R == 1 && c.S == 1 && c.stride == 1 && c.pad == 0;
     for (int plan = 0; plan < cuda::fused_conv_plans(); ++plan) {
+      // Tensor-core plans: pointwise convolutions with TF32 on, to TF32's bound (each operand rounded to
+      // 10 mantissa bits: 2^-10 per product, 2^-9 with margin, as tests/cuda_conv_gemm_test.cpp).
+      const bool tc = cuda::fused_conv_plan_is_tensor_core(plan);
+      if (tc && !(pointwise && cuda::tf32_enabled())) continue;
+      const double rtol = (tc ? 0x1p-9 : 0.0) + fused_rtol(c.C, c.R, c.S);
       const Tensor y = Tensor::empty(ys, DType::Float32, Device::cuda());
       cuda::conv2d_bn_eval_fused_plan(gx, c.C * c.H * c.W, &gpre, gw, p, &gpost, y, ys[1] * ys[2] * ys[3], plan);
       EXPECT_TRUE(gpu_matches("x (" + std::to_string(c.N) + ", " + std::to_string(c.C) + ", " + std::to_string(c.H) +
                                   ", " + std::to_string(c.W) + ") w " + std::to_string(c.K) + "x" +
                                   std::to_string(c.R) + "x" + std::to_string(c.S) + " plan " + std::to_string(plan),
-                              y, ref.y, {0.0, fused_rtol(c.C, c.R, c.S)}, ref.scale));
+                              y, ref.y, {0.0, rtol}, ref.scale));
     }
   }
 }
@@ -187,8 +194,8 @@ TEST(CudaFusedConv, AutoTimesEachShapeOnceAndNeverInsideACapture) {
   const ops::BnEval gpre = test::bn_eval_to(pre, Device::cuda());
   const Tensor gx = to_gpu(x), gw = to_gpu(w);
   const test::ConvBnReference ref = test::conv_bn_eval_reference(x, &pre, w, params_of(c), nullptr);
-  // The unfused ops may use TF32 (products of 10-bit mantissas: 2^-11 relative each).
-  const double rtol = cuda::tf32_enabled() ? 2e-3 : fused_rtol(c.C, 1, 1);
+  // The unfused ops and the tensor-core plans use TF32 when it is on (2^-10 per product; 2^-9 with margin).
+  const double rtol = (cuda::tf32_enabled() ? 0x1p-9 : 0.0) + fused_rtol(c.C, 1, 1);
   // First call: timed; its result is the chosen path's.
   const Tensor first = ops::conv2d_bn_eval(gx, &gpre, gw, params_of(c), nullptr);
   EXPECT_TRUE(gpu_matches("auto, first call", first, ref.y, {0.0, rtol}, ref.scale));

@@ -21,6 +21,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <mutex>
@@ -89,6 +90,74 @@ struct alignas(16) float4 {
   float x, y, z, w;
 };
 
+// nvcuda::wmma for cuda/fused_conv_tc.cuh: each fragment holds its whole tile in every thread of the
+// warp (the real layout across lanes is unspecified, and the kernel never looks inside a fragment), so a
+// load or an mma computes the whole tile per thread, and only lane 0 stores it. TF32 rounding as cvt.rna.
+namespace nvcuda::wmma {
+struct row_major {};
+struct col_major {};
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+namespace precision {
+struct tf32 {};
+}  // namespace precision
+enum layout_t { mem_row_major, mem_col_major };
+template <class Use>
+struct tile_dims;
+template <>
+struct tile_dims<matrix_a> {
+  static constexpr int R = 16, C = 8;
+};
+template <>
+struct tile_dims<matrix_b> {
+  static constexpr int R = 8, C = 16;
+};
+template <>
+struct tile_dims<accumulator> {
+  static constexpr int R = 16, C = 16;
+};
+template <class Use, int M, int N, int K, class T, class Layout = void>
+struct fragment {
+  float v[tile_dims<Use>::R * tile_dims<Use>::C];
+};
+/// To TF32 (10 mantissa bits), to nearest, ties away from zero, as cvt.rna.tf32.f32.
+inline float __float_to_tf32(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  if ((b & 0x7f800000u) != 0x7f800000u) b = (b + 0x1000u) & 0xffffe000u;  // not inf or NaN
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+template <class F>
+void fill_fragment(F& f, float value) {
+  for (float& e : f.v) e = value;
+}
+template <class Use, class T>
+void load_matrix_sync(fragment<Use, 16, 16, 8, T, row_major>& f, const float* p, unsigned ldm) {
+  for (int r = 0; r < tile_dims<Use>::R; ++r)
+    for (int c = 0; c < tile_dims<Use>::C; ++c) f.v[r * tile_dims<Use>::C + c] = p[r * ldm + c];
+}
+inline void mma_sync(fragment<accumulator, 16, 16, 8, float>& d,
+                     const fragment<matrix_a, 16, 16, 8, precision::tf32, row_major>& a,
+                     const fragment<matrix_b, 16, 16, 8, precision::tf32, row_major>& b,
+                     const fragment<accumulator, 16, 16, 8, float>& c) {
+  float out[256];
+  for (int r = 0; r < 16; ++r)
+    for (int n = 0; n < 16; ++n) {
+      float sum = c.v[r * 16 + n];
+      for (int k = 0; k < 8; ++k) sum += a.v[r * 8 + k] * b.v[k * 16 + n];  // TF32 products are exact
+      out[r * 16 + n] = sum;
+    }
+  std::memcpy(d.v, out, sizeof(out));
+}
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 8, float>& f, unsigned ldm, layout_t) {
+  if (threadIdx.x % 32 != 0) return;
+  for (int r = 0; r < 16; ++r)
+    for (int n = 0; n < 16; ++n) p[r * ldm + n] = f.v[r * 16 + n];
+}
+}  // namespace nvcuda::wmma
+
 #define LADNN_TILE_EMULATION 1
 #define __device__
 #define __global__
@@ -98,6 +167,7 @@ struct alignas(16) float4 {
 #define __launch_bounds__(...)
 #include "cuda/conv2d_gemm.cuh"
 #include "cuda/fused_conv.cuh"
+#include "cuda/fused_conv_tc.cuh"
 #include "cuda/gemm_tile.cuh"
 #undef __device__
 #undef __global__
@@ -530,6 +600,11 @@ struct EmulateFused {
     const FusedGrid fg = fused_grid(g, FusedPlan{KT, WARPS, PIX});
     emulate({fg.x, fg.y, 1}, WARPS * 32, [&] { fused_conv_kernel<KT, WARPS, KSIZE, PIX>(g, x, w, pre, post, y); });
   }
+  template <int BK, int BM>
+  void go_tc() const {
+    const FusedGrid fg = tc_grid(g, TcPlan{BK, BM});
+    emulate({fg.x, fg.y, 1}, TcTile<BK, BM>::kThreads, [&] { fused_conv_tc_kernel<BK, BM>(g, x, w, pre, post, y); });
+  }
 };
 
 void emulate_fused(const FusedPlan& plan, const FusedConvGeom& g, const float* x, const float* w, const FusedBn& pre,
@@ -621,6 +696,72 @@ TEST(FusedConvEmulation, EveryPlanMatchesFloat64WithBatchNormsPrefixesAndSlices)
     }
   }
   EXPECT_EQ(cases, 72);
+}
+
+TEST(FusedConvEmulation, Tf32RoundsToNearestTiesAway) {
+  using nvcuda::wmma::__float_to_tf32;
+  EXPECT_EQ(__float_to_tf32(1.0f + 0x1p-12f), 1.0f);                    // below half an ulp (2^-10)
+  EXPECT_EQ(__float_to_tf32(1.0f + 0x1p-11f), 1.0f + 0x1p-10f);         // a tie: away from zero
+  EXPECT_EQ(__float_to_tf32(-(1.0f + 0x1p-11f)), -(1.0f + 0x1p-10f));
+  EXPECT_EQ(__float_to_tf32(1.0f + 0x1p-10f + 0x1p-12f), 1.0f + 0x1p-10f);
+  EXPECT_EQ(__float_to_tf32(3.0f), 3.0f);
+  EXPECT_TRUE(std::isinf(__float_to_tf32(std::numeric_limits<float>::infinity())));
+}
+
+// The tensor-core form against float64: every tile shape, K and C not multiples of the tiles, a partial
+// pixel tile over two images, a prefix read and a slice written. TF32 tolerance: each operand rounds by
+// at most 2^-11 relative, so each product by 2^-10 and the sum by 2^-10 * sum |terms|, plus the float32
+// accumulation (fused_rtol's argument; 2^-9 + 1e-5 as tests/cuda_conv_gemm_test.cpp's kTf32Rtol).
+TEST(FusedConvEmulation, TensorCorePlansMatchFloat64) {
+  struct Shape4 {
+    int N, C, H, W, K;
+  };
+  const Shape4 shapes[] = {{2, 37, 5, 5, 20}, {1, 70, 9, 9, 130}};
+  Generator gen(53);
+  int cases = 0;
+  for (const Shape4& sh : shapes) {
+    const int64_t x_img = int64_t(sh.C + 3) * sh.H * sh.W, y_img = int64_t(sh.K + 5) * sh.H * sh.W;
+    const Tensor xbuf = Tensor::normal({sh.N, sh.C + 3, sh.H, sh.W}, 0, 1, gen);
+    const Tensor x = xbuf.narrow(1, 0, sh.C);
+    const Tensor w = Tensor::normal({sh.K, sh.C, 1, 1}, 0, 0.5, gen);
+    const ops::BnEval pre = test::random_bn_eval(sh.C, ops::BnAct::Relu, gen);
+    const ops::BnEval post = test::random_bn_eval(sh.K, ops::BnAct::Relu, gen, DType::Float32, false);
+    for (int variant = 0; variant < 2; ++variant) {
+      const ops::BnEval* pp = &pre;
+      const ops::BnEval* qp = variant == 1 ? &post : nullptr;
+      const test::ConvBnReference ref = test::conv_bn_eval_reference(x, pp, w, ops::Conv2dParams{}, qp);
+      auto bn_of = [](const ops::BnEval* bn) {
+        FusedBn f;
+        if (!bn) return f;
+        f.gamma = bn->gamma.defined() ? bn->gamma.data<float>() : nullptr;
+        f.beta = bn->beta.defined() ? bn->beta.data<float>() : nullptr;
+        f.mean = bn->running_mean.data<float>();
+        f.var = bn->running_var.data<float>();
+        f.eps = bn->eps;
+        f.on = true;
+        f.relu = bn->act == ops::BnAct::Relu;
+        return f;
+      };
+      const FusedConvGeom g{sh.N, sh.C, sh.H, sh.W, sh.K, 1, 1, sh.H, sh.W, 1, 1, 0, 0, x_img, y_img};
+      for (const TcPlan& plan : kTcPlans) {
+        SCOPED_TRACE("x (" + std::to_string(sh.N) + ", " + std::to_string(sh.C) + ", " + std::to_string(sh.H) +
+                     ") K " + std::to_string(sh.K) + " variant " + std::to_string(variant) + " tile " +
+                     std::to_string(plan.bk) + "x" + std::to_string(plan.bm));
+        Tensor ybuf = Tensor::full({sh.N, sh.K + 5, sh.H, sh.W}, 7.0);
+        ybuf.narrow(1, 2, sh.K).fill_(std::numeric_limits<double>::quiet_NaN());
+        const Tensor out = ybuf.narrow(1, 2, sh.K);
+        dispatch_fused_tc(plan, EmulateFused{g, xbuf.data<float>(), w.data<float>(), bn_of(pp), bn_of(qp),
+                                             out.data<float>()});
+        const std::vector<double> got = out.to_vector(), want = ref.y.to_vector(), scale = ref.scale.to_vector();
+        for (std::size_t i = 0; i < got.size(); ++i)
+          ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i]) << "element " << i << " got " << got[i];
+        for (int ch : {0, 1, sh.K + 2, sh.K + 3, sh.K + 4})
+          for (double v : ybuf.narrow(1, ch, 1).to_vector()) ASSERT_EQ(v, 7.0) << "channel " << ch << " was written";
+        ++cases;
+      }
+    }
+  }
+  EXPECT_EQ(cases, 16);
 }
 
 // The four-channel weight loads (vec4, taken only when the weights are 16-byte aligned) change the loads,

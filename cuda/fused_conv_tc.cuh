@@ -1,0 +1,155 @@
+// cuda/fused_conv_tc.cuh — the fused inference convolution's tensor-core form, for pointwise (1x1)
+// convolutions with more pixels than batch 1 has: y = post(W · pre(x)) as a TF32 GEMM on the tensor
+// cores (nvcuda::wmma, m16n16k8), the eval BatchNorm(-ReLU)s applied as x is staged and as the sums are
+// stored. cuda/fused_conv.cuh's SIMT kernel is the batch-1 form (its reduction split over warps); this
+// one is for outputs large enough to fill the GPU with GEMM tiles (DenseNet's bottlenecks at batch 32:
+// a 1x1 conv 14x14 640->128 has 6,272 x 128 outputs), where float32 SIMT arithmetic is 8x slower than
+// TF32 tensor cores. Used only when TF32 is on (cuda::tf32_enabled(), as cuDNN's TF32 kernels).
+// With LADNN_TILE_EMULATION it compiles as plain C++ for tests/cuda_tile_emulation_test.cpp, which
+// supplies a host model of the wmma calls.
+//
+// Tile: BK output channels x BM pixels per block, (BK / 32) x (BM / 32) warps, each a 32 x 32 sub-tile
+// (2 x 2 accumulator fragments of 16 x 16). The reduction walks the input channels in chunks of 16
+// (two k-steps of 8): the block stages W[k0 : k0 + BK, c : c + 16] and pre(x)[c : c + 16, m0 : m0 + BM]
+// in shared memory, rounded to TF32 (cvt.rna: to nearest, ties away), zeros past K, C and M; every warp
+// then multiplies its fragments. After the last chunk the accumulators go through shared memory (the
+// staging space reused) to the epilogue, which applies post and writes NCHW rows (coalesced along
+// pixels). Deterministic: each output's sum has a fixed order on a given GPU; its rounding is the
+// tensor cores' (float32 accumulation of exact TF32 products, in an order the hardware fixes).
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/fused_conv.cuh"
+
+#ifndef LADNN_TILE_EMULATION
+#include <mma.h>
+#endif
+
+namespace ladnn::cuda {
+namespace {
+
+/// A tensor-core launch shape: BK output channels x BM pixels per block.
+struct TcPlan {
+  int bk = 128, bm = 64;
+};
+constexpr TcPlan kTcPlans[] = {{128, 64}, {64, 64}, {128, 32}, {64, 32}};
+constexpr int kTcChunk = 16;  // input channels staged per step
+
+template <int BK, int BM>
+struct TcTile {
+  static constexpr int kWarps = (BK / 32) * (BM / 32);
+  static constexpr int kThreads = kWarps * 32;
+  // Row strides of the staged tiles, padded (bank conflicts) and multiples of 4 floats (wmma's ldm);
+  // every fragment pointer below is then 32-byte aligned (wmma's requirement).
+  static constexpr int LDA = kTcChunk + 4, LDB = BM + 4, LDC = BM + 4;
+  static constexpr int kStage = BK * LDA + kTcChunk * LDB, kOut = BK * LDC;
+  static constexpr int kFloats = kStage > kOut ? kStage : kOut;
+};
+
+inline FusedGrid tc_grid(const FusedConvGeom& g, const TcPlan& plan) {
+  return {static_cast<unsigned>((int64_t(g.M()) + plan.bm - 1) / plan.bm),
+          static_cast<unsigned>((g.K + plan.bk - 1) / plan.bk)};
+}
+
+/// Grid tc_grid(g, {BK, BM}), TcTile<BK, BM>::kThreads threads. g must be pointwise.
+template <int BK, int BM>
+__global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
+    fused_conv_tc_kernel(FusedConvGeom g, const float* __restrict__ x, const float* __restrict__ w, FusedBn pre,
+                         FusedBn post, float* __restrict__ y) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // TF32 tensor cores need sm_80; the launcher never launches this there
+#else
+  using namespace nvcuda;
+  using T = TcTile<BK, BM>;
+  __shared__ __align__(128) float smem[T::kFloats];
+  __shared__ float s_mean[kTcChunk], s_scale[kTcChunk], s_shift[kTcChunk];
+  float* As = smem;                  // [BK][LDA]: W rows k0.., channels c0..c0+15
+  float* Bs = smem + BK * T::LDA;    // [16][LDB]: pre(x) channels c0.., pixels m0..
+  float* Cs = smem;                  // [BK][LDC]: the sums, after the last chunk
+  const int tid = threadIdx.x, warp = tid >> 5;
+  const int wk = warp / (BM / 32), wm = warp % (BM / 32);
+  const int k0 = blockIdx.y * BK, m0 = blockIdx.x * BM;
+  const int M = g.M(), PQ = g.P * g.Q, HW = g.H * g.W;
+
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[2][2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+  for (int c0 = 0; c0 < g.C; c0 += kTcChunk) {
+    if (pre.on && tid < kTcChunk && c0 + tid < g.C) fused_bn_coef(pre, c0 + tid, s_mean[tid], s_scale[tid], s_shift[tid]);
+    for (int i = tid; i < BK * kTcChunk; i += T::kThreads) {
+      const int r = i / kTcChunk, cc = i - r * kTcChunk;
+      const int k = k0 + r, c = c0 + cc;
+      const float v = k < g.K && c < g.C ? w[int64_t(k) * g.C + c] : 0.0f;
+      As[r * T::LDA + cc] = wmma::__float_to_tf32(v);
+    }
+    __syncthreads();  // the chunk's coefficients
+    for (int i = tid; i < kTcChunk * BM; i += T::kThreads) {
+      const int cc = i / BM, mm = i - cc * BM;
+      const int m = m0 + mm, c = c0 + cc;
+      float v = 0.0f;
+      if (m < M && c < g.C) {
+        const int n = m / PQ, pq = m - n * PQ;
+        v = x[n * g.x_img + int64_t(c) * HW + pq];
+        if (pre.on) {
+          v = math::bn_normalize(v, s_mean[cc], s_scale[cc], s_shift[cc]);
+          if (pre.relu) v = math::bn_relu(v);
+        }
+      }
+      Bs[cc * T::LDB + mm] = wmma::__float_to_tf32(v);
+    }
+    __syncthreads();  // the staged tiles
+#pragma unroll
+    for (int ks = 0; ks < kTcChunk; ks += 8) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], As + (wk * 32 + i * 16) * T::LDA + ks, T::LDA);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], Bs + ks * T::LDB + wm * 32 + j * 16, T::LDB);
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();  // before the next chunk overwrites the tiles and coefficients
+  }
+
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      wmma::store_matrix_sync(Cs + (wk * 32 + i * 16) * T::LDC + wm * 32 + j * 16, acc[i][j], T::LDC,
+                              wmma::mem_row_major);
+  __syncthreads();
+  for (int t = tid; t < BK * BM; t += T::kThreads) {
+    const int r = t / BM, mm = t - r * BM;
+    const int k = k0 + r, m = m0 + mm;
+    if (k >= g.K || m >= M) continue;
+    float v = Cs[r * T::LDC + mm];
+    if (post.on) {
+      float mean, scale, shift;
+      fused_bn_coef(post, k, mean, scale, shift);
+      v = math::bn_normalize(v, mean, scale, shift);
+      if (post.relu) v = math::bn_relu(v);
+    }
+    const int n = m / PQ, pq = m - n * PQ;
+    y[n * g.y_img + int64_t(k) * PQ + pq] = v;
+  }
+#endif
+}
+
+/// Calls `run.template go_tc<BK, BM>()` for `plan` (one of kTcPlans; anything else runs as the first).
+template <class Run>
+void dispatch_fused_tc(const TcPlan& plan, const Run& run) {
+  if (plan.bk == 64 && plan.bm == 64) return run.template go_tc<64, 64>();
+  if (plan.bk == 128 && plan.bm == 32) return run.template go_tc<128, 32>();
+  if (plan.bk == 64 && plan.bm == 32) return run.template go_tc<64, 32>();
+  return run.template go_tc<128, 64>();
+}
+
+}  // namespace
+}  // namespace ladnn::cuda
