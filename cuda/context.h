@@ -61,7 +61,7 @@ Conv1x1 parse_conv1x1(const std::string& value, const char* where);
 ///   On    the fused kernel wherever it applies (float32, at most 2,048 input channels), in the launch
 ///         shape cuda/fused_conv.cuh's plan_fused picks from the output's size;
 ///   Auto  the first call of each shape times the kernel in each of its launch shapes — with TF32 on,
-///         pointwise convolutions also in the tensor-core form (cuda/fused_conv_tc.cuh) — and the
+///         also in the tensor-core form (cuda/fused_conv_tc.cuh) — and the
 ///         unfused ops, each as a graph replay, and keeps the fastest (like LADNN_CONV1X1=auto; never
 ///         inside a graph capture).
 /// The profiler shows which ran: the fused kernel is op "conv2d_bn_eval", implementation "native" (SIMT)

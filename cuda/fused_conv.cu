@@ -88,15 +88,15 @@ struct FusedChoice {
   TcPlan tc_plan;
 };
 
-/// The tensor-core form runs: a pointwise convolution, TF32 allowed, a GPU with TF32 tensor cores (sm_80+).
-bool tc_applies(const FusedConvGeom& g) {
+/// The tensor-core form runs: TF32 allowed and a GPU with TF32 tensor cores (sm_80+).
+bool tc_applies(const FusedConvGeom&) {
   static const int major = [] {
     int dev = 0, v = 0;
     CUDA_CHECK(cudaGetDevice(&dev));
     CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, dev));
     return v;
   }();
-  return g.pointwise() && tf32_enabled() && major >= 8;
+  return tf32_enabled() && major >= 8;
 }
 struct FusedCache {
   std::mutex mu;
@@ -293,7 +293,7 @@ void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval
   if (fused_conv_plan_is_tensor_core(plan)) {
     if (!tc_applies(g))
       throw std::invalid_argument("conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) +
-                                  " is a tensor-core plan: it needs a pointwise convolution, TF32 on and sm_80+");
+                                  " is a tensor-core plan: it needs TF32 on and sm_80+");
     c.tc = true;
     c.tc_plan = kTcPlans[plan - static_cast<int>(sizeof(kFusedPlans) / sizeof(kFusedPlans[0]))];
   } else {

@@ -1,21 +1,22 @@
-// cuda/fused_conv_tc.cuh — the fused inference convolution's tensor-core form, for pointwise (1x1)
-// convolutions with more pixels than batch 1 has: y = post(W · pre(x)) as a TF32 GEMM on the tensor
-// cores (nvcuda::wmma, m16n16k8), the eval BatchNorm(-ReLU)s applied as x is staged and as the sums are
+// cuda/fused_conv_tc.cuh — the fused inference convolution's tensor-core form, for outputs with more
+// pixels than batch 1 has: y = post(conv(pre(x), w)) as a TF32 implicit GEMM on the tensor cores
+// (nvcuda::wmma, m16n16k8), the eval BatchNorm(-ReLU)s applied as x is staged and as the sums are
 // stored. cuda/fused_conv.cuh's SIMT kernel is the batch-1 form (its reduction split over warps); this
-// one is for outputs large enough to fill the GPU with GEMM tiles (DenseNet's bottlenecks at batch 32:
-// a 1x1 conv 14x14 640->128 has 6,272 x 128 outputs), where float32 SIMT arithmetic is 8x slower than
-// TF32 tensor cores. Used only when TF32 is on (cuda::tf32_enabled(), as cuDNN's TF32 kernels).
-// With LADNN_TILE_EMULATION it compiles as plain C++ for tests/cuda_tile_emulation_test.cpp, which
-// supplies a host model of the wmma calls.
+// one is for outputs large enough to fill the GPU with GEMM tiles (DenseNet at batch 32: a bottleneck
+// 1x1 at 14x14 has 6,272 x 128 outputs, a growth 3x3 6,272 x 32), where float32 SIMT arithmetic is 8x
+// slower than TF32 tensor cores. Used only when TF32 is on (cuda::tf32_enabled(), as cuDNN's TF32
+// kernels). With LADNN_TILE_EMULATION it compiles as plain C++ for tests/cuda_tile_emulation_test.cpp,
+// which supplies a host model of the wmma calls.
 //
 // Tile: BK output channels x BM pixels per block, (BK / 32) x (BM / 32) warps, each a 32 x 32 sub-tile
-// (2 x 2 accumulator fragments of 16 x 16). The reduction walks the input channels in chunks of 16
-// (two k-steps of 8): the block stages W[k0 : k0 + BK, c : c + 16] and pre(x)[c : c + 16, m0 : m0 + BM]
-// in shared memory, rounded to TF32 (cvt.rna: to nearest, ties away), zeros past K, C and M; every warp
-// then multiplies its fragments. After the last chunk the accumulators go through shared memory (the
-// staging space reused) to the epilogue, which applies post and writes NCHW rows (coalesced along
-// pixels). Deterministic: each output's sum has a fixed order on a given GPU; its rounding is the
-// tensor cores' (float32 accumulation of exact TF32 products, in an order the hardware fixes).
+// (2 x 2 accumulator fragments of 16 x 16). The reduction walks the weight rows' C*R*S values in chunks
+// of 16 (two k-steps of 8): the block stages W[k0 : k0 + BK, kk : kk + 16] and the matching taps of
+// pre(x) for pixels m0 : m0 + BM in shared memory, rounded to TF32 (cvt.rna: to nearest, ties away),
+// zeros past K, C*R*S, M and in the padding; every warp then multiplies its fragments. After the last
+// chunk the accumulators go through shared memory (the staging space reused) to the epilogue, which
+// applies post and writes NCHW rows (coalesced along pixels). Deterministic: each output's sum has a
+// fixed order on a given GPU; its rounding is the tensor cores' (float32 accumulation of exact TF32
+// products, in an order the hardware fixes).
 #pragma once
 
 #include <cstdint>
@@ -33,7 +34,8 @@ namespace {
 struct TcPlan {
   int bk = 128, bm = 64;
 };
-constexpr TcPlan kTcPlans[] = {{128, 64}, {64, 64}, {128, 32}, {64, 32}};
+// 128 and 64 rows for the bottlenecks' K = 128 outputs, 32 for the growth convs' K = 32.
+constexpr TcPlan kTcPlans[] = {{128, 64}, {64, 64}, {128, 32}, {64, 32}, {32, 64}, {32, 128}};
 constexpr int kTcChunk = 16;  // input channels staged per step
 
 template <int BK, int BM>
@@ -52,7 +54,7 @@ inline FusedGrid tc_grid(const FusedConvGeom& g, const TcPlan& plan) {
           static_cast<unsigned>((g.K + plan.bk - 1) / plan.bk)};
 }
 
-/// Grid tc_grid(g, {BK, BM}), TcTile<BK, BM>::kThreads threads. g must be pointwise.
+/// Grid tc_grid(g, {BK, BM}), TcTile<BK, BM>::kThreads threads. Any window, stride and padding.
 template <int BK, int BM>
 __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
     fused_conv_tc_kernel(FusedConvGeom g, const float* __restrict__ x, const float* __restrict__ w, FusedBn pre,
@@ -78,25 +80,36 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
 #pragma unroll
     for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
 
-  for (int c0 = 0; c0 < g.C; c0 += kTcChunk) {
-    if (pre.on && tid < kTcChunk && c0 + tid < g.C) fused_bn_coef(pre, c0 + tid, s_mean[tid], s_scale[tid], s_shift[tid]);
+  // The reduction runs over kk = (c, r, s) of the weight's rows (C*R*S contiguous values each): for a
+  // pointwise conv kk is the channel; for a window, B's element (kk, m) is the input tap (c, ih, iw) of
+  // pixel m (implicit GEMM: im2col without the column buffer), 0 in the padding.
+  const int RS = g.R * g.S, CRS = g.C * RS;
+  for (int c0 = 0; c0 < CRS; c0 += kTcChunk) {
+    if (pre.on && tid < kTcChunk && c0 + tid < CRS)
+      fused_bn_coef(pre, (c0 + tid) / RS, s_mean[tid], s_scale[tid], s_shift[tid]);
     for (int i = tid; i < BK * kTcChunk; i += T::kThreads) {
       const int r = i / kTcChunk, cc = i - r * kTcChunk;
-      const int k = k0 + r, c = c0 + cc;
-      const float v = k < g.K && c < g.C ? w[int64_t(k) * g.C + c] : 0.0f;
+      const int k = k0 + r, kk = c0 + cc;
+      const float v = k < g.K && kk < CRS ? w[int64_t(k) * CRS + kk] : 0.0f;
       As[r * T::LDA + cc] = wmma::__float_to_tf32(v);
     }
     __syncthreads();  // the chunk's coefficients
     for (int i = tid; i < kTcChunk * BM; i += T::kThreads) {
       const int cc = i / BM, mm = i - cc * BM;
-      const int m = m0 + mm, c = c0 + cc;
+      const int m = m0 + mm, kk = c0 + cc;
       float v = 0.0f;
-      if (m < M && c < g.C) {
+      if (m < M && kk < CRS) {
         const int n = m / PQ, pq = m - n * PQ;
-        v = x[n * g.x_img + int64_t(c) * HW + pq];
-        if (pre.on) {
-          v = math::bn_normalize(v, s_mean[cc], s_scale[cc], s_shift[cc]);
-          if (pre.relu) v = math::bn_relu(v);
+        const int c = kk / RS, rs = kk - c * RS;
+        int ih = pq / g.Q, iw = pq - ih * g.Q;  // the output pixel (p, q), then its tap
+        ih = ih * g.sh - g.ph + rs / g.S;
+        iw = iw * g.sw - g.pw + rs % g.S;
+        if (static_cast<unsigned>(ih) < static_cast<unsigned>(g.H) && static_cast<unsigned>(iw) < static_cast<unsigned>(g.W)) {
+          v = x[n * g.x_img + int64_t(c) * HW + ih * g.W + iw];
+          if (pre.on) {
+            v = math::bn_normalize(v, s_mean[cc], s_scale[cc], s_shift[cc]);
+            if (pre.relu) v = math::bn_relu(v);
+          }
         }
       }
       Bs[cc * T::LDB + mm] = wmma::__float_to_tf32(v);
@@ -148,6 +161,8 @@ void dispatch_fused_tc(const TcPlan& plan, const Run& run) {
   if (plan.bk == 64 && plan.bm == 64) return run.template go_tc<64, 64>();
   if (plan.bk == 128 && plan.bm == 32) return run.template go_tc<128, 32>();
   if (plan.bk == 64 && plan.bm == 32) return run.template go_tc<64, 32>();
+  if (plan.bk == 32 && plan.bm == 64) return run.template go_tc<32, 64>();
+  if (plan.bk == 32 && plan.bm == 128) return run.template go_tc<32, 128>();
   return run.template go_tc<128, 64>();
 }
 

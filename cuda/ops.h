@@ -79,7 +79,7 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
 /// does not hold.
 void reset_fused_conv_choices();
 /// How many launch shapes the fused kernel has: cuda/fused_conv.cuh's SIMT kFusedPlans, then
-/// cuda/fused_conv_tc.cuh's tensor-core kTcPlans (pointwise convolutions with TF32 on, sm_80+).
+/// cuda/fused_conv_tc.cuh's tensor-core kTcPlans (with TF32 on, sm_80+).
 int fused_conv_plans();
 /// True for the tensor-core plans among them.
 bool fused_conv_plan_is_tensor_core(int plan);

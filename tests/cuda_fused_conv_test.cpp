@@ -92,7 +92,7 @@ TEST(CudaFusedConv, MatchesFloat64OnDenseNetShapes) {
   }
 }
 
-// Every launch shape Auto may pick (the tensor-core ones on the pointwise cases), on the windows and
+// Every launch shape Auto may pick (the tensor-core ones too: TF32 is on by default), on the windows and
 // BatchNorm forms DenseNet does not use too: a
 // strided 3x3, a 2x3 window (the general kernel), a pointwise conv with C % 4 != 0 (no four-channel
 // loads), a pre BatchNorm without ReLU or affine parameters.
@@ -120,12 +120,11 @@ TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
     const test::ConvBnReference ref = test::conv_bn_eval_reference(x, &pre, w, p, &post);
     const Tensor gx = to_gpu(x), gw = to_gpu(w);
     const Shape ys = ref.y.shape();
-    const bool pointwise = c.R == 1 && c.S == 1 && c.stride == 1 && c.pad == 0;
     for (int plan = 0; plan < cuda::fused_conv_plans(); ++plan) {
-      // Tensor-core plans: pointwise convolutions with TF32 on, to TF32's bound (each operand rounded to
-      // 10 mantissa bits: 2^-10 per product, 2^-9 with margin, as tests/cuda_conv_gemm_test.cpp).
+      // Tensor-core plans (TF32 on) to TF32's bound: each operand rounded to 10 mantissa bits, 2^-10 per
+      // product, 2^-9 with margin (as tests/cuda_conv_gemm_test.cpp).
       const bool tc = cuda::fused_conv_plan_is_tensor_core(plan);
-      if (tc && !(pointwise && cuda::tf32_enabled())) continue;
+      if (tc && !cuda::tf32_enabled()) continue;
       const double rtol = (tc ? 0x1p-9 : 0.0) + fused_rtol(c.C, c.R, c.S);
       const Tensor y = Tensor::empty(ys, DType::Float32, Device::cuda());
       cuda::conv2d_bn_eval_fused_plan(gx, c.C * c.H * c.W, &gpre, gw, p, &gpost, y, ys[1] * ys[2] * ys[3], plan);

@@ -708,28 +708,34 @@ TEST(FusedConvEmulation, Tf32RoundsToNearestTiesAway) {
   EXPECT_TRUE(std::isinf(__float_to_tf32(std::numeric_limits<float>::infinity())));
 }
 
-// The tensor-core form against float64: every tile shape, K and C not multiples of the tiles, a partial
-// pixel tile over two images, a prefix read and a slice written. TF32 tolerance: each operand rounds by
-// at most 2^-11 relative, so each product by 2^-10 and the sum by 2^-10 * sum |terms|, plus the float32
-// accumulation (fused_rtol's argument; 2^-9 + 1e-5 as tests/cuda_conv_gemm_test.cpp's kTf32Rtol).
+// The tensor-core form against float64: every tile shape, pointwise and 3x3 (padded, strided) windows,
+// K and C*R*S not multiples of the tiles, a partial pixel tile over two images, a prefix read and a
+// slice written. TF32 tolerance: each operand rounds by at most 2^-11 relative, so each product by 2^-10
+// and the sum by 2^-10 * sum |terms|, plus the float32 accumulation (2^-9 + 1e-5 in all, as
+// tests/cuda_conv_gemm_test.cpp's kTf32Rtol).
 TEST(FusedConvEmulation, TensorCorePlansMatchFloat64) {
   struct Shape4 {
-    int N, C, H, W, K;
+    int N, C, H, W, K, R, st, pad;
   };
-  const Shape4 shapes[] = {{2, 37, 5, 5, 20}, {1, 70, 9, 9, 130}};
+  const Shape4 shapes[] = {{2, 37, 5, 5, 20, 1, 1, 0}, {1, 70, 9, 9, 130, 1, 1, 0}, {2, 13, 6, 5, 33, 3, 1, 1},
+                           {1, 9, 7, 8, 10, 3, 2, 1}};
   Generator gen(53);
   int cases = 0;
   for (const Shape4& sh : shapes) {
-    const int64_t x_img = int64_t(sh.C + 3) * sh.H * sh.W, y_img = int64_t(sh.K + 5) * sh.H * sh.W;
+    ops::Conv2dParams p;
+    p.stride_h = p.stride_w = sh.st;
+    p.pad_h = p.pad_w = sh.pad;
+    const int P = (sh.H + 2 * sh.pad - sh.R) / sh.st + 1, Q = (sh.W + 2 * sh.pad - sh.R) / sh.st + 1;
+    const int64_t x_img = int64_t(sh.C + 3) * sh.H * sh.W, y_img = int64_t(sh.K + 5) * P * Q;
     const Tensor xbuf = Tensor::normal({sh.N, sh.C + 3, sh.H, sh.W}, 0, 1, gen);
     const Tensor x = xbuf.narrow(1, 0, sh.C);
-    const Tensor w = Tensor::normal({sh.K, sh.C, 1, 1}, 0, 0.5, gen);
+    const Tensor w = Tensor::normal({sh.K, sh.C, sh.R, sh.R}, 0, 0.5, gen);
     const ops::BnEval pre = test::random_bn_eval(sh.C, ops::BnAct::Relu, gen);
     const ops::BnEval post = test::random_bn_eval(sh.K, ops::BnAct::Relu, gen, DType::Float32, false);
     for (int variant = 0; variant < 2; ++variant) {
       const ops::BnEval* pp = &pre;
       const ops::BnEval* qp = variant == 1 ? &post : nullptr;
-      const test::ConvBnReference ref = test::conv_bn_eval_reference(x, pp, w, ops::Conv2dParams{}, qp);
+      const test::ConvBnReference ref = test::conv_bn_eval_reference(x, pp, w, p, qp);
       auto bn_of = [](const ops::BnEval* bn) {
         FusedBn f;
         if (!bn) return f;
@@ -742,12 +748,13 @@ TEST(FusedConvEmulation, TensorCorePlansMatchFloat64) {
         f.relu = bn->act == ops::BnAct::Relu;
         return f;
       };
-      const FusedConvGeom g{sh.N, sh.C, sh.H, sh.W, sh.K, 1, 1, sh.H, sh.W, 1, 1, 0, 0, x_img, y_img};
+      const FusedConvGeom g{sh.N, sh.C, sh.H, sh.W, sh.K, sh.R, sh.R, P, Q, sh.st, sh.st, sh.pad, sh.pad, x_img, y_img};
       for (const TcPlan& plan : kTcPlans) {
         SCOPED_TRACE("x (" + std::to_string(sh.N) + ", " + std::to_string(sh.C) + ", " + std::to_string(sh.H) +
-                     ") K " + std::to_string(sh.K) + " variant " + std::to_string(variant) + " tile " +
+                     ") K " + std::to_string(sh.K) + " window " + std::to_string(sh.R) + " variant " +
+                     std::to_string(variant) + " tile " +
                      std::to_string(plan.bk) + "x" + std::to_string(plan.bm));
-        Tensor ybuf = Tensor::full({sh.N, sh.K + 5, sh.H, sh.W}, 7.0);
+        Tensor ybuf = Tensor::full({sh.N, sh.K + 5, P, Q}, 7.0);
         ybuf.narrow(1, 2, sh.K).fill_(std::numeric_limits<double>::quiet_NaN());
         const Tensor out = ybuf.narrow(1, 2, sh.K);
         dispatch_fused_tc(plan, EmulateFused{g, xbuf.data<float>(), w.data<float>(), bn_of(pp), bn_of(qp),
@@ -761,7 +768,7 @@ TEST(FusedConvEmulation, TensorCorePlansMatchFloat64) {
       }
     }
   }
-  EXPECT_EQ(cases, 16);
+  EXPECT_EQ(cases, 48);
 }
 
 // The four-channel weight loads (vec4, taken only when the weights are 16-byte aligned) change the loads,
