@@ -363,8 +363,7 @@ void bench_dense_layer(benchmark::State& state, DenseLayerShape d, cuda::FusedCo
           ops::conv2d_bn_eval_into(h, nullptr, w2, p3, nullptr, slice);
         },
         {4.0 * pixels * double(d.C + 32), flops});
-    state.SetLabel(std::string(mode == cuda::FusedConv::On ? "fused" : "unfused") +
-                   (cuda::tf32_enabled() ? " tf32" : " fp32"));
+    state.SetLabel(std::string(cuda::fused_conv_name(mode)) + (cuda::tf32_enabled() ? " tf32" : " fp32"));
   });
 }
 
@@ -441,15 +440,19 @@ void register_all() {
                                                Impl::Library, cuda::Conv1x1::Cublas));
     }
 
-  // "unfused" = BN kernel + cuDNN (or cuBLAS) conv, twice; "native" = the fused kernel.
+  // "unfused" = BN kernel + cuDNN (or cuBLAS) conv, twice; "native" = the fused kernel (plan_fused's
+  // SIMT launch shape).
+  // "/auto": LADNN_FUSED_CONV=auto's per-shape choice among the kernel's launch shapes (SIMT and, with
+  // TF32, tensor-core) and the unfused ops, made in the warm-up.
   for (const DenseLayerShape& d : kDenseLayers)
-    for (cuda::FusedConv mode : {cuda::FusedConv::Off, cuda::FusedConv::On})
-      configure(benchmark::RegisterBenchmark((std::string("dense_layer_eval/") +
-                                              (mode == cuda::FusedConv::On ? "native" : "unfused") + "/" +
-                                              std::to_string(d.N) + "x" + std::to_string(d.C) + "x" +
-                                              std::to_string(d.H) + "x" + std::to_string(d.H))
-                                                 .c_str(),
-                                             bench_dense_layer, d, mode));
+    for (cuda::FusedConv mode : {cuda::FusedConv::Off, cuda::FusedConv::On, cuda::FusedConv::Auto}) {
+      const std::string shape =
+          std::to_string(d.N) + "x" + std::to_string(d.C) + "x" + std::to_string(d.H) + "x" + std::to_string(d.H);
+      const std::string name = mode == cuda::FusedConv::Off  ? "dense_layer_eval/unfused/" + shape
+                               : mode == cuda::FusedConv::On ? "dense_layer_eval/native/" + shape
+                                                             : "dense_layer_eval/native/" + shape + "/auto";
+      configure(benchmark::RegisterBenchmark(name.c_str(), bench_dense_layer, d, mode));
+    }
 
   configure(benchmark::RegisterBenchmark("gemm/cublas/4096/fp32", bench_gemm, int64_t(4096), Impl::Library, false));
   configure(benchmark::RegisterBenchmark("gemm/cublas/4096/tf32", bench_gemm, int64_t(4096), Impl::Library, true));
