@@ -492,6 +492,8 @@ void run_bench(const BenchOptions& o) {
     if (r.graph_nodes) std::cout << fmt(" %8.0f", double(r.graph_nodes));
     std::cout << "\n";
   }
+  // Which kernels ran: the first question when comparing two tables.
+  if (device.is_cuda()) std::cout << "GPU switches (as `ladnn info` prints them):\n" << cuda::describe_switches();
 }
 
 void add_bench(CLI::App& app) {
