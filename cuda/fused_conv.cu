@@ -1,13 +1,14 @@
 // cuda/fused_conv.cu — runs cuda/fused_conv.cuh's kernel for ops::conv2d_bn_eval(_into) when
 // cuda::fused_conv() (LADNN_FUSED_CONV) picks it; otherwise the caller runs the unfused ops.
 //
-// On launches in the shape plan_fused picks (a guess from the output's size). Auto times the kernel in
-// each of its ten launch shapes (kFusedPlans) and the unfused ops, on the call's own buffers, the first
-// time a shape is seen, and keeps the fastest for the process — as LADNN_CONV1X1=auto does for cuBLAS
-// against cuDNN, so the launch shape is tuned on the card that runs it. Each candidate is timed as a
-// graph replay (cuda::time_replayed_ms; its eager warm-up run also does the convolution's cuDNN search):
-// GPU time without the host's launch gaps, which an eager timing would charge to the unfused ops' three
-// library calls but a replayed inference never pays. LADNN_CUDNN_LOG=1 prints each choice.
+// On launches the SIMT kernel in the shape plan_fused picks (a guess from the output's size). Auto times
+// the kernel in each of its launch shapes (SIMT kFusedPlans; with TF32, the tensor-core kTcPlans) and the
+// unfused ops, on the call's own buffers, the first time a shape is seen, and keeps the fastest for the
+// process — as LADNN_CONV1X1=auto does for cuBLAS against cuDNN, so the launch shape is tuned on the card
+// that runs it. Each candidate is timed as a graph replay (cuda::time_replayed_ms; its eager warm-up run
+// also does the convolution's cuDNN search): GPU time without the host's launch gaps, which an eager
+// timing would charge to the unfused ops' three library calls but a replayed inference never pays.
+// LADNN_CUDNN_LOG=1 prints each choice.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -88,15 +89,19 @@ struct FusedChoice {
   TcPlan tc_plan;
 };
 
-/// The tensor-core form runs: TF32 allowed and a GPU with TF32 tensor cores (sm_80+).
-bool tc_applies(const FusedConvGeom&) {
-  static const int major = [] {
-    int dev = 0, v = 0;
+/// The tensor-core form runs: TF32 allowed, a GPU with TF32 tensor cores (sm_80+), and this build's
+/// kernel compiled for one (below compute_80 its body is a trap, e.g. with CMAKE_CUDA_ARCHITECTURES=70
+/// run on an H100 through PTX recompilation).
+bool tc_applies() {
+  static const bool hardware = [] {
+    int dev = 0, major = 0;
     CUDA_CHECK(cudaGetDevice(&dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, dev));
-    return v;
+    CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    cudaFuncAttributes attr{};
+    CUDA_CHECK(cudaFuncGetAttributes(&attr, fused_conv_tc_kernel<128, 64>));
+    return major >= 8 && attr.ptxVersion >= 80 && attr.binaryVersion >= 80;
   }();
-  return tf32_enabled() && major >= 8;
+  return tf32_enabled() && hardware;
 }
 struct FusedCache {
   std::mutex mu;
@@ -185,7 +190,7 @@ FusedChoice time_choices(const Tensor& x, int64_t x_img, const ops::BnEval* pre,
     timings += " " + name(run_plan) + " " + std::to_string(ms).substr(0, 6);
     if (ms < best_ms) best_ms = ms, best = c;
   }
-  if (tc_applies(g))
+  if (tc_applies())
     for (const TcPlan& plan : kTcPlans) {
       FusedChoice c;
       c.fused = c.tc = true;
@@ -194,7 +199,7 @@ FusedChoice time_choices(const Tensor& x, int64_t x_img, const ops::BnEval* pre,
       timings += " tc" + std::to_string(plan.bk) + "x" + std::to_string(plan.bm) + " " + std::to_string(ms).substr(0, 6);
       if (ms < best_ms) best_ms = ms, best = c;
     }
-    const double unfused_ms = time_replayed_ms(unfused);
+  const double unfused_ms = time_replayed_ms(unfused);
   if (unfused_ms <= best_ms) best.fused = false;
   if (log_choices())
     std::fprintf(stderr,
@@ -291,7 +296,7 @@ void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval
   FusedChoice c;
   c.fused = true;
   if (fused_conv_plan_is_tensor_core(plan)) {
-    if (!tc_applies(g))
+    if (!tc_applies())
       throw std::invalid_argument("conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) +
                                   " is a tensor-core plan: it needs TF32 on and sm_80+");
     c.tc = true;

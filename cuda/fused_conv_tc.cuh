@@ -65,7 +65,8 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
   using namespace nvcuda;
   using T = TcTile<BK, BM>;
   __shared__ __align__(128) float smem[T::kFloats];
-  __shared__ float s_mean[kTcChunk], s_scale[kTcChunk], s_shift[kTcChunk];
+  __shared__ float s_mean[kTcChunk], s_scale[kTcChunk], s_shift[kTcChunk];     // pre, this chunk's
+  __shared__ float s_pmean[BK], s_pscale[BK], s_pshift[BK];                    // post, the block's rows
   float* As = smem;                  // [BK][LDA]: W rows k0.., channels c0..c0+15
   float* Bs = smem + BK * T::LDA;    // [16][LDB]: pre(x) channels c0.., pixels m0..
   float* Cs = smem;                  // [BK][LDC]: the sums, after the last chunk
@@ -84,6 +85,18 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
   // pointwise conv kk is the channel; for a window, B's element (kk, m) is the input tap (c, ih, iw) of
   // pixel m (implicit GEMM: im2col without the column buffer), 0 in the padding.
   const int RS = g.R * g.S, CRS = g.C * RS;
+  // This thread's staging pixel, the same in every chunk: its image and the tap (0, 0) of its window.
+  static_assert(T::kThreads % BM == 0, "each thread stages one pixel column");
+  const int my_mm = tid % BM, my_m = m0 + my_mm;
+  const bool m_in = my_m < M;
+  const float* ximg = x;
+  int ih0 = 0, iw0 = 0;
+  if (m_in) {
+    const int n = my_m / PQ, pq = my_m - n * PQ, p = pq / g.Q, q = pq - p * g.Q;
+    ximg = x + n * g.x_img;
+    ih0 = p * g.sh - g.ph;
+    iw0 = q * g.sw - g.pw;
+  }
   for (int c0 = 0; c0 < CRS; c0 += kTcChunk) {
     if (pre.on && tid < kTcChunk && c0 + tid < CRS)
       fused_bn_coef(pre, (c0 + tid) / RS, s_mean[tid], s_scale[tid], s_shift[tid]);
@@ -94,25 +107,22 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
       As[r * T::LDA + cc] = wmma::__float_to_tf32(v);
     }
     __syncthreads();  // the chunk's coefficients
-    for (int i = tid; i < kTcChunk * BM; i += T::kThreads) {
-      const int cc = i / BM, mm = i - cc * BM;
-      const int m = m0 + mm, kk = c0 + cc;
+    // Every thread stages one pixel (kThreads is a multiple of BM), rows cc = tid / BM, + BK / 32, ...
+    for (int cc = tid / BM; cc < kTcChunk; cc += T::kThreads / BM) {
+      const int kk = c0 + cc;
       float v = 0.0f;
-      if (m < M && kk < CRS) {
-        const int n = m / PQ, pq = m - n * PQ;
+      if (m_in && kk < CRS) {
         const int c = kk / RS, rs = kk - c * RS;
-        int ih = pq / g.Q, iw = pq - ih * g.Q;  // the output pixel (p, q), then its tap
-        ih = ih * g.sh - g.ph + rs / g.S;
-        iw = iw * g.sw - g.pw + rs % g.S;
+        const int ih = ih0 + rs / g.S, iw = iw0 + rs % g.S;
         if (static_cast<unsigned>(ih) < static_cast<unsigned>(g.H) && static_cast<unsigned>(iw) < static_cast<unsigned>(g.W)) {
-          v = x[n * g.x_img + int64_t(c) * HW + ih * g.W + iw];
+          v = ximg[int64_t(c) * HW + ih * g.W + iw];
           if (pre.on) {
             v = math::bn_normalize(v, s_mean[cc], s_scale[cc], s_shift[cc]);
             if (pre.relu) v = math::bn_relu(v);
           }
         }
       }
-      Bs[cc * T::LDB + mm] = wmma::__float_to_tf32(v);
+      Bs[cc * T::LDB + my_mm] = wmma::__float_to_tf32(v);
     }
     __syncthreads();  // the staged tiles
 #pragma unroll
@@ -137,6 +147,9 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
     for (int j = 0; j < 2; ++j)
       wmma::store_matrix_sync(Cs + (wk * 32 + i * 16) * T::LDC + wm * 32 + j * 16, acc[i][j], T::LDC,
                               wmma::mem_row_major);
+  if (post.on)
+    for (int r = tid; r < BK; r += T::kThreads)
+      if (k0 + r < g.K) fused_bn_coef(post, k0 + r, s_pmean[r], s_pscale[r], s_pshift[r]);
   __syncthreads();
   for (int t = tid; t < BK * BM; t += T::kThreads) {
     const int r = t / BM, mm = t - r * BM;
@@ -144,9 +157,7 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
     if (k >= g.K || m >= M) continue;
     float v = Cs[r * T::LDC + mm];
     if (post.on) {
-      float mean, scale, shift;
-      fused_bn_coef(post, k, mean, scale, shift);
-      v = math::bn_normalize(v, mean, scale, shift);
+      v = math::bn_normalize(v, s_pmean[r], s_pscale[r], s_pshift[r]);
       if (post.relu) v = math::bn_relu(v);
     }
     const int n = m / PQ, pq = m - n * PQ;

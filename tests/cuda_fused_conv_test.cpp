@@ -127,7 +127,14 @@ TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
       if (tc && !cuda::tf32_enabled()) continue;
       const double rtol = (tc ? 0x1p-9 : 0.0) + fused_rtol(c.C, c.R, c.S);
       const Tensor y = Tensor::empty(ys, DType::Float32, Device::cuda());
+      cuda::synchronize();
+      cuda::profiler::reset();
+      cuda::profiler::set_enabled(true);
       cuda::conv2d_bn_eval_fused_plan(gx, c.C * c.H * c.W, &gpre, gw, p, &gpost, y, ys[1] * ys[2] * ys[3], plan);
+      cuda::profiler::set_enabled(false);
+      const auto rows = cuda::profiler::stats();
+      ASSERT_EQ(rows.size(), 1u);
+      EXPECT_EQ(rows[0].impl, tc ? "native-tc" : "native") << "plan " << plan;
       EXPECT_TRUE(gpu_matches("x (" + std::to_string(c.N) + ", " + std::to_string(c.C) + ", " + std::to_string(c.H) +
                                   ", " + std::to_string(c.W) + ") w " + std::to_string(c.K) + "x" +
                                   std::to_string(c.R) + "x" + std::to_string(c.S) + " plan " + std::to_string(plan),
@@ -136,24 +143,36 @@ TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
   }
 }
 
+// A channel prefix read and a channel slice written in place, by every launch shape of both forms.
 TEST(CudaFusedConv, ReadsAPrefixAndWritesASliceInPlace) {
   LADNN_REQUIRE_GPU();
-  FusedScope fused(cuda::FusedConv::On);
   Generator gen(62);
   const FusedCase c{2, 96, 7, 7, 32, 3, 3, 1};
   const Tensor xbuf = to_gpu(randn({c.N, 160, c.H, c.W}, gen));
   const Tensor x = xbuf.narrow(1, 0, c.C);
   const Tensor w = randn({c.K, c.C, 3, 3}, gen, 0, 0.05);
-  Tensor obuf = to_gpu(Tensor::full({c.N, 200, c.H, c.W}, 7.0));
-  const Tensor out = obuf.narrow(1, 96, c.K);
+  const Tensor gw = to_gpu(w);
   const ops::BnEval pre = test::random_bn_eval(c.C, ops::BnAct::Relu, gen);
   const ops::BnEval gpre = test::bn_eval_to(pre, Device::cuda());
-  ops::conv2d_bn_eval_into(x, &gpre, to_gpu(w), params_of(c), nullptr, out);
   const test::ConvBnReference ref = test::conv_bn_eval_reference(to_cpu(x), &pre, w, params_of(c), nullptr);
-  EXPECT_TRUE(gpu_matches("slice", out, ref.y, {0.0, fused_rtol(c.C, 3, 3)}, ref.scale));
-  const Tensor before = to_cpu(obuf.narrow(1, 0, 96)), after = to_cpu(obuf.narrow(1, 128, 72));
-  for (double v : before.to_vector()) ASSERT_EQ(v, 7.0) << "a channel before the slice was written";
-  for (double v : after.to_vector()) ASSERT_EQ(v, 7.0) << "a channel after the slice was written";
+  for (int plan = -1; plan < cuda::fused_conv_plans(); ++plan) {  // -1: the op, as DenseNet calls it
+    const bool tc = plan >= 0 && cuda::fused_conv_plan_is_tensor_core(plan);
+    if (tc && !cuda::tf32_enabled()) continue;
+    Tensor obuf = to_gpu(Tensor::full({c.N, 200, c.H, c.W}, 7.0));
+    const Tensor out = obuf.narrow(1, 96, c.K);
+    if (plan < 0) {
+      FusedScope fused(cuda::FusedConv::On);
+      ops::conv2d_bn_eval_into(x, &gpre, gw, params_of(c), nullptr, out);
+    } else {
+      cuda::conv2d_bn_eval_fused_plan(x, 160 * c.H * c.W, &gpre, gw, params_of(c), nullptr, out, 200 * c.H * c.W,
+                                      plan);
+    }
+    const std::string what = "slice, plan " + std::to_string(plan);
+    EXPECT_TRUE(gpu_matches(what, out, ref.y, {0.0, (tc ? 0x1p-9 : 0.0) + fused_rtol(c.C, 3, 3)}, ref.scale));
+    const Tensor before = to_cpu(obuf.narrow(1, 0, 96)), after = to_cpu(obuf.narrow(1, 128, 72));
+    for (double v : before.to_vector()) ASSERT_EQ(v, 7.0) << what << ": a channel before the slice was written";
+    for (double v : after.to_vector()) ASSERT_EQ(v, 7.0) << what << ": a channel after the slice was written";
+  }
 }
 
 TEST(CudaFusedConv, AgreesWithTheUnfusedGpuOps) {

@@ -18,6 +18,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
@@ -93,6 +94,7 @@ struct alignas(16) float4 {
 // nvcuda::wmma for cuda/fused_conv_tc.cuh: each fragment holds its whole tile in every thread of the
 // warp (the real layout across lanes is unspecified, and the kernel never looks inside a fragment), so a
 // load or an mma computes the whole tile per thread, and only lane 0 stores it. TF32 rounding as cvt.rna.
+// What it cannot model: the tensor cores' own accumulation rounding (it rounds each addition to nearest).
 namespace nvcuda::wmma {
 struct row_major {};
 struct col_major {};
@@ -129,12 +131,19 @@ inline float __float_to_tf32(float f) {
   std::memcpy(&f, &b, 4);
   return f;
 }
+/// Calls that break wmma's rules (pointers 32-byte aligned, ldm a multiple of 4 floats, the layout the
+/// kernel means): counted here, and the tests expect none — the emulation cannot fault as a GPU would.
+inline std::atomic<int> g_misuse{0};
+inline void check_tile_pointer(const void* p, unsigned ldm) {
+  if (reinterpret_cast<std::uintptr_t>(p) % 32 != 0 || ldm % 4 != 0) ++g_misuse;
+}
 template <class F>
 void fill_fragment(F& f, float value) {
   for (float& e : f.v) e = value;
 }
 template <class Use, class T>
 void load_matrix_sync(fragment<Use, 16, 16, 8, T, row_major>& f, const float* p, unsigned ldm) {
+  check_tile_pointer(p, ldm);
   for (int r = 0; r < tile_dims<Use>::R; ++r)
     for (int c = 0; c < tile_dims<Use>::C; ++c) f.v[r * tile_dims<Use>::C + c] = p[r * ldm + c];
 }
@@ -151,7 +160,10 @@ inline void mma_sync(fragment<accumulator, 16, 16, 8, float>& d,
     }
   std::memcpy(d.v, out, sizeof(out));
 }
-inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 8, float>& f, unsigned ldm, layout_t) {
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 8, float>& f, unsigned ldm,
+                              layout_t layout) {
+  check_tile_pointer(p, ldm);
+  if (layout != mem_row_major) ++g_misuse;
   if (threadIdx.x % 32 != 0) return;
   for (int r = 0; r < 16; ++r)
     for (int n = 0; n < 16; ++n) p[r * ldm + n] = f.v[r * 16 + n];
@@ -769,6 +781,7 @@ TEST(FusedConvEmulation, TensorCorePlansMatchFloat64) {
     }
   }
   EXPECT_EQ(cases, 48);
+  EXPECT_EQ(nvcuda::wmma::g_misuse.load(), 0) << "a wmma call with a misaligned tile pointer, ldm or layout";
 }
 
 // The four-channel weight loads (vec4, taken only when the weights are 16-byte aligned) change the loads,
