@@ -10,7 +10,7 @@
 //
 // Tile: BK output channels x BM pixels per block, (BK / 32) x (BM / 32) warps, each a 32 x 32 sub-tile
 // (2 x 2 accumulator fragments of 16 x 16). The reduction walks the weight rows' C*R*S values in chunks
-// of 16 (two k-steps of 8): the block stages W[k0 : k0 + BK, kk : kk + 16] and the matching taps of
+// of 32 (four k-steps of 8): the block stages W[k0 : k0 + BK, kk : kk + 32] and the matching taps of
 // pre(x) for pixels m0 : m0 + BM in shared memory, rounded to TF32 (cvt.rna: to nearest, ties away),
 // zeros past K, C*R*S, M and in the padding; every warp then multiplies its fragments. After the last
 // chunk the accumulators go through shared memory (the staging space reused) to the epilogue, which
@@ -36,7 +36,9 @@ struct TcPlan {
 };
 // 128 and 64 rows for the bottlenecks' K = 128 outputs, 32 for the growth convs' K = 32.
 constexpr TcPlan kTcPlans[] = {{128, 64}, {64, 64}, {128, 32}, {64, 32}, {32, 64}, {32, 128}};
-constexpr int kTcChunk = 16;  // input channels staged per step
+// Reduction values (weight-row entries) staged per step: 4 k-steps of 8 between two barriers, and 16
+// independent global loads per thread in flight while staging the largest tile.
+constexpr int kTcChunk = 32;
 
 template <int BK, int BM>
 struct TcTile {
