@@ -320,10 +320,21 @@ Variable DenseNet::run_features(const Variable& x, bool final_relu) {
         "DenseNet: input must be (N, 3, H, W), got " + shape_str(x.shape()));
   // The Sequential's children in order, except that a BatchNorm2d followed by a ReLU (norm0, relu0)
   // runs as one fused op, as inside the dense layers and transitions (the ReLU modules stay registered:
-  // torchvision's names and printout).
+  // torchvision's names and printout); at inference (eval, no gradient) the stem's conv0-norm0-relu0 is
+  // one op too (ops::conv2d_bn_eval: one kernel on the GPU when LADNN_FUSED_CONV picks it).
+  const bool inference = !is_training() && !grad_enabled();
   Variable h = x;
   for (std::size_t i = 0; i < features_->size(); ++i) {
     const std::shared_ptr<Module> m = (*features_)[i];
+    auto* conv = dynamic_cast<Conv2d*>(m.get());
+    auto* conv_bn = i + 1 < features_->size() ? dynamic_cast<BatchNorm2d*>((*features_)[i + 1].get()) : nullptr;
+    if (inference && conv && !conv->bias().defined() && conv_bn && i + 2 < features_->size() &&
+        dynamic_cast<ReLU*>((*features_)[i + 2].get())) {
+      const ops::BnEval n = conv_bn->eval_params(ops::BnAct::Relu);
+      h = Variable(ops::conv2d_bn_eval(h.tensor(), nullptr, conv->weight().tensor(), conv->params(), &n));
+      i += 2;
+      continue;
+    }
     auto* bn = dynamic_cast<BatchNorm2d*>(m.get());
     if (bn && i + 1 < features_->size() && dynamic_cast<ReLU*>((*features_)[i + 1].get())) {
       h = bn->forward_relu(h);
