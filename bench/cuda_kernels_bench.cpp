@@ -367,6 +367,25 @@ void bench_dense_layer(benchmark::State& state, DenseLayerShape d, cuda::FusedCo
   });
 }
 
+// The stem at inference: conv0 (7x7 stride 2, 3 -> 64) with norm0-ReLU, as DenseNet::run_features runs it.
+void bench_stem(benchmark::State& state, int64_t N, cuda::FusedConv mode) {
+  guarded(state, [&] {
+    struct ModeScope {
+      cuda::FusedConv saved = cuda::fused_conv();
+      ~ModeScope() { cuda::set_fused_conv(saved); }
+    } scope;
+    cuda::set_fused_conv(mode);
+    const Tensor x = random_gpu({N, 3, 224, 224}, 24), w = random_gpu({64, 3, 7, 7}, 25);
+    const ops::BnEval n0 = bench_bn_eval(64, 50);
+    ops::Conv2dParams p;
+    p.stride_h = p.stride_w = 2;
+    p.pad_h = p.pad_w = 3;
+    run_timed(state, [&] { ops::conv2d_bn_eval(x, nullptr, w, p, &n0); },
+              {0, 2.0 * double(N) * 112 * 112 * 64 * 3 * 49});
+    state.SetLabel(std::string(cuda::fused_conv_name(mode)) + (cuda::tf32_enabled() ? " tf32" : " fp32"));
+  });
+}
+
 // ---- GEMM ---------------------------------------------------------------------------------------------------
 
 void bench_gemm(benchmark::State& state, int64_t n, Impl impl, bool tf32) {
@@ -452,6 +471,15 @@ void register_all() {
                                : mode == cuda::FusedConv::On ? "dense_layer_eval/native/" + shape
                                                              : "dense_layer_eval/native/" + shape + "/auto";
       configure(benchmark::RegisterBenchmark(name.c_str(), bench_dense_layer, d, mode));
+    }
+
+  for (int64_t n : {1, 32})
+    for (cuda::FusedConv mode : {cuda::FusedConv::Off, cuda::FusedConv::On, cuda::FusedConv::Auto}) {
+      const std::string shape = std::to_string(n) + "x3x224x224";
+      const std::string name = mode == cuda::FusedConv::Off  ? "stem_eval/unfused/" + shape
+                               : mode == cuda::FusedConv::On ? "stem_eval/native/" + shape
+                                                             : "stem_eval/native/" + shape + "/auto";
+      configure(benchmark::RegisterBenchmark(name.c_str(), bench_stem, n, mode));
     }
 
   configure(benchmark::RegisterBenchmark("gemm/cublas/4096/fp32", bench_gemm, int64_t(4096), Impl::Library, false));
