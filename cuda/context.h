@@ -56,10 +56,13 @@ const char* conv1x1_name(Conv1x1 mode);
 Conv1x1 parse_conv1x1(const std::string& value, const char* where);
 
 /// The fused inference convolution (cuda/fused_conv.cuh: ops::conv2d_bn_eval's eval BatchNorm(-ReLU)
-/// before and after a convolution in one kernel, built for batch-1 latency), LADNN_FUSED_CONV=off|on|auto:
+/// before and after a convolution in one kernel, built for batch-1 latency; cuda/fused_conv_tc.cuh: its
+/// tensor-core form), LADNN_FUSED_CONV=off|on|auto. Where it runs: inference's dense layers and stem,
+/// and — as plain convolutions, no BatchNorm — the training dense blocks' forward convolutions.
 ///   Off   (default until measured on a GPU) the unfused ops: BatchNorm kernel, library conv, BatchNorm;
-///   On    the fused kernel wherever it applies (float32, at most 2,048 input channels), in the launch
-///         shape cuda/fused_conv.cuh's plan_fused picks from the output's size;
+///   On    the SIMT kernel wherever it applies (float32, at most 2,048 input channels), in the launch
+///         shape cuda/fused_conv.cuh's plan_fused picks from the output's size (for experiments: at
+///         training batch sizes the library is faster);
 ///   Auto  the first call of each shape times the kernel in each of its launch shapes — with TF32 on,
 ///         also in the tensor-core form (cuda/fused_conv_tc.cuh) — and the
 ///         unfused ops, each as a graph replay, and keeps the fastest (like LADNN_CONV1X1=auto; never

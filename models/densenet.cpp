@@ -178,9 +178,11 @@ Variable DenseBlock::forward_training(const Variable& x) {
     DenseLayer& layer = *layers_[l];
     const int64_t c = c0 + l * g;
     ops::BatchNormForward n1 = layer.norm1().forward_train(block.narrow(1, 0, c), ops::BnAct::Relu);
-    Tensor b = ops::conv2d_forward(n1.y, layer.conv1().weight().tensor(), Tensor(), layer.conv1().params());
+    // The forward convolutions as conv2d_bn_eval without BatchNorms: plain convolutions (the same ops on
+    // the CPU, and on the GPU unless LADNN_FUSED_CONV=auto finds our kernel faster for the shape).
+    Tensor b = ops::conv2d_bn_eval(n1.y, nullptr, layer.conv1().weight().tensor(), layer.conv1().params(), nullptr);
     ops::BatchNormForward n2 = layer.norm2().forward_train(b, ops::BnAct::Relu);
-    ops::conv2d_forward_into(n2.y, layer.conv2().weight().tensor(), Tensor(), layer.conv2().params(),
+    ops::conv2d_bn_eval_into(n2.y, nullptr, layer.conv2().weight().tensor(), layer.conv2().params(), nullptr,
                              block.narrow(1, c, g));
     if (keep) (*saved)[l] = {std::move(n1), std::move(n2), std::move(b)};
     params.push_back({layer.norm1().weight().tensor(), layer.norm1().bias().tensor(),
@@ -212,7 +214,7 @@ Variable DenseBlock::forward_training(const Variable& x) {
           } else {
             n1 = ops::batch_norm_forward_train(prefix, p.g1, p.be1, none_mean, none_var, 0.0, p.eps1,
                                                ops::BnAct::Relu);
-            b = ops::conv2d_forward(n1.y, p.w1, Tensor(), p.p1);
+            b = ops::conv2d_bn_eval(n1.y, nullptr, p.w1, p.p1, nullptr);  // as the forward ran it
             n2 = ops::batch_norm_forward_train(b, p.g2, p.be2, none_mean, none_var, 0.0, p.eps2, ops::BnAct::Relu);
           }
           const Tensor dout = G.narrow(1, c, g).contiguous();  // both conv2 passes read it: one copy (N > 1)
