@@ -44,8 +44,9 @@
 #                    32): each graph captured again with its ops' events as graph nodes, GPU time per op
 #                    without host gaps (cuda/profiler.h capture timing); the top rows of each table
 #        fused       inference at batches 1 and 32 with LADNN_FUSED_CONV=on and =auto (each dense layer as
-#                    two kernels, its BatchNorms fused into its convolutions: cuda/fused_conv.cuh), then
-#                    auto's per-shape choices (LADNN_CUDNN_LOG=1, counted)
+#                    two kernels, its BatchNorms fused into its convolutions: cuda/fused_conv.cuh and
+#                    cuda/fused_conv_tc.cuh), graphed training at 32 and 64 with =auto (the dense blocks'
+#                    forward convolutions), then auto's per-shape choices (LADNN_CUDNN_LOG=1, counted)
 #        loop        the trainer's graphed loop over host batches at 32 and 64: waiting for each step
 #                    ("loop sync", the old `ladnn train --cuda-graph`) against one step ahead ("loop
 #                    ahead", pinned slots and queued copies) — what the app loses around the step
@@ -253,6 +254,8 @@ if want fused; then
     --torch off --steps 20 --warmup 3
   compare fused-auto LADNN_FUSED_CONV=auto timeout "$T_COMPARE" "$B/ladnn" bench --batches 1,32 --work infer \
     --graph on --torch off --steps 20 --warmup 3
+  compare fused-auto-train LADNN_FUSED_CONV=auto timeout "$T_COMPARE" "$B/ladnn" bench --batches 32,64 --work train \
+    --graph on --torch off --steps 10 --warmup 3
   section "7. fused: auto's choices (inference, batches 1 and 32)"
   LADNN_FUSED_CONV=auto LADNN_CUDNN_LOG=1 timeout "$T_COMPARE" "$B/ladnn" bench --batches 1,32 --work infer \
     --graph on --torch off --steps 3 --warmup 1 >"$OUTDIR/fused_choices.log" 2>&1
