@@ -84,7 +84,9 @@ std::string describe_switches();
 /// Deterministic mode (LADNN_DETERMINISTIC=1, off by default, as PyTorch's
 /// torch.backends.cudnn.deterministic): cuDNN convolutions use only algorithms that give the same bits on
 /// every run (some backward algorithms add partial sums with atomics, in any order). Our own kernels are
-/// deterministic in either mode. For comparing two runs of a computation that amplifies rounding.
+/// deterministic in either mode. For comparing two runs of a computation that amplifies rounding — within
+/// one process: choices made by timing (cuDNN's search, LADNN_CONV1X1=auto, LADNN_FUSED_CONV=auto) may
+/// differ between processes, and with them the bits.
 bool deterministic();
 void set_deterministic(bool on);
 

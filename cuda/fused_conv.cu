@@ -173,6 +173,12 @@ void run_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Ten
 FusedChoice time_choices(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
                          const ops::Conv2dParams& p, const ops::BnEval* post, const Tensor& out, int64_t out_img,
                          const FusedConvGeom& g, const std::function<void()>& unfused) {
+  // The candidates' runs are measurements, not calls of the op: kept out of the per-op profile.
+  struct ProfilerOff {
+    bool saved = profiler::enabled();
+    ProfilerOff() { profiler::set_enabled(false); }
+    ~ProfilerOff() { profiler::set_enabled(saved); }
+  } profiler_off;
   auto name = [](const FusedPlan& plan) {
     return std::to_string(plan.kt) + "x" + std::to_string(plan.warps) + "x" + std::to_string(plan.pix);
   };

@@ -69,8 +69,8 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
   __shared__ __align__(128) float smem[T::kFloats];
   __shared__ float s_mean[kTcChunk], s_scale[kTcChunk], s_shift[kTcChunk];     // pre, this chunk's
   __shared__ float s_pmean[BK], s_pscale[BK], s_pshift[BK];                    // post, the block's rows
-  float* As = smem;                  // [BK][LDA]: W rows k0.., channels c0..c0+15
-  float* Bs = smem + BK * T::LDA;    // [16][LDB]: pre(x) channels c0.., pixels m0..
+  float* As = smem;                  // [BK][LDA]: W rows k0.., reduction values c0..c0+31
+  float* Bs = smem + BK * T::LDA;    // [32][LDB]: pre(x)'s taps for c0.., pixels m0..
   float* Cs = smem;                  // [BK][LDC]: the sums, after the last chunk
   const int tid = threadIdx.x, warp = tid >> 5;
   const int wk = warp / (BM / 32), wm = warp % (BM / 32);

@@ -227,6 +227,7 @@ void Graph::replay() {
 }
 
 double time_replayed_ms(const std::function<void()>& run) {
+  if (capturing()) throw Error("time_replayed_ms: called inside a CUDA graph capture (it captures a graph of its own)");
   run();
   Graph graph;
   graph.capture(run, /*plan_memory=*/false);

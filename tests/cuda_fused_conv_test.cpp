@@ -14,6 +14,8 @@
 #include "cuda/ops.h"
 #include "cuda/profiler.h"
 #include "models/densenet.h"
+#include "models/ladnn.h"
+#include "optim/sgd.h"
 #include "tensor/ops.h"
 #include "tests/conv_bn_reference.h"
 #include "tests/cuda_test_util.h"
@@ -92,8 +94,8 @@ TEST(CudaFusedConv, MatchesFloat64OnDenseNetShapes) {
   }
 }
 
-// Every launch shape Auto may pick (the tensor-core ones too: TF32 is on by default), on the windows and
-// BatchNorm forms DenseNet does not use too: a
+// Every launch shape Auto may pick (the tensor-core ones too: TF32 is on by default), on the stem's 7x7
+// stride-2 window and on windows and BatchNorm forms DenseNet does not use: a
 // strided 3x3, a 2x3 window (the general kernel), a pointwise conv with C % 4 != 0 (no four-channel
 // loads), a pre BatchNorm without ReLU or affine parameters.
 TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
@@ -105,7 +107,7 @@ TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
   };
   const Case cases[] = {{1, 1632, 7, 7, 128, 1, 1, 1, 0, true, true}, {2, 128, 14, 14, 32, 3, 3, 1, 1, true, true},
                         {2, 37, 9, 11, 13, 3, 3, 2, 1, false, false}, {1, 19, 8, 6, 7, 2, 3, 1, 0, true, false},
-                        {3, 37, 5, 5, 20, 1, 1, 1, 0, false, true}};
+                        {3, 37, 5, 5, 20, 1, 1, 1, 0, false, true},   {2, 3, 64, 64, 64, 7, 7, 2, 3, true, true}};
   ASSERT_GT(cuda::fused_conv_plans(), 0);
   Generator gen(66);
   for (const Case& c : cases) {
@@ -284,6 +286,80 @@ TEST(CudaFusedConv, DenseNetInferenceMatchesTheCpu) {
   EXPECT_EQ(fused_calls, 2 * layers + 1) << "each dense layer's bottleneck and growth conv, and the stem's conv0-norm0";
   // Logits of a small net: float32 through a few dozen layers.
   EXPECT_TRUE(gpu_matches("tiny DenseNet logits", yg, yc, {1e-4, 1e-4}));
+}
+
+// Training: the dense blocks' forward convolutions go through conv2d_bn_eval without BatchNorms. Under On
+// (our SIMT kernel at every shape) and Auto (whatever it times faster), plain and memory-efficient (whose
+// backward recomputes the forward through the same op): one SGD step against the CPU; and under each, an
+// eager step, a capture and two replays against three eager steps (no shape is first seen in the capture).
+TEST(CudaFusedConv, TrainingStepsThroughTheOpMatchTheCpuAndReplay) {
+  LADNN_REQUIRE_GPU();
+  Tf32Scope tf32(false);
+  DeterministicScope deterministic;
+  Generator gen(67);
+  const int64_t n = 3;
+  const Tensor images = randn({n, 3, 64, 64}, gen);
+  std::vector<double> c(n), l(n * 5), m(n);
+  for (auto& v : c) v = double(gen.below(2));
+  for (auto& v : l) v = double(gen.below(2));
+  for (auto& v : m) v = double(gen.below(2));
+  const Tensor covid = Tensor::from_vector(c, {n, 1}), lesions = Tensor::from_vector(l, {n, 5}),
+               mask = Tensor::from_vector(m, {n, 1});
+  const Tensor gi = to_gpu(images), gc = to_gpu(covid), gl = to_gpu(lesions), gm = to_gpu(mask);
+  auto model = [](uint64_t seed, bool efficient, Device device) {
+    Generator g(seed);
+    DenseNetConfig cfg = DenseNetConfig::tiny();
+    cfg.memory_efficient = efficient;
+    auto net = std::make_shared<LaDnn>(cfg, g);
+    net->to(device);
+    net->train();
+    return net;
+  };
+  auto step = [](LaDnn& net, SGD& opt, const Tensor& x, const Tensor& cy, const Tensor& ly, const Tensor& my) {
+    Variable loss = lesion_attention_loss(net.forward_heads(Variable(x)), cy, ly, my);
+    opt.zero_grad();
+    loss.backward();
+    opt.step();
+  };
+  for (cuda::FusedConv mode : {cuda::FusedConv::On, cuda::FusedConv::Auto}) {
+    FusedScope fused(mode);
+    cuda::reset_fused_conv_choices();
+    for (bool efficient : {false, true}) {
+      SCOPED_TRACE(std::string(cuda::fused_conv_name(mode)) + (efficient ? ", memory-efficient" : ", plain"));
+      auto cpu = model(12, efficient, Device::cpu()), gpu = model(12, efficient, Device::cuda());
+      SGD opt_c(cpu->parameters(), 0.05, 0.9), opt_g(gpu->parameters(), 0.05, 0.9);
+      step(*cpu, opt_c, images, covid, lesions, mask);
+      cuda::profiler::reset();
+      cuda::profiler::set_enabled(true);
+      step(*gpu, opt_g, gi, gc, gl, gm);
+      cuda::profiler::set_enabled(false);
+      if (mode == cuda::FusedConv::On) {
+        int64_t fused_calls = 0;
+        for (const auto& row : cuda::profiler::stats())
+          if (row.op == "conv2d_bn_eval") fused_calls += row.calls;
+        EXPECT_GT(fused_calls, 0) << "the training forward never ran the fused kernel";
+      }
+      const auto pc = cpu->named_parameters(), pg = gpu->named_parameters();
+      for (size_t i = 0; i < pc.size(); ++i)
+        EXPECT_TRUE(gpu_matches("parameter " + pc[i].first, pg[i].second.tensor(), pc[i].second.tensor(),
+                                Tol{1e-4, 0}));
+    }
+    auto eager = model(13, false, Device::cuda()), graphed = model(13, true, Device::cuda());
+    SGD opt_e(eager->parameters(), 0.05, 0.9), opt_r(graphed->parameters(), 0.05, 0.9);
+    for (int i = 0; i < 3; ++i) step(*eager, opt_e, gi, gc, gl, gm);
+    step(*graphed, opt_r, gi, gc, gl, gm);
+    cuda::Graph g;
+    g.capture([&] { step(*graphed, opt_r, gi, gc, gl, gm); });
+    ASSERT_TRUE(g.captured());
+    g.replay();
+    g.replay();
+    cuda::synchronize();
+    const auto pe = eager->named_parameters(), pr = graphed->named_parameters();
+    for (size_t i = 0; i < pe.size(); ++i)  // (memory-efficient against plain: the tolerance of
+                                            // CudaGraphTest.MemoryEfficientStepsEqualPlainSteps)
+      EXPECT_TRUE(gpu_matches(std::string(cuda::fused_conv_name(mode)) + " replayed " + pe[i].first,
+                              pr[i].second.tensor(), to_cpu(pe[i].second.tensor()), Tol{2e-6, 1e-5}));
+  }
 }
 
 }  // namespace

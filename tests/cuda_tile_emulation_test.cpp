@@ -650,7 +650,8 @@ TEST(FusedConvEmulation, EveryPlanMatchesFloat64WithBatchNormsPrefixesAndSlices)
   // do not divide by the warps or KT, fewer channels than warps (empty chunks), several images with a
   // partial last pixel tile; the pointwise ones with C % 4 == 0 read their weights four at a time.
   const Shape4 shapes[] = {{1, 40, 7, 7, 16, 1, 1, 1, 0}, {2, 13, 5, 5, 6, 3, 3, 1, 1}, {1, 3, 6, 5, 9, 3, 3, 2, 1},
-                           {3, 21, 4, 3, 8, 1, 1, 1, 0},  {1, 5, 6, 6, 4, 2, 3, 1, 0},  {2, 36, 3, 3, 12, 1, 1, 1, 0}};
+                           {3, 21, 4, 3, 8, 1, 1, 1, 0},  {1, 5, 6, 6, 4, 2, 3, 1, 0},  {2, 36, 3, 3, 12, 1, 1, 1, 0},
+                           {1, 3, 13, 13, 5, 7, 7, 2, 3}};  // the last: the stem's 7x7 stride 2 (general path)
     Generator gen(51);
   int cases = 0;
   for (const Shape4& sh : shapes) {
@@ -707,7 +708,7 @@ TEST(FusedConvEmulation, EveryPlanMatchesFloat64WithBatchNormsPrefixesAndSlices)
       }
     }
   }
-  EXPECT_EQ(cases, 72);
+  EXPECT_EQ(cases, 84);
 }
 
 TEST(FusedConvEmulation, Tf32RoundsToNearestTiesAway) {
@@ -730,7 +731,7 @@ TEST(FusedConvEmulation, TensorCorePlansMatchFloat64) {
     int N, C, H, W, K, R, st, pad;
   };
   const Shape4 shapes[] = {{2, 37, 5, 5, 20, 1, 1, 0}, {1, 70, 9, 9, 130, 1, 1, 0}, {2, 13, 6, 5, 33, 3, 1, 1},
-                           {1, 9, 7, 8, 10, 3, 2, 1}};
+                           {1, 9, 7, 8, 10, 3, 2, 1},    {1, 3, 15, 15, 8, 7, 2, 3}};  // ... and the stem's 7x7/2
   Generator gen(53);
   int cases = 0;
   for (const Shape4& sh : shapes) {
@@ -780,7 +781,7 @@ TEST(FusedConvEmulation, TensorCorePlansMatchFloat64) {
       }
     }
   }
-  EXPECT_EQ(cases, 48);
+  EXPECT_EQ(cases, 60);
   EXPECT_EQ(nvcuda::wmma::g_misuse.load(), 0) << "a wmma call with a misaligned tile pointer, ldm or layout";
 }
 

@@ -256,6 +256,8 @@ if want fused; then
     --graph on --torch off --steps 20 --warmup 3
   compare fused-auto-train LADNN_FUSED_CONV=auto timeout "$T_COMPARE" "$B/ladnn" bench --batches 32,64 --work train \
     --graph on --torch off --steps 10 --warmup 3
+  compare fused-auto-train-memory-efficient LADNN_FUSED_CONV=auto timeout "$T_COMPARE" "$B/ladnn" bench --batches 64 \
+    --work train --memory-efficient --graph on --torch off --steps 10 --warmup 3
   section "7. fused: auto's choices (inference, batches 1 and 32)"
   LADNN_FUSED_CONV=auto LADNN_CUDNN_LOG=1 timeout "$T_COMPARE" "$B/ladnn" bench --batches 1,32 --work infer \
     --graph on --torch off --steps 3 --warmup 1 >"$OUTDIR/fused_choices.log" 2>&1
