@@ -71,8 +71,9 @@ struct Launch {
   template <int BK, int BM>
   void go_tc() const {
     const FusedGrid fg = tc_grid(g, TcPlan{BK, BM});
-    fused_conv_tc_kernel<BK, BM><<<dim3(fg.x, fg.y), TcTile<BK, BM>::kThreads, 0, static_cast<cudaStream_t>(stream())>>>(
-        g, x, w, pre, post, y);
+    fused_conv_tc_kernel<BK, BM>
+        <<<dim3(fg.x, fg.y), TcTile<BK, BM>::kThreads, 0, static_cast<cudaStream_t>(stream())>>>(g, x, w, pre,
+                                                                                                 post, y);
     CUDA_CHECK_LAUNCH();
   }
 };
@@ -130,7 +131,8 @@ bool fused_applies(const Tensor& x, int64_t K, int64_t R, int64_t S, int64_t P, 
          C * H * W < lim && K * P * Q < lim && (K + 3) / 4 <= 65535;
 }
 
-FusedConvGeom geom_of(const Tensor& x, int64_t x_img, const Tensor& w, const ops::Conv2dParams& p, int64_t out_img) {
+FusedConvGeom geom_of(const Tensor& x, int64_t x_img, const Tensor& w, const ops::Conv2dParams& p,
+                      int64_t out_img) {
   FusedConvGeom g;
   auto i = [](int64_t v) { return static_cast<int>(v); };
   g.N = i(x.size(0));
@@ -152,8 +154,9 @@ FusedConvGeom geom_of(const Tensor& x, int64_t x_img, const Tensor& w, const ops
 }
 
 /// The kernel for one call, on the stream: as `choice` says (fused), or plan_fused's SIMT guess.
-void run_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w, const ops::Conv2dParams& p,
-               const ops::BnEval* post, const Tensor& out, int64_t out_img, const FusedChoice* choice = nullptr) {
+void run_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
+               const ops::Conv2dParams& p, const ops::BnEval* post, const Tensor& out, int64_t out_img,
+               const FusedChoice* choice = nullptr) {
   FusedConvGeom g = geom_of(x, x_img, w, p, out_img);
   std::vector<Tensor> keep;  // contiguous copies, alive until the launch is queued (stream-ordered reuse)
   const FusedBn fpre = fused_bn_of(pre, keep), fpost = fused_bn_of(post, keep);
@@ -171,8 +174,8 @@ void run_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Ten
 /// Auto's measurement for one shape: the kernel in every launch shape (the general window has one), then
 /// `unfused`; the fastest, printed with LADNN_CUDNN_LOG=1.
 FusedChoice time_choices(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
-                         const ops::Conv2dParams& p, const ops::BnEval* post, const Tensor& out, int64_t out_img,
-                         const FusedConvGeom& g, const std::function<void()>& unfused) {
+                         const ops::Conv2dParams& p, const ops::BnEval* post, const Tensor& out,
+                         int64_t out_img, const FusedConvGeom& g, const std::function<void()>& unfused) {
   // The candidates' runs are measurements, not calls of the op: kept out of the per-op profile.
   struct ProfilerOff {
     bool saved = profiler::enabled();
@@ -202,19 +205,22 @@ FusedChoice time_choices(const Tensor& x, int64_t x_img, const ops::BnEval* pre,
       c.fused = c.tc = true;
       c.tc_plan = plan;
       const double ms = time_replayed_ms([&] { run_fused(x, x_img, pre, w, p, post, out, out_img, &c); });
-      timings += " tc" + std::to_string(plan.bk) + "x" + std::to_string(plan.bm) + " " + std::to_string(ms).substr(0, 6);
+      timings += " tc" + std::to_string(plan.bk) + "x" + std::to_string(plan.bm) + " " +
+                 std::to_string(ms).substr(0, 6);
       if (ms < best_ms) best_ms = ms, best = c;
     }
   const double unfused_ms = time_replayed_ms(unfused);
   if (unfused_ms <= best_ms) best.fused = false;
   if (log_choices())
-    std::fprintf(stderr,
-                 "ladnn: conv2d_bn_eval x (%d, %d, %d, %d) w (%d, %d, %d, %d) pre %d post %d: fused (channels x warps "
-                 "x pixels per lane, ms)%s; unfused %.4f ms -> %s\n",
-                 g.N, g.C, g.H, g.W, g.K, g.C, g.R, g.S, bn_code(pre), bn_code(post), timings.c_str(), unfused_ms,
-                 !best.fused ? "unfused"
-                 : best.tc   ? ("fused tc" + std::to_string(best.tc_plan.bk) + "x" + std::to_string(best.tc_plan.bm)).c_str()
-                             : ("fused " + name(best.plan)).c_str());
+    std::fprintf(
+        stderr,
+        "ladnn: conv2d_bn_eval x (%d, %d, %d, %d) w (%d, %d, %d, %d) pre %d post %d: fused (channels x warps "
+        "x pixels per lane, ms)%s; unfused %.4f ms -> %s\n",
+        g.N, g.C, g.H, g.W, g.K, g.C, g.R, g.S, bn_code(pre), bn_code(post), timings.c_str(), unfused_ms,
+        !best.fused ? "unfused"
+        : best.tc
+            ? ("fused tc" + std::to_string(best.tc_plan.bk) + "x" + std::to_string(best.tc_plan.bm)).c_str()
+            : ("fused " + name(best.plan)).c_str());
   return best;
 }
 
@@ -240,11 +246,12 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
 
   // Auto. The key: everything the result or the right choice depends on — shapes, strides, the
   // BatchNorms, and the switches that change what the unfused ops run.
-  const FusedKey key{{g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.sh, g.sw, g.ph, g.pw, x_img, out_img, bn_code(pre),
-                      bn_code(post), static_cast<int64_t>(impl(Family::Conv)), static_cast<int64_t>(impl(Family::BatchNorm))},
-                     tf32_enabled() ? 1 : 0,
-                     static_cast<int>(conv1x1()),
-                     deterministic() ? 1 : 0};
+  const FusedKey key{
+      {g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.sh, g.sw, g.ph, g.pw, x_img, out_img, bn_code(pre), bn_code(post),
+       static_cast<int64_t>(impl(Family::Conv)), static_cast<int64_t>(impl(Family::BatchNorm))},
+      tf32_enabled() ? 1 : 0,
+      static_cast<int>(conv1x1()),
+      deterministic() ? 1 : 0};
   FusedCache& cache = fused_cache();
   FusedChoice choice;
   bool known = false;
@@ -256,11 +263,12 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
   if (!known) {
     // Timing synchronises: impossible inside a stream capture.
     if (capturing())
-      throw Error("conv2d_bn_eval: x (" + std::to_string(g.N) + ", " + std::to_string(g.C) + ", " + std::to_string(g.H) +
-                  ", " + std::to_string(g.W) + ") with weight (" + std::to_string(g.K) + ", " + std::to_string(g.C) +
-                  ", " + std::to_string(g.R) + ", " + std::to_string(g.S) +
-                  ") was first seen inside a CUDA graph capture, where LADNN_FUSED_CONV=auto cannot time it: run "
-                  "the same step once before capturing it");
+      throw Error(
+          "conv2d_bn_eval: x (" + std::to_string(g.N) + ", " + std::to_string(g.C) + ", " +
+          std::to_string(g.H) + ", " + std::to_string(g.W) + ") with weight (" + std::to_string(g.K) + ", " +
+          std::to_string(g.C) + ", " + std::to_string(g.R) + ", " + std::to_string(g.S) +
+          ") was first seen inside a CUDA graph capture, where LADNN_FUSED_CONV=auto cannot time it: run "
+          "the same step once before capturing it");
     choice = time_choices(x, x_img, pre, w, p, post, output(), out_img, g,
                           // the unfused ops as they would run: into the caller's out, or into their own
                           [&] { unfused_into(caller_out ? out : Tensor()); });
@@ -282,7 +290,8 @@ void reset_fused_conv_choices() {
 }
 
 int fused_conv_plans() {
-  return static_cast<int>(sizeof(kFusedPlans) / sizeof(kFusedPlans[0]) + sizeof(kTcPlans) / sizeof(kTcPlans[0]));
+  return static_cast<int>(sizeof(kFusedPlans) / sizeof(kFusedPlans[0]) +
+                          sizeof(kTcPlans) / sizeof(kTcPlans[0]));
 }
 
 bool fused_conv_plan_is_tensor_core(int plan) {
@@ -290,15 +299,16 @@ bool fused_conv_plan_is_tensor_core(int plan) {
 }
 
 void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
-                               const ops::Conv2dParams& p, const ops::BnEval* post, const Tensor& out, int64_t out_img,
-                               int plan) {
+                               const ops::Conv2dParams& p, const ops::BnEval* post, const Tensor& out,
+                               int64_t out_img, int plan) {
   const FusedConvGeom g = geom_of(x, x_img, w, p, out_img);
   if (plan < 0 || plan >= fused_conv_plans())
-    throw std::invalid_argument("conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) + " is not in [0, " +
-                                std::to_string(fused_conv_plans()) + ")");
+    throw std::invalid_argument("conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) +
+                                " is not in [0, " + std::to_string(fused_conv_plans()) + ")");
   if (!fused_applies(x, g.K, g.R, g.S, g.P, g.Q))
-    throw std::invalid_argument("conv2d_bn_eval_fused_plan: the fused kernel does not take this call (float32, at "
-                                "most 2,048 input channels)");
+    throw std::invalid_argument(
+        "conv2d_bn_eval_fused_plan: the fused kernel does not take this call (float32, at "
+        "most 2,048 input channels)");
   FusedChoice c;
   c.fused = true;
   if (fused_conv_plan_is_tensor_core(plan)) {

@@ -68,7 +68,8 @@ struct FusedBn {
 constexpr int kFusedMaxC = 2048;
 
 /// Channel c's coefficients, as bn_eval_plane_kernel derives them.
-__device__ __forceinline__ void fused_bn_coef(const FusedBn& bn, int c, float& mean, float& scale, float& shift) {
+__device__ __forceinline__ void fused_bn_coef(const FusedBn& bn, int c, float& mean, float& scale,
+                                              float& shift) {
   const double invstd = 1.0 / ::sqrt(double(bn.var[c]) + bn.eps);
   const double g = bn.gamma ? double(bn.gamma[c]) : 1.0;
   mean = bn.mean[c];
@@ -204,8 +205,9 @@ __global__ void __launch_bounds__(WARPS * 32)
             const int ih = ih0[i] + r, iw = iw0[i] + s;
             const bool in = static_cast<unsigned>(ih) < static_cast<unsigned>(g.H) &&
                             static_cast<unsigned>(iw) < static_cast<unsigned>(g.W);
-            v[i] = in ? fused_prologue(pre, s_mean, s_scale, s_shift, c, img[i][int64_t(c) * HW + ih * g.W + iw])
-                      : 0.0f;
+            v[i] =
+                in ? fused_prologue(pre, s_mean, s_scale, s_shift, c, img[i][int64_t(c) * HW + ih * g.W + iw])
+                   : 0.0f;
             any = any || in;
           }
           if (!any) continue;
@@ -245,8 +247,8 @@ __global__ void __launch_bounds__(WARPS * 32)
 }
 
 /// The plans Auto times: every instantiation of the kernel (the general window runs kGeneralPlan only).
-constexpr FusedPlan kFusedPlans[] = {{4, 4, 1}, {4, 8, 1}, {4, 16, 1}, {8, 4, 1}, {8, 8, 1},
-                                     {8, 16, 1}, {4, 4, 2}, {4, 8, 2}, {8, 4, 2}, {8, 8, 2}};
+constexpr FusedPlan kFusedPlans[] = {{4, 4, 1},  {4, 8, 1}, {4, 16, 1}, {8, 4, 1}, {8, 8, 1},
+                                     {8, 16, 1}, {4, 4, 2}, {4, 8, 2},  {8, 4, 2}, {8, 8, 2}};
 constexpr FusedPlan kGeneralPlan = {4, 8, 1};
 
 /// Calls `run.template go<KT, WARPS, KSIZE, PIX>()` for `plan` and the window `ksize` — the one table of
@@ -256,7 +258,8 @@ template <class Run>
 void dispatch_fused(const FusedPlan& plan, int ksize, const Run& run) {
   if (ksize == 0) return run.template go<kGeneralPlan.kt, kGeneralPlan.warps, 0, kGeneralPlan.pix>();
   auto window = [&](auto kt, auto warps, auto pix) {
-    if (ksize == 1) return run.template go<decltype(kt)::value, decltype(warps)::value, 1, decltype(pix)::value>();
+    if (ksize == 1)
+      return run.template go<decltype(kt)::value, decltype(warps)::value, 1, decltype(pix)::value>();
     return run.template go<decltype(kt)::value, decltype(warps)::value, 3, decltype(pix)::value>();
   };
   using I4 = std::integral_constant<int, 4>;
@@ -286,7 +289,8 @@ struct FusedGrid {
 };
 inline FusedGrid fused_grid(const FusedConvGeom& g, const FusedPlan& plan) {
   const int tile = 32 * plan.pix;
-  return {static_cast<unsigned>((int64_t(g.M()) + tile - 1) / tile), static_cast<unsigned>((g.K + plan.kt - 1) / plan.kt)};
+  return {static_cast<unsigned>((int64_t(g.M()) + tile - 1) / tile),
+          static_cast<unsigned>((g.K + plan.kt - 1) / plan.kt)};
 }
 
 }  // namespace

@@ -59,19 +59,19 @@ inline FusedGrid tc_grid(const FusedConvGeom& g, const TcPlan& plan) {
 /// Grid tc_grid(g, {BK, BM}), TcTile<BK, BM>::kThreads threads. Any window, stride and padding.
 template <int BK, int BM>
 __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
-    fused_conv_tc_kernel(FusedConvGeom g, const float* __restrict__ x, const float* __restrict__ w, FusedBn pre,
-                         FusedBn post, float* __restrict__ y) {
+    fused_conv_tc_kernel(FusedConvGeom g, const float* __restrict__ x, const float* __restrict__ w,
+                         FusedBn pre, FusedBn post, float* __restrict__ y) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // TF32 tensor cores need sm_80; the launcher never launches this there
 #else
   using namespace nvcuda;
   using T = TcTile<BK, BM>;
   __shared__ __align__(128) float smem[T::kFloats];
-  __shared__ float s_mean[kTcChunk], s_scale[kTcChunk], s_shift[kTcChunk];     // pre, this chunk's
-  __shared__ float s_pmean[BK], s_pscale[BK], s_pshift[BK];                    // post, the block's rows
-  float* As = smem;                  // [BK][LDA]: W rows k0.., reduction values c0..c0+31
-  float* Bs = smem + BK * T::LDA;    // [32][LDB]: pre(x)'s taps for c0.., pixels m0..
-  float* Cs = smem;                  // [BK][LDC]: the sums, after the last chunk
+  __shared__ float s_mean[kTcChunk], s_scale[kTcChunk], s_shift[kTcChunk];  // pre, this chunk's
+  __shared__ float s_pmean[BK], s_pscale[BK], s_pshift[BK];                 // post, the block's rows
+  float* As = smem;                // [BK][LDA]: W rows k0.., reduction values c0..c0+31
+  float* Bs = smem + BK * T::LDA;  // [32][LDB]: pre(x)'s taps for c0.., pixels m0..
+  float* Cs = smem;                // [BK][LDC]: the sums, after the last chunk
   const int tid = threadIdx.x, warp = tid >> 5;
   const int wk = warp / (BM / 32), wm = warp % (BM / 32);
   const int k0 = blockIdx.y * BK, m0 = blockIdx.x * BM;
@@ -116,7 +116,8 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
       if (m_in && kk < CRS) {
         const int c = kk / RS, rs = kk - c * RS;
         const int ih = ih0 + rs / g.S, iw = iw0 + rs % g.S;
-        if (static_cast<unsigned>(ih) < static_cast<unsigned>(g.H) && static_cast<unsigned>(iw) < static_cast<unsigned>(g.W)) {
+        if (static_cast<unsigned>(ih) < static_cast<unsigned>(g.H) &&
+            static_cast<unsigned>(iw) < static_cast<unsigned>(g.W)) {
           v = ximg[int64_t(c) * HW + ih * g.W + iw];
           if (pre.on) {
             v = math::bn_normalize(v, s_mean[cc], s_scale[cc], s_shift[cc]);

@@ -14,7 +14,8 @@ namespace ladnn::test {
 
 struct ConvBnReference {
   Tensor y;      // (N, K, P, Q) float64
-  Tensor scale;  // per element: what a float32 result's rounding error follows (|post scale| * sum |terms| + |y|)
+  Tensor scale;  // per element: what a float32 result's rounding error follows (|post scale| * sum |terms| +
+                 // |y|)
 };
 
 /// One channel's eval BatchNorm: y = (x - mean) * gamma / sqrt(var + eps) + beta, then the activation.
@@ -70,15 +71,16 @@ inline ConvBnReference conv_bn_eval_reference(const Tensor& x, const ops::BnEval
               }
           const std::size_t i = static_cast<std::size_t>(((n * K + k) * P + pp) * Q + q);
           y[i] = post ? out[static_cast<std::size_t>(k)](sum) : sum;
-          sc[i] = (post ? std::fabs(out[static_cast<std::size_t>(k)].scale) : 1.0) * abs_sum + std::fabs(y[i]);
+          sc[i] =
+              (post ? std::fabs(out[static_cast<std::size_t>(k)].scale) : 1.0) * abs_sum + std::fabs(y[i]);
         }
   return {Tensor::from_vector(y, {N, K, P, Q}, DType::Float64),
           Tensor::from_vector(sc, {N, K, P, Q}, DType::Float64)};
 }
 
 /// A BatchNorm with random statistics and affine parameters of `channels` (var in [0.5, 2]).
-inline ops::BnEval random_bn_eval(int64_t channels, ops::BnAct act, Generator& gen, DType dtype = DType::Float32,
-                                  bool affine = true) {
+inline ops::BnEval random_bn_eval(int64_t channels, ops::BnAct act, Generator& gen,
+                                  DType dtype = DType::Float32, bool affine = true) {
   ops::BnEval bn;
   if (affine) {
     bn.gamma = Tensor::uniform({channels}, 0.5, 1.5, gen, dtype);

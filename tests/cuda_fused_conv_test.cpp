@@ -38,8 +38,9 @@ struct FusedCase {
 
 // DenseNet-169 at batch 1: a 56x56 bottleneck, the widest 7x7 one (1,632 channels in), the growth
 // 3x3s at 7x7 and 14x14; batch 4 at 14x14; odd sizes with a partial pixel tile.
-const FusedCase kCases[] = {{1, 256, 56, 56, 128, 1, 1, 0}, {1, 1632, 7, 7, 128, 1, 1, 0}, {1, 128, 7, 7, 32, 3, 3, 1},
-                            {1, 128, 14, 14, 32, 3, 3, 1},  {4, 512, 14, 14, 128, 1, 1, 0}, {3, 37, 9, 11, 13, 3, 3, 1}};
+const FusedCase kCases[] = {{1, 256, 56, 56, 128, 1, 1, 0}, {1, 1632, 7, 7, 128, 1, 1, 0},
+                            {1, 128, 7, 7, 32, 3, 3, 1},    {1, 128, 14, 14, 32, 3, 3, 1},
+                            {4, 512, 14, 14, 128, 1, 1, 0}, {3, 37, 9, 11, 13, 3, 3, 1}};
 
 ops::Conv2dParams params_of(const FusedCase& c) {
   ops::Conv2dParams p;
@@ -49,7 +50,8 @@ ops::Conv2dParams params_of(const FusedCase& c) {
 
 std::string name_of(const FusedCase& c) {
   return "x (" + std::to_string(c.N) + ", " + std::to_string(c.C) + ", " + std::to_string(c.H) + ", " +
-         std::to_string(c.W) + ") w " + std::to_string(c.K) + "x" + std::to_string(c.R) + "x" + std::to_string(c.S);
+         std::to_string(c.W) + ") w " + std::to_string(c.K) + "x" + std::to_string(c.R) + "x" +
+         std::to_string(c.S);
 }
 
 // Tolerance, relative to sum |terms| (the reference's scale): a warp adds its chunk of the C*R*S
@@ -61,7 +63,6 @@ double fused_rtol(int64_t C, int64_t R, int64_t S) {
   return double((C * R * S + 3) / 4 + 4 + 4) * 0x1p-24;
 }
 
-
 TEST(CudaFusedConv, MatchesFloat64OnDenseNetShapes) {
   LADNN_REQUIRE_GPU();
   FusedScope fused(cuda::FusedConv::On);
@@ -71,7 +72,8 @@ TEST(CudaFusedConv, MatchesFloat64OnDenseNetShapes) {
     const Tensor x = randn({c.N, c.C, c.H, c.W}, gen), w = randn({c.K, c.C, c.R, c.S}, gen, 0, 0.05);
     const ops::BnEval pre = test::random_bn_eval(c.C, ops::BnAct::Relu, gen);
     const ops::BnEval post = test::random_bn_eval(c.K, ops::BnAct::Relu, gen);
-    const ops::BnEval gpre = test::bn_eval_to(pre, Device::cuda()), gpost = test::bn_eval_to(post, Device::cuda());
+    const ops::BnEval gpre = test::bn_eval_to(pre, Device::cuda()),
+                      gpost = test::bn_eval_to(post, Device::cuda());
     for (int variant = 0; variant < 3; ++variant) {
       const ops::BnEval* pp = variant >= 1 ? &pre : nullptr;
       const ops::BnEval* qp = variant == 2 ? &post : nullptr;
@@ -105,9 +107,10 @@ TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
     int64_t N, C, H, W, K, R, S, stride, pad;
     bool pre_relu, affine;
   };
-  const Case cases[] = {{1, 1632, 7, 7, 128, 1, 1, 1, 0, true, true}, {2, 128, 14, 14, 32, 3, 3, 1, 1, true, true},
-                        {2, 37, 9, 11, 13, 3, 3, 2, 1, false, false}, {1, 19, 8, 6, 7, 2, 3, 1, 0, true, false},
-                        {3, 37, 5, 5, 20, 1, 1, 1, 0, false, true},   {2, 3, 64, 64, 64, 7, 7, 2, 3, true, true}};
+  const Case cases[] = {
+      {1, 1632, 7, 7, 128, 1, 1, 1, 0, true, true}, {2, 128, 14, 14, 32, 3, 3, 1, 1, true, true},
+      {2, 37, 9, 11, 13, 3, 3, 2, 1, false, false}, {1, 19, 8, 6, 7, 2, 3, 1, 0, true, false},
+      {3, 37, 5, 5, 20, 1, 1, 1, 0, false, true},   {2, 3, 64, 64, 64, 7, 7, 2, 3, true, true}};
   ASSERT_GT(cuda::fused_conv_plans(), 0);
   Generator gen(66);
   for (const Case& c : cases) {
@@ -115,10 +118,11 @@ TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
     p.stride_h = p.stride_w = c.stride;
     p.pad_h = p.pad_w = c.pad;
     const Tensor x = randn({c.N, c.C, c.H, c.W}, gen), w = randn({c.K, c.C, c.R, c.S}, gen, 0, 0.05);
-    const ops::BnEval pre =
-        test::random_bn_eval(c.C, c.pre_relu ? ops::BnAct::Relu : ops::BnAct::None, gen, DType::Float32, c.affine);
+    const ops::BnEval pre = test::random_bn_eval(c.C, c.pre_relu ? ops::BnAct::Relu : ops::BnAct::None, gen,
+                                                 DType::Float32, c.affine);
     const ops::BnEval post = test::random_bn_eval(c.K, ops::BnAct::Relu, gen, DType::Float32, c.affine);
-    const ops::BnEval gpre = test::bn_eval_to(pre, Device::cuda()), gpost = test::bn_eval_to(post, Device::cuda());
+    const ops::BnEval gpre = test::bn_eval_to(pre, Device::cuda()),
+                      gpost = test::bn_eval_to(post, Device::cuda());
     const test::ConvBnReference ref = test::conv_bn_eval_reference(x, &pre, w, p, &post);
     const Tensor gx = to_gpu(x), gw = to_gpu(w);
     const Shape ys = ref.y.shape();
@@ -132,14 +136,16 @@ TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
       cuda::synchronize();
       cuda::profiler::reset();
       cuda::profiler::set_enabled(true);
-      cuda::conv2d_bn_eval_fused_plan(gx, c.C * c.H * c.W, &gpre, gw, p, &gpost, y, ys[1] * ys[2] * ys[3], plan);
+      cuda::conv2d_bn_eval_fused_plan(gx, c.C * c.H * c.W, &gpre, gw, p, &gpost, y, ys[1] * ys[2] * ys[3],
+                                      plan);
       cuda::profiler::set_enabled(false);
       const auto rows = cuda::profiler::stats();
       ASSERT_EQ(rows.size(), 1u);
       EXPECT_EQ(rows[0].impl, tc ? "native-tc" : "native") << "plan " << plan;
-      EXPECT_TRUE(gpu_matches("x (" + std::to_string(c.N) + ", " + std::to_string(c.C) + ", " + std::to_string(c.H) +
-                                  ", " + std::to_string(c.W) + ") w " + std::to_string(c.K) + "x" +
-                                  std::to_string(c.R) + "x" + std::to_string(c.S) + " plan " + std::to_string(plan),
+      EXPECT_TRUE(gpu_matches("x (" + std::to_string(c.N) + ", " + std::to_string(c.C) + ", " +
+                                  std::to_string(c.H) + ", " + std::to_string(c.W) + ") w " +
+                                  std::to_string(c.K) + "x" + std::to_string(c.R) + "x" +
+                                  std::to_string(c.S) + " plan " + std::to_string(plan),
                               y, ref.y, {0.0, rtol}, ref.scale));
     }
   }
@@ -166,13 +172,14 @@ TEST(CudaFusedConv, ReadsAPrefixAndWritesASliceInPlace) {
       FusedScope fused(cuda::FusedConv::On);
       ops::conv2d_bn_eval_into(x, &gpre, gw, params_of(c), nullptr, out);
     } else {
-      cuda::conv2d_bn_eval_fused_plan(x, 160 * c.H * c.W, &gpre, gw, params_of(c), nullptr, out, 200 * c.H * c.W,
-                                      plan);
+      cuda::conv2d_bn_eval_fused_plan(x, 160 * c.H * c.W, &gpre, gw, params_of(c), nullptr, out,
+                                      200 * c.H * c.W, plan);
     }
     const std::string what = "slice, plan " + std::to_string(plan);
     EXPECT_TRUE(gpu_matches(what, out, ref.y, {0.0, (tc ? 0x1p-9 : 0.0) + fused_rtol(c.C, 3, 3)}, ref.scale));
     const Tensor before = to_cpu(obuf.narrow(1, 0, 96)), after = to_cpu(obuf.narrow(1, 128, 72));
-    for (double v : before.to_vector()) ASSERT_EQ(v, 7.0) << what << ": a channel before the slice was written";
+    for (double v : before.to_vector())
+      ASSERT_EQ(v, 7.0) << what << ": a channel before the slice was written";
     for (double v : after.to_vector()) ASSERT_EQ(v, 7.0) << what << ": a channel after the slice was written";
   }
 }
@@ -184,9 +191,12 @@ TEST(CudaFusedConv, AgreesWithTheUnfusedGpuOps) {
   Tf32Scope tf32(false);
   Generator gen(63);
   for (const FusedCase& c : kCases) {
-    const Tensor x = to_gpu(randn({c.N, c.C, c.H, c.W}, gen)), w = to_gpu(randn({c.K, c.C, c.R, c.S}, gen, 0, 0.05));
-    const ops::BnEval pre = test::bn_eval_to(test::random_bn_eval(c.C, ops::BnAct::Relu, gen), Device::cuda());
-    const ops::BnEval post = test::bn_eval_to(test::random_bn_eval(c.K, ops::BnAct::Relu, gen), Device::cuda());
+    const Tensor x = to_gpu(randn({c.N, c.C, c.H, c.W}, gen)),
+                 w = to_gpu(randn({c.K, c.C, c.R, c.S}, gen, 0, 0.05));
+    const ops::BnEval pre =
+        test::bn_eval_to(test::random_bn_eval(c.C, ops::BnAct::Relu, gen), Device::cuda());
+    const ops::BnEval post =
+        test::bn_eval_to(test::random_bn_eval(c.K, ops::BnAct::Relu, gen), Device::cuda());
     Tensor unfused, fused;
     {
       FusedScope off(cuda::FusedConv::Off);
@@ -196,8 +206,8 @@ TEST(CudaFusedConv, AgreesWithTheUnfusedGpuOps) {
       FusedScope on(cuda::FusedConv::On);
       fused = ops::conv2d_bn_eval(x, &pre, w, params_of(c), &post);
     }
-    const test::ConvBnReference ref =
-        test::conv_bn_eval_reference(to_cpu(x), &pre, to_cpu(w), params_of(c), &post);  // CPU copies of pre/post
+    const test::ConvBnReference ref = test::conv_bn_eval_reference(to_cpu(x), &pre, to_cpu(w), params_of(c),
+                                                                   &post);  // CPU copies of pre/post
     EXPECT_TRUE(gpu_matches(name_of(c) + " fused vs unfused", fused, to_cpu(unfused),
                             {0.0, 2 * fused_rtol(c.C, c.R, c.S)}, ref.scale));
   }
@@ -226,9 +236,11 @@ TEST(CudaFusedConv, AutoTimesEachShapeOnceAndNeverInsideACapture) {
   const Tensor second = ops::conv2d_bn_eval(gx, &gpre, gw, params_of(c), nullptr);
   cuda::profiler::set_enabled(false);
   int64_t fused_calls = 0, other_calls = 0;
-  for (const auto& row : cuda::profiler::stats()) (row.op == "conv2d_bn_eval" ? fused_calls : other_calls) += row.calls;
+  for (const auto& row : cuda::profiler::stats())
+    (row.op == "conv2d_bn_eval" ? fused_calls : other_calls) += row.calls;
   EXPECT_TRUE((fused_calls == 1 && other_calls == 0) || (fused_calls == 0 && other_calls == 2))
-      << "fused kernel calls " << fused_calls << ", other ops " << other_calls << " (the unfused path: BN, conv)";
+      << "fused kernel calls " << fused_calls << ", other ops " << other_calls
+      << " (the unfused path: BN, conv)";
   EXPECT_TRUE(gpu_equals("auto, second call = first", second, to_cpu(first)));
   // Then captured and replayed: no timing inside the capture (it would throw), the chosen path replays.
   Tensor y;
@@ -264,8 +276,10 @@ TEST(CudaFusedConv, DenseNetInferenceMatchesTheCpu) {
   auto cpu = std::make_shared<DenseNet>(cfg, 10, gen);
   // Non-trivial running statistics, so that the BatchNorms are not the identity.
   for (auto& [name, t] : cpu->named_buffers())
-    if (name.find("running_mean") != std::string::npos) t.copy_(Tensor::uniform(t.shape(), -0.2, 0.2, gen));
-    else if (name.find("running_var") != std::string::npos) t.copy_(Tensor::uniform(t.shape(), 0.5, 2.0, gen));
+    if (name.find("running_mean") != std::string::npos)
+      t.copy_(Tensor::uniform(t.shape(), -0.2, 0.2, gen));
+    else if (name.find("running_var") != std::string::npos)
+      t.copy_(Tensor::uniform(t.shape(), 0.5, 2.0, gen));
   cpu->eval();
   auto gpu = std::make_shared<DenseNet>(cfg, 10, gen);
   gpu->load_state_dict(cpu->state_dict());
@@ -283,7 +297,8 @@ TEST(CudaFusedConv, DenseNetInferenceMatchesTheCpu) {
     if (row.op == "conv2d_bn_eval") fused_calls += row.calls;
   int64_t layers = 0;
   for (int64_t n : cfg.block_config) layers += n;
-  EXPECT_EQ(fused_calls, 2 * layers + 1) << "each dense layer's bottleneck and growth conv, and the stem's conv0-norm0";
+  EXPECT_EQ(fused_calls, 2 * layers + 1)
+      << "each dense layer's bottleneck and growth conv, and the stem's conv0-norm0";
   // Logits of a small net: float32 through a few dozen layers.
   EXPECT_TRUE(gpu_matches("tiny DenseNet logits", yg, yc, {1e-4, 1e-4}));
 }
@@ -315,7 +330,8 @@ TEST(CudaFusedConv, TrainingStepsThroughTheOpMatchTheCpuAndReplay) {
     net->train();
     return net;
   };
-  auto step = [](LaDnn& net, SGD& opt, const Tensor& x, const Tensor& cy, const Tensor& ly, const Tensor& my) {
+  auto step = [](LaDnn& net, SGD& opt, const Tensor& x, const Tensor& cy, const Tensor& ly,
+                 const Tensor& my) {
     Variable loss = lesion_attention_loss(net.forward_heads(Variable(x)), cy, ly, my);
     opt.zero_grad();
     loss.backward();
