@@ -66,6 +66,9 @@ void Graph::capture(const std::function<void()>&, bool) {
 void Graph::replay() {
   no_backend("Graph::replay");
 }
+double time_replayed_ms(const std::function<void()>&) {
+  no_backend("time_replayed_ms");
+}
 void release_cached() {}
 void begin_pool(uint64_t) {}
 void end_pool() {}

@@ -577,6 +577,34 @@ TEST(CudaGraph, AConvolutionFirstSeenInACaptureIsNamed) {
   cuda::synchronize();
 }
 
+// time_replayed_ms (the timing LADNN_FUSED_CONV=auto chooses by): GPU time of a replayed capture of the
+// work, after an eager warm-up; refused inside a capture; the stream is usable afterwards.
+TEST(CudaGraph, TimeReplayedMsTimesACaptureOfTheWork) {
+  LADNN_REQUIRE_GPU();
+  Generator gen(43);
+  const Tensor a = to_gpu(Tensor::normal({512, 512}, 0, 1, gen)), b = to_gpu(Tensor::normal({512, 512}, 0, 1, gen));
+  int runs = 0;
+  Tensor out;
+  const double ms = cuda::time_replayed_ms([&] {
+    ++runs;  // host side: once eagerly, once while captured; never during the replays
+    out = ops::matmul(a, b);
+  });
+  EXPECT_GT(ms, 0.0);
+  EXPECT_LT(ms, 1000.0);
+  EXPECT_EQ(runs, 2);
+  cuda::Graph g;
+  std::string what = "<no error>";
+  try {
+    g.capture([&] { cuda::time_replayed_ms([&] { ops::matmul(a, b); }); });
+  } catch (const std::exception& e) {
+    what = e.what();
+  }
+  EXPECT_NE(what.find("time_replayed_ms: called inside a CUDA graph capture"), std::string::npos) << what;
+  EXPECT_FALSE(g.captured());
+  const Tensor again = ops::matmul(a, b);  // the stream is usable
+  EXPECT_TRUE(gpu_equals("matmul after", again, to_cpu(ops::matmul(a, b))));
+}
+
 // The per-op profile of a replay (cuda/profiler.h capture timing): with it on, the ops captured become
 // timed ranges inside the graph, and each collect after a replay adds one call per range; without it a
 // capture times nothing. The graph computes the same either way.
