@@ -76,6 +76,10 @@ const char* fused_conv_name(FusedConv mode);
 /// Parses "off"/"on"/"auto" (any case, blanks around); throws naming `where` and the value otherwise.
 FusedConv parse_fused_conv(const std::string& value, const char* where);
 
+/// LADNN_CUDNN_LOG=1 (read once): print each choice made by timing — cuDNN's algorithm search, the
+/// cuBLAS/cuDNN pointwise choice, LADNN_FUSED_CONV=auto's — to stderr.
+bool log_choices();
+
 /// One line per switch, as `ladnn info` prints them: "conv  cudnn  (LADNN_CONV; default cudnn)", ...,
 /// "conv1x1  auto  (LADNN_CONV1X1; ...)", "tf32  on  (LADNN_TF32)", "deterministic  off  (LADNN_DETERMINISTIC)". A switch whose environment
 /// value is invalid says so instead of throwing.

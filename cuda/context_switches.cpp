@@ -220,6 +220,14 @@ void set_graph_memory_plan(bool on) {
   g_graph_plan.store(on ? 1 : 0);
 }
 
+bool log_choices() {
+  static const bool on = [] {
+    const char* v = std::getenv("LADNN_CUDNN_LOG");
+    return v != nullptr && v[0] != '\0' && v[0] != '0';
+  }();
+  return on;
+}
+
 std::string describe_switches() {
   std::ostringstream out;
   auto line = [&](const std::string& name, const std::string& value, const std::string& note) {

@@ -320,14 +320,6 @@ AlgoCache& algo_cache() {
   return *c;
 }
 
-bool log_choices() {
-  static const bool on = [] {
-    const char* v = std::getenv("LADNN_CUDNN_LOG");
-    return v != nullptr && v[0] != '\0' && v[0] != '0';
-  }();
-  return on;
-}
-
 /// The largest workspace the search may use. The search needs at most what its hungriest algorithm asks
 /// for; we round that up to a power of two (so the caching allocator keeps few distinct search blocks)
 /// and cap it. Algorithms needing more are skipped by cuDNN. Without memory for it, search with none.

@@ -13,7 +13,6 @@
 
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -53,13 +52,7 @@ FusedBn fused_bn_of(const ops::BnEval* bn, std::vector<Tensor>& keep) {
 }
 
 /// dispatch_fused's callback: launches the instantiation on the stream.
-struct Launch {
-  const FusedConvGeom& g;
-  const float* x;
-  const float* w;
-  const FusedBn& pre;
-  const FusedBn& post;
-  float* y;
+struct Launch : FusedArgs {
   template <int KT, int WARPS, int KSIZE, int PIX>
   void go() const {
     const FusedPlan plan{KT, WARPS, PIX};
@@ -113,11 +106,6 @@ FusedCache& fused_cache() {
   return *c;
 }
 
-bool log_choices() {
-  const char* env = std::getenv("LADNN_CUDNN_LOG");
-  return env && *env && std::string(env) != "0";
-}
-
 int bn_code(const ops::BnEval* bn) {
   return bn ? (bn->act == ops::BnAct::Relu ? 2 : 1) : 0;
 }
@@ -153,17 +141,16 @@ FusedConvGeom geom_of(const Tensor& x, int64_t x_img, const Tensor& w, const ops
   return g;
 }
 
-/// The kernel for one call, on the stream: as `choice` says (fused), or plan_fused's SIMT guess.
-void run_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
-               const ops::Conv2dParams& p, const ops::BnEval* post, const Tensor& out, int64_t out_img,
-               const FusedChoice* choice = nullptr) {
-  FusedConvGeom g = geom_of(x, x_img, w, p, out_img);
+/// The kernel for one call of geometry g (geom_of), on the stream: as `choice` says (fused), or
+/// plan_fused's SIMT guess.
+void run_fused(FusedConvGeom g, const Tensor& x, const ops::BnEval* pre, const Tensor& w, const ops::BnEval* post,
+               const Tensor& out, const FusedChoice* choice = nullptr) {
   std::vector<Tensor> keep;  // contiguous copies, alive until the launch is queued (stream-ordered reuse)
   const FusedBn fpre = fused_bn_of(pre, keep), fpost = fused_bn_of(post, keep);
   const Tensor wc = w.contiguous();
   g.chunk4 = g.pointwise() && g.C % 4 == 0;
   g.vec4 = g.chunk4 && reinterpret_cast<std::uintptr_t>(wc.data<float>()) % 16 == 0;
-  const Launch run{g, x.data<float>(), wc.data<float>(), fpre, fpost, out.data<float>()};
+  const Launch run{{g, x.data<float>(), wc.data<float>(), fpre, fpost, out.data<float>()}};
   OpRange range("conv2d_bn_eval", choice && choice->tc ? "native-tc" : "native");
   if (choice && choice->tc)
     dispatch_fused_tc(choice->tc_plan, run);
@@ -173,9 +160,8 @@ void run_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Ten
 
 /// Auto's measurement for one shape: the kernel in every launch shape (the general window has one), then
 /// `unfused`; the fastest, printed with LADNN_CUDNN_LOG=1.
-FusedChoice time_choices(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
-                         const ops::Conv2dParams& p, const ops::BnEval* post, const Tensor& out,
-                         int64_t out_img, const FusedConvGeom& g, const std::function<void()>& unfused) {
+FusedChoice time_choices(const FusedConvGeom& g, const Tensor& x, const ops::BnEval* pre, const Tensor& w,
+                         const ops::BnEval* post, const Tensor& out, const std::function<void()>& unfused) {
   // The candidates' runs are measurements, not calls of the op: kept out of the per-op profile.
   struct ProfilerOff {
     bool saved = profiler::enabled();
@@ -195,7 +181,7 @@ FusedChoice time_choices(const Tensor& x, int64_t x_img, const ops::BnEval* pre,
     FusedChoice c;
     c.fused = true;
     c.plan = run_plan;
-    const double ms = time_replayed_ms([&] { run_fused(x, x_img, pre, w, p, post, out, out_img, &c); });
+    const double ms = time_replayed_ms([&] { run_fused(g, x, pre, w, post, out, &c); });
     timings += " " + name(run_plan) + " " + std::to_string(ms).substr(0, 6);
     if (ms < best_ms) best_ms = ms, best = c;
   }
@@ -204,7 +190,7 @@ FusedChoice time_choices(const Tensor& x, int64_t x_img, const ops::BnEval* pre,
       FusedChoice c;
       c.fused = c.tc = true;
       c.tc_plan = plan;
-      const double ms = time_replayed_ms([&] { run_fused(x, x_img, pre, w, p, post, out, out_img, &c); });
+      const double ms = time_replayed_ms([&] { run_fused(g, x, pre, w, post, out, &c); });
       timings += " tc" + std::to_string(plan.bk) + "x" + std::to_string(plan.bm) + " " +
                  std::to_string(ms).substr(0, 6);
       if (ms < best_ms) best_ms = ms, best = c;
@@ -240,7 +226,7 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
     return out;
   };
   if (mode == FusedConv::On) {
-    run_fused(x, x_img, pre, w, p, post, output(), out_img);
+    run_fused(g, x, pre, w, post, output());
     return true;
   }
 
@@ -269,14 +255,14 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
           std::to_string(g.C) + ", " + std::to_string(g.R) + ", " + std::to_string(g.S) +
           ") was first seen inside a CUDA graph capture, where LADNN_FUSED_CONV=auto cannot time it: run "
           "the same step once before capturing it");
-    choice = time_choices(x, x_img, pre, w, p, post, output(), out_img, g,
+    choice = time_choices(g, x, pre, w, post, output(),
                           // the unfused ops as they would run: into the caller's out, or into their own
                           [&] { unfused_into(caller_out ? out : Tensor()); });
     std::lock_guard<std::mutex> lock(cache.mu);
     cache.choices.emplace(key, choice);
   }
   if (choice.fused) {
-    run_fused(x, x_img, pre, w, p, post, output(), out_img, &choice);
+    run_fused(g, x, pre, w, post, output(), &choice);
     return true;
   }
   if (!caller_out) out = Tensor();  // the caller runs the unfused ops into their own output
@@ -320,7 +306,7 @@ void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval
   } else {
     c.plan = kFusedPlans[plan];
   }
-  run_fused(x, x_img, pre, w, p, post, out, out_img, &c);
+  run_fused(g, x, pre, w, post, out, &c);
 }
 
 }  // namespace ladnn::cuda

@@ -283,6 +283,16 @@ void dispatch_fused(const FusedPlan& plan, int ksize, const Run& run) {
   return window(I4{}, I8{}, I1{});
 }
 
+/// One call's arguments as the kernels take them: what a dispatch callback (launcher or emulator) holds.
+struct FusedArgs {
+  const FusedConvGeom& g;
+  const float* x;
+  const float* w;
+  const FusedBn& pre;
+  const FusedBn& post;
+  float* y;
+};
+
 /// The grid of `plan` over g's output: (pixel tiles, channel groups).
 struct FusedGrid {
   unsigned x, y;

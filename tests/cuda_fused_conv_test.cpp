@@ -19,6 +19,7 @@
 #include "tensor/ops.h"
 #include "tests/conv_bn_reference.h"
 #include "tests/cuda_test_util.h"
+#include "tests/tiny_ladnn_util.h"
 
 namespace ladnn {
 namespace {
@@ -312,27 +313,10 @@ TEST(CudaFusedConv, TrainingStepsThroughTheOpMatchTheCpuAndReplay) {
   Tf32Scope tf32(false);
   DeterministicScope deterministic;
   Generator gen(67);
-  const int64_t n = 3;
-  const Tensor images = randn({n, 3, 64, 64}, gen);
-  std::vector<double> c(n), l(n * 5), m(n);
-  for (auto& v : c) v = double(gen.below(2));
-  for (auto& v : l) v = double(gen.below(2));
-  for (auto& v : m) v = double(gen.below(2));
-  const Tensor covid = Tensor::from_vector(c, {n, 1}), lesions = Tensor::from_vector(l, {n, 5}),
-               mask = Tensor::from_vector(m, {n, 1});
-  const Tensor gi = to_gpu(images), gc = to_gpu(covid), gl = to_gpu(lesions), gm = to_gpu(mask);
-  auto model = [](uint64_t seed, bool efficient, Device device) {
-    Generator g(seed);
-    DenseNetConfig cfg = DenseNetConfig::tiny();
-    cfg.memory_efficient = efficient;
-    auto net = std::make_shared<LaDnn>(cfg, g);
-    net->to(device);
-    net->train();
-    return net;
-  };
-  auto step = [](LaDnn& net, SGD& opt, const Tensor& x, const Tensor& cy, const Tensor& ly,
-                 const Tensor& my) {
-    Variable loss = lesion_attention_loss(net.forward_heads(Variable(x)), cy, ly, my);
+  const test::LadnnBatch cb = test::random_ladnn_batch(3, gen, Device::cpu());
+  const test::LadnnBatch gb{to_gpu(cb.images), to_gpu(cb.covid), to_gpu(cb.lesions), to_gpu(cb.mask)};
+  auto step = [](LaDnn& net, SGD& opt, const test::LadnnBatch& d) {
+    Variable loss = lesion_attention_loss(net.forward_heads(Variable(d.images)), d.covid, d.lesions, d.mask);
     opt.zero_grad();
     loss.backward();
     opt.step();
@@ -342,12 +326,13 @@ TEST(CudaFusedConv, TrainingStepsThroughTheOpMatchTheCpuAndReplay) {
     cuda::reset_fused_conv_choices();
     for (bool efficient : {false, true}) {
       SCOPED_TRACE(std::string(cuda::fused_conv_name(mode)) + (efficient ? ", memory-efficient" : ", plain"));
-      auto cpu = model(12, efficient, Device::cpu()), gpu = model(12, efficient, Device::cuda());
+      auto cpu = test::tiny_ladnn(12, efficient, Device::cpu()),
+           gpu = test::tiny_ladnn(12, efficient, Device::cuda());
       SGD opt_c(cpu->parameters(), 0.05, 0.9), opt_g(gpu->parameters(), 0.05, 0.9);
-      step(*cpu, opt_c, images, covid, lesions, mask);
+      step(*cpu, opt_c, cb);
       cuda::profiler::reset();
       cuda::profiler::set_enabled(true);
-      step(*gpu, opt_g, gi, gc, gl, gm);
+      step(*gpu, opt_g, gb);
       cuda::profiler::set_enabled(false);
       if (mode == cuda::FusedConv::On) {
         int64_t fused_calls = 0;
@@ -360,12 +345,13 @@ TEST(CudaFusedConv, TrainingStepsThroughTheOpMatchTheCpuAndReplay) {
         EXPECT_TRUE(gpu_matches("parameter " + pc[i].first, pg[i].second.tensor(), pc[i].second.tensor(),
                                 Tol{1e-4, 0}));
     }
-    auto eager = model(13, false, Device::cuda()), graphed = model(13, true, Device::cuda());
+    auto eager = test::tiny_ladnn(13, false, Device::cuda()),
+         graphed = test::tiny_ladnn(13, true, Device::cuda());
     SGD opt_e(eager->parameters(), 0.05, 0.9), opt_r(graphed->parameters(), 0.05, 0.9);
-    for (int i = 0; i < 3; ++i) step(*eager, opt_e, gi, gc, gl, gm);
-    step(*graphed, opt_r, gi, gc, gl, gm);
+    for (int i = 0; i < 3; ++i) step(*eager, opt_e, gb);
+    step(*graphed, opt_r, gb);
     cuda::Graph g;
-    g.capture([&] { step(*graphed, opt_r, gi, gc, gl, gm); });
+    g.capture([&] { step(*graphed, opt_r, gb); });
     ASSERT_TRUE(g.captured());
     g.replay();
     g.replay();

@@ -12,6 +12,7 @@
 #include "cuda/graph.h"
 #include "cuda/profiler.h"
 #include "tests/cuda_test_util.h"
+#include "tests/tiny_ladnn_util.h"
 #include "models/graphed_step.h"
 #include "models/ladnn.h"
 #include "autograd/functions.h"
@@ -27,31 +28,12 @@ using namespace cuda_test;
 
 const Device kGpu = Device::cuda();
 
-struct Data {
-  Tensor images, covid, lesions, mask;  // on the GPU
-};
+using Data = test::LadnnBatch;
+using test::tiny_ladnn;
 
+/// n random images and labels on the GPU.
 Data make_data(int64_t n, Generator& gen) {
-  Data d;
-  d.images = to_gpu(randn({n, 3, 64, 64}, gen));
-  std::vector<double> c(n), l(n * 5), m(n);
-  for (auto& v : c) v = double(gen.below(2));
-  for (auto& v : l) v = double(gen.below(2));
-  for (auto& v : m) v = double(gen.below(2));
-  d.covid = to_gpu(Tensor::from_vector(c, {n, 1}));
-  d.lesions = to_gpu(Tensor::from_vector(l, {n, 5}));
-  d.mask = to_gpu(Tensor::from_vector(m, {n, 1}));
-  return d;
-}
-
-std::shared_ptr<LaDnn> tiny_ladnn(uint64_t seed, bool memory_efficient = false, Device device = kGpu) {
-  Generator gen(seed);
-  DenseNetConfig cfg = DenseNetConfig::tiny();
-  cfg.memory_efficient = memory_efficient;
-  auto m = std::make_shared<LaDnn>(cfg, gen);
-  m->to(device);
-  m->train();
-  return m;
+  return test::random_ladnn_batch(n, gen, kGpu);
 }
 
 class CudaGraphTest : public ::testing::TestWithParam<cuda::Impl> {

@@ -599,14 +599,22 @@ TEST(TileKernelEmulation, ConvPassesAllTiles) {
 
 // ---- the fused inference convolution (cuda/fused_conv.cuh) ------------------------------------------------
 
+/// A BatchNorm as the kernels read it, from CPU tensors (contiguous (C) vectors); none for null.
+FusedBn host_fused_bn(const ops::BnEval* bn) {
+  FusedBn f;
+  if (!bn) return f;
+  f.gamma = bn->gamma.defined() ? bn->gamma.data<float>() : nullptr;
+  f.beta = bn->beta.defined() ? bn->beta.data<float>() : nullptr;
+  f.mean = bn->running_mean.data<float>();
+  f.var = bn->running_var.data<float>();
+  f.eps = bn->eps;
+  f.on = true;
+  f.relu = bn->act == ops::BnAct::Relu;
+  return f;
+}
+
 /// cuda/fused_conv.cu's launch, emulated (the same dispatch table).
-struct EmulateFused {
-  const FusedConvGeom& g;
-  const float* x;
-  const float* w;
-  const FusedBn& pre;
-  const FusedBn& post;
-  float* y;
+struct EmulateFused : FusedArgs {
   template <int KT, int WARPS, int KSIZE, int PIX>
   void go() const {
     const FusedGrid fg = fused_grid(g, FusedPlan{KT, WARPS, PIX});
@@ -621,7 +629,7 @@ struct EmulateFused {
 
 void emulate_fused(const FusedPlan& plan, const FusedConvGeom& g, const float* x, const float* w, const FusedBn& pre,
                    const FusedBn& post, float* y) {
-  dispatch_fused(plan, g.ksize(), EmulateFused{g, x, w, pre, post, y});
+  dispatch_fused(plan, g.ksize(), EmulateFused{{g, x, w, pre, post, y}});
 }
 
 TEST(FusedConvEmulation, PlannerSplitsTheReductionWhenTheOutputIsSmall) {
@@ -671,18 +679,6 @@ TEST(FusedConvEmulation, EveryPlanMatchesFloat64WithBatchNormsPrefixesAndSlices)
       const ops::BnEval* pp = has_pre ? &pre : nullptr;
       const ops::BnEval* qp = has_post ? &post : nullptr;
       const test::ConvBnReference ref = test::conv_bn_eval_reference(x, pp, w, p, qp);
-      auto bn_of = [](const ops::BnEval* bn) {
-        FusedBn f;
-        if (!bn) return f;
-        f.gamma = bn->gamma.defined() ? bn->gamma.data<float>() : nullptr;
-        f.beta = bn->beta.defined() ? bn->beta.data<float>() : nullptr;
-        f.mean = bn->running_mean.data<float>();
-        f.var = bn->running_var.data<float>();
-        f.eps = bn->eps;
-        f.on = true;
-        f.relu = bn->act == ops::BnAct::Relu;
-        return f;
-      };
       FusedConvGeom g{sh.N, sh.C, sh.H, sh.W, sh.K, sh.R, sh.S, P, Q, sh.st, sh.st, sh.pad, sh.pad, x_img, y_img};
       g.chunk4 = g.pointwise() && sh.C % 4 == 0;  // as the launcher sets them
       g.vec4 = g.chunk4 && reinterpret_cast<std::uintptr_t>(w.data<float>()) % 16 == 0;
@@ -698,7 +694,8 @@ TEST(FusedConvEmulation, EveryPlanMatchesFloat64WithBatchNormsPrefixesAndSlices)
         Tensor ybuf = Tensor::full({sh.N, sh.K + 5, P, Q}, 7.0);
         ybuf.narrow(1, 2, sh.K).fill_(std::numeric_limits<double>::quiet_NaN());
         const Tensor out = ybuf.narrow(1, 2, sh.K);
-        emulate_fused(plan, g, xbuf.data<float>(), w.data<float>(), bn_of(pp), bn_of(qp), out.data<float>());
+        emulate_fused(plan, g, xbuf.data<float>(), w.data<float>(), host_fused_bn(pp), host_fused_bn(qp),
+                      out.data<float>());
         const std::vector<double> got = out.to_vector(), want = ref.y.to_vector(), scale = ref.scale.to_vector();
         for (std::size_t i = 0; i < got.size(); ++i)
           ASSERT_LE(std::fabs(got[i] - want[i]), 4e-6 * scale[i]) << "element " << i << " got " << got[i];
@@ -749,18 +746,6 @@ TEST(FusedConvEmulation, TensorCorePlansMatchFloat64) {
       const ops::BnEval* pp = &pre;
       const ops::BnEval* qp = variant == 1 ? &post : nullptr;
       const test::ConvBnReference ref = test::conv_bn_eval_reference(x, pp, w, p, qp);
-      auto bn_of = [](const ops::BnEval* bn) {
-        FusedBn f;
-        if (!bn) return f;
-        f.gamma = bn->gamma.defined() ? bn->gamma.data<float>() : nullptr;
-        f.beta = bn->beta.defined() ? bn->beta.data<float>() : nullptr;
-        f.mean = bn->running_mean.data<float>();
-        f.var = bn->running_var.data<float>();
-        f.eps = bn->eps;
-        f.on = true;
-        f.relu = bn->act == ops::BnAct::Relu;
-        return f;
-      };
       const FusedConvGeom g{sh.N, sh.C, sh.H, sh.W, sh.K, sh.R, sh.R, P, Q, sh.st, sh.st, sh.pad, sh.pad, x_img, y_img};
       for (const TcPlan& plan : kTcPlans) {
         SCOPED_TRACE("x (" + std::to_string(sh.N) + ", " + std::to_string(sh.C) + ", " + std::to_string(sh.H) +
@@ -770,8 +755,8 @@ TEST(FusedConvEmulation, TensorCorePlansMatchFloat64) {
         Tensor ybuf = Tensor::full({sh.N, sh.K + 5, P, Q}, 7.0);
         ybuf.narrow(1, 2, sh.K).fill_(std::numeric_limits<double>::quiet_NaN());
         const Tensor out = ybuf.narrow(1, 2, sh.K);
-        dispatch_fused_tc(plan, EmulateFused{g, xbuf.data<float>(), w.data<float>(), bn_of(pp), bn_of(qp),
-                                             out.data<float>()});
+        dispatch_fused_tc(plan, EmulateFused{{g, xbuf.data<float>(), w.data<float>(), host_fused_bn(pp),
+                                              host_fused_bn(qp), out.data<float>()}});
         const std::vector<double> got = out.to_vector(), want = ref.y.to_vector(), scale = ref.scale.to_vector();
         for (std::size_t i = 0; i < got.size(); ++i)
           ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i]) << "element " << i << " got " << got[i];
@@ -792,13 +777,7 @@ TEST(FusedConvEmulation, AlignedWeightLoadsGiveTheSameBits) {
   const int N = 1, C = 24, H = 5, W = 5, K = 8;
   const Tensor x = Tensor::normal({N, C, H, W}, 0, 1, gen), w = Tensor::normal({K, C, 1, 1}, 0, 0.5, gen);
   const ops::BnEval pre = test::random_bn_eval(C, ops::BnAct::Relu, gen);
-  FusedBn fpre;
-  fpre.gamma = pre.gamma.data<float>();
-  fpre.beta = pre.beta.data<float>();
-  fpre.mean = pre.running_mean.data<float>();
-  fpre.var = pre.running_var.data<float>();
-  fpre.eps = pre.eps;
-  fpre.on = fpre.relu = true;
+  const FusedBn fpre = host_fused_bn(&pre);
   FusedConvGeom g{N, C, H, W, K, 1, 1, H, W, 1, 1, 0, 0, int64_t(C) * H * W, int64_t(K) * H * W};
   g.chunk4 = true;
   for (const FusedPlan& plan : kFusedPlans) {
