@@ -579,4 +579,7 @@ TEST(ConvBnEval, ChecksItsArguments) {
                     "conv2d_bn_eval_into", "out must have the output's shape (1, 3, 5, 5)");
   EXPECT_THROW_WITH(ops::conv2d_bn_eval(x, &pre, Tensor::normal({3, 5, 1, 1}, 0, 1, gen), {}, &post), "5",
                     "channels");
+  EXPECT_THROW_WITH(ops::conv2d_bn_eval_into(x, &pre, w, {}, &post, Tensor()), "conv2d_bn_eval_into: out is undefined");
+  EXPECT_THROW_WITH(ops::conv2d_bn_eval_into(x, &pre, w, {}, &post, Tensor::empty({1, 3, 5, 5}, DType::Float64)),
+                    "conv2d_bn_eval_into: out must have the input's dtype and device", "float64");
 }

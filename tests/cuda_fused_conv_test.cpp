@@ -19,6 +19,7 @@
 #include "tensor/ops.h"
 #include "tests/conv_bn_reference.h"
 #include "tests/cuda_test_util.h"
+#include "tests/test_util.h"
 #include "tests/tiny_ladnn_util.h"
 
 namespace ladnn {
@@ -113,6 +114,18 @@ TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
       {2, 37, 9, 11, 13, 3, 3, 2, 1, false, false}, {1, 19, 8, 6, 7, 2, 3, 1, 0, true, false},
       {3, 37, 5, 5, 20, 1, 1, 1, 0, false, true},   {2, 3, 64, 64, 64, 7, 7, 2, 3, true, true}};
   ASSERT_GT(cuda::fused_conv_plans(), 0);
+  {  // what the plan hook refuses, by name
+    const Tensor x = to_gpu(Tensor::ones({1, 4, 5, 5})), w = to_gpu(Tensor::ones({2, 4, 1, 1}));
+    const Tensor y = Tensor::empty({1, 2, 5, 5}, DType::Float32, Device::cuda());
+    EXPECT_THROW_WITH(
+        cuda::conv2d_bn_eval_fused_plan(x, 100, nullptr, w, {}, nullptr, y, 50, cuda::fused_conv_plans()),
+        "conv2d_bn_eval_fused_plan: plan", "is not in [0, ");
+    EXPECT_THROW_WITH(cuda::conv2d_bn_eval_fused_plan(x, 100, nullptr, w, {}, nullptr, y, 50, -1),
+                      "is not in [0, ");
+    const Tensor x64 = to_gpu(Tensor::ones({1, 4, 5, 5}, DType::Float64));
+    EXPECT_THROW_WITH(cuda::conv2d_bn_eval_fused_plan(x64, 100, nullptr, w, {}, nullptr, y, 50, 0),
+                      "the fused kernel does not take this call");
+  }
   Generator gen(66);
   for (const Case& c : cases) {
     ops::Conv2dParams p;
