@@ -2,8 +2,8 @@
 // on DenseNet-169's layer shapes at batch 32, through the public ops (tensor/ops.h) with the op
 // family's implementation switch set per benchmark (cuda/context.h).
 //
-// Names: <op>/<impl>/<shape>[/<variant>], impl = cudnn | cublas | native (| unfused: dense_layer_eval's
-// library ops with their BatchNorm kernels), so
+// Names: <op>/<impl>/<shape>[/<variant>], impl = cudnn | cublas | native (| native-tc: our tensor-core
+// backward convolutions; | unfused: dense_layer_eval's library ops with their BatchNorm kernels), so
 //   ./build/cuda_kernels_bench --benchmark_filter='bn_'            BN only
 //   ./build/cuda_kernels_bench --benchmark_filter='/native/'       our kernels only
 //   ./build/cuda_kernels_bench --benchmark_format=json > out.json  machine-readable
@@ -278,6 +278,13 @@ void bench_global_pool(benchmark::State& state, bool backward) {
 
 // ---- convolution -------------------------------------------------------------------------------------------
 
+/// Sets LADNN_FUSED_CONV's mode for a benchmark body, restoring it even when an op throws.
+struct FusedModeScope {
+  explicit FusedModeScope(cuda::FusedConv mode) : saved(cuda::fused_conv()) { cuda::set_fused_conv(mode); }
+  ~FusedModeScope() { cuda::set_fused_conv(saved); }
+  cuda::FusedConv saved;
+};
+
 struct ConvShape {
   const char* kernel;  // "1x1", "3x3", "7x7s2"
   int64_t H, C, K, R, stride, pad;
@@ -293,8 +300,13 @@ const ConvShape kConvShapes[] = {
 enum class ConvPass { Forward, BackwardInput, BackwardWeight };
 
 // `mode`: for the library version, cuDNN alone or a pointwise conv as a cuBLAS GEMM (LADNN_CONV1X1).
-void bench_conv(benchmark::State& state, ConvShape s, ConvPass pass, Impl impl, cuda::Conv1x1 mode) {
+// `fused`: LADNN_FUSED_CONV for the backward passes — Off: the library; On: our tensor-core kernels
+// (cuda/fused_conv_tc.cuh's flipped-weight data pass, cuda/conv_wgrad_tc.cuh) in their default tiles;
+// Auto: the per-shape choice among their tiles and the library, made in the warm-up.
+void bench_conv(benchmark::State& state, ConvShape s, ConvPass pass, Impl impl, cuda::Conv1x1 mode,
+                cuda::FusedConv fused) {
   guarded(state, [&] {
+    FusedModeScope scope(fused);
     cuda::set_impl(Family::Conv, impl);
     cuda::set_conv1x1(mode);
     ops::Conv2dParams p;
@@ -315,8 +327,10 @@ void bench_conv(benchmark::State& state, ConvShape s, ConvPass pass, Impl impl, 
         run_timed(state, [&] { ops::conv2d_backward_weight(dy, x, ws, p); }, {0, flops});
         break;
     }
-    state.SetLabel(std::string(impl == Impl::Native ? "native" : cuda::conv1x1_name(mode)) +
-                   (cuda::tf32_enabled() ? " tf32" : " fp32"));
+    const std::string what = fused != cuda::FusedConv::Off ? std::string("fused-conv ") + cuda::fused_conv_name(fused)
+                             : impl == Impl::Native        ? "native"
+                                                           : cuda::conv1x1_name(mode);
+    state.SetLabel(what + (cuda::tf32_enabled() ? " tf32" : " fp32"));
   });
 }
 
@@ -343,11 +357,7 @@ ops::BnEval bench_bn_eval(int64_t C, uint64_t seed) {
 // DenseLayer::forward_into runs them: LADNN_FUSED_CONV off (four ops) or on (two kernels).
 void bench_dense_layer(benchmark::State& state, DenseLayerShape d, cuda::FusedConv mode) {
   guarded(state, [&] {
-    struct ModeScope {  // restores the switch even when an op throws
-      cuda::FusedConv saved = cuda::fused_conv();
-      ~ModeScope() { cuda::set_fused_conv(saved); }
-    } scope;
-    cuda::set_fused_conv(mode);
+    FusedModeScope scope(mode);
     const Tensor block = random_gpu({d.N, d.C + 32, d.H, d.H}, 21);
     const Tensor prefix = block.narrow(1, 0, d.C), slice = block.narrow(1, d.C, 32);
     const Tensor w1 = random_gpu({128, d.C, 1, 1}, 22), w2 = random_gpu({32, 128, 3, 3}, 23);
@@ -370,11 +380,7 @@ void bench_dense_layer(benchmark::State& state, DenseLayerShape d, cuda::FusedCo
 // The stem at inference: conv0 (7x7 stride 2, 3 -> 64) with norm0-ReLU, as DenseNet::run_features runs it.
 void bench_stem(benchmark::State& state, int64_t N, cuda::FusedConv mode) {
   guarded(state, [&] {
-    struct ModeScope {
-      cuda::FusedConv saved = cuda::fused_conv();
-      ~ModeScope() { cuda::set_fused_conv(saved); }
-    } scope;
-    cuda::set_fused_conv(mode);
+    FusedModeScope scope(mode);
     const Tensor x = random_gpu({N, 3, 224, 224}, 24), w = random_gpu({64, 3, 7, 7}, 25);
     const ops::BnEval n0 = bench_bn_eval(64, 50);
     ops::Conv2dParams p;
@@ -453,10 +459,18 @@ void register_all() {
                                 std::to_string(s.C) + "->" + std::to_string(s.K);
       for (Impl i : impls)
         configure(benchmark::RegisterBenchmark((std::string(name) + "/" + impl_str(Family::Conv, i) + "/" + shape).c_str(),
-                                               bench_conv, s, pass, i, cuda::Conv1x1::Cudnn));
+                                               bench_conv, s, pass, i, cuda::Conv1x1::Cudnn, cuda::FusedConv::Off));
       if (s.R == 1 && s.stride == 1 && pass != ConvPass::BackwardWeight)
         configure(benchmark::RegisterBenchmark((std::string(name) + "/cublas/" + shape).c_str(), bench_conv, s, pass,
-                                               Impl::Library, cuda::Conv1x1::Cublas));
+                                               Impl::Library, cuda::Conv1x1::Cublas, cuda::FusedConv::Off));
+      // Our tensor-core backward kernels (TF32 on; the data pass at stride 1): "native-tc" in the default
+      // tile, "/auto" LADNN_FUSED_CONV=auto's choice (ours or cuDNN, whichever timed faster).
+      const bool ours = pass == ConvPass::BackwardWeight || (pass == ConvPass::BackwardInput && s.stride == 1);
+      if (ours)
+        for (cuda::FusedConv fused : {cuda::FusedConv::On, cuda::FusedConv::Auto})
+          configure(benchmark::RegisterBenchmark(
+              (std::string(name) + "/native-tc/" + shape + (fused == cuda::FusedConv::Auto ? "/auto" : "")).c_str(),
+              bench_conv, s, pass, Impl::Library, cuda::Conv1x1::Cudnn, fused));
     }
 
   // "unfused" = BN kernel + cuDNN (or cuBLAS) conv, twice; "native" = the fused kernel (plan_fused's

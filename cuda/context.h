@@ -58,7 +58,10 @@ Conv1x1 parse_conv1x1(const std::string& value, const char* where);
 /// The fused inference convolution (cuda/fused_conv.cuh: ops::conv2d_bn_eval's eval BatchNorm(-ReLU)
 /// before and after a convolution in one kernel, built for batch-1 latency; cuda/fused_conv_tc.cuh: its
 /// tensor-core form), LADNN_FUSED_CONV=off|on|auto. Where it runs: inference's dense layers and stem,
-/// and — as plain convolutions, no BatchNorm — the training dense blocks' forward convolutions.
+/// and — as plain convolutions, no BatchNorm — the training dense blocks' forward convolutions. With
+/// TF32 on (sm_80+), On and Auto also cover every library convolution's backward passes: the data pass
+/// of a stride-1 convolution on the tensor-core kernel with the weight read rotated and transposed, the
+/// weight gradient on cuda/conv_wgrad_tc.cuh (On: always; Auto: where it times faster than the library).
 ///   Off   (default until measured on a GPU) the unfused ops: BatchNorm kernel, library conv, BatchNorm;
 ///   On    the SIMT kernel wherever it applies (float32, at most 2,048 input channels), in the launch
 ///         shape cuda/fused_conv.cuh's plan_fused picks from the output's size (for experiments: at
@@ -68,7 +71,7 @@ Conv1x1 parse_conv1x1(const std::string& value, const char* where);
 ///         unfused ops, each as a graph replay, and keeps the fastest (like LADNN_CONV1X1=auto; never
 ///         inside a graph capture).
 /// The profiler shows which ran: the fused kernel is op "conv2d_bn_eval", implementation "native" (SIMT)
-/// or "native-tc" (tensor cores).
+/// or "native-tc" (tensor cores); the backward passes keep their ops' names, implementation "native-tc".
 enum class FusedConv { Off, On, Auto };
 FusedConv fused_conv();
 void set_fused_conv(FusedConv mode);

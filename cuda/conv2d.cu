@@ -660,7 +660,8 @@ Tensor conv2d_backward_input(const Tensor& dy_in, const Tensor& w_in, const Shap
     return dx;
   }
   if (which == Impl::Library) {
-    cudnn_backward_input(op, g, dy.data<float>(), w.data<float>(), dx.data<float>());
+    auto library = [&] { cudnn_backward_input(op, g, dy.data<float>(), w.data<float>(), dx.data<float>()); };
+    if (!conv2d_backward_input_fused(dy, w, p, dx, library)) library();  // LADNN_FUSED_CONV: ours, or not
   } else {
     OpRange range(op, conv_impl_name(which));
     native_backward_input(g, dy.data<float>(), w.data<float>(), dx.data<float>());
@@ -685,7 +686,8 @@ Tensor conv2d_backward_weight(const Tensor& dy_in, const Tensor& x_in, const Sha
     return dw;
   }
   if (which == Impl::Library) {
-    cudnn_backward_weight(op, g, dy.data<float>(), x.data<float>(), dw.data<float>());
+    auto library = [&] { cudnn_backward_weight(op, g, dy.data<float>(), x.data<float>(), dw.data<float>()); };
+    if (!conv2d_backward_weight_fused(dy, x, x_img, p, dw, library)) library();  // LADNN_FUSED_CONV
   } else {
     OpRange range(op, conv_impl_name(which));
     native_backward_weight(g, dy.data<float>(), x.data<float>(), dw.data<float>());

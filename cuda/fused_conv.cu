@@ -13,6 +13,8 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <functional>
+#include <initializer_list>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -22,6 +24,7 @@
 
 #include "cuda/check.h"
 #include "cuda/context.h"
+#include "cuda/conv_wgrad_tc.cuh"
 #include "cuda/fused_conv.cuh"
 #include "cuda/fused_conv_tc.cuh"
 #include "cuda/gemm_tile.cuh"
@@ -81,7 +84,13 @@ struct FusedChoice {
   bool tc = false;
   FusedPlan plan;
   TcPlan tc_plan;
+  // The weight gradient's (conv2d_backward_weight_fused): its tile and how many blocks per SM its split
+  // of the pixels aims for.
+  WgradPlan wg_plan;
+  int wg_waves = 2;
 };
+/// Which pass a cached choice is for (the first entry of its key).
+enum class FusedPass : int64_t { Forward = 0, BackwardData = 1, BackwardWeight = 2 };
 
 /// The tensor-core form runs: TF32 allowed, a GPU with TF32 tensor cores (sm_80+), and this build's
 /// kernel compiled for one (below compute_80 its body is a trap, e.g. with CMAKE_CUDA_ARCHITECTURES=70
@@ -143,8 +152,8 @@ FusedConvGeom geom_of(const Tensor& x, int64_t x_img, const Tensor& w, const ops
 
 /// The kernel for one call of geometry g (geom_of), on the stream: as `choice` says (fused), or
 /// plan_fused's SIMT guess.
-void run_fused(FusedConvGeom g, const Tensor& x, const ops::BnEval* pre, const Tensor& w, const ops::BnEval* post,
-               const Tensor& out, const FusedChoice* choice = nullptr) {
+void run_fused(FusedConvGeom g, const Tensor& x, const ops::BnEval* pre, const Tensor& w,
+               const ops::BnEval* post, const Tensor& out, const FusedChoice* choice = nullptr) {
   std::vector<Tensor> keep;  // contiguous copies, alive until the launch is queued (stream-ordered reuse)
   const FusedBn fpre = fused_bn_of(pre, keep), fpost = fused_bn_of(post, keep);
   const Tensor wc = w.contiguous();
@@ -210,6 +219,54 @@ FusedChoice time_choices(const FusedConvGeom& g, const Tensor& x, const ops::BnE
   return best;
 }
 
+/// Auto's cache key: the pass, the geometry (shapes, strides, image strides), `extra` (the BatchNorms),
+/// and the switches that change what the library ops run or how fast.
+FusedKey fused_key(FusedPass pass, const FusedConvGeom& g, std::initializer_list<int64_t> extra) {
+  std::vector<int64_t> v{static_cast<int64_t>(pass),
+                         g.N,
+                         g.C,
+                         g.H,
+                         g.W,
+                         g.K,
+                         g.R,
+                         g.S,
+                         g.sh,
+                         g.sw,
+                         g.ph,
+                         g.pw,
+                         g.x_img,
+                         g.y_img,
+                         static_cast<int64_t>(impl(Family::Conv)),
+                         static_cast<int64_t>(impl(Family::BatchNorm))};
+  v.insert(v.end(), extra.begin(), extra.end());
+  return FusedKey{std::move(v), tf32_enabled() ? 1 : 0, static_cast<int>(conv1x1()), deterministic() ? 1 : 0};
+}
+
+bool cached_choice(const FusedKey& key, FusedChoice& choice) {
+  FusedCache& cache = fused_cache();
+  std::lock_guard<std::mutex> lock(cache.mu);
+  auto it = cache.choices.find(key);
+  if (it == cache.choices.end()) return false;
+  choice = it->second;
+  return true;
+}
+
+void remember_choice(const FusedKey& key, const FusedChoice& choice) {
+  FusedCache& cache = fused_cache();
+  std::lock_guard<std::mutex> lock(cache.mu);
+  cache.choices.emplace(key, choice);
+}
+
+/// Timing synchronises: impossible inside a stream capture. g: the convolution as the kernel sees it.
+void refuse_in_capture(const char* op, const FusedConvGeom& g) {
+  if (!capturing()) return;
+  throw Error(std::string(op) + ": x (" + std::to_string(g.N) + ", " + std::to_string(g.C) + ", " +
+              std::to_string(g.H) + ", " + std::to_string(g.W) + ") with weight (" + std::to_string(g.K) +
+              ", " + std::to_string(g.C) + ", " + std::to_string(g.R) + ", " + std::to_string(g.S) +
+              ") was first seen inside a CUDA graph capture, where LADNN_FUSED_CONV=auto cannot time it: run "
+              "the same step once before capturing it");
+}
+
 }  // namespace
 
 bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
@@ -232,34 +289,14 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
 
   // Auto. The key: everything the result or the right choice depends on — shapes, strides, the
   // BatchNorms, and the switches that change what the unfused ops run.
-  const FusedKey key{
-      {g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.sh, g.sw, g.ph, g.pw, x_img, out_img, bn_code(pre), bn_code(post),
-       static_cast<int64_t>(impl(Family::Conv)), static_cast<int64_t>(impl(Family::BatchNorm))},
-      tf32_enabled() ? 1 : 0,
-      static_cast<int>(conv1x1()),
-      deterministic() ? 1 : 0};
-  FusedCache& cache = fused_cache();
+  const FusedKey key = fused_key(FusedPass::Forward, g, {bn_code(pre), bn_code(post)});
   FusedChoice choice;
-  bool known = false;
-  {
-    std::lock_guard<std::mutex> lock(cache.mu);
-    auto it = cache.choices.find(key);
-    if (it != cache.choices.end()) choice = it->second, known = true;
-  }
-  if (!known) {
-    // Timing synchronises: impossible inside a stream capture.
-    if (capturing())
-      throw Error(
-          "conv2d_bn_eval: x (" + std::to_string(g.N) + ", " + std::to_string(g.C) + ", " +
-          std::to_string(g.H) + ", " + std::to_string(g.W) + ") with weight (" + std::to_string(g.K) + ", " +
-          std::to_string(g.C) + ", " + std::to_string(g.R) + ", " + std::to_string(g.S) +
-          ") was first seen inside a CUDA graph capture, where LADNN_FUSED_CONV=auto cannot time it: run "
-          "the same step once before capturing it");
+  if (!cached_choice(key, choice)) {
+    refuse_in_capture("conv2d_bn_eval", g);
     choice = time_choices(g, x, pre, w, post, output(),
                           // the unfused ops as they would run: into the caller's out, or into their own
                           [&] { unfused_into(caller_out ? out : Tensor()); });
-    std::lock_guard<std::mutex> lock(cache.mu);
-    cache.choices.emplace(key, choice);
+    remember_choice(key, choice);
   }
   if (choice.fused) {
     run_fused(g, x, pre, w, post, output(), &choice);
@@ -307,6 +344,240 @@ void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval
     c.plan = kFusedPlans[plan];
   }
   run_fused(g, x, pre, w, post, out, &c);
+}
+
+// ---- the backward passes on the tensor cores ------------------------------------------------------------
+//
+// Training spends most of its convolution time in the backward passes, and at DenseNet's 7x7 and 14x14
+// maps cuDNN's kernels for them run at a few TFLOP/s. With TF32 on, the switch's On and Auto also cover:
+// - backward data of a stride-1 convolution: dx = conv(dy, w rotated and transposed), padded R-1-ph —
+//   cuda/fused_conv_tc.cuh's kernel reading w in that order (FusedConvGeom::w_flipped), no copy of w;
+// - backward weight (any stride): cuda/conv_wgrad_tc.cuh, the pixels split over blocks and the partial
+//   sums added in a fixed order.
+// Auto times each tile shape of our kernel and the library's call (cuDNN, or cuBLAS for a pointwise dx
+// when LADNN_CONV1X1 picks it) as graph replays, on the call's own buffers, and keeps the fastest per
+// shape, as for the forward. Without TF32 (or below sm_80) these passes stay the library's.
+
+namespace {
+
+/// dispatch_wgrad's callback: launches the weight-gradient kernel, then the reduction of its splits.
+struct LaunchWgrad {
+  const FusedConvGeom& g;
+  const float* dy;
+  const float* x;
+  float* dw;
+  Device device;
+  int splits, chunks_per_split;
+  template <int BK, int BN>
+  void go_wgrad() const {
+    const WgradGrid gr = wgrad_grid(g, WgradPlan{BK, BN}, splits);
+    const cudaStream_t st = static_cast<cudaStream_t>(stream());
+    const int64_t n = int64_t(g.K) * g.C * g.R * g.S;
+    Tensor ws;  // the splits' partial sums (none with one split)
+    if (splits > 1) ws = Tensor::empty({splits, n}, DType::Float32, device);
+    float* out = splits > 1 ? ws.data<float>() : dw;
+    conv_wgrad_tc_kernel<BK, BN>
+        <<<dim3(gr.x, gr.y, gr.z), WgradTile<BK, BN>::kThreads, 0, st>>>(g, dy, x, chunks_per_split, out);
+    CUDA_CHECK_LAUNCH();
+    if (splits > 1) {
+      const int64_t blocks = std::min<int64_t>((n + 255) / 256, int64_t(sm_count()) * 8);
+      wgrad_reduce_kernel<<<static_cast<unsigned>(blocks), 256, 0, st>>>(out, splits, n, dw);
+      CUDA_CHECK_LAUNCH();
+    }
+  }
+};
+
+void run_wgrad(const FusedConvGeom& g, const float* dy, const float* x, float* dw, Device device,
+               const FusedChoice& c) {
+  int chunks_per_split = 0;
+  const int splits = wgrad_splits(g, c.wg_plan, sm_count(), c.wg_waves, chunks_per_split);
+  OpRange range("conv2d_backward_weight", "native-tc");
+  dispatch_wgrad(c.wg_plan, LaunchWgrad{g, dy, x, dw, device, splits, chunks_per_split});
+}
+
+void run_dgrad(const FusedConvGeom& g, const float* dy, const float* w, float* dx, const TcPlan& plan) {
+  const FusedBn none;
+  OpRange range("conv2d_backward_input", "native-tc");
+  dispatch_fused_tc(plan, Launch{{g, dy, w, none, none, dx}});
+}
+
+/// The fastest of `candidates` (each timed as a graph replay) and the library's call; logged with
+/// LADNN_CUDNN_LOG=1 as "<op> <shape>: <name> <ms> ... ; library <ms> -> <choice>".
+FusedChoice time_backward(const char* op, const FusedConvGeom& g, const std::vector<FusedChoice>& candidates,
+                          const std::function<std::string(const FusedChoice&)>& name,
+                          const std::function<void(const FusedChoice&)>& run,
+                          const std::function<void()>& library) {
+  struct ProfilerOff {
+    bool saved = profiler::enabled();
+    ProfilerOff() { profiler::set_enabled(false); }
+    ~ProfilerOff() { profiler::set_enabled(saved); }
+  } profiler_off;
+  FusedChoice best;
+  double best_ms = std::numeric_limits<double>::infinity();
+  std::string timings;
+  for (const FusedChoice& c : candidates) {
+    const double ms = time_replayed_ms([&] { run(c); });
+    timings += " " + name(c) + " " + std::to_string(ms).substr(0, 6);
+    if (ms < best_ms) best_ms = ms, best = c;
+  }
+  const double library_ms = time_replayed_ms(library);
+  if (library_ms <= best_ms) best.fused = false;
+  if (log_choices())
+    std::fprintf(stderr,
+                 "ladnn: %s dy (%d, %d, %d, %d) w (%d, %d, %d, %d) stride %dx%d pad %dx%d: ours (ms)%s; "
+                 "library %.4f ms -> %s\n",
+                 op, g.N, g.K, g.P, g.Q, g.K, g.C, g.R, g.S, g.sh, g.sw, g.ph, g.pw, timings.c_str(),
+                 library_ms, best.fused ? ("ours " + name(best)).c_str() : "library");
+  return best;
+}
+
+std::string tc_name(const TcPlan& plan) {
+  return "tc" + std::to_string(plan.bk) + "x" + std::to_string(plan.bm);
+}
+
+/// Every size of a backward pass fits the kernels' int indexing (and their grids' limits).
+bool backward_fits(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t P,
+                   int64_t Q) {
+  const int64_t lim = int64_t(1) << 30;
+  return N * H * W < lim && N * P * Q < lim && C * H * W < lim && K * P * Q < lim && K * C * R * S < lim &&
+         (C + 31) / 32 <= 65535 && (K + 31) / 32 <= 65535 && N * P * Q + kWgradChunk < lim;
+}
+
+}  // namespace
+
+bool conv2d_backward_input_fused(const Tensor& dy, const Tensor& w, const ops::Conv2dParams& p,
+                                 const Tensor& dx, const std::function<void()>& library) {
+  const FusedConv mode = fused_conv();
+  if (mode == FusedConv::Off || !tc_applies()) return false;
+  const int64_t R = w.size(2), S = w.size(3);
+  if (p.stride_h != 1 || p.stride_w != 1 || p.pad_h > R - 1 || p.pad_w > S - 1) return false;
+  if (!backward_fits(dx.size(0), dx.size(1), dx.size(2), dx.size(3), w.size(0), R, S, dy.size(2), dy.size(3)))
+    return false;
+  const FusedConvGeom g = dgrad_geom(dx.size(0), dx.size(1), dx.size(2), dx.size(3), dy.size(1), dy.size(2),
+                                     dy.size(3), R, S, p.pad_h, p.pad_w);
+  const float* dyp = dy.data<float>();
+  const float* wp = w.data<float>();
+  float* dxp = dx.data<float>();
+  FusedChoice choice;
+  choice.fused = choice.tc = true;  // On: the first tile shape
+  if (mode == FusedConv::Auto) {
+    const FusedKey key = fused_key(FusedPass::BackwardData, g, {});
+    if (!cached_choice(key, choice)) {
+      refuse_in_capture("conv2d_backward_input", g);
+      std::vector<FusedChoice> candidates;
+      for (const TcPlan& plan : kTcPlans) {
+        FusedChoice c;
+        c.fused = c.tc = true;
+        c.tc_plan = plan;
+        candidates.push_back(c);
+      }
+      choice = time_backward(
+          "conv2d_backward_input", g, candidates, [](const FusedChoice& c) { return tc_name(c.tc_plan); },
+          [&](const FusedChoice& c) { run_dgrad(g, dyp, wp, dxp, c.tc_plan); }, library);
+      remember_choice(key, choice);
+    }
+  }
+  if (!choice.fused) return false;
+  run_dgrad(g, dyp, wp, dxp, choice.tc_plan);
+  return true;
+}
+
+bool conv2d_backward_weight_fused(const Tensor& dy, const Tensor& x, int64_t x_img,
+                                  const ops::Conv2dParams& p, const Tensor& dw,
+                                  const std::function<void()>& library) {
+  const FusedConv mode = fused_conv();
+  if (mode == FusedConv::Off || !tc_applies()) return false;
+  if (!backward_fits(x.size(0), x.size(1), x.size(2), x.size(3), dw.size(0), dw.size(2), dw.size(3),
+                     dy.size(2), dy.size(3)))
+    return false;
+  FusedConvGeom g = geom_of(x, x_img, dw, p, dy.size(1) * dy.size(2) * dy.size(3));
+  const float* dyp = dy.data<float>();
+  const float* xp = x.data<float>();
+  float* dwp = dw.data<float>();
+  FusedChoice choice;
+  choice.fused = choice.tc = true;  // On: a tile as tall as the gradient's rows need, two blocks per SM
+  choice.wg_plan = g.K <= 32 ? WgradPlan{32, 64} : WgradPlan{64, 64};
+  if (mode == FusedConv::Auto) {
+    const FusedKey key = fused_key(FusedPass::BackwardWeight, g, {});
+    if (!cached_choice(key, choice)) {
+      refuse_in_capture("conv2d_backward_weight", g);
+      std::vector<FusedChoice> candidates;
+      for (const WgradPlan& plan : kWgradPlans) {
+        if (plan.bk > 32 && g.K <= 32) continue;  // all but 32 of its rows would be padding
+        for (int waves : {1, 3}) {
+          FusedChoice c;
+          c.fused = c.tc = true;
+          c.wg_plan = plan;
+          c.wg_waves = waves;
+          candidates.push_back(c);
+        }
+      }
+      choice = time_backward(
+          "conv2d_backward_weight", g, candidates,
+          [&g](const FusedChoice& c) {
+            int cps = 0;
+            const int splits = wgrad_splits(g, c.wg_plan, sm_count(), c.wg_waves, cps);
+            return "tc" + std::to_string(c.wg_plan.bk) + "x" + std::to_string(c.wg_plan.bn) + "/" +
+                   std::to_string(splits);
+          },
+          [&](const FusedChoice& c) { run_wgrad(g, dyp, xp, dwp, dw.device(), c); }, library);
+      remember_choice(key, choice);
+    }
+  }
+  if (!choice.fused) return false;
+  run_wgrad(g, dyp, xp, dwp, dw.device(), choice);
+  return true;
+}
+
+bool fused_conv_tensor_cores() {
+  return tc_applies();
+}
+
+int conv_backward_plans(bool weight) {
+  return weight ? static_cast<int>(sizeof(kWgradPlans) / sizeof(kWgradPlans[0]))
+                : static_cast<int>(sizeof(kTcPlans) / sizeof(kTcPlans[0]));
+}
+
+namespace {
+void check_backward_plan(const char* op, bool weight, int plan, bool applies) {
+  if (plan < 0 || plan >= conv_backward_plans(weight))
+    throw std::invalid_argument(std::string(op) + ": plan " + std::to_string(plan) + " is not in [0, " +
+                                std::to_string(conv_backward_plans(weight)) + ")");
+  if (!tc_applies())
+    throw std::invalid_argument(std::string(op) + ": the tensor-core kernels need TF32 on and sm_80+");
+  if (!applies)
+    throw std::invalid_argument(
+        std::string(op) +
+        ": our kernel does not take this call (the data pass: stride 1, padding under "
+        "the window; every size within int)");
+}
+}  // namespace
+
+void conv2d_backward_input_fused_plan(const Tensor& dy, const Tensor& w, const ops::Conv2dParams& p,
+                                      const Tensor& dx, int plan) {
+  const int64_t R = w.size(2), S = w.size(3);
+  const bool applies =
+      p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= R - 1 && p.pad_w <= S - 1 &&
+      backward_fits(dx.size(0), dx.size(1), dx.size(2), dx.size(3), w.size(0), R, S, dy.size(2), dy.size(3));
+  check_backward_plan("conv2d_backward_input_fused_plan", false, plan, applies);
+  run_dgrad(dgrad_geom(dx.size(0), dx.size(1), dx.size(2), dx.size(3), dy.size(1), dy.size(2), dy.size(3), R,
+                       S, p.pad_h, p.pad_w),
+            dy.data<float>(), w.data<float>(), dx.data<float>(), kTcPlans[plan]);
+}
+
+void conv2d_backward_weight_fused_plan(const Tensor& dy, const Tensor& x, int64_t x_img,
+                                       const ops::Conv2dParams& p, const Tensor& dw, int plan, int waves) {
+  const bool applies = backward_fits(x.size(0), x.size(1), x.size(2), x.size(3), dw.size(0), dw.size(2),
+                                     dw.size(3), dy.size(2), dy.size(3));
+  check_backward_plan("conv2d_backward_weight_fused_plan", true, plan, applies);
+  if (waves < 1)
+    throw std::invalid_argument("conv2d_backward_weight_fused_plan: waves " + std::to_string(waves) + " < 1");
+  FusedChoice c;
+  c.fused = c.tc = true;
+  c.wg_plan = kWgradPlans[plan];
+  c.wg_waves = waves;
+  run_wgrad(geom_of(x, x_img, dw, p, dy.size(1) * dy.size(2) * dy.size(3)), dy.data<float>(), x.data<float>(),
+            dw.data<float>(), dw.device(), c);
 }
 
 }  // namespace ladnn::cuda

@@ -46,6 +46,11 @@ struct FusedConvGeom {
   // values — do not depend on the alignment; only the loads do.
   bool chunk4 = false;
   bool vec4 = false;
+  // The tensor-core form only: w is the weight of the convolution this one is the backward data pass of,
+  // (C, K, R, S), read transposed and rotated by 180 degrees: this conv's weight (k, c, r, s) is
+  // w[c, k, R-1-r, S-1-s]. A stride-1 convolution's dx is then the convolution of dy with it, padded by
+  // R-1-ph and S-1-pw (cuda/fused_conv.cu's backward data), with no transformed copy of w.
+  bool w_flipped = false;
   LADNN_HD int M() const { return N * P * Q; }
   LADNN_HD bool pointwise() const { return R == 1 && S == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
   /// The kernel's KSIZE for this window: 1 (pointwise), 3 (3x3) or 0 (any).

@@ -6,7 +6,10 @@
 // 1x1 at 14x14 has 6,272 x 128 outputs, a growth 3x3 6,272 x 32), where float32 SIMT arithmetic is 8x
 // slower than TF32 tensor cores. Used only when TF32 is on (cuda::tf32_enabled(), as cuDNN's TF32
 // kernels). With LADNN_TILE_EMULATION it compiles as plain C++ for tests/cuda_tile_emulation_test.cpp,
-// which supplies a host model of the wmma calls.
+// which supplies a host model of the wmma calls. Training uses it twice: the dense blocks' forward
+// convolutions (no BatchNorms), and every stride-1 convolution's backward data pass, which is this
+// convolution of dy with the weight rotated and transposed (dgrad_geom; the kernel reads w in that
+// order, FusedConvGeom::w_flipped).
 //
 // Tile: BK output channels x BM pixels per block, (BK / 32) x (BM / 32) warps, each a 32 x 32 sub-tile
 // (2 x 2 accumulator fragments of 16 x 16). The reduction walks the weight rows' C*R*S values in chunks
@@ -54,6 +57,32 @@ struct TcTile {
 inline FusedGrid tc_grid(const FusedConvGeom& g, const TcPlan& plan) {
   return {static_cast<unsigned>((int64_t(g.M()) + plan.bm - 1) / plan.bm),
           static_cast<unsigned>((g.K + plan.bk - 1) / plan.bk)};
+}
+
+/// The backward data pass of a stride-1 convolution x (N, C, H, W) -> dy (N, K, P, Q), weight (K, C, R, S),
+/// padding (ph, pw), as this kernel's forward convolution: input dy, output dx, the weight read rotated
+/// and transposed (w_flipped), padding R-1-ph and S-1-pw; both tensors packed. The caller checks that
+/// the sizes fit int and that ph < R, pw < S.
+inline FusedConvGeom dgrad_geom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t P, int64_t Q,
+                                int64_t R, int64_t S, int64_t ph, int64_t pw) {
+  auto i = [](int64_t v) { return static_cast<int>(v); };
+  FusedConvGeom g{};
+  g.N = i(N);
+  g.C = i(K);  // the forward's outputs are this convolution's inputs,
+  g.H = i(P);
+  g.W = i(Q);
+  g.K = i(C);  // and its inputs the outputs
+  g.R = i(R);
+  g.S = i(S);
+  g.P = i(H);
+  g.Q = i(W);
+  g.sh = g.sw = 1;
+  g.ph = i(R - 1 - ph);
+  g.pw = i(S - 1 - pw);
+  g.x_img = K * P * Q;
+  g.y_img = C * H * W;
+  g.w_flipped = true;
+  return g;
 }
 
 /// Grid tc_grid(g, {BK, BM}), TcTile<BK, BM>::kThreads threads. Any window, stride and padding.
@@ -105,7 +134,15 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
     for (int i = tid; i < BK * kTcChunk; i += T::kThreads) {
       const int r = i / kTcChunk, cc = i - r * kTcChunk;
       const int k = k0 + r, kk = c0 + cc;
-      const float v = k < g.K && kk < CRS ? w[int64_t(k) * CRS + kk] : 0.0f;
+      float v = 0.0f;
+      if (k < g.K && kk < CRS) {
+        int64_t at = int64_t(k) * CRS + kk;
+        if (g.w_flipped) {  // entry (k, c, rs) of the rotated transpose: w[c, k, RS - 1 - rs]
+          const int c = kk / RS, rs = kk - c * RS;
+          at = (int64_t(c) * g.K + k) * RS + (RS - 1 - rs);
+        }
+        v = w[at];
+      }
       As[r * T::LDA + cc] = wmma::__float_to_tf32(v);
     }
     __syncthreads();  // the chunk's coefficients

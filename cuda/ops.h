@@ -91,6 +91,33 @@ void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval
                                const ops::Conv2dParams& p, const ops::BnEval* post, const Tensor& out, int64_t out_img,
                                int plan);
 
+/// conv2d_backward_input / conv2d_backward_weight on the tensor cores (cuda/fused_conv.cu), when
+/// cuda::fused_conv() is not Off and TF32 is on (sm_80+): dy contiguous (N, K, P, Q); w contiguous
+/// (K, C, R, S); dx a new contiguous (N, C, H, W); x's images x_img elements apart; dw a new contiguous
+/// (K, C, R, S). `library` computes the same result with the library (Auto times it against our
+/// kernel's tile shapes the first time a shape is seen). Returns true when dx / dw holds the result from
+/// our kernel; false, having run nothing after the first call, when the switch, TF32, the stride (the
+/// data pass takes stride 1 only), the sizes or Auto's choice leave the pass to the library: the caller
+/// then runs it.
+bool conv2d_backward_input_fused(const Tensor& dy, const Tensor& w, const ops::Conv2dParams& p, const Tensor& dx,
+                                 const std::function<void()>& library);
+bool conv2d_backward_weight_fused(const Tensor& dy, const Tensor& x, int64_t x_img, const ops::Conv2dParams& p,
+                                  const Tensor& dw, const std::function<void()>& library);
+/// True when the tensor-core forms can run here: TF32 on (cuda::tf32_enabled()), an sm_80+ GPU, and this
+/// build's kernels compiled for one.
+bool fused_conv_tensor_cores();
+/// How many tile shapes those kernels have: the weight gradient's (cuda/conv_wgrad_tc.cuh kWgradPlans)
+/// when `weight`, else the data pass's (cuda/fused_conv_tc.cuh kTcPlans).
+int conv_backward_plans(bool weight);
+/// Our kernel alone in tile shape `plan` (0 <= plan < conv_backward_plans(...)), whatever the switch says
+/// — for tests and benches; the weight gradient's pixels split for `waves` blocks per SM. Arguments as
+/// above. Throws std::invalid_argument when the kernel does not take the call (TF32 off or below sm_80,
+/// a data pass with stride over 1, sizes past int) or the plan is out of range.
+void conv2d_backward_input_fused_plan(const Tensor& dy, const Tensor& w, const ops::Conv2dParams& p, const Tensor& dx,
+                                      int plan);
+void conv2d_backward_weight_fused_plan(const Tensor& dy, const Tensor& x, int64_t x_img, const ops::Conv2dParams& p,
+                                       const Tensor& dw, int plan, int waves);
+
 // ---- batch normalisation (cuDNN | native) ---------------------------------------------------------------------
 // act / relu_y: the fused BatchNorm-ReLU (tensor/ops.h). Native: the ReLU and the gradient mask live
 // inside the BN kernels. cuDNN: its BN, then a ReLU in place on y; backward relu_backward, then its BN.

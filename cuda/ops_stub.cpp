@@ -205,6 +205,27 @@ void conv2d_bn_eval_fused_plan(const Tensor&, int64_t, const ops::BnEval*, const
                                const ops::BnEval*, const Tensor&, int64_t, int) {
   no_backend("conv2d_bn_eval_fused_plan");
 }
+bool conv2d_backward_input_fused(const Tensor&, const Tensor&, const ops::Conv2dParams&, const Tensor&,
+                                 const std::function<void()>&) {
+  no_backend("conv2d_backward_input");
+}
+bool conv2d_backward_weight_fused(const Tensor&, const Tensor&, int64_t, const ops::Conv2dParams&, const Tensor&,
+                                  const std::function<void()>&) {
+  no_backend("conv2d_backward_weight");
+}
+bool fused_conv_tensor_cores() {
+  return false;
+}
+int conv_backward_plans(bool) {
+  return 0;
+}
+void conv2d_backward_input_fused_plan(const Tensor&, const Tensor&, const ops::Conv2dParams&, const Tensor&, int) {
+  no_backend("conv2d_backward_input_fused_plan");
+}
+void conv2d_backward_weight_fused_plan(const Tensor&, const Tensor&, int64_t, const ops::Conv2dParams&, const Tensor&,
+                                       int, int) {
+  no_backend("conv2d_backward_weight_fused_plan");
+}
 
 // batch norm and pooling: C3's cuda/bnpool_stub.cpp.
 

@@ -101,4 +101,37 @@ inline ops::BnEval bn_eval_to(const ops::BnEval& bn, Device device) {
   return out;
 }
 
+/// A convolution's backward passes in float64, by scattering each (dy element, weight tap) product —
+/// the other order from the kernels' gathers. value: dx (N, C, H, W) or dW (K, C, R, S); scale: the
+/// sum of |products| behind each element (what its float32/TF32 rounding error follows).
+struct ConvGradReference {
+  Tensor value, scale;
+};
+inline ConvGradReference conv_backward_reference(const Tensor& dy, const Tensor& x_or_w, const Shape& x_shape,
+                                                 const Shape& w_shape, const ops::Conv2dParams& p, bool weight) {
+  const int64_t N = x_shape[0], C = x_shape[1], H = x_shape[2], W = x_shape[3];
+  const int64_t K = w_shape[0], R = w_shape[2], S = w_shape[3], P = dy.size(2), Q = dy.size(3);
+  const std::vector<double> dyv = dy.contiguous().to_vector(), ov = x_or_w.contiguous().to_vector();
+  std::vector<double> v(static_cast<std::size_t>(weight ? K * C * R * S : N * C * H * W), 0.0), sc(v.size(), 0.0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t pp = 0; pp < P; ++pp)
+        for (int64_t q = 0; q < Q; ++q) {
+          const double d = dyv[static_cast<std::size_t>(((n * K + k) * P + pp) * Q + q)];
+          for (int64_t c = 0; c < C; ++c)
+            for (int64_t r = 0; r < R; ++r)
+              for (int64_t s = 0; s < S; ++s) {
+                const int64_t ih = pp * p.stride_h - p.pad_h + r, iw = q * p.stride_w - p.pad_w + s;
+                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                const std::size_t wi = static_cast<std::size_t>(((k * C + c) * R + r) * S + s);
+                const std::size_t xi = static_cast<std::size_t>(((n * C + c) * H + ih) * W + iw);
+                const double term = d * ov[weight ? xi : wi];
+                v[weight ? wi : xi] += term;
+                sc[weight ? wi : xi] += std::fabs(term);
+              }
+        }
+  const Shape out = weight ? w_shape : x_shape;
+  return {Tensor::from_vector(v, out, DType::Float64), Tensor::from_vector(sc, out, DType::Float64)};
+}
+
 }  // namespace ladnn::test

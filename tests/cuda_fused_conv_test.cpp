@@ -27,13 +27,6 @@ namespace {
 
 using namespace cuda_test;
 
-/// Sets cuda::set_fused_conv for a scope, restoring the previous mode.
-struct FusedScope {
-  explicit FusedScope(cuda::FusedConv mode) : saved(cuda::fused_conv()) { cuda::set_fused_conv(mode); }
-  ~FusedScope() { cuda::set_fused_conv(saved); }
-  cuda::FusedConv saved;
-};
-
 struct FusedCase {
   int64_t N, C, H, W, K, R, S, pad;
 };

@@ -171,6 +171,18 @@ class Tf32Scope {
   bool saved_;
 };
 
+/// LADNN_FUSED_CONV's mode (cuda::set_fused_conv) for its lifetime, restored after.
+class FusedScope {
+ public:
+  explicit FusedScope(cuda::FusedConv mode) : saved_(cuda::fused_conv()) { cuda::set_fused_conv(mode); }
+  ~FusedScope() { cuda::set_fused_conv(saved_); }
+  FusedScope(const FusedScope&) = delete;
+  FusedScope& operator=(const FusedScope&) = delete;
+
+ private:
+  cuda::FusedConv saved_;
+};
+
 /// Deterministic mode (cuda::set_deterministic) for its lifetime, restored after.
 class DeterministicScope {
  public:

@@ -91,7 +91,7 @@ struct alignas(16) float4 {
   float x, y, z, w;
 };
 
-// nvcuda::wmma for cuda/fused_conv_tc.cuh: each fragment holds its whole tile in every thread of the
+// nvcuda::wmma for cuda/fused_conv_tc.cuh and cuda/conv_wgrad_tc.cuh: each fragment holds its whole tile in every thread of the
 // warp (the real layout across lanes is unspecified, and the kernel never looks inside a fragment), so a
 // load or an mma computes the whole tile per thread, and only lane 0 stores it. TF32 rounding as cvt.rna.
 // What it cannot model: the tensor cores' own accumulation rounding (it rounds each addition to nearest).
@@ -147,9 +147,17 @@ void load_matrix_sync(fragment<Use, 16, 16, 8, T, row_major>& f, const float* p,
   for (int r = 0; r < tile_dims<Use>::R; ++r)
     for (int c = 0; c < tile_dims<Use>::C; ++c) f.v[r * tile_dims<Use>::C + c] = p[r * ldm + c];
 }
+/// A column-major tile: element (r, c) at p[c * ldm + r] (cuda/conv_wgrad_tc.cuh's B tiles).
+template <class Use, class T>
+void load_matrix_sync(fragment<Use, 16, 16, 8, T, col_major>& f, const float* p, unsigned ldm) {
+  check_tile_pointer(p, ldm);
+  for (int r = 0; r < tile_dims<Use>::R; ++r)
+    for (int c = 0; c < tile_dims<Use>::C; ++c) f.v[r * tile_dims<Use>::C + c] = p[c * ldm + r];
+}
+template <class LayoutB>
 inline void mma_sync(fragment<accumulator, 16, 16, 8, float>& d,
                      const fragment<matrix_a, 16, 16, 8, precision::tf32, row_major>& a,
-                     const fragment<matrix_b, 16, 16, 8, precision::tf32, row_major>& b,
+                     const fragment<matrix_b, 16, 16, 8, precision::tf32, LayoutB>& b,
                      const fragment<accumulator, 16, 16, 8, float>& c) {
   float out[256];
   for (int r = 0; r < 16; ++r)
@@ -178,6 +186,7 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 8, f
 #define __align__(n) __attribute__((aligned(n)))
 #define __launch_bounds__(...)
 #include "cuda/conv2d_gemm.cuh"
+#include "cuda/conv_wgrad_tc.cuh"
 #include "cuda/fused_conv.cuh"
 #include "cuda/fused_conv_tc.cuh"
 #include "cuda/gemm_tile.cuh"
@@ -788,6 +797,140 @@ TEST(FusedConvEmulation, AlignedWeightLoadsGiveTheSameBits) {
     emulate_fused(plan, g, x.data<float>(), w.data<float>(), fpre, FusedBn{}, b.data<float>());
     EXPECT_EQ(ops::max_abs_diff(a, b), 0.0) << "plan " << plan.kt << "x" << plan.warps << "x" << plan.pix;
   }
+}
+
+// ---- the backward passes on the tensor cores (cuda/fused_conv_tc.cuh's flipped weights, cuda/conv_wgrad_tc.cuh)
+
+// The data pass: dx of a stride-1 convolution as the forward tensor-core kernel with the weight read
+// rotated and transposed, against float64 scattering; every tile shape, pointwise and 3x3 (padded and
+// not) windows, a 2x3 window with unequal padding, channel counts off the tiles, two images.
+TEST(FusedConvEmulation, TensorCoreBackwardDataMatchesFloat64) {
+  struct Case {
+    int N, C, H, W, K, R, S, ph, pw;
+  };
+  const Case cases[] = {{2, 20, 5, 5, 37, 1, 1, 0, 0},
+                        {1, 130, 4, 4, 24, 1, 1, 0, 0},
+                        {2, 33, 6, 5, 13, 3, 3, 1, 1},
+                        {1, 10, 7, 8, 9, 3, 3, 0, 0},
+                        {1, 6, 5, 6, 5, 2, 3, 1, 0}};
+  Generator gen(54);
+  int runs = 0;
+  for (const Case& cs : cases) {
+    ops::Conv2dParams p;
+    p.pad_h = cs.ph;
+    p.pad_w = cs.pw;
+    const int P = cs.H + 2 * cs.ph - cs.R + 1, Q = cs.W + 2 * cs.pw - cs.S + 1;
+    const Tensor dy = Tensor::normal({cs.N, cs.K, P, Q}, 0, 1, gen);
+    const Tensor w = Tensor::normal({cs.K, cs.C, cs.R, cs.S}, 0, 0.5, gen);
+    const Shape x_shape{cs.N, cs.C, cs.H, cs.W};
+    const test::ConvGradReference ref = test::conv_backward_reference(dy, w, x_shape, w.shape(), p, false);
+    const FusedConvGeom g = dgrad_geom(cs.N, cs.C, cs.H, cs.W, cs.K, P, Q, cs.R, cs.S, cs.ph, cs.pw);
+    ASSERT_EQ(g.P, cs.H);
+    ASSERT_EQ(g.Q, cs.W);
+    for (const TcPlan& plan : kTcPlans) {
+      SCOPED_TRACE("dx (" + std::to_string(cs.N) + ", " + std::to_string(cs.C) + ", " + std::to_string(cs.H) + ", " +
+                   std::to_string(cs.W) + ") w " + std::to_string(cs.K) + "x" + std::to_string(cs.R) + "x" +
+                   std::to_string(cs.S) + " tile " + std::to_string(plan.bk) + "x" + std::to_string(plan.bm));
+      Tensor dx = Tensor::full(x_shape, std::numeric_limits<double>::quiet_NaN());
+      const FusedBn none;
+      dispatch_fused_tc(plan, EmulateFused{{g, dy.data<float>(), w.data<float>(), none, none, dx.data<float>()}});
+      const std::vector<double> got = dx.to_vector(), want = ref.value.to_vector(), scale = ref.scale.to_vector();
+      for (std::size_t i = 0; i < got.size(); ++i)
+        ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i]) << "element " << i << " got " << got[i];
+      ++runs;
+    }
+  }
+  EXPECT_EQ(runs, 30);
+  EXPECT_EQ(nvcuda::wmma::g_misuse.load(), 0) << "a wmma call with a misaligned tile pointer, ldm or layout";
+}
+
+/// cuda/fused_conv.cu's LaunchWgrad, emulated: the kernel into dw or the workspace, then the reduction.
+struct EmulateWgrad {
+  const FusedConvGeom& g;
+  const float* dy;
+  const float* x;
+  float* dw;
+  int splits, chunks_per_split;
+  template <int BK, int BN>
+  void go_wgrad() const {
+    const WgradGrid gr = wgrad_grid(g, WgradPlan{BK, BN}, splits);
+    const int64_t n = int64_t(g.K) * g.C * g.R * g.S;
+    std::vector<float> ws(splits > 1 ? static_cast<std::size_t>(splits * n) : 0,
+                          std::numeric_limits<float>::quiet_NaN());
+    float* out = splits > 1 ? ws.data() : dw;
+    emulate({gr.x, gr.y, gr.z}, WgradTile<BK, BN>::kThreads,
+            [&] { conv_wgrad_tc_kernel<BK, BN>(g, dy, x, chunks_per_split, out); });
+    if (splits > 1) emulate({3, 1, 1}, 64, [&] { wgrad_reduce_kernel(out, splits, n, dw); });
+  }
+};
+
+TEST(FusedConvEmulation, WeightGradientSplitsCoverThePixels) {
+  FusedConvGeom g{};
+  g.N = 64, g.C = 1280, g.H = g.W = g.P = g.Q = 7, g.K = 128, g.R = g.S = 1, g.sh = g.sw = 1;
+  int cps = 0;
+  // DenseNet-169's widest 7x7 bottleneck at batch 64: 3,136 pixels = 98 chunks; 2 x 20 tiles of 64 x 64.
+  EXPECT_EQ(wgrad_splits(g, {64, 64}, 132, 2, cps), 7);  // 264 blocks wanted: 7 splits of 14 chunks
+  EXPECT_EQ(cps, 14);
+  EXPECT_EQ(wgrad_splits(g, {64, 64}, 132, 1, cps), 4);  // 132 / 40 -> 4 splits of 25 chunks (the last 23)
+  EXPECT_EQ(cps, 25);
+  g.N = 1;  // 49 pixels = 2 chunks: one split, however many blocks the GPU could take
+  EXPECT_EQ(wgrad_splits(g, {64, 64}, 132, 3, cps), 1);
+  EXPECT_EQ(cps, 2);
+  g.N = 64, g.H = g.W = g.P = g.Q = 56, g.C = 128;  // 200,704 pixels, 2 x 2 tiles: 66 splits of 96 chunks
+  EXPECT_EQ(wgrad_splits(g, {64, 64}, 132, 2, cps), 66);
+  EXPECT_EQ(cps, 96);
+  EXPECT_LT(int64_t(65) * 96, wgrad_chunks(g));  // the last split is not empty
+}
+
+// The weight gradient against float64 scattering: every tile shape, one split and several (the
+// workspace and its reduction), pointwise, padded 3x3, strided and non-square windows, an x read as a
+// channel prefix of a wider tensor, K and C*R*S off the tiles, a partial last chunk of pixels.
+TEST(FusedConvEmulation, TensorCoreWeightGradientMatchesFloat64) {
+  struct Case {
+    int N, C, H, W, K, R, S, st, pad;
+  };
+  const Case cases[] = {{3, 20, 9, 9, 40, 1, 1, 1, 0},
+                        {3, 13, 9, 8, 33, 3, 3, 1, 1},
+                        {4, 5, 15, 15, 7, 3, 3, 2, 1},
+                        {2, 4, 12, 12, 6, 2, 3, 1, 0}};
+  Generator gen(55);
+  int runs = 0;
+  for (const Case& cs : cases) {
+    ops::Conv2dParams p;
+    p.stride_h = p.stride_w = cs.st;
+    p.pad_h = p.pad_w = cs.pad;
+    const int P = (cs.H + 2 * cs.pad - cs.R) / cs.st + 1, Q = (cs.W + 2 * cs.pad - cs.S) / cs.st + 1;
+    const Tensor xbuf = Tensor::normal({cs.N, cs.C + 3, cs.H, cs.W}, 0, 1, gen);
+    const Tensor x = xbuf.narrow(1, 0, cs.C);
+    const Tensor dy = Tensor::normal({cs.N, cs.K, P, Q}, 0, 1, gen);
+    const Shape w_shape{cs.K, cs.C, cs.R, cs.S};
+    const test::ConvGradReference ref = test::conv_backward_reference(dy, x, x.shape(), w_shape, p, true);
+    FusedConvGeom g{};
+    g.N = cs.N, g.C = cs.C, g.H = cs.H, g.W = cs.W, g.K = cs.K, g.R = cs.R, g.S = cs.S, g.P = P, g.Q = Q;
+    g.sh = g.sw = cs.st, g.ph = g.pw = cs.pad;
+    g.x_img = int64_t(cs.C + 3) * cs.H * cs.W;
+    g.y_img = int64_t(cs.K) * P * Q;
+    for (const WgradPlan& plan : kWgradPlans)
+      for (int sms : {1, 6}) {  // one split; as many as the chunks allow (2 to 4 here)
+        int cps = 0;
+        const int splits = wgrad_splits(g, plan, sms, 1, cps);
+        SCOPED_TRACE("x (" + std::to_string(cs.N) + ", " + std::to_string(cs.C) + ", " + std::to_string(cs.H) + ", " +
+                     std::to_string(cs.W) + ") w " + std::to_string(cs.K) + "x" + std::to_string(cs.R) + "x" +
+                     std::to_string(cs.S) + " tile " + std::to_string(plan.bk) + "x" + std::to_string(plan.bn) +
+                     " splits " + std::to_string(splits));
+        if (sms == 1) EXPECT_EQ(splits, 1);
+        else EXPECT_GE(splits, 2);
+        Tensor dw = Tensor::full(w_shape, std::numeric_limits<double>::quiet_NaN());
+        dispatch_wgrad(plan, EmulateWgrad{g, dy.data<float>(), xbuf.data<float>(), dw.data<float>(), splits, cps});
+        const std::vector<double> got = dw.to_vector(), want = ref.value.to_vector(), scale = ref.scale.to_vector();
+        for (std::size_t i = 0; i < got.size(); ++i)
+          ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i])
+              << "element " << i << " got " << got[i];
+        ++runs;
+      }
+  }
+  EXPECT_EQ(runs, 40);
+  EXPECT_EQ(nvcuda::wmma::g_misuse.load(), 0) << "a wmma call with a misaligned tile pointer, ldm or layout";
 }
 
 }  // namespace

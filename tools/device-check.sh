@@ -46,7 +46,9 @@
 #        fused       inference at batches 1 and 32 with LADNN_FUSED_CONV=on and =auto (each dense layer as
 #                    two kernels, its BatchNorms fused into its convolutions: cuda/fused_conv.cuh and
 #                    cuda/fused_conv_tc.cuh), graphed training at 32 and 64 with =auto (the dense blocks'
-#                    forward convolutions), then auto's per-shape choices (LADNN_CUDNN_LOG=1, counted)
+#                    forward convolutions and, with TF32, the backward ones on cuda/conv_wgrad_tc.cuh and
+#                    the flipped-weight data pass), then auto's per-shape choices (LADNN_CUDNN_LOG=1,
+#                    counted: inference at 1 and 32, training at 64)
 #        loop        the trainer's graphed loop over host batches at 32 and 64: waiting for each step
 #                    ("loop sync", the old `ladnn train --cuda-graph`) against one step ahead ("loop
 #                    ahead", pinned slots and queued copies) — what the app loses around the step
@@ -265,6 +267,15 @@ if want fused; then
   echo "fused: $(grep -c '^ladnn: conv2d_bn_eval .* -> fused' "$OUTDIR/fused_choices.log") shapes," \
     "unfused: $(grep -c '^ladnn: conv2d_bn_eval .* -> unfused' "$OUTDIR/fused_choices.log") shapes"
   grep '^ladnn: conv2d_bn_eval' "$OUTDIR/fused_choices.log" | awk 'NR % 8 == 1' | head -16
+  section "7. fused: auto's choices for training's backward convolutions (batch 64)"
+  LADNN_FUSED_CONV=auto LADNN_CUDNN_LOG=1 timeout "$T_COMPARE" "$B/ladnn" bench --batches 64 --work train \
+    --graph on --torch off --steps 3 --warmup 1 >"$OUTDIR/fused_choices_train.log" 2>&1
+  echo "exit status $?"
+  for pass in conv2d_bn_eval conv2d_backward_input conv2d_backward_weight; do
+    echo "$pass: ours $(grep -cE "^ladnn: $pass .* -> (ours|fused)" "$OUTDIR/fused_choices_train.log") shapes," \
+      "library $(grep -cE "^ladnn: $pass .* -> (library|unfused)" "$OUTDIR/fused_choices_train.log") shapes"
+  done
+  grep -E '^ladnn: conv2d_backward_(input|weight)' "$OUTDIR/fused_choices_train.log" | awk 'NR % 12 == 1' | head -14
 fi
 want loop && compare loop timeout "$T_COMPARE" "$B/ladnn" bench --batches 32,64 --work loop --torch off \
   --steps 20 --warmup 3
@@ -340,18 +351,22 @@ for r in rows:
     rate_s = f"{rate:7.1f} TFLOP/s" if rate else (f"{r['GB/s']:7.0f} GB/s" if r.get("GB/s") else "")
     res[(op, rest, impl)] = (r["real_time"] * unit, rate_s)
 keys = sorted({(op, rest) for (op, rest, _) in res}, key=lambda k: (k[0], k[1]))
-print(f"\n{'benchmark':44s} {'library ms':>11s} {'rate':>14s} {'native ms':>11s} {'rate':>14s} {'native/lib':>10s}")
+# native = our SIMT kernels; tc = our tensor-core backward convolutions (native-tc rows; "/auto" rows are
+# LADNN_FUSED_CONV=auto's pick, ours or the library's).
+print(f"\n{'benchmark':44s} {'library ms':>11s} {'rate':>14s} {'native ms':>11s} {'rate':>14s} {'native/lib':>10s}"
+      f" {'tc ms':>9s} {'tc/lib':>7s}")
 for op, rest in keys:
     lib = next((res[(op, rest, i)] for i in ("cudnn", "cublas", "unfused") if (op, rest, i) in res), None)
     nat = res.get((op, rest, "native"))
+    tc = res.get((op, rest, "native-tc"))
     def cell(v):
         if v is None: return f"{'-':>11s} {'':>14s}"
         if v[0] == "error": return f"{'error':>11s} {v[1][:14]:>14s}"
         return f"{v[0]:11.3f} {v[1]:>14s}"
-    ratio = ""
-    if lib and nat and lib[0] != "error" and nat[0] != "error":
-        ratio = f"{nat[0] / lib[0]:10.2f}"
-    print(f"{(op + '/' + rest)[:44]:44s} {cell(lib)} {cell(nat)} {ratio:>10s}")
+    def ratio(a, b, width):
+        return f"{a[0] / b[0]:{width}.2f}" if a and b and a[0] != "error" and b[0] != "error" else f"{'':>{width}s}"
+    tc_cell = f"{'':>9s}" if tc is None else (f"{'error':>9s}" if tc[0] == "error" else f"{tc[0]:9.3f}")
+    print(f"{(op + '/' + rest)[:44]:44s} {cell(lib)} {cell(nat)} {ratio(nat, lib, 10)} {tc_cell} {ratio(tc, lib, 7)}")
 PY
 echo
 if grep -q '^work ' "$OUTDIR/ladnn_bench.log" 2>/dev/null; then

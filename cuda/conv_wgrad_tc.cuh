@@ -1,0 +1,207 @@
+// cuda/conv_wgrad_tc.cuh — a convolution's weight gradient on the tensor cores (TF32), for the training
+// shapes where cuDNN's backward-filter kernels leave most of the GPU idle: DenseNet's dense layers at 7x7
+// and 14x14, whose GEMM has a small output (dW is 128 x 1,280 or 32 x 1,152) and a long reduction over
+// every pixel of the batch. cuda/fused_conv.cu runs it for conv2d_backward_weight when
+// LADNN_FUSED_CONV=auto times it faster than cuDNN (or always, with on). With LADNN_TILE_EMULATION it
+// compiles as plain C++ for tests/cuda_tile_emulation_test.cpp, like cuda/fused_conv_tc.cuh.
+//
+// The GEMM: dW[k, kk] = sum over m of dy[k, m] * B[kk, m], where k is an output channel, kk = (c, r, s)
+// one of the weight row's C*R*S entries, m = n*P*Q + p*Q + q an output pixel of the batch, and B[kk, m]
+// the input tap (c, p*sh - ph + r, q*sw - pw + s) of image n (0 in the padding): im2col, never stored.
+//
+// Tile: BK output channels x BN weight entries per block, (BK / 32) x (BN / 32) warps, each a 32 x 32
+// sub-tile (2 x 2 accumulator fragments of 16 x 16). The reduction walks the pixels in chunks of 32 (four
+// k-steps of 8): the block stages dy[k0 : k0 + BK, chunk] and the chunk's taps for kk0 : kk0 + BN in
+// shared memory, rounded to TF32 (cvt.rna), zeros past K, C*R*S and M. Every thread stages the same
+// pixel (its lane) in every chunk, so a pixel's image and window origin are computed once per chunk and
+// adjacent lanes read adjacent pixels (coalesced). The taps are stored column-major (pixel fastest), the
+// layout the B fragments load as wmma::col_major, which keeps the staging stores free of bank conflicts.
+//
+// Split-K: the pixels are long (DenseNet-169 at batch 64: 3,136 at 7x7 to 200,704 at 56x56) and the
+// tiles few (a 32 x 1,152 gradient is 18 tiles of 32 x 64), so blockIdx.z takes a contiguous run of
+// `chunks_per_split` chunks, and each split writes its partial sums to its own (K, C*R*S) slab of a
+// workspace; wgrad_reduce_kernel adds the slabs in split order. No atomics: the result is the same bits
+// on every run (deterministic whatever LADNN_DETERMINISTIC says). With one split the block writes dW.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/fused_conv.cuh"
+
+#ifndef LADNN_TILE_EMULATION
+#include <mma.h>
+#endif
+
+namespace ladnn::cuda {
+namespace {
+
+/// A weight-gradient launch shape: BK output channels x BN weight entries per block.
+struct WgradPlan {
+  int bk = 64, bn = 64;
+};
+// BK 128 and 64 for the bottlenecks' K = 128, 32 for the growth convolutions' K = 32.
+constexpr WgradPlan kWgradPlans[] = {{128, 64}, {64, 64}, {64, 128}, {32, 64}, {32, 128}};
+constexpr int kWgradChunk = 32;  // pixels staged per step
+
+template <int BK, int BN>
+struct WgradTile {
+  static constexpr int kWarps = (BK / 32) * (BN / 32);
+  static constexpr int kThreads = kWarps * 32;
+  // Padded row strides, multiples of 4 floats (wmma's ldm): every fragment pointer is 32-byte aligned.
+  static constexpr int LDA = kWgradChunk + 4;  // As[BK][LDA]: dy rows, pixels along the row
+  static constexpr int LDB = kWgradChunk + 4;  // Bs[BN][LDB]: taps, column kk holds the chunk's pixels
+  static constexpr int LDC = BN + 4;           // Cs[BK][LDC]: the sums
+  static constexpr int kStage = BK * LDA + BN * LDB, kOut = BK * LDC;
+  static constexpr int kFloats = kStage > kOut ? kStage : kOut;
+};
+
+/// The grid of a weight-gradient launch: (weight-entry tiles, output-channel tiles, splits).
+struct WgradGrid {
+  unsigned x, y, z;
+};
+inline WgradGrid wgrad_grid(const FusedConvGeom& g, const WgradPlan& plan, int splits) {
+  const int64_t crs = int64_t(g.C) * g.R * g.S;
+  return {static_cast<unsigned>((crs + plan.bn - 1) / plan.bn),
+          static_cast<unsigned>((g.K + plan.bk - 1) / plan.bk), static_cast<unsigned>(splits)};
+}
+
+/// Pixel chunks of the reduction.
+inline int wgrad_chunks(const FusedConvGeom& g) {
+  return static_cast<int>((int64_t(g.M()) + kWgradChunk - 1) / kWgradChunk);
+}
+
+/// How many splits of the pixel chunks: enough blocks for `waves` blocks per SM (at least one split,
+/// at most one per two chunks, so each split reduces over 64 pixels or more). Returns the splits and
+/// sets chunks_per_split; the split count is then trimmed so that no split is empty.
+inline int wgrad_splits(const FusedConvGeom& g, const WgradPlan& plan, int sms, int waves,
+                        int& chunks_per_split) {
+  const WgradGrid grid = wgrad_grid(g, plan, 1);
+  const int64_t tiles = int64_t(grid.x) * grid.y, chunks = wgrad_chunks(g);
+  int64_t splits = (int64_t(sms) * waves + tiles - 1) / tiles;
+  const int64_t most = chunks / 2 > 1 ? chunks / 2 : 1;
+  if (splits > most) splits = most;
+  if (splits < 1) splits = 1;
+  chunks_per_split = static_cast<int>((chunks + splits - 1) / splits);
+  return static_cast<int>((chunks + chunks_per_split - 1) / chunks_per_split);
+}
+
+/// Grid wgrad_grid(g, {BK, BN}, splits), WgradTile<BK, BN>::kThreads threads. dy: (N, K, P, Q), images
+/// g.y_img apart; x: (N, C, H, W), images g.x_img apart; out: dW (K, C, R, S) when there is one split,
+/// else the workspace's (splits, K, C*R*S) slabs. Any window, stride and padding.
+template <int BK, int BN>
+__global__ void __launch_bounds__(WgradTile<BK, BN>::kThreads)
+    conv_wgrad_tc_kernel(FusedConvGeom g, const float* __restrict__ dy, const float* __restrict__ x,
+                         int chunks_per_split, float* __restrict__ out) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // TF32 tensor cores need sm_80; the launcher never launches this there
+#else
+  using namespace nvcuda;
+  using T = WgradTile<BK, BN>;
+  __shared__ __align__(128) float smem[T::kFloats];
+  float* As = smem;                // [BK][LDA]: dy[k0 + r, chunk pixel j]
+  float* Bs = smem + BK * T::LDA;  // [BN][LDB]: B[kk0 + col, chunk pixel j]
+  float* Cs = smem;                // [BK][LDC]: the sums, after the last chunk
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int wk = warp / (BN / 32), wn = warp % (BN / 32);
+  const int kk0 = blockIdx.x * BN, k0 = blockIdx.y * BK;
+  const int M = g.M(), PQ = g.P * g.Q, HW = g.H * g.W, RS = g.R * g.S, CRS = g.C * RS;
+  const int chunk_begin = blockIdx.z * chunks_per_split;
+  int chunk_end = chunk_begin + chunks_per_split;
+  const int chunks = (M + kWgradChunk - 1) / kWgradChunk;
+  if (chunk_end > chunks) chunk_end = chunks;
+
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[2][2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+  for (int chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+    // This thread's pixel (the same lane in every row it stages): its image, plane offset and window.
+    const int m = chunk * kWgradChunk + lane;
+    const bool m_in = m < M;
+    int n = 0, pq = 0, ih0 = 0, iw0 = 0;
+    if (m_in) {
+      n = m / PQ;
+      pq = m - n * PQ;
+      const int p = pq / g.Q, q = pq - p * g.Q;
+      ih0 = p * g.sh - g.ph;
+      iw0 = q * g.sw - g.pw;
+    }
+    const float* dyimg = dy + n * g.y_img;
+    const float* ximg = x + n * g.x_img;
+    // dy rows k0.., this chunk's pixels (kThreads is a multiple of 32: every thread keeps its lane).
+    for (int r = warp; r < BK; r += T::kWarps) {
+      const int k = k0 + r;
+      const float v = m_in && k < g.K ? dyimg[int64_t(k) * PQ + pq] : 0.0f;
+      As[r * T::LDA + lane] = wmma::__float_to_tf32(v);
+    }
+    // The taps of weight entries kk0.., column-major: Bs[col][j].
+    for (int col = warp; col < BN; col += T::kWarps) {
+      const int kk = kk0 + col;
+      float v = 0.0f;
+      if (m_in && kk < CRS) {
+        const int c = kk / RS, rs = kk - c * RS;
+        const int ih = ih0 + rs / g.S, iw = iw0 + rs % g.S;
+        if (static_cast<unsigned>(ih) < static_cast<unsigned>(g.H) &&
+            static_cast<unsigned>(iw) < static_cast<unsigned>(g.W))
+          v = ximg[int64_t(c) * HW + ih * g.W + iw];
+      }
+      Bs[col * T::LDB + lane] = wmma::__float_to_tf32(v);
+    }
+    __syncthreads();  // the staged tiles
+#pragma unroll
+    for (int ks = 0; ks < kWgradChunk; ks += 8) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> b[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], As + (wk * 32 + i * 16) * T::LDA + ks, T::LDA);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], Bs + (wn * 32 + j * 16) * T::LDB + ks, T::LDB);
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();  // before the next chunk overwrites the tiles
+  }
+
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      wmma::store_matrix_sync(Cs + (wk * 32 + i * 16) * T::LDC + wn * 32 + j * 16, acc[i][j], T::LDC,
+                              wmma::mem_row_major);
+  __syncthreads();
+  float* slab = out + int64_t(blockIdx.z) * g.K * CRS;
+  for (int t = tid; t < BK * BN; t += T::kThreads) {
+    const int r = t / BN, col = t - r * BN;
+    const int k = k0 + r, kk = kk0 + col;
+    if (k < g.K && kk < CRS) slab[int64_t(k) * CRS + kk] = Cs[r * T::LDC + col];
+  }
+#endif
+}
+
+/// dw[i] = sum of ws[s * n + i] over the splits s = 0, 1, ... in that order. Any grid (grid-stride).
+__global__ void wgrad_reduce_kernel(const float* __restrict__ ws, int splits, int64_t n,
+                                    float* __restrict__ dw) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float sum = ws[i];
+    for (int s = 1; s < splits; ++s) sum += ws[s * n + i];
+    dw[i] = sum;
+  }
+}
+
+/// Calls `run.template go_wgrad<BK, BN>()` for `plan` (one of kWgradPlans; anything else runs as the first).
+template <class Run>
+void dispatch_wgrad(const WgradPlan& plan, const Run& run) {
+  if (plan.bk == 64 && plan.bn == 64) return run.template go_wgrad<64, 64>();
+  if (plan.bk == 64 && plan.bn == 128) return run.template go_wgrad<64, 128>();
+  if (plan.bk == 32 && plan.bn == 64) return run.template go_wgrad<32, 64>();
+  if (plan.bk == 32 && plan.bn == 128) return run.template go_wgrad<32, 128>();
+  return run.template go_wgrad<128, 64>();
+}
+
+}  // namespace
+}  // namespace ladnn::cuda

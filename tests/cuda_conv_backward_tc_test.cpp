@@ -1,0 +1,291 @@
+// tests/cuda_conv_backward_tc_test.cpp — a convolution's backward passes on the tensor cores
+// (LADNN_FUSED_CONV=on|auto with TF32 on: the data pass as cuda/fused_conv_tc.cuh's kernel reading the
+// weight rotated and transposed, the weight gradient as cuda/conv_wgrad_tc.cuh's split-pixel GEMM) on
+// the GPU: every tile shape against float64 on DenseNet-169's training shapes; the ops' dispatch under
+// On and Auto (timed once per shape, never inside a capture, replayed); training steps through them
+// against the CPU and against their own graph replays. tests/cuda_tile_emulation_test.cpp runs the same
+// kernel code on the CPU on every machine.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cuda/graph.h"
+#include "cuda/ops.h"
+#include "cuda/profiler.h"
+#include "models/ladnn.h"
+#include "optim/sgd.h"
+#include "tensor/ops.h"
+#include "tests/conv_bn_reference.h"
+#include "tests/cuda_test_util.h"
+#include "tests/test_util.h"
+#include "tests/tiny_ladnn_util.h"
+
+namespace ladnn {
+namespace {
+
+using namespace cuda_test;
+
+/// Skips the test when the tensor-core kernels cannot run (TF32 off, or a GPU below sm_80).
+#define REQUIRE_TENSOR_CORES()                                                               \
+  do {                                                                                       \
+    if (!cuda::fused_conv_tensor_cores())                                                    \
+      GTEST_SKIP() << "the tensor-core kernels need TF32 on (LADNN_TF32) and an sm_80+ GPU"; \
+  } while (0)
+
+// TF32 bound, relative to sum |products|: each operand rounds to 10 mantissa bits (2^-11 relative), so
+// each product errs by 2^-10; float32 accumulation adds at most a few 2^-24 per addition over sums of
+// at most ~12,500 terms per split here. 2^-9 + 1e-5, as tests/cuda_conv_gemm_test.cpp's TF32 bound.
+constexpr double kTcRtol = 0x1p-9 + 1e-5;
+
+struct Case {
+  int64_t N, C, H, W, K, R, S, stride, pad;
+};
+
+// DenseNet-169's training shapes at small batches (the float64 reference loops over every product):
+// the widest 7x7 bottleneck's input (1,280 channels), a 14x14 growth 3x3, a 56x56 bottleneck; then a
+// 3x3 with odd sizes, a 2x3 window with padding, and a strided 3x3 (weight gradient only: the data
+// pass takes stride 1).
+const Case kCases[] = {{4, 1280, 7, 7, 128, 1, 1, 1, 0},  {4, 128, 14, 14, 32, 3, 3, 1, 1},
+                       {2, 256, 56, 56, 128, 1, 1, 1, 0}, {3, 37, 9, 11, 13, 3, 3, 1, 1},
+                       {2, 19, 8, 6, 7, 2, 3, 1, 1},      {2, 37, 9, 11, 13, 3, 3, 2, 1}};
+
+ops::Conv2dParams params_of(const Case& c) {
+  ops::Conv2dParams p;
+  p.stride_h = p.stride_w = c.stride;
+  p.pad_h = p.pad_w = c.pad;
+  return p;
+}
+
+std::string name_of(const Case& c) {
+  return "x (" + std::to_string(c.N) + ", " + std::to_string(c.C) + ", " + std::to_string(c.H) + ", " +
+         std::to_string(c.W) + ") w " + std::to_string(c.K) + "x" + std::to_string(c.R) + "x" +
+         std::to_string(c.S) + " stride " + std::to_string(c.stride) + " pad " + std::to_string(c.pad);
+}
+
+/// The one profiler row of what ran inside `run`, as "op/impl" ("" when not exactly one op ran).
+template <class Run>
+std::string profiled(Run&& run) {
+  cuda::synchronize();
+  cuda::profiler::reset();
+  cuda::profiler::set_enabled(true);
+  run();
+  cuda::profiler::set_enabled(false);
+  const auto rows = cuda::profiler::stats();
+  if (rows.size() != 1 || rows[0].calls != 1) return "";
+  return rows[0].op + "/" + rows[0].impl;
+}
+
+TEST(CudaConvBackwardTc, EveryTileShapeMatchesFloat64) {
+  LADNN_REQUIRE_GPU();
+  REQUIRE_TENSOR_CORES();
+  FillNanScope nan_fill;
+  ASSERT_GT(cuda::conv_backward_plans(false), 0);
+  ASSERT_GT(cuda::conv_backward_plans(true), 0);
+  Generator gen(71);
+  for (const Case& c : kCases) {
+    const ops::Conv2dParams p = params_of(c);
+    const int64_t P = (c.H + 2 * c.pad - c.R) / c.stride + 1, Q = (c.W + 2 * c.pad - c.S) / c.stride + 1;
+    // x: the first C of C + 5 channels per image (the dense blocks' prefixes).
+    const Tensor xbuf = randn({c.N, c.C + 5, c.H, c.W}, gen), w = randn({c.K, c.C, c.R, c.S}, gen, 0, 0.05);
+    const Tensor x = xbuf.narrow(1, 0, c.C), dy = randn({c.N, c.K, P, Q}, gen);
+    const Tensor gx = to_gpu(xbuf).narrow(1, 0, c.C), gw = to_gpu(w), gdy = to_gpu(dy);
+    const int64_t x_img = (c.C + 5) * c.H * c.W;
+    const test::ConvGradReference rw = test::conv_backward_reference(dy, x, x.shape(), w.shape(), p, true);
+    for (int plan = 0; plan < cuda::conv_backward_plans(true); ++plan)
+      for (int waves : {1, 3}) {
+        const std::string what = name_of(c) + " weight gradient, plan " + std::to_string(plan) + ", waves " +
+                                 std::to_string(waves);
+        const Tensor dw = Tensor::empty(w.shape(), DType::Float32, Device::cuda());
+        EXPECT_EQ(
+            profiled([&] { cuda::conv2d_backward_weight_fused_plan(gdy, gx, x_img, p, dw, plan, waves); }),
+            "conv2d_backward_weight/native-tc")
+            << what;
+        EXPECT_TRUE(gpu_matches(what, dw, rw.value, {0.0, kTcRtol}, rw.scale));
+      }
+    if (c.stride != 1) {
+      const Tensor dx = Tensor::empty(x.shape(), DType::Float32, Device::cuda());
+      EXPECT_THROW_WITH(cuda::conv2d_backward_input_fused_plan(gdy, gw, p, dx, 0),
+                        "conv2d_backward_input_fused_plan", "does not take this call");
+      continue;
+    }
+    const test::ConvGradReference rx = test::conv_backward_reference(dy, w, x.shape(), w.shape(), p, false);
+    for (int plan = 0; plan < cuda::conv_backward_plans(false); ++plan) {
+      const std::string what = name_of(c) + " data gradient, plan " + std::to_string(plan);
+      const Tensor dx = Tensor::empty(x.shape(), DType::Float32, Device::cuda());
+      EXPECT_EQ(profiled([&] { cuda::conv2d_backward_input_fused_plan(gdy, gw, p, dx, plan); }),
+                "conv2d_backward_input/native-tc")
+          << what;
+      EXPECT_TRUE(gpu_matches(what, dx, rx.value, {0.0, kTcRtol}, rx.scale));
+    }
+  }
+  // What the plan hooks refuse, by name.
+  const Tensor dy = to_gpu(Tensor::ones({1, 2, 5, 5})), w = to_gpu(Tensor::ones({2, 4, 1, 1}));
+  const Tensor x = to_gpu(Tensor::ones({1, 4, 5, 5}));
+  const Tensor dx = Tensor::empty({1, 4, 5, 5}, DType::Float32, Device::cuda());
+  const Tensor dw = Tensor::empty({2, 4, 1, 1}, DType::Float32, Device::cuda());
+  EXPECT_THROW_WITH(cuda::conv2d_backward_input_fused_plan(dy, w, {}, dx, cuda::conv_backward_plans(false)),
+                    "plan", "is not in [0, ");
+  EXPECT_THROW_WITH(cuda::conv2d_backward_weight_fused_plan(dy, x, 100, {}, dw, -1, 1), "is not in [0, ");
+  EXPECT_THROW_WITH(cuda::conv2d_backward_weight_fused_plan(dy, x, 100, {}, dw, 0, 0), "waves 0 < 1");
+}
+
+// The ops themselves: On runs our kernels; Auto times them against the library once per shape, then runs
+// the choice alone, replays it in a graph, and refuses a shape first seen inside a capture.
+TEST(CudaConvBackwardTc, OpsRunOursUnderOnAndTimeOnceUnderAuto) {
+  LADNN_REQUIRE_GPU();
+  REQUIRE_TENSOR_CORES();
+  DeterministicScope deterministic;  // the library's choice, too, gives the same bits on every run
+  Generator gen(72);
+  const Case c{8, 640, 14, 14, 128, 1, 1, 1, 0};
+  const ops::Conv2dParams p = params_of(c);
+  const Tensor x = randn({c.N, c.C, c.H, c.W}, gen), w = randn({c.K, c.C, 1, 1}, gen, 0, 0.05);
+  const Tensor dy = randn({c.N, c.K, c.H, c.W}, gen);
+  const Tensor gx = to_gpu(x), gw = to_gpu(w), gdy = to_gpu(dy);
+  const test::ConvGradReference rw = test::conv_backward_reference(dy, x, x.shape(), w.shape(), p, true);
+  const test::ConvGradReference rx = test::conv_backward_reference(dy, w, x.shape(), w.shape(), p, false);
+  {
+    FusedScope on(cuda::FusedConv::On);
+    Tensor dx, dw;
+    EXPECT_EQ(profiled([&] { dx = ops::conv2d_backward_input(gdy, gw, x.shape(), p); }),
+              "conv2d_backward_input/native-tc");
+    EXPECT_EQ(profiled([&] { dw = ops::conv2d_backward_weight(gdy, gx, w.shape(), p); }),
+              "conv2d_backward_weight/native-tc");
+    EXPECT_TRUE(gpu_matches("On: dx", dx, rx.value, {0.0, kTcRtol}, rx.scale));
+    EXPECT_TRUE(gpu_matches("On: dw", dw, rw.value, {0.0, kTcRtol}, rw.scale));
+  }
+  FusedScope autoscope(cuda::FusedConv::Auto);
+  cuda::reset_fused_conv_choices();
+  // First calls: timed; their results are right whichever way they went.
+  const Tensor dx1 = ops::conv2d_backward_input(gdy, gw, x.shape(), p);
+  const Tensor dw1 = ops::conv2d_backward_weight(gdy, gx, w.shape(), p);
+  EXPECT_TRUE(gpu_matches("Auto: dx", dx1, rx.value, {0.0, kTcRtol}, rx.scale));
+  EXPECT_TRUE(gpu_matches("Auto: dw", dw1, rw.value, {0.0, kTcRtol}, rw.scale));
+  // Second calls: one run of the chosen path, no timing, the same bits.
+  Tensor dx2, dw2;
+  const std::string ran_x = profiled([&] { dx2 = ops::conv2d_backward_input(gdy, gw, x.shape(), p); });
+  const std::string ran_w = profiled([&] { dw2 = ops::conv2d_backward_weight(gdy, gx, w.shape(), p); });
+  EXPECT_TRUE(ran_x == "conv2d_backward_input/native-tc" || ran_x == "conv2d_backward_input/cudnn" ||
+              ran_x == "conv2d_backward_input/cublas")
+      << "the second call ran '" << ran_x << "' (expected one call of one implementation)";
+  EXPECT_TRUE(ran_w == "conv2d_backward_weight/native-tc" || ran_w == "conv2d_backward_weight/cudnn")
+      << "the second call ran '" << ran_w << "'";
+  EXPECT_TRUE(gpu_equals("Auto: dx, second call = first", dx2, to_cpu(dx1)));
+  EXPECT_TRUE(gpu_equals("Auto: dw, second call = first", dw2, to_cpu(dw1)));
+  // Captured and replayed.
+  Tensor dx3, dw3;
+  cuda::Graph g;
+  g.capture([&] {
+    dx3 = ops::conv2d_backward_input(gdy, gw, x.shape(), p);
+    dw3 = ops::conv2d_backward_weight(gdy, gx, w.shape(), p);
+  });
+  ASSERT_TRUE(g.captured());
+  g.replay();
+  cuda::synchronize();
+  EXPECT_TRUE(gpu_equals("Auto: dx, replayed = first", dx3, to_cpu(dx1)));
+  EXPECT_TRUE(gpu_equals("Auto: dw, replayed = first", dw3, to_cpu(dw1)));
+  // A shape first seen inside a capture is refused by name (each pass); the stream stays usable.
+  const Tensor dy2 = to_gpu(randn({c.N, c.K, 5, 5}, gen)), x2 = to_gpu(randn({c.N, c.C, 5, 5}, gen));
+  for (bool weight : {false, true}) {
+    cuda::Graph g2;
+    std::string what = "<no error>";
+    try {
+      g2.capture([&] {
+        if (weight)
+          ops::conv2d_backward_weight(dy2, x2, w.shape(), p);
+        else
+          ops::conv2d_backward_input(dy2, gw, x2.shape(), p);
+      });
+    } catch (const std::exception& e) {
+      what = e.what();
+    }
+    EXPECT_NE(what.find("first seen inside a CUDA graph capture"), std::string::npos) << what;
+    EXPECT_FALSE(g2.captured());
+  }
+  ops::conv2d_backward_input(dy2, gw, x2.shape(), p);
+  ops::conv2d_backward_weight(dy2, x2, w.shape(), p);
+  cuda::synchronize();
+}
+
+/// ||a - b|| / ||b|| over all elements (a on any device, b on the CPU); 0 when both are zero.
+double relative_l2(const Tensor& a, const Tensor& b) {
+  const std::vector<double> av = to_cpu(a).to_vector(), bv = b.to_vector();
+  double d = 0, n = 0;
+  for (std::size_t i = 0; i < av.size(); ++i) d += (av[i] - bv[i]) * (av[i] - bv[i]), n += bv[i] * bv[i];
+  return n > 0 ? std::sqrt(d / n) : std::sqrt(d);
+}
+
+// Training with TF32 on, through our backward kernels (On) or whatever Auto times faster, plain and
+// memory-efficient dense blocks: one SGD step against the CPU's float32 step, compared as updates
+// (new - old parameters), whose error is TF32's: each GPU convolution rounds its operands to 10 mantissa
+// bits (~1e-3 relative per layer, a few layers deep), so 2% of each update's norm passes and a wrong
+// gradient (an O(1) error) does not. Then three eager steps against one eager step and two replays of
+// its capture (our kernels and, in deterministic mode, the library's add in a fixed order).
+TEST(CudaConvBackwardTc, TrainingStepsMatchTheCpuAndReplay) {
+  LADNN_REQUIRE_GPU();
+  REQUIRE_TENSOR_CORES();
+  DeterministicScope deterministic;
+  Generator gen(73);
+  const test::LadnnBatch cb = test::random_ladnn_batch(3, gen, Device::cpu());
+  const test::LadnnBatch gb{to_gpu(cb.images), to_gpu(cb.covid), to_gpu(cb.lesions), to_gpu(cb.mask)};
+  auto step = [](LaDnn& net, SGD& opt, const test::LadnnBatch& d) {
+    Variable loss = lesion_attention_loss(net.forward_heads(Variable(d.images)), d.covid, d.lesions, d.mask);
+    opt.zero_grad();
+    loss.backward();
+    opt.step();
+  };
+  for (cuda::FusedConv mode : {cuda::FusedConv::On, cuda::FusedConv::Auto}) {
+    FusedScope fused(mode);
+    cuda::reset_fused_conv_choices();
+    for (bool efficient : {false, true}) {
+      SCOPED_TRACE(std::string(cuda::fused_conv_name(mode)) + (efficient ? ", memory-efficient" : ", plain"));
+      auto cpu = test::tiny_ladnn(14, efficient, Device::cpu()),
+           gpu = test::tiny_ladnn(14, efficient, Device::cuda());
+      std::vector<Tensor> before;
+      for (const auto& [name, v] : cpu->named_parameters()) before.push_back(v.tensor().clone());
+      SGD opt_c(cpu->parameters(), 0.05, 0.9), opt_g(gpu->parameters(), 0.05, 0.9);
+      step(*cpu, opt_c, cb);
+      cuda::profiler::reset();
+      cuda::profiler::set_enabled(true);
+      step(*gpu, opt_g, gb);
+      cuda::profiler::set_enabled(false);
+      if (mode == cuda::FusedConv::On) {
+        int64_t ours_x = 0, ours_w = 0;
+        for (const auto& row : cuda::profiler::stats())
+          if (row.impl == "native-tc") {
+            if (row.op == "conv2d_backward_input") ours_x += row.calls;
+            if (row.op == "conv2d_backward_weight") ours_w += row.calls;
+          }
+        EXPECT_GT(ours_x, 0) << "no data gradient ran on our tensor-core kernel";
+        EXPECT_GT(ours_w, 0) << "no weight gradient ran on our tensor-core kernel";
+      }
+      const auto pc = cpu->named_parameters(), pg = gpu->named_parameters();
+      for (std::size_t i = 0; i < pc.size(); ++i) {
+        const Tensor dc = ops::sub(pc[i].second.tensor(), before[i]);
+        const Tensor dg = ops::sub(to_cpu(pg[i].second.tensor()), before[i]);
+        EXPECT_LE(relative_l2(dg, dc), 0.02) << "update of " << pc[i].first;
+      }
+    }
+    // Both memory-efficient: the capture records the recomputing backward too.
+    auto eager = test::tiny_ladnn(15, true, Device::cuda()),
+         graphed = test::tiny_ladnn(15, true, Device::cuda());
+    SGD opt_e(eager->parameters(), 0.05, 0.9), opt_r(graphed->parameters(), 0.05, 0.9);
+    for (int i = 0; i < 3; ++i) step(*eager, opt_e, gb);
+    step(*graphed, opt_r, gb);
+    cuda::Graph g;
+    g.capture([&] { step(*graphed, opt_r, gb); });
+    ASSERT_TRUE(g.captured());
+    g.replay();
+    g.replay();
+    cuda::synchronize();
+    const auto pe = eager->named_parameters(), pr = graphed->named_parameters();
+    for (std::size_t i = 0; i < pe.size(); ++i)
+      EXPECT_TRUE(gpu_matches(std::string(cuda::fused_conv_name(mode)) + " replayed " + pe[i].first,
+                              pr[i].second.tensor(), to_cpu(pe[i].second.tensor()), Tol{2e-6, 1e-5}));
+  }
+}
+
+}  // namespace
+}  // namespace ladnn
