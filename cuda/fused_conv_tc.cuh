@@ -132,7 +132,9 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
     if (pre.on && tid < kTcChunk && c0 + tid < CRS)
       fused_bn_coef(pre, (c0 + tid) / RS, s_mean[tid], s_scale[tid], s_shift[tid]);
     for (int i = tid; i < BK * kTcChunk; i += T::kThreads) {
-      const int r = i / kTcChunk, cc = i - r * kTcChunk;
+      // Adjacent threads read adjacent floats of w: along a row (plain), or — flipped, where a row's
+      // entries lie K * RS apart — down the rows, RS apart (contiguous for a pointwise weight).
+      const int r = g.w_flipped ? i % BK : i / kTcChunk, cc = g.w_flipped ? i / BK : i - r * kTcChunk;
       const int k = k0 + r, kk = c0 + cc;
       float v = 0.0f;
       if (k < g.K && kk < CRS) {
