@@ -167,16 +167,20 @@ void run_fused(FusedConvGeom g, const Tensor& x, const ops::BnEval* pre, const T
     dispatch_fused(choice ? choice->plan : plan_fused(g.M(), g.K, sm_count()), g.ksize(), run);
 }
 
+/// The candidates' runs are measurements, not calls of the op: kept out of the per-op profile.
+struct ProfilerOff {
+  bool saved = profiler::enabled();
+  ProfilerOff() { profiler::set_enabled(false); }
+  ~ProfilerOff() { profiler::set_enabled(saved); }
+  ProfilerOff(const ProfilerOff&) = delete;
+  ProfilerOff& operator=(const ProfilerOff&) = delete;
+};
+
 /// Auto's measurement for one shape: the kernel in every launch shape (the general window has one), then
 /// `unfused`; the fastest, printed with LADNN_CUDNN_LOG=1.
 FusedChoice time_choices(const FusedConvGeom& g, const Tensor& x, const ops::BnEval* pre, const Tensor& w,
                          const ops::BnEval* post, const Tensor& out, const std::function<void()>& unfused) {
-  // The candidates' runs are measurements, not calls of the op: kept out of the per-op profile.
-  struct ProfilerOff {
-    bool saved = profiler::enabled();
-    ProfilerOff() { profiler::set_enabled(false); }
-    ~ProfilerOff() { profiler::set_enabled(saved); }
-  } profiler_off;
+  ProfilerOff profiler_off;
   auto name = [](const FusedPlan& plan) {
     return std::to_string(plan.kt) + "x" + std::to_string(plan.warps) + "x" + std::to_string(plan.pix);
   };
@@ -403,15 +407,11 @@ void run_dgrad(const FusedConvGeom& g, const float* dy, const float* w, float* d
 
 /// The fastest of `candidates` (each timed as a graph replay) and the library's call; logged with
 /// LADNN_CUDNN_LOG=1 as "<op> <shape>: <name> <ms> ... ; library <ms> -> <choice>".
-FusedChoice time_backward(const char* op, const FusedConvGeom& g, const std::vector<FusedChoice>& candidates,
+FusedChoice time_backward(const char* op, const std::string& what, const std::vector<FusedChoice>& candidates,
                           const std::function<std::string(const FusedChoice&)>& name,
                           const std::function<void(const FusedChoice&)>& run,
                           const std::function<void()>& library) {
-  struct ProfilerOff {
-    bool saved = profiler::enabled();
-    ProfilerOff() { profiler::set_enabled(false); }
-    ~ProfilerOff() { profiler::set_enabled(saved); }
-  } profiler_off;
+  ProfilerOff profiler_off;
   FusedChoice best;
   double best_ms = std::numeric_limits<double>::infinity();
   std::string timings;
@@ -423,12 +423,16 @@ FusedChoice time_backward(const char* op, const FusedConvGeom& g, const std::vec
   const double library_ms = time_replayed_ms(library);
   if (library_ms <= best_ms) best.fused = false;
   if (log_choices())
-    std::fprintf(stderr,
-                 "ladnn: %s dy (%d, %d, %d, %d) w (%d, %d, %d, %d) stride %dx%d pad %dx%d: ours (ms)%s; "
-                 "library %.4f ms -> %s\n",
-                 op, g.N, g.K, g.P, g.Q, g.K, g.C, g.R, g.S, g.sh, g.sw, g.ph, g.pw, timings.c_str(),
-                 library_ms, best.fused ? ("ours " + name(best)).c_str() : "library");
+    std::fprintf(stderr, "ladnn: %s %s: ours (ms)%s; library %.4f ms -> %s\n", op, what.c_str(),
+                 timings.c_str(), library_ms, best.fused ? ("ours " + name(best)).c_str() : "library");
   return best;
+}
+
+/// "dy (N, K, P, Q) w (K, C, R, S) x (N, C, H, W) stride s pad p": a backward pass's call, for the log.
+std::string backward_what(const Tensor& dy, const Tensor& w, const Tensor& x, const ops::Conv2dParams& p) {
+  return "dy " + shape_str(dy.shape()) + " w " + shape_str(w.shape()) + " x " + shape_str(x.shape()) +
+         " stride " + std::to_string(p.stride_h) + "x" + std::to_string(p.stride_w) + " pad " +
+         std::to_string(p.pad_h) + "x" + std::to_string(p.pad_w);
 }
 
 std::string tc_name(const TcPlan& plan) {
@@ -472,7 +476,8 @@ bool conv2d_backward_input_fused(const Tensor& dy, const Tensor& w, const ops::C
         candidates.push_back(c);
       }
       choice = time_backward(
-          "conv2d_backward_input", g, candidates, [](const FusedChoice& c) { return tc_name(c.tc_plan); },
+          "conv2d_backward_input", backward_what(dy, w, dx, p), candidates,
+          [](const FusedChoice& c) { return tc_name(c.tc_plan); },
           [&](const FusedChoice& c) { run_dgrad(g, dyp, wp, dxp, c.tc_plan); }, library);
       remember_choice(key, choice);
     }
@@ -513,7 +518,7 @@ bool conv2d_backward_weight_fused(const Tensor& dy, const Tensor& x, int64_t x_i
         }
       }
       choice = time_backward(
-          "conv2d_backward_weight", g, candidates,
+          "conv2d_backward_weight", backward_what(dy, dw, x, p), candidates,
           [&g](const FusedChoice& c) {
             int cps = 0;
             const int splits = wgrad_splits(g, c.wg_plan, sm_count(), c.wg_waves, cps);

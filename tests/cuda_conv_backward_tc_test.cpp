@@ -65,6 +65,22 @@ std::string name_of(const Case& c) {
          std::to_string(c.S) + " stride " + std::to_string(c.stride) + " pad " + std::to_string(c.pad);
 }
 
+/// The library convolutions for the test's lifetime (the backward passes reach our tensor-core kernels
+/// only from the library path: LADNN_CONV=native runs the SIMT kernels instead, as device-check's
+/// native pass sets it).
+class LibraryConvScope {
+ public:
+  LibraryConvScope() : saved_(cuda::impl(cuda::Family::Conv)) {
+    cuda::set_impl(cuda::Family::Conv, cuda::Impl::Library);
+  }
+  ~LibraryConvScope() { cuda::set_impl(cuda::Family::Conv, saved_); }
+  LibraryConvScope(const LibraryConvScope&) = delete;
+  LibraryConvScope& operator=(const LibraryConvScope&) = delete;
+
+ private:
+  cuda::Impl saved_;
+};
+
 /// The one profiler row of what ran inside `run`, as "op/impl" ("" when not exactly one op ran).
 template <class Run>
 std::string profiled(Run&& run) {
@@ -138,6 +154,7 @@ TEST(CudaConvBackwardTc, OpsRunOursUnderOnAndTimeOnceUnderAuto) {
   LADNN_REQUIRE_GPU();
   REQUIRE_TENSOR_CORES();
   DeterministicScope deterministic;  // the library's choice, too, gives the same bits on every run
+  LibraryConvScope library;
   Generator gen(72);
   const Case c{8, 640, 14, 14, 128, 1, 1, 1, 0};
   const ops::Conv2dParams p = params_of(c);
@@ -227,6 +244,7 @@ TEST(CudaConvBackwardTc, TrainingStepsMatchTheCpuAndReplay) {
   LADNN_REQUIRE_GPU();
   REQUIRE_TENSOR_CORES();
   DeterministicScope deterministic;
+  LibraryConvScope library;
   Generator gen(73);
   const test::LadnnBatch cb = test::random_ladnn_batch(3, gen, Device::cpu());
   const test::LadnnBatch gb{to_gpu(cb.images), to_gpu(cb.covid), to_gpu(cb.lesions), to_gpu(cb.mask)};
