@@ -261,13 +261,19 @@ void remember_choice(const FusedKey& key, const FusedChoice& choice) {
   cache.choices.emplace(key, choice);
 }
 
-/// Timing synchronises: impossible inside a stream capture. g: the convolution as the kernel sees it.
-void refuse_in_capture(const char* op, const FusedConvGeom& g) {
+/// "dy (N, K, P, Q) w (K, C, R, S) x (N, C, H, W) stride s pad p": a backward pass's call, for the log.
+std::string backward_what(const Tensor& dy, const Tensor& w, const Tensor& x, const ops::Conv2dParams& p) {
+  return "dy " + shape_str(dy.shape()) + " w " + shape_str(w.shape()) + " x " + shape_str(x.shape()) +
+         " stride " + std::to_string(p.stride_h) + "x" + std::to_string(p.stride_w) + " pad " +
+         std::to_string(p.pad_h) + "x" + std::to_string(p.pad_w);
+}
+
+/// Timing synchronises: impossible inside a stream capture. what: the call's tensors, as its caller
+/// sees them.
+void refuse_in_capture(const char* op, const std::string& what) {
   if (!capturing()) return;
-  throw Error(std::string(op) + ": x (" + std::to_string(g.N) + ", " + std::to_string(g.C) + ", " +
-              std::to_string(g.H) + ", " + std::to_string(g.W) + ") with weight (" + std::to_string(g.K) +
-              ", " + std::to_string(g.C) + ", " + std::to_string(g.R) + ", " + std::to_string(g.S) +
-              ") was first seen inside a CUDA graph capture, where LADNN_FUSED_CONV=auto cannot time it: run "
+  throw Error(std::string(op) + ": " + what +
+              " was first seen inside a CUDA graph capture, where LADNN_FUSED_CONV=auto cannot time it: run "
               "the same step once before capturing it");
 }
 
@@ -296,7 +302,7 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
   const FusedKey key = fused_key(FusedPass::Forward, g, {bn_code(pre), bn_code(post)});
   FusedChoice choice;
   if (!cached_choice(key, choice)) {
-    refuse_in_capture("conv2d_bn_eval", g);
+    refuse_in_capture("conv2d_bn_eval", "x " + shape_str(x.shape()) + " with weight " + shape_str(w.shape()));
     choice = time_choices(g, x, pre, w, post, output(),
                           // the unfused ops as they would run: into the caller's out, or into their own
                           [&] { unfused_into(caller_out ? out : Tensor()); });
@@ -428,13 +434,6 @@ FusedChoice time_backward(const char* op, const std::string& what, const std::ve
   return best;
 }
 
-/// "dy (N, K, P, Q) w (K, C, R, S) x (N, C, H, W) stride s pad p": a backward pass's call, for the log.
-std::string backward_what(const Tensor& dy, const Tensor& w, const Tensor& x, const ops::Conv2dParams& p) {
-  return "dy " + shape_str(dy.shape()) + " w " + shape_str(w.shape()) + " x " + shape_str(x.shape()) +
-         " stride " + std::to_string(p.stride_h) + "x" + std::to_string(p.stride_w) + " pad " +
-         std::to_string(p.pad_h) + "x" + std::to_string(p.pad_w);
-}
-
 std::string tc_name(const TcPlan& plan) {
   return "tc" + std::to_string(plan.bk) + "x" + std::to_string(plan.bm);
 }
@@ -467,7 +466,7 @@ bool conv2d_backward_input_fused(const Tensor& dy, const Tensor& w, const ops::C
   if (mode == FusedConv::Auto) {
     const FusedKey key = fused_key(FusedPass::BackwardData, g, {});
     if (!cached_choice(key, choice)) {
-      refuse_in_capture("conv2d_backward_input", g);
+      refuse_in_capture("conv2d_backward_input", backward_what(dy, w, dx, p));
       std::vector<FusedChoice> candidates;
       for (const TcPlan& plan : kTcPlans) {
         FusedChoice c;
@@ -505,7 +504,7 @@ bool conv2d_backward_weight_fused(const Tensor& dy, const Tensor& x, int64_t x_i
   if (mode == FusedConv::Auto) {
     const FusedKey key = fused_key(FusedPass::BackwardWeight, g, {});
     if (!cached_choice(key, choice)) {
-      refuse_in_capture("conv2d_backward_weight", g);
+      refuse_in_capture("conv2d_backward_weight", backward_what(dy, dw, x, p));
       std::vector<FusedChoice> candidates;
       for (const WgradPlan& plan : kWgradPlans) {
         if (plan.bk > 32 && g.K <= 32) continue;  // all but 32 of its rows would be padding

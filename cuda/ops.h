@@ -66,11 +66,11 @@ Tensor conv2d_backward_bias(const Tensor& dy);
 /// ops::conv2d_bn_eval(_into) on the GPU, when cuda::fused_conv() is not Off: x's images x_img elements
 /// apart; `out` a caller's view with images out_img apart (checked by the caller), or undefined: then a
 /// new contiguous output is allocated here if, and only if, the result is computed here. Returns true
-/// when out holds the result: the fused kernel ran (On, or Auto's choice for this shape), or Auto timed
-/// both on this first call of a shape (the last run being `unfused_into(out)`, which computes the same
-/// values into out). Returns false, having done nothing, when the switch is Off, the call is outside
-/// what the kernel takes (float32, at most 2,048 input channels) or Auto chose the unfused ops for this
-/// shape: the caller then runs them.
+/// when out holds the result: the fused kernel ran (On, or Auto's choice for this shape). Returns false
+/// when the switch is Off, the call is outside what the kernel takes (float32, at most 2,048 input
+/// channels) or Auto chose the unfused ops for this shape: the caller then runs them (on the first call
+/// of a shape, Auto's timing has run them too, into out or their own output; a caller's out defined
+/// before the call stays as it was, a new one is dropped).
 bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
                           const ops::Conv2dParams& p, const ops::BnEval* post, Tensor& out, int64_t out_img,
                           const std::function<void(const Tensor&)>& unfused_into);

@@ -85,6 +85,10 @@ class LibraryConvScope {
 /// The one profiler row of what ran inside `run`, as "op/impl" ("" when not exactly one op ran).
 template <class Run>
 std::string profiled(Run&& run) {
+  struct Restore {  // the profiler's switch as it was (LADNN_PROFILE=1 runs), even if run() throws
+    bool saved = cuda::profiler::enabled();
+    ~Restore() { cuda::profiler::set_enabled(saved); }
+  } restore;
   cuda::synchronize();
   cuda::profiler::reset();
   cuda::profiler::set_enabled(true);
