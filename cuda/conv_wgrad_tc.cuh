@@ -70,19 +70,11 @@ inline int wgrad_chunks(const FusedConvGeom& g) {
   return static_cast<int>((int64_t(g.M()) + kWgradChunk - 1) / kWgradChunk);
 }
 
-/// How many splits of the pixel chunks: enough blocks for `waves` blocks per SM (at least one split,
-/// at most one per two chunks, so each split reduces over 64 pixels or more). Returns the splits and
-/// sets chunks_per_split; the split count is then trimmed so that no split is empty.
-inline int wgrad_splits(const FusedConvGeom& g, const WgradPlan& plan, int sms, int waves,
-                        int& chunks_per_split) {
+/// How many splits of the pixel chunks (split_chunks): enough blocks for `waves` blocks per SM, each
+/// split reducing over 64 pixels or more. Returns the splits and sets chunks_per_split.
+inline int wgrad_splits(const FusedConvGeom& g, const WgradPlan& plan, int sms, int waves, int& chunks_per_split) {
   const WgradGrid grid = wgrad_grid(g, plan, 1);
-  const int64_t tiles = int64_t(grid.x) * grid.y, chunks = wgrad_chunks(g);
-  int64_t splits = (int64_t(sms) * waves + tiles - 1) / tiles;
-  const int64_t most = chunks / 2 > 1 ? chunks / 2 : 1;
-  if (splits > most) splits = most;
-  if (splits < 1) splits = 1;
-  chunks_per_split = static_cast<int>((chunks + splits - 1) / splits);
-  return static_cast<int>((chunks + chunks_per_split - 1) / chunks_per_split);
+  return split_chunks(int64_t(grid.x) * grid.y, wgrad_chunks(g), sms, waves, 2, chunks_per_split);
 }
 
 /// Grid wgrad_grid(g, {BK, BN}, splits), WgradTile<BK, BN>::kThreads threads. dy: (N, K, P, Q), images

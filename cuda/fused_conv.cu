@@ -56,6 +56,7 @@ FusedBn fused_bn_of(const ops::BnEval* bn, std::vector<Tensor>& keep) {
 
 /// dispatch_fused's callback: launches the instantiation on the stream.
 struct Launch : FusedArgs {
+  Device device;  // for the split form's workspace
   template <int KT, int WARPS, int KSIZE, int PIX>
   void go() const {
     const FusedPlan plan{KT, WARPS, PIX};
@@ -67,10 +68,20 @@ struct Launch : FusedArgs {
   template <int BK, int BM>
   void go_tc() const {
     const FusedGrid fg = tc_grid(g, TcPlan{BK, BM});
+    const cudaStream_t st = static_cast<cudaStream_t>(stream());
+    const int splits = chunks_per_split > 0 ? (tc_chunks(g) + chunks_per_split - 1) / chunks_per_split : 1;
+    Tensor ws;  // the splits' partial sums (none without a split)
+    if (splits > 1) ws = Tensor::empty({splits, int64_t(g.K) * g.M()}, DType::Float32, device);
+    float* partial = splits > 1 ? ws.data<float>() : nullptr;
     fused_conv_tc_kernel<BK, BM>
-        <<<dim3(fg.x, fg.y), TcTile<BK, BM>::kThreads, 0, static_cast<cudaStream_t>(stream())>>>(g, x, w, pre,
-                                                                                                 post, y);
+        <<<dim3(fg.x, fg.y, static_cast<unsigned>(splits)), TcTile<BK, BM>::kThreads, 0, st>>>(
+            g, x, w, pre, post, y, chunks_per_split, partial);
     CUDA_CHECK_LAUNCH();
+    if (splits > 1) {
+      tc_split_reduce_kernel<<<dim3(static_cast<unsigned>((g.M() + 255) / 256), static_cast<unsigned>(g.K)),
+                               256, 0, st>>>(g, partial, splits, post, y);
+      CUDA_CHECK_LAUNCH();
+    }
   }
 };
 
@@ -88,7 +99,27 @@ struct FusedChoice {
   // of the pixels aims for.
   WgradPlan wg_plan;
   int wg_waves = 2;
+  // The tensor-core form's split of the reduction: 0 none, else the blocks per SM it aims for (tc_split).
+  int tc_waves = 0;
 };
+
+/// The chunks per split of the tensor-core form for `waves` blocks per SM, each split 4 chunks or more;
+/// 0 when waves is 0 or one split is all it gets.
+int tc_split(const FusedConvGeom& g, const TcPlan& plan, int waves) {
+  if (waves <= 0) return 0;
+  const FusedGrid fg = tc_grid(g, plan);
+  int cps = 0;
+  const int splits = split_chunks(int64_t(fg.x) * fg.y, tc_chunks(g), sm_count(), waves, 4, cps);
+  return splits > 1 ? cps : 0;
+}
+
+/// "tc128x64", or "tc128x64/s3" for three splits: a tensor-core launch, for the log.
+std::string tc_name(const FusedConvGeom& g, const TcPlan& plan, int chunks_per_split) {
+  std::string name = "tc" + std::to_string(plan.bk) + "x" + std::to_string(plan.bm);
+  if (chunks_per_split > 0)
+    name += "/s" + std::to_string((tc_chunks(g) + chunks_per_split - 1) / chunks_per_split);
+  return name;
+}
 /// Which pass a cached choice is for (the first entry of its key).
 enum class FusedPass : int64_t { Forward = 0, BackwardData = 1, BackwardWeight = 2 };
 
@@ -153,13 +184,18 @@ FusedConvGeom geom_of(const Tensor& x, int64_t x_img, const Tensor& w, const ops
 /// The kernel for one call of geometry g (geom_of), on the stream: as `choice` says (fused), or
 /// plan_fused's SIMT guess.
 void run_fused(FusedConvGeom g, const Tensor& x, const ops::BnEval* pre, const Tensor& w,
-               const ops::BnEval* post, const Tensor& out, const FusedChoice* choice = nullptr) {
+               const ops::BnEval* post, const Tensor& out, const FusedChoice* choice = nullptr,
+               int chunks_per_split = -1) {
   std::vector<Tensor> keep;  // contiguous copies, alive until the launch is queued (stream-ordered reuse)
   const FusedBn fpre = fused_bn_of(pre, keep), fpost = fused_bn_of(post, keep);
   const Tensor wc = w.contiguous();
   g.chunk4 = g.pointwise() && g.C % 4 == 0;
   g.vec4 = g.chunk4 && reinterpret_cast<std::uintptr_t>(wc.data<float>()) % 16 == 0;
-  const Launch run{{g, x.data<float>(), wc.data<float>(), fpre, fpost, out.data<float>()}};
+  // The split: given (the plan hook's), or the choice's.
+  const int cps = chunks_per_split >= 0  ? chunks_per_split
+                  : choice && choice->tc ? tc_split(g, choice->tc_plan, choice->tc_waves)
+                                         : 0;
+  const Launch run{{g, x.data<float>(), wc.data<float>(), fpre, fpost, out.data<float>(), cps}, out.device()};
   OpRange range("conv2d_bn_eval", choice && choice->tc ? "native-tc" : "native");
   if (choice && choice->tc)
     dispatch_fused_tc(choice->tc_plan, run);
@@ -199,15 +235,17 @@ FusedChoice time_choices(const FusedConvGeom& g, const Tensor& x, const ops::BnE
     if (ms < best_ms) best_ms = ms, best = c;
   }
   if (tc_applies())
-    for (const TcPlan& plan : kTcPlans) {
-      FusedChoice c;
-      c.fused = c.tc = true;
-      c.tc_plan = plan;
-      const double ms = time_replayed_ms([&] { run_fused(g, x, pre, w, post, out, &c); });
-      timings += " tc" + std::to_string(plan.bk) + "x" + std::to_string(plan.bm) + " " +
-                 std::to_string(ms).substr(0, 6);
-      if (ms < best_ms) best_ms = ms, best = c;
-    }
+    for (const TcPlan& plan : kTcPlans)
+      for (int waves : {0, 2}) {  // whole reductions; split for two blocks per SM where that is more than one
+        if (waves > 0 && tc_split(g, plan, waves) == 0) continue;
+        FusedChoice c;
+        c.fused = c.tc = true;
+        c.tc_plan = plan;
+        c.tc_waves = waves;
+        const double ms = time_replayed_ms([&] { run_fused(g, x, pre, w, post, out, &c); });
+        timings += " " + tc_name(g, plan, tc_split(g, plan, waves)) + " " + std::to_string(ms).substr(0, 6);
+        if (ms < best_ms) best_ms = ms, best = c;
+      }
   const double unfused_ms = time_replayed_ms(unfused);
   if (unfused_ms <= best_ms) best.fused = false;
   if (log_choices())
@@ -217,9 +255,8 @@ FusedChoice time_choices(const FusedConvGeom& g, const Tensor& x, const ops::BnE
         "x pixels per lane, ms)%s; unfused %.4f ms -> %s\n",
         g.N, g.C, g.H, g.W, g.K, g.C, g.R, g.S, bn_code(pre), bn_code(post), timings.c_str(), unfused_ms,
         !best.fused ? "unfused"
-        : best.tc
-            ? ("fused tc" + std::to_string(best.tc_plan.bk) + "x" + std::to_string(best.tc_plan.bm)).c_str()
-            : ("fused " + name(best.plan)).c_str());
+        : best.tc   ? ("fused " + tc_name(g, best.tc_plan, tc_split(g, best.tc_plan, best.tc_waves))).c_str()
+                    : ("fused " + name(best.plan)).c_str());
   return best;
 }
 
@@ -333,7 +370,7 @@ bool fused_conv_plan_is_tensor_core(int plan) {
 
 void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
                                const ops::Conv2dParams& p, const ops::BnEval* post, const Tensor& out,
-                               int64_t out_img, int plan) {
+                               int64_t out_img, int plan, int chunks_per_split) {
   const FusedConvGeom g = geom_of(x, x_img, w, p, out_img);
   if (plan < 0 || plan >= fused_conv_plans())
     throw std::invalid_argument("conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) +
@@ -353,7 +390,11 @@ void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval
   } else {
     c.plan = kFusedPlans[plan];
   }
-  run_fused(g, x, pre, w, post, out, &c);
+  if (chunks_per_split < 0 || (chunks_per_split > 0 && !c.tc))
+    throw std::invalid_argument("conv2d_bn_eval_fused_plan: chunks_per_split " +
+                                std::to_string(chunks_per_split) +
+                                (c.tc ? " < 0" : " with a SIMT plan (only the tensor-core form splits)"));
+  run_fused(g, x, pre, w, post, out, &c, chunks_per_split);
 }
 
 // ---- the backward passes on the tensor cores ------------------------------------------------------------
@@ -405,10 +446,12 @@ void run_wgrad(const FusedConvGeom& g, const float* dy, const float* x, float* d
   dispatch_wgrad(c.wg_plan, LaunchWgrad{g, dy, x, dw, device, splits, chunks_per_split});
 }
 
-void run_dgrad(const FusedConvGeom& g, const float* dy, const float* w, float* dx, const TcPlan& plan) {
+/// The data pass in `plan`, its reduction split into chunks_per_split chunks (0: not split).
+void run_dgrad(const FusedConvGeom& g, const float* dy, const float* w, float* dx, Device device,
+               const TcPlan& plan, int chunks_per_split) {
   const FusedBn none;
   OpRange range("conv2d_backward_input", "native-tc");
-  dispatch_fused_tc(plan, Launch{{g, dy, w, none, none, dx}});
+  dispatch_fused_tc(plan, Launch{{g, dy, w, none, none, dx, chunks_per_split}, device});
 }
 
 /// The fastest of `candidates` (each timed as a graph replay) and the library's call; logged with
@@ -432,10 +475,6 @@ FusedChoice time_backward(const char* op, const std::string& what, const std::ve
     std::fprintf(stderr, "ladnn: %s %s: ours (ms)%s; library %.4f ms -> %s\n", op, what.c_str(),
                  timings.c_str(), library_ms, best.fused ? ("ours " + name(best)).c_str() : "library");
   return best;
-}
-
-std::string tc_name(const TcPlan& plan) {
-  return "tc" + std::to_string(plan.bk) + "x" + std::to_string(plan.bm);
 }
 
 /// Every size of a backward pass fits the kernels' int indexing (and their grids' limits).
@@ -462,27 +501,34 @@ bool conv2d_backward_input_fused(const Tensor& dy, const Tensor& w, const ops::C
   const float* wp = w.data<float>();
   float* dxp = dx.data<float>();
   FusedChoice choice;
-  choice.fused = choice.tc = true;  // On: the first tile shape
+  choice.fused = choice.tc = true;  // On: the first tile shape, split for two blocks per SM if it helps
+  choice.tc_waves = 2;
   if (mode == FusedConv::Auto) {
     const FusedKey key = fused_key(FusedPass::BackwardData, g, {});
     if (!cached_choice(key, choice)) {
       refuse_in_capture("conv2d_backward_input", backward_what(dy, w, dx, p));
       std::vector<FusedChoice> candidates;
-      for (const TcPlan& plan : kTcPlans) {
-        FusedChoice c;
-        c.fused = c.tc = true;
-        c.tc_plan = plan;
-        candidates.push_back(c);
-      }
+      for (const TcPlan& plan : kTcPlans)
+        for (int waves : {0, 2}) {  // as the forward's: whole reductions, and split where that helps
+          if (waves > 0 && tc_split(g, plan, waves) == 0) continue;
+          FusedChoice c;
+          c.fused = c.tc = true;
+          c.tc_plan = plan;
+          c.tc_waves = waves;
+          candidates.push_back(c);
+        }
       choice = time_backward(
           "conv2d_backward_input", backward_what(dy, w, dx, p), candidates,
-          [](const FusedChoice& c) { return tc_name(c.tc_plan); },
-          [&](const FusedChoice& c) { run_dgrad(g, dyp, wp, dxp, c.tc_plan); }, library);
+          [&g](const FusedChoice& c) { return tc_name(g, c.tc_plan, tc_split(g, c.tc_plan, c.tc_waves)); },
+          [&](const FusedChoice& c) {
+            run_dgrad(g, dyp, wp, dxp, dx.device(), c.tc_plan, tc_split(g, c.tc_plan, c.tc_waves));
+          },
+          library);
       remember_choice(key, choice);
     }
   }
   if (!choice.fused) return false;
-  run_dgrad(g, dyp, wp, dxp, choice.tc_plan);
+  run_dgrad(g, dyp, wp, dxp, dx.device(), choice.tc_plan, tc_split(g, choice.tc_plan, choice.tc_waves));
   return true;
 }
 
@@ -558,15 +604,19 @@ void check_backward_plan(const char* op, bool weight, int plan, bool applies) {
 }  // namespace
 
 void conv2d_backward_input_fused_plan(const Tensor& dy, const Tensor& w, const ops::Conv2dParams& p,
-                                      const Tensor& dx, int plan) {
+                                      const Tensor& dx, int plan, int chunks_per_split) {
   const int64_t R = w.size(2), S = w.size(3);
   const bool applies =
       p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= R - 1 && p.pad_w <= S - 1 &&
       backward_fits(dx.size(0), dx.size(1), dx.size(2), dx.size(3), w.size(0), R, S, dy.size(2), dy.size(3));
   check_backward_plan("conv2d_backward_input_fused_plan", false, plan, applies);
+  if (chunks_per_split < 0)
+    throw std::invalid_argument("conv2d_backward_input_fused_plan: chunks_per_split " +
+                                std::to_string(chunks_per_split) + " < 0");
   run_dgrad(dgrad_geom(dx.size(0), dx.size(1), dx.size(2), dx.size(3), dy.size(1), dy.size(2), dy.size(3), R,
                        S, p.pad_h, p.pad_w),
-            dy.data<float>(), w.data<float>(), dx.data<float>(), kTcPlans[plan]);
+            dy.data<float>(), w.data<float>(), dx.data<float>(), dx.device(), kTcPlans[plan],
+            chunks_per_split);
 }
 
 void conv2d_backward_weight_fused_plan(const Tensor& dy, const Tensor& x, int64_t x_img,

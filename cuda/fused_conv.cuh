@@ -296,7 +296,22 @@ struct FusedArgs {
   const FusedBn& pre;
   const FusedBn& post;
   float* y;
+  // The tensor-core form's split of the reduction (cuda/fused_conv_tc.cuh): 0 = none; else each split
+  // walks this many chunks, its partial sums added (and post applied) by a second kernel.
+  int chunks_per_split = 0;
 };
+
+/// How to split `chunks` reduction steps of `tiles` output tiles over blocks: enough splits for `waves`
+/// blocks per SM, each split at least `min_chunks` steps long. Returns the number of splits (none of them
+/// empty; 1 when the tiles alone fill the GPU) and sets chunks_per_split.
+inline int split_chunks(int64_t tiles, int64_t chunks, int sms, int waves, int min_chunks, int& chunks_per_split) {
+  int64_t splits = (int64_t(sms) * waves + tiles - 1) / tiles;
+  const int64_t most = chunks / min_chunks > 1 ? chunks / min_chunks : 1;
+  if (splits > most) splits = most;
+  if (splits < 1) splits = 1;
+  chunks_per_split = static_cast<int>((chunks + splits - 1) / splits);
+  return static_cast<int>((chunks + chunks_per_split - 1) / chunks_per_split);
+}
 
 /// The grid of `plan` over g's output: (pixel tiles, channel groups).
 struct FusedGrid {

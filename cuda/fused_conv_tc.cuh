@@ -85,11 +85,22 @@ inline FusedConvGeom dgrad_geom(int64_t N, int64_t C, int64_t H, int64_t W, int6
   return g;
 }
 
-/// Grid tc_grid(g, {BK, BM}), TcTile<BK, BM>::kThreads threads. Any window, stride and padding.
+/// Reduction chunks of the weight rows (C*R*S values in steps of kTcChunk).
+inline int tc_chunks(const FusedConvGeom& g) {
+  return static_cast<int>((int64_t(g.C) * g.R * g.S + kTcChunk - 1) / kTcChunk);
+}
+
+/// Grid (tc_grid(g, {BK, BM}), splits), TcTile<BK, BM>::kThreads threads. Any window, stride and
+/// padding. Split-K: with one split (gridDim.z == 1, partial null) the block walks every chunk and its
+/// epilogue applies post and writes y. With several, block z walks chunks [z * chunks_per_split, ...)
+/// and writes its raw sums to partial's slab z, laid out (K, M) — tc_split_reduce_kernel adds the
+/// slabs in split order, applies post and writes y. For outputs with few tiles and long reductions
+/// (DenseNet's 7x7 maps: 1,568 pixels at batch 32, 49 tiles of 128 x 32, up to 50 chunks each).
 template <int BK, int BM>
 __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
     fused_conv_tc_kernel(FusedConvGeom g, const float* __restrict__ x, const float* __restrict__ w,
-                         FusedBn pre, FusedBn post, float* __restrict__ y) {
+                         FusedBn pre, FusedBn post, float* __restrict__ y, int chunks_per_split,
+                         float* __restrict__ partial) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // TF32 tensor cores need sm_80; the launcher never launches this there
 #else
@@ -128,7 +139,10 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
     ih0 = p * g.sh - g.ph;
     iw0 = q * g.sw - g.pw;
   }
-  for (int c0 = 0; c0 < CRS; c0 += kTcChunk) {
+  const int c_begin = partial ? int(blockIdx.z) * chunks_per_split * kTcChunk : 0;
+  const int c_end =
+      partial && c_begin + chunks_per_split * kTcChunk < CRS ? c_begin + chunks_per_split * kTcChunk : CRS;
+  for (int c0 = c_begin; c0 < c_end; c0 += kTcChunk) {
     if (pre.on && tid < kTcChunk && c0 + tid < CRS)
       fused_bn_coef(pre, (c0 + tid) / RS, s_mean[tid], s_scale[tid], s_shift[tid]);
     for (int i = tid; i < BK * kTcChunk; i += T::kThreads) {
@@ -189,6 +203,15 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
     for (int j = 0; j < 2; ++j)
       wmma::store_matrix_sync(Cs + (wk * 32 + i * 16) * T::LDC + wm * 32 + j * 16, acc[i][j], T::LDC,
                               wmma::mem_row_major);
+  if (partial) {  // one split's raw sums: slab z of the (splits, K, M) workspace, coalesced along pixels
+    __syncthreads();
+    float* slab = partial + int64_t(blockIdx.z) * g.K * M;
+    for (int t = tid; t < BK * BM; t += T::kThreads) {
+      const int r = t / BM, mm = t - r * BM;
+      if (k0 + r < g.K && m0 + mm < M) slab[int64_t(k0 + r) * M + m0 + mm] = Cs[r * T::LDC + mm];
+    }
+    return;
+  }
   if (post.on)
     for (int r = tid; r < BK; r += T::kThreads)
       if (k0 + r < g.K) fused_bn_coef(post, k0 + r, s_pmean[r], s_pscale[r], s_pshift[r]);
@@ -206,6 +229,27 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
     y[n * g.y_img + int64_t(k) * PQ + pq] = v;
   }
 #endif
+}
+
+/// The split form's second pass: y[k, m] = post(sum of partial[s, k, m] over s = 0, 1, ... in that
+/// order), the epilogue's arithmetic. Grid (ceil(M / blockDim.x), K): a block's threads share one output
+/// channel (each derives its coefficients: no shared memory, no barrier; the kernel is memory-bound).
+__global__ void tc_split_reduce_kernel(FusedConvGeom g, const float* __restrict__ partial, int splits,
+                                       FusedBn post, float* __restrict__ y) {
+  const int k = blockIdx.y, M = g.M(), PQ = g.P * g.Q;
+  const int m = blockIdx.x * blockDim.x + threadIdx.x;
+  if (m >= M) return;
+  const int64_t slab = int64_t(g.K) * M;
+  float v = partial[int64_t(k) * M + m];
+  for (int s = 1; s < splits; ++s) v += partial[s * slab + int64_t(k) * M + m];
+  if (post.on) {
+    float mean, scale, shift;
+    fused_bn_coef(post, k, mean, scale, shift);
+    v = math::bn_normalize(v, mean, scale, shift);
+    if (post.relu) v = math::bn_relu(v);
+  }
+  const int n = m / PQ, pq = m - n * PQ;
+  y[n * g.y_img + int64_t(k) * PQ + pq] = v;
 }
 
 /// Calls `run.template go_tc<BK, BM>()` for `plan` (one of kTcPlans; anything else runs as the first).

@@ -85,11 +85,12 @@ int fused_conv_plans();
 bool fused_conv_plan_is_tensor_core(int plan);
 /// The fused kernel alone in launch shape `plan` (0 <= plan < fused_conv_plans()), whatever the switch
 /// says — for tests and benches that check or time every shape Auto may pick. Arguments as
-/// conv2d_bn_eval_fused's, out defined; throws std::invalid_argument when the kernel does not take the
-/// call or the plan is out of range.
+/// conv2d_bn_eval_fused's, out defined; chunks_per_split > 0 (tensor-core plans only) splits the
+/// reduction into runs of that many 32-value chunks, added by a second kernel (0: not split). Throws
+/// std::invalid_argument when the kernel does not take the call or the plan is out of range.
 void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
                                const ops::Conv2dParams& p, const ops::BnEval* post, const Tensor& out, int64_t out_img,
-                               int plan);
+                               int plan, int chunks_per_split = 0);
 
 /// conv2d_backward_input / conv2d_backward_weight on the tensor cores (cuda/fused_conv.cu), when
 /// cuda::fused_conv() is not Off and TF32 is on (sm_80+): dy contiguous (N, K, P, Q); w contiguous
@@ -110,11 +111,12 @@ bool fused_conv_tensor_cores();
 /// when `weight`, else the data pass's (cuda/fused_conv_tc.cuh kTcPlans).
 int conv_backward_plans(bool weight);
 /// Our kernel alone in tile shape `plan` (0 <= plan < conv_backward_plans(...)), whatever the switch says
-/// — for tests and benches; the weight gradient's pixels split for `waves` blocks per SM. Arguments as
+/// — for tests and benches; the weight gradient's pixels split for `waves` blocks per SM, the data pass's
+/// reduction into runs of chunks_per_split chunks (0: not split). Arguments as
 /// above. Throws std::invalid_argument when the kernel does not take the call (TF32 off or below sm_80,
 /// a data pass with stride over 1, sizes past int) or the plan is out of range.
 void conv2d_backward_input_fused_plan(const Tensor& dy, const Tensor& w, const ops::Conv2dParams& p, const Tensor& dx,
-                                      int plan);
+                                      int plan, int chunks_per_split = 0);
 void conv2d_backward_weight_fused_plan(const Tensor& dy, const Tensor& x, int64_t x_img, const ops::Conv2dParams& p,
                                        const Tensor& dw, int plan, int waves);
 

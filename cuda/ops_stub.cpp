@@ -202,7 +202,7 @@ bool fused_conv_plan_is_tensor_core(int) {
   return false;
 }
 void conv2d_bn_eval_fused_plan(const Tensor&, int64_t, const ops::BnEval*, const Tensor&, const ops::Conv2dParams&,
-                               const ops::BnEval*, const Tensor&, int64_t, int) {
+                               const ops::BnEval*, const Tensor&, int64_t, int, int) {
   no_backend("conv2d_bn_eval_fused_plan");
 }
 bool conv2d_backward_input_fused(const Tensor&, const Tensor&, const ops::Conv2dParams&, const Tensor&,
@@ -219,7 +219,8 @@ bool fused_conv_tensor_cores() {
 int conv_backward_plans(bool) {
   return 0;
 }
-void conv2d_backward_input_fused_plan(const Tensor&, const Tensor&, const ops::Conv2dParams&, const Tensor&, int) {
+void conv2d_backward_input_fused_plan(const Tensor&, const Tensor&, const ops::Conv2dParams&, const Tensor&, int,
+                                      int) {
   no_backend("conv2d_backward_input_fused_plan");
 }
 void conv2d_backward_weight_fused_plan(const Tensor&, const Tensor&, int64_t, const ops::Conv2dParams&, const Tensor&,

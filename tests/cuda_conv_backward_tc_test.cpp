@@ -133,14 +133,16 @@ TEST(CudaConvBackwardTc, EveryTileShapeMatchesFloat64) {
       continue;
     }
     const test::ConvGradReference rx = test::conv_backward_reference(dy, w, x.shape(), w.shape(), p, false);
-    for (int plan = 0; plan < cuda::conv_backward_plans(false); ++plan) {
-      const std::string what = name_of(c) + " data gradient, plan " + std::to_string(plan);
-      const Tensor dx = Tensor::empty(x.shape(), DType::Float32, Device::cuda());
-      EXPECT_EQ(profiled([&] { cuda::conv2d_backward_input_fused_plan(gdy, gw, p, dx, plan); }),
-                "conv2d_backward_input/native-tc")
-          << what;
-      EXPECT_TRUE(gpu_matches(what, dx, rx.value, {0.0, kTcRtol}, rx.scale));
-    }
+    for (int plan = 0; plan < cuda::conv_backward_plans(false); ++plan)
+      for (int cps : {0, 1}) {  // whole reductions; split one 32-value chunk a split (1 to 36 splits here)
+        const std::string what =
+            name_of(c) + " data gradient, plan " + std::to_string(plan) + ", chunks per split " + std::to_string(cps);
+        const Tensor dx = Tensor::empty(x.shape(), DType::Float32, Device::cuda());
+        EXPECT_EQ(profiled([&] { cuda::conv2d_backward_input_fused_plan(gdy, gw, p, dx, plan, cps); }),
+                  "conv2d_backward_input/native-tc")
+            << what;
+        EXPECT_TRUE(gpu_matches(what, dx, rx.value, {0.0, kTcRtol}, rx.scale));
+      }
   }
   // What the plan hooks refuse, by name.
   const Tensor dy = to_gpu(Tensor::ones({1, 2, 5, 5})), w = to_gpu(Tensor::ones({2, 4, 1, 1}));

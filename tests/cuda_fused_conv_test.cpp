@@ -118,6 +118,8 @@ TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
     const Tensor x64 = to_gpu(Tensor::ones({1, 4, 5, 5}, DType::Float64));
     EXPECT_THROW_WITH(cuda::conv2d_bn_eval_fused_plan(x64, 100, nullptr, w, {}, nullptr, y, 50, 0),
                       "the fused kernel does not take this call");
+    EXPECT_THROW_WITH(cuda::conv2d_bn_eval_fused_plan(x, 100, nullptr, w, {}, nullptr, y, 50, 0, 2),
+                      "only the tensor-core form splits");
   }
   Generator gen(66);
   for (const Case& c : cases) {
@@ -133,28 +135,31 @@ TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
     const test::ConvBnReference ref = test::conv_bn_eval_reference(x, &pre, w, p, &post);
     const Tensor gx = to_gpu(x), gw = to_gpu(w);
     const Shape ys = ref.y.shape();
-    for (int plan = 0; plan < cuda::fused_conv_plans(); ++plan) {
-      // Tensor-core plans (TF32 on) to TF32's bound: each operand rounded to 10 mantissa bits, 2^-10 per
-      // product, 2^-9 with margin (as tests/cuda_conv_gemm_test.cpp).
-      const bool tc = cuda::fused_conv_plan_is_tensor_core(plan);
-      if (tc && !cuda::tf32_enabled()) continue;
-      const double rtol = (tc ? 0x1p-9 : 0.0) + fused_rtol(c.C, c.R, c.S);
-      const Tensor y = Tensor::empty(ys, DType::Float32, Device::cuda());
-      cuda::synchronize();
-      cuda::profiler::reset();
-      cuda::profiler::set_enabled(true);
-      cuda::conv2d_bn_eval_fused_plan(gx, c.C * c.H * c.W, &gpre, gw, p, &gpost, y, ys[1] * ys[2] * ys[3],
-                                      plan);
-      cuda::profiler::set_enabled(false);
-      const auto rows = cuda::profiler::stats();
-      ASSERT_EQ(rows.size(), 1u);
-      EXPECT_EQ(rows[0].impl, tc ? "native-tc" : "native") << "plan " << plan;
-      EXPECT_TRUE(gpu_matches("x (" + std::to_string(c.N) + ", " + std::to_string(c.C) + ", " +
-                                  std::to_string(c.H) + ", " + std::to_string(c.W) + ") w " +
-                                  std::to_string(c.K) + "x" + std::to_string(c.R) + "x" +
-                                  std::to_string(c.S) + " plan " + std::to_string(plan),
-                              y, ref.y, {0.0, rtol}, ref.scale));
-    }
+    for (int plan = 0; plan < cuda::fused_conv_plans(); ++plan)
+      for (int cps : {0, 3}) {  // tensor-core plans also split, three 32-value chunks a split
+        // Tensor-core plans (TF32 on) to TF32's bound: each operand rounded to 10 mantissa bits, 2^-10
+        // per product, 2^-9 with margin (as tests/cuda_conv_gemm_test.cpp).
+        const bool tc = cuda::fused_conv_plan_is_tensor_core(plan);
+        if (tc && !cuda::tf32_enabled()) continue;
+        if (cps > 0 && !tc) continue;
+        const double rtol = (tc ? 0x1p-9 : 0.0) + fused_rtol(c.C, c.R, c.S);
+        const Tensor y = Tensor::empty(ys, DType::Float32, Device::cuda());
+        cuda::synchronize();
+        cuda::profiler::reset();
+        cuda::profiler::set_enabled(true);
+        cuda::conv2d_bn_eval_fused_plan(gx, c.C * c.H * c.W, &gpre, gw, p, &gpost, y, ys[1] * ys[2] * ys[3],
+                                        plan, cps);
+        cuda::profiler::set_enabled(false);
+        const auto rows = cuda::profiler::stats();
+        ASSERT_EQ(rows.size(), 1u);
+        EXPECT_EQ(rows[0].impl, tc ? "native-tc" : "native") << "plan " << plan;
+        EXPECT_TRUE(gpu_matches("x (" + std::to_string(c.N) + ", " + std::to_string(c.C) + ", " +
+                                    std::to_string(c.H) + ", " + std::to_string(c.W) + ") w " +
+                                    std::to_string(c.K) + "x" + std::to_string(c.R) + "x" +
+                                    std::to_string(c.S) + " plan " + std::to_string(plan) + " chunks per split " +
+                                    std::to_string(cps),
+                                y, ref.y, {0.0, rtol}, ref.scale));
+      }
   }
 }
 

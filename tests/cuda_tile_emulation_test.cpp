@@ -231,6 +231,21 @@ void emulate(emu::Dim3 grid, int threads, const std::function<void()>& kernel) {
       }
 }
 
+/// A kernel without barriers or shared memory (the split reductions), one emulated thread after another
+/// on the calling thread: the same indexing, without a host thread per CUDA thread.
+void emulate_serial(emu::Dim3 grid, int threads, const std::function<void()>& kernel) {
+  gridDim = grid;
+  blockDim = {static_cast<unsigned>(threads), 1, 1};
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx)
+        for (int t = 0; t < threads; ++t) {
+          threadIdx = {static_cast<unsigned>(t), 0, 0};
+          blockIdx = {bx, by, bz};
+          kernel();
+        }
+}
+
 template <class Cfg, class OpA, class OpB, class Epi>
 void emulate_tiled_cfg(const TilePlan& plan, int M, int N, int K, int batch, const OpA& a, const OpB& b,
                        const Epi& epi) {
@@ -632,7 +647,15 @@ struct EmulateFused : FusedArgs {
   template <int BK, int BM>
   void go_tc() const {
     const FusedGrid fg = tc_grid(g, TcPlan{BK, BM});
-    emulate({fg.x, fg.y, 1}, TcTile<BK, BM>::kThreads, [&] { fused_conv_tc_kernel<BK, BM>(g, x, w, pre, post, y); });
+    const int splits = chunks_per_split > 0 ? (tc_chunks(g) + chunks_per_split - 1) / chunks_per_split : 1;
+    std::vector<float> ws(splits > 1 ? static_cast<std::size_t>(int64_t(splits) * g.K * g.M()) : 0,
+                          std::numeric_limits<float>::quiet_NaN());
+    float* partial = splits > 1 ? ws.data() : nullptr;
+    emulate({fg.x, fg.y, static_cast<unsigned>(splits)}, TcTile<BK, BM>::kThreads,
+            [&] { fused_conv_tc_kernel<BK, BM>(g, x, w, pre, post, y, chunks_per_split, partial); });
+    if (splits > 1)
+      emulate_serial({static_cast<unsigned>((g.M() + 255) / 256), static_cast<unsigned>(g.K), 1}, 256,
+                     [&] { tc_split_reduce_kernel(g, partial, splits, post, y); });
   }
 };
 
@@ -756,16 +779,20 @@ TEST(FusedConvEmulation, TensorCorePlansMatchFloat64) {
       const ops::BnEval* qp = variant == 1 ? &post : nullptr;
       const test::ConvBnReference ref = test::conv_bn_eval_reference(x, pp, w, p, qp);
       const FusedConvGeom g{sh.N, sh.C, sh.H, sh.W, sh.K, sh.R, sh.R, P, Q, sh.st, sh.st, sh.pad, sh.pad, x_img, y_img};
+      // Whole reductions; with post on, also split one chunk per split (tc_chunks(g) = 2 to 5 splits
+      // here), the partial sums added and post applied by the second kernel.
+      for (int cps = 0; cps <= (variant == 1 ? 1 : 0); ++cps)
       for (const TcPlan& plan : kTcPlans) {
         SCOPED_TRACE("x (" + std::to_string(sh.N) + ", " + std::to_string(sh.C) + ", " + std::to_string(sh.H) +
                      ") K " + std::to_string(sh.K) + " window " + std::to_string(sh.R) + " variant " +
                      std::to_string(variant) + " tile " +
-                     std::to_string(plan.bk) + "x" + std::to_string(plan.bm));
+                     std::to_string(plan.bk) + "x" + std::to_string(plan.bm) + " chunks per split " + std::to_string(cps));
+        if (cps > 0) ASSERT_GE(tc_chunks(g), 2) << "the shape gives one split: the test would not split";
         Tensor ybuf = Tensor::full({sh.N, sh.K + 5, P, Q}, 7.0);
         ybuf.narrow(1, 2, sh.K).fill_(std::numeric_limits<double>::quiet_NaN());
         const Tensor out = ybuf.narrow(1, 2, sh.K);
         dispatch_fused_tc(plan, EmulateFused{{g, xbuf.data<float>(), w.data<float>(), host_fused_bn(pp),
-                                              host_fused_bn(qp), out.data<float>()}});
+                                              host_fused_bn(qp), out.data<float>(), cps}});
         const std::vector<double> got = out.to_vector(), want = ref.y.to_vector(), scale = ref.scale.to_vector();
         for (std::size_t i = 0; i < got.size(); ++i)
           ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i]) << "element " << i << " got " << got[i];
@@ -775,7 +802,7 @@ TEST(FusedConvEmulation, TensorCorePlansMatchFloat64) {
       }
     }
   }
-  EXPECT_EQ(cases, 60);
+  EXPECT_EQ(cases, 90);
   EXPECT_EQ(nvcuda::wmma::g_misuse.load(), 0) << "a wmma call with a misaligned tile pointer, ldm or layout";
 }
 
@@ -814,7 +841,7 @@ TEST(FusedConvEmulation, TensorCoreBackwardDataMatchesFloat64) {
                         {1, 10, 7, 8, 9, 3, 3, 0, 0},
                         {1, 6, 5, 6, 5, 2, 3, 1, 0}};
   Generator gen(54);
-  int runs = 0;
+  int runs = 0, split_runs = 0;
   for (const Case& cs : cases) {
     ops::Conv2dParams p;
     p.pad_h = cs.ph;
@@ -827,20 +854,24 @@ TEST(FusedConvEmulation, TensorCoreBackwardDataMatchesFloat64) {
     const FusedConvGeom g = dgrad_geom(cs.N, cs.C, cs.H, cs.W, cs.K, P, Q, cs.R, cs.S, cs.ph, cs.pw);
     ASSERT_EQ(g.P, cs.H);
     ASSERT_EQ(g.Q, cs.W);
+    for (int cps : {0, 1})  // whole; one chunk per split (1 to 4 splits here)
     for (const TcPlan& plan : kTcPlans) {
       SCOPED_TRACE("dx (" + std::to_string(cs.N) + ", " + std::to_string(cs.C) + ", " + std::to_string(cs.H) + ", " +
                    std::to_string(cs.W) + ") w " + std::to_string(cs.K) + "x" + std::to_string(cs.R) + "x" +
-                   std::to_string(cs.S) + " tile " + std::to_string(plan.bk) + "x" + std::to_string(plan.bm));
+                   std::to_string(cs.S) + " tile " + std::to_string(plan.bk) + "x" + std::to_string(plan.bm) +
+                   " chunks per split " + std::to_string(cps));
+      if (cps > 0 && tc_chunks(g) > 1) ++split_runs;
       Tensor dx = Tensor::full(x_shape, std::numeric_limits<double>::quiet_NaN());
       const FusedBn none;
-      dispatch_fused_tc(plan, EmulateFused{{g, dy.data<float>(), w.data<float>(), none, none, dx.data<float>()}});
+      dispatch_fused_tc(plan, EmulateFused{{g, dy.data<float>(), w.data<float>(), none, none, dx.data<float>(), cps}});
       const std::vector<double> got = dx.to_vector(), want = ref.value.to_vector(), scale = ref.scale.to_vector();
       for (std::size_t i = 0; i < got.size(); ++i)
         ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i]) << "element " << i << " got " << got[i];
       ++runs;
     }
   }
-  EXPECT_EQ(runs, 30);
+  EXPECT_EQ(runs, 60);
+  EXPECT_EQ(split_runs, 18);  // the three cases whose reductions are 2 to 4 chunks, every tile
   EXPECT_EQ(nvcuda::wmma::g_misuse.load(), 0) << "a wmma call with a misaligned tile pointer, ldm or layout";
 }
 
@@ -860,7 +891,7 @@ struct EmulateWgrad {
     float* out = splits > 1 ? ws.data() : dw;
     emulate({gr.x, gr.y, gr.z}, WgradTile<BK, BN>::kThreads,
             [&] { conv_wgrad_tc_kernel<BK, BN>(g, dy, x, chunks_per_split, out); });
-    if (splits > 1) emulate({3, 1, 1}, 64, [&] { wgrad_reduce_kernel(out, splits, n, dw); });
+    if (splits > 1) emulate_serial({3, 1, 1}, 64, [&] { wgrad_reduce_kernel(out, splits, n, dw); });
   }
 };
 
