@@ -256,12 +256,7 @@ TEST(CudaConvBackwardTc, TrainingStepsMatchTheCpuAndReplay) {
   Generator gen(73);
   const test::LadnnBatch cb = test::random_ladnn_batch(3, gen, Device::cpu());
   const test::LadnnBatch gb{to_gpu(cb.images), to_gpu(cb.covid), to_gpu(cb.lesions), to_gpu(cb.mask)};
-  auto step = [](LaDnn& net, SGD& opt, const test::LadnnBatch& d) {
-    Variable loss = lesion_attention_loss(net.forward_heads(Variable(d.images)), d.covid, d.lesions, d.mask);
-    opt.zero_grad();
-    loss.backward();
-    opt.step();
-  };
+  const auto step = test::sgd_step;
   for (cuda::FusedConv mode : {cuda::FusedConv::On, cuda::FusedConv::Auto}) {
     FusedScope fused(mode);
     cuda::reset_fused_conv_choices();

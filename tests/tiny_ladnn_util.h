@@ -1,12 +1,15 @@
-// tests/tiny_ladnn_util.h — a tiny LA-DNN and a random labelled batch for it, for the tests that train
-// one on the GPU (tests/cuda_graph_test.cpp, tests/cuda_fused_conv_test.cpp).
+// tests/tiny_ladnn_util.h — a tiny LA-DNN, a random labelled batch for it and one SGD step on it, for the
+// tests that train one on the GPU (tests/cuda_graph_test.cpp, tests/cuda_fused_conv_test.cpp,
+// tests/cuda_conv_backward_tc_test.cpp).
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <vector>
 
+#include "autograd/variable.h"
 #include "models/ladnn.h"
+#include "optim/sgd.h"
 #include "tensor/random.h"
 #include "tensor/tensor.h"
 
@@ -41,6 +44,14 @@ inline std::shared_ptr<LaDnn> tiny_ladnn(uint64_t seed, bool memory_efficient = 
   m->to(device);
   m->train();
   return m;
+}
+
+/// One training step on `d`: the lesion-attention loss, its backward, an SGD update.
+inline void sgd_step(LaDnn& net, SGD& opt, const LadnnBatch& d) {
+  Variable loss = lesion_attention_loss(net.forward_heads(Variable(d.images)), d.covid, d.lesions, d.mask);
+  opt.zero_grad();
+  loss.backward();
+  opt.step();
 }
 
 }  // namespace ladnn::test
