@@ -8,7 +8,9 @@
 // that runs it. Each candidate is timed as a graph replay (cuda::time_replayed_ms; its eager warm-up run
 // also does the convolution's cuDNN search): GPU time without the host's launch gaps, which an eager
 // timing would charge to the unfused ops' three library calls but a replayed inference never pays.
-// LADNN_CUDNN_LOG=1 prints each choice.
+// The tensor-core launches come whole and, where a shape has too few tiles to fill the GPU, with the
+// reduction split over blocks (tc_split). LADNN_CUDNN_LOG=1 prints each choice. The second half of the
+// file does the same for training's backward convolutions (below "the backward passes").
 #include <cuda_runtime.h>
 
 #include <cstdint>
