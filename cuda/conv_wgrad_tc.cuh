@@ -25,6 +25,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/fused_conv.cuh"
 
@@ -72,7 +73,8 @@ inline int wgrad_chunks(const FusedConvGeom& g) {
 
 /// How many splits of the pixel chunks (split_chunks): enough blocks for `waves` blocks per SM, each
 /// split reducing over 64 pixels or more. Returns the splits and sets chunks_per_split.
-inline int wgrad_splits(const FusedConvGeom& g, const WgradPlan& plan, int sms, int waves, int& chunks_per_split) {
+inline int wgrad_splits(const FusedConvGeom& g, const WgradPlan& plan, int sms, int waves,
+                        int& chunks_per_split) {
   const WgradGrid grid = wgrad_grid(g, plan, 1);
   return split_chunks(int64_t(grid.x) * grid.y, wgrad_chunks(g), sms, waves, 2, chunks_per_split);
 }
@@ -80,7 +82,7 @@ inline int wgrad_splits(const FusedConvGeom& g, const WgradPlan& plan, int sms, 
 /// Grid wgrad_grid(g, {BK, BN}, splits), WgradTile<BK, BN>::kThreads threads. dy: (N, K, P, Q), images
 /// g.y_img apart; x: (N, C, H, W), images g.x_img apart; out: dW (K, C, R, S) when there is one split,
 /// else the workspace's (splits, K, C*R*S) slabs. Any window, stride and padding.
-template <int BK, int BN>
+template <int BK, int BN, bool PW>
 __global__ void __launch_bounds__(WgradTile<BK, BN>::kThreads)
     conv_wgrad_tc_kernel(FusedConvGeom g, const float* __restrict__ dy, const float* __restrict__ x,
                          int chunks_per_split, float* __restrict__ out) {
@@ -133,11 +135,15 @@ __global__ void __launch_bounds__(WgradTile<BK, BN>::kThreads)
       const int kk = kk0 + col;
       float v = 0.0f;
       if (m_in && kk < CRS) {
-        const int c = kk / RS, rs = kk - c * RS;
-        const int ih = ih0 + rs / g.S, iw = iw0 + rs % g.S;
-        if (static_cast<unsigned>(ih) < static_cast<unsigned>(g.H) &&
-            static_cast<unsigned>(iw) < static_cast<unsigned>(g.W))
-          v = ximg[int64_t(c) * HW + ih * g.W + iw];
+        if constexpr (PW) {  // the pixel's own value of channel kk: no window arithmetic
+          v = ximg[int64_t(kk) * HW + pq];
+        } else {
+          const int c = kk / RS, rs = kk - c * RS;
+          const int ih = ih0 + rs / g.S, iw = iw0 + rs % g.S;
+          if (static_cast<unsigned>(ih) < static_cast<unsigned>(g.H) &&
+              static_cast<unsigned>(iw) < static_cast<unsigned>(g.W))
+            v = ximg[int64_t(c) * HW + ih * g.W + iw];
+        }
       }
       Bs[col * T::LDB + lane] = wmma::__float_to_tf32(v);
     }
@@ -185,14 +191,20 @@ __global__ void wgrad_reduce_kernel(const float* __restrict__ ws, int splits, in
   }
 }
 
-/// Calls `run.template go_wgrad<BK, BN>()` for `plan` (one of kWgradPlans; anything else runs as the first).
+/// Calls `run.template go_wgrad<BK, BN, PW>()` for `plan` (one of kWgradPlans; anything else runs as the
+/// first) and PW = run.g.pointwise() (as dispatch_fused_tc).
 template <class Run>
 void dispatch_wgrad(const WgradPlan& plan, const Run& run) {
-  if (plan.bk == 64 && plan.bn == 64) return run.template go_wgrad<64, 64>();
-  if (plan.bk == 64 && plan.bn == 128) return run.template go_wgrad<64, 128>();
-  if (plan.bk == 32 && plan.bn == 64) return run.template go_wgrad<32, 64>();
-  if (plan.bk == 32 && plan.bn == 128) return run.template go_wgrad<32, 128>();
-  return run.template go_wgrad<128, 64>();
+  auto tile = [&](auto pw) {
+    constexpr bool PW = decltype(pw)::value;
+    if (plan.bk == 64 && plan.bn == 64) return run.template go_wgrad<64, 64, PW>();
+    if (plan.bk == 64 && plan.bn == 128) return run.template go_wgrad<64, 128, PW>();
+    if (plan.bk == 32 && plan.bn == 64) return run.template go_wgrad<32, 64, PW>();
+    if (plan.bk == 32 && plan.bn == 128) return run.template go_wgrad<32, 128, PW>();
+    return run.template go_wgrad<128, 64, PW>();
+  };
+  if (run.g.pointwise()) return tile(std::true_type{});
+  return tile(std::false_type{});
 }
 
 }  // namespace

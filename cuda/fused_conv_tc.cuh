@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/fused_conv.cuh"
 
@@ -96,7 +97,7 @@ inline int tc_chunks(const FusedConvGeom& g) {
 /// and writes its raw sums to partial's slab z, laid out (K, M) — tc_split_reduce_kernel adds the
 /// slabs in split order, applies post and writes y. For outputs with few tiles and long reductions
 /// (DenseNet's 7x7 maps: 1,568 pixels at batch 32, 49 tiles of 128 x 32, up to 50 chunks each).
-template <int BK, int BM>
+template <int BK, int BM, bool PW>
 __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
     fused_conv_tc_kernel(FusedConvGeom g, const float* __restrict__ x, const float* __restrict__ w,
                          FusedBn pre, FusedBn post, float* __restrict__ y, int chunks_per_split,
@@ -144,7 +145,7 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
       partial && c_begin + chunks_per_split * kTcChunk < CRS ? c_begin + chunks_per_split * kTcChunk : CRS;
   for (int c0 = c_begin; c0 < c_end; c0 += kTcChunk) {
     if (pre.on && tid < kTcChunk && c0 + tid < CRS)
-      fused_bn_coef(pre, (c0 + tid) / RS, s_mean[tid], s_scale[tid], s_shift[tid]);
+      fused_bn_coef(pre, PW ? c0 + tid : (c0 + tid) / RS, s_mean[tid], s_scale[tid], s_shift[tid]);
     for (int i = tid; i < BK * kTcChunk; i += T::kThreads) {
       // Adjacent threads read adjacent floats of w: along a row (plain), or — flipped, where a row's
       // entries lie K * RS apart — down the rows, RS apart (contiguous for a pointwise weight).
@@ -154,8 +155,12 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
       if (k < g.K && kk < CRS) {
         int64_t at = int64_t(k) * CRS + kk;
         if (g.w_flipped) {  // entry (k, c, rs) of the rotated transpose: w[c, k, RS - 1 - rs]
-          const int c = kk / RS, rs = kk - c * RS;
-          at = (int64_t(c) * g.K + k) * RS + (RS - 1 - rs);
+          if constexpr (PW) {
+            at = int64_t(kk) * g.K + k;
+          } else {
+            const int c = kk / RS, rs = kk - c * RS;
+            at = (int64_t(c) * g.K + k) * RS + (RS - 1 - rs);
+          }
         }
         v = w[at];
       }
@@ -167,15 +172,19 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
       const int kk = c0 + cc;
       float v = 0.0f;
       if (m_in && kk < CRS) {
-        const int c = kk / RS, rs = kk - c * RS;
-        const int ih = ih0 + rs / g.S, iw = iw0 + rs % g.S;
-        if (static_cast<unsigned>(ih) < static_cast<unsigned>(g.H) &&
-            static_cast<unsigned>(iw) < static_cast<unsigned>(g.W)) {
-          v = ximg[int64_t(c) * HW + ih * g.W + iw];
-          if (pre.on) {
-            v = math::bn_normalize(v, s_mean[cc], s_scale[cc], s_shift[cc]);
-            if (pre.relu) v = math::bn_relu(v);
-          }
+        bool tap = true;  // inside the map (a pointwise tap always is: its own pixel, channel kk)
+        if constexpr (PW) {
+          v = ximg[int64_t(kk) * HW + ih0 * g.W + iw0];
+        } else {
+          const int c = kk / RS, rs = kk - c * RS;
+          const int ih = ih0 + rs / g.S, iw = iw0 + rs % g.S;
+          tap = static_cast<unsigned>(ih) < static_cast<unsigned>(g.H) &&
+                static_cast<unsigned>(iw) < static_cast<unsigned>(g.W);
+          if (tap) v = ximg[int64_t(c) * HW + ih * g.W + iw];
+        }
+        if (tap && pre.on) {
+          v = math::bn_normalize(v, s_mean[cc], s_scale[cc], s_shift[cc]);
+          if (pre.relu) v = math::bn_relu(v);
         }
       }
       Bs[cc * T::LDB + my_mm] = wmma::__float_to_tf32(v);
@@ -252,15 +261,22 @@ __global__ void tc_split_reduce_kernel(FusedConvGeom g, const float* __restrict_
   y[n * g.y_img + int64_t(k) * PQ + pq] = v;
 }
 
-/// Calls `run.template go_tc<BK, BM>()` for `plan` (one of kTcPlans; anything else runs as the first).
+/// Calls `run.template go_tc<BK, BM, PW>()` for `plan` (one of kTcPlans; anything else runs as the first)
+/// and PW = run.g.pointwise(): a pointwise convolution's taps need no window arithmetic (three integer
+/// divisions per staged value otherwise), and it is most of DenseNet's convolutions.
 template <class Run>
 void dispatch_fused_tc(const TcPlan& plan, const Run& run) {
-  if (plan.bk == 64 && plan.bm == 64) return run.template go_tc<64, 64>();
-  if (plan.bk == 128 && plan.bm == 32) return run.template go_tc<128, 32>();
-  if (plan.bk == 64 && plan.bm == 32) return run.template go_tc<64, 32>();
-  if (plan.bk == 32 && plan.bm == 64) return run.template go_tc<32, 64>();
-  if (plan.bk == 32 && plan.bm == 128) return run.template go_tc<32, 128>();
-  return run.template go_tc<128, 64>();
+  auto tile = [&](auto pw) {
+    constexpr bool PW = decltype(pw)::value;
+    if (plan.bk == 64 && plan.bm == 64) return run.template go_tc<64, 64, PW>();
+    if (plan.bk == 128 && plan.bm == 32) return run.template go_tc<128, 32, PW>();
+    if (plan.bk == 64 && plan.bm == 32) return run.template go_tc<64, 32, PW>();
+    if (plan.bk == 32 && plan.bm == 64) return run.template go_tc<32, 64, PW>();
+    if (plan.bk == 32 && plan.bm == 128) return run.template go_tc<32, 128, PW>();
+    return run.template go_tc<128, 64, PW>();
+  };
+  if (run.g.pointwise()) return tile(std::true_type{});
+  return tile(std::false_type{});
 }
 
 }  // namespace
