@@ -47,8 +47,8 @@
 #                    two kernels, its BatchNorms fused into its convolutions: cuda/fused_conv.cuh and
 #                    cuda/fused_conv_tc.cuh), graphed training at 32 and 64 with =auto (the dense blocks'
 #                    forward convolutions and, with TF32, the backward ones on cuda/conv_wgrad_tc.cuh and
-#                    the flipped-weight data pass), then auto's per-shape choices (LADNN_CUDNN_LOG=1,
-#                    counted: inference at 1 and 32, training at 64)
+#                    the flipped-weight data pass), and auto's per-shape choices in those runs
+#                    (LADNN_CUDNN_LOG=1), counted per pass
 #        loop        the trainer's graphed loop over host batches at 32 and 64: waiting for each step
 #                    ("loop sync", the old `ladnn train --cuda-graph`) against one step ahead ("loop
 #                    ahead", pinned slots and queued copies) — what the app loses around the step
@@ -212,7 +212,7 @@ compare() {  # name, then the command (environment assignments first)
   local rc=$?
   echo "exit status $rc"
   [ "$rc" = 0 ] || tail -n 5 "$OUTDIR/compare_$name.log"
-  sed -n '/^work/,$p' "$OUTDIR/compare_$name.log"
+  sed -n '/^work/,$p' "$OUTDIR/compare_$name.log" | grep -v '^ladnn: '  # (LADNN_CUDNN_LOG's choice lines)
   grep -A40 -E '^op +impl' "$OUTDIR/compare_$name.log" | head -45
 }
 # shellcheck disable=SC2086
@@ -252,30 +252,24 @@ if want conv1x1; then
   sed -n '/^graph of infer batch 1:/,/other kernels$/p' "$OUTDIR/conv1x1_choices.log"  # what a b1 replay launches
 fi
 if want fused; then
+  # The auto rows log their choices (LADNN_CUDNN_LOG=1), counted and sampled below from the same runs.
   compare fused-on LADNN_FUSED_CONV=on timeout "$T_COMPARE" "$B/ladnn" bench --batches 1,32 --work infer --graph on \
     --torch off --steps 20 --warmup 3
-  compare fused-auto LADNN_FUSED_CONV=auto timeout "$T_COMPARE" "$B/ladnn" bench --batches 1,32 --work infer \
-    --graph on --torch off --steps 20 --warmup 3
-  compare fused-auto-train LADNN_FUSED_CONV=auto timeout "$T_COMPARE" "$B/ladnn" bench --batches 32,64 --work train \
-    --graph on --torch off --steps 10 --warmup 3
+  compare fused-auto LADNN_FUSED_CONV=auto LADNN_CUDNN_LOG=1 timeout "$T_COMPARE" "$B/ladnn" bench --batches 1,32 \
+    --work infer --graph on --torch off --steps 20 --warmup 3
+  compare fused-auto-train LADNN_FUSED_CONV=auto LADNN_CUDNN_LOG=1 timeout "$T_COMPARE" "$B/ladnn" bench \
+    --batches 32,64 --work train --graph on --torch off --steps 10 --warmup 3
   compare fused-auto-train-memory-efficient LADNN_FUSED_CONV=auto timeout "$T_COMPARE" "$B/ladnn" bench --batches 64 \
     --work train --memory-efficient --graph on --torch off --steps 10 --warmup 3
-  section "7. fused: auto's choices (inference, batches 1 and 32)"
-  LADNN_FUSED_CONV=auto LADNN_CUDNN_LOG=1 timeout "$T_COMPARE" "$B/ladnn" bench --batches 1,32 --work infer \
-    --graph on --torch off --steps 3 --warmup 1 >"$OUTDIR/fused_choices.log" 2>&1
-  echo "exit status $?"
-  echo "fused: $(grep -c '^ladnn: conv2d_bn_eval .* -> fused' "$OUTDIR/fused_choices.log") shapes," \
-    "unfused: $(grep -c '^ladnn: conv2d_bn_eval .* -> unfused' "$OUTDIR/fused_choices.log") shapes"
-  grep '^ladnn: conv2d_bn_eval' "$OUTDIR/fused_choices.log" | awk 'NR % 8 == 1' | head -16
-  section "7. fused: auto's choices for training's backward convolutions (batch 64)"
-  LADNN_FUSED_CONV=auto LADNN_CUDNN_LOG=1 timeout "$T_COMPARE" "$B/ladnn" bench --batches 64 --work train \
-    --graph on --torch off --steps 3 --warmup 1 >"$OUTDIR/fused_choices_train.log" 2>&1
-  echo "exit status $?"
-  for pass in conv2d_bn_eval conv2d_backward_input conv2d_backward_weight; do
-    echo "$pass: ours $(grep -cE "^ladnn: $pass .* -> (ours|fused)" "$OUTDIR/fused_choices_train.log") shapes," \
-      "library $(grep -cE "^ladnn: $pass .* -> (library|unfused)" "$OUTDIR/fused_choices_train.log") shapes"
+  section "7. fused: auto's choices (inference at batches 1 and 32; training at 32 and 64)"
+  for spec in "fused-auto conv2d_bn_eval" "fused-auto-train conv2d_bn_eval" \
+    "fused-auto-train conv2d_backward_input" "fused-auto-train conv2d_backward_weight"; do
+    set -- $spec
+    echo "$1 $2: ours $(grep -cE "^ladnn: $2 .* -> (ours|fused)" "$OUTDIR/compare_$1.log") shapes," \
+      "library $(grep -cE "^ladnn: $2 .* -> (library|unfused)" "$OUTDIR/compare_$1.log") shapes"
   done
-  grep -E '^ladnn: conv2d_backward_(input|weight)' "$OUTDIR/fused_choices_train.log" | awk 'NR % 12 == 1' | head -14
+  grep '^ladnn: conv2d_bn_eval' "$OUTDIR/compare_fused-auto.log" | awk 'NR % 8 == 1' | head -12
+  grep -E '^ladnn: conv2d_backward_(input|weight)' "$OUTDIR/compare_fused-auto-train.log" | awk 'NR % 12 == 1' | head -12
 fi
 want loop && compare loop timeout "$T_COMPARE" "$B/ladnn" bench --batches 32,64 --work loop --torch off \
   --steps 20 --warmup 3
