@@ -49,11 +49,13 @@
 #                    forward convolutions and, with TF32, the backward ones on cuda/conv_wgrad_tc.cuh and
 #                    the flipped-weight data pass), and auto's per-shape choices in those runs
 #                    (LADNN_CUDNN_LOG=1), counted per pass
+#        loss-curve  `ladnn bench --loss-curve 50` with LADNN_FUSED_CONV=auto: our first 50 Adam steps beside
+#                    PyTorch's from the same weights and batches (the largest |loss difference|)
 #        loop        the trainer's graphed loop over host batches at 32 and 64: waiting for each step
 #                    ("loop sync", the old `ladnn train --cuda-graph`) against one step ahead ("loop
 #                    ahead", pinned slots and queued copies) — what the app loses around the step
 # LADNN_CHECK_STEPS picks the steps (comma-separated names: info,tests,sanitizer,kernels,bench,before,
-# cudnn-bn,memory,profile,graph-profile,tf32-off,conv1x1,graph-plan,native-conv,fused,loop; default all but the comparisons, which need the time of a
+# cudnn-bn,memory,profile,graph-profile,tf32-off,conv1x1,graph-plan,native-conv,fused,loss-curve,loop; default all but the comparisons, which need the time of a
 # second call).
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to
 # device-check-out/.
@@ -270,6 +272,12 @@ if want fused; then
   done
   grep '^ladnn: conv2d_bn_eval' "$OUTDIR/compare_fused-auto.log" | awk 'NR % 8 == 1' | head -12
   grep -E '^ladnn: conv2d_backward_(input|weight)' "$OUTDIR/compare_fused-auto-train.log" | awk 'NR % 12 == 1' | head -12
+fi
+if want loss-curve; then  # the issue's "same loss curve as PyTorch", through auto's kernels (forward and backward)
+  section "7. loss-curve: 50 Adam steps with LADNN_FUSED_CONV=auto beside PyTorch, same weights and batches"
+  LADNN_FUSED_CONV=auto timeout "$T_COMPARE" "$B/ladnn" bench --loss-curve 50 >"$OUTDIR/loss_curve.log" 2>&1
+  echo "exit status $?"
+  grep -E '^ +(1|10|25|50) |^largest' "$OUTDIR/loss_curve.log"
 fi
 want loop && compare loop timeout "$T_COMPARE" "$B/ladnn" bench --batches 32,64 --work loop --torch off \
   --steps 20 --warmup 3
