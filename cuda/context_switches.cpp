@@ -247,7 +247,7 @@ std::string describe_switches() {
             [f] { return std::string(impl_name(f, impl(f))); });
   guarded("conv1x1", "LADNN_CONV1X1; default auto: cuDNN or cuBLAS, timed per shape",
           [] { return std::string(conv1x1_name(conv1x1())); });
-  guarded("fused-conv", "LADNN_FUSED_CONV; default off: our conv kernels, BatchNorms fused in",
+  guarded("fused-conv", "LADNN_FUSED_CONV; default off: our conv kernels (BatchNorms fused in; TF32 backward)",
           [] { return std::string(fused_conv_name(fused_conv())); });
   guarded("graph-plan", "LADNN_GRAPH_PLAN; default off: one planned arena per CUDA graph",
           [] { return std::string(graph_memory_plan() ? "on" : "off"); });

@@ -92,7 +92,7 @@ TEST(CudaContextSwitches, DescribeSwitchesNamesEachValueAndVariable) {
             std::string::npos)
       << d;
   EXPECT_NE(d.find("  deterministic  on      (LADNN_DETERMINISTIC; default off)\n"), std::string::npos) << d;
-  EXPECT_NE(d.find("  fused-conv     auto    (LADNN_FUSED_CONV; default off: our conv kernels, BatchNorms fused in)\n"),
+  EXPECT_NE(d.find("  fused-conv     auto    (LADNN_FUSED_CONV; default off: our conv kernels (BatchNorms fused in; TF32 backward))\n"),
             std::string::npos)
       << d;
   EXPECT_NE(d.find("  gemm           "), std::string::npos) << d;
