@@ -301,16 +301,23 @@ struct FusedArgs {
   int chunks_per_split = 0;
 };
 
-/// How to split `chunks` reduction steps of `tiles` output tiles over blocks: enough splits for `waves`
-/// blocks per SM, each split at least `min_chunks` steps long. Returns the number of splits (none of them
-/// empty; 1 when the tiles alone fill the GPU) and sets chunks_per_split.
-inline int split_chunks(int64_t tiles, int64_t chunks, int sms, int waves, int min_chunks, int& chunks_per_split) {
+/// How to split `chunks` reduction steps of `tiles` output tiles over blocks: at least enough splits for
+/// `waves` blocks per SM (one split when the tiles alone fill the GPU), as far as splits of `min_chunks`
+/// steps allow, the steps then spread evenly. Returns the number of splits (none empty) and sets
+/// chunks_per_split (every split's length but the last's, which may be shorter).
+inline int split_chunks(int64_t tiles, int64_t chunks, int sms, int waves, int min_chunks,
+                        int& chunks_per_split) {
   int64_t splits = (int64_t(sms) * waves + tiles - 1) / tiles;
   const int64_t most = chunks / min_chunks > 1 ? chunks / min_chunks : 1;
   if (splits > most) splits = most;
   if (splits < 1) splits = 1;
-  chunks_per_split = static_cast<int>((chunks + splits - 1) / splits);
-  return static_cast<int>((chunks + chunks_per_split - 1) / chunks_per_split);
+  int64_t cps = chunks / splits;  // rounded down: ceil(chunks / cps) >= splits
+  if (cps < 1) cps = 1;
+  const int64_t n = (chunks + cps - 1) / cps;
+  const int64_t even = (chunks + n - 1) / n;  // n splits evened out (the last no longer a stub)
+  if (n == 1 || even >= min_chunks) cps = even;
+  chunks_per_split = static_cast<int>(cps);
+  return static_cast<int>((chunks + cps - 1) / cps);
 }
 
 /// The grid of `plan` over g's output: (pixel tiles, channel groups).

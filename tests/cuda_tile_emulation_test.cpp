@@ -895,6 +895,38 @@ struct EmulateWgrad {
   }
 };
 
+// split_chunks (both tensor-core kernels' split-K) over a grid of sizes: every chunk in exactly one
+// split, no split empty or shorter than min_chunks (unless there is a single one), and as many blocks
+// as asked for whenever the chunks allow it.
+TEST(FusedConvEmulation, SplitChunksCoverTheReductionWithoutEmptySplits) {
+  int checked = 0;
+  for (int64_t tiles : {1, 7, 49, 131, 132, 500})
+    for (int64_t chunks : {1, 2, 3, 4, 7, 8, 9, 36, 51, 98, 6272})
+      for (int waves : {1, 2, 3})
+        for (int min_chunks : {2, 4}) {
+          int cps = 0;
+          const int splits = split_chunks(tiles, chunks, 132, waves, min_chunks, cps);
+          SCOPED_TRACE("tiles " + std::to_string(tiles) + " chunks " + std::to_string(chunks) + " waves " +
+                       std::to_string(waves) + " min " + std::to_string(min_chunks));
+          ASSERT_GE(splits, 1);
+          ASSERT_GE(cps, 1);
+          EXPECT_LT(int64_t(splits - 1) * cps, chunks) << "an empty split";
+          EXPECT_GE(int64_t(splits) * cps, chunks) << "chunks left over";
+          if (splits > 1) EXPECT_GE(cps, min_chunks) << "a split shorter than min_chunks";
+          // At least the splits asked for (132 * waves blocks), as far as min_chunks allows.
+          const int64_t wanted = (int64_t(132) * waves + tiles - 1) / tiles;
+          const int64_t most = std::max<int64_t>(chunks / min_chunks, 1);
+          EXPECT_GE(splits, std::min(wanted, most));
+          ++checked;
+        }
+  EXPECT_EQ(checked, 6 * 11 * 3 * 2);
+  // DenseNet-169's widest 7x7 bottleneck at batch 32 on 132 SMs: 49 tiles of 128 x 32, 51 chunks of
+  // 32 channels; two blocks per SM wanted (6 splits): 7 splits of 8 chunks (the last 3).
+  int cps = 0;
+  EXPECT_EQ(split_chunks(49, 51, 132, 2, 4, cps), 7);
+  EXPECT_EQ(cps, 8);
+}
+
 TEST(FusedConvEmulation, WeightGradientSplitsCoverThePixels) {
   FusedConvGeom g{};
   g.N = 64, g.C = 1280, g.H = g.W = g.P = g.Q = 7, g.K = 128, g.R = g.S = 1, g.sh = g.sw = 1;
@@ -902,15 +934,15 @@ TEST(FusedConvEmulation, WeightGradientSplitsCoverThePixels) {
   // DenseNet-169's widest 7x7 bottleneck at batch 64: 3,136 pixels = 98 chunks; 2 x 20 tiles of 64 x 64.
   EXPECT_EQ(wgrad_splits(g, {64, 64}, 132, 2, cps), 7);  // 264 blocks wanted: 7 splits of 14 chunks
   EXPECT_EQ(cps, 14);
-  EXPECT_EQ(wgrad_splits(g, {64, 64}, 132, 1, cps), 4);  // 132 / 40 -> 4 splits of 25 chunks (the last 23)
-  EXPECT_EQ(cps, 25);
+  EXPECT_EQ(wgrad_splits(g, {64, 64}, 132, 1, cps), 5);  // 132 / 40 -> 4 wanted: 5 of 20 chunks (the last 18)
+  EXPECT_EQ(cps, 20);
   g.N = 1;  // 49 pixels = 2 chunks: one split, however many blocks the GPU could take
   EXPECT_EQ(wgrad_splits(g, {64, 64}, 132, 3, cps), 1);
   EXPECT_EQ(cps, 2);
-  g.N = 64, g.H = g.W = g.P = g.Q = 56, g.C = 128;  // 200,704 pixels, 2 x 2 tiles: 66 splits of 96 chunks
-  EXPECT_EQ(wgrad_splits(g, {64, 64}, 132, 2, cps), 66);
-  EXPECT_EQ(cps, 96);
-  EXPECT_LT(int64_t(65) * 96, wgrad_chunks(g));  // the last split is not empty
+  g.N = 64, g.H = g.W = g.P = g.Q = 56, g.C = 128;  // 200,704 pixels, 2 x 2 tiles: 66 wanted, 67 of 94 chunks
+  EXPECT_EQ(wgrad_splits(g, {64, 64}, 132, 2, cps), 67);
+  EXPECT_EQ(cps, 94);
+  EXPECT_LT(int64_t(66) * 94, wgrad_chunks(g));  // the last split is not empty
 }
 
 // The weight gradient against float64 scattering: every tile shape, one split and several (the
