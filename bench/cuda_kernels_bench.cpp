@@ -324,7 +324,10 @@ void bench_conv(benchmark::State& state, ConvShape s, ConvPass pass, Impl impl, 
     const double flops = 2.0 * double(kBatch * s.K * s.C * s.R * s.R * ys[2] * ys[3]);
     switch (pass) {
       case ConvPass::Forward:
-        run_timed(state, [&] { ops::conv2d_forward(x, w, Tensor(), p); }, {0, flops});
+        if (fused != cuda::FusedConv::Off)  // as the training dense blocks run it: the op without BatchNorms
+          run_timed(state, [&] { ops::conv2d_bn_eval(x, nullptr, w, p, nullptr); }, {0, flops});
+        else
+          run_timed(state, [&] { ops::conv2d_forward(x, w, Tensor(), p); }, {0, flops});
         break;
       case ConvPass::BackwardInput:
         run_timed(state, [&] { ops::conv2d_backward_input(dy, w, xs, p); }, {0, flops});
@@ -469,14 +472,17 @@ void register_all() {
       if (s.R == 1 && s.stride == 1 && pass != ConvPass::BackwardWeight)
         configure(benchmark::RegisterBenchmark((std::string(name) + "/cublas/" + shape).c_str(), bench_conv, s, pass,
                                                Impl::Library, cuda::Conv1x1::Cublas, cuda::FusedConv::Off));
-      // Our tensor-core backward kernels (TF32 on; the data pass at stride 1): "native-tc" in the default
-      // tile, "/auto" LADNN_FUSED_CONV=auto's choice (ours or cuDNN, whichever timed faster).
+      // Our tensor-core kernels (TF32 on; the data pass at stride 1): "native-tc" the backward passes in
+      // their default tile (On), "/auto" LADNN_FUSED_CONV=auto's choice, ours or the library's, whichever
+      // timed faster — for the forward, among every launch shape of both forms (split or whole), as the
+      // training dense blocks' forward convolutions run.
       const bool ours = pass == ConvPass::BackwardWeight || (pass == ConvPass::BackwardInput && s.stride == 1);
-      if (ours)
-        for (cuda::FusedConv fused : {cuda::FusedConv::On, cuda::FusedConv::Auto})
-          configure(benchmark::RegisterBenchmark(
-              (std::string(name) + "/native-tc/" + shape + (fused == cuda::FusedConv::Auto ? "/auto" : "")).c_str(),
-              bench_conv, s, pass, Impl::Library, cuda::Conv1x1::Cudnn, fused));
+      for (cuda::FusedConv fused : {cuda::FusedConv::On, cuda::FusedConv::Auto}) {
+        if (!ours && !(pass == ConvPass::Forward && fused == cuda::FusedConv::Auto)) continue;
+        configure(benchmark::RegisterBenchmark(
+            (std::string(name) + "/native-tc/" + shape + (fused == cuda::FusedConv::Auto ? "/auto" : "")).c_str(),
+            bench_conv, s, pass, Impl::Library, cuda::Conv1x1::Cudnn, fused));
+      }
     }
 
   // "unfused" = BN kernel + cuDNN (or cuBLAS) conv, twice; "native" = the fused kernel (plan_fused's
