@@ -83,7 +83,7 @@ struct BnGeom {
 
 BnGeom geom_of(const Tensor& x) { return {x.size(0), x.size(1), x.size(2) * x.size(3)}; }
 
-BnPartition partition_of(const BnGeom& g) { return math::bn_partition(g.N, g.C, g.HW, num_sms()); }
+BnPartition partition_of(const BnGeom& g) { return math::bn_partition(g.N, g.C, g.HW, sm_count()); }
 
 /// A per-channel vector as the kernels read it: base pointer and element stride; null = undefined.
 struct ChanPtr {

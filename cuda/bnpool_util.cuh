@@ -16,6 +16,7 @@
 #include "cuda/check.h"
 #include "cuda/context.h"
 #include "cuda/profiler.h"
+#include "cuda/runtime.h"
 #include "tensor/tensor.h"
 
 #ifndef CUDNN_CHECK
@@ -41,22 +42,11 @@ inline Tensor new_output(const Shape& shape, DType dtype, Device device) {
 inline cudaStream_t cur_stream() { return static_cast<cudaStream_t>(stream()); }
 inline cudnnHandle_t cudnn_handle() { return static_cast<cudnnHandle_t>(cudnn()); }
 
-/// Streaming multiprocessors of the current device (for sizing grids), read once.
-inline int num_sms() {
-  static const int n = [] {
-    int dev = 0, v = 0;
-    CUDA_CHECK(cudaGetDevice(&dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
-    return v > 0 ? v : 1;
-  }();
-  return n;
-}
-
 /// Blocks for a grid-stride loop over `n` items with `threads` per block: enough to fill the GPU
 /// (32 blocks per SM), never more than the work needs. n must be > 0.
 inline unsigned grid_for(int64_t n, int threads) {
   const int64_t need = (n + threads - 1) / threads;
-  const int64_t cap = int64_t(num_sms()) * 32;
+  const int64_t cap = int64_t(sm_count()) * 32;
   return static_cast<unsigned>(need < cap ? need : cap);
 }
 

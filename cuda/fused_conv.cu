@@ -13,6 +13,7 @@
 // file does the same for training's backward convolutions (below "the backward passes").
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <functional>
@@ -29,10 +30,10 @@
 #include "cuda/conv_wgrad_tc.cuh"
 #include "cuda/fused_conv.cuh"
 #include "cuda/fused_conv_tc.cuh"
-#include "cuda/gemm_tile.cuh"
 #include "cuda/graph.h"
 #include "cuda/ops.h"
 #include "cuda/profiler.h"
+#include "cuda/runtime.h"
 
 namespace ladnn::cuda {
 namespace {

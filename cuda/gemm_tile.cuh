@@ -48,6 +48,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/check.h"
+#include "cuda/runtime.h"
 #endif
 
 namespace ladnn::cuda {
@@ -337,17 +338,6 @@ inline TilePlan plan_tiles_for(int64_t M, int64_t N, int64_t K, int64_t batch, b
 }
 
 #ifndef LADNN_TILE_EMULATION
-
-/// Streaming multiprocessors of the current device, read once.
-inline int sm_count() {
-  static const int n = [] {
-    int dev = 0, v = 0;
-    CUDA_CHECK(cudaGetDevice(&dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
-    return v > 0 ? v : 1;
-  }();
-  return n;
-}
 
 inline TilePlan plan_tiles(int64_t M, int64_t N, int64_t K, int64_t batch, bool allow_split_k) {
   return plan_tiles_for(M, N, K, batch, allow_split_k, sm_count());

@@ -27,6 +27,9 @@ bool available();
 std::string unavailable_reason();
 int device_count();
 DeviceInfo device_info(int index);
+/// Streaming multiprocessors of the current device, read once — what the kernels' launchers size their
+/// grids by (split-K, grid-stride loops).
+int sm_count();
 /// Versions of the CUDA runtime, cuDNN and cuBLAS this binary uses ("" without CUDA).
 std::string runtime_version();
 std::string cudnn_version();

@@ -14,6 +14,7 @@ bool available() { return false; }
 std::string unavailable_reason() { return kReason; }
 int device_count() { return 0; }
 DeviceInfo device_info(int) { throw std::runtime_error(kReason); }
+int sm_count() { throw std::runtime_error(kReason); }
 std::string runtime_version() { return ""; }
 std::string cudnn_version() { return ""; }
 std::string cublas_version() { return ""; }
