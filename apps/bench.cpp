@@ -46,6 +46,7 @@
 #include "cuda/allocator.h"
 #include "cuda/context.h"
 #include "cuda/graph.h"
+#include "cuda/ops.h"
 #include "cuda/profiler.h"
 #include "cuda/runtime.h"
 #include "models/graphed_step.h"
@@ -493,7 +494,9 @@ void run_bench(const BenchOptions& o) {
     std::cout << "\n";
   }
   // Which kernels ran: the first question when comparing two tables.
-  if (device.is_cuda()) std::cout << "GPU switches (as `ladnn info` prints them):\n" << cuda::describe_switches();
+  if (device.is_cuda())
+    std::cout << "GPU switches (as `ladnn info` prints them):\n"
+              << cuda::describe_switches() << cuda::describe_fused_conv_choices();
 }
 
 void add_bench(CLI::App& app) {

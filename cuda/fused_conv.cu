@@ -356,6 +356,26 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
   return false;
 }
 
+std::string describe_fused_conv_choices() {
+  FusedCache& cache = fused_cache();
+  std::lock_guard<std::mutex> lock(cache.mu);
+  if (cache.choices.empty()) return "";
+  int ours[3] = {0, 0, 0}, library[3] = {0, 0, 0};
+  for (const auto& [key, choice] : cache.choices) {
+    const int pass = static_cast<int>(std::get<0>(key).front());  // fused_key's first entry
+    if (pass < 0 || pass > 2) continue;
+    ++(choice.fused ? ours : library)[pass];
+  }
+  const char* names[3] = {"forward", "backward data", "backward weight"};
+  std::string out = "LADNN_FUSED_CONV=auto's choices (shapes: ours / library):";
+  for (int p = 0; p < 3; ++p)
+    if (ours[p] + library[p] > 0)
+      out += std::string(" ") + names[p] + " " + std::to_string(ours[p]) + " / " +
+             std::to_string(library[p]) + ";";
+  out.back() = '\n';
+  return out;
+}
+
 void reset_fused_conv_choices() {
   FusedCache& cache = fused_cache();
   std::lock_guard<std::mutex> lock(cache.mu);

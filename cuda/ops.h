@@ -78,6 +78,9 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
 /// each shape times again. For tests, and after changing something the choice depends on that its key
 /// does not hold.
 void reset_fused_conv_choices();
+/// "LADNN_FUSED_CONV=auto's choices (shapes: ours / library): forward 70 / 16; backward data ...\n" —
+/// how many shapes of each pass Auto has given to our kernels and to the library so far ("" for none).
+std::string describe_fused_conv_choices();
 /// How many launch shapes the fused kernel has: cuda/fused_conv.cuh's SIMT kFusedPlans, then
 /// cuda/fused_conv_tc.cuh's tensor-core kTcPlans (with TF32 on, sm_80+).
 int fused_conv_plans();

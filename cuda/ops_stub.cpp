@@ -195,6 +195,9 @@ bool conv2d_bn_eval_fused(const Tensor&, int64_t, const ops::BnEval*, const Tens
   no_backend("conv2d_bn_eval");
 }
 void reset_fused_conv_choices() {}
+std::string describe_fused_conv_choices() {
+  return "";
+}
 int fused_conv_plans() {
   return 0;
 }

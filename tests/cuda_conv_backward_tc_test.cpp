@@ -135,8 +135,8 @@ TEST(CudaConvBackwardTc, EveryTileShapeMatchesFloat64) {
     const test::ConvGradReference rx = test::conv_backward_reference(dy, w, x.shape(), w.shape(), p, false);
     for (int plan = 0; plan < cuda::conv_backward_plans(false); ++plan)
       for (int cps : {0, 1}) {  // whole reductions; split one 32-value chunk a split (1 to 36 splits here)
-        const std::string what =
-            name_of(c) + " data gradient, plan " + std::to_string(plan) + ", chunks per split " + std::to_string(cps);
+        const std::string what = name_of(c) + " data gradient, plan " + std::to_string(plan) +
+                                 ", chunks per split " + std::to_string(cps);
         const Tensor dx = Tensor::empty(x.shape(), DType::Float32, Device::cuda());
         EXPECT_EQ(profiled([&] { cuda::conv2d_backward_input_fused_plan(gdy, gw, p, dx, plan, cps); }),
                   "conv2d_backward_input/native-tc")
@@ -196,6 +196,16 @@ TEST(CudaConvBackwardTc, OpsRunOursUnderOnAndTimeOnceUnderAuto) {
       << "the second call ran '" << ran_x << "' (expected one call of one implementation)";
   EXPECT_TRUE(ran_w == "conv2d_backward_weight/native-tc" || ran_w == "conv2d_backward_weight/cudnn")
       << "the second call ran '" << ran_w << "'";
+  // What Auto says it chose: one shape of each backward pass, the way the second calls ran.
+  const std::string said = cuda::describe_fused_conv_choices();
+  EXPECT_NE(
+      said.find(ran_x == "conv2d_backward_input/native-tc" ? "backward data 1 / 0;" : "backward data 0 / 1;"),
+      std::string::npos)
+      << said;
+  EXPECT_NE(said.find(ran_w == "conv2d_backward_weight/native-tc" ? "backward weight 1 / 0"
+                                                                  : "backward weight 0 / 1"),
+            std::string::npos)
+      << said;
   EXPECT_TRUE(gpu_equals("Auto: dx, second call = first", dx2, to_cpu(dx1)));
   EXPECT_TRUE(gpu_equals("Auto: dw, second call = first", dw2, to_cpu(dw1)));
   // Captured and replayed.
