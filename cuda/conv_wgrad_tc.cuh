@@ -16,8 +16,9 @@
 // pixel (its lane) in every chunk, so a pixel's image and window origin are computed once per chunk and
 // adjacent lanes read adjacent pixels (coalesced). The taps are stored column-major (pixel fastest), the
 // layout the B fragments load as wmma::col_major, which keeps the staging stores free of bank conflicts.
-// PW = true instantiates the pointwise case (1x1, stride 1, no padding), where the tap of entry kk is the
-// pixel's own value of channel kk: no window arithmetic per staged value.
+// KS = 1 instantiates the pointwise case (1x1, stride 1, no padding), where the tap of entry kk is the
+// pixel's own value of channel kk: no window arithmetic per staged value; KS = 3 a 3x3 window, whose
+// divisions by 9 and 3 compile to multiplications; KS = 0 any window.
 //
 // Split-K: the pixels are long (DenseNet-169 at batch 64: 3,136 at 7x7 to 200,704 at 56x56) and the
 // tiles few (a 32 x 1,152 gradient is 18 tiles of 32 x 64), so blockIdx.z takes a contiguous run of
@@ -84,7 +85,7 @@ inline int wgrad_splits(const FusedConvGeom& g, const WgradPlan& plan, int sms, 
 /// Grid wgrad_grid(g, {BK, BN}, splits), WgradTile<BK, BN>::kThreads threads. dy: (N, K, P, Q), images
 /// g.y_img apart; x: (N, C, H, W), images g.x_img apart; out: dW (K, C, R, S) when there is one split,
 /// else the workspace's (splits, K, C*R*S) slabs. Any window, stride and padding.
-template <int BK, int BN, bool PW>
+template <int BK, int BN, int KS>
 __global__ void __launch_bounds__(WgradTile<BK, BN>::kThreads)
     conv_wgrad_tc_kernel(FusedConvGeom g, const float* __restrict__ dy, const float* __restrict__ x,
                          int chunks_per_split, float* __restrict__ out) {
@@ -100,7 +101,10 @@ __global__ void __launch_bounds__(WgradTile<BK, BN>::kThreads)
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int wk = warp / (BN / 32), wn = warp % (BN / 32);
   const int kk0 = blockIdx.x * BN, k0 = blockIdx.y * BK;
-  const int M = g.M(), PQ = g.P * g.Q, HW = g.H * g.W, RS = g.R * g.S, CRS = g.C * RS;
+  const int M = g.M(), PQ = g.P * g.Q, HW = g.H * g.W;
+  // KS = 1 (pointwise) or 3 (3x3): a compile-time window (constant divisors); 0: any.
+  constexpr bool PW = KS == 1;
+  const int S = KS > 0 ? KS : g.S, RS = KS > 0 ? KS * KS : g.R * g.S, CRS = g.C * RS;
   const int chunk_begin = blockIdx.z * chunks_per_split;
   int chunk_end = chunk_begin + chunks_per_split;
   const int chunks = (M + kWgradChunk - 1) / kWgradChunk;
@@ -141,7 +145,7 @@ __global__ void __launch_bounds__(WgradTile<BK, BN>::kThreads)
           v = ximg[int64_t(kk) * HW + pq];
         } else {
           const int c = kk / RS, rs = kk - c * RS;
-          const int ih = ih0 + rs / g.S, iw = iw0 + rs % g.S;
+          const int ih = ih0 + rs / S, iw = iw0 + rs % S;
           if (static_cast<unsigned>(ih) < static_cast<unsigned>(g.H) &&
               static_cast<unsigned>(iw) < static_cast<unsigned>(g.W))
             v = ximg[int64_t(c) * HW + ih * g.W + iw];
@@ -193,20 +197,22 @@ __global__ void wgrad_reduce_kernel(const float* __restrict__ ws, int splits, in
   }
 }
 
-/// Calls `run.template go_wgrad<BK, BN, PW>()` for `plan` (one of kWgradPlans; anything else runs as the
-/// first) and PW = run.g.pointwise() (as dispatch_fused_tc).
+/// Calls `run.template go_wgrad<BK, BN, KS>()` for `plan` (one of kWgradPlans; anything else runs as the
+/// first) and KS = run.g.ksize() (as dispatch_fused_tc).
 template <class Run>
 void dispatch_wgrad(const WgradPlan& plan, const Run& run) {
-  auto tile = [&](auto pw) {
-    constexpr bool PW = decltype(pw)::value;
-    if (plan.bk == 64 && plan.bn == 64) return run.template go_wgrad<64, 64, PW>();
-    if (plan.bk == 64 && plan.bn == 128) return run.template go_wgrad<64, 128, PW>();
-    if (plan.bk == 32 && plan.bn == 64) return run.template go_wgrad<32, 64, PW>();
-    if (plan.bk == 32 && plan.bn == 128) return run.template go_wgrad<32, 128, PW>();
-    return run.template go_wgrad<128, 64, PW>();
+  auto tile = [&](auto ks) {
+    constexpr int KS = decltype(ks)::value;
+    if (plan.bk == 64 && plan.bn == 64) return run.template go_wgrad<64, 64, KS>();
+    if (plan.bk == 64 && plan.bn == 128) return run.template go_wgrad<64, 128, KS>();
+    if (plan.bk == 32 && plan.bn == 64) return run.template go_wgrad<32, 64, KS>();
+    if (plan.bk == 32 && plan.bn == 128) return run.template go_wgrad<32, 128, KS>();
+    return run.template go_wgrad<128, 64, KS>();
   };
-  if (run.g.pointwise()) return tile(std::true_type{});
-  return tile(std::false_type{});
+  const int ks = run.g.ksize();
+  if (ks == 1) return tile(std::integral_constant<int, 1>{});
+  if (ks == 3) return tile(std::integral_constant<int, 3>{});
+  return tile(std::integral_constant<int, 0>{});
 }
 
 }  // namespace

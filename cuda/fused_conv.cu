@@ -68,7 +68,7 @@ struct Launch : FusedArgs {
         <<<dim3(fg.x, fg.y), WARPS * 32, 0, static_cast<cudaStream_t>(stream())>>>(g, x, w, pre, post, y);
     CUDA_CHECK_LAUNCH();
   }
-  template <int BK, int BM, bool PW>
+  template <int BK, int BM, int KS>
   void go_tc() const {
     const FusedGrid fg = tc_grid(g, TcPlan{BK, BM});
     const cudaStream_t st = static_cast<cudaStream_t>(stream());
@@ -76,7 +76,7 @@ struct Launch : FusedArgs {
     Tensor ws;  // the splits' partial sums (none without a split)
     if (splits > 1) ws = Tensor::empty({splits, int64_t(g.K) * g.M()}, DType::Float32, device);
     float* partial = splits > 1 ? ws.data<float>() : nullptr;
-    fused_conv_tc_kernel<BK, BM, PW>
+    fused_conv_tc_kernel<BK, BM, KS>
         <<<dim3(fg.x, fg.y, static_cast<unsigned>(splits)), TcTile<BK, BM>::kThreads, 0, st>>>(
             g, x, w, pre, post, y, chunks_per_split, partial);
     CUDA_CHECK_LAUNCH();
@@ -135,7 +135,7 @@ bool tc_applies() {
     CUDA_CHECK(cudaGetDevice(&dev));
     CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
     cudaFuncAttributes attr{};
-    CUDA_CHECK(cudaFuncGetAttributes(&attr, fused_conv_tc_kernel<128, 64, false>));
+    CUDA_CHECK(cudaFuncGetAttributes(&attr, fused_conv_tc_kernel<128, 64, 0>));
     return major >= 8 && attr.ptxVersion >= 80 && attr.binaryVersion >= 80;
   }();
   return tf32_enabled() && hardware;
@@ -442,7 +442,7 @@ struct LaunchWgrad {
   float* dw;
   Device device;
   int splits, chunks_per_split;
-  template <int BK, int BN, bool PW>
+  template <int BK, int BN, int KS>
   void go_wgrad() const {
     const WgradGrid gr = wgrad_grid(g, WgradPlan{BK, BN}, splits);
     const cudaStream_t st = static_cast<cudaStream_t>(stream());
@@ -450,7 +450,7 @@ struct LaunchWgrad {
     Tensor ws;  // the splits' partial sums (none with one split)
     if (splits > 1) ws = Tensor::empty({splits, n}, DType::Float32, device);
     float* out = splits > 1 ? ws.data<float>() : dw;
-    conv_wgrad_tc_kernel<BK, BN, PW>
+    conv_wgrad_tc_kernel<BK, BN, KS>
         <<<dim3(gr.x, gr.y, gr.z), WgradTile<BK, BN>::kThreads, 0, st>>>(g, dy, x, chunks_per_split, out);
     CUDA_CHECK_LAUNCH();
     if (splits > 1) {

@@ -97,7 +97,7 @@ inline int tc_chunks(const FusedConvGeom& g) {
 /// and writes its raw sums to partial's slab z, laid out (K, M) — tc_split_reduce_kernel adds the
 /// slabs in split order, applies post and writes y. For outputs with few tiles and long reductions
 /// (DenseNet's 7x7 maps: 1,568 pixels at batch 32, 49 tiles of 128 x 32, up to 50 chunks each).
-template <int BK, int BM, bool PW>
+template <int BK, int BM, int KS>
 __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
     fused_conv_tc_kernel(FusedConvGeom g, const float* __restrict__ x, const float* __restrict__ w,
                          FusedBn pre, FusedBn post, float* __restrict__ y, int chunks_per_split,
@@ -127,7 +127,10 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
   // The reduction runs over kk = (c, r, s) of the weight's rows (C*R*S contiguous values each): for a
   // pointwise conv kk is the channel; for a window, B's element (kk, m) is the input tap (c, ih, iw) of
   // pixel m (implicit GEMM: im2col without the column buffer), 0 in the padding.
-  const int RS = g.R * g.S, CRS = g.C * RS;
+  // KS = 1 (pointwise) or 3 (3x3): the window is a compile-time constant, and the divisions below by RS
+  // and S are multiplications (three integer divisions per staged value otherwise); 0: any window.
+  constexpr bool PW = KS == 1;
+  const int S = KS > 0 ? KS : g.S, RS = KS > 0 ? KS * KS : g.R * g.S, CRS = g.C * RS;
   // This thread's staging pixel, the same in every chunk: its image and the tap (0, 0) of its window.
   static_assert(T::kThreads % BM == 0, "each thread stages one pixel column");
   const int my_mm = tid % BM, my_m = m0 + my_mm;
@@ -177,7 +180,7 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
           v = ximg[int64_t(kk) * HW + ih0 * g.W + iw0];
         } else {
           const int c = kk / RS, rs = kk - c * RS;
-          const int ih = ih0 + rs / g.S, iw = iw0 + rs % g.S;
+          const int ih = ih0 + rs / S, iw = iw0 + rs % S;
           tap = static_cast<unsigned>(ih) < static_cast<unsigned>(g.H) &&
                 static_cast<unsigned>(iw) < static_cast<unsigned>(g.W);
           if (tap) v = ximg[int64_t(c) * HW + ih * g.W + iw];
@@ -261,22 +264,25 @@ __global__ void tc_split_reduce_kernel(FusedConvGeom g, const float* __restrict_
   y[n * g.y_img + int64_t(k) * PQ + pq] = v;
 }
 
-/// Calls `run.template go_tc<BK, BM, PW>()` for `plan` (one of kTcPlans; anything else runs as the first)
-/// and PW = run.g.pointwise(): a pointwise convolution's taps need no window arithmetic (three integer
-/// divisions per staged value otherwise), and it is most of DenseNet's convolutions.
+/// Calls `run.template go_tc<BK, BM, KS>()` for `plan` (one of kTcPlans; anything else runs as the first)
+/// and KS = run.g.ksize(): 1 for a pointwise convolution (its taps need no window arithmetic), 3 for a
+/// 3x3 window (constant divisors), 0 for any other — DenseNet's convolutions are all 1x1 or 3x3 but the
+/// stem's 7x7.
 template <class Run>
 void dispatch_fused_tc(const TcPlan& plan, const Run& run) {
-  auto tile = [&](auto pw) {
-    constexpr bool PW = decltype(pw)::value;
-    if (plan.bk == 64 && plan.bm == 64) return run.template go_tc<64, 64, PW>();
-    if (plan.bk == 128 && plan.bm == 32) return run.template go_tc<128, 32, PW>();
-    if (plan.bk == 64 && plan.bm == 32) return run.template go_tc<64, 32, PW>();
-    if (plan.bk == 32 && plan.bm == 64) return run.template go_tc<32, 64, PW>();
-    if (plan.bk == 32 && plan.bm == 128) return run.template go_tc<32, 128, PW>();
-    return run.template go_tc<128, 64, PW>();
+  auto tile = [&](auto ks) {
+    constexpr int KS = decltype(ks)::value;
+    if (plan.bk == 64 && plan.bm == 64) return run.template go_tc<64, 64, KS>();
+    if (plan.bk == 128 && plan.bm == 32) return run.template go_tc<128, 32, KS>();
+    if (plan.bk == 64 && plan.bm == 32) return run.template go_tc<64, 32, KS>();
+    if (plan.bk == 32 && plan.bm == 64) return run.template go_tc<32, 64, KS>();
+    if (plan.bk == 32 && plan.bm == 128) return run.template go_tc<32, 128, KS>();
+    return run.template go_tc<128, 64, KS>();
   };
-  if (run.g.pointwise()) return tile(std::true_type{});
-  return tile(std::false_type{});
+  const int ks = run.g.ksize();
+  if (ks == 1) return tile(std::integral_constant<int, 1>{});
+  if (ks == 3) return tile(std::integral_constant<int, 3>{});
+  return tile(std::integral_constant<int, 0>{});
 }
 
 }  // namespace

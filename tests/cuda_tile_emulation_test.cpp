@@ -644,7 +644,7 @@ struct EmulateFused : FusedArgs {
     const FusedGrid fg = fused_grid(g, FusedPlan{KT, WARPS, PIX});
     emulate({fg.x, fg.y, 1}, WARPS * 32, [&] { fused_conv_kernel<KT, WARPS, KSIZE, PIX>(g, x, w, pre, post, y); });
   }
-  template <int BK, int BM, bool PW>
+  template <int BK, int BM, int KS>
   void go_tc() const {
     const FusedGrid fg = tc_grid(g, TcPlan{BK, BM});
     const int splits = chunks_per_split > 0 ? (tc_chunks(g) + chunks_per_split - 1) / chunks_per_split : 1;
@@ -652,7 +652,7 @@ struct EmulateFused : FusedArgs {
                           std::numeric_limits<float>::quiet_NaN());
     float* partial = splits > 1 ? ws.data() : nullptr;
     emulate({fg.x, fg.y, static_cast<unsigned>(splits)}, TcTile<BK, BM>::kThreads,
-            [&] { fused_conv_tc_kernel<BK, BM, PW>(g, x, w, pre, post, y, chunks_per_split, partial); });
+            [&] { fused_conv_tc_kernel<BK, BM, KS>(g, x, w, pre, post, y, chunks_per_split, partial); });
     if (splits > 1)
       emulate_serial({static_cast<unsigned>((g.M() + 255) / 256), static_cast<unsigned>(g.K), 1}, 256,
                      [&] { tc_split_reduce_kernel(g, partial, splits, post, y); });
@@ -882,7 +882,7 @@ struct EmulateWgrad {
   const float* x;
   float* dw;
   int splits, chunks_per_split;
-  template <int BK, int BN, bool PW>
+  template <int BK, int BN, int KS>
   void go_wgrad() const {
     const WgradGrid gr = wgrad_grid(g, WgradPlan{BK, BN}, splits);
     const int64_t n = int64_t(g.K) * g.C * g.R * g.S;
@@ -890,7 +890,7 @@ struct EmulateWgrad {
                           std::numeric_limits<float>::quiet_NaN());
     float* out = splits > 1 ? ws.data() : dw;
     emulate({gr.x, gr.y, gr.z}, WgradTile<BK, BN>::kThreads,
-            [&] { conv_wgrad_tc_kernel<BK, BN, PW>(g, dy, x, chunks_per_split, out); });
+            [&] { conv_wgrad_tc_kernel<BK, BN, KS>(g, dy, x, chunks_per_split, out); });
     if (splits > 1) emulate_serial({3, 1, 1}, 64, [&] { wgrad_reduce_kernel(out, splits, n, dw); });
   }
 };
