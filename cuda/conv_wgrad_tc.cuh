@@ -74,6 +74,11 @@ inline int wgrad_chunks(const FusedConvGeom& g) {
   return static_cast<int>((int64_t(g.M()) + kWgradChunk - 1) / kWgradChunk);
 }
 
+/// How many splits runs of chunks_per_split pixel chunks make.
+inline int wgrad_split_count(const FusedConvGeom& g, int chunks_per_split) {
+  return (wgrad_chunks(g) + chunks_per_split - 1) / chunks_per_split;
+}
+
 /// How many splits of the pixel chunks (split_chunks): enough blocks for `waves` blocks per SM, each
 /// split reducing over 64 pixels or more. Returns the splits and sets chunks_per_split.
 inline int wgrad_splits(const FusedConvGeom& g, const WgradPlan& plan, int sms, int waves,
@@ -201,18 +206,14 @@ __global__ void wgrad_reduce_kernel(const float* __restrict__ ws, int splits, in
 /// first) and KS = run.g.ksize() (as dispatch_fused_tc).
 template <class Run>
 void dispatch_wgrad(const WgradPlan& plan, const Run& run) {
-  auto tile = [&](auto ks) {
+  with_window(run.g, [&](auto ks) {
     constexpr int KS = decltype(ks)::value;
     if (plan.bk == 64 && plan.bn == 64) return run.template go_wgrad<64, 64, KS>();
     if (plan.bk == 64 && plan.bn == 128) return run.template go_wgrad<64, 128, KS>();
     if (plan.bk == 32 && plan.bn == 64) return run.template go_wgrad<32, 64, KS>();
     if (plan.bk == 32 && plan.bn == 128) return run.template go_wgrad<32, 128, KS>();
     return run.template go_wgrad<128, 64, KS>();
-  };
-  const int ks = run.g.ksize();
-  if (ks == 1) return tile(std::integral_constant<int, 1>{});
-  if (ks == 3) return tile(std::integral_constant<int, 3>{});
-  return tile(std::integral_constant<int, 0>{});
+  });
 }
 
 }  // namespace

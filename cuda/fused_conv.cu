@@ -72,7 +72,7 @@ struct Launch : FusedArgs {
   void go_tc() const {
     const FusedGrid fg = tc_grid(g, TcPlan{BK, BM});
     const cudaStream_t st = static_cast<cudaStream_t>(stream());
-    const int splits = chunks_per_split > 0 ? (tc_chunks(g) + chunks_per_split - 1) / chunks_per_split : 1;
+    const int splits = tc_split_count(g, chunks_per_split);
     Tensor ws;  // the splits' partial sums (none without a split)
     if (splits > 1) ws = Tensor::empty({splits, int64_t(g.K) * g.M()}, DType::Float32, device);
     float* partial = splits > 1 ? ws.data<float>() : nullptr;
@@ -98,29 +98,43 @@ struct FusedChoice {
   bool tc = false;
   FusedPlan plan;
   TcPlan tc_plan;
-  // The weight gradient's (conv2d_backward_weight_fused): its tile and how many blocks per SM its split
-  // of the pixels aims for.
+  int tc_cps = 0;  // the tensor-core form's reduction in runs of this many chunks (0: whole)
+  // The weight gradient's (conv2d_backward_weight_fused): its tile and pixel chunks per split.
   WgradPlan wg_plan;
-  int wg_waves = 2;
-  // The tensor-core form's split of the reduction: 0 none, else the blocks per SM it aims for (tc_split).
-  int tc_waves = 0;
+  int wg_cps = 1;
 };
 
-/// The chunks per split of the tensor-core form for `waves` blocks per SM, each split 4 chunks or more;
-/// 0 when waves is 0 or one split is all it gets.
-int tc_split(const FusedConvGeom& g, const TcPlan& plan, int waves) {
-  if (waves <= 0) return 0;
-  const FusedGrid fg = tc_grid(g, plan);
-  int cps = 0;
-  const int splits = split_chunks(int64_t(fg.x) * fg.y, tc_chunks(g), sm_count(), waves, 4, cps);
-  return splits > 1 ? cps : 0;
+/// The tensor-core form in `plan`, its reduction split for `waves` blocks per SM (each split 4 chunks or
+/// more; whole when waves is 0 or one split is all it would get).
+FusedChoice tc_choice(const FusedConvGeom& g, const TcPlan& plan, int waves) {
+  FusedChoice c;
+  c.fused = c.tc = true;
+  c.tc_plan = plan;
+  if (waves > 0) {
+    const FusedGrid fg = tc_grid(g, plan);
+    int cps = 0;
+    if (split_chunks(int64_t(fg.x) * fg.y, tc_chunks(g), sm_count(), waves, 4, cps) > 1) c.tc_cps = cps;
+  }
+  return c;
 }
 
-/// "tc128x64", or "tc128x64/s3" for three splits: a tensor-core launch, for the log.
-std::string tc_name(const FusedConvGeom& g, const TcPlan& plan, int chunks_per_split) {
-  std::string name = "tc" + std::to_string(plan.bk) + "x" + std::to_string(plan.bm);
-  if (chunks_per_split > 0)
-    name += "/s" + std::to_string((tc_chunks(g) + chunks_per_split - 1) / chunks_per_split);
+/// What Auto times of the tensor-core form: each tile whole, and split for two blocks per SM where that
+/// is more than one split.
+void append_tc_candidates(const FusedConvGeom& g, std::vector<FusedChoice>& out) {
+  for (const TcPlan& plan : kTcPlans) {
+    out.push_back(tc_choice(g, plan, 0));
+    const FusedChoice split = tc_choice(g, plan, 2);
+    if (split.tc_cps > 0) out.push_back(split);
+  }
+}
+
+/// A forward or data-pass launch, for the log: "4x8x1" (SIMT: channels x warps x pixels per lane),
+/// "tc128x64", or "tc128x64/s3" for three splits.
+std::string fused_name(const FusedConvGeom& g, const FusedChoice& c) {
+  if (!c.tc)
+    return std::to_string(c.plan.kt) + "x" + std::to_string(c.plan.warps) + "x" + std::to_string(c.plan.pix);
+  std::string name = "tc" + std::to_string(c.tc_plan.bk) + "x" + std::to_string(c.tc_plan.bm);
+  if (c.tc_cps > 0) name += "/s" + std::to_string(tc_split_count(g, c.tc_cps));
   return name;
 }
 /// Which pass a cached choice is for (the first entry of its key).
@@ -187,17 +201,13 @@ FusedConvGeom geom_of(const Tensor& x, int64_t x_img, const Tensor& w, const ops
 /// The kernel for one call of geometry g (geom_of), on the stream: as `choice` says (fused), or
 /// plan_fused's SIMT guess.
 void run_fused(FusedConvGeom g, const Tensor& x, const ops::BnEval* pre, const Tensor& w,
-               const ops::BnEval* post, const Tensor& out, const FusedChoice* choice = nullptr,
-               int chunks_per_split = -1) {
+               const ops::BnEval* post, const Tensor& out, const FusedChoice* choice = nullptr) {
   std::vector<Tensor> keep;  // contiguous copies, alive until the launch is queued (stream-ordered reuse)
   const FusedBn fpre = fused_bn_of(pre, keep), fpost = fused_bn_of(post, keep);
   const Tensor wc = w.contiguous();
   g.chunk4 = g.pointwise() && g.C % 4 == 0;
   g.vec4 = g.chunk4 && reinterpret_cast<std::uintptr_t>(wc.data<float>()) % 16 == 0;
-  // The split: given (the plan hook's), or the choice's.
-  const int cps = chunks_per_split >= 0  ? chunks_per_split
-                  : choice && choice->tc ? tc_split(g, choice->tc_plan, choice->tc_waves)
-                                         : 0;
+  const int cps = choice && choice->tc ? choice->tc_cps : 0;
   const Launch run{{g, x.data<float>(), wc.data<float>(), fpre, fpost, out.data<float>(), cps}, out.device()};
   OpRange range("conv2d_bn_eval", choice && choice->tc ? "native-tc" : "native");
   if (choice && choice->tc)
@@ -215,51 +225,29 @@ struct ProfilerOff {
   ProfilerOff& operator=(const ProfilerOff&) = delete;
 };
 
-/// Auto's measurement for one shape: the kernel in every launch shape (the general window has one), then
-/// `unfused`; the fastest, printed with LADNN_CUDNN_LOG=1.
-FusedChoice time_choices(const FusedConvGeom& g, const Tensor& x, const ops::BnEval* pre, const Tensor& w,
-                         const ops::BnEval* post, const Tensor& out, const std::function<void()>& unfused) {
+/// Auto's measurement for one shape: each of `candidates` (our kernels) and `library` (the unfused or
+/// library ops computing the same result), each timed as a graph replay on the call's own buffers; the
+/// fastest, logged with LADNN_CUDNN_LOG=1 as "ladnn: <op> <call>: ours (ms) <name> <ms> ...; library
+/// <ms> ms -> ours <name> | library".
+FusedChoice time_candidates(const char* op, const std::string& what,
+                            const std::vector<FusedChoice>& candidates,
+                            const std::function<std::string(const FusedChoice&)>& name,
+                            const std::function<void(const FusedChoice&)>& run,
+                            const std::function<void()>& library) {
   ProfilerOff profiler_off;
-  auto name = [](const FusedPlan& plan) {
-    return std::to_string(plan.kt) + "x" + std::to_string(plan.warps) + "x" + std::to_string(plan.pix);
-  };
   FusedChoice best;
   double best_ms = std::numeric_limits<double>::infinity();
   std::string timings;
-  const bool general = g.ksize() == 0;  // one instantiation: kGeneralPlan
-  for (const FusedPlan& plan : kFusedPlans) {
-    if (general && &plan != kFusedPlans) break;
-    const FusedPlan run_plan = general ? kGeneralPlan : plan;
-    FusedChoice c;
-    c.fused = true;
-    c.plan = run_plan;
-    const double ms = time_replayed_ms([&] { run_fused(g, x, pre, w, post, out, &c); });
-    timings += " " + name(run_plan) + " " + std::to_string(ms).substr(0, 6);
+  for (const FusedChoice& c : candidates) {
+    const double ms = time_replayed_ms([&] { run(c); });
+    timings += " " + name(c) + " " + std::to_string(ms).substr(0, 6);
     if (ms < best_ms) best_ms = ms, best = c;
   }
-  if (tc_applies())
-    for (const TcPlan& plan : kTcPlans)
-      for (int waves : {0, 2}) {  // whole reductions; split for two blocks per SM where that is more than one
-        if (waves > 0 && tc_split(g, plan, waves) == 0) continue;
-        FusedChoice c;
-        c.fused = c.tc = true;
-        c.tc_plan = plan;
-        c.tc_waves = waves;
-        const double ms = time_replayed_ms([&] { run_fused(g, x, pre, w, post, out, &c); });
-        timings += " " + tc_name(g, plan, tc_split(g, plan, waves)) + " " + std::to_string(ms).substr(0, 6);
-        if (ms < best_ms) best_ms = ms, best = c;
-      }
-  const double unfused_ms = time_replayed_ms(unfused);
-  if (unfused_ms <= best_ms) best.fused = false;
+  const double library_ms = time_replayed_ms(library);
+  if (library_ms <= best_ms) best.fused = false;
   if (log_choices())
-    std::fprintf(
-        stderr,
-        "ladnn: conv2d_bn_eval x (%d, %d, %d, %d) w (%d, %d, %d, %d) pre %d post %d: fused (channels x warps "
-        "x pixels per lane, ms)%s; unfused %.4f ms -> %s\n",
-        g.N, g.C, g.H, g.W, g.K, g.C, g.R, g.S, bn_code(pre), bn_code(post), timings.c_str(), unfused_ms,
-        !best.fused ? "unfused"
-        : best.tc   ? ("fused " + tc_name(g, best.tc_plan, tc_split(g, best.tc_plan, best.tc_waves))).c_str()
-                    : ("fused " + name(best.plan)).c_str());
+    std::fprintf(stderr, "ladnn: %s %s: ours (ms)%s; library %.4f ms -> %s\n", op, what.c_str(),
+                 timings.c_str(), library_ms, best.fused ? ("ours " + name(best)).c_str() : "library");
   return best;
 }
 
@@ -342,10 +330,26 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
   const FusedKey key = fused_key(FusedPass::Forward, g, {bn_code(pre), bn_code(post)});
   FusedChoice choice;
   if (!cached_choice(key, choice)) {
-    refuse_in_capture("conv2d_bn_eval", "x " + shape_str(x.shape()) + " with weight " + shape_str(w.shape()));
-    choice = time_choices(g, x, pre, w, post, output(),
-                          // the unfused ops as they would run: into the caller's out, or into their own
-                          [&] { unfused_into(caller_out ? out : Tensor()); });
+    const std::string what = "x " + shape_str(x.shape()) + " w " + shape_str(w.shape()) + " pre " +
+                             std::to_string(bn_code(pre)) + " post " + std::to_string(bn_code(post));
+    refuse_in_capture("conv2d_bn_eval", what);
+    // Every launch shape of the SIMT kernel (the general window has one), and with TF32 the tensor-core
+    // form's.
+    std::vector<FusedChoice> candidates;
+    for (const FusedPlan& plan : kFusedPlans) {
+      FusedChoice c;
+      c.fused = true;
+      c.plan = g.ksize() == 0 ? kGeneralPlan : plan;
+      candidates.push_back(c);
+      if (g.ksize() == 0) break;
+    }
+    if (tc_applies()) append_tc_candidates(g, candidates);
+    const Tensor& y = output();
+    choice = time_candidates(
+        "conv2d_bn_eval", what, candidates, [&g](const FusedChoice& c) { return fused_name(g, c); },
+        [&](const FusedChoice& c) { run_fused(g, x, pre, w, post, y, &c); },
+        // the unfused ops as they would run: into the caller's out, or into their own
+        [&] { unfused_into(caller_out ? out : Tensor()); });
     remember_choice(key, choice);
   }
   if (choice.fused) {
@@ -417,7 +421,8 @@ void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval
     throw std::invalid_argument("conv2d_bn_eval_fused_plan: chunks_per_split " +
                                 std::to_string(chunks_per_split) +
                                 (c.tc ? " < 0" : " with a SIMT plan (only the tensor-core form splits)"));
-  run_fused(g, x, pre, w, post, out, &c, chunks_per_split);
+  c.tc_cps = chunks_per_split;
+  run_fused(g, x, pre, w, post, out, &c);
 }
 
 // ---- the backward passes on the tensor cores ------------------------------------------------------------
@@ -441,9 +446,10 @@ struct LaunchWgrad {
   const float* x;
   float* dw;
   Device device;
-  int splits, chunks_per_split;
+  int chunks_per_split;
   template <int BK, int BN, int KS>
   void go_wgrad() const {
+    const int splits = wgrad_split_count(g, chunks_per_split);
     const WgradGrid gr = wgrad_grid(g, WgradPlan{BK, BN}, splits);
     const cudaStream_t st = static_cast<cudaStream_t>(stream());
     const int64_t n = int64_t(g.K) * g.C * g.R * g.S;
@@ -463,41 +469,25 @@ struct LaunchWgrad {
 
 void run_wgrad(const FusedConvGeom& g, const float* dy, const float* x, float* dw, Device device,
                const FusedChoice& c) {
-  int chunks_per_split = 0;
-  const int splits = wgrad_splits(g, c.wg_plan, sm_count(), c.wg_waves, chunks_per_split);
   OpRange range("conv2d_backward_weight", "native-tc");
-  dispatch_wgrad(c.wg_plan, LaunchWgrad{g, dy, x, dw, device, splits, chunks_per_split});
+  dispatch_wgrad(c.wg_plan, LaunchWgrad{g, dy, x, dw, device, c.wg_cps});
 }
 
-/// The data pass in `plan`, its reduction split into chunks_per_split chunks (0: not split).
+/// The weight gradient in `plan`, its pixels split for `waves` blocks per SM.
+FusedChoice wgrad_choice(const FusedConvGeom& g, const WgradPlan& plan, int waves) {
+  FusedChoice c;
+  c.fused = c.tc = true;
+  c.wg_plan = plan;
+  wgrad_splits(g, plan, sm_count(), waves, c.wg_cps);
+  return c;
+}
+
+/// The data pass as `c` says (its tile and split).
 void run_dgrad(const FusedConvGeom& g, const float* dy, const float* w, float* dx, Device device,
-               const TcPlan& plan, int chunks_per_split) {
+               const FusedChoice& c) {
   const FusedBn none;
   OpRange range("conv2d_backward_input", "native-tc");
-  dispatch_fused_tc(plan, Launch{{g, dy, w, none, none, dx, chunks_per_split}, device});
-}
-
-/// The fastest of `candidates` (each timed as a graph replay) and the library's call; logged with
-/// LADNN_CUDNN_LOG=1 as "<op> <shape>: <name> <ms> ... ; library <ms> -> <choice>".
-FusedChoice time_backward(const char* op, const std::string& what, const std::vector<FusedChoice>& candidates,
-                          const std::function<std::string(const FusedChoice&)>& name,
-                          const std::function<void(const FusedChoice&)>& run,
-                          const std::function<void()>& library) {
-  ProfilerOff profiler_off;
-  FusedChoice best;
-  double best_ms = std::numeric_limits<double>::infinity();
-  std::string timings;
-  for (const FusedChoice& c : candidates) {
-    const double ms = time_replayed_ms([&] { run(c); });
-    timings += " " + name(c) + " " + std::to_string(ms).substr(0, 6);
-    if (ms < best_ms) best_ms = ms, best = c;
-  }
-  const double library_ms = time_replayed_ms(library);
-  if (library_ms <= best_ms) best.fused = false;
-  if (log_choices())
-    std::fprintf(stderr, "ladnn: %s %s: ours (ms)%s; library %.4f ms -> %s\n", op, what.c_str(),
-                 timings.c_str(), library_ms, best.fused ? ("ours " + name(best)).c_str() : "library");
-  return best;
+  dispatch_fused_tc(c.tc_plan, Launch{{g, dy, w, none, none, dx, c.tc_cps}, device});
 }
 
 /// Every size of a backward pass fits the kernels' int indexing (and their grids' limits).
@@ -508,50 +498,53 @@ bool backward_fits(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_
          (C + 31) / 32 <= 65535 && (K + 31) / 32 <= 65535 && N * P * Q + kWgradChunk < lim;
 }
 
+/// Our data pass takes the call: stride 1, padding under the window, every size within int.
+bool dgrad_applies(const Tensor& dy, const Tensor& w, const Tensor& dx, const ops::Conv2dParams& p) {
+  const int64_t R = w.size(2), S = w.size(3);
+  return p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= R - 1 && p.pad_w <= S - 1 &&
+         backward_fits(dx.size(0), dx.size(1), dx.size(2), dx.size(3), w.size(0), R, S, dy.size(2),
+                       dy.size(3));
+}
+
+/// The data pass's geometry (dgrad_geom) for this call.
+FusedConvGeom dgrad_geom_of(const Tensor& dy, const Tensor& w, const Tensor& dx, const ops::Conv2dParams& p) {
+  return dgrad_geom(dx.size(0), dx.size(1), dx.size(2), dx.size(3), dy.size(1), dy.size(2), dy.size(3),
+                    w.size(2), w.size(3), p.pad_h, p.pad_w);
+}
+
+/// Our weight gradient takes the call: every size within int.
+bool wgrad_applies(const Tensor& dy, const Tensor& x, const Tensor& dw) {
+  return backward_fits(x.size(0), x.size(1), x.size(2), x.size(3), dw.size(0), dw.size(2), dw.size(3),
+                       dy.size(2), dy.size(3));
+}
+
 }  // namespace
 
 bool conv2d_backward_input_fused(const Tensor& dy, const Tensor& w, const ops::Conv2dParams& p,
                                  const Tensor& dx, const std::function<void()>& library) {
   const FusedConv mode = fused_conv();
-  if (mode == FusedConv::Off || !tc_applies()) return false;
-  const int64_t R = w.size(2), S = w.size(3);
-  if (p.stride_h != 1 || p.stride_w != 1 || p.pad_h > R - 1 || p.pad_w > S - 1) return false;
-  if (!backward_fits(dx.size(0), dx.size(1), dx.size(2), dx.size(3), w.size(0), R, S, dy.size(2), dy.size(3)))
-    return false;
-  const FusedConvGeom g = dgrad_geom(dx.size(0), dx.size(1), dx.size(2), dx.size(3), dy.size(1), dy.size(2),
-                                     dy.size(3), R, S, p.pad_h, p.pad_w);
-  const float* dyp = dy.data<float>();
-  const float* wp = w.data<float>();
-  float* dxp = dx.data<float>();
-  FusedChoice choice;
-  choice.fused = choice.tc = true;  // On: the first tile shape, split for two blocks per SM if it helps
-  choice.tc_waves = 2;
+  if (mode == FusedConv::Off || !tc_applies() || !dgrad_applies(dy, w, dx, p)) return false;
+  const FusedConvGeom g = dgrad_geom_of(dy, w, dx, p);
+  auto run = [&](const FusedChoice& c) {
+    run_dgrad(g, dy.data<float>(), w.data<float>(), dx.data<float>(), dx.device(), c);
+  };
+  FusedChoice choice =
+      tc_choice(g, kTcPlans[0], 2);  // On: the first tile, split for two blocks per SM if it helps
   if (mode == FusedConv::Auto) {
     const FusedKey key = fused_key(FusedPass::BackwardData, g, {});
     if (!cached_choice(key, choice)) {
-      refuse_in_capture("conv2d_backward_input", backward_what(dy, w, dx, p));
+      const std::string what = backward_what(dy, w, dx, p);
+      refuse_in_capture("conv2d_backward_input", what);
       std::vector<FusedChoice> candidates;
-      for (const TcPlan& plan : kTcPlans)
-        for (int waves : {0, 2}) {  // as the forward's: whole reductions, and split where that helps
-          if (waves > 0 && tc_split(g, plan, waves) == 0) continue;
-          FusedChoice c;
-          c.fused = c.tc = true;
-          c.tc_plan = plan;
-          c.tc_waves = waves;
-          candidates.push_back(c);
-        }
-      choice = time_backward(
-          "conv2d_backward_input", backward_what(dy, w, dx, p), candidates,
-          [&g](const FusedChoice& c) { return tc_name(g, c.tc_plan, tc_split(g, c.tc_plan, c.tc_waves)); },
-          [&](const FusedChoice& c) {
-            run_dgrad(g, dyp, wp, dxp, dx.device(), c.tc_plan, tc_split(g, c.tc_plan, c.tc_waves));
-          },
-          library);
+      append_tc_candidates(g, candidates);  // as the forward's
+      choice = time_candidates(
+          "conv2d_backward_input", what, candidates, [&g](const FusedChoice& c) { return fused_name(g, c); },
+          run, library);
       remember_choice(key, choice);
     }
   }
   if (!choice.fused) return false;
-  run_dgrad(g, dyp, wp, dxp, dx.device(), choice.tc_plan, tc_split(g, choice.tc_plan, choice.tc_waves));
+  run(choice);
   return true;
 }
 
@@ -559,46 +552,35 @@ bool conv2d_backward_weight_fused(const Tensor& dy, const Tensor& x, int64_t x_i
                                   const ops::Conv2dParams& p, const Tensor& dw,
                                   const std::function<void()>& library) {
   const FusedConv mode = fused_conv();
-  if (mode == FusedConv::Off || !tc_applies()) return false;
-  if (!backward_fits(x.size(0), x.size(1), x.size(2), x.size(3), dw.size(0), dw.size(2), dw.size(3),
-                     dy.size(2), dy.size(3)))
-    return false;
-  FusedConvGeom g = geom_of(x, x_img, dw, p, dy.size(1) * dy.size(2) * dy.size(3));
-  const float* dyp = dy.data<float>();
-  const float* xp = x.data<float>();
-  float* dwp = dw.data<float>();
-  FusedChoice choice;
-  choice.fused = choice.tc = true;  // On: a tile as tall as the gradient's rows need, two blocks per SM
-  choice.wg_plan = g.K <= 32 ? WgradPlan{32, 64} : WgradPlan{64, 64};
+  if (mode == FusedConv::Off || !tc_applies() || !wgrad_applies(dy, x, dw)) return false;
+  const FusedConvGeom g = geom_of(x, x_img, dw, p, dy.size(1) * dy.size(2) * dy.size(3));
+  auto run = [&](const FusedChoice& c) {
+    run_wgrad(g, dy.data<float>(), x.data<float>(), dw.data<float>(), dw.device(), c);
+  };
+  // On: a tile as tall as the gradient's rows need, two blocks per SM.
+  FusedChoice choice = wgrad_choice(g, g.K <= 32 ? WgradPlan{32, 64} : WgradPlan{64, 64}, 2);
   if (mode == FusedConv::Auto) {
     const FusedKey key = fused_key(FusedPass::BackwardWeight, g, {});
     if (!cached_choice(key, choice)) {
-      refuse_in_capture("conv2d_backward_weight", backward_what(dy, dw, x, p));
+      const std::string what = backward_what(dy, dw, x, p);
+      refuse_in_capture("conv2d_backward_weight", what);
       std::vector<FusedChoice> candidates;
       for (const WgradPlan& plan : kWgradPlans) {
         if (plan.bk > 32 && g.K <= 32) continue;  // all but 32 of its rows would be padding
-        for (int waves : {1, 3}) {
-          FusedChoice c;
-          c.fused = c.tc = true;
-          c.wg_plan = plan;
-          c.wg_waves = waves;
-          candidates.push_back(c);
-        }
+        for (int waves : {1, 3}) candidates.push_back(wgrad_choice(g, plan, waves));
       }
-      choice = time_backward(
-          "conv2d_backward_weight", backward_what(dy, dw, x, p), candidates,
+      choice = time_candidates(
+          "conv2d_backward_weight", what, candidates,
           [&g](const FusedChoice& c) {
-            int cps = 0;
-            const int splits = wgrad_splits(g, c.wg_plan, sm_count(), c.wg_waves, cps);
             return "tc" + std::to_string(c.wg_plan.bk) + "x" + std::to_string(c.wg_plan.bn) + "/" +
-                   std::to_string(splits);
+                   std::to_string(wgrad_split_count(g, c.wg_cps));
           },
-          [&](const FusedChoice& c) { run_wgrad(g, dyp, xp, dwp, dw.device(), c); }, library);
+          run, library);
       remember_choice(key, choice);
     }
   }
   if (!choice.fused) return false;
-  run_wgrad(g, dyp, xp, dwp, dw.device(), choice);
+  run(choice);
   return true;
 }
 
@@ -628,33 +610,25 @@ void check_backward_plan(const char* op, bool weight, int plan, bool applies) {
 
 void conv2d_backward_input_fused_plan(const Tensor& dy, const Tensor& w, const ops::Conv2dParams& p,
                                       const Tensor& dx, int plan, int chunks_per_split) {
-  const int64_t R = w.size(2), S = w.size(3);
-  const bool applies =
-      p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= R - 1 && p.pad_w <= S - 1 &&
-      backward_fits(dx.size(0), dx.size(1), dx.size(2), dx.size(3), w.size(0), R, S, dy.size(2), dy.size(3));
-  check_backward_plan("conv2d_backward_input_fused_plan", false, plan, applies);
+  check_backward_plan("conv2d_backward_input_fused_plan", false, plan, dgrad_applies(dy, w, dx, p));
   if (chunks_per_split < 0)
     throw std::invalid_argument("conv2d_backward_input_fused_plan: chunks_per_split " +
                                 std::to_string(chunks_per_split) + " < 0");
-  run_dgrad(dgrad_geom(dx.size(0), dx.size(1), dx.size(2), dx.size(3), dy.size(1), dy.size(2), dy.size(3), R,
-                       S, p.pad_h, p.pad_w),
-            dy.data<float>(), w.data<float>(), dx.data<float>(), dx.device(), kTcPlans[plan],
-            chunks_per_split);
+  FusedChoice c;
+  c.fused = c.tc = true;
+  c.tc_plan = kTcPlans[plan];
+  c.tc_cps = chunks_per_split;
+  run_dgrad(dgrad_geom_of(dy, w, dx, p), dy.data<float>(), w.data<float>(), dx.data<float>(), dx.device(), c);
 }
 
 void conv2d_backward_weight_fused_plan(const Tensor& dy, const Tensor& x, int64_t x_img,
                                        const ops::Conv2dParams& p, const Tensor& dw, int plan, int waves) {
-  const bool applies = backward_fits(x.size(0), x.size(1), x.size(2), x.size(3), dw.size(0), dw.size(2),
-                                     dw.size(3), dy.size(2), dy.size(3));
-  check_backward_plan("conv2d_backward_weight_fused_plan", true, plan, applies);
+  check_backward_plan("conv2d_backward_weight_fused_plan", true, plan, wgrad_applies(dy, x, dw));
   if (waves < 1)
     throw std::invalid_argument("conv2d_backward_weight_fused_plan: waves " + std::to_string(waves) + " < 1");
-  FusedChoice c;
-  c.fused = c.tc = true;
-  c.wg_plan = kWgradPlans[plan];
-  c.wg_waves = waves;
-  run_wgrad(geom_of(x, x_img, dw, p, dy.size(1) * dy.size(2) * dy.size(3)), dy.data<float>(), x.data<float>(),
-            dw.data<float>(), dw.device(), c);
+  const FusedConvGeom g = geom_of(x, x_img, dw, p, dy.size(1) * dy.size(2) * dy.size(3));
+  run_wgrad(g, dy.data<float>(), x.data<float>(), dw.data<float>(), dw.device(),
+            wgrad_choice(g, kWgradPlans[plan], waves));
 }
 
 }  // namespace ladnn::cuda

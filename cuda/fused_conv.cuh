@@ -103,12 +103,37 @@ inline FusedPlan plan_fused(int M, int K, int sms) {
   return plan;
 }
 
-/// x value v of input channel c through the prologue (pre's BatchNorm and ReLU, when on).
-__device__ __forceinline__ float fused_prologue(const FusedBn& pre, const float* s_mean, const float* s_scale,
+/// Value v of channel c through bn (its BatchNorm, then its ReLU; v itself when bn is off), the
+/// coefficients staged in shared memory (s_mean[c], ...): the prologue for x, the epilogue for the sums.
+__device__ __forceinline__ float fused_bn_apply(const FusedBn& bn, const float* s_mean, const float* s_scale,
                                                 const float* s_shift, int c, float v) {
-  if (!pre.on) return v;
+  if (!bn.on) return v;
   v = math::bn_normalize(v, s_mean[c], s_scale[c], s_shift[c]);
-  return pre.relu ? math::bn_relu(v) : v;
+  return bn.relu ? math::bn_relu(v) : v;
+}
+
+/// The same with channel k's coefficients derived here (fused_bn_coef), for one value per channel.
+__device__ __forceinline__ float fused_bn_apply(const FusedBn& bn, int k, float v) {
+  if (!bn.on) return v;
+  float mean, scale, shift;
+  fused_bn_coef(bn, k, mean, scale, shift);
+  return fused_bn_apply(bn, &mean, &scale, &shift, 0, v);
+}
+
+/// Where output element (k, m) lies in y: image m / PQ, channel k, plane offset m % PQ.
+LADNN_HD int64_t fused_y_offset(const FusedConvGeom& g, int k, int m) {
+  const int PQ = g.P * g.Q, n = m / PQ;
+  return n * g.y_img + int64_t(k) * PQ + (m - n * PQ);
+}
+
+/// Calls f(std::integral_constant<int, KS>{}) with KS = g.ksize() (1 pointwise, 3 for 3x3, 0 any): the
+/// window as a template argument, for the tensor-core kernels' dispatch tables.
+template <class F>
+void with_window(const FusedConvGeom& g, const F& f) {
+  const int ks = g.ksize();
+  if (ks == 1) return f(std::integral_constant<int, 1>{});
+  if (ks == 3) return f(std::integral_constant<int, 3>{});
+  return f(std::integral_constant<int, 0>{});
 }
 
 /// The fused convolution. Grid (ceil(M / (32 * PIX)), ceil(K / KT)), WARPS * 32 threads. KSIZE: 1 =
@@ -171,7 +196,7 @@ __global__ void __launch_bounds__(WARPS * 32)
       for (int i = 0; i < PIX; ++i)
 #pragma unroll
         for (int u = 0; u < 4; ++u)
-          v[i][u] = fused_prologue(pre, s_mean, s_scale, s_shift, c + u, img[i][int64_t(c + u) * HW + pq[i]]);
+          v[i][u] = fused_bn_apply(pre, s_mean, s_scale, s_shift, c + u, img[i][int64_t(c + u) * HW + pq[i]]);
 #pragma unroll
       for (int j = 0; j < KT; ++j) {
         float wv[4];
@@ -189,7 +214,7 @@ __global__ void __launch_bounds__(WARPS * 32)
       float v[PIX];
 #pragma unroll
       for (int i = 0; i < PIX; ++i)
-        v[i] = fused_prologue(pre, s_mean, s_scale, s_shift, c, img[i][int64_t(c) * HW + pq[i]]);
+        v[i] = fused_bn_apply(pre, s_mean, s_scale, s_shift, c, img[i][int64_t(c) * HW + pq[i]]);
 #pragma unroll
       for (int j = 0; j < KT; ++j) {
         const float wv = wk[j][c];
@@ -211,7 +236,7 @@ __global__ void __launch_bounds__(WARPS * 32)
             const bool in = static_cast<unsigned>(ih) < static_cast<unsigned>(g.H) &&
                             static_cast<unsigned>(iw) < static_cast<unsigned>(g.W);
             v[i] =
-                in ? fused_prologue(pre, s_mean, s_scale, s_shift, c, img[i][int64_t(c) * HW + ih * g.W + iw])
+                in ? fused_bn_apply(pre, s_mean, s_scale, s_shift, c, img[i][int64_t(c) * HW + ih * g.W + iw])
                    : 0.0f;
             any = any || in;
           }
@@ -240,14 +265,7 @@ __global__ void __launch_bounds__(WARPS * 32)
     if (mm >= M || k >= g.K) continue;
     float sum = s_part[j * TILE + l];
     for (int wi = 1; wi < WARPS; ++wi) sum += s_part[(wi * KT + j) * TILE + l];
-    if (post.on) {
-      float mean, scale, shift;
-      fused_bn_coef(post, k, mean, scale, shift);
-      sum = math::bn_normalize(sum, mean, scale, shift);
-      if (post.relu) sum = math::bn_relu(sum);
-    }
-    const int n = mm / PQ, opq = mm - n * PQ;
-    y[n * g.y_img + int64_t(k) * PQ + opq] = sum;
+    y[fused_y_offset(g, k, mm)] = fused_bn_apply(post, k, sum);
   }
 }
 

@@ -91,6 +91,11 @@ inline int tc_chunks(const FusedConvGeom& g) {
   return static_cast<int>((int64_t(g.C) * g.R * g.S + kTcChunk - 1) / kTcChunk);
 }
 
+/// How many splits runs of chunks_per_split chunks make (1 for 0: the whole reduction).
+inline int tc_split_count(const FusedConvGeom& g, int chunks_per_split) {
+  return chunks_per_split > 0 ? (tc_chunks(g) + chunks_per_split - 1) / chunks_per_split : 1;
+}
+
 /// Grid (tc_grid(g, {BK, BM}), splits), TcTile<BK, BM>::kThreads threads. Any window, stride and
 /// padding. Split-K: with one split (gridDim.z == 1, partial null) the block walks every chunk and its
 /// epilogue applies post and writes y. With several, block z walks chunks [z * chunks_per_split, ...)
@@ -185,10 +190,7 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
                 static_cast<unsigned>(iw) < static_cast<unsigned>(g.W);
           if (tap) v = ximg[int64_t(c) * HW + ih * g.W + iw];
         }
-        if (tap && pre.on) {
-          v = math::bn_normalize(v, s_mean[cc], s_scale[cc], s_shift[cc]);
-          if (pre.relu) v = math::bn_relu(v);
-        }
+        if (tap) v = fused_bn_apply(pre, s_mean, s_scale, s_shift, cc, v);
       }
       Bs[cc * T::LDB + my_mm] = wmma::__float_to_tf32(v);
     }
@@ -232,13 +234,7 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
     const int r = t / BM, mm = t - r * BM;
     const int k = k0 + r, m = m0 + mm;
     if (k >= g.K || m >= M) continue;
-    float v = Cs[r * T::LDC + mm];
-    if (post.on) {
-      v = math::bn_normalize(v, s_pmean[r], s_pscale[r], s_pshift[r]);
-      if (post.relu) v = math::bn_relu(v);
-    }
-    const int n = m / PQ, pq = m - n * PQ;
-    y[n * g.y_img + int64_t(k) * PQ + pq] = v;
+    y[fused_y_offset(g, k, m)] = fused_bn_apply(post, s_pmean, s_pscale, s_pshift, r, Cs[r * T::LDC + mm]);
   }
 #endif
 }
@@ -248,20 +244,13 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
 /// channel (each derives its coefficients: no shared memory, no barrier; the kernel is memory-bound).
 __global__ void tc_split_reduce_kernel(FusedConvGeom g, const float* __restrict__ partial, int splits,
                                        FusedBn post, float* __restrict__ y) {
-  const int k = blockIdx.y, M = g.M(), PQ = g.P * g.Q;
+  const int k = blockIdx.y, M = g.M();
   const int m = blockIdx.x * blockDim.x + threadIdx.x;
   if (m >= M) return;
   const int64_t slab = int64_t(g.K) * M;
   float v = partial[int64_t(k) * M + m];
   for (int s = 1; s < splits; ++s) v += partial[s * slab + int64_t(k) * M + m];
-  if (post.on) {
-    float mean, scale, shift;
-    fused_bn_coef(post, k, mean, scale, shift);
-    v = math::bn_normalize(v, mean, scale, shift);
-    if (post.relu) v = math::bn_relu(v);
-  }
-  const int n = m / PQ, pq = m - n * PQ;
-  y[n * g.y_img + int64_t(k) * PQ + pq] = v;
+  y[fused_y_offset(g, k, m)] = fused_bn_apply(post, k, v);
 }
 
 /// Calls `run.template go_tc<BK, BM, KS>()` for `plan` (one of kTcPlans; anything else runs as the first)
@@ -270,7 +259,7 @@ __global__ void tc_split_reduce_kernel(FusedConvGeom g, const float* __restrict_
 /// stem's 7x7.
 template <class Run>
 void dispatch_fused_tc(const TcPlan& plan, const Run& run) {
-  auto tile = [&](auto ks) {
+  with_window(run.g, [&](auto ks) {
     constexpr int KS = decltype(ks)::value;
     if (plan.bk == 64 && plan.bm == 64) return run.template go_tc<64, 64, KS>();
     if (plan.bk == 128 && plan.bm == 32) return run.template go_tc<128, 32, KS>();
@@ -278,11 +267,7 @@ void dispatch_fused_tc(const TcPlan& plan, const Run& run) {
     if (plan.bk == 32 && plan.bm == 64) return run.template go_tc<32, 64, KS>();
     if (plan.bk == 32 && plan.bm == 128) return run.template go_tc<32, 128, KS>();
     return run.template go_tc<128, 64, KS>();
-  };
-  const int ks = run.g.ksize();
-  if (ks == 1) return tile(std::integral_constant<int, 1>{});
-  if (ks == 3) return tile(std::integral_constant<int, 3>{});
-  return tile(std::integral_constant<int, 0>{});
+  });
 }
 
 }  // namespace

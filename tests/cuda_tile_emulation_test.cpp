@@ -647,7 +647,7 @@ struct EmulateFused : FusedArgs {
   template <int BK, int BM, int KS>
   void go_tc() const {
     const FusedGrid fg = tc_grid(g, TcPlan{BK, BM});
-    const int splits = chunks_per_split > 0 ? (tc_chunks(g) + chunks_per_split - 1) / chunks_per_split : 1;
+    const int splits = tc_split_count(g, chunks_per_split);
     std::vector<float> ws(splits > 1 ? static_cast<std::size_t>(int64_t(splits) * g.K * g.M()) : 0,
                           std::numeric_limits<float>::quiet_NaN());
     float* partial = splits > 1 ? ws.data() : nullptr;
@@ -881,9 +881,10 @@ struct EmulateWgrad {
   const float* dy;
   const float* x;
   float* dw;
-  int splits, chunks_per_split;
+  int chunks_per_split;
   template <int BK, int BN, int KS>
   void go_wgrad() const {
+    const int splits = wgrad_split_count(g, chunks_per_split);
     const WgradGrid gr = wgrad_grid(g, WgradPlan{BK, BN}, splits);
     const int64_t n = int64_t(g.K) * g.C * g.R * g.S;
     std::vector<float> ws(splits > 1 ? static_cast<std::size_t>(splits * n) : 0,
@@ -984,7 +985,7 @@ TEST(FusedConvEmulation, TensorCoreWeightGradientMatchesFloat64) {
         if (sms == 1) EXPECT_EQ(splits, 1);
         else EXPECT_GE(splits, 2);
         Tensor dw = Tensor::full(w_shape, std::numeric_limits<double>::quiet_NaN());
-        dispatch_wgrad(plan, EmulateWgrad{g, dy.data<float>(), xbuf.data<float>(), dw.data<float>(), splits, cps});
+        dispatch_wgrad(plan, EmulateWgrad{g, dy.data<float>(), xbuf.data<float>(), dw.data<float>(), cps});
         const std::vector<double> got = dw.to_vector(), want = ref.value.to_vector(), scale = ref.scale.to_vector();
         for (std::size_t i = 0; i < got.size(); ++i)
           ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i])
