@@ -417,10 +417,13 @@ void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval
   } else {
     c.plan = kFusedPlans[plan];
   }
-  if (chunks_per_split < 0 || (chunks_per_split > 0 && !c.tc))
+  if (chunks_per_split < 0)
+    throw std::invalid_argument("conv2d_bn_eval_fused_plan: chunks_per_split " +
+                                std::to_string(chunks_per_split) + " < 0");
+  if (chunks_per_split > 0 && !c.tc)
     throw std::invalid_argument("conv2d_bn_eval_fused_plan: chunks_per_split " +
                                 std::to_string(chunks_per_split) +
-                                (c.tc ? " < 0" : " with a SIMT plan (only the tensor-core form splits)"));
+                                " with a SIMT plan (only the tensor-core form splits)");
   c.tc_cps = chunks_per_split;
   run_fused(g, x, pre, w, post, out, &c);
 }

@@ -153,6 +153,7 @@ TEST(CudaConvBackwardTc, EveryTileShapeMatchesFloat64) {
                     "plan", "is not in [0, ");
   EXPECT_THROW_WITH(cuda::conv2d_backward_weight_fused_plan(dy, x, 100, {}, dw, -1, 1), "is not in [0, ");
   EXPECT_THROW_WITH(cuda::conv2d_backward_weight_fused_plan(dy, x, 100, {}, dw, 0, 0), "waves 0 < 1");
+  EXPECT_THROW_WITH(cuda::conv2d_backward_input_fused_plan(dy, w, {}, dx, 0, -1), "chunks_per_split -1 < 0");
 }
 
 // The ops themselves: On runs our kernels; Auto times them against the library once per shape, then runs
@@ -264,8 +265,8 @@ TEST(CudaConvBackwardTc, TrainingStepsMatchTheCpuAndReplay) {
   DeterministicScope deterministic;
   LibraryConvScope library;
   Generator gen(73);
-  const test::LadnnBatch cb = test::random_ladnn_batch(3, gen, Device::cpu());
-  const test::LadnnBatch gb{to_gpu(cb.images), to_gpu(cb.covid), to_gpu(cb.lesions), to_gpu(cb.mask)};
+  const test::LadnnBatches batches = test::random_ladnn_batches(3, gen);
+  const test::LadnnBatch &cb = batches.cpu, &gb = batches.gpu;
   const auto step = test::sgd_step;
   for (cuda::FusedConv mode : {cuda::FusedConv::On, cuda::FusedConv::Auto}) {
     FusedScope fused(mode);
@@ -310,21 +311,7 @@ TEST(CudaConvBackwardTc, TrainingStepsMatchTheCpuAndReplay) {
       }
     }
     // Both memory-efficient: the capture records the recomputing backward too.
-    auto eager = test::tiny_ladnn(15, true, Device::cuda()),
-         graphed = test::tiny_ladnn(15, true, Device::cuda());
-    SGD opt_e(eager->parameters(), 0.05, 0.9), opt_r(graphed->parameters(), 0.05, 0.9);
-    for (int i = 0; i < 3; ++i) step(*eager, opt_e, gb);
-    step(*graphed, opt_r, gb);
-    cuda::Graph g;
-    g.capture([&] { step(*graphed, opt_r, gb); });
-    ASSERT_TRUE(g.captured());
-    g.replay();
-    g.replay();
-    cuda::synchronize();
-    const auto pe = eager->named_parameters(), pr = graphed->named_parameters();
-    for (std::size_t i = 0; i < pe.size(); ++i)
-      EXPECT_TRUE(gpu_matches(std::string(cuda::fused_conv_name(mode)) + " replayed " + pe[i].first,
-                              pr[i].second.tensor(), to_cpu(pe[i].second.tensor()), Tol{2e-6, 1e-5}));
+    test::expect_replayed_steps_match_eager(15, true, true, gb, cuda::fused_conv_name(mode));
   }
 }
 

@@ -120,6 +120,8 @@ TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
                       "the fused kernel does not take this call");
     EXPECT_THROW_WITH(cuda::conv2d_bn_eval_fused_plan(x, 100, nullptr, w, {}, nullptr, y, 50, 0, 2),
                       "only the tensor-core form splits");
+    EXPECT_THROW_WITH(cuda::conv2d_bn_eval_fused_plan(x, 100, nullptr, w, {}, nullptr, y, 50, 0, -1),
+                      "chunks_per_split -1 < 0");
   }
   Generator gen(66);
   for (const Case& c : cases) {
@@ -324,8 +326,8 @@ TEST(CudaFusedConv, TrainingStepsThroughTheOpMatchTheCpuAndReplay) {
   Tf32Scope tf32(false);
   DeterministicScope deterministic;
   Generator gen(67);
-  const test::LadnnBatch cb = test::random_ladnn_batch(3, gen, Device::cpu());
-  const test::LadnnBatch gb{to_gpu(cb.images), to_gpu(cb.covid), to_gpu(cb.lesions), to_gpu(cb.mask)};
+  const test::LadnnBatches batches = test::random_ladnn_batches(3, gen);
+  const test::LadnnBatch &cb = batches.cpu, &gb = batches.gpu;
   const auto step = test::sgd_step;
   for (cuda::FusedConv mode : {cuda::FusedConv::On, cuda::FusedConv::Auto}) {
     FusedScope fused(mode);
@@ -351,22 +353,8 @@ TEST(CudaFusedConv, TrainingStepsThroughTheOpMatchTheCpuAndReplay) {
         EXPECT_TRUE(gpu_matches("parameter " + pc[i].first, pg[i].second.tensor(), pc[i].second.tensor(),
                                 Tol{1e-4, 0}));
     }
-    auto eager = test::tiny_ladnn(13, false, Device::cuda()),
-         graphed = test::tiny_ladnn(13, true, Device::cuda());
-    SGD opt_e(eager->parameters(), 0.05, 0.9), opt_r(graphed->parameters(), 0.05, 0.9);
-    for (int i = 0; i < 3; ++i) step(*eager, opt_e, gb);
-    step(*graphed, opt_r, gb);
-    cuda::Graph g;
-    g.capture([&] { step(*graphed, opt_r, gb); });
-    ASSERT_TRUE(g.captured());
-    g.replay();
-    g.replay();
-    cuda::synchronize();
-    const auto pe = eager->named_parameters(), pr = graphed->named_parameters();
-    for (size_t i = 0; i < pe.size(); ++i)  // (memory-efficient against plain: the tolerance of
-                                            // CudaGraphTest.MemoryEfficientStepsEqualPlainSteps)
-      EXPECT_TRUE(gpu_matches(std::string(cuda::fused_conv_name(mode)) + " replayed " + pe[i].first,
-                              pr[i].second.tensor(), to_cpu(pe[i].second.tensor()), Tol{2e-6, 1e-5}));
+    test::expect_replayed_steps_match_eager(13, /*eager_memory_efficient=*/false,
+                                            /*graphed_memory_efficient=*/true, gb, cuda::fused_conv_name(mode));
   }
 }
 
