@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
-#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -231,16 +230,7 @@ double time_replayed_ms(const std::function<void()>& run) {
   run();
   Graph graph;
   graph.capture(run, /*plan_memory=*/false);
-  graph.replay();
-  EventTimer timer;
-  double best = std::numeric_limits<double>::infinity();
-  for (int rep = 0; rep < 3; ++rep) {
-    timer.start();
-    graph.replay();
-    timer.stop();
-    best = std::min(best, timer.elapsed_ms());
-  }
-  return best;
+  return time_best_of_three_ms([&] { graph.replay(); });  // a warm-up replay, then the fastest of three
 }
 
 }  // namespace ladnn::cuda
