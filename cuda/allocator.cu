@@ -173,6 +173,16 @@ class CachingAllocator {
     return why;
   }
 
+  bool overlaps_arena(const void* p, std::size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const uintptr_t lo = reinterpret_cast<uintptr_t>(p), hi = lo + bytes;
+    for (const Arena& a : arenas_) {
+      const uintptr_t base = reinterpret_cast<uintptr_t>(a.arena->base());
+      if (lo < base + a.arena->bytes() && base < hi) return true;
+    }
+    return false;
+  }
+
   void set_limit(std::size_t bytes) {
     std::lock_guard<std::mutex> lock(mu_);
     limit_ = bytes;
@@ -325,6 +335,9 @@ void begin_planned_pool(uint64_t pool, std::vector<PlanBlock> blocks, MemoryPlan
 }
 std::string end_planned_pool() {
   return the_allocator().end_planned();
+}
+bool overlaps_planned_arena(const void* p, std::size_t bytes) {
+  return the_allocator().overlaps_arena(p, bytes);
 }
 void set_memory_limit(std::size_t bytes) {
   the_allocator().set_limit(bytes);

@@ -94,6 +94,9 @@ void begin_pool_recording(uint64_t pool);
 std::vector<PlanBlock> end_pool_recording();
 void begin_planned_pool(uint64_t pool, std::vector<PlanBlock> blocks, MemoryPlan plan);
 std::string end_planned_pool();
+/// Whether [p, p + bytes) overlaps a live planned arena (one whose graph or blocks still live): an
+/// ordinary allocation never should.
+bool overlaps_planned_arena(const void* p, std::size_t bytes);
 
 /// Caps reserved_bytes (0 = no cap, the default): an allocation that would exceed it releases the cache
 /// and then throws OutOfMemory, as a full device would. For tests and for sharing a GPU.

@@ -91,8 +91,8 @@ class Graph {
 /// replays. Host work inside `run` (argument checks, descriptors, launches) costs nothing here, as in a
 /// replayed step: what a choice between implementations for graph replays should compare (an eager
 /// timing favours whichever launches fewer kernels). Throws inside a capture. Like any capture, it makes
-/// the profiler forget earlier captures' ranges if capture timing is on (it is on only around a profiled
-/// capture and its replays, where no op runs eagerly).
+/// the profiler forget earlier captures' ranges (capture timing is on only around a profiled capture and
+/// its replays, where no op runs eagerly).
 double time_replayed_ms(const std::function<void()>& run);
 
 /// Whether Graph::capture(fn) plans its memory: LADNN_GRAPH_PLAN=1 (default off until measured on a GPU),

@@ -81,6 +81,9 @@ void begin_planned_pool(uint64_t, std::vector<PlanBlock>, MemoryPlan) {}
 std::string end_planned_pool() {
   return "";
 }
+bool overlaps_planned_arena(const void*, std::size_t) {
+  return false;
+}
 void set_memory_limit(std::size_t bytes) {
   g_limit = bytes;
 }

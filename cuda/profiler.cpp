@@ -167,6 +167,7 @@ void reset() {
   flush_locked(s);
 #endif
   s.stats.clear();
+  s.captured.clear();  // earlier captures' ranges too (their slots stay out of the pool, as below)
 }
 
 std::vector<OpStat> stats() {
@@ -194,7 +195,10 @@ void set_capture_timing(bool on) {
 void begin_capture() {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
-  if (s.capture_timing) s.captured.clear();  // the slots stay out of the pool, as in set_capture_timing
+  // Whether or not this capture times its ranges, collect_captured() reads only this capture's: the
+  // ranges of an earlier timed capture (a profiled trainer's, say) must not be read after a plain one.
+  // The slots stay out of the pool, as in set_capture_timing.
+  s.captured.clear();
 }
 
 bool capture_timing() {

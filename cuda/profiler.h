@@ -47,7 +47,8 @@ namespace profiler {
 bool enabled();
 /// Turns the per-op timer on or off (recorded statistics are kept; see reset()).
 void set_enabled(bool on);
-/// Forgets every recorded statistic (after finishing pending timings).
+/// Forgets every recorded statistic (after finishing pending timings) and the ranges of earlier
+/// captures (collect_captured() reads none until the next timed capture).
 void reset();
 
 struct OpStat {
@@ -68,8 +69,8 @@ std::string table();
 /// record them): collect_captured() reads the latest capture's.
 void set_capture_timing(bool on);
 bool capture_timing();
-/// Called by cuda::Graph as each capture begins: with capture timing on, the ranges of earlier
-/// captures are forgotten (collect_captured() reads the latest capture's); otherwise nothing.
+/// Called by cuda::Graph as each capture begins: the ranges of earlier captures are forgotten
+/// (collect_captured() reads the latest capture's, none when it was captured with capture timing off).
 void begin_capture();
 /// After a replay of a graph captured with capture timing: waits for the replay and adds each captured
 /// range's time in it to the statistics (one call per range per collect). Returns how many ranges were
