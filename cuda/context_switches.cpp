@@ -197,14 +197,14 @@ FusedConv parse_fused_conv(const std::string& value, const char* where) {
   for (FusedConv mode : {FusedConv::Off, FusedConv::On, FusedConv::Auto})
     if (v == fused_conv_name(mode)) return mode;
   throw std::invalid_argument(std::string(where) + "=\"" + value +
-                              "\" is not a mode for the fused inference convolution; use off (the default), on "
-                              "(wherever it applies) or auto (time it against the unfused ops per shape)");
+                              "\" is not a mode for the fused inference convolution; use off, on (wherever it applies) or "
+                              "auto (the default: time it against the unfused ops per shape)");
 }
 
 FusedConv fused_conv() {
   return static_cast<FusedConv>(read_once(g_fused_conv, [] {
     const char* env = std::getenv("LADNN_FUSED_CONV");
-    return static_cast<int>((env && *env) ? parse_fused_conv(env, "LADNN_FUSED_CONV") : FusedConv::Off);
+    return static_cast<int>((env && *env) ? parse_fused_conv(env, "LADNN_FUSED_CONV") : FusedConv::Auto);
   }));
 }
 
@@ -247,7 +247,9 @@ std::string describe_switches() {
             [f] { return std::string(impl_name(f, impl(f))); });
   guarded("conv1x1", "LADNN_CONV1X1; default auto: cuDNN or cuBLAS, timed per shape",
           [] { return std::string(conv1x1_name(conv1x1())); });
-  guarded("fused-conv", "LADNN_FUSED_CONV; default off: our conv kernels (BatchNorms fused in; TF32 backward)",
+  guarded("fused-conv",
+          "LADNN_FUSED_CONV; default auto: our conv kernels where they time faster (BatchNorms fused in; "
+          "TF32 backward)",
           [] { return std::string(fused_conv_name(fused_conv())); });
   guarded("graph-plan", "LADNN_GRAPH_PLAN; default off: one planned arena per CUDA graph",
           [] { return std::string(graph_memory_plan() ? "on" : "off"); });

@@ -75,7 +75,7 @@ TEST(CudaContextSwitches, DescribeSwitchesNamesEachValueAndVariable) {
   const bool saved_plan = cuda::graph_memory_plan();
   cuda::set_graph_memory_plan(true);
   const cuda::FusedConv saved_fused = cuda::fused_conv();
-  cuda::set_fused_conv(cuda::FusedConv::Auto);
+  cuda::set_fused_conv(cuda::FusedConv::On);  // not the default (auto)
   const std::string d = cuda::describe_switches();
   cuda::set_fused_conv(saved_fused);
   cuda::set_graph_memory_plan(saved_plan);
@@ -92,7 +92,8 @@ TEST(CudaContextSwitches, DescribeSwitchesNamesEachValueAndVariable) {
             std::string::npos)
       << d;
   EXPECT_NE(d.find("  deterministic  on      (LADNN_DETERMINISTIC; default off)\n"), std::string::npos) << d;
-  EXPECT_NE(d.find("  fused-conv     auto    (LADNN_FUSED_CONV; default off: our conv kernels (BatchNorms fused in; TF32 backward))\n"),
+  EXPECT_NE(d.find("  fused-conv     on      (LADNN_FUSED_CONV; default auto: our conv kernels where they time faster (BatchNorms "
+                   "fused in; TF32 backward))\n"),
             std::string::npos)
       << d;
   EXPECT_NE(d.find("  gemm           "), std::string::npos) << d;
@@ -110,8 +111,8 @@ TEST(CudaContextSwitches, FusedConvModeNamesAndRoundTrip) {
     ADD_FAILURE() << "\"yes\" was accepted";
   } catch (const std::invalid_argument& e) {
     EXPECT_EQ(std::string(e.what()),
-              "LADNN_FUSED_CONV=\"yes\" is not a mode for the fused inference convolution; use off (the default), on "
-              "(wherever it applies) or auto (time it against the unfused ops per shape)");
+              "LADNN_FUSED_CONV=\"yes\" is not a mode for the fused inference convolution; use off, on (wherever it "
+              "applies) or auto (the default: time it against the unfused ops per shape)");
   }
   const cuda::FusedConv saved = cuda::fused_conv();
   cuda::set_fused_conv(cuda::FusedConv::On);

@@ -70,6 +70,7 @@ namespace {
 
 using cuda::Family;
 using cuda::Impl;
+using cuda_test::FusedScope;
 using cuda_test::gpu_matches;
 using cuda_test::Tol;
 
@@ -450,6 +451,8 @@ TEST_P(CudaConvGemmTest, ConvForwardIntoAChannelSlice) {
 // ragged one and a channel-slice input. With cudnn forced, cuDNN runs. The native version has no cuBLAS.
 TEST_P(CudaConvGemmTest, Conv1x1AsCublasGemm) {
   if (impl() == Impl::Native) GTEST_SKIP() << "the cuBLAS pointwise path belongs to the library version";
+  // The library's own choices: LADNN_FUSED_CONV's default (auto) may take a backward pass to our kernels.
+  FusedScope library_only(cuda::FusedConv::Off);
   const cuda::Conv1x1 saved = cuda::conv1x1();
   const bool was_enabled = cuda::profiler::enabled();
   cuda::profiler::set_enabled(true);
