@@ -14,6 +14,13 @@
 //                            cannot express: such inputs take the native kernel under LADNN_BN=cudnn too
 //             backward       bn_grad_partial (sum dy, sum dy * (x - mean) per chunk) -> bn_grad_finalize
 //                            (dgamma, dbeta, per-channel coefficients) -> bn_backward_dx (one elementwise pass)
+//           Where the channels alone fill the GPU and each holds at most 65,536 values
+//           (cuda::BnKernel, LADNN_BN_KERNEL; math::bn_channel_fits), a training forward or backward is
+//           one kernel instead of three: a block per channel finds its channel's statistics (or
+//           gradient sums), finishes them in thread 0 and then maps the channel's values, re-reading
+//           them from L2 (bn_train_channel, bn_backward_channel). Graph replays pay each kernel's
+//           launch and drain (about 4.7 us a node at batch 1 on an H200, run 7), and DenseNet-169 has
+//           169 BatchNorms.
 //           Training forward and backward read a spaced x in place as well (the training dense block's
 //           channel prefix, models/densenet.cpp): x's sample stride is BnPartition::sN and a kernel
 //           parameter; dy, relu_y, y and dx are always packed.
@@ -85,6 +92,21 @@ BnGeom geom_of(const Tensor& x) { return {x.size(0), x.size(1), x.size(2) * x.si
 
 BnPartition partition_of(const BnGeom& g) { return math::bn_partition(g.N, g.C, g.HW, sm_count()); }
 
+/// Threads of a per-channel block when cuda::bn_kernel() gives (N, C, HW) one (the one-kernel path); 0
+/// for the split path.
+int channel_block_threads(const BnGeom& g) {
+  if (g.M() <= 0) return 0;
+  switch (bn_kernel()) {
+    case BnKernel::Split:
+      return 0;
+    case BnKernel::Channel:  // (float counts stay exact up to 2^24 values)
+      return g.M() <= (int64_t(1) << 24) ? math::bn_channel_threads(g.M()) : 0;
+    case BnKernel::Auto:
+      return math::bn_channel_fits(g.N, g.C, g.HW, sm_count()) ? math::bn_channel_threads(g.M()) : 0;
+  }
+  return 0;
+}
+
 /// A per-channel vector as the kernels read it: base pointer and element stride; null = undefined.
 struct ChanPtr {
   float* p = nullptr;
@@ -119,13 +141,9 @@ __device__ __forceinline__ Welford welford_warp(Welford w) {
   return w;  // complete in lane 0
 }
 
-// grid (C, splits), block kThreads: block (c, s) reduces chunk s of channel c (math::BnPartition) to
-// (count, mean, M2) at partial[(c*splits + s)*3 ...]. VEC = 4 reads float4 (HW % 4 == 0, x aligned).
-template <int VEC>
-__global__ void bn_stats_partial_kernel(const float* __restrict__ x, BnPartition p, float* __restrict__ partial) {
-  const int64_t c = blockIdx.x, s = blockIdx.y;
-  Welford w = math::bn_stats_thread<VEC>(x, c, s, threadIdx.x, blockDim.x, p);
-  // Block reduction: each warp merges its lanes, then the first warp merges the warps.
+// The block's threads' Welford states merged: each warp merges its lanes, then the first warp merges the
+// warps. Complete in thread 0 only. blockDim.x a multiple of 32.
+__device__ __forceinline__ Welford block_welford(Welford w) {
   __shared__ Welford shared[32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   w = welford_warp(w);
@@ -134,31 +152,41 @@ __global__ void bn_stats_partial_kernel(const float* __restrict__ x, BnPartition
   if (warp == 0) {
     w = lane < int(blockDim.x >> 5) ? shared[lane] : Welford{0.0f, 0.0f, 0.0f};
     w = welford_warp(w);
-    if (lane == 0) {
-      float* out = partial + (c * p.splits + s) * 3;
-      out[0] = w.n;
-      out[1] = w.mean;
-      out[2] = w.m2;
-    }
+  }
+  return w;
+}
+
+// grid (C, splits), block kThreads: block (c, s) reduces chunk s of channel c (math::BnPartition) to
+// (count, mean, M2) at partial[(c*splits + s)*3 ...]. VEC = 4 reads float4 (HW % 4 == 0, x aligned).
+template <int VEC>
+__global__ void bn_stats_partial_kernel(const float* __restrict__ x, BnPartition p, float* __restrict__ partial) {
+  const int64_t c = blockIdx.x, s = blockIdx.y;
+  const Welford w = block_welford(math::bn_stats_thread<VEC>(x, c, s, threadIdx.x, blockDim.x, p));
+  if (threadIdx.x == 0) {
+    float* out = partial + (c * p.splits + s) * 3;
+    out[0] = w.n;
+    out[1] = w.mean;
+    out[2] = w.m2;
   }
 }
 
-// One thread per channel: merges the chunks (in double), writes save_mean/save_invstd and the
-// normalisation's per-channel scale/shift, and blends the running statistics (if tracked).
-__global__ void bn_stats_finalize_kernel(const float* __restrict__ partial, int64_t C, int splits, double eps,
-                                         double momentum, ChanPtr gamma, ChanPtr beta, ChanPtr running_mean,
-                                         ChanPtr running_var, float* __restrict__ save_mean,
-                                         float* __restrict__ save_invstd, float* __restrict__ scale,
-                                         float* __restrict__ shift) {
-  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (c >= C) return;
-  const math::BnChannelStats st = math::bn_merge_partials(partial + c * splits * 3, splits, eps);
-  save_mean[c] = static_cast<float>(st.mean);
-  save_invstd[c] = static_cast<float>(st.invstd);
-  // scale from the float gamma and saved invstd (bn_train_scale), so that a backward can recompute the
-  // ReLU's decisions from x (math::BnMaskFromX); shift = beta.
-  scale[c] = math::bn_train_scale(gamma.p ? gamma.p[c * gamma.stride] : 1.0f, save_invstd[c]);
-  shift[c] = beta.p ? beta.p[c * beta.stride] : 0.0f;
+// What finishing a channel's statistics gives its normalisation: y = (x - mean) * scale + shift.
+struct NormCoefs {
+  float mean, scale, shift;
+};
+
+// Channel c's statistics from its chunks' partial states (merged in double): writes save_mean and
+// save_invstd, blends the running statistics (if tracked), and returns the normalisation's coefficients.
+// scale comes from the float gamma and saved invstd (bn_train_scale), so that a backward can recompute
+// the ReLU's decisions from x (math::BnMaskFromX); shift = beta.
+__device__ NormCoefs finish_channel_stats(int64_t c, const float* partial, int splits, double eps, double momentum,
+                                          const ChanPtr& gamma, const ChanPtr& beta, const ChanPtr& running_mean,
+                                          const ChanPtr& running_var, float* __restrict__ save_mean,
+                                          float* __restrict__ save_invstd) {
+  const math::BnChannelStats st = math::bn_merge_partials(partial, splits, eps);
+  const float mean = static_cast<float>(st.mean), invstd = static_cast<float>(st.invstd);
+  save_mean[c] = mean;
+  save_invstd[c] = invstd;
   if (running_mean.p) {
     float& rm = running_mean.p[c * running_mean.stride];
     rm = static_cast<float>(math::bn_running_mean(rm, momentum, st));
@@ -166,6 +194,61 @@ __global__ void bn_stats_finalize_kernel(const float* __restrict__ partial, int6
   if (running_var.p) {
     float& rv = running_var.p[c * running_var.stride];
     rv = static_cast<float>(math::bn_running_var(rv, momentum, st));
+  }
+  return {mean, math::bn_train_scale(gamma.p ? gamma.p[c * gamma.stride] : 1.0f, invstd),
+          beta.p ? beta.p[c * beta.stride] : 0.0f};
+}
+
+// One thread per channel: finish_channel_stats over its chunks, the coefficients stored for bn_normalize.
+__global__ void bn_stats_finalize_kernel(const float* __restrict__ partial, int64_t C, int splits, double eps,
+                                         double momentum, ChanPtr gamma, ChanPtr beta, ChanPtr running_mean,
+                                         ChanPtr running_var, float* __restrict__ save_mean,
+                                         float* __restrict__ save_invstd, float* __restrict__ scale,
+                                         float* __restrict__ shift) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  const NormCoefs k = finish_channel_stats(c, partial + c * splits * 3, splits, eps, momentum, gamma, beta,
+                                           running_mean, running_var, save_mean, save_invstd);
+  scale[c] = k.scale;
+  shift[c] = k.shift;
+}
+
+// The training forward of channel c = blockIdx.x in one kernel (cuda::BnKernel::Channel): the block's
+// Welford states over all the channel's values (math::bn_channel_partition), finished by thread 0 as
+// above, then y = (x - mean) * scale + shift (max(., 0) when RELU) over the same values, which the
+// block read moments before (L1/L2). VEC = 4: HW % 4 == 0, sN % 4 == 0, x and y 16-byte aligned.
+template <int VEC, bool RELU>
+__global__ void bn_train_channel_kernel(const float* __restrict__ x, BnPartition p, float* __restrict__ y,
+                                        double eps, double momentum, ChanPtr gamma, ChanPtr beta,
+                                        ChanPtr running_mean, ChanPtr running_var, float* __restrict__ save_mean,
+                                        float* __restrict__ save_invstd) {
+  const int64_t c = blockIdx.x;
+  const Welford w = block_welford(math::bn_stats_thread<VEC>(x, c, 0, threadIdx.x, blockDim.x, p));
+  __shared__ NormCoefs coefs;
+  if (threadIdx.x == 0) {
+    const float partial[3] = {w.n, w.mean, w.m2};
+    coefs = finish_channel_stats(c, partial, 1, eps, momentum, gamma, beta, running_mean, running_var, save_mean,
+                                 save_invstd);
+  }
+  __syncthreads();
+  const NormCoefs k = coefs;
+#pragma unroll 4
+  for (int64_t j = threadIdx.x * int64_t(VEC); j < p.M; j += int64_t(blockDim.x) * VEC) {
+    const int64_t n = j / p.HW, r = j - n * p.HW;
+    const float* xp = x + n * p.sN + c * p.HW + r;
+    float* yp = y + (n * p.C + c) * p.HW + r;
+    if constexpr (VEC == 4) {
+      float v[4];
+      math::load4(xp, v);
+      for (int q = 0; q < 4; ++q) {
+        v[q] = math::bn_normalize(v[q], k.mean, k.scale, k.shift);
+        if constexpr (RELU) v[q] = math::bn_relu(v[q]);
+      }
+      math::store4(yp, v);
+    } else {
+      const float v = math::bn_normalize(*xp, k.mean, k.scale, k.shift);
+      *yp = RELU ? math::bn_relu(v) : v;
+    }
   }
 }
 
@@ -266,9 +349,28 @@ __global__ void bn_grad_partial_kernel(const float* __restrict__ dy, const float
   }
 }
 
-// One thread per channel: dgamma, dbeta and the coefficients of dx (math::bn_grad_coefs). The
-// statistics are the batch's (invstd given, through_stats) or the running ones (invstd from
+// What finishing a channel's gradient sums gives its dx pass: dx = k (dy - mean_dy - (x - mean) proj).
+struct DxCoefs {
+  float k, mean_dy, proj;
+};
+
+// Channel c's dgamma and dbeta (written) and dx coefficients (returned) from its sums (math::bn_grad_coefs).
+// The statistics are the batch's (invstd given, through_stats) or the running ones (invstd from
 // running_var and eps; frozen statistics do not depend on x).
+__device__ DxCoefs finish_channel_grads(int64_t c, double sum_dy, double sum_dy_xmu, double M, const ChanPtr& gamma,
+                                        const ChanPtr& invstd, const ChanPtr& running_var, double eps,
+                                        bool through_stats, float* __restrict__ dgamma, float* __restrict__ dbeta) {
+  const double is = invstd.p ? double(invstd.p[c * invstd.stride])
+                             : 1.0 / ::sqrt(double(running_var.p[c * running_var.stride]) + eps);
+  const double g = gamma.p ? gamma.p[c * gamma.stride] : 1.0;
+  const math::BnGradCoefs k = math::bn_grad_coefs(sum_dy, sum_dy_xmu, is, g, M, through_stats);
+  dbeta[c] = static_cast<float>(k.dbeta);
+  dgamma[c] = static_cast<float>(k.dgamma);
+  return {static_cast<float>(k.k), static_cast<float>(k.mean_dy), static_cast<float>(k.proj)};
+}
+
+// One thread per channel: finish_channel_grads over the chunks' sums (added in double), the coefficients
+// stored for bn_backward_dx.
 __global__ void bn_grad_finalize_kernel(const float* __restrict__ partial, int64_t C, int splits, double M,
                                         ChanPtr gamma, ChanPtr mean, ChanPtr invstd, ChanPtr running_var,
                                         double eps, bool through_stats, MaskSource from_x,
@@ -283,20 +385,77 @@ __global__ void bn_grad_finalize_kernel(const float* __restrict__ partial, int64
     sum_dy += partial[(c * splits + s) * 2];
     sum_dy_xmu += partial[(c * splits + s) * 2 + 1];
   }
-  const double is = invstd.p ? double(invstd.p[c * invstd.stride])
-                             : 1.0 / ::sqrt(double(running_var.p[c * running_var.stride]) + eps);
-  const double g = gamma.p ? gamma.p[c * gamma.stride] : 1.0;
-  const math::BnGradCoefs k = math::bn_grad_coefs(sum_dy, sum_dy_xmu, is, g, M, through_stats);
-  dbeta[c] = static_cast<float>(k.dbeta);
-  dgamma[c] = static_cast<float>(k.dgamma);
+  const DxCoefs k =
+      finish_channel_grads(c, sum_dy, sum_dy_xmu, M, gamma, invstd, running_var, eps, through_stats, dgamma, dbeta);
   coef_mean[c] = mean.p[c * mean.stride];
-  coef_k[c] = static_cast<float>(k.k);
-  coef_mean_dy[c] = static_cast<float>(k.mean_dy);
-  coef_proj[c] = static_cast<float>(k.proj);
+  coef_k[c] = k.k;
+  coef_mean_dy[c] = k.mean_dy;
+  coef_proj[c] = k.proj;
   if (from_x.on) {  // the mask's scale and shift, once per channel for the dx pass
     const math::BnMaskFromX m = mask_of(from_x, c);
     coef_scale[c] = m.scale;
     coef_shift[c] = m.shift;
+  }
+}
+
+// A backward of channel c = blockIdx.x in one kernel (cuda::BnKernel::Channel): the block's sums over all
+// the channel's values (math::bn_channel_partition, dy masked as in bn_grad_partial), finished by thread 0
+// as above, then dx over the same values (as bn_backward_dx: relu_y or the mask from x, ADD adds into dx
+// rounded once). dy and relu_y packed; x's samples p.sN apart, dx's sD apart. VEC = 4 as the split path's.
+template <int VEC, bool ADD>
+__global__ void bn_backward_channel_kernel(const float* __restrict__ dy, const float* __restrict__ x,
+                                           const float* __restrict__ relu_y, MaskSource from_x, BnPartition p,
+                                           float* __restrict__ dx, int64_t sD, ChanPtr gamma, ChanPtr mean,
+                                           ChanPtr invstd, ChanPtr running_var, double eps, bool through_stats,
+                                           float* __restrict__ dgamma, float* __restrict__ dbeta) {
+  const int64_t c = blockIdx.x;
+  const float mu = mean.p[c * mean.stride];
+  const math::BnMaskFromX m = mask_of(from_x, c);
+  float sum_dy, sum_dy_xmu;
+  math::bn_grad_thread<VEC>(dy, x, mu, c, 0, threadIdx.x, blockDim.x, p, sum_dy, sum_dy_xmu, relu_y, m);
+  __shared__ float shared[32];
+  sum_dy = block_sum(sum_dy, shared);
+  sum_dy_xmu = block_sum(sum_dy_xmu, shared);
+  __shared__ DxCoefs coefs;
+  if (threadIdx.x == 0)
+    coefs = finish_channel_grads(c, sum_dy, sum_dy_xmu, static_cast<double>(p.M), gamma, invstd, running_var, eps,
+                                 through_stats, dgamma, dbeta);
+  __syncthreads();
+  const DxCoefs k = coefs;
+#pragma unroll 4
+  for (int64_t j = threadIdx.x * int64_t(VEC); j < p.M; j += int64_t(blockDim.x) * VEC) {
+    const int64_t n = j / p.HW, r = j - n * p.HW;
+    const int64_t off = (n * p.C + c) * p.HW + r;
+    const float* xp = x + n * p.sN + c * p.HW + r;
+    float* out = dx + n * sD + c * p.HW + r;
+    if constexpr (VEC == 4) {
+      float d[4], v[4], res[4];
+      math::load4(dy + off, d);
+      math::load4(xp, v);
+      if (relu_y) {
+        float yv[4];
+        math::load4(relu_y + off, yv);
+        for (int q = 0; q < 4; ++q) d[q] = math::bn_relu_grad(d[q], yv[q]);
+      } else if (m.on) {
+        for (int q = 0; q < 4; ++q) d[q] = math::bn_relu_on(v[q], mu, m) ? d[q] : 0.0f;
+      }
+      for (int q = 0; q < 4; ++q) res[q] = math::bn_dx(d[q], v[q], mu, k.k, k.mean_dy, k.proj);
+      if constexpr (ADD) {
+        float a[4];
+        math::load4(out, a);
+        for (int q = 0; q < 4; ++q) res[q] = __fadd_rn(a[q], res[q]);
+      }
+      math::store4(out, res);
+    } else {
+      const float xv = *xp;
+      const float d = relu_y ? math::bn_relu_grad(dy[off], relu_y[off])
+                             : (m.on && !math::bn_relu_on(xv, mu, m) ? 0.0f : dy[off]);
+      const float res = math::bn_dx(d, xv, mu, k.k, k.mean_dy, k.proj);
+      if constexpr (ADD)
+        *out = __fadd_rn(*out, res);
+      else
+        *out = res;
+    }
   }
 }
 
@@ -397,6 +556,24 @@ void native_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& be
                           const Tensor& running_var, double momentum, double eps, bool relu,
                           const ops::BatchNormForward& out) {
   const BnGeom g = geom_of(x);
+  if (const int threads = channel_block_threads(g)) {  // one kernel: a block per channel
+    BnPartition part = math::bn_channel_partition(g.N, g.C, g.HW);
+    part.sN = sample_stride(x, g);
+    const float* px = x.data<float>();
+    float* py = out.y.data<float>();
+    const bool vec = g.HW % 4 == 0 && part.sN % 4 == 0 && aligned16(px) && aligned16(py);
+    auto launch = [&](auto kernel) {
+      kernel<<<static_cast<unsigned>(g.C), threads, 0, cur_stream()>>>(
+          px, part, py, eps, momentum, chan(gamma), chan(beta), chan(running_mean), chan(running_var),
+          out.save_mean.data<float>(), out.save_invstd.data<float>());
+    };
+    if (vec && relu) launch(bn_train_channel_kernel<4, true>);
+    else if (vec) launch(bn_train_channel_kernel<4, false>);
+    else if (relu) launch(bn_train_channel_kernel<1, true>);
+    else launch(bn_train_channel_kernel<1, false>);
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
   BnPartition part = partition_of(g);
   part.sN = sample_stride(x, g);
   const int splits = part.splits;
@@ -457,8 +634,33 @@ void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
                      const Tensor& relu_y, const ops::BatchNormGrads& out, const Tensor& dx_into = Tensor(),
                      const MaskSource& from_x = {}) {
   const BnGeom g = geom_of(x);
+  const float* px = x.data<float>();
+  const float* pdy = dy.data<float>();
+  // dx_into (a sample-contiguous view) takes dx added in; otherwise out.dx (packed) is written.
+  const bool add = dx_into.defined();
+  float* pdx = add ? dx_into.data<float>() : out.dx.data<float>();
+  const int64_t sD = add ? sample_stride(dx_into, g) : g.C * g.HW;
+  const float* pmask = relu_y.defined() ? relu_y.data<float>() : nullptr;
+  const int64_t sN = sample_stride(x, g);
+  const bool vec = g.HW % 4 == 0 && sN % 4 == 0 && sD % 4 == 0 && aligned16(px) && aligned16(pdy) &&
+                   aligned16(pdx) && (!pmask || aligned16(pmask));
+  if (const int threads = channel_block_threads(g)) {  // one kernel: a block per channel
+    BnPartition part = math::bn_channel_partition(g.N, g.C, g.HW);
+    part.sN = sN;
+    auto launch = [&](auto kernel) {
+      kernel<<<static_cast<unsigned>(g.C), threads, 0, cur_stream()>>>(
+          pdy, px, pmask, from_x, part, pdx, sD, chan(gamma), chan(mean), chan(invstd), chan(running_var), eps,
+          through_stats, out.dgamma.data<float>(), out.dbeta.data<float>());
+    };
+    if (vec && add) launch(bn_backward_channel_kernel<4, true>);
+    else if (vec) launch(bn_backward_channel_kernel<4, false>);
+    else if (add) launch(bn_backward_channel_kernel<1, true>);
+    else launch(bn_backward_channel_kernel<1, false>);
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
   BnPartition part = partition_of(g);
-  part.sN = sample_stride(x, g);
+  part.sN = sN;
   const int splits = part.splits;
   // Scratch: partial sums (C, splits, 2) and six per-channel coefficients (the last two: the mask's scale
   // and shift, written only when it comes from x).
@@ -471,15 +673,6 @@ void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
   float* coef_scale = coef_proj + g.C;
   float* coef_shift = coef_scale + g.C;
 
-  const float* px = x.data<float>();
-  const float* pdy = dy.data<float>();
-  // dx_into (a sample-contiguous view) takes dx added in; otherwise out.dx (packed) is written.
-  const bool add = dx_into.defined();
-  float* pdx = add ? dx_into.data<float>() : out.dx.data<float>();
-  const int64_t sD = add ? sample_stride(dx_into, g) : g.C * g.HW;
-  const float* pmask = relu_y.defined() ? relu_y.data<float>() : nullptr;
-  const bool vec = g.HW % 4 == 0 && part.sN % 4 == 0 && sD % 4 == 0 && aligned16(px) && aligned16(pdy) &&
-                   aligned16(pdx) && (!pmask || aligned16(pmask));
   if (g.M() > 0) {
     const dim3 grid(static_cast<unsigned>(g.C), static_cast<unsigned>(splits));
     if (vec)

@@ -113,6 +113,38 @@ inline BnPartition bn_partition(int64_t N, int64_t C, int64_t HW, int num_sms) {
   return p;
 }
 
+/// One block per channel (cuda::BnKernel::Channel): a training forward's statistics and map, or a
+/// backward's sums and dx, in one kernel instead of three. Auto takes it when the C blocks alone fill at
+/// least half the GPU's SMs (below that, the split path's C * splits blocks read faster) and a channel
+/// holds at most kBnChannelMaxValues values: the map then re-reads values its block read moments before,
+/// and a channel's 256 KB (512 KB for a backward's dy and x) of some hundred resident blocks stay mostly
+/// in L2. DenseNet-169 on 132 SMs at batch 32 and 64: every BatchNorm at 28x28 and below; at batch 1
+/// all but those of 64 channels (the stem's norm0, the first dense layer's norm1).
+constexpr int64_t kBnChannelMaxValues = 65536;
+inline bool bn_channel_fits(int64_t N, int64_t C, int64_t HW, int num_sms) {
+  const int64_t M = N * HW;
+  return M > 0 && M <= kBnChannelMaxValues && 2 * C >= num_sms;
+}
+/// Threads of a per-channel block: about 16 of the channel's M values each (4 float4 loads per pass), a
+/// whole number of warps, 32 to 1,024.
+inline int bn_channel_threads(int64_t M) {
+  int64_t t = (M + 15) / 16;
+  t = (t + 31) / 32 * 32;
+  return static_cast<int>(t < 32 ? 32 : (t > 1024 ? 1024 : t));
+}
+/// The partition of a per-channel block: one chunk of all M values (bn_stats_thread and bn_grad_thread
+/// with s = 0 then walk the whole channel).
+inline BnPartition bn_channel_partition(int64_t N, int64_t C, int64_t HW) {
+  BnPartition p;
+  p.C = C;
+  p.HW = HW;
+  p.M = N * HW;
+  p.splits = 1;
+  p.chunk = (p.M + 3) / 4 * 4;
+  p.sN = C * HW;
+  return p;
+}
+
 /// Offset of value j (of the M = N*HW) of channel c in a packed (N, C, HW) tensor: dy, relu_y, dx.
 LADNN_HD int64_t bn_offset(int64_t j, int64_t c, const BnPartition& p) {
   const int64_t n = j / p.HW, k = j - n * p.HW;

@@ -81,6 +81,21 @@ const char* fused_conv_name(FusedConv mode);
 /// Parses "off"/"on"/"auto" (any case, blanks around); throws naming `where` and the value otherwise.
 FusedConv parse_fused_conv(const std::string& value, const char* where);
 
+/// How the native BatchNorm kernels (LADNN_BN=native, cuda/batchnorm.cu) cover a training forward or a
+/// backward, LADNN_BN_KERNEL=auto|channel|split:
+///   Split    a channel's values split over several blocks: partial statistics (or gradient sums), a
+///            kernel that merges them per channel, then an elementwise map: three kernels, any shape;
+///   Channel  one block per channel: its statistics, then its map, in one kernel (the map re-reads the
+///            channel's values while they are in L2); one kernel instead of three;
+///   Auto     (default) Channel where the channels alone fill the GPU and a channel holds at most
+///            cuda/bnpool_math.h's kBnChannelMaxValues values (math::bn_channel_fits), else Split.
+enum class BnKernel { Auto, Channel, Split };
+BnKernel bn_kernel();
+void set_bn_kernel(BnKernel mode);
+const char* bn_kernel_name(BnKernel mode);
+/// Parses "auto"/"channel"/"split" (any case, blanks around); throws naming `where` and the value otherwise.
+BnKernel parse_bn_kernel(const std::string& value, const char* where);
+
 /// LADNN_CUDNN_LOG=1 (read once): print each choice made by timing — cuDNN's algorithm search, the
 /// cuBLAS/cuDNN pointwise choice, LADNN_FUSED_CONV=auto's — to stderr.
 bool log_choices();

@@ -29,6 +29,7 @@ std::atomic<int> g_deterministic{kUnread};
 std::atomic<int> g_conv1x1{kUnread};
 std::atomic<int> g_graph_plan{kUnread};
 std::atomic<int> g_fused_conv{kUnread};
+std::atomic<int> g_bn_kernel{kUnread};
 
 int index_of(Family f) {
   return static_cast<int>(f);
@@ -212,6 +213,38 @@ void set_fused_conv(FusedConv mode) {
   g_fused_conv.store(static_cast<int>(mode));
 }
 
+const char* bn_kernel_name(BnKernel mode) {
+  switch (mode) {
+    case BnKernel::Auto:
+      return "auto";
+    case BnKernel::Channel:
+      return "channel";
+    case BnKernel::Split:
+      return "split";
+  }
+  return "?";
+}
+
+BnKernel parse_bn_kernel(const std::string& value, const char* where) {
+  const std::string v = normalised(value);
+  for (BnKernel mode : {BnKernel::Auto, BnKernel::Channel, BnKernel::Split})
+    if (v == bn_kernel_name(mode)) return mode;
+  throw std::invalid_argument(std::string(where) + "=\"" + value +
+                              "\" is not a layout for the native BatchNorm kernels; use auto (by shape, the "
+                              "default), channel (one block per channel) or split (a channel over several blocks)");
+}
+
+BnKernel bn_kernel() {
+  return static_cast<BnKernel>(read_once(g_bn_kernel, [] {
+    const char* env = std::getenv("LADNN_BN_KERNEL");
+    return static_cast<int>((env && *env) ? parse_bn_kernel(env, "LADNN_BN_KERNEL") : BnKernel::Auto);
+  }));
+}
+
+void set_bn_kernel(BnKernel mode) {
+  g_bn_kernel.store(static_cast<int>(mode));
+}
+
 bool graph_memory_plan() {
   return read_once(g_graph_plan, [] { return env_switch("LADNN_GRAPH_PLAN", 0); }) == 1;
 }
@@ -251,6 +284,8 @@ std::string describe_switches() {
           "LADNN_FUSED_CONV; default auto: our conv kernels where they time faster (BatchNorms fused in; "
           "TF32 backward)",
           [] { return std::string(fused_conv_name(fused_conv())); });
+  guarded("bn-kernel", "LADNN_BN_KERNEL; default auto: native BatchNorm as one kernel per channel where it fits",
+          [] { return std::string(bn_kernel_name(bn_kernel())); });
   guarded("graph-plan", "LADNN_GRAPH_PLAN; default off: one planned arena per CUDA graph",
           [] { return std::string(graph_memory_plan() ? "on" : "off"); });
   guarded("tf32", "LADNN_TF32; default on", [] { return std::string(tf32_enabled() ? "on" : "off"); });

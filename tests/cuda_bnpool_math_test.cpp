@@ -222,10 +222,10 @@ m::Welford block_stats(const float* x, int64_t c, int64_t s, const m::BnPartitio
   return w;
 }
 
+/// Every value of each channel of a tensor of shape s read once by `threads` threads per block walking
+/// partition p (the split path's kBnThreads, or a per-channel block's bn_channel_threads).
 template <int VEC>
-void check_partition_coverage(const BnShapeCase& sc) {
-  const Shape& s = sc.shape;
-  const m::BnPartition p = m::bn_partition(s[0], s[1], s[2] * s[3], sc.sms);
+void check_partition_coverage(const Shape& s, const m::BnPartition& p, int64_t threads) {
   ASSERT_GE(p.splits, 1);
   ASSERT_EQ(p.chunk % 4, 0);
   ASSERT_GE(p.chunk * p.splits, p.M);
@@ -240,8 +240,8 @@ void check_partition_coverage(const BnShapeCase& sc) {
     for (int64_t n = 0; n < s[0]; ++n)
       for (int64_t k = 0; k < p.HW; ++k) want_sum += double((n * p.C + c) * p.HW + k);
     for (int64_t sp = 0; sp < p.splits; ++sp)
-      for (int64_t t = 0; t < m::kBnThreads; ++t) {
-        const m::Welford w = m::bn_stats_thread<VEC>(x.data(), c, sp, t, m::kBnThreads, p);
+      for (int64_t t = 0; t < threads; ++t) {
+        const m::Welford w = m::bn_stats_thread<VEC>(x.data(), c, sp, t, threads, p);
         count += w.n;
         sum += double(w.n) * double(w.mean);
       }
@@ -253,8 +253,37 @@ void check_partition_coverage(const BnShapeCase& sc) {
 TEST(CudaBnPoolMath, BatchNormPartitionCoversEveryValueOnce) {
   for (const BnShapeCase& sc : kBnShapes) {
     SCOPED_TRACE(shape_str(sc.shape) + " planned for " + std::to_string(sc.sms) + " SMs");
-    check_partition_coverage<1>(sc);
-    if ((sc.shape[2] * sc.shape[3]) % 4 == 0) check_partition_coverage<4>(sc);
+    const Shape& s = sc.shape;
+    const m::BnPartition p = m::bn_partition(s[0], s[1], s[2] * s[3], sc.sms);
+    check_partition_coverage<1>(s, p, m::kBnThreads);
+    if ((s[2] * s[3]) % 4 == 0) check_partition_coverage<4>(s, p, m::kBnThreads);
+  }
+}
+
+// The one-kernel path (cuda::BnKernel::Channel): a block of bn_channel_threads(M) threads walks the
+// channel's one chunk of all M values and reads each once; the thread count is whole warps, 32 to 1,024,
+// about 16 values each; auto takes the path where C blocks fill half of the SMs and M <= 65,536.
+TEST(CudaBnPoolMath, ChannelBlockCoversEveryValueOnce) {
+  EXPECT_EQ(m::bn_channel_threads(1), 32);
+  EXPECT_EQ(m::bn_channel_threads(49), 32);
+  EXPECT_EQ(m::bn_channel_threads(3136), 224);  // 196 threads of 16 values, rounded up to 7 warps
+  EXPECT_EQ(m::bn_channel_threads(16384), 1024);
+  EXPECT_EQ(m::bn_channel_threads(int64_t(1) << 24), 1024);
+  EXPECT_TRUE(m::bn_channel_fits(32, 1664, 7 * 7, 132));     // DenseNet-169's norm5 at batch 32
+  EXPECT_TRUE(m::bn_channel_fits(64, 128, 28 * 28, 132));    // a norm2 at 28x28, batch 64: 50,176 values
+  EXPECT_FALSE(m::bn_channel_fits(32, 128, 56 * 56, 132));   // 100,352 values: split
+  EXPECT_FALSE(m::bn_channel_fits(1, 64, 56 * 56, 132));     // 64 blocks on 132 SMs: split
+  EXPECT_TRUE(m::bn_channel_fits(1, 128, 56 * 56, 132));
+  EXPECT_FALSE(m::bn_channel_fits(0, 128, 7 * 7, 132));      // no values
+  for (const Shape& s : {Shape{2, 3, 5, 7}, Shape{8, 2, 32, 32}, Shape{3, 5, 1, 1}, Shape{16, 1, 64, 64},
+                         Shape{1, 4, 48, 48}}) {
+    SCOPED_TRACE(shape_str(s));
+    const m::BnPartition p = m::bn_channel_partition(s[0], s[1], s[2] * s[3]);
+    EXPECT_EQ(p.splits, 1);
+    const int threads = m::bn_channel_threads(p.M);
+    EXPECT_EQ(threads % 32, 0);
+    check_partition_coverage<1>(s, p, threads);
+    if ((s[2] * s[3]) % 4 == 0) check_partition_coverage<4>(s, p, threads);
   }
 }
 

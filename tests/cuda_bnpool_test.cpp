@@ -113,20 +113,31 @@ Tensor dgamma_abs_terms(const Tensor& dy, const Tensor& x, const std::vector<dou
   return vec64(s);
 }
 
-std::string impl_label(const ::testing::TestParamInfo<Impl>& info) {
-  return info.param == Impl::Library ? "cudnn" : "native";
+/// The implementation under test and, for the native one, the layout of its BatchNorm kernels
+/// (cuda::BnKernel: auto by shape, or one of the two forced, so that the small cases below run both).
+struct BnMode {
+  Impl impl;
+  cuda::BnKernel kernel;
+};
+
+std::string impl_label(const ::testing::TestParamInfo<BnMode>& info) {
+  if (info.param.impl == Impl::Library) return "cudnn";
+  return info.param.kernel == cuda::BnKernel::Auto ? "native" : std::string("native_") +
+                                                                    cuda::bn_kernel_name(info.param.kernel);
 }
 
-/// Runs each test once per implementation, with new GPU blocks filled with NaN; restores the switches
-/// after.
-class CudaOpTest : public ::testing::TestWithParam<Impl> {
+/// Runs each test once per implementation (and native BatchNorm layout), with new GPU blocks filled with
+/// NaN; restores the switches after.
+class CudaOpTest : public ::testing::TestWithParam<BnMode> {
  protected:
   void SetUp() override {
     LADNN_REQUIRE_GPU();
     saved_bn_ = cuda::impl(Family::BatchNorm);
     saved_pool_ = cuda::impl(Family::Pool);
-    cuda::set_impl(Family::BatchNorm, GetParam());
-    cuda::set_impl(Family::Pool, GetParam());
+    saved_kernel_ = cuda::bn_kernel();
+    cuda::set_impl(Family::BatchNorm, GetParam().impl);
+    cuda::set_impl(Family::Pool, GetParam().impl);
+    cuda::set_bn_kernel(GetParam().kernel);
     nan_fill_.emplace();
   }
   void TearDown() override {
@@ -135,11 +146,13 @@ class CudaOpTest : public ::testing::TestWithParam<Impl> {
     nan_fill_.reset();
     cuda::set_impl(Family::BatchNorm, saved_bn_);
     cuda::set_impl(Family::Pool, saved_pool_);
+    cuda::set_bn_kernel(saved_kernel_);
   }
 
  private:
   std::optional<cuda_test::FillNanScope> nan_fill_;
   Impl saved_bn_ = Impl::Library, saved_pool_ = Impl::Library;
+  cuda::BnKernel saved_kernel_ = cuda::BnKernel::Auto;
 };
 
 // ---- batch norm --------------------------------------------------------------------------------------
@@ -469,7 +482,7 @@ TEST_P(CudaOpTest, BatchNormReluMaskFromXEqualsTheMaskFromY) {
     EXPECT_TRUE(cuda_test::gpu_equals("dx added in", G.narrow(1, 0, C).contiguous(),
                                       ref.dx.to(Device::cpu()).to(DType::Float64)));
   }
-  if (GetParam() == cuda::Impl::Library) {
+  if (GetParam().impl == cuda::Impl::Library) {
     const Tensor x = gpu(Tensor::normal({2, 3, 4, 4}, 0, 1, gen));
     Tensor rm = gpu(Tensor::zeros({3})), rv = gpu(Tensor::ones({3}));
     const auto f = ops::batch_norm_forward_train(x, gpu(Tensor::ones({3})), gpu(Tensor::zeros({3})), rm, rv, 0.1,
@@ -709,7 +722,7 @@ TEST_P(CudaOpTest, ProfilerRecordsOpAndImplementation) {
   const std::string table = cuda::profiler::table();
   cuda::profiler::set_enabled(false);
   cuda::profiler::reset();
-  const char* want = cuda::impl_name(Family::BatchNorm, GetParam());
+  const char* want = cuda::impl_name(Family::BatchNorm, GetParam().impl);
   bool bn = false, pool = false;
   for (const auto& s : stats) {
     if (s.op == "batch_norm_forward_train") {
@@ -727,7 +740,12 @@ TEST_P(CudaOpTest, ProfilerRecordsOpAndImplementation) {
     EXPECT_NE(table.find(col), std::string::npos) << "table lacks \"" << col << "\":\n" << table;
 }
 
-INSTANTIATE_TEST_SUITE_P(CudaImpl, CudaOpTest, ::testing::Values(Impl::Library, Impl::Native), impl_label);
+INSTANTIATE_TEST_SUITE_P(CudaImpl, CudaOpTest,
+                         ::testing::Values(BnMode{Impl::Library, cuda::BnKernel::Auto},
+                                           BnMode{Impl::Native, cuda::BnKernel::Auto},
+                                           BnMode{Impl::Native, cuda::BnKernel::Channel},
+                                           BnMode{Impl::Native, cuda::BnKernel::Split}),
+                         impl_label);
 
 // ---- without a device ---------------------------------------------------------------------------------------
 

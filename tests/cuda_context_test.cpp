@@ -121,6 +121,32 @@ TEST(CudaContextSwitches, FusedConvModeNamesAndRoundTrip) {
   EXPECT_EQ(cuda::fused_conv(), saved);
 }
 
+TEST(CudaContextSwitches, BnKernelNamesAndRoundTrip) {
+  EXPECT_STREQ(cuda::bn_kernel_name(cuda::BnKernel::Auto), "auto");
+  EXPECT_STREQ(cuda::bn_kernel_name(cuda::BnKernel::Channel), "channel");
+  EXPECT_STREQ(cuda::bn_kernel_name(cuda::BnKernel::Split), "split");
+  EXPECT_EQ(cuda::parse_bn_kernel(" Channel ", "LADNN_BN_KERNEL"), cuda::BnKernel::Channel);
+  EXPECT_EQ(cuda::parse_bn_kernel("split", "LADNN_BN_KERNEL"), cuda::BnKernel::Split);
+  try {
+    cuda::parse_bn_kernel("fused", "LADNN_BN_KERNEL");
+    ADD_FAILURE() << "\"fused\" was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "LADNN_BN_KERNEL=\"fused\" is not a layout for the native BatchNorm kernels; use auto (by shape, the "
+              "default), channel (one block per channel) or split (a channel over several blocks)");
+  }
+  const cuda::BnKernel saved = cuda::bn_kernel();
+  cuda::set_bn_kernel(cuda::BnKernel::Split);
+  EXPECT_EQ(cuda::bn_kernel(), cuda::BnKernel::Split);
+  EXPECT_NE(cuda::describe_switches().find(
+                "  bn-kernel      split   (LADNN_BN_KERNEL; default auto: native BatchNorm as one kernel per channel "
+                "where it fits)\n"),
+            std::string::npos)
+      << cuda::describe_switches();
+  cuda::set_bn_kernel(saved);
+  EXPECT_EQ(cuda::bn_kernel(), saved);
+}
+
 TEST(CudaContextSwitches, Conv1x1ModeNamesAndRoundTrip) {
   EXPECT_STREQ(cuda::conv1x1_name(cuda::Conv1x1::Auto), "auto");
   EXPECT_STREQ(cuda::conv1x1_name(cuda::Conv1x1::Cudnn), "cudnn");

@@ -49,14 +49,17 @@
 #                    forward convolutions and, with TF32, the backward ones on cuda/conv_wgrad_tc.cuh and
 #                    the flipped-weight data pass), and auto's per-shape choices in those runs
 #                    (LADNN_CUDNN_LOG=1), counted per pass
+#        bn-split    the same rows with LADNN_BN_KERNEL=split (every native BatchNorm as three kernels: the
+#                    one-kernel-per-channel path's before)
+#        fused-off   the same rows with LADNN_FUSED_CONV=off (the library convolutions only: auto's before)
 #        loss-curve  `ladnn bench --loss-curve 50` with LADNN_FUSED_CONV=auto: our first 50 Adam steps beside
 #                    PyTorch's from the same weights and batches (the largest |loss difference|)
 #        loop        the trainer's graphed loop over host batches at 32 and 64: waiting for each step
 #                    ("loop sync", the old `ladnn train --cuda-graph`) against one step ahead ("loop
 #                    ahead", pinned slots and queued copies) — what the app loses around the step
 # LADNN_CHECK_STEPS picks the steps (comma-separated names: info,tests,sanitizer,kernels,bench,before,
-# cudnn-bn,memory,profile,graph-profile,tf32-off,conv1x1,graph-plan,native-conv,fused,loss-curve,loop; default all but the comparisons, which need the time of a
-# second call).
+# cudnn-bn,memory,profile,graph-profile,tf32-off,conv1x1,graph-plan,native-conv,fused,bn-split,fused-off,loss-curve,
+# loop; default all but the comparisons, which need the time of a second call).
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to
 # device-check-out/.
 #
@@ -227,6 +230,8 @@ if want before; then
 fi
 # shellcheck disable=SC2086
 want cudnn-bn && compare cudnn-bn LADNN_BN=cudnn timeout "$T_COMPARE" "$B/ladnn" bench $BENCH_ARGS --torch off
+want bn-split && compare bn-split LADNN_BN_KERNEL=split timeout "$T_COMPARE" "$B/ladnn" bench $BENCH_ARGS --torch off
+want fused-off && compare fused-off LADNN_FUSED_CONV=off timeout "$T_COMPARE" "$B/ladnn" bench $BENCH_ARGS --torch off
 want memory && compare memory timeout "$T_COMPARE" "$B/ladnn" bench --batches 64 --work train --memory-efficient \
   --torch off --steps 10 --warmup 3
 want tf32-off && compare tf32-off LADNN_TF32=0 timeout "$T_COMPARE" "$B/ladnn" bench --batches 1,32 --work infer \
