@@ -27,6 +27,8 @@ void strided_copy(Tensor& dst, const Tensor& src);
 void fill(Tensor& t, double value);
 /// Adds 1 to every element of a contiguous Int64 tensor in place (counters kept on the device).
 void increment_(Tensor& t);
+/// increment_ of each tensor (contiguous Int64, on the GPU, checked by the caller): one kernel per 128.
+void increment_all_(const std::vector<Tensor>& counters);
 
 // ---- elementwise and reductions ------------------------------------------------------------------------
 Tensor add(const Tensor& a, const Tensor& b);

@@ -106,6 +106,9 @@ void fill(Tensor&, double) {
 void increment_(Tensor&) {
   no_backend("increment_");
 }
+void increment_all_(const std::vector<Tensor>&) {
+  no_backend("increment_all_");
+}
 
 Tensor add(const Tensor&, const Tensor&) {
   no_backend("add");

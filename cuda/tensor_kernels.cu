@@ -135,4 +135,35 @@ void increment_(Tensor& t) {
   CUDA_CHECK_LAUNCH();
 }
 
+// Up to kCounters tensors per launch, passed by value (2 KB of kernel parameters).
+constexpr int kCounters = 128;
+struct CounterBatch {
+  int64_t* p[kCounters];
+  int64_t n[kCounters];
+};
+
+// Block b adds 1 to every element of tensor b.
+__global__ void increment_all_kernel(CounterBatch batch) {
+  int64_t* t = batch.p[blockIdx.x];
+  for (int64_t i = threadIdx.x; i < batch.n[blockIdx.x]; i += blockDim.x) t[i] += 1;
+}
+
+void increment_all_(const std::vector<Tensor>& counters) {
+  CounterBatch batch{};
+  int count = 0;
+  auto launch = [&] {
+    if (count == 0) return;
+    increment_all_kernel<<<count, 32, 0, current_stream()>>>(batch);
+    CUDA_CHECK_LAUNCH();
+    count = 0;
+  };
+  for (const Tensor& t : counters) {
+    if (t.numel() == 0) continue;
+    batch.p[count] = static_cast<int64_t*>(t.raw_data());
+    batch.n[count] = t.numel();
+    if (++count == kCounters) launch();
+  }
+  launch();
+}
+
 }  // namespace ladnn::cuda

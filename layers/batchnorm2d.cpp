@@ -41,7 +41,7 @@ ops::BatchNormForward BatchNorm2d::forward_train(const Tensor& x, ops::BnAct act
     return ops::batch_norm_forward_train(x, weight_.tensor(), bias_.tensor(), no_mean, no_var, momentum_, eps_,
                                          act);
   }
-  ops::increment_(buffer("num_batches_tracked"));
+  if (!counted_by_owner_) ops::increment_(buffer("num_batches_tracked"));
   return ops::batch_norm_forward_train(x, weight_.tensor(), bias_.tensor(), buffer("running_mean"),
                                        buffer("running_var"), momentum_, eps_, act);
 }
@@ -62,8 +62,8 @@ Variable BatchNorm2d::run(const Variable& x, bool relu) {
     // that makes state dicts match torchvision's).
     // On the GPU this is a kernel, not a read-modify-write through the host: the first GPU runs
     // showed that round trip (a synchronisation per BatchNorm layer, 168 per DenseNet-169 step)
-    // stalling the training step.
-    ops::increment_(buffer("num_batches_tracked"));
+    // stalling the training step. An owner may count all its layers in one op (set_counted_by_owner).
+    if (!counted_by_owner_) ops::increment_(buffer("num_batches_tracked"));
   }
   return op(x, weight_, bias_, buffer("running_mean"), buffer("running_var"), is_training(), momentum_, eps_);
 }

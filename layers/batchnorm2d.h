@@ -37,6 +37,11 @@ class BatchNorm2d : public Module {
   Tensor& running_var() { return buffer("running_var"); }
   /// The count as an integer (the buffer is a 0-d Int64 tensor).
   int64_t num_batches_tracked() const;
+  /// Whether this layer's training forwards leave num_batches_tracked to the model that owns it, which
+  /// adds 1 to all its BatchNorms' counters in one op per training forward (ops::increment_all_:
+  /// DenseNet, one GPU kernel instead of one per layer). Off by default: the layer counts itself.
+  void set_counted_by_owner(bool on) { counted_by_owner_ = on; }
+  bool counted_by_owner() const { return counted_by_owner_; }
 
  private:
   Variable run(const Variable& x, bool relu);
@@ -44,6 +49,7 @@ class BatchNorm2d : public Module {
   int64_t num_features_;
   double eps_, momentum_;
   Variable weight_, bias_;  // (C) each
+  bool counted_by_owner_ = false;
 };
 
 }  // namespace ladnn

@@ -1,6 +1,8 @@
 // models/densenet.cpp — the DenseNet modules (see densenet.h).
 #include "models/densenet.h"
 
+#include <functional>
+
 #include "autograd/checkpoint.h"
 #include "autograd/functions.h"
 #include "layers/activation.h"
@@ -294,6 +296,17 @@ DenseNet::DenseNet(const DenseNetConfig& config, int64_t num_classes, Generator&
     }
   }
   features_->push_back("norm5", std::make_shared<BatchNorm2d>(num_features));
+  // Every BatchNorm below features_ (the tree's modules live as long as this one).
+  std::function<void(const Module&)> collect = [&](const Module& m) {
+    for (const auto& [name, child] : m.named_children()) {
+      if (auto* bn = dynamic_cast<BatchNorm2d*>(child.get())) {
+        bn->set_counted_by_owner(true);
+        norms_.push_back(bn);
+      }
+      collect(*child);
+    }
+  };
+  collect(*features_);
   set_memory_efficient(config.memory_efficient);
   if (num_classes > 0) {
     classifier_ = register_module("classifier", std::make_shared<Linear>(num_features, num_classes, true, gen));
@@ -325,6 +338,12 @@ Variable DenseNet::run_features(const Variable& x, bool final_relu) {
   // torchvision's names and printout); at inference (eval, no gradient) the stem's conv0-norm0-relu0 is
   // one op too (ops::conv2d_bn_eval: one kernel on the GPU when LADNN_FUSED_CONV picks it).
   const bool inference = !is_training() && !grad_enabled();
+  if (is_training() && !recomputing()) {  // each BatchNorm's num_batches_tracked, all in one op
+    std::vector<Tensor> counters;
+    counters.reserve(norms_.size());
+    for (BatchNorm2d* bn : norms_) counters.push_back(bn->buffer("num_batches_tracked"));
+    ops::increment_all_(counters);
+  }
   Variable h = x;
   for (std::size_t i = 0; i < features_->size(); ++i) {
     const std::shared_ptr<Module> m = (*features_)[i];

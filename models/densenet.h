@@ -135,6 +135,9 @@ class DenseNet : public Module {
  private:
   Variable run_features(const Variable& x, bool final_relu);
   DenseNetConfig config_;
+  // Every BatchNorm of `features`, counted here: num_batches_tracked of all of them grows in one
+  // ops::increment_all_ per training forward (one GPU kernel, not one per layer).
+  std::vector<BatchNorm2d*> norms_;
   std::shared_ptr<Sequential> features_;
   std::shared_ptr<Linear> classifier_;
 };

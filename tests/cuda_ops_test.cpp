@@ -47,6 +47,7 @@
 #include "tensor/ops.h"
 #include "tensor/random.h"
 #include "tests/cuda_test_util.h"
+#include "tests/test_util.h"
 
 using namespace ladnn;
 using namespace ladnn::cuda_test;
@@ -793,6 +794,26 @@ TEST(CudaElementwise, IncrementCountsOnTheDeviceAsOnTheCpu) {
     ops::increment_(gpu);
   }
   EXPECT_TRUE(gpu_equals("increment_ x3", gpu, cpu));
+}
+
+// 300 counters of 0 to 70 elements: three launches of increment_all_ (128 per launch), as on the CPU;
+// a counter on the other device is refused by name before anything changes.
+TEST(CudaElementwise, IncrementAllCountsEveryTensorAsOnTheCpu) {
+  LADNN_REQUIRE_GPU();
+  FillNanScope nan_fill;
+  std::vector<Tensor> cpu, gpu;
+  for (int i = 0; i < 300; ++i) {
+    std::vector<double> v(static_cast<std::size_t>(i % 71));
+    for (std::size_t k = 0; k < v.size(); ++k) v[k] = double(i) * 5 - double(k);
+    cpu.push_back(Tensor::from_vector(v, {int64_t(v.size())}, DType::Int64));
+    gpu.push_back(cpu.back().to(kGpu));
+  }
+  for (int round = 0; round < 2; ++round) {
+    ops::increment_all_(cpu);
+    ops::increment_all_(gpu);
+  }
+  for (int i = 0; i < 300; ++i) EXPECT_TRUE(gpu_equals("counter " + std::to_string(i), gpu[i], cpu[i]));
+  EXPECT_THROW_WITH(ops::increment_all_({gpu[1], cpu[2]}), "increment_all_", "counter 1", "counter 0");
 }
 
 TEST(CudaOps, MixedDevicesAndFloat64AreClearErrors) {

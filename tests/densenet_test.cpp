@@ -195,6 +195,44 @@ TEST(DenseNet, FeaturesReluEqualsReluOfFeatures) {
   }
 }
 
+// A training forward counts every BatchNorm once (num_batches_tracked, as torchvision), all of them in
+// one op (ops::increment_all_), plain and memory-efficient (whose backward re-runs each layer without
+// counting again); an eval forward counts nothing.
+TEST(DenseNet, EachTrainingForwardCountsEveryBatchNormOnce) {
+  for (bool efficient : {false, true}) {
+    SCOPED_TRACE(efficient ? "memory-efficient" : "plain");
+    Generator g(11);
+    DenseNetConfig config = DenseNetConfig::tiny();
+    config.memory_efficient = efficient;
+    auto m = std::make_shared<DenseNet>(config, 0, g);
+    std::size_t norms = 0;
+    for (const auto& [name, module] : m->named_modules())
+      if (auto bn = std::dynamic_pointer_cast<BatchNorm2d>(module)) {
+        ++norms;
+        EXPECT_TRUE(bn->counted_by_owner()) << name;
+      }
+    ASSERT_GT(norms, 3u);
+    auto expect_counts = [&](int64_t want, const std::string& when) {
+      std::size_t counters = 0;
+      for (const auto& [name, t] : m->named_buffers())
+        if (name.find("num_batches_tracked") != std::string::npos) {
+          ++counters;
+          EXPECT_EQ(t.item(), double(want)) << name << " " << when;
+        }
+      EXPECT_EQ(counters, norms);
+    };
+    const Variable x(Tensor::normal({2, 3, 64, 64}, 0, 1, g));
+    m->train();
+    for (int64_t step = 1; step <= 2; ++step) {
+      sum(m->features_relu(x)).backward();
+      expect_counts(step, "after training step " + std::to_string(step));
+    }
+    m->eval();
+    m->features(x);
+    expect_counts(2, "after an eval forward");
+  }
+}
+
 // Training runs a dense block as one op over one buffer with a hand-written backward (DenseBlock's
 // forward_training). It must equal torchvision's form — each layer on the concatenation of all earlier
 // maps, recorded op by op by autograd — in values, the input's gradient, every parameter's gradient and

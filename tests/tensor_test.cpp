@@ -193,6 +193,22 @@ TEST(Increment, CountsInPlaceAndRefusesWhatIsNotACounter) {
   EXPECT_THROW_WITH(ops::increment_(t), "increment_", "contiguous");
 }
 
+// increment_all_: each counter + 1 (any size, empty ones too); every tensor checked before any changes.
+TEST(Increment, AllCountersInOneCall) {
+  Tensor a = Tensor::zeros({}, DType::Int64), b = Tensor::from_vector({5, -3, 7}, {3}, DType::Int64);
+  Tensor e = Tensor::zeros({0}, DType::Int64);
+  ops::increment_all_({a, b, e});
+  ops::increment_all_({a, b});
+  ops::increment_all_({});
+  EXPECT_EQ(a.item(), 2.0);
+  EXPECT_EQ(b.to_vector(), (std::vector<double>{7, -1, 9}));
+  Tensor f = Tensor::zeros({3});
+  EXPECT_THROW_WITH(ops::increment_all_({a, f}), "increment_all_", "counter 1", "Int64", "float32");
+  EXPECT_EQ(a.item(), 2.0) << "nothing changes when a counter is refused";
+  Tensor t = Tensor::zeros({2, 3}, DType::Int64).transpose(0, 1);
+  EXPECT_THROW_WITH(ops::increment_all_({t}), "increment_all_", "counter 0", "contiguous");
+}
+
 TEST(CpuMemoryStats, CountLiveBytesAndThePeak) {
   const CpuMemoryStats before = cpu_memory_stats();
   reset_cpu_memory_peak();

@@ -355,12 +355,33 @@ void mul_scalar_(Tensor& a, double s) {
   }
 }
 
+namespace {
+void check_counter(const Tensor& a, const std::string& op) {
+  check(a.dtype() == DType::Int64, op + ": expected an Int64 tensor, got " + std::string(dtype_name(a.dtype())));
+  check(a.is_contiguous(), op + ": tensor must be contiguous");
+}
+}  // namespace
+
 void increment_(Tensor& a) {
-  check(a.dtype() == DType::Int64, "increment_: expected an Int64 tensor, got " + std::string(dtype_name(a.dtype())));
-  check(a.is_contiguous(), "increment_: tensor must be contiguous");
+  check_counter(a, "increment_");
   if (on_gpu(a)) return cuda::increment_(a);
   int64_t* x = a.data<int64_t>();
   for (int64_t i = 0; i < a.numel(); ++i) x[i] += 1;
+}
+
+void increment_all_(const std::vector<Tensor>& counters) {
+  if (counters.empty()) return;
+  for (std::size_t i = 0; i < counters.size(); ++i) {
+    check_counter(counters[i], "increment_all_: counter " + std::to_string(i));
+    check(counters[i].device() == counters[0].device(),
+          "increment_all_: counter " + std::to_string(i) + " is on " + counters[i].device().str() +
+              ", counter 0 on " + counters[0].device().str());
+  }
+  if (on_gpu(counters[0])) return cuda::increment_all_(counters);
+  for (Tensor t : counters) {
+    int64_t* x = t.data<int64_t>();
+    for (int64_t i = 0; i < t.numel(); ++i) x[i] += 1;
+  }
 }
 
 // ---- reductions ----------------------------------------------------------------------------------------------
