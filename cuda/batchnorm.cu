@@ -64,6 +64,7 @@
 #include <cmath>
 #include <initializer_list>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "cuda/allocator.h"
@@ -514,6 +515,17 @@ __global__ void bn_backward_dx_kernel(const float* __restrict__ dy, const float*
 
 // ---- native drivers -------------------------------------------------------------------------------------
 
+/// Calls f(std::integral_constant<int, VEC>, std::bool_constant<FLAG>) with VEC = 4 when `vec` (float4
+/// loads), else 1, and FLAG = `flag`: picks one of the four instantiations of a kernel template
+/// <int VEC, bool FLAG> (FLAG: the fused ReLU, or adding into dx).
+template <typename F>
+void with_vec_flag(bool vec, bool flag, F&& f) {
+  if (vec && flag) f(std::integral_constant<int, 4>{}, std::true_type{});
+  else if (vec) f(std::integral_constant<int, 4>{}, std::false_type{});
+  else if (flag) f(std::integral_constant<int, 1>{}, std::true_type{});
+  else f(std::integral_constant<int, 1>{}, std::false_type{});
+}
+
 template <int VEC, bool RELU>
 void launch_normalize_as(const float* px, int64_t sN, float* py, const BnGeom& g, const float* mean,
                          const float* scale, const float* shift) {
@@ -534,10 +546,9 @@ void launch_normalize(const Tensor& x, const Tensor& y, const BnGeom& g, const f
   float* py = y.data<float>();
   const int64_t sN = sample_stride(x, g);
   const bool vec = g.HW % 4 == 0 && sN % 4 == 0 && aligned16(px) && aligned16(py);
-  if (vec && relu) launch_normalize_as<4, true>(px, sN, py, g, mean, scale, shift);
-  else if (vec) launch_normalize_as<4, false>(px, sN, py, g, mean, scale, shift);
-  else if (relu) launch_normalize_as<1, true>(px, sN, py, g, mean, scale, shift);
-  else launch_normalize_as<1, false>(px, sN, py, g, mean, scale, shift);
+  with_vec_flag(vec, relu, [&](auto v, auto r) {
+    launch_normalize_as<decltype(v)::value, decltype(r)::value>(px, sN, py, g, mean, scale, shift);
+  });
 }
 
 // y = max(y, 0) in place (the cuDNN version's fused ReLU).
@@ -567,10 +578,8 @@ void native_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& be
           px, part, py, eps, momentum, chan(gamma), chan(beta), chan(running_mean), chan(running_var),
           out.save_mean.data<float>(), out.save_invstd.data<float>());
     };
-    if (vec && relu) launch(bn_train_channel_kernel<4, true>);
-    else if (vec) launch(bn_train_channel_kernel<4, false>);
-    else if (relu) launch(bn_train_channel_kernel<1, true>);
-    else launch(bn_train_channel_kernel<1, false>);
+    with_vec_flag(vec, relu,
+                  [&](auto v, auto r) { launch(bn_train_channel_kernel<decltype(v)::value, decltype(r)::value>); });
     CUDA_CHECK_LAUNCH();
     return;
   }
@@ -620,10 +629,10 @@ void native_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& bet
   if (g.total() == 0) return;
   const bool vec =
       g.HW % 4 == 0 && x.strides()[0] % 4 == 0 && aligned16(x.data<float>()) && aligned16(y.data<float>());
-  if (vec && relu) launch_eval_planes<4, true>(x, y, g, eps, gamma, beta, running_mean, running_var);
-  else if (vec) launch_eval_planes<4, false>(x, y, g, eps, gamma, beta, running_mean, running_var);
-  else if (relu) launch_eval_planes<1, true>(x, y, g, eps, gamma, beta, running_mean, running_var);
-  else launch_eval_planes<1, false>(x, y, g, eps, gamma, beta, running_mean, running_var);
+  with_vec_flag(vec, relu, [&](auto v, auto r) {
+    launch_eval_planes<decltype(v)::value, decltype(r)::value>(x, y, g, eps, gamma, beta, running_mean,
+                                                               running_var);
+  });
 }
 
 // Both backward modes: `mean` is save_mean or running_mean; `invstd` is save_invstd (training) or
@@ -652,10 +661,9 @@ void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
           pdy, px, pmask, from_x, part, pdx, sD, chan(gamma), chan(mean), chan(invstd), chan(running_var), eps,
           through_stats, out.dgamma.data<float>(), out.dbeta.data<float>());
     };
-    if (vec && add) launch(bn_backward_channel_kernel<4, true>);
-    else if (vec) launch(bn_backward_channel_kernel<4, false>);
-    else if (add) launch(bn_backward_channel_kernel<1, true>);
-    else launch(bn_backward_channel_kernel<1, false>);
+    with_vec_flag(vec, add, [&](auto v, auto a) {
+      launch(bn_backward_channel_kernel<decltype(v)::value, decltype(a)::value>);
+    });
     CUDA_CHECK_LAUNCH();
     return;
   }
@@ -698,10 +706,8 @@ void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
     kernel<<<grid, kThreads, 0, cur_stream()>>>(pdy, px, part.sN, pmask, from_x.on, pdx, sD, g.total(), g.C, g.HW,
                                                 coef_mean, coef_k, coef_mean_dy, coef_proj, coef_scale, coef_shift);
   };
-  if (vec && add) launch(bn_backward_dx_kernel<4, true>);
-  else if (vec) launch(bn_backward_dx_kernel<4, false>);
-  else if (add) launch(bn_backward_dx_kernel<1, true>);
-  else launch(bn_backward_dx_kernel<1, false>);
+  with_vec_flag(vec, add,
+                [&](auto v, auto a) { launch(bn_backward_dx_kernel<decltype(v)::value, decltype(a)::value>); });
   CUDA_CHECK_LAUNCH();
 }
 

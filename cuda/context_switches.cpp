@@ -7,12 +7,14 @@
 // fails the first op that needs it, with an error naming the variable — not at program start, and not
 // silently. set_impl()/set_tf32() override the environment from then on.
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cctype>
 #include <cstdlib>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "cuda/context.h"
 #include "cuda/graph.h"
@@ -82,6 +84,62 @@ int read_once(std::atomic<int>& slot, Read read) {
   return slot.compare_exchange_strong(expected, parsed) ? parsed : expected;
 }
 
+/// A switch with named modes (LADNN_CONV1X1, LADNN_FUSED_CONV, LADNN_BN_KERNEL): its names, the
+/// environment variable, the mode when it is unset, and the words of its error, which reads
+/// `VAR="value" is not <what>; use <choices>`.
+template <typename Mode, std::size_t N>
+struct ModeSwitch {
+  std::array<std::pair<Mode, const char*>, N> names;
+  const char* env;
+  Mode fallback;
+  const char* what;
+  const char* choices;
+};
+
+template <typename Mode, std::size_t N>
+const char* mode_name(const ModeSwitch<Mode, N>& sw, Mode mode) {
+  for (const auto& [m, name] : sw.names)
+    if (m == mode) return name;
+  return "?";
+}
+
+/// The mode named by `value` (any case, blanks around); throws naming `where` and the value otherwise.
+template <typename Mode, std::size_t N>
+Mode parse_mode(const ModeSwitch<Mode, N>& sw, const std::string& value, const char* where) {
+  const std::string v = normalised(value);
+  for (const auto& [m, name] : sw.names)
+    if (v == name) return m;
+  throw std::invalid_argument(std::string(where) + "=\"" + value + "\" is not " + sw.what + "; use " + sw.choices);
+}
+
+/// The switch's value: set_*()'s, or at first use the environment's (the fallback when unset).
+template <typename Mode, std::size_t N>
+Mode read_mode(std::atomic<int>& slot, const ModeSwitch<Mode, N>& sw) {
+  return static_cast<Mode>(read_once(slot, [&sw] {
+    const char* env = std::getenv(sw.env);
+    return static_cast<int>((env && *env) ? parse_mode(sw, env, sw.env) : sw.fallback);
+  }));
+}
+
+const ModeSwitch<Conv1x1, 3> kConv1x1{
+    {{{Conv1x1::Auto, "auto"}, {Conv1x1::Cudnn, "cudnn"}, {Conv1x1::Cublas, "cublas"}}},
+    "LADNN_CONV1X1",
+    Conv1x1::Auto,
+    "a mode for pointwise convolutions",
+    "auto (time both per shape, the default), cudnn or cublas"};
+const ModeSwitch<FusedConv, 3> kFusedConv{
+    {{{FusedConv::Off, "off"}, {FusedConv::On, "on"}, {FusedConv::Auto, "auto"}}},
+    "LADNN_FUSED_CONV",
+    FusedConv::Auto,
+    "a mode for the fused inference convolution",
+    "off, on (wherever it applies) or auto (the default: time it against the unfused ops per shape)"};
+const ModeSwitch<BnKernel, 3> kBnKernel{
+    {{{BnKernel::Auto, "auto"}, {BnKernel::Channel, "channel"}, {BnKernel::Split, "split"}}},
+    "LADNN_BN_KERNEL",
+    BnKernel::Auto,
+    "a layout for the native BatchNorm kernels",
+    "auto (by shape, the default), channel (one block per channel) or split (a channel over several blocks)"};
+
 }  // namespace
 
 Impl default_impl(Family f) {
@@ -150,97 +208,40 @@ void set_tf32(bool on) {
 }
 
 const char* conv1x1_name(Conv1x1 mode) {
-  switch (mode) {
-    case Conv1x1::Auto:
-      return "auto";
-    case Conv1x1::Cudnn:
-      return "cudnn";
-    case Conv1x1::Cublas:
-      return "cublas";
-  }
-  return "?";
+  return mode_name(kConv1x1, mode);
 }
-
 Conv1x1 parse_conv1x1(const std::string& value, const char* where) {
-  const std::string v = normalised(value);
-  for (Conv1x1 mode : {Conv1x1::Auto, Conv1x1::Cudnn, Conv1x1::Cublas})
-    if (v == conv1x1_name(mode)) return mode;
-  throw std::invalid_argument(std::string(where) + "=\"" + value +
-                              "\" is not a mode for pointwise convolutions; use auto (time both per shape, the "
-                              "default), cudnn or cublas");
+  return parse_mode(kConv1x1, value, where);
 }
-
 Conv1x1 conv1x1() {
-  return static_cast<Conv1x1>(read_once(g_conv1x1, [] {
-    const char* env = std::getenv("LADNN_CONV1X1");
-    return static_cast<int>((env && *env) ? parse_conv1x1(env, "LADNN_CONV1X1") : Conv1x1::Auto);
-  }));
+  return read_mode(g_conv1x1, kConv1x1);
 }
-
 void set_conv1x1(Conv1x1 mode) {
   g_conv1x1.store(static_cast<int>(mode));
 }
 
 const char* fused_conv_name(FusedConv mode) {
-  switch (mode) {
-    case FusedConv::Off:
-      return "off";
-    case FusedConv::On:
-      return "on";
-    case FusedConv::Auto:
-      return "auto";
-  }
-  return "?";
+  return mode_name(kFusedConv, mode);
 }
-
 FusedConv parse_fused_conv(const std::string& value, const char* where) {
-  const std::string v = normalised(value);
-  for (FusedConv mode : {FusedConv::Off, FusedConv::On, FusedConv::Auto})
-    if (v == fused_conv_name(mode)) return mode;
-  throw std::invalid_argument(std::string(where) + "=\"" + value +
-                              "\" is not a mode for the fused inference convolution; use off, on (wherever it applies) or "
-                              "auto (the default: time it against the unfused ops per shape)");
+  return parse_mode(kFusedConv, value, where);
 }
-
 FusedConv fused_conv() {
-  return static_cast<FusedConv>(read_once(g_fused_conv, [] {
-    const char* env = std::getenv("LADNN_FUSED_CONV");
-    return static_cast<int>((env && *env) ? parse_fused_conv(env, "LADNN_FUSED_CONV") : FusedConv::Auto);
-  }));
+  return read_mode(g_fused_conv, kFusedConv);
 }
-
 void set_fused_conv(FusedConv mode) {
   g_fused_conv.store(static_cast<int>(mode));
 }
 
 const char* bn_kernel_name(BnKernel mode) {
-  switch (mode) {
-    case BnKernel::Auto:
-      return "auto";
-    case BnKernel::Channel:
-      return "channel";
-    case BnKernel::Split:
-      return "split";
-  }
-  return "?";
+  return mode_name(kBnKernel, mode);
 }
-
 BnKernel parse_bn_kernel(const std::string& value, const char* where) {
-  const std::string v = normalised(value);
-  for (BnKernel mode : {BnKernel::Auto, BnKernel::Channel, BnKernel::Split})
-    if (v == bn_kernel_name(mode)) return mode;
-  throw std::invalid_argument(std::string(where) + "=\"" + value +
-                              "\" is not a layout for the native BatchNorm kernels; use auto (by shape, the "
-                              "default), channel (one block per channel) or split (a channel over several blocks)");
+  return parse_mode(kBnKernel, value, where);
 }
-
 BnKernel bn_kernel() {
-  return static_cast<BnKernel>(read_once(g_bn_kernel, [] {
-    const char* env = std::getenv("LADNN_BN_KERNEL");
-    return static_cast<int>((env && *env) ? parse_bn_kernel(env, "LADNN_BN_KERNEL") : BnKernel::Auto);
-  }));
+  return read_mode(g_bn_kernel, kBnKernel);
 }
-
 void set_bn_kernel(BnKernel mode) {
   g_bn_kernel.store(static_cast<int>(mode));
 }
