@@ -89,6 +89,8 @@ FusedConv parse_fused_conv(const std::string& value, const char* where);
 ///            channel's values while they are in L2); one kernel instead of three;
 ///   Auto     (default) Channel where the channels alone fill the GPU and a channel holds at most
 ///            cuda/bnpool_math.h's kBnChannelMaxValues values (math::bn_channel_fits), else Split.
+///            GPU run 7 (H200), graphed training against Split: 10.01 -> 8.70 ms at batch 1, 29.97 ->
+///            28.17 ms at batch 32, 46.03 -> 44.34 ms at batch 64 (2459 -> 1808 graph nodes at 32).
 enum class BnKernel { Auto, Channel, Split };
 BnKernel bn_kernel();
 void set_bn_kernel(BnKernel mode);
