@@ -164,9 +164,17 @@ const Shape kBnShapes[] = {
 enum class BnPass { ForwardTrain, ForwardEval, BackwardTrain, BackwardFromX, BackwardInto };
 
 // act = Relu: the fused BatchNorm-ReLU (native: in the BN kernels; cuDNN: its BN plus a ReLU pass).
-void bench_bn(benchmark::State& state, Shape shape, BnPass pass, ops::BnAct act, Impl impl) {
+// kernel: the native layout (cuda::BnKernel; Auto unless a "/split" or "/channel" row asks for one).
+void bench_bn(benchmark::State& state, Shape shape, BnPass pass, ops::BnAct act, Impl impl,
+              cuda::BnKernel kernel) {
   guarded(state, [&] {
     cuda::set_impl(Family::BatchNorm, impl);
+    const cuda::BnKernel saved_kernel = cuda::bn_kernel();
+    cuda::set_bn_kernel(kernel);
+    struct Restore {
+      cuda::BnKernel k;
+      ~Restore() { cuda::set_bn_kernel(k); }
+    } restore{saved_kernel};
     const int64_t C = shape[1];
     const Tensor x = random_gpu(shape, 1), dy = random_gpu(shape, 2);
     const Tensor gamma = random_gpu({C}, 3), beta = random_gpu({C}, 4);
@@ -432,13 +440,23 @@ void register_all() {
           configure(benchmark::RegisterBenchmark((std::string(act == ops::BnAct::Relu ? "bnrelu_" : "bn_") + name + "/" +
                                                   impl_str(Family::BatchNorm, i) + "/" + shape_name(s))
                                                      .c_str(),
-                                                 bench_bn, s, pass, act, i));
+                                                 bench_bn, s, pass, act, i, cuda::BnKernel::Auto));
+  // The native layouts side by side (LADNN_BN_KERNEL): the rows above run auto's choice; these force the
+  // split path (three kernels) and the one-kernel-per-channel path, training forward and backward.
+  for (const auto& [pass, name] : {std::pair<BnPass, const char*>{BnPass::ForwardTrain, "fwd_train"},
+                                   std::pair<BnPass, const char*>{BnPass::BackwardFromX, "bwd_train_fromx"}})
+    for (const Shape& s : kBnShapes)
+      for (cuda::BnKernel k : {cuda::BnKernel::Split, cuda::BnKernel::Channel})
+        configure(benchmark::RegisterBenchmark(
+            (std::string("bnrelu_") + name + "/native/" + shape_name(s) + "/" + cuda::bn_kernel_name(k)).c_str(),
+            bench_bn, s, pass, ops::BnAct::Relu, Impl::Native, k));
   // The dense block's norm1 backward variants (native only: cuDNN has neither).
   for (const auto& [pass, name] : {std::pair<BnPass, const char*>{BnPass::BackwardFromX, "bwd_train_fromx"},
                                    std::pair<BnPass, const char*>{BnPass::BackwardInto, "bwd_train_fromx_into"}})
     for (const Shape& s : kBnShapes)
       configure(benchmark::RegisterBenchmark((std::string("bnrelu_") + name + "/native/" + shape_name(s)).c_str(),
-                                             bench_bn, s, pass, ops::BnAct::Relu, Impl::Native));
+                                             bench_bn, s, pass, ops::BnAct::Relu, Impl::Native,
+                                             cuda::BnKernel::Auto));
 
   for (bool backward : {false, true}) {
     for (Impl i : impls)
