@@ -204,6 +204,33 @@ struct BnShapeCase {
   int sms;  // multiprocessors the partition plans for (1: few chunks; 132: an H100)
 };
 
+// welford_add4 (the statistics pass's step over a float4) against float64 and against four welford_adds:
+// as accurate at small offsets and at large ones (|mean| >> std, where float32 rounding of the inputs
+// dominates), with the exact count and the mean to float precision.
+TEST(CudaBnPoolMath, WelfordFourAtOnceIsAsAccurateAsOneByOne) {
+  Generator gen(12);
+  for (double offset : {0.5, 100.0, 1e4}) {
+    double worst1 = 0, worst4 = 0;
+    for (int trial = 0; trial < 200; ++trial) {
+      const std::vector<float> x = floats(Tensor::normal({256}, offset, 2.0, gen));
+      double mean = 0, m2 = 0;
+      for (float v : x) mean += v;
+      mean /= double(x.size());
+      for (float v : x) m2 += (v - mean) * (v - mean);
+      m::Welford one{0, 0, 0}, four{0, 0, 0};
+      for (float v : x) m::welford_add(one, v);
+      for (std::size_t i = 0; i < x.size(); i += 4) m::welford_add4(four, &x[i]);
+      ASSERT_EQ(four.n, 256.0f);
+      ASSERT_NEAR(four.mean, mean, 1e-6 * std::fabs(mean) + 1e-6);
+      worst1 = std::max(worst1, std::fabs(one.m2 - m2) / m2);
+      worst4 = std::max(worst4, std::fabs(four.m2 - m2) / m2);
+    }
+    SCOPED_TRACE("offset " + std::to_string(offset));
+    EXPECT_LE(worst4, 2.0 * worst1 + 1e-7) << "one at a time: " << worst1;
+    EXPECT_LE(worst4, offset < 1000 ? 1e-5 : 2e-3);
+  }
+}
+
 // Single and multiple chunks per channel, HW % 4 == 0 (float4 path) and odd HW, a last chunk shorter
 // than the others, HW = 1, batch 1.
 const BnShapeCase kBnShapes[] = {
