@@ -19,7 +19,7 @@
 //           one kernel instead of three: a block per channel finds its channel's statistics (or
 //           gradient sums), finishes them in thread 0 and then maps the channel's values, re-reading
 //           them from L2 (bn_train_channel, bn_backward_channel). Graph replays pay each kernel's
-//           launch and drain (about 4.7 us a node at batch 1 on an H200, run 7), and DenseNet-169 has
+//           launch and drain (5-6 us a node on average at batch 1 on an H200, run 7), and DenseNet-169 has
 //           169 BatchNorms.
 //           Training forward and backward read a spaced x in place as well (the training dense block's
 //           channel prefix, models/densenet.cpp): x's sample stride is BnPartition::sN and a kernel
