@@ -305,6 +305,22 @@ void refuse_in_capture(const char* op, const std::string& what) {
               "the same step once before capturing it");
 }
 
+/// Auto's choice for `key`: the cached one, or, for a shape seen first, the fastest of candidates() and
+/// the library as time_candidates times them (logged under op and what()), remembered for the process.
+/// A first sight inside a capture is refused (refuse_in_capture): timing synchronises.
+FusedChoice auto_choice(const FusedKey& key, const char* op, const std::function<std::string()>& what,
+                        const std::function<std::vector<FusedChoice>()>& candidates,
+                        const std::function<std::string(const FusedChoice&)>& name,
+                        const std::function<void(const FusedChoice&)>& run, const std::function<void()>& library) {
+  FusedChoice choice;
+  if (cached_choice(key, choice)) return choice;
+  const std::string call = what();
+  refuse_in_capture(op, call);
+  choice = time_candidates(op, call, candidates(), name, run, library);
+  remember_choice(key, choice);
+  return choice;
+}
+
 }  // namespace
 
 bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
@@ -327,31 +343,30 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
 
   // Auto. The key: everything the result or the right choice depends on — shapes, strides, the
   // BatchNorms, and the switches that change what the unfused ops run.
-  const FusedKey key = fused_key(FusedPass::Forward, g, {bn_code(pre), bn_code(post)});
-  FusedChoice choice;
-  if (!cached_choice(key, choice)) {
-    const std::string what = "x " + shape_str(x.shape()) + " w " + shape_str(w.shape()) + " pre " +
-                             std::to_string(bn_code(pre)) + " post " + std::to_string(bn_code(post));
-    refuse_in_capture("conv2d_bn_eval", what);
-    // Every launch shape of the SIMT kernel (the general window has one), and with TF32 the tensor-core
-    // form's.
-    std::vector<FusedChoice> candidates;
-    for (const FusedPlan& plan : kFusedPlans) {
-      FusedChoice c;
-      c.fused = true;
-      c.plan = g.ksize() == 0 ? kGeneralPlan : plan;
-      candidates.push_back(c);
-      if (g.ksize() == 0) break;
-    }
-    if (tc_applies()) append_tc_candidates(g, candidates);
-    const Tensor& y = output();
-    choice = time_candidates(
-        "conv2d_bn_eval", what, candidates, [&g](const FusedChoice& c) { return fused_name(g, c); },
-        [&](const FusedChoice& c) { run_fused(g, x, pre, w, post, y, &c); },
-        // the unfused ops as they would run: into the caller's out, or into their own
-        [&] { unfused_into(caller_out ? out : Tensor()); });
-    remember_choice(key, choice);
-  }
+  const FusedChoice choice = auto_choice(
+      fused_key(FusedPass::Forward, g, {bn_code(pre), bn_code(post)}), "conv2d_bn_eval",
+      [&] {
+        return "x " + shape_str(x.shape()) + " w " + shape_str(w.shape()) + " pre " + std::to_string(bn_code(pre)) +
+               " post " + std::to_string(bn_code(post));
+      },
+      [&] {
+        // Every launch shape of the SIMT kernel (the general window has one), and with TF32 the
+        // tensor-core form's.
+        std::vector<FusedChoice> candidates;
+        for (const FusedPlan& plan : kFusedPlans) {
+          FusedChoice c;
+          c.fused = true;
+          c.plan = g.ksize() == 0 ? kGeneralPlan : plan;
+          candidates.push_back(c);
+          if (g.ksize() == 0) break;
+        }
+        if (tc_applies()) append_tc_candidates(g, candidates);
+        return candidates;
+      },
+      [&g](const FusedChoice& c) { return fused_name(g, c); },
+      [&](const FusedChoice& c) { run_fused(g, x, pre, w, post, output(), &c); },
+      // the unfused ops as they would run: into the caller's out, or into their own
+      [&] { unfused_into(caller_out ? out : Tensor()); });
   if (choice.fused) {
     run_fused(g, x, pre, w, post, output(), &choice);
     return true;
@@ -533,19 +548,16 @@ bool conv2d_backward_input_fused(const Tensor& dy, const Tensor& w, const ops::C
   };
   FusedChoice choice =
       tc_choice(g, kTcPlans[0], 2);  // On: the first tile, split for two blocks per SM if it helps
-  if (mode == FusedConv::Auto) {
-    const FusedKey key = fused_key(FusedPass::BackwardData, g, {});
-    if (!cached_choice(key, choice)) {
-      const std::string what = backward_what(dy, w, dx, p);
-      refuse_in_capture("conv2d_backward_input", what);
-      std::vector<FusedChoice> candidates;
-      append_tc_candidates(g, candidates);  // as the forward's
-      choice = time_candidates(
-          "conv2d_backward_input", what, candidates, [&g](const FusedChoice& c) { return fused_name(g, c); },
-          run, library);
-      remember_choice(key, choice);
-    }
-  }
+  if (mode == FusedConv::Auto)
+    choice = auto_choice(
+        fused_key(FusedPass::BackwardData, g, {}), "conv2d_backward_input",
+        [&] { return backward_what(dy, w, dx, p); },
+        [&] {
+          std::vector<FusedChoice> candidates;
+          append_tc_candidates(g, candidates);  // as the forward's
+          return candidates;
+        },
+        [&g](const FusedChoice& c) { return fused_name(g, c); }, run, library);
   if (!choice.fused) return false;
   run(choice);
   return true;
@@ -562,26 +574,23 @@ bool conv2d_backward_weight_fused(const Tensor& dy, const Tensor& x, int64_t x_i
   };
   // On: a tile as tall as the gradient's rows need, two blocks per SM.
   FusedChoice choice = wgrad_choice(g, g.K <= 32 ? WgradPlan{32, 64} : WgradPlan{64, 64}, 2);
-  if (mode == FusedConv::Auto) {
-    const FusedKey key = fused_key(FusedPass::BackwardWeight, g, {});
-    if (!cached_choice(key, choice)) {
-      const std::string what = backward_what(dy, dw, x, p);
-      refuse_in_capture("conv2d_backward_weight", what);
-      std::vector<FusedChoice> candidates;
-      for (const WgradPlan& plan : kWgradPlans) {
-        if (plan.bk > 32 && g.K <= 32) continue;  // all but 32 of its rows would be padding
-        for (int waves : {1, 3}) candidates.push_back(wgrad_choice(g, plan, waves));
-      }
-      choice = time_candidates(
-          "conv2d_backward_weight", what, candidates,
-          [&g](const FusedChoice& c) {
-            return "tc" + std::to_string(c.wg_plan.bk) + "x" + std::to_string(c.wg_plan.bn) + "/" +
-                   std::to_string(wgrad_split_count(g, c.wg_cps));
-          },
-          run, library);
-      remember_choice(key, choice);
-    }
-  }
+  if (mode == FusedConv::Auto)
+    choice = auto_choice(
+        fused_key(FusedPass::BackwardWeight, g, {}), "conv2d_backward_weight",
+        [&] { return backward_what(dy, dw, x, p); },
+        [&] {
+          std::vector<FusedChoice> candidates;
+          for (const WgradPlan& plan : kWgradPlans) {
+            if (plan.bk > 32 && g.K <= 32) continue;  // all but 32 of its rows would be padding
+            for (int waves : {1, 3}) candidates.push_back(wgrad_choice(g, plan, waves));
+          }
+          return candidates;
+        },
+        [&g](const FusedChoice& c) {
+          return "tc" + std::to_string(c.wg_plan.bk) + "x" + std::to_string(c.wg_plan.bn) + "/" +
+                 std::to_string(wgrad_split_count(g, c.wg_cps));
+        },
+        run, library);
   if (!choice.fused) return false;
   run(choice);
   return true;
