@@ -214,6 +214,25 @@ __global__ void bn_stats_finalize_kernel(const float* __restrict__ partial, int6
   shift[c] = k.shift;
 }
 
+// y = (x - mean) * scale + shift, max(., 0) when RELU, for VEC values from xp to yp (VEC = 4: float4 loads
+// and stores, both 16-byte aligned): the map of every normalising kernel below.
+template <int VEC, bool RELU>
+__device__ __forceinline__ void normalize_values(const float* __restrict__ xp, float* __restrict__ yp, float mean,
+                                                 float scale, float shift) {
+  if constexpr (VEC == 4) {
+    float v[4];
+    math::load4(xp, v);
+    for (int q = 0; q < 4; ++q) {
+      v[q] = math::bn_normalize(v[q], mean, scale, shift);
+      if constexpr (RELU) v[q] = math::bn_relu(v[q]);
+    }
+    math::store4(yp, v);
+  } else {
+    const float v = math::bn_normalize(*xp, mean, scale, shift);
+    *yp = RELU ? math::bn_relu(v) : v;
+  }
+}
+
 // The training forward of channel c = blockIdx.x in one kernel (cuda::BnKernel::Channel): the block's
 // Welford states over all the channel's values (math::bn_channel_partition), finished by thread 0 as
 // above, then y = (x - mean) * scale + shift (max(., 0) when RELU) over the same values, which the
@@ -236,20 +255,8 @@ __global__ void bn_train_channel_kernel(const float* __restrict__ x, BnPartition
 #pragma unroll 4
   for (int64_t j = threadIdx.x * int64_t(VEC); j < p.M; j += int64_t(blockDim.x) * VEC) {
     const int64_t n = j / p.HW, r = j - n * p.HW;
-    const float* xp = x + n * p.sN + c * p.HW + r;
-    float* yp = y + (n * p.C + c) * p.HW + r;
-    if constexpr (VEC == 4) {
-      float v[4];
-      math::load4(xp, v);
-      for (int q = 0; q < 4; ++q) {
-        v[q] = math::bn_normalize(v[q], k.mean, k.scale, k.shift);
-        if constexpr (RELU) v[q] = math::bn_relu(v[q]);
-      }
-      math::store4(yp, v);
-    } else {
-      const float v = math::bn_normalize(*xp, k.mean, k.scale, k.shift);
-      *yp = RELU ? math::bn_relu(v) : v;
-    }
+    normalize_values<VEC, RELU>(x + n * p.sN + c * p.HW + r, y + (n * p.C + c) * p.HW + r, k.mean, k.scale,
+                                k.shift);
   }
 }
 
@@ -271,20 +278,8 @@ __global__ void bn_eval_plane_kernel(const float* __restrict__ x, int64_t sN, fl
     const float sh = beta.p ? beta.p[c * beta.stride] : 0.0f;
     const float* xp = x + n * sN + c * HW;
     float* yp = y + plane * HW;
-    for (int64_t i = threadIdx.x * int64_t(VEC); i < HW; i += int64_t(blockDim.x) * VEC) {
-      if constexpr (VEC == 4) {
-        float v[4];
-        math::load4(xp + i, v);
-        for (int k = 0; k < 4; ++k) {
-          v[k] = math::bn_normalize(v[k], mu, sc, sh);
-          if constexpr (RELU) v[k] = math::bn_relu(v[k]);
-        }
-        math::store4(yp + i, v);
-      } else {
-        const float v = math::bn_normalize(xp[i], mu, sc, sh);
-        yp[i] = RELU ? math::bn_relu(v) : v;
-      }
-    }
+    for (int64_t i = threadIdx.x * int64_t(VEC); i < HW; i += int64_t(blockDim.x) * VEC)
+      normalize_values<VEC, RELU>(xp + i, yp + i, mu, sc, sh);
   }
 }
 
@@ -299,19 +294,7 @@ __global__ void bn_normalize_kernel(const float* __restrict__ x, int64_t sN, flo
   for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * VEC; i < total; i += step) {
     const int64_t c = (i / HW) % C;
     const float mu = __ldg(mean + c), sc = __ldg(scale + c), sh = __ldg(shift + c);
-    const int64_t xi = math::sample_offset(i, C * HW, sN);
-    if constexpr (VEC == 4) {
-      float v[4];
-      math::load4(x + xi, v);
-      for (int k = 0; k < 4; ++k) {
-        v[k] = math::bn_normalize(v[k], mu, sc, sh);
-        if constexpr (RELU) v[k] = math::bn_relu(v[k]);
-      }
-      math::store4(y + i, v);
-    } else {
-      const float v = math::bn_normalize(x[xi], mu, sc, sh);
-      y[i] = RELU ? math::bn_relu(v) : v;
-    }
+    normalize_values<VEC, RELU>(x + math::sample_offset(i, C * HW, sN), y + i, mu, sc, sh);
   }
 }
 
@@ -354,6 +337,43 @@ __global__ void bn_grad_partial_kernel(const float* __restrict__ dy, const float
 struct DxCoefs {
   float k, mean_dy, proj;
 };
+
+// dx = k (dy - mean_dy - (x - mean) proj) for VEC values: dy at dyp masked by the ReLU's output at yp
+// (when not null) or by the mask recomputed from x (m.on), x at xp; stored at out, or with ADD added to
+// what is there, rounded once (__fadd_rn: never contracted into an FMA with the product inside bn_dx, so
+// the same bits as a separate add_). VEC = 4: float4 accesses, all 16-byte aligned.
+template <int VEC, bool ADD>
+__device__ __forceinline__ void dx_values(const float* __restrict__ dyp, const float* __restrict__ xp,
+                                          const float* __restrict__ yp, const math::BnMaskFromX& m, float mu,
+                                          const DxCoefs& k, float* __restrict__ out) {
+  if constexpr (VEC == 4) {
+    float d[4], v[4], r[4];
+    math::load4(dyp, d);
+    math::load4(xp, v);
+    if (yp) {
+      float y[4];
+      math::load4(yp, y);
+      for (int q = 0; q < 4; ++q) d[q] = math::bn_relu_grad(d[q], y[q]);
+    } else if (m.on) {
+      for (int q = 0; q < 4; ++q) d[q] = math::bn_relu_on(v[q], mu, m) ? d[q] : 0.0f;
+    }
+    for (int q = 0; q < 4; ++q) r[q] = math::bn_dx(d[q], v[q], mu, k.k, k.mean_dy, k.proj);
+    if constexpr (ADD) {
+      float a[4];
+      math::load4(out, a);
+      for (int q = 0; q < 4; ++q) r[q] = __fadd_rn(a[q], r[q]);
+    }
+    math::store4(out, r);
+  } else {
+    const float xv = *xp;
+    const float d = yp ? math::bn_relu_grad(*dyp, *yp) : (m.on && !math::bn_relu_on(xv, mu, m) ? 0.0f : *dyp);
+    const float r = math::bn_dx(d, xv, mu, k.k, k.mean_dy, k.proj);
+    if constexpr (ADD)
+      *out = __fadd_rn(*out, r);
+    else
+      *out = r;
+  }
+}
 
 // Channel c's dgamma and dbeta (written) and dx coefficients (returned) from its sums (math::bn_grad_coefs).
 // The statistics are the batch's (invstd given, through_stats) or the running ones (invstd from
@@ -427,36 +447,8 @@ __global__ void bn_backward_channel_kernel(const float* __restrict__ dy, const f
   for (int64_t j = threadIdx.x * int64_t(VEC); j < p.M; j += int64_t(blockDim.x) * VEC) {
     const int64_t n = j / p.HW, r = j - n * p.HW;
     const int64_t off = (n * p.C + c) * p.HW + r;
-    const float* xp = x + n * p.sN + c * p.HW + r;
-    float* out = dx + n * sD + c * p.HW + r;
-    if constexpr (VEC == 4) {
-      float d[4], v[4], res[4];
-      math::load4(dy + off, d);
-      math::load4(xp, v);
-      if (relu_y) {
-        float yv[4];
-        math::load4(relu_y + off, yv);
-        for (int q = 0; q < 4; ++q) d[q] = math::bn_relu_grad(d[q], yv[q]);
-      } else if (m.on) {
-        for (int q = 0; q < 4; ++q) d[q] = math::bn_relu_on(v[q], mu, m) ? d[q] : 0.0f;
-      }
-      for (int q = 0; q < 4; ++q) res[q] = math::bn_dx(d[q], v[q], mu, k.k, k.mean_dy, k.proj);
-      if constexpr (ADD) {
-        float a[4];
-        math::load4(out, a);
-        for (int q = 0; q < 4; ++q) res[q] = __fadd_rn(a[q], res[q]);
-      }
-      math::store4(out, res);
-    } else {
-      const float xv = *xp;
-      const float d = relu_y ? math::bn_relu_grad(dy[off], relu_y[off])
-                             : (m.on && !math::bn_relu_on(xv, mu, m) ? 0.0f : dy[off]);
-      const float res = math::bn_dx(d, xv, mu, k.k, k.mean_dy, k.proj);
-      if constexpr (ADD)
-        *out = __fadd_rn(*out, res);
-      else
-        *out = res;
-    }
+    dx_values<VEC, ADD>(dy + off, x + n * p.sN + c * p.HW + r, relu_y ? relu_y + off : nullptr, m, mu, k,
+                        dx + n * sD + c * p.HW + r);
   }
 }
 
@@ -476,40 +468,12 @@ __global__ void bn_backward_dx_kernel(const float* __restrict__ dy, const float*
   const int64_t step = int64_t(gridDim.x) * blockDim.x * VEC;
   for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * VEC; i < total; i += step) {
     const int64_t c = (i / HW) % C;
-    const float mu = __ldg(coef_mean + c), k = __ldg(coef_k + c), mdy = __ldg(coef_mean_dy + c),
-                proj = __ldg(coef_proj + c);
+    const float mu = __ldg(coef_mean + c);
+    const DxCoefs k{__ldg(coef_k + c), __ldg(coef_mean_dy + c), __ldg(coef_proj + c)};
     const math::BnMaskFromX m =
         from_x ? math::BnMaskFromX{true, __ldg(coef_scale + c), __ldg(coef_shift + c)} : math::BnMaskFromX{};
-    const int64_t xi = math::sample_offset(i, C * HW, sN);
-    if constexpr (VEC == 4) {
-      float d[4], v[4], r[4];
-      math::load4(dy + i, d);
-      math::load4(x + xi, v);
-      if (relu_y) {
-        float y[4];
-        math::load4(relu_y + i, y);
-        for (int j = 0; j < 4; ++j) d[j] = math::bn_relu_grad(d[j], y[j]);
-      } else if (m.on) {
-        for (int j = 0; j < 4; ++j) d[j] = math::bn_relu_on(v[j], mu, m) ? d[j] : 0.0f;
-      }
-      for (int j = 0; j < 4; ++j) r[j] = math::bn_dx(d[j], v[j], mu, k, mdy, proj);
-      float* out = dx + math::sample_offset(i, C * HW, sD);
-      if constexpr (ADD) {
-        float a[4];
-        math::load4(out, a);
-        for (int j = 0; j < 4; ++j) r[j] = __fadd_rn(a[j], r[j]);
-      }
-      math::store4(out, r);
-    } else {
-      const float xv = x[xi];
-      const float d = relu_y ? math::bn_relu_grad(dy[i], relu_y[i]) : (m.on && !math::bn_relu_on(xv, mu, m) ? 0.0f : dy[i]);
-      const float r = math::bn_dx(d, xv, mu, k, mdy, proj);
-      float* out = dx + math::sample_offset(i, C * HW, sD);
-      if constexpr (ADD)
-        *out = __fadd_rn(*out, r);
-      else
-        *out = r;
-    }
+    dx_values<VEC, ADD>(dy + i, x + math::sample_offset(i, C * HW, sN), relu_y ? relu_y + i : nullptr, m, mu, k,
+                        dx + math::sample_offset(i, C * HW, sD));
   }
 }
 

@@ -378,10 +378,7 @@ void increment_all_(const std::vector<Tensor>& counters) {
               ", counter 0 on " + counters[0].device().str());
   }
   if (on_gpu(counters[0])) return cuda::increment_all_(counters);
-  for (Tensor t : counters) {
-    int64_t* x = t.data<int64_t>();
-    for (int64_t i = 0; i < t.numel(); ++i) x[i] += 1;
-  }
+  for (Tensor t : counters) increment_(t);  // a handle sharing the counter's storage
 }
 
 // ---- reductions ----------------------------------------------------------------------------------------------
