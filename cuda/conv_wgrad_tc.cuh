@@ -16,6 +16,7 @@
 // pixel (its lane) in every chunk, so a pixel's image and window origin are computed once per chunk and
 // adjacent lanes read adjacent pixels (coalesced). The taps are stored column-major (pixel fastest), the
 // layout the B fragments load as wmma::col_major, which keeps the staging stores free of bank conflicts.
+// As in cuda/fused_conv_tc.cuh, chunk i + 1 is loaded into registers while chunk i is multiplied.
 // KS = 1 instantiates the pointwise case (1x1, stride 1, no padding), where the tap of entry kk is the
 // pixel's own value of channel kk: no window arithmetic per staged value; KS = 3 a 3x3 window, whose
 // divisions by 9 and 3 compile to multiplications; KS = 0 any window.
@@ -121,44 +122,51 @@ __global__ void __launch_bounds__(WgradTile<BK, BN>::kThreads)
 #pragma unroll
     for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
 
-  for (int chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-    // This thread's pixel (the same lane in every row it stages): its image, plane offset and window.
+  // Staging, value by value. Every thread stages its lane's pixel of the chunk: dy rows r = warp + j *
+  // kWarps (NA of them), tap columns col = warp + j * kWarps (NB).
+  constexpr int NA = BK / T::kWarps, NB = BN / T::kWarps;
+  static_assert(NA * T::kWarps == BK && NB * T::kWarps == BN, "whole rows and columns per warp");
+  struct Pixel {
+    bool in = false;
+    int pq = 0, ih0 = 0, iw0 = 0;
+    const float* dyimg;
+    const float* ximg;
+  };
+  auto pixel = [&](int chunk) {  // this thread's pixel: its image, plane offset and window
+    Pixel px;
     const int m = chunk * kWgradChunk + lane;
-    const bool m_in = m < M;
-    int n = 0, pq = 0, ih0 = 0, iw0 = 0;
-    if (m_in) {
+    px.in = m < M;
+    int n = 0;
+    if (px.in) {
       n = m / PQ;
-      pq = m - n * PQ;
-      const int p = pq / g.Q, q = pq - p * g.Q;
-      ih0 = p * g.sh - g.ph;
-      iw0 = q * g.sw - g.pw;
+      px.pq = m - n * PQ;
+      const int p = px.pq / g.Q, q = px.pq - p * g.Q;
+      px.ih0 = p * g.sh - g.ph;
+      px.iw0 = q * g.sw - g.pw;
     }
-    const float* dyimg = dy + n * g.y_img;
-    const float* ximg = x + n * g.x_img;
-    // dy rows k0.., this chunk's pixels (kThreads is a multiple of 32: every thread keeps its lane).
-    for (int r = warp; r < BK; r += T::kWarps) {
-      const int k = k0 + r;
-      const float v = m_in && k < g.K ? dyimg[int64_t(k) * PQ + pq] : 0.0f;
-      As[r * T::LDA + lane] = wmma::__float_to_tf32(v);
+    px.dyimg = dy + n * g.y_img;
+    px.ximg = x + n * g.x_img;
+    return px;
+  };
+  auto load_dy = [&](const Pixel& px, int r) -> float {
+    const int k = k0 + r;
+    return px.in && k < g.K ? px.dyimg[int64_t(k) * PQ + px.pq] : 0.0f;
+  };
+  auto load_tap = [&](const Pixel& px, int col) -> float {  // B[kk0 + col, pixel]: 0 in the padding
+    const int kk = kk0 + col;
+    if (!px.in || kk >= CRS) return 0.0f;
+    if constexpr (PW) {  // the pixel's own value of channel kk: no window arithmetic
+      return px.ximg[int64_t(kk) * HW + px.pq];
+    } else {
+      const int c = kk / RS, rs = kk - c * RS;
+      const int ih = px.ih0 + rs / S, iw = px.iw0 + rs % S;
+      if (static_cast<unsigned>(ih) < static_cast<unsigned>(g.H) &&
+          static_cast<unsigned>(iw) < static_cast<unsigned>(g.W))
+        return px.ximg[int64_t(c) * HW + ih * g.W + iw];
+      return 0.0f;
     }
-    // The taps of weight entries kk0.., column-major: Bs[col][j].
-    for (int col = warp; col < BN; col += T::kWarps) {
-      const int kk = kk0 + col;
-      float v = 0.0f;
-      if (m_in && kk < CRS) {
-        if constexpr (PW) {  // the pixel's own value of channel kk: no window arithmetic
-          v = ximg[int64_t(kk) * HW + pq];
-        } else {
-          const int c = kk / RS, rs = kk - c * RS;
-          const int ih = ih0 + rs / S, iw = iw0 + rs % S;
-          if (static_cast<unsigned>(ih) < static_cast<unsigned>(g.H) &&
-              static_cast<unsigned>(iw) < static_cast<unsigned>(g.W))
-            v = ximg[int64_t(c) * HW + ih * g.W + iw];
-        }
-      }
-      Bs[col * T::LDB + lane] = wmma::__float_to_tf32(v);
-    }
-    __syncthreads();  // the staged tiles
+  };
+  auto multiply = [&] {
 #pragma unroll
     for (int ks = 0; ks < kWgradChunk; ks += 8) {
       wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a[2];
@@ -172,7 +180,38 @@ __global__ void __launch_bounds__(WgradTile<BK, BN>::kThreads)
 #pragma unroll
         for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
     }
-    __syncthreads();  // before the next chunk overwrites the tiles
+  };
+
+  // Pipelined (as cuda/fused_conv_tc.cuh's): the next chunk's values are loaded, all in flight together,
+  // before this chunk is multiplied, and stored after it.
+  float av[NA], bv[NB];
+  auto fetch = [&](int chunk) {
+    const Pixel px = pixel(chunk);
+#pragma unroll
+    for (int j = 0; j < NA; ++j) av[j] = load_dy(px, warp + j * T::kWarps);
+#pragma unroll
+    for (int j = 0; j < NB; ++j) bv[j] = load_tap(px, warp + j * T::kWarps);
+  };
+  auto store = [&] {
+#pragma unroll
+    for (int j = 0; j < NA; ++j) As[(warp + j * T::kWarps) * T::LDA + lane] = wmma::__float_to_tf32(av[j]);
+#pragma unroll
+    for (int j = 0; j < NB; ++j) Bs[(warp + j * T::kWarps) * T::LDB + lane] = wmma::__float_to_tf32(bv[j]);
+  };
+  if (chunk_begin < chunk_end) {
+    fetch(chunk_begin);
+    store();
+    __syncthreads();  // the first chunk's tiles
+  }
+  for (int chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+    const bool next = chunk + 1 < chunk_end;  // the same in every thread
+    if (next) fetch(chunk + 1);
+    multiply();
+    __syncthreads();  // every warp is done with the tiles
+    if (next) {
+      store();
+      __syncthreads();  // the next chunk's tiles
+    }
   }
 
 #pragma unroll
