@@ -2,9 +2,9 @@
 // cuda::fused_conv() (LADNN_FUSED_CONV) picks it; otherwise the caller runs the unfused ops.
 //
 // On launches the SIMT kernel in the shape plan_fused picks (a guess from the output's size). Auto times
-// the kernel in each of its launch shapes (SIMT kFusedPlans; with TF32, the tensor-core kTcPlans) and the
-// unfused ops, on the call's own buffers, the first time a shape is seen, and keeps the fastest for the
-// process — as LADNN_CONV1X1=auto does for cuBLAS against cuDNN, so the launch shape is tuned on the card
+// the kernel in each of its launch shapes (SIMT kFusedPlans; with TF32, the tensor-core kTcPlans, and for
+// a pointwise convolution cuda/fused_conv_mma.cuh's kMmaPlans) and the unfused ops, on the call's own
+// buffers, the first time a shape is seen, and keeps the fastest for the process — as LADNN_CONV1X1=auto does for cuBLAS against cuDNN, so the launch shape is tuned on the card
 // that runs it. Each candidate is timed as a graph replay (cuda::time_replayed_ms; its eager warm-up run
 // also does the convolution's cuDNN search): GPU time without the host's launch gaps, which an eager
 // timing would charge to the unfused ops' three library calls but a replayed inference never pays.
@@ -29,6 +29,7 @@
 #include "cuda/context.h"
 #include "cuda/conv_wgrad_tc.cuh"
 #include "cuda/fused_conv.cuh"
+#include "cuda/fused_conv_mma.cuh"
 #include "cuda/fused_conv_tc.cuh"
 #include "cuda/graph.h"
 #include "cuda/ops.h"
@@ -86,6 +87,35 @@ struct Launch : FusedArgs {
       CUDA_CHECK_LAUNCH();
     }
   }
+  bool xvec4 = false;  // the mma kernel copies x 16 bytes at a time (fused_conv_mma_kernel)
+  template <int BM>
+  void go_mma() const {
+    // Its shared memory is dynamic and may pass 48 KB: allowed once per instantiation, for the most any
+    // call can ask (kFusedMaxC input channels).
+    static const bool opted_in = [] {
+      FusedConvGeom most{};
+      most.C = kFusedMaxC;
+      CUDA_CHECK(cudaFuncSetAttribute(fused_conv_mma_kernel<BM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(sizeof(float)) * mma_smem_floats(most, BM)));
+      return true;
+    }();
+    (void)opted_in;
+    const FusedGrid fg = mma_grid(g, MmaPlan{BM});
+    const cudaStream_t st = static_cast<cudaStream_t>(stream());
+    const int splits = mma_split_count(g, chunks_per_split);
+    Tensor ws;  // the splits' partial sums (none without a split)
+    if (splits > 1) ws = Tensor::empty({splits, int64_t(g.K) * g.M()}, DType::Float32, device);
+    float* partial = splits > 1 ? ws.data<float>() : nullptr;
+    const size_t smem = sizeof(float) * static_cast<size_t>(mma_smem_floats(g, BM));
+    fused_conv_mma_kernel<BM><<<dim3(fg.x, fg.y, static_cast<unsigned>(splits)), kMmaThreads, smem, st>>>(
+        g, xvec4, x, w, pre, post, y, chunks_per_split, partial);
+    CUDA_CHECK_LAUNCH();
+    if (splits > 1) {
+      tc_split_reduce_kernel<<<dim3(static_cast<unsigned>((g.M() + 255) / 256), static_cast<unsigned>(g.K)),
+                               256, 0, st>>>(g, partial, splits, post, y);
+      CUDA_CHECK_LAUNCH();
+    }
+  }
 };
 
 /// What Auto's choice depends on: the shapes, strides and BatchNorms of the call, and the switches that
@@ -95,10 +125,12 @@ using FusedKey = std::tuple<std::vector<int64_t>, int, int, int>;
 /// in `tc_plan`.
 struct FusedChoice {
   bool fused = false;
-  bool tc = false;
+  bool tc = false;   // a tensor-core kernel: the wmma form (tc_plan), or with mma the mma.sync one
+  bool mma = false;  // (mma_plan; pointwise forward only)
   FusedPlan plan;
   TcPlan tc_plan;
-  int tc_cps = 0;  // the tensor-core form's reduction in runs of this many chunks (0: whole)
+  MmaPlan mma_plan;
+  int tc_cps = 0;  // the tensor-core form's reduction in runs of this many chunks of its own (0: whole)
   // The weight gradient's (conv2d_backward_weight_fused): its tile and pixel chunks per split.
   WgradPlan wg_plan;
   int wg_cps = 1;
@@ -128,11 +160,38 @@ void append_tc_candidates(const FusedConvGeom& g, std::vector<FusedChoice>& out)
   }
 }
 
+/// The mma form in `plan`, split for `waves` blocks per SM as tc_choice (each split 8 stages or more).
+FusedChoice mma_choice(const FusedConvGeom& g, const MmaPlan& plan, int waves) {
+  FusedChoice c;
+  c.fused = c.tc = c.mma = true;
+  c.mma_plan = plan;
+  if (waves > 0) {
+    const FusedGrid fg = mma_grid(g, plan);
+    int cps = 0;
+    if (split_chunks(int64_t(fg.x) * fg.y, mma_chunks(g), sm_count(), waves, 8, cps) > 1) c.tc_cps = cps;
+  }
+  return c;
+}
+
+/// What Auto times of the mma form, for the calls it takes: each tile whole, and split for two blocks
+/// per SM where that is more than one split.
+void append_mma_candidates(const FusedConvGeom& g, std::vector<FusedChoice>& out) {
+  if (!mma_takes(g)) return;
+  for (const MmaPlan& plan : kMmaPlans) {
+    out.push_back(mma_choice(g, plan, 0));
+    const FusedChoice split = mma_choice(g, plan, 2);
+    if (split.tc_cps > 0) out.push_back(split);
+  }
+}
+
 /// A forward or data-pass launch, for the log: "4x8x1" (SIMT: channels x warps x pixels per lane),
-/// "tc128x64", or "tc128x64/s3" for three splits.
+/// "tc128x64" (wmma), "mma64" (mma.sync, 64 pixels a block), with "/s3" for three splits.
 std::string fused_name(const FusedConvGeom& g, const FusedChoice& c) {
   if (!c.tc)
     return std::to_string(c.plan.kt) + "x" + std::to_string(c.plan.warps) + "x" + std::to_string(c.plan.pix);
+  if (c.mma)
+    return "mma" + std::to_string(c.mma_plan.bm) +
+           (c.tc_cps > 0 ? "/s" + std::to_string(mma_split_count(g, c.tc_cps)) : std::string());
   std::string name = "tc" + std::to_string(c.tc_plan.bk) + "x" + std::to_string(c.tc_plan.bm);
   if (c.tc_cps > 0) name += "/s" + std::to_string(tc_split_count(g, c.tc_cps));
   return name;
@@ -208,9 +267,13 @@ void run_fused(FusedConvGeom g, const Tensor& x, const ops::BnEval* pre, const T
   g.chunk4 = g.pointwise() && g.C % 4 == 0;
   g.vec4 = g.chunk4 && reinterpret_cast<std::uintptr_t>(wc.data<float>()) % 16 == 0;
   const int cps = choice && choice->tc ? choice->tc_cps : 0;
-  const Launch run{{g, x.data<float>(), wc.data<float>(), fpre, fpost, out.data<float>(), cps}, out.device()};
+  Launch run{{g, x.data<float>(), wc.data<float>(), fpre, fpost, out.data<float>(), cps}, out.device()};
   OpRange range("conv2d_bn_eval", choice && choice->tc ? "native-tc" : "native");
-  if (choice && choice->tc)
+  if (choice && choice->mma) {
+    const int64_t hw = int64_t(g.H) * g.W;
+    run.xvec4 = hw % 4 == 0 && g.x_img % 4 == 0 && reinterpret_cast<std::uintptr_t>(run.x) % 16 == 0;
+    dispatch_fused_mma(choice->mma_plan, run);
+  } else if (choice && choice->tc)
     dispatch_fused_tc(choice->tc_plan, run);
   else
     dispatch_fused(choice ? choice->plan : plan_fused(g.M(), g.K, sm_count()), g.ksize(), run);
@@ -360,7 +423,10 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
           candidates.push_back(c);
           if (g.ksize() == 0) break;
         }
-        if (tc_applies()) append_tc_candidates(g, candidates);
+        if (tc_applies()) {
+          append_tc_candidates(g, candidates);
+          append_mma_candidates(g, candidates);
+        }
         return candidates;
       },
       [&g](const FusedChoice& c) { return fused_name(g, c); },
@@ -401,13 +467,22 @@ void reset_fused_conv_choices() {
   cache.choices.clear();
 }
 
+namespace {
+constexpr int kSimtPlanCount = static_cast<int>(sizeof(kFusedPlans) / sizeof(kFusedPlans[0]));
+constexpr int kTcPlanCount = static_cast<int>(sizeof(kTcPlans) / sizeof(kTcPlans[0]));
+constexpr int kMmaPlanCount = static_cast<int>(sizeof(kMmaPlans) / sizeof(kMmaPlans[0]));
+}  // namespace
+
 int fused_conv_plans() {
-  return static_cast<int>(sizeof(kFusedPlans) / sizeof(kFusedPlans[0]) +
-                          sizeof(kTcPlans) / sizeof(kTcPlans[0]));
+  return kSimtPlanCount + kTcPlanCount + kMmaPlanCount;
 }
 
 bool fused_conv_plan_is_tensor_core(int plan) {
-  return plan >= static_cast<int>(sizeof(kFusedPlans) / sizeof(kFusedPlans[0])) && plan < fused_conv_plans();
+  return plan >= kSimtPlanCount && plan < fused_conv_plans();
+}
+
+bool fused_conv_plan_is_pointwise_only(int plan) {
+  return plan >= kSimtPlanCount + kTcPlanCount && plan < fused_conv_plans();
 }
 
 void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
@@ -428,7 +503,16 @@ void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval
       throw std::invalid_argument("conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) +
                                   " is a tensor-core plan: it needs TF32 on and sm_80+");
     c.tc = true;
-    c.tc_plan = kTcPlans[plan - static_cast<int>(sizeof(kFusedPlans) / sizeof(kFusedPlans[0]))];
+    if (fused_conv_plan_is_pointwise_only(plan)) {
+      if (!mma_takes(g))
+        throw std::invalid_argument("conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) +
+                                    " is the mma.sync kernel: it takes pointwise convolutions only (1x1, "
+                                    "stride 1, no padding)");
+      c.mma = true;
+      c.mma_plan = kMmaPlans[plan - kSimtPlanCount - kTcPlanCount];
+    } else {
+      c.tc_plan = kTcPlans[plan - kSimtPlanCount];
+    }
   } else {
     c.plan = kFusedPlans[plan];
   }

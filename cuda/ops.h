@@ -84,10 +84,14 @@ void reset_fused_conv_choices();
 /// how many shapes of each pass Auto has given to our kernels and to the library so far ("" for none).
 std::string describe_fused_conv_choices();
 /// How many launch shapes the fused kernel has: cuda/fused_conv.cuh's SIMT kFusedPlans, then
-/// cuda/fused_conv_tc.cuh's tensor-core kTcPlans (with TF32 on, sm_80+).
+/// cuda/fused_conv_tc.cuh's tensor-core kTcPlans and cuda/fused_conv_mma.cuh's kMmaPlans (with TF32 on,
+/// sm_80+).
 int fused_conv_plans();
-/// True for the tensor-core plans among them.
+/// True for the tensor-core plans among them: cuda/fused_conv_tc.cuh's, then cuda/fused_conv_mma.cuh's.
 bool fused_conv_plan_is_tensor_core(int plan);
+/// True for the plans that take pointwise convolutions only (cuda/fused_conv_mma.cuh's: 1x1, stride 1, no
+/// padding); conv2d_bn_eval_fused_plan refuses any other call for them.
+bool fused_conv_plan_is_pointwise_only(int plan);
 /// The fused kernel alone in launch shape `plan` (0 <= plan < fused_conv_plans()), whatever the switch
 /// says — for tests and benches that check or time every shape Auto may pick. Arguments as
 /// conv2d_bn_eval_fused's, out defined; chunks_per_split > 0 (tensor-core plans only) splits the

@@ -210,6 +210,9 @@ int fused_conv_plans() {
 bool fused_conv_plan_is_tensor_core(int) {
   return false;
 }
+bool fused_conv_plan_is_pointwise_only(int) {
+  return false;
+}
 void conv2d_bn_eval_fused_plan(const Tensor&, int64_t, const ops::BnEval*, const Tensor&, const ops::Conv2dParams&,
                                const ops::BnEval*, const Tensor&, int64_t, int, int) {
   no_backend("conv2d_bn_eval_fused_plan");

@@ -105,7 +105,10 @@ TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
   const Case cases[] = {
       {1, 1632, 7, 7, 128, 1, 1, 1, 0, true, true}, {2, 128, 14, 14, 32, 3, 3, 1, 1, true, true},
       {2, 37, 9, 11, 13, 3, 3, 2, 1, false, false}, {1, 19, 8, 6, 7, 2, 3, 1, 0, true, false},
-      {3, 37, 5, 5, 20, 1, 1, 1, 0, false, true},   {2, 3, 64, 64, 64, 7, 7, 2, 3, true, true}};
+      {3, 37, 5, 5, 20, 1, 1, 1, 0, false, true},   {2, 3, 64, 64, 64, 7, 7, 2, 3, true, true},
+      // pointwise with H*W % 4 == 0 and C % 4 == 0 (the mma kernel's 16-byte copies of x and w), K past
+      // one 128-channel tile
+      {2, 96, 8, 8, 130, 1, 1, 1, 0, true, true}};
   ASSERT_GT(cuda::fused_conv_plans(), 0);
   {  // what the plan hook refuses, by name
     const Tensor x = to_gpu(Tensor::ones({1, 4, 5, 5})), w = to_gpu(Tensor::ones({2, 4, 1, 1}));
@@ -144,6 +147,13 @@ TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
         const bool tc = cuda::fused_conv_plan_is_tensor_core(plan);
         if (tc && !cuda::tf32_enabled()) continue;
         if (cps > 0 && !tc) continue;
+        if (cuda::fused_conv_plan_is_pointwise_only(plan) && (c.R != 1 || c.S != 1 || c.stride != 1 || c.pad != 0)) {
+          const Tensor y = Tensor::empty(ys, DType::Float32, Device::cuda());
+          EXPECT_THROW_WITH(cuda::conv2d_bn_eval_fused_plan(gx, c.C * c.H * c.W, &gpre, gw, p, &gpost, y,
+                                                            ys[1] * ys[2] * ys[3], plan, cps),
+                            "takes pointwise convolutions only");
+          continue;
+        }
         const double rtol = (tc ? 0x1p-9 : 0.0) + fused_rtol(c.C, c.R, c.S);
         const Tensor y = Tensor::empty(ys, DType::Float32, Device::cuda());
         cuda::synchronize();
@@ -165,14 +175,15 @@ TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
   }
 }
 
-// A channel prefix read and a channel slice written in place, by every launch shape of both forms.
+// A channel prefix read and a channel slice written in place, by every launch shape of every form: a
+// 3x3 (a growth conv), and a pointwise conv over 4-pixel-aligned planes (a bottleneck; the mma kernel).
 TEST(CudaFusedConv, ReadsAPrefixAndWritesASliceInPlace) {
   LADNN_REQUIRE_GPU();
   Generator gen(62);
-  const FusedCase c{2, 96, 7, 7, 32, 3, 3, 1};
+  for (const FusedCase& c : {FusedCase{2, 96, 7, 7, 32, 3, 3, 1}, FusedCase{2, 96, 4, 8, 32, 1, 1, 0}}) {
   const Tensor xbuf = to_gpu(randn({c.N, 160, c.H, c.W}, gen));
   const Tensor x = xbuf.narrow(1, 0, c.C);
-  const Tensor w = randn({c.K, c.C, 3, 3}, gen, 0, 0.05);
+  const Tensor w = randn({c.K, c.C, c.R, c.S}, gen, 0, 0.05);
   const Tensor gw = to_gpu(w);
   const ops::BnEval pre = test::random_bn_eval(c.C, ops::BnAct::Relu, gen);
   const ops::BnEval gpre = test::bn_eval_to(pre, Device::cuda());
@@ -180,6 +191,7 @@ TEST(CudaFusedConv, ReadsAPrefixAndWritesASliceInPlace) {
   for (int plan = -1; plan < cuda::fused_conv_plans(); ++plan) {  // -1: the op, as DenseNet calls it
     const bool tc = plan >= 0 && cuda::fused_conv_plan_is_tensor_core(plan);
     if (tc && !cuda::tf32_enabled()) continue;
+    if (plan >= 0 && cuda::fused_conv_plan_is_pointwise_only(plan) && c.R != 1) continue;
     Tensor obuf = to_gpu(Tensor::full({c.N, 200, c.H, c.W}, 7.0));
     const Tensor out = obuf.narrow(1, 96, c.K);
     if (plan < 0) {
@@ -189,12 +201,13 @@ TEST(CudaFusedConv, ReadsAPrefixAndWritesASliceInPlace) {
       cuda::conv2d_bn_eval_fused_plan(x, 160 * c.H * c.W, &gpre, gw, params_of(c), nullptr, out,
                                       200 * c.H * c.W, plan);
     }
-    const std::string what = "slice, plan " + std::to_string(plan);
-    EXPECT_TRUE(gpu_matches(what, out, ref.y, {0.0, (tc ? 0x1p-9 : 0.0) + fused_rtol(c.C, 3, 3)}, ref.scale));
+    const std::string what = std::to_string(c.R) + "x" + std::to_string(c.S) + " slice, plan " + std::to_string(plan);
+    EXPECT_TRUE(gpu_matches(what, out, ref.y, {0.0, (tc ? 0x1p-9 : 0.0) + fused_rtol(c.C, c.R, c.S)}, ref.scale));
     const Tensor before = to_cpu(obuf.narrow(1, 0, 96)), after = to_cpu(obuf.narrow(1, 128, 72));
     for (double v : before.to_vector())
       ASSERT_EQ(v, 7.0) << what << ": a channel before the slice was written";
     for (double v : after.to_vector()) ASSERT_EQ(v, 7.0) << what << ": a channel after the slice was written";
+  }
   }
 }
 

@@ -178,6 +178,62 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 8, f
 }
 }  // namespace nvcuda::wmma
 
+// cuda/mma_tf32.cuh's primitives for cuda/fused_conv_mma.cuh. cp.async copies at once (it cannot show
+// a read of a stage before its wait; the barriers it needs still run for real); mma.sync is a warp
+// collective: each lane posts its fragments, the block meets (every thread of the kernel reaches each
+// mma in the same order), each lane computes its four outputs from its warp's posts, the block meets
+// again. Lane (g, t) holds A(g + 8 (r % 2), t + 4 (r / 2)) in a[r], B(t + 4 r, g) in b[r], and
+// D(g + 8 (r / 2), 2t + r % 2) in d[r] (the PTX ISA's m16n8k8 .tf32 fragments).
+namespace emu {
+struct MmaLane {
+  uint32_t a[4], b[2];
+};
+inline MmaLane g_mma_lanes[1024];
+inline std::vector<float> g_dynamic_smem;  // one block's dynamic shared memory (blocks run one at a time)
+inline float bits_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+}  // namespace emu
+inline float* emu_dynamic_smem() {
+  return emu::g_dynamic_smem.data();
+}
+inline uint32_t tf32_bits(float x) {
+  const float r = nvcuda::wmma::__float_to_tf32(x);
+  uint32_t u;
+  std::memcpy(&u, &r, 4);
+  return u;
+}
+inline void mma_tf32_16x8x8(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  const int tid = static_cast<int>(threadIdx.x), base = tid & ~31, g = (tid & 31) >> 2, t = tid & 3;
+  for (int r = 0; r < 4; ++r) emu::g_mma_lanes[tid].a[r] = a[r];
+  for (int r = 0; r < 2; ++r) emu::g_mma_lanes[tid].b[r] = b[r];
+  __syncthreads();
+  auto A = [&](int row, int col) {
+    return emu::bits_float(emu::g_mma_lanes[base + (row % 8) * 4 + col % 4].a[(row / 8) + 2 * (col / 4)]);
+  };
+  auto B = [&](int k, int n) { return emu::bits_float(emu::g_mma_lanes[base + n * 4 + k % 4].b[k / 4]); };
+  float out[4];
+  for (int r = 0; r < 4; ++r) {
+    const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
+    float sum = d[r];
+    for (int k = 0; k < 8; ++k) sum += A(row, k) * B(k, col);  // TF32 products are exact in float
+    out[r] = sum;
+  }
+  __syncthreads();
+  for (int r = 0; r < 4; ++r) d[r] = out[r];
+}
+inline void cp_async_16(float* smem, const float* gmem, bool in) {
+  for (int i = 0; i < 4; ++i) smem[i] = in ? gmem[i] : 0.0f;
+}
+inline void cp_async_4(float* smem, const float* gmem, bool in) {
+  *smem = in ? *gmem : 0.0f;
+}
+inline void cp_async_commit() {}
+template <int N>
+inline void cp_async_wait() {}
+
 #define LADNN_TILE_EMULATION 1
 #define __device__
 #define __global__
@@ -188,6 +244,7 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 8, f
 #include "cuda/conv2d_gemm.cuh"
 #include "cuda/conv_wgrad_tc.cuh"
 #include "cuda/fused_conv.cuh"
+#include "cuda/fused_conv_mma.cuh"
 #include "cuda/fused_conv_tc.cuh"
 #include "cuda/gemm_tile.cuh"
 #undef __device__
@@ -657,6 +714,22 @@ struct EmulateFused : FusedArgs {
       emulate_serial({static_cast<unsigned>((g.M() + 255) / 256), static_cast<unsigned>(g.K), 1}, 256,
                      [&] { tc_split_reduce_kernel(g, partial, splits, post, y); });
   }
+  bool xvec4 = false;
+  template <int BM>
+  void go_mma() const {
+    const FusedGrid fg = mma_grid(g, MmaPlan{BM});
+    const int splits = mma_split_count(g, chunks_per_split);
+    std::vector<float> ws(splits > 1 ? static_cast<std::size_t>(int64_t(splits) * g.K * g.M()) : 0,
+                          std::numeric_limits<float>::quiet_NaN());
+    float* partial = splits > 1 ? ws.data() : nullptr;
+    // NaN everywhere: a read of shared memory no copy wrote shows up in the result.
+    emu::g_dynamic_smem.assign(static_cast<std::size_t>(mma_smem_floats(g, BM)), std::numeric_limits<float>::quiet_NaN());
+    emulate({fg.x, fg.y, static_cast<unsigned>(splits)}, kMmaThreads,
+            [&] { fused_conv_mma_kernel<BM>(g, xvec4, x, w, pre, post, y, chunks_per_split, partial); });
+    if (splits > 1)
+      emulate_serial({static_cast<unsigned>((g.M() + 255) / 256), static_cast<unsigned>(g.K), 1}, 256,
+                     [&] { tc_split_reduce_kernel(g, partial, splits, post, y); });
+  }
 };
 
 void emulate_fused(const FusedPlan& plan, const FusedConvGeom& g, const float* x, const float* w, const FusedBn& pre,
@@ -804,6 +877,57 @@ TEST(FusedConvEmulation, TensorCorePlansMatchFloat64) {
   }
   EXPECT_EQ(cases, 90);
   EXPECT_EQ(nvcuda::wmma::g_misuse.load(), 0) << "a wmma call with a misaligned tile pointer, ldm or layout";
+}
+
+// The mma.sync kernel (cuda/fused_conv_mma.cuh) against float64: both tiles, whole and split into
+// stages of 16 channels; 4-byte copies (C % 4 != 0, a 5x5 plane) and 16-byte ones (C % 4 == 0, 4x4 and
+// 8x8 planes); K under one 128-row tile and past it; x read as a channel prefix, y written as a slice;
+// pre with and without ReLU, post on and off.
+TEST(FusedConvEmulation, MmaPlansMatchFloat64) {
+  struct Case {
+    int N, C, H, W, K;
+    bool vec, pre_relu, post_on;
+    int cps;  // stages per split (0: whole)
+  };
+  const Case cases[] = {{3, 37, 5, 5, 20, false, true, true, 0}, {2, 96, 4, 4, 130, true, true, true, 0},
+                        {1, 40, 8, 8, 64, true, false, false, 1}, {2, 37, 5, 5, 20, false, true, true, 1},
+                        {2, 48, 4, 4, 130, true, true, false, 2}};
+  Generator gen(57);
+  int runs = 0;
+  for (const Case& cs : cases) {
+    const int64_t x_img = int64_t(cs.C + 4) * cs.H * cs.W, y_img = int64_t(cs.K + 5) * cs.H * cs.W;
+    const Tensor xbuf = Tensor::normal({cs.N, cs.C + 4, cs.H, cs.W}, 0, 1, gen);
+    const Tensor x = xbuf.narrow(1, 0, cs.C);
+    const Tensor w = Tensor::normal({cs.K, cs.C, 1, 1}, 0, 0.5, gen);
+    const ops::BnEval pre = test::random_bn_eval(cs.C, cs.pre_relu ? ops::BnAct::Relu : ops::BnAct::None, gen);
+    const ops::BnEval post = test::random_bn_eval(cs.K, ops::BnAct::Relu, gen, DType::Float32, false);
+    const ops::BnEval* qp = cs.post_on ? &post : nullptr;
+    const test::ConvBnReference ref = test::conv_bn_eval_reference(x, &pre, w, ops::Conv2dParams{}, qp);
+    FusedConvGeom g{cs.N, cs.C, cs.H, cs.W, cs.K, 1, 1, cs.H, cs.W, 1, 1, 0, 0, x_img, y_img};
+    g.chunk4 = cs.C % 4 == 0;
+    g.vec4 = cs.vec;
+    ASSERT_EQ(cs.vec, cs.C % 4 == 0 && cs.H * cs.W % 4 == 0) << "the case's copies are not what it says";
+    if (cs.cps > 0) ASSERT_GE(mma_split_count(g, cs.cps), 2) << "the case would not split";
+    for (const MmaPlan& plan : kMmaPlans) {
+      SCOPED_TRACE("x (" + std::to_string(cs.N) + ", " + std::to_string(cs.C) + ", " + std::to_string(cs.H) + ", " +
+                   std::to_string(cs.W) + ") K " + std::to_string(cs.K) + " tile " + std::to_string(plan.bm) +
+                   " stages per split " + std::to_string(cs.cps));
+      Tensor ybuf = Tensor::full({cs.N, cs.K + 5, cs.H, cs.W}, 7.0);
+      ybuf.narrow(1, 2, cs.K).fill_(std::numeric_limits<double>::quiet_NaN());
+      const Tensor out = ybuf.narrow(1, 2, cs.K);
+      EmulateFused run{{g, xbuf.data<float>(), w.data<float>(), host_fused_bn(&pre), host_fused_bn(qp),
+                        out.data<float>(), cs.cps}};
+      run.xvec4 = cs.vec;
+      dispatch_fused_mma(plan, run);
+      const std::vector<double> got = out.to_vector(), want = ref.y.to_vector(), scale = ref.scale.to_vector();
+      for (std::size_t i = 0; i < got.size(); ++i)
+        ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i]) << "element " << i << " got " << got[i];
+      for (int ch : {0, 1, cs.K + 2, cs.K + 3, cs.K + 4})
+        for (double v : ybuf.narrow(1, ch, 1).to_vector()) ASSERT_EQ(v, 7.0) << "channel " << ch << " was written";
+      ++runs;
+    }
+  }
+  EXPECT_EQ(runs, 10);
 }
 
 // The four-channel weight loads (vec4, taken only when the weights are 16-byte aligned) change the loads,

@@ -1,0 +1,279 @@
+// cuda/fused_conv_mma.cuh — the pointwise (1x1) fused inference convolution y = post(W * pre(x)) as a
+// TF32 GEMM on mma.sync, its operands streamed into shared memory by a cp.async pipeline. This is the
+// DenseNet bottleneck: each dense layer's norm1-ReLU -> 1x1 conv -> norm2-ReLU (inference), or its plain
+// 1x1 forward (training; no BatchNorms), over the channel prefix of the block buffer.
+//
+// Why another kernel: cuda/fused_conv_tc.cuh (wmma, staged through registers) fuses the BatchNorms but
+// ran at 15-25 TFLOP/s on these shapes at batch 32, under cuBLAS's plain GEMM on the unfused path
+// (run 8: the 1x1 at 14x14, 768 -> 128, took 0.069 ms fused against 0.038 for BatchNorm + cuBLAS +
+// BatchNorm). What costs it: every value passes through a register and a store on its way to shared
+// memory, and a warp's 32 x 32 tile loads two fragments per two multiplications. Here:
+// - the copies are cp.async, 16 bytes each where the rows allow it, kMmaStages deep: a thread issues
+//   the copies of stage j + 3 and goes on multiplying stage j;
+// - each warp owns a 64 x (BM / 2) tile of the output: per k-step of 8 it loads 4 A and BM / 16 B
+//   fragments for 4 * BM / 16 multiplications (mma.m16n8k8, cuda/mma_tf32.cuh);
+// - pre is applied when a B fragment is read from shared memory (two channels per lane and k-step,
+//   their coefficients computed once per block for every input channel), post on the accumulators.
+//
+// GEMM: out[k, m] = sum over c of W[k, c] * pre(x)[c, m], k an output channel, m = n*H*W + p a pixel of
+// the batch. Block: 128 output channels (kMmaBk) x BM pixels, 4 warps as 2 x 2. Stage: 16 input channels
+// (two k-steps): As[128][16 (+4 pad)] of W, Bs[16][BM (+8 pad)] of x; the pads make every fragment read
+// conflict-free (lane (g, t) reads bank 20g + t, resp. 8t + g, mod 32). Zeros past K, C and M: cp.async
+// writes zeros where `in` is false, and pre's coefficients past C are (0, 0, 0), so a padded channel
+// adds 0 * 0. Pixels past M hold pre(0) in B but their columns are never stored.
+//
+// Split-K as the wmma kernel's: block z takes chunks [z * chunks_per_split, ...) of 16 channels and
+// writes raw sums to its (K, M) slab; tc_split_reduce_kernel adds the slabs and applies post.
+// Arithmetic: TF32 operands rounded to nearest (cvt.rna, as every tensor-core kernel here), float32
+// accumulation in the tensor cores' order: deterministic on a given GPU, within the TF32 bound of the
+// float64 reference.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/fused_conv.cuh"
+#include "cuda/fused_conv_tc.cuh"  // FusedGrid, tc_split_reduce_kernel
+#include "cuda/mma_tf32.cuh"
+
+namespace ladnn::cuda {
+namespace {
+
+/// A launch shape of the mma kernel: BM pixels per block (always 128 output channels).
+struct MmaPlan {
+  int bm = 64;
+};
+constexpr MmaPlan kMmaPlans[] = {{64}, {32}};
+constexpr int kMmaBk = 128;     // output channels per block: DenseNet's bottleneck width
+constexpr int kMmaDepth = 16;   // input channels per stage: two k-steps of 8
+constexpr int kMmaStages = 4;   // stages in flight: three being copied while one is multiplied
+constexpr int kMmaThreads = 128;
+
+template <int BM>
+struct MmaTile {
+  static constexpr int LDA = kMmaDepth + 4, LDB = BM + 8;
+  static constexpr int kA = kMmaBk * LDA, kB = kMmaDepth * LDB, kStage = kA + kB;  // floats
+  static constexpr int WN = BM / 2, NI = WN / 8, MI = 4;  // a warp: 64 x WN outputs, MI x NI mma tiles
+};
+
+/// The kernel takes the call: a pointwise convolution with the weight read plainly (not a data pass).
+inline bool mma_takes(const FusedConvGeom& g) {
+  return g.pointwise() && !g.w_flipped && g.C <= kFusedMaxC;
+}
+
+LADNN_HD int mma_chunks(const FusedConvGeom& g) {
+  return (g.C + kMmaDepth - 1) / kMmaDepth;
+}
+inline int mma_split_count(const FusedConvGeom& g, int chunks_per_split) {
+  return chunks_per_split > 0 ? (mma_chunks(g) + chunks_per_split - 1) / chunks_per_split : 1;
+}
+inline FusedGrid mma_grid(const FusedConvGeom& g, const MmaPlan& plan) {
+  return {static_cast<unsigned>((int64_t(g.M()) + plan.bm - 1) / plan.bm),
+          static_cast<unsigned>((g.K + kMmaBk - 1) / kMmaBk)};
+}
+/// Dynamic shared memory of a launch: the stages, pre's coefficients (mean, scale, shift for C channels
+/// rounded up to a stage), post's (for 128 rows).
+inline int mma_smem_floats(const FusedConvGeom& g, int bm) {
+  const int stage = kMmaBk * (kMmaDepth + 4) + kMmaDepth * (bm + 8);
+  return kMmaStages * stage + 3 * mma_chunks(g) * kMmaDepth + 3 * kMmaBk;
+}
+
+/// Grid (mma_grid, splits), kMmaThreads threads, mma_smem_floats(g, BM) * 4 bytes of dynamic shared
+/// memory. g.vec4: w's rows are copied 16 bytes at a time (C % 4 == 0, w 16-byte aligned); xvec4: so
+/// are x's pixels (H*W % 4 == 0, x_img % 4 == 0, x 16-byte aligned: four pixels never straddle images).
+template <int BM>
+__global__ void __launch_bounds__(kMmaThreads)
+    fused_conv_mma_kernel(FusedConvGeom g, bool xvec4, const float* __restrict__ x, const float* __restrict__ w,
+                          FusedBn pre, FusedBn post, float* __restrict__ y, int chunks_per_split,
+                          float* __restrict__ partial) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // mma.sync on TF32 and cp.async need sm_80; the launcher never launches this there
+#else
+  using T = MmaTile<BM>;
+  LADNN_DYNAMIC_SMEM(smem);
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
+  const int wk = warp >> 1, wn = warp & 1;  // the warp's 64 output channels and WN pixels
+  const int k0 = blockIdx.y * kMmaBk, m0 = blockIdx.x * BM;
+  const int M = g.M(), HW = g.H * g.W, C = g.C, K = g.K;
+  const int cpad = mma_chunks(g) * kMmaDepth;
+  float* s_pre = smem + kMmaStages * T::kStage;  // mean[cpad], scale[cpad], shift[cpad]
+  float* s_post = s_pre + 3 * cpad;              // mean[128], scale[128], shift[128]
+  const int chunk0 = partial ? int(blockIdx.z) * chunks_per_split : 0;
+  int chunk_end = partial ? chunk0 + chunks_per_split : mma_chunks(g);
+  if (chunk_end > mma_chunks(g)) chunk_end = mma_chunks(g);
+  const int n_chunks = chunk_end - chunk0;
+
+  // This thread's copies, the same slots in every stage. x: a column of 4 pixels (16-byte copies) or
+  // one pixel; its offset in x (image and plane position) is fixed, only the channel moves.
+  constexpr int kQuadCols = BM / 4;                       // 16-byte columns of a B row
+  constexpr int kXRows4 = kMmaThreads / kQuadCols;         // B rows one pass of 16-byte copies covers
+  constexpr int kXRows1 = kMmaThreads / BM;                // ... of 4-byte copies
+  const int xcol = xvec4 ? 4 * (tid % kQuadCols) : tid % BM;
+  const int xm = m0 + xcol;
+  const bool x_in = xm < M;  // with xvec4, M % 4 == 0: the four pixels are all in or all out
+  int64_t xoff = 0;
+  if (x_in) {
+    const int n = xm / HW;
+    xoff = n * g.x_img + (xm - n * HW);
+  }
+
+  auto issue = [&](int j) {  // chunk0 + j's copies into stage j % kMmaStages
+    float* As = smem + (j % kMmaStages) * T::kStage;
+    float* Bs = As + T::kA;
+    const int c0 = (chunk0 + j) * kMmaDepth;
+    if (g.vec4) {  // W: 128 rows x 4 columns of 16 bytes, 4 per thread
+#pragma unroll
+      for (int i = 0; i < kMmaBk * 4 / kMmaThreads; ++i) {
+        const int r = tid / 4 + i * (kMmaThreads / 4), c = c0 + 4 * (tid % 4);
+        const bool in = k0 + r < K && c < C;
+        cp_async_16(As + r * T::LDA + 4 * (tid % 4), in ? w + int64_t(k0 + r) * C + c : w, in);
+      }
+    } else {  // 16 floats of a row per 16 threads
+#pragma unroll
+      for (int i = 0; i < kMmaBk * kMmaDepth / kMmaThreads; ++i) {
+        const int r = tid / kMmaDepth + i * (kMmaThreads / kMmaDepth), c = c0 + tid % kMmaDepth;
+        const bool in = k0 + r < K && c < C;
+        cp_async_4(As + r * T::LDA + tid % kMmaDepth, in ? w + int64_t(k0 + r) * C + c : w, in);
+      }
+    }
+    if (xvec4) {
+#pragma unroll
+      for (int i = 0; i < kMmaDepth / kXRows4; ++i) {
+        const int r = tid / kQuadCols + i * kXRows4, c = c0 + r;
+        const bool in = x_in && c < C;
+        cp_async_16(Bs + r * T::LDB + xcol, in ? x + xoff + int64_t(c) * HW : x, in);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kMmaDepth / kXRows1; ++i) {
+        const int r = tid / BM + i * kXRows1, c = c0 + r;
+        const bool in = x_in && c < C;
+        cp_async_4(Bs + r * T::LDB + xcol, in ? x + xoff + int64_t(c) * HW : x, in);
+      }
+    }
+  };
+
+  // The first stages' copies go out before anything else; the coefficients are computed under them.
+#pragma unroll
+  for (int j = 0; j < kMmaStages - 1; ++j) {
+    if (j < n_chunks) issue(j);
+    cp_async_commit();  // (empty groups too: the count of groups in flight stays the same per thread)
+  }
+  if (pre.on)
+    for (int c = tid; c < cpad; c += kMmaThreads) {
+      if (c < C) {
+        fused_bn_coef(pre, c, s_pre[c], s_pre[cpad + c], s_pre[2 * cpad + c]);
+      } else {
+        s_pre[c] = s_pre[cpad + c] = s_pre[2 * cpad + c] = 0.0f;  // a padded channel: pre(0) = 0
+      }
+    }
+  if (post.on && !partial)
+    for (int r = tid; r < kMmaBk; r += kMmaThreads)
+      if (k0 + r < K) fused_bn_coef(post, k0 + r, s_post[r], s_post[kMmaBk + r], s_post[2 * kMmaBk + r]);
+
+  float acc[T::MI][T::NI][4];
+#pragma unroll
+  for (int mi = 0; mi < T::MI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < T::NI; ++ni)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.0f;
+
+  for (int j = 0; j < n_chunks; ++j) {
+    cp_async_wait<kMmaStages - 2>();  // this thread's copies of stage j have landed
+    __syncthreads();                  // everyone's have; everyone is done multiplying stage j - 1
+    if (j + kMmaStages - 1 < n_chunks) issue(j + kMmaStages - 1);  // into stage j - 1's buffer
+    cp_async_commit();
+    const float* As = smem + (j % kMmaStages) * T::kStage;
+    const float* Bs = As + T::kA;
+    const int c0 = (chunk0 + j) * kMmaDepth;
+#pragma unroll
+    for (int ks = 0; ks < kMmaDepth; ks += 8) {
+      uint32_t a[T::MI][4], b[T::NI][2];
+#pragma unroll
+      for (int mi = 0; mi < T::MI; ++mi) {
+        const float* row = As + (wk * 64 + mi * 16 + gq) * T::LDA + ks + tq;
+        a[mi][0] = tf32_bits(row[0]);
+        a[mi][1] = tf32_bits(row[8 * T::LDA]);
+        a[mi][2] = tf32_bits(row[4]);
+        a[mi][3] = tf32_bits(row[8 * T::LDA + 4]);
+      }
+      // This lane's two channels of the k-step (rows tq and tq + 4 of B) and their coefficients.
+      const int ca = c0 + ks + tq, cb = ca + 4;
+      float ma = 0.0f, sa = 1.0f, ha = 0.0f, mb = 0.0f, sb = 1.0f, hb = 0.0f;
+      if (pre.on) {
+        ma = s_pre[ca], sa = s_pre[cpad + ca], ha = s_pre[2 * cpad + ca];
+        mb = s_pre[cb], sb = s_pre[cpad + cb], hb = s_pre[2 * cpad + cb];
+      }
+#pragma unroll
+      for (int ni = 0; ni < T::NI; ++ni) {
+        const float* col = Bs + (ks + tq) * T::LDB + wn * T::WN + ni * 8 + gq;
+        float v0 = col[0], v1 = col[4 * T::LDB];
+        if (pre.on) {
+          v0 = math::bn_normalize(v0, ma, sa, ha);
+          v1 = math::bn_normalize(v1, mb, sb, hb);
+          if (pre.relu) v0 = math::bn_relu(v0), v1 = math::bn_relu(v1);
+        }
+        b[ni][0] = tf32_bits(v0);
+        b[ni][1] = tf32_bits(v1);
+      }
+#pragma unroll
+      for (int mi = 0; mi < T::MI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < T::NI; ++ni) mma_tf32_16x8x8(acc[mi][ni], a[mi], b[ni]);
+    }
+  }
+  cp_async_wait<0>();  // (only empty groups are left)
+  __syncthreads();     // post's coefficients, whatever n_chunks was
+
+  // Epilogue: lane (g, t) of the warp holds outputs (row g or g + 8, pixels 2t and 2t + 1) of each tile.
+  // Its 2 * NI pixels' offsets (image and plane position) are found once, not per output: the divisions
+  // by H*W would otherwise cost about as many instructions as the whole reduction of a short one.
+  const int PQ = g.P * g.Q;
+  int64_t yoff[T::NI][2];
+#pragma unroll
+  for (int ni = 0; ni < T::NI; ++ni)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int m = m0 + wn * T::WN + ni * 8 + 2 * tq + e, n = m / PQ;
+      yoff[ni][e] = partial ? int64_t(blockIdx.z) * K * M + m : n * g.y_img + (m - n * PQ);
+    }
+  // The pair (2t, 2t + 1) as one 8-byte store where it always lies in one image, 8-byte aligned.
+  const bool pair = !partial && PQ % 2 == 0 && g.y_img % 2 == 0 && reinterpret_cast<uintptr_t>(y) % 8 == 0;
+  const int64_t row_stride = partial ? M : PQ;
+  float* out = partial ? partial : y;
+#pragma unroll
+  for (int mi = 0; mi < T::MI; ++mi)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {  // rows g and g + 8
+      const int row = wk * 64 + mi * 16 + gq + 8 * h, k = k0 + row;
+      if (k >= K) continue;
+#pragma unroll
+      for (int ni = 0; ni < T::NI; ++ni) {
+        const int m = m0 + wn * T::WN + ni * 8 + 2 * tq;  // even; M is even when `pair` holds
+        if (m >= M) continue;
+        float v0 = acc[mi][ni][2 * h], v1 = acc[mi][ni][2 * h + 1];
+        if (!partial) {
+          v0 = fused_bn_apply(post, s_post, s_post + kMmaBk, s_post + 2 * kMmaBk, row, v0);
+          v1 = fused_bn_apply(post, s_post, s_post + kMmaBk, s_post + 2 * kMmaBk, row, v1);
+        }
+        float* at = out + yoff[ni][0] + int64_t(k) * row_stride;
+        if (pair) {
+          *reinterpret_cast<float2*>(at) = float2{v0, v1};
+        } else {
+          at[0] = v0;
+          if (m + 1 < M) out[yoff[ni][1] + int64_t(k) * row_stride] = v1;
+        }
+      }
+    }
+#endif
+}
+
+/// Calls `run.template go_mma<BM>()` for `plan` (one of kMmaPlans; anything else runs as the first).
+template <class Run>
+void dispatch_fused_mma(const MmaPlan& plan, const Run& run) {
+  if (plan.bm == 32) return run.template go_mma<32>();
+  run.template go_mma<64>();
+}
+
+}  // namespace
+}  // namespace ladnn::cuda
