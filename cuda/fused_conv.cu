@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstdio>
 #include <functional>
 #include <initializer_list>
@@ -87,28 +88,29 @@ struct Launch : FusedArgs {
       CUDA_CHECK_LAUNCH();
     }
   }
-  bool xvec4 = false;  // the mma kernel copies x 16 bytes at a time (fused_conv_mma_kernel)
-  template <int BM>
+  bool w16 = false, x16 = false;  // the mma kernel copies w's rows / x's pixels 16 bytes at a time
+  template <int BK, int BM, int KS>
   void go_mma() const {
     // Its shared memory is dynamic and may pass 48 KB: allowed once per instantiation, for the most any
-    // call can ask (kFusedMaxC input channels).
+    // call can ask (kFusedMaxC input channels, pre on).
     static const bool opted_in = [] {
       FusedConvGeom most{};
       most.C = kFusedMaxC;
-      CUDA_CHECK(cudaFuncSetAttribute(fused_conv_mma_kernel<BM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(sizeof(float)) * mma_smem_floats(most, BM)));
+      most.R = most.S = 1;
+      CUDA_CHECK(cudaFuncSetAttribute(fused_conv_mma_kernel<BK, BM, KS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(sizeof(float)) * mma_smem_floats(most, MmaPlan{BK, BM}, true)));
       return true;
     }();
     (void)opted_in;
-    const FusedGrid fg = mma_grid(g, MmaPlan{BM});
+    const FusedGrid fg = mma_grid(g, MmaPlan{BK, BM});
     const cudaStream_t st = static_cast<cudaStream_t>(stream());
     const int splits = mma_split_count(g, chunks_per_split);
     Tensor ws;  // the splits' partial sums (none without a split)
     if (splits > 1) ws = Tensor::empty({splits, int64_t(g.K) * g.M()}, DType::Float32, device);
     float* partial = splits > 1 ? ws.data<float>() : nullptr;
-    const size_t smem = sizeof(float) * static_cast<size_t>(mma_smem_floats(g, BM));
-    fused_conv_mma_kernel<BM><<<dim3(fg.x, fg.y, static_cast<unsigned>(splits)), kMmaThreads, smem, st>>>(
-        g, xvec4, x, w, pre, post, y, chunks_per_split, partial);
+    const size_t smem = sizeof(float) * static_cast<size_t>(mma_smem_floats(g, MmaPlan{BK, BM}, pre.on));
+    fused_conv_mma_kernel<BK, BM, KS><<<dim3(fg.x, fg.y, static_cast<unsigned>(splits)), kMmaThreads, smem, st>>>(
+        g, w16, x16, x, w, pre, post, y, chunks_per_split, partial);
     CUDA_CHECK_LAUNCH();
     if (splits > 1) {
       tc_split_reduce_kernel<<<dim3(static_cast<unsigned>((g.M() + 255) / 256), static_cast<unsigned>(g.K)),
@@ -173,11 +175,25 @@ FusedChoice mma_choice(const FusedConvGeom& g, const MmaPlan& plan, int waves) {
   return c;
 }
 
+/// The mma forms a device check has passed: run 8 (H200) ran the CUDA tests and Auto's timings with the
+/// 128-row tiles on pointwise convolutions. The 32-row tiles and the 3x3 window are tested on the CPU
+/// (the tile emulator) and on the GPU by the plan hook's tests, but have not run on a GPU yet: until they
+/// have, Auto times them only with LADNN_MMA_UNCHECKED=1 (for the device check that measures them).
+bool mma_checked(const FusedConvGeom& g, const MmaPlan& plan) {
+  static const bool unchecked = [] {
+    const char* v = std::getenv("LADNN_MMA_UNCHECKED");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  return unchecked || (plan.bk == 128 && g.pointwise());
+}
+
 /// What Auto times of the mma form, for the calls it takes: each tile whole, and split for two blocks
 /// per SM where that is more than one split.
-void append_mma_candidates(const FusedConvGeom& g, std::vector<FusedChoice>& out) {
-  if (!mma_takes(g)) return;
+void append_mma_candidates(const FusedConvGeom& g, bool pre_on, std::vector<FusedChoice>& out) {
+  if (!mma_takes(g, pre_on)) return;
   for (const MmaPlan& plan : kMmaPlans) {
+    if (plan.bk > 32 && g.K <= 32) continue;  // all but 32 of its rows would be padding
+    if (!mma_checked(g, plan)) continue;
     out.push_back(mma_choice(g, plan, 0));
     const FusedChoice split = mma_choice(g, plan, 2);
     if (split.tc_cps > 0) out.push_back(split);
@@ -185,12 +201,12 @@ void append_mma_candidates(const FusedConvGeom& g, std::vector<FusedChoice>& out
 }
 
 /// A forward or data-pass launch, for the log: "4x8x1" (SIMT: channels x warps x pixels per lane),
-/// "tc128x64" (wmma), "mma64" (mma.sync, 64 pixels a block), with "/s3" for three splits.
+/// "tc128x64" (wmma), "mma128x64" (mma.sync), with "/s3" for three splits.
 std::string fused_name(const FusedConvGeom& g, const FusedChoice& c) {
   if (!c.tc)
     return std::to_string(c.plan.kt) + "x" + std::to_string(c.plan.warps) + "x" + std::to_string(c.plan.pix);
   if (c.mma)
-    return "mma" + std::to_string(c.mma_plan.bm) +
+    return "mma" + std::to_string(c.mma_plan.bk) + "x" + std::to_string(c.mma_plan.bm) +
            (c.tc_cps > 0 ? "/s" + std::to_string(mma_split_count(g, c.tc_cps)) : std::string());
   std::string name = "tc" + std::to_string(c.tc_plan.bk) + "x" + std::to_string(c.tc_plan.bm);
   if (c.tc_cps > 0) name += "/s" + std::to_string(tc_split_count(g, c.tc_cps));
@@ -270,8 +286,9 @@ void run_fused(FusedConvGeom g, const Tensor& x, const ops::BnEval* pre, const T
   Launch run{{g, x.data<float>(), wc.data<float>(), fpre, fpost, out.data<float>(), cps}, out.device()};
   OpRange range("conv2d_bn_eval", choice && choice->tc ? "native-tc" : "native");
   if (choice && choice->mma) {
-    const int64_t hw = int64_t(g.H) * g.W;
-    run.xvec4 = hw % 4 == 0 && g.x_img % 4 == 0 && reinterpret_cast<std::uintptr_t>(run.x) % 16 == 0;
+    const int64_t hw = int64_t(g.H) * g.W, crs = int64_t(g.C) * g.R * g.S;
+    run.w16 = crs % 4 == 0 && reinterpret_cast<std::uintptr_t>(run.w) % 16 == 0;
+    run.x16 = g.pointwise() && hw % 4 == 0 && g.x_img % 4 == 0 && reinterpret_cast<std::uintptr_t>(run.x) % 16 == 0;
     dispatch_fused_mma(choice->mma_plan, run);
   } else if (choice && choice->tc)
     dispatch_fused_tc(choice->tc_plan, run);
@@ -425,7 +442,7 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
         }
         if (tc_applies()) {
           append_tc_candidates(g, candidates);
-          append_mma_candidates(g, candidates);
+          append_mma_candidates(g, pre != nullptr, candidates);
         }
         return candidates;
       },
@@ -481,7 +498,7 @@ bool fused_conv_plan_is_tensor_core(int plan) {
   return plan >= kSimtPlanCount && plan < fused_conv_plans();
 }
 
-bool fused_conv_plan_is_pointwise_only(int plan) {
+bool fused_conv_plan_is_mma(int plan) {
   return plan >= kSimtPlanCount + kTcPlanCount && plan < fused_conv_plans();
 }
 
@@ -503,11 +520,11 @@ void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval
       throw std::invalid_argument("conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) +
                                   " is a tensor-core plan: it needs TF32 on and sm_80+");
     c.tc = true;
-    if (fused_conv_plan_is_pointwise_only(plan)) {
-      if (!mma_takes(g))
+    if (fused_conv_plan_is_mma(plan)) {
+      if (!mma_takes(g, pre != nullptr))
         throw std::invalid_argument("conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) +
-                                    " is the mma.sync kernel: it takes pointwise convolutions only (1x1, "
-                                    "stride 1, no padding)");
+                                    " is the mma.sync kernel: it takes pointwise convolutions (1x1, stride "
+                                    "1, no padding) and 3x3 windows without a BatchNorm before them");
       c.mma = true;
       c.mma_plan = kMmaPlans[plan - kSimtPlanCount - kTcPlanCount];
     } else {

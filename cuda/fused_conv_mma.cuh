@@ -1,32 +1,36 @@
-// cuda/fused_conv_mma.cuh — the pointwise (1x1) fused inference convolution y = post(W * pre(x)) as a
-// TF32 GEMM on mma.sync, its operands streamed into shared memory by a cp.async pipeline. This is the
-// DenseNet bottleneck: each dense layer's norm1-ReLU -> 1x1 conv -> norm2-ReLU (inference), or its plain
-// 1x1 forward (training; no BatchNorms), over the channel prefix of the block buffer.
+// cuda/fused_conv_mma.cuh — the fused inference convolution y = post(W * pre(x)) as a TF32 implicit GEMM
+// on mma.sync, its operands streamed into shared memory by a cp.async pipeline, for DenseNet's dense-layer
+// convolutions: the bottleneck 1x1 (inference: norm1-ReLU -> conv -> norm2-ReLU over the block buffer's
+// channel prefix; training: the plain forward) and the growth 3x3 (no BatchNorm before it).
 //
 // Why another kernel: cuda/fused_conv_tc.cuh (wmma, staged through registers) fuses the BatchNorms but
-// ran at 15-25 TFLOP/s on these shapes at batch 32, under cuBLAS's plain GEMM on the unfused path
-// (run 8: the 1x1 at 14x14, 768 -> 128, took 0.069 ms fused against 0.038 for BatchNorm + cuBLAS +
-// BatchNorm). What costs it: every value passes through a register and a store on its way to shared
-// memory, and a warp's 32 x 32 tile loads two fragments per two multiplications. Here:
-// - the copies are cp.async, 16 bytes each where the rows allow it, kMmaStages deep: a thread issues
-//   the copies of stage j + 3 and goes on multiplying stage j;
-// - each warp owns a 64 x (BM / 2) tile of the output: per k-step of 8 it loads 4 A and BM / 16 B
-//   fragments for 4 * BM / 16 multiplications (mma.m16n8k8, cuda/mma_tf32.cuh);
-// - pre is applied when a B fragment is read from shared memory (two channels per lane and k-step,
-//   their coefficients computed once per block for every input channel), post on the accumulators.
+// ran at 15-25 TFLOP/s on these shapes at batch 32, under cuBLAS's plain GEMM on the unfused path (run 8:
+// the 1x1 at 14x14, 768 -> 128, took 0.069 ms fused against 0.038 for BatchNorm + cuBLAS + BatchNorm).
+// What costs it: every value passes through a register and a store on its way to shared memory, and a
+// warp's 32 x 32 tile loads two fragments per two multiplications. Here:
+// - the copies are cp.async, 16 bytes each where the rows allow it, kMmaStages deep: a thread issues the
+//   copies of stage j + 3 and goes on multiplying stage j;
+// - each warp owns a 64 x BM / 2 (or 32 x BM / 4) tile of the output: per k-step of 8 it loads MI A and
+//   NI B fragments for MI * NI multiplications (mma.m16n8k8, cuda/mma_tf32.cuh);
+// - pre is applied when a B fragment is read from shared memory (two channels per lane and k-step, their
+//   coefficients computed once per block for every input channel), post on the accumulators;
+// - the epilogue finds each lane's pixel offsets once (run 8: dividing per output had cost as much as the
+//   reduction on the short ones; the 1x1 at 56x56 went from 0.142 to 0.083 ms with both BatchNorms).
 //
-// GEMM: out[k, m] = sum over c of W[k, c] * pre(x)[c, m], k an output channel, m = n*H*W + p a pixel of
-// the batch. Block: 128 output channels (kMmaBk) x BM pixels, 4 warps as 2 x 2. Stage: 16 input channels
-// (two k-steps): As[128][16 (+4 pad)] of W, Bs[16][BM (+8 pad)] of x; the pads make every fragment read
-// conflict-free (lane (g, t) reads bank 20g + t, resp. 8t + g, mod 32). Zeros past K, C and M: cp.async
-// writes zeros where `in` is false, and pre's coefficients past C are (0, 0, 0), so a padded channel
-// adds 0 * 0. Pixels past M hold pre(0) in B but their columns are never stored.
+// GEMM: out[k, m] = sum over kk of W[k, kk] * B[kk, m], k an output channel, m = n*P*Q + p*Q + q a pixel
+// of the batch, kk = (c, r, s) an entry of a weight row and B[kk, m] its tap of pre(x) (the pixel's own
+// value of channel c for a 1x1; (c, p*sh - ph + r, q*sw - pw + s) for a 3x3, zero in the padding). Block:
+// BK output channels (128 or 32) x BM pixels, 4 warps. Stage: 16 values of kk (two k-steps):
+// As[BK][16 (+4 pad)] of W, Bs[16][BM (+8 pad)] of B; the pads make every fragment read conflict-free
+// (lane (g, t) reads bank 20g + t, resp. 8t + g, mod 32). Zeros past K, C*R*S and M: cp.async writes
+// zeros where `in` is false, and pre's coefficients past C are (0, 0, 0), so a padded channel adds
+// 0 * 0. Pixels past M hold pre(0) in B but their columns are never stored. A 3x3 takes no pre: a
+// padding tap must stay 0 after pre, which the fragment-time BatchNorm cannot tell from a real 0.
 //
-// Split-K as the wmma kernel's: block z takes chunks [z * chunks_per_split, ...) of 16 channels and
-// writes raw sums to its (K, M) slab; tc_split_reduce_kernel adds the slabs and applies post.
-// Arithmetic: TF32 operands rounded to nearest (cvt.rna, as every tensor-core kernel here), float32
-// accumulation in the tensor cores' order: deterministic on a given GPU, within the TF32 bound of the
-// float64 reference.
+// Split-K as the wmma kernel's: block z takes stages [z * chunks_per_split, ...) and writes raw sums to
+// its (K, M) slab; tc_split_reduce_kernel adds the slabs and applies post. Arithmetic: TF32 operands
+// rounded to nearest (cvt.rna, as every tensor-core kernel here), float32 accumulation in the tensor
+// cores' order: deterministic on a given GPU, within the TF32 bound of the float64 reference.
 #pragma once
 
 #include <cstdint>
@@ -38,116 +42,141 @@
 namespace ladnn::cuda {
 namespace {
 
-/// A launch shape of the mma kernel: BM pixels per block (always 128 output channels).
+/// A launch shape of the mma kernel: BK output channels (128: a bottleneck; 32: a growth conv) x BM
+/// pixels per block.
 struct MmaPlan {
-  int bm = 64;
+  int bk = 128, bm = 64;
 };
-constexpr MmaPlan kMmaPlans[] = {{64}, {32}};
-constexpr int kMmaBk = 128;     // output channels per block: DenseNet's bottleneck width
-constexpr int kMmaDepth = 16;   // input channels per stage: two k-steps of 8
+constexpr MmaPlan kMmaPlans[] = {{128, 64}, {128, 32}, {32, 128}, {32, 64}};
+constexpr int kMmaDepth = 16;   // reduction values per stage (channels; channel-taps of a 3x3): two k-steps
 constexpr int kMmaStages = 4;   // stages in flight: three being copied while one is multiplied
 constexpr int kMmaThreads = 128;
 
-template <int BM>
+template <int BK, int BM>
 struct MmaTile {
   static constexpr int LDA = kMmaDepth + 4, LDB = BM + 8;
-  static constexpr int kA = kMmaBk * LDA, kB = kMmaDepth * LDB, kStage = kA + kB;  // floats
-  static constexpr int WN = BM / 2, NI = WN / 8, MI = 4;  // a warp: 64 x WN outputs, MI x NI mma tiles
+  static constexpr int kA = BK * LDA, kB = kMmaDepth * LDB, kStage = kA + kB;  // floats
+  // Four warps: 2 x 2 (64 channels x BM / 2 pixels each) for BK = 128, 1 x 4 (32 x BM / 4) for BK = 32.
+  static constexpr int WROWS = BK >= 64 ? 64 : 32, kWarpsK = BK / WROWS, kWarpsN = 4 / kWarpsK;
+  static constexpr int WN = BM / kWarpsN, NI = WN / 8, MI = WROWS / 16;  // MI x NI mma tiles per warp
+  static_assert(kWarpsK * kWarpsN == 4 && NI >= 1, "four warps over the tile");
 };
 
-/// The kernel takes the call: a pointwise convolution with the weight read plainly (not a data pass).
-inline bool mma_takes(const FusedConvGeom& g) {
-  return g.pointwise() && !g.w_flipped && g.C <= kFusedMaxC;
+/// The kernel takes the call: the weight read plainly (not a data pass), and a pointwise convolution,
+/// or a 3x3 window (any stride and padding) without pre — a BatchNorm before a padded window would
+/// need a tap mask per value (the padding is zero after pre, not pre(0)); DenseNet has none there.
+inline bool mma_takes(const FusedConvGeom& g, bool pre_on) {
+  return !g.w_flipped && g.C <= kFusedMaxC && (g.pointwise() || (g.R == 3 && g.S == 3 && !pre_on));
 }
 
+/// Stages of the reduction: the weight rows' C*R*S values in runs of 16.
 LADNN_HD int mma_chunks(const FusedConvGeom& g) {
-  return (g.C + kMmaDepth - 1) / kMmaDepth;
+  return (g.C * g.R * g.S + kMmaDepth - 1) / kMmaDepth;
 }
 inline int mma_split_count(const FusedConvGeom& g, int chunks_per_split) {
   return chunks_per_split > 0 ? (mma_chunks(g) + chunks_per_split - 1) / chunks_per_split : 1;
 }
 inline FusedGrid mma_grid(const FusedConvGeom& g, const MmaPlan& plan) {
   return {static_cast<unsigned>((int64_t(g.M()) + plan.bm - 1) / plan.bm),
-          static_cast<unsigned>((g.K + kMmaBk - 1) / kMmaBk)};
+          static_cast<unsigned>((g.K + plan.bk - 1) / plan.bk)};
 }
-/// Dynamic shared memory of a launch: the stages, pre's coefficients (mean, scale, shift for C channels
-/// rounded up to a stage), post's (for 128 rows).
-inline int mma_smem_floats(const FusedConvGeom& g, int bm) {
-  const int stage = kMmaBk * (kMmaDepth + 4) + kMmaDepth * (bm + 8);
-  return kMmaStages * stage + 3 * mma_chunks(g) * kMmaDepth + 3 * kMmaBk;
+/// Dynamic shared memory of a launch: the stages, pre's coefficients when it is on (mean, scale, shift
+/// for C channels rounded up to a stage), post's (BK rows).
+LADNN_HD int mma_smem_floats(const FusedConvGeom& g, const MmaPlan& plan, bool pre_on) {
+  const int stage = plan.bk * (kMmaDepth + 4) + kMmaDepth * (plan.bm + 8);
+  return kMmaStages * stage + (pre_on ? 3 * mma_chunks(g) * kMmaDepth : 0) + 3 * plan.bk;
 }
 
-/// Grid (mma_grid, splits), kMmaThreads threads, mma_smem_floats(g, BM) * 4 bytes of dynamic shared
-/// memory. g.vec4: w's rows are copied 16 bytes at a time (C % 4 == 0, w 16-byte aligned); xvec4: so
-/// are x's pixels (H*W % 4 == 0, x_img % 4 == 0, x 16-byte aligned: four pixels never straddle images).
-template <int BM>
+/// Grid (mma_grid, splits), kMmaThreads threads, mma_smem_floats(g, {BK, BM}, pre.on) * 4 bytes of
+/// dynamic shared memory. KS: 1 (pointwise) or 3 (3x3). w16: w's rows are copied 16 bytes at a time
+/// (C*R*S % 4 == 0, w 16-byte aligned); x16 (pointwise only): so are x's pixels (H*W % 4 == 0, x_img % 4
+/// == 0, x 16-byte aligned: four pixels never straddle images). A 3x3's taps are copied one by one.
+template <int BK, int BM, int KS>
 __global__ void __launch_bounds__(kMmaThreads)
-    fused_conv_mma_kernel(FusedConvGeom g, bool xvec4, const float* __restrict__ x, const float* __restrict__ w,
-                          FusedBn pre, FusedBn post, float* __restrict__ y, int chunks_per_split,
-                          float* __restrict__ partial) {
+    fused_conv_mma_kernel(FusedConvGeom g, bool w16, bool x16, const float* __restrict__ x,
+                          const float* __restrict__ w, FusedBn pre, FusedBn post, float* __restrict__ y,
+                          int chunks_per_split, float* __restrict__ partial) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // mma.sync on TF32 and cp.async need sm_80; the launcher never launches this there
 #else
-  using T = MmaTile<BM>;
+  using T = MmaTile<BK, BM>;
+  static_assert(KS == 1 || KS == 3, "pointwise or 3x3");
   LADNN_DYNAMIC_SMEM(smem);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
-  const int wk = warp >> 1, wn = warp & 1;  // the warp's 64 output channels and WN pixels
-  const int k0 = blockIdx.y * kMmaBk, m0 = blockIdx.x * BM;
-  const int M = g.M(), HW = g.H * g.W, C = g.C, K = g.K;
+  const int wk = warp / T::kWarpsN, wn = warp % T::kWarpsN;  // the warp's WROWS channels and WN pixels
+  const int k0 = blockIdx.y * BK, m0 = blockIdx.x * BM;
+  const int M = g.M(), HW = g.H * g.W, C = g.C, K = g.K, CRS = C * KS * KS;
   const int cpad = mma_chunks(g) * kMmaDepth;
-  float* s_pre = smem + kMmaStages * T::kStage;  // mean[cpad], scale[cpad], shift[cpad]
-  float* s_post = s_pre + 3 * cpad;              // mean[128], scale[128], shift[128]
+  float* s_pre = smem + kMmaStages * T::kStage;     // mean[cpad], scale[cpad], shift[cpad] (pre on)
+  float* s_post = s_pre + (pre.on ? 3 * cpad : 0);  // mean[BK], scale[BK], shift[BK]
   const int chunk0 = partial ? int(blockIdx.z) * chunks_per_split : 0;
   int chunk_end = partial ? chunk0 + chunks_per_split : mma_chunks(g);
   if (chunk_end > mma_chunks(g)) chunk_end = mma_chunks(g);
   const int n_chunks = chunk_end - chunk0;
 
-  // This thread's copies, the same slots in every stage. x: a column of 4 pixels (16-byte copies) or
-  // one pixel; its offset in x (image and plane position) is fixed, only the channel moves.
-  constexpr int kQuadCols = BM / 4;                       // 16-byte columns of a B row
-  constexpr int kXRows4 = kMmaThreads / kQuadCols;         // B rows one pass of 16-byte copies covers
-  constexpr int kXRows1 = kMmaThreads / BM;                // ... of 4-byte copies
-  const int xcol = xvec4 ? 4 * (tid % kQuadCols) : tid % BM;
+  // This thread's copies of x, the same slots in every stage: a column of 4 pixels (16-byte copies) or
+  // one pixel; its image and position are fixed, only the channel (and tap) moves.
+  constexpr int kQuadCols = BM / 4;                // 16-byte columns of a B row
+  constexpr int kXRows4 = kMmaThreads / kQuadCols;  // B rows one pass of 16-byte copies covers
+  constexpr int kXRows1 = kMmaThreads / BM;         // ... of 4-byte copies
+  static_assert(kXRows1 >= 1 && kMmaDepth % kXRows1 == 0 && kMmaDepth % kXRows4 == 0, "whole rows per pass");
+  const int xcol = x16 ? 4 * (tid % kQuadCols) : tid % BM;
   const int xm = m0 + xcol;
-  const bool x_in = xm < M;  // with xvec4, M % 4 == 0: the four pixels are all in or all out
-  int64_t xoff = 0;
+  const bool x_in = xm < M;  // with x16, M % 4 == 0: the four pixels are all in or all out
+  const float* ximg = x;     // the pixel's image
+  int xpos = 0, ih0 = 0, iw0 = 0;  // pointwise: its plane offset; 3x3: its window's origin
   if (x_in) {
-    const int n = xm / HW;
-    xoff = n * g.x_img + (xm - n * HW);
+    const int PQ = g.P * g.Q, n = xm / PQ, pq = xm - n * PQ;
+    ximg = x + n * g.x_img;
+    xpos = pq;
+    if (KS == 3) {
+      const int p = pq / g.Q, q = pq - p * g.Q;
+      ih0 = p * g.sh - g.ph;
+      iw0 = q * g.sw - g.pw;
+    }
   }
 
   auto issue = [&](int j) {  // chunk0 + j's copies into stage j % kMmaStages
     float* As = smem + (j % kMmaStages) * T::kStage;
     float* Bs = As + T::kA;
     const int c0 = (chunk0 + j) * kMmaDepth;
-    if (g.vec4) {  // W: 128 rows x 4 columns of 16 bytes, 4 per thread
+    if (w16) {  // W: BK rows x 4 columns of 16 bytes
 #pragma unroll
-      for (int i = 0; i < kMmaBk * 4 / kMmaThreads; ++i) {
-        const int r = tid / 4 + i * (kMmaThreads / 4), c = c0 + 4 * (tid % 4);
-        const bool in = k0 + r < K && c < C;
-        cp_async_16(As + r * T::LDA + 4 * (tid % 4), in ? w + int64_t(k0 + r) * C + c : w, in);
+      for (int i = 0; i < BK * 4 / kMmaThreads; ++i) {
+        const int r = tid / 4 + i * (kMmaThreads / 4), kk = c0 + 4 * (tid % 4);
+        const bool in = k0 + r < K && kk < CRS;
+        cp_async_16(As + r * T::LDA + 4 * (tid % 4), in ? w + int64_t(k0 + r) * CRS + kk : w, in);
       }
     } else {  // 16 floats of a row per 16 threads
 #pragma unroll
-      for (int i = 0; i < kMmaBk * kMmaDepth / kMmaThreads; ++i) {
-        const int r = tid / kMmaDepth + i * (kMmaThreads / kMmaDepth), c = c0 + tid % kMmaDepth;
-        const bool in = k0 + r < K && c < C;
-        cp_async_4(As + r * T::LDA + tid % kMmaDepth, in ? w + int64_t(k0 + r) * C + c : w, in);
+      for (int i = 0; i < BK * kMmaDepth / kMmaThreads; ++i) {
+        const int r = tid / kMmaDepth + i * (kMmaThreads / kMmaDepth), kk = c0 + tid % kMmaDepth;
+        const bool in = k0 + r < K && kk < CRS;
+        cp_async_4(As + r * T::LDA + tid % kMmaDepth, in ? w + int64_t(k0 + r) * CRS + kk : w, in);
       }
     }
-    if (xvec4) {
+    if (KS == 3) {  // the taps (c, r, s) of rows kk = c0 + row, zero in the padding
+#pragma unroll
+      for (int i = 0; i < kMmaDepth / kXRows1; ++i) {
+        const int row = tid / BM + i * kXRows1, kk = c0 + row;
+        const int c = kk / 9, rs = kk - 9 * c, ih = ih0 + rs / 3, iw = iw0 + (rs - 3 * (rs / 3));
+        const bool in = x_in && kk < CRS && static_cast<unsigned>(ih) < static_cast<unsigned>(g.H) &&
+                        static_cast<unsigned>(iw) < static_cast<unsigned>(g.W);
+        cp_async_4(Bs + row * T::LDB + xcol, in ? ximg + int64_t(c) * HW + ih * g.W + iw : x, in);
+      }
+    } else if (x16) {
 #pragma unroll
       for (int i = 0; i < kMmaDepth / kXRows4; ++i) {
-        const int r = tid / kQuadCols + i * kXRows4, c = c0 + r;
+        const int row = tid / kQuadCols + i * kXRows4, c = c0 + row;
         const bool in = x_in && c < C;
-        cp_async_16(Bs + r * T::LDB + xcol, in ? x + xoff + int64_t(c) * HW : x, in);
+        cp_async_16(Bs + row * T::LDB + xcol, in ? ximg + int64_t(c) * HW + xpos : x, in);
       }
     } else {
 #pragma unroll
       for (int i = 0; i < kMmaDepth / kXRows1; ++i) {
-        const int r = tid / BM + i * kXRows1, c = c0 + r;
+        const int row = tid / BM + i * kXRows1, c = c0 + row;
         const bool in = x_in && c < C;
-        cp_async_4(Bs + r * T::LDB + xcol, in ? x + xoff + int64_t(c) * HW : x, in);
+        cp_async_4(Bs + row * T::LDB + xcol, in ? ximg + int64_t(c) * HW + xpos : x, in);
       }
     }
   };
@@ -167,8 +196,8 @@ __global__ void __launch_bounds__(kMmaThreads)
       }
     }
   if (post.on && !partial)
-    for (int r = tid; r < kMmaBk; r += kMmaThreads)
-      if (k0 + r < K) fused_bn_coef(post, k0 + r, s_post[r], s_post[kMmaBk + r], s_post[2 * kMmaBk + r]);
+    for (int r = tid; r < BK; r += kMmaThreads)
+      if (k0 + r < K) fused_bn_coef(post, k0 + r, s_post[r], s_post[BK + r], s_post[2 * BK + r]);
 
   float acc[T::MI][T::NI][4];
 #pragma unroll
@@ -191,7 +220,7 @@ __global__ void __launch_bounds__(kMmaThreads)
       uint32_t a[T::MI][4], b[T::NI][2];
 #pragma unroll
       for (int mi = 0; mi < T::MI; ++mi) {
-        const float* row = As + (wk * 64 + mi * 16 + gq) * T::LDA + ks + tq;
+        const float* row = As + (wk * T::WROWS + mi * 16 + gq) * T::LDA + ks + tq;
         a[mi][0] = tf32_bits(row[0]);
         a[mi][1] = tf32_bits(row[8 * T::LDA]);
         a[mi][2] = tf32_bits(row[4]);
@@ -245,7 +274,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   for (int mi = 0; mi < T::MI; ++mi)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {  // rows g and g + 8
-      const int row = wk * 64 + mi * 16 + gq + 8 * h, k = k0 + row;
+      const int row = wk * T::WROWS + mi * 16 + gq + 8 * h, k = k0 + row;
       if (k >= K) continue;
 #pragma unroll
       for (int ni = 0; ni < T::NI; ++ni) {
@@ -253,8 +282,8 @@ __global__ void __launch_bounds__(kMmaThreads)
         if (m >= M) continue;
         float v0 = acc[mi][ni][2 * h], v1 = acc[mi][ni][2 * h + 1];
         if (!partial) {
-          v0 = fused_bn_apply(post, s_post, s_post + kMmaBk, s_post + 2 * kMmaBk, row, v0);
-          v1 = fused_bn_apply(post, s_post, s_post + kMmaBk, s_post + 2 * kMmaBk, row, v1);
+          v0 = fused_bn_apply(post, s_post, s_post + BK, s_post + 2 * BK, row, v0);
+          v1 = fused_bn_apply(post, s_post, s_post + BK, s_post + 2 * BK, row, v1);
         }
         float* at = out + yoff[ni][0] + int64_t(k) * row_stride;
         if (pair) {
@@ -268,11 +297,19 @@ __global__ void __launch_bounds__(kMmaThreads)
 #endif
 }
 
-/// Calls `run.template go_mma<BM>()` for `plan` (one of kMmaPlans; anything else runs as the first).
+/// Calls `run.template go_mma<BK, BM, KS>()` for `plan` (one of kMmaPlans; anything else runs as the
+/// first) with KS = 1 for a pointwise convolution, else 3 (mma_takes).
 template <class Run>
 void dispatch_fused_mma(const MmaPlan& plan, const Run& run) {
-  if (plan.bm == 32) return run.template go_mma<32>();
-  run.template go_mma<64>();
+  auto tile = [&](auto ks) {
+    constexpr int KS = decltype(ks)::value;
+    if (plan.bk == 128 && plan.bm == 32) return run.template go_mma<128, 32, KS>();
+    if (plan.bk == 32 && plan.bm == 128) return run.template go_mma<32, 128, KS>();
+    if (plan.bk == 32 && plan.bm == 64) return run.template go_mma<32, 64, KS>();
+    return run.template go_mma<128, 64, KS>();
+  };
+  if (run.g.pointwise()) return tile(std::integral_constant<int, 1>{});
+  tile(std::integral_constant<int, 3>{});
 }
 
 }  // namespace

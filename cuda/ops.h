@@ -89,9 +89,9 @@ std::string describe_fused_conv_choices();
 int fused_conv_plans();
 /// True for the tensor-core plans among them: cuda/fused_conv_tc.cuh's, then cuda/fused_conv_mma.cuh's.
 bool fused_conv_plan_is_tensor_core(int plan);
-/// True for the plans that take pointwise convolutions only (cuda/fused_conv_mma.cuh's: 1x1, stride 1, no
-/// padding); conv2d_bn_eval_fused_plan refuses any other call for them.
-bool fused_conv_plan_is_pointwise_only(int plan);
+/// True for cuda/fused_conv_mma.cuh's plans, which take pointwise convolutions (1x1, stride 1, no
+/// padding) and 3x3 windows without a pre BatchNorm; conv2d_bn_eval_fused_plan refuses other calls.
+bool fused_conv_plan_is_mma(int plan);
 /// The fused kernel alone in launch shape `plan` (0 <= plan < fused_conv_plans()), whatever the switch
 /// says — for tests and benches that check or time every shape Auto may pick. Arguments as
 /// conv2d_bn_eval_fused's, out defined; chunks_per_split > 0 (tensor-core plans only) splits the

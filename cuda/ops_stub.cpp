@@ -210,7 +210,7 @@ int fused_conv_plans() {
 bool fused_conv_plan_is_tensor_core(int) {
   return false;
 }
-bool fused_conv_plan_is_pointwise_only(int) {
+bool fused_conv_plan_is_mma(int) {
   return false;
 }
 void conv2d_bn_eval_fused_plan(const Tensor&, int64_t, const ops::BnEval*, const Tensor&, const ops::Conv2dParams&,

@@ -147,14 +147,24 @@ TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
         const bool tc = cuda::fused_conv_plan_is_tensor_core(plan);
         if (tc && !cuda::tf32_enabled()) continue;
         if (cps > 0 && !tc) continue;
-        if (cuda::fused_conv_plan_is_pointwise_only(plan) && (c.R != 1 || c.S != 1 || c.stride != 1 || c.pad != 0)) {
+        const double rtol = (tc ? 0x1p-9 : 0.0) + fused_rtol(c.C, c.R, c.S);
+        if (cuda::fused_conv_plan_is_mma(plan) && (c.R != 1 || c.S != 1 || c.stride != 1 || c.pad != 0)) {
+          // The mma kernel refuses a window with pre; a 3x3 without pre (a growth conv) it takes.
           const Tensor y = Tensor::empty(ys, DType::Float32, Device::cuda());
           EXPECT_THROW_WITH(cuda::conv2d_bn_eval_fused_plan(gx, c.C * c.H * c.W, &gpre, gw, p, &gpost, y,
                                                             ys[1] * ys[2] * ys[3], plan, cps),
-                            "takes pointwise convolutions only");
+                            "takes pointwise convolutions (1x1, stride 1, no padding) and 3x3 windows");
+          if (c.R != 3 || c.S != 3) continue;
+          const test::ConvBnReference plain = test::conv_bn_eval_reference(x, nullptr, w, p, &post);
+          cuda::conv2d_bn_eval_fused_plan(gx, c.C * c.H * c.W, nullptr, gw, p, &gpost, y, ys[1] * ys[2] * ys[3],
+                                          plan, cps);
+          EXPECT_TRUE(gpu_matches("3x3 without pre, x (" + std::to_string(c.N) + ", " + std::to_string(c.C) + ", " +
+                                      std::to_string(c.H) + ", " + std::to_string(c.W) + ") stride " +
+                                      std::to_string(c.stride) + " plan " + std::to_string(plan) +
+                                      " chunks per split " + std::to_string(cps),
+                                  y, plain.y, {0.0, rtol}, plain.scale));
           continue;
         }
-        const double rtol = (tc ? 0x1p-9 : 0.0) + fused_rtol(c.C, c.R, c.S);
         const Tensor y = Tensor::empty(ys, DType::Float32, Device::cuda());
         cuda::synchronize();
         cuda::profiler::reset();
@@ -191,7 +201,7 @@ TEST(CudaFusedConv, ReadsAPrefixAndWritesASliceInPlace) {
   for (int plan = -1; plan < cuda::fused_conv_plans(); ++plan) {  // -1: the op, as DenseNet calls it
     const bool tc = plan >= 0 && cuda::fused_conv_plan_is_tensor_core(plan);
     if (tc && !cuda::tf32_enabled()) continue;
-    if (plan >= 0 && cuda::fused_conv_plan_is_pointwise_only(plan) && c.R != 1) continue;
+    if (plan >= 0 && cuda::fused_conv_plan_is_mma(plan) && c.R != 1) continue;
     Tensor obuf = to_gpu(Tensor::full({c.N, 200, c.H, c.W}, 7.0));
     const Tensor out = obuf.narrow(1, 96, c.K);
     if (plan < 0) {

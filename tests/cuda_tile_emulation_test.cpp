@@ -714,18 +714,19 @@ struct EmulateFused : FusedArgs {
       emulate_serial({static_cast<unsigned>((g.M() + 255) / 256), static_cast<unsigned>(g.K), 1}, 256,
                      [&] { tc_split_reduce_kernel(g, partial, splits, post, y); });
   }
-  bool xvec4 = false;
-  template <int BM>
+  bool w16 = false, x16 = false;
+  template <int BK, int BM, int KS>
   void go_mma() const {
-    const FusedGrid fg = mma_grid(g, MmaPlan{BM});
+    const FusedGrid fg = mma_grid(g, MmaPlan{BK, BM});
     const int splits = mma_split_count(g, chunks_per_split);
     std::vector<float> ws(splits > 1 ? static_cast<std::size_t>(int64_t(splits) * g.K * g.M()) : 0,
                           std::numeric_limits<float>::quiet_NaN());
     float* partial = splits > 1 ? ws.data() : nullptr;
     // NaN everywhere: a read of shared memory no copy wrote shows up in the result.
-    emu::g_dynamic_smem.assign(static_cast<std::size_t>(mma_smem_floats(g, BM)), std::numeric_limits<float>::quiet_NaN());
+    emu::g_dynamic_smem.assign(static_cast<std::size_t>(mma_smem_floats(g, MmaPlan{BK, BM}, pre.on)),
+                               std::numeric_limits<float>::quiet_NaN());
     emulate({fg.x, fg.y, static_cast<unsigned>(splits)}, kMmaThreads,
-            [&] { fused_conv_mma_kernel<BM>(g, xvec4, x, w, pre, post, y, chunks_per_split, partial); });
+            [&] { fused_conv_mma_kernel<BK, BM, KS>(g, w16, x16, x, w, pre, post, y, chunks_per_split, partial); });
     if (splits > 1)
       emulate_serial({static_cast<unsigned>((g.M() + 255) / 256), static_cast<unsigned>(g.K), 1}, 256,
                      [&] { tc_split_reduce_kernel(g, partial, splits, post, y); });
@@ -879,45 +880,54 @@ TEST(FusedConvEmulation, TensorCorePlansMatchFloat64) {
   EXPECT_EQ(nvcuda::wmma::g_misuse.load(), 0) << "a wmma call with a misaligned tile pointer, ldm or layout";
 }
 
-// The mma.sync kernel (cuda/fused_conv_mma.cuh) against float64: both tiles, whole and split into
-// stages of 16 channels; 4-byte copies (C % 4 != 0, a 5x5 plane) and 16-byte ones (C % 4 == 0, 4x4 and
-// 8x8 planes); K under one 128-row tile and past it; x read as a channel prefix, y written as a slice;
-// pre with and without ReLU, post on and off.
+// The mma.sync kernel (cuda/fused_conv_mma.cuh) against float64, every tile, whole and split into
+// stages of 16 values. Pointwise: 4-byte copies (C % 4 != 0, a 5x5 plane) and 16-byte ones (C % 4 == 0,
+// 4x4 and 8x8 planes), K under one 128-row tile and past it, pre with and without ReLU, post on and
+// off. 3x3 (no pre): padded, strided, C*9 % 4 != 0 (4-byte weight copies), a partial last stage. x is read
+// as a channel prefix and y written as a slice throughout.
 TEST(FusedConvEmulation, MmaPlansMatchFloat64) {
   struct Case {
-    int N, C, H, W, K;
-    bool vec, pre_relu, post_on;
+    int N, C, H, W, K, R, st, pad;
+    bool pre_on, pre_relu, post_on;
     int cps;  // stages per split (0: whole)
   };
-  const Case cases[] = {{3, 37, 5, 5, 20, false, true, true, 0}, {2, 96, 4, 4, 130, true, true, true, 0},
-                        {1, 40, 8, 8, 64, true, false, false, 1}, {2, 37, 5, 5, 20, false, true, true, 1},
-                        {2, 48, 4, 4, 130, true, true, false, 2}};
+  const Case cases[] = {{3, 37, 5, 5, 20, 1, 1, 0, true, true, true, 0},  {2, 96, 4, 4, 130, 1, 1, 0, true, true, true, 0},
+                        {1, 40, 8, 8, 64, 1, 1, 0, true, false, false, 1}, {2, 37, 5, 5, 20, 1, 1, 0, true, true, true, 1},
+                        {2, 48, 4, 4, 130, 1, 1, 0, true, true, false, 2}, {2, 12, 6, 5, 33, 3, 1, 1, false, false, true, 0},
+                        {1, 7, 7, 9, 10, 3, 2, 1, false, false, false, 2}, {2, 16, 4, 4, 32, 3, 1, 0, false, false, true, 3}};
   Generator gen(57);
-  int runs = 0;
+  int runs = 0, copies16 = 0;
   for (const Case& cs : cases) {
-    const int64_t x_img = int64_t(cs.C + 4) * cs.H * cs.W, y_img = int64_t(cs.K + 5) * cs.H * cs.W;
+    ops::Conv2dParams p;
+    p.stride_h = p.stride_w = cs.st;
+    p.pad_h = p.pad_w = cs.pad;
+    const int P = (cs.H + 2 * cs.pad - cs.R) / cs.st + 1, Q = (cs.W + 2 * cs.pad - cs.R) / cs.st + 1;
+    const int64_t x_img = int64_t(cs.C + 4) * cs.H * cs.W, y_img = int64_t(cs.K + 5) * P * Q;
     const Tensor xbuf = Tensor::normal({cs.N, cs.C + 4, cs.H, cs.W}, 0, 1, gen);
     const Tensor x = xbuf.narrow(1, 0, cs.C);
-    const Tensor w = Tensor::normal({cs.K, cs.C, 1, 1}, 0, 0.5, gen);
+    const Tensor w = Tensor::normal({cs.K, cs.C, cs.R, cs.R}, 0, 0.5, gen);
     const ops::BnEval pre = test::random_bn_eval(cs.C, cs.pre_relu ? ops::BnAct::Relu : ops::BnAct::None, gen);
     const ops::BnEval post = test::random_bn_eval(cs.K, ops::BnAct::Relu, gen, DType::Float32, false);
+    const ops::BnEval* pp = cs.pre_on ? &pre : nullptr;
     const ops::BnEval* qp = cs.post_on ? &post : nullptr;
-    const test::ConvBnReference ref = test::conv_bn_eval_reference(x, &pre, w, ops::Conv2dParams{}, qp);
-    FusedConvGeom g{cs.N, cs.C, cs.H, cs.W, cs.K, 1, 1, cs.H, cs.W, 1, 1, 0, 0, x_img, y_img};
-    g.chunk4 = cs.C % 4 == 0;
-    g.vec4 = cs.vec;
-    ASSERT_EQ(cs.vec, cs.C % 4 == 0 && cs.H * cs.W % 4 == 0) << "the case's copies are not what it says";
+    const test::ConvBnReference ref = test::conv_bn_eval_reference(x, pp, w, p, qp);
+    const FusedConvGeom g{cs.N, cs.C, cs.H, cs.W, cs.K, cs.R, cs.R, P, Q, cs.st, cs.st, cs.pad, cs.pad, x_img, y_img};
+    ASSERT_TRUE(mma_takes(g, cs.pre_on));
     if (cs.cps > 0) ASSERT_GE(mma_split_count(g, cs.cps), 2) << "the case would not split";
     for (const MmaPlan& plan : kMmaPlans) {
       SCOPED_TRACE("x (" + std::to_string(cs.N) + ", " + std::to_string(cs.C) + ", " + std::to_string(cs.H) + ", " +
-                   std::to_string(cs.W) + ") K " + std::to_string(cs.K) + " tile " + std::to_string(plan.bm) +
-                   " stages per split " + std::to_string(cs.cps));
-      Tensor ybuf = Tensor::full({cs.N, cs.K + 5, cs.H, cs.W}, 7.0);
+                   std::to_string(cs.W) + ") K " + std::to_string(cs.K) + " window " + std::to_string(cs.R) +
+                   " tile " + std::to_string(plan.bk) + "x" + std::to_string(plan.bm) + " stages per split " +
+                   std::to_string(cs.cps));
+      Tensor ybuf = Tensor::full({cs.N, cs.K + 5, P, Q}, 7.0);
       ybuf.narrow(1, 2, cs.K).fill_(std::numeric_limits<double>::quiet_NaN());
       const Tensor out = ybuf.narrow(1, 2, cs.K);
-      EmulateFused run{{g, xbuf.data<float>(), w.data<float>(), host_fused_bn(&pre), host_fused_bn(qp),
+      EmulateFused run{{g, xbuf.data<float>(), w.data<float>(), host_fused_bn(pp), host_fused_bn(qp),
                         out.data<float>(), cs.cps}};
-      run.xvec4 = cs.vec;
+      auto aligned = [](const Tensor& t) { return reinterpret_cast<std::uintptr_t>(t.data<float>()) % 16 == 0; };
+      run.w16 = cs.C * cs.R * cs.R % 4 == 0 && aligned(w);
+      run.x16 = cs.R == 1 && cs.H * cs.W % 4 == 0 && aligned(xbuf);
+      copies16 += run.w16 + run.x16;
       dispatch_fused_mma(plan, run);
       const std::vector<double> got = out.to_vector(), want = ref.y.to_vector(), scale = ref.scale.to_vector();
       for (std::size_t i = 0; i < got.size(); ++i)
@@ -927,7 +937,16 @@ TEST(FusedConvEmulation, MmaPlansMatchFloat64) {
       ++runs;
     }
   }
-  EXPECT_EQ(runs, 10);
+  EXPECT_EQ(runs, 32);
+  EXPECT_GT(copies16, 0) << "no case took the 16-byte copies";
+  // What the kernel refuses: pre before a window, a flipped weight, a 2x3 window.
+  FusedConvGeom g{1, 8, 5, 5, 4, 3, 3, 5, 5, 1, 1, 1, 1, 200, 100};
+  EXPECT_FALSE(mma_takes(g, true));
+  g.w_flipped = true;
+  EXPECT_FALSE(mma_takes(g, false));
+  g.w_flipped = false;
+  g.S = 2;
+  EXPECT_FALSE(mma_takes(g, false));
 }
 
 // The four-channel weight loads (vec4, taken only when the weights are 16-byte aligned) change the loads,
