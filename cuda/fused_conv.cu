@@ -75,18 +75,23 @@ struct Launch : FusedArgs {
     const FusedGrid fg = tc_grid(g, TcPlan{BK, BM});
     const cudaStream_t st = static_cast<cudaStream_t>(stream());
     const int splits = tc_split_count(g, chunks_per_split);
-    Tensor ws;  // the splits' partial sums (none without a split)
-    if (splits > 1) ws = Tensor::empty({splits, int64_t(g.K) * g.M()}, DType::Float32, device);
-    float* partial = splits > 1 ? ws.data<float>() : nullptr;
+    const Tensor ws = workspace(splits);
     fused_conv_tc_kernel<BK, BM, KS>
         <<<dim3(fg.x, fg.y, static_cast<unsigned>(splits)), TcTile<BK, BM>::kThreads, 0, st>>>(
-            g, x, w, pre, post, y, chunks_per_split, partial);
+            g, x, w, pre, post, y, chunks_per_split, splits > 1 ? ws.data<float>() : nullptr);
     CUDA_CHECK_LAUNCH();
-    if (splits > 1) {
-      tc_split_reduce_kernel<<<dim3(static_cast<unsigned>((g.M() + 255) / 256), static_cast<unsigned>(g.K)),
-                               256, 0, st>>>(g, partial, splits, post, y);
-      CUDA_CHECK_LAUNCH();
-    }
+    reduce_splits(ws, splits, st);
+  }
+  /// The split forms' partial sums, (splits, K, M); none for one split.
+  Tensor workspace(int splits) const {
+    return splits > 1 ? Tensor::empty({splits, int64_t(g.K) * g.M()}, DType::Float32, device) : Tensor();
+  }
+  /// After a split launch: the slabs added in split order, post applied, y written.
+  void reduce_splits(const Tensor& ws, int splits, cudaStream_t st) const {
+    if (splits <= 1) return;
+    tc_split_reduce_kernel<<<dim3(static_cast<unsigned>((g.M() + 255) / 256), static_cast<unsigned>(g.K)), 256,
+                             0, st>>>(g, ws.data<float>(), splits, post, y);
+    CUDA_CHECK_LAUNCH();
   }
   bool w16 = false, x16 = false;  // the mma kernel copies w's rows / x's pixels 16 bytes at a time
   template <int BK, int BM, int KS>
@@ -105,18 +110,12 @@ struct Launch : FusedArgs {
     const FusedGrid fg = mma_grid(g, MmaPlan{BK, BM});
     const cudaStream_t st = static_cast<cudaStream_t>(stream());
     const int splits = mma_split_count(g, chunks_per_split);
-    Tensor ws;  // the splits' partial sums (none without a split)
-    if (splits > 1) ws = Tensor::empty({splits, int64_t(g.K) * g.M()}, DType::Float32, device);
-    float* partial = splits > 1 ? ws.data<float>() : nullptr;
+    const Tensor ws = workspace(splits);
     const size_t smem = sizeof(float) * static_cast<size_t>(mma_smem_floats(g, MmaPlan{BK, BM}, pre.on));
     fused_conv_mma_kernel<BK, BM, KS><<<dim3(fg.x, fg.y, static_cast<unsigned>(splits)), kMmaThreads, smem, st>>>(
-        g, w16, x16, x, w, pre, post, y, chunks_per_split, partial);
+        g, w16, x16, x, w, pre, post, y, chunks_per_split, splits > 1 ? ws.data<float>() : nullptr);
     CUDA_CHECK_LAUNCH();
-    if (splits > 1) {
-      tc_split_reduce_kernel<<<dim3(static_cast<unsigned>((g.M() + 255) / 256), static_cast<unsigned>(g.K)),
-                               256, 0, st>>>(g, partial, splits, post, y);
-      CUDA_CHECK_LAUNCH();
-    }
+    reduce_splits(ws, splits, st);
   }
 };
 
@@ -138,18 +137,21 @@ struct FusedChoice {
   int wg_cps = 1;
 };
 
-/// The tensor-core form in `plan`, its reduction split for `waves` blocks per SM (each split 4 chunks or
-/// more; whole when waves is 0 or one split is all it would get).
+/// `c` with its reduction (`chunks` chunks over the grid `fg`) split for `waves` blocks per SM, each split
+/// min_chunks chunks or more; whole when waves is 0 or one split is all it would get.
+FusedChoice split_for(FusedChoice c, const FusedGrid& fg, int chunks, int min_chunks, int waves) {
+  int cps = 0;
+  if (waves > 0 && split_chunks(int64_t(fg.x) * fg.y, chunks, sm_count(), waves, min_chunks, cps) > 1)
+    c.tc_cps = cps;
+  return c;
+}
+
+/// The tensor-core form in `plan`, split for `waves` blocks per SM (split_for, 4 chunks of 32 a split).
 FusedChoice tc_choice(const FusedConvGeom& g, const TcPlan& plan, int waves) {
   FusedChoice c;
   c.fused = c.tc = true;
   c.tc_plan = plan;
-  if (waves > 0) {
-    const FusedGrid fg = tc_grid(g, plan);
-    int cps = 0;
-    if (split_chunks(int64_t(fg.x) * fg.y, tc_chunks(g), sm_count(), waves, 4, cps) > 1) c.tc_cps = cps;
-  }
-  return c;
+  return split_for(c, tc_grid(g, plan), tc_chunks(g), 4, waves);
 }
 
 /// What Auto times of the tensor-core form: each tile whole, and split for two blocks per SM where that
@@ -162,17 +164,12 @@ void append_tc_candidates(const FusedConvGeom& g, std::vector<FusedChoice>& out)
   }
 }
 
-/// The mma form in `plan`, split for `waves` blocks per SM as tc_choice (each split 8 stages or more).
+/// The mma form in `plan`, split for `waves` blocks per SM (split_for, 8 stages of 16 a split).
 FusedChoice mma_choice(const FusedConvGeom& g, const MmaPlan& plan, int waves) {
   FusedChoice c;
   c.fused = c.tc = c.mma = true;
   c.mma_plan = plan;
-  if (waves > 0) {
-    const FusedGrid fg = mma_grid(g, plan);
-    int cps = 0;
-    if (split_chunks(int64_t(fg.x) * fg.y, mma_chunks(g), sm_count(), waves, 8, cps) > 1) c.tc_cps = cps;
-  }
-  return c;
+  return split_for(c, mma_grid(g, plan), mma_chunks(g), 8, waves);
 }
 
 /// The mma forms a device check has passed: run 8 (H200) ran the CUDA tests and Auto's timings with the
