@@ -3,7 +3,8 @@
 // family's implementation switch set per benchmark (cuda/context.h).
 //
 // Names: <op>/<impl>/<shape>[/<variant>], impl = cudnn | cublas | native (| native-tc: our tensor-core
-// backward convolutions; | unfused: dense_layer_eval's library ops with their BatchNorm kernels), so
+// backward convolutions; | native-mma: the mma.sync forward convolution in each tile; | unfused:
+// dense_layer_eval's library ops with their BatchNorm kernels), so
 //   ./build/cuda_kernels_bench --benchmark_filter='bn_'            BN only
 //   ./build/cuda_kernels_bench --benchmark_filter='/native/'       our kernels only
 //   ./build/cuda_kernels_bench --benchmark_format=json > out.json  machine-readable
@@ -351,6 +352,33 @@ void bench_conv(benchmark::State& state, ConvShape s, ConvPass pass, Impl impl, 
   });
 }
 
+// Our mma.sync convolution (cuda/fused_conv_mma.cuh) alone, in launch shape `plan` (an index of the fused
+// kernel's plans, cuda::fused_conv_plan_is_mma), its reduction whole (cps 0) or in runs of cps stages of
+// 16 values: the plain forward convolution, as the conv_fwd rows beside it time cuDNN and cuBLAS.
+void bench_conv_mma(benchmark::State& state, ConvShape s, int plan, int cps) {
+  guarded(state, [&] {
+    if (!cuda::fused_conv_tensor_cores()) {
+      state.SkipWithError("our tensor-core kernels do not run here (TF32 off, or a GPU below sm_80)");
+      return;
+    }
+    ops::Conv2dParams p;
+    p.stride_h = p.stride_w = s.stride;
+    p.pad_h = p.pad_w = s.pad;
+    const Shape xs{kBatch, s.C, s.H, s.H}, ws{s.K, s.C, s.R, s.R};
+    const Shape ys = ops::conv2d_output_shape(xs, ws, p);
+    const Tensor x = random_gpu(xs, 11), w = random_gpu(ws, 12);
+    const Tensor y = Tensor::empty(ys, ladnn::DType::Float32, Device::cuda());
+    const double flops = 2.0 * double(kBatch * s.K * s.C * s.R * s.R * ys[2] * ys[3]);
+    run_timed(state,
+              [&] {
+                cuda::conv2d_bn_eval_fused_plan(x, s.C * s.H * s.H, nullptr, w, p, nullptr, y, ys[1] * ys[2] * ys[3],
+                                                plan, cps);
+              },
+              {0, flops});
+    state.SetLabel("mma tf32");
+  });
+}
+
 // ---- a dense layer at inference: unfused ops against the fused kernel ----------------------------------------
 
 struct DenseLayerShape {
@@ -502,6 +530,21 @@ void register_all() {
             bench_conv, s, pass, Impl::Library, cuda::Conv1x1::Cudnn, fused));
       }
     }
+
+  // The mma kernel's tiles on the forward shapes it takes (1x1 and 3x3), whole and in runs of 8 stages:
+  // "conv_fwd/native-mma/<shape>/mma<BK>x<BM>[/cps8]" (no rows in a build without CUDA: no plans).
+  for (const ConvShape& s : kConvShapes) {
+    if (s.R == 7) continue;
+    const std::string shape = std::string(s.kernel) + "/" + std::to_string(s.H) + "x" + std::to_string(s.H) + "/" +
+                              std::to_string(s.C) + "->" + std::to_string(s.K);
+    for (int plan = 0; plan < cuda::fused_conv_plans(); ++plan) {
+      if (!cuda::fused_conv_plan_is_mma(plan)) continue;
+      for (int cps : {0, 8})
+        configure(benchmark::RegisterBenchmark(
+            ("conv_fwd/native-mma/" + shape + "/" + cuda::fused_conv_plan_name(plan) + (cps ? "/cps8" : "")).c_str(),
+            bench_conv_mma, s, plan, cps));
+    }
+  }
 
   // "unfused" = BN kernel + cuDNN (or cuBLAS) conv, twice; "native" = the fused kernel (plan_fused's
   // SIMT launch shape).

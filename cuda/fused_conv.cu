@@ -499,6 +499,30 @@ bool fused_conv_plan_is_mma(int plan) {
   return plan >= kSimtPlanCount + kTcPlanCount && plan < fused_conv_plans();
 }
 
+namespace {
+/// Plan index -> the launch it names (0 <= plan < fused_conv_plans(), checked by the callers).
+FusedChoice plan_choice(int plan) {
+  FusedChoice c;
+  c.fused = true;
+  c.tc = fused_conv_plan_is_tensor_core(plan);
+  c.mma = fused_conv_plan_is_mma(plan);
+  if (c.mma)
+    c.mma_plan = kMmaPlans[plan - kSimtPlanCount - kTcPlanCount];
+  else if (c.tc)
+    c.tc_plan = kTcPlans[plan - kSimtPlanCount];
+  else
+    c.plan = kFusedPlans[plan];
+  return c;
+}
+}  // namespace
+
+std::string fused_conv_plan_name(int plan) {
+  if (plan < 0 || plan >= fused_conv_plans())
+    throw std::invalid_argument("fused_conv_plan_name: plan " + std::to_string(plan) + " is not in [0, " +
+                                std::to_string(fused_conv_plans()) + ")");
+  return fused_name(FusedConvGeom{}, plan_choice(plan));
+}
+
 void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
                                const ops::Conv2dParams& p, const ops::BnEval* post, const Tensor& out,
                                int64_t out_img, int plan, int chunks_per_split) {
@@ -510,26 +534,14 @@ void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval
     throw std::invalid_argument(
         "conv2d_bn_eval_fused_plan: the fused kernel does not take this call (float32, at "
         "most 2,048 input channels)");
-  FusedChoice c;
-  c.fused = true;
-  if (fused_conv_plan_is_tensor_core(plan)) {
-    if (!tc_applies())
-      throw std::invalid_argument("conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) +
-                                  " is a tensor-core plan: it needs TF32 on and sm_80+");
-    c.tc = true;
-    if (fused_conv_plan_is_mma(plan)) {
-      if (!mma_takes(g, pre != nullptr))
-        throw std::invalid_argument("conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) +
-                                    " is the mma.sync kernel: it takes pointwise convolutions (1x1, stride "
-                                    "1, no padding) and 3x3 windows without a BatchNorm before them");
-      c.mma = true;
-      c.mma_plan = kMmaPlans[plan - kSimtPlanCount - kTcPlanCount];
-    } else {
-      c.tc_plan = kTcPlans[plan - kSimtPlanCount];
-    }
-  } else {
-    c.plan = kFusedPlans[plan];
-  }
+  FusedChoice c = plan_choice(plan);
+  if (c.tc && !tc_applies())
+    throw std::invalid_argument("conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) +
+                                " is a tensor-core plan: it needs TF32 on and sm_80+");
+  if (c.mma && !mma_takes(g, pre != nullptr))
+    throw std::invalid_argument("conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) +
+                                " is the mma.sync kernel: it takes pointwise convolutions (1x1, stride "
+                                "1, no padding) and 3x3 windows without a BatchNorm before them");
   if (chunks_per_split < 0)
     throw std::invalid_argument("conv2d_bn_eval_fused_plan: chunks_per_split " +
                                 std::to_string(chunks_per_split) + " < 0");

@@ -92,6 +92,9 @@ bool fused_conv_plan_is_tensor_core(int plan);
 /// True for cuda/fused_conv_mma.cuh's plans, which take pointwise convolutions (1x1, stride 1, no
 /// padding) and 3x3 windows without a pre BatchNorm; conv2d_bn_eval_fused_plan refuses other calls.
 bool fused_conv_plan_is_mma(int plan);
+/// A plan's launch as Auto's log names it: "8x4x2" (SIMT), "tc128x64" (wmma), "mma128x64" (mma.sync).
+/// Throws std::invalid_argument for a plan out of range.
+std::string fused_conv_plan_name(int plan);
 /// The fused kernel alone in launch shape `plan` (0 <= plan < fused_conv_plans()), whatever the switch
 /// says — for tests and benches that check or time every shape Auto may pick. Arguments as
 /// conv2d_bn_eval_fused's, out defined; chunks_per_split > 0 (tensor-core plans only) splits the

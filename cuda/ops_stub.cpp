@@ -213,6 +213,9 @@ bool fused_conv_plan_is_tensor_core(int) {
 bool fused_conv_plan_is_mma(int) {
   return false;
 }
+std::string fused_conv_plan_name(int) {
+  no_backend("fused_conv_plan_name");
+}
 void conv2d_bn_eval_fused_plan(const Tensor&, int64_t, const ops::BnEval*, const Tensor&, const ops::Conv2dParams&,
                                const ops::BnEval*, const Tensor&, int64_t, int, int) {
   no_backend("conv2d_bn_eval_fused_plan");

@@ -185,6 +185,35 @@ TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
   }
 }
 
+// The plan hook's names are Auto's log names (cuda_kernels_bench's native-mma rows use them), in plan
+// order: SIMT, then wmma, then mma. Needs a CUDA build, not a GPU.
+TEST(CudaFusedConv, PlanNamesAreAutosLogNames) {
+  if (cuda::fused_conv_plans() == 0) GTEST_SKIP() << "a build without CUDA has no fused kernels";
+  int simt = 0, wmma = 0, mma = 0;
+  for (int plan = 0; plan < cuda::fused_conv_plans(); ++plan) {
+    const std::string name = cuda::fused_conv_plan_name(plan);
+    if (cuda::fused_conv_plan_is_mma(plan)) {
+      EXPECT_EQ(name.rfind("mma", 0), 0u) << "plan " << plan << ": " << name;
+      EXPECT_EQ(wmma > 0, true) << "an mma plan before the wmma ones";
+      ++mma;
+    } else if (cuda::fused_conv_plan_is_tensor_core(plan)) {
+      EXPECT_EQ(name.rfind("tc", 0), 0u) << "plan " << plan << ": " << name;
+      EXPECT_EQ(mma, 0) << "a wmma plan after an mma one";
+      ++wmma;
+    } else {
+      EXPECT_NE(name.find('x'), std::string::npos) << "plan " << plan << ": " << name;
+      EXPECT_EQ(wmma + mma, 0) << "a SIMT plan after a tensor-core one";
+      ++simt;
+    }
+  }
+  EXPECT_GT(simt, 0);
+  EXPECT_GT(wmma, 0);
+  EXPECT_GT(mma, 0);
+  EXPECT_EQ(cuda::fused_conv_plan_name(cuda::fused_conv_plans() - 1), "mma32x64");
+  EXPECT_THROW_WITH(cuda::fused_conv_plan_name(cuda::fused_conv_plans()), "fused_conv_plan_name: plan",
+                    "is not in [0, ");
+}
+
 // A channel prefix read and a channel slice written in place, by every launch shape of every form: a
 // 3x3 (a growth conv), and a pointwise conv over 4-pixel-aligned planes (a bottleneck; the mma kernel).
 TEST(CudaFusedConv, ReadsAPrefixAndWritesASliceInPlace) {
