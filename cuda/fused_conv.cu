@@ -2,10 +2,10 @@
 // cuda::fused_conv() (LADNN_FUSED_CONV) picks it; otherwise the caller runs the unfused ops.
 //
 // On launches the SIMT kernel in the shape plan_fused picks (a guess from the output's size). Auto times
-// the kernel in each of its launch shapes (SIMT kFusedPlans; with TF32, the tensor-core kTcPlans, and for
-// a pointwise convolution cuda/fused_conv_mma.cuh's kMmaPlans) and the unfused ops, on the call's own
-// buffers, the first time a shape is seen, and keeps the fastest for the process — as LADNN_CONV1X1=auto does for cuBLAS against cuDNN, so the launch shape is tuned on the card
-// that runs it. Each candidate is timed as a graph replay (cuda::time_replayed_ms; its eager warm-up run
+// the kernel in each of its launch shapes (SIMT kFusedPlans; with TF32, the tensor-core kTcPlans, and
+// for the calls it takes, cuda/fused_conv_mma.cuh's kMmaPlans) and the unfused ops, on the call's own
+// buffers, the first time a shape is seen, and keeps the fastest for the process — as LADNN_CONV1X1=auto
+// does for cuBLAS against cuDNN, so the launch shape is tuned on the card that runs it. Each candidate is timed as a graph replay (cuda::time_replayed_ms; its eager warm-up run
 // also does the convolution's cuDNN search): GPU time without the host's launch gaps, which an eager
 // timing would charge to the unfused ops' three library calls but a replayed inference never pays.
 // The tensor-core launches come whole and, where a shape has too few tiles to fill the GPU, with the
@@ -127,7 +127,7 @@ using FusedKey = std::tuple<std::vector<int64_t>, int, int, int>;
 struct FusedChoice {
   bool fused = false;
   bool tc = false;   // a tensor-core kernel: the wmma form (tc_plan), or with mma the mma.sync one
-  bool mma = false;  // (mma_plan; pointwise forward only)
+  bool mma = false;  // (mma_plan; forward only, the calls mma_takes)
   FusedPlan plan;
   TcPlan tc_plan;
   MmaPlan mma_plan;

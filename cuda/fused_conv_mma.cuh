@@ -226,24 +226,18 @@ __global__ void __launch_bounds__(kMmaThreads)
         a[mi][2] = tf32_bits(row[4]);
         a[mi][3] = tf32_bits(row[8 * T::LDA + 4]);
       }
-      // This lane's two channels of the k-step (rows tq and tq + 4 of B) and their coefficients.
+      // This lane's two channels of the k-step (rows tq and tq + 4 of B): their coefficients, read once
+      // for the NI fragments (mean, scale, shift in that order, as fused_bn_apply takes them).
       const int ca = c0 + ks + tq, cb = ca + 4;
-      float ma = 0.0f, sa = 1.0f, ha = 0.0f, mb = 0.0f, sb = 1.0f, hb = 0.0f;
-      if (pre.on) {
-        ma = s_pre[ca], sa = s_pre[cpad + ca], ha = s_pre[2 * cpad + ca];
-        mb = s_pre[cb], sb = s_pre[cpad + cb], hb = s_pre[2 * cpad + cb];
-      }
+      float coef_a[3] = {0.0f, 0.0f, 0.0f}, coef_b[3] = {0.0f, 0.0f, 0.0f};
+      if (pre.on)
+#pragma unroll
+        for (int i = 0; i < 3; ++i) coef_a[i] = s_pre[i * cpad + ca], coef_b[i] = s_pre[i * cpad + cb];
 #pragma unroll
       for (int ni = 0; ni < T::NI; ++ni) {
         const float* col = Bs + (ks + tq) * T::LDB + wn * T::WN + ni * 8 + gq;
-        float v0 = col[0], v1 = col[4 * T::LDB];
-        if (pre.on) {
-          v0 = math::bn_normalize(v0, ma, sa, ha);
-          v1 = math::bn_normalize(v1, mb, sb, hb);
-          if (pre.relu) v0 = math::bn_relu(v0), v1 = math::bn_relu(v1);
-        }
-        b[ni][0] = tf32_bits(v0);
-        b[ni][1] = tf32_bits(v1);
+        b[ni][0] = tf32_bits(fused_bn_apply(pre, &coef_a[0], &coef_a[1], &coef_a[2], 0, col[0]));
+        b[ni][1] = tf32_bits(fused_bn_apply(pre, &coef_b[0], &coef_b[1], &coef_b[2], 0, col[4 * T::LDB]));
       }
 #pragma unroll
       for (int mi = 0; mi < T::MI; ++mi)
@@ -256,7 +250,7 @@ __global__ void __launch_bounds__(kMmaThreads)
 
   // Epilogue: lane (g, t) of the warp holds outputs (row g or g + 8, pixels 2t and 2t + 1) of each tile.
   // Its 2 * NI pixels' offsets (image and plane position) are found once, not per output: the divisions
-  // by H*W would otherwise cost about as many instructions as the whole reduction of a short one.
+  // by P*Q would otherwise cost about as many instructions as the whole reduction of a short one.
   const int PQ = g.P * g.Q;
   int64_t yoff[T::NI][2];
 #pragma unroll

@@ -194,7 +194,7 @@ TEST(CudaFusedConv, PlanNamesAreAutosLogNames) {
     const std::string name = cuda::fused_conv_plan_name(plan);
     if (cuda::fused_conv_plan_is_mma(plan)) {
       EXPECT_EQ(name.rfind("mma", 0), 0u) << "plan " << plan << ": " << name;
-      EXPECT_EQ(wmma > 0, true) << "an mma plan before the wmma ones";
+      EXPECT_GT(wmma, 0) << "an mma plan before the wmma ones";
       ++mma;
     } else if (cuda::fused_conv_plan_is_tensor_core(plan)) {
       EXPECT_EQ(name.rfind("tc", 0), 0u) << "plan " << plan << ": " << name;
