@@ -172,25 +172,12 @@ FusedChoice mma_choice(const FusedConvGeom& g, const MmaPlan& plan, int waves) {
   return split_for(c, mma_grid(g, plan), mma_chunks(g), 8, waves);
 }
 
-/// The mma forms a device check has passed: run 8 (H200) ran the CUDA tests and Auto's timings with the
-/// 128-row tiles on pointwise convolutions. The 32-row tiles and the 3x3 window are tested on the CPU
-/// (the tile emulator) and on the GPU by the plan hook's tests, but have not run on a GPU yet: until they
-/// have, Auto times them only with LADNN_MMA_UNCHECKED=1 (for the device check that measures them).
-bool mma_checked(const FusedConvGeom& g, const MmaPlan& plan) {
-  static const bool unchecked = [] {
-    const char* v = std::getenv("LADNN_MMA_UNCHECKED");
-    return v != nullptr && std::string(v) == "1";
-  }();
-  return unchecked || (plan.bk == 128 && g.pointwise());
-}
-
 /// What Auto times of the mma form, for the calls it takes: each tile whole, and split for two blocks
 /// per SM where that is more than one split.
 void append_mma_candidates(const FusedConvGeom& g, bool pre_on, std::vector<FusedChoice>& out) {
   if (!mma_takes(g, pre_on)) return;
   for (const MmaPlan& plan : kMmaPlans) {
     if (plan.bk > 32 && g.K <= 32) continue;  // all but 32 of its rows would be padding
-    if (!mma_checked(g, plan)) continue;
     out.push_back(mma_choice(g, plan, 0));
     const FusedChoice split = mma_choice(g, plan, 2);
     if (split.tc_cps > 0) out.push_back(split);
@@ -541,7 +528,7 @@ void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval
   if (c.mma && !mma_takes(g, pre != nullptr))
     throw std::invalid_argument("conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) +
                                 " is the mma.sync kernel: it takes pointwise convolutions (1x1, stride "
-                                "1, no padding) and 3x3 windows without a BatchNorm before them");
+                                "1, no padding) and 3x3 and 7x7 windows without a BatchNorm before them");
   if (chunks_per_split < 0)
     throw std::invalid_argument("conv2d_bn_eval_fused_plan: chunks_per_split " +
                                 std::to_string(chunks_per_split) + " < 0");

@@ -1,7 +1,8 @@
 // cuda/fused_conv_mma.cuh — the fused inference convolution y = post(W * pre(x)) as a TF32 implicit GEMM
 // on mma.sync, its operands streamed into shared memory by a cp.async pipeline, for DenseNet's dense-layer
 // convolutions: the bottleneck 1x1 (inference: norm1-ReLU -> conv -> norm2-ReLU over the block buffer's
-// channel prefix; training: the plain forward) and the growth 3x3 (no BatchNorm before it).
+// channel prefix; training: the plain forward), the growth 3x3 (no BatchNorm before it), and the stem's
+// 7x7 stride 2 (norm0-ReLU after it).
 //
 // Why another kernel: cuda/fused_conv_tc.cuh (wmma, staged through registers) fuses the BatchNorms but
 // ran at 15-25 TFLOP/s on these shapes at batch 32, under cuBLAS's plain GEMM on the unfused path (run 8:
@@ -19,13 +20,15 @@
 //
 // GEMM: out[k, m] = sum over kk of W[k, kk] * B[kk, m], k an output channel, m = n*P*Q + p*Q + q a pixel
 // of the batch, kk = (c, r, s) an entry of a weight row and B[kk, m] its tap of pre(x) (the pixel's own
-// value of channel c for a 1x1; (c, p*sh - ph + r, q*sw - pw + s) for a 3x3, zero in the padding). Block:
+// value of channel c for a 1x1; (c, p*sh - ph + r, q*sw - pw + s) for a window, zero in the padding). Block:
 // BK output channels (128 or 32) x BM pixels, 4 warps. Stage: 16 values of kk (two k-steps):
 // As[BK][16 (+4 pad)] of W, Bs[16][BM (+8 pad)] of B; the pads make every fragment read conflict-free
 // (lane (g, t) reads bank 20g + t, resp. 8t + g, mod 32). Zeros past K, C*R*S and M: cp.async writes
 // zeros where `in` is false, and pre's coefficients past C are (0, 0, 0), so a padded channel adds
-// 0 * 0. Pixels past M hold pre(0) in B but their columns are never stored. A 3x3 takes no pre: a
-// padding tap must stay 0 after pre, which the fragment-time BatchNorm cannot tell from a real 0.
+// 0 * 0. Pixels past M hold pre(0) in B but their columns are never stored. A window takes no pre: a
+// padding tap must stay 0 after pre, which the fragment-time BatchNorm cannot tell from a real 0. The
+// window's size is a template constant (KS = 3 or 7), so a tap's (c, r, s) comes from divisions by
+// constants, which compile to multiplications.
 //
 // Split-K as the wmma kernel's: block z takes stages [z * chunks_per_split, ...) and writes raw sums to
 // its (K, M) slab; tc_split_reduce_kernel adds the slabs and applies post. Arithmetic: TF32 operands
@@ -48,7 +51,7 @@ struct MmaPlan {
   int bk = 128, bm = 64;
 };
 constexpr MmaPlan kMmaPlans[] = {{128, 64}, {128, 32}, {32, 128}, {32, 64}};
-constexpr int kMmaDepth = 16;   // reduction values per stage (channels; channel-taps of a 3x3): two k-steps
+constexpr int kMmaDepth = 16;   // reduction values per stage (channels; channel-taps of a window): two k-steps
 constexpr int kMmaStages = 4;   // stages in flight: three being copied while one is multiplied
 constexpr int kMmaThreads = 128;
 
@@ -63,10 +66,11 @@ struct MmaTile {
 };
 
 /// The kernel takes the call: the weight read plainly (not a data pass), and a pointwise convolution,
-/// or a 3x3 window (any stride and padding) without pre — a BatchNorm before a padded window would
-/// need a tap mask per value (the padding is zero after pre, not pre(0)); DenseNet has none there.
+/// or a 3x3 or 7x7 window (any stride and padding) without pre — a BatchNorm before a padded window
+/// would need a tap mask per value (the padding is zero after pre, not pre(0)); DenseNet has none there.
 inline bool mma_takes(const FusedConvGeom& g, bool pre_on) {
-  return !g.w_flipped && g.C <= kFusedMaxC && (g.pointwise() || (g.R == 3 && g.S == 3 && !pre_on));
+  const bool window = g.R == g.S && (g.R == 3 || g.R == 7) && !pre_on;
+  return !g.w_flipped && g.C <= kFusedMaxC && (g.pointwise() || window);
 }
 
 /// Stages of the reduction: the weight rows' C*R*S values in runs of 16.
@@ -88,9 +92,9 @@ LADNN_HD int mma_smem_floats(const FusedConvGeom& g, const MmaPlan& plan, bool p
 }
 
 /// Grid (mma_grid, splits), kMmaThreads threads, mma_smem_floats(g, {BK, BM}, pre.on) * 4 bytes of
-/// dynamic shared memory. KS: 1 (pointwise) or 3 (3x3). w16: w's rows are copied 16 bytes at a time
-/// (C*R*S % 4 == 0, w 16-byte aligned); x16 (pointwise only): so are x's pixels (H*W % 4 == 0, x_img % 4
-/// == 0, x 16-byte aligned: four pixels never straddle images). A 3x3's taps are copied one by one.
+/// dynamic shared memory. KS: 1 (pointwise), 3 or 7 (the window's size). w16: w's rows are copied 16
+/// bytes at a time (C*R*S % 4 == 0, w 16-byte aligned); x16 (pointwise only): so are x's pixels (H*W % 4
+/// == 0, x_img % 4 == 0, x 16-byte aligned: four pixels never straddle images). A window's taps are copied one by one.
 template <int BK, int BM, int KS>
 __global__ void __launch_bounds__(kMmaThreads)
     fused_conv_mma_kernel(FusedConvGeom g, bool w16, bool x16, const float* __restrict__ x,
@@ -100,12 +104,13 @@ __global__ void __launch_bounds__(kMmaThreads)
   __trap();  // mma.sync on TF32 and cp.async need sm_80; the launcher never launches this there
 #else
   using T = MmaTile<BK, BM>;
-  static_assert(KS == 1 || KS == 3, "pointwise or 3x3");
+  static_assert(KS == 1 || KS == 3 || KS == 7, "pointwise, 3x3 or 7x7");
+  constexpr int kTaps = KS * KS;
   LADNN_DYNAMIC_SMEM(smem);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
   const int wk = warp / T::kWarpsN, wn = warp % T::kWarpsN;  // the warp's WROWS channels and WN pixels
   const int k0 = blockIdx.y * BK, m0 = blockIdx.x * BM;
-  const int M = g.M(), HW = g.H * g.W, C = g.C, K = g.K, CRS = C * KS * KS;
+  const int M = g.M(), HW = g.H * g.W, C = g.C, K = g.K, CRS = C * kTaps;
   const int cpad = mma_chunks(g) * kMmaDepth;
   float* s_pre = smem + kMmaStages * T::kStage;     // mean[cpad], scale[cpad], shift[cpad] (pre on)
   float* s_post = s_pre + (pre.on ? 3 * cpad : 0);  // mean[BK], scale[BK], shift[BK]
@@ -124,12 +129,12 @@ __global__ void __launch_bounds__(kMmaThreads)
   const int xm = m0 + xcol;
   const bool x_in = xm < M;  // with x16, M % 4 == 0: the four pixels are all in or all out
   const float* ximg = x;     // the pixel's image
-  int xpos = 0, ih0 = 0, iw0 = 0;  // pointwise: its plane offset; 3x3: its window's origin
+  int xpos = 0, ih0 = 0, iw0 = 0;  // pointwise: its plane offset; a window: its origin
   if (x_in) {
     const int PQ = g.P * g.Q, n = xm / PQ, pq = xm - n * PQ;
     ximg = x + n * g.x_img;
     xpos = pq;
-    if (KS == 3) {
+    if (KS > 1) {
       const int p = pq / g.Q, q = pq - p * g.Q;
       ih0 = p * g.sh - g.ph;
       iw0 = q * g.sw - g.pw;
@@ -155,11 +160,11 @@ __global__ void __launch_bounds__(kMmaThreads)
         cp_async_4(As + r * T::LDA + tid % kMmaDepth, in ? w + int64_t(k0 + r) * CRS + kk : w, in);
       }
     }
-    if (KS == 3) {  // the taps (c, r, s) of rows kk = c0 + row, zero in the padding
+    if (KS > 1) {  // the taps (c, r, s) of rows kk = c0 + row, zero in the padding
 #pragma unroll
       for (int i = 0; i < kMmaDepth / kXRows1; ++i) {
         const int row = tid / BM + i * kXRows1, kk = c0 + row;
-        const int c = kk / 9, rs = kk - 9 * c, ih = ih0 + rs / 3, iw = iw0 + (rs - 3 * (rs / 3));
+        const int c = kk / kTaps, rs = kk - kTaps * c, r = rs / KS, ih = ih0 + r, iw = iw0 + (rs - KS * r);
         const bool in = x_in && kk < CRS && static_cast<unsigned>(ih) < static_cast<unsigned>(g.H) &&
                         static_cast<unsigned>(iw) < static_cast<unsigned>(g.W);
         cp_async_4(Bs + row * T::LDB + xcol, in ? ximg + int64_t(c) * HW + ih * g.W + iw : x, in);
@@ -292,7 +297,7 @@ __global__ void __launch_bounds__(kMmaThreads)
 }
 
 /// Calls `run.template go_mma<BK, BM, KS>()` for `plan` (one of kMmaPlans; anything else runs as the
-/// first) with KS = 1 for a pointwise convolution, else 3 (mma_takes).
+/// first) with KS = 1 for a pointwise convolution, else the window's size, 3 or 7 (mma_takes).
 template <class Run>
 void dispatch_fused_mma(const MmaPlan& plan, const Run& run) {
   auto tile = [&](auto ks) {
@@ -303,6 +308,7 @@ void dispatch_fused_mma(const MmaPlan& plan, const Run& run) {
     return run.template go_mma<128, 64, KS>();
   };
   if (run.g.pointwise()) return tile(std::integral_constant<int, 1>{});
+  if (run.g.R == 7) return tile(std::integral_constant<int, 7>{});
   tile(std::integral_constant<int, 3>{});
 }
 

@@ -149,16 +149,17 @@ TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
         if (cps > 0 && !tc) continue;
         const double rtol = (tc ? 0x1p-9 : 0.0) + fused_rtol(c.C, c.R, c.S);
         if (cuda::fused_conv_plan_is_mma(plan) && (c.R != 1 || c.S != 1 || c.stride != 1 || c.pad != 0)) {
-          // The mma kernel refuses a window with pre; a 3x3 without pre (a growth conv) it takes.
+          // The mma kernel refuses a window with pre; a 3x3 or 7x7 without pre (a growth conv, the stem)
+          // it takes.
           const Tensor y = Tensor::empty(ys, DType::Float32, Device::cuda());
           EXPECT_THROW_WITH(cuda::conv2d_bn_eval_fused_plan(gx, c.C * c.H * c.W, &gpre, gw, p, &gpost, y,
                                                             ys[1] * ys[2] * ys[3], plan, cps),
-                            "takes pointwise convolutions (1x1, stride 1, no padding) and 3x3 windows");
-          if (c.R != 3 || c.S != 3) continue;
+                            "takes pointwise convolutions (1x1, stride 1, no padding) and 3x3 and 7x7 windows");
+          if (c.R != c.S || (c.R != 3 && c.R != 7)) continue;
           const test::ConvBnReference plain = test::conv_bn_eval_reference(x, nullptr, w, p, &post);
           cuda::conv2d_bn_eval_fused_plan(gx, c.C * c.H * c.W, nullptr, gw, p, &gpost, y, ys[1] * ys[2] * ys[3],
                                           plan, cps);
-          EXPECT_TRUE(gpu_matches("3x3 without pre, x (" + std::to_string(c.N) + ", " + std::to_string(c.C) + ", " +
+          EXPECT_TRUE(gpu_matches(std::to_string(c.R) + "x" + std::to_string(c.S) + " without pre, x (" + std::to_string(c.N) + ", " + std::to_string(c.C) + ", " +
                                       std::to_string(c.H) + ", " + std::to_string(c.W) + ") stride " +
                                       std::to_string(c.stride) + " plan " + std::to_string(plan) +
                                       " chunks per split " + std::to_string(cps),

@@ -883,8 +883,9 @@ TEST(FusedConvEmulation, TensorCorePlansMatchFloat64) {
 // The mma.sync kernel (cuda/fused_conv_mma.cuh) against float64, every tile, whole and split into
 // stages of 16 values. Pointwise: 4-byte copies (C % 4 != 0, a 5x5 plane) and 16-byte ones (C % 4 == 0,
 // 4x4 and 8x8 planes), K under one 128-row tile and past it, pre with and without ReLU, post on and
-// off. 3x3 (no pre): padded, strided, C*9 % 4 != 0 (4-byte weight copies), a partial last stage. x is read
-// as a channel prefix and y written as a slice throughout.
+// off. 3x3 (no pre): padded, strided, C*9 % 4 != 0 (4-byte weight copies), a partial last stage. 7x7 (the
+// stem's window: stride 2, padding 3, three channels, 147 taps in 10 stages; and C*49 % 4 == 0, split).
+// x is read as a channel prefix and y written as a slice throughout.
 TEST(FusedConvEmulation, MmaPlansMatchFloat64) {
   struct Case {
     int N, C, H, W, K, R, st, pad;
@@ -894,7 +895,8 @@ TEST(FusedConvEmulation, MmaPlansMatchFloat64) {
   const Case cases[] = {{3, 37, 5, 5, 20, 1, 1, 0, true, true, true, 0},  {2, 96, 4, 4, 130, 1, 1, 0, true, true, true, 0},
                         {1, 40, 8, 8, 64, 1, 1, 0, true, false, false, 1}, {2, 37, 5, 5, 20, 1, 1, 0, true, true, true, 1},
                         {2, 48, 4, 4, 130, 1, 1, 0, true, true, false, 2}, {2, 12, 6, 5, 33, 3, 1, 1, false, false, true, 0},
-                        {1, 7, 7, 9, 10, 3, 2, 1, false, false, false, 2}, {2, 16, 4, 4, 32, 3, 1, 0, false, false, true, 3}};
+                        {1, 7, 7, 9, 10, 3, 2, 1, false, false, false, 2}, {2, 16, 4, 4, 32, 3, 1, 0, false, false, true, 3},
+                        {2, 3, 11, 9, 40, 7, 2, 3, false, false, true, 0},  {1, 4, 8, 8, 33, 7, 1, 2, false, false, true, 4}};
   Generator gen(57);
   int runs = 0, copies16 = 0;
   for (const Case& cs : cases) {
@@ -937,9 +939,9 @@ TEST(FusedConvEmulation, MmaPlansMatchFloat64) {
       ++runs;
     }
   }
-  EXPECT_EQ(runs, 32);
+  EXPECT_EQ(runs, 40);
   EXPECT_GT(copies16, 0) << "no case took the 16-byte copies";
-  // What the kernel refuses: pre before a window, a flipped weight, a 2x3 window.
+  // What the kernel refuses: pre before a window, a flipped weight, a 2x3 window, a 5x5 one.
   FusedConvGeom g{1, 8, 5, 5, 4, 3, 3, 5, 5, 1, 1, 1, 1, 200, 100};
   EXPECT_FALSE(mma_takes(g, true));
   g.w_flipped = true;
@@ -947,6 +949,10 @@ TEST(FusedConvEmulation, MmaPlansMatchFloat64) {
   g.w_flipped = false;
   g.S = 2;
   EXPECT_FALSE(mma_takes(g, false));
+  g.R = g.S = 5;
+  EXPECT_FALSE(mma_takes(g, false));
+  g.R = g.S = 7;
+  EXPECT_TRUE(mma_takes(g, false));
 }
 
 // The four-channel weight loads (vec4, taken only when the weights are 16-byte aligned) change the loads,

@@ -52,9 +52,8 @@
 #        bn-split    the same rows with LADNN_BN_KERNEL=split (every native BatchNorm as three kernels: the
 #                    one-kernel-per-channel path's before)
 #        fused-off   the same rows with LADNN_FUSED_CONV=off (the library convolutions only: auto's before)
-#        mma-unchecked  batch 32, training and inference, with LADNN_MMA_UNCHECKED=1 (the mma kernel's 3x3
-#                    window and 32-row tiles among Auto's candidates: the device check they wait for), and
-#                    how many shapes of each pass Auto gave to each mma form (LADNN_CUDNN_LOG=1)
+#        mma         batch 32, training and inference, and how many shapes of each pass Auto gave to each
+#                    form of the mma kernel (LADNN_CUDNN_LOG=1: window size and tile)
 #        loss-curve  `ladnn bench --loss-curve 50` with LADNN_FUSED_CONV=auto: our first 50 Adam steps beside
 #                    PyTorch's from the same weights and batches (the largest |loss difference|)
 #        loop        the trainer's graphed loop over host batches at 32 and 64: waiting for each step
@@ -62,7 +61,7 @@
 #                    ahead", pinned slots and queued copies) — what the app loses around the step
 # LADNN_CHECK_STEPS picks the steps (comma-separated names: info,tests,sanitizer,kernels,bench,before,
 # cudnn-bn,memory,profile,graph-profile,tf32-off,conv1x1,graph-plan,native-conv,fused,bn-split,fused-off,
-# mma-unchecked,loss-curve,loop; default all but the comparisons, which need the time of a second call).
+# mma,loss-curve,loop; default all but the comparisons, which need the time of a second call).
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to
 # device-check-out/.
 #
@@ -235,11 +234,11 @@ fi
 want cudnn-bn && compare cudnn-bn LADNN_BN=cudnn timeout "$T_COMPARE" "$B/ladnn" bench $BENCH_ARGS --torch off
 want bn-split && compare bn-split LADNN_BN_KERNEL=split timeout "$T_COMPARE" "$B/ladnn" bench $BENCH_ARGS --torch off
 want fused-off && compare fused-off LADNN_FUSED_CONV=off timeout "$T_COMPARE" "$B/ladnn" bench $BENCH_ARGS --torch off
-if want mma-unchecked; then
-  compare mma-unchecked LADNN_MMA_UNCHECKED=1 LADNN_CUDNN_LOG=1 timeout "$T_COMPARE" "$B/ladnn" bench --batches 32 \
+if want mma; then
+  compare mma LADNN_CUDNN_LOG=1 timeout "$T_COMPARE" "$B/ladnn" bench --batches 32 \
     --graph on --torch off --steps 20 --warmup 3
   echo "Auto's mma choices (pass, form: shapes):"
-  grep -oE '^ladnn: conv2d_[a-z_]+ .*-> ours mma[0-9x]+' "$OUTDIR/compare_mma-unchecked.log" |
+  grep -oE '^ladnn: conv2d_[a-z_]+ .*-> ours mma[0-9x]+' "$OUTDIR/compare_mma.log" |
     sed -E 's/^ladnn: (conv2d_[a-z_]+) x \([0-9]+, [0-9]+, [0-9]+, [0-9]+\) w \([0-9]+, [0-9]+, ([0-9]+), [0-9]+\).*-> ours (mma[0-9x]+)/\1 \2x\2 \3/' |
     sort | uniq -c
 fi
