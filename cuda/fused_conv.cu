@@ -94,6 +94,7 @@ struct Launch : FusedArgs {
     CUDA_CHECK_LAUNCH();
   }
   bool w16 = false, x16 = false;  // the mma kernel copies w's rows / x's pixels 16 bytes at a time
+  bool tap = false;               // ... a window's taps tap by tap (mma_tap_major_fits)
   template <int BK, int BM, int KS>
   void go_mma() const {
     // Its shared memory is dynamic and may pass 48 KB: allowed once per instantiation, for the most any
@@ -112,8 +113,9 @@ struct Launch : FusedArgs {
     const int splits = mma_split_count(g, chunks_per_split);
     const Tensor ws = workspace(splits);
     const size_t smem = sizeof(float) * static_cast<size_t>(mma_smem_floats(g, MmaPlan{BK, BM}, pre.on));
-    fused_conv_mma_kernel<BK, BM, KS><<<dim3(fg.x, fg.y, static_cast<unsigned>(splits)), kMmaThreads, smem, st>>>(
-        g, w16, x16, x, w, pre, post, y, chunks_per_split, splits > 1 ? ws.data<float>() : nullptr);
+    fused_conv_mma_kernel<BK, BM, KS>
+        <<<dim3(fg.x, fg.y, static_cast<unsigned>(splits)), kMmaThreads, smem, st>>>(
+            g, w16, x16, tap, x, w, pre, post, y, chunks_per_split, splits > 1 ? ws.data<float>() : nullptr);
     CUDA_CHECK_LAUNCH();
     reduce_splits(ws, splits, st);
   }
@@ -128,6 +130,7 @@ struct FusedChoice {
   bool fused = false;
   bool tc = false;   // a tensor-core kernel: the wmma form (tc_plan), or with mma the mma.sync one
   bool mma = false;  // (mma_plan; forward only, the calls mma_takes)
+  bool mma_tap = false;  // the mma form's window tap by tap (mma_tap_major_fits)
   FusedPlan plan;
   TcPlan tc_plan;
   MmaPlan mma_plan;
@@ -164,33 +167,40 @@ void append_tc_candidates(const FusedConvGeom& g, std::vector<FusedChoice>& out)
   }
 }
 
-/// The mma form in `plan`, split for `waves` blocks per SM (split_for, 8 stages of 16 a split).
-FusedChoice mma_choice(const FusedConvGeom& g, const MmaPlan& plan, int waves) {
+/// The mma form in `plan`, split for `waves` blocks per SM (split_for, 8 stages of 16 a split), its
+/// window tap by tap with `tap`.
+FusedChoice mma_choice(const FusedConvGeom& g, const MmaPlan& plan, int waves, bool tap) {
   FusedChoice c;
   c.fused = c.tc = c.mma = true;
   c.mma_plan = plan;
+  c.mma_tap = tap;
   return split_for(c, mma_grid(g, plan), mma_chunks(g), 8, waves);
 }
 
 /// What Auto times of the mma form, for the calls it takes: each tile whole, and split for two blocks
-/// per SM where that is more than one split.
+/// per SM where that is more than one split; a window also tap by tap where that fits.
 void append_mma_candidates(const FusedConvGeom& g, bool pre_on, std::vector<FusedChoice>& out) {
   if (!mma_takes(g, pre_on)) return;
-  for (const MmaPlan& plan : kMmaPlans) {
-    if (plan.bk > 32 && g.K <= 32) continue;  // all but 32 of its rows would be padding
-    out.push_back(mma_choice(g, plan, 0));
-    const FusedChoice split = mma_choice(g, plan, 2);
-    if (split.tc_cps > 0) out.push_back(split);
+  for (const bool tap : {false, true}) {
+    if (tap && !mma_tap_major_fits(g)) continue;
+    for (const MmaPlan& plan : kMmaPlans) {
+      if (plan.bk > 32 && g.K <= 32) continue;  // all but 32 of its rows would be padding
+      out.push_back(mma_choice(g, plan, 0, tap));
+      const FusedChoice split = mma_choice(g, plan, 2, tap);
+      if (split.tc_cps > 0) out.push_back(split);
+    }
   }
 }
 
 /// A forward or data-pass launch, for the log: "4x8x1" (SIMT: channels x warps x pixels per lane),
-/// "tc128x64" (wmma), "mma128x64" (mma.sync), with "/s3" for three splits.
+/// "tc128x64" (wmma), "mma128x64" (mma.sync; "mma32x128tap" its window tap by tap), with "/s3" for three
+/// splits.
 std::string fused_name(const FusedConvGeom& g, const FusedChoice& c) {
   if (!c.tc)
     return std::to_string(c.plan.kt) + "x" + std::to_string(c.plan.warps) + "x" + std::to_string(c.plan.pix);
   if (c.mma)
     return "mma" + std::to_string(c.mma_plan.bk) + "x" + std::to_string(c.mma_plan.bm) +
+           (c.mma_tap ? "tap" : "") +
            (c.tc_cps > 0 ? "/s" + std::to_string(mma_split_count(g, c.tc_cps)) : std::string());
   std::string name = "tc" + std::to_string(c.tc_plan.bk) + "x" + std::to_string(c.tc_plan.bm);
   if (c.tc_cps > 0) name += "/s" + std::to_string(tc_split_count(g, c.tc_cps));
@@ -273,6 +283,7 @@ void run_fused(FusedConvGeom g, const Tensor& x, const ops::BnEval* pre, const T
     const int64_t hw = int64_t(g.H) * g.W, crs = int64_t(g.C) * g.R * g.S;
     run.w16 = crs % 4 == 0 && reinterpret_cast<std::uintptr_t>(run.w) % 16 == 0;
     run.x16 = g.pointwise() && hw % 4 == 0 && g.x_img % 4 == 0 && reinterpret_cast<std::uintptr_t>(run.x) % 16 == 0;
+    run.tap = choice->mma_tap;
     dispatch_fused_mma(choice->mma_plan, run);
   } else if (choice && choice->tc)
     dispatch_fused_tc(choice->tc_plan, run);
@@ -537,6 +548,8 @@ void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval
                                 std::to_string(chunks_per_split) +
                                 " with a SIMT plan (only the tensor-core form splits)");
   c.tc_cps = chunks_per_split;
+  c.mma_tap =
+      c.mma && mma_tap_major_fits(g);  // a window tap by tap where it fits (Auto also times the other)
   run_fused(g, x, pre, w, post, out, &c);
 }
 

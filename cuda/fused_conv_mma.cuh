@@ -91,13 +91,23 @@ LADNN_HD int mma_smem_floats(const FusedConvGeom& g, const MmaPlan& plan, bool p
   return kMmaStages * stage + (pre_on ? 3 * mma_chunks(g) * kMmaDepth : 0) + 3 * plan.bk;
 }
 
+/// A window's reduction can run tap by tap (mma_tap_major_fits): entry kk = (r*S + s)*C + c instead of
+/// c*R*S + r*S + s, so that the 16 values of a stage are one tap (r, s) of 16 channels. A thread's 16
+/// copies of x then share one pixel position and one padding test, where channel-major order finds
+/// (c, r, s) and tests the padding per copy; the weight's 16 values of a row are then 9 (49) apart, copied
+/// 4 bytes at a time. The order of the sums changes, not the bound.
+LADNN_HD bool mma_tap_major_fits(const FusedConvGeom& g) {
+  return !g.pointwise() && g.C % kMmaDepth == 0;
+}
+
 /// Grid (mma_grid, splits), kMmaThreads threads, mma_smem_floats(g, {BK, BM}, pre.on) * 4 bytes of
 /// dynamic shared memory. KS: 1 (pointwise), 3 or 7 (the window's size). w16: w's rows are copied 16
 /// bytes at a time (C*R*S % 4 == 0, w 16-byte aligned); x16 (pointwise only): so are x's pixels (H*W % 4
-/// == 0, x_img % 4 == 0, x 16-byte aligned: four pixels never straddle images). A window's taps are copied one by one.
+/// == 0, x_img % 4 == 0, x 16-byte aligned: four pixels never straddle images). A window's taps are
+/// copied one by one; tap_major (a window, mma_tap_major_fits) takes them tap by tap.
 template <int BK, int BM, int KS>
 __global__ void __launch_bounds__(kMmaThreads)
-    fused_conv_mma_kernel(FusedConvGeom g, bool w16, bool x16, const float* __restrict__ x,
+    fused_conv_mma_kernel(FusedConvGeom g, bool w16, bool x16, bool tap_major, const float* __restrict__ x,
                           const float* __restrict__ w, FusedBn pre, FusedBn post, float* __restrict__ y,
                           int chunks_per_split, float* __restrict__ partial) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
@@ -145,6 +155,27 @@ __global__ void __launch_bounds__(kMmaThreads)
     float* As = smem + (j % kMmaStages) * T::kStage;
     float* Bs = As + T::kA;
     const int c0 = (chunk0 + j) * kMmaDepth;
+    if (KS > 1 && tap_major) {  // the stage is tap rs = (r, s) of channels ch0 .. ch0 + 15
+      const int rs = c0 / C, ch0 = c0 - rs * C, r = rs / KS, s = rs - KS * r;
+#pragma unroll
+      for (int i = 0; i < BK * kMmaDepth / kMmaThreads; ++i) {  // W[k, ch0 + col, r, s]
+        const int row = tid / kMmaDepth + i * (kMmaThreads / kMmaDepth), col = tid % kMmaDepth;
+        const bool in = k0 + row < K;
+        cp_async_4(As + row * T::LDA + col, in ? w + int64_t(k0 + row) * CRS + (ch0 + col) * kTaps + rs : w,
+                   in);
+      }
+      const int ih = ih0 + r, iw = iw0 + s;
+      const bool in = x_in && static_cast<unsigned>(ih) < static_cast<unsigned>(g.H) &&
+                      static_cast<unsigned>(iw) < static_cast<unsigned>(g.W);
+      const float* src = in ? ximg + int64_t(ch0) * HW + ih * g.W + iw : x;  // channel ch0 of the tap
+      const int step = in ? HW : 0;
+#pragma unroll
+      for (int i = 0; i < kMmaDepth / kXRows1; ++i) {
+        const int row = tid / BM + i * kXRows1;
+        cp_async_4(Bs + row * T::LDB + xcol, src + int64_t(row) * step, in);
+      }
+      return;
+    }
     if (w16) {  // W: BK rows x 4 columns of 16 bytes
 #pragma unroll
       for (int i = 0; i < BK * 4 / kMmaThreads; ++i) {

@@ -90,7 +90,8 @@ int fused_conv_plans();
 /// True for the tensor-core plans among them: cuda/fused_conv_tc.cuh's, then cuda/fused_conv_mma.cuh's.
 bool fused_conv_plan_is_tensor_core(int plan);
 /// True for cuda/fused_conv_mma.cuh's plans, which take pointwise convolutions (1x1, stride 1, no
-/// padding) and 3x3 windows without a pre BatchNorm; conv2d_bn_eval_fused_plan refuses other calls.
+/// padding) and 3x3 and 7x7 windows without a pre BatchNorm; conv2d_bn_eval_fused_plan refuses other
+/// calls, and runs a window tap by tap where that fits (mma_tap_major_fits; Auto times both orders).
 bool fused_conv_plan_is_mma(int plan);
 /// A plan's launch as Auto's log names it: "8x4x2" (SIMT), "tc128x64" (wmma), "mma128x64" (mma.sync).
 /// Throws std::invalid_argument for a plan out of range.

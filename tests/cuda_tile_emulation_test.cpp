@@ -714,7 +714,7 @@ struct EmulateFused : FusedArgs {
       emulate_serial({static_cast<unsigned>((g.M() + 255) / 256), static_cast<unsigned>(g.K), 1}, 256,
                      [&] { tc_split_reduce_kernel(g, partial, splits, post, y); });
   }
-  bool w16 = false, x16 = false;
+  bool w16 = false, x16 = false, tap = false;
   template <int BK, int BM, int KS>
   void go_mma() const {
     const FusedGrid fg = mma_grid(g, MmaPlan{BK, BM});
@@ -725,8 +725,9 @@ struct EmulateFused : FusedArgs {
     // NaN everywhere: a read of shared memory no copy wrote shows up in the result.
     emu::g_dynamic_smem.assign(static_cast<std::size_t>(mma_smem_floats(g, MmaPlan{BK, BM}, pre.on)),
                                std::numeric_limits<float>::quiet_NaN());
-    emulate({fg.x, fg.y, static_cast<unsigned>(splits)}, kMmaThreads,
-            [&] { fused_conv_mma_kernel<BK, BM, KS>(g, w16, x16, x, w, pre, post, y, chunks_per_split, partial); });
+    emulate({fg.x, fg.y, static_cast<unsigned>(splits)}, kMmaThreads, [&] {
+      fused_conv_mma_kernel<BK, BM, KS>(g, w16, x16, tap, x, w, pre, post, y, chunks_per_split, partial);
+    });
     if (splits > 1)
       emulate_serial({static_cast<unsigned>((g.M() + 255) / 256), static_cast<unsigned>(g.K), 1}, 256,
                      [&] { tc_split_reduce_kernel(g, partial, splits, post, y); });
@@ -885,20 +886,23 @@ TEST(FusedConvEmulation, TensorCorePlansMatchFloat64) {
 // 4x4 and 8x8 planes), K under one 128-row tile and past it, pre with and without ReLU, post on and
 // off. 3x3 (no pre): padded, strided, C*9 % 4 != 0 (4-byte weight copies), a partial last stage. 7x7 (the
 // stem's window: stride 2, padding 3, three channels, 147 taps in 10 stages; and C*49 % 4 == 0, split).
-// x is read as a channel prefix and y written as a slice throughout.
+// Windows over C % 16 == 0 channels also tap by tap (mma_tap_major_fits): 3x3 plain, 3x3 strided and
+// split, 7x7. x is read as a channel prefix and y written as a slice throughout.
 TEST(FusedConvEmulation, MmaPlansMatchFloat64) {
   struct Case {
     int N, C, H, W, K, R, st, pad;
     bool pre_on, pre_relu, post_on;
     int cps;  // stages per split (0: whole)
   };
-  const Case cases[] = {{3, 37, 5, 5, 20, 1, 1, 0, true, true, true, 0},  {2, 96, 4, 4, 130, 1, 1, 0, true, true, true, 0},
-                        {1, 40, 8, 8, 64, 1, 1, 0, true, false, false, 1}, {2, 37, 5, 5, 20, 1, 1, 0, true, true, true, 1},
-                        {2, 48, 4, 4, 130, 1, 1, 0, true, true, false, 2}, {2, 12, 6, 5, 33, 3, 1, 1, false, false, true, 0},
-                        {1, 7, 7, 9, 10, 3, 2, 1, false, false, false, 2}, {2, 16, 4, 4, 32, 3, 1, 0, false, false, true, 3},
-                        {2, 3, 11, 9, 40, 7, 2, 3, false, false, true, 0},  {1, 4, 8, 8, 33, 7, 1, 2, false, false, true, 4}};
+  const Case cases[] = {
+      {3, 37, 5, 5, 20, 1, 1, 0, true, true, true, 0},   {2, 96, 4, 4, 130, 1, 1, 0, true, true, true, 0},
+      {1, 40, 8, 8, 64, 1, 1, 0, true, false, false, 1}, {2, 37, 5, 5, 20, 1, 1, 0, true, true, true, 1},
+      {2, 48, 4, 4, 130, 1, 1, 0, true, true, false, 2}, {2, 12, 6, 5, 33, 3, 1, 1, false, false, true, 0},
+      {1, 7, 7, 9, 10, 3, 2, 1, false, false, false, 2}, {2, 16, 4, 4, 32, 3, 1, 0, false, false, true, 3},
+      {2, 3, 11, 9, 40, 7, 2, 3, false, false, true, 0}, {1, 4, 8, 8, 33, 7, 1, 2, false, false, true, 4},
+      {2, 32, 6, 7, 40, 3, 2, 1, false, false, true, 2}, {1, 16, 9, 9, 8, 7, 1, 3, false, false, false, 0}};
   Generator gen(57);
-  int runs = 0, copies16 = 0;
+  int runs = 0, copies16 = 0, tap_runs = 0;
   for (const Case& cs : cases) {
     ops::Conv2dParams p;
     p.stride_h = p.stride_w = cs.st;
@@ -916,30 +920,42 @@ TEST(FusedConvEmulation, MmaPlansMatchFloat64) {
     const FusedConvGeom g{cs.N, cs.C, cs.H, cs.W, cs.K, cs.R, cs.R, P, Q, cs.st, cs.st, cs.pad, cs.pad, x_img, y_img};
     ASSERT_TRUE(mma_takes(g, cs.pre_on));
     if (cs.cps > 0) ASSERT_GE(mma_split_count(g, cs.cps), 2) << "the case would not split";
-    for (const MmaPlan& plan : kMmaPlans) {
-      SCOPED_TRACE("x (" + std::to_string(cs.N) + ", " + std::to_string(cs.C) + ", " + std::to_string(cs.H) + ", " +
-                   std::to_string(cs.W) + ") K " + std::to_string(cs.K) + " window " + std::to_string(cs.R) +
-                   " tile " + std::to_string(plan.bk) + "x" + std::to_string(plan.bm) + " stages per split " +
-                   std::to_string(cs.cps));
-      Tensor ybuf = Tensor::full({cs.N, cs.K + 5, P, Q}, 7.0);
-      ybuf.narrow(1, 2, cs.K).fill_(std::numeric_limits<double>::quiet_NaN());
-      const Tensor out = ybuf.narrow(1, 2, cs.K);
-      EmulateFused run{{g, xbuf.data<float>(), w.data<float>(), host_fused_bn(pp), host_fused_bn(qp),
-                        out.data<float>(), cs.cps}};
-      auto aligned = [](const Tensor& t) { return reinterpret_cast<std::uintptr_t>(t.data<float>()) % 16 == 0; };
-      run.w16 = cs.C * cs.R * cs.R % 4 == 0 && aligned(w);
-      run.x16 = cs.R == 1 && cs.H * cs.W % 4 == 0 && aligned(xbuf);
-      copies16 += run.w16 + run.x16;
-      dispatch_fused_mma(plan, run);
-      const std::vector<double> got = out.to_vector(), want = ref.y.to_vector(), scale = ref.scale.to_vector();
-      for (std::size_t i = 0; i < got.size(); ++i)
-        ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i]) << "element " << i << " got " << got[i];
-      for (int ch : {0, 1, cs.K + 2, cs.K + 3, cs.K + 4})
-        for (double v : ybuf.narrow(1, ch, 1).to_vector()) ASSERT_EQ(v, 7.0) << "channel " << ch << " was written";
-      ++runs;
+    for (const bool tap : {false, true}) {
+      if (tap && !mma_tap_major_fits(g)) continue;
+      for (const MmaPlan& plan : kMmaPlans) {
+        SCOPED_TRACE(std::string(tap ? "tap by tap, " : "") + "x (" + std::to_string(cs.N) + ", " +
+                     std::to_string(cs.C) + ", " + std::to_string(cs.H) + ", " + std::to_string(cs.W) +
+                     ") K " + std::to_string(cs.K) + " window " + std::to_string(cs.R) + " tile " +
+                     std::to_string(plan.bk) + "x" + std::to_string(plan.bm) + " stages per split " +
+                     std::to_string(cs.cps));
+        Tensor ybuf = Tensor::full({cs.N, cs.K + 5, P, Q}, 7.0);
+        ybuf.narrow(1, 2, cs.K).fill_(std::numeric_limits<double>::quiet_NaN());
+        const Tensor out = ybuf.narrow(1, 2, cs.K);
+        EmulateFused run{{g, xbuf.data<float>(), w.data<float>(), host_fused_bn(pp), host_fused_bn(qp),
+                          out.data<float>(), cs.cps}};
+        auto aligned = [](const Tensor& t) {
+          return reinterpret_cast<std::uintptr_t>(t.data<float>()) % 16 == 0;
+        };
+        run.w16 = cs.C * cs.R * cs.R % 4 == 0 && aligned(w);
+        run.x16 = cs.R == 1 && cs.H * cs.W % 4 == 0 && aligned(xbuf);
+        run.tap = tap;
+        tap_runs += tap;
+        copies16 += run.w16 + run.x16;
+        dispatch_fused_mma(plan, run);
+        const std::vector<double> got = out.to_vector(), want = ref.y.to_vector(),
+                                  scale = ref.scale.to_vector();
+        for (std::size_t i = 0; i < got.size(); ++i)
+          ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i])
+              << "element " << i << " got " << got[i];
+        for (int ch : {0, 1, cs.K + 2, cs.K + 3, cs.K + 4})
+          for (double v : ybuf.narrow(1, ch, 1).to_vector())
+            ASSERT_EQ(v, 7.0) << "channel " << ch << " was written";
+        ++runs;
+      }
     }
   }
-  EXPECT_EQ(runs, 40);
+  EXPECT_EQ(runs, 60);
+  EXPECT_EQ(tap_runs, 12);
   EXPECT_GT(copies16, 0) << "no case took the 16-byte copies";
   // What the kernel refuses: pre before a window, a flipped weight, a 2x3 window, a 5x5 one.
   FusedConvGeom g{1, 8, 5, 5, 4, 3, 3, 5, 5, 1, 1, 1, 1, 200, 100};
