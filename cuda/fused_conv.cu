@@ -95,7 +95,7 @@ struct Launch : FusedArgs {
   }
   bool w16 = false, x16 = false;  // the mma kernel copies w's rows / x's pixels 16 bytes at a time
   bool tap = false;               // ... a window's taps tap by tap (mma_tap_major_fits)
-  template <int BK, int BM, int KS>
+  template <int BK, int BM, int KS, bool TAP>
   void go_mma() const {
     // Its shared memory is dynamic and may pass 48 KB: allowed once per instantiation, for the most any
     // call can ask (kFusedMaxC input channels, pre on).
@@ -103,8 +103,9 @@ struct Launch : FusedArgs {
       FusedConvGeom most{};
       most.C = kFusedMaxC;
       most.R = most.S = 1;
-      CUDA_CHECK(cudaFuncSetAttribute(fused_conv_mma_kernel<BK, BM, KS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(sizeof(float)) * mma_smem_floats(most, MmaPlan{BK, BM}, true)));
+      CUDA_CHECK(cudaFuncSetAttribute(
+          fused_conv_mma_kernel<BK, BM, KS, TAP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+          static_cast<int>(sizeof(float)) * mma_smem_floats(most, MmaPlan{BK, BM}, true)));
       return true;
     }();
     (void)opted_in;
@@ -113,9 +114,9 @@ struct Launch : FusedArgs {
     const int splits = mma_split_count(g, chunks_per_split);
     const Tensor ws = workspace(splits);
     const size_t smem = sizeof(float) * static_cast<size_t>(mma_smem_floats(g, MmaPlan{BK, BM}, pre.on));
-    fused_conv_mma_kernel<BK, BM, KS>
+    fused_conv_mma_kernel<BK, BM, KS, TAP>
         <<<dim3(fg.x, fg.y, static_cast<unsigned>(splits)), kMmaThreads, smem, st>>>(
-            g, w16, x16, tap, x, w, pre, post, y, chunks_per_split, splits > 1 ? ws.data<float>() : nullptr);
+            g, w16, x16, x, w, pre, post, y, chunks_per_split, splits > 1 ? ws.data<float>() : nullptr);
     CUDA_CHECK_LAUNCH();
     reduce_splits(ws, splits, st);
   }

@@ -715,7 +715,7 @@ struct EmulateFused : FusedArgs {
                      [&] { tc_split_reduce_kernel(g, partial, splits, post, y); });
   }
   bool w16 = false, x16 = false, tap = false;
-  template <int BK, int BM, int KS>
+  template <int BK, int BM, int KS, bool TAP>
   void go_mma() const {
     const FusedGrid fg = mma_grid(g, MmaPlan{BK, BM});
     const int splits = mma_split_count(g, chunks_per_split);
@@ -726,7 +726,7 @@ struct EmulateFused : FusedArgs {
     emu::g_dynamic_smem.assign(static_cast<std::size_t>(mma_smem_floats(g, MmaPlan{BK, BM}, pre.on)),
                                std::numeric_limits<float>::quiet_NaN());
     emulate({fg.x, fg.y, static_cast<unsigned>(splits)}, kMmaThreads, [&] {
-      fused_conv_mma_kernel<BK, BM, KS>(g, w16, x16, tap, x, w, pre, post, y, chunks_per_split, partial);
+      fused_conv_mma_kernel<BK, BM, KS, TAP>(g, w16, x16, x, w, pre, post, y, chunks_per_split, partial);
     });
     if (splits > 1)
       emulate_serial({static_cast<unsigned>((g.M() + 255) / 256), static_cast<unsigned>(g.K), 1}, 256,
