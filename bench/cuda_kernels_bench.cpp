@@ -531,10 +531,10 @@ void register_all() {
       }
     }
 
-  // The mma kernel's tiles on the forward shapes it takes (1x1 and 3x3), whole and in runs of 8 stages:
+  // The mma kernel's tiles on every forward shape here (it takes 1x1, 3x3 and 7x7; the plan hook runs the
+  // 3x3s tap by tap and the stem's 3 channels channel by channel), whole and in runs of 8 stages:
   // "conv_fwd/native-mma/<shape>/mma<BK>x<BM>[/cps8]" (no rows in a build without CUDA: no plans).
   for (const ConvShape& s : kConvShapes) {
-    if (s.R == 7) continue;
     const std::string shape = std::string(s.kernel) + "/" + std::to_string(s.H) + "x" + std::to_string(s.H) + "/" +
                               std::to_string(s.C) + "->" + std::to_string(s.K);
     for (int plan = 0; plan < cuda::fused_conv_plans(); ++plan) {
