@@ -95,7 +95,7 @@ struct Launch : FusedArgs {
   }
   bool w16 = false, x16 = false;  // the mma kernel copies w's rows / x's pixels 16 bytes at a time
   bool tap = false;               // ... a window's taps tap by tap (mma_tap_major_fits)
-  template <int BK, int BM, int KS, bool TAP>
+  template <int BK, int BM, int KS, bool TAP, int DEPTH>
   void go_mma() const {
     // Its shared memory is dynamic and may pass 48 KB: allowed once per instantiation, for the most any
     // call can ask (kFusedMaxC input channels, pre on).
@@ -104,17 +104,18 @@ struct Launch : FusedArgs {
       most.C = kFusedMaxC;
       most.R = most.S = 1;
       CUDA_CHECK(cudaFuncSetAttribute(
-          fused_conv_mma_kernel<BK, BM, KS, TAP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-          static_cast<int>(sizeof(float)) * mma_smem_floats(most, MmaPlan{BK, BM}, true)));
+          fused_conv_mma_kernel<BK, BM, KS, TAP, DEPTH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+          static_cast<int>(sizeof(float)) * mma_smem_floats(most, MmaPlan{BK, BM, DEPTH}, true)));
       return true;
     }();
     (void)opted_in;
-    const FusedGrid fg = mma_grid(g, MmaPlan{BK, BM});
+    const FusedGrid fg = mma_grid(g, MmaPlan{BK, BM, DEPTH});
     const cudaStream_t st = static_cast<cudaStream_t>(stream());
-    const int splits = mma_split_count(g, chunks_per_split);
+    const int splits = mma_split_count(g, DEPTH, chunks_per_split);
     const Tensor ws = workspace(splits);
-    const size_t smem = sizeof(float) * static_cast<size_t>(mma_smem_floats(g, MmaPlan{BK, BM}, pre.on));
-    fused_conv_mma_kernel<BK, BM, KS, TAP>
+    const size_t smem =
+        sizeof(float) * static_cast<size_t>(mma_smem_floats(g, MmaPlan{BK, BM, DEPTH}, pre.on));
+    fused_conv_mma_kernel<BK, BM, KS, TAP, DEPTH>
         <<<dim3(fg.x, fg.y, static_cast<unsigned>(splits)), kMmaThreads, smem, st>>>(
             g, w16, x16, x, w, pre, post, y, chunks_per_split, splits > 1 ? ws.data<float>() : nullptr);
     CUDA_CHECK_LAUNCH();
@@ -168,14 +169,14 @@ void append_tc_candidates(const FusedConvGeom& g, std::vector<FusedChoice>& out)
   }
 }
 
-/// The mma form in `plan`, split for `waves` blocks per SM (split_for, 8 stages of 16 a split), its
-/// window tap by tap with `tap`.
+/// The mma form in `plan`, split for `waves` blocks per SM (split_for, 128 reduction values or more a
+/// split), its window tap by tap with `tap`.
 FusedChoice mma_choice(const FusedConvGeom& g, const MmaPlan& plan, int waves, bool tap) {
   FusedChoice c;
   c.fused = c.tc = c.mma = true;
   c.mma_plan = plan;
   c.mma_tap = tap;
-  return split_for(c, mma_grid(g, plan), mma_chunks(g), 8, waves);
+  return split_for(c, mma_grid(g, plan), mma_chunks(g, plan.depth), 128 / plan.depth, waves);
 }
 
 /// What Auto times of the mma form, for the calls it takes: each tile whole, and split for two blocks
@@ -183,8 +184,8 @@ FusedChoice mma_choice(const FusedConvGeom& g, const MmaPlan& plan, int waves, b
 void append_mma_candidates(const FusedConvGeom& g, bool pre_on, std::vector<FusedChoice>& out) {
   if (!mma_takes(g, pre_on)) return;
   for (const bool tap : {false, true}) {
-    if (tap && !mma_tap_major_fits(g)) continue;
     for (const MmaPlan& plan : kMmaPlans) {
+      if (tap && !mma_tap_major_fits(g, plan.depth)) continue;
       if (plan.bk > 32 && g.K <= 32) continue;  // all but 32 of its rows would be padding
       out.push_back(mma_choice(g, plan, 0, tap));
       const FusedChoice split = mma_choice(g, plan, 2, tap);
@@ -194,15 +195,16 @@ void append_mma_candidates(const FusedConvGeom& g, bool pre_on, std::vector<Fuse
 }
 
 /// A forward or data-pass launch, for the log: "4x8x1" (SIMT: channels x warps x pixels per lane),
-/// "tc128x64" (wmma), "mma128x64" (mma.sync; "mma32x128tap" its window tap by tap), with "/s3" for three
-/// splits.
+/// "tc128x64" (wmma), "mma128x64" (mma.sync; "mma32x128tap" its window tap by tap, "mma128x64d32" 32
+/// values per stage), with "/s3" for three splits.
 std::string fused_name(const FusedConvGeom& g, const FusedChoice& c) {
   if (!c.tc)
     return std::to_string(c.plan.kt) + "x" + std::to_string(c.plan.warps) + "x" + std::to_string(c.plan.pix);
   if (c.mma)
     return "mma" + std::to_string(c.mma_plan.bk) + "x" + std::to_string(c.mma_plan.bm) +
-           (c.mma_tap ? "tap" : "") +
-           (c.tc_cps > 0 ? "/s" + std::to_string(mma_split_count(g, c.tc_cps)) : std::string());
+           (c.mma_tap ? "tap" : "") + (c.mma_plan.depth != 16 ? "d" + std::to_string(c.mma_plan.depth) : "") +
+           (c.tc_cps > 0 ? "/s" + std::to_string(mma_split_count(g, c.mma_plan.depth, c.tc_cps))
+                         : std::string());
   std::string name = "tc" + std::to_string(c.tc_plan.bk) + "x" + std::to_string(c.tc_plan.bm);
   if (c.tc_cps > 0) name += "/s" + std::to_string(tc_split_count(g, c.tc_cps));
   return name;
@@ -550,7 +552,8 @@ void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval
                                 " with a SIMT plan (only the tensor-core form splits)");
   c.tc_cps = chunks_per_split;
   c.mma_tap =
-      c.mma && mma_tap_major_fits(g);  // a window tap by tap where it fits (Auto also times the other)
+      c.mma && mma_tap_major_fits(
+                   g, c.mma_plan.depth);  // a window tap by tap where it fits (Auto also times the other)
   run_fused(g, x, pre, w, post, out, &c);
 }
 

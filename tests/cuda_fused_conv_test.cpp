@@ -159,7 +159,8 @@ TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
           const test::ConvBnReference plain = test::conv_bn_eval_reference(x, nullptr, w, p, &post);
           cuda::conv2d_bn_eval_fused_plan(gx, c.C * c.H * c.W, nullptr, gw, p, &gpost, y, ys[1] * ys[2] * ys[3],
                                           plan, cps);
-          EXPECT_TRUE(gpu_matches(std::to_string(c.R) + "x" + std::to_string(c.S) + " without pre, x (" + std::to_string(c.N) + ", " + std::to_string(c.C) + ", " +
+          EXPECT_TRUE(gpu_matches(std::to_string(c.R) + "x" + std::to_string(c.S) + " without pre, x (" +
+                                      std::to_string(c.N) + ", " + std::to_string(c.C) + ", " +
                                       std::to_string(c.H) + ", " + std::to_string(c.W) + ") stride " +
                                       std::to_string(c.stride) + " plan " + std::to_string(plan) +
                                       " chunks per split " + std::to_string(cps),
@@ -210,7 +211,7 @@ TEST(CudaFusedConv, PlanNamesAreAutosLogNames) {
   EXPECT_GT(simt, 0);
   EXPECT_GT(wmma, 0);
   EXPECT_GT(mma, 0);
-  EXPECT_EQ(cuda::fused_conv_plan_name(cuda::fused_conv_plans() - 1), "mma32x64");
+  EXPECT_EQ(cuda::fused_conv_plan_name(cuda::fused_conv_plans() - 1), "mma32x64d32");
   EXPECT_THROW_WITH(cuda::fused_conv_plan_name(cuda::fused_conv_plans()), "fused_conv_plan_name: plan",
                     "is not in [0, ");
 }

@@ -715,18 +715,19 @@ struct EmulateFused : FusedArgs {
                      [&] { tc_split_reduce_kernel(g, partial, splits, post, y); });
   }
   bool w16 = false, x16 = false, tap = false;
-  template <int BK, int BM, int KS, bool TAP>
+  template <int BK, int BM, int KS, bool TAP, int DEPTH>
   void go_mma() const {
-    const FusedGrid fg = mma_grid(g, MmaPlan{BK, BM});
-    const int splits = mma_split_count(g, chunks_per_split);
+    const FusedGrid fg = mma_grid(g, MmaPlan{BK, BM, DEPTH});
+    const int splits = mma_split_count(g, DEPTH, chunks_per_split);
     std::vector<float> ws(splits > 1 ? static_cast<std::size_t>(int64_t(splits) * g.K * g.M()) : 0,
                           std::numeric_limits<float>::quiet_NaN());
     float* partial = splits > 1 ? ws.data() : nullptr;
     // NaN everywhere: a read of shared memory no copy wrote shows up in the result.
-    emu::g_dynamic_smem.assign(static_cast<std::size_t>(mma_smem_floats(g, MmaPlan{BK, BM}, pre.on)),
+    emu::g_dynamic_smem.assign(static_cast<std::size_t>(mma_smem_floats(g, MmaPlan{BK, BM, DEPTH}, pre.on)),
                                std::numeric_limits<float>::quiet_NaN());
     emulate({fg.x, fg.y, static_cast<unsigned>(splits)}, kMmaThreads, [&] {
-      fused_conv_mma_kernel<BK, BM, KS, TAP>(g, w16, x16, x, w, pre, post, y, chunks_per_split, partial);
+      fused_conv_mma_kernel<BK, BM, KS, TAP, DEPTH>(g, w16, x16, x, w, pre, post, y, chunks_per_split,
+                                                    partial);
     });
     if (splits > 1)
       emulate_serial({static_cast<unsigned>((g.M() + 255) / 256), static_cast<unsigned>(g.K), 1}, 256,
@@ -881,13 +882,14 @@ TEST(FusedConvEmulation, TensorCorePlansMatchFloat64) {
   EXPECT_EQ(nvcuda::wmma::g_misuse.load(), 0) << "a wmma call with a misaligned tile pointer, ldm or layout";
 }
 
-// The mma.sync kernel (cuda/fused_conv_mma.cuh) against float64, every tile, whole and split into
-// stages of 16 values. Pointwise: 4-byte copies (C % 4 != 0, a 5x5 plane) and 16-byte ones (C % 4 == 0,
-// 4x4 and 8x8 planes), K under one 128-row tile and past it, pre with and without ReLU, post on and
-// off. 3x3 (no pre): padded, strided, C*9 % 4 != 0 (4-byte weight copies), a partial last stage. 7x7 (the
-// stem's window: stride 2, padding 3, three channels, 147 taps in 10 stages; and C*49 % 4 == 0, split).
-// Windows over C % 16 == 0 channels also tap by tap (mma_tap_major_fits): 3x3 plain, 3x3 strided and
-// split, 7x7. x is read as a channel prefix and y written as a slice throughout.
+// The mma.sync kernel (cuda/fused_conv_mma.cuh) against float64, every tile at both depths (16 and 32
+// values a stage), whole and split (`cps` stages of 16 a split, half as many of 32). Pointwise: 4-byte copies
+// (C % 4 != 0, a 5x5 plane) and 16-byte ones (C % 4 == 0, 4x4 and 8x8 planes), K under one 128-row tile and
+// past it, pre with and without ReLU, post on and off. 3x3 (no pre): padded, strided, C*9 % 4 != 0 (4-byte
+// weight copies), a partial last stage. 7x7 (the stem's window: stride 2, padding 3, three channels, 147 taps
+// in 10 stages; and C*49 % 4 == 0, split). Windows over C % depth == 0 channels also tap by tap
+// (mma_tap_major_fits): 3x3 plain, 3x3 strided and split, 7x7 (depth 16); the strided 3x3 (depth 32). x is
+// read as a channel prefix and y written as a slice throughout.
 TEST(FusedConvEmulation, MmaPlansMatchFloat64) {
   struct Case {
     int N, C, H, W, K, R, st, pad;
@@ -919,20 +921,21 @@ TEST(FusedConvEmulation, MmaPlansMatchFloat64) {
     const test::ConvBnReference ref = test::conv_bn_eval_reference(x, pp, w, p, qp);
     const FusedConvGeom g{cs.N, cs.C, cs.H, cs.W, cs.K, cs.R, cs.R, P, Q, cs.st, cs.st, cs.pad, cs.pad, x_img, y_img};
     ASSERT_TRUE(mma_takes(g, cs.pre_on));
-    if (cs.cps > 0) ASSERT_GE(mma_split_count(g, cs.cps), 2) << "the case would not split";
-    for (const bool tap : {false, true}) {
-      if (tap && !mma_tap_major_fits(g)) continue;
-      for (const MmaPlan& plan : kMmaPlans) {
-        SCOPED_TRACE(std::string(tap ? "tap by tap, " : "") + "x (" + std::to_string(cs.N) + ", " +
-                     std::to_string(cs.C) + ", " + std::to_string(cs.H) + ", " + std::to_string(cs.W) +
-                     ") K " + std::to_string(cs.K) + " window " + std::to_string(cs.R) + " tile " +
-                     std::to_string(plan.bk) + "x" + std::to_string(plan.bm) + " stages per split " +
-                     std::to_string(cs.cps));
+    for (const MmaPlan& plan : kMmaPlans) {
+      const int cps = cs.cps > 0 ? std::max(1, cs.cps * 16 / plan.depth) : 0;
+      if (cps > 0) ASSERT_GE(mma_split_count(g, plan.depth, cps), 2) << "the case would not split";
+      for (const bool tap : {false, true}) {
+        if (tap && !mma_tap_major_fits(g, plan.depth)) continue;
+        SCOPED_TRACE(std::string(tap ? "tap by tap, " : "") + "depth " + std::to_string(plan.depth) +
+                     ", x (" + std::to_string(cs.N) + ", " + std::to_string(cs.C) + ", " +
+                     std::to_string(cs.H) + ", " + std::to_string(cs.W) + ") K " + std::to_string(cs.K) +
+                     " window " + std::to_string(cs.R) + " tile " + std::to_string(plan.bk) + "x" +
+                     std::to_string(plan.bm) + " stages per split " + std::to_string(cps));
         Tensor ybuf = Tensor::full({cs.N, cs.K + 5, P, Q}, 7.0);
         ybuf.narrow(1, 2, cs.K).fill_(std::numeric_limits<double>::quiet_NaN());
         const Tensor out = ybuf.narrow(1, 2, cs.K);
         EmulateFused run{{g, xbuf.data<float>(), w.data<float>(), host_fused_bn(pp), host_fused_bn(qp),
-                          out.data<float>(), cs.cps}};
+                          out.data<float>(), cps}};
         auto aligned = [](const Tensor& t) {
           return reinterpret_cast<std::uintptr_t>(t.data<float>()) % 16 == 0;
         };
@@ -954,8 +957,8 @@ TEST(FusedConvEmulation, MmaPlansMatchFloat64) {
       }
     }
   }
-  EXPECT_EQ(runs, 60);
-  EXPECT_EQ(tap_runs, 12);
+  EXPECT_EQ(runs, 112);  // 12 cases x 8 plans, and 16 tap by tap
+  EXPECT_EQ(tap_runs, 16);
   EXPECT_GT(copies16, 0) << "no case took the 16-byte copies";
   // What the kernel refuses: pre before a window, a flipped weight, a 2x3 window, a 5x5 one.
   FusedConvGeom g{1, 8, 5, 5, 4, 3, 3, 5, 5, 1, 1, 1, 1, 200, 100};
