@@ -238,8 +238,8 @@ if want mma; then
   compare mma LADNN_CUDNN_LOG=1 timeout "$T_COMPARE" "$B/ladnn" bench --batches 32 \
     --graph on --torch off --steps 20 --warmup 3
   echo "Auto's mma choices (pass, form: shapes):"
-  grep -oE '^ladnn: conv2d_[a-z_]+ .*-> ours mma[0-9x]+' "$OUTDIR/compare_mma.log" |
-    sed -E 's/^ladnn: (conv2d_[a-z_]+) x \([0-9]+, [0-9]+, [0-9]+, [0-9]+\) w \([0-9]+, [0-9]+, ([0-9]+), [0-9]+\).*-> ours (mma[0-9x]+)/\1 \2x\2 \3/' |
+  grep -oE '^ladnn: conv2d_[a-z_]+ .*-> ours mma[0-9a-z]+' "$OUTDIR/compare_mma.log" |
+    sed -E 's/^ladnn: (conv2d_[a-z_]+) x \([0-9]+, [0-9]+, [0-9]+, [0-9]+\) w \([0-9]+, [0-9]+, ([0-9]+), [0-9]+\).*-> ours (mma[0-9a-z]+)/\1 \2x\2 \3/' |
     sort | uniq -c
 fi
 want memory && compare memory timeout "$T_COMPARE" "$B/ladnn" bench --batches 64 --work train --memory-efficient \
