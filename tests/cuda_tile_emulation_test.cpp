@@ -740,6 +740,54 @@ void emulate_fused(const FusedPlan& plan, const FusedConvGeom& g, const float* x
   dispatch_fused(plan, g.ksize(), EmulateFused{{g, x, w, pre, post, y}});
 }
 
+/// The forward kernels' test inputs: x the first C of C + x_extra channels per image (a block buffer's
+/// prefix) and w (K, C, R, S), drawn from gen in that order; the geometry writes y as channels [2, 2 + K)
+/// of K + 5 per image (slice_out).
+struct PrefixConv {
+  ops::Conv2dParams p;
+  FusedConvGeom g;
+  Tensor xbuf, x, w;
+};
+PrefixConv prefix_conv(int N, int C, int H, int W, int K, int R, int S, int st, int pad, int x_extra,
+                       Generator& gen) {
+  PrefixConv c;
+  c.p.stride_h = c.p.stride_w = st;
+  c.p.pad_h = c.p.pad_w = pad;
+  const int P = (H + 2 * pad - R) / st + 1, Q = (W + 2 * pad - S) / st + 1;
+  c.g = FusedConvGeom{
+      N, C, H, W, K, R, S, P, Q, st, st, pad, pad, int64_t(C + x_extra) * H * W, int64_t(K + 5) * P * Q};
+  c.xbuf = Tensor::normal({N, C + x_extra, H, W}, 0, 1, gen);
+  c.x = c.xbuf.narrow(1, 0, C);
+  c.w = Tensor::normal({K, C, R, S}, 0, 0.5, gen);
+  return c;
+}
+
+/// y's buffer for prefix_conv's geometry: 7 outside the slice (must survive), NaN inside (an element no
+/// thread writes fails).
+struct SliceOut {
+  Tensor ybuf, out;
+};
+SliceOut slice_out(const FusedConvGeom& g) {
+  SliceOut s;
+  s.ybuf = Tensor::full({g.N, g.K + 5, g.P, g.Q}, 7.0);
+  s.ybuf.narrow(1, 2, g.K).fill_(std::numeric_limits<double>::quiet_NaN());
+  s.out = s.ybuf.narrow(1, 2, g.K);
+  return s;
+}
+
+/// Every element of the slice within rtol * scale of the reference, and the channels around it untouched.
+::testing::AssertionResult slice_matches(const SliceOut& s, const test::ConvBnReference& ref, double rtol) {
+  const std::vector<double> got = s.out.to_vector(), want = ref.y.to_vector(), scale = ref.scale.to_vector();
+  for (std::size_t i = 0; i < got.size(); ++i)
+    if (!(std::fabs(got[i] - want[i]) <= rtol * scale[i]))
+      return ::testing::AssertionFailure() << "element " << i << " got " << got[i] << ", want " << want[i];
+  const int K = static_cast<int>(s.ybuf.size(1)) - 5;
+  for (int ch : {0, 1, K + 2, K + 3, K + 4})
+    for (double v : s.ybuf.narrow(1, ch, 1).to_vector())
+      if (v != 7.0) return ::testing::AssertionFailure() << "channel " << ch << " was written";
+  return ::testing::AssertionSuccess();
+}
+
 TEST(FusedConvEmulation, PlannerSplitsTheReductionWhenTheOutputIsSmall) {
   // DenseNet-169 at batch 1 on 132 SMs: a 7x7 bottleneck has 2 pixel tiles, a 56x56 one 98.
   FusedPlan p = plan_fused(49, 128, kEmulatedSms);
@@ -771,25 +819,18 @@ TEST(FusedConvEmulation, EveryPlanMatchesFloat64WithBatchNormsPrefixesAndSlices)
     Generator gen(51);
   int cases = 0;
   for (const Shape4& sh : shapes) {
-    ops::Conv2dParams p;
-    p.stride_h = p.stride_w = sh.st;
-    p.pad_h = p.pad_w = sh.pad;
-    const int P = (sh.H + 2 * sh.pad - sh.R) / sh.st + 1, Q = (sh.W + 2 * sh.pad - sh.S) / sh.st + 1;
     // x: the first C of C + 3 channels per image; y: channels [2, 2 + K) of K + 5.
-    const int64_t x_img = int64_t(sh.C + 3) * sh.H * sh.W, y_img = int64_t(sh.K + 5) * P * Q;
-    const Tensor xbuf = Tensor::normal({sh.N, sh.C + 3, sh.H, sh.W}, 0, 1, gen);
-    const Tensor x = xbuf.narrow(1, 0, sh.C);
-    const Tensor w = Tensor::normal({sh.K, sh.C, sh.R, sh.S}, 0, 0.5, gen);
+    const PrefixConv c = prefix_conv(sh.N, sh.C, sh.H, sh.W, sh.K, sh.R, sh.S, sh.st, sh.pad, 3, gen);
     for (int variant = 0; variant < 4; ++variant) {
       const bool has_pre = variant != 0, has_post = variant >= 2;
       const ops::BnEval pre = test::random_bn_eval(sh.C, ops::BnAct::Relu, gen, DType::Float32, variant != 3);
       const ops::BnEval post = test::random_bn_eval(sh.K, variant == 3 ? ops::BnAct::None : ops::BnAct::Relu, gen);
       const ops::BnEval* pp = has_pre ? &pre : nullptr;
       const ops::BnEval* qp = has_post ? &post : nullptr;
-      const test::ConvBnReference ref = test::conv_bn_eval_reference(x, pp, w, p, qp);
-      FusedConvGeom g{sh.N, sh.C, sh.H, sh.W, sh.K, sh.R, sh.S, P, Q, sh.st, sh.st, sh.pad, sh.pad, x_img, y_img};
+      const test::ConvBnReference ref = test::conv_bn_eval_reference(c.x, pp, c.w, c.p, qp);
+      FusedConvGeom g = c.g;
       g.chunk4 = g.pointwise() && sh.C % 4 == 0;  // as the launcher sets them
-      g.vec4 = g.chunk4 && reinterpret_cast<std::uintptr_t>(w.data<float>()) % 16 == 0;
+      g.vec4 = g.chunk4 && reinterpret_cast<std::uintptr_t>(c.w.data<float>()) % 16 == 0;
       EXPECT_EQ(g.vec4, g.chunk4) << "the test's weights are not 16-byte aligned";
       for (int pi = 0; pi < 3; ++pi) {  // three plans per variant: all ten per shape (some twice)
         const FusedPlan& plan = kFusedPlans[(3 * variant + pi) % 10];
@@ -798,17 +839,10 @@ TEST(FusedConvEmulation, EveryPlanMatchesFloat64WithBatchNormsPrefixesAndSlices)
                      std::to_string(sh.S) + " variant " + std::to_string(variant) + " kt " +
                      std::to_string(plan.kt) + " warps " + std::to_string(plan.warps) + " pix " +
                      std::to_string(plan.pix));
-        // Outside the slice: 7 (must survive); inside: NaN (an element no thread writes fails).
-        Tensor ybuf = Tensor::full({sh.N, sh.K + 5, P, Q}, 7.0);
-        ybuf.narrow(1, 2, sh.K).fill_(std::numeric_limits<double>::quiet_NaN());
-        const Tensor out = ybuf.narrow(1, 2, sh.K);
-        emulate_fused(plan, g, xbuf.data<float>(), w.data<float>(), host_fused_bn(pp), host_fused_bn(qp),
-                      out.data<float>());
-        const std::vector<double> got = out.to_vector(), want = ref.y.to_vector(), scale = ref.scale.to_vector();
-        for (std::size_t i = 0; i < got.size(); ++i)
-          ASSERT_LE(std::fabs(got[i] - want[i]), 4e-6 * scale[i]) << "element " << i << " got " << got[i];
-        for (int ch : {0, 1, sh.K + 2, sh.K + 3, sh.K + 4})
-          for (double v : ybuf.narrow(1, ch, 1).to_vector()) ASSERT_EQ(v, 7.0) << "channel " << ch << " was written";
+        const SliceOut y = slice_out(g);
+        emulate_fused(plan, g, c.xbuf.data<float>(), c.w.data<float>(), host_fused_bn(pp), host_fused_bn(qp),
+                      y.out.data<float>());
+        ASSERT_TRUE(slice_matches(y, ref, 4e-6));
         ++cases;
       }
     }
@@ -840,21 +874,14 @@ TEST(FusedConvEmulation, TensorCorePlansMatchFloat64) {
   Generator gen(53);
   int cases = 0;
   for (const Shape4& sh : shapes) {
-    ops::Conv2dParams p;
-    p.stride_h = p.stride_w = sh.st;
-    p.pad_h = p.pad_w = sh.pad;
-    const int P = (sh.H + 2 * sh.pad - sh.R) / sh.st + 1, Q = (sh.W + 2 * sh.pad - sh.R) / sh.st + 1;
-    const int64_t x_img = int64_t(sh.C + 3) * sh.H * sh.W, y_img = int64_t(sh.K + 5) * P * Q;
-    const Tensor xbuf = Tensor::normal({sh.N, sh.C + 3, sh.H, sh.W}, 0, 1, gen);
-    const Tensor x = xbuf.narrow(1, 0, sh.C);
-    const Tensor w = Tensor::normal({sh.K, sh.C, sh.R, sh.R}, 0, 0.5, gen);
+    const PrefixConv c = prefix_conv(sh.N, sh.C, sh.H, sh.W, sh.K, sh.R, sh.R, sh.st, sh.pad, 3, gen);
+    const FusedConvGeom& g = c.g;
     const ops::BnEval pre = test::random_bn_eval(sh.C, ops::BnAct::Relu, gen);
     const ops::BnEval post = test::random_bn_eval(sh.K, ops::BnAct::Relu, gen, DType::Float32, false);
     for (int variant = 0; variant < 2; ++variant) {
       const ops::BnEval* pp = &pre;
       const ops::BnEval* qp = variant == 1 ? &post : nullptr;
-      const test::ConvBnReference ref = test::conv_bn_eval_reference(x, pp, w, p, qp);
-      const FusedConvGeom g{sh.N, sh.C, sh.H, sh.W, sh.K, sh.R, sh.R, P, Q, sh.st, sh.st, sh.pad, sh.pad, x_img, y_img};
+      const test::ConvBnReference ref = test::conv_bn_eval_reference(c.x, pp, c.w, c.p, qp);
       // Whole reductions; with post on, also split one chunk per split (tc_chunks(g) = 2 to 5 splits
       // here), the partial sums added and post applied by the second kernel.
       for (int cps = 0; cps <= (variant == 1 ? 1 : 0); ++cps)
@@ -864,16 +891,10 @@ TEST(FusedConvEmulation, TensorCorePlansMatchFloat64) {
                      std::to_string(variant) + " tile " +
                      std::to_string(plan.bk) + "x" + std::to_string(plan.bm) + " chunks per split " + std::to_string(cps));
         if (cps > 0) ASSERT_GE(tc_chunks(g), 2) << "the shape gives one split: the test would not split";
-        Tensor ybuf = Tensor::full({sh.N, sh.K + 5, P, Q}, 7.0);
-        ybuf.narrow(1, 2, sh.K).fill_(std::numeric_limits<double>::quiet_NaN());
-        const Tensor out = ybuf.narrow(1, 2, sh.K);
-        dispatch_fused_tc(plan, EmulateFused{{g, xbuf.data<float>(), w.data<float>(), host_fused_bn(pp),
-                                              host_fused_bn(qp), out.data<float>(), cps}});
-        const std::vector<double> got = out.to_vector(), want = ref.y.to_vector(), scale = ref.scale.to_vector();
-        for (std::size_t i = 0; i < got.size(); ++i)
-          ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i]) << "element " << i << " got " << got[i];
-        for (int ch : {0, 1, sh.K + 2, sh.K + 3, sh.K + 4})
-          for (double v : ybuf.narrow(1, ch, 1).to_vector()) ASSERT_EQ(v, 7.0) << "channel " << ch << " was written";
+        const SliceOut y = slice_out(g);
+        dispatch_fused_tc(plan, EmulateFused{{g, c.xbuf.data<float>(), c.w.data<float>(), host_fused_bn(pp),
+                                              host_fused_bn(qp), y.out.data<float>(), cps}});
+        ASSERT_TRUE(slice_matches(y, ref, 0x1p-9 + 1e-5));
         ++cases;
       }
     }
@@ -906,20 +927,13 @@ TEST(FusedConvEmulation, MmaPlansMatchFloat64) {
   Generator gen(57);
   int runs = 0, copies16 = 0, tap_runs = 0;
   for (const Case& cs : cases) {
-    ops::Conv2dParams p;
-    p.stride_h = p.stride_w = cs.st;
-    p.pad_h = p.pad_w = cs.pad;
-    const int P = (cs.H + 2 * cs.pad - cs.R) / cs.st + 1, Q = (cs.W + 2 * cs.pad - cs.R) / cs.st + 1;
-    const int64_t x_img = int64_t(cs.C + 4) * cs.H * cs.W, y_img = int64_t(cs.K + 5) * P * Q;
-    const Tensor xbuf = Tensor::normal({cs.N, cs.C + 4, cs.H, cs.W}, 0, 1, gen);
-    const Tensor x = xbuf.narrow(1, 0, cs.C);
-    const Tensor w = Tensor::normal({cs.K, cs.C, cs.R, cs.R}, 0, 0.5, gen);
+    const PrefixConv c = prefix_conv(cs.N, cs.C, cs.H, cs.W, cs.K, cs.R, cs.R, cs.st, cs.pad, 4, gen);
+    const FusedConvGeom& g = c.g;
     const ops::BnEval pre = test::random_bn_eval(cs.C, cs.pre_relu ? ops::BnAct::Relu : ops::BnAct::None, gen);
     const ops::BnEval post = test::random_bn_eval(cs.K, ops::BnAct::Relu, gen, DType::Float32, false);
     const ops::BnEval* pp = cs.pre_on ? &pre : nullptr;
     const ops::BnEval* qp = cs.post_on ? &post : nullptr;
-    const test::ConvBnReference ref = test::conv_bn_eval_reference(x, pp, w, p, qp);
-    const FusedConvGeom g{cs.N, cs.C, cs.H, cs.W, cs.K, cs.R, cs.R, P, Q, cs.st, cs.st, cs.pad, cs.pad, x_img, y_img};
+    const test::ConvBnReference ref = test::conv_bn_eval_reference(c.x, pp, c.w, c.p, qp);
     ASSERT_TRUE(mma_takes(g, cs.pre_on));
     for (const MmaPlan& plan : kMmaPlans) {
       const int cps = cs.cps > 0 ? std::max(1, cs.cps * 16 / plan.depth) : 0;
@@ -931,28 +945,19 @@ TEST(FusedConvEmulation, MmaPlansMatchFloat64) {
                      std::to_string(cs.H) + ", " + std::to_string(cs.W) + ") K " + std::to_string(cs.K) +
                      " window " + std::to_string(cs.R) + " tile " + std::to_string(plan.bk) + "x" +
                      std::to_string(plan.bm) + " stages per split " + std::to_string(cps));
-        Tensor ybuf = Tensor::full({cs.N, cs.K + 5, P, Q}, 7.0);
-        ybuf.narrow(1, 2, cs.K).fill_(std::numeric_limits<double>::quiet_NaN());
-        const Tensor out = ybuf.narrow(1, 2, cs.K);
-        EmulateFused run{{g, xbuf.data<float>(), w.data<float>(), host_fused_bn(pp), host_fused_bn(qp),
-                          out.data<float>(), cps}};
+        const SliceOut y = slice_out(g);
+        EmulateFused run{{g, c.xbuf.data<float>(), c.w.data<float>(), host_fused_bn(pp), host_fused_bn(qp),
+                          y.out.data<float>(), cps}};
         auto aligned = [](const Tensor& t) {
           return reinterpret_cast<std::uintptr_t>(t.data<float>()) % 16 == 0;
         };
-        run.w16 = cs.C * cs.R * cs.R % 4 == 0 && aligned(w);
-        run.x16 = cs.R == 1 && cs.H * cs.W % 4 == 0 && aligned(xbuf);
+        run.w16 = cs.C * cs.R * cs.R % 4 == 0 && aligned(c.w);
+        run.x16 = cs.R == 1 && cs.H * cs.W % 4 == 0 && aligned(c.xbuf);
         run.tap = tap;
         tap_runs += tap;
         copies16 += run.w16 + run.x16;
         dispatch_fused_mma(plan, run);
-        const std::vector<double> got = out.to_vector(), want = ref.y.to_vector(),
-                                  scale = ref.scale.to_vector();
-        for (std::size_t i = 0; i < got.size(); ++i)
-          ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i])
-              << "element " << i << " got " << got[i];
-        for (int ch : {0, 1, cs.K + 2, cs.K + 3, cs.K + 4})
-          for (double v : ybuf.narrow(1, ch, 1).to_vector())
-            ASSERT_EQ(v, 7.0) << "channel " << ch << " was written";
+        ASSERT_TRUE(slice_matches(y, ref, 0x1p-9 + 1e-5));
         ++runs;
       }
     }
