@@ -170,7 +170,7 @@ __global__ void __launch_bounds__(kMmaThreads)
     float* As = smem + (j % kStages) * T::kStage;
     float* Bs = As + T::kA;
     const int c0 = (chunk0 + j) * DEPTH;
-    if constexpr (TAP) {  // the stage is tap rs = (r, s) of channels ch0 .. ch0 + 15
+    if constexpr (TAP) {  // the stage is tap rs = (r, s) of channels ch0 .. ch0 + DEPTH - 1
       const int rs = c0 / C, ch0 = c0 - rs * C, r = rs / KS, s = rs - KS * r;
 #pragma unroll
       for (int i = 0; i < BK * DEPTH / kMmaThreads; ++i) {  // W[k, ch0 + col, r, s]
