@@ -352,9 +352,10 @@ void bench_conv(benchmark::State& state, ConvShape s, ConvPass pass, Impl impl, 
   });
 }
 
-// Our mma.sync convolution (cuda/fused_conv_mma.cuh) alone, in launch shape `plan` (an index of the fused
-// kernel's plans, cuda::fused_conv_plan_is_mma), its reduction whole (cps 0) or in runs of cps stages of
-// 16 values: the plain forward convolution, as the conv_fwd rows beside it time cuDNN and cuBLAS.
+// Our mma.sync convolutions (cuda/fused_conv_mma.cuh, cuda/fused_conv_halo.cuh) alone, in launch shape
+// `plan` (an index of the fused kernel's plans, cuda::fused_conv_plan_is_mma or _is_halo), the reduction
+// whole (cps 0) or in runs of cps stages: the plain forward convolution, as the conv_fwd rows beside it
+// time cuDNN and cuBLAS.
 void bench_conv_mma(benchmark::State& state, ConvShape s, int plan, int cps) {
   guarded(state, [&] {
     if (!cuda::fused_conv_tensor_cores()) {
@@ -543,6 +544,17 @@ void register_all() {
         configure(benchmark::RegisterBenchmark(
             ("conv_fwd/native-mma/" + shape + "/" + cuda::fused_conv_plan_name(plan) + (cps ? "/cps8" : "")).c_str(),
             bench_conv_mma, s, plan, cps));
+    }
+    // The halo kernel's tiles on the growth 3x3s it takes (stride 1, padding 1, rows of a multiple of 4
+    // pixels, at most half the tile's slots: the 56x56 and 28x28 ones), whole:
+    // "conv_fwd/native-halo/<shape>/halo32x<BM>".
+    if (s.R != 3 || s.stride != 1 || s.pad != 1 || s.H % 4 != 0 || s.C % 8 != 0) continue;
+    for (int plan = 0; plan < cuda::fused_conv_plans(); ++plan) {
+      if (!cuda::fused_conv_plan_is_halo(plan)) continue;
+      const std::string name = cuda::fused_conv_plan_name(plan);  // "halo32x<BM>"
+      if (2 * s.H > std::stoi(name.substr(7))) continue;
+      configure(benchmark::RegisterBenchmark(("conv_fwd/native-halo/" + shape + "/" + name).c_str(),
+                                             bench_conv_mma, s, plan, 0));
     }
   }
 

@@ -2,21 +2,22 @@
 // cuda::fused_conv() (LADNN_FUSED_CONV) picks it; otherwise the caller runs the unfused ops.
 //
 // On launches the SIMT kernel in the shape plan_fused picks (a guess from the output's size). Auto times
-// the kernel in each of its launch shapes (SIMT kFusedPlans; with TF32, the tensor-core kTcPlans, and
-// for the calls it takes, cuda/fused_conv_mma.cuh's kMmaPlans) and the unfused ops, on the call's own
-// buffers, the first time a shape is seen, and keeps the fastest for the process — as LADNN_CONV1X1=auto
-// does for cuBLAS against cuDNN, so the launch shape is tuned on the card that runs it. Each candidate is timed as a graph replay (cuda::time_replayed_ms; its eager warm-up run
+// the kernel in each of its launch shapes (SIMT kFusedPlans; with TF32, the tensor-core kTcPlans, and for
+// the calls they take, cuda/fused_conv_mma.cuh's kMmaPlans and cuda/fused_conv_halo.cuh's kHaloPlans) and
+// the unfused ops, on the call's own buffers, the first time a shape is seen, and keeps the fastest for the
+// process — as LADNN_CONV1X1=auto does for cuBLAS against cuDNN, so the launch shape is tuned on the card
+// that runs it. Each candidate is timed as a graph replay (cuda::time_replayed_ms; its eager warm-up run
 // also does the convolution's cuDNN search): GPU time without the host's launch gaps, which an eager
-// timing would charge to the unfused ops' three library calls but a replayed inference never pays.
-// The tensor-core launches come whole and, where a shape has too few tiles to fill the GPU, with the
-// reduction split over blocks (tc_split). LADNN_CUDNN_LOG=1 prints each choice. The second half of the
-// file does the same for training's backward convolutions (below "the backward passes").
+// timing would charge to the unfused ops' three library calls but a replayed inference never pays. The
+// tensor-core launches come whole and, where a shape has too few tiles to fill the GPU, with the reduction
+// split over blocks (tc_split). LADNN_CUDNN_LOG=1 prints each choice. The second half of the file does the
+// same for training's backward convolutions (below "the backward passes").
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <initializer_list>
 #include <limits>
@@ -30,6 +31,7 @@
 #include "cuda/context.h"
 #include "cuda/conv_wgrad_tc.cuh"
 #include "cuda/fused_conv.cuh"
+#include "cuda/fused_conv_halo.cuh"
 #include "cuda/fused_conv_mma.cuh"
 #include "cuda/fused_conv_tc.cuh"
 #include "cuda/graph.h"
@@ -121,6 +123,25 @@ struct Launch : FusedArgs {
     CUDA_CHECK_LAUNCH();
     reduce_splits(ws, splits, st);
   }
+  template <int BM>
+  void go_halo() const {
+    static const bool opted_in = [] {  // as go_mma: once, for the most any call can ask
+      CUDA_CHECK(cudaFuncSetAttribute(fused_conv_halo_kernel<BM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(sizeof(float)) * halo_smem_floats_bound(BM)));
+      return true;
+    }();
+    (void)opted_in;
+    const HaloLayout L = halo_layout(g, BM);
+    const FusedGrid fg = halo_grid(g, BM);
+    const cudaStream_t st = static_cast<cudaStream_t>(stream());
+    const int splits = halo_split_count(g, chunks_per_split);
+    const Tensor ws = workspace(splits);
+    const size_t smem = sizeof(float) * static_cast<size_t>(halo_smem_floats(L));
+    fused_conv_halo_kernel<BM><<<dim3(fg.x, fg.y, static_cast<unsigned>(splits)), kMmaThreads, smem, st>>>(
+        g, L, x, w, post, y, chunks_per_split, splits > 1 ? ws.data<float>() : nullptr);
+    CUDA_CHECK_LAUNCH();
+    reduce_splits(ws, splits, st);
+  }
 };
 
 /// What Auto's choice depends on: the shapes, strides and BatchNorms of the call, and the switches that
@@ -133,9 +154,11 @@ struct FusedChoice {
   bool tc = false;   // a tensor-core kernel: the wmma form (tc_plan), or with mma the mma.sync one
   bool mma = false;  // (mma_plan; forward only, the calls mma_takes)
   bool mma_tap = false;  // the mma form's window tap by tap (mma_tap_major_fits)
+  bool halo = false;     // with tc: the halo-staged 3x3 (halo_plan; forward only, the calls halo_takes)
   FusedPlan plan;
   TcPlan tc_plan;
   MmaPlan mma_plan;
+  HaloPlan halo_plan;
   int tc_cps = 0;  // the tensor-core form's reduction in runs of this many chunks of its own (0: whole)
   // The weight gradient's (conv2d_backward_weight_fused): its tile and pixel chunks per split.
   WgradPlan wg_plan;
@@ -194,12 +217,42 @@ void append_mma_candidates(const FusedConvGeom& g, bool pre_on, std::vector<Fuse
   }
 }
 
+/// The halo kernel in `plan`, split for `waves` blocks per SM (split_for, 2 stages of 72 values or more a
+/// split).
+FusedChoice halo_choice(const FusedConvGeom& g, const HaloPlan& plan, int waves) {
+  FusedChoice c;
+  c.fused = c.tc = c.halo = true;
+  c.halo_plan = plan;
+  return split_for(c, halo_grid(g, plan.bm), halo_chunks(g), 2, waves);
+}
+
+/// x and w as the halo kernel copies them: 16 bytes at a time from 16-byte aligned rows.
+bool halo_aligned(const float* x, const float* w) {
+  return reinterpret_cast<std::uintptr_t>(x) % 16 == 0 && reinterpret_cast<std::uintptr_t>(w) % 16 == 0;
+}
+
+/// What Auto times of the halo kernel, for the calls it takes (x and w the pointers it will read): each
+/// tile whole, and split for two blocks per SM where that is more than one split.
+void append_halo_candidates(const FusedConvGeom& g, bool pre_on, const float* x, const float* w,
+                            std::vector<FusedChoice>& out) {
+  if (!halo_aligned(x, w)) return;
+  for (const HaloPlan& plan : kHaloPlans) {
+    if (!halo_takes(g, pre_on, plan.bm)) continue;
+    out.push_back(halo_choice(g, plan, 0));
+    const FusedChoice split = halo_choice(g, plan, 2);
+    if (split.tc_cps > 0) out.push_back(split);
+  }
+}
+
 /// A forward or data-pass launch, for the log: "4x8x1" (SIMT: channels x warps x pixels per lane),
 /// "tc128x64" (wmma), "mma128x64" (mma.sync; "mma32x128tap" its window tap by tap, "mma128x64d32" 32
-/// values per stage), with "/s3" for three splits.
+/// values per stage), "halo32x128" (the halo-staged 3x3), with "/s3" for three splits.
 std::string fused_name(const FusedConvGeom& g, const FusedChoice& c) {
   if (!c.tc)
     return std::to_string(c.plan.kt) + "x" + std::to_string(c.plan.warps) + "x" + std::to_string(c.plan.pix);
+  if (c.halo)
+    return "halo" + std::to_string(kHaloBK) + "x" + std::to_string(c.halo_plan.bm) +
+           (c.tc_cps > 0 ? "/s" + std::to_string(halo_split_count(g, c.tc_cps)) : std::string());
   if (c.mma)
     return "mma" + std::to_string(c.mma_plan.bk) + "x" + std::to_string(c.mma_plan.bm) +
            (c.mma_tap ? "tap" : "") + (c.mma_plan.depth != 16 ? "d" + std::to_string(c.mma_plan.depth) : "") +
@@ -288,6 +341,8 @@ void run_fused(FusedConvGeom g, const Tensor& x, const ops::BnEval* pre, const T
     run.x16 = g.pointwise() && hw % 4 == 0 && g.x_img % 4 == 0 && reinterpret_cast<std::uintptr_t>(run.x) % 16 == 0;
     run.tap = choice->mma_tap;
     dispatch_fused_mma(choice->mma_plan, run);
+  } else if (choice && choice->halo) {
+    dispatch_fused_halo(choice->halo_plan, run);
   } else if (choice && choice->tc)
     dispatch_fused_tc(choice->tc_plan, run);
   else
@@ -441,6 +496,9 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
         if (tc_applies()) {
           append_tc_candidates(g, candidates);
           append_mma_candidates(g, pre != nullptr, candidates);
+          // run_fused reads w.contiguous(): a copy (aligned) when w is not contiguous
+          append_halo_candidates(g, pre != nullptr, x.data<float>(),
+                                 w.is_contiguous() ? w.data<float>() : nullptr, candidates);
         }
         return candidates;
       },
@@ -486,10 +544,12 @@ namespace {
 constexpr int kSimtPlanCount = static_cast<int>(sizeof(kFusedPlans) / sizeof(kFusedPlans[0]));
 constexpr int kTcPlanCount = static_cast<int>(sizeof(kTcPlans) / sizeof(kTcPlans[0]));
 constexpr int kMmaPlanCount = static_cast<int>(sizeof(kMmaPlans) / sizeof(kMmaPlans[0]));
+constexpr int kHaloPlanCount = static_cast<int>(sizeof(kHaloPlans) / sizeof(kHaloPlans[0]));
+constexpr int kHaloPlan0 = kSimtPlanCount + kTcPlanCount + kMmaPlanCount;  // the first halo plan
 }  // namespace
 
 int fused_conv_plans() {
-  return kSimtPlanCount + kTcPlanCount + kMmaPlanCount;
+  return kHaloPlan0 + kHaloPlanCount;
 }
 
 bool fused_conv_plan_is_tensor_core(int plan) {
@@ -497,7 +557,11 @@ bool fused_conv_plan_is_tensor_core(int plan) {
 }
 
 bool fused_conv_plan_is_mma(int plan) {
-  return plan >= kSimtPlanCount + kTcPlanCount && plan < fused_conv_plans();
+  return plan >= kSimtPlanCount + kTcPlanCount && plan < kHaloPlan0;
+}
+
+bool fused_conv_plan_is_halo(int plan) {
+  return plan >= kHaloPlan0 && plan < fused_conv_plans();
 }
 
 namespace {
@@ -507,7 +571,10 @@ FusedChoice plan_choice(int plan) {
   c.fused = true;
   c.tc = fused_conv_plan_is_tensor_core(plan);
   c.mma = fused_conv_plan_is_mma(plan);
-  if (c.mma)
+  c.halo = fused_conv_plan_is_halo(plan);
+  if (c.halo)
+    c.halo_plan = kHaloPlans[plan - kHaloPlan0];
+  else if (c.mma)
     c.mma_plan = kMmaPlans[plan - kSimtPlanCount - kTcPlanCount];
   else if (c.tc)
     c.tc_plan = kTcPlans[plan - kSimtPlanCount];
@@ -543,6 +610,18 @@ void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval
     throw std::invalid_argument("conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) +
                                 " is the mma.sync kernel: it takes pointwise convolutions (1x1, stride "
                                 "1, no padding) and 3x3 and 7x7 windows without a BatchNorm before them");
+  if (c.halo && !halo_takes(g, pre != nullptr, c.halo_plan.bm))
+    throw std::invalid_argument(
+        "conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) +
+        " is the halo kernel: it takes 3x3 windows of stride 1 and padding 1 without "
+        "a BatchNorm before them, over a multiple of 8 channels, W % 4 == 0 and at most " +
+        std::to_string(c.halo_plan.bm / 2) +
+        " (its pixel slots / 2), the images 4 floats apart; this call: C " + std::to_string(g.C) + ", W " +
+        std::to_string(g.W) + ", x_img " + std::to_string(g.x_img));
+  if (c.halo && !halo_aligned(x.data<float>(), w.is_contiguous() ? w.data<float>() : nullptr))
+    throw std::invalid_argument("conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) +
+                                " (the halo kernel) copies x and w 16 bytes at a time: both must be 16-byte "
+                                "aligned");
   if (chunks_per_split < 0)
     throw std::invalid_argument("conv2d_bn_eval_fused_plan: chunks_per_split " +
                                 std::to_string(chunks_per_split) + " < 0");

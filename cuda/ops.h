@@ -84,22 +84,29 @@ void reset_fused_conv_choices();
 /// how many shapes of each pass Auto has given to our kernels and to the library so far ("" for none).
 std::string describe_fused_conv_choices();
 /// How many launch shapes the fused kernel has: cuda/fused_conv.cuh's SIMT kFusedPlans, then
-/// cuda/fused_conv_tc.cuh's tensor-core kTcPlans and cuda/fused_conv_mma.cuh's kMmaPlans (with TF32 on,
-/// sm_80+).
+/// cuda/fused_conv_tc.cuh's tensor-core kTcPlans, cuda/fused_conv_mma.cuh's kMmaPlans and
+/// cuda/fused_conv_halo.cuh's kHaloPlans (with TF32 on, sm_80+).
 int fused_conv_plans();
-/// True for the tensor-core plans among them: cuda/fused_conv_tc.cuh's, then cuda/fused_conv_mma.cuh's.
+/// True for the tensor-core plans among them: cuda/fused_conv_tc.cuh's, cuda/fused_conv_mma.cuh's and
+/// cuda/fused_conv_halo.cuh's.
 bool fused_conv_plan_is_tensor_core(int plan);
 /// True for cuda/fused_conv_mma.cuh's plans, which take pointwise convolutions (1x1, stride 1, no
 /// padding) and 3x3 and 7x7 windows without a pre BatchNorm; conv2d_bn_eval_fused_plan refuses other
 /// calls, and runs a window tap by tap where that fits (mma_tap_major_fits; Auto times both orders).
 bool fused_conv_plan_is_mma(int plan);
-/// A plan's launch as Auto's log names it: "8x4x2" (SIMT), "tc128x64" (wmma), "mma128x64" (mma.sync).
+/// True for cuda/fused_conv_halo.cuh's plans, which take 3x3 windows of stride 1 and padding 1 without a
+/// pre BatchNorm, over a multiple of 8 channels, W % 4 == 0 and W at most half the plan's pixel slots
+/// (halo_takes), x and w 16-byte aligned; conv2d_bn_eval_fused_plan refuses other calls.
+bool fused_conv_plan_is_halo(int plan);
+/// A plan's launch as Auto's log names it: "8x4x2" (SIMT), "tc128x64" (wmma), "mma128x64" (mma.sync),
+/// "halo32x128" (the halo-staged 3x3).
 /// Throws std::invalid_argument for a plan out of range.
 std::string fused_conv_plan_name(int plan);
 /// The fused kernel alone in launch shape `plan` (0 <= plan < fused_conv_plans()), whatever the switch
 /// says — for tests and benches that check or time every shape Auto may pick. Arguments as
 /// conv2d_bn_eval_fused's, out defined; chunks_per_split > 0 (tensor-core plans only) splits the
-/// reduction into runs of that many 32-value chunks, added by a second kernel (0: not split). Throws
+/// reduction into runs of that many of the plan's chunks (wmma: 32 values; mma: its depth, 16 or 32;
+/// halo: 8 channels x 9 taps), added by a second kernel (0: not split). Throws
 /// std::invalid_argument when the kernel does not take the call or the plan is out of range.
 void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
                                const ops::Conv2dParams& p, const ops::BnEval* post, const Tensor& out, int64_t out_img,

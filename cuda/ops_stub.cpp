@@ -213,6 +213,9 @@ bool fused_conv_plan_is_tensor_core(int) {
 bool fused_conv_plan_is_mma(int) {
   return false;
 }
+bool fused_conv_plan_is_halo(int) {
+  return false;
+}
 std::string fused_conv_plan_name(int) {
   no_backend("fused_conv_plan_name");
 }

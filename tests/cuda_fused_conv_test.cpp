@@ -148,6 +148,15 @@ TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
         if (tc && !cuda::tf32_enabled()) continue;
         if (cps > 0 && !tc) continue;
         const double rtol = (tc ? 0x1p-9 : 0.0) + fused_rtol(c.C, c.R, c.S);
+        if (cuda::fused_conv_plan_is_halo(plan)) {
+          // The halo kernel refuses pre before its window (and every other window than a padded 3x3 of
+          // stride 1): HaloPlansMatchFloat64OnGrowthShapes runs it.
+          const Tensor y = Tensor::empty(ys, DType::Float32, Device::cuda());
+          EXPECT_THROW_WITH(cuda::conv2d_bn_eval_fused_plan(gx, c.C * c.H * c.W, &gpre, gw, p, &gpost, y,
+                                                            ys[1] * ys[2] * ys[3], plan, cps),
+                            "is the halo kernel: it takes 3x3 windows of stride 1 and padding 1");
+          continue;
+        }
         if (cuda::fused_conv_plan_is_mma(plan) && (c.R != 1 || c.S != 1 || c.stride != 1 || c.pad != 0)) {
           // The mma kernel refuses a window with pre; a 3x3 or 7x7 without pre (a growth conv, the stem)
           // it takes.
@@ -187,16 +196,83 @@ TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
   }
 }
 
+// The halo kernel's tiles (cuda/fused_conv_halo.cuh) on the growth 3x3s it is for, whole and split, against
+// float64: 56x56 and 28x28 at batch 2 and 3 (a 28-pixel row: tiles cross output rows; the 28x28 one read as
+// a channel prefix and written as a slice, as in a dense block), and a 12x12 with 40 output channels (a
+// partial second channel block) and post on. TF32's bound, as the other tensor-core plans.
+TEST(CudaFusedConv, HaloPlansMatchFloat64OnGrowthShapes) {
+  LADNN_REQUIRE_GPU();
+  if (!cuda::tf32_enabled()) GTEST_SKIP() << "the halo kernel runs on the tensor cores: TF32 is off";
+  struct Case {
+    int64_t N, C, H, K, x_channels, y_channels, y_first;
+    bool post_on;
+  };
+  const Case cases[] = {{2, 128, 56, 32, 128, 32, 0, false},
+                        {3, 128, 28, 32, 160, 200, 96, false},
+                        {1, 64, 12, 40, 64, 40, 0, true}};
+  Generator gen(67);
+  int runs = 0;
+  for (const Case& c : cases) {
+    ops::Conv2dParams p;
+    p.pad_h = p.pad_w = 1;
+    const Tensor xbuf = randn({c.N, c.x_channels, c.H, c.H}, gen), w = randn({c.K, c.C, 3, 3}, gen, 0, 0.05);
+    const Tensor x = xbuf.narrow(1, 0, c.C);
+    const ops::BnEval post = test::random_bn_eval(c.K, ops::BnAct::Relu, gen);
+    const ops::BnEval gpost = test::bn_eval_to(post, Device::cuda());
+    const test::ConvBnReference ref =
+        test::conv_bn_eval_reference(x, nullptr, w, p, c.post_on ? &post : nullptr);
+    const Tensor gxbuf = to_gpu(xbuf), gw = to_gpu(w);
+    const Tensor gx = gxbuf.narrow(1, 0, c.C);
+    const double rtol = 0x1p-9 + fused_rtol(c.C, 3, 3);
+    for (int plan = 0; plan < cuda::fused_conv_plans(); ++plan) {
+      if (!cuda::fused_conv_plan_is_halo(plan)) continue;
+      const std::string name = cuda::fused_conv_plan_name(plan);
+      for (int cps : {0, 3}) {
+        const std::string what = name + " on x (" + std::to_string(c.N) + ", " + std::to_string(c.C) + ", " +
+                                 std::to_string(c.H) + ", " + std::to_string(c.H) + ") chunks per split " +
+                                 std::to_string(cps);
+        Tensor ybuf = to_gpu(Tensor::full({c.N, c.y_channels, c.H, c.H}, 7.0));
+        const Tensor y = ybuf.narrow(1, c.y_first, c.K);
+        const int64_t plane = c.H * c.H;
+        if (2 * c.H > std::stoi(name.substr(7))) {  // rows longer than half the tile's pixel slots
+          EXPECT_THROW_WITH(cuda::conv2d_bn_eval_fused_plan(gx, c.x_channels * plane, nullptr, gw, p,
+                                                            c.post_on ? &gpost : nullptr, y,
+                                                            c.y_channels * plane, plan, cps),
+                            "is the halo kernel", "W 56");
+          continue;
+        }
+        cuda::conv2d_bn_eval_fused_plan(gx, c.x_channels * plane, nullptr, gw, p,
+                                        c.post_on ? &gpost : nullptr, y, c.y_channels * plane, plan, cps);
+        EXPECT_TRUE(gpu_matches(what, y, ref.y, {0.0, rtol}, ref.scale));
+        const Tensor all = to_cpu(ybuf);
+        for (int64_t ch = 0; ch < c.y_channels; ++ch) {
+          if (ch >= c.y_first && ch < c.y_first + c.K) continue;
+          for (double v : all.narrow(1, ch, 1).to_vector()) ASSERT_EQ(v, 7.0) << what << ": channel " << ch;
+        }
+        ++runs;
+      }
+    }
+  }
+  EXPECT_EQ(runs, 16);  // 3 cases x 3 tiles x (whole, split), less the 56-pixel rows on the 64-slot tile
+}
+
 // The plan hook's names are Auto's log names (cuda_kernels_bench's native-mma rows use them), in plan
 // order: SIMT, then wmma, then mma. Needs a CUDA build, not a GPU.
 TEST(CudaFusedConv, PlanNamesAreAutosLogNames) {
   if (cuda::fused_conv_plans() == 0) GTEST_SKIP() << "a build without CUDA has no fused kernels";
-  int simt = 0, wmma = 0, mma = 0;
+  int simt = 0, wmma = 0, mma = 0, halo = 0;
   for (int plan = 0; plan < cuda::fused_conv_plans(); ++plan) {
     const std::string name = cuda::fused_conv_plan_name(plan);
-    if (cuda::fused_conv_plan_is_mma(plan)) {
+    EXPECT_TRUE(!cuda::fused_conv_plan_is_halo(plan) || cuda::fused_conv_plan_is_tensor_core(plan)) << plan;
+    if (cuda::fused_conv_plan_is_halo(plan)) {
+      EXPECT_EQ(name.rfind("halo32x", 0), 0u) << "plan " << plan << ": " << name;
+      EXPECT_FALSE(cuda::fused_conv_plan_is_mma(plan)) << "plan " << plan;
+      EXPECT_GT(mma, 0) << "a halo plan before the mma ones";
+      ++halo;
+    } else if (cuda::fused_conv_plan_is_mma(plan)) {
       EXPECT_EQ(name.rfind("mma", 0), 0u) << "plan " << plan << ": " << name;
       EXPECT_GT(wmma, 0) << "an mma plan before the wmma ones";
+      EXPECT_EQ(halo, 0) << "an mma plan after a halo one";
       ++mma;
     } else if (cuda::fused_conv_plan_is_tensor_core(plan)) {
       EXPECT_EQ(name.rfind("tc", 0), 0u) << "plan " << plan << ": " << name;
@@ -211,7 +287,9 @@ TEST(CudaFusedConv, PlanNamesAreAutosLogNames) {
   EXPECT_GT(simt, 0);
   EXPECT_GT(wmma, 0);
   EXPECT_GT(mma, 0);
-  EXPECT_EQ(cuda::fused_conv_plan_name(cuda::fused_conv_plans() - 1), "mma32x64d32");
+  EXPECT_EQ(halo, 3);
+  EXPECT_EQ(cuda::fused_conv_plan_name(cuda::fused_conv_plans() - 4), "mma32x64d32");
+  EXPECT_EQ(cuda::fused_conv_plan_name(cuda::fused_conv_plans() - 1), "halo32x224");
   EXPECT_THROW_WITH(cuda::fused_conv_plan_name(cuda::fused_conv_plans()), "fused_conv_plan_name: plan",
                     "is not in [0, ");
 }
@@ -233,6 +311,7 @@ TEST(CudaFusedConv, ReadsAPrefixAndWritesASliceInPlace) {
     const bool tc = plan >= 0 && cuda::fused_conv_plan_is_tensor_core(plan);
     if (tc && !cuda::tf32_enabled()) continue;
     if (plan >= 0 && cuda::fused_conv_plan_is_mma(plan) && c.R != 1) continue;
+    if (plan >= 0 && cuda::fused_conv_plan_is_halo(plan)) continue;  // pre: refused (see HaloPlans...)
     Tensor obuf = to_gpu(Tensor::full({c.N, 200, c.H, c.W}, 7.0));
     const Tensor out = obuf.narrow(1, 96, c.K);
     if (plan < 0) {

@@ -244,6 +244,7 @@ inline void cp_async_wait() {}
 #include "cuda/conv2d_gemm.cuh"
 #include "cuda/conv_wgrad_tc.cuh"
 #include "cuda/fused_conv.cuh"
+#include "cuda/fused_conv_halo.cuh"
 #include "cuda/fused_conv_mma.cuh"
 #include "cuda/fused_conv_tc.cuh"
 #include "cuda/gemm_tile.cuh"
@@ -733,6 +734,25 @@ struct EmulateFused : FusedArgs {
       emulate_serial({static_cast<unsigned>((g.M() + 255) / 256), static_cast<unsigned>(g.K), 1}, 256,
                      [&] { tc_split_reduce_kernel(g, partial, splits, post, y); });
   }
+  template <int BM>
+  void go_halo() const {
+    const HaloLayout L = halo_layout(g, BM);
+    const FusedGrid fg = halo_grid(g, BM);
+    const int splits = halo_split_count(g, chunks_per_split);
+    std::vector<float> ws(splits > 1 ? static_cast<std::size_t>(int64_t(splits) * g.K * g.M()) : 0,
+                          std::numeric_limits<float>::quiet_NaN());
+    float* partial = splits > 1 ? ws.data() : nullptr;
+    // NaN everywhere: a read of shared memory that neither a copy nor the zeroing wrote shows up in the
+    // result. The launch asks for no more than the opt-in bound.
+    EXPECT_LE(halo_smem_floats(L), halo_smem_floats_bound(BM));
+    emu::g_dynamic_smem.assign(static_cast<std::size_t>(halo_smem_floats(L)),
+                               std::numeric_limits<float>::quiet_NaN());
+    emulate({fg.x, fg.y, static_cast<unsigned>(splits)}, kMmaThreads,
+            [&] { fused_conv_halo_kernel<BM>(g, L, x, w, post, y, chunks_per_split, partial); });
+    if (splits > 1)
+      emulate_serial({static_cast<unsigned>((g.M() + 255) / 256), static_cast<unsigned>(g.K), 1}, 256,
+                     [&] { tc_split_reduce_kernel(g, partial, splits, post, y); });
+  }
 };
 
 void emulate_fused(const FusedPlan& plan, const FusedConvGeom& g, const float* x, const float* w, const FusedBn& pre,
@@ -977,6 +997,80 @@ TEST(FusedConvEmulation, MmaPlansMatchFloat64) {
   EXPECT_FALSE(mma_takes(g, false));
   g.R = g.S = 7;
   EXPECT_TRUE(mma_takes(g, false));
+}
+
+// The halo kernel (cuda/fused_conv_halo.cuh) against float64, every tile whole and split. The cases: bands
+// that divide the rows and ones that leave the last band short (P % th != 0), rows of 4 to 36 pixels (28
+// and 36: a warp's 8-pixel tiles cross output rows; 36: too long for the 64-slot tile, refused), H != W, K
+// under one 32-channel block and past it (a partial second block), post on and off, x read as a channel
+// prefix and y written as a slice. The layout's claims are checked too: th * Q fits the slots, the bands
+// cover P, ch is 8 or 24 mod 32.
+TEST(FusedConvEmulation, HaloPlansMatchFloat64) {
+  struct Case {
+    int N, C, H, W, K;
+    bool post_on;
+    int cps;  // stages (8 channels each) per split; 0: whole
+  };
+  const Case cases[] = {{2, 16, 8, 8, 32, true, 0}, {1, 24, 11, 8, 40, false, 0}, {1, 16, 6, 12, 8, true, 1},
+                        {1, 8, 5, 28, 33, true, 0}, {2, 16, 9, 4, 20, false, 1},  {1, 32, 7, 16, 32, true, 3},
+                        {1, 8, 3, 36, 16, true, 0}};
+  Generator gen(58);
+  int runs = 0, short_bands = 0, splits_run = 0;
+  for (const Case& cs : cases) {
+    const PrefixConv c = prefix_conv(cs.N, cs.C, cs.H, cs.W, cs.K, 3, 3, 1, 1, 4, gen);
+    const FusedConvGeom& g = c.g;
+    const ops::BnEval post = test::random_bn_eval(cs.K, ops::BnAct::Relu, gen, DType::Float32, false);
+    const ops::BnEval* qp = cs.post_on ? &post : nullptr;
+    const test::ConvBnReference ref = test::conv_bn_eval_reference(c.x, nullptr, c.w, c.p, qp);
+    for (const HaloPlan& plan : kHaloPlans) {
+      if (!halo_takes(g, false, plan.bm)) {
+        EXPECT_GT(2 * g.Q, plan.bm) << "refused for another reason than the row length";
+        continue;
+      }
+      const HaloLayout L = halo_layout(g, plan.bm);
+      EXPECT_LE(L.th * g.Q, plan.bm);
+      EXPECT_GE(L.th * L.bands, g.P);
+      EXPECT_LT((L.th) * (L.bands - 1), g.P) << "an empty band";
+      EXPECT_TRUE(L.ch % 32 == 8 || L.ch % 32 == 24) << L.ch;
+      short_bands += L.th * L.bands > g.P;
+      const int splits = halo_split_count(g, cs.cps);
+      if (cs.cps > 0) ASSERT_GE(splits, 2) << "the case would not split";
+      splits_run += splits > 1;
+      SCOPED_TRACE("x (" + std::to_string(cs.N) + ", " + std::to_string(cs.C) + ", " + std::to_string(cs.H) +
+                   ", " + std::to_string(cs.W) + ") K " + std::to_string(cs.K) + " tile 32x" +
+                   std::to_string(plan.bm) + " stages per split " + std::to_string(cs.cps));
+      const SliceOut y = slice_out(g);
+      const EmulateFused run{{g, c.xbuf.data<float>(), c.w.data<float>(), host_fused_bn(nullptr),
+                              host_fused_bn(qp), y.out.data<float>(), cs.cps}};
+      dispatch_fused_halo(plan, run);
+      ASSERT_TRUE(slice_matches(y, ref, 0x1p-9 + 1e-5));
+      ++runs;
+    }
+  }
+  EXPECT_EQ(runs, 20);  // 7 cases x 3 tiles, less the 36-pixel rows at 64 slots
+  EXPECT_GT(short_bands, 0) << "no case left the last band short";
+  EXPECT_GT(splits_run, 0);
+  // What the kernel refuses: pre, a flipped weight, stride 2, padding 0, a 7x7, C % 8 != 0, W % 4 != 0,
+  // rows longer than half the slots.
+  const FusedConvGeom ok{1, 16, 8, 8, 32, 3, 3, 8, 8, 1, 1, 1, 1, 16 * 64, 32 * 64};
+  EXPECT_TRUE(halo_takes(ok, false, 64));
+  EXPECT_FALSE(halo_takes(ok, true, 64));
+  const std::pair<const char*, std::function<void(FusedConvGeom&)>> refused[] = {
+      {"a flipped weight", [](FusedConvGeom& g) { g.w_flipped = true; }},
+      {"stride 2", [](FusedConvGeom& g) { g.sh = g.sw = 2; }},
+      {"padding 0", [](FusedConvGeom& g) { g.ph = g.pw = 0; }},
+      {"a 7x7", [](FusedConvGeom& g) { g.R = g.S = 7; }},
+      {"12 channels", [](FusedConvGeom& g) { g.C = 12; }},
+      {"rows of 6", [](FusedConvGeom& g) { g.W = g.Q = 6; }},
+      {"rows of 36", [](FusedConvGeom& g) { g.W = g.Q = 36; }}};
+  for (const auto& [what, change] : refused) {
+    FusedConvGeom g = ok;
+    change(g);
+    EXPECT_FALSE(halo_takes(g, false, 64)) << what;
+  }
+  FusedConvGeom g = ok;
+  g.W = g.Q = 36;
+  EXPECT_TRUE(halo_takes(g, false, 128));
 }
 
 // The four-channel weight loads (vec4, taken only when the weights are 16-byte aligned) change the loads,

@@ -13,7 +13,8 @@ each group's chosen time times its layer count:
 - the stem's 7x7 (post 2).
 The transitions are not in it: their BatchNorm-ReLU and pooling run first, and their 1x1 then runs as a
 plain convolution (a conv2d_forward line: cuDNN or cuBLAS).
-With -v it lists every 3x3 and the stem: the chosen time, the library's, and the fastest mma form.
+With -v it lists every 3x3 and the stem: the chosen time, the library's, and the fastest mma and halo
+forms (cuda/fused_conv_mma.cuh, cuda/fused_conv_halo.cuh; "-" where none was timed).
 
   python3 tools/auto_breakdown.py ladnn_bench.log --batch 32 [--layers 6,12,32,32] [-v]
 """
@@ -49,9 +50,10 @@ def main():
             ours = {words[i]: float(words[i + 1]) for i in range(0, len(words) - 1, 2)}
             library, choice = float(m.group(12)), m.group(13).strip()
             chosen = library if choice == "library" else min(ours.values())
-            mma = min(((v, n_) for n_, v in ours.items() if n_.startswith("mma")), default=(float("nan"), "-"))
+            def best(prefix):
+                return min(((v, n_) for n_, v in ours.items() if n_.startswith(prefix)), default=(float("nan"), "-"))
             rows.append(dict(c=c, h=h, k=k, r=r, pre=pre, post=post, chosen=chosen, library=library,
-                             choice=choice, mma=mma))
+                             choice=choice, mma=best("mma"), halo=best("halo")))
 
     # The growth 3x3s' map sizes, largest first, are the blocks in order.
     sizes = sorted({x["h"] for x in rows if x["r"] == 3 and x["k"] == a.growth and x["pre"] == 0}, reverse=True)
@@ -72,7 +74,7 @@ def main():
         if a.v and g != "1x1 (bottlenecks)":
             print(f"{x['r']}x{x['r']} {x['h']:>3}x{x['h']:<3} C {x['c']:>4} K {x['k']:>3} x{count:<2} "
                   f"chosen {x['chosen']:.4f} library {x['library']:.4f} best mma {x['mma'][1]} "
-                  f"{x['mma'][0]:.4f} -> {x['choice']}")
+                  f"{x['mma'][0]:.4f} best halo {x['halo'][1]} {x['halo'][0]:.4f} -> {x['choice']}")
     if not rows:
         sys.exit(f"{a.log}: no conv2d_bn_eval choice lines at batch {a.batch} (run with LADNN_CUDNN_LOG=1)")
     print(f"batch {a.batch}: Auto's chosen time x layers (ms)")
