@@ -123,10 +123,11 @@ struct Launch : FusedArgs {
     CUDA_CHECK_LAUNCH();
     reduce_splits(ws, splits, st);
   }
-  template <int BM>
+  template <int BM, int VEC>
   void go_halo() const {
     static const bool opted_in = [] {  // as go_mma: once, for the most any call can ask
-      CUDA_CHECK(cudaFuncSetAttribute(fused_conv_halo_kernel<BM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      CUDA_CHECK(cudaFuncSetAttribute(fused_conv_halo_kernel<BM, VEC>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(sizeof(float)) * halo_smem_floats_bound(BM)));
       return true;
     }();
@@ -137,8 +138,9 @@ struct Launch : FusedArgs {
     const int splits = halo_split_count(g, chunks_per_split);
     const Tensor ws = workspace(splits);
     const size_t smem = sizeof(float) * static_cast<size_t>(halo_smem_floats(L));
-    fused_conv_halo_kernel<BM><<<dim3(fg.x, fg.y, static_cast<unsigned>(splits)), kMmaThreads, smem, st>>>(
-        g, L, x, w, post, y, chunks_per_split, splits > 1 ? ws.data<float>() : nullptr);
+    fused_conv_halo_kernel<BM, VEC>
+        <<<dim3(fg.x, fg.y, static_cast<unsigned>(splits)), kMmaThreads, smem, st>>>(
+            g, L, x, w, post, y, chunks_per_split, splits > 1 ? ws.data<float>() : nullptr);
     CUDA_CHECK_LAUNCH();
     reduce_splits(ws, splits, st);
   }
@@ -226,18 +228,18 @@ FusedChoice halo_choice(const FusedConvGeom& g, const HaloPlan& plan, int waves)
   return split_for(c, halo_grid(g, plan.bm), halo_chunks(g), 2, waves);
 }
 
-/// x and w as the halo kernel copies them: 16 bytes at a time from 16-byte aligned rows.
-bool halo_aligned(const float* x, const float* w) {
-  return reinterpret_cast<std::uintptr_t>(x) % 16 == 0 && reinterpret_cast<std::uintptr_t>(w) % 16 == 0;
+/// x and w as the halo kernel copies them: x plan.vec floats at a time, w 16 bytes at a time.
+bool halo_aligned(const HaloPlan& plan, const float* x, const float* w) {
+  return reinterpret_cast<std::uintptr_t>(x) % (4 * plan.vec) == 0 &&
+         reinterpret_cast<std::uintptr_t>(w) % 16 == 0;
 }
 
 /// What Auto times of the halo kernel, for the calls it takes (x and w the pointers it will read): each
 /// tile whole, and split for two blocks per SM where that is more than one split.
 void append_halo_candidates(const FusedConvGeom& g, bool pre_on, const float* x, const float* w,
                             std::vector<FusedChoice>& out) {
-  if (!halo_aligned(x, w)) return;
   for (const HaloPlan& plan : kHaloPlans) {
-    if (!halo_takes(g, pre_on, plan.bm)) continue;
+    if (!halo_takes(g, pre_on, plan) || !halo_aligned(plan, x, w)) continue;
     out.push_back(halo_choice(g, plan, 0));
     const FusedChoice split = halo_choice(g, plan, 2);
     if (split.tc_cps > 0) out.push_back(split);
@@ -252,6 +254,7 @@ std::string fused_name(const FusedConvGeom& g, const FusedChoice& c) {
     return std::to_string(c.plan.kt) + "x" + std::to_string(c.plan.warps) + "x" + std::to_string(c.plan.pix);
   if (c.halo)
     return "halo" + std::to_string(kHaloBK) + "x" + std::to_string(c.halo_plan.bm) +
+           (c.halo_plan.vec != 4 ? "v" + std::to_string(c.halo_plan.vec) : "") +
            (c.tc_cps > 0 ? "/s" + std::to_string(halo_split_count(g, c.tc_cps)) : std::string());
   if (c.mma)
     return "mma" + std::to_string(c.mma_plan.bk) + "x" + std::to_string(c.mma_plan.bm) +
@@ -610,18 +613,18 @@ void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval
     throw std::invalid_argument("conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) +
                                 " is the mma.sync kernel: it takes pointwise convolutions (1x1, stride "
                                 "1, no padding) and 3x3 and 7x7 windows without a BatchNorm before them");
-  if (c.halo && !halo_takes(g, pre != nullptr, c.halo_plan.bm))
+  if (c.halo && !halo_takes(g, pre != nullptr, c.halo_plan))
     throw std::invalid_argument(
         "conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) +
         " is the halo kernel: it takes 3x3 windows of stride 1 and padding 1 without "
-        "a BatchNorm before them, over a multiple of 8 channels, W % 4 == 0 and at most " +
-        std::to_string(c.halo_plan.bm / 2) +
-        " (its pixel slots / 2), the images 4 floats apart; this call: C " + std::to_string(g.C) + ", W " +
-        std::to_string(g.W) + ", x_img " + std::to_string(g.x_img));
-  if (c.halo && !halo_aligned(x.data<float>(), w.is_contiguous() ? w.data<float>() : nullptr))
+        "a BatchNorm before them, over a multiple of 8 channels, W and the images' spacing multiples of " +
+        std::to_string(c.halo_plan.vec) + (c.halo_plan.vec == 4 ? "" : " and W % 4 != 0") + ", W at most " +
+        std::to_string(c.halo_plan.bm / 2) + " (its pixel slots / 2); this call: C " + std::to_string(g.C) +
+        ", W " + std::to_string(g.W) + ", x_img " + std::to_string(g.x_img));
+  if (c.halo && !halo_aligned(c.halo_plan, x.data<float>(), w.is_contiguous() ? w.data<float>() : nullptr))
     throw std::invalid_argument("conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) +
-                                " (the halo kernel) copies x and w 16 bytes at a time: both must be 16-byte "
-                                "aligned");
+                                " (the halo kernel) copies x " + std::to_string(4 * c.halo_plan.vec) +
+                                " and w 16 bytes at a time: both must be aligned to that");
   if (chunks_per_split < 0)
     throw std::invalid_argument("conv2d_bn_eval_fused_plan: chunks_per_split " +
                                 std::to_string(chunks_per_split) + " < 0");

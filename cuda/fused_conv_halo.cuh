@@ -8,7 +8,8 @@
 // (18 layers, 1.43 ms of inference at batch 32 in run 9) it lost: 0.202 ms against cuDNN's 0.156 at
 // 56x56, 0.059 against 0.041 at 28x28. Per 16 reduction values a thread there issues 16 four-byte copies
 // of x and 4 of w for 64 mma.sync per block, and a barrier. Here a stage is 8 input channels: their rows
-// of the block's output band plus one halo row above and below, copied 16 bytes at a time, once; and the
+// of the block's output band plus one halo row above and below, copied 16 bytes at a time (8 where the
+// rows' length is not a multiple of 4), once; and the
 // weights' 8 x 9 values per output channel, contiguous in w. A stage feeds 9 k-steps (one per tap) of
 // 8 mma.sync per warp: about 2.5 copies of 16 bytes per thread per 72 reduction values and one barrier.
 //
@@ -19,11 +20,11 @@
 // - Shared memory of a stage: As[32][76]: row k holds w[k0 + k, c0 .. c0 + 7, 0 .. 2, 0 .. 2] as in w
 //   (channel-major, 72 values; 76 apart so that the fragment reads (row g, value 9t + tap) hit 32
 //   distinct banks: 76g mod 32 = 12g mod 32 covers the multiples of 4, 9t mod 4 = t); Bs[8][ch]: channel
-//   c's halo, th + 2 rows of ldh = Q + 8 floats, input column iw at index iw + 4 (16-byte aligned for
-//   the copies), the padding columns -1 and Q at indices 3 and Q + 4 (zeroed once: no copy writes them),
-//   rows outside the image zeroed by the copies (cp.async with src-size 0). ch = (th + 2) * ldh rounded
-//   up to 8 or 24 mod 32, so that lane (g, t)'s B read (channel t, pixel g) is conflict-free where 8
-//   pixels lie in one row.
+//   c's halo, th + 2 rows of ldh = Q + 5 rounded up to a multiple of 4 floats (Q + 8 for Q % 4 == 0),
+//   input column iw at index iw + 4 (16-byte aligned for the copies), the padding columns -1 and Q at
+//   indices 3 and Q + 4 (zeroed once: no copy writes them), rows outside the image zeroed by the copies
+//   (cp.async with src-size 0). ch = (th + 2) * ldh rounded up to 8 or 24 mod 32, so that lane (g, t)'s
+//   B read (channel t, pixel g) is conflict-free where 8 pixels lie in one row.
 // - k-step (stage, tap (r, s)): A(g, t) = As[g][9t + tap], B(t, pixel (jr, jq)) = Bs[t][(jr + r) * ldh
 //   + jq + s + 3]: each lane finds its pixels' halo offsets once, the taps add constants.
 // - Pipeline as the mma kernel's: kHaloStages stages in flight (cp.async groups), one barrier a stage.
@@ -42,13 +43,15 @@
 namespace ladnn::cuda {
 namespace {
 
-/// A launch shape of the halo kernel: BM pixel slots per block (32 output channels each).
+/// A launch shape of the halo kernel: BM pixel slots per block (32 output channels each), x's rows copied
+/// `vec` floats at a time (4: W % 4 == 0; 2: the rows of an even W that 4 does not divide, 14x14).
 struct HaloPlan {
-  int bm = 128;
+  int bm = 128, vec = 4;
 };
 /// 64: the most blocks (28x28 at 2 rows a band); 128: 2 rows of 56x56 or 4 of 28x28; 224: 4 rows of
-/// 56x56 with no slot wasted, the most reuse of each A fragment (NI = 7).
-constexpr HaloPlan kHaloPlans[] = {{64}, {128}, {224}};
+/// 56x56 with no slot wasted, the most reuse of each A fragment (NI = 7). 8-byte copies at 64 and 128
+/// (the 14x14 maps: 4 or 7 rows a band).
+constexpr HaloPlan kHaloPlans[] = {{64, 4}, {128, 4}, {224, 4}, {64, 2}, {128, 2}};
 constexpr int kHaloBK = 32;                // output channels per block
 constexpr int kHaloDC = 8;                 // input channels per stage: 72 reduction values
 constexpr int kHaloStages = 3;             // stages in flight
@@ -66,7 +69,7 @@ LADNN_HD HaloLayout halo_layout(const FusedConvGeom& g, int bm) {
   const int most = bm / g.Q > 0 ? bm / g.Q : 1;
   L.bands = (g.P + most - 1) / most;
   L.th = (g.P + L.bands - 1) / L.bands;
-  L.ldh = g.Q + 8;
+  L.ldh = (g.Q + 5 + 3) / 4 * 4;  // indices 3 .. Q + 4, rows 16-byte aligned (Q % 4 == 0: Q + 8)
   L.ch = (L.th + 2) * L.ldh;
   while (L.ch % 32 != 8 && L.ch % 32 != 24) L.ch += 4;
   return L;
@@ -74,12 +77,13 @@ LADNN_HD HaloLayout halo_layout(const FusedConvGeom& g, int bm) {
 
 /// The kernel takes the call: a 3x3 window, stride 1, padding 1, no BatchNorm before it (the padding is
 /// zero after pre, which staging pre(x) would not give), the weight read plainly; channels in stages of
-/// 8; rows copied 16 bytes at a time (W % 4 == 0, images 16 bytes apart: the launcher checks the
-/// pointers); at least two output rows per band (Q <= BM / 2: the copies' slots per thread assume it).
-inline bool halo_takes(const FusedConvGeom& g, bool pre_on, int bm) {
+/// 8; rows copied plan.vec floats at a time (W and x_img multiples of it; the launcher checks the
+/// pointers), 8-byte copies only where 16-byte ones cannot go (W % 4 != 0: Auto has fewer candidates to
+/// time); at least two output rows per band (Q <= BM / 2: the copies' slots per thread assume it).
+inline bool halo_takes(const FusedConvGeom& g, bool pre_on, const HaloPlan& plan) {
   return g.R == 3 && g.S == 3 && g.sh == 1 && g.sw == 1 && g.ph == 1 && g.pw == 1 && !pre_on &&
-         !g.w_flipped && g.C % kHaloDC == 0 && g.C <= kFusedMaxC && g.W % 4 == 0 && g.x_img % 4 == 0 &&
-         2 * g.Q <= bm;
+         !g.w_flipped && g.C % kHaloDC == 0 && g.C <= kFusedMaxC && g.W % plan.vec == 0 &&
+         g.x_img % plan.vec == 0 && (plan.vec == 4 || g.W % 4 != 0) && 2 * g.Q <= plan.bm;
 }
 
 LADNN_HD int halo_chunks(const FusedConvGeom& g) {
@@ -97,14 +101,15 @@ LADNN_HD int halo_smem_floats(const HaloLayout& L) {
   return kHaloStages * (kHaloBK * kHaloLDA + kHaloDC * L.ch) + 3 * kHaloBK;
 }
 /// ... the most any call the kernel takes can ask at BM (for the launcher's opt-in past 48 KB): ch is
-/// at most (BM / Q + 2) (Q + 8) + 12 <= 3 BM + 36 over 4 <= Q <= BM / 2.
+/// at most (BM / Q + 2) (Q + 8) + 12 = BM + 8 BM / Q + 2 Q + 28, over 2 <= Q <= BM / 2 at most 5 BM + 32
+/// (at Q = 2).
 constexpr int halo_smem_floats_bound(int bm) {
-  return kHaloStages * (kHaloBK * kHaloLDA + kHaloDC * (3 * bm + 36)) + 3 * kHaloBK;
+  return kHaloStages * (kHaloBK * kHaloLDA + kHaloDC * (5 * bm + 32)) + 3 * kHaloBK;
 }
 
 /// Grid halo_grid x splits, kMmaThreads threads, halo_smem_floats(L) * 4 bytes of dynamic shared memory,
-/// L = halo_layout(g, BM); x and w 16-byte aligned; halo_takes(g, false, BM).
-template <int BM>
+/// L = halo_layout(g, BM); x 4 * VEC-byte and w 16-byte aligned; halo_takes(g, false, {BM, VEC}).
+template <int BM, int VEC>
 __global__ void __launch_bounds__(kMmaThreads)
     fused_conv_halo_kernel(FusedConvGeom g, HaloLayout L, const float* __restrict__ x,
                            const float* __restrict__ w, FusedBn post, float* __restrict__ y,
@@ -116,6 +121,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   constexpr int kA = BK * LDA;                           // floats of a stage's weights
   constexpr int WN = BM / 4, NI = WN / 8, MI = BK / 16;  // warp w: 32 channels x slots [w WN, (w + 1) WN)
   static_assert(BM % 32 == 0, "four warps of whole 8-pixel tiles");
+  static_assert(VEC == 4 || VEC == 2, "16- or 8-byte copies of x");
   LADNN_DYNAMIC_SMEM(smem);
   const int kStage = kA + DC * L.ch;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
@@ -130,18 +136,18 @@ __global__ void __launch_bounds__(kMmaThreads)
   const float* ximg = x + n * g.x_img;
 
   // This thread's copies of x, the same slots in every stage: copy tid + 128 i of the stage's DC * rows *
-  // Q / 4 (channel, halo row, 16-byte column). At most 2 BM (rows * Q <= th Q + 2 Q <= 2 BM) per channel
-  // / 4 * 8 channels = 4 BM copies: BM / 32 per thread. s: its place in Bs (-1: no copy); x: its offset
-  // from channel c0's plane (-1: a row outside the image, zeros).
-  constexpr int kXSlots = BM / 32;
-  const int q4 = Q / 4, per_c = rows * q4;
+  // Q / VEC (channel, halo row, VEC-float column). At most 2 BM (rows * Q <= th Q + 2 Q <= 2 BM) values
+  // per channel, 16 BM over 8 channels: 16 BM / VEC copies, BM / (8 VEC) per thread. s: its place in Bs
+  // (-1: no copy); x: its offset from channel c0's plane (-1: a row outside the image, zeros).
+  constexpr int kXSlots = BM / (8 * VEC);
+  const int qv = Q / VEC, per_c = rows * qv;
   int xs_s[kXSlots], xs_x[kXSlots];
 #pragma unroll
   for (int i = 0; i < kXSlots; ++i) {
     const int idx = tid + i * kMmaThreads;
     xs_s[i] = xs_x[i] = -1;
     if (idx < DC * per_c) {
-      const int c = idx / per_c, rest = idx - c * per_c, row = rest / q4, col = 4 * (rest - row * q4);
+      const int c = idx / per_c, rest = idx - c * per_c, row = rest / qv, col = VEC * (rest - row * qv);
       const int ih = p0 - 1 + row;
       xs_s[i] = c * L.ch + row * L.ldh + 4 + col;
       if (ih >= 0 && ih < g.H) xs_x[i] = c * HW + ih * g.W + col;
@@ -164,8 +170,14 @@ __global__ void __launch_bounds__(kMmaThreads)
     }
     const float* xc = ximg + int64_t(c0) * HW;
 #pragma unroll
-    for (int i = 0; i < kXSlots; ++i)
-      if (xs_s[i] >= 0) cp_async_16(Bs + xs_s[i], xs_x[i] >= 0 ? xc + xs_x[i] : x, xs_x[i] >= 0);
+    for (int i = 0; i < kXSlots; ++i) {
+      if (xs_s[i] < 0) continue;
+      if constexpr (VEC == 4) {
+        cp_async_16(Bs + xs_s[i], xs_x[i] >= 0 ? xc + xs_x[i] : x, xs_x[i] >= 0);
+      } else {
+        cp_async_8(Bs + xs_s[i], xs_x[i] >= 0 ? xc + xs_x[i] : x, xs_x[i] >= 0);
+      }
+    }
   };
 
 #pragma unroll
@@ -276,12 +288,16 @@ __global__ void __launch_bounds__(kMmaThreads)
 #endif
 }
 
-/// Calls `run.template go_halo<BM>()` for `plan` (one of kHaloPlans; anything else runs as 128).
+/// Calls `run.template go_halo<BM, VEC>()` for `plan` (one of kHaloPlans; anything else runs as {128, 4}).
 template <class Run>
 void dispatch_fused_halo(const HaloPlan& plan, const Run& run) {
-  if (plan.bm == 64) return run.template go_halo<64>();
-  if (plan.bm == 224) return run.template go_halo<224>();
-  run.template go_halo<128>();
+  if (plan.vec == 2) {
+    if (plan.bm == 64) return run.template go_halo<64, 2>();
+    return run.template go_halo<128, 2>();
+  }
+  if (plan.bm == 64) return run.template go_halo<64, 4>();
+  if (plan.bm == 224) return run.template go_halo<224, 4>();
+  run.template go_halo<128, 4>();
 }
 
 }  // namespace

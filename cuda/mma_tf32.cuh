@@ -11,7 +11,7 @@
 //                           a[0] = A(g, t)   a[1] = A(g + 8, t)   a[2] = A(g, t + 4)   a[3] = A(g + 8, t + 4)
 //                           b[0] = B(t, g)   b[1] = B(t + 4, g)
 //                           d[0] = D(g, 2t)  d[1] = D(g, 2t + 1)  d[2] = D(g + 8, 2t)  d[3] = D(g + 8, 2t + 1)
-//   cp_async_16 / _4      cp.async: copy 16 (4) bytes global -> shared without going through registers,
+//   cp_async_16 / _8 / _4 cp.async: copy 16 (8, 4) bytes global -> shared without going through registers,
 //                         or write zeros when `in` is false (src-size 0: nothing is read)
 //   cp_async_commit       close the group of this thread's copies issued since the last commit
 //   cp_async_wait<N>      wait until at most N of this thread's groups are still in flight
@@ -51,6 +51,11 @@ __device__ __forceinline__ void cp_async_16(float* smem, const float* gmem, bool
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(in ? 16 : 0));
 }
 
+__device__ __forceinline__ void cp_async_8(float* smem, const float* gmem, bool in) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(s), "l"(gmem), "r"(in ? 8 : 0));
+}
+
 __device__ __forceinline__ void cp_async_4(float* smem, const float* gmem, bool in) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(in ? 4 : 0));
@@ -73,6 +78,9 @@ __device__ __forceinline__ void mma_tf32_16x8x8(float (&)[4], const uint32_t (&)
   __trap();
 }
 __device__ __forceinline__ void cp_async_16(float*, const float*, bool) {
+  __trap();
+}
+__device__ __forceinline__ void cp_async_8(float*, const float*, bool) {
   __trap();
 }
 __device__ __forceinline__ void cp_async_4(float*, const float*, bool) {

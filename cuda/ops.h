@@ -95,8 +95,10 @@ bool fused_conv_plan_is_tensor_core(int plan);
 /// calls, and runs a window tap by tap where that fits (mma_tap_major_fits; Auto times both orders).
 bool fused_conv_plan_is_mma(int plan);
 /// True for cuda/fused_conv_halo.cuh's plans, which take 3x3 windows of stride 1 and padding 1 without a
-/// pre BatchNorm, over a multiple of 8 channels, W % 4 == 0 and W at most half the plan's pixel slots
-/// (halo_takes), x and w 16-byte aligned; conv2d_bn_eval_fused_plan refuses other calls.
+/// pre BatchNorm, over a multiple of 8 channels, W at most half the plan's pixel slots, W and x_img
+/// multiples of the plan's copy width (4 floats; 2 in the "v2" plans, which take only the W that 4 does
+/// not divide), x and w aligned to their copies (halo_takes); conv2d_bn_eval_fused_plan refuses other
+/// calls.
 bool fused_conv_plan_is_halo(int plan);
 /// A plan's launch as Auto's log names it: "8x4x2" (SIMT), "tc128x64" (wmma), "mma128x64" (mma.sync),
 /// "halo32x128" (the halo-staged 3x3).

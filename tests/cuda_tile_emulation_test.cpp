@@ -224,11 +224,25 @@ inline void mma_tf32_16x8x8(float (&d)[4], const uint32_t (&a)[4], const uint32_
   __syncthreads();
   for (int r = 0; r < 4; ++r) d[r] = out[r];
 }
+namespace emu {
+/// cp.async copies whose shared or global address is not a multiple of their size (a fault on the GPU).
+inline std::atomic<int> g_cp_async_misaligned{0};
+template <int N>
+inline void cp_async(float* smem, const float* gmem, bool in) {
+  if (reinterpret_cast<std::uintptr_t>(smem) % (4 * N) != 0 ||
+      reinterpret_cast<std::uintptr_t>(gmem) % (4 * N) != 0)
+    ++g_cp_async_misaligned;
+  for (int i = 0; i < N; ++i) smem[i] = in ? gmem[i] : 0.0f;
+}
+}  // namespace emu
 inline void cp_async_16(float* smem, const float* gmem, bool in) {
-  for (int i = 0; i < 4; ++i) smem[i] = in ? gmem[i] : 0.0f;
+  emu::cp_async<4>(smem, gmem, in);
+}
+inline void cp_async_8(float* smem, const float* gmem, bool in) {
+  emu::cp_async<2>(smem, gmem, in);
 }
 inline void cp_async_4(float* smem, const float* gmem, bool in) {
-  *smem = in ? *gmem : 0.0f;
+  emu::cp_async<1>(smem, gmem, in);
 }
 inline void cp_async_commit() {}
 template <int N>
@@ -734,7 +748,7 @@ struct EmulateFused : FusedArgs {
       emulate_serial({static_cast<unsigned>((g.M() + 255) / 256), static_cast<unsigned>(g.K), 1}, 256,
                      [&] { tc_split_reduce_kernel(g, partial, splits, post, y); });
   }
-  template <int BM>
+  template <int BM, int VEC>
   void go_halo() const {
     const HaloLayout L = halo_layout(g, BM);
     const FusedGrid fg = halo_grid(g, BM);
@@ -748,7 +762,7 @@ struct EmulateFused : FusedArgs {
     emu::g_dynamic_smem.assign(static_cast<std::size_t>(halo_smem_floats(L)),
                                std::numeric_limits<float>::quiet_NaN());
     emulate({fg.x, fg.y, static_cast<unsigned>(splits)}, kMmaThreads,
-            [&] { fused_conv_halo_kernel<BM>(g, L, x, w, post, y, chunks_per_split, partial); });
+            [&] { fused_conv_halo_kernel<BM, VEC>(g, L, x, w, post, y, chunks_per_split, partial); });
     if (splits > 1)
       emulate_serial({static_cast<unsigned>((g.M() + 255) / 256), static_cast<unsigned>(g.K), 1}, 256,
                      [&] { tc_split_reduce_kernel(g, partial, splits, post, y); });
@@ -985,6 +999,7 @@ TEST(FusedConvEmulation, MmaPlansMatchFloat64) {
   EXPECT_EQ(runs, 112);  // 12 cases x 8 plans, and 16 tap by tap
   EXPECT_EQ(tap_runs, 16);
   EXPECT_GT(copies16, 0) << "no case took the 16-byte copies";
+  EXPECT_EQ(emu::g_cp_async_misaligned.load(), 0) << "a cp.async from or to a misaligned address";
   // What the kernel refuses: pre before a window, a flipped weight, a 2x3 window, a 5x5 one.
   FusedConvGeom g{1, 8, 5, 5, 4, 3, 3, 5, 5, 1, 1, 1, 1, 200, 100};
   EXPECT_FALSE(mma_takes(g, true));
@@ -1011,9 +1026,11 @@ TEST(FusedConvEmulation, HaloPlansMatchFloat64) {
     bool post_on;
     int cps;  // stages (8 channels each) per split; 0: whole
   };
-  const Case cases[] = {{2, 16, 8, 8, 32, true, 0}, {1, 24, 11, 8, 40, false, 0}, {1, 16, 6, 12, 8, true, 1},
-                        {1, 8, 5, 28, 33, true, 0}, {2, 16, 9, 4, 20, false, 1},  {1, 32, 7, 16, 32, true, 3},
-                        {1, 8, 3, 36, 16, true, 0}};
+  const Case cases[] = {{2, 16, 8, 8, 32, true, 0},  {1, 24, 11, 8, 40, false, 0},
+                        {1, 16, 6, 12, 8, true, 1},  {1, 8, 5, 28, 33, true, 0},
+                        {2, 16, 9, 4, 20, false, 1}, {1, 32, 7, 16, 32, true, 3},
+                        {1, 8, 3, 36, 16, true, 0},  {2, 16, 14, 14, 32, false, 0},
+                        {1, 16, 5, 6, 12, true, 1},  {1, 8, 9, 2, 8, true, 0}};
   Generator gen(58);
   int runs = 0, short_bands = 0, splits_run = 0;
   for (const Case& cs : cases) {
@@ -1023,8 +1040,9 @@ TEST(FusedConvEmulation, HaloPlansMatchFloat64) {
     const ops::BnEval* qp = cs.post_on ? &post : nullptr;
     const test::ConvBnReference ref = test::conv_bn_eval_reference(c.x, nullptr, c.w, c.p, qp);
     for (const HaloPlan& plan : kHaloPlans) {
-      if (!halo_takes(g, false, plan.bm)) {
-        EXPECT_GT(2 * g.Q, plan.bm) << "refused for another reason than the row length";
+      if (!halo_takes(g, false, plan)) {
+        EXPECT_TRUE(2 * g.Q > plan.bm || (plan.vec == 4) != (g.W % 4 == 0))
+            << "refused for another reason than the row length or the copy width";
         continue;
       }
       const HaloLayout L = halo_layout(g, plan.bm);
@@ -1032,13 +1050,16 @@ TEST(FusedConvEmulation, HaloPlansMatchFloat64) {
       EXPECT_GE(L.th * L.bands, g.P);
       EXPECT_LT((L.th) * (L.bands - 1), g.P) << "an empty band";
       EXPECT_TRUE(L.ch % 32 == 8 || L.ch % 32 == 24) << L.ch;
+      EXPECT_EQ(L.ldh % 4, 0) << "halo rows not 16-byte aligned";
+      EXPECT_GE(L.ldh, g.Q + 5);
       short_bands += L.th * L.bands > g.P;
       const int splits = halo_split_count(g, cs.cps);
       if (cs.cps > 0) ASSERT_GE(splits, 2) << "the case would not split";
       splits_run += splits > 1;
       SCOPED_TRACE("x (" + std::to_string(cs.N) + ", " + std::to_string(cs.C) + ", " + std::to_string(cs.H) +
                    ", " + std::to_string(cs.W) + ") K " + std::to_string(cs.K) + " tile 32x" +
-                   std::to_string(plan.bm) + " stages per split " + std::to_string(cs.cps));
+                   std::to_string(plan.bm) + " copies of " + std::to_string(plan.vec) + " stages per split " +
+                   std::to_string(cs.cps));
       const SliceOut y = slice_out(g);
       const EmulateFused run{{g, c.xbuf.data<float>(), c.w.data<float>(), host_fused_bn(nullptr),
                               host_fused_bn(qp), y.out.data<float>(), cs.cps}};
@@ -1047,14 +1068,18 @@ TEST(FusedConvEmulation, HaloPlansMatchFloat64) {
       ++runs;
     }
   }
-  EXPECT_EQ(runs, 20);  // 7 cases x 3 tiles, less the 36-pixel rows at 64 slots
+  // 7 cases x the 3 tiles of 16-byte copies, less the 36-pixel rows at 64 slots; 3 x the 2 of 8-byte ones
+  EXPECT_EQ(runs, 26);
+  EXPECT_EQ(emu::g_cp_async_misaligned.load(), 0) << "a cp.async from or to a misaligned address";
   EXPECT_GT(short_bands, 0) << "no case left the last band short";
   EXPECT_GT(splits_run, 0);
-  // What the kernel refuses: pre, a flipped weight, stride 2, padding 0, a 7x7, C % 8 != 0, W % 4 != 0,
-  // rows longer than half the slots.
+  // What the kernel refuses: pre, a flipped weight, stride 2, padding 0, a 7x7, C % 8 != 0, W % 4 != 0
+  // with 16-byte copies (and W % 4 == 0 with 8-byte ones), rows longer than half the slots.
   const FusedConvGeom ok{1, 16, 8, 8, 32, 3, 3, 8, 8, 1, 1, 1, 1, 16 * 64, 32 * 64};
-  EXPECT_TRUE(halo_takes(ok, false, 64));
-  EXPECT_FALSE(halo_takes(ok, true, 64));
+  const HaloPlan p64{64, 4}, p64v2{64, 2}, p128{128, 4};
+  EXPECT_TRUE(halo_takes(ok, false, p64));
+  EXPECT_FALSE(halo_takes(ok, true, p64));
+  EXPECT_FALSE(halo_takes(ok, false, p64v2));
   const std::pair<const char*, std::function<void(FusedConvGeom&)>> refused[] = {
       {"a flipped weight", [](FusedConvGeom& g) { g.w_flipped = true; }},
       {"stride 2", [](FusedConvGeom& g) { g.sh = g.sw = 2; }},
@@ -1066,11 +1091,15 @@ TEST(FusedConvEmulation, HaloPlansMatchFloat64) {
   for (const auto& [what, change] : refused) {
     FusedConvGeom g = ok;
     change(g);
-    EXPECT_FALSE(halo_takes(g, false, 64)) << what;
+    EXPECT_FALSE(halo_takes(g, false, p64)) << what;
   }
   FusedConvGeom g = ok;
   g.W = g.Q = 36;
-  EXPECT_TRUE(halo_takes(g, false, 128));
+  EXPECT_TRUE(halo_takes(g, false, p128));
+  g.W = g.Q = 6;
+  EXPECT_TRUE(halo_takes(g, false, p64v2));
+  g.x_img = 16 * 48 + 1;  // images an odd number of floats apart
+  EXPECT_FALSE(halo_takes(g, false, p64v2));
 }
 
 // The four-channel weight loads (vec4, taken only when the weights are 16-byte aligned) change the loads,
