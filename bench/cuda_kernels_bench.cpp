@@ -545,15 +545,16 @@ void register_all() {
             ("conv_fwd/native-mma/" + shape + "/" + cuda::fused_conv_plan_name(plan) + (cps ? "/cps8" : "")).c_str(),
             bench_conv_mma, s, plan, cps));
     }
-    // The halo kernel's tiles on the growth 3x3s it takes (stride 1, padding 1, rows of an even number of
-    // pixels, at most half the tile's slots: the 56x56 and 28x28 ones with 16-byte copies, the 14x14 one
-    // with 8-byte copies, "v2"), whole: "conv_fwd/native-halo/<shape>/halo32x<BM>[v2]".
-    if (s.R != 3 || s.stride != 1 || s.pad != 1 || s.H % 2 != 0 || s.C % 8 != 0) continue;
+    // The halo kernel's tiles on the growth 3x3s it takes (stride 1, padding 1, rows at most half the
+    // tile's slots: the 56x56 and 28x28 ones with 16-byte copies, the 14x14 one with 8-byte copies ("v2"),
+    // the 7x7 one with 4-byte ones ("v1")), whole: "conv_fwd/native-halo/<shape>/halo32x<BM>[v2|v1]".
+    if (s.R != 3 || s.stride != 1 || s.pad != 1 || s.C % 8 != 0) continue;
     for (int plan = 0; plan < cuda::fused_conv_plans(); ++plan) {
       if (!cuda::fused_conv_plan_is_halo(plan)) continue;
-      const std::string name = cuda::fused_conv_plan_name(plan);  // "halo32x<BM>[v2]"
-      const bool copies8 = name.find("v2") != std::string::npos;
-      if (2 * s.H > std::stoi(name.substr(7)) || copies8 == (s.H % 4 == 0)) continue;
+      const std::string name = cuda::fused_conv_plan_name(plan);  // "halo32x<BM>[v<floats a copy>]"
+      const std::size_t v = name.find('v');
+      const int vec = v == std::string::npos ? 4 : std::stoi(name.substr(v + 1));
+      if (2 * s.H > std::stoi(name.substr(7)) || vec != (s.H % 4 == 0 ? 4 : s.H % 2 == 0 ? 2 : 1)) continue;
       configure(benchmark::RegisterBenchmark(("conv_fwd/native-halo/" + shape + "/" + name).c_str(),
                                              bench_conv_mma, s, plan, 0));
     }

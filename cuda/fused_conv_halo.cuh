@@ -8,10 +8,10 @@
 // (18 layers, 1.43 ms of inference at batch 32 in run 9) it lost: 0.202 ms against cuDNN's 0.156 at
 // 56x56, 0.059 against 0.041 at 28x28. Per 16 reduction values a thread there issues 16 four-byte copies
 // of x and 4 of w for 64 mma.sync per block, and a barrier. Here a stage is 8 input channels: their rows
-// of the block's output band plus one halo row above and below, copied 16 bytes at a time (8 where the
-// rows' length is not a multiple of 4), once; and the
-// weights' 8 x 9 values per output channel, contiguous in w. A stage feeds 9 k-steps (one per tap) of
-// 8 mma.sync per warp: about 2.5 copies of 16 bytes per thread per 72 reduction values and one barrier.
+// of the block's output band plus one halo row above and below, copied once, as wide as the rows allow
+// (16 bytes at 56x56 and 28x28, 8 at 14x14, 4 at 7x7); and the weights' 8 x 9 values per output channel,
+// contiguous in w, 16 bytes at a time. A stage feeds 9 k-steps (one per tap) of 8 mma.sync per warp
+// (BM = 128): at 56x56 a thread issues 8 copies of 16 bytes per 72 reduction values, and one barrier.
 //
 // Mapping. A block computes 32 output channels (k0 ...) x one band of th whole output rows of one image
 // (p0 ...), th = about BM / Q rows so that th * Q <= BM pixel slots (the rest are computed on padding
@@ -44,14 +44,20 @@ namespace ladnn::cuda {
 namespace {
 
 /// A launch shape of the halo kernel: BM pixel slots per block (32 output channels each), x's rows copied
-/// `vec` floats at a time (4: W % 4 == 0; 2: the rows of an even W that 4 does not divide, 14x14).
+/// `vec` floats at a time: halo_copy_width(W), the widest copy W allows (4: 56x56, 28x28; 2: 14x14; 1:
+/// 7x7).
 struct HaloPlan {
   int bm = 128, vec = 4;
 };
 /// 64: the most blocks (28x28 at 2 rows a band); 128: 2 rows of 56x56 or 4 of 28x28; 224: 4 rows of
 /// 56x56 with no slot wasted, the most reuse of each A fragment (NI = 7). 8-byte copies at 64 and 128
-/// (the 14x14 maps: 4 or 7 rows a band).
-constexpr HaloPlan kHaloPlans[] = {{64, 4}, {128, 4}, {224, 4}, {64, 2}, {128, 2}};
+/// (the 14x14 maps: 4 or 7 rows a band); 4-byte ones at 64 (a 7x7 map whole, 49 of the slots).
+constexpr HaloPlan kHaloPlans[] = {{64, 4}, {128, 4}, {224, 4}, {64, 2}, {128, 2}, {64, 1}};
+
+/// The widest copy of x's rows that W allows, in floats: 4, 2 or 1.
+LADNN_HD int halo_copy_width(int W) {
+  return W % 4 == 0 ? 4 : W % 2 == 0 ? 2 : 1;
+}
 constexpr int kHaloBK = 32;                // output channels per block
 constexpr int kHaloDC = 8;                 // input channels per stage: 72 reduction values
 constexpr int kHaloStages = 3;             // stages in flight
@@ -77,13 +83,13 @@ LADNN_HD HaloLayout halo_layout(const FusedConvGeom& g, int bm) {
 
 /// The kernel takes the call: a 3x3 window, stride 1, padding 1, no BatchNorm before it (the padding is
 /// zero after pre, which staging pre(x) would not give), the weight read plainly; channels in stages of
-/// 8; rows copied plan.vec floats at a time (W and x_img multiples of it; the launcher checks the
-/// pointers), 8-byte copies only where 16-byte ones cannot go (W % 4 != 0: Auto has fewer candidates to
-/// time); at least two output rows per band (Q <= BM / 2: the copies' slots per thread assume it).
+/// 8; rows copied plan.vec floats at a time, the widest W allows (halo_copy_width: Auto has no
+/// narrower duplicates to time; x_img a multiple of it too, the launcher checks the pointers); at least
+/// two output rows per band (Q <= BM / 2: the copies' slots per thread assume it).
 inline bool halo_takes(const FusedConvGeom& g, bool pre_on, const HaloPlan& plan) {
   return g.R == 3 && g.S == 3 && g.sh == 1 && g.sw == 1 && g.ph == 1 && g.pw == 1 && !pre_on &&
          !g.w_flipped && g.C % kHaloDC == 0 && g.C <= kFusedMaxC && g.W % plan.vec == 0 &&
-         g.x_img % plan.vec == 0 && (plan.vec == 4 || g.W % 4 != 0) && 2 * g.Q <= plan.bm;
+         g.x_img % plan.vec == 0 && plan.vec == halo_copy_width(g.W) && 2 * g.Q <= plan.bm;
 }
 
 LADNN_HD int halo_chunks(const FusedConvGeom& g) {
@@ -121,7 +127,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   constexpr int kA = BK * LDA;                           // floats of a stage's weights
   constexpr int WN = BM / 4, NI = WN / 8, MI = BK / 16;  // warp w: 32 channels x slots [w WN, (w + 1) WN)
   static_assert(BM % 32 == 0, "four warps of whole 8-pixel tiles");
-  static_assert(VEC == 4 || VEC == 2, "16- or 8-byte copies of x");
+  static_assert(VEC == 4 || VEC == 2 || VEC == 1, "16-, 8- or 4-byte copies of x");
   LADNN_DYNAMIC_SMEM(smem);
   const int kStage = kA + DC * L.ch;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
@@ -172,10 +178,13 @@ __global__ void __launch_bounds__(kMmaThreads)
 #pragma unroll
     for (int i = 0; i < kXSlots; ++i) {
       if (xs_s[i] < 0) continue;
+      const bool in = xs_x[i] >= 0;
       if constexpr (VEC == 4) {
-        cp_async_16(Bs + xs_s[i], xs_x[i] >= 0 ? xc + xs_x[i] : x, xs_x[i] >= 0);
+        cp_async_16(Bs + xs_s[i], in ? xc + xs_x[i] : x, in);
+      } else if constexpr (VEC == 2) {
+        cp_async_8(Bs + xs_s[i], in ? xc + xs_x[i] : x, in);
       } else {
-        cp_async_8(Bs + xs_s[i], xs_x[i] >= 0 ? xc + xs_x[i] : x, xs_x[i] >= 0);
+        cp_async_4(Bs + xs_s[i], in ? xc + xs_x[i] : x, in);
       }
     }
   };
@@ -248,18 +257,21 @@ __global__ void __launch_bounds__(kMmaThreads)
   cp_async_wait<0>();
   __syncthreads();  // post's coefficients, whatever n_chunks was
 
-  // Epilogue: lane (g, t) holds (row g or g + 8, slots 2t and 2t + 1) of each tile; both slots lie in one
-  // output row (Q is even), so both are stored or neither. Offsets found once per slot pair.
-  const int PQ = g.P * Q;
-  int64_t yoff[NI];
+  // Epilogue: lane (g, t) holds (row g or g + 8, slots 2t and 2t + 1) of each tile. Slot j of the band is
+  // plane position p0 Q + j: the two slots are adjacent in y. They are stored while j < `filled` (the
+  // band's slots that are output pixels); with an odd Q the second may be past it when the first is not.
+  const int PQ = g.P * Q, filled = min(L.th * Q, PQ - p0 * Q);
+  int64_t yoff[NI];  // slot 2t's offset in y (or in the block's partial slab), -1 past the band
+  int n_in[NI];      // how many of the lane's two slots are pixels: 0, 1 or 2
 #pragma unroll
   for (int ni = 0; ni < NI; ++ni) {
-    const int j = warp * WN + ni * 8 + 2 * tq, jr = j / Q, p = p0 + jr, pq = p * Q + (j - jr * Q);
-    yoff[ni] = j >= L.th * Q || p >= g.P ? -1
-               : partial                 ? int64_t(blockIdx.z) * K * M + int64_t(n) * PQ + pq
-                                         : n * g.y_img + pq;
+    const int j = warp * WN + ni * 8 + 2 * tq, pq = p0 * Q + j;
+    n_in[ni] = j + 1 < filled ? 2 : j < filled ? 1 : 0;
+    yoff[ni] = n_in[ni] == 0 ? -1
+               : partial     ? int64_t(blockIdx.z) * K * M + int64_t(n) * PQ + pq
+                             : n * g.y_img + pq;
   }
-  const bool pair = !partial && g.y_img % 2 == 0 && reinterpret_cast<uintptr_t>(y) % 8 == 0;
+  const bool pair = !partial && reinterpret_cast<uintptr_t>(y) % 8 == 0;  // and yoff even: per pair
   const int64_t row_stride = partial ? M : PQ;
   float* out = partial ? partial : y;
 #pragma unroll
@@ -270,18 +282,18 @@ __global__ void __launch_bounds__(kMmaThreads)
       if (k >= K) continue;
 #pragma unroll
       for (int ni = 0; ni < NI; ++ni) {
-        if (yoff[ni] < 0) continue;
+        if (n_in[ni] == 0) continue;
         float v0 = acc[mi][ni][2 * h], v1 = acc[mi][ni][2 * h + 1];
         if (!partial) {
           v0 = fused_bn_apply(post, s_post, s_post + BK, s_post + 2 * BK, row, v0);
           v1 = fused_bn_apply(post, s_post, s_post + BK, s_post + 2 * BK, row, v1);
         }
-        float* at = out + yoff[ni] + int64_t(k) * row_stride;
-        if (pair) {
-          *reinterpret_cast<float2*>(at) = float2{v0, v1};
+        const int64_t off = yoff[ni] + int64_t(k) * row_stride;
+        if (pair && n_in[ni] == 2 && off % 2 == 0) {
+          *reinterpret_cast<float2*>(out + off) = float2{v0, v1};
         } else {
-          at[0] = v0;
-          at[1] = v1;
+          out[off] = v0;
+          if (n_in[ni] == 2) out[off + 1] = v1;
         }
       }
     }
@@ -291,6 +303,7 @@ __global__ void __launch_bounds__(kMmaThreads)
 /// Calls `run.template go_halo<BM, VEC>()` for `plan` (one of kHaloPlans; anything else runs as {128, 4}).
 template <class Run>
 void dispatch_fused_halo(const HaloPlan& plan, const Run& run) {
+  if (plan.vec == 1) return run.template go_halo<64, 1>();
   if (plan.vec == 2) {
     if (plan.bm == 64) return run.template go_halo<64, 2>();
     return run.template go_halo<128, 2>();

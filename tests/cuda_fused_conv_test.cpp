@@ -198,7 +198,8 @@ TEST(CudaFusedConv, EveryLaunchShapeMatchesFloat64) {
 
 // The halo kernel's tiles (cuda/fused_conv_halo.cuh) on the growth 3x3s it is for, whole and split, against
 // float64: 56x56 and 28x28 at batch 2 and 3 (a 28-pixel row: tiles cross output rows; the 28x28 one read as
-// a channel prefix and written as a slice, as in a dense block), 14x14 (8-byte copies: the "v2" tiles),
+// a channel prefix and written as a slice, as in a dense block), 14x14 and 7x7 (8- and 4-byte copies: the
+// "v2" and "v1" tiles),
 // and a 12x12 with 40 output channels (a partial second channel block) and post on. TF32's bound, as the
 // other tensor-core plans. Each tile refuses the shapes it does not take, by name.
 TEST(CudaFusedConv, HaloPlansMatchFloat64OnGrowthShapes) {
@@ -211,6 +212,7 @@ TEST(CudaFusedConv, HaloPlansMatchFloat64OnGrowthShapes) {
   const Case cases[] = {{2, 128, 56, 32, 128, 32, 0, false},
                         {3, 128, 28, 32, 160, 200, 96, false},
                         {2, 128, 14, 32, 160, 200, 96, false},
+                        {3, 128, 7, 32, 160, 200, 96, true},
                         {1, 64, 12, 40, 64, 40, 0, true}};
   Generator gen(67);
   int runs = 0;
@@ -237,8 +239,9 @@ TEST(CudaFusedConv, HaloPlansMatchFloat64OnGrowthShapes) {
         const Tensor y = ybuf.narrow(1, c.y_first, c.K);
         const int64_t plane = c.H * c.H;
         // Refused: rows longer than half the tile's pixel slots, or the other copy width's rows.
-        const bool copies8 = name.find("v2") != std::string::npos;
-        if (2 * c.H > std::stoi(name.substr(7)) || copies8 == (c.H % 4 == 0)) {
+        const std::size_t v = name.find('v');  // "halo32x<BM>[v<floats a copy>]"
+        const int vec = v == std::string::npos ? 4 : std::stoi(name.substr(v + 1));
+        if (2 * c.H > std::stoi(name.substr(7)) || vec != (c.H % 4 == 0 ? 4 : c.H % 2 == 0 ? 2 : 1)) {
           const std::string width = "W " + std::to_string(c.H);
           EXPECT_THROW_WITH(cuda::conv2d_bn_eval_fused_plan(gx, c.x_channels * plane, nullptr, gw, p,
                                                             c.post_on ? &gpost : nullptr, y,
@@ -258,8 +261,9 @@ TEST(CudaFusedConv, HaloPlansMatchFloat64OnGrowthShapes) {
       }
     }
   }
-  // (whole, split) x (the 56x56 on 2 tiles, the 28x28 and 12x12 on 3, the 14x14 on the 2 v2 tiles)
-  EXPECT_EQ(runs, 20);
+  // (whole, split) x (the 56x56 on 2 tiles, the 28x28 and 12x12 on 3, the 14x14 on the 2 v2 tiles, the
+  // 7x7 on the v1 tile)
+  EXPECT_EQ(runs, 22);
 }
 
 // The plan hook's names are Auto's log names (cuda_kernels_bench's native-mma rows use them), in plan
@@ -293,10 +297,10 @@ TEST(CudaFusedConv, PlanNamesAreAutosLogNames) {
   EXPECT_GT(simt, 0);
   EXPECT_GT(wmma, 0);
   EXPECT_GT(mma, 0);
-  EXPECT_EQ(halo, 5);
-  EXPECT_EQ(cuda::fused_conv_plan_name(cuda::fused_conv_plans() - 6), "mma32x64d32");
-  EXPECT_EQ(cuda::fused_conv_plan_name(cuda::fused_conv_plans() - 3), "halo32x224");
-  EXPECT_EQ(cuda::fused_conv_plan_name(cuda::fused_conv_plans() - 1), "halo32x128v2");
+  EXPECT_EQ(halo, 6);
+  EXPECT_EQ(cuda::fused_conv_plan_name(cuda::fused_conv_plans() - 7), "mma32x64d32");
+  EXPECT_EQ(cuda::fused_conv_plan_name(cuda::fused_conv_plans() - 4), "halo32x224");
+  EXPECT_EQ(cuda::fused_conv_plan_name(cuda::fused_conv_plans() - 1), "halo32x64v1");
   EXPECT_THROW_WITH(cuda::fused_conv_plan_name(cuda::fused_conv_plans()), "fused_conv_plan_name: plan",
                     "is not in [0, ");
 }

@@ -1026,11 +1026,11 @@ TEST(FusedConvEmulation, HaloPlansMatchFloat64) {
     bool post_on;
     int cps;  // stages (8 channels each) per split; 0: whole
   };
-  const Case cases[] = {{2, 16, 8, 8, 32, true, 0},  {1, 24, 11, 8, 40, false, 0},
-                        {1, 16, 6, 12, 8, true, 1},  {1, 8, 5, 28, 33, true, 0},
-                        {2, 16, 9, 4, 20, false, 1}, {1, 32, 7, 16, 32, true, 3},
-                        {1, 8, 3, 36, 16, true, 0},  {2, 16, 14, 14, 32, false, 0},
-                        {1, 16, 5, 6, 12, true, 1},  {1, 8, 9, 2, 8, true, 0}};
+  const Case cases[] = {
+      {2, 16, 8, 8, 32, true, 0}, {1, 24, 11, 8, 40, false, 0},  {1, 16, 6, 12, 8, true, 1},
+      {1, 8, 5, 28, 33, true, 0}, {2, 16, 9, 4, 20, false, 1},   {1, 32, 7, 16, 32, true, 3},
+      {1, 8, 3, 36, 16, true, 0}, {2, 16, 14, 14, 32, false, 0}, {1, 16, 5, 6, 12, true, 1},
+      {1, 8, 9, 2, 8, true, 0},   {1, 16, 7, 7, 32, true, 1},    {2, 8, 5, 3, 8, false, 0}};
   Generator gen(58);
   int runs = 0, short_bands = 0, splits_run = 0;
   for (const Case& cs : cases) {
@@ -1041,7 +1041,7 @@ TEST(FusedConvEmulation, HaloPlansMatchFloat64) {
     const test::ConvBnReference ref = test::conv_bn_eval_reference(c.x, nullptr, c.w, c.p, qp);
     for (const HaloPlan& plan : kHaloPlans) {
       if (!halo_takes(g, false, plan)) {
-        EXPECT_TRUE(2 * g.Q > plan.bm || (plan.vec == 4) != (g.W % 4 == 0))
+        EXPECT_TRUE(2 * g.Q > plan.bm || plan.vec != halo_copy_width(g.W))
             << "refused for another reason than the row length or the copy width";
         continue;
       }
@@ -1069,17 +1069,19 @@ TEST(FusedConvEmulation, HaloPlansMatchFloat64) {
     }
   }
   // 7 cases x the 3 tiles of 16-byte copies, less the 36-pixel rows at 64 slots; 3 x the 2 of 8-byte ones
-  EXPECT_EQ(runs, 26);
+  // and 2 x the one of 4-byte ones
+  EXPECT_EQ(runs, 28);
   EXPECT_EQ(emu::g_cp_async_misaligned.load(), 0) << "a cp.async from or to a misaligned address";
   EXPECT_GT(short_bands, 0) << "no case left the last band short";
   EXPECT_GT(splits_run, 0);
   // What the kernel refuses: pre, a flipped weight, stride 2, padding 0, a 7x7, C % 8 != 0, W % 4 != 0
   // with 16-byte copies (and W % 4 == 0 with 8-byte ones), rows longer than half the slots.
   const FusedConvGeom ok{1, 16, 8, 8, 32, 3, 3, 8, 8, 1, 1, 1, 1, 16 * 64, 32 * 64};
-  const HaloPlan p64{64, 4}, p64v2{64, 2}, p128{128, 4};
+  const HaloPlan p64{64, 4}, p64v2{64, 2}, p64v1{64, 1}, p128{128, 4};
   EXPECT_TRUE(halo_takes(ok, false, p64));
   EXPECT_FALSE(halo_takes(ok, true, p64));
   EXPECT_FALSE(halo_takes(ok, false, p64v2));
+  EXPECT_FALSE(halo_takes(ok, false, p64v1));
   const std::pair<const char*, std::function<void(FusedConvGeom&)>> refused[] = {
       {"a flipped weight", [](FusedConvGeom& g) { g.w_flipped = true; }},
       {"stride 2", [](FusedConvGeom& g) { g.sh = g.sw = 2; }},
@@ -1098,8 +1100,11 @@ TEST(FusedConvEmulation, HaloPlansMatchFloat64) {
   EXPECT_TRUE(halo_takes(g, false, p128));
   g.W = g.Q = 6;
   EXPECT_TRUE(halo_takes(g, false, p64v2));
+  EXPECT_FALSE(halo_takes(g, false, p64v1));
   g.x_img = 16 * 48 + 1;  // images an odd number of floats apart
   EXPECT_FALSE(halo_takes(g, false, p64v2));
+  g.W = g.Q = 7;
+  EXPECT_TRUE(halo_takes(g, false, p64v1));
 }
 
 // The four-channel weight loads (vec4, taken only when the weights are 16-byte aligned) change the loads,
