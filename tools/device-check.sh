@@ -53,7 +53,7 @@
 #                    one-kernel-per-channel path's before)
 #        fused-off   the same rows with LADNN_FUSED_CONV=off (the library convolutions only: auto's before)
 #        mma         batch 32, training and inference, and how many shapes of each pass Auto gave to each
-#                    form of the mma kernel (LADNN_CUDNN_LOG=1: window size and tile)
+#                    form of the mma and halo kernels (LADNN_CUDNN_LOG=1: window size and tile)
 #        loss-curve  `ladnn bench --loss-curve 50` with LADNN_FUSED_CONV=auto: our first 50 Adam steps beside
 #                    PyTorch's from the same weights and batches (the largest |loss difference|)
 #        loop        the trainer's graphed loop over host batches at 32 and 64: waiting for each step
@@ -237,9 +237,9 @@ want fused-off && compare fused-off LADNN_FUSED_CONV=off timeout "$T_COMPARE" "$
 if want mma; then
   compare mma LADNN_CUDNN_LOG=1 timeout "$T_COMPARE" "$B/ladnn" bench --batches 32 \
     --graph on --torch off --steps 20 --warmup 3
-  echo "Auto's mma choices (pass, form: shapes):"
-  grep -oE '^ladnn: conv2d_[a-z_]+ .*-> ours mma[0-9a-z]+' "$OUTDIR/compare_mma.log" |
-    sed -E 's/^ladnn: (conv2d_[a-z_]+) x \([0-9]+, [0-9]+, [0-9]+, [0-9]+\) w \([0-9]+, [0-9]+, ([0-9]+), [0-9]+\).*-> ours (mma[0-9a-z]+)/\1 \2x\2 \3/' |
+  echo "Auto's mma and halo choices (pass, form: shapes):"
+  grep -oE '^ladnn: conv2d_[a-z_]+ .*-> ours (mma|halo)[0-9a-z]+' "$OUTDIR/compare_mma.log" |
+    sed -E 's/^ladnn: (conv2d_[a-z_]+) x \([0-9]+, [0-9]+, [0-9]+, [0-9]+\) w \([0-9]+, [0-9]+, ([0-9]+), [0-9]+\).*-> ours ((mma|halo)[0-9a-z]+)/\1 \2x\2 \3/' |
     sort | uniq -c
 fi
 want memory && compare memory timeout "$T_COMPARE" "$B/ladnn" bench --batches 64 --work train --memory-efficient \
