@@ -234,10 +234,22 @@ bool halo_aligned(const HaloPlan& plan, const float* x, const float* w) {
          reinterpret_cast<std::uintptr_t>(w) % 16 == 0;
 }
 
+/// The halo kernel has passed the tile emulator and compiles for the GPU, but has not run on one yet:
+/// until a device check has passed, Auto times it only with LADNN_HALO_UNCHECKED=1 (as the mma kernel's
+/// new forms were gated in run 8 by LADNN_MMA_UNCHECKED). The plan hook runs it either way (its tests).
+bool halo_unchecked_allowed() {
+  static const bool allowed = [] {
+    const char* v = std::getenv("LADNN_HALO_UNCHECKED");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  return allowed;
+}
+
 /// What Auto times of the halo kernel, for the calls it takes (x and w the pointers it will read): each
 /// tile whole, and split for two blocks per SM where that is more than one split.
 void append_halo_candidates(const FusedConvGeom& g, bool pre_on, const float* x, const float* w,
                             std::vector<FusedChoice>& out) {
+  if (!halo_unchecked_allowed()) return;
   for (const HaloPlan& plan : kHaloPlans) {
     if (!halo_takes(g, pre_on, plan) || !halo_aligned(plan, x, w)) continue;
     out.push_back(halo_choice(g, plan, 0));
