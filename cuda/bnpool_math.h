@@ -375,14 +375,33 @@ LADNN_HD AvgWindow avg_window(int64_t oh, int64_t ow, const PoolGeom& g) {
   return {h0, h1, w0, w1, g.include_pad ? padded_size : (h1 - h0) * (w1 - w0)};
 }
 
-LADNN_HD float avg_pool_at(const float* x, int64_t o, const PoolGeom& g) {
+/// The identity, avg_pool_at's default map.
+struct NoMap {
+  LADNN_HD float operator()(float v) const { return v; }
+};
+/// An eval BatchNorm (then ReLU when relu), bn_eval_plane_kernel's arithmetic: the map of the fused
+/// inference BatchNorm-ReLU-average pool (a DenseNet transition's norm, relu and pool).
+struct BnEvalMap {
+  float mean, scale, shift;
+  bool relu;
+  LADNN_HD float operator()(float v) const {
+    const float y = bn_normalize(v, mean, scale, shift);
+    return relu ? bn_relu(y) : y;
+  }
+};
+
+/// Average over the window of output o of map(x) (map applied to each input cell: a padding cell counts
+/// as 0 in the sum, as when the mapped input is pooled), summed rows then columns, divided by the
+/// window's divisor.
+template <class Map = NoMap>
+LADNN_HD float avg_pool_at(const float* x, int64_t o, const PoolGeom& g, const Map& map = Map()) {
   const OutPos q = out_pos(o, g.OH, g.OW);
   const AvgWindow win = avg_window(q.oh, q.ow, g);
   if (win.h0 >= win.h1 || win.w0 >= win.w1) return 0.0f;  // cannot happen with checked parameters; as the CPU
   const float* xp = x + q.plane * g.H * g.W;
   float sum = 0.0f;
   for (int64_t h = win.h0; h < win.h1; ++h)
-    for (int64_t w = win.w0; w < win.w1; ++w) sum += xp[h * g.W + w];
+    for (int64_t w = win.w0; w < win.w1; ++w) sum += map(xp[h * g.W + w]);
   return sum / static_cast<float>(win.divisor);
 }
 

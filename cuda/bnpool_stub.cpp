@@ -35,6 +35,9 @@ ops::BatchNormGrads batch_norm_backward_eval(const Tensor&, const Tensor&, const
 ops::MaxPoolForward max_pool2d_forward(const Tensor&, const ops::Pool2dParams&) { no_backend("max_pool2d_forward"); }
 Tensor max_pool2d_backward(const Tensor&, const Tensor&, const Shape&, const ops::Pool2dParams*) { no_backend("max_pool2d_backward"); }
 Tensor avg_pool2d_forward(const Tensor&, const ops::Pool2dParams&) { no_backend("avg_pool2d_forward"); }
+bool bn_avg_pool2d_eval(const Tensor&, const ops::BnEval&, const ops::Pool2dParams&, Tensor&) {
+  no_backend("bn_avg_pool2d_eval");
+}
 Tensor avg_pool2d_backward(const Tensor&, const Shape&, const ops::Pool2dParams&) { no_backend("avg_pool2d_backward"); }
 Tensor adaptive_avg_pool2d_forward(const Tensor&, int64_t, int64_t) { no_backend("adaptive_avg_pool2d_forward"); }
 Tensor adaptive_avg_pool2d_backward(const Tensor&, const Shape&) { no_backend("adaptive_avg_pool2d_backward"); }

@@ -164,6 +164,9 @@ ops::MaxPoolForward max_pool2d_forward(const Tensor& x, const ops::Pool2dParams&
 Tensor max_pool2d_backward(const Tensor& dy, const Tensor& indices, const Shape& x_shape,
                            const ops::Pool2dParams* window = nullptr);
 Tensor avg_pool2d_forward(const Tensor& x, const ops::Pool2dParams& p);
+/// ops::bn_avg_pool2d_eval as one kernel into a new y, when LADNN_BN and LADNN_POOL are both native (the
+/// same bits as their two kernels in sequence); false otherwise (the caller composes the two ops).
+bool bn_avg_pool2d_eval(const Tensor& x, const ops::BnEval& bn, const ops::Pool2dParams& p, Tensor& y);
 Tensor avg_pool2d_backward(const Tensor& dy, const Shape& x_shape, const ops::Pool2dParams& p);
 Tensor adaptive_avg_pool2d_forward(const Tensor& x, int64_t out_h, int64_t out_w);
 Tensor adaptive_avg_pool2d_backward(const Tensor& dy, const Shape& x_shape);

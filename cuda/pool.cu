@@ -21,6 +21,12 @@
 //                          windows contain it: no atomics, deterministic.
 //   adaptive avg   native only: adaptive_avg_forward (a warp per output; 1x1 is DenseNet's global
 //                  average pool over 7x7) and adaptive_avg_backward (gather, as above).
+//   eval BN + avg  native only (with LADNN_BN and LADNN_POOL both native; otherwise ops composes the two
+//                  ops): bn_avg_pool_eval, a block per (n, c) plane: the channel's eval coefficients as
+//                  bn_eval_plane_kernel derives them, then each output averages its window of the
+//                  normalised (and rectified) input, the same bits as the two native kernels in sequence.
+//                  A DenseNet transition's norm-relu-pool at inference: the normalised map (as large as
+//                  the block's output) is never written or read back.
 //
 // Indices are identical to the CPU's in both versions because one kernel computes them with the CPU's
 // rule: flat h*W + w in the input plane; scan rows then columns of the window clipped to the input
@@ -42,9 +48,11 @@
 // passes the parameters and gets the gather. Everything else here is deterministic.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "cuda/allocator.h"
 #include "cuda/bnpool_math.h"
@@ -96,6 +104,26 @@ __global__ void max_pool_backward_gather_kernel(const float* __restrict__ dy, co
                                                 float* __restrict__ dx, int64_t total, PoolGeom g) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
     dx[i] = math::max_pool_backward_at(dy, ind, i, g);
+}
+
+// Block b: planes b, b + gridDim.x, ... (plane = n * C + c; x's samples sN floats apart, y packed).
+// Coefficients as bn_eval_plane_kernel's (cuda/batchnorm.cu): scale = gamma / sqrt(var + eps) in double,
+// rounded once; then math::avg_pool_at over math::BnEvalMap.
+__global__ void bn_avg_pool_eval_kernel(const float* __restrict__ x, int64_t sN, float* __restrict__ y,
+                                        int64_t planes, int64_t C, PoolGeom g, double eps,
+                                        const float* __restrict__ gamma, const float* __restrict__ beta,
+                                        const float* __restrict__ mean, const float* __restrict__ var,
+                                        bool relu) {
+  const int64_t out_plane = g.OH * g.OW;
+  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
+    const int64_t c = plane % C, n = plane / C;
+    const double invstd = 1.0 / ::sqrt(double(var[c]) + eps);
+    const double gm = gamma ? gamma[c] : 1.0;
+    const math::BnEvalMap map{mean[c], static_cast<float>(gm * invstd), beta ? beta[c] : 0.0f, relu};
+    const float* xp = x + n * sN + c * g.H * g.W;
+    float* yp = y + plane * out_plane;
+    for (int64_t o = threadIdx.x; o < out_plane; o += blockDim.x) yp[o] = math::avg_pool_at(xp, o, g, map);
+  }
 }
 
 __global__ void avg_pool_forward_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t total,
@@ -250,6 +278,42 @@ Tensor avg_pool2d_forward(const Tensor& x_in, const ops::Pool2dParams& p) {
     CUDA_CHECK_LAUNCH();
   }
   return y;
+}
+
+bool bn_avg_pool2d_eval(const Tensor& x_in, const ops::BnEval& bn, const ops::Pool2dParams& p, Tensor& y) {
+  if (impl(Family::BatchNorm) != Impl::Native || impl(Family::Pool) != Impl::Native) return false;
+  const std::string op = "bn_avg_pool2d_eval";
+  require_float32(op, x_in, "input");
+  for (const auto& [t, name] : {std::pair<const Tensor*, const char*>{&bn.gamma, "gamma"},
+                                {&bn.beta, "beta"},
+                                {&bn.running_mean, "running_mean"},
+                                {&bn.running_var, "running_var"}}) {
+    require_float32(op, *t, name);
+    check(!t->defined() || (t->dim() == 1 && t->size(0) == x_in.size(1) && t->device() == x_in.device()),
+          op + ": " + name + " must be a (" + std::to_string(x_in.size(1)) + ") vector on " +
+              x_in.device().str() + ", got " + (t->defined() ? shape_str(t->shape()) : std::string("none")));
+  }
+  check(bn.running_mean.defined() && bn.running_var.defined(), op + ": needs running_mean and running_var");
+  const Shape y_shape = ops::pool2d_output_shape(x_in.shape(), p);
+  const PoolGeom g = geom_of(x_in.shape(), y_shape, p);
+  OpRange range(op.c_str(), "native");
+  const Tensor x = x_in.contiguous();
+  // (C) vectors as plain arrays (contiguous copies where they are strided: a few floats)
+  const Tensor gamma = bn.gamma.defined() ? bn.gamma.contiguous() : Tensor();
+  const Tensor beta = bn.beta.defined() ? bn.beta.contiguous() : Tensor();
+  const Tensor mean = bn.running_mean.contiguous(), var = bn.running_var.contiguous();
+  y = new_output(y_shape, DType::Float32, x.device());
+  const int64_t planes = y_shape[0] * y_shape[1];
+  if (shape_numel(y_shape) == 0) return true;
+  const int64_t out_plane = y_shape[2] * y_shape[3];
+  const int threads = static_cast<int>(std::min<int64_t>(kThreads, (out_plane + 31) / 32 * 32));
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(planes, int64_t(1) << 30));
+  bn_avg_pool_eval_kernel<<<blocks, threads, 0, cur_stream()>>>(
+      x.data<float>(), x.strides()[0], y.data<float>(), planes, x.size(1), g, bn.eps,
+      gamma.defined() ? gamma.data<float>() : nullptr, beta.defined() ? beta.data<float>() : nullptr,
+      mean.data<float>(), var.data<float>(), bn.act == ops::BnAct::Relu);
+  CUDA_CHECK_LAUNCH();
+  return true;
 }
 
 Tensor avg_pool2d_backward(const Tensor& dy_in, const Shape& x_shape, const ops::Pool2dParams& p) {

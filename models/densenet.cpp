@@ -267,6 +267,11 @@ Variable Transition::forward(const Variable& x) {
   // (up to rounding). Pooling first runs the convolution on a quarter of the pixels — a quarter of the
   // FLOPs and of the stored output, forward and backward (the three transitions of DenseNet-169 are
   // ~10% of its convolution work). Odd sizes too: both orders drop the same last row and column.
+  // At inference (eval, no gradient) norm, relu and pool are one op: on the GPU one kernel that never
+  // writes the normalised map (as large as the dense block's output), the same values.
+  if (!is_training() && !grad_enabled())
+    return (*conv_)(
+        Variable(ops::bn_avg_pool2d_eval(x.tensor(), norm_->eval_params(ops::BnAct::Relu), pool)));
   return (*conv_)(avg_pool2d(norm_->forward_relu(x), pool));
 }
 

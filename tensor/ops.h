@@ -201,6 +201,11 @@ Tensor max_pool2d_backward(const Tensor& dy, const Tensor& indices, const Shape&
 /// (deterministic to the bit, the CPU's sum order) instead of scattering with atomicAdd; autograd uses it.
 Tensor max_pool2d_backward(const Tensor& dy, const Tensor& indices, const Shape& x_shape, const Pool2dParams& p);
 Tensor avg_pool2d_forward(const Tensor& x, const Pool2dParams& p);
+/// Inference: avg_pool2d_forward(batch_norm_forward_eval(x, bn...), p) — an eval BatchNorm (and its act)
+/// then an average pool, a DenseNet transition's norm-relu-pool. The CPU (and the GPU with LADNN_BN or
+/// LADNN_POOL on cuDNN) runs the two ops; the GPU with both native runs one kernel with the same bits,
+/// which never writes the normalised map.
+Tensor bn_avg_pool2d_eval(const Tensor& x, const BnEval& bn, const Pool2dParams& p);
 Tensor avg_pool2d_backward(const Tensor& dy, const Shape& x_shape, const Pool2dParams& p);
 /// torch's adaptive average pool: output cell (i, j) averages rows floor(i*H/oh)..ceil((i+1)*H/oh).
 Tensor adaptive_avg_pool2d_forward(const Tensor& x, int64_t out_h, int64_t out_w);

@@ -160,6 +160,31 @@ TEST(CudaBnPoolMath, AvgPoolForwardAndGatherBackwardMatchCpu) {
     }
 }
 
+// The fused inference BatchNorm-ReLU-average pool (cuda/pool.cu's bn_avg_pool_eval) maps each cell of a
+// window as it sums it: the same bits as normalising the whole map first and pooling that, with padding
+// cells counted as 0 (not as the map of 0), with and without the ReLU, every pooling case.
+TEST(CudaBnPoolMath, AvgPoolOfTheBatchNormMapEqualsPoolingTheNormalisedMap) {
+  Generator gen(3);
+  int padded = 0;
+  for (const PoolCase& c : kPoolCases)
+    for (bool include_pad : {true, false})
+      for (bool relu : {false, true}) {
+        SCOPED_TRACE(name_of(c) + (include_pad ? " include_pad" : " exclude_pad") + (relu ? " relu" : ""));
+        const ops::Pool2dParams p = params_of(c, include_pad);
+        const m::PoolGeom g = geom_of(c, p);
+        padded += p.pad_h > 0 || p.pad_w > 0;
+        const std::vector<float> xf = floats(Tensor::normal(c.shape, 0.5, 2, gen));
+        const m::BnEvalMap map{0.3f, 1.7f, -0.2f, relu};
+        std::vector<float> normalised(xf.size());
+        for (std::size_t i = 0; i < xf.size(); ++i) normalised[i] = map(xf[i]);
+        const int64_t outputs = c.shape[0] * c.shape[1] * g.OH * g.OW;
+        for (int64_t o = 0; o < outputs; ++o)
+          ASSERT_EQ(m::avg_pool_at(xf.data(), o, g, map), m::avg_pool_at(normalised.data(), o, g))
+              << "output " << o;
+      }
+  EXPECT_GT(padded, 0) << "no case with padding";
+}
+
 TEST(CudaBnPoolMath, AdaptiveAvgPoolLaneSumsAndGatherMatchCpu) {
   Generator gen(3);
   struct Case {

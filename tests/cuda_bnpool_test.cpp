@@ -26,8 +26,6 @@
 // Max pooling is exact (y is a copy of one input; indices are integers) and compared exactly.
 #include <gtest/gtest.h>
 
-#include "tests/test_util.h"
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -44,7 +42,9 @@
 #include "cuda/runtime.h"
 #include "tensor/ops.h"
 #include "tensor/random.h"
+#include "tests/conv_bn_reference.h"
 #include "tests/cuda_test_util.h"
+#include "tests/test_util.h"
 
 namespace ladnn {
 namespace {
@@ -239,6 +239,54 @@ void check_forward_train(const BnCase& c, Generator& gen) {
 TEST_P(CudaOpTest, BatchNormForwardTrainMatchesCpu) {
   Generator gen(101);
   for (const BnCase& c : kBnCases) check_forward_train(c, gen);
+}
+
+// The inference BatchNorm-ReLU-average pool (a DenseNet transition's norm, relu and pool) as one op:
+// with both families native one kernel with exactly the bits of the two native ops in sequence (each
+// within tolerance of float64 on the CPU); with either on cuDNN, those two ops. A 2x2 stride-2 pool (the
+// transitions') over even and odd maps, and a padded 3x3 without the padding in the divisor; with and
+// without the ReLU and the affine parameters.
+TEST_P(CudaOpTest, BatchNormReluAvgPoolEvalEqualsTheTwoOps) {
+  Generator gen(110);
+  struct Case {
+    Shape shape;
+    int64_t k, s, pad;
+    bool include_pad, relu, affine;
+  };
+  const Case cases[] = {{{2, 6, 8, 8}, 2, 2, 0, true, true, true},
+                        {{3, 5, 7, 9}, 2, 2, 0, true, false, true},
+                        {{2, 4, 9, 8}, 3, 2, 1, false, true, false}};
+  auto moved = [](const ops::BnEval& bn, Device device, DType dtype) {
+    ops::BnEval out = bn;
+    for (Tensor* t : {&out.gamma, &out.beta, &out.running_mean, &out.running_var})
+      if (t->defined()) *t = t->to(dtype).to(device);
+    return out;
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(shape_str(c.shape) + " window " + std::to_string(c.k));
+    ops::Pool2dParams p;
+    p.kernel_h = p.kernel_w = c.k;
+    p.stride_h = p.stride_w = c.s;
+    p.pad_h = p.pad_w = c.pad;
+    p.count_include_pad = c.include_pad;
+    const Tensor x = Tensor::normal(c.shape, 0.5, 2.0, gen);
+    const ops::BnEval bn = test::random_bn_eval(c.shape[1], c.relu ? ops::BnAct::Relu : ops::BnAct::None, gen,
+                                                DType::Float32, c.affine);
+    const ops::BnEval gbn = moved(bn, Device::cuda(), DType::Float32);
+    const Tensor gx = gpu(x);
+    const Tensor fused = cuda_test::to_cpu(ops::bn_avg_pool2d_eval(gx, gbn, p));
+    const Tensor two = cuda_test::to_cpu(
+        ops::avg_pool2d_forward(ops::batch_norm_forward_eval(gx, gbn.gamma, gbn.beta, gbn.running_mean,
+                                                             gbn.running_var, gbn.eps, gbn.act),
+                                p));
+    ASSERT_EQ(fused.shape(), two.shape());
+    if (GetParam().impl == Impl::Native) {
+      const std::vector<double> a = fused.to_vector(), b = two.to_vector();
+      for (std::size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], b[i]) << "output " << i;
+    }
+    const Tensor ref = ops::bn_avg_pool2d_eval(f64(x), moved(bn, Device::cpu(), DType::Float64), p);
+    EXPECT_TRUE(gpu_matches("y", gpu(fused), ref, elem_tol(ref)));
+  }
 }
 
 TEST_P(CudaOpTest, BatchNormForwardEvalMatchesCpu) {

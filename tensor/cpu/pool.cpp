@@ -336,6 +336,16 @@ Tensor avg_pool2d_forward(const Tensor& x, const Pool2dParams& p) {
   return y;
 }
 
+Tensor bn_avg_pool2d_eval(const Tensor& x, const BnEval& bn, const Pool2dParams& p) {
+  if (x.device().is_cuda()) {
+    check_input("bn_avg_pool2d_eval", x);
+    Tensor y;
+    if (cuda::bn_avg_pool2d_eval(x, bn, p, y)) return y;
+  }
+  return avg_pool2d_forward(
+      batch_norm_forward_eval(x, bn.gamma, bn.beta, bn.running_mean, bn.running_var, bn.eps, bn.act), p);
+}
+
 Tensor avg_pool2d_backward(const Tensor& dy, const Shape& x_shape, const Pool2dParams& p) {
   const std::string op = "avg_pool2d_backward";
   const Shape y_shape = pool_shape(op, x_shape, p);
