@@ -78,7 +78,8 @@ Variable batch_norm_relu2d(const Variable& x, const Variable& gamma, const Varia
 
 Variable max_pool2d(const Variable& x, const ops::Pool2dParams& p) {
   check(x.defined(), "max_pool2d: input is undefined");
-  ops::MaxPoolForward fwd = ops::max_pool2d_forward(x.tensor(), p);
+  // The indices only where a backward will read them (from_op records one only then).
+  ops::MaxPoolForward fwd = ops::max_pool2d_forward(x.tensor(), p, grad_enabled() && x.requires_grad());
   const Tensor indices = fwd.indices;
   const Shape x_shape = x.shape();
   return Variable::from_op(

@@ -32,7 +32,9 @@ ops::BatchNormGrads batch_norm_backward_eval(const Tensor&, const Tensor&, const
                                              double, const Tensor&) {
   no_backend("batch_norm_backward_eval");
 }
-ops::MaxPoolForward max_pool2d_forward(const Tensor&, const ops::Pool2dParams&) { no_backend("max_pool2d_forward"); }
+ops::MaxPoolForward max_pool2d_forward(const Tensor&, const ops::Pool2dParams&, bool) {
+  no_backend("max_pool2d_forward");
+}
 Tensor max_pool2d_backward(const Tensor&, const Tensor&, const Shape&, const ops::Pool2dParams*) { no_backend("max_pool2d_backward"); }
 Tensor avg_pool2d_forward(const Tensor&, const ops::Pool2dParams&) { no_backend("avg_pool2d_forward"); }
 bool bn_avg_pool2d_eval(const Tensor&, const ops::BnEval&, const ops::Pool2dParams&, Tensor&) {

@@ -159,7 +159,7 @@ ops::BatchNormGrads batch_norm_backward_eval(const Tensor& dy, const Tensor& x, 
                                              const Tensor& relu_y);
 
 // ---- pooling (cuDNN | native) -----------------------------------------------------------------------------------
-ops::MaxPoolForward max_pool2d_forward(const Tensor& x, const ops::Pool2dParams& p);
+ops::MaxPoolForward max_pool2d_forward(const Tensor& x, const ops::Pool2dParams& p, bool with_indices = true);
 /// With the pooling parameters (`window`), a gather (deterministic); without, a scatter with atomicAdd.
 Tensor max_pool2d_backward(const Tensor& dy, const Tensor& indices, const Shape& x_shape,
                            const ops::Pool2dParams* window = nullptr);

@@ -74,7 +74,7 @@ PoolGeom geom_of(const Shape& x, const Shape& y, const ops::Pool2dParams& p) {
 // ---- kernels: grid-stride loops over math:: functions (cuda/bnpool_math.h, shared with a host test) ----
 
 // One thread per output. WRITE_Y = false computes only the indices (the cuDNN version, whose y comes
-// from cudnnPoolingForward).
+// from cudnnPoolingForward); ind null: only y (inference, no indices wanted).
 template <bool WRITE_Y>
 __global__ void max_pool_forward_kernel(const float* __restrict__ x, float* __restrict__ y,
                                         int64_t* __restrict__ ind, int64_t total, PoolGeom g) {
@@ -83,7 +83,7 @@ __global__ void max_pool_forward_kernel(const float* __restrict__ x, float* __re
     int64_t i;
     math::max_pool_at(x, o, g, v, i);
     if constexpr (WRITE_Y) y[o] = v;
-    ind[o] = i;
+    if (ind) ind[o] = i;
   }
 }
 
@@ -193,7 +193,7 @@ const char* pool_impl_name(Impl i) { return impl_name(Family::Pool, i); }
 
 // ---- cuda/ops.h -----------------------------------------------------------------------------------------------
 
-ops::MaxPoolForward max_pool2d_forward(const Tensor& x_in, const ops::Pool2dParams& p) {
+ops::MaxPoolForward max_pool2d_forward(const Tensor& x_in, const ops::Pool2dParams& p, bool with_indices) {
   const std::string op = "max_pool2d_forward";
   require_float32(op, x_in, "input");
   const Shape y_shape = ops::pool2d_output_shape(x_in.shape(), p);
@@ -208,18 +208,20 @@ ops::MaxPoolForward max_pool2d_forward(const Tensor& x_in, const ops::Pool2dPara
   OpRange range("max_pool2d_forward", pool_impl_name(which));
   const Tensor x = x_in.contiguous();
   ops::MaxPoolForward out{new_output(y_shape, DType::Float32, x.device()),
-                          new_output(y_shape, DType::Int64, x.device())};
+                          with_indices ? new_output(y_shape, DType::Int64, x.device()) : Tensor()};
   if (total == 0) return out;
   const unsigned grid = grid_for(total, kThreads);
+  int64_t* ind = with_indices ? out.indices.data<int64_t>() : nullptr;
   if (which == Impl::Library) {
     const float one = 1.0f, zero = 0.0f;
     CUDNN_CHECK(cudnnPoolingForward(cudnn_handle(), c->pd.get(), &one, c->xd.get(), x.data<float>(), &zero, c->yd.get(),
                                     out.y.data<float>()));
-    max_pool_forward_kernel<false><<<grid, kThreads, 0, cur_stream()>>>(x.data<float>(), nullptr,
-                                                                        out.indices.data<int64_t>(), total, g);
+    if (!with_indices) return out;
+    max_pool_forward_kernel<false>
+        <<<grid, kThreads, 0, cur_stream()>>>(x.data<float>(), nullptr, ind, total, g);
   } else {
-    max_pool_forward_kernel<true><<<grid, kThreads, 0, cur_stream()>>>(x.data<float>(), out.y.data<float>(),
-                                                                       out.indices.data<int64_t>(), total, g);
+    max_pool_forward_kernel<true>
+        <<<grid, kThreads, 0, cur_stream()>>>(x.data<float>(), out.y.data<float>(), ind, total, g);
   }
   CUDA_CHECK_LAUNCH();
   return out;

@@ -672,6 +672,20 @@ TEST_P(CudaOpTest, MaxPoolMatchesCpu) {
   }
 }
 
+// Without the indices (inference) both versions give the same y as with them, and no indices tensor.
+TEST_P(CudaOpTest, MaxPoolWithoutIndicesGivesTheSameValues) {
+  Generator gen(203);
+  for (const PoolCase& c : kPoolCases) {
+    SCOPED_TRACE(shape_str(c.shape));
+    const ops::Pool2dParams p = c.params(true);
+    const Tensor gx = gpu(distinct(c.shape, gen));
+    const ops::MaxPoolForward full = ops::max_pool2d_forward(gx, p),
+                              bare = ops::max_pool2d_forward(gx, p, false);
+    EXPECT_FALSE(bare.indices.defined());
+    EXPECT_EQ(cuda_test::to_cpu(bare.y).to_vector(), cuda_test::to_cpu(full.y).to_vector());
+  }
+}
+
 TEST_P(CudaOpTest, MaxPoolPropagatesNaNAsCpu) {
   Generator gen(202);
   const PoolCase c = kPoolCases[0];

@@ -217,7 +217,30 @@ TEST(PoolTest, MaxPoolMatchesReference) {
       std::vector<double> idx(ref.idx.begin(), ref.idx.end());
       EXPECT_EQ(out.indices.to_vector(), idx) << shape_str(c.shape);
       EXPECT_EQ(out.y.dtype(), dtype);
+      // Without the indices (inference): the same y, no indices tensor.
+      const ops::MaxPoolForward bare = ops::max_pool2d_forward(x, c.p, false);
+      EXPECT_EQ(bare.y.to_vector(), ref.y) << shape_str(c.shape);
+      EXPECT_FALSE(bare.indices.defined());
     }
+}
+
+// Autograd's max pool keeps the indices only where a backward may read them: without gradients (or for
+// an input that needs none) the op gives the same values and records no backward.
+TEST(PoolTest, MaxPoolWithoutGradientsGivesTheSameValues) {
+  Generator gen(22);
+  const Tensor x = Tensor::normal({2, 3, 7, 9}, 0, 1, gen);
+  const ops::Pool2dParams p = make(3, 2, 1);
+  const Variable with_grad(x, true);
+  const Variable y = max_pool2d(with_grad, p);
+  EXPECT_TRUE(y.requires_grad());
+  Variable y_nograd;
+  {
+    NoGradGuard no_grad;
+    y_nograd = max_pool2d(with_grad, p);
+  }
+  EXPECT_FALSE(y_nograd.requires_grad());
+  EXPECT_EQ(y_nograd.tensor().to_vector(), y.tensor().to_vector());
+  EXPECT_EQ(max_pool2d(Variable(x), p).tensor().to_vector(), y.tensor().to_vector());
 }
 
 TEST(PoolTest, MaxPoolBackwardRoutesToArgmax) {

@@ -95,7 +95,7 @@ void max_pool_kernel(const T* x, T* y, int64_t* ind, int64_t planes, int64_t H, 
   for (int64_t pl = 0; pl < planes; ++pl) {
     const T* xp = x + pl * H * W;
     T* yp = y + pl * OH * OW;
-    int64_t* ip = ind + pl * OH * OW;
+    int64_t* ip = ind ? ind + pl * OH * OW : nullptr;  // null: the indices are not wanted
     for (int64_t oh = 0; oh < OH; ++oh) {
       int64_t h0 = oh * p.stride_h - p.pad_h;
       const int64_t h1 = std::min(h0 + p.kernel_h, H);
@@ -117,7 +117,7 @@ void max_pool_kernel(const T* x, T* y, int64_t* ind, int64_t planes, int64_t H, 
             }
           }
         yp[oh * OW + ow] = best_v;
-        ip[oh * OW + ow] = best;
+        if (ip) ip[oh * OW + ow] = best;
       }
     }
   }
@@ -255,21 +255,22 @@ Shape pool2d_output_shape(const Shape& x, const Pool2dParams& p) {
   return pool_shape("pool2d", x, p);
 }
 
-MaxPoolForward max_pool2d_forward(const Tensor& x, const Pool2dParams& p) {
+MaxPoolForward max_pool2d_forward(const Tensor& x, const Pool2dParams& p, bool with_indices) {
   const std::string op = "max_pool2d_forward";
   check_input(op, x);
   const Shape y_shape = pool_shape(op, x.shape(), p);
-  if (x.device().is_cuda()) return cuda::max_pool2d_forward(x, p);
+  if (x.device().is_cuda()) return cuda::max_pool2d_forward(x, p, with_indices);
   const Tensor xc = x.contiguous();
   MaxPoolForward out{Tensor::empty(y_shape, x.dtype(), x.device()),
-                     Tensor::empty(y_shape, DType::Int64, x.device())};
+                     with_indices ? Tensor::empty(y_shape, DType::Int64, x.device()) : Tensor()};
+  int64_t* ind = with_indices ? out.indices.data<int64_t>() : nullptr;
   const int64_t planes = y_shape[0] * y_shape[1];
   if (x.dtype() == DType::Float32)
-    max_pool_kernel(xc.data<float>(), out.y.data<float>(), out.indices.data<int64_t>(), planes, x.size(2),
-                    x.size(3), y_shape[2], y_shape[3], p);
+    max_pool_kernel(xc.data<float>(), out.y.data<float>(), ind, planes, x.size(2), x.size(3), y_shape[2],
+                    y_shape[3], p);
   else
-    max_pool_kernel(xc.data<double>(), out.y.data<double>(), out.indices.data<int64_t>(), planes, x.size(2),
-                    x.size(3), y_shape[2], y_shape[3], p);
+    max_pool_kernel(xc.data<double>(), out.y.data<double>(), ind, planes, x.size(2), x.size(3), y_shape[2],
+                    y_shape[3], p);
   return out;
 }
 
