@@ -399,6 +399,35 @@ ops::BnEval bench_bn_eval(int64_t C, uint64_t seed) {
   return bn;
 }
 
+// DenseNet-169's three transition inputs (the dense blocks' outputs).
+const PoolShape kTransitions[] = {
+    {{kBatch, 256, 56, 56}, 2, 2, 0}, {{kBatch, 512, 28, 28}, 2, 2, 0}, {{kBatch, 1280, 14, 14}, 2, 2, 0}};
+
+// A transition's inference BatchNorm-ReLU and 2x2 average pool, native: as one op (ops::bn_avg_pool2d_eval,
+// one kernel: "fused") or as the two ops it replaced ("two-ops"). Bytes: x read and y written once (what
+// the fused kernel moves; the two ops also write and read back the normalised map).
+void bench_transition_eval(benchmark::State& state, PoolShape ps, bool fused) {
+  guarded(state, [&] {
+    cuda::set_impl(Family::Pool, Impl::Native);
+    cuda::set_impl(Family::BatchNorm, Impl::Native);
+    const ops::Pool2dParams p = pool_params(ps.k, ps.s, ps.pad);
+    const Tensor x = random_gpu(ps.x, 7);
+    const ops::BnEval bn = bench_bn_eval(ps.x[1], 50);
+    const double bytes = 4.0 * double(x.numel() + ladnn::shape_numel(ops::pool2d_output_shape(ps.x, p)));
+    if (fused)
+      run_timed(state, [&] { ops::bn_avg_pool2d_eval(x, bn, p); }, {bytes, 0});
+    else
+      run_timed(state,
+                [&] {
+                  ops::avg_pool2d_forward(ops::batch_norm_forward_eval(x, bn.gamma, bn.beta, bn.running_mean,
+                                                                       bn.running_var, bn.eps, bn.act),
+                                          p);
+                },
+                {bytes, 0});
+    state.SetLabel(fused ? "one kernel" : "BatchNorm-ReLU, then the pool");
+  });
+}
+
 // norm1-ReLU, conv1 (1x1 to 128), norm2-ReLU, conv2 (3x3 to 32) written into the block buffer, as
 // DenseLayer::forward_into runs them: LADNN_FUSED_CONV off (four ops) or on (two kernels).
 void bench_dense_layer(benchmark::State& state, DenseLayerShape d, cuda::FusedConv mode) {
@@ -503,6 +532,11 @@ void register_all() {
         (std::string(backward ? "globalpool_bwd" : "globalpool_fwd") + "/native/32x1664x7x7").c_str(),
         bench_global_pool, backward));
   }
+  for (const PoolShape& ps : kTransitions)
+    for (bool fused : {false, true})
+      configure(benchmark::RegisterBenchmark(
+          ("transition_eval/" + std::string(fused ? "fused/" : "two-ops/") + shape_name(ps.x)).c_str(),
+          bench_transition_eval, ps, fused));
 
   const std::pair<ConvPass, const char*> conv_passes[] = {{ConvPass::Forward, "conv_fwd"},
                                                           {ConvPass::BackwardInput, "conv_bwd_input"},
@@ -548,15 +582,16 @@ void register_all() {
     // The halo kernel's tiles on the growth 3x3s it takes (stride 1, padding 1, rows at most half the
     // tile's slots: the 56x56 and 28x28 ones with 16-byte copies, the 14x14 one with 8-byte copies ("v2"),
     // the 7x7 one with 4-byte ones ("v1")), whole: "conv_fwd/native-halo/<shape>/halo32x<BM>[v2|v1]".
-    if (s.R != 3 || s.stride != 1 || s.pad != 1 || s.C % 8 != 0) continue;
+    ops::Conv2dParams p;
+    p.stride_h = p.stride_w = s.stride;
+    p.pad_h = p.pad_w = s.pad;
     for (int plan = 0; plan < cuda::fused_conv_plans(); ++plan) {
-      if (!cuda::fused_conv_plan_is_halo(plan)) continue;
-      const std::string name = cuda::fused_conv_plan_name(plan);  // "halo32x<BM>[v<floats a copy>]"
-      const std::size_t v = name.find('v');
-      const int vec = v == std::string::npos ? 4 : std::stoi(name.substr(v + 1));
-      if (2 * s.H > std::stoi(name.substr(7)) || vec != (s.H % 4 == 0 ? 4 : s.H % 2 == 0 ? 2 : 1)) continue;
-      configure(benchmark::RegisterBenchmark(("conv_fwd/native-halo/" + shape + "/" + name).c_str(),
-                                             bench_conv_mma, s, plan, 0));
+      if (!cuda::fused_conv_plan_is_halo(plan) ||
+          !cuda::fused_conv_plan_takes(plan, {kBatch, s.C, s.H, s.H}, {s.K, s.C, s.R, s.R}, p, false))
+        continue;
+      configure(benchmark::RegisterBenchmark(
+          ("conv_fwd/native-halo/" + shape + "/" + cuda::fused_conv_plan_name(plan)).c_str(), bench_conv_mma,
+          s, plan, 0));
     }
   }
 

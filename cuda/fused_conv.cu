@@ -228,10 +228,11 @@ FusedChoice halo_choice(const FusedConvGeom& g, const HaloPlan& plan, int waves)
   return split_for(c, halo_grid(g, plan.bm), halo_chunks(g), 2, waves);
 }
 
-/// x and w as the halo kernel copies them: x plan.vec floats at a time, w 16 bytes at a time.
-bool halo_aligned(const HaloPlan& plan, const float* x, const float* w) {
-  return reinterpret_cast<std::uintptr_t>(x) % (4 * plan.vec) == 0 &&
-         reinterpret_cast<std::uintptr_t>(w) % 16 == 0;
+/// x and w as the halo kernel copies them: x plan.vec floats at a time, w 16 bytes at a time (run_fused
+/// reads w.contiguous(): a new, aligned copy when w is not contiguous).
+bool halo_aligned(const HaloPlan& plan, const Tensor& x, const Tensor& w) {
+  return reinterpret_cast<std::uintptr_t>(x.data<float>()) % (4 * plan.vec) == 0 &&
+         (!w.is_contiguous() || reinterpret_cast<std::uintptr_t>(w.data<float>()) % 16 == 0);
 }
 
 /// The halo kernel has passed the tile emulator and compiles for the GPU, but has not run on one yet:
@@ -245,9 +246,9 @@ bool halo_unchecked_allowed() {
   return allowed;
 }
 
-/// What Auto times of the halo kernel, for the calls it takes (x and w the pointers it will read): each
-/// tile whole, and split for two blocks per SM where that is more than one split.
-void append_halo_candidates(const FusedConvGeom& g, bool pre_on, const float* x, const float* w,
+/// What Auto times of the halo kernel, for the calls it takes (x and w the call's): each tile whole, and
+/// split for two blocks per SM where that is more than one split.
+void append_halo_candidates(const FusedConvGeom& g, bool pre_on, const Tensor& x, const Tensor& w,
                             std::vector<FusedChoice>& out) {
   if (!halo_unchecked_allowed()) return;
   for (const HaloPlan& plan : kHaloPlans) {
@@ -316,17 +317,17 @@ bool fused_applies(const Tensor& x, int64_t K, int64_t R, int64_t S, int64_t P, 
          C * H * W < lim && K * P * Q < lim && (K + 3) / 4 <= 65535;
 }
 
-FusedConvGeom geom_of(const Tensor& x, int64_t x_img, const Tensor& w, const ops::Conv2dParams& p,
+FusedConvGeom geom_of(const Shape& x, int64_t x_img, const Shape& w, const ops::Conv2dParams& p,
                       int64_t out_img) {
   FusedConvGeom g;
   auto i = [](int64_t v) { return static_cast<int>(v); };
-  g.N = i(x.size(0));
-  g.C = i(x.size(1));
-  g.H = i(x.size(2));
-  g.W = i(x.size(3));
-  g.K = i(w.size(0));
-  g.R = i(w.size(2));
-  g.S = i(w.size(3));
+  g.N = i(x[0]);
+  g.C = i(x[1]);
+  g.H = i(x[2]);
+  g.W = i(x[3]);
+  g.K = i(w[0]);
+  g.R = i(w[2]);
+  g.S = i(w[3]);
   g.P = (g.H + i(2 * p.pad_h) - g.R) / i(p.stride_h) + 1;
   g.Q = (g.W + i(2 * p.pad_w) - g.S) / i(p.stride_w) + 1;
   g.sh = i(p.stride_h);
@@ -336,6 +337,10 @@ FusedConvGeom geom_of(const Tensor& x, int64_t x_img, const Tensor& w, const ops
   g.x_img = x_img;
   g.y_img = out_img;
   return g;
+}
+FusedConvGeom geom_of(const Tensor& x, int64_t x_img, const Tensor& w, const ops::Conv2dParams& p,
+                      int64_t out_img) {
+  return geom_of(x.shape(), x_img, w.shape(), p, out_img);
 }
 
 /// The kernel for one call of geometry g (geom_of), on the stream: as `choice` says (fused), or
@@ -511,9 +516,7 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
         if (tc_applies()) {
           append_tc_candidates(g, candidates);
           append_mma_candidates(g, pre != nullptr, candidates);
-          // run_fused reads w.contiguous(): a copy (aligned) when w is not contiguous
-          append_halo_candidates(g, pre != nullptr, x.data<float>(),
-                                 w.is_contiguous() ? w.data<float>() : nullptr, candidates);
+          append_halo_candidates(g, pre != nullptr, x, w, candidates);
         }
         return candidates;
       },
@@ -599,6 +602,18 @@ FusedChoice plan_choice(int plan) {
 }
 }  // namespace
 
+bool fused_conv_plan_takes(int plan, const Shape& x, const Shape& w, const ops::Conv2dParams& p, bool pre) {
+  if (plan < 0 || plan >= fused_conv_plans())
+    throw std::invalid_argument("fused_conv_plan_takes: plan " + std::to_string(plan) + " is not in [0, " +
+                                std::to_string(fused_conv_plans()) + ")");
+  const Shape y = ops::conv2d_output_shape(x, w, p);
+  const FusedConvGeom g = geom_of(x, x[1] * x[2] * x[3], w, p, y[1] * y[2] * y[3]);
+  const FusedChoice c = plan_choice(plan);
+  if (c.halo) return halo_takes(g, pre, c.halo_plan);
+  if (c.mma) return mma_takes(g, pre);
+  return true;
+}
+
 std::string fused_conv_plan_name(int plan) {
   if (plan < 0 || plan >= fused_conv_plans())
     throw std::invalid_argument("fused_conv_plan_name: plan " + std::to_string(plan) + " is not in [0, " +
@@ -633,7 +648,7 @@ void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval
         std::to_string(c.halo_plan.vec) + (c.halo_plan.vec == 4 ? "" : " and W % 4 != 0") + ", W at most " +
         std::to_string(c.halo_plan.bm / 2) + " (its pixel slots / 2); this call: C " + std::to_string(g.C) +
         ", W " + std::to_string(g.W) + ", x_img " + std::to_string(g.x_img));
-  if (c.halo && !halo_aligned(c.halo_plan, x.data<float>(), w.is_contiguous() ? w.data<float>() : nullptr))
+  if (c.halo && !halo_aligned(c.halo_plan, x, w))
     throw std::invalid_argument("conv2d_bn_eval_fused_plan: plan " + std::to_string(plan) +
                                 " (the halo kernel) copies x " + std::to_string(4 * c.halo_plan.vec) +
                                 " and w 16 bytes at a time: both must be aligned to that");

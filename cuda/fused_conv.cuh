@@ -319,6 +319,11 @@ struct FusedArgs {
   int chunks_per_split = 0;
 };
 
+/// How many splits runs of chunks_per_split reduction chunks make of `chunks` (one when 0: not split).
+inline int split_count(int chunks, int chunks_per_split) {
+  return chunks_per_split > 0 ? (chunks + chunks_per_split - 1) / chunks_per_split : 1;
+}
+
 /// How to split `chunks` reduction steps of `tiles` output tiles over blocks: at least enough splits for
 /// `waves` blocks per SM (one split when the tiles alone fill the GPU), as far as splits of `min_chunks`
 /// steps allow, the steps then spread evenly. Returns the number of splits (none empty) and sets

@@ -96,7 +96,7 @@ LADNN_HD int halo_chunks(const FusedConvGeom& g) {
   return g.C / kHaloDC;
 }
 inline int halo_split_count(const FusedConvGeom& g, int chunks_per_split) {
-  return chunks_per_split > 0 ? (halo_chunks(g) + chunks_per_split - 1) / chunks_per_split : 1;
+  return split_count(halo_chunks(g), chunks_per_split);
 }
 inline FusedGrid halo_grid(const FusedConvGeom& g, int bm) {
   return {static_cast<unsigned>(int64_t(g.N) * halo_layout(g, bm).bands),

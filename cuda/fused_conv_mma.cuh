@@ -86,7 +86,7 @@ LADNN_HD int mma_chunks(const FusedConvGeom& g, int depth) {
   return (g.C * g.R * g.S + depth - 1) / depth;
 }
 inline int mma_split_count(const FusedConvGeom& g, int depth, int chunks_per_split) {
-  return chunks_per_split > 0 ? (mma_chunks(g, depth) + chunks_per_split - 1) / chunks_per_split : 1;
+  return split_count(mma_chunks(g, depth), chunks_per_split);
 }
 inline FusedGrid mma_grid(const FusedConvGeom& g, const MmaPlan& plan) {
   return {static_cast<unsigned>((int64_t(g.M()) + plan.bm - 1) / plan.bm),

@@ -95,7 +95,7 @@ inline int tc_chunks(const FusedConvGeom& g) {
 
 /// How many splits runs of chunks_per_split chunks make (1 for 0: the whole reduction).
 inline int tc_split_count(const FusedConvGeom& g, int chunks_per_split) {
-  return chunks_per_split > 0 ? (tc_chunks(g) + chunks_per_split - 1) / chunks_per_split : 1;
+  return split_count(tc_chunks(g), chunks_per_split);
 }
 
 /// Grid (tc_grid(g, {BK, BM}), splits), TcTile<BK, BM>::kThreads threads. Any window, stride and

@@ -100,6 +100,11 @@ bool fused_conv_plan_is_mma(int plan);
 /// not divide), x and w aligned to their copies (halo_takes); conv2d_bn_eval_fused_plan refuses other
 /// calls.
 bool fused_conv_plan_is_halo(int plan);
+/// Whether `plan` takes a call of these shapes (x contiguous; pre: a BatchNorm before the convolution):
+/// conv2d_bn_eval_fused_plan's refusals by shape (the mma and halo plans take only some windows), for
+/// the tests and benches that run each plan where it applies. Throws std::invalid_argument for a plan out
+/// of range.
+bool fused_conv_plan_takes(int plan, const Shape& x, const Shape& w, const ops::Conv2dParams& p, bool pre);
 /// A plan's launch as Auto's log names it: "8x4x2" (SIMT), "tc128x64" (wmma), "mma128x64" (mma.sync),
 /// "halo32x128" (the halo-staged 3x3).
 /// Throws std::invalid_argument for a plan out of range.

@@ -216,6 +216,9 @@ bool fused_conv_plan_is_mma(int) {
 bool fused_conv_plan_is_halo(int) {
   return false;
 }
+bool fused_conv_plan_takes(int, const Shape&, const Shape&, const ops::Conv2dParams&, bool) {
+  no_backend("fused_conv_plan_takes");
+}
 std::string fused_conv_plan_name(int) {
   no_backend("fused_conv_plan_name");
 }

@@ -52,7 +52,6 @@
 #include <cmath>
 #include <optional>
 #include <string>
-#include <utility>
 
 #include "cuda/allocator.h"
 #include "cuda/bnpool_math.h"
@@ -284,18 +283,9 @@ Tensor avg_pool2d_forward(const Tensor& x_in, const ops::Pool2dParams& p) {
 
 bool bn_avg_pool2d_eval(const Tensor& x_in, const ops::BnEval& bn, const ops::Pool2dParams& p, Tensor& y) {
   if (impl(Family::BatchNorm) != Impl::Native || impl(Family::Pool) != Impl::Native) return false;
+  // (ops::bn_avg_pool2d_eval has checked x, the window and bn's vectors: x's dtype and device)
   const std::string op = "bn_avg_pool2d_eval";
   require_float32(op, x_in, "input");
-  for (const auto& [t, name] : {std::pair<const Tensor*, const char*>{&bn.gamma, "gamma"},
-                                {&bn.beta, "beta"},
-                                {&bn.running_mean, "running_mean"},
-                                {&bn.running_var, "running_var"}}) {
-    require_float32(op, *t, name);
-    check(!t->defined() || (t->dim() == 1 && t->size(0) == x_in.size(1) && t->device() == x_in.device()),
-          op + ": " + name + " must be a (" + std::to_string(x_in.size(1)) + ") vector on " +
-              x_in.device().str() + ", got " + (t->defined() ? shape_str(t->shape()) : std::string("none")));
-  }
-  check(bn.running_mean.defined() && bn.running_var.defined(), op + ": needs running_mean and running_var");
   const Shape y_shape = ops::pool2d_output_shape(x_in.shape(), p);
   const PoolGeom g = geom_of(x_in.shape(), y_shape, p);
   OpRange range(op.c_str(), "native");

@@ -203,6 +203,11 @@ Tensor max_pool2d_backward(const Tensor& dy, const Tensor& indices, const Shape&
 /// (deterministic to the bit, the CPU's sum order) instead of scattering with atomicAdd; autograd uses it.
 Tensor max_pool2d_backward(const Tensor& dy, const Tensor& indices, const Shape& x_shape, const Pool2dParams& p);
 Tensor avg_pool2d_forward(const Tensor& x, const Pool2dParams& p);
+/// Checks a fused op's eval BatchNorm (conv2d_bn_eval's pre and post, bn_avg_pool2d_eval's): gamma and
+/// beta undefined or, like running_mean and running_var, (channels) vectors in x's dtype on x's device;
+/// eps >= 0. Throws naming op, `where` ("pre", "bn", ...) and the vector.
+void check_bn_eval(const std::string& op, const char* where, const BnEval& bn, int64_t channels,
+                   const Tensor& x);
 /// Inference: avg_pool2d_forward(batch_norm_forward_eval(x, bn...), p) — an eval BatchNorm (and its act)
 /// then an average pool, a DenseNet transition's norm-relu-pool. The CPU (and the GPU with LADNN_BN or
 /// LADNN_POOL on cuDNN) runs the two ops; the GPU with both native runs one kernel with the same bits,

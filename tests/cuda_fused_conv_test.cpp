@@ -239,9 +239,7 @@ TEST(CudaFusedConv, HaloPlansMatchFloat64OnGrowthShapes) {
         const Tensor y = ybuf.narrow(1, c.y_first, c.K);
         const int64_t plane = c.H * c.H;
         // Refused: rows longer than half the tile's pixel slots, or the other copy width's rows.
-        const std::size_t v = name.find('v');  // "halo32x<BM>[v<floats a copy>]"
-        const int vec = v == std::string::npos ? 4 : std::stoi(name.substr(v + 1));
-        if (2 * c.H > std::stoi(name.substr(7)) || vec != (c.H % 4 == 0 ? 4 : c.H % 2 == 0 ? 2 : 1)) {
+        if (!cuda::fused_conv_plan_takes(plan, {c.N, c.C, c.H, c.H}, {c.K, c.C, 3, 3}, p, false)) {
           const std::string width = "W " + std::to_string(c.H);
           EXPECT_THROW_WITH(cuda::conv2d_bn_eval_fused_plan(gx, c.x_channels * plane, nullptr, gw, p,
                                                             c.post_on ? &gpost : nullptr, y,
@@ -262,12 +260,13 @@ TEST(CudaFusedConv, HaloPlansMatchFloat64OnGrowthShapes) {
     }
   }
   // (whole, split) x (the 56x56 on 2 tiles, the 28x28 and 12x12 on 3, the 14x14 on the 2 v2 tiles, the
-  // 7x7 on the v1 tile)
+  // 7x7 on the v1 tile): the count pins fused_conv_plan_takes's answers
   EXPECT_EQ(runs, 22);
 }
 
 // The plan hook's names are Auto's log names (cuda_kernels_bench's native-mma rows use them), in plan
-// order: SIMT, then wmma, then mma. Needs a CUDA build, not a GPU.
+// order: SIMT, then wmma, then mma, then halo; and which shapes each form takes. Needs a CUDA build, not
+// a GPU.
 TEST(CudaFusedConv, PlanNamesAreAutosLogNames) {
   if (cuda::fused_conv_plans() == 0) GTEST_SKIP() << "a build without CUDA has no fused kernels";
   int simt = 0, wmma = 0, mma = 0, halo = 0;
@@ -303,6 +302,29 @@ TEST(CudaFusedConv, PlanNamesAreAutosLogNames) {
   EXPECT_EQ(cuda::fused_conv_plan_name(cuda::fused_conv_plans() - 1), "halo32x64v1");
   EXPECT_THROW_WITH(cuda::fused_conv_plan_name(cuda::fused_conv_plans()), "fused_conv_plan_name: plan",
                     "is not in [0, ");
+  // fused_conv_plan_takes, by shape: the SIMT plans take any window; the mma ones 1x1, 3x3 and 7x7 (no pre
+  // before a window); the halo ones padded stride-1 3x3s over multiples of 8 channels, rows at most half
+  // their slots, at the widest copy the rows allow.
+  ops::Conv2dParams pad1;
+  pad1.pad_h = pad1.pad_w = 1;
+  const int simt0 = 0, mma0 = cuda::fused_conv_plans() - 7, halo64 = cuda::fused_conv_plans() - 6;
+  ASSERT_TRUE(cuda::fused_conv_plan_is_mma(mma0));
+  ASSERT_EQ(cuda::fused_conv_plan_name(halo64), "halo32x64");
+  EXPECT_TRUE(cuda::fused_conv_plan_takes(simt0, {1, 8, 9, 9}, {4, 8, 5, 5}, pad1, true));
+  EXPECT_FALSE(cuda::fused_conv_plan_takes(mma0, {1, 8, 9, 9}, {4, 8, 5, 5}, pad1, false));
+  EXPECT_TRUE(cuda::fused_conv_plan_takes(mma0, {1, 8, 9, 9}, {4, 8, 3, 3}, pad1, false));
+  EXPECT_FALSE(cuda::fused_conv_plan_takes(mma0, {1, 8, 9, 9}, {4, 8, 3, 3}, pad1, true));
+  EXPECT_TRUE(cuda::fused_conv_plan_takes(halo64, {2, 128, 28, 28}, {32, 128, 3, 3}, pad1, false));
+  EXPECT_FALSE(cuda::fused_conv_plan_takes(halo64, {2, 128, 56, 56}, {32, 128, 3, 3}, pad1, false));
+  EXPECT_FALSE(cuda::fused_conv_plan_takes(halo64, {2, 128, 28, 28}, {32, 128, 3, 3}, pad1, true));
+  EXPECT_FALSE(cuda::fused_conv_plan_takes(halo64, {2, 12, 28, 28}, {32, 12, 3, 3}, pad1, false));
+  EXPECT_FALSE(cuda::fused_conv_plan_takes(halo64, {2, 128, 14, 14}, {32, 128, 3, 3}, pad1, false));
+  ASSERT_EQ(cuda::fused_conv_plan_name(cuda::fused_conv_plans() - 3), "halo32x64v2");
+  EXPECT_TRUE(cuda::fused_conv_plan_takes(cuda::fused_conv_plans() - 3, {2, 128, 14, 14}, {32, 128, 3, 3},
+                                          pad1, false));
+  EXPECT_THROW_WITH(
+      cuda::fused_conv_plan_takes(cuda::fused_conv_plans(), {1, 8, 9, 9}, {4, 8, 3, 3}, pad1, false),
+      "fused_conv_plan_takes: plan", "is not in [0, ");
 }
 
 // A channel prefix read and a channel slice written in place, by every launch shape of every form: a

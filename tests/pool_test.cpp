@@ -224,6 +224,34 @@ TEST(PoolTest, MaxPoolMatchesReference) {
     }
 }
 
+// The inference BatchNorm-ReLU-average pool: on the CPU the two ops in sequence, the same values; bad
+// input named by the op (the checks run before either device's path).
+TEST(PoolTest, BatchNormReluAvgPoolEvalIsTheTwoOpsAndChecksItsInput) {
+  Generator gen(23);
+  const Tensor x = Tensor::normal({2, 3, 6, 5}, 0, 1, gen);
+  ops::BnEval bn;
+  bn.gamma = Tensor::normal({3}, 1, 0.2, gen);
+  bn.beta = Tensor::normal({3}, 0, 0.2, gen);
+  bn.running_mean = Tensor::normal({3}, 0, 0.5, gen);
+  bn.running_var = Tensor::full({3}, 0.7);
+  bn.act = ops::BnAct::Relu;
+  const ops::Pool2dParams p = make(2, 2, 0);
+  const Tensor two = ops::avg_pool2d_forward(
+      ops::batch_norm_forward_eval(x, bn.gamma, bn.beta, bn.running_mean, bn.running_var, bn.eps, bn.act), p);
+  EXPECT_EQ(ops::bn_avg_pool2d_eval(x, bn, p).to_vector(), two.to_vector());
+  ops::BnEval bad = bn;
+  bad.gamma = Tensor::ones({4});
+  EXPECT_THROW_WITH(ops::bn_avg_pool2d_eval(x, bad, p), "bn_avg_pool2d_eval: bn gamma must have shape (3)");
+  bad = bn;
+  bad.running_var = Tensor();
+  EXPECT_THROW_WITH(ops::bn_avg_pool2d_eval(x, bad, p), "bn_avg_pool2d_eval: bn running_var is undefined");
+  bad = bn;
+  bad.running_mean = Tensor::zeros({3}, DType::Float64);
+  EXPECT_THROW_WITH(ops::bn_avg_pool2d_eval(x, bad, p), "bn running_mean is float64 but input is float32");
+  EXPECT_THROW_WITH(ops::bn_avg_pool2d_eval(x.view({2, 3, 30}), bn, p), "bn_avg_pool2d_eval", "must be 4-D");
+  EXPECT_THROW_WITH(ops::bn_avg_pool2d_eval(x, bn, make(7, 1, 0)), "bn_avg_pool2d_eval");
+}
+
 // Autograd's max pool keeps the indices only where a backward may read them: without gradients (or for
 // an input that needs none) the op gives the same values and records no backward.
 TEST(PoolTest, MaxPoolWithoutGradientsGivesTheSameValues) {

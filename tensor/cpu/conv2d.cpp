@@ -768,8 +768,6 @@ Tensor conv2d_backward_bias(const Tensor& dy) {
 
 // ---- convolution with its BatchNorms (inference) ------------------------------------------------------
 
-namespace {
-/// A BatchNorm of a fused op: its four (channels) vectors on x's device, in x's dtype.
 void check_bn_eval(const std::string& op, const char* where, const BnEval& bn, int64_t channels, const Tensor& x) {
   auto vec = [&](const char* name, const Tensor& t, bool optional) {
     const std::string what = std::string(where) + " " + name;
@@ -787,6 +785,8 @@ void check_bn_eval(const std::string& op, const char* where, const BnEval& bn, i
   vec("running_var", bn.running_var, false);
   check(bn.eps >= 0, op + ": " + where + " eps must be >= 0, got " + std::to_string(bn.eps));
 }
+
+namespace {
 
 ConvGeom check_bn_eval_conv(const std::string& op, const Tensor& x, const BnEval* pre, const Tensor& w,
                             const Conv2dParams& p, const BnEval* post) {

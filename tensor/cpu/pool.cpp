@@ -338,8 +338,11 @@ Tensor avg_pool2d_forward(const Tensor& x, const Pool2dParams& p) {
 }
 
 Tensor bn_avg_pool2d_eval(const Tensor& x, const BnEval& bn, const Pool2dParams& p) {
+  const std::string op = "bn_avg_pool2d_eval";
+  check_input(op, x);
+  check_bn_eval(op, "bn", bn, x.size(1), x);
+  pool_shape(op, x.shape(), p);  // the window's checks, in this op's name
   if (x.device().is_cuda()) {
-    check_input("bn_avg_pool2d_eval", x);
     Tensor y;
     if (cuda::bn_avg_pool2d_eval(x, bn, p, y)) return y;
   }
