@@ -162,7 +162,18 @@ const Shape kBnShapes[] = {
 // BackwardFromX / BackwardInto (fused ReLU, native only): the training dense block's norm1 backward —
 // the ReLU mask recomputed from x instead of read from y, and then dx also added into a channel prefix
 // of the block's gradient buffer (dx_into) instead of returned.
-enum class BnPass { ForwardTrain, ForwardEval, BackwardTrain, BackwardFromX, BackwardInto };
+// ForwardGiven / Stats32 (native only): the training dense block's norm1 forward given the batch
+// statistics its table holds (one pass: read x, write y), and the statistics of a layer's 32 new channels
+// that fill the table (ops::batch_norm_batch_stats) — beside "fwd_train", which reduces x itself.
+enum class BnPass {
+  ForwardTrain,
+  ForwardEval,
+  BackwardTrain,
+  BackwardFromX,
+  BackwardInto,
+  ForwardGiven,
+  Stats32
+};
 
 // act = Relu: the fused BatchNorm-ReLU (native: in the BN kernels; cuDNN: its BN plus a ReLU pass).
 // kernel: the native layout (cuda::BnKernel; Auto unless a "/split" or "/channel" row asks for one).
@@ -204,6 +215,21 @@ void bench_bn(benchmark::State& state, Shape shape, BnPass pass, ops::BnAct act,
           ops::batch_norm_backward_train(dy, x, gamma, save_mean, save_invstd, Tensor(), Tensor(), {true, beta});
         }, {3 * n, 0});
         break;
+      case BnPass::ForwardGiven: {  // reads x, writes y
+        const Tensor stats = ops::batch_norm_batch_stats(x);
+        run_timed(state,
+                  [&] { ops::batch_norm_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5, act, stats); },
+                  {2 * n, 0});
+        break;
+      }
+      case BnPass::Stats32: {  // reads 32 channels of x in place
+        const int64_t k = std::min<int64_t>(32, C);
+        const Tensor slice = x.narrow(1, C - k, k),
+                     stats = Tensor::empty({k, 2}, ladnn::DType::Float64, x.device());
+        run_timed(state, [&] { ops::batch_norm_batch_stats_into(slice, stats); },
+                  {n * double(k) / double(C), 0});
+        break;
+      }
       case BnPass::BackwardInto: {  // reads dy, x and the prefix, writes the prefix
         Shape gs = shape;
         gs[1] += 32;
@@ -508,6 +534,17 @@ void register_all() {
         configure(benchmark::RegisterBenchmark(
             (std::string("bnrelu_") + name + "/native/" + shape_name(s) + "/" + cuda::bn_kernel_name(k)).c_str(),
             bench_bn, s, pass, ops::BnAct::Relu, Impl::Native, k));
+  // The dense block's norm1 forward from its table of statistics (native only; compare "fwd_train"), and
+  // the statistics of 32 new channels under both layouts of their kernel (a block per channel, or split).
+  for (const Shape& s : kBnShapes) {
+    configure(benchmark::RegisterBenchmark(("bnrelu_fwd_train_given/native/" + shape_name(s)).c_str(),
+                                           bench_bn, s, BnPass::ForwardGiven, ops::BnAct::Relu, Impl::Native,
+                                           cuda::BnKernel::Auto));
+    for (cuda::BnKernel k : {cuda::BnKernel::Auto, cuda::BnKernel::Split})
+      configure(benchmark::RegisterBenchmark(
+          ("bn_stats32/native/" + shape_name(s) + "/" + cuda::bn_kernel_name(k)).c_str(), bench_bn, s,
+          BnPass::Stats32, ops::BnAct::None, Impl::Native, k));
+  }
   // The dense block's norm1 backward variants (native only: cuDNN has neither).
   for (const auto& [pass, name] : {std::pair<BnPass, const char*>{BnPass::BackwardFromX, "bwd_train_fromx"},
                                    std::pair<BnPass, const char*>{BnPass::BackwardInto, "bwd_train_fromx_into"}})

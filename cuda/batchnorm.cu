@@ -12,8 +12,17 @@
 //                            place when x's samples are contiguous but spaced apart (a dense block's
 //                            channel prefix, ops::sample_contiguous), which cuDNN's packed descriptors
 //                            cannot express: such inputs take the native kernel under LADNN_BN=cudnn too
+//             batch stats    (ops::batch_norm_batch_stats: a training dense block's table, computed once per
+//                            channel) bn_channel_batch_stats, a block per channel, one launch; or, under
+//                            LADNN_BN_KERNEL=split or past 2^24 values a channel, bn_stats_partial ->
+//                            bn_store_batch_stats. Native under LADNN_BN=cudnn too.
+//             forward train, given those statistics: bn_train_plane, one pass as bn_eval_plane's (a block per
+//                            (n, c) plane derives its channel's coefficients as the finalize would, and the
+//                            first sample's blocks record save_mean, save_invstd and the running statistics).
+//                            Native under LADNN_BN=cudnn too: cuDNN's training forward always reduces.
 //             backward       bn_grad_partial (sum dy, sum dy * (x - mean) per chunk) -> bn_grad_finalize
-//                            (dgamma, dbeta, per-channel coefficients) -> bn_backward_dx (one elementwise pass)
+//                            (dgamma, dbeta, per-channel coefficients) -> bn_backward_dx (one
+//                            elementwise pass)
 //           Where the channels alone fill the GPU and each holds at most 65,536 values
 //           (cuda::BnKernel, LADNN_BN_KERNEL; math::bn_channel_fits), a training forward or backward is
 //           one kernel instead of three: a block per channel finds its channel's statistics (or
@@ -176,18 +185,23 @@ struct NormCoefs {
   float mean, scale, shift;
 };
 
-// Channel c's statistics from its chunks' partial states (merged in double): writes save_mean and
-// save_invstd, blends the running statistics (if tracked), and returns the normalisation's coefficients.
-// scale comes from the float gamma and saved invstd (bn_train_scale), so that a backward can recompute
-// the ReLU's decisions from x (math::BnMaskFromX); shift = beta.
-__device__ NormCoefs finish_channel_stats(int64_t c, const float* partial, int splits, double eps, double momentum,
-                                          const ChanPtr& gamma, const ChanPtr& beta, const ChanPtr& running_mean,
-                                          const ChanPtr& running_var, float* __restrict__ save_mean,
-                                          float* __restrict__ save_invstd) {
-  const math::BnChannelStats st = math::bn_merge_partials(partial, splits, eps);
-  const float mean = static_cast<float>(st.mean), invstd = static_cast<float>(st.invstd);
-  save_mean[c] = mean;
-  save_invstd[c] = invstd;
+// The normalisation's coefficients of channel c from its statistics. scale comes from the float gamma and
+// saved invstd (bn_train_scale), so that a backward can recompute the ReLU's decisions from x
+// (math::BnMaskFromX); shift = beta.
+__device__ __forceinline__ NormCoefs channel_coefs(int64_t c, const math::BnChannelStats& st,
+                                                   const ChanPtr& gamma, const ChanPtr& beta) {
+  return {static_cast<float>(st.mean),
+          math::bn_train_scale(gamma.p ? gamma.p[c * gamma.stride] : 1.0f, static_cast<float>(st.invstd)),
+          beta.p ? beta.p[c * beta.stride] : 0.0f};
+}
+
+// Channel c's bookkeeping from its statistics: save_mean and save_invstd written, the running statistics
+// blended (if tracked).
+__device__ void record_channel_stats(int64_t c, const math::BnChannelStats& st, double momentum,
+                                     const ChanPtr& running_mean, const ChanPtr& running_var,
+                                     float* __restrict__ save_mean, float* __restrict__ save_invstd) {
+  save_mean[c] = static_cast<float>(st.mean);
+  save_invstd[c] = static_cast<float>(st.invstd);
   if (running_mean.p) {
     float& rm = running_mean.p[c * running_mean.stride];
     rm = static_cast<float>(math::bn_running_mean(rm, momentum, st));
@@ -196,8 +210,45 @@ __device__ NormCoefs finish_channel_stats(int64_t c, const float* partial, int s
     float& rv = running_var.p[c * running_var.stride];
     rv = static_cast<float>(math::bn_running_var(rv, momentum, st));
   }
-  return {mean, math::bn_train_scale(gamma.p ? gamma.p[c * gamma.stride] : 1.0f, invstd),
-          beta.p ? beta.p[c * beta.stride] : 0.0f};
+}
+
+// Channel c's statistics from its chunks' partial states (merged in double), recorded as above; returns the
+// normalisation's coefficients.
+__device__ NormCoefs finish_channel_stats(int64_t c, const float* partial, int splits, double eps,
+                                          double momentum, const ChanPtr& gamma, const ChanPtr& beta,
+                                          const ChanPtr& running_mean, const ChanPtr& running_var,
+                                          float* __restrict__ save_mean, float* __restrict__ save_invstd) {
+  const math::BnChannelStats st = math::bn_merge_partials(partial, splits, eps);
+  record_channel_stats(c, st, momentum, running_mean, running_var, save_mean, save_invstd);
+  return channel_coefs(c, st, gamma, beta);
+}
+
+// ---- batch statistics computed once and reused (ops::batch_norm_batch_stats) ----------------------------
+// out: (C, 2) float64, packed: channel c's mean at out[2c], its biased variance at out[2c + 1].
+
+// Block c: channel c's Welford state over all its values (as bn_train_channel_kernel's), merged in double
+// as a single chunk, stored as [mean, var].
+template <int VEC>
+__global__ void bn_channel_batch_stats_kernel(const float* __restrict__ x, BnPartition p,
+                                              double* __restrict__ out) {
+  const int64_t c = blockIdx.x;
+  const Welford w = block_welford(math::bn_stats_thread<VEC>(x, c, 0, threadIdx.x, blockDim.x, p));
+  if (threadIdx.x == 0) {
+    const float partial[3] = {w.n, w.mean, w.m2};
+    const math::BnChannelStats st = math::bn_merge_partials(partial, 1, 0.0);
+    out[2 * c] = st.mean;
+    out[2 * c + 1] = st.var;
+  }
+}
+
+// One thread per channel: the chunks' partial states (bn_stats_partial_kernel) merged, stored as [mean, var].
+__global__ void bn_store_batch_stats_kernel(const float* __restrict__ partial, int64_t C, int splits,
+                                            double* __restrict__ out) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  const math::BnChannelStats st = math::bn_merge_partials(partial + c * splits * 3, splits, 0.0);
+  out[2 * c] = st.mean;
+  out[2 * c + 1] = st.var;
 }
 
 // One thread per channel: finish_channel_stats over its chunks, the coefficients stored for bn_normalize.
@@ -280,6 +331,30 @@ __global__ void bn_eval_plane_kernel(const float* __restrict__ x, int64_t sN, fl
     float* yp = y + plane * HW;
     for (int64_t i = threadIdx.x * int64_t(VEC); i < HW; i += int64_t(blockDim.x) * VEC)
       normalize_values<VEC, RELU>(xp + i, yp + i, mu, sc, sh);
+  }
+}
+
+// The training forward given the batch statistics (stats: (C, 2) float64 [mean, var] per channel, of n
+// values each): nothing to reduce, so one pass over x as bn_eval_plane_kernel's — block b normalises planes
+// b, b + gridDim.x, ... with its channel's coefficients as finish_channel_stats would derive them from
+// these statistics, and the blocks of the first sample's planes record the channel's statistics (save_mean,
+// save_invstd, running statistics) once.
+template <int VEC, bool RELU>
+__global__ void bn_train_plane_kernel(const float* __restrict__ x, int64_t sN, float* __restrict__ y,
+                                      int64_t planes, int64_t C, int64_t HW, const double* __restrict__ stats,
+                                      double n, double eps, double momentum, ChanPtr gamma, ChanPtr beta,
+                                      ChanPtr running_mean, ChanPtr running_var,
+                                      float* __restrict__ save_mean, float* __restrict__ save_invstd) {
+  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
+    const int64_t c = plane % C, s = plane / C;
+    const math::BnChannelStats st = math::bn_channel_stats(n, stats[2 * c], stats[2 * c + 1], eps);
+    if (s == 0 && threadIdx.x == 0)
+      record_channel_stats(c, st, momentum, running_mean, running_var, save_mean, save_invstd);
+    const NormCoefs k = channel_coefs(c, st, gamma, beta);
+    const float* xp = x + s * sN + c * HW;
+    float* yp = y + plane * HW;
+    for (int64_t i = threadIdx.x * int64_t(VEC); i < HW; i += int64_t(blockDim.x) * VEC)
+      normalize_values<VEC, RELU>(xp + i, yp + i, k.mean, k.scale, k.shift);
   }
 }
 
@@ -573,17 +648,88 @@ void native_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& be
   launch_normalize(x, out.y, g, out.save_mean.data<float>(), scale, shift, relu);
 }
 
+/// The launch of a kernel with a block per (n, c) plane (bn_eval_plane, bn_train_plane): enough warps to
+/// cover a plane of VEC-value groups in one sweep, at most kThreads (a 7x7 plane gets 64).
+struct PlaneLaunch {
+  int64_t planes;
+  unsigned blocks;
+  int threads;
+};
+template <int VEC>
+PlaneLaunch plane_launch(const BnGeom& g) {
+  const int64_t planes = g.N * g.C;
+  const int64_t per_plane = (g.HW + VEC - 1) / VEC;
+  return {planes, static_cast<unsigned>(std::min<int64_t>(planes, int64_t(1) << 30)),
+          static_cast<int>(std::min<int64_t>(kThreads, (per_plane + 31) / 32 * 32))};
+}
+
+/// Whether x (samples sN apart) and y allow the float4 path of the plane kernels.
+bool planes_vec(const Tensor& x, const Tensor& y, const BnGeom& g) {
+  return g.HW % 4 == 0 && sample_stride(x, g) % 4 == 0 && aligned16(x.data<float>()) &&
+         aligned16(y.data<float>());
+}
+
 template <int VEC, bool RELU>
 void launch_eval_planes(const Tensor& x, const Tensor& y, const BnGeom& g, double eps, const Tensor& gamma,
                         const Tensor& beta, const Tensor& running_mean, const Tensor& running_var) {
-  const int64_t planes = g.N * g.C;
-  // Threads: enough warps to cover a plane in one sweep, at most kThreads (a 7x7 plane gets 64).
-  const int64_t per_plane = (g.HW + VEC - 1) / VEC;
-  const int threads = static_cast<int>(std::min<int64_t>(kThreads, (per_plane + 31) / 32 * 32));
-  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(planes, int64_t(1) << 30));
-  bn_eval_plane_kernel<VEC, RELU><<<blocks, threads, 0, cur_stream()>>>(
-      x.data<float>(), x.strides()[0], y.data<float>(), planes, g.C, g.HW, eps, chan(gamma), chan(beta),
-      chan(running_mean), chan(running_var));
+  const PlaneLaunch l = plane_launch<VEC>(g);
+  bn_eval_plane_kernel<VEC, RELU><<<l.blocks, l.threads, 0, cur_stream()>>>(
+      x.data<float>(), sample_stride(x, g), y.data<float>(), l.planes, g.C, g.HW, eps, chan(gamma),
+      chan(beta), chan(running_mean), chan(running_var));
+  CUDA_CHECK_LAUNCH();
+}
+
+/// The training forward given the batch statistics ((C, 2) float64, packed): one bn_train_plane launch.
+void native_forward_train_given(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                const Tensor& running_mean, const Tensor& running_var, double momentum,
+                                double eps, bool relu, const Tensor& stats,
+                                const ops::BatchNormForward& out) {
+  const BnGeom g = geom_of(x);
+  if (g.total() == 0) return;
+  with_vec_flag(planes_vec(x, out.y, g), relu, [&](auto v, auto r) {
+    const PlaneLaunch l = plane_launch<decltype(v)::value>(g);
+    bn_train_plane_kernel<decltype(v)::value, decltype(r)::value><<<l.blocks, l.threads, 0, cur_stream()>>>(
+        x.data<float>(), sample_stride(x, g), out.y.data<float>(), l.planes, g.C, g.HW, stats.data<double>(),
+        static_cast<double>(g.M()), eps, momentum, chan(gamma), chan(beta), chan(running_mean),
+        chan(running_var), out.save_mean.data<float>(), out.save_invstd.data<float>());
+    CUDA_CHECK_LAUNCH();
+  });
+}
+
+/// Per-channel [mean, biased variance] of x into out ((C, 2) float64, packed): with a block per channel
+/// (one launch) unless cuda::bn_kernel() asks for the split layout or a channel holds more values than
+/// float counts keep exact (2^24); then the split path's partial states and a merge (two launches).
+void native_batch_stats(const Tensor& x, const Tensor& out) {
+  const BnGeom g = geom_of(x);
+  const float* px = x.data<float>();
+  double* po = out.data<double>();
+  const int64_t sN = sample_stride(x, g);
+  const bool vec4 = g.HW % 4 == 0 && sN % 4 == 0 && aligned16(px);
+  if (bn_kernel() != BnKernel::Split && g.M() <= (int64_t(1) << 24)) {
+    BnPartition part = math::bn_channel_partition(g.N, g.C, g.HW);
+    part.sN = sN;
+    const int threads = math::bn_channel_threads(g.M());
+    if (vec4)
+      bn_channel_batch_stats_kernel<4>
+          <<<static_cast<unsigned>(g.C), threads, 0, cur_stream()>>>(px, part, po);
+    else
+      bn_channel_batch_stats_kernel<1>
+          <<<static_cast<unsigned>(g.C), threads, 0, cur_stream()>>>(px, part, po);
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
+  BnPartition part = partition_of(g);
+  part.sN = sN;
+  Buffer ws(sizeof(float) * static_cast<std::size_t>(g.C * part.splits * 3));
+  float* partial = ws.as<float>();
+  const dim3 grid(static_cast<unsigned>(g.C), static_cast<unsigned>(part.splits));
+  if (vec4)
+    bn_stats_partial_kernel<4><<<grid, kThreads, 0, cur_stream()>>>(px, part, partial);
+  else
+    bn_stats_partial_kernel<1><<<grid, kThreads, 0, cur_stream()>>>(px, part, partial);
+  CUDA_CHECK_LAUNCH();
+  const unsigned fblocks = static_cast<unsigned>((g.C + kFinalizeThreads - 1) / kFinalizeThreads);
+  bn_store_batch_stats_kernel<<<fblocks, kFinalizeThreads, 0, cur_stream()>>>(partial, g.C, part.splits, po);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -591,9 +737,7 @@ void native_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& bet
                          const Tensor& running_var, double eps, bool relu, const Tensor& y) {
   const BnGeom g = geom_of(x);
   if (g.total() == 0) return;
-  const bool vec =
-      g.HW % 4 == 0 && x.strides()[0] % 4 == 0 && aligned16(x.data<float>()) && aligned16(y.data<float>());
-  with_vec_flag(vec, relu, [&](auto v, auto r) {
+  with_vec_flag(planes_vec(x, y, g), relu, [&](auto v, auto r) {
     launch_eval_planes<decltype(v)::value, decltype(r)::value>(x, y, g, eps, gamma, beta, running_mean,
                                                                running_var);
   });
@@ -787,15 +931,16 @@ const char* bn_impl_name(Impl i) { return impl_name(Family::BatchNorm, i); }
 
 ops::BatchNormForward batch_norm_forward_train(const Tensor& x_in, const Tensor& gamma, const Tensor& beta,
                                                Tensor& running_mean, Tensor& running_var, double momentum,
-                                               double eps, ops::BnAct act) {
+                                               double eps, ops::BnAct act, const Tensor& batch_stats) {
   const std::string op = "batch_norm_forward_train";
   const bool relu = act == ops::BnAct::Relu;
   require_float32_all(op, {{&x_in, "input"}, {&gamma, "gamma"}, {&beta, "beta"},
                            {&running_mean, "running_mean"}, {&running_var, "running_var"}});
   // A sample-contiguous view (the training dense block's channel prefix) is read in place by the native
-  // kernels; cuDNN needs packed tensors.
+  // kernels; cuDNN needs packed tensors. Given statistics, only the native pass can use them.
   const bool spaced = !x_in.is_contiguous() && ops::sample_contiguous(x_in);
-  const Impl which = spaced ? Impl::Native : bn_impl();
+  const bool given = batch_stats.defined();
+  const Impl which = spaced || given ? Impl::Native : bn_impl();
   OpRange range(relu ? "batch_norm_relu_forward_train" : "batch_norm_forward_train", bn_impl_name(which));
   const Tensor x = spaced ? x_in : x_in.contiguous();
   const Shape c_shape{x.size(1)};
@@ -807,10 +952,24 @@ ops::BatchNormForward batch_norm_forward_train(const Tensor& x_in, const Tensor&
     cudnn_forward_train(op, x, gamma, beta, running_mean, running_var, momentum, eps, out);
     if (relu) relu_inplace(out.y);
   } else {
-    native_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps, relu, out);
+    if (given)
+      native_forward_train_given(x, gamma, beta, running_mean, running_var, momentum, eps, relu,
+                                 batch_stats.contiguous(), out);
+    else
+      native_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps, relu, out);
     out.relu_from_x = relu;  // math::BnMaskFromX redoes its ReLU's decisions
   }
   return out;
+}
+
+void batch_norm_batch_stats_into(const Tensor& x_in, const Tensor& out) {
+  const std::string op = "batch_norm_batch_stats";
+  require_float32(op, x_in, "input");
+  const bool spaced = !x_in.is_contiguous() && ops::sample_contiguous(x_in);  // read in place
+  OpRange range("batch_norm_batch_stats", "native");
+  const Tensor x = spaced ? x_in : x_in.contiguous();
+  if (x.size(1) == 0) return;
+  native_batch_stats(x, out);
 }
 
 Tensor batch_norm_forward_eval(const Tensor& x_in, const Tensor& gamma, const Tensor& beta,

@@ -202,6 +202,16 @@ LADNN_HD Welford bn_stats_thread(const float* x, int64_t c, int64_t s, int64_t t
 struct BnChannelStats {
   double n = 0, mean = 0, var = 0, invstd = 0;  // var biased (divides by n)
 };
+/// A channel's statistics from its count, mean and biased variance: what bn_merge_partials finishes
+/// with, and what a forward given the batch statistics (ops::batch_norm_batch_stats) starts from.
+LADNN_HD BnChannelStats bn_channel_stats(double n, double mean, double var, double eps) {
+  BnChannelStats r;
+  r.n = n;
+  r.mean = mean;
+  r.var = var;
+  r.invstd = 1.0 / ::sqrt(var + eps);
+  return r;
+}
 LADNN_HD BnChannelStats bn_merge_partials(const float* partial, int splits, double eps) {
   double n = 0.0, mean = 0.0, m2 = 0.0;
   for (int s = 0; s < splits; ++s) {
@@ -212,12 +222,7 @@ LADNN_HD BnChannelStats bn_merge_partials(const float* partial, int splits, doub
     m2 += m2b + d * d * n * nb / nn;
     n = nn;
   }
-  BnChannelStats r;
-  r.n = n;
-  r.mean = mean;
-  r.var = m2 / n;
-  r.invstd = 1.0 / ::sqrt(r.var + eps);
-  return r;
+  return bn_channel_stats(n, mean, m2 / n, eps);
 }
 
 /// PyTorch's running-statistics update: the batch variance enters unbiased, n / (n - 1).

@@ -16,9 +16,12 @@ namespace {
 }
 }  // namespace
 
-ops::BatchNormForward batch_norm_forward_train(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&, double,
-                                               double, ops::BnAct) {
+ops::BatchNormForward batch_norm_forward_train(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&,
+                                               double, double, ops::BnAct, const Tensor&) {
   no_backend("batch_norm_forward_train");
+}
+void batch_norm_batch_stats_into(const Tensor&, const Tensor&) {
+  no_backend("batch_norm_batch_stats");
 }
 Tensor batch_norm_forward_eval(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
                                ops::BnAct) {

@@ -152,7 +152,10 @@ void conv2d_backward_weight_fused_plan(const Tensor& dy, const Tensor& x, int64_
 // inside the BN kernels. cuDNN: its BN, then a ReLU in place on y; backward relu_backward, then its BN.
 ops::BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                                Tensor& running_mean, Tensor& running_var, double momentum,
-                                               double eps, ops::BnAct act);
+                                               double eps, ops::BnAct act,
+                                               const Tensor& batch_stats = Tensor());
+/// Native always (one kernel): x's per-channel [mean, biased variance] into out, (C, 2) float64 packed.
+void batch_norm_batch_stats_into(const Tensor& x, const Tensor& out);
 Tensor batch_norm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                const Tensor& running_mean, const Tensor& running_var, double eps, ops::BnAct act);
 ops::BatchNormGrads batch_norm_backward_train(const Tensor& dy, const Tensor& x, const Tensor& gamma,

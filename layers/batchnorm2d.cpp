@@ -31,19 +31,19 @@ ops::BnEval BatchNorm2d::eval_params(ops::BnAct act) {
   return {weight_.tensor(), bias_.tensor(), buffer("running_mean"), buffer("running_var"), eps_, act};
 }
 
-ops::BatchNormForward BatchNorm2d::forward_train(const Tensor& x, ops::BnAct act) {
+ops::BatchNormForward BatchNorm2d::forward_train(const Tensor& x, ops::BnAct act, const Tensor& batch_stats) {
   check(is_training(), "BatchNorm2d::forward_train: the layer is in eval mode");
   check(x.dim() == 4 && x.size(1) == num_features_, "BatchNorm2d: expected input (N, " +
                                                         std::to_string(num_features_) + ", H, W), got " +
                                                         shape_str(x.shape()));
   if (recomputing()) {  // as run(): the statistics were updated by the first run
     Tensor no_mean, no_var;
-    return ops::batch_norm_forward_train(x, weight_.tensor(), bias_.tensor(), no_mean, no_var, momentum_, eps_,
-                                         act);
+    return ops::batch_norm_forward_train(x, weight_.tensor(), bias_.tensor(), no_mean, no_var, momentum_,
+                                         eps_, act, batch_stats);
   }
   if (!counted_by_owner_) ops::increment_(buffer("num_batches_tracked"));
   return ops::batch_norm_forward_train(x, weight_.tensor(), bias_.tensor(), buffer("running_mean"),
-                                       buffer("running_var"), momentum_, eps_, act);
+                                       buffer("running_var"), momentum_, eps_, act, batch_stats);
 }
 
 Variable BatchNorm2d::run(const Variable& x, bool relu) {

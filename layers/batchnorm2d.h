@@ -23,7 +23,8 @@ class BatchNorm2d : public Module {
   /// The training forward on plain tensors, no autograd record, with this layer's bookkeeping (running
   /// statistics and num_batches_tracked updated, but not again while a checkpoint re-runs it), for code
   /// that writes its own backward (DenseNet's memory-efficient layer). Needs training mode.
-  ops::BatchNormForward forward_train(const Tensor& x, ops::BnAct act);
+  /// `batch_stats`: x's statistics from ops::batch_norm_batch_stats, if the caller has them.
+  ops::BatchNormForward forward_train(const Tensor& x, ops::BnAct act, const Tensor& batch_stats = Tensor());
 
   /// This layer in eval mode followed by `act`, for a fused op (ops::conv2d_bn_eval).
   ops::BnEval eval_params(ops::BnAct act);

@@ -1,6 +1,7 @@
 // models/densenet.cpp — the DenseNet modules (see densenet.h).
 #include "models/densenet.h"
 
+#include <algorithm>
 #include <functional>
 
 #include "autograd/checkpoint.h"
@@ -156,12 +157,24 @@ bool DenseBlock::dropout_free() const {
 // nor h. (The per-layer autograd form accumulates each earlier feature's gradient separately: O(L^2)
 // small additions per block, ~1,100 kernels per DenseNet-169 step.) G[:, 0:c_0] is the block input's
 // gradient.
+//
+// Batch statistics, once per channel: norm1 of layer l normalises channels [0, c_l) with their batch
+// statistics, and a channel's values never change once written — so layer l + 1's norm1 would find the
+// same statistics for all but its last growth channels. The block keeps one table S, (C_total, 2) float64
+// [mean, variance] rows (ops::batch_norm_batch_stats): the input's rows at the start, each layer's new
+// channels' rows right after its conv2 writes them. Each norm1 (and its recomputation when
+// memory-efficient) takes rows [0, c_l) of S and reads its input once, to normalise it, instead of twice.
+// Over DenseNet-169's 82 norm1s that is one pass over ~48 MB of prefixes per sample fewer per step (once
+// more when memory-efficient), for one more read of each layer's growth channels.
 Variable DenseBlock::forward_training(const Variable& x) {
   const Tensor& in = x.tensor();
   check(in.dim() == 4, "DenseBlock: input must be (N, C, H, W), got " + shape_str(in.shape()));
   const int64_t c0 = in.size(1), g = growth_rate_, L = static_cast<int64_t>(layers_.size());
   Tensor block = Tensor::empty({in.size(0), c0 + L * g, in.size(2), in.size(3)}, in.dtype(), in.device());
   block.narrow(1, 0, c0).copy_(in);
+  // S: the batch statistics of every channel but the last layer's (no norm1 reads those).
+  const Tensor stats = Tensor::empty({c0 + std::max<int64_t>(L - 1, 0) * g, 2}, DType::Float64, in.device());
+  ops::batch_norm_batch_stats_into(block.narrow(1, 0, c0), stats.narrow(0, 0, c0));
 
   struct Saved {
     ops::BatchNormForward n1, n2;  // y: t and h
@@ -179,13 +192,15 @@ Variable DenseBlock::forward_training(const Variable& x) {
   for (int64_t l = 0; l < L; ++l) {
     DenseLayer& layer = *layers_[l];
     const int64_t c = c0 + l * g;
-    ops::BatchNormForward n1 = layer.norm1().forward_train(block.narrow(1, 0, c), ops::BnAct::Relu);
+    ops::BatchNormForward n1 =
+        layer.norm1().forward_train(block.narrow(1, 0, c), ops::BnAct::Relu, stats.narrow(0, 0, c));
     // The forward convolutions as conv2d_bn_eval without BatchNorms: plain convolutions (the same ops on
     // the CPU, and on the GPU unless LADNN_FUSED_CONV=auto finds our kernel faster for the shape).
     Tensor b = ops::conv2d_bn_eval(n1.y, nullptr, layer.conv1().weight().tensor(), layer.conv1().params(), nullptr);
     ops::BatchNormForward n2 = layer.norm2().forward_train(b, ops::BnAct::Relu);
     ops::conv2d_bn_eval_into(n2.y, nullptr, layer.conv2().weight().tensor(), layer.conv2().params(), nullptr,
                              block.narrow(1, c, g));
+    if (l + 1 < L) ops::batch_norm_batch_stats_into(block.narrow(1, c, g), stats.narrow(0, c, g));
     if (keep) (*saved)[l] = {std::move(n1), std::move(n2), std::move(b)};
     params.push_back({layer.norm1().weight().tensor(), layer.norm1().bias().tensor(),
                       layer.conv1().weight().tensor(), layer.norm2().weight().tensor(),
@@ -198,7 +213,7 @@ Variable DenseBlock::forward_training(const Variable& x) {
 
   return Variable::from_op(
       block, std::move(inputs),
-      [block, saved, params, c0, g, L, keep](const Tensor& dblock, const std::vector<bool>& needs) {
+      [block, stats, saved, params, c0, g, L, keep](const Tensor& dblock, const std::vector<bool>& needs) {
         std::vector<Tensor> grads(1 + 6 * static_cast<std::size_t>(L));
         Tensor G = dblock.clone();  // ours to accumulate into
         Tensor none_mean, none_var;  // recomputation: no running statistics to update
@@ -215,7 +230,7 @@ Variable DenseBlock::forward_training(const Variable& x) {
             b = (*saved)[l].b;
           } else {
             n1 = ops::batch_norm_forward_train(prefix, p.g1, p.be1, none_mean, none_var, 0.0, p.eps1,
-                                               ops::BnAct::Relu);
+                                               ops::BnAct::Relu, stats.narrow(0, 0, c));
             b = ops::conv2d_bn_eval(n1.y, nullptr, p.w1, p.p1, nullptr);  // as the forward ran it
             n2 = ops::batch_norm_forward_train(b, p.g2, p.be2, none_mean, none_var, 0.0, p.eps2, ops::BnAct::Relu);
           }

@@ -126,9 +126,27 @@ inline BnReluMask relu_mask_of(const BatchNormForward& f, const Tensor& beta) {
 /// Training: normalises with batch statistics and updates running stats in place as PyTorch:
 /// running = (1 - momentum) * running + momentum * stat, with the *unbiased* variance (n / (n - 1)).
 /// With act = Relu, y = max(normalised, 0) (NaN -> 0, as ops::relu); the statistics are unchanged.
+///
+/// `batch_stats` (optional): x's batch statistics as batch_norm_batch_stats computed them, used instead
+/// of reducing x again — the caller's promise that they are the statistics of these very values (they
+/// cannot be checked without the pass they save). The results are those of the call without them, with
+/// the statistics batch_norm_batch_stats found: on the CPU the same bits; on the GPU the same up to the
+/// order of the sums (its partition of a channel is its own), and always one native pass, under
+/// LADNN_BN=cudnn too.
 BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
-                                          Tensor& running_mean, Tensor& running_var,
-                                          double momentum, double eps, BnAct act = BnAct::None);
+                                          Tensor& running_mean, Tensor& running_var, double momentum,
+                                          double eps, BnAct act = BnAct::None,
+                                          const Tensor& batch_stats = Tensor());
+/// A training BatchNorm's batch statistics, computed once for several forwards: per channel of x
+/// (N, C, H, W, float32 or float64), its mean and biased variance over the N*H*W values, in double, as
+/// a (C, 2) float64 tensor on x's device, rows [mean, variance]. A dense block's norm1s normalise every
+/// earlier channel again, layer after layer, with the same batch statistics (the values do not change
+/// once written), so DenseBlock computes each channel's once, when its layer writes it, and hands them to
+/// every later norm1: each norm1 then reads its input once instead of twice.
+/// x may be a sample-contiguous view (a channel slice of the block buffer), read in place.
+Tensor batch_norm_batch_stats(const Tensor& x);
+/// The same into `out`: (C, 2) float64, contiguous, on x's device (e.g. rows of a block's table).
+void batch_norm_batch_stats_into(const Tensor& x, const Tensor& out);
 /// Evaluation: normalises with the running statistics. x may be any view whose samples are each
 /// contiguous (sample_contiguous): a dense block's channel prefix is read in place, not copied.
 Tensor batch_norm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,

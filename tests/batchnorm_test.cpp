@@ -246,6 +246,75 @@ TEST(BatchNormTest, TrainingReadsAChannelPrefixInPlace) {
   }
 }
 
+// Batch statistics computed once (ops::batch_norm_batch_stats): the definition's mean and biased
+// variance per channel, read in place from a channel slice of a wider buffer; and a training forward given
+// them is the forward that reduces x itself, bit for bit — y, the saved statistics and the running
+// statistics — with and without the ReLU, for a channel prefix, at batch 3 and 1, in both precisions.
+// The statistics of a prefix are the first rows of the statistics of the whole buffer (what a dense block
+// relies on).
+TEST(BatchNormTest, GivenBatchStatisticsGiveTheSameForward) {
+  Generator gen(41);
+  for (DType dt : {DType::Float32, DType::Float64})
+    for (int64_t n : {3, 1})
+      for (ops::BnAct act : {ops::BnAct::None, ops::BnAct::Relu}) {
+        SCOPED_TRACE(std::string(dtype_name(dt)) + " batch " + std::to_string(n) +
+                     (act == ops::BnAct::Relu ? " relu" : ""));
+        const Tensor wide = Tensor::normal({n, 7, 4, 5}, 0.7, 1.3, gen, dt);
+        const Tensor slice = wide.narrow(1, 2, 3);  // channels 2..4: a slice in the middle, in place
+        const Tensor s = ops::batch_norm_batch_stats(slice);
+        ASSERT_EQ(s.shape(), (Shape{3, 2}));
+        ASSERT_EQ(s.dtype(), DType::Float64);
+        const RefStats ref = ref_stats(slice.contiguous());
+        for (int64_t c = 0; c < 3; ++c) {
+          EXPECT_NEAR(s.at({c, 0}), ref.mean[c], 1e-12) << "mean of channel " << c;
+          EXPECT_NEAR(s.at({c, 1}), ref.var[c], 1e-12) << "variance of channel " << c;
+        }
+        const Tensor all = ops::batch_norm_batch_stats(wide);
+        const Tensor x = wide.narrow(1, 0, 5);
+        EXPECT_EQ(ops::max_abs_diff(all.narrow(0, 2, 3), s), 0.0) << "a slice's rows are the whole buffer's";
+        const Tensor gamma = Tensor::uniform({5}, 0.5, 1.5, gen, dt),
+                     beta = Tensor::uniform({5}, -0.5, 0.5, gen, dt);
+        Tensor rm1 = Tensor::uniform({5}, -1, 1, gen, dt), rv1 = Tensor::uniform({5}, 0.5, 2, gen, dt);
+        Tensor rm2 = rm1.clone(), rv2 = rv1.clone(), rm3 = rm1.clone(), rv3 = rv1.clone();
+        const auto a = ops::batch_norm_forward_train(x, gamma, beta, rm1, rv1, 0.1, 1e-5, act);
+        const auto b =
+            ops::batch_norm_forward_train(x, gamma, beta, rm2, rv2, 0.1, 1e-5, act, all.narrow(0, 0, 5));
+        EXPECT_EQ(ops::max_abs_diff(a.y, b.y), 0.0);
+        EXPECT_EQ(ops::max_abs_diff(a.save_mean, b.save_mean), 0.0);
+        EXPECT_EQ(ops::max_abs_diff(a.save_invstd, b.save_invstd), 0.0);
+        EXPECT_EQ(ops::max_abs_diff(rm1, rm2), 0.0);
+        EXPECT_EQ(ops::max_abs_diff(rv1, rv2), 0.0);
+        EXPECT_EQ(a.relu_from_x, b.relu_from_x);
+        // And they are used: other statistics give another normalisation (the mean of channel 0 moved by 1).
+        Tensor moved = all.narrow(0, 0, 5).clone();
+        moved.narrow(0, 0, 1).narrow(1, 0, 1).fill_(moved.at({0, 0}) + 1.0);
+        const auto c =
+            ops::batch_norm_forward_train(x, gamma, beta, rm3, rv3, 0.1, 1e-5, ops::BnAct::None, moved);
+        EXPECT_NEAR(c.save_mean.at({0}), a.save_mean.at({0}) + 1.0, 1e-5);
+        EXPECT_NEAR(rm3.at({0}) - rm1.at({0}), 0.1, 1e-5);
+      }
+}
+
+TEST(BatchNormTest, GivenBatchStatisticsAreChecked) {
+  const Tensor x = Tensor::zeros({2, 3, 4, 4});
+  Tensor c3 = Tensor::ones({3}), rm = Tensor::zeros({3}), rv = Tensor::ones({3});
+  EXPECT_THROW_WITH(ops::batch_norm_forward_train(x, c3, c3, rm, rv, 0.1, 1e-5, ops::BnAct::None,
+                                                  Tensor::zeros({4, 2}, DType::Float64)),
+                    "batch_norm_forward_train", "batch_stats", "(3, 2)", "(4, 2)");
+  EXPECT_THROW_WITH(
+      ops::batch_norm_forward_train(x, c3, c3, rm, rv, 0.1, 1e-5, ops::BnAct::None, Tensor::zeros({3, 2})),
+      "batch_stats", "float64", "float32");
+  EXPECT_THROW_WITH(ops::batch_norm_batch_stats_into(x, Tensor::zeros({3, 3}, DType::Float64)),
+                    "batch_norm_batch_stats", "out", "(3, 2)", "(3, 3)");
+  EXPECT_THROW_WITH(
+      ops::batch_norm_batch_stats_into(x, Tensor::zeros({2, 3}, DType::Float64).transpose(0, 1)),
+      "batch_norm_batch_stats", "contiguous");
+  EXPECT_THROW_WITH(ops::batch_norm_batch_stats(Tensor::zeros({3, 4, 4})), "batch_norm_batch_stats", "4-D",
+                    "(3, 4, 4)");
+  EXPECT_THROW_WITH(ops::batch_norm_batch_stats(Tensor::zeros({0, 3, 4, 4})), "batch_norm_batch_stats",
+                    "no values", "(0, 3, 4, 4)");
+}
+
 // dx_into: the input gradient added into a channel prefix of a bigger gradient buffer (the training
 // dense block's G) gives the same bits as the returned dx added there by ops::add_, without or with the
 // ReLU mask, at batch 3 and 1; the channels beyond the prefix are untouched.

@@ -539,6 +539,64 @@ TEST_P(CudaOpTest, BatchNormReluMaskFromXEqualsTheMaskFromY) {
   }
 }
 
+// Batch statistics computed once (ops::batch_norm_batch_stats, DenseBlock's table): on the GPU, from a
+// channel slice of a wider buffer read in place, against the CPU's float64 statistics; under the
+// parameter's layout (the split path's partial states and merge, or a block per channel). Then the
+// training forward given them (one native pass, under LADNN_BN=cudnn too) against the CPU forward given
+// the CPU's statistics, against the GPU forward that reduces x itself, and with the ReLU's mask
+// recomputed from x by a backward (relu_from_x) giving the same bits as the mask read from y.
+// Float4 (HW = 64, 1024) and scalar (HW = 35, 49) paths, batch 1.
+TEST_P(CudaOpTest, BatchNormGivenBatchStatisticsMatchCpu) {
+  Generator gen(111);
+  for (const Shape& full : {Shape{3, 12, 8, 8}, Shape{2, 9, 5, 7}, Shape{1, 40, 7, 7}, Shape{8, 6, 32, 32}}) {
+    SCOPED_TRACE(shape_str(full));
+    const int64_t C = full[1] - 3, n = full[0] * full[2] * full[3];
+    const Tensor host = Tensor::normal(full, 0.5, 2.0, gen);
+    const Tensor slice = gpu(host).narrow(1, 1, C), ref_slice = f64(host).narrow(1, 1, C).contiguous();
+    const Tensor s = ops::batch_norm_batch_stats(slice), s64 = ops::batch_norm_batch_stats(ref_slice);
+    ASSERT_TRUE(s.device().is_cuda());
+    auto column = [C](const Tensor& t, int64_t k) {
+      return t.to(Device::cpu()).narrow(1, k, 1).contiguous().reshape({C});
+    };
+    // The mean is a channel sum / n (error relative to mean|x|); the variance a sum of squares / n
+    // (positive terms: relative to itself).
+    EXPECT_TRUE(gpu_matches("mean", column(s, 0), column(s64, 0), Tol{0, kSumTol},
+                            channel_abs_sum(ref_slice, 1.0 / double(n))));
+    EXPECT_TRUE(gpu_matches("variance", column(s, 1), column(s64, 1), Tol{0, kSumTol}));
+
+    const Tensor g = Tensor::uniform({C}, 0.5, 1.5, gen), b = Tensor::uniform({C}, -0.5, 0.5, gen);
+    const Tensor rm0 = Tensor::normal({C}, 0, 1, gen), rv0 = Tensor::uniform({C}, 0.5, 2, gen);
+    Tensor rm64 = f64(rm0), rv64 = f64(rv0);
+    const auto ref = ops::batch_norm_forward_train(ref_slice, f64(g), f64(b), rm64, rv64, 0.1, 1e-5,
+                                                   ops::BnAct::Relu, s64);
+    Tensor rm = gpu(rm0), rv = gpu(rv0), rm_own = gpu(rm0), rv_own = gpu(rv0);
+    const auto out =
+        ops::batch_norm_forward_train(slice, gpu(g), gpu(b), rm, rv, 0.1, 1e-5, ops::BnAct::Relu, s);
+    EXPECT_TRUE(gpu_matches("y", out.y, ref.y, elem_tol(ref.y)));
+    EXPECT_TRUE(gpu_matches("save_mean", out.save_mean, ref.save_mean, Tol{0, kSumTol},
+                            channel_abs_sum(ref_slice, 1.0 / double(n))));
+    EXPECT_TRUE(gpu_matches("save_invstd", out.save_invstd, ref.save_invstd, Tol{0, kSumTol}));
+    EXPECT_TRUE(gpu_matches("running_mean", rm, rm64, Tol{kSumTol * std::max(1.0, rms(rm64)), kSumTol}));
+    EXPECT_TRUE(gpu_matches("running_var (unbiased)", rv, rv64, Tol{0, kSumTol}));
+    // The GPU's own reduction: the same statistics up to the order of the sums.
+    const auto own =
+        ops::batch_norm_forward_train(slice, gpu(g), gpu(b), rm_own, rv_own, 0.1, 1e-5, ops::BnAct::Relu);
+    EXPECT_TRUE(gpu_matches("y against the GPU's own statistics", out.y, f64(own.y.to(Device::cpu())),
+                            elem_tol(ref.y)));
+    ASSERT_TRUE(out.relu_from_x);
+    const Tensor dy = gpu(Tensor::normal(out.y.shape(), 0, 1, gen));
+    const cuda::Impl saved = cuda::impl(cuda::Family::BatchNorm);
+    cuda::set_impl(cuda::Family::BatchNorm, cuda::Impl::Native);  // (cuDNN's backward is another sum order)
+    const auto from_y =
+        ops::batch_norm_backward_train(dy, slice, gpu(g), out.save_mean, out.save_invstd, out.y);
+    cuda::set_impl(cuda::Family::BatchNorm, saved);
+    const auto from_x = ops::batch_norm_backward_train(dy, slice, gpu(g), out.save_mean, out.save_invstd,
+                                                       Tensor(), Tensor(), ops::BnReluFromX{true, gpu(b)});
+    EXPECT_TRUE(gpu_equals("dx, mask from x", from_x.dx, f64(from_y.dx.to(Device::cpu()))));
+    EXPECT_TRUE(gpu_equals("dgamma, mask from x", from_x.dgamma, f64(from_y.dgamma.to(Device::cpu()))));
+  }
+}
+
 // gamma, beta and the running statistics as every-other-element views of a longer buffer (the CPU
 // accepts any stride; cuDNN needs contiguous vectors and gets copies, updated back in place). The
 // running statistics must change at the even elements only.
@@ -763,6 +821,10 @@ TEST_P(CudaOpTest, ErrorsNameBothDevices) {
                     "batch_norm_backward_train", "grad_output is on cpu but the input is on cuda:0");
   EXPECT_THROW_WITH(ops::batch_norm_forward_train(gpu(f64(x)), Tensor(), Tensor(), none, none, 0.1, 1e-5),
                     "batch_norm_forward_train", "float64", "float32");
+  EXPECT_THROW_WITH(ops::batch_norm_forward_train(gpu(x), Tensor(), Tensor(), none, none, 0.1, 1e-5,
+                                                  ops::BnAct::None, ops::batch_norm_batch_stats(x)),
+                    "batch_norm_forward_train", "batch_stats is on cpu but the input is on cuda:0");
+  EXPECT_THROW_WITH(ops::batch_norm_batch_stats(gpu(f64(x))), "batch_norm_batch_stats", "float64", "float32");
   const ops::Pool2dParams p;
   const ops::MaxPoolForward mp = ops::max_pool2d_forward(x, p);
   EXPECT_THROW_WITH(ops::max_pool2d_backward(gpu(mp.y), mp.indices, x.shape()), "max_pool2d_backward",

@@ -15,6 +15,8 @@
 //
 // gamma/beta may be undefined (affine=False: gamma = 1, beta = 0); running stats may be undefined in
 // training (track_running_stats=False). Statistics accumulate in double even for float32 input.
+// batch_norm_batch_stats returns them (mean, var) as they are, and a training forward given them skips its
+// own two passes: the same loops, so the same bits.
 //
 // Fused ReLU (BnAct::Relu): y = max(x * scale + shift, 0), computed from the same value the plain
 // kernel writes, so it equals relu(batch_norm(x)) bit for bit. Backward with relu_y (the fused output)
@@ -67,6 +69,18 @@ void check_channel_vector(const std::string& op, const char* name, const Tensor&
         op + ": " + name + " is on " + t.device().str() + " but the input is on " + x.device().str());
 }
 
+// Per-channel batch statistics (batch_norm_batch_stats): (C, 2) float64 on x's device.
+void check_batch_stats(const std::string& op, const char* name, const Tensor& t, const Tensor& x) {
+  check(t.defined(), op + ": " + name + " is undefined");
+  check(t.dim() == 2 && t.size(0) == x.size(1) && t.size(1) == 2,
+        op + ": " + name + " must have shape (" + std::to_string(x.size(1)) +
+            ", 2) (mean and variance per channel of input " + shape_str(x.shape()) + "), got " +
+            shape_str(t.shape()));
+  check(t.dtype() == DType::Float64, op + ": " + name + " must be float64, got " + dtype_name(t.dtype()));
+  check(t.device() == x.device(),
+        op + ": " + name + " is on " + t.device().str() + " but the input is on " + x.device().str());
+}
+
 // Strided read/write access to a (C) vector, or a constant when it is undefined.
 template <typename T>
 struct ChannelVec {
@@ -100,10 +114,36 @@ inline std::pair<double, double> relu_scale_shift(double gamma, double beta, T m
   return {scale, beta - static_cast<double>(mean) * scale};
 }
 
+// Channel c's batch mean and biased variance, two passes in double. x's samples are sN apart.
+struct MeanVar {
+  double mean, var;
+};
+template <typename T>
+MeanVar channel_mean_var(const T* px, int64_t sN, int64_t N, int64_t HW, int64_t c) {
+  const double n = static_cast<double>(N * HW);
+  double sum = 0.0;
+  for (int64_t i = 0; i < N; ++i) {
+    const T* xp = px + i * sN + c * HW;
+    for (int64_t k = 0; k < HW; ++k) sum += xp[k];
+  }
+  const double mean = sum / n;
+  double sq = 0.0;
+  for (int64_t i = 0; i < N; ++i) {
+    const T* xp = px + i * sN + c * HW;
+    for (int64_t k = 0; k < HW; ++k) {
+      const double d = xp[k] - mean;
+      sq += d * d;
+    }
+  }
+  return {mean, sq / n};
+}
+
+// x sample-contiguous (its samples sN apart); `stats` (undefined: reduce x here) the (C, 2) float64
+// [mean, var] rows of batch_norm_batch_stats.
 template <typename T>
 void forward_train_kernel(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                           const Tensor& running_mean, const Tensor& running_var, double momentum, double eps,
-                          bool relu, const BatchNormForward& out) {
+                          bool relu, const Tensor& stats, const BatchNormForward& out) {
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   const int64_t sN = N > 1 ? x.strides()[0] : C * HW;  // x sample-contiguous (a channel prefix read in place)
   const double n = static_cast<double>(N * HW);
@@ -112,24 +152,13 @@ void forward_train_kernel(const Tensor& x, const Tensor& gamma, const Tensor& be
   T* pmean = out.save_mean.data<T>();
   T* pinvstd = out.save_invstd.data<T>();
   const ChannelVec<T> g(gamma, 1.0), b(beta, 0.0), rm(running_mean, 0.0), rv(running_var, 0.0);
+  const double* ps = stats.defined() ? stats.data<double>() : nullptr;
+  const int64_t s0 = ps ? stats.strides()[0] : 0, s1 = ps ? stats.strides()[1] : 0;
 
 #pragma omp parallel for schedule(static) if (N * C * HW >= kParallelMin)
   for (int64_t c = 0; c < C; ++c) {
-    double sum = 0.0;
-    for (int64_t i = 0; i < N; ++i) {
-      const T* xp = px + i * sN + c * HW;
-      for (int64_t k = 0; k < HW; ++k) sum += xp[k];
-    }
-    const double mean = sum / n;
-    double sq = 0.0;
-    for (int64_t i = 0; i < N; ++i) {
-      const T* xp = px + i * sN + c * HW;
-      for (int64_t k = 0; k < HW; ++k) {
-        const double d = xp[k] - mean;
-        sq += d * d;
-      }
-    }
-    const double var = sq / n;
+    const MeanVar mv = ps ? MeanVar{ps[c * s0], ps[c * s0 + s1]} : channel_mean_var(px, sN, N, HW, c);
+    const double mean = mv.mean, var = mv.var;
     const double invstd = 1.0 / std::sqrt(var + eps);
     // y = x * scale + shift folds the four per-element operations into two. scale and shift come from
     // the saved (T-rounded) statistics, so that a backward can redo the ReLU's decisions from x with
@@ -295,9 +324,10 @@ bool sample_contiguous(const Tensor& x) {
 
 BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                           Tensor& running_mean, Tensor& running_var, double momentum,
-                                          double eps, BnAct act) {
+                                          double eps, BnAct act, const Tensor& batch_stats) {
   const std::string op = "batch_norm_forward_train";
   const BnDims d = check_bn_input(op, x);
+  if (batch_stats.defined()) check_batch_stats(op, "batch_stats", batch_stats, x);
   check_channel_vector(op, "gamma", gamma, x, false);
   check_channel_vector(op, "beta", beta, x, false);
   check_channel_vector(op, "running_mean", running_mean, x, false);
@@ -305,16 +335,51 @@ BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, 
   check(d.N * d.HW > 1, op + ": expected more than 1 value per channel when training, got input of shape " +
                             shape_str(x.shape()));
   if (x.device().is_cuda())
-    return cuda::batch_norm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps, act);
+    return cuda::batch_norm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps, act,
+                                          batch_stats);
   const Tensor xc = sample_contiguous(x) ? x : x.contiguous();
   const Shape c_shape{d.C};
   BatchNormForward out{Tensor::empty(x.shape(), x.dtype(), x.device()),
                        Tensor::empty(c_shape, x.dtype(), x.device()),
                        Tensor::empty(c_shape, x.dtype(), x.device()), act == BnAct::Relu};
   if (x.dtype() == DType::Float32)
-    forward_train_kernel<float>(xc, gamma, beta, running_mean, running_var, momentum, eps, act == BnAct::Relu, out);
+    forward_train_kernel<float>(xc, gamma, beta, running_mean, running_var, momentum, eps, act == BnAct::Relu,
+                                batch_stats, out);
   else
-    forward_train_kernel<double>(xc, gamma, beta, running_mean, running_var, momentum, eps, act == BnAct::Relu, out);
+    forward_train_kernel<double>(xc, gamma, beta, running_mean, running_var, momentum, eps,
+                                 act == BnAct::Relu, batch_stats, out);
+  return out;
+}
+
+void batch_norm_batch_stats_into(const Tensor& x, const Tensor& out) {
+  const std::string op = "batch_norm_batch_stats";
+  const BnDims d = check_bn_input(op, x);
+  check(d.N * d.HW > 0, op + ": no values per channel in input of shape " + shape_str(x.shape()));
+  check_batch_stats(op, "out", out, x);
+  check(out.is_contiguous(), op + ": out must be contiguous, got strides " + shape_str(out.strides()));
+  if (x.device().is_cuda()) return cuda::batch_norm_batch_stats_into(x, out);
+  const Tensor xc = sample_contiguous(x) ? x : x.contiguous();
+  const int64_t sN = d.N > 1 ? xc.strides()[0] : d.C * d.HW;
+  double* po = out.data<double>();
+  auto run = [&](const auto* px) {
+#pragma omp parallel for schedule(static) if (d.N * d.C * d.HW >= kParallelMin)
+    for (int64_t c = 0; c < d.C; ++c) {
+      const MeanVar mv = channel_mean_var(px, sN, d.N, d.HW, c);
+      po[2 * c] = mv.mean;
+      po[2 * c + 1] = mv.var;
+    }
+  };
+  if (x.dtype() == DType::Float32)
+    run(xc.data<float>());
+  else
+    run(xc.data<double>());
+}
+
+Tensor batch_norm_batch_stats(const Tensor& x) {
+  check(x.defined() && x.dim() == 4, "batch_norm_batch_stats: input must be 4-D (N, C, H, W), got " +
+                                         (x.defined() ? shape_str(x.shape()) : std::string("undefined")));
+  Tensor out = Tensor::empty({x.size(1), 2}, DType::Float64, x.device());
+  batch_norm_batch_stats_into(x, out);
   return out;
 }
 
