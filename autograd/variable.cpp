@@ -57,6 +57,10 @@ void accumulate(Tensor& acc, const Tensor& g) {
 }  // namespace
 
 bool grad_enabled() { return g_grad_enabled; }
+
+bool gradient_is_exclusive(const Tensor& grad_output) {
+  return grad_output.defined() && grad_output.is_contiguous() && grad_output.storage().use_count() == 1;
+}
 NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { g_grad_enabled = previous_; }
 EnableGradGuard::EnableGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = true; }

@@ -30,7 +30,8 @@ class Variable {
   /// input (undefined where not needed). Shapes must equal the inputs' shapes.
   /// Gradients are read-only values: a backward may return a view of grad_output or of a saved tensor
   /// (cat returns slices), the engine accumulates out of place, and a backward may receive a strided
-  /// grad_output. Nothing writes through a gradient.
+  /// grad_output. Nothing writes through a gradient, except that a backward may take a grad_output that
+  /// nothing else can see (gradient_is_exclusive) as its own scratch.
   using BackwardFn =
       std::function<std::vector<Tensor>(const Tensor& grad_output, const std::vector<bool>& needs_grad)>;
   /// Called with the gradient flowing into a variable during backward; may return a replacement
@@ -96,6 +97,12 @@ class Variable {
 
 /// Whether ops record graphs. Off inside a NoGradGuard (evaluation, optimizer steps).
 bool grad_enabled();
+
+/// True when `grad_output`, as a backward receives it, is contiguous and its handle is the only one to
+/// its storage: the engine hands over a gradient it computed and no longer holds (no retain_grad, no
+/// hook kept it, not the caller's seed, no view of it alive). A backward that would clone it to
+/// accumulate into (DenseBlock's) may then write into it instead: no one can observe the difference.
+bool gradient_is_exclusive(const Tensor& grad_output);
 
 /// Disables graph recording for its lifetime (RAII; nests).
 class NoGradGuard {

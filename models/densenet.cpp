@@ -215,7 +215,9 @@ Variable DenseBlock::forward_training(const Variable& x) {
       block, std::move(inputs),
       [block, stats, saved, params, c0, g, L, keep](const Tensor& dblock, const std::vector<bool>& needs) {
         std::vector<Tensor> grads(1 + 6 * static_cast<std::size_t>(L));
-        Tensor G = dblock.clone();  // ours to accumulate into
+        // Ours to accumulate into: the output's gradient itself when nothing else can see it (as in a
+        // training step: one block-sized copy fewer), else a copy.
+        Tensor G = gradient_is_exclusive(dblock) ? dblock : dblock.clone();
         Tensor none_mean, none_var;  // recomputation: no running statistics to update
         for (int64_t l = L - 1; l >= 0; --l) {
           const Params& p = params[l];

@@ -56,6 +56,55 @@ TEST(Autograd, NonLeafGradsAreFreedUnlessRetained) {
   EXPECT_STREQ(h.op_name(), "mul_scalar");
 }
 
+// gradient_is_exclusive: what a backward receives is its own only when no other handle or view shares
+// its storage and it is contiguous. Seen from inside a backward: a gradient the engine computed and
+// dropped is exclusive; one a retain_grad keeps, one a hook kept, or the caller's seed is not.
+TEST(Autograd, AGradientIsExclusiveOnlyWhenNothingElseSeesIt) {
+  Tensor t = Tensor::zeros({2, 3}, DType::Float64);
+  EXPECT_TRUE(gradient_is_exclusive(t));
+  {
+    const Tensor other = t;
+    EXPECT_FALSE(gradient_is_exclusive(t)) << "a second handle";
+  }
+  {
+    const Tensor view = t.narrow(0, 0, 1);
+    EXPECT_FALSE(gradient_is_exclusive(t)) << "a view";
+  }
+  EXPECT_TRUE(gradient_is_exclusive(t));
+  EXPECT_FALSE(gradient_is_exclusive(Tensor::zeros({2, 3}, DType::Float64).transpose(0, 1))) << "not contiguous";
+  EXPECT_FALSE(gradient_is_exclusive(Tensor()));
+
+  // An op whose backward records what it was handed.
+  auto probe = [](const Variable& x, bool* exclusive) {
+    return Variable::from_op(x.tensor().clone(), {x},
+                             [exclusive](const Tensor& g, const std::vector<bool>&) {
+                               *exclusive = gradient_is_exclusive(g);
+                               return std::vector<Tensor>{g};
+                             },
+                             "probe");
+  };
+  Variable x(Tensor::full({2}, 3.0, DType::Float64), true);
+  bool exclusive = false;
+  sum(mul_scalar(probe(x, &exclusive), 2.0)).backward();
+  EXPECT_TRUE(exclusive) << "mul_scalar's gradient, handed over";
+  Variable kept = probe(x, &exclusive);
+  Variable kept_out = mul_scalar(kept, 2.0);
+  kept.retain_grad();
+  sum(kept_out).backward();
+  EXPECT_FALSE(exclusive) << "retain_grad keeps it";
+  Variable hooked = probe(x, &exclusive);
+  Tensor seen;
+  hooked.register_hook([&](const Tensor& g) {
+    seen = g;
+    return Tensor();
+  });
+  sum(mul_scalar(hooked, 2.0)).backward();
+  EXPECT_FALSE(exclusive) << "a hook kept it";
+  const Tensor seed = Tensor::ones({2}, DType::Float64);
+  probe(x, &exclusive).backward(seed);
+  EXPECT_FALSE(exclusive) << "the caller's seed";
+}
+
 TEST(Autograd, HooksSeeAndReplaceGradients) {
   Variable x(Tensor::full({2}, 1.0, DType::Float64), true);
   Variable h = mul_scalar(x, 4.0);

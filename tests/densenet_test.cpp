@@ -273,6 +273,30 @@ TEST(DenseBlock, OneOpTrainingEqualsTheConcatenatingLayers) {
     }
 }
 
+// The one op accumulates its layers' input gradients into its output's gradient in place when the
+// engine hands it over exclusively (gradient_is_exclusive), and into a copy when something else still
+// sees it: here a retain_grad on the output, whose gradient must stay what flowed in. Both give the same
+// gradients, bit for bit.
+TEST(DenseBlock, OneOpTrainingWritesOnlyIntoAGradientNothingElseSees) {
+  Generator g1(25), g2(25), gx(26);
+  DenseBlock a(3, 8, 2, 4, 0.0, g1), b(3, 8, 2, 4, 0.0, g2);
+  a.train();
+  b.train();
+  const Tensor x0 = Tensor::normal({2, 8, 5, 5}, 0, 1, gx);
+  const Tensor r = Tensor::normal({2, 8 + 3 * 4, 5, 5}, 0, 1, gx);
+  Variable xa(x0.clone(), true), xb(x0.clone(), true);
+  const Variable ya = a.forward(xa);
+  Variable yb = b.forward(xb);
+  yb.retain_grad();
+  sum(mul(ya, Variable(r))).backward();
+  sum(mul(yb, Variable(r))).backward();
+  EXPECT_EQ(ops::max_abs_diff(yb.grad(), r), 0.0) << "the retained output gradient was written into";
+  EXPECT_EQ(ops::max_abs_diff(xa.grad(), xb.grad()), 0.0);
+  const auto pa = a.named_parameters(), pb = b.named_parameters();
+  for (size_t i = 0; i < pa.size(); ++i)
+    EXPECT_EQ(ops::max_abs_diff(pa[i].second.grad(), pb[i].second.grad()), 0.0) << pa[i].first;
+}
+
 // ... and it keeps less for backward: no concatenation is stored (each layer reads a view of the block
 // buffer). DenseNet-121's first block at 32x32, batch 2, float32.
 TEST(DenseBlock, OneOpTrainingKeepsNoConcatenations) {
