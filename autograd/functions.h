@@ -62,6 +62,13 @@ Variable batch_norm2d(const Variable& x, const Variable& gamma, const Variable& 
 Variable batch_norm_relu2d(const Variable& x, const Variable& gamma, const Variable& beta,
                            Tensor& running_mean, Tensor& running_var, bool training,
                            double momentum = 0.1, double eps = 1e-5);
+/// Training: avg_pool2d(batch_norm_relu2d(x, ...), p) as one op (ops::bn_avg_pool2d_train), a DenseNet
+/// transition's norm-relu-pool: the same values and gradients; the normalised map is not kept for the
+/// backward (which recomputes the ReLU's mask from x), and on the GPU not written at all. `batch_stats`:
+/// x's statistics from ops::batch_norm_batch_stats (a dense block's table), or undefined.
+Variable batch_norm_relu_avg_pool2d(const Variable& x, const Variable& gamma, const Variable& beta,
+                                    Tensor& running_mean, Tensor& running_var, double momentum, double eps,
+                                    const ops::Pool2dParams& p, const Tensor& batch_stats = Tensor());
 Variable max_pool2d(const Variable& x, const ops::Pool2dParams& p);
 Variable avg_pool2d(const Variable& x, const ops::Pool2dParams& p);
 Variable adaptive_avg_pool2d(const Variable& x, int64_t out_h, int64_t out_w);

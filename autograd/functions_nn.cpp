@@ -76,6 +76,35 @@ Variable batch_norm_relu2d(const Variable& x, const Variable& gamma, const Varia
   return batch_norm_act(x, gamma, beta, running_mean, running_var, training, momentum, eps, ops::BnAct::Relu);
 }
 
+Variable batch_norm_relu_avg_pool2d(const Variable& x, const Variable& gamma, const Variable& beta,
+                                    Tensor& running_mean, Tensor& running_var, double momentum, double eps,
+                                    const ops::Pool2dParams& p, const Tensor& batch_stats) {
+  check(x.defined(), "batch_norm_relu_avg_pool2d: input is undefined");
+  const Tensor xt = x.tensor();
+  const Tensor g = gamma.defined() ? gamma.tensor() : Tensor(), b = beta.defined() ? beta.tensor() : Tensor();
+  std::vector<Variable> inputs{x};
+  if (gamma.defined()) inputs.push_back(gamma);
+  if (beta.defined()) inputs.push_back(beta);
+  const bool has_gamma = gamma.defined(), has_beta = beta.defined();
+  ops::BatchNormForward fwd = ops::bn_avg_pool2d_train(xt, g, b, running_mean, running_var, momentum, eps,
+                                                       ops::BnAct::Relu, p, batch_stats);
+  const Tensor save_mean = fwd.save_mean, save_invstd = fwd.save_invstd;
+  return Variable::from_op(
+      std::move(fwd.y), std::move(inputs),
+      [xt, g, b, save_mean, save_invstd, p, has_gamma, has_beta](const Tensor& dy,
+                                                                 const std::vector<bool>& needs) {
+        ops::BatchNormGrads grads =
+            ops::bn_avg_pool2d_backward_train(dy, xt, g, b, save_mean, save_invstd, ops::BnAct::Relu, p);
+        std::vector<Tensor> out{std::move(grads.dx)};
+        if (has_gamma) out.push_back(std::move(grads.dgamma));
+        if (has_beta) out.push_back(std::move(grads.dbeta));
+        for (std::size_t i = 0; i < out.size(); ++i)
+          if (!needs[i]) out[i] = Tensor();
+        return out;
+      },
+      "batch_norm_relu_avg_pool2d");
+}
+
 Variable max_pool2d(const Variable& x, const ops::Pool2dParams& p) {
   check(x.defined(), "max_pool2d: input is undefined");
   // The indices only where a backward will read them (from_op records one only then).

@@ -358,6 +358,30 @@ __global__ void bn_train_plane_kernel(const float* __restrict__ x, int64_t sN, f
   }
 }
 
+// The same with an average pool after it (ops::bn_avg_pool2d_train, a DenseNet transition's training
+// norm-relu-pool): block b takes output planes b, b + gridDim.x, ...; each output averages its window of
+// the normalised (and rectified) input, math::avg_pool_at over the channel's map — the same bits as
+// bn_train_plane then the native average pool, without the normalised map ever written.
+__global__ void bn_train_avg_pool_kernel(const float* __restrict__ x, int64_t sN, float* __restrict__ y,
+                                         int64_t planes, int64_t C, math::PoolGeom g, bool relu,
+                                         const double* __restrict__ stats, double n, double eps,
+                                         double momentum, ChanPtr gamma, ChanPtr beta, ChanPtr running_mean,
+                                         ChanPtr running_var, float* __restrict__ save_mean,
+                                         float* __restrict__ save_invstd) {
+  const int64_t out_plane = g.OH * g.OW;
+  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
+    const int64_t c = plane % C, s = plane / C;
+    const math::BnChannelStats st = math::bn_channel_stats(n, stats[2 * c], stats[2 * c + 1], eps);
+    if (s == 0 && threadIdx.x == 0)
+      record_channel_stats(c, st, momentum, running_mean, running_var, save_mean, save_invstd);
+    const NormCoefs k = channel_coefs(c, st, gamma, beta);
+    const math::BnEvalMap map{k.mean, k.scale, k.shift, relu};
+    const float* xp = x + s * sN + c * g.H * g.W;
+    float* yp = y + plane * out_plane;
+    for (int64_t o = threadIdx.x; o < out_plane; o += blockDim.x) yp[o] = math::avg_pool_at(xp, o, g, map);
+  }
+}
+
 // y = (x - mean[c]) * scale[c] + shift[c] over all N*C*HW values (grid-stride), c = (i / HW) % C,
 // then max(y, 0) when RELU. With VEC = 4 a group of four never straddles two channels (HW % 4 == 0).
 // x's samples are sN apart (C * HW when packed); y is packed.
@@ -960,6 +984,42 @@ ops::BatchNormForward batch_norm_forward_train(const Tensor& x_in, const Tensor&
     out.relu_from_x = relu;  // math::BnMaskFromX redoes its ReLU's decisions
   }
   return out;
+}
+
+bool bn_avg_pool2d_train(const Tensor& x_in, const Tensor& gamma, const Tensor& beta, Tensor& running_mean,
+                         Tensor& running_var, double momentum, double eps, ops::BnAct act,
+                         const Tensor& stats_in, const ops::Pool2dParams& p, ops::BatchNormForward& out) {
+  if (impl(Family::Pool) != Impl::Native) return false;
+  // (ops::bn_avg_pool2d_train has checked x, the window, the vectors and the statistics' shape and device)
+  const std::string op = "bn_avg_pool2d_train";
+  require_float32_all(op, {{&x_in, "input"},
+                           {&gamma, "gamma"},
+                           {&beta, "beta"},
+                           {&running_mean, "running_mean"},
+                           {&running_var, "running_var"}});
+  OpRange range(act == ops::BnAct::Relu ? "batch_norm_relu_avg_pool_train" : "batch_norm_avg_pool_train",
+                "native");
+  const bool spaced = !x_in.is_contiguous() && ops::sample_contiguous(x_in);  // read in place
+  const Tensor x = spaced ? x_in : x_in.contiguous(), stats = stats_in.contiguous();
+  const Shape y_shape = ops::pool2d_output_shape(x.shape(), p);
+  const Shape c_shape{x.size(1)};
+  out = ops::BatchNormForward{new_output(y_shape, DType::Float32, x.device()),
+                              new_output(c_shape, DType::Float32, x.device()),
+                              new_output(c_shape, DType::Float32, x.device()), act == ops::BnAct::Relu};
+  const BnGeom g = geom_of(x);
+  if (g.C == 0) return true;
+  const int64_t planes = y_shape[0] * y_shape[1], out_plane = y_shape[2] * y_shape[3];
+  const int threads =
+      static_cast<int>(std::min<int64_t>(kThreads, std::max<int64_t>(32, (out_plane + 31) / 32 * 32)));
+  const unsigned blocks =
+      static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(planes, int64_t(1) << 30)));
+  bn_train_avg_pool_kernel<<<blocks, threads, 0, cur_stream()>>>(
+      x.data<float>(), sample_stride(x, g), out.y.data<float>(), planes, g.C,
+      pool_geom(x.shape(), y_shape, p), act == ops::BnAct::Relu, stats.data<double>(),
+      static_cast<double>(g.M()), eps, momentum, chan(gamma), chan(beta), chan(running_mean),
+      chan(running_var), out.save_mean.data<float>(), out.save_invstd.data<float>());
+  CUDA_CHECK_LAUNCH();
+  return true;
 }
 
 void batch_norm_batch_stats_into(const Tensor& x_in, const Tensor& out) {

@@ -23,6 +23,10 @@ ops::BatchNormForward batch_norm_forward_train(const Tensor&, const Tensor&, con
 void batch_norm_batch_stats_into(const Tensor&, const Tensor&) {
   no_backend("batch_norm_batch_stats");
 }
+bool bn_avg_pool2d_train(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&, double, double,
+                         ops::BnAct, const Tensor&, const ops::Pool2dParams&, ops::BatchNormForward&) {
+  no_backend("bn_avg_pool2d_train");
+}
 Tensor batch_norm_forward_eval(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
                                ops::BnAct) {
   no_backend("batch_norm_forward_eval");

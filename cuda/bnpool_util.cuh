@@ -13,10 +13,12 @@
 #include <cstdint>
 #include <string>
 
+#include "cuda/bnpool_math.h"
 #include "cuda/check.h"
 #include "cuda/context.h"
 #include "cuda/profiler.h"
 #include "cuda/runtime.h"
+#include "tensor/ops.h"
 #include "tensor/tensor.h"
 
 #ifndef CUDNN_CHECK
@@ -48,6 +50,12 @@ inline unsigned grid_for(int64_t n, int threads) {
   const int64_t need = (n + threads - 1) / threads;
   const int64_t cap = int64_t(sm_count()) * 32;
   return static_cast<unsigned>(need < cap ? need : cap);
+}
+
+/// A pooling window on an input of shape x (N, C, H, W) giving y, as the pool kernels read it.
+inline math::PoolGeom pool_geom(const Shape& x, const Shape& y, const ops::Pool2dParams& p) {
+  return {x[2],       x[3],       y[2],    y[3],    p.kernel_h,         p.kernel_w,
+          p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.count_include_pad};
 }
 
 /// True when p is 16-byte aligned (float4 loads and stores).

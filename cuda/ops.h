@@ -156,6 +156,12 @@ ops::BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& ga
                                                const Tensor& batch_stats = Tensor());
 /// Native always (one kernel): x's per-channel [mean, biased variance] into out, (C, 2) float64 packed.
 void batch_norm_batch_stats_into(const Tensor& x, const Tensor& out);
+/// ops::bn_avg_pool2d_train in one kernel (BatchNorm given `stats`, (C, 2) float64, the native arithmetic;
+/// the pool's window in the same pass) when LADNN_POOL is native: returns true with `out` filled (y the
+/// pooled map); false (nothing done) otherwise, and the caller composes the two ops.
+bool bn_avg_pool2d_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& running_mean,
+                         Tensor& running_var, double momentum, double eps, ops::BnAct act,
+                         const Tensor& stats, const ops::Pool2dParams& p, ops::BatchNormForward& out);
 Tensor batch_norm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                const Tensor& running_mean, const Tensor& running_var, double eps, ops::BnAct act);
 ops::BatchNormGrads batch_norm_backward_train(const Tensor& dy, const Tensor& x, const Tensor& gamma,

@@ -65,11 +65,6 @@ using math::PoolGeom;
 
 constexpr int kThreads = 256;
 
-PoolGeom geom_of(const Shape& x, const Shape& y, const ops::Pool2dParams& p) {
-  return {x[2], x[3], y[2], y[3], p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w,
-          p.count_include_pad};
-}
-
 // ---- kernels: grid-stride loops over math:: functions (cuda/bnpool_math.h, shared with a host test) ----
 
 // One thread per output. WRITE_Y = false computes only the indices (the cuDNN version, whose y comes
@@ -196,7 +191,7 @@ ops::MaxPoolForward max_pool2d_forward(const Tensor& x_in, const ops::Pool2dPara
   const std::string op = "max_pool2d_forward";
   require_float32(op, x_in, "input");
   const Shape y_shape = ops::pool2d_output_shape(x_in.shape(), p);
-  const PoolGeom g = geom_of(x_in.shape(), y_shape, p);
+  const PoolGeom g = pool_geom(x_in.shape(), y_shape, p);
   const int64_t total = shape_numel(y_shape);
   std::optional<CudnnPool> c;  // descriptors only when cuDNN may run
   Impl which = impl(Family::Pool);
@@ -236,7 +231,7 @@ Tensor max_pool2d_backward(const Tensor& dy_in, const Tensor& indices_in, const 
   Tensor dx = new_output(x_shape, DType::Float32, dy.device());
   if (dx.numel() == 0) return dx;
   if (window) {
-    const PoolGeom g = geom_of(x_shape, dy.shape(), *window);
+    const PoolGeom g = pool_geom(x_shape, dy.shape(), *window);
     const int64_t cells = dx.numel();
     max_pool_backward_gather_kernel<<<grid_for(cells, kThreads), kThreads, 0, cur_stream()>>>(
         dy.data<float>(), indices.data<int64_t>(), dx.data<float>(), cells, g);
@@ -257,7 +252,7 @@ Tensor avg_pool2d_forward(const Tensor& x_in, const ops::Pool2dParams& p) {
   const std::string op = "avg_pool2d_forward";
   require_float32(op, x_in, "input");
   const Shape y_shape = ops::pool2d_output_shape(x_in.shape(), p);
-  const PoolGeom g = geom_of(x_in.shape(), y_shape, p);
+  const PoolGeom g = pool_geom(x_in.shape(), y_shape, p);
   const int64_t total = shape_numel(y_shape);
   std::optional<CudnnPool> c;
   Impl which = impl(Family::Pool);
@@ -287,7 +282,7 @@ bool bn_avg_pool2d_eval(const Tensor& x_in, const ops::BnEval& bn, const ops::Po
   const std::string op = "bn_avg_pool2d_eval";
   require_float32(op, x_in, "input");
   const Shape y_shape = ops::pool2d_output_shape(x_in.shape(), p);
-  const PoolGeom g = geom_of(x_in.shape(), y_shape, p);
+  const PoolGeom g = pool_geom(x_in.shape(), y_shape, p);
   OpRange range(op.c_str(), "native");
   const Tensor x = x_in.contiguous();
   // (C) vectors as plain arrays (contiguous copies where they are strided: a few floats)
@@ -312,7 +307,7 @@ Tensor avg_pool2d_backward(const Tensor& dy_in, const Shape& x_shape, const ops:
   const std::string op = "avg_pool2d_backward";
   require_float32(op, dy_in, "grad_output");
   const Shape y_shape = dy_in.shape();  // checked against pool2d_output_shape(x_shape, p) by the caller
-  const PoolGeom g = geom_of(x_shape, y_shape, p);
+  const PoolGeom g = pool_geom(x_shape, y_shape, p);
   const int64_t total = shape_numel(x_shape);
   std::optional<CudnnPool> c;
   Impl which = impl(Family::Pool);

@@ -26,6 +26,11 @@ class BatchNorm2d : public Module {
   /// `batch_stats`: x's statistics from ops::batch_norm_batch_stats, if the caller has them.
   ops::BatchNormForward forward_train(const Tensor& x, ops::BnAct act, const Tensor& batch_stats = Tensor());
 
+  /// Training: avg_pool2d(forward_relu(x), p) as one op (batch_norm_relu_avg_pool2d), with this layer's
+  /// bookkeeping; `batch_stats` as there. Needs training mode.
+  Variable forward_relu_avg_pool(const Variable& x, const ops::Pool2dParams& p,
+                                 const Tensor& batch_stats = Tensor());
+
   /// This layer in eval mode followed by `act`, for a fused op (ops::conv2d_bn_eval).
   ops::BnEval eval_params(ops::BnAct act);
 

@@ -98,7 +98,14 @@ DenseBlock::DenseBlock(int64_t num_layers, int64_t num_input_features, int64_t b
   }
 }
 
+Tensor DenseBlock::take_output_stats() {
+  Tensor s = std::move(output_stats_);
+  output_stats_ = Tensor();
+  return s;
+}
+
 Variable DenseBlock::forward(const Variable& x) {
+  output_stats_ = Tensor();
   if (!is_training() && !grad_enabled()) return forward_buffered(x);
   if (is_training() && grad_enabled() && dropout_free()) return forward_training(x);
   // Every layer reads all earlier maps: features grows by growth_rate channels per layer.
@@ -164,6 +171,8 @@ bool DenseBlock::dropout_free() const {
 // [mean, variance] rows (ops::batch_norm_batch_stats): the input's rows at the start, each layer's new
 // channels' rows right after its conv2 writes them. Each norm1 (and its recomputation when
 // memory-efficient) takes rows [0, c_l) of S and reads its input once, to normalise it, instead of twice.
+// All of S is the block output's statistics: the transition after the block takes them
+// (take_output_stats) for its BatchNorm.
 // Over DenseNet-169's 82 norm1s that is one pass over ~48 MB of prefixes per sample fewer per step (once
 // more when memory-efficient), for one more read of each layer's growth channels.
 Variable DenseBlock::forward_training(const Variable& x) {
@@ -172,8 +181,8 @@ Variable DenseBlock::forward_training(const Variable& x) {
   const int64_t c0 = in.size(1), g = growth_rate_, L = static_cast<int64_t>(layers_.size());
   Tensor block = Tensor::empty({in.size(0), c0 + L * g, in.size(2), in.size(3)}, in.dtype(), in.device());
   block.narrow(1, 0, c0).copy_(in);
-  // S: the batch statistics of every channel but the last layer's (no norm1 reads those).
-  const Tensor stats = Tensor::empty({c0 + std::max<int64_t>(L - 1, 0) * g, 2}, DType::Float64, in.device());
+  // S: the batch statistics of every channel (the last layer's for the transition's BatchNorm).
+  const Tensor stats = Tensor::empty({c0 + L * g, 2}, DType::Float64, in.device());
   ops::batch_norm_batch_stats_into(block.narrow(1, 0, c0), stats.narrow(0, 0, c0));
 
   struct Saved {
@@ -200,7 +209,7 @@ Variable DenseBlock::forward_training(const Variable& x) {
     ops::BatchNormForward n2 = layer.norm2().forward_train(b, ops::BnAct::Relu);
     ops::conv2d_bn_eval_into(n2.y, nullptr, layer.conv2().weight().tensor(), layer.conv2().params(), nullptr,
                              block.narrow(1, c, g));
-    if (l + 1 < L) ops::batch_norm_batch_stats_into(block.narrow(1, c, g), stats.narrow(0, c, g));
+    ops::batch_norm_batch_stats_into(block.narrow(1, c, g), stats.narrow(0, c, g));
     if (keep) (*saved)[l] = {std::move(n1), std::move(n2), std::move(b)};
     params.push_back({layer.norm1().weight().tensor(), layer.norm1().bias().tensor(),
                       layer.conv1().weight().tensor(), layer.norm2().weight().tensor(),
@@ -211,6 +220,7 @@ Variable DenseBlock::forward_training(const Variable& x) {
       inputs.push_back(*v);
   }
 
+  output_stats_ = stats;
   return Variable::from_op(
       block, std::move(inputs),
       [block, stats, saved, params, c0, g, L, keep](const Tensor& dblock, const std::vector<bool>& needs) {
@@ -278,6 +288,10 @@ Transition::Transition(int64_t num_input_features, int64_t num_output_features, 
 }
 
 Variable Transition::forward(const Variable& x) {
+  return forward(x, Tensor());
+}
+
+Variable Transition::forward(const Variable& x, const Tensor& batch_stats) {
   ops::Pool2dParams pool;  // 2x2, stride 2
   // torchvision's order is norm, relu, conv (1x1, no bias), pool. A 1x1 convolution without bias and a
   // 2x2 average pool are both linear maps, one across channels, one across pixels: they commute, exactly
@@ -286,9 +300,13 @@ Variable Transition::forward(const Variable& x) {
   // ~10% of its convolution work). Odd sizes too: both orders drop the same last row and column.
   // At inference (eval, no gradient) norm, relu and pool are one op: on the GPU one kernel that never
   // writes the normalised map (as large as the dense block's output), the same values.
+  // In training they are one op too (batch_norm_relu_avg_pool2d): the normalised map is not kept for the
+  // backward, and on the GPU never written; with the dense block's statistics the BatchNorm reads its
+  // input once.
   if (!is_training() && !grad_enabled())
     return (*conv_)(
         Variable(ops::bn_avg_pool2d_eval(x.tensor(), norm_->eval_params(ops::BnAct::Relu), pool)));
+  if (is_training()) return (*conv_)(norm_->forward_relu_avg_pool(x, pool, batch_stats));
   return (*conv_)(avg_pool2d(norm_->forward_relu(x), pool));
 }
 
@@ -376,6 +394,16 @@ Variable DenseNet::run_features(const Variable& x, bool final_relu) {
       const ops::BnEval n = conv_bn->eval_params(ops::BnAct::Relu);
       h = Variable(ops::conv2d_bn_eval(h.tensor(), nullptr, conv->weight().tensor(), conv->params(), &n));
       i += 2;
+      continue;
+    }
+    // Training: a dense block hands its output's batch statistics to the transition after it.
+    auto* block = dynamic_cast<DenseBlock*>(m.get());
+    auto* transition =
+        i + 1 < features_->size() ? dynamic_cast<Transition*>((*features_)[i + 1].get()) : nullptr;
+    if (block && transition && is_training()) {
+      h = block->forward(h);
+      h = transition->forward(h, block->take_output_stats());
+      ++i;
       continue;
     }
     auto* bn = dynamic_cast<BatchNorm2d*>(m.get());

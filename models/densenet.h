@@ -93,6 +93,11 @@ class DenseBlock : public Module {
              double drop_rate, Generator& gen);
   Variable forward(const Variable& x) override;
   void set_memory_efficient(bool on);
+  /// After a training forward that ran the block as one op: the batch statistics of every output
+  /// channel, (C_out, 2) float64 [mean, variance] rows (ops::batch_norm_batch_stats), for the BatchNorm
+  /// that reads the output next (a transition's); handed over once (undefined after, and after any
+  /// other forward).
+  Tensor take_output_stats();
 
  private:
   Variable forward_buffered(const Variable& x);
@@ -102,6 +107,7 @@ class DenseBlock : public Module {
   std::vector<std::shared_ptr<DenseLayer>> layers_;
   int64_t growth_rate_;
   bool memory_efficient_ = false;
+  Tensor output_stats_;  // see take_output_stats
 };
 
 /// norm - relu - conv (1x1, halves channels) - pool (2x2 average).
@@ -109,6 +115,8 @@ class Transition : public Module {
  public:
   Transition(int64_t num_input_features, int64_t num_output_features, Generator& gen);
   Variable forward(const Variable& x) override;
+  /// Training, with x's batch statistics already known (DenseBlock::take_output_stats; undefined: none).
+  Variable forward(const Variable& x, const Tensor& batch_stats);
 
  private:
   std::shared_ptr<BatchNorm2d> norm_;

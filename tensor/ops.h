@@ -231,6 +231,23 @@ void check_bn_eval(const std::string& op, const char* where, const BnEval& bn, i
 /// LADNN_POOL on cuDNN) runs the two ops; the GPU with both native runs one kernel with the same bits,
 /// which never writes the normalised map.
 Tensor bn_avg_pool2d_eval(const Tensor& x, const BnEval& bn, const Pool2dParams& p);
+/// Training: avg_pool2d_forward(batch_norm_forward_train(x, ..., act, stats).y, p), a DenseNet
+/// transition's norm-relu-pool, with the statistics, saved statistics and running-statistics update of
+/// batch_norm_forward_train; `y` is the pooled map. The normalised map (as large as the dense block's
+/// output) is neither kept for the backward nor, on the GPU with LADNN_POOL native, written at all: one
+/// kernel normalises each cell of a window as it sums it (the same bits as the two native ops).
+/// `batch_stats`: x's statistics from batch_norm_batch_stats (a dense block's table), or undefined to
+/// compute them here. The BatchNorm arithmetic is always the native one (LADNN_BN=cudnn included), so
+/// relu_from_x holds and the backward recomputes the ReLU's mask from x.
+BatchNormForward bn_avg_pool2d_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                     Tensor& running_mean, Tensor& running_var, double momentum, double eps,
+                                     BnAct act, const Pool2dParams& p, const Tensor& batch_stats = Tensor());
+/// Its backward from dy, the pooled map's gradient: batch_norm_backward_train(avg_pool2d_backward(dy,
+/// x's shape, p), x, ...) with the ReLU's mask recomputed from x and beta (BnReluFromX). The same bits
+/// as the two backward ops with the mask read from the forward's normalised map.
+BatchNormGrads bn_avg_pool2d_backward_train(const Tensor& dy, const Tensor& x, const Tensor& gamma,
+                                            const Tensor& beta, const Tensor& save_mean,
+                                            const Tensor& save_invstd, BnAct act, const Pool2dParams& p);
 Tensor avg_pool2d_backward(const Tensor& dy, const Shape& x_shape, const Pool2dParams& p);
 /// torch's adaptive average pool: output cell (i, j) averages rows floor(i*H/oh)..ceil((i+1)*H/oh).
 Tensor adaptive_avg_pool2d_forward(const Tensor& x, int64_t out_h, int64_t out_w);

@@ -289,6 +289,70 @@ TEST_P(CudaOpTest, BatchNormReluAvgPoolEvalEqualsTheTwoOps) {
   }
 }
 
+// The training BatchNorm-ReLU-average pool (ops::bn_avg_pool2d_train, a transition's): with LADNN_POOL
+// native, one kernel with the same bits as the native BatchNorm given the same statistics followed by the
+// native pool (pooled map, saved and running statistics); with cuDNN's pool, the two ops. Either way
+// against the CPU in float64, forward and backward, on a channel prefix read in place (batch > 1), with
+// the statistics given or computed, 2x2/2 on odd sizes and an overlapping padded window.
+TEST_P(CudaOpTest, BatchNormReluAvgPoolTrainEqualsTheTwoOps) {
+  Generator gen(112);
+  struct Case {
+    Shape full;
+    int64_t C, k, s, pad;
+    bool include_pad, relu, given;
+  };
+  const Case cases[] = {{{2, 9, 8, 8}, 6, 2, 2, 0, true, true, true},
+                        {{3, 5, 7, 9}, 5, 2, 2, 0, true, false, false},
+                        {{2, 7, 9, 8}, 4, 3, 2, 1, false, true, false},
+                        {{1, 6, 6, 6}, 6, 2, 2, 0, true, true, true}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(shape_str(c.full) + " channels " + std::to_string(c.C) + " window " + std::to_string(c.k));
+    ops::Pool2dParams p;
+    p.kernel_h = p.kernel_w = c.k;
+    p.stride_h = p.stride_w = c.s;
+    p.pad_h = p.pad_w = c.pad;
+    p.count_include_pad = c.include_pad;
+    const ops::BnAct act = c.relu ? ops::BnAct::Relu : ops::BnAct::None;
+    const Tensor host = Tensor::normal(c.full, 0.5, 2.0, gen);
+    const Tensor x = gpu(host).narrow(1, 0, c.C), x64 = f64(host).narrow(1, 0, c.C).contiguous();
+    const Tensor g = Tensor::uniform({c.C}, 0.5, 1.5, gen), b = Tensor::uniform({c.C}, -0.5, 0.5, gen);
+    const Tensor rm0 = Tensor::normal({c.C}, 0, 1, gen), rv0 = Tensor::uniform({c.C}, 0.5, 2, gen);
+    Tensor rm = gpu(rm0), rv = gpu(rv0), rm2 = gpu(rm0), rv2 = gpu(rv0), rm64 = f64(rm0), rv64 = f64(rv0);
+    const Tensor stats = ops::batch_norm_batch_stats(x);
+    const ops::BatchNormForward f =
+        ops::bn_avg_pool2d_train(x, gpu(g), gpu(b), rm, rv, 0.1, 1e-5, act, p, c.given ? stats : Tensor());
+    ASSERT_EQ(f.relu_from_x, c.relu);
+    const ops::BatchNormForward n =
+        ops::batch_norm_forward_train(x, gpu(g), gpu(b), rm2, rv2, 0.1, 1e-5, act, stats);
+    const Tensor two = ops::avg_pool2d_forward(n.y, p);
+    ASSERT_EQ(f.y.shape(), two.shape());
+    const std::vector<std::tuple<const char*, Tensor, Tensor>> same{
+        {"y", f.y, two},
+        {"save_mean", f.save_mean, n.save_mean},
+        {"save_invstd", f.save_invstd, n.save_invstd},
+        {"running_mean", rm, rm2},
+        {"running_var", rv, rv2}};
+    if (GetParam().impl == Impl::Native)  // the pool's kernel is ours: the same bits
+      for (const auto& [what, a, bb] : same)
+        EXPECT_TRUE(gpu_equals(what, a, f64(bb.to(Device::cpu())))) << what;
+    const ops::BatchNormForward ref =
+        ops::bn_avg_pool2d_train(x64, f64(g), f64(b), rm64, rv64, 0.1, 1e-5, act, p);
+    EXPECT_TRUE(gpu_matches("y", f.y, ref.y, elem_tol(ref.y)));
+    EXPECT_TRUE(gpu_matches("save_invstd", f.save_invstd, ref.save_invstd, Tol{0, kSumTol}));
+    EXPECT_TRUE(gpu_matches("running_var (unbiased)", rv, rv64, Tol{0, kSumTol}));
+
+    const Tensor dy = Tensor::normal(f.y.shape(), 0, 1, gen);
+    const ops::BatchNormGrads got =
+        ops::bn_avg_pool2d_backward_train(gpu(dy), x, gpu(g), gpu(b), f.save_mean, f.save_invstd, act, p);
+    const ops::BatchNormGrads want = ops::bn_avg_pool2d_backward_train(
+        f64(dy), x64, f64(g), f64(b), ref.save_mean, ref.save_invstd, act, p);
+    EXPECT_TRUE(gpu_matches("dx", got.dx, want.dx, elem_tol(want.dx)));
+    // dbeta sums the pooled gradient spread over the windows: its error is relative to those terms' sum.
+    EXPECT_TRUE(gpu_matches("dbeta", got.dbeta, want.dbeta, Tol{0, kSumTol},
+                            channel_abs_sum(ops::avg_pool2d_backward(f64(dy), x64.shape(), p))));
+  }
+}
+
 TEST_P(CudaOpTest, BatchNormForwardEvalMatchesCpu) {
   Generator gen(102);
   for (const BnCase& c0 : kBnCases) {

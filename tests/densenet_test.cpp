@@ -323,11 +323,74 @@ TEST(DenseBlock, OneOpTrainingKeepsNoConcatenations) {
   RecordProperty("kept_layered_bytes", std::to_string(layered));
   // The concatenations are the inputs of layers 2..6: 96 + 128 + 160 + 192 + 224 = 800 channels of
   // 32x32x2 floats, 8 KiB each: 6,553,600 bytes. The one op keeps, instead, its table of batch statistics
-  // (the rows of the 64 + 5 * 32 channels a norm1 reads, [mean, variance] in float64): 3,584 bytes.
-  // Measured: exactly the difference (21.8 vs 28.3 MB).
-  const std::size_t stats_table = std::size_t{64 + 5 * 32} * 2 * sizeof(double);
+  // (a row per channel of the 64 + 6 * 32, [mean, variance] in float64): 4,096 bytes. Measured: exactly
+  // the difference (21.8 vs 28.3 MB).
+  const std::size_t stats_table = std::size_t{64 + 6 * 32} * 2 * sizeof(double);
   EXPECT_GE(layered + stats_table, one_op + std::size_t{800} * 8192)
       << "one op keeps " << one_op << ", layered " << layered;
+}
+
+// A transition in training runs its norm, ReLU and pool as one op (batch_norm_relu_avg_pool2d). It must
+// equal torchvision's order of separate ops — norm-relu, pool, conv (the pool before the conv, as in
+// inference) — in values, every gradient and the running statistics, bit for bit on the CPU; and a
+// dense block's output statistics handed to it (what DenseNet does) change nothing.
+TEST(Transition, TrainingEqualsTheSeparateOps) {
+  for (DType dt : {DType::Float32, DType::Float64})
+    for (bool handed : {false, true}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + (handed ? ", the block's statistics handed over" : ""));
+      Generator g1(31), g2(31), gx(32);
+      Transition a(6, 3, g1), b(6, 3, g2);
+      for (Transition* t : {&a, &b}) {
+        t->to(dt);
+        t->train();
+      }
+      const Tensor x0 = Tensor::normal({2, 6, 6, 5}, 0.2, 1.1, gx, dt);
+      const Tensor r = Tensor::normal({2, 3, 3, 2}, 0, 1, gx, dt);
+      Variable xa(x0.clone(), true), xb(x0.clone(), true);
+      const Variable ya = handed ? a.forward(xa, ops::batch_norm_batch_stats(x0)) : a.forward(xa);
+      auto child = [&](const char* name) {
+        for (const auto& [n, m] : b.named_children())
+          if (n == name) return m;
+        return std::shared_ptr<Module>();
+      };
+      auto norm = std::dynamic_pointer_cast<BatchNorm2d>(child("norm"));
+      auto conv = std::dynamic_pointer_cast<Conv2d>(child("conv"));
+      ASSERT_TRUE(norm && conv);
+      ops::Pool2dParams pool;
+      const Variable yb = (*conv)(avg_pool2d(norm->forward_relu(xb), pool));
+      ASSERT_EQ(ya.shape(), yb.shape());
+      EXPECT_EQ(ops::max_abs_diff(ya.tensor(), yb.tensor()), 0.0);
+      sum(mul(ya, Variable(r))).backward();
+      sum(mul(yb, Variable(r))).backward();
+      EXPECT_EQ(ops::max_abs_diff(xa.grad(), xb.grad()), 0.0) << "input gradient";
+      const auto pa = a.named_parameters(), pb = b.named_parameters();
+      ASSERT_EQ(pa.size(), pb.size());
+      for (size_t i = 0; i < pa.size(); ++i)
+        EXPECT_EQ(ops::max_abs_diff(pa[i].second.grad(), pb[i].second.grad()), 0.0) << pa[i].first;
+      const auto ba = a.named_buffers(), bb = b.named_buffers();
+      for (size_t i = 0; i < ba.size(); ++i)
+        EXPECT_EQ(ops::max_abs_diff(ba[i].second.to(DType::Float64), bb[i].second.to(DType::Float64)), 0.0)
+            << ba[i].first;
+    }
+}
+
+// A dense block's training forward hands over its output's batch statistics once: the definition's, per
+// channel (those of the input channels too).
+TEST(DenseBlock, HandsItsOutputStatisticsOverOnce) {
+  Generator g(33), gx(34);
+  DenseBlock block(3, 8, 2, 4, 0.0, g);
+  block.to(DType::Float64);
+  block.train();
+  const Variable y =
+      block.forward(Variable(Tensor::normal({2, 8, 5, 5}, 0.4, 1.0, gx, DType::Float64), true));
+  const Tensor s = block.take_output_stats();
+  ASSERT_TRUE(s.defined());
+  EXPECT_LE(ops::max_abs_diff(s, ops::batch_norm_batch_stats(y.tensor())), 1e-14);
+  EXPECT_FALSE(block.take_output_stats().defined()) << "handed over once";
+  block.eval();
+  NoGradGuard no_grad;
+  block.forward(Variable(Tensor::normal({2, 8, 5, 5}, 0, 1, gx, DType::Float64)));
+  EXPECT_FALSE(block.take_output_stats().defined()) << "inference keeps none";
 }
 
 TEST(LesionAttentionLoss, MatchesTheFormulaByHand) {

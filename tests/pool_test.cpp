@@ -252,6 +252,84 @@ TEST(PoolTest, BatchNormReluAvgPoolEvalIsTheTwoOpsAndChecksItsInput) {
   EXPECT_THROW_WITH(ops::bn_avg_pool2d_eval(x, bn, make(7, 1, 0)), "bn_avg_pool2d_eval");
 }
 
+// The training BatchNorm-ReLU-average pool (a transition's, ops::bn_avg_pool2d_train) is the two ops in
+// sequence, bit for bit on the CPU: the pooled map, the saved and running statistics, with the batch
+// statistics given (a dense block's table) or not, with and without the ReLU, for 2x2/2 on odd sizes
+// (the last row and column dropped) and an overlapping padded 3x3/2 window, on a channel prefix read in
+// place, in both precisions. Its backward is avg_pool2d_backward then the BatchNorm backward with the
+// ReLU's mask read from the normalised map: the same bits with the mask recomputed from x.
+TEST(PoolTest, BatchNormReluAvgPoolTrainIsTheTwoOps) {
+  Generator gen(24);
+  for (DType dt : {DType::Float32, DType::Float64})
+    for (const ops::Pool2dParams& p : {make(2, 2, 0), make(3, 2, 1, false, false)})
+      for (ops::BnAct act : {ops::BnAct::Relu, ops::BnAct::None})
+        for (bool given : {false, true}) {
+          SCOPED_TRACE(std::string(dtype_name(dt)) + " kernel " + std::to_string(p.kernel_h) +
+                       (act == ops::BnAct::Relu ? " relu" : "") + (given ? " given statistics" : ""));
+          const Tensor wide = Tensor::normal({3, 6, 7, 5}, 0.3, 1.2, gen, dt);
+          const Tensor x = wide.narrow(1, 0, 4);
+          const Tensor gamma = Tensor::uniform({4}, 0.5, 1.5, gen, dt),
+                       beta = Tensor::uniform({4}, -0.5, 0.5, gen, dt);
+          const Tensor rm0 = Tensor::normal({4}, 0, 1, gen, dt), rv0 = Tensor::uniform({4}, 0.5, 2, gen, dt);
+          Tensor rm1 = rm0.clone(), rv1 = rv0.clone(), rm2 = rm0.clone(), rv2 = rv0.clone();
+          const Tensor stats = given ? ops::batch_norm_batch_stats(x) : Tensor();
+          const ops::BatchNormForward f =
+              ops::bn_avg_pool2d_train(x, gamma, beta, rm1, rv1, 0.1, 1e-5, act, p, stats);
+          const ops::BatchNormForward n =
+              ops::batch_norm_forward_train(x, gamma, beta, rm2, rv2, 0.1, 1e-5, act);
+          const Tensor pooled = ops::avg_pool2d_forward(n.y, p);
+          ASSERT_EQ(f.y.shape(), pooled.shape());
+          EXPECT_EQ(ops::max_abs_diff(f.y, pooled), 0.0);
+          EXPECT_EQ(ops::max_abs_diff(f.save_mean, n.save_mean), 0.0);
+          EXPECT_EQ(ops::max_abs_diff(f.save_invstd, n.save_invstd), 0.0);
+          EXPECT_EQ(ops::max_abs_diff(rm1, rm2), 0.0);
+          EXPECT_EQ(ops::max_abs_diff(rv1, rv2), 0.0);
+          EXPECT_EQ(f.relu_from_x, act == ops::BnAct::Relu);
+          const Tensor dy = Tensor::normal(f.y.shape(), 0, 1, gen, dt);
+          const ops::BatchNormGrads got =
+              ops::bn_avg_pool2d_backward_train(dy, x, gamma, beta, f.save_mean, f.save_invstd, act, p);
+          const ops::BatchNormGrads ref = ops::batch_norm_backward_train(
+              ops::avg_pool2d_backward(dy, x.shape(), p), x, gamma, n.save_mean, n.save_invstd,
+              act == ops::BnAct::Relu ? n.y : Tensor());
+          EXPECT_EQ(ops::max_abs_diff(got.dx, ref.dx), 0.0);
+          EXPECT_EQ(ops::max_abs_diff(got.dgamma, ref.dgamma), 0.0);
+          EXPECT_EQ(ops::max_abs_diff(got.dbeta, ref.dbeta), 0.0);
+        }
+}
+
+// The autograd op against central differences (float64), and its bad input named by the op.
+TEST(PoolTest, BatchNormReluAvgPoolTrainGradcheckAndErrors) {
+  Generator gen(25);
+  Variable x(Tensor::normal({2, 3, 5, 6}, 0.5, 1.5, gen, DType::Float64), true);
+  Variable gamma(Tensor::uniform({3}, 0.5, 1.5, gen, DType::Float64), true);
+  Variable beta(Tensor::uniform({3}, -1, 1, gen, DType::Float64), true);
+  Tensor rm = Tensor::zeros({3}, DType::Float64), rv = Tensor::ones({3}, DType::Float64);
+  const ops::Pool2dParams p = make(2, 2, 0);
+  GradcheckResult r = gradcheck(
+      [&](const std::vector<Variable>& v) {
+        return batch_norm_relu_avg_pool2d(v[0], v[1], v[2], rm, rv, 0.1, 1e-5, p);
+      },
+      {x, gamma, beta});
+  EXPECT_TRUE(r.ok) << r.message;
+
+  const Tensor xf = Tensor::normal({2, 3, 4, 4}, 0, 1, gen);
+  Tensor c3 = Tensor::ones({3}), rmf = Tensor::zeros({3}), rvf = Tensor::ones({3});
+  EXPECT_THROW_WITH(
+      ops::bn_avg_pool2d_train(xf, c3, c3, rmf, rvf, 0.1, 1e-5, ops::BnAct::Relu, make(7, 1, 0)),
+      "bn_avg_pool2d_train");
+  EXPECT_THROW_WITH(
+      ops::bn_avg_pool2d_train(xf, Tensor::ones({4}), c3, rmf, rvf, 0.1, 1e-5, ops::BnAct::Relu, p),
+      "bn_avg_pool2d_train", "gamma", "(4)");
+  EXPECT_THROW_WITH(ops::bn_avg_pool2d_train(xf, c3, c3, rmf, rvf, 0.1, 1e-5, ops::BnAct::Relu, p,
+                                             Tensor::zeros({2, 2}, DType::Float64)),
+                    "bn_avg_pool2d_train", "batch_stats", "(3, 2)");
+  const ops::BatchNormForward f =
+      ops::bn_avg_pool2d_train(xf, c3, c3, rmf, rvf, 0.1, 1e-5, ops::BnAct::Relu, p);
+  EXPECT_THROW_WITH(
+      ops::bn_avg_pool2d_backward_train(xf, xf, c3, c3, f.save_mean, f.save_invstd, ops::BnAct::Relu, p),
+      "avg_pool2d_backward", "(2, 3, 4, 4)");
+}
+
 // Autograd's max pool keeps the indices only where a backward may read them: without gradients (or for
 // an input that needs none) the op gives the same values and records no backward.
 TEST(PoolTest, MaxPoolWithoutGradientsGivesTheSameValues) {

@@ -27,6 +27,7 @@
 // Devices: the argument checks below are device-agnostic (plus "every operand on the input's device");
 // CUDA tensors then go to cuda/batchnorm.cu (cuDNN or native, cuda/context.h's LADNN_BN switch).
 #include <cmath>
+#include <stdexcept>
 #include <string>
 
 #include "cuda/ops.h"
@@ -79,6 +80,20 @@ void check_batch_stats(const std::string& op, const char* name, const Tensor& t,
   check(t.dtype() == DType::Float64, op + ": " + name + " must be float64, got " + dtype_name(t.dtype()));
   check(t.device() == x.device(),
         op + ": " + name + " is on " + t.device().str() + " but the input is on " + x.device().str());
+}
+
+// A training forward's arguments (batch_norm_forward_train, bn_avg_pool2d_train).
+BnDims check_train_forward(const std::string& op, const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                           const Tensor& running_mean, const Tensor& running_var, const Tensor& batch_stats) {
+  const BnDims d = check_bn_input(op, x);
+  if (batch_stats.defined()) check_batch_stats(op, "batch_stats", batch_stats, x);
+  check_channel_vector(op, "gamma", gamma, x, false);
+  check_channel_vector(op, "beta", beta, x, false);
+  check_channel_vector(op, "running_mean", running_mean, x, false);
+  check_channel_vector(op, "running_var", running_var, x, false);
+  check(d.N * d.HW > 1, op + ": expected more than 1 value per channel when training, got input of shape " +
+                            shape_str(x.shape()));
+  return d;
 }
 
 // Strided read/write access to a (C) vector, or a constant when it is undefined.
@@ -326,14 +341,7 @@ BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, 
                                           Tensor& running_mean, Tensor& running_var, double momentum,
                                           double eps, BnAct act, const Tensor& batch_stats) {
   const std::string op = "batch_norm_forward_train";
-  const BnDims d = check_bn_input(op, x);
-  if (batch_stats.defined()) check_batch_stats(op, "batch_stats", batch_stats, x);
-  check_channel_vector(op, "gamma", gamma, x, false);
-  check_channel_vector(op, "beta", beta, x, false);
-  check_channel_vector(op, "running_mean", running_mean, x, false);
-  check_channel_vector(op, "running_var", running_var, x, false);
-  check(d.N * d.HW > 1, op + ": expected more than 1 value per channel when training, got input of shape " +
-                            shape_str(x.shape()));
+  const BnDims d = check_train_forward(op, x, gamma, beta, running_mean, running_var, batch_stats);
   if (x.device().is_cuda())
     return cuda::batch_norm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps, act,
                                           batch_stats);
@@ -373,6 +381,42 @@ void batch_norm_batch_stats_into(const Tensor& x, const Tensor& out) {
     run(xc.data<float>());
   else
     run(xc.data<double>());
+}
+
+BatchNormForward bn_avg_pool2d_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                     Tensor& running_mean, Tensor& running_var, double momentum, double eps,
+                                     BnAct act, const Pool2dParams& p, const Tensor& batch_stats) {
+  const std::string op = "bn_avg_pool2d_train";
+  check_train_forward(op, x, gamma, beta, running_mean, running_var, batch_stats);
+  try {
+    pool2d_output_shape(x.shape(), p);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(op + ": " + e.what());
+  }
+  // The native arithmetic always (relu_from_x): statistics given, or computed here once.
+  const Tensor stats = batch_stats.defined() ? batch_stats : batch_norm_batch_stats(x);
+  if (x.device().is_cuda()) {
+    BatchNormForward out;
+    if (cuda::bn_avg_pool2d_train(x, gamma, beta, running_mean, running_var, momentum, eps, act, stats, p,
+                                  out))
+      return out;
+  }
+  BatchNormForward f =
+      batch_norm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps, act, stats);
+  f.y = avg_pool2d_forward(f.y, p);
+  return f;
+}
+
+BatchNormGrads bn_avg_pool2d_backward_train(const Tensor& dy, const Tensor& x, const Tensor& gamma,
+                                            const Tensor& beta, const Tensor& save_mean,
+                                            const Tensor& save_invstd, BnAct act, const Pool2dParams& p) {
+  const std::string op = "bn_avg_pool2d_backward_train";
+  check_bn_input(op, x);
+  check(dy.defined(), op + ": grad_output is undefined");
+  // (avg_pool2d_backward checks dy against the window's output shape on x; the BatchNorm backward the rest)
+  const Tensor dfull = avg_pool2d_backward(dy, x.shape(), p);
+  return batch_norm_backward_train(dfull, x, gamma, save_mean, save_invstd, Tensor(), Tensor(),
+                                   act == BnAct::Relu ? BnReluFromX{true, beta} : BnReluFromX{});
 }
 
 Tensor batch_norm_batch_stats(const Tensor& x) {
