@@ -69,6 +69,10 @@ Variable batch_norm_relu2d(const Variable& x, const Variable& gamma, const Varia
 Variable batch_norm_relu_avg_pool2d(const Variable& x, const Variable& gamma, const Variable& beta,
                                     Tensor& running_mean, Tensor& running_var, double momentum, double eps,
                                     const ops::Pool2dParams& p, const Tensor& batch_stats = Tensor());
+/// The same with a max pool (ops::bn_max_pool2d_train): DenseNet's stem norm0-relu0-pool0 in training.
+Variable batch_norm_relu_max_pool2d(const Variable& x, const Variable& gamma, const Variable& beta,
+                                    Tensor& running_mean, Tensor& running_var, double momentum, double eps,
+                                    const ops::Pool2dParams& p, const Tensor& batch_stats = Tensor());
 Variable max_pool2d(const Variable& x, const ops::Pool2dParams& p);
 Variable avg_pool2d(const Variable& x, const ops::Pool2dParams& p);
 Variable adaptive_avg_pool2d(const Variable& x, int64_t out_h, int64_t out_w);

@@ -76,33 +76,71 @@ Variable batch_norm_relu2d(const Variable& x, const Variable& gamma, const Varia
   return batch_norm_act(x, gamma, beta, running_mean, running_var, training, momentum, eps, ops::BnAct::Relu);
 }
 
+namespace {
+// batch_norm_relu_avg_pool2d and batch_norm_relu_max_pool2d: the inputs recorded (x, then gamma and beta
+// where defined) and the op's three gradients mapped onto them.
+struct BnInputs {
+  std::vector<Variable> inputs;
+  bool has_gamma, has_beta;
+  BnInputs(const Variable& x, const Variable& gamma, const Variable& beta)
+      : inputs{x}, has_gamma(gamma.defined()), has_beta(beta.defined()) {
+    if (has_gamma) inputs.push_back(gamma);
+    if (has_beta) inputs.push_back(beta);
+  }
+};
+std::vector<Tensor> bn_grads_for(ops::BatchNormGrads grads, bool has_gamma, bool has_beta,
+                                 const std::vector<bool>& needs) {
+  std::vector<Tensor> out{std::move(grads.dx)};
+  if (has_gamma) out.push_back(std::move(grads.dgamma));
+  if (has_beta) out.push_back(std::move(grads.dbeta));
+  for (std::size_t i = 0; i < out.size(); ++i)
+    if (!needs[i]) out[i] = Tensor();
+  return out;
+}
+}  // namespace
+
 Variable batch_norm_relu_avg_pool2d(const Variable& x, const Variable& gamma, const Variable& beta,
                                     Tensor& running_mean, Tensor& running_var, double momentum, double eps,
                                     const ops::Pool2dParams& p, const Tensor& batch_stats) {
   check(x.defined(), "batch_norm_relu_avg_pool2d: input is undefined");
   const Tensor xt = x.tensor();
   const Tensor g = gamma.defined() ? gamma.tensor() : Tensor(), b = beta.defined() ? beta.tensor() : Tensor();
-  std::vector<Variable> inputs{x};
-  if (gamma.defined()) inputs.push_back(gamma);
-  if (beta.defined()) inputs.push_back(beta);
-  const bool has_gamma = gamma.defined(), has_beta = beta.defined();
+  BnInputs in(x, gamma, beta);
   ops::BatchNormForward fwd = ops::bn_avg_pool2d_train(xt, g, b, running_mean, running_var, momentum, eps,
                                                        ops::BnAct::Relu, p, batch_stats);
   const Tensor save_mean = fwd.save_mean, save_invstd = fwd.save_invstd;
+  const bool has_gamma = in.has_gamma, has_beta = in.has_beta;
   return Variable::from_op(
-      std::move(fwd.y), std::move(inputs),
+      std::move(fwd.y), std::move(in.inputs),
       [xt, g, b, save_mean, save_invstd, p, has_gamma, has_beta](const Tensor& dy,
                                                                  const std::vector<bool>& needs) {
-        ops::BatchNormGrads grads =
-            ops::bn_avg_pool2d_backward_train(dy, xt, g, b, save_mean, save_invstd, ops::BnAct::Relu, p);
-        std::vector<Tensor> out{std::move(grads.dx)};
-        if (has_gamma) out.push_back(std::move(grads.dgamma));
-        if (has_beta) out.push_back(std::move(grads.dbeta));
-        for (std::size_t i = 0; i < out.size(); ++i)
-          if (!needs[i]) out[i] = Tensor();
-        return out;
+        return bn_grads_for(
+            ops::bn_avg_pool2d_backward_train(dy, xt, g, b, save_mean, save_invstd, ops::BnAct::Relu, p),
+            has_gamma, has_beta, needs);
       },
       "batch_norm_relu_avg_pool2d");
+}
+
+Variable batch_norm_relu_max_pool2d(const Variable& x, const Variable& gamma, const Variable& beta,
+                                    Tensor& running_mean, Tensor& running_var, double momentum, double eps,
+                                    const ops::Pool2dParams& p, const Tensor& batch_stats) {
+  check(x.defined(), "batch_norm_relu_max_pool2d: input is undefined");
+  const Tensor xt = x.tensor();
+  const Tensor g = gamma.defined() ? gamma.tensor() : Tensor(), b = beta.defined() ? beta.tensor() : Tensor();
+  BnInputs in(x, gamma, beta);
+  ops::BnMaxPoolForward fwd = ops::bn_max_pool2d_train(xt, g, b, running_mean, running_var, momentum, eps,
+                                                       ops::BnAct::Relu, p, batch_stats);
+  const Tensor save_mean = fwd.bn.save_mean, save_invstd = fwd.bn.save_invstd, indices = fwd.indices;
+  const bool has_gamma = in.has_gamma, has_beta = in.has_beta;
+  return Variable::from_op(
+      std::move(fwd.bn.y), std::move(in.inputs),
+      [xt, g, b, save_mean, save_invstd, indices, p, has_gamma, has_beta](const Tensor& dy,
+                                                                          const std::vector<bool>& needs) {
+        return bn_grads_for(ops::bn_max_pool2d_backward_train(dy, indices, xt, g, b, save_mean, save_invstd,
+                                                              ops::BnAct::Relu, p),
+                            has_gamma, has_beta, needs);
+      },
+      "batch_norm_relu_max_pool2d");
 }
 
 Variable max_pool2d(const Variable& x, const ops::Pool2dParams& p) {

@@ -223,6 +223,25 @@ __device__ NormCoefs finish_channel_stats(int64_t c, const float* partial, int s
   return channel_coefs(c, st, gamma, beta);
 }
 
+// What a kernel given the batch statistics reads per channel (bn_train_plane and the fused training pools):
+// the (C, 2) float64 [mean, var] rows of n values each, the BatchNorm's vectors, and where its bookkeeping
+// goes.
+struct GivenStats {
+  const double* stats;
+  double n, eps, momentum;
+  ChanPtr gamma, beta, running_mean, running_var;
+  float* save_mean;
+  float* save_invstd;
+};
+// Channel c's coefficients as finish_channel_stats would derive them from its given statistics; the
+// block of its first sample (s == 0), thread 0, records them (save_mean, save_invstd, running statistics).
+__device__ NormCoefs given_channel(const GivenStats& a, int64_t c, int64_t s) {
+  const math::BnChannelStats st = math::bn_channel_stats(a.n, a.stats[2 * c], a.stats[2 * c + 1], a.eps);
+  if (s == 0 && threadIdx.x == 0)
+    record_channel_stats(c, st, a.momentum, a.running_mean, a.running_var, a.save_mean, a.save_invstd);
+  return channel_coefs(c, st, a.gamma, a.beta);
+}
+
 // ---- batch statistics computed once and reused (ops::batch_norm_batch_stats) ----------------------------
 // out: (C, 2) float64, packed: channel c's mean at out[2c], its biased variance at out[2c + 1].
 
@@ -341,16 +360,10 @@ __global__ void bn_eval_plane_kernel(const float* __restrict__ x, int64_t sN, fl
 // save_invstd, running statistics) once.
 template <int VEC, bool RELU>
 __global__ void bn_train_plane_kernel(const float* __restrict__ x, int64_t sN, float* __restrict__ y,
-                                      int64_t planes, int64_t C, int64_t HW, const double* __restrict__ stats,
-                                      double n, double eps, double momentum, ChanPtr gamma, ChanPtr beta,
-                                      ChanPtr running_mean, ChanPtr running_var,
-                                      float* __restrict__ save_mean, float* __restrict__ save_invstd) {
+                                      int64_t planes, int64_t C, int64_t HW, GivenStats a) {
   for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
     const int64_t c = plane % C, s = plane / C;
-    const math::BnChannelStats st = math::bn_channel_stats(n, stats[2 * c], stats[2 * c + 1], eps);
-    if (s == 0 && threadIdx.x == 0)
-      record_channel_stats(c, st, momentum, running_mean, running_var, save_mean, save_invstd);
-    const NormCoefs k = channel_coefs(c, st, gamma, beta);
+    const NormCoefs k = given_channel(a, c, s);
     const float* xp = x + s * sN + c * HW;
     float* yp = y + plane * HW;
     for (int64_t i = threadIdx.x * int64_t(VEC); i < HW; i += int64_t(blockDim.x) * VEC)
@@ -364,17 +377,11 @@ __global__ void bn_train_plane_kernel(const float* __restrict__ x, int64_t sN, f
 // bn_train_plane then the native average pool, without the normalised map ever written.
 __global__ void bn_train_avg_pool_kernel(const float* __restrict__ x, int64_t sN, float* __restrict__ y,
                                          int64_t planes, int64_t C, math::PoolGeom g, bool relu,
-                                         const double* __restrict__ stats, double n, double eps,
-                                         double momentum, ChanPtr gamma, ChanPtr beta, ChanPtr running_mean,
-                                         ChanPtr running_var, float* __restrict__ save_mean,
-                                         float* __restrict__ save_invstd) {
+                                         GivenStats a) {
   const int64_t out_plane = g.OH * g.OW;
   for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
     const int64_t c = plane % C, s = plane / C;
-    const math::BnChannelStats st = math::bn_channel_stats(n, stats[2 * c], stats[2 * c + 1], eps);
-    if (s == 0 && threadIdx.x == 0)
-      record_channel_stats(c, st, momentum, running_mean, running_var, save_mean, save_invstd);
-    const NormCoefs k = channel_coefs(c, st, gamma, beta);
+    const NormCoefs k = given_channel(a, c, s);
     const math::BnEvalMap map{k.mean, k.scale, k.shift, relu};
     const float* xp = x + s * sN + c * g.H * g.W;
     float* yp = y + plane * out_plane;
@@ -672,6 +679,28 @@ void native_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& be
   launch_normalize(x, out.y, g, out.save_mean.data<float>(), scale, shift, relu);
 }
 
+// And with a max pool after it (ops::bn_max_pool2d_train, DenseNet's stem norm0-relu0-pool0): each output
+// is the maximum of its window of the normalised input, with its argmax index (math::max_pool_at over the
+// channel's map: the same bits as bn_train_plane then the native max pool).
+__global__ void bn_train_max_pool_kernel(const float* __restrict__ x, int64_t sN, float* __restrict__ y,
+                                         int64_t* __restrict__ ind, int64_t planes, int64_t C,
+                                         math::PoolGeom g, bool relu, GivenStats a) {
+  const int64_t out_plane = g.OH * g.OW;
+  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
+    const int64_t c = plane % C, s = plane / C;
+    const NormCoefs k = given_channel(a, c, s);
+    const math::BnEvalMap map{k.mean, k.scale, k.shift, relu};
+    const float* xp = x + s * sN + c * g.H * g.W;
+    for (int64_t o = threadIdx.x; o < out_plane; o += blockDim.x) {
+      float v;
+      int64_t i;
+      math::max_pool_at(xp, o, g, v, i, map);
+      y[plane * out_plane + o] = v;
+      ind[plane * out_plane + o] = i;
+    }
+  }
+}
+
 /// The launch of a kernel with a block per (n, c) plane (bn_eval_plane, bn_train_plane): enough warps to
 /// cover a plane of VEC-value groups in one sweep, at most kThreads (a 7x7 plane gets 64).
 struct PlaneLaunch {
@@ -703,6 +732,23 @@ void launch_eval_planes(const Tensor& x, const Tensor& y, const BnGeom& g, doubl
   CUDA_CHECK_LAUNCH();
 }
 
+/// The kernel arguments of a forward given `stats` ((C, 2) float64, packed) of x's geometry g, writing
+/// its bookkeeping into out's save_mean and save_invstd.
+GivenStats given_stats(const Tensor& stats, const BnGeom& g, double eps, double momentum, const Tensor& gamma,
+                       const Tensor& beta, const Tensor& running_mean, const Tensor& running_var,
+                       const ops::BatchNormForward& out) {
+  return {stats.data<double>(),
+          static_cast<double>(g.M()),
+          eps,
+          momentum,
+          chan(gamma),
+          chan(beta),
+          chan(running_mean),
+          chan(running_var),
+          out.save_mean.data<float>(),
+          out.save_invstd.data<float>()};
+}
+
 /// The training forward given the batch statistics ((C, 2) float64, packed): one bn_train_plane launch.
 void native_forward_train_given(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                 const Tensor& running_mean, const Tensor& running_var, double momentum,
@@ -713,9 +759,8 @@ void native_forward_train_given(const Tensor& x, const Tensor& gamma, const Tens
   with_vec_flag(planes_vec(x, out.y, g), relu, [&](auto v, auto r) {
     const PlaneLaunch l = plane_launch<decltype(v)::value>(g);
     bn_train_plane_kernel<decltype(v)::value, decltype(r)::value><<<l.blocks, l.threads, 0, cur_stream()>>>(
-        x.data<float>(), sample_stride(x, g), out.y.data<float>(), l.planes, g.C, g.HW, stats.data<double>(),
-        static_cast<double>(g.M()), eps, momentum, chan(gamma), chan(beta), chan(running_mean),
-        chan(running_var), out.save_mean.data<float>(), out.save_invstd.data<float>());
+        x.data<float>(), sample_stride(x, g), out.y.data<float>(), l.planes, g.C, g.HW,
+        given_stats(stats, g, eps, momentum, gamma, beta, running_mean, running_var, out));
     CUDA_CHECK_LAUNCH();
   });
 }
@@ -986,38 +1031,79 @@ ops::BatchNormForward batch_norm_forward_train(const Tensor& x_in, const Tensor&
   return out;
 }
 
-bool bn_avg_pool2d_train(const Tensor& x_in, const Tensor& gamma, const Tensor& beta, Tensor& running_mean,
-                         Tensor& running_var, double momentum, double eps, ops::BnAct act,
-                         const Tensor& stats_in, const ops::Pool2dParams& p, ops::BatchNormForward& out) {
-  if (impl(Family::Pool) != Impl::Native) return false;
-  // (ops::bn_avg_pool2d_train has checked x, the window, the vectors and the statistics' shape and device)
-  const std::string op = "bn_avg_pool2d_train";
+namespace {
+/// What the fused training pools (bn_avg_pool2d_train, bn_max_pool2d_train) share: the checks, x read in
+/// place (a channel prefix) or packed, the statistics packed, the BatchNorm's outputs allocated (y the
+/// pooled map), and the launch: a block per output plane, enough warps to cover it in one sweep.
+struct TrainPool {
+  Tensor x, stats;
+  Shape y_shape;
+  BnGeom g{};
+  math::PoolGeom geom{};
+  int64_t planes = 0;
+  unsigned blocks = 1;
+  int threads = 32;
+};
+TrainPool train_pool_setup(const std::string& op, const Tensor& x_in, const Tensor& gamma, const Tensor& beta,
+                           const Tensor& running_mean, const Tensor& running_var, const Tensor& stats,
+                           const ops::Pool2dParams& p, bool relu, ops::BatchNormForward& bn) {
   require_float32_all(op, {{&x_in, "input"},
                            {&gamma, "gamma"},
                            {&beta, "beta"},
                            {&running_mean, "running_mean"},
                            {&running_var, "running_var"}});
-  OpRange range(act == ops::BnAct::Relu ? "batch_norm_relu_avg_pool_train" : "batch_norm_avg_pool_train",
-                "native");
+  TrainPool t;
   const bool spaced = !x_in.is_contiguous() && ops::sample_contiguous(x_in);  // read in place
-  const Tensor x = spaced ? x_in : x_in.contiguous(), stats = stats_in.contiguous();
-  const Shape y_shape = ops::pool2d_output_shape(x.shape(), p);
-  const Shape c_shape{x.size(1)};
-  out = ops::BatchNormForward{new_output(y_shape, DType::Float32, x.device()),
-                              new_output(c_shape, DType::Float32, x.device()),
-                              new_output(c_shape, DType::Float32, x.device()), act == ops::BnAct::Relu};
-  const BnGeom g = geom_of(x);
-  if (g.C == 0) return true;
-  const int64_t planes = y_shape[0] * y_shape[1], out_plane = y_shape[2] * y_shape[3];
-  const int threads =
+  t.x = spaced ? x_in : x_in.contiguous();
+  t.stats = stats.contiguous();
+  t.y_shape = ops::pool2d_output_shape(t.x.shape(), p);
+  const Shape c_shape{t.x.size(1)};
+  bn = ops::BatchNormForward{new_output(t.y_shape, DType::Float32, t.x.device()),
+                             new_output(c_shape, DType::Float32, t.x.device()),
+                             new_output(c_shape, DType::Float32, t.x.device()), relu};
+  t.g = geom_of(t.x);
+  t.geom = pool_geom(t.x.shape(), t.y_shape, p);
+  t.planes = t.y_shape[0] * t.y_shape[1];
+  const int64_t out_plane = t.y_shape[2] * t.y_shape[3];
+  t.threads =
       static_cast<int>(std::min<int64_t>(kThreads, std::max<int64_t>(32, (out_plane + 31) / 32 * 32)));
-  const unsigned blocks =
-      static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(planes, int64_t(1) << 30)));
-  bn_train_avg_pool_kernel<<<blocks, threads, 0, cur_stream()>>>(
-      x.data<float>(), sample_stride(x, g), out.y.data<float>(), planes, g.C,
-      pool_geom(x.shape(), y_shape, p), act == ops::BnAct::Relu, stats.data<double>(),
-      static_cast<double>(g.M()), eps, momentum, chan(gamma), chan(beta), chan(running_mean),
-      chan(running_var), out.save_mean.data<float>(), out.save_invstd.data<float>());
+  t.blocks = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(t.planes, int64_t(1) << 30)));
+  return t;
+}
+}  // namespace
+
+bool bn_max_pool2d_train(const Tensor& x_in, const Tensor& gamma, const Tensor& beta, Tensor& running_mean,
+                         Tensor& running_var, double momentum, double eps, ops::BnAct act,
+                         const Tensor& stats, const ops::Pool2dParams& p, ops::BnMaxPoolForward& out) {
+  if (impl(Family::Pool) != Impl::Native) return false;
+  // (ops::bn_max_pool2d_train has checked x, the window, the vectors and the statistics' shape and device)
+  const bool relu = act == ops::BnAct::Relu;
+  OpRange range(relu ? "batch_norm_relu_max_pool_train" : "batch_norm_max_pool_train", "native");
+  const TrainPool t = train_pool_setup("bn_max_pool2d_train", x_in, gamma, beta, running_mean, running_var,
+                                       stats, p, relu, out.bn);
+  out.indices = new_output(t.y_shape, DType::Int64, t.x.device());
+  if (t.g.C == 0) return true;
+  bn_train_max_pool_kernel<<<t.blocks, t.threads, 0, cur_stream()>>>(
+      t.x.data<float>(), sample_stride(t.x, t.g), out.bn.y.data<float>(), out.indices.data<int64_t>(),
+      t.planes, t.g.C, t.geom, relu,
+      given_stats(t.stats, t.g, eps, momentum, gamma, beta, running_mean, running_var, out.bn));
+  CUDA_CHECK_LAUNCH();
+  return true;
+}
+
+bool bn_avg_pool2d_train(const Tensor& x_in, const Tensor& gamma, const Tensor& beta, Tensor& running_mean,
+                         Tensor& running_var, double momentum, double eps, ops::BnAct act,
+                         const Tensor& stats, const ops::Pool2dParams& p, ops::BatchNormForward& out) {
+  if (impl(Family::Pool) != Impl::Native) return false;
+  // (ops::bn_avg_pool2d_train has checked x, the window, the vectors and the statistics' shape and device)
+  const bool relu = act == ops::BnAct::Relu;
+  OpRange range(relu ? "batch_norm_relu_avg_pool_train" : "batch_norm_avg_pool_train", "native");
+  const TrainPool t = train_pool_setup("bn_avg_pool2d_train", x_in, gamma, beta, running_mean, running_var,
+                                       stats, p, relu, out);
+  if (t.g.C == 0) return true;
+  bn_train_avg_pool_kernel<<<t.blocks, t.threads, 0, cur_stream()>>>(
+      t.x.data<float>(), sample_stride(t.x, t.g), out.y.data<float>(), t.planes, t.g.C, t.geom, relu,
+      given_stats(t.stats, t.g, eps, momentum, gamma, beta, running_mean, running_var, out));
   CUDA_CHECK_LAUNCH();
   return true;
 }

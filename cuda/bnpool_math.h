@@ -340,10 +340,29 @@ LADNN_HD OutPos out_pos(int64_t o, int64_t OH, int64_t OW) {
   return {t / OH, t % OH, ow};
 }
 
-/// Max over the window of output o, clipped to the input (padding never selected), scanning rows then
-/// columns; a strictly larger value or a NaN takes over: ties keep the first maximum, a NaN wins.
+/// The identity, the pools' default map.
+struct NoMap {
+  LADNN_HD float operator()(float v) const { return v; }
+};
+/// A BatchNorm (then ReLU when relu) as its kernels map each value, (x - mean) * scale + shift: with an eval
+/// BatchNorm's coefficients (bn_eval_plane_kernel's), the map of the fused inference BatchNorm-ReLU-average
+/// pool (a DenseNet transition's); with a training BatchNorm's (its batch statistics), the training ones
+/// (a transition's average pool, the stem's max pool).
+struct BnEvalMap {
+  float mean, scale, shift;
+  bool relu;
+  LADNN_HD float operator()(float v) const {
+    const float y = bn_normalize(v, mean, scale, shift);
+    return relu ? bn_relu(y) : y;
+  }
+};
+
+/// Max over the window of output o of map(x), clipped to the input (padding never selected), scanning rows
+/// then columns; a strictly larger value or a NaN takes over: ties keep the first maximum, a NaN wins.
 /// `index` is h * W + w within the plane.
-LADNN_HD void max_pool_at(const float* x, int64_t o, const PoolGeom& g, float& value, int64_t& index) {
+template <class Map = NoMap>
+LADNN_HD void max_pool_at(const float* x, int64_t o, const PoolGeom& g, float& value, int64_t& index,
+                          const Map& map = Map()) {
   const OutPos q = out_pos(o, g.OH, g.OW);
   int64_t h0 = q.oh * g.sh - g.ph, w0 = q.ow * g.sw - g.pw;
   const int64_t h1 = imin(h0 + g.kh, g.H), w1 = imin(w0 + g.kw, g.W);
@@ -354,7 +373,7 @@ LADNN_HD void max_pool_at(const float* x, int64_t o, const PoolGeom& g, float& v
   float best_v = -INFINITY;
   for (int64_t h = h0; h < h1; ++h)
     for (int64_t w = w0; w < w1; ++w) {
-      const float v = xp[h * g.W + w];
+      const float v = map(xp[h * g.W + w]);
       if (v > best_v || v != v) {
         best_v = v;
         best = h * g.W + w;
@@ -379,21 +398,6 @@ LADNN_HD AvgWindow avg_window(int64_t oh, int64_t ow, const PoolGeom& g) {
   w1 = imin(w1, g.W);
   return {h0, h1, w0, w1, g.include_pad ? padded_size : (h1 - h0) * (w1 - w0)};
 }
-
-/// The identity, avg_pool_at's default map.
-struct NoMap {
-  LADNN_HD float operator()(float v) const { return v; }
-};
-/// An eval BatchNorm (then ReLU when relu), bn_eval_plane_kernel's arithmetic: the map of the fused
-/// inference BatchNorm-ReLU-average pool (a DenseNet transition's norm, relu and pool).
-struct BnEvalMap {
-  float mean, scale, shift;
-  bool relu;
-  LADNN_HD float operator()(float v) const {
-    const float y = bn_normalize(v, mean, scale, shift);
-    return relu ? bn_relu(y) : y;
-  }
-};
 
 /// Average over the window of output o of map(x) (map applied to each input cell: a padding cell counts
 /// as 0 in the sum, as when the mapped input is pooled), summed rows then columns, divided by the

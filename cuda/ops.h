@@ -162,6 +162,10 @@ void batch_norm_batch_stats_into(const Tensor& x, const Tensor& out);
 bool bn_avg_pool2d_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& running_mean,
                          Tensor& running_var, double momentum, double eps, ops::BnAct act,
                          const Tensor& stats, const ops::Pool2dParams& p, ops::BatchNormForward& out);
+/// ops::bn_max_pool2d_train in one kernel, likewise (the argmax indices as the max pool's).
+bool bn_max_pool2d_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& running_mean,
+                         Tensor& running_var, double momentum, double eps, ops::BnAct act,
+                         const Tensor& stats, const ops::Pool2dParams& p, ops::BnMaxPoolForward& out);
 Tensor batch_norm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                const Tensor& running_mean, const Tensor& running_var, double eps, ops::BnAct act);
 ops::BatchNormGrads batch_norm_backward_train(const Tensor& dy, const Tensor& x, const Tensor& gamma,

@@ -48,17 +48,30 @@ ops::BatchNormForward BatchNorm2d::forward_train(const Tensor& x, ops::BnAct act
 
 Variable BatchNorm2d::forward_relu_avg_pool(const Variable& x, const ops::Pool2dParams& p,
                                             const Tensor& batch_stats) {
-  check(is_training(), "BatchNorm2d::forward_relu_avg_pool: the layer is in eval mode");
+  return run_pool(x, [&](Tensor& running_mean, Tensor& running_var) {
+    return batch_norm_relu_avg_pool2d(x, weight_, bias_, running_mean, running_var, momentum_, eps_, p,
+                                      batch_stats);
+  });
+}
+
+Variable BatchNorm2d::forward_relu_max_pool(const Variable& x, const ops::Pool2dParams& p) {
+  return run_pool(x, [&](Tensor& running_mean, Tensor& running_var) {
+    return batch_norm_relu_max_pool2d(x, weight_, bias_, running_mean, running_var, momentum_, eps_, p);
+  });
+}
+
+Variable BatchNorm2d::run_pool(const Variable& x,
+                               const std::function<Variable(Tensor& running_mean, Tensor& running_var)>& op) {
+  check(is_training(), "BatchNorm2d: a fused BatchNorm-ReLU-pool is for training; the layer is in eval mode");
   check(x.dim() == 4 && x.size(1) == num_features_, "BatchNorm2d: expected input (N, " +
                                                         std::to_string(num_features_) + ", H, W), got " +
                                                         shape_str(x.shape()));
   if (recomputing()) {  // as run(): the statistics were updated by the first run
     Tensor no_mean, no_var;
-    return batch_norm_relu_avg_pool2d(x, weight_, bias_, no_mean, no_var, momentum_, eps_, p, batch_stats);
+    return op(no_mean, no_var);
   }
   if (!counted_by_owner_) ops::increment_(buffer("num_batches_tracked"));
-  return batch_norm_relu_avg_pool2d(x, weight_, bias_, buffer("running_mean"), buffer("running_var"),
-                                    momentum_, eps_, p, batch_stats);
+  return op(buffer("running_mean"), buffer("running_var"));
 }
 
 Variable BatchNorm2d::run(const Variable& x, bool relu) {

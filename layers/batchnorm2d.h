@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "layers/module.h"
 #include "tensor/ops.h"
@@ -30,6 +31,8 @@ class BatchNorm2d : public Module {
   /// bookkeeping; `batch_stats` as there. Needs training mode.
   Variable forward_relu_avg_pool(const Variable& x, const ops::Pool2dParams& p,
                                  const Tensor& batch_stats = Tensor());
+  /// The same with a max pool (batch_norm_relu_max_pool2d: DenseNet's stem).
+  Variable forward_relu_max_pool(const Variable& x, const ops::Pool2dParams& p);
 
   /// This layer in eval mode followed by `act`, for a fused op (ops::conv2d_bn_eval).
   ops::BnEval eval_params(ops::BnAct act);
@@ -51,6 +54,9 @@ class BatchNorm2d : public Module {
 
  private:
   Variable run(const Variable& x, bool relu);
+  /// The fused BatchNorm-ReLU-pools' bookkeeping around `op` (given the running statistics to update).
+  Variable run_pool(const Variable& x,
+                    const std::function<Variable(Tensor& running_mean, Tensor& running_var)>& op);
 
   int64_t num_features_;
   double eps_, momentum_;

@@ -396,7 +396,15 @@ Variable DenseNet::run_features(const Variable& x, bool final_relu) {
       i += 2;
       continue;
     }
-    // Training: a dense block hands its output's batch statistics to the transition after it.
+    // Training: the stem's norm0, relu0 and pool0 as one op (the normalised map neither kept nor, on the
+    // GPU, written), and a dense block hands its output's batch statistics to the transition after it.
+    auto* pool = i + 2 < features_->size() ? dynamic_cast<MaxPool2d*>((*features_)[i + 2].get()) : nullptr;
+    if (is_training() && pool && dynamic_cast<BatchNorm2d*>(m.get()) &&
+        dynamic_cast<ReLU*>((*features_)[i + 1].get())) {
+      h = static_cast<BatchNorm2d*>(m.get())->forward_relu_max_pool(h, pool->params());
+      i += 2;
+      continue;
+    }
     auto* block = dynamic_cast<DenseBlock*>(m.get());
     auto* transition =
         i + 1 < features_->size() ? dynamic_cast<Transition*>((*features_)[i + 1].get()) : nullptr;

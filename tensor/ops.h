@@ -242,6 +242,21 @@ Tensor bn_avg_pool2d_eval(const Tensor& x, const BnEval& bn, const Pool2dParams&
 BatchNormForward bn_avg_pool2d_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                      Tensor& running_mean, Tensor& running_var, double momentum, double eps,
                                      BnAct act, const Pool2dParams& p, const Tensor& batch_stats = Tensor());
+/// The same with a max pool after the BatchNorm (DenseNet's stem: norm0, relu0, pool0): bn.y is the
+/// pooled map, `indices` its argmax indices as max_pool2d_forward's — the same bits as the two ops (the
+/// window's maximum of the normalised values, ties and NaN by max_pool2d's rules).
+struct BnMaxPoolForward {
+  BatchNormForward bn;
+  Tensor indices;
+};
+BnMaxPoolForward bn_max_pool2d_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                     Tensor& running_mean, Tensor& running_var, double momentum, double eps,
+                                     BnAct act, const Pool2dParams& p, const Tensor& batch_stats = Tensor());
+/// Its backward: batch_norm_backward_train(max_pool2d_backward(dy, indices, x's shape, p), x, ...) with
+/// the ReLU's mask recomputed from x.
+BatchNormGrads bn_max_pool2d_backward_train(const Tensor& dy, const Tensor& indices, const Tensor& x,
+                                            const Tensor& gamma, const Tensor& beta, const Tensor& save_mean,
+                                            const Tensor& save_invstd, BnAct act, const Pool2dParams& p);
 /// Its backward from dy, the pooled map's gradient: batch_norm_backward_train(avg_pool2d_backward(dy,
 /// x's shape, p), x, ...) with the ReLU's mask recomputed from x and beta (BnReluFromX). The same bits
 /// as the two backward ops with the mask read from the forward's normalised map.

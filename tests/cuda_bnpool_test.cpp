@@ -353,6 +353,49 @@ TEST_P(CudaOpTest, BatchNormReluAvgPoolTrainEqualsTheTwoOps) {
   }
 }
 
+// The stem's training BatchNorm-ReLU-max pool (ops::bn_max_pool2d_train): with LADNN_POOL native one
+// kernel, the same bits and indices as the native BatchNorm given the same statistics followed by the
+// native max pool; against the CPU in float64 (indices exactly), forward and backward.
+TEST_P(CudaOpTest, BatchNormReluMaxPoolTrainEqualsTheTwoOps) {
+  Generator gen(113);
+  for (const Shape& shape : {Shape{2, 5, 12, 11}, Shape{1, 4, 9, 9}}) {
+    SCOPED_TRACE(shape_str(shape));
+    ops::Pool2dParams p;
+    p.kernel_h = p.kernel_w = 3;
+    p.stride_h = p.stride_w = 2;
+    p.pad_h = p.pad_w = 1;
+    const int64_t C = shape[1];
+    const Tensor host = Tensor::normal(shape, 0.5, 2.0, gen);
+    const Tensor x = gpu(host), x64 = f64(host);
+    const Tensor g = Tensor::uniform({C}, 0.5, 1.5, gen), b = Tensor::uniform({C}, -0.5, 0.5, gen);
+    b.narrow(0, 0, 1).fill_(-2.5);  // channel 0 mostly rectified: whole windows of zeros (ties)
+    Tensor rm = gpu(Tensor::zeros({C})), rv = gpu(Tensor::ones({C})), rm2 = gpu(Tensor::zeros({C})),
+           rv2 = gpu(Tensor::ones({C})), rm64 = Tensor::zeros({C}, DType::Float64),
+           rv64 = Tensor::ones({C}, DType::Float64);
+    const Tensor stats = ops::batch_norm_batch_stats(x);
+    const ops::BnMaxPoolForward f =
+        ops::bn_max_pool2d_train(x, gpu(g), gpu(b), rm, rv, 0.1, 1e-5, ops::BnAct::Relu, p, stats);
+    const ops::BatchNormForward n =
+        ops::batch_norm_forward_train(x, gpu(g), gpu(b), rm2, rv2, 0.1, 1e-5, ops::BnAct::Relu, stats);
+    const ops::MaxPoolForward m = ops::max_pool2d_forward(n.y, p);
+    if (GetParam().impl == Impl::Native) {
+      EXPECT_TRUE(gpu_equals("y", f.bn.y, f64(m.y.to(Device::cpu()))));
+      EXPECT_EQ(f.indices.to_vector(), m.indices.to_vector());
+      EXPECT_TRUE(gpu_equals("running_var", rv, f64(rv2.to(Device::cpu()))));
+    }
+    const ops::BnMaxPoolForward ref =
+        ops::bn_max_pool2d_train(x64, f64(g), f64(b), rm64, rv64, 0.1, 1e-5, ops::BnAct::Relu, p);
+    EXPECT_TRUE(gpu_matches("y", f.bn.y, ref.bn.y, elem_tol(ref.bn.y)));
+    EXPECT_TRUE(gpu_matches("running_var (unbiased)", rv, rv64, Tol{0, kSumTol}));
+    const Tensor dy = Tensor::normal(f.bn.y.shape(), 0, 1, gen);
+    const ops::BatchNormGrads got = ops::bn_max_pool2d_backward_train(
+        gpu(dy), f.indices, x, gpu(g), gpu(b), f.bn.save_mean, f.bn.save_invstd, ops::BnAct::Relu, p);
+    const ops::BatchNormGrads want = ops::bn_max_pool2d_backward_train(
+        f64(dy), ref.indices, x64, f64(g), f64(b), ref.bn.save_mean, ref.bn.save_invstd, ops::BnAct::Relu, p);
+    EXPECT_TRUE(gpu_matches("dx", got.dx, want.dx, elem_tol(want.dx)));
+  }
+}
+
 TEST_P(CudaOpTest, BatchNormForwardEvalMatchesCpu) {
   Generator gen(102);
   for (const BnCase& c0 : kBnCases) {

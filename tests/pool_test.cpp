@@ -297,6 +297,62 @@ TEST(PoolTest, BatchNormReluAvgPoolTrainIsTheTwoOps) {
         }
 }
 
+// The same for the stem's BatchNorm-ReLU-max pool (ops::bn_max_pool2d_train): the pooled map and its
+// argmax indices are max_pool2d's of the normalised map (ties among rectified zeros included), the
+// statistics batch_norm_forward_train's, and the backward the two backward ops', bit for bit.
+TEST(PoolTest, BatchNormReluMaxPoolTrainIsTheTwoOps) {
+  Generator gen(26);
+  for (DType dt : {DType::Float32, DType::Float64})
+    for (ops::BnAct act : {ops::BnAct::Relu, ops::BnAct::None})
+      for (bool given : {false, true}) {
+        SCOPED_TRACE(std::string(dtype_name(dt)) + (act == ops::BnAct::Relu ? " relu" : "") +
+                     (given ? " given statistics" : ""));
+        const Tensor x = Tensor::normal({2, 3, 9, 8}, 0.3, 1.2, gen, dt);
+        const ops::Pool2dParams p = make(3, 2, 1);
+        const Tensor gamma = Tensor::uniform({3}, 0.5, 1.5, gen, dt),
+                     beta = Tensor::uniform({3}, -0.5, 0.5, gen, dt);
+        beta.narrow(0, 0, 1).fill_(-2.5);  // channel 0 mostly rectified: whole windows of zeros (ties)
+        Tensor rm1 = Tensor::zeros({3}, dt), rv1 = Tensor::ones({3}, dt), rm2 = rm1.clone(),
+               rv2 = rv1.clone();
+        const ops::BnMaxPoolForward f = ops::bn_max_pool2d_train(
+            x, gamma, beta, rm1, rv1, 0.1, 1e-5, act, p, given ? ops::batch_norm_batch_stats(x) : Tensor());
+        const ops::BatchNormForward n =
+            ops::batch_norm_forward_train(x, gamma, beta, rm2, rv2, 0.1, 1e-5, act);
+        const ops::MaxPoolForward m = ops::max_pool2d_forward(n.y, p);
+        if (act == ops::BnAct::Relu) {
+          const std::vector<double> yv = m.y.to_vector();
+          ASSERT_GT(std::count(yv.begin(), yv.end(), 0.0), 0) << "some windows are all rectified: ties at 0";
+        }
+        EXPECT_EQ(ops::max_abs_diff(f.bn.y, m.y), 0.0);
+        EXPECT_EQ(f.indices.to_vector(), m.indices.to_vector());
+        EXPECT_EQ(ops::max_abs_diff(f.bn.save_invstd, n.save_invstd), 0.0);
+        EXPECT_EQ(ops::max_abs_diff(rv1, rv2), 0.0);
+        const Tensor dy = Tensor::normal(f.bn.y.shape(), 0, 1, gen, dt);
+        const ops::BatchNormGrads got = ops::bn_max_pool2d_backward_train(
+            dy, f.indices, x, gamma, beta, f.bn.save_mean, f.bn.save_invstd, act, p);
+        const ops::BatchNormGrads ref = ops::batch_norm_backward_train(
+            ops::max_pool2d_backward(dy, m.indices, x.shape(), p), x, gamma, n.save_mean, n.save_invstd,
+            act == ops::BnAct::Relu ? n.y : Tensor());
+        EXPECT_EQ(ops::max_abs_diff(got.dx, ref.dx), 0.0);
+        EXPECT_EQ(ops::max_abs_diff(got.dgamma, ref.dgamma), 0.0);
+        EXPECT_EQ(ops::max_abs_diff(got.dbeta, ref.dbeta), 0.0);
+      }
+  Generator g2(27);
+  Variable xv(Tensor::normal({2, 2, 5, 6}, 0.5, 1.5, g2, DType::Float64), true);
+  Variable gv(Tensor::uniform({2}, 0.5, 1.5, g2, DType::Float64), true);
+  Variable bv(Tensor::uniform({2}, -1, 1, g2, DType::Float64), true);
+  Tensor rm = Tensor::zeros({2}, DType::Float64), rv = Tensor::ones({2}, DType::Float64);
+  GradcheckResult r = gradcheck(
+      [&](const std::vector<Variable>& v) {
+        return batch_norm_relu_max_pool2d(v[0], v[1], v[2], rm, rv, 0.1, 1e-5, make(3, 2, 1));
+      },
+      {xv, gv, bv});
+  EXPECT_TRUE(r.ok) << r.message;
+  EXPECT_THROW_WITH(ops::bn_max_pool2d_train(Tensor::zeros({2, 3, 4, 4}), Tensor::ones({3}), Tensor(), rm, rv,
+                                             0.1, 1e-5, ops::BnAct::Relu, make(9, 1, 0)),
+                    "bn_max_pool2d_train");
+}
+
 // The autograd op against central differences (float64), and its bad input named by the op.
 TEST(PoolTest, BatchNormReluAvgPoolTrainGradcheckAndErrors) {
   Generator gen(25);

@@ -383,18 +383,28 @@ void batch_norm_batch_stats_into(const Tensor& x, const Tensor& out) {
     run(xc.data<double>());
 }
 
-BatchNormForward bn_avg_pool2d_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
-                                     Tensor& running_mean, Tensor& running_var, double momentum, double eps,
-                                     BnAct act, const Pool2dParams& p, const Tensor& batch_stats) {
-  const std::string op = "bn_avg_pool2d_train";
+namespace {
+// The fused training BatchNorm-ReLU-pools' arguments checked (the window too, in op's name), and the
+// batch statistics they normalise with: given, or computed here. Either way the BatchNorm then runs the
+// native arithmetic, so the backward may recompute the ReLU's mask from x (relu_from_x).
+Tensor fused_pool_statistics(const std::string& op, const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                             const Tensor& running_mean, const Tensor& running_var, const Pool2dParams& p,
+                             const Tensor& batch_stats) {
   check_train_forward(op, x, gamma, beta, running_mean, running_var, batch_stats);
   try {
     pool2d_output_shape(x.shape(), p);
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(op + ": " + e.what());
   }
-  // The native arithmetic always (relu_from_x): statistics given, or computed here once.
-  const Tensor stats = batch_stats.defined() ? batch_stats : batch_norm_batch_stats(x);
+  return batch_stats.defined() ? batch_stats : batch_norm_batch_stats(x);
+}
+}  // namespace
+
+BatchNormForward bn_avg_pool2d_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                     Tensor& running_mean, Tensor& running_var, double momentum, double eps,
+                                     BnAct act, const Pool2dParams& p, const Tensor& batch_stats) {
+  const Tensor stats =
+      fused_pool_statistics("bn_avg_pool2d_train", x, gamma, beta, running_mean, running_var, p, batch_stats);
   if (x.device().is_cuda()) {
     BatchNormForward out;
     if (cuda::bn_avg_pool2d_train(x, gamma, beta, running_mean, running_var, momentum, eps, act, stats, p,
@@ -405,6 +415,37 @@ BatchNormForward bn_avg_pool2d_train(const Tensor& x, const Tensor& gamma, const
       batch_norm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps, act, stats);
   f.y = avg_pool2d_forward(f.y, p);
   return f;
+}
+
+BnMaxPoolForward bn_max_pool2d_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                     Tensor& running_mean, Tensor& running_var, double momentum, double eps,
+                                     BnAct act, const Pool2dParams& p, const Tensor& batch_stats) {
+  const Tensor stats =
+      fused_pool_statistics("bn_max_pool2d_train", x, gamma, beta, running_mean, running_var, p, batch_stats);
+  if (x.device().is_cuda()) {
+    BnMaxPoolForward out;
+    if (cuda::bn_max_pool2d_train(x, gamma, beta, running_mean, running_var, momentum, eps, act, stats, p,
+                                  out))
+      return out;
+  }
+  BnMaxPoolForward f{
+      batch_norm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps, act, stats),
+      Tensor()};
+  MaxPoolForward m = max_pool2d_forward(f.bn.y, p);
+  f.bn.y = std::move(m.y);
+  f.indices = std::move(m.indices);
+  return f;
+}
+
+BatchNormGrads bn_max_pool2d_backward_train(const Tensor& dy, const Tensor& indices, const Tensor& x,
+                                            const Tensor& gamma, const Tensor& beta, const Tensor& save_mean,
+                                            const Tensor& save_invstd, BnAct act, const Pool2dParams& p) {
+  const std::string op = "bn_max_pool2d_backward_train";
+  check_bn_input(op, x);
+  check(dy.defined(), op + ": grad_output is undefined");
+  const Tensor dfull = max_pool2d_backward(dy, indices, x.shape(), p);
+  return batch_norm_backward_train(dfull, x, gamma, save_mean, save_invstd, Tensor(), Tensor(),
+                                   act == BnAct::Relu ? BnReluFromX{true, beta} : BnReluFromX{});
 }
 
 BatchNormGrads bn_avg_pool2d_backward_train(const Tensor& dy, const Tensor& x, const Tensor& gamma,
