@@ -5,10 +5,9 @@
 // values 0.1 apart, so the finite-difference step (1e-6) never changes which element wins.
 #include <gtest/gtest.h>
 
-#include "tests/test_util.h"
-
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -16,6 +15,7 @@
 #include "autograd/functions.h"
 #include "autograd/gradcheck.h"
 #include "tensor/ops.h"
+#include "tests/test_util.h"
 
 namespace ladnn {
 namespace {
@@ -351,6 +351,39 @@ TEST(PoolTest, BatchNormReluMaxPoolTrainIsTheTwoOps) {
   EXPECT_THROW_WITH(ops::bn_max_pool2d_train(Tensor::zeros({2, 3, 4, 4}), Tensor::ones({3}), Tensor(), rm, rv,
                                              0.1, 1e-5, ops::BnAct::Relu, make(9, 1, 0)),
                     "bn_max_pool2d_train");
+}
+
+// What the fused training ops keep for their backward: not the normalised map. Against the two autograd
+// ops, which keep it (the BatchNorm-ReLU's mask), the fused ones hold exactly that map's bytes less while
+// the graph is alive, for the average pool (a transition) and the max pool (the stem): (2, 8, 16, 16) in
+// float32, 16,384 bytes.
+TEST(PoolTest, FusedTrainingPoolsKeepNoNormalisedMap) {
+  Generator gen(28);
+  const Tensor x0 = Tensor::normal({2, 8, 16, 16}, 0, 1, gen);
+  const std::size_t map_bytes = x0.numel() * sizeof(float);
+  Variable gamma(Tensor::ones({8}), true), beta(Tensor::zeros({8}), true);
+  Tensor rm = Tensor::zeros({8}), rv = Tensor::ones({8});
+  auto kept = [&](const std::function<Variable(const Variable&)>& op) {
+    Variable x(x0.clone(), true);
+    const std::size_t before = cpu_memory_stats().live_bytes;
+    Variable y = op(x);
+    const std::size_t after = cpu_memory_stats().live_bytes;
+    sum(y).backward();
+    return after - before;
+  };
+  const ops::Pool2dParams avg = make(2, 2, 0), max = make(3, 2, 1);
+  const std::size_t fused_avg = kept(
+      [&](const Variable& x) { return batch_norm_relu_avg_pool2d(x, gamma, beta, rm, rv, 0.1, 1e-5, avg); });
+  const std::size_t two_avg = kept(
+      [&](const Variable& x) { return avg_pool2d(batch_norm_relu2d(x, gamma, beta, rm, rv, true), avg); });
+  const std::size_t fused_max = kept(
+      [&](const Variable& x) { return batch_norm_relu_max_pool2d(x, gamma, beta, rm, rv, 0.1, 1e-5, max); });
+  const std::size_t two_max = kept(
+      [&](const Variable& x) { return max_pool2d(batch_norm_relu2d(x, gamma, beta, rm, rv, true), max); });
+  RecordProperty("kept_fused_avg_bytes", std::to_string(fused_avg));
+  RecordProperty("kept_two_ops_avg_bytes", std::to_string(two_avg));
+  EXPECT_EQ(two_avg - fused_avg, map_bytes) << "fused " << fused_avg << ", two ops " << two_avg;
+  EXPECT_EQ(two_max - fused_max, map_bytes) << "fused " << fused_max << ", two ops " << two_max;
 }
 
 // The autograd op against central differences (float64), and its bad input named by the op.
