@@ -20,6 +20,10 @@
 //                            (n, c) plane derives its channel's coefficients as the finalize would, and the
 //                            first sample's blocks record save_mean, save_invstd and the running statistics).
 //                            Native under LADNN_BN=cudnn too: cuDNN's training forward always reduces.
+//             fused pools    (training, the BatchNorm given statistics) bn_train_avg_pool (a transition's
+//                            norm-relu-pool) and bn_train_max_pool (the stem's), a block per output plane;
+//                            a transition's backward from the pooled gradient when the windows tile the
+//                            input: bn_pool_grad_partial -> bn_grad_finalize -> bn_pool_backward_dx.
 //             backward       bn_grad_partial (sum dy, sum dy * (x - mean) per chunk) -> bn_grad_finalize
 //                            (dgamma, dbeta, per-channel coefficients) -> bn_backward_dx (one
 //                            elementwise pass)
@@ -422,6 +426,17 @@ __global__ void relu_inplace_kernel(float* __restrict__ y, int64_t n) {
 
 // grid (C, splits): per chunk, sum(dy) and sum(dy * (x - mean[c])) into partial[(c*splits + s)*2 ...].
 // relu_y (null for a plain BatchNorm) masks dy: the fused BatchNorm-ReLU's backward.
+// The block's two gradient sums (each thread's given), stored by thread 0 at out[0], out[1].
+__device__ __forceinline__ void store_grad_partial(float sum_dy, float sum_dy_xmu, float* __restrict__ out) {
+  __shared__ float shared[32];
+  sum_dy = block_sum(sum_dy, shared);
+  sum_dy_xmu = block_sum(sum_dy_xmu, shared);
+  if (threadIdx.x == 0) {
+    out[0] = sum_dy;
+    out[1] = sum_dy_xmu;
+  }
+}
+
 template <int VEC>
 __global__ void bn_grad_partial_kernel(const float* __restrict__ dy, const float* __restrict__ x,
                                        const float* __restrict__ relu_y, MaskSource from_x, BnPartition p,
@@ -430,13 +445,7 @@ __global__ void bn_grad_partial_kernel(const float* __restrict__ dy, const float
   float sum_dy, sum_dy_xmu;
   math::bn_grad_thread<VEC>(dy, x, mean.p[c * mean.stride], c, s, threadIdx.x, blockDim.x, p, sum_dy, sum_dy_xmu,
                             relu_y, mask_of(from_x, c));
-  __shared__ float shared[32];
-  sum_dy = block_sum(sum_dy, shared);
-  sum_dy_xmu = block_sum(sum_dy_xmu, shared);
-  if (threadIdx.x == 0) {
-    partial[(c * p.splits + s) * 2] = sum_dy;
-    partial[(c * p.splits + s) * 2 + 1] = sum_dy_xmu;
-  }
+  store_grad_partial(sum_dy, sum_dy_xmu, partial + (c * p.splits + s) * 2);
 }
 
 // What finishing a channel's gradient sums gives its dx pass: dx = k (dy - mean_dy - (x - mean) proj).
@@ -580,6 +589,43 @@ __global__ void bn_backward_dx_kernel(const float* __restrict__ dy, const float*
         from_x ? math::BnMaskFromX{true, __ldg(coef_scale + c), __ldg(coef_shift + c)} : math::BnMaskFromX{};
     dx_values<VEC, ADD>(dy + i, x + math::sample_offset(i, C * HW, sN), relu_y ? relu_y + i : nullptr, m, mu, k,
                         dx + math::sample_offset(i, C * HW, sD));
+  }
+}
+
+// A transition's training backward from the pooled gradient (ops::bn_avg_pool2d_backward_train, windows that
+// tile the input, math::avg_pool_tiles): the split path's three kernels with dy read through the pool —
+// each value's gradient computed from the pooled one as the pool's backward would write it — so the
+// full-size gradient is never written or read. Partial sums (math::bn_pool_grad_thread), then
+// bn_grad_finalize as for any backward, then dx (math::bn_pool_dx_at), the mask always from x.
+__global__ void bn_pool_grad_partial_kernel(const float* __restrict__ dy, const float* __restrict__ x,
+                                            MaskSource from_x, BnPartition p, math::PoolGeom g, ChanPtr mean,
+                                            float* __restrict__ partial) {
+  const int64_t c = blockIdx.x, s = blockIdx.y;
+  float sum_dy, sum_dy_xmu;
+  math::bn_pool_grad_thread(dy, x, mean.p[c * mean.stride], c, s, threadIdx.x, blockDim.x, p, g,
+                            mask_of(from_x, c), sum_dy, sum_dy_xmu);
+  store_grad_partial(sum_dy, sum_dy_xmu, partial + (c * p.splits + s) * 2);
+}
+
+// Block b: planes b, b + gridDim.x, ... (plane = n * C + c; x's samples p.sN apart, dx packed).
+__global__ void bn_pool_backward_dx_kernel(
+    const float* __restrict__ dy, const float* __restrict__ x, BnPartition p, math::PoolGeom g, bool from_x,
+    float* __restrict__ dx, int64_t planes, const float* __restrict__ coef_mean,
+    const float* __restrict__ coef_k, const float* __restrict__ coef_mean_dy,
+    const float* __restrict__ coef_proj, const float* __restrict__ coef_scale,
+    const float* __restrict__ coef_shift) {
+  const int32_t HW = static_cast<int32_t>(p.HW);
+  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
+    const int64_t c = plane % p.C, n = plane / p.C;
+    const float mu = __ldg(coef_mean + c), k = __ldg(coef_k + c), mean_dy = __ldg(coef_mean_dy + c),
+                proj = __ldg(coef_proj + c);
+    const math::BnMaskFromX m =
+        from_x ? math::BnMaskFromX{true, __ldg(coef_scale + c), __ldg(coef_shift + c)} : math::BnMaskFromX{};
+    const float* xp = x + n * p.sN + c * p.HW;
+    const float* dyp = dy + plane * g.OH * g.OW;
+    float* dxp = dx + plane * p.HW;
+    for (int32_t r = threadIdx.x; r < HW; r += blockDim.x)
+      dxp[r] = math::bn_pool_dx(dyp, xp[r], r, g, mu, m, k, mean_dy, proj);
   }
 }
 
@@ -812,6 +858,22 @@ void native_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& bet
   });
 }
 
+// The split backward's scratch: partial sums (C, splits, 2) and six per-channel coefficients for the dx
+// pass (the last two: the mask's scale and shift, written only when it comes from x).
+struct GradScratch {
+  Buffer ws;
+  float *partial, *coef_mean, *coef_k, *coef_mean_dy, *coef_proj, *coef_scale, *coef_shift;
+  GradScratch(int64_t C, int splits) : ws(sizeof(float) * static_cast<std::size_t>(C * splits * 2 + 6 * C)) {
+    partial = ws.as<float>();
+    coef_mean = partial + C * splits * 2;
+    coef_k = coef_mean + C;
+    coef_mean_dy = coef_k + C;
+    coef_proj = coef_mean_dy + C;
+    coef_scale = coef_proj + C;
+    coef_shift = coef_scale + C;
+  }
+};
+
 // Both backward modes: `mean` is save_mean or running_mean; `invstd` is save_invstd (training) or
 // undefined (eval: computed from running_var and eps). `relu_y` (contiguous, or undefined): the fused
 // BatchNorm-ReLU's output, masking dy inside both passes.
@@ -847,16 +909,10 @@ void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
   BnPartition part = partition_of(g);
   part.sN = sN;
   const int splits = part.splits;
-  // Scratch: partial sums (C, splits, 2) and six per-channel coefficients (the last two: the mask's scale
-  // and shift, written only when it comes from x).
-  Buffer ws(sizeof(float) * static_cast<std::size_t>(g.C * splits * 2 + 6 * g.C));
-  float* partial = ws.as<float>();
-  float* coef_mean = partial + g.C * splits * 2;
-  float* coef_k = coef_mean + g.C;
-  float* coef_mean_dy = coef_k + g.C;
-  float* coef_proj = coef_mean_dy + g.C;
-  float* coef_scale = coef_proj + g.C;
-  float* coef_shift = coef_scale + g.C;
+  GradScratch ws(g.C, splits);
+  float *partial = ws.partial, *coef_mean = ws.coef_mean, *coef_k = ws.coef_k,
+        *coef_mean_dy = ws.coef_mean_dy, *coef_proj = ws.coef_proj, *coef_scale = ws.coef_scale,
+        *coef_shift = ws.coef_shift;
 
   if (g.M() > 0) {
     const dim3 grid(static_cast<unsigned>(g.C), static_cast<unsigned>(splits));
@@ -1104,6 +1160,58 @@ bool bn_avg_pool2d_train(const Tensor& x_in, const Tensor& gamma, const Tensor& 
   bn_train_avg_pool_kernel<<<t.blocks, t.threads, 0, cur_stream()>>>(
       t.x.data<float>(), sample_stride(t.x, t.g), out.y.data<float>(), t.planes, t.g.C, t.geom, relu,
       given_stats(t.stats, t.g, eps, momentum, gamma, beta, running_mean, running_var, out));
+  CUDA_CHECK_LAUNCH();
+  return true;
+}
+
+bool bn_avg_pool2d_backward_train(const Tensor& dy_in, const Tensor& x_in, const Tensor& gamma,
+                                  const Tensor& beta, const Tensor& save_mean, const Tensor& save_invstd,
+                                  ops::BnAct act, const ops::Pool2dParams& p, ops::BatchNormGrads& out) {
+  const Shape y_shape = dy_in.shape();  // (checked against the window's output on x by the caller)
+  const math::PoolGeom g = pool_geom(x_in.shape(), y_shape, p);
+  // Tiling windows, and 32-bit index arithmetic inside a channel (math::bn_pool_grad_thread).
+  const int64_t M = x_in.size(0) * x_in.size(2) * x_in.size(3);
+  if (!math::avg_pool_tiles(g) || M >= (int64_t(1) << 31)) return false;
+  const std::string op = "bn_avg_pool2d_backward_train";
+  require_float32_all(op, {{&dy_in, "grad_output"},
+                           {&x_in, "input"},
+                           {&gamma, "gamma"},
+                           {&beta, "beta"},
+                           {&save_mean, "save_mean"},
+                           {&save_invstd, "save_invstd"}});
+  const bool relu = act == ops::BnAct::Relu;
+  OpRange range(relu ? "batch_norm_relu_avg_pool_backward_train" : "batch_norm_avg_pool_backward_train",
+                "native");
+  const bool spaced = !x_in.is_contiguous() && ops::sample_contiguous(x_in);  // read in place
+  const Tensor x = spaced ? x_in : x_in.contiguous(), dy = dy_in.contiguous();
+  out = new_grads(x);
+  const BnGeom bg = geom_of(x);
+  if (bg.C == 0) return true;
+  BnPartition part = partition_of(bg);
+  part.sN = sample_stride(x, bg);
+  const int splits = part.splits;
+  GradScratch ws(bg.C, splits);
+  float *partial = ws.partial, *coef_mean = ws.coef_mean, *coef_k = ws.coef_k,
+        *coef_mean_dy = ws.coef_mean_dy, *coef_proj = ws.coef_proj, *coef_scale = ws.coef_scale,
+        *coef_shift = ws.coef_shift;
+  MaskSource from_x;
+  if (relu) from_x = {true, chan(gamma), chan(beta), chan(save_invstd)};
+  const dim3 grid(static_cast<unsigned>(bg.C), static_cast<unsigned>(splits));
+  bn_pool_grad_partial_kernel<<<grid, kThreads, 0, cur_stream()>>>(dy.data<float>(), x.data<float>(), from_x,
+                                                                   part, g, chan(save_mean), partial);
+  CUDA_CHECK_LAUNCH();
+  const unsigned fblocks = static_cast<unsigned>((bg.C + kFinalizeThreads - 1) / kFinalizeThreads);
+  bn_grad_finalize_kernel<<<fblocks, kFinalizeThreads, 0, cur_stream()>>>(
+      partial, bg.C, splits, static_cast<double>(bg.M()), chan(gamma), chan(save_mean), chan(save_invstd),
+      ChanPtr{}, 0.0, true, from_x, out.dgamma.data<float>(), out.dbeta.data<float>(), coef_mean, coef_k,
+      coef_mean_dy, coef_proj, coef_scale, coef_shift);
+  CUDA_CHECK_LAUNCH();
+  const int64_t planes = bg.N * bg.C;
+  const int threads = static_cast<int>(std::min<int64_t>(kThreads, (bg.HW + 31) / 32 * 32));
+  bn_pool_backward_dx_kernel<<<static_cast<unsigned>(std::min<int64_t>(planes, int64_t(1) << 30)), threads, 0,
+                               cur_stream()>>>(dy.data<float>(), x.data<float>(), part, g, relu,
+                                               out.dx.data<float>(), planes, coef_mean, coef_k, coef_mean_dy,
+                                               coef_proj, coef_scale, coef_shift);
   CUDA_CHECK_LAUNCH();
   return true;
 }

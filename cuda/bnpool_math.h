@@ -448,6 +448,56 @@ LADNN_HD float avg_pool_backward_at(const float* dy, int64_t i, const PoolGeom& 
   return sum;
 }
 
+/// Whether an average pool's windows tile its input: kernel == stride, no padding, and no window past the
+/// input's end (floor mode): each input cell lies in at most one window, the cells after the last whole
+/// window in none. A DenseNet transition's 2x2/2.
+LADNN_HD bool avg_pool_tiles(const PoolGeom& g) {
+  return g.kh == g.sh && g.kw == g.sw && g.ph == 0 && g.pw == 0 && g.OH * g.kh <= g.H && g.OW * g.kw <= g.W;
+}
+
+/// For tiling windows (avg_pool_tiles): the pool's gradient at cell (h, w) of a plane whose pooled gradient
+/// is dy_plane — avg_pool_backward_at's value, to the bit (its sum starts at 0.0f; a window's divisor is
+/// kh * kw). 32-bit index arithmetic (the callers check that the sizes fit), a shift for 2x2.
+LADNN_HD float avg_pool_tile_grad(const float* dy_plane, int32_t h, int32_t w, const PoolGeom& g) {
+  const int32_t kh = static_cast<int32_t>(g.kh), kw = static_cast<int32_t>(g.kw);
+  const int32_t oh = kh == 2 ? h >> 1 : h / kh, ow = kw == 2 ? w >> 1 : w / kw;
+  if (oh >= g.OH || ow >= g.OW) return 0.0f;
+  return 0.0f + dy_plane[int64_t(oh) * g.OW + ow] / static_cast<float>(kh * kw);
+}
+
+/// The training BatchNorm's backward sums (bn_grad_thread<1>'s, value by value in the same order) when its
+/// output gradient is a tiling average pool's: dy is the pooled gradient (N, C, OH, OW), each value's
+/// gradient avg_pool_tile_grad of it, masked by the ReLU's decisions recomputed from x (from_x). The
+/// transition's backward then never writes the full-size gradient. Needs p.M and the planes under 2^31.
+LADNN_HD void bn_pool_grad_thread(const float* dy, const float* x, float mu, int64_t c, int64_t s, int64_t t,
+                                  int64_t T, const BnPartition& p, const PoolGeom& g, BnMaskFromX from_x,
+                                  float& sum_dy, float& sum_dy_xmu) {
+  const int64_t begin = s * p.chunk;
+  const int64_t end = imin(p.M, begin + p.chunk);
+  const int32_t HW = static_cast<int32_t>(p.HW), W = static_cast<int32_t>(g.W);
+  sum_dy = 0.0f;
+  sum_dy_xmu = 0.0f;
+  for (int64_t j = begin + t; j < end; j += T) {
+    const int32_t n = static_cast<int32_t>(j) / HW, k = static_cast<int32_t>(j) - n * HW;
+    const int32_t h = k / W, w = k - h * W;
+    const float xv = x[n * p.sN + c * p.HW + k];
+    float d = avg_pool_tile_grad(dy + (n * p.C + c) * g.OH * g.OW, h, w, g);
+    if (from_x.on && !bn_relu_on(xv, mu, from_x)) d = 0.0f;
+    sum_dy += d;
+    sum_dy_xmu += d * (xv - mu);
+  }
+}
+
+/// Its dx at cell r (< 2^31) of a plane: x's value there xv, the plane's pooled gradient dy_plane, the
+/// channel's coefficients — the value bn_backward_dx writes from the full-size gradient.
+LADNN_HD float bn_pool_dx(const float* dy_plane, float xv, int32_t r, const PoolGeom& g, float mu,
+                          BnMaskFromX from_x, float k, float mean_dy, float proj) {
+  const int32_t W = static_cast<int32_t>(g.W), h = r / W, w = r - h * W;
+  float d = avg_pool_tile_grad(dy_plane, h, w, g);
+  if (from_x.on && !bn_relu_on(xv, mu, from_x)) d = 0.0f;
+  return bn_dx(d, xv, mu, k, mean_dy, proj);
+}
+
 /// dx at input element i for max pooling, as a gather: the sum of dy over the outputs whose windows
 /// contain the cell (covering_outputs) and whose saved index names it,
 /// in increasing output order — the CPU scatter's order, so the float sum is the CPU's to the bit, and

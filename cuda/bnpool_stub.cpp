@@ -27,6 +27,10 @@ bool bn_avg_pool2d_train(const Tensor&, const Tensor&, const Tensor&, Tensor&, T
                          ops::BnAct, const Tensor&, const ops::Pool2dParams&, ops::BatchNormForward&) {
   no_backend("bn_avg_pool2d_train");
 }
+bool bn_avg_pool2d_backward_train(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                  const Tensor&, ops::BnAct, const ops::Pool2dParams&, ops::BatchNormGrads&) {
+  no_backend("bn_avg_pool2d_backward_train");
+}
 bool bn_max_pool2d_train(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&, double, double,
                          ops::BnAct, const Tensor&, const ops::Pool2dParams&, ops::BnMaxPoolForward&) {
   no_backend("bn_max_pool2d_train");

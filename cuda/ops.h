@@ -162,6 +162,12 @@ void batch_norm_batch_stats_into(const Tensor& x, const Tensor& out);
 bool bn_avg_pool2d_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& running_mean,
                          Tensor& running_var, double momentum, double eps, ops::BnAct act,
                          const Tensor& stats, const ops::Pool2dParams& p, ops::BatchNormForward& out);
+/// ops::bn_avg_pool2d_backward_train from the pooled gradient (the full-size one never written) when the
+/// windows tile the input (math::avg_pool_tiles: a transition's 2x2/2): returns true with `out` filled;
+/// false (nothing done) otherwise. The BatchNorm's native arithmetic, the ReLU's mask from x.
+bool bn_avg_pool2d_backward_train(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                  const Tensor& save_mean, const Tensor& save_invstd, ops::BnAct act,
+                                  const ops::Pool2dParams& p, ops::BatchNormGrads& out);
 /// ops::bn_max_pool2d_train in one kernel, likewise (the argmax indices as the max pool's).
 bool bn_max_pool2d_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& running_mean,
                          Tensor& running_var, double momentum, double eps, ops::BnAct act,

@@ -258,8 +258,11 @@ BatchNormGrads bn_max_pool2d_backward_train(const Tensor& dy, const Tensor& indi
                                             const Tensor& gamma, const Tensor& beta, const Tensor& save_mean,
                                             const Tensor& save_invstd, BnAct act, const Pool2dParams& p);
 /// Its backward from dy, the pooled map's gradient: batch_norm_backward_train(avg_pool2d_backward(dy,
-/// x's shape, p), x, ...) with the ReLU's mask recomputed from x and beta (BnReluFromX). The same bits
-/// as the two backward ops with the mask read from the forward's normalised map.
+/// x's shape, p), x, ...) with the ReLU's mask recomputed from x and beta (BnReluFromX). On the CPU the
+/// same bits as the two backward ops with the mask read from the forward's normalised map. On the GPU,
+/// when the windows tile the input (2x2/2), the BatchNorm's passes read each value's gradient through
+/// the pool from dy and the full-size gradient is never written (the same values, summed in another
+/// order); otherwise the two ops.
 BatchNormGrads bn_avg_pool2d_backward_train(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                                             const Tensor& beta, const Tensor& save_mean,
                                             const Tensor& save_invstd, BnAct act, const Pool2dParams& p);

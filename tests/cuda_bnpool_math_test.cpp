@@ -443,6 +443,67 @@ TEST(CudaBnPoolMath, ReluMaskFromXEqualsTheMaskFromY) {
   EXPECT_GT(ulp_flips, 0);
 }
 
+// A transition's training backward from the pooled gradient (cuda/batchnorm.cu's bn_pool_grad_partial and
+// bn_pool_backward_dx, for tiling windows): each value's gradient is avg_pool_backward_at's to the bit, so
+// the per-thread sums are bn_grad_thread<1>'s over the full-size gradient and dx is bn_dx of it, bit for
+// bit — masked from x, over a split partition of channels read in place (samples spaced), for 2x2/2 on
+// odd sizes (the last row and column in no window) and 3x3/3. Windows that overlap, pad or overhang do
+// not tile.
+TEST(CudaBnPoolMath, TransitionBackwardFromThePooledGradientIsTheFullOnes) {
+  Generator gen(79);
+  struct Case {
+    int64_t N, C, H, W, k;
+  };
+  for (const Case& cs : {Case{3, 5, 7, 9, 2}, Case{2, 4, 8, 8, 2}, Case{2, 3, 10, 9, 3}}) {
+    SCOPED_TRACE(std::to_string(cs.H) + "x" + std::to_string(cs.W) + " window " + std::to_string(cs.k));
+    const int64_t HW = cs.H * cs.W, OH = cs.H / cs.k, OW = cs.W / cs.k, CW = cs.C + 2;
+    const m::PoolGeom g{cs.H, cs.W, OH, OW, cs.k, cs.k, cs.k, cs.k, 0, 0, true};
+    ASSERT_TRUE(m::avg_pool_tiles(g));
+    // x: channels [0, C) of a (N, C + 2, H, W) buffer; dy: the pooled gradient.
+    const std::vector<float> xw = floats(Tensor::normal({cs.N, CW, cs.H, cs.W}, 0.5, 2.0, gen));
+    const std::vector<float> dy = floats(Tensor::normal({cs.N, cs.C, OH, OW}, 0, 1, gen));
+    std::vector<float> full(cs.N * cs.C * HW), x(cs.N * cs.C * HW);
+    for (int64_t i = 0; i < cs.N * cs.C * HW; ++i) {
+      full[i] = m::avg_pool_backward_at(dy.data(), i, g);
+      const int64_t n = i / (cs.C * HW), r = i - n * cs.C * HW;
+      x[i] = xw[n * CW * HW + r];
+    }
+    m::BnPartition p = m::bn_channel_partition(cs.N, cs.C, HW);  // then three chunks (by hand: too small
+    p.splits = 3;                                                // for bn_partition to split)
+    p.chunk = ((p.M + 2) / 3 + 3) / 4 * 4;
+    m::BnPartition spaced = p;
+    spaced.sN = CW * HW;
+    for (int64_t c = 0; c < cs.C; ++c) {
+      const float mu = 0.4f + 0.01f * float(c);
+      const m::BnMaskFromX from_x{true, 0.9f, -0.2f};
+      for (int64_t sp = 0; sp < p.splits; ++sp)
+        for (int64_t t = 0; t < m::kBnThreads; ++t) {
+          float a1, a2, b1, b2;
+          m::bn_grad_thread<1>(full.data(), x.data(), mu, c, sp, t, m::kBnThreads, p, a1, a2, nullptr,
+                               from_x);
+          m::bn_pool_grad_thread(dy.data(), xw.data(), mu, c, sp, t, m::kBnThreads, spaced, g, from_x, b1,
+                                 b2);
+          ASSERT_EQ(a1, b1) << "channel " << c << " split " << sp << " thread " << t;
+          ASSERT_EQ(a2, b2) << "channel " << c << " split " << sp << " thread " << t;
+        }
+    }
+    for (int64_t i = 0; i < cs.N * cs.C * HW; ++i) {
+      const int64_t c = (i / HW) % cs.C;
+      const float mu = 0.4f + 0.01f * float(c);
+      const m::BnMaskFromX from_x{true, 0.9f, -0.2f};
+      const float d = m::bn_relu_on(x[i], mu, from_x) ? full[i] : 0.0f;
+      const int64_t plane = i / HW;
+      ASSERT_EQ(m::bn_pool_dx(dy.data() + plane * OH * OW, x[i], static_cast<int32_t>(i - plane * HW), g, mu,
+                              from_x, 1.3f, 0.05f, 0.02f),
+                m::bn_dx(d, x[i], mu, 1.3f, 0.05f, 0.02f))
+          << "value " << i;
+    }
+  }
+  EXPECT_FALSE(m::avg_pool_tiles(m::PoolGeom{8, 8, 4, 4, 3, 3, 2, 2, 1, 1, true})) << "overlapping, padded";
+  EXPECT_FALSE(m::avg_pool_tiles(m::PoolGeom{7, 7, 4, 4, 2, 2, 2, 2, 0, 0, true}))
+      << "ceil mode's last window";
+}
+
 TEST(CudaBnPoolMath, BatchNormPartitionFillsAnH100) {
   // (32, 64, 112, 112): 64 channels alone would leave half of 132 SMs idle; the partition splits them.
   const m::BnPartition p = m::bn_partition(32, 64, 112 * 112, 132);

@@ -293,7 +293,9 @@ TEST_P(CudaOpTest, BatchNormReluAvgPoolEvalEqualsTheTwoOps) {
 // native, one kernel with the same bits as the native BatchNorm given the same statistics followed by the
 // native pool (pooled map, saved and running statistics); with cuDNN's pool, the two ops. Either way
 // against the CPU in float64, forward and backward, on a channel prefix read in place (batch > 1), with
-// the statistics given or computed, 2x2/2 on odd sizes and an overlapping padded window.
+// the statistics given or computed, 2x2/2 on odd sizes and an overlapping padded window. The backward of
+// the tiling 2x2/2 runs from the pooled gradient (bn_pool_grad_partial, bn_pool_backward_dx); the padded
+// window's composes the pool's backward and the BatchNorm's.
 TEST_P(CudaOpTest, BatchNormReluAvgPoolTrainEqualsTheTwoOps) {
   Generator gen(112);
   struct Case {

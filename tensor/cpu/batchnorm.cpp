@@ -455,6 +455,15 @@ BatchNormGrads bn_avg_pool2d_backward_train(const Tensor& dy, const Tensor& x, c
   check_bn_input(op, x);
   check(dy.defined(), op + ": grad_output is undefined");
   // (avg_pool2d_backward checks dy against the window's output shape on x; the BatchNorm backward the rest)
+  if (dy.device().is_cuda() && x.device().is_cuda() && dy.shape() == pool2d_output_shape(x.shape(), p)) {
+    check_channel_vector(op, "gamma", gamma, x, false);
+    check_channel_vector(op, "beta", beta, x, false);
+    check_channel_vector(op, "save_mean", save_mean, x, true);
+    check_channel_vector(op, "save_invstd", save_invstd, x, true);
+    BatchNormGrads out;
+    if (cuda::bn_avg_pool2d_backward_train(dy, x, gamma, beta, save_mean, save_invstd, act, p, out))
+      return out;
+  }
   const Tensor dfull = avg_pool2d_backward(dy, x.shape(), p);
   return batch_norm_backward_train(dfull, x, gamma, save_mean, save_invstd, Tensor(), Tensor(),
                                    act == BnAct::Relu ? BnReluFromX{true, beta} : BnReluFromX{});
