@@ -448,6 +448,27 @@ LADNN_HD float avg_pool_backward_at(const float* dy, int64_t i, const PoolGeom& 
   return sum;
 }
 
+/// max_pool_backward_at for cell (h, w) of one plane, given that plane's dy and indices: the same sum in
+/// the same order, with 32-bit index arithmetic (the caller checks that a plane's sizes fit) and no
+/// division of a flat index by the plane's size.
+LADNN_HD float max_pool_backward_cell(const float* dy_plane, const int64_t* ind_plane, int32_t h, int32_t w,
+                                      const PoolGeom& g) {
+  const int32_t kh = int32_t(g.kh), kw = int32_t(g.kw), sh = int32_t(g.sh), sw = int32_t(g.sw);
+  const int32_t ph = int32_t(g.ph), pw = int32_t(g.pw), OH = int32_t(g.OH), OW = int32_t(g.OW);
+  const int32_t oh_lo = h + ph < kh ? 0 : (h + ph - kh) / sh + 1,
+                oh_hi = OH - 1 < (h + ph) / sh ? OH - 1 : (h + ph) / sh;
+  const int32_t ow_lo = w + pw < kw ? 0 : (w + pw - kw) / sw + 1,
+                ow_hi = OW - 1 < (w + pw) / sw ? OW - 1 : (w + pw) / sw;
+  const int64_t cell = int64_t(h) * g.W + w;
+  float sum = 0.0f;
+  for (int32_t oh = oh_lo; oh <= oh_hi; ++oh)
+    for (int32_t ow = ow_lo; ow <= ow_hi; ++ow) {
+      const int32_t o = oh * OW + ow;
+      if (ind_plane[o] == cell) sum += dy_plane[o];
+    }
+  return sum;
+}
+
 /// Whether an average pool's windows tile its input: kernel == stride, no padding, and no window past the
 /// input's end (floor mode): each input cell lies in at most one window, the cells after the last whole
 /// window in none. A DenseNet transition's 2x2/2.

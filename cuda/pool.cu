@@ -5,15 +5,16 @@
 //   max forward    cudnn:  cudnnPoolingForward (CUDNN_POOLING_MAX, NaN propagated) for y, plus our
 //                          max_pool_forward<index only> for the int64 indices, which cuDNN does not return.
 //                  native: max_pool_forward<y and index>, one thread per output.
-//   max backward   both:   with the pooling parameters (every autograd call): max_pool_backward_gather,
-//                          one thread per input cell summing the dy of the windows whose index names it
-//                          (deterministic, no zeroing pass); without them (ops::max_pool2d_backward's
-//                          three-argument form): max_pool_backward (zero dx, then scatter dy to dx[index]
-//                          with atomicAdd).
-//                          cudnnPoolingBackward cannot serve this API: it recomputes the argmax from x and
-//                          y, which max_pool2d_backward(dy, indices, x_shape) does not carry. Routing
-//                          gradients through the saved indices is also what makes both versions send
-//                          every gradient exactly where the CPU does.
+//   max backward   both:   with the pooling parameters (every autograd call): max_pool_backward_plane,
+//                          a block per plane and a thread per input cell summing the dy of the windows
+//                          whose index names it (deterministic, no zeroing pass; 32-bit index arithmetic
+//                          within a plane; dy read in place when only its samples are spaced), or
+//                          max_pool_backward_gather (flat, 64-bit) for planes past 2^31 cells; without them
+//                          (ops::max_pool2d_backward's three-argument form): max_pool_backward (zero dx, then
+//                          scatter dy to dx[index] with atomicAdd). cudnnPoolingBackward cannot serve this
+//                          API: it recomputes the argmax from x and y, which max_pool2d_backward(dy, indices,
+//                          x_shape) does not carry. Routing gradients through the saved indices is also what
+//                          makes both versions send every gradient exactly where the CPU does.
 //   avg forward    cudnn:  cudnnPoolingForward, CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING or _EXCLUDE_.
 //                  native: avg_pool_forward, one thread per output.
 //   avg backward   cudnn:  cudnnPoolingBackward (same mode).
@@ -98,6 +99,25 @@ __global__ void max_pool_backward_gather_kernel(const float* __restrict__ dy, co
                                                 float* __restrict__ dx, int64_t total, PoolGeom g) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
     dx[i] = math::max_pool_backward_at(dy, ind, i, g);
+}
+
+// The same gather a block per plane (math::max_pool_backward_cell: 32-bit index arithmetic within a plane),
+// dy's samples sD floats apart (a channel prefix of a gradient buffer, read in place); indices and dx packed.
+__global__ void max_pool_backward_plane_kernel(const float* __restrict__ dy, int64_t sD,
+                                               const int64_t* __restrict__ ind, float* __restrict__ dx,
+                                               int64_t planes, int64_t C, PoolGeom g) {
+  const int32_t HW = static_cast<int32_t>(g.H * g.W), W = static_cast<int32_t>(g.W);
+  const int64_t out_plane = g.OH * g.OW;
+  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
+    const int64_t c = plane % C, n = plane / C;
+    const float* dyp = dy + n * sD + c * out_plane;
+    const int64_t* indp = ind + plane * out_plane;
+    float* dxp = dx + plane * HW;
+    for (int32_t r = threadIdx.x; r < HW; r += blockDim.x) {
+      const int32_t h = r / W;
+      dxp[r] = math::max_pool_backward_cell(dyp, indp, h, r - h * W, g);
+    }
+  }
 }
 
 // Block b: planes b, b + gridDim.x, ... (plane = n * C + c; x's samples sN floats apart, y packed).
@@ -227,9 +247,24 @@ Tensor max_pool2d_backward(const Tensor& dy_in, const Tensor& indices_in, const 
   require_float32(op, dy_in, "grad_output");
   // Both versions route gradients through the saved indices (see the file header).
   OpRange range("max_pool2d_backward", "native");
-  const Tensor dy = dy_in.contiguous(), indices = indices_in.contiguous();
-  Tensor dx = new_output(x_shape, DType::Float32, dy.device());
+  const Tensor indices = indices_in.contiguous();
+  Tensor dx = new_output(x_shape, DType::Float32, dy_in.device());
   if (dx.numel() == 0) return dx;
+  if (window && x_shape[2] * x_shape[3] < (int64_t(1) << 31) && dy_in.numel() > 0) {
+    // A block per plane; dy read in place when only its samples are spaced (the stem's gradient is a
+    // channel prefix of the first dense block's gradient buffer).
+    const Tensor dy = ops::sample_contiguous(dy_in) ? dy_in : dy_in.contiguous();
+    const PoolGeom g = pool_geom(x_shape, dy.shape(), *window);
+    const int64_t planes = x_shape[0] * x_shape[1];
+    const int64_t sD = x_shape[0] > 1 ? dy.strides()[0] : dy.size(1) * dy.size(2) * dy.size(3);
+    const int threads = static_cast<int>(std::min<int64_t>(kThreads, (g.H * g.W + 31) / 32 * 32));
+    max_pool_backward_plane_kernel<<<static_cast<unsigned>(std::min<int64_t>(planes, int64_t(1) << 30)),
+                                     threads, 0, cur_stream()>>>(
+        dy.data<float>(), sD, indices.data<int64_t>(), dx.data<float>(), planes, x_shape[1], g);
+    CUDA_CHECK_LAUNCH();
+    return dx;
+  }
+  const Tensor dy = dy_in.contiguous();
   if (window) {
     const PoolGeom g = pool_geom(x_shape, dy.shape(), *window);
     const int64_t cells = dx.numel();

@@ -130,6 +130,15 @@ TEST(CudaBnPoolMath, MaxPoolValuesIndicesAndGatherMatchCpu) {
       std::vector<int64_t> ind(ref_i.begin(), ref_i.end());
       for (int64_t i = 0; i < int64_t(dx_ref.size()); ++i)
         ASSERT_EQ(double(m::max_pool_backward_at(dyf.data(), ind.data(), i, g)), dx_ref[i]) << "input cell " << i;
+      // ... and plane by plane with 32-bit indices (the GPU's max_pool_backward_plane).
+      const int64_t HW = g.H * g.W, OHW = g.OH * g.OW;
+      for (int64_t i = 0; i < int64_t(dx_ref.size()); ++i) {
+        const int64_t plane = i / HW, r = i % HW;
+        ASSERT_EQ(double(m::max_pool_backward_cell(dyf.data() + plane * OHW, ind.data() + plane * OHW,
+                                                   int32_t(r / g.W), int32_t(r % g.W), g)),
+                  dx_ref[i])
+            << "input cell " << i << ", plane by plane";
+      }
     }
   }
 }

@@ -853,6 +853,26 @@ TEST_P(CudaOpTest, MaxPoolWithoutIndicesGivesTheSameValues) {
   }
 }
 
+// The backward's gradient as a channel prefix of a wider buffer (the stem's, from the first dense block's
+// gradient) is read in place: the CPU's sums to the bit, at batch 3 (spaced samples) and 1.
+TEST_P(CudaOpTest, MaxPoolBackwardReadsASpacedGradientInPlace) {
+  Generator gen(114);
+  ops::Pool2dParams p;
+  p.kernel_h = p.kernel_w = 3;
+  p.stride_h = p.stride_w = 2;
+  p.pad_h = p.pad_w = 1;
+  for (int64_t n : {3, 1}) {
+    SCOPED_TRACE("batch " + std::to_string(n));
+    const Tensor x = Tensor::normal({n, 4, 9, 9}, 0, 1, gen);
+    const ops::MaxPoolForward f = ops::max_pool2d_forward(x, p);
+    const Tensor wide = Tensor::normal({n, 6, 5, 5}, 0, 1, gen);
+    const Tensor dy = gpu(wide).narrow(1, 0, 4);
+    const Tensor got = ops::max_pool2d_backward(dy, gpu(f.indices), x.shape(), p);
+    const Tensor want = ops::max_pool2d_backward(wide.narrow(1, 0, 4).contiguous(), f.indices, x.shape(), p);
+    EXPECT_TRUE(gpu_equals("dx", got, f64(want)));
+  }
+}
+
 TEST_P(CudaOpTest, MaxPoolPropagatesNaNAsCpu) {
   Generator gen(202);
   const PoolCase c = kPoolCases[0];
