@@ -4,8 +4,10 @@
 // only what its backward reads (saved statistics, indices, shapes — never a Variable, which would keep
 // the graph alive in a cycle). Gradients returned are new contiguous tensors of the inputs' shapes.
 // conv2d lives in autograd/functions_conv.cpp.
+#include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "autograd/functions.h"
 
@@ -77,70 +79,65 @@ Variable batch_norm_relu2d(const Variable& x, const Variable& gamma, const Varia
 }
 
 namespace {
-// batch_norm_relu_avg_pool2d and batch_norm_relu_max_pool2d: the inputs recorded (x, then gamma and beta
-// where defined) and the op's three gradients mapped onto them.
-struct BnInputs {
-  std::vector<Variable> inputs;
-  bool has_gamma, has_beta;
-  BnInputs(const Variable& x, const Variable& gamma, const Variable& beta)
-      : inputs{x}, has_gamma(gamma.defined()), has_beta(beta.defined()) {
-    if (has_gamma) inputs.push_back(gamma);
-    if (has_beta) inputs.push_back(beta);
-  }
-};
-std::vector<Tensor> bn_grads_for(ops::BatchNormGrads grads, bool has_gamma, bool has_beta,
-                                 const std::vector<bool>& needs) {
-  std::vector<Tensor> out{std::move(grads.dx)};
-  if (has_gamma) out.push_back(std::move(grads.dgamma));
-  if (has_beta) out.push_back(std::move(grads.dbeta));
-  for (std::size_t i = 0; i < out.size(); ++i)
-    if (!needs[i]) out[i] = Tensor();
-  return out;
+// batch_norm_relu_avg_pool2d and batch_norm_relu_max_pool2d: one body. `forward` runs the fused op on
+// (x, gamma, beta) and returns its forward (y: the pooled map) with `backward`, which maps the pooled
+// map's gradient to the op's three; recorded inputs are x, then gamma and beta where defined.
+using BnPoolBackward = std::function<ops::BatchNormGrads(const Tensor& dy)>;
+Variable bn_pool_op(const char* name, const Variable& x, const Variable& gamma, const Variable& beta,
+                    const std::function<std::pair<Tensor, BnPoolBackward>(
+                        const Tensor& x, const Tensor& gamma, const Tensor& beta)>& forward) {
+  check(x.defined(), std::string(name) + ": input is undefined");
+  const Tensor g = gamma.defined() ? gamma.tensor() : Tensor(), b = beta.defined() ? beta.tensor() : Tensor();
+  std::vector<Variable> inputs{x};
+  if (gamma.defined()) inputs.push_back(gamma);
+  if (beta.defined()) inputs.push_back(beta);
+  auto [y, backward] = forward(x.tensor(), g, b);
+  const bool has_gamma = gamma.defined(), has_beta = beta.defined();
+  return Variable::from_op(
+      std::move(y), std::move(inputs),
+      [backward = std::move(backward), has_gamma, has_beta](const Tensor& dy,
+                                                            const std::vector<bool>& needs) {
+        ops::BatchNormGrads grads = backward(dy);
+        std::vector<Tensor> out{std::move(grads.dx)};
+        if (has_gamma) out.push_back(std::move(grads.dgamma));
+        if (has_beta) out.push_back(std::move(grads.dbeta));
+        for (std::size_t i = 0; i < out.size(); ++i)
+          if (!needs[i]) out[i] = Tensor();
+        return out;
+      },
+      name);
 }
 }  // namespace
 
 Variable batch_norm_relu_avg_pool2d(const Variable& x, const Variable& gamma, const Variable& beta,
                                     Tensor& running_mean, Tensor& running_var, double momentum, double eps,
                                     const ops::Pool2dParams& p, const Tensor& batch_stats) {
-  check(x.defined(), "batch_norm_relu_avg_pool2d: input is undefined");
-  const Tensor xt = x.tensor();
-  const Tensor g = gamma.defined() ? gamma.tensor() : Tensor(), b = beta.defined() ? beta.tensor() : Tensor();
-  BnInputs in(x, gamma, beta);
-  ops::BatchNormForward fwd = ops::bn_avg_pool2d_train(xt, g, b, running_mean, running_var, momentum, eps,
-                                                       ops::BnAct::Relu, p, batch_stats);
-  const Tensor save_mean = fwd.save_mean, save_invstd = fwd.save_invstd;
-  const bool has_gamma = in.has_gamma, has_beta = in.has_beta;
-  return Variable::from_op(
-      std::move(fwd.y), std::move(in.inputs),
-      [xt, g, b, save_mean, save_invstd, p, has_gamma, has_beta](const Tensor& dy,
-                                                                 const std::vector<bool>& needs) {
-        return bn_grads_for(
-            ops::bn_avg_pool2d_backward_train(dy, xt, g, b, save_mean, save_invstd, ops::BnAct::Relu, p),
-            has_gamma, has_beta, needs);
-      },
-      "batch_norm_relu_avg_pool2d");
+  return bn_pool_op(
+      "batch_norm_relu_avg_pool2d", x, gamma, beta, [&](const Tensor& xt, const Tensor& g, const Tensor& b) {
+        ops::BatchNormForward f = ops::bn_avg_pool2d_train(xt, g, b, running_mean, running_var, momentum, eps,
+                                                           ops::BnAct::Relu, p, batch_stats);
+        const Tensor save_mean = f.save_mean, save_invstd = f.save_invstd;
+        BnPoolBackward backward = [xt, g, b, save_mean, save_invstd, p](const Tensor& dy) {
+          return ops::bn_avg_pool2d_backward_train(dy, xt, g, b, save_mean, save_invstd, ops::BnAct::Relu, p);
+        };
+        return std::make_pair(std::move(f.y), std::move(backward));
+      });
 }
 
 Variable batch_norm_relu_max_pool2d(const Variable& x, const Variable& gamma, const Variable& beta,
                                     Tensor& running_mean, Tensor& running_var, double momentum, double eps,
                                     const ops::Pool2dParams& p, const Tensor& batch_stats) {
-  check(x.defined(), "batch_norm_relu_max_pool2d: input is undefined");
-  const Tensor xt = x.tensor();
-  const Tensor g = gamma.defined() ? gamma.tensor() : Tensor(), b = beta.defined() ? beta.tensor() : Tensor();
-  BnInputs in(x, gamma, beta);
-  ops::BnMaxPoolForward fwd = ops::bn_max_pool2d_train(xt, g, b, running_mean, running_var, momentum, eps,
-                                                       ops::BnAct::Relu, p, batch_stats);
-  const Tensor save_mean = fwd.bn.save_mean, save_invstd = fwd.bn.save_invstd, indices = fwd.indices;
-  const bool has_gamma = in.has_gamma, has_beta = in.has_beta;
-  return Variable::from_op(
-      std::move(fwd.bn.y), std::move(in.inputs),
-      [xt, g, b, save_mean, save_invstd, indices, p, has_gamma, has_beta](const Tensor& dy,
-                                                                          const std::vector<bool>& needs) {
-        return bn_grads_for(ops::bn_max_pool2d_backward_train(dy, indices, xt, g, b, save_mean, save_invstd,
-                                                              ops::BnAct::Relu, p),
-                            has_gamma, has_beta, needs);
-      },
-      "batch_norm_relu_max_pool2d");
+  return bn_pool_op(
+      "batch_norm_relu_max_pool2d", x, gamma, beta, [&](const Tensor& xt, const Tensor& g, const Tensor& b) {
+        ops::BnMaxPoolForward f = ops::bn_max_pool2d_train(xt, g, b, running_mean, running_var, momentum, eps,
+                                                           ops::BnAct::Relu, p, batch_stats);
+        const Tensor save_mean = f.bn.save_mean, save_invstd = f.bn.save_invstd, indices = f.indices;
+        BnPoolBackward backward = [xt, g, b, save_mean, save_invstd, indices, p](const Tensor& dy) {
+          return ops::bn_max_pool2d_backward_train(dy, indices, xt, g, b, save_mean, save_invstd,
+                                                   ops::BnAct::Relu, p);
+        };
+        return std::make_pair(std::move(f.bn.y), std::move(backward));
+      });
 }
 
 Variable max_pool2d(const Variable& x, const ops::Pool2dParams& p) {

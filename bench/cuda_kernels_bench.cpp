@@ -454,6 +454,57 @@ void bench_transition_eval(benchmark::State& state, PoolShape ps, bool fused) {
   });
 }
 
+// The training BatchNorm-ReLU-pools, native, forward then backward (what a step runs): as one op with its
+// backward from the pooled gradient (ops::bn_avg_pool2d_train / bn_max_pool2d_train: "fused", the
+// statistics computed inside) or as the separate ops they replaced ("two-ops": BatchNorm-ReLU, pool, the
+// pool's backward, the BatchNorm's backward with the mask read from y). Bytes: what the fused pair moves
+// by count (x read three times: statistics, forward, backward's two passes less one; the pooled map and
+// its gradient; dx written).
+void bench_bn_pool_train(benchmark::State& state, PoolShape ps, bool max_pool, bool fused) {
+  guarded(state, [&] {
+    cuda::set_impl(Family::Pool, Impl::Native);
+    cuda::set_impl(Family::BatchNorm, Impl::Native);
+    const ops::Pool2dParams p = pool_params(ps.k, ps.s, ps.pad);
+    const int64_t C = ps.x[1];
+    const Tensor x = random_gpu(ps.x, 8), gamma = random_gpu({C}, 9), beta = random_gpu({C}, 10);
+    const Tensor dy = random_gpu(ops::pool2d_output_shape(ps.x, p), 11);
+    Tensor rm = Tensor::zeros({C}).to(Device::cuda()), rv = Tensor::ones({C}).to(Device::cuda());
+    const double nx = double(x.numel()), ny = double(dy.numel());
+    auto two_ops = [&] {
+      const ops::BatchNormForward n =
+          ops::batch_norm_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5, ops::BnAct::Relu);
+      Tensor dfull;
+      if (max_pool) {
+        const ops::MaxPoolForward m = ops::max_pool2d_forward(n.y, p);
+        dfull = ops::max_pool2d_backward(dy, m.indices, ps.x, p);
+      } else {
+        ops::avg_pool2d_forward(n.y, p);
+        dfull = ops::avg_pool2d_backward(dy, ps.x, p);
+      }
+      ops::batch_norm_backward_train(dfull, x, gamma, n.save_mean, n.save_invstd, n.y);
+    };
+    auto one_op = [&] {
+      if (max_pool) {
+        const ops::BnMaxPoolForward f =
+            ops::bn_max_pool2d_train(x, gamma, beta, rm, rv, 0.1, 1e-5, ops::BnAct::Relu, p);
+        ops::bn_max_pool2d_backward_train(dy, f.indices, x, gamma, beta, f.bn.save_mean, f.bn.save_invstd,
+                                          ops::BnAct::Relu, p);
+      } else {
+        const ops::BatchNormForward f =
+            ops::bn_avg_pool2d_train(x, gamma, beta, rm, rv, 0.1, 1e-5, ops::BnAct::Relu, p);
+        ops::bn_avg_pool2d_backward_train(dy, x, gamma, beta, f.save_mean, f.save_invstd, ops::BnAct::Relu,
+                                          p);
+      }
+    };
+    const double bytes = 4.0 * (5 * nx + 3 * ny);
+    if (fused)
+      run_timed(state, one_op, {bytes, 0});
+    else
+      run_timed(state, two_ops, {bytes, 0});
+    state.SetLabel(fused ? "one op each way" : "BatchNorm-ReLU and pool, each way");
+  });
+}
+
 // norm1-ReLU, conv1 (1x1 to 128), norm2-ReLU, conv2 (3x3 to 32) written into the block buffer, as
 // DenseLayer::forward_into runs them: LADNN_FUSED_CONV off (four ops) or on (two kernels).
 void bench_dense_layer(benchmark::State& state, DenseLayerShape d, cuda::FusedConv mode) {
@@ -574,6 +625,17 @@ void register_all() {
       configure(benchmark::RegisterBenchmark(
           ("transition_eval/" + std::string(fused ? "fused/" : "two-ops/") + shape_name(ps.x)).c_str(),
           bench_transition_eval, ps, fused));
+  // Training: the transitions' norm-ReLU-average pool and the stem's norm0-ReLU-max pool, forward and
+  // backward.
+  for (bool fused : {false, true}) {
+    for (const PoolShape& ps : kTransitions)
+      configure(benchmark::RegisterBenchmark(
+          ("transition_train/" + std::string(fused ? "fused/" : "two-ops/") + shape_name(ps.x)).c_str(),
+          bench_bn_pool_train, ps, false, fused));
+    configure(benchmark::RegisterBenchmark(
+        ("stem_pool_train/" + std::string(fused ? "fused/" : "two-ops/") + shape_name(kMaxPool.x)).c_str(),
+        bench_bn_pool_train, kMaxPool, true, fused));
+  }
 
   const std::pair<ConvPass, const char*> conv_passes[] = {{ConvPass::Forward, "conv_fwd"},
                                                           {ConvPass::BackwardInput, "conv_bwd_input"},

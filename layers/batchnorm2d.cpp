@@ -24,6 +24,11 @@ int64_t BatchNorm2d::num_batches_tracked() const {
   return static_cast<int64_t>(buffer("num_batches_tracked").item());
 }
 
+void BatchNorm2d::check_input(const Shape& x) const {
+  check(x.size() == 4 && x[1] == num_features_,
+        "BatchNorm2d: expected input (N, " + std::to_string(num_features_) + ", H, W), got " + shape_str(x));
+}
+
 Variable BatchNorm2d::forward(const Variable& x) { return run(x, false); }
 Variable BatchNorm2d::forward_relu(const Variable& x) { return run(x, true); }
 
@@ -33,9 +38,7 @@ ops::BnEval BatchNorm2d::eval_params(ops::BnAct act) {
 
 ops::BatchNormForward BatchNorm2d::forward_train(const Tensor& x, ops::BnAct act, const Tensor& batch_stats) {
   check(is_training(), "BatchNorm2d::forward_train: the layer is in eval mode");
-  check(x.dim() == 4 && x.size(1) == num_features_, "BatchNorm2d: expected input (N, " +
-                                                        std::to_string(num_features_) + ", H, W), got " +
-                                                        shape_str(x.shape()));
+  check_input(x.shape());
   if (recomputing()) {  // as run(): the statistics were updated by the first run
     Tensor no_mean, no_var;
     return ops::batch_norm_forward_train(x, weight_.tensor(), bias_.tensor(), no_mean, no_var, momentum_,
@@ -63,9 +66,7 @@ Variable BatchNorm2d::forward_relu_max_pool(const Variable& x, const ops::Pool2d
 Variable BatchNorm2d::run_pool(const Variable& x,
                                const std::function<Variable(Tensor& running_mean, Tensor& running_var)>& op) {
   check(is_training(), "BatchNorm2d: a fused BatchNorm-ReLU-pool is for training; the layer is in eval mode");
-  check(x.dim() == 4 && x.size(1) == num_features_, "BatchNorm2d: expected input (N, " +
-                                                        std::to_string(num_features_) + ", H, W), got " +
-                                                        shape_str(x.shape()));
+  check_input(x.shape());
   if (recomputing()) {  // as run(): the statistics were updated by the first run
     Tensor no_mean, no_var;
     return op(no_mean, no_var);
@@ -76,9 +77,7 @@ Variable BatchNorm2d::run_pool(const Variable& x,
 
 Variable BatchNorm2d::run(const Variable& x, bool relu) {
   const auto op = relu ? batch_norm_relu2d : batch_norm2d;
-  check(x.dim() == 4 && x.size(1) == num_features_, "BatchNorm2d: expected input (N, " +
-                                                        std::to_string(num_features_) + ", H, W), got " +
-                                                        shape_str(x.shape()));
+  check_input(x.shape());
   if (is_training() && recomputing()) {
     // A checkpoint's backward re-runs this layer (autograd/checkpoint.h): the same batch statistics,
     // but the running statistics and the counter were already updated by the first run.

@@ -53,6 +53,8 @@ class BatchNorm2d : public Module {
   bool counted_by_owner() const { return counted_by_owner_; }
 
  private:
+  /// Throws unless x is (N, num_features, H, W).
+  void check_input(const Shape& x) const;
   Variable run(const Variable& x, bool relu);
   /// The fused BatchNorm-ReLU-pools' bookkeeping around `op` (given the running statistics to update).
   Variable run_pool(const Variable& x,

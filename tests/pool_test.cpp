@@ -14,6 +14,7 @@
 
 #include "autograd/functions.h"
 #include "autograd/gradcheck.h"
+#include "layers/batchnorm2d.h"
 #include "tensor/ops.h"
 #include "tests/test_util.h"
 
@@ -417,6 +418,19 @@ TEST(PoolTest, BatchNormReluAvgPoolTrainGradcheckAndErrors) {
   EXPECT_THROW_WITH(
       ops::bn_avg_pool2d_backward_train(xf, xf, c3, c3, f.save_mean, f.save_invstd, ops::BnAct::Relu, p),
       "avg_pool2d_backward", "(2, 3, 4, 4)");
+  EXPECT_THROW_WITH(ops::bn_avg_pool2d_backward_train(Tensor(), xf, c3, c3, f.save_mean, f.save_invstd,
+                                                      ops::BnAct::Relu, p),
+                    "bn_avg_pool2d_backward_train", "grad_output is undefined");
+  EXPECT_THROW_WITH(ops::bn_max_pool2d_backward_train(Tensor(), Tensor(), xf, c3, c3, f.save_mean,
+                                                      f.save_invstd, ops::BnAct::Relu, make(3, 2, 1)),
+                    "bn_max_pool2d_backward_train", "grad_output is undefined");
+  // The layer's fused forms are for training.
+  BatchNorm2d bn(3);
+  bn.eval();
+  EXPECT_THROW_WITH(bn.forward_relu_avg_pool(Variable(xf), p), "BatchNorm2d", "eval mode");
+  bn.train();
+  EXPECT_THROW_WITH(bn.forward_relu_max_pool(Variable(Tensor::zeros({2, 4, 4, 4})), make(3, 2, 1)),
+                    "BatchNorm2d", "expected input (N, 3, H, W)", "(2, 4, 4, 4)");
 }
 
 // Autograd's max pool keeps the indices only where a backward may read them: without gradients (or for
