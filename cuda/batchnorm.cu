@@ -83,6 +83,7 @@
 #include "cuda/allocator.h"
 #include "cuda/bnpool_math.h"
 #include "cuda/bnpool_util.cuh"
+#include "cuda/launch.h"
 #include "cuda/ops.h"
 
 namespace ladnn::cuda {
@@ -174,6 +175,7 @@ __device__ __forceinline__ Welford block_welford(Welford w) {
 // (count, mean, M2) at partial[(c*splits + s)*3 ...]. VEC = 4 reads float4 (HW % 4 == 0, x aligned).
 template <int VEC>
 __global__ void bn_stats_partial_kernel(const float* __restrict__ x, BnPartition p, float* __restrict__ partial) {
+  pdl_enter();
   const int64_t c = blockIdx.x, s = blockIdx.y;
   const Welford w = block_welford(math::bn_stats_thread<VEC>(x, c, s, threadIdx.x, blockDim.x, p));
   if (threadIdx.x == 0) {
@@ -254,6 +256,7 @@ __device__ NormCoefs given_channel(const GivenStats& a, int64_t c, int64_t s) {
 template <int VEC>
 __global__ void bn_channel_batch_stats_kernel(const float* __restrict__ x, BnPartition p,
                                               double* __restrict__ out) {
+  pdl_enter();
   const int64_t c = blockIdx.x;
   const Welford w = block_welford(math::bn_stats_thread<VEC>(x, c, 0, threadIdx.x, blockDim.x, p));
   if (threadIdx.x == 0) {
@@ -267,6 +270,7 @@ __global__ void bn_channel_batch_stats_kernel(const float* __restrict__ x, BnPar
 // One thread per channel: the chunks' partial states (bn_stats_partial_kernel) merged, stored as [mean, var].
 __global__ void bn_store_batch_stats_kernel(const float* __restrict__ partial, int64_t C, int splits,
                                             double* __restrict__ out) {
+  pdl_enter();
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (c >= C) return;
   const math::BnChannelStats st = math::bn_merge_partials(partial + c * splits * 3, splits, 0.0);
@@ -280,6 +284,7 @@ __global__ void bn_stats_finalize_kernel(const float* __restrict__ partial, int6
                                          ChanPtr running_var, float* __restrict__ save_mean,
                                          float* __restrict__ save_invstd, float* __restrict__ scale,
                                          float* __restrict__ shift) {
+  pdl_enter();
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (c >= C) return;
   const NormCoefs k = finish_channel_stats(c, partial + c * splits * 3, splits, eps, momentum, gamma, beta,
@@ -316,6 +321,7 @@ __global__ void bn_train_channel_kernel(const float* __restrict__ x, BnPartition
                                         double eps, double momentum, ChanPtr gamma, ChanPtr beta,
                                         ChanPtr running_mean, ChanPtr running_var, float* __restrict__ save_mean,
                                         float* __restrict__ save_invstd) {
+  pdl_enter();
   const int64_t c = blockIdx.x;
   const Welford w = block_welford(math::bn_stats_thread<VEC>(x, c, 0, threadIdx.x, blockDim.x, p));
   __shared__ NormCoefs coefs;
@@ -343,6 +349,7 @@ template <int VEC, bool RELU>
 __global__ void bn_eval_plane_kernel(const float* __restrict__ x, int64_t sN, float* __restrict__ y, int64_t planes,
                                      int64_t C, int64_t HW, double eps, ChanPtr gamma, ChanPtr beta,
                                      ChanPtr running_mean, ChanPtr running_var) {
+  pdl_enter();
   for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
     const int64_t c = plane % C, n = plane / C;
     const double invstd = 1.0 / ::sqrt(double(running_var.p[c * running_var.stride]) + eps);
@@ -365,6 +372,7 @@ __global__ void bn_eval_plane_kernel(const float* __restrict__ x, int64_t sN, fl
 template <int VEC, bool RELU>
 __global__ void bn_train_plane_kernel(const float* __restrict__ x, int64_t sN, float* __restrict__ y,
                                       int64_t planes, int64_t C, int64_t HW, GivenStats a) {
+  pdl_enter();
   for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
     const int64_t c = plane % C, s = plane / C;
     const NormCoefs k = given_channel(a, c, s);
@@ -382,6 +390,7 @@ __global__ void bn_train_plane_kernel(const float* __restrict__ x, int64_t sN, f
 __global__ void bn_train_avg_pool_kernel(const float* __restrict__ x, int64_t sN, float* __restrict__ y,
                                          int64_t planes, int64_t C, math::PoolGeom g, bool relu,
                                          GivenStats a) {
+  pdl_enter();
   const int64_t out_plane = g.OH * g.OW;
   for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
     const int64_t c = plane % C, s = plane / C;
@@ -400,6 +409,7 @@ template <int VEC, bool RELU>
 __global__ void bn_normalize_kernel(const float* __restrict__ x, int64_t sN, float* __restrict__ y, int64_t total,
                                     int64_t C, int64_t HW, const float* __restrict__ mean,
                                     const float* __restrict__ scale, const float* __restrict__ shift) {
+  pdl_enter();
   const int64_t step = int64_t(gridDim.x) * blockDim.x * VEC;
   for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * VEC; i < total; i += step) {
     const int64_t c = (i / HW) % C;
@@ -411,6 +421,7 @@ __global__ void bn_normalize_kernel(const float* __restrict__ x, int64_t sN, flo
 // y = max(y, 0) in place over n values: the library version's ReLU after cuDNN's normalisation.
 template <int VEC>
 __global__ void relu_inplace_kernel(float* __restrict__ y, int64_t n) {
+  pdl_enter();
   const int64_t step = int64_t(gridDim.x) * blockDim.x * VEC;
   for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * VEC; i < n; i += step) {
     if constexpr (VEC == 4) {
@@ -441,6 +452,7 @@ template <int VEC>
 __global__ void bn_grad_partial_kernel(const float* __restrict__ dy, const float* __restrict__ x,
                                        const float* __restrict__ relu_y, MaskSource from_x, BnPartition p,
                                        ChanPtr mean, float* __restrict__ partial) {
+  pdl_enter();
   const int64_t c = blockIdx.x, s = blockIdx.y;
   float sum_dy, sum_dy_xmu;
   math::bn_grad_thread<VEC>(dy, x, mean.p[c * mean.stride], c, s, threadIdx.x, blockDim.x, p, sum_dy, sum_dy_xmu,
@@ -514,6 +526,7 @@ __global__ void bn_grad_finalize_kernel(const float* __restrict__ partial, int64
                                         float* __restrict__ coef_mean, float* __restrict__ coef_k,
                                         float* __restrict__ coef_mean_dy, float* __restrict__ coef_proj,
                                         float* __restrict__ coef_scale, float* __restrict__ coef_shift) {
+  pdl_enter();
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (c >= C) return;
   double sum_dy = 0.0, sum_dy_xmu = 0.0;
@@ -544,6 +557,7 @@ __global__ void bn_backward_channel_kernel(const float* __restrict__ dy, const f
                                            float* __restrict__ dx, int64_t sD, ChanPtr gamma, ChanPtr mean,
                                            ChanPtr invstd, ChanPtr running_var, double eps, bool through_stats,
                                            float* __restrict__ dgamma, float* __restrict__ dbeta) {
+  pdl_enter();
   const int64_t c = blockIdx.x;
   const float mu = mean.p[c * mean.stride];
   const math::BnMaskFromX m = mask_of(from_x, c);
@@ -580,6 +594,7 @@ __global__ void bn_backward_dx_kernel(const float* __restrict__ dy, const float*
                                       const float* __restrict__ coef_mean, const float* __restrict__ coef_k,
                                       const float* __restrict__ coef_mean_dy, const float* __restrict__ coef_proj,
                                       const float* __restrict__ coef_scale, const float* __restrict__ coef_shift) {
+  pdl_enter();
   const int64_t step = int64_t(gridDim.x) * blockDim.x * VEC;
   for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * VEC; i < total; i += step) {
     const int64_t c = (i / HW) % C;
@@ -600,6 +615,7 @@ __global__ void bn_backward_dx_kernel(const float* __restrict__ dy, const float*
 __global__ void bn_pool_grad_partial_kernel(const float* __restrict__ dy, const float* __restrict__ x,
                                             MaskSource from_x, BnPartition p, math::PoolGeom g, ChanPtr mean,
                                             float* __restrict__ partial) {
+  pdl_enter();
   const int64_t c = blockIdx.x, s = blockIdx.y;
   float sum_dy, sum_dy_xmu;
   math::bn_pool_grad_thread(dy, x, mean.p[c * mean.stride], c, s, threadIdx.x, blockDim.x, p, g,
@@ -614,6 +630,7 @@ __global__ void bn_pool_backward_dx_kernel(
     const float* __restrict__ coef_k, const float* __restrict__ coef_mean_dy,
     const float* __restrict__ coef_proj, const float* __restrict__ coef_scale,
     const float* __restrict__ coef_shift) {
+  pdl_enter();
   const int32_t HW = static_cast<int32_t>(p.HW);
   for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
     const int64_t c = plane % p.C, n = plane / p.C;
@@ -645,8 +662,8 @@ void with_vec_flag(bool vec, bool flag, F&& f) {
 template <int VEC, bool RELU>
 void launch_normalize_as(const float* px, int64_t sN, float* py, const BnGeom& g, const float* mean,
                          const float* scale, const float* shift) {
-  bn_normalize_kernel<VEC, RELU><<<grid_for(g.total() / VEC, kThreads), kThreads, 0, cur_stream()>>>(
-      px, sN, py, g.total(), g.C, g.HW, mean, scale, shift);
+  launch_kernel(bn_normalize_kernel<VEC, RELU>, grid_for(g.total() / VEC, kThreads), kThreads, 0,
+                cur_stream(), px, sN, py, g.total(), g.C, g.HW, mean, scale, shift);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -673,9 +690,9 @@ void relu_inplace(const Tensor& y) {
   if (n == 0) return;
   float* py = y.data<float>();
   if (n % 4 == 0 && aligned16(py))
-    relu_inplace_kernel<4><<<grid_for(n / 4, kThreads), kThreads, 0, cur_stream()>>>(py, n);
+    launch_kernel(relu_inplace_kernel<4>, grid_for(n / 4, kThreads), kThreads, 0, cur_stream(), py, n);
   else
-    relu_inplace_kernel<1><<<grid_for(n, kThreads), kThreads, 0, cur_stream()>>>(py, n);
+    launch_kernel(relu_inplace_kernel<1>, grid_for(n, kThreads), kThreads, 0, cur_stream(), py, n);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -690,9 +707,9 @@ void native_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& be
     float* py = out.y.data<float>();
     const bool vec = g.HW % 4 == 0 && part.sN % 4 == 0 && aligned16(px) && aligned16(py);
     auto launch = [&](auto kernel) {
-      kernel<<<static_cast<unsigned>(g.C), threads, 0, cur_stream()>>>(
-          px, part, py, eps, momentum, chan(gamma), chan(beta), chan(running_mean), chan(running_var),
-          out.save_mean.data<float>(), out.save_invstd.data<float>());
+      launch_kernel(kernel, static_cast<unsigned>(g.C), threads, 0, cur_stream(), px, part, py, eps, momentum,
+                    chan(gamma), chan(beta), chan(running_mean), chan(running_var),
+                    out.save_mean.data<float>(), out.save_invstd.data<float>());
     };
     with_vec_flag(vec, relu,
                   [&](auto v, auto r) { launch(bn_train_channel_kernel<decltype(v)::value, decltype(r)::value>); });
@@ -711,15 +728,15 @@ void native_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& be
   const float* px = x.data<float>();
   const dim3 grid(static_cast<unsigned>(g.C), static_cast<unsigned>(splits));
   if (g.HW % 4 == 0 && part.sN % 4 == 0 && aligned16(px))
-    bn_stats_partial_kernel<4><<<grid, kThreads, 0, cur_stream()>>>(px, part, partial);
+    launch_kernel(bn_stats_partial_kernel<4>, grid, kThreads, 0, cur_stream(), px, part, partial);
   else
-    bn_stats_partial_kernel<1><<<grid, kThreads, 0, cur_stream()>>>(px, part, partial);
+    launch_kernel(bn_stats_partial_kernel<1>, grid, kThreads, 0, cur_stream(), px, part, partial);
   CUDA_CHECK_LAUNCH();
 
   const unsigned fblocks = static_cast<unsigned>((g.C + kFinalizeThreads - 1) / kFinalizeThreads);
-  bn_stats_finalize_kernel<<<fblocks, kFinalizeThreads, 0, cur_stream()>>>(
-      partial, g.C, splits, eps, momentum, chan(gamma), chan(beta), chan(running_mean), chan(running_var),
-      out.save_mean.data<float>(), out.save_invstd.data<float>(), scale, shift);
+  launch_kernel(bn_stats_finalize_kernel, fblocks, kFinalizeThreads, 0, cur_stream(), partial, g.C, splits,
+                eps, momentum, chan(gamma), chan(beta), chan(running_mean), chan(running_var),
+                out.save_mean.data<float>(), out.save_invstd.data<float>(), scale, shift);
   CUDA_CHECK_LAUNCH();
 
   launch_normalize(x, out.y, g, out.save_mean.data<float>(), scale, shift, relu);
@@ -731,6 +748,7 @@ void native_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& be
 __global__ void bn_train_max_pool_kernel(const float* __restrict__ x, int64_t sN, float* __restrict__ y,
                                          int64_t* __restrict__ ind, int64_t planes, int64_t C,
                                          math::PoolGeom g, bool relu, GivenStats a) {
+  pdl_enter();
   const int64_t out_plane = g.OH * g.OW;
   for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
     const int64_t c = plane % C, s = plane / C;
@@ -772,9 +790,9 @@ template <int VEC, bool RELU>
 void launch_eval_planes(const Tensor& x, const Tensor& y, const BnGeom& g, double eps, const Tensor& gamma,
                         const Tensor& beta, const Tensor& running_mean, const Tensor& running_var) {
   const PlaneLaunch l = plane_launch<VEC>(g);
-  bn_eval_plane_kernel<VEC, RELU><<<l.blocks, l.threads, 0, cur_stream()>>>(
-      x.data<float>(), sample_stride(x, g), y.data<float>(), l.planes, g.C, g.HW, eps, chan(gamma),
-      chan(beta), chan(running_mean), chan(running_var));
+  launch_kernel(bn_eval_plane_kernel<VEC, RELU>, l.blocks, l.threads, 0, cur_stream(), x.data<float>(),
+                sample_stride(x, g), y.data<float>(), l.planes, g.C, g.HW, eps, chan(gamma), chan(beta),
+                chan(running_mean), chan(running_var));
   CUDA_CHECK_LAUNCH();
 }
 
@@ -804,9 +822,9 @@ void native_forward_train_given(const Tensor& x, const Tensor& gamma, const Tens
   if (g.total() == 0) return;
   with_vec_flag(planes_vec(x, out.y, g), relu, [&](auto v, auto r) {
     const PlaneLaunch l = plane_launch<decltype(v)::value>(g);
-    bn_train_plane_kernel<decltype(v)::value, decltype(r)::value><<<l.blocks, l.threads, 0, cur_stream()>>>(
-        x.data<float>(), sample_stride(x, g), out.y.data<float>(), l.planes, g.C, g.HW,
-        given_stats(stats, g, eps, momentum, gamma, beta, running_mean, running_var, out));
+    launch_kernel(bn_train_plane_kernel<decltype(v)::value, decltype(r)::value>, l.blocks, l.threads, 0,
+                  cur_stream(), x.data<float>(), sample_stride(x, g), out.y.data<float>(), l.planes, g.C,
+                  g.HW, given_stats(stats, g, eps, momentum, gamma, beta, running_mean, running_var, out));
     CUDA_CHECK_LAUNCH();
   });
 }
@@ -825,11 +843,11 @@ void native_batch_stats(const Tensor& x, const Tensor& out) {
     part.sN = sN;
     const int threads = math::bn_channel_threads(g.M());
     if (vec4)
-      bn_channel_batch_stats_kernel<4>
-          <<<static_cast<unsigned>(g.C), threads, 0, cur_stream()>>>(px, part, po);
+      launch_kernel(bn_channel_batch_stats_kernel<4>, static_cast<unsigned>(g.C), threads, 0, cur_stream(),
+                    px, part, po);
     else
-      bn_channel_batch_stats_kernel<1>
-          <<<static_cast<unsigned>(g.C), threads, 0, cur_stream()>>>(px, part, po);
+      launch_kernel(bn_channel_batch_stats_kernel<1>, static_cast<unsigned>(g.C), threads, 0, cur_stream(),
+                    px, part, po);
     CUDA_CHECK_LAUNCH();
     return;
   }
@@ -839,12 +857,13 @@ void native_batch_stats(const Tensor& x, const Tensor& out) {
   float* partial = ws.as<float>();
   const dim3 grid(static_cast<unsigned>(g.C), static_cast<unsigned>(part.splits));
   if (vec4)
-    bn_stats_partial_kernel<4><<<grid, kThreads, 0, cur_stream()>>>(px, part, partial);
+    launch_kernel(bn_stats_partial_kernel<4>, grid, kThreads, 0, cur_stream(), px, part, partial);
   else
-    bn_stats_partial_kernel<1><<<grid, kThreads, 0, cur_stream()>>>(px, part, partial);
+    launch_kernel(bn_stats_partial_kernel<1>, grid, kThreads, 0, cur_stream(), px, part, partial);
   CUDA_CHECK_LAUNCH();
   const unsigned fblocks = static_cast<unsigned>((g.C + kFinalizeThreads - 1) / kFinalizeThreads);
-  bn_store_batch_stats_kernel<<<fblocks, kFinalizeThreads, 0, cur_stream()>>>(partial, g.C, part.splits, po);
+  launch_kernel(bn_store_batch_stats_kernel, fblocks, kFinalizeThreads, 0, cur_stream(), partial, g.C,
+                part.splits, po);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -896,9 +915,9 @@ void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
     BnPartition part = math::bn_channel_partition(g.N, g.C, g.HW);
     part.sN = sN;
     auto launch = [&](auto kernel) {
-      kernel<<<static_cast<unsigned>(g.C), threads, 0, cur_stream()>>>(
-          pdy, px, pmask, from_x, part, pdx, sD, chan(gamma), chan(mean), chan(invstd), chan(running_var), eps,
-          through_stats, out.dgamma.data<float>(), out.dbeta.data<float>());
+      launch_kernel(kernel, static_cast<unsigned>(g.C), threads, 0, cur_stream(), pdy, px, pmask, from_x,
+                    part, pdx, sD, chan(gamma), chan(mean), chan(invstd), chan(running_var), eps,
+                    through_stats, out.dgamma.data<float>(), out.dbeta.data<float>());
     };
     with_vec_flag(vec, add, [&](auto v, auto a) {
       launch(bn_backward_channel_kernel<decltype(v)::value, decltype(a)::value>);
@@ -917,9 +936,11 @@ void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
   if (g.M() > 0) {
     const dim3 grid(static_cast<unsigned>(g.C), static_cast<unsigned>(splits));
     if (vec)
-      bn_grad_partial_kernel<4><<<grid, kThreads, 0, cur_stream()>>>(pdy, px, pmask, from_x, part, chan(mean), partial);
+      launch_kernel(bn_grad_partial_kernel<4>, grid, kThreads, 0, cur_stream(), pdy, px, pmask, from_x, part,
+                    chan(mean), partial);
     else
-      bn_grad_partial_kernel<1><<<grid, kThreads, 0, cur_stream()>>>(pdy, px, pmask, from_x, part, chan(mean), partial);
+      launch_kernel(bn_grad_partial_kernel<1>, grid, kThreads, 0, cur_stream(), pdy, px, pmask, from_x, part,
+                    chan(mean), partial);
     CUDA_CHECK_LAUNCH();
   } else {
     // No values (N = 0 or HW = 0, eval only): the sums are zero.
@@ -927,17 +948,17 @@ void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
   }
 
   const unsigned fblocks = static_cast<unsigned>((g.C + kFinalizeThreads - 1) / kFinalizeThreads);
-  bn_grad_finalize_kernel<<<fblocks, kFinalizeThreads, 0, cur_stream()>>>(
-      partial, g.C, splits, static_cast<double>(g.M()), chan(gamma), chan(mean), chan(invstd), chan(running_var),
-      eps, through_stats, from_x, out.dgamma.data<float>(), out.dbeta.data<float>(), coef_mean, coef_k,
-      coef_mean_dy, coef_proj, coef_scale, coef_shift);
+  launch_kernel(bn_grad_finalize_kernel, fblocks, kFinalizeThreads, 0, cur_stream(), partial, g.C, splits,
+                static_cast<double>(g.M()), chan(gamma), chan(mean), chan(invstd), chan(running_var), eps,
+                through_stats, from_x, out.dgamma.data<float>(), out.dbeta.data<float>(), coef_mean, coef_k,
+                coef_mean_dy, coef_proj, coef_scale, coef_shift);
   CUDA_CHECK_LAUNCH();
 
   if (g.total() == 0) return;
   const unsigned grid = grid_for(vec ? g.total() / 4 : g.total(), kThreads);
   auto launch = [&](auto kernel) {
-    kernel<<<grid, kThreads, 0, cur_stream()>>>(pdy, px, part.sN, pmask, from_x.on, pdx, sD, g.total(), g.C, g.HW,
-                                                coef_mean, coef_k, coef_mean_dy, coef_proj, coef_scale, coef_shift);
+    launch_kernel(kernel, grid, kThreads, 0, cur_stream(), pdy, px, part.sN, pmask, from_x.on, pdx, sD,
+                  g.total(), g.C, g.HW, coef_mean, coef_k, coef_mean_dy, coef_proj, coef_scale, coef_shift);
   };
   with_vec_flag(vec, add,
                 [&](auto v, auto a) { launch(bn_backward_dx_kernel<decltype(v)::value, decltype(a)::value>); });
@@ -1139,10 +1160,10 @@ bool bn_max_pool2d_train(const Tensor& x_in, const Tensor& gamma, const Tensor& 
                                        stats, p, relu, out.bn);
   out.indices = new_output(t.y_shape, DType::Int64, t.x.device());
   if (t.g.C == 0) return true;
-  bn_train_max_pool_kernel<<<t.blocks, t.threads, 0, cur_stream()>>>(
-      t.x.data<float>(), sample_stride(t.x, t.g), out.bn.y.data<float>(), out.indices.data<int64_t>(),
-      t.planes, t.g.C, t.geom, relu,
-      given_stats(t.stats, t.g, eps, momentum, gamma, beta, running_mean, running_var, out.bn));
+  launch_kernel(bn_train_max_pool_kernel, t.blocks, t.threads, 0, cur_stream(), t.x.data<float>(),
+                sample_stride(t.x, t.g), out.bn.y.data<float>(), out.indices.data<int64_t>(), t.planes, t.g.C,
+                t.geom, relu,
+                given_stats(t.stats, t.g, eps, momentum, gamma, beta, running_mean, running_var, out.bn));
   CUDA_CHECK_LAUNCH();
   return true;
 }
@@ -1157,9 +1178,9 @@ bool bn_avg_pool2d_train(const Tensor& x_in, const Tensor& gamma, const Tensor& 
   const TrainPool t = train_pool_setup("bn_avg_pool2d_train", x_in, gamma, beta, running_mean, running_var,
                                        stats, p, relu, out);
   if (t.g.C == 0) return true;
-  bn_train_avg_pool_kernel<<<t.blocks, t.threads, 0, cur_stream()>>>(
-      t.x.data<float>(), sample_stride(t.x, t.g), out.y.data<float>(), t.planes, t.g.C, t.geom, relu,
-      given_stats(t.stats, t.g, eps, momentum, gamma, beta, running_mean, running_var, out));
+  launch_kernel(bn_train_avg_pool_kernel, t.blocks, t.threads, 0, cur_stream(), t.x.data<float>(),
+                sample_stride(t.x, t.g), out.y.data<float>(), t.planes, t.g.C, t.geom, relu,
+                given_stats(t.stats, t.g, eps, momentum, gamma, beta, running_mean, running_var, out));
   CUDA_CHECK_LAUNCH();
   return true;
 }
@@ -1197,21 +1218,21 @@ bool bn_avg_pool2d_backward_train(const Tensor& dy_in, const Tensor& x_in, const
   MaskSource from_x;
   if (relu) from_x = {true, chan(gamma), chan(beta), chan(save_invstd)};
   const dim3 grid(static_cast<unsigned>(bg.C), static_cast<unsigned>(splits));
-  bn_pool_grad_partial_kernel<<<grid, kThreads, 0, cur_stream()>>>(dy.data<float>(), x.data<float>(), from_x,
-                                                                   part, g, chan(save_mean), partial);
+  launch_kernel(bn_pool_grad_partial_kernel, grid, kThreads, 0, cur_stream(), dy.data<float>(),
+                x.data<float>(), from_x, part, g, chan(save_mean), partial);
   CUDA_CHECK_LAUNCH();
   const unsigned fblocks = static_cast<unsigned>((bg.C + kFinalizeThreads - 1) / kFinalizeThreads);
-  bn_grad_finalize_kernel<<<fblocks, kFinalizeThreads, 0, cur_stream()>>>(
-      partial, bg.C, splits, static_cast<double>(bg.M()), chan(gamma), chan(save_mean), chan(save_invstd),
-      ChanPtr{}, 0.0, true, from_x, out.dgamma.data<float>(), out.dbeta.data<float>(), coef_mean, coef_k,
-      coef_mean_dy, coef_proj, coef_scale, coef_shift);
+  launch_kernel(bn_grad_finalize_kernel, fblocks, kFinalizeThreads, 0, cur_stream(), partial, bg.C, splits,
+                static_cast<double>(bg.M()), chan(gamma), chan(save_mean), chan(save_invstd), ChanPtr{}, 0.0,
+                true, from_x, out.dgamma.data<float>(), out.dbeta.data<float>(), coef_mean, coef_k,
+                coef_mean_dy, coef_proj, coef_scale, coef_shift);
   CUDA_CHECK_LAUNCH();
   const int64_t planes = bg.N * bg.C;
   const int threads = static_cast<int>(std::min<int64_t>(kThreads, (bg.HW + 31) / 32 * 32));
-  bn_pool_backward_dx_kernel<<<static_cast<unsigned>(std::min<int64_t>(planes, int64_t(1) << 30)), threads, 0,
-                               cur_stream()>>>(dy.data<float>(), x.data<float>(), part, g, relu,
-                                               out.dx.data<float>(), planes, coef_mean, coef_k, coef_mean_dy,
-                                               coef_proj, coef_scale, coef_shift);
+  launch_kernel(bn_pool_backward_dx_kernel,
+                static_cast<unsigned>(std::min<int64_t>(planes, int64_t(1) << 30)), threads, 0, cur_stream(),
+                dy.data<float>(), x.data<float>(), part, g, relu, out.dx.data<float>(), planes, coef_mean,
+                coef_k, coef_mean_dy, coef_proj, coef_scale, coef_shift);
   CUDA_CHECK_LAUNCH();
   return true;
 }

@@ -16,6 +16,7 @@
 #include "cuda/bnpool_math.h"
 #include "cuda/check.h"
 #include "cuda/context.h"
+#include "cuda/launch.h"
 #include "cuda/profiler.h"
 #include "cuda/runtime.h"
 #include "tensor/ops.h"
@@ -123,13 +124,14 @@ __device__ __forceinline__ float block_sum(float v, float* shared) {
 
 /// Fills n floats with `value` (a ones/zeros stand-in for an undefined gamma/beta).
 __global__ void fill_float_kernel(float* __restrict__ p, int64_t n, float value) {
+  pdl_enter();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     p[i] = value;
 }
 
 inline void fill_floats(float* p, int64_t n, float value) {
   if (n <= 0) return;
-  fill_float_kernel<<<grid_for(n, 256), 256, 0, cur_stream()>>>(p, n, value);
+  launch_kernel(fill_float_kernel, grid_for(n, 256), 256, 0, cur_stream(), p, n, value);
   CUDA_CHECK_LAUNCH();
 }
 

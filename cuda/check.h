@@ -2,7 +2,8 @@
 //
 //   CUDA_CHECK(cudaMemcpyAsync(...));   // throws ladnn::cuda::Error("cudaMemcpyAsync(...) failed at
 //                                       //   cuda/runtime.cu:42: invalid argument")
-//   kernel<<<grid, block, 0, stream>>>(...); CUDA_CHECK_LAUNCH();
+//   launch_kernel(kernel, grid, block, 0, stream, ...);  // cuda/launch.h: throws naming the kernel
+//   CUDA_CHECK_LAUNCH();                                 // and any earlier asynchronous error, here
 #pragma once
 
 #include <stdexcept>
@@ -30,7 +31,7 @@ inline std::string failure(const char* expr, const char* file, int line, const c
           ::ladnn::cuda::failure(#expr, __FILE__, __LINE__, cudaGetErrorString(ladnn_status_))); \
   } while (0)
 
-/// After every <<<>>> launch: catches bad launch configurations at the launch site.
+/// After every launch: reports at the launch site an error an earlier asynchronous call left behind.
 #define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())
 
 // cuDNN and cuBLAS statuses, checked the same way. Included only by .cu files (and .cpp files built

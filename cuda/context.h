@@ -98,6 +98,14 @@ const char* bn_kernel_name(BnKernel mode);
 /// Parses "auto"/"channel"/"split" (any case, blanks around); throws naming `where` and the value otherwise.
 BnKernel parse_bn_kernel(const std::string& value, const char* where);
 
+/// Programmatic dependent launch (LADNN_PDL=1; off by default until a GPU run has measured it): our
+/// kernels go out with cudaLaunchAttributeProgrammaticStreamSerialization on devices of compute
+/// capability 9.0 and up, so the blocks of a kernel may be scheduled while the kernel before it drains,
+/// and wait at their first statement (cuda/launch.h) instead of after a full launch. Library kernels
+/// (cuDNN, cuBLAS) launch as they do. On older devices the attribute is never set.
+bool programmatic_launch();
+void set_programmatic_launch(bool on);
+
 /// LADNN_CUDNN_LOG=1 (read once): print each choice made by timing — cuDNN's algorithm search, the
 /// cuBLAS/cuDNN pointwise choice, LADNN_FUSED_CONV=auto's — to stderr.
 bool log_choices();

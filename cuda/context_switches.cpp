@@ -32,6 +32,7 @@ std::atomic<int> g_conv1x1{kUnread};
 std::atomic<int> g_graph_plan{kUnread};
 std::atomic<int> g_fused_conv{kUnread};
 std::atomic<int> g_bn_kernel{kUnread};
+std::atomic<int> g_pdl{kUnread};
 
 int index_of(Family f) {
   return static_cast<int>(f);
@@ -254,6 +255,14 @@ void set_graph_memory_plan(bool on) {
   g_graph_plan.store(on ? 1 : 0);
 }
 
+bool programmatic_launch() {
+  return read_once(g_pdl, [] { return env_switch("LADNN_PDL", 0); }) == 1;
+}
+
+void set_programmatic_launch(bool on) {
+  g_pdl.store(on ? 1 : 0);
+}
+
 bool log_choices() {
   static const bool on = [] {
     const char* v = std::getenv("LADNN_CUDNN_LOG");
@@ -289,6 +298,8 @@ std::string describe_switches() {
           [] { return std::string(bn_kernel_name(bn_kernel())); });
   guarded("graph-plan", "LADNN_GRAPH_PLAN; default off: one planned arena per CUDA graph",
           [] { return std::string(graph_memory_plan() ? "on" : "off"); });
+  guarded("pdl", "LADNN_PDL; default off: programmatic dependent launch of our kernels (sm_90+)",
+          [] { return std::string(programmatic_launch() ? "on" : "off"); });
   guarded("tf32", "LADNN_TF32; default on", [] { return std::string(tf32_enabled() ? "on" : "off"); });
   guarded("deterministic", "LADNN_DETERMINISTIC; default off",
           [] { return std::string(deterministic() ? "on" : "off"); });

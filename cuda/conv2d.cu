@@ -73,6 +73,7 @@
 #include "cuda/gemm_tile.cuh"
 #include "cuda/graph.h"
 #include "cuda/kernel_util.cuh"
+#include "cuda/launch.h"
 #include "cuda/ops.h"
 #include "cuda/pointwise_gemm.h"
 #include "cuda/profiler.h"
@@ -150,8 +151,8 @@ void native_forward(const ConvShape& g, const float* x, const float* w, const fl
   const int64_t count = int64_t(d.M) * d.N;
   Buffer partial(sizeof(float) * static_cast<std::size_t>(count * plan.splits));
   forward_gemm_split(g, x, w, partial.as<float>(), launch);
-  sum_splits_nchw_kernel<<<detail::grid_for(count), detail::kThreads, 0, cur_stream()>>>(
-      partial.as<float>(), d.M, d.N, plan.splits, g.P * g.Q, g.y_stride(), bias, y);
+  launch_kernel(sum_splits_nchw_kernel, detail::grid_for(count), detail::kThreads, 0, cur_stream(),
+                partial.as<float>(), d.M, d.N, plan.splits, g.P * g.Q, g.y_stride(), bias, y);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -174,8 +175,8 @@ void native_backward_weight(const ConvShape& g, const float* dy, const float* x,
     launch_tiled(plan, d.M, d.N, d.K, 1, a, b, epi, cur_stream());
   });
   if (plan.splits > 1) {
-    sum_splits_kernel<<<detail::grid_for(count), detail::kThreads, 0, cur_stream()>>>(partial.as<float>(),
-                                                                                      count, plan.splits, dw);
+    launch_kernel(sum_splits_kernel, detail::grid_for(count), detail::kThreads, 0, cur_stream(),
+                  partial.as<float>(), count, plan.splits, dw);
     CUDA_CHECK_LAUNCH();
   }
 }
@@ -183,6 +184,7 @@ void native_backward_weight(const ConvShape& g, const float* dy, const float* x,
 // One block per output channel k: db[k] = sum over n, pq of dy[n][k][pq]. Each thread sums a strided
 // part (adjacent threads read adjacent pq), then detail::block_sum adds the threads in a fixed tree.
 __global__ void bias_grad_kernel(const float* __restrict__ dy, int N, int K, int PQ, float* __restrict__ db) {
+  pdl_enter();
   __shared__ float scratch[32];
   const int k = blockIdx.x;
   const int64_t count = int64_t(N) * PQ;
@@ -717,9 +719,9 @@ Tensor conv2d_backward_bias(const Tensor& dy_in) {
     CUDNN_CHECK(cudnnConvolutionBackwardBias(cudnn_handle(), &one, dyd.get(), dy.data<float>(), &zero,
                                              dbd.get(), db.data<float>()));
   } else {
-    bias_grad_kernel<<<static_cast<unsigned>(K), detail::kThreads, 0, cur_stream()>>>(
-        dy.data<float>(), static_cast<int>(N), static_cast<int>(K), static_cast<int>(P * Q),
-        db.data<float>());
+    launch_kernel(bias_grad_kernel, static_cast<unsigned>(K), detail::kThreads, 0, cur_stream(),
+                  dy.data<float>(), static_cast<int>(N), static_cast<int>(K), static_cast<int>(P * Q),
+                  db.data<float>());
     CUDA_CHECK_LAUNCH();
   }
   return db;

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "cuda/gemm_tile.cuh"
+#include "cuda/launch.h"
 #include "tensor/tensor.h"
 
 namespace ladnn::cuda {
@@ -260,6 +261,7 @@ void forward_gemm_split(const ConvShape& g, const float* x, const float* w, floa
 
 __global__ void sum_splits_nchw_kernel(const float* __restrict__ partial, int M, int N, int splits, int plane,
                                        int64_t img, const float* __restrict__ bias, float* __restrict__ out) {
+  pdl_enter();
   const int64_t count = int64_t(M) * N;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
        i += int64_t(gridDim.x) * blockDim.x) {

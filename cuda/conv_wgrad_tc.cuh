@@ -32,6 +32,7 @@
 #include <type_traits>
 
 #include "cuda/fused_conv.cuh"
+#include "cuda/launch.h"
 
 #ifndef LADNN_TILE_EMULATION
 #include <mma.h>
@@ -95,6 +96,7 @@ template <int BK, int BN, int KS>
 __global__ void __launch_bounds__(WgradTile<BK, BN>::kThreads)
     conv_wgrad_tc_kernel(FusedConvGeom g, const float* __restrict__ dy, const float* __restrict__ x,
                          int chunks_per_split, float* __restrict__ out) {
+  pdl_enter();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // TF32 tensor cores need sm_80; the launcher never launches this there
 #else
@@ -233,6 +235,7 @@ __global__ void __launch_bounds__(WgradTile<BK, BN>::kThreads)
 /// dw[i] = sum of ws[s * n + i] over the splits s = 0, 1, ... in that order. Any grid (grid-stride).
 __global__ void wgrad_reduce_kernel(const float* __restrict__ ws, int splits, int64_t n,
                                     float* __restrict__ dw) {
+  pdl_enter();
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     float sum = ws[i];

@@ -18,6 +18,7 @@
 #include <cmath>
 
 #include "cuda/kernel_util.cuh"
+#include "cuda/launch.h"
 #include "cuda/ops.h"
 
 namespace ladnn::cuda {
@@ -31,6 +32,7 @@ using namespace detail;
 template <int K, typename Op, typename Calc>
 __global__ void map_kernel(float* __restrict__ out, const float* __restrict__ in0,
                            const float* __restrict__ in1, Calc calc, typename Calc::index_t n, Op op) {
+  pdl_enter();
   using I = typename Calc::index_t;
   for (I i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
     I off[K];
@@ -45,6 +47,7 @@ __global__ void map_kernel(float* __restrict__ out, const float* __restrict__ in
 template <int K, typename Op, typename I>
 __global__ void flat_kernel(float* __restrict__ out, const float* __restrict__ in0,
                             const float* __restrict__ in1, I n, Op op) {
+  pdl_enter();
   for (I i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
     if constexpr (K == 2)
       out[i] = op(in0[i]);
@@ -57,6 +60,7 @@ __global__ void flat_kernel(float* __restrict__ out, const float* __restrict__ i
 template <typename Calc>
 __global__ void add_inplace_kernel(float* a, const float* b, float alpha, Calc calc,
                                    typename Calc::index_t n) {
+  pdl_enter();
   using I = typename Calc::index_t;
   for (I i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
     I off[2];
@@ -66,6 +70,7 @@ __global__ void add_inplace_kernel(float* a, const float* b, float alpha, Calc c
 }
 
 __global__ void mul_scalar_inplace_kernel(float* a, float s, int64_t n) {
+  pdl_enter();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     a[i] = a[i] * s;
@@ -148,15 +153,18 @@ void launch_map(const char* name, float* out, const Shape& shape, const std::arr
   cudaStream_t st = current_stream();
   if (is_flat(g)) {
     if (n <= std::numeric_limits<int32_t>::max())
-      flat_kernel<K><<<grid_for(n), kThreads, 0, st>>>(out, in[0], in[1], static_cast<uint32_t>(n), op);
+      launch_kernel(flat_kernel<K, Op, uint32_t>, grid_for(n), kThreads, 0, st, out, in[0], in[1],
+                    static_cast<uint32_t>(n), op);
     else
-      flat_kernel<K><<<grid_for(n), kThreads, 0, st>>>(out, in[0], in[1], static_cast<uint64_t>(n), op);
+      launch_kernel(flat_kernel<K, Op, uint64_t>, grid_for(n), kThreads, 0, st, out, in[0], in[1],
+                    static_cast<uint64_t>(n), op);
     CUDA_CHECK_LAUNCH();
     return;
   }
   with_index_type(g, [&](auto calc) {
     using I = typename decltype(calc)::index_t;
-    map_kernel<K><<<grid_for(n), kThreads, 0, st>>>(out, in[0], in[1], calc, static_cast<I>(n), op);
+    launch_kernel(map_kernel<K, Op, decltype(calc)>, grid_for(n), kThreads, 0, st, out, in[0], in[1], calc,
+                  static_cast<I>(n), op);
     CUDA_CHECK_LAUNCH();
   });
 }
@@ -250,8 +258,8 @@ void add_(Tensor& a, const Tensor& b, double alpha) {
   cudaStream_t st = current_stream();
   with_index_type(g, [&](auto calc) {
     using I = typename decltype(calc)::index_t;
-    add_inplace_kernel<<<grid_for(n), kThreads, 0, st>>>(a.data<float>(), src.data<float>(),
-                                                         static_cast<float>(alpha), calc, static_cast<I>(n));
+    launch_kernel(add_inplace_kernel<decltype(calc)>, grid_for(n), kThreads, 0, st, a.data<float>(),
+                  src.data<float>(), static_cast<float>(alpha), calc, static_cast<I>(n));
     CUDA_CHECK_LAUNCH();
   });
 }
@@ -261,8 +269,8 @@ void mul_scalar_(Tensor& a, double s) {
   const int64_t n = a.numel();
   if (n == 0) return;
   // tensor/ops.h requires `a` contiguous: one flat run.
-  mul_scalar_inplace_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(a.data<float>(),
-                                                                            static_cast<float>(s), n);
+  launch_kernel(mul_scalar_inplace_kernel, grid_for(n), kThreads, 0, current_stream(), a.data<float>(),
+                static_cast<float>(s), n);
   CUDA_CHECK_LAUNCH();
 }
 

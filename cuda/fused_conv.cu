@@ -35,6 +35,7 @@
 #include "cuda/fused_conv_mma.cuh"
 #include "cuda/fused_conv_tc.cuh"
 #include "cuda/graph.h"
+#include "cuda/launch.h"
 #include "cuda/ops.h"
 #include "cuda/profiler.h"
 #include "cuda/runtime.h"
@@ -68,8 +69,8 @@ struct Launch : FusedArgs {
   void go() const {
     const FusedPlan plan{KT, WARPS, PIX};
     const FusedGrid fg = fused_grid(g, plan);
-    fused_conv_kernel<KT, WARPS, KSIZE, PIX>
-        <<<dim3(fg.x, fg.y), WARPS * 32, 0, static_cast<cudaStream_t>(stream())>>>(g, x, w, pre, post, y);
+    launch_kernel(fused_conv_kernel<KT, WARPS, KSIZE, PIX>, dim3(fg.x, fg.y), WARPS * 32, 0,
+                  static_cast<cudaStream_t>(stream()), g, x, w, pre, post, y);
     CUDA_CHECK_LAUNCH();
   }
   template <int BK, int BM, int KS>
@@ -78,9 +79,9 @@ struct Launch : FusedArgs {
     const cudaStream_t st = static_cast<cudaStream_t>(stream());
     const int splits = tc_split_count(g, chunks_per_split);
     const Tensor ws = workspace(splits);
-    fused_conv_tc_kernel<BK, BM, KS>
-        <<<dim3(fg.x, fg.y, static_cast<unsigned>(splits)), TcTile<BK, BM>::kThreads, 0, st>>>(
-            g, x, w, pre, post, y, chunks_per_split, splits > 1 ? ws.data<float>() : nullptr);
+    launch_kernel(fused_conv_tc_kernel<BK, BM, KS>, dim3(fg.x, fg.y, static_cast<unsigned>(splits)),
+                  TcTile<BK, BM>::kThreads, 0, st, g, x, w, pre, post, y, chunks_per_split,
+                  splits > 1 ? ws.data<float>() : nullptr);
     CUDA_CHECK_LAUNCH();
     reduce_splits(ws, splits, st);
   }
@@ -91,8 +92,9 @@ struct Launch : FusedArgs {
   /// After a split launch: the slabs added in split order, post applied, y written.
   void reduce_splits(const Tensor& ws, int splits, cudaStream_t st) const {
     if (splits <= 1) return;
-    tc_split_reduce_kernel<<<dim3(static_cast<unsigned>((g.M() + 255) / 256), static_cast<unsigned>(g.K)), 256,
-                             0, st>>>(g, ws.data<float>(), splits, post, y);
+    launch_kernel(tc_split_reduce_kernel,
+                  dim3(static_cast<unsigned>((g.M() + 255) / 256), static_cast<unsigned>(g.K)), 256, 0, st, g,
+                  ws.data<float>(), splits, post, y);
     CUDA_CHECK_LAUNCH();
   }
   bool w16 = false, x16 = false;  // the mma kernel copies w's rows / x's pixels 16 bytes at a time
@@ -117,9 +119,9 @@ struct Launch : FusedArgs {
     const Tensor ws = workspace(splits);
     const size_t smem =
         sizeof(float) * static_cast<size_t>(mma_smem_floats(g, MmaPlan{BK, BM, DEPTH}, pre.on));
-    fused_conv_mma_kernel<BK, BM, KS, TAP, DEPTH>
-        <<<dim3(fg.x, fg.y, static_cast<unsigned>(splits)), kMmaThreads, smem, st>>>(
-            g, w16, x16, x, w, pre, post, y, chunks_per_split, splits > 1 ? ws.data<float>() : nullptr);
+    launch_kernel(fused_conv_mma_kernel<BK, BM, KS, TAP, DEPTH>,
+                  dim3(fg.x, fg.y, static_cast<unsigned>(splits)), kMmaThreads, smem, st, g, w16, x16, x, w,
+                  pre, post, y, chunks_per_split, splits > 1 ? ws.data<float>() : nullptr);
     CUDA_CHECK_LAUNCH();
     reduce_splits(ws, splits, st);
   }
@@ -138,9 +140,9 @@ struct Launch : FusedArgs {
     const int splits = halo_split_count(g, chunks_per_split);
     const Tensor ws = workspace(splits);
     const size_t smem = sizeof(float) * static_cast<size_t>(halo_smem_floats(L));
-    fused_conv_halo_kernel<BM, VEC>
-        <<<dim3(fg.x, fg.y, static_cast<unsigned>(splits)), kMmaThreads, smem, st>>>(
-            g, L, x, w, post, y, chunks_per_split, splits > 1 ? ws.data<float>() : nullptr);
+    launch_kernel(fused_conv_halo_kernel<BM, VEC>, dim3(fg.x, fg.y, static_cast<unsigned>(splits)),
+                  kMmaThreads, smem, st, g, L, x, w, post, y, chunks_per_split,
+                  splits > 1 ? ws.data<float>() : nullptr);
     CUDA_CHECK_LAUNCH();
     reduce_splits(ws, splits, st);
   }
@@ -697,12 +699,12 @@ struct LaunchWgrad {
     Tensor ws;  // the splits' partial sums (none with one split)
     if (splits > 1) ws = Tensor::empty({splits, n}, DType::Float32, device);
     float* out = splits > 1 ? ws.data<float>() : dw;
-    conv_wgrad_tc_kernel<BK, BN, KS>
-        <<<dim3(gr.x, gr.y, gr.z), WgradTile<BK, BN>::kThreads, 0, st>>>(g, dy, x, chunks_per_split, out);
+    launch_kernel(conv_wgrad_tc_kernel<BK, BN, KS>, dim3(gr.x, gr.y, gr.z), WgradTile<BK, BN>::kThreads, 0,
+                  st, g, dy, x, chunks_per_split, out);
     CUDA_CHECK_LAUNCH();
     if (splits > 1) {
       const int64_t blocks = std::min<int64_t>((n + 255) / 256, int64_t(sm_count()) * 8);
-      wgrad_reduce_kernel<<<static_cast<unsigned>(blocks), 256, 0, st>>>(out, splits, n, dw);
+      launch_kernel(wgrad_reduce_kernel, static_cast<unsigned>(blocks), 256, 0, st, out, splits, n, dw);
       CUDA_CHECK_LAUNCH();
     }
   }

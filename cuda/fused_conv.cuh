@@ -29,6 +29,7 @@
 #include <type_traits>
 
 #include "cuda/bnpool_math.h"
+#include "cuda/launch.h"
 
 namespace ladnn::cuda {
 namespace {
@@ -143,6 +144,7 @@ template <int KT, int WARPS, int KSIZE, int PIX>
 __global__ void __launch_bounds__(WARPS * 32)
     fused_conv_kernel(FusedConvGeom g, const float* __restrict__ x, const float* __restrict__ w, FusedBn pre,
                       FusedBn post, float* __restrict__ y) {
+  pdl_enter();
   constexpr int TILE = 32 * PIX;  // output pixels per block
   __shared__ float s_mean[kFusedMaxC], s_scale[kFusedMaxC], s_shift[kFusedMaxC];
   __shared__ float s_part[WARPS * KT * TILE];

@@ -38,6 +38,7 @@
 #include "cuda/fused_conv.cuh"
 #include "cuda/fused_conv_mma.cuh"  // kMmaThreads
 #include "cuda/fused_conv_tc.cuh"   // FusedGrid, tc_split_reduce_kernel
+#include "cuda/launch.h"
 #include "cuda/mma_tf32.cuh"
 
 namespace ladnn::cuda {
@@ -120,6 +121,7 @@ __global__ void __launch_bounds__(kMmaThreads)
     fused_conv_halo_kernel(FusedConvGeom g, HaloLayout L, const float* __restrict__ x,
                            const float* __restrict__ w, FusedBn post, float* __restrict__ y,
                            int chunks_per_split, float* __restrict__ partial) {
+  pdl_enter();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // mma.sync on TF32 and cp.async need sm_80; the launcher never launches this there
 #else

@@ -28,6 +28,7 @@
 #include <type_traits>
 
 #include "cuda/fused_conv.cuh"
+#include "cuda/launch.h"
 
 #ifndef LADNN_TILE_EMULATION
 #include <mma.h>
@@ -109,6 +110,7 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
     fused_conv_tc_kernel(FusedConvGeom g, const float* __restrict__ x, const float* __restrict__ w,
                          FusedBn pre, FusedBn post, float* __restrict__ y, int chunks_per_split,
                          float* __restrict__ partial) {
+  pdl_enter();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // TF32 tensor cores need sm_80; the launcher never launches this there
 #else
@@ -305,6 +307,7 @@ __global__ void __launch_bounds__(TcTile<BK, BM>::kThreads)
 /// channel (each derives its coefficients: no shared memory, no barrier; the kernel is memory-bound).
 __global__ void tc_split_reduce_kernel(FusedConvGeom g, const float* __restrict__ partial, int splits,
                                        FusedBn post, float* __restrict__ y) {
+  pdl_enter();
   const int k = blockIdx.y, M = g.M();
   const int m = blockIdx.x * blockDim.x + threadIdx.x;
   if (m >= M) return;

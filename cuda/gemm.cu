@@ -34,6 +34,7 @@
 #include "cuda/gemm.h"
 #include "cuda/gemm_tile.cuh"
 #include "cuda/kernel_util.cuh"
+#include "cuda/launch.h"
 #include "cuda/ops.h"
 #include "cuda/profiler.h"
 
@@ -80,6 +81,7 @@ void sgemm_native_launch(int M, int N, int K, float alpha, const float* A, int l
 // One thread per element of y (M, N): y[i, j] = bias[j].
 __global__ void bias_rows_kernel(float* __restrict__ y, const float* __restrict__ bias, int64_t total,
                                  int64_t N) {
+  pdl_enter();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x)
     y[i] = bias[i % N];
@@ -200,8 +202,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   if (bias.defined()) {  // y starts as the bias in every row; the GEMM adds onto it
     const Tensor b = bias.contiguous();
     const int64_t total = M * N;
-    bias_rows_kernel<<<detail::grid_for(total), detail::kThreads, 0, cur_stream()>>>(
-        y.data<float>(), b.data<float>(), total, N);
+    launch_kernel(bias_rows_kernel, detail::grid_for(total), detail::kThreads, 0, cur_stream(),
+                  y.data<float>(), b.data<float>(), total, N);
     CUDA_CHECK_LAUNCH();
     beta = 1.0f;
   } else if (K == 0) {

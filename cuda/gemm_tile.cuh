@@ -44,6 +44,8 @@
 #include <cstdint>
 #include <string>
 
+#include "cuda/launch.h"  // pdl_enter(); launch_kernel only under nvcc
+
 #ifndef LADNN_TILE_EMULATION
 #include <cuda_runtime.h>
 
@@ -204,6 +206,7 @@ __device__ __forceinline__ int sub_tile_pos(int t, int i) {
 template <class Cfg, class OpA, class OpB, class Epi>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     tiled_gemm_kernel(int M, int N, int K, int k_per_split, int splits, OpA a, OpB b, Epi epi) {
+  pdl_enter();
   constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, TM = Cfg::TM, TN = Cfg::TN, PAD = Cfg::kPad;
   __shared__ __align__(16) float As[2][BK][BM + PAD];  // As[buf][k][m]
   __shared__ __align__(16) float Bs[2][BK][BN + PAD];  // Bs[buf][k][n]
@@ -278,6 +281,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 /// Sums `splits` partial results (split s at partial + s * count) into out, in split order.
 __global__ void sum_splits_kernel(const float* __restrict__ partial, int64_t count, int splits,
                                   float* __restrict__ out) {
+  pdl_enter();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
        i += int64_t(gridDim.x) * blockDim.x) {
     float s = 0.0f;
@@ -353,8 +357,8 @@ void launch_tiled_cfg(const TilePlan& plan, int M, int N, int K, int batch, cons
                 " batches/splits exceed the grid limits (65535 row tiles, 65535 batches)");
   const dim3 grid(static_cast<unsigned>(ceil_div_int(N, Cfg::BN)), static_cast<unsigned>(gy),
                   static_cast<unsigned>(gz));
-  tiled_gemm_kernel<Cfg, OpA, OpB, Epi>
-      <<<grid, Cfg::kThreads, 0, stream>>>(M, N, K, plan.k_per_split, plan.splits, a, b, epi);
+  launch_kernel(tiled_gemm_kernel<Cfg, OpA, OpB, Epi>, grid, Cfg::kThreads, 0, stream, M, N, K,
+                plan.k_per_split, plan.splits, a, b, epi);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cuda/kernel_util.cuh"
+#include "cuda/launch.h"
 #include "cuda/ops.h"
 
 namespace ladnn::cuda {
@@ -27,6 +28,7 @@ struct CatBatch {
 
 template <typename Word, typename I>
 __global__ void cat_kernel(Word* __restrict__ out, CatBatch batch, I outer, I row) {
+  pdl_enter();
   const int p = blockIdx.y;
   const I chunk = static_cast<I>(batch.chunk[p]);
   const I col = static_cast<I>(batch.col[p]);
@@ -56,11 +58,11 @@ void launch_cat(void* out, const std::vector<const void*>& src, const std::vecto
     }
     const dim3 grid(grid_for(longest), static_cast<unsigned>(count));
     if (small)
-      cat_kernel<Word, uint32_t><<<grid, kThreads, 0, st>>>(
-          static_cast<Word*>(out), batch, static_cast<uint32_t>(outer), static_cast<uint32_t>(row));
+      launch_kernel(cat_kernel<Word, uint32_t>, grid, kThreads, 0, st, static_cast<Word*>(out), batch,
+                    static_cast<uint32_t>(outer), static_cast<uint32_t>(row));
     else
-      cat_kernel<Word, uint64_t><<<grid, kThreads, 0, st>>>(
-          static_cast<Word*>(out), batch, static_cast<uint64_t>(outer), static_cast<uint64_t>(row));
+      launch_kernel(cat_kernel<Word, uint64_t>, grid, kThreads, 0, st, static_cast<Word*>(out), batch,
+                    static_cast<uint64_t>(outer), static_cast<uint64_t>(row));
     CUDA_CHECK_LAUNCH();
   }
 }

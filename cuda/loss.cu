@@ -12,6 +12,7 @@
 // item(): no host synchronisation inside a training step.
 #include "cuda/allocator.h"
 #include "cuda/kernel_util.cuh"
+#include "cuda/launch.h"
 #include "cuda/ops.h"
 
 namespace ladnn::cuda {
@@ -35,6 +36,7 @@ __device__ __forceinline__ double stable_sigmoid(double x) {
 // Reduction::None: one loss per element.
 __global__ void bce_forward_kernel(float* __restrict__ out, const float* __restrict__ x,
                                    const float* __restrict__ y, const float* __restrict__ w, int64_t n) {
+  pdl_enter();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     double l = bce_term(x[i], y[i]);
@@ -47,6 +49,7 @@ __global__ void bce_forward_kernel(float* __restrict__ out, const float* __restr
 __global__ void __launch_bounds__(kThreads)
     bce_partial_kernel(double* __restrict__ partial, const float* __restrict__ x, const float* __restrict__ y,
                        const float* __restrict__ w, int64_t n) {
+  pdl_enter();
   __shared__ double scratch[32];
   double acc = 0.0;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -63,6 +66,7 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void __launch_bounds__(kThreads)
     bce_finish_kernel(float* __restrict__ out, const double* __restrict__ partial, int count,
                       double divisor) {
+  pdl_enter();
   __shared__ double scratch[32];
   double acc = 0.0;
   for (int i = threadIdx.x; i < count; i += blockDim.x) acc += partial[i];
@@ -75,6 +79,7 @@ __global__ void bce_backward_kernel(float* __restrict__ dx, const float* __restr
                                     const float* __restrict__ y, const float* __restrict__ w,
                                     const float* __restrict__ dout, bool per_element, double divisor,
                                     int64_t n) {
+  pdl_enter();
   const double scale = per_element ? 0.0 : static_cast<double>(dout[0]) / divisor;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -113,8 +118,8 @@ Tensor bce_with_logits(const Tensor& x, const Tensor& y, const Tensor& weight, o
   if (reduction == ops::Reduction::None) {
     Tensor out = Tensor::empty(x.shape(), DType::Float32, x.device());
     if (n == 0) return out;
-    bce_forward_kernel<<<grid_for(n), kThreads, 0, st>>>(out.data<float>(), o.x.data<float>(),
-                                                         o.y.data<float>(), ptr_or_null(o.w), n);
+    launch_kernel(bce_forward_kernel, grid_for(n), kThreads, 0, st, out.data<float>(), o.x.data<float>(),
+                  o.y.data<float>(), ptr_or_null(o.w), n);
     CUDA_CHECK_LAUNCH();
     return out;
   }
@@ -126,10 +131,11 @@ Tensor bce_with_logits(const Tensor& x, const Tensor& y, const Tensor& weight, o
   }
   const int blocks = static_cast<int>(std::min<int64_t>(grid_for(n), kMaxReduceBlocks));
   Buffer partial(blocks * sizeof(double));
-  bce_partial_kernel<<<blocks, kThreads, 0, st>>>(partial.as<double>(), o.x.data<float>(), o.y.data<float>(),
-                                                  ptr_or_null(o.w), n);
+  launch_kernel(bce_partial_kernel, blocks, kThreads, 0, st, partial.as<double>(), o.x.data<float>(),
+                o.y.data<float>(), ptr_or_null(o.w), n);
   CUDA_CHECK_LAUNCH();
-  bce_finish_kernel<<<1, kThreads, 0, st>>>(out.data<float>(), partial.as<double>(), blocks, divisor);
+  launch_kernel(bce_finish_kernel, 1, kThreads, 0, st, out.data<float>(), partial.as<double>(), blocks,
+                divisor);
   CUDA_CHECK_LAUNCH();
   return out;
 }
@@ -144,9 +150,9 @@ Tensor bce_with_logits_backward(const Tensor& dout, const Tensor& x, const Tenso
   const bool per_element = reduction == ops::Reduction::None;
   const Tensor d = dout.contiguous();
   const double divisor = reduction == ops::Reduction::Mean ? static_cast<double>(n) : 1.0;
-  bce_backward_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(
-      dx.data<float>(), o.x.data<float>(), o.y.data<float>(), ptr_or_null(o.w), d.data<float>(), per_element,
-      divisor, n);
+  launch_kernel(bce_backward_kernel, grid_for(n), kThreads, 0, current_stream(), dx.data<float>(),
+                o.x.data<float>(), o.y.data<float>(), ptr_or_null(o.w), d.data<float>(), per_element, divisor,
+                n);
   CUDA_CHECK_LAUNCH();
   return dx;
 }

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cuda/kernel_util.cuh"
+#include "cuda/launch.h"
 #include "cuda/ops.h"
 
 namespace ladnn::cuda {
@@ -72,6 +73,7 @@ __device__ __forceinline__ void adam_element(float* __restrict__ p, const float*
 
 __global__ void adam_kernel(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
                             float* __restrict__ v, int64_t n, AdamScalars s) {
+  pdl_enter();
   if (s.step) adam_step_scalars(s);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
@@ -89,6 +91,7 @@ struct AdamBatch {
 
 // blockIdx.y = the tensor; x a grid-stride loop over its elements.
 __global__ void adam_multi_kernel(AdamBatch b, AdamScalars s) {
+  pdl_enter();
   if (s.step) adam_step_scalars(s);
   const int t = blockIdx.y;
   const int64_t n = b.n[t];
@@ -99,6 +102,7 @@ __global__ void adam_multi_kernel(AdamBatch b, AdamScalars s) {
 
 __global__ void sgd_kernel(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ buf,
                            int64_t n, SgdScalars s) {
+  pdl_enter();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float pi = p[i];
@@ -148,8 +152,8 @@ void adam_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& ex
   if (n == 0) return;
   const Tensor g = grad.contiguous();
   const AdamScalars a = adam_scalars(s);
-  adam_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(
-      param.data<float>(), g.data<float>(), exp_avg.data<float>(), exp_avg_sq.data<float>(), n, a);
+  launch_kernel(adam_kernel, grid_for(n), kThreads, 0, current_stream(), param.data<float>(), g.data<float>(),
+                exp_avg.data<float>(), exp_avg_sq.data<float>(), n, a);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -165,7 +169,7 @@ void adam_update_multi_(const std::vector<ops::AdamTensors>& params, const ops::
   auto launch = [&] {
     if (count == 0) return;
     const dim3 grid(grid_for(longest), static_cast<unsigned>(count));
-    adam_multi_kernel<<<grid, kThreads, 0, current_stream()>>>(batch, a);
+    launch_kernel(adam_multi_kernel, grid, kThreads, 0, current_stream(), batch, a);
     CUDA_CHECK_LAUNCH();
     batch = AdamBatch{};
     count = 0;
@@ -201,8 +205,8 @@ void sgd_update_(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, con
   a.mom = static_cast<float>(s.momentum);
   a.keep = static_cast<float>(1.0 - s.dampening);
   a.neg_lr = static_cast<float>(-s.lr);
-  sgd_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(
-      param.data<float>(), g.data<float>(), a.has_momentum ? momentum_buffer.data<float>() : nullptr, n, a);
+  launch_kernel(sgd_kernel, grid_for(n), kThreads, 0, current_stream(), param.data<float>(), g.data<float>(),
+                a.has_momentum ? momentum_buffer.data<float>() : nullptr, n, a);
   CUDA_CHECK_LAUNCH();
 }
 

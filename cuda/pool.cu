@@ -57,6 +57,7 @@
 #include "cuda/allocator.h"
 #include "cuda/bnpool_math.h"
 #include "cuda/bnpool_util.cuh"
+#include "cuda/launch.h"
 #include "cuda/ops.h"
 
 namespace ladnn::cuda {
@@ -73,6 +74,7 @@ constexpr int kThreads = 256;
 template <bool WRITE_Y>
 __global__ void max_pool_forward_kernel(const float* __restrict__ x, float* __restrict__ y,
                                         int64_t* __restrict__ ind, int64_t total, PoolGeom g) {
+  pdl_enter();
   for (int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; o < total; o += int64_t(gridDim.x) * blockDim.x) {
     float v;
     int64_t i;
@@ -87,6 +89,7 @@ __global__ void max_pool_forward_kernel(const float* __restrict__ x, float* __re
 // cannot throw, and reporting it would need a host synchronisation.
 __global__ void max_pool_backward_kernel(const float* __restrict__ dy, const int64_t* __restrict__ ind,
                                          float* __restrict__ dx, int64_t total, int64_t OHW, int64_t HW) {
+  pdl_enter();
   for (int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; o < total; o += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = ind[o];
     if (i < 0 || i >= HW) continue;
@@ -97,6 +100,7 @@ __global__ void max_pool_backward_kernel(const float* __restrict__ dy, const int
 // One thread per input cell, gathering (math::max_pool_backward_at): no atomics, no zeroing pass.
 __global__ void max_pool_backward_gather_kernel(const float* __restrict__ dy, const int64_t* __restrict__ ind,
                                                 float* __restrict__ dx, int64_t total, PoolGeom g) {
+  pdl_enter();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
     dx[i] = math::max_pool_backward_at(dy, ind, i, g);
 }
@@ -106,6 +110,7 @@ __global__ void max_pool_backward_gather_kernel(const float* __restrict__ dy, co
 __global__ void max_pool_backward_plane_kernel(const float* __restrict__ dy, int64_t sD,
                                                const int64_t* __restrict__ ind, float* __restrict__ dx,
                                                int64_t planes, int64_t C, PoolGeom g) {
+  pdl_enter();
   const int32_t HW = static_cast<int32_t>(g.H * g.W), W = static_cast<int32_t>(g.W);
   const int64_t out_plane = g.OH * g.OW;
   for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
@@ -128,6 +133,7 @@ __global__ void bn_avg_pool_eval_kernel(const float* __restrict__ x, int64_t sN,
                                         const float* __restrict__ gamma, const float* __restrict__ beta,
                                         const float* __restrict__ mean, const float* __restrict__ var,
                                         bool relu) {
+  pdl_enter();
   const int64_t out_plane = g.OH * g.OW;
   for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
     const int64_t c = plane % C, n = plane / C;
@@ -142,6 +148,7 @@ __global__ void bn_avg_pool_eval_kernel(const float* __restrict__ x, int64_t sN,
 
 __global__ void avg_pool_forward_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t total,
                                         PoolGeom g) {
+  pdl_enter();
   for (int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; o < total; o += int64_t(gridDim.x) * blockDim.x)
     y[o] = math::avg_pool_at(x, o, g);
 }
@@ -149,6 +156,7 @@ __global__ void avg_pool_forward_kernel(const float* __restrict__ x, float* __re
 // One thread per *input* element, gathering the outputs whose windows contain it: no atomics.
 __global__ void avg_pool_backward_kernel(const float* __restrict__ dy, float* __restrict__ dx, int64_t total,
                                          PoolGeom g) {
+  pdl_enter();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
     dx[i] = math::avg_pool_backward_at(dy, i, g);
 }
@@ -158,6 +166,7 @@ __global__ void avg_pool_backward_kernel(const float* __restrict__ dy, float* __
 // 49 values. The loop over outputs is uniform across a warp, so the full-mask shuffles are safe.
 __global__ void adaptive_avg_forward_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t total,
                                             int64_t H, int64_t W, int64_t OH, int64_t OW) {
+  pdl_enter();
   const int lane = threadIdx.x & 31;
   const int64_t warp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5;
   const int64_t warps = (int64_t(gridDim.x) * blockDim.x) >> 5;
@@ -172,6 +181,7 @@ __global__ void adaptive_avg_forward_kernel(const float* __restrict__ x, float* 
 // One thread per input element, gathering (as avg_pool_backward).
 __global__ void adaptive_avg_backward_kernel(const float* __restrict__ dy, float* __restrict__ dx, int64_t total,
                                              int64_t H, int64_t W, int64_t OH, int64_t OW) {
+  pdl_enter();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
     dx[i] = math::adaptive_avg_backward_at(dy, i, H, W, OH, OW);
 }
@@ -231,11 +241,11 @@ ops::MaxPoolForward max_pool2d_forward(const Tensor& x_in, const ops::Pool2dPara
     CUDNN_CHECK(cudnnPoolingForward(cudnn_handle(), c->pd.get(), &one, c->xd.get(), x.data<float>(), &zero, c->yd.get(),
                                     out.y.data<float>()));
     if (!with_indices) return out;
-    max_pool_forward_kernel<false>
-        <<<grid, kThreads, 0, cur_stream()>>>(x.data<float>(), nullptr, ind, total, g);
+    launch_kernel(max_pool_forward_kernel<false>, grid, kThreads, 0, cur_stream(), x.data<float>(), nullptr,
+                  ind, total, g);
   } else {
-    max_pool_forward_kernel<true>
-        <<<grid, kThreads, 0, cur_stream()>>>(x.data<float>(), out.y.data<float>(), ind, total, g);
+    launch_kernel(max_pool_forward_kernel<true>, grid, kThreads, 0, cur_stream(), x.data<float>(),
+                  out.y.data<float>(), ind, total, g);
   }
   CUDA_CHECK_LAUNCH();
   return out;
@@ -258,9 +268,10 @@ Tensor max_pool2d_backward(const Tensor& dy_in, const Tensor& indices_in, const 
     const int64_t planes = x_shape[0] * x_shape[1];
     const int64_t sD = x_shape[0] > 1 ? dy.strides()[0] : dy.size(1) * dy.size(2) * dy.size(3);
     const int threads = static_cast<int>(std::min<int64_t>(kThreads, (g.H * g.W + 31) / 32 * 32));
-    max_pool_backward_plane_kernel<<<static_cast<unsigned>(std::min<int64_t>(planes, int64_t(1) << 30)),
-                                     threads, 0, cur_stream()>>>(
-        dy.data<float>(), sD, indices.data<int64_t>(), dx.data<float>(), planes, x_shape[1], g);
+    launch_kernel(max_pool_backward_plane_kernel,
+                  static_cast<unsigned>(std::min<int64_t>(planes, int64_t(1) << 30)), threads, 0,
+                  cur_stream(), dy.data<float>(), sD, indices.data<int64_t>(), dx.data<float>(), planes,
+                  x_shape[1], g);
     CUDA_CHECK_LAUNCH();
     return dx;
   }
@@ -268,17 +279,17 @@ Tensor max_pool2d_backward(const Tensor& dy_in, const Tensor& indices_in, const 
   if (window) {
     const PoolGeom g = pool_geom(x_shape, dy.shape(), *window);
     const int64_t cells = dx.numel();
-    max_pool_backward_gather_kernel<<<grid_for(cells, kThreads), kThreads, 0, cur_stream()>>>(
-        dy.data<float>(), indices.data<int64_t>(), dx.data<float>(), cells, g);
+    launch_kernel(max_pool_backward_gather_kernel, grid_for(cells, kThreads), kThreads, 0, cur_stream(),
+                  dy.data<float>(), indices.data<int64_t>(), dx.data<float>(), cells, g);
     CUDA_CHECK_LAUNCH();
     return dx;
   }
   CUDA_CHECK(cudaMemsetAsync(dx.raw_data(), 0, sizeof(float) * static_cast<std::size_t>(dx.numel()), cur_stream()));
   const int64_t total = dy.numel();
   if (total == 0) return dx;
-  max_pool_backward_kernel<<<grid_for(total, kThreads), kThreads, 0, cur_stream()>>>(
-      dy.data<float>(), indices.data<int64_t>(), dx.data<float>(), total, dy.size(2) * dy.size(3),
-      x_shape[2] * x_shape[3]);
+  launch_kernel(max_pool_backward_kernel, grid_for(total, kThreads), kThreads, 0, cur_stream(),
+                dy.data<float>(), indices.data<int64_t>(), dx.data<float>(), total, dy.size(2) * dy.size(3),
+                x_shape[2] * x_shape[3]);
   CUDA_CHECK_LAUNCH();
   return dx;
 }
@@ -304,8 +315,8 @@ Tensor avg_pool2d_forward(const Tensor& x_in, const ops::Pool2dParams& p) {
     CUDNN_CHECK(cudnnPoolingForward(cudnn_handle(), c->pd.get(), &one, c->xd.get(), x.data<float>(), &zero, c->yd.get(),
                                     y.data<float>()));
   } else {
-    avg_pool_forward_kernel<<<grid_for(total, kThreads), kThreads, 0, cur_stream()>>>(x.data<float>(),
-                                                                                     y.data<float>(), total, g);
+    launch_kernel(avg_pool_forward_kernel, grid_for(total, kThreads), kThreads, 0, cur_stream(),
+                  x.data<float>(), y.data<float>(), total, g);
     CUDA_CHECK_LAUNCH();
   }
   return y;
@@ -330,10 +341,11 @@ bool bn_avg_pool2d_eval(const Tensor& x_in, const ops::BnEval& bn, const ops::Po
   const int64_t out_plane = y_shape[2] * y_shape[3];
   const int threads = static_cast<int>(std::min<int64_t>(kThreads, (out_plane + 31) / 32 * 32));
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(planes, int64_t(1) << 30));
-  bn_avg_pool_eval_kernel<<<blocks, threads, 0, cur_stream()>>>(
-      x.data<float>(), x.strides()[0], y.data<float>(), planes, x.size(1), g, bn.eps,
-      gamma.defined() ? gamma.data<float>() : nullptr, beta.defined() ? beta.data<float>() : nullptr,
-      mean.data<float>(), var.data<float>(), bn.act == ops::BnAct::Relu);
+  launch_kernel(bn_avg_pool_eval_kernel, blocks, threads, 0, cur_stream(), x.data<float>(), x.strides()[0],
+                y.data<float>(), planes, x.size(1), g, bn.eps,
+                gamma.defined() ? gamma.data<float>() : nullptr,
+                beta.defined() ? beta.data<float>() : nullptr, mean.data<float>(), var.data<float>(),
+                bn.act == ops::BnAct::Relu);
   CUDA_CHECK_LAUNCH();
   return true;
 }
@@ -364,8 +376,8 @@ Tensor avg_pool2d_backward(const Tensor& dy_in, const Shape& x_shape, const ops:
                                      dy.data<float>(), c->xd.get(), x_stand_in.as<float>(), &zero, c->xd.get(),
                                      dx.data<float>()));
   } else {
-    avg_pool_backward_kernel<<<grid_for(total, kThreads), kThreads, 0, cur_stream()>>>(dy.data<float>(),
-                                                                                      dx.data<float>(), total, g);
+    launch_kernel(avg_pool_backward_kernel, grid_for(total, kThreads), kThreads, 0, cur_stream(),
+                  dy.data<float>(), dx.data<float>(), total, g);
     CUDA_CHECK_LAUNCH();
   }
   return dx;
@@ -382,8 +394,8 @@ Tensor adaptive_avg_pool2d_forward(const Tensor& x_in, int64_t out_h, int64_t ou
   if (total == 0) return y;
   // A warp per output: blocks of kThreads / 32 warps.
   const unsigned grid = grid_for(total * 32, kThreads);
-  adaptive_avg_forward_kernel<<<grid, kThreads, 0, cur_stream()>>>(x.data<float>(), y.data<float>(), total,
-                                                                   x.size(2), x.size(3), out_h, out_w);
+  launch_kernel(adaptive_avg_forward_kernel, grid, kThreads, 0, cur_stream(), x.data<float>(),
+                y.data<float>(), total, x.size(2), x.size(3), out_h, out_w);
   CUDA_CHECK_LAUNCH();
   return y;
 }
@@ -396,8 +408,8 @@ Tensor adaptive_avg_pool2d_backward(const Tensor& dy_in, const Shape& x_shape) {
   Tensor dx = new_output(x_shape, DType::Float32, dy.device());
   const int64_t total = dx.numel();
   if (total == 0) return dx;
-  adaptive_avg_backward_kernel<<<grid_for(total, kThreads), kThreads, 0, cur_stream()>>>(
-      dy.data<float>(), dx.data<float>(), total, x_shape[2], x_shape[3], dy.size(2), dy.size(3));
+  launch_kernel(adaptive_avg_backward_kernel, grid_for(total, kThreads), kThreads, 0, cur_stream(),
+                dy.data<float>(), dx.data<float>(), total, x_shape[2], x_shape[3], dy.size(2), dy.size(3));
   CUDA_CHECK_LAUNCH();
   return dx;
 }

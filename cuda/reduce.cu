@@ -30,6 +30,7 @@
 
 #include "cuda/allocator.h"
 #include "cuda/kernel_util.cuh"
+#include "cuda/launch.h"
 #include "cuda/ops.h"
 
 namespace ladnn::cuda {
@@ -47,6 +48,7 @@ __global__ void __launch_bounds__(kThreads)
     reduce_rows_kernel(float* __restrict__ dst, const float* __restrict__ src, Calc kept, Calc reduced,
                        typename Calc::index_t outer, typename Calc::index_t inner,
                        typename Calc::index_t chunk) {
+  pdl_enter();
   using I = typename Calc::index_t;
   __shared__ float scratch[32];
   const I o = blockIdx.x, c = blockIdx.y;
@@ -69,6 +71,7 @@ __global__ void __launch_bounds__(kThreads)
     reduce_columns_kernel(float* __restrict__ dst, const float* __restrict__ src, Calc kept, Calc reduced,
                           typename Calc::index_t outer, typename Calc::index_t inner,
                           typename Calc::index_t chunk) {
+  pdl_enter();
   using I = typename Calc::index_t;
   const I o = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (o >= outer) return;
@@ -128,13 +131,13 @@ void reduce_into(float* out, const float* src, const Geometry<1>& kept, const Ge
     const OffsetCalc<1, I> kc(kept), rc(reduced);
     if (rows) {
       const dim3 grid(static_cast<unsigned>(outer), static_cast<unsigned>(chunks));
-      reduce_rows_kernel<<<grid, kThreads, 0, st>>>(dst, src, kc, rc, static_cast<I>(outer),
-                                                    static_cast<I>(inner), static_cast<I>(chunk));
+      launch_kernel(reduce_rows_kernel<OffsetCalc<1, I>>, grid, kThreads, 0, st, dst, src, kc, rc,
+                    static_cast<I>(outer), static_cast<I>(inner), static_cast<I>(chunk));
     } else {
       const dim3 grid(static_cast<unsigned>((outer + kThreads - 1) / kThreads),
                       static_cast<unsigned>(chunks));
-      reduce_columns_kernel<<<grid, kThreads, 0, st>>>(dst, src, kc, rc, static_cast<I>(outer),
-                                                       static_cast<I>(inner), static_cast<I>(chunk));
+      launch_kernel(reduce_columns_kernel<OffsetCalc<1, I>>, grid, kThreads, 0, st, dst, src, kc, rc,
+                    static_cast<I>(outer), static_cast<I>(inner), static_cast<I>(chunk));
     }
     CUDA_CHECK_LAUNCH();
   };

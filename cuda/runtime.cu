@@ -55,6 +55,17 @@ DeviceInfo device_info(int index) {
   return info;
 }
 
+int compute_capability() {
+  static const int cc = [] {
+    int dev = 0, major = 0, minor = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+    return major * 10 + minor;
+  }();
+  return cc;
+}
+
 int sm_count() {
   static const int n = [] {
     int dev = 0, v = 0;

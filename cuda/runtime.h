@@ -30,6 +30,8 @@ DeviceInfo device_info(int index);
 /// Streaming multiprocessors of the current device, read once — what the kernels' launchers size their
 /// grids by (split-K, grid-stride loops).
 int sm_count();
+/// Compute capability of the current device as major * 10 + minor (90 for an H100), read once.
+int compute_capability();
 /// Versions of the CUDA runtime, cuDNN and cuBLAS this binary uses ("" without CUDA).
 std::string runtime_version();
 std::string cudnn_version();

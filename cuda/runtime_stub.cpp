@@ -15,6 +15,9 @@ std::string unavailable_reason() { return kReason; }
 int device_count() { return 0; }
 DeviceInfo device_info(int) { throw std::runtime_error(kReason); }
 int sm_count() { throw std::runtime_error(kReason); }
+int compute_capability() {
+  throw std::runtime_error(kReason);
+}
 std::string runtime_version() { return ""; }
 std::string cudnn_version() { return ""; }
 std::string cublas_version() { return ""; }

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "cuda/kernel_util.cuh"
+#include "cuda/launch.h"
 #include "cuda/ops.h"
 
 namespace ladnn::cuda {
@@ -29,6 +30,7 @@ __device__ __forceinline__ Dst convert(Src v) {
 template <typename Dst, typename Src, typename Calc>
 __global__ void copy_kernel(Dst* __restrict__ dst, const Src* __restrict__ src, Calc calc,
                             typename Calc::index_t n) {
+  pdl_enter();
   using I = typename Calc::index_t;
   for (I i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
     I off[2];
@@ -39,6 +41,7 @@ __global__ void copy_kernel(Dst* __restrict__ dst, const Src* __restrict__ src, 
 
 template <typename T, typename Calc>
 __global__ void fill_kernel(T* __restrict__ dst, T value, Calc calc, typename Calc::index_t n) {
+  pdl_enter();
   using I = typename Calc::index_t;
   for (I i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
     I off[1];
@@ -93,8 +96,9 @@ void strided_copy(Tensor& dst, const Tensor& src) {
       using S = decltype(src_tag);
       with_index_type(g, [&](auto calc) {
         using I = typename decltype(calc)::index_t;
-        copy_kernel<D, S><<<grid_for(n), kThreads, 0, st>>>(
-            static_cast<D*>(dst.raw_data()), static_cast<const S*>(src.raw_data()), calc, static_cast<I>(n));
+        launch_kernel(copy_kernel<D, S, decltype(calc)>, grid_for(n), kThreads, 0, st,
+                      static_cast<D*>(dst.raw_data()), static_cast<const S*>(src.raw_data()), calc,
+                      static_cast<I>(n));
         CUDA_CHECK_LAUNCH();
       });
     });
@@ -115,14 +119,15 @@ void fill(Tensor& t, double value) {
     using T = decltype(tag);
     with_index_type(g, [&](auto calc) {
       using I = typename decltype(calc)::index_t;
-      fill_kernel<T><<<grid_for(n), kThreads, 0, st>>>(static_cast<T*>(t.raw_data()), static_cast<T>(value),
-                                                       calc, static_cast<I>(n));
+      launch_kernel(fill_kernel<T, decltype(calc)>, grid_for(n), kThreads, 0, st,
+                    static_cast<T*>(t.raw_data()), static_cast<T>(value), calc, static_cast<I>(n));
       CUDA_CHECK_LAUNCH();
     });
   });
 }
 
 __global__ void increment_kernel(int64_t* __restrict__ t, int64_t n) {
+  pdl_enter();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     t[i] += 1;
@@ -131,7 +136,8 @@ __global__ void increment_kernel(int64_t* __restrict__ t, int64_t n) {
 void increment_(Tensor& t) {
   const int64_t n = t.numel();
   if (n == 0) return;
-  increment_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(static_cast<int64_t*>(t.raw_data()), n);
+  launch_kernel(increment_kernel, grid_for(n), kThreads, 0, current_stream(),
+                static_cast<int64_t*>(t.raw_data()), n);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -144,6 +150,7 @@ struct CounterBatch {
 
 // Block b adds 1 to every element of tensor b.
 __global__ void increment_all_kernel(CounterBatch batch) {
+  pdl_enter();
   int64_t* t = batch.p[blockIdx.x];
   for (int64_t i = threadIdx.x; i < batch.n[blockIdx.x]; i += blockDim.x) t[i] += 1;
 }
@@ -153,7 +160,7 @@ void increment_all_(const std::vector<Tensor>& counters) {
   int count = 0;
   auto launch = [&] {
     if (count == 0) return;
-    increment_all_kernel<<<count, 32, 0, current_stream()>>>(batch);
+    launch_kernel(increment_all_kernel, count, 32, 0, current_stream(), batch);
     CUDA_CHECK_LAUNCH();
     count = 0;
   };

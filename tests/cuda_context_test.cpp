@@ -147,6 +147,22 @@ TEST(CudaContextSwitches, BnKernelNamesAndRoundTrip) {
   EXPECT_EQ(cuda::bn_kernel(), saved);
 }
 
+TEST(CudaContextSwitches, ProgrammaticLaunchRoundTripAndDescription) {
+  const bool saved = cuda::programmatic_launch();
+  cuda::set_programmatic_launch(true);
+  EXPECT_TRUE(cuda::programmatic_launch());
+  EXPECT_NE(
+      cuda::describe_switches().find(
+          "  pdl            on      (LADNN_PDL; default off: programmatic dependent launch of our kernels "
+          "(sm_90+))\n"),
+      std::string::npos)
+      << cuda::describe_switches();
+  cuda::set_programmatic_launch(false);
+  EXPECT_FALSE(cuda::programmatic_launch());
+  cuda::set_programmatic_launch(saved);
+  EXPECT_EQ(cuda::programmatic_launch(), saved);
+}
+
 TEST(CudaContextSwitches, Conv1x1ModeNamesAndRoundTrip) {
   EXPECT_STREQ(cuda::conv1x1_name(cuda::Conv1x1::Auto), "auto");
   EXPECT_STREQ(cuda::conv1x1_name(cuda::Conv1x1::Cudnn), "cudnn");

@@ -195,6 +195,25 @@ class DeterministicScope {
   bool saved_;
 };
 
+/// Programmatic dependent launch (cuda/launch.h) on or off for its lifetime; waits for the stream first
+/// and last, so that no kernel launched under one setting is still running under the other.
+class PdlScope {
+ public:
+  explicit PdlScope(bool on) : saved_(cuda::programmatic_launch()) {
+    cuda::synchronize();
+    cuda::set_programmatic_launch(on);
+  }
+  ~PdlScope() {
+    cuda::synchronize();
+    cuda::set_programmatic_launch(saved_);
+  }
+  PdlScope(const PdlScope&) = delete;
+  PdlScope& operator=(const PdlScope&) = delete;
+
+ private:
+  bool saved_;
+};
+
 /// Runs every op family (conv, BN, pool, GEMM) on `impl` and sets TF32 for its lifetime; waits for the
 /// stream, then restores the previous choices. Make one only where a GPU is usable.
 class ImplScope {

@@ -15,6 +15,7 @@
 #   2. ladnn_tests --gtest_filter='Cuda*:*Cuda*' with LADNN_CONV/BN/POOL=cudnn, LADNN_GEMM=cublas   (library)
 #   3. the same with every family native                                                      (native)
 #      (tests that pick the implementation themselves, like tests/cuda_bnpool_test.cpp, run both in each)
+#      and, with LADNN_CHECK_IMPLS naming pdl, the native pass with LADNN_PDL=1                  (pdl)
 #   4. compute-sanitizer --tool memcheck over the CUDA tests, native kernels, DenseNet-sized cases left
 #      out for time (they run the same kernels as the small ones). Skipped with a message when
 #      compute-sanitizer is not under /usr/local/cuda/bin or on PATH. The caching allocator rounds
@@ -52,6 +53,8 @@
 #        bn-split    the same rows with LADNN_BN_KERNEL=split (every native BatchNorm as three kernels: the
 #                    one-kernel-per-channel path's before)
 #        fused-off   the same rows with LADNN_FUSED_CONV=off (the library convolutions only: auto's before)
+#        pdl         `ladnn bench` twice, LADNN_PDL=0 then =1 (our kernels with programmatic dependent
+#                    launch, cuda/launch.h), with LADNN_CHECK_COMPARE_ARGS (default: the bench step's)
 #        mma         batch 32, training and inference, and how many shapes of each pass Auto gave to each
 #                    form of the mma and halo kernels (LADNN_CUDNN_LOG=1: window size and tile)
 #        loss-curve  `ladnn bench --loss-curve 50` with LADNN_FUSED_CONV=auto: our first 50 Adam steps beside
@@ -60,13 +63,13 @@
 #                    ("loop sync", the old `ladnn train --cuda-graph`) against one step ahead ("loop
 #                    ahead", pinned slots and queued copies) — what the app loses around the step
 # LADNN_CHECK_STEPS picks the steps (comma-separated names: info,tests,sanitizer,kernels,bench,before,
-# cudnn-bn,memory,profile,graph-profile,tf32-off,conv1x1,graph-plan,native-conv,fused,bn-split,fused-off,
+# cudnn-bn,memory,profile,graph-profile,tf32-off,conv1x1,graph-plan,native-conv,fused,bn-split,fused-off,pdl,
 # mma,loss-curve,loop; default all but the comparisons, which need the time of a second call).
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to
 # device-check-out/.
 #
 # Environment: LADNN_BUILD (build folder, default build), LADNN_CHECK_IMPLS (the default implementations
-# the test pass runs under: 'library native', the default, or one of them), LADNN_CHECK_BENCH_FILTER (a
+# the test pass runs under: 'library native', the default, any of library, native, pdl), LADNN_CHECK_BENCH_FILTER (a
 # --benchmark_filter regex, default all), T_TESTS / T_SANITIZER / T_BENCH (seconds per step).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -163,6 +166,7 @@ want tests && for impls in ${LADNN_CHECK_IMPLS:-library native}; do
   case $impls in
     library) run_tests library LADNN_CONV=cudnn LADNN_BN=cudnn LADNN_POOL=cudnn LADNN_GEMM=cublas ;;
     native) run_tests native LADNN_CONV=native LADNN_BN=native LADNN_POOL=native LADNN_GEMM=native ;;
+    pdl) run_tests pdl LADNN_CONV=native LADNN_BN=native LADNN_POOL=native LADNN_GEMM=native LADNN_PDL=1 ;;
   esac
 done
 
@@ -233,6 +237,13 @@ fi
 # shellcheck disable=SC2086
 want cudnn-bn && compare cudnn-bn LADNN_BN=cudnn timeout "$T_COMPARE" "$B/ladnn" bench $BENCH_ARGS --torch off
 want bn-split && compare bn-split LADNN_BN_KERNEL=split timeout "$T_COMPARE" "$B/ladnn" bench $BENCH_ARGS --torch off
+if want pdl; then  # both settings in this call, one after the other, on the same machine
+  COMPARE_ARGS="${LADNN_CHECK_COMPARE_ARGS:-$BENCH_ARGS}"
+  # shellcheck disable=SC2086
+  compare pdl-off LADNN_PDL=0 timeout "$T_COMPARE" "$B/ladnn" bench $COMPARE_ARGS --torch off
+  # shellcheck disable=SC2086
+  compare pdl LADNN_PDL=1 timeout "$T_COMPARE" "$B/ladnn" bench $COMPARE_ARGS --torch off
+fi
 want fused-off && compare fused-off LADNN_FUSED_CONV=off timeout "$T_COMPARE" "$B/ladnn" bench $BENCH_ARGS --torch off
 if want mma; then
   compare mma LADNN_CUDNN_LOG=1 timeout "$T_COMPARE" "$B/ladnn" bench --batches 32 \
@@ -338,7 +349,7 @@ def tests(name):
     return s
 
 print("CUDA tests")
-for name in ("library", "native"):
+for name in ("library", "native", "pdl"):
     print(f"  {name:8s} {tests(name)}")
 res = os.path.join(out, "sanitizer.result")
 print("memcheck   " + (open(res).read().strip() if os.path.exists(res) else "not run"))
