@@ -176,7 +176,8 @@ enum class BnPass {
 };
 
 // act = Relu: the fused BatchNorm-ReLU (native: in the BN kernels; cuDNN: its BN plus a ReLU pass).
-// kernel: the native layout (cuda::BnKernel; Auto unless a "/split" or "/channel" row asks for one).
+// kernel: the native layout (cuda::BnKernel; Auto unless a "/split", "/channel" or "/cluster" row asks for
+// one).
 void bench_bn(benchmark::State& state, Shape shape, BnPass pass, ops::BnAct act, Impl impl,
               cuda::BnKernel kernel) {
   guarded(state, [&] {
@@ -577,11 +578,13 @@ void register_all() {
                                                      .c_str(),
                                                  bench_bn, s, pass, act, i, cuda::BnKernel::Auto));
   // The native layouts side by side (LADNN_BN_KERNEL): the rows above run auto's choice; these force the
-  // split path (three kernels) and the one-kernel-per-channel path, training forward and backward.
+  // split path (three kernels), the one-kernel-per-channel path and the values held in registers (a block
+  // or a cluster of blocks per channel; where a channel is too long for it, auto's), training forward and
+  // backward.
   for (const auto& [pass, name] : {std::pair<BnPass, const char*>{BnPass::ForwardTrain, "fwd_train"},
                                    std::pair<BnPass, const char*>{BnPass::BackwardFromX, "bwd_train_fromx"}})
     for (const Shape& s : kBnShapes)
-      for (cuda::BnKernel k : {cuda::BnKernel::Split, cuda::BnKernel::Channel})
+      for (cuda::BnKernel k : {cuda::BnKernel::Split, cuda::BnKernel::Channel, cuda::BnKernel::Cluster})
         configure(benchmark::RegisterBenchmark(
             (std::string("bnrelu_") + name + "/native/" + shape_name(s) + "/" + cuda::bn_kernel_name(k)).c_str(),
             bench_bn, s, pass, ops::BnAct::Relu, Impl::Native, k));

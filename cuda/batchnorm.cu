@@ -34,9 +34,15 @@
 //           them from L2 (bn_train_channel, bn_backward_channel). Graph replays pay each kernel's
 //           launch and drain (5-6 us a node on average at batch 1 on an H200, run 7), and DenseNet-169 has
 //           169 BatchNorms.
-//           Training forward and backward read a spaced x in place as well (the training dense block's
-//           channel prefix, models/densenet.cpp): x's sample stride is BnPartition::sN and a kernel
-//           parameter; dy, relu_y, y and dx are always packed.
+//           Under LADNN_BN_KERNEL=cluster (sm_90+, math::bn_cluster_shape: up to 131,072 values a channel)
+//           the training forward and every backward hold the channel's values in registers instead of
+//           re-reading them (bn_train_cluster, bn_backward_cluster): one block, or a cluster of up to 8
+//           blocks whose partial statistics (or sums) meet in distributed shared memory. Each value is
+//           read once: a backward adding into dx moves 4 floats per value (dy, x, dx read, dx written)
+//           instead of 6, a forward 2 instead of 3, and a channel too long for one block no longer takes the
+//           three kernels of the split path. Training forward and backward read a spaced x in place as well
+//           (the training dense block's channel prefix, models/densenet.cpp): x's sample stride is
+//           BnPartition::sN and a kernel parameter; dy, relu_y, y and dx are always packed.
 //   Eval-mode backward always runs the native kernels: cuDNN has no backward for frozen statistics.
 //
 //   Fused ReLU (ops::BnAct::Relu; DenseNet's norm-relu pairs): native folds it into bn_normalize
@@ -117,9 +123,17 @@ int channel_block_threads(const BnGeom& g) {
     case BnKernel::Channel:  // (float counts stay exact up to 2^24 values)
       return g.M() <= (int64_t(1) << 24) ? math::bn_channel_threads(g.M()) : 0;
     case BnKernel::Auto:
+    case BnKernel::Cluster:  // (for the kernels without a cluster form, and channels too long for one)
       return math::bn_channel_fits(g.N, g.C, g.HW, sm_count()) ? math::bn_channel_threads(g.M()) : 0;
   }
   return 0;
+}
+
+/// The cluster kernels' launch shape (math::bn_cluster_shape) when cuda::bn_kernel() asks for them and
+/// (N, C, HW) fits on this device (sm_90+); threads == 0 otherwise.
+math::BnClusterShape cluster_shape(const BnGeom& g) {
+  if (bn_kernel() != BnKernel::Cluster || compute_capability() < 90) return {};
+  return math::bn_cluster_shape(g.M());
 }
 
 /// A per-channel vector as the kernels read it: base pointer and element stride; null = undefined.
@@ -295,21 +309,29 @@ __global__ void bn_stats_finalize_kernel(const float* __restrict__ partial, int6
 
 // y = (x - mean) * scale + shift, max(., 0) when RELU, for VEC values from xp to yp (VEC = 4: float4 loads
 // and stores, both 16-byte aligned): the map of every normalising kernel below.
+// The same map of VEC values already in registers (the cluster kernel's), stored at yp.
+template <int VEC, bool RELU>
+__device__ __forceinline__ void normalize_held(const float (&v)[VEC], float* __restrict__ yp, float mean,
+                                               float scale, float shift) {
+  float r[VEC];
+  for (int q = 0; q < VEC; ++q) {
+    r[q] = math::bn_normalize(v[q], mean, scale, shift);
+    if constexpr (RELU) r[q] = math::bn_relu(r[q]);
+  }
+  if constexpr (VEC == 4)
+    math::store4(yp, r);
+  else
+    *yp = r[0];
+}
 template <int VEC, bool RELU>
 __device__ __forceinline__ void normalize_values(const float* __restrict__ xp, float* __restrict__ yp, float mean,
                                                  float scale, float shift) {
-  if constexpr (VEC == 4) {
-    float v[4];
+  float v[VEC];
+  if constexpr (VEC == 4)
     math::load4(xp, v);
-    for (int q = 0; q < 4; ++q) {
-      v[q] = math::bn_normalize(v[q], mean, scale, shift);
-      if constexpr (RELU) v[q] = math::bn_relu(v[q]);
-    }
-    math::store4(yp, v);
-  } else {
-    const float v = math::bn_normalize(*xp, mean, scale, shift);
-    *yp = RELU ? math::bn_relu(v) : v;
-  }
+  else
+    v[0] = *xp;
+  normalize_held<VEC, RELU>(v, yp, mean, scale, shift);
 }
 
 // The training forward of channel c = blockIdx.x in one kernel (cuda::BnKernel::Channel): the block's
@@ -465,46 +487,66 @@ struct DxCoefs {
   float k, mean_dy, proj;
 };
 
-// dx = k (dy - mean_dy - (x - mean) proj) for VEC values: dy at dyp masked by the ReLU's output at yp
-// (when not null) or by the mask recomputed from x (m.on), x at xp; stored at out, or with ADD added to
-// what is there, rounded once (__fadd_rn: never contracted into an FMA with the product inside bn_dx, so
-// the same bits as a separate add_). VEC = 4: float4 accesses, all 16-byte aligned.
+// VEC values of dy (at dyp) and x (at xp) loaded into d and v, dy masked by the ReLU's output at yp (when
+// not null) or by the mask recomputed from x (m.on): what both backward passes read per group.
+template <int VEC>
+__device__ __forceinline__ void load_grad_values(const float* __restrict__ dyp, const float* __restrict__ xp,
+                                                 const float* __restrict__ yp, const math::BnMaskFromX& m,
+                                                 float mu, float (&d)[VEC], float (&v)[VEC]) {
+  if constexpr (VEC == 4) {
+    math::load4(dyp, d);
+    math::load4(xp, v);
+  } else {
+    d[0] = *dyp;
+    v[0] = *xp;
+  }
+  if (yp) {
+    float y[VEC];
+    if constexpr (VEC == 4)
+      math::load4(yp, y);
+    else
+      y[0] = *yp;
+    for (int q = 0; q < VEC; ++q) d[q] = math::bn_relu_grad(d[q], y[q]);
+  } else if (m.on) {
+    for (int q = 0; q < VEC; ++q) d[q] = math::bn_relu_on(v[q], mu, m) ? d[q] : 0.0f;
+  }
+}
+
+// dx = k (dy - mean_dy - (x - mean) proj) for VEC values of masked dy (d) and x (v) in registers; stored at
+// out, or with ADD added to what is there, rounded once (__fadd_rn: never contracted into an FMA with
+// the product inside bn_dx, so the same bits as a separate add_). VEC = 4: float4 accesses, 16-byte aligned.
+template <int VEC, bool ADD>
+__device__ __forceinline__ void dx_held(const float (&d)[VEC], const float (&v)[VEC], float mu,
+                                        const DxCoefs& k, float* __restrict__ out) {
+  float r[VEC];
+  for (int q = 0; q < VEC; ++q) r[q] = math::bn_dx(d[q], v[q], mu, k.k, k.mean_dy, k.proj);
+  if constexpr (ADD) {
+    float a[VEC];
+    if constexpr (VEC == 4)
+      math::load4(out, a);
+    else
+      a[0] = *out;
+    for (int q = 0; q < VEC; ++q) r[q] = __fadd_rn(a[q], r[q]);
+  }
+  if constexpr (VEC == 4)
+    math::store4(out, r);
+  else
+    *out = r[0];
+}
+
+// The dx pass's map of one group, reading its values (load_grad_values, then dx_held).
 template <int VEC, bool ADD>
 __device__ __forceinline__ void dx_values(const float* __restrict__ dyp, const float* __restrict__ xp,
                                           const float* __restrict__ yp, const math::BnMaskFromX& m, float mu,
                                           const DxCoefs& k, float* __restrict__ out) {
-  if constexpr (VEC == 4) {
-    float d[4], v[4], r[4];
-    math::load4(dyp, d);
-    math::load4(xp, v);
-    if (yp) {
-      float y[4];
-      math::load4(yp, y);
-      for (int q = 0; q < 4; ++q) d[q] = math::bn_relu_grad(d[q], y[q]);
-    } else if (m.on) {
-      for (int q = 0; q < 4; ++q) d[q] = math::bn_relu_on(v[q], mu, m) ? d[q] : 0.0f;
-    }
-    for (int q = 0; q < 4; ++q) r[q] = math::bn_dx(d[q], v[q], mu, k.k, k.mean_dy, k.proj);
-    if constexpr (ADD) {
-      float a[4];
-      math::load4(out, a);
-      for (int q = 0; q < 4; ++q) r[q] = __fadd_rn(a[q], r[q]);
-    }
-    math::store4(out, r);
-  } else {
-    const float xv = *xp;
-    const float d = yp ? math::bn_relu_grad(*dyp, *yp) : (m.on && !math::bn_relu_on(xv, mu, m) ? 0.0f : *dyp);
-    const float r = math::bn_dx(d, xv, mu, k.k, k.mean_dy, k.proj);
-    if constexpr (ADD)
-      *out = __fadd_rn(*out, r);
-    else
-      *out = r;
-  }
+  float d[VEC], v[VEC];
+  load_grad_values<VEC>(dyp, xp, yp, m, mu, d, v);
+  dx_held<VEC, ADD>(d, v, mu, k, out);
 }
 
-// Channel c's dgamma and dbeta (written) and dx coefficients (returned) from its sums (math::bn_grad_coefs).
-// The statistics are the batch's (invstd given, through_stats) or the running ones (invstd from
-// running_var and eps; frozen statistics do not depend on x).
+// Channel c's dgamma and dbeta (written where not null) and dx coefficients (returned) from its sums
+// (math::bn_grad_coefs). The statistics are the batch's (invstd given, through_stats) or the running ones
+// (invstd from running_var and eps; frozen statistics do not depend on x).
 __device__ DxCoefs finish_channel_grads(int64_t c, double sum_dy, double sum_dy_xmu, double M, const ChanPtr& gamma,
                                         const ChanPtr& invstd, const ChanPtr& running_var, double eps,
                                         bool through_stats, float* __restrict__ dgamma, float* __restrict__ dbeta) {
@@ -512,8 +554,8 @@ __device__ DxCoefs finish_channel_grads(int64_t c, double sum_dy, double sum_dy_
                              : 1.0 / ::sqrt(double(running_var.p[c * running_var.stride]) + eps);
   const double g = gamma.p ? gamma.p[c * gamma.stride] : 1.0;
   const math::BnGradCoefs k = math::bn_grad_coefs(sum_dy, sum_dy_xmu, is, g, M, through_stats);
-  dbeta[c] = static_cast<float>(k.dbeta);
-  dgamma[c] = static_cast<float>(k.dgamma);
+  if (dbeta) dbeta[c] = static_cast<float>(k.dbeta);  // (null: another block of the cluster writes them)
+  if (dgamma) dgamma[c] = static_cast<float>(k.dgamma);
   return {static_cast<float>(k.k), static_cast<float>(k.mean_dy), static_cast<float>(k.proj)};
 }
 
@@ -579,6 +621,166 @@ __global__ void bn_backward_channel_kernel(const float* __restrict__ dy, const f
     dx_values<VEC, ADD>(dy + off, x + n * p.sN + c * p.HW + r, relu_y ? relu_y + off : nullptr, m, mu, k,
                         dx + n * sD + c * p.HW + r);
   }
+}
+
+// ---- a channel's values in registers (cuda::BnKernel::Cluster) -----------------------------------------
+// A cluster of `blocks` blocks (launched with cluster dims (blocks, 1, 1), grid C * blocks: the blocks of
+// channel c are blockIdx.x = c * blocks + rank) takes channel c; thread u = rank * blockDim.x + threadIdx.x
+// of the cluster holds groups u, u + U, ... (U = blocks * blockDim.x) of VEC values, at most
+// math::kBnClusterValues values, in registers. Each block reduces its threads' partial state as the
+// per-channel kernels do; the blocks' partials meet through distributed shared memory (each block's thread 0
+// reads all of them, in rank order, so every block finishes the same statistics), then every thread maps the
+// values it holds. With one block it is bn_train_channel / bn_backward_channel with the second read of each
+// value taken from registers: the same order of every sum, the same bits.
+
+// All threads of all the cluster's blocks meet here; shared-memory writes before it are visible to every
+// block after it (release / acquire).
+__device__ __forceinline__ void cluster_barrier() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::
+                   : "memory");
+#endif
+}
+
+// The float at `p` (this block's shared memory) in the shared memory of the cluster's block `rank`.
+__device__ __forceinline__ float load_cluster_shared(const float* p, unsigned rank) {
+  float v = 0.0f;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const unsigned local = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  unsigned remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+#endif
+  return v;
+}
+
+// Every block's K floats `mine` (thread 0's), gathered in rank order into thread 0's `all` (K * blocks
+// floats) of every block. Called by all threads of all the cluster's blocks; with one block, a copy.
+template <int K>
+__device__ void cluster_gather(const float (&mine)[K], float* all, int blocks) {
+  __shared__ float slot[K];
+  if (blocks == 1) {
+    if (threadIdx.x == 0)
+      for (int k = 0; k < K; ++k) all[k] = mine[k];
+    return;
+  }
+  if (threadIdx.x == 0)
+    for (int k = 0; k < K; ++k) slot[k] = mine[k];
+  cluster_barrier();
+  if (threadIdx.x == 0)
+    for (int r = 0; r < blocks; ++r)
+      for (int k = 0; k < K; ++k) all[r * K + k] = load_cluster_shared(&slot[k], static_cast<unsigned>(r));
+  cluster_barrier();  // no block leaves (or reuses its slot) while another still reads it
+}
+
+// The training forward (as bn_train_channel_kernel) of channel blockIdx.x / blocks. VEC = 4: HW % 4 == 0,
+// sN % 4 == 0, x and y 16-byte aligned. p.M <= blocks * blockDim.x * kBnClusterValues.
+template <int VEC, bool RELU>
+__global__ void __launch_bounds__(math::kBnClusterThreads, 1)
+    bn_train_cluster_kernel(const float* __restrict__ x, BnPartition p, float* __restrict__ y, int blocks,
+                            double eps, double momentum, ChanPtr gamma, ChanPtr beta, ChanPtr running_mean,
+                            ChanPtr running_var, float* __restrict__ save_mean,
+                            float* __restrict__ save_invstd) {
+  pdl_enter();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  __trap();  // clusters need sm_90; the launcher never launches this there
+#else
+  constexpr int G = math::kBnClusterValues / VEC;
+  const int64_t c = blockIdx.x / blocks;
+  const int rank = static_cast<int>(blockIdx.x - c * blocks);
+  const int U = blocks * static_cast<int>(blockDim.x), u = rank * static_cast<int>(blockDim.x) + threadIdx.x;
+  const int M = static_cast<int>(p.M), HW = static_cast<int>(p.HW);
+  float v[G][VEC];
+  Welford w{0.0f, 0.0f, 0.0f};
+#pragma unroll
+  for (int it = 0; it < G; ++it) {
+    const math::BnHeldGroup h = math::bn_cluster_group<VEC>(u, it, U, HW);
+    if (h.j >= M) break;
+    const float* xp = x + h.n * p.sN + c * p.HW + h.r;
+    if constexpr (VEC == 4) {
+      math::load4(xp, v[it]);
+      math::welford_add4(w, v[it]);
+    } else {
+      v[it][0] = *xp;
+      math::welford_add(w, v[it][0]);
+    }
+  }
+  w = block_welford(w);
+  float all[3 * math::kBnMaxClusterBlocks];
+  cluster_gather<3>({w.n, w.mean, w.m2}, all, blocks);
+  __shared__ NormCoefs coefs;
+  if (threadIdx.x == 0) {
+    const math::BnChannelStats st = math::bn_merge_partials(all, blocks, eps);
+    if (rank == 0) record_channel_stats(c, st, momentum, running_mean, running_var, save_mean, save_invstd);
+    coefs = channel_coefs(c, st, gamma, beta);
+  }
+  __syncthreads();
+  const NormCoefs k = coefs;
+#pragma unroll
+  for (int it = 0; it < G; ++it) {
+    const math::BnHeldGroup h = math::bn_cluster_group<VEC>(u, it, U, HW);
+    if (h.j >= M) break;
+    normalize_held<VEC, RELU>(v[it], y + (h.n * p.C + c) * p.HW + h.r, k.mean, k.scale, k.shift);
+  }
+#endif
+}
+
+// A backward (as bn_backward_channel_kernel) of channel blockIdx.x / blocks: dy and x read once, the masked
+// dy and x held for the dx pass. The first block of the cluster writes dgamma and dbeta.
+template <int VEC, bool ADD>
+__global__ void __launch_bounds__(math::kBnClusterThreads)
+    bn_backward_cluster_kernel(const float* __restrict__ dy, const float* __restrict__ x,
+                               const float* __restrict__ relu_y, MaskSource from_x, BnPartition p,
+                               float* __restrict__ dx, int64_t sD, int blocks, ChanPtr gamma, ChanPtr mean,
+                               ChanPtr invstd, ChanPtr running_var, double eps, bool through_stats,
+                               float* __restrict__ dgamma, float* __restrict__ dbeta) {
+  pdl_enter();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  __trap();  // clusters need sm_90; the launcher never launches this there
+#else
+  constexpr int G = math::kBnClusterValues / VEC;
+  const int64_t c = blockIdx.x / blocks;
+  const int rank = static_cast<int>(blockIdx.x - c * blocks);
+  const int U = blocks * static_cast<int>(blockDim.x), u = rank * static_cast<int>(blockDim.x) + threadIdx.x;
+  const int M = static_cast<int>(p.M), HW = static_cast<int>(p.HW);
+  const float mu = mean.p[c * mean.stride];
+  const math::BnMaskFromX m = mask_of(from_x, c);
+  float d[G][VEC], v[G][VEC];
+  float sum_dy = 0.0f, sum_dy_xmu = 0.0f;
+#pragma unroll
+  for (int it = 0; it < G; ++it) {
+    const math::BnHeldGroup h = math::bn_cluster_group<VEC>(u, it, U, HW);
+    if (h.j >= M) break;
+    const int64_t off = (h.n * p.C + c) * p.HW + h.r;
+    load_grad_values<VEC>(dy + off, x + h.n * p.sN + c * p.HW + h.r, relu_y ? relu_y + off : nullptr, m, mu,
+                          d[it], v[it]);
+    math::bn_grad_add<VEC>(d[it], v[it], mu, sum_dy, sum_dy_xmu);
+  }
+  __shared__ float shared[32];
+  sum_dy = block_sum(sum_dy, shared);
+  sum_dy_xmu = block_sum(sum_dy_xmu, shared);
+  float all[2 * math::kBnMaxClusterBlocks];
+  cluster_gather<2>({sum_dy, sum_dy_xmu}, all, blocks);
+  __shared__ DxCoefs coefs;
+  if (threadIdx.x == 0) {
+    double total_dy = 0.0, total_dy_xmu = 0.0;  // in rank order, in double (as bn_grad_finalize's chunks)
+    for (int r = 0; r < blocks; ++r) {
+      total_dy += all[2 * r];
+      total_dy_xmu += all[2 * r + 1];
+    }
+    coefs =
+        finish_channel_grads(c, total_dy, total_dy_xmu, static_cast<double>(p.M), gamma, invstd, running_var,
+                             eps, through_stats, rank == 0 ? dgamma : nullptr, rank == 0 ? dbeta : nullptr);
+  }
+  __syncthreads();
+  const DxCoefs k = coefs;
+#pragma unroll
+  for (int it = 0; it < G; ++it) {
+    const math::BnHeldGroup h = math::bn_cluster_group<VEC>(u, it, U, HW);
+    if (h.j >= M) break;
+    dx_held<VEC, ADD>(d[it], v[it], mu, k, dx + h.n * sD + c * p.HW + h.r);
+  }
+#endif
 }
 
 // dx = k[c] * (dy - mean_dy[c] - (x - mean[c]) * proj[c]) over all values (grid-stride); dy masked by
@@ -700,6 +902,24 @@ void native_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& be
                           const Tensor& running_var, double momentum, double eps, bool relu,
                           const ops::BatchNormForward& out) {
   const BnGeom g = geom_of(x);
+  if (const math::BnClusterShape cs = cluster_shape(g); cs.threads) {  // the values in registers
+    BnPartition part = math::bn_channel_partition(g.N, g.C, g.HW);
+    part.sN = sample_stride(x, g);
+    const float* px = x.data<float>();
+    float* py = out.y.data<float>();
+    const bool vec = g.HW % 4 == 0 && part.sN % 4 == 0 && aligned16(px) && aligned16(py);
+    auto launch = [&](auto kernel) {
+      launch_kernel_clustered(static_cast<unsigned>(cs.blocks), kernel,
+                              static_cast<unsigned>(g.C * cs.blocks), cs.threads, 0, cur_stream(), px, part,
+                              py, cs.blocks, eps, momentum, chan(gamma), chan(beta), chan(running_mean),
+                              chan(running_var), out.save_mean.data<float>(), out.save_invstd.data<float>());
+    };
+    with_vec_flag(vec, relu, [&](auto v, auto r) {
+      launch(bn_train_cluster_kernel<decltype(v)::value, decltype(r)::value>);
+    });
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
   if (const int threads = channel_block_threads(g)) {  // one kernel: a block per channel
     BnPartition part = math::bn_channel_partition(g.N, g.C, g.HW);
     part.sN = sample_stride(x, g);
@@ -911,6 +1131,22 @@ void native_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, con
   const int64_t sN = sample_stride(x, g);
   const bool vec = g.HW % 4 == 0 && sN % 4 == 0 && sD % 4 == 0 && aligned16(px) && aligned16(pdy) &&
                    aligned16(pdx) && (!pmask || aligned16(pmask));
+  if (const math::BnClusterShape cs = cluster_shape(g); cs.threads) {  // the values in registers
+    BnPartition part = math::bn_channel_partition(g.N, g.C, g.HW);
+    part.sN = sN;
+    auto launch = [&](auto kernel) {
+      launch_kernel_clustered(static_cast<unsigned>(cs.blocks), kernel,
+                              static_cast<unsigned>(g.C * cs.blocks), cs.threads, 0, cur_stream(), pdy, px,
+                              pmask, from_x, part, pdx, sD, cs.blocks, chan(gamma), chan(mean), chan(invstd),
+                              chan(running_var), eps, through_stats, out.dgamma.data<float>(),
+                              out.dbeta.data<float>());
+    };
+    with_vec_flag(vec, add, [&](auto v, auto a) {
+      launch(bn_backward_cluster_kernel<decltype(v)::value, decltype(a)::value>);
+    });
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
   if (const int threads = channel_block_threads(g)) {  // one kernel: a block per channel
     BnPartition part = math::bn_channel_partition(g.N, g.C, g.HW);
     part.sN = sN;

@@ -146,6 +146,47 @@ inline int bn_channel_threads(int64_t M) {
   t = (t + 31) / 32 * 32;
   return static_cast<int>(t < 32 ? 32 : (t > 1024 ? 1024 : t));
 }
+/// A channel's values held in registers (cuda::BnKernel::Cluster): a cluster of `blocks` blocks (Hopper
+/// thread block clusters; one block where it suffices) of `threads` threads takes one channel, and each
+/// thread at most kBnClusterValues of its values — groups u, u + U, u + 2U, ... of VEC values, u the
+/// thread's rank in the cluster (block rank * threads + thread), U = blocks * threads — read once: the
+/// statistics (or the backward's sums) are merged across the cluster through distributed shared memory,
+/// then the map is computed from the registers. Up to 8,192 values it is one block of
+/// bn_channel_threads(M) threads (at most 16 values each), walking the channel as the per-channel kernel
+/// does: the same bits. Beyond, blocks of at most kBnClusterThreads threads (a backward holds 64 floats a
+/// thread: 512 threads stay within the register file), in clusters of at most kBnMaxClusterBlocks (the
+/// portable size). threads == 0: the channel does not fit (more than 8 * 512 * 32 = 131,072 values).
+constexpr int kBnClusterValues = 32;
+constexpr int kBnClusterThreads = 512;
+constexpr int kBnMaxClusterBlocks = 8;
+struct BnClusterShape {
+  int threads = 0, blocks = 0;
+};
+inline BnClusterShape bn_cluster_shape(int64_t M) {
+  if (M <= 0) return {};
+  if (M <= 16 * int64_t(kBnClusterThreads)) return {bn_channel_threads(M), 1};
+  constexpr int64_t per_block = int64_t(kBnClusterValues) * kBnClusterThreads;
+  const int64_t blocks = (M + per_block - 1) / per_block;
+  if (blocks > kBnMaxClusterBlocks) return {};
+  int64_t t = (M + kBnClusterValues * blocks - 1) / (kBnClusterValues * blocks);
+  t = (t + 31) / 32 * 32;
+  return {static_cast<int>(t), static_cast<int>(blocks)};
+}
+
+/// Group `it` of cluster thread u (of U, the cluster's threads): its first value's index j in the channel
+/// (j >= M: the thread has no such group) and that value's sample n and offset r in the sample's plane.
+struct BnHeldGroup {
+  int j, n, r;
+};
+template <int VEC>
+LADNN_HD BnHeldGroup bn_cluster_group(int u, int it, int U, int HW) {
+  BnHeldGroup h;
+  h.j = (u + it * U) * VEC;
+  h.n = h.j / HW;
+  h.r = h.j - h.n * HW;
+  return h;
+}
+
 /// The partition of a per-channel block: one chunk of all M values (bn_stats_thread and bn_grad_thread
 /// with s = 0 then walk the whole channel).
 inline BnPartition bn_channel_partition(int64_t N, int64_t C, int64_t HW) {
@@ -264,6 +305,20 @@ LADNN_HD float bn_relu(float v) { return v > 0.0f ? v : 0.0f; }
 /// Its backward mask: dy where the forward's output y was > 0, else 0 (relu_backward's rule).
 LADNN_HD float bn_relu_grad(float dy, float y) { return y > 0.0f ? dy : 0.0f; }
 
+/// One group of VEC values (dy already masked) added to a thread's backward sums: sum(dy) and
+/// sum(dy * (x - mu)), in the one order every backward kernel uses (so that a kernel holding its values
+/// in registers, bn_backward_cluster, sums them to the same bits as one reading them, bn_grad_thread).
+template <int VEC>
+LADNN_HD void bn_grad_add(const float* d, const float* v, float mu, float& sum_dy, float& sum_dy_xmu) {
+  if constexpr (VEC == 4) {
+    sum_dy += (d[0] + d[1]) + (d[2] + d[3]);
+    sum_dy_xmu += d[0] * (v[0] - mu) + d[1] * (v[1] - mu) + d[2] * (v[2] - mu) + d[3] * (v[3] - mu);
+  } else {
+    sum_dy += d[0];
+    sum_dy_xmu += d[0] * (v[0] - mu);
+  }
+}
+
 /// sum(dy) and sum(dy * (x - mu)) of thread t (of T) in block (c, s), as bn_stats_thread walks.
 /// `relu_y` (null for a plain BatchNorm): the fused BatchNorm-ReLU's output, masking dy; or, with
 /// `from_x.on`, the same mask recomputed from x (relu_y null).
@@ -288,14 +343,12 @@ LADNN_HD void bn_grad_thread(const float* dy, const float* x, float mu, int64_t 
       } else if (from_x.on) {
         for (int k = 0; k < 4; ++k) d[k] = bn_relu_on(v[k], mu, from_x) ? d[k] : 0.0f;
       }
-      sum_dy += (d[0] + d[1]) + (d[2] + d[3]);
-      sum_dy_xmu += d[0] * (v[0] - mu) + d[1] * (v[1] - mu) + d[2] * (v[2] - mu) + d[3] * (v[3] - mu);
+      bn_grad_add<4>(d, v, mu, sum_dy, sum_dy_xmu);
     } else {
       const float xv = x[xoff];
       const float d = relu_y ? bn_relu_grad(dy[off], relu_y[off])
                              : (from_x.on && !bn_relu_on(xv, mu, from_x) ? 0.0f : dy[off]);
-      sum_dy += d;
-      sum_dy_xmu += d * (xv - mu);
+      bn_grad_add<1>(&d, &xv, mu, sum_dy, sum_dy_xmu);
     }
   }
 }

@@ -90,8 +90,13 @@ FusedConv parse_fused_conv(const std::string& value, const char* where);
 ///   Auto     (default) Channel where the channels alone fill the GPU and a channel holds at most
 ///            cuda/bnpool_math.h's kBnChannelMaxValues values (math::bn_channel_fits), else Split.
 ///            GPU run 7 (H200), graphed training against Split: 10.01 -> 8.70 ms at batch 1, 29.97 ->
-///            28.17 ms at batch 32, 46.03 -> 44.34 ms at batch 64 (2459 -> 1808 graph nodes at 32).
-enum class BnKernel { Auto, Channel, Split };
+///            28.17 ms at batch 32, 46.03 -> 44.34 ms at batch 64 (2459 -> 1808 graph nodes at 32);
+///   Cluster  (sm_90+, not yet measured, so not Auto's) the training forward and every backward hold the
+///            channel's values in registers: one block, or a cluster of up to 8 blocks that merge their
+///            partial statistics (or sums) through distributed shared memory, reads each value once
+///            instead of twice, up to 131,072 values a channel (math::bn_cluster_shape); the other
+///            kernels and larger channels as Auto. Up to 8,192 values, the same bits as Channel.
+enum class BnKernel { Auto, Channel, Split, Cluster };
 BnKernel bn_kernel();
 void set_bn_kernel(BnKernel mode);
 const char* bn_kernel_name(BnKernel mode);

@@ -134,12 +134,16 @@ const ModeSwitch<FusedConv, 3> kFusedConv{
     FusedConv::Auto,
     "a mode for the fused inference convolution",
     "off, on (wherever it applies) or auto (the default: time it against the unfused ops per shape)"};
-const ModeSwitch<BnKernel, 3> kBnKernel{
-    {{{BnKernel::Auto, "auto"}, {BnKernel::Channel, "channel"}, {BnKernel::Split, "split"}}},
+const ModeSwitch<BnKernel, 4> kBnKernel{
+    {{{BnKernel::Auto, "auto"},
+      {BnKernel::Channel, "channel"},
+      {BnKernel::Split, "split"},
+      {BnKernel::Cluster, "cluster"}}},
     "LADNN_BN_KERNEL",
     BnKernel::Auto,
     "a layout for the native BatchNorm kernels",
-    "auto (by shape, the default), channel (one block per channel) or split (a channel over several blocks)"};
+    "auto (by shape, the default), channel (one block per channel), split (a channel over several blocks) or "
+    "cluster (a channel's values in the registers of a block or a cluster of blocks)"};
 
 }  // namespace
 

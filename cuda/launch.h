@@ -72,25 +72,43 @@ inline bool launch_programmatic() {
               " bytes of dynamic shared memory: " + cudaGetErrorString(status));
 }
 
-/// kernel<<<grid, block, smem, stream>>>(args...), or the same with programmatic dependent launch
-/// (launch_programmatic()); the launch's status is checked (cuda::Error naming the call).
+/// kernel<<<grid, block, smem, stream>>>(args...) in clusters of `cluster_x` blocks along x (Hopper thread
+/// block clusters; 1: none, an ordinary launch; grid.x a multiple of it), with programmatic dependent launch
+/// when launch_programmatic(); the launch's status is checked (cuda::Error naming the kernel).
 template <typename... Params, typename... Args>
-void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream,
-                   Args&&... args) {
+void launch_kernel_clustered(unsigned cluster_x, void (*kernel)(Params...), dim3 grid, dim3 block,
+                             std::size_t smem, cudaStream_t stream, Args&&... args) {
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  cudaLaunchAttribute attribute[1] = {};
+  cudaLaunchAttribute attributes[2] = {};
+  unsigned n = 0;
   if (launch_programmatic()) {
-    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute[0].val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = attribute;
-    config.numAttrs = 1;
+    attributes[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
   }
+  if (cluster_x > 1) {
+    attributes[n].id = cudaLaunchAttributeClusterDimension;
+    attributes[n].val.clusterDim.x = cluster_x;
+    attributes[n].val.clusterDim.y = 1;
+    attributes[n].val.clusterDim.z = 1;
+    ++n;
+  }
+  config.attrs = n > 0 ? attributes : nullptr;
+  config.numAttrs = n;
   const cudaError_t status = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
   if (status != cudaSuccess) launch_failed(reinterpret_cast<const void*>(kernel), grid, block, smem, status);
+}
+
+/// kernel<<<grid, block, smem, stream>>>(args...), or the same with programmatic dependent launch
+/// (launch_programmatic()); the launch's status is checked (cuda::Error naming the kernel and its shape).
+template <typename... Params, typename... Args>
+void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream,
+                   Args&&... args) {
+  launch_kernel_clustered(1, kernel, grid, block, smem, stream, std::forward<Args>(args)...);
 }
 
 }  // namespace ladnn::cuda

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cuda/bnpool_math.h"
@@ -345,6 +346,55 @@ TEST(CudaBnPoolMath, ChannelBlockCoversEveryValueOnce) {
     EXPECT_EQ(threads % 32, 0);
     check_partition_coverage<1>(s, p, threads);
     if ((s[2] * s[3]) % 4 == 0) check_partition_coverage<4>(s, p, threads);
+  }
+}
+
+// The cluster kernels (cuda::BnKernel::Cluster): every value of the channel held by exactly one thread of
+// its cluster, at most kBnClusterValues a thread; whole warps; one block up to 8,192 values with the
+// per-channel kernel's threads (the same walk, so the same bits); at most 8 blocks of at most 512 threads.
+TEST(CudaBnPoolMath, ClusterThreadsHoldEveryValueOnce) {
+  auto shape_of = [](int64_t M) {
+    const m::BnClusterShape s = m::bn_cluster_shape(M);
+    return std::pair<int, int>{s.threads, s.blocks};
+  };
+  EXPECT_EQ(shape_of(3136), (std::pair<int, int>{224, 1}));  // a 7x7 BatchNorm at batch 64
+  EXPECT_EQ(shape_of(8192), (std::pair<int, int>{512, 1}));
+  EXPECT_EQ(shape_of(12544), (std::pair<int, int>{416, 1}));   // 14x14 at batch 64: 392 threads of 32
+  EXPECT_EQ(shape_of(50176), (std::pair<int, int>{416, 4}));   // 28x28 at batch 64
+  EXPECT_EQ(shape_of(100352), (std::pair<int, int>{448, 7}));  // 56x56 at batch 32
+  EXPECT_EQ(shape_of(131072), (std::pair<int, int>{512, 8}));
+  EXPECT_EQ(shape_of(131073), (std::pair<int, int>{0, 0}));  // 56x56 at batch 64 does not fit
+  EXPECT_EQ(shape_of(0), (std::pair<int, int>{0, 0}));
+  for (int64_t M = 1; M <= 8192; M += 97) EXPECT_EQ(m::bn_cluster_shape(M).threads, m::bn_channel_threads(M));
+  for (const Shape& s : {Shape{2, 3, 5, 7}, Shape{4, 1, 48, 48}, Shape{20, 1, 33, 33}, Shape{9, 1, 64, 64},
+                         Shape{32, 1, 56, 56}, Shape{64, 1, 28, 28}, Shape{64, 1, 7, 7}, Shape{1, 1, 1, 1}}) {
+    SCOPED_TRACE(shape_str(s));
+    const int HW = static_cast<int>(s[2] * s[3]), M = static_cast<int>(s[0]) * HW;
+    const m::BnClusterShape cs = m::bn_cluster_shape(M);
+    ASSERT_GT(cs.threads, 0);
+    EXPECT_EQ(cs.threads % 32, 0);
+    EXPECT_LE(cs.threads, m::kBnClusterThreads);
+    EXPECT_LE(cs.blocks, m::kBnMaxClusterBlocks);
+    auto check = [&](auto vec) {
+      constexpr int VEC = decltype(vec)::value;
+      const int U = cs.threads * cs.blocks;
+      std::vector<int> held(static_cast<std::size_t>(M), 0);
+      for (int u = 0; u < U; ++u) {
+        int values = 0;
+        for (int it = 0; it < m::kBnClusterValues / VEC; ++it) {
+          const m::BnHeldGroup h = m::bn_cluster_group<VEC>(u, it, U, HW);
+          if (h.j >= M) break;
+          ASSERT_EQ(int64_t(h.n) * HW + h.r, h.j);
+          ASSERT_LT(h.r + VEC - 1, HW) << "a group straddles two samples";
+          for (int q = 0; q < VEC; ++q) ++held[static_cast<std::size_t>(h.j + q)];
+          values += VEC;
+        }
+        ASSERT_LE(values, m::kBnClusterValues);
+      }
+      for (int j = 0; j < M; ++j) ASSERT_EQ(held[static_cast<std::size_t>(j)], 1) << "value " << j;
+    };
+    check(std::integral_constant<int, 1>{});
+    if (HW % 4 == 0) check(std::integral_constant<int, 4>{});
   }
 }
 

@@ -186,6 +186,10 @@ const BnCase kBnCases[] = {
     {{2, 6, 7, 9}, 0.3, 1e-3, false, Track::None},
     {{2, 3, 8, 8}, 0.1, 1e-5, true, Track::MeanOnly},
     {{5, 17, 12, 12}},
+    // Longer than one block of cuda::BnKernel::Cluster holds (8,192 values): 2 blocks a cluster (scalar
+    // path, 21,780 values) and 3 (float4 path, 36,864).
+    {{20, 2, 33, 33}},
+    {{9, 3, 64, 64}},
 };
 
 // DenseNet-169 at batch 32: the widest early BN (transition 1's norm), the last block's norm5.
@@ -562,7 +566,9 @@ TEST_P(CudaOpTest, BatchNormTrainingReadsAChannelPrefix) {
 // reference is forced native), float4 and scalar paths, and matches the CPU.
 TEST_P(CudaOpTest, BatchNormBackwardAddsDxIntoAChannelPrefix) {
   Generator gen(109);
-  for (const Shape& full : {Shape{3, 12, 8, 8}, Shape{2, 9, 5, 7}, Shape{1, 40, 7, 7}}) {
+  // (12, 6, 40, 40): 19,200 values a channel, two blocks a cluster under cuda::BnKernel::Cluster.
+  for (const Shape& full :
+       {Shape{3, 12, 8, 8}, Shape{2, 9, 5, 7}, Shape{1, 40, 7, 7}, Shape{12, 6, 40, 40}}) {
     SCOPED_TRACE(shape_str(full));
     const int64_t C = full[1] - 3;
     const Tensor cbuf = Tensor::normal(full, 0.5, 2.0, gen);
@@ -997,8 +1003,67 @@ INSTANTIATE_TEST_SUITE_P(CudaImpl, CudaOpTest,
                          ::testing::Values(BnMode{Impl::Library, cuda::BnKernel::Auto},
                                            BnMode{Impl::Native, cuda::BnKernel::Auto},
                                            BnMode{Impl::Native, cuda::BnKernel::Channel},
-                                           BnMode{Impl::Native, cuda::BnKernel::Split}),
+                                           BnMode{Impl::Native, cuda::BnKernel::Split},
+                                           BnMode{Impl::Native, cuda::BnKernel::Cluster}),
                          impl_label);
+
+// cuda::BnKernel::Cluster up to 8,192 values a channel is the per-channel kernel with its second read
+// of each value taken from registers: the same bits, forward (statistics, y, running statistics) and
+// backward (dx returned, or added into a channel prefix with the mask recomputed from x; dgamma, dbeta),
+// float4 and scalar paths. Below sm_90 the cluster kernels never run, and there is nothing to compare.
+TEST(CudaBnCluster, OneBlockGivesTheBitsOfTheChannelKernel) {
+  LADNN_REQUIRE_GPU();
+  if (cuda::compute_capability() < 90) GTEST_SKIP() << "thread block clusters need sm_90; this GPU is not";
+  const cuda::Impl saved_impl = cuda::impl(Family::BatchNorm);
+  const cuda::BnKernel saved_kernel = cuda::bn_kernel();
+  cuda::set_impl(Family::BatchNorm, Impl::Native);
+  Generator gen(131);
+  for (const Shape& full :
+       {Shape{8, 7, 32, 32}, Shape{6, 5, 33, 33}, Shape{4, 11, 4, 4}, Shape{64, 5, 7, 7}}) {
+    SCOPED_TRACE(shape_str(full));
+    const int64_t C = full[1] - 2;
+    const Tensor buf = gpu(Tensor::normal(full, 0.5, 2.0, gen));
+    const Tensor x = buf.narrow(1, 0, C);  // a channel prefix, read in place
+    const Tensor g = gpu(Tensor::uniform({C}, 0.5, 1.5, gen)), b = gpu(Tensor::uniform({C}, -0.5, 0.5, gen));
+    const Tensor dy = gpu(Tensor::normal(x.shape(), 0, 1, gen));
+    const Tensor G0 = gpu(Tensor::normal(full, 0, 1, gen));
+    struct Run {
+      ops::BatchNormForward f;
+      Tensor rm, rv, G;
+      ops::BatchNormGrads plain, added;
+    };
+    auto run = [&](cuda::BnKernel k) {
+      cuda::set_bn_kernel(k);
+      Run r;
+      r.rm = gpu(Tensor::zeros({C}));
+      r.rv = gpu(Tensor::ones({C}));
+      r.f = ops::batch_norm_forward_train(x, g, b, r.rm, r.rv, 0.1, 1e-5, ops::BnAct::Relu);
+      r.plain = ops::batch_norm_backward_train(dy, x, g, r.f.save_mean, r.f.save_invstd, r.f.y);
+      r.G = G0.clone();
+      const ops::BnReluMask m = ops::relu_mask_of(r.f, b);
+      r.added = ops::batch_norm_backward_train(dy, x, g, r.f.save_mean, r.f.save_invstd, m.relu_y,
+                                               r.G.narrow(1, 0, C), m.from_x);
+      cuda::synchronize();
+      return r;
+    };
+    const Run want = run(cuda::BnKernel::Channel), got = run(cuda::BnKernel::Cluster);
+    auto same = [](const std::string& what, const Tensor& a, const Tensor& e) {
+      EXPECT_TRUE(cuda_test::gpu_equals(what, a, e.to(Device::cpu()).to(DType::Float64)));
+    };
+    same("y", got.f.y, want.f.y);
+    same("save_mean", got.f.save_mean, want.f.save_mean);
+    same("save_invstd", got.f.save_invstd, want.f.save_invstd);
+    same("running_mean", got.rm, want.rm);
+    same("running_var", got.rv, want.rv);
+    same("dx", got.plain.dx, want.plain.dx);
+    same("dgamma", got.plain.dgamma, want.plain.dgamma);
+    same("dbeta", got.plain.dbeta, want.plain.dbeta);
+    same("G (dx added, mask from x)", got.G, want.G);
+    same("dgamma (mask from x)", got.added.dgamma, want.added.dgamma);
+  }
+  cuda::set_bn_kernel(saved_kernel);
+  cuda::set_impl(Family::BatchNorm, saved_impl);
+}
 
 // ---- without a device ---------------------------------------------------------------------------------------
 

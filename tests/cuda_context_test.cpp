@@ -127,13 +127,17 @@ TEST(CudaContextSwitches, BnKernelNamesAndRoundTrip) {
   EXPECT_STREQ(cuda::bn_kernel_name(cuda::BnKernel::Split), "split");
   EXPECT_EQ(cuda::parse_bn_kernel(" Channel ", "LADNN_BN_KERNEL"), cuda::BnKernel::Channel);
   EXPECT_EQ(cuda::parse_bn_kernel("split", "LADNN_BN_KERNEL"), cuda::BnKernel::Split);
+  EXPECT_STREQ(cuda::bn_kernel_name(cuda::BnKernel::Cluster), "cluster");
+  EXPECT_EQ(cuda::parse_bn_kernel("CLUSTER", "LADNN_BN_KERNEL"), cuda::BnKernel::Cluster);
   try {
     cuda::parse_bn_kernel("fused", "LADNN_BN_KERNEL");
     ADD_FAILURE() << "\"fused\" was accepted";
   } catch (const std::invalid_argument& e) {
-    EXPECT_EQ(std::string(e.what()),
-              "LADNN_BN_KERNEL=\"fused\" is not a layout for the native BatchNorm kernels; use auto (by shape, the "
-              "default), channel (one block per channel) or split (a channel over several blocks)");
+    EXPECT_EQ(
+        std::string(e.what()),
+        "LADNN_BN_KERNEL=\"fused\" is not a layout for the native BatchNorm kernels; use auto (by shape, the "
+        "default), channel (one block per channel), split (a channel over several blocks) or cluster (a "
+        "channel's values in the registers of a block or a cluster of blocks)");
   }
   const cuda::BnKernel saved = cuda::bn_kernel();
   cuda::set_bn_kernel(cuda::BnKernel::Split);

@@ -52,9 +52,13 @@
 #                    (LADNN_CUDNN_LOG=1), counted per pass
 #        bn-split    the same rows with LADNN_BN_KERNEL=split (every native BatchNorm as three kernels: the
 #                    one-kernel-per-channel path's before)
+#        bn-cluster  the same rows with LADNN_BN_KERNEL=cluster (a channel's values held in registers: one
+#                    block, or a cluster of up to 8, reads each value once; not yet auto's)
 #        fused-off   the same rows with LADNN_FUSED_CONV=off (the library convolutions only: auto's before)
 #        pdl         `ladnn bench` twice, LADNN_PDL=0 then =1 (our kernels with programmatic dependent
-#                    launch, cuda/launch.h), with LADNN_CHECK_COMPARE_ARGS (default: the bench step's)
+#                    launch, cuda/launch.h)
+#      (cudnn-bn, bn-split, bn-cluster, fused-off and pdl run `ladnn bench` with LADNN_CHECK_COMPARE_ARGS,
+#      default the bench step's arguments, and --torch off)
 #        mma         batch 32, training and inference, and how many shapes of each pass Auto gave to each
 #                    form of the mma and halo kernels (LADNN_CUDNN_LOG=1: window size and tile)
 #        loss-curve  `ladnn bench --loss-curve 50` with LADNN_FUSED_CONV=auto: our first 50 Adam steps beside
@@ -63,8 +67,8 @@
 #                    ("loop sync", the old `ladnn train --cuda-graph`) against one step ahead ("loop
 #                    ahead", pinned slots and queued copies) — what the app loses around the step
 # LADNN_CHECK_STEPS picks the steps (comma-separated names: info,tests,sanitizer,kernels,bench,before,
-# cudnn-bn,memory,profile,graph-profile,tf32-off,conv1x1,graph-plan,native-conv,fused,bn-split,fused-off,pdl,
-# mma,loss-curve,loop; default all but the comparisons, which need the time of a second call).
+# cudnn-bn,memory,profile,graph-profile,tf32-off,conv1x1,graph-plan,native-conv,fused,bn-split,bn-cluster,
+# fused-off,pdl,mma,loss-curve,loop; default all but the comparisons, which need the time of a second call).
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to
 # device-check-out/.
 #
@@ -205,6 +209,7 @@ if want kernels; then
 fi
 
 BENCH_ARGS="${LADNN_CHECK_LADNN_BENCH_ARGS:---steps 20 --warmup 3}"
+COMPARE_ARGS="${LADNN_CHECK_COMPARE_ARGS:-$BENCH_ARGS}"  # the compare steps' `ladnn bench` arguments
 if want bench; then
   section "6. ladnn bench (issue 6): training step and inference beside PyTorch eager"
   if [ "${T_LADNN_BENCH:-200}" -gt 0 ]; then
@@ -235,16 +240,17 @@ if want before; then
   fi
 fi
 # shellcheck disable=SC2086
-want cudnn-bn && compare cudnn-bn LADNN_BN=cudnn timeout "$T_COMPARE" "$B/ladnn" bench $BENCH_ARGS --torch off
-want bn-split && compare bn-split LADNN_BN_KERNEL=split timeout "$T_COMPARE" "$B/ladnn" bench $BENCH_ARGS --torch off
+want cudnn-bn && compare cudnn-bn LADNN_BN=cudnn timeout "$T_COMPARE" "$B/ladnn" bench $COMPARE_ARGS --torch off
+want bn-split && compare bn-split LADNN_BN_KERNEL=split timeout "$T_COMPARE" "$B/ladnn" bench $COMPARE_ARGS --torch off
+# shellcheck disable=SC2086
+want bn-cluster && compare bn-cluster LADNN_BN_KERNEL=cluster timeout "$T_COMPARE" "$B/ladnn" bench $COMPARE_ARGS --torch off
 if want pdl; then  # both settings in this call, one after the other, on the same machine
-  COMPARE_ARGS="${LADNN_CHECK_COMPARE_ARGS:-$BENCH_ARGS}"
   # shellcheck disable=SC2086
   compare pdl-off LADNN_PDL=0 timeout "$T_COMPARE" "$B/ladnn" bench $COMPARE_ARGS --torch off
   # shellcheck disable=SC2086
   compare pdl LADNN_PDL=1 timeout "$T_COMPARE" "$B/ladnn" bench $COMPARE_ARGS --torch off
 fi
-want fused-off && compare fused-off LADNN_FUSED_CONV=off timeout "$T_COMPARE" "$B/ladnn" bench $BENCH_ARGS --torch off
+want fused-off && compare fused-off LADNN_FUSED_CONV=off timeout "$T_COMPARE" "$B/ladnn" bench $COMPARE_ARGS --torch off
 if want mma; then
   compare mma LADNN_CUDNN_LOG=1 timeout "$T_COMPARE" "$B/ladnn" bench --batches 32 \
     --graph on --torch off --steps 20 --warmup 3
