@@ -560,7 +560,8 @@ void cudnn_backward_input(const char* op, const ConvShape& g, const float* dy, c
   const int64_t packed = int64_t(g.C) * g.H * g.W;  // dx is a new contiguous tensor
   CudnnConv c(g, packed);
   const bool pw = g.pointwise();
-  const StridedGemm gemm = pw ? pointwise_backward_input_gemm(g.N, g.C, int64_t(g.H) * g.W, g.K) : StridedGemm{};
+  const StridedGemm gemm =
+      pw ? pointwise_backward_input_gemm(g.N, g.C, int64_t(g.H) * g.W, g.K, g.y_stride()) : StridedGemm{};
   auto run_gemm = [&] { cublas_strided(gemm, dy, w, dx); };
   const AlgoChoice ch = choose(
       Pass::BackwardData, g, packed, alignment({dy, w, dx}), c, pw,
@@ -652,8 +653,12 @@ Tensor conv2d_backward_input(const Tensor& dy_in, const Tensor& w_in, const Shap
   const char* op = "conv2d_backward_input";
   detail::require_float32(dy_in, op, "grad_output");
   detail::require_float32(w_in, op, "weight");
-  const Tensor dy = dy_in.contiguous(), w = w_in.contiguous();
-  const ConvShape g = conv_shape(op, x_shape, w.shape(), p, x_shape[1] * x_shape[2] * x_shape[3]);
+  // dy read in place when each image is a packed block, even images apart (a channel slice: the training
+  // dense block's output gradient); the cuDNN descriptor and the kernels take the images' distance.
+  int64_t dy_img = 0;
+  const Tensor dy = images_view(dy_in, dy_img), w = w_in.contiguous();
+  ConvShape g = conv_shape(op, x_shape, w.shape(), p, x_shape[1] * x_shape[2] * x_shape[3]);
+  g.y_img = dy_img;
   // No output channels (K == 0): dx is all zeros, which the native epilogue writes.
   const Impl which = impl(Family::Conv) == Impl::Library && g.K > 0 ? Impl::Library : Impl::Native;
   Tensor dx = Tensor::empty(x_shape, DType::Float32, dy.device());
@@ -676,10 +681,11 @@ Tensor conv2d_backward_weight(const Tensor& dy_in, const Tensor& x_in, const Sha
   const char* op = "conv2d_backward_weight";
   detail::require_float32(dy_in, op, "grad_output");
   detail::require_float32(x_in, op, "input");
-  int64_t x_img = 0;
+  int64_t x_img = 0, dy_img = 0;
   const Tensor x = images_view(x_in, x_img);
-  const Tensor dy = dy_in.contiguous();
-  const ConvShape g = conv_shape(op, x.shape(), w_shape, p, x_img);
+  const Tensor dy = images_view(dy_in, dy_img);  // in place when a channel slice (as conv2d_backward_input)
+  ConvShape g = conv_shape(op, x.shape(), w_shape, p, x_img);
+  g.y_img = dy_img;
   // An empty batch (N == 0) sums nothing: zeros, which the native epilogue writes.
   const Impl which = impl(Family::Conv) == Impl::Library && g.N > 0 ? Impl::Library : Impl::Native;
   Tensor dw = Tensor::empty(w_shape, DType::Float32, dy.device());

@@ -23,7 +23,8 @@ struct ConvShape {
   int P, Q;        // output plane
   int sh, sw, ph, pw;
   int64_t x_img;      // elements between images of x: C*H*W, or more for a channel slice
-  int64_t y_img = 0;  // elements between images of y (forward): 0 for packed K*P*Q, more for a slice
+  int64_t y_img = 0;  // elements between images of y (forward) or dy (backward): 0 for packed K*P*Q, more
+                      // for a channel slice
   int64_t y_stride() const { return y_img > 0 ? y_img : int64_t(K) * P * Q; }
   bool pointwise() const { return R == 1 && S == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
   Shape y_shape() const { return {N, K, P, Q}; }
@@ -103,6 +104,7 @@ struct DyGather {
   static constexpr bool kFastK = false;
   const float* dy;
   ConvShape g;
+  int64_t img;  // elements between dy's images (g.y_stride())
   struct Outer {
     const float* img;  // dy[n]
     int hp, wp;        // h + ph, w + pw: p * sh + r and q * sw + s must equal these
@@ -111,7 +113,7 @@ struct DyGather {
     const int HW = g.H * g.W;
     const int n = nhw / HW, hw = nhw - n * HW;
     const int h = hw / g.W, w = hw - h * g.W;
-    return {dy + int64_t(n) * g.K * g.P * g.Q, h + g.ph, w + g.pw};
+    return {dy + n * img, h + g.ph, w + g.pw};
   }
   __device__ __forceinline__ float at(const Outer& o, int krs) const {
     const int RS = g.R * g.S;
@@ -125,18 +127,19 @@ struct DyGather {
   }
 };
 
-/// Backward-weight A: element (k, npq) = dy[n][k][pq]. Threads walk npq.
+/// Backward-weight A: element (k, npq) = dy[n][k][pq], images `img` elements apart. Threads walk npq.
 struct DyRows {
   static constexpr bool kFastK = true;
   const float* dy;
-  int K, PQ;
+  int PQ;
+  int64_t img;
   struct Outer {
     const float* base;  // dy[0][k]
   };
   __device__ __forceinline__ Outer outer(int k, int) const { return {dy + int64_t(k) * PQ}; }
   __device__ __forceinline__ float at(const Outer& o, int npq) const {
     const int n = npq / PQ, pq = npq - n * PQ;
-    return __ldg(o.base + int64_t(n) * K * PQ + pq);
+    return __ldg(o.base + n * img + pq);
   }
 };
 
@@ -277,10 +280,9 @@ template <class Launch>
 void backward_input_gemm(const ConvShape& g, const float* dy, const float* w, float* dx, Launch&& launch) {
   const NchwEpilogue epi{dx, g.H * g.W, int64_t(g.C) * g.H * g.W, nullptr};
   if (g.pointwise())  // dx[n] (C, HW) = weight^T (C, K) * dy[n] (K, HW)
-    launch(WeightByInputChannel<true>{w, g.C, 1}, PointwiseColumns{dy, g.H * g.W, int64_t(g.K) * g.H * g.W},
-           epi);
+    launch(WeightByInputChannel<true>{w, g.C, 1}, PointwiseColumns{dy, g.H * g.W, g.y_stride()}, epi);
   else
-    launch(WeightByInputChannel<false>{w, g.C, g.R * g.S}, DyGather{dy, g}, epi);
+    launch(WeightByInputChannel<false>{w, g.C, g.R * g.S}, DyGather{dy, g, g.y_stride()}, epi);
 }
 
 /// Writes split s's partial sums at out + s * K * C*R*S (out is dweight itself without split-K).
@@ -288,7 +290,7 @@ template <class Launch>
 void backward_weight_gemm(const ConvShape& g, const float* dy, const float* x, float* out, Launch&& launch) {
   const int CRS = g.C * g.R * g.S;
   const SplitEpilogue epi{out, CRS, int64_t(g.K) * CRS};
-  const DyRows a{dy, g.K, g.P * g.Q};
+  const DyRows a{dy, g.P * g.Q, g.y_stride()};
   if (g.pointwise())  // dweight (K, C) = sum over n of dy[n] (K, HW) * x[n]^T (HW, C)
     launch(a, PointwiseRows{x, g.H * g.W, g.x_img}, epi);
   else

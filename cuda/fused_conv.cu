@@ -749,10 +749,16 @@ bool dgrad_applies(const Tensor& dy, const Tensor& w, const Tensor& dx, const op
                        dy.size(3));
 }
 
+/// Elements between dy's images: each image is a packed (K, P, Q) block (checked by the caller), packed
+/// images or a channel slice of a wider tensor (the training dense block's output gradient).
+int64_t dy_images_apart(const Tensor& dy) {
+  return dy.size(0) > 1 ? dy.strides()[0] : dy.size(1) * dy.size(2) * dy.size(3);
+}
+
 /// The data pass's geometry (dgrad_geom) for this call.
 FusedConvGeom dgrad_geom_of(const Tensor& dy, const Tensor& w, const Tensor& dx, const ops::Conv2dParams& p) {
   return dgrad_geom(dx.size(0), dx.size(1), dx.size(2), dx.size(3), dy.size(1), dy.size(2), dy.size(3),
-                    w.size(2), w.size(3), p.pad_h, p.pad_w);
+                    w.size(2), w.size(3), p.pad_h, p.pad_w, dy_images_apart(dy));
 }
 
 /// Our weight gradient takes the call: every size within int.
@@ -793,7 +799,7 @@ bool conv2d_backward_weight_fused(const Tensor& dy, const Tensor& x, int64_t x_i
                                   const std::function<void()>& library) {
   const FusedConv mode = fused_conv();
   if (mode == FusedConv::Off || !tc_applies() || !wgrad_applies(dy, x, dw)) return false;
-  const FusedConvGeom g = geom_of(x, x_img, dw, p, dy.size(1) * dy.size(2) * dy.size(3));
+  const FusedConvGeom g = geom_of(x, x_img, dw, p, dy_images_apart(dy));
   auto run = [&](const FusedChoice& c) {
     run_wgrad(g, dy.data<float>(), x.data<float>(), dw.data<float>(), dw.device(), c);
   };
@@ -863,7 +869,7 @@ void conv2d_backward_weight_fused_plan(const Tensor& dy, const Tensor& x, int64_
   check_backward_plan("conv2d_backward_weight_fused_plan", true, plan, wgrad_applies(dy, x, dw));
   if (waves < 1)
     throw std::invalid_argument("conv2d_backward_weight_fused_plan: waves " + std::to_string(waves) + " < 1");
-  const FusedConvGeom g = geom_of(x, x_img, dw, p, dy.size(1) * dy.size(2) * dy.size(3));
+  const FusedConvGeom g = geom_of(x, x_img, dw, p, dy_images_apart(dy));
   run_wgrad(g, dy.data<float>(), x.data<float>(), dw.data<float>(), dw.device(),
             wgrad_choice(g, kWgradPlans[plan], waves));
 }

@@ -65,10 +65,11 @@ inline FusedGrid tc_grid(const FusedConvGeom& g, const TcPlan& plan) {
 
 /// The backward data pass of a stride-1 convolution x (N, C, H, W) -> dy (N, K, P, Q), weight (K, C, R, S),
 /// padding (ph, pw), as this kernel's forward convolution: input dy, output dx, the weight read rotated
-/// and transposed (w_flipped), padding R-1-ph and S-1-pw; both tensors packed. The caller checks that
-/// the sizes fit int and that ph < R, pw < S.
+/// and transposed (w_flipped), padding R-1-ph and S-1-pw; dx packed, dy's images dy_img elements apart (0:
+/// packed, K*P*Q; more: a channel slice of a wider tensor, read in place). The caller checks that the sizes
+/// fit int and that ph < R, pw < S.
 inline FusedConvGeom dgrad_geom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t P, int64_t Q,
-                                int64_t R, int64_t S, int64_t ph, int64_t pw) {
+                                int64_t R, int64_t S, int64_t ph, int64_t pw, int64_t dy_img = 0) {
   auto i = [](int64_t v) { return static_cast<int>(v); };
   FusedConvGeom g{};
   g.N = i(N);
@@ -83,7 +84,7 @@ inline FusedConvGeom dgrad_geom(int64_t N, int64_t C, int64_t H, int64_t W, int6
   g.sh = g.sw = 1;
   g.ph = i(R - 1 - ph);
   g.pw = i(S - 1 - pw);
-  g.x_img = K * P * Q;
+  g.x_img = dy_img > 0 ? dy_img : K * P * Q;
   g.y_img = C * H * W;
   g.w_flipped = true;
   return g;

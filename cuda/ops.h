@@ -120,7 +120,8 @@ void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval
                                int plan, int chunks_per_split = 0);
 
 /// conv2d_backward_input / conv2d_backward_weight on the tensor cores (cuda/fused_conv.cu), when
-/// cuda::fused_conv() is not Off and TF32 is on (sm_80+): dy contiguous (N, K, P, Q); w contiguous
+/// cuda::fused_conv() is not Off and TF32 is on (sm_80+): dy (N, K, P, Q) with each image one packed
+/// (K, P, Q) block, the images any distance apart (packed, or a channel slice read in place); w contiguous
 /// (K, C, R, S); dx a new contiguous (N, C, H, W); x's images x_img elements apart; dw a new contiguous
 /// (K, C, R, S). `library` computes the same result with the library (Auto times it against our
 /// kernel's tile shapes the first time a shape is seen). Returns true when dx / dw holds the result from

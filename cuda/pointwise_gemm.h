@@ -50,15 +50,17 @@ inline StridedGemm pointwise_forward_gemm(int64_t N, int64_t C, int64_t HW, int6
   return g;
 }
 
-/// Backward input, A = dy (packed (K, HW) images), B = w (K, C), C = dx (packed (C, HW) images):
-/// dx[n]^T (HW, C) = dy[n]^T (HW, K) w (K, C); the stored column-major (C, K) is read transposed.
-inline StridedGemm pointwise_backward_input_gemm(int64_t N, int64_t C, int64_t HW, int64_t K) {
+/// Backward input, A = dy (images dy_img elements apart: K * HW when packed), B = w (K, C), C = dx (packed
+/// (C, HW) images): dx[n]^T (HW, C) = dy[n]^T (HW, K) w (K, C); the stored column-major (C, K) is read
+/// transposed.
+inline StridedGemm pointwise_backward_input_gemm(int64_t N, int64_t C, int64_t HW, int64_t K,
+                                                 int64_t dy_img) {
   StridedGemm g;
   g.m = HW;
   g.n = C;
   g.k = K;
   g.lda = HW;
-  g.stride_a = K * HW;
+  g.stride_a = dy_img;
   g.trans_b = true;
   g.ldb = C;
   g.stride_b = 0;

@@ -246,7 +246,10 @@ Variable DenseBlock::forward_training(const Variable& x) {
             b = ops::conv2d_bn_eval(n1.y, nullptr, p.w1, p.p1, nullptr);  // as the forward ran it
             n2 = ops::batch_norm_forward_train(b, p.g2, p.be2, none_mean, none_var, 0.0, p.eps2, ops::BnAct::Relu);
           }
-          const Tensor dout = G.narrow(1, c, g).contiguous();  // both conv2 passes read it: one copy (N > 1)
+          // Both conv2 passes read the output gradient in place: each image's g channels are one packed
+          // block, images (c0 + L*g)*H*W apart, which the convolutions take (cuDNN's descriptors, our
+          // kernels' image strides). The CPU's convolutions make their own packed copies.
+          const Tensor dout = G.narrow(1, c, g);
           if (needs[k + 5]) grads[k + 5] = ops::conv2d_backward_weight(dout, n2.y, p.w2.shape(), p.p2);
           Tensor db;
           {

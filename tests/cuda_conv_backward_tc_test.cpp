@@ -112,7 +112,14 @@ TEST(CudaConvBackwardTc, EveryTileShapeMatchesFloat64) {
     // x: the first C of C + 5 channels per image (the dense blocks' prefixes).
     const Tensor xbuf = randn({c.N, c.C + 5, c.H, c.W}, gen), w = randn({c.K, c.C, c.R, c.S}, gen, 0, 0.05);
     const Tensor x = xbuf.narrow(1, 0, c.C), dy = randn({c.N, c.K, P, Q}, gen);
-    const Tensor gx = to_gpu(xbuf).narrow(1, 0, c.C), gw = to_gpu(w), gdy = to_gpu(dy);
+    // dy: packed in the even cases; in the odd ones channels [1, 1 + K) of a wider tensor whose other
+    // channels are NaN (the training dense block's output gradient, read in place).
+    const bool dy_slice = (&c - kCases) % 2 == 1;
+    Tensor dybuf = Tensor::full({c.N, c.K + (dy_slice ? 2 : 0), P, Q}, NAN);
+    dybuf.narrow(1, dy_slice ? 1 : 0, c.K).copy_(dy);
+    const Tensor gx = to_gpu(xbuf).narrow(1, 0, c.C), gw = to_gpu(w);
+    const Tensor gdy = to_gpu(dybuf).narrow(1, dy_slice ? 1 : 0, c.K);
+    SCOPED_TRACE(dy_slice ? "dy a channel slice" : "dy packed");
     const int64_t x_img = (c.C + 5) * c.H * c.W;
     const test::ConvGradReference rw = test::conv_backward_reference(dy, x, x.shape(), w.shape(), p, true);
     for (int plan = 0; plan < cuda::conv_backward_plans(true); ++plan)

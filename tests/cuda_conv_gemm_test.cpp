@@ -228,15 +228,16 @@ const ConvRef& conv_ref(const ConvCase& c, uint64_t seed) {
 }
 
 /// Forward, backward input, backward weight and backward bias of one case on the GPU against the CPU.
-/// `x_gpu` (default: a plain copy of r.x) lets a caller pass the input as a view.
-void check_conv(const ConvCase& c, const ConvRef& r, Tol tol, const Tensor& x_gpu_in = Tensor()) {
+/// `x_gpu` and `dy_gpu` (default: plain copies of r.x and r.dy) let a caller pass them as views.
+void check_conv(const ConvCase& c, const ConvRef& r, Tol tol, const Tensor& x_gpu_in = Tensor(),
+                const Tensor& dy_gpu_in = Tensor()) {
   SCOPED_TRACE(c.name());
   const ops::Conv2dParams p = c.params();
   const Tensor x = x_gpu_in.defined() ? x_gpu_in : gpu(r.x);
   const Tensor y = ops::conv2d_forward(x, gpu(r.w), gpu(r.b), p);
   EXPECT_TRUE(y.device().is_cuda());
   EXPECT_TRUE(gpu_matches("conv2d_forward", y, r.y, tol, r.y_scale));
-  const Tensor dy = gpu(r.dy);
+  const Tensor dy = dy_gpu_in.defined() ? dy_gpu_in : gpu(r.dy);
   EXPECT_TRUE(gpu_matches("conv2d_backward_input", ops::conv2d_backward_input(dy, gpu(r.w), c.x, p), r.dx,
                           tol, r.dx_scale));
   EXPECT_TRUE(gpu_matches("conv2d_backward_weight", ops::conv2d_backward_weight(dy, x, c.w(), p), r.dw, tol,
@@ -269,6 +270,22 @@ TEST_P(CudaConvGemmTest, ConvChannelSliceInput) {
     const Tensor slice = gpu(wide).narrow(1, 1, C);
     ASSERT_FALSE(slice.is_contiguous());
     check_conv(c, r, tol(), slice);
+  }
+}
+
+// The output gradient as a channel slice of a wider tensor (the training dense block's gradient buffer):
+// both backward passes read it in place (cuDNN's descriptors, cuBLAS's strides and our kernels take the
+// images' distance). A DenseNet growth 3x3 and a pointwise case (cuDNN or cuBLAS); NaN outside the slice.
+TEST_P(CudaConvGemmTest, ConvChannelSliceGradient) {
+  for (const ConvCase& c : {ConvCase{{2, 16, 14, 14}, 32, 3, 3, 1, 1, 1, 1, false},
+                            ConvCase{{3, 6, 5, 5}, 7, 1, 1, 1, 1, 0, 0, false}}) {
+    const ConvRef& r = conv_ref(c, 3050);
+    const int64_t N = r.dy.size(0), K = r.dy.size(1), P = r.dy.size(2), Q = r.dy.size(3), extra = 3;
+    Tensor wide = Tensor::full({N, K + extra, P, Q}, NAN);
+    wide.narrow(1, 2, K).copy_(r.dy);  // channels [2, 2 + K)
+    const Tensor slice = gpu(wide).narrow(1, 2, K);
+    ASSERT_FALSE(slice.is_contiguous());
+    check_conv(c, r, tol(), Tensor(), slice);
   }
 }
 

@@ -689,6 +689,32 @@ TEST(TileKernelEmulation, ConvPassesAllTiles) {
         EXPECT_TRUE(gpu_matches("emulated conv backward weight", as_tensor(dw, c.w()), dw_ref, Tol{0, kRtol},
                                 dw_scale));
       }
+      {  // both backward passes reading dy as channels [1, 1 + K) of a wider (N, K + 2, P, Q) buffer (the
+         // training dense block's output gradient, read in place), the other channels NaN
+        const int64_t plane = ys[2] * ys[3], K = ys[1], wide_img = (K + 2) * plane;
+        std::vector<float> wide(std::size_t(ys[0] * wide_img), NAN);
+        for (int64_t n = 0; n < ys[0]; ++n)
+          std::copy(d.dy.begin() + n * K * plane, d.dy.begin() + (n + 1) * K * plane,
+                    wide.begin() + n * wide_img + plane);
+        ConvShape gd_wide = g;
+        gd_wide.y_img = wide_img;
+        std::vector<float> dx(std::size_t(shape_numel(c.x)), NAN);
+        const GemmDims di = backward_input_dims(gd_wide);
+        backward_input_gemm(gd_wide, wide.data() + plane, d.w.data(), dx.data(),
+                            [&](const auto& a, const auto& bo, const auto& e) {
+                              emulate_tiled(forced_plan(kind, di.K), di.M, di.N, di.K, 1, a, bo, e);
+                            });
+        EXPECT_TRUE(gpu_matches("emulated conv backward input, dy a channel slice", as_tensor(dx, c.x),
+                                dx_ref, Tol{0, kRtol}, dx_scale));
+        const GemmDims dwd = backward_weight_dims(gd_wide);
+        std::vector<float> dw(std::size_t(int64_t(dwd.M) * dwd.N), NAN);
+        backward_weight_gemm(gd_wide, wide.data() + plane, x, dw.data(),
+                             [&](const auto& a, const auto& bo, const auto& e) {
+                               emulate_tiled(forced_plan(kind, dwd.K), dwd.M, dwd.N, dwd.K, 1, a, bo, e);
+                             });
+        EXPECT_TRUE(gpu_matches("emulated conv backward weight, dy a channel slice", as_tensor(dw, c.w()),
+                                dw_ref, Tol{0, kRtol}, dw_scale));
+      }
     }
   }
 }
@@ -1173,6 +1199,34 @@ TEST(FusedConvEmulation, TensorCoreBackwardDataMatchesFloat64) {
   }
   EXPECT_EQ(runs, 60);
   EXPECT_EQ(split_runs, 18);  // the three cases whose reductions are 2 to 4 chunks, every tile
+  {  // dy as channels [1, 1 + K) of a wider (N, K + 2, P, Q) buffer, the others NaN (read in place: dy_img)
+    const Case cs = cases[2];
+    ops::Conv2dParams p;
+    p.pad_h = cs.ph;
+    p.pad_w = cs.pw;
+    const int P = cs.H + 2 * cs.ph - cs.R + 1, Q = cs.W + 2 * cs.pw - cs.S + 1;
+    Tensor wide =
+        Tensor::full({cs.N, cs.K + 2, P, Q}, std::numeric_limits<double>::quiet_NaN(), DType::Float32);
+    const Tensor dy = Tensor::normal({cs.N, cs.K, P, Q}, 0, 1, gen);
+    wide.narrow(1, 1, cs.K).copy_(dy);
+    const Tensor w = Tensor::normal({cs.K, cs.C, cs.R, cs.S}, 0, 0.5, gen);
+    const Shape x_shape{cs.N, cs.C, cs.H, cs.W};
+    const test::ConvGradReference ref = test::conv_backward_reference(dy, w, x_shape, w.shape(), p, false);
+    const int64_t dy_img = int64_t(cs.K + 2) * P * Q;
+    const FusedConvGeom g = dgrad_geom(cs.N, cs.C, cs.H, cs.W, cs.K, P, Q, cs.R, cs.S, cs.ph, cs.pw, dy_img);
+    for (const TcPlan& plan : kTcPlans) {
+      Tensor dx = Tensor::full(x_shape, std::numeric_limits<double>::quiet_NaN());
+      const FusedBn none;
+      dispatch_fused_tc(plan, EmulateFused{{g, wide.data<float>() + int64_t(P) * Q, w.data<float>(), none,
+                                            none, dx.data<float>(), 0}});
+      const std::vector<double> got = dx.to_vector(), want = ref.value.to_vector(),
+                                scale = ref.scale.to_vector();
+      for (std::size_t i = 0; i < got.size(); ++i)
+        ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i])
+            << "dy a channel slice, tile " << plan.bk << "x" << plan.bm << ", element " << i << " got "
+            << got[i];
+    }
+  }
   EXPECT_EQ(nvcuda::wmma::g_misuse.load(), 0) << "a wmma call with a misaligned tile pointer, ldm or layout";
 }
 
@@ -1267,14 +1321,20 @@ TEST(FusedConvEmulation, TensorCoreWeightGradientMatchesFloat64) {
     const int P = (cs.H + 2 * cs.pad - cs.R) / cs.st + 1, Q = (cs.W + 2 * cs.pad - cs.S) / cs.st + 1;
     const Tensor xbuf = Tensor::normal({cs.N, cs.C + 3, cs.H, cs.W}, 0, 1, gen);
     const Tensor x = xbuf.narrow(1, 0, cs.C);
+    // dy packed in the even cases; in the odd ones channels [1, 1 + K) of a wider buffer (the training
+    // dense block's output gradient, read in place), the other channels NaN.
+    const int extra = (&cs - cases) % 2 == 0 ? 0 : 2;
+    const int64_t dy_off = extra > 0 ? int64_t(P) * Q : 0;
+    Tensor dybuf = Tensor::full({cs.N, cs.K + extra, P, Q}, std::numeric_limits<double>::quiet_NaN());
     const Tensor dy = Tensor::normal({cs.N, cs.K, P, Q}, 0, 1, gen);
+    dybuf.narrow(1, extra > 0 ? 1 : 0, cs.K).copy_(dy);
     const Shape w_shape{cs.K, cs.C, cs.R, cs.S};
     const test::ConvGradReference ref = test::conv_backward_reference(dy, x, x.shape(), w_shape, p, true);
     FusedConvGeom g{};
     g.N = cs.N, g.C = cs.C, g.H = cs.H, g.W = cs.W, g.K = cs.K, g.R = cs.R, g.S = cs.S, g.P = P, g.Q = Q;
     g.sh = g.sw = cs.st, g.ph = g.pw = cs.pad;
     g.x_img = int64_t(cs.C + 3) * cs.H * cs.W;
-    g.y_img = int64_t(cs.K) * P * Q;
+    g.y_img = int64_t(cs.K + extra) * P * Q;
     for (const WgradPlan& plan : kWgradPlans)
       for (int sms : {1, 6}) {  // one split; as many as the chunks allow (2 to 4 here)
         int cps = 0;
@@ -1286,7 +1346,8 @@ TEST(FusedConvEmulation, TensorCoreWeightGradientMatchesFloat64) {
         if (sms == 1) EXPECT_EQ(splits, 1);
         else EXPECT_GE(splits, 2);
         Tensor dw = Tensor::full(w_shape, std::numeric_limits<double>::quiet_NaN());
-        dispatch_wgrad(plan, EmulateWgrad{g, dy.data<float>(), xbuf.data<float>(), dw.data<float>(), cps});
+        dispatch_wgrad(
+            plan, EmulateWgrad{g, dybuf.data<float>() + dy_off, xbuf.data<float>(), dw.data<float>(), cps});
         const std::vector<double> got = dw.to_vector(), want = ref.value.to_vector(), scale = ref.scale.to_vector();
         for (std::size_t i = 0; i < got.size(); ++i)
           ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i])

@@ -76,19 +76,24 @@ TEST(PointwiseGemm, ForwardIsTheConvolution) {
 
 TEST(PointwiseGemm, BackwardInputIsTheConvolutionsBackward) {
   Generator gen(32);
-  for (const Case& c : kCases) {
-    SCOPED_TRACE("N " + std::to_string(c.N) + " C " + std::to_string(c.C) + " K " + std::to_string(c.K));
-    const int64_t HW = c.H * c.W;
-    const Tensor dy = Tensor::normal({c.N, c.K, c.H, c.W}, 0, 1, gen, DType::Float64);
-    const Tensor w = Tensor::normal({c.K, c.C, 1, 1}, 0, 1, gen, DType::Float64);
-    std::vector<double> dx(static_cast<std::size_t>(c.N * c.C * HW), -7.0);
-    reference_gemm(pointwise_backward_input_gemm(c.N, c.C, HW, c.K), dy.data<double>(), w.data<double>(),
-                   dx.data());
-    const std::vector<double> want =
-        ops::conv2d_backward_input(dy, w, {c.N, c.C, c.H, c.W}, ops::Conv2dParams{}).to_vector();
-    ASSERT_EQ(dx.size(), want.size());
-    for (std::size_t i = 0; i < dx.size(); ++i) ASSERT_NEAR(dx[i], want[i], 1e-12) << "element " << i;
-  }
+  for (const Case& c : kCases)
+    for (int64_t extra : {0, 2}) {
+      SCOPED_TRACE("N " + std::to_string(c.N) + " C " + std::to_string(c.C) + " K " + std::to_string(c.K) +
+                   " extra " + std::to_string(extra));
+      const int64_t HW = c.H * c.W;
+      // dy as channels [1, 1 + K) of a wider buffer when extra > 0 (the training dense block's output
+      // gradient, read in place): images dy_img elements apart.
+      const Tensor dyw = Tensor::normal({c.N, c.K + extra, c.H, c.W}, 0, 1, gen, DType::Float64);
+      const Tensor dy = extra > 0 ? dyw.narrow(1, 1, c.K) : dyw;
+      const Tensor w = Tensor::normal({c.K, c.C, 1, 1}, 0, 1, gen, DType::Float64);
+      std::vector<double> dx(static_cast<std::size_t>(c.N * c.C * HW), -7.0);
+      reference_gemm(pointwise_backward_input_gemm(c.N, c.C, HW, c.K, (c.K + extra) * HW),
+                     dyw.data<double>() + (extra > 0 ? HW : 0), w.data<double>(), dx.data());
+      const std::vector<double> want =
+          ops::conv2d_backward_input(dy, w, {c.N, c.C, c.H, c.W}, ops::Conv2dParams{}).to_vector();
+      ASSERT_EQ(dx.size(), want.size());
+      for (std::size_t i = 0; i < dx.size(); ++i) ASSERT_NEAR(dx[i], want[i], 1e-12) << "element " << i;
+    }
 }
 
 }  // namespace
