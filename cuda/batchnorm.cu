@@ -673,6 +673,35 @@ __device__ void cluster_gather(const float (&mine)[K], float* all, int blocks) {
   cluster_barrier();  // no block leaves (or reuses its slot) while another still reads it
 }
 
+// Where a thread of a cluster kernel stands: its channel c, its block's rank in the cluster, its own rank
+// u among the cluster's U threads, and the channel's M values of HW a sample.
+struct ClusterPlace {
+  int64_t c;
+  int rank, u, U, M, HW;
+};
+__device__ __forceinline__ ClusterPlace cluster_place(const BnPartition& p, int blocks) {
+  ClusterPlace at;
+  at.c = blockIdx.x / blocks;
+  at.rank = static_cast<int>(blockIdx.x - at.c * blocks);
+  at.U = blocks * static_cast<int>(blockDim.x);
+  at.u = at.rank * static_cast<int>(blockDim.x) + static_cast<int>(threadIdx.x);
+  at.M = static_cast<int>(p.M);
+  at.HW = static_cast<int>(p.HW);
+  return at;
+}
+
+// f(it, h) for each group `it` the thread holds (h: its place in the channel), in order; unrolled, so that
+// the arrays f indexes by `it` stay in registers.
+template <int VEC, class F>
+__device__ __forceinline__ void for_each_held(const ClusterPlace& at, F&& f) {
+#pragma unroll
+  for (int it = 0; it < math::kBnClusterValues / VEC; ++it) {
+    const math::BnHeldGroup h = math::bn_cluster_group<VEC>(at.u, it, at.U, at.HW);
+    if (h.j >= at.M) break;
+    f(it, h);
+  }
+}
+
 // The training forward (as bn_train_channel_kernel) of channel blockIdx.x / blocks. VEC = 4: HW % 4 == 0,
 // sN % 4 == 0, x and y 16-byte aligned. p.M <= blocks * blockDim.x * kBnClusterValues.
 template <int VEC, bool RELU>
@@ -685,17 +714,12 @@ __global__ void __launch_bounds__(math::kBnClusterThreads, 1)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
   __trap();  // clusters need sm_90; the launcher never launches this there
 #else
-  constexpr int G = math::kBnClusterValues / VEC;
-  const int64_t c = blockIdx.x / blocks;
-  const int rank = static_cast<int>(blockIdx.x - c * blocks);
-  const int U = blocks * static_cast<int>(blockDim.x), u = rank * static_cast<int>(blockDim.x) + threadIdx.x;
-  const int M = static_cast<int>(p.M), HW = static_cast<int>(p.HW);
+  constexpr int G = math::kBnClusterValues / VEC;  // groups a thread holds
+  const ClusterPlace at = cluster_place(p, blocks);
+  const int64_t c = at.c;
   float v[G][VEC];
   Welford w{0.0f, 0.0f, 0.0f};
-#pragma unroll
-  for (int it = 0; it < G; ++it) {
-    const math::BnHeldGroup h = math::bn_cluster_group<VEC>(u, it, U, HW);
-    if (h.j >= M) break;
+  for_each_held<VEC>(at, [&](int it, const math::BnHeldGroup& h) {
     const float* xp = x + h.n * p.sN + c * p.HW + h.r;
     if constexpr (VEC == 4) {
       math::load4(xp, v[it]);
@@ -704,24 +728,22 @@ __global__ void __launch_bounds__(math::kBnClusterThreads, 1)
       v[it][0] = *xp;
       math::welford_add(w, v[it][0]);
     }
-  }
+  });
   w = block_welford(w);
   float all[3 * math::kBnMaxClusterBlocks];
   cluster_gather<3>({w.n, w.mean, w.m2}, all, blocks);
   __shared__ NormCoefs coefs;
   if (threadIdx.x == 0) {
     const math::BnChannelStats st = math::bn_merge_partials(all, blocks, eps);
-    if (rank == 0) record_channel_stats(c, st, momentum, running_mean, running_var, save_mean, save_invstd);
+    if (at.rank == 0)
+      record_channel_stats(c, st, momentum, running_mean, running_var, save_mean, save_invstd);
     coefs = channel_coefs(c, st, gamma, beta);
   }
   __syncthreads();
   const NormCoefs k = coefs;
-#pragma unroll
-  for (int it = 0; it < G; ++it) {
-    const math::BnHeldGroup h = math::bn_cluster_group<VEC>(u, it, U, HW);
-    if (h.j >= M) break;
+  for_each_held<VEC>(at, [&](int it, const math::BnHeldGroup& h) {
     normalize_held<VEC, RELU>(v[it], y + (h.n * p.C + c) * p.HW + h.r, k.mean, k.scale, k.shift);
-  }
+  });
 #endif
 }
 
@@ -738,24 +760,19 @@ __global__ void __launch_bounds__(math::kBnClusterThreads)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
   __trap();  // clusters need sm_90; the launcher never launches this there
 #else
-  constexpr int G = math::kBnClusterValues / VEC;
-  const int64_t c = blockIdx.x / blocks;
-  const int rank = static_cast<int>(blockIdx.x - c * blocks);
-  const int U = blocks * static_cast<int>(blockDim.x), u = rank * static_cast<int>(blockDim.x) + threadIdx.x;
-  const int M = static_cast<int>(p.M), HW = static_cast<int>(p.HW);
+  constexpr int G = math::kBnClusterValues / VEC;  // groups a thread holds
+  const ClusterPlace at = cluster_place(p, blocks);
+  const int64_t c = at.c;
   const float mu = mean.p[c * mean.stride];
   const math::BnMaskFromX m = mask_of(from_x, c);
   float d[G][VEC], v[G][VEC];
   float sum_dy = 0.0f, sum_dy_xmu = 0.0f;
-#pragma unroll
-  for (int it = 0; it < G; ++it) {
-    const math::BnHeldGroup h = math::bn_cluster_group<VEC>(u, it, U, HW);
-    if (h.j >= M) break;
+  for_each_held<VEC>(at, [&](int it, const math::BnHeldGroup& h) {
     const int64_t off = (h.n * p.C + c) * p.HW + h.r;
     load_grad_values<VEC>(dy + off, x + h.n * p.sN + c * p.HW + h.r, relu_y ? relu_y + off : nullptr, m, mu,
                           d[it], v[it]);
     math::bn_grad_add<VEC>(d[it], v[it], mu, sum_dy, sum_dy_xmu);
-  }
+  });
   __shared__ float shared[32];
   sum_dy = block_sum(sum_dy, shared);
   sum_dy_xmu = block_sum(sum_dy_xmu, shared);
@@ -768,18 +785,15 @@ __global__ void __launch_bounds__(math::kBnClusterThreads)
       total_dy += all[2 * r];
       total_dy_xmu += all[2 * r + 1];
     }
-    coefs =
-        finish_channel_grads(c, total_dy, total_dy_xmu, static_cast<double>(p.M), gamma, invstd, running_var,
-                             eps, through_stats, rank == 0 ? dgamma : nullptr, rank == 0 ? dbeta : nullptr);
+    coefs = finish_channel_grads(c, total_dy, total_dy_xmu, static_cast<double>(p.M), gamma, invstd,
+                                 running_var, eps, through_stats, at.rank == 0 ? dgamma : nullptr,
+                                 at.rank == 0 ? dbeta : nullptr);
   }
   __syncthreads();
   const DxCoefs k = coefs;
-#pragma unroll
-  for (int it = 0; it < G; ++it) {
-    const math::BnHeldGroup h = math::bn_cluster_group<VEC>(u, it, U, HW);
-    if (h.j >= M) break;
+  for_each_held<VEC>(at, [&](int it, const math::BnHeldGroup& h) {
     dx_held<VEC, ADD>(d[it], v[it], mu, k, dx + h.n * sD + c * p.HW + h.r);
-  }
+  });
 #endif
 }
 

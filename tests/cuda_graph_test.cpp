@@ -69,13 +69,7 @@ void check_replayed_steps(bool plan_memory) {
   const Data d = make_data(4, gen);
   auto eager = tiny_ladnn(7), graphed = tiny_ladnn(7);
   SGD opt_e(eager->parameters(), 0.05, 0.9), opt_g(graphed->parameters(), 0.05, 0.9);
-  auto step = [&](LaDnn& m, SGD& opt) {
-    LaDnn::Output out = m.forward_heads(Variable(d.images));
-    Variable l = lesion_attention_loss(out, d.covid, d.lesions, d.mask);
-    opt.zero_grad();
-    l.backward();
-    opt.step();
-  };
+  auto step = [&](LaDnn& m, SGD& opt) { test::sgd_step(m, opt, d); };
   for (int i = 0; i < 4; ++i) step(*eager, opt_e);
 
   step(*graphed, opt_g);
@@ -130,12 +124,7 @@ TEST_P(CudaGraphTest, ProgrammaticLaunchGivesTheBitsOfOrdinaryLaunches) {
   auto off = tiny_ladnn(13), on = tiny_ladnn(13), graphed = tiny_ladnn(13);
   SGD opt_off(off->parameters(), 0.05, 0.9), opt_on(on->parameters(), 0.05, 0.9),
       opt_g(graphed->parameters(), 0.05, 0.9);
-  auto step = [&](LaDnn& m, SGD& opt) {
-    Variable l = lesion_attention_loss(m.forward_heads(Variable(d.images)), d.covid, d.lesions, d.mask);
-    opt.zero_grad();
-    l.backward();
-    opt.step();
-  };
+  auto step = [&](LaDnn& m, SGD& opt) { test::sgd_step(m, opt, d); };
   {
     PdlScope pdl(false);
     for (int i = 0; i < 4; ++i) step(*off, opt_off);  // (the first also makes every timed choice)
@@ -170,12 +159,7 @@ TEST_P(CudaGraphTest, MemoryEfficientStepsEqualPlainSteps) {
   auto plain = tiny_ladnn(11), efficient = tiny_ladnn(11, true), graphed = tiny_ladnn(11, true);
   SGD opt_p(plain->parameters(), 0.05, 0.9), opt_e(efficient->parameters(), 0.05, 0.9),
       opt_g(graphed->parameters(), 0.05, 0.9);
-  auto step = [&](LaDnn& m, SGD& opt) {
-    Variable l = lesion_attention_loss(m.forward_heads(Variable(d.images)), d.covid, d.lesions, d.mask);
-    opt.zero_grad();
-    l.backward();
-    opt.step();
-  };
+  auto step = [&](LaDnn& m, SGD& opt) { test::sgd_step(m, opt, d); };
   for (int i = 0; i < 3; ++i) {
     step(*plain, opt_p);
     step(*efficient, opt_e);
