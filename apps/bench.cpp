@@ -3,6 +3,7 @@
 //   ladnn bench [--arch densenet169] [--batches 1,32,64] [--work train,infer] [--steps 20] [--warmup 5]
 //               [--device cuda] [--tf32 on|off] [--torch auto|off] [--graph both|on|off]
 //               [--memory-efficient] [--profile] [--loss-curve N] [--graph-kernels N]
+//               [--variants "LADNN_PDL=1;LADNN_BN_KERNEL=cluster"]
 //
 // For each batch size and each work:
 //   train  one step = forward of both heads, lesion-attention loss, zero_grad, backward, Adam step
@@ -30,6 +31,11 @@
 // --profile: the per-op timer (cuda/profiler.h) over the timed steps of each row, printed after the table;
 // for graph rows, over as many replays of a second capture whose ops' events are graph nodes (GPU time
 // per op without host gaps; the row's own figure is timed without them).
+// --variants SETS: after each train/infer row, the same row again under each set of GPU switches
+// (cuda::set_switch by their environment names; ';' between sets, ',' within one), in this process: each
+// choice made by timing (cuDNN's algorithm search, LADNN_CONV1X1 and LADNN_FUSED_CONV auto) is already
+// made and is the same in every variant, so a variant costs its steps, not a second search, and rows of
+// one call on one GPU compare directly. Rows "+k" in the table; the sets are listed under it.
 // --graph-kernels N: what each graph row's replay launches, counted by kernel name (cuda::Graph's
 // kernel_summary), the N most frequent — where the nodes of a latency-bound replay go.
 #include <algorithm>
@@ -73,7 +79,47 @@ struct BenchOptions {
   std::string graph = "both";  // eager rows, CUDA-graph rows, or both
   bool memory_efficient = false;
   int graph_kernels = 0;  // > 0: each graph row's most frequent kernels, this many
+  std::string variants;   // "NAME=VALUE,...;...": each row timed again under each set of GPU switches
 };
+
+/// One --variants entry: GPU switches by their environment names, and how the table labels it.
+struct Variant {
+  std::vector<std::pair<std::string, std::string>> switches;
+  std::string label;  // "LADNN_PDL=1,LADNN_BN_KERNEL=cluster"
+};
+
+/// --variants "A=1,B=x;C=0": the sets, each checked by setting it (cuda::set_switch names a bad variable or
+/// value) and putting every switch back. Empty: none.
+std::vector<Variant> parse_variants(const std::string& spec) {
+  std::vector<Variant> out;
+  std::stringstream sets(spec);
+  std::string set;
+  while (std::getline(sets, set, ';')) {
+    if (set.empty()) continue;
+    Variant v;
+    std::stringstream items(set);
+    std::string item;
+    while (std::getline(items, item, ',')) {
+      if (item.empty()) continue;
+      const std::size_t eq = item.find('=');
+      if (eq == std::string::npos || eq == 0)
+        throw std::invalid_argument("--variants: \"" + item + "\" is not NAME=VALUE (e.g. LADNN_PDL=1)");
+      v.switches.emplace_back(item.substr(0, eq), item.substr(eq + 1));
+      v.label += (v.label.empty() ? "" : ",") + item;
+    }
+    if (v.switches.empty()) continue;
+    const cuda::SwitchSnapshot saved = cuda::save_switches();
+    try {
+      for (const auto& [name, value] : v.switches) cuda::set_switch(name, value);
+    } catch (const std::invalid_argument& e) {
+      cuda::restore_switches(saved);
+      throw std::invalid_argument(std::string("--variants: ") + e.what());
+    }
+    cuda::restore_switches(saved);
+    out.push_back(std::move(v));
+  }
+  return out;
+}
 
 std::vector<std::string> split_list(const std::string& s) {
   std::vector<std::string> out;
@@ -142,6 +188,7 @@ double median(std::vector<double> v) {
 struct Row {
   std::string work;
   bool graph = false;
+  int variant = 0;    // 0: the switches as the process started; k: --variants' k-th set
   std::string error;  // the capture failed: why
   int64_t batch = 0;
   double ms = 0;
@@ -432,37 +479,54 @@ void run_bench(const BenchOptions& o) {
     }
     if (torch_rows.empty()) std::cerr << "bench: no PyTorch figures (" << cmd << " gave none)\n";
   }
+  const std::vector<Variant> variants = parse_variants(o.variants);  // (on the CPU they change nothing)
   std::vector<Row> rows;
   for (const std::string& w : split_list(o.work))
     for (const std::string& bs : split_list(o.batches)) {
       const int64_t batch = std::stoll(bs);
       if (batch < 1) throw std::invalid_argument("--batches: batch sizes must be >= 1, got " + bs);
-      for (bool graph : {false, true}) {
-        if (w == "loop") {
-          rows.push_back(run_loop(o, batch, device, graph));
-        } else {
-          if (graph ? (o.graph == "off" || !device.is_cuda()) : o.graph == "on") continue;
-          rows.push_back(run_one(o, w, batch, device, graph));
-        }
-        Row& r = rows.back();
-        for (const TorchRow& t : torch_rows)
-          if (t.work == r.work && t.batch == r.batch) {
-            r.torch_ms = t.ms;
-            r.torch_peak = t.peak;
+      for (bool graph : {false, true})
+        for (int variant = 0; variant <= (w == "loop" ? 0 : static_cast<int>(variants.size())); ++variant) {
+          if (w == "loop") {
+            rows.push_back(run_loop(o, batch, device, graph));
+          } else {
+            if (graph ? (o.graph == "off" || !device.is_cuda()) : o.graph == "on") continue;
+            // A variant's row: the same work with its switches, in this process, so that every choice made
+            // by timing (cuDNN's search, LADNN_CONV1X1 and LADNN_FUSED_CONV auto) is the default row's.
+            const cuda::SwitchSnapshot saved = cuda::save_switches();
+            if (variant > 0)
+              for (const auto& [name, value] : variants[variant - 1].switches) cuda::set_switch(name, value);
+            try {
+              rows.push_back(run_one(o, w, batch, device, graph));
+            } catch (...) {
+              cuda::restore_switches(saved);
+              throw;
+            }
+            cuda::restore_switches(saved);
+            rows.back().variant = variant;
           }
-        const std::string what = w == "loop" ? r.work : w + (graph ? " (graph)" : "");
-        if (!r.error.empty()) {
-          std::cerr << "ladnn " << what << " batch " << batch << ": " << r.error << "\n";
-          continue;
+          Row& r = rows.back();
+          for (const TorchRow& t : torch_rows)
+            if (t.work == r.work && t.batch == r.batch) {
+              r.torch_ms = t.ms;
+              r.torch_peak = t.peak;
+            }
+          const std::string what = (w == "loop" ? r.work : w + (graph ? " (graph)" : "")) +
+                                   (r.variant > 0 ? " [" + variants[r.variant - 1].label + "]" : "");
+          if (!r.error.empty()) {
+            std::cerr << "ladnn " << what << " batch " << batch << ": " << r.error << "\n";
+            continue;
+          }
+          std::cerr << "ladnn " << what << " batch " << batch << ": " << fmt("%.2f", r.ms) << " ms, "
+                    << fmt("%.2f", r.peak_bytes / 1073741824.0) << " GiB"
+                    << (r.graph_nodes ? ", " + std::to_string(r.graph_nodes) + " graph nodes" : std::string())
+                    << (r.arena_bytes
+                            ? ", planned arena " + fmt("%.2f", r.arena_bytes / 1073741824.0) + " GiB"
+                            : std::string())
+                    << (r.plan_failure.empty() ? std::string() : ", memory plan not used: " + r.plan_failure)
+                    << "\n";
+          if (device.is_cuda()) cuda::release_cached();
         }
-        std::cerr << "ladnn " << what << " batch " << batch << ": "
-                  << fmt("%.2f", r.ms) << " ms, " << fmt("%.2f", r.peak_bytes / 1073741824.0) << " GiB"
-                  << (r.graph_nodes ? ", " + std::to_string(r.graph_nodes) + " graph nodes" : std::string())
-                  << (r.arena_bytes ? ", planned arena " + fmt("%.2f", r.arena_bytes / 1073741824.0) + " GiB"
-                                    : std::string())
-                  << (r.plan_failure.empty() ? std::string() : ", memory plan not used: " + r.plan_failure) << "\n";
-        if (device.is_cuda()) cuda::release_cached();
-      }
     }
   const double gib = 1024.0 * 1024.0 * 1024.0;
   std::cout << "\n" << o.arch << (o.memory_efficient ? " (memory-efficient)" : "") << ", float32"
@@ -471,10 +535,15 @@ void run_bench(const BenchOptions& o) {
   std::cout << ", median of " << o.steps << " steps after " << o.warmup << " warm-up\n";
   std::cout << "(graph: the step captured once as a CUDA graph and replayed; torch: PyTorch eager)\n";
   std::cout << "(nodes: kernels and copies one graph replay launches)\n";
-  std::cout << "work          batch   ladnn ms    img/s  torch ms    img/s  torch/ladnn  ladnn GiB  torch GiB    nodes\n";
+  if (!variants.empty())
+    std::cout << "(+k: the row above it again with --variants' k-th set of GPU switches, listed below)\n";
+  std::cout << "work              batch   ladnn ms    img/s  torch ms    img/s  torch/ladnn  ladnn GiB  "
+               "torch GiB    nodes\n";
   for (const Row& r : rows) {
-    const std::string name = r.work + (r.graph ? " graph" : "");
-    std::cout << name << std::string(name.size() < 11 ? 11 - name.size() : 0, ' ') << fmt(" %7.0f", double(r.batch));
+    const std::string name = r.work + (r.graph ? " graph" : "") +
+                             (r.variant > 0 ? " +" + std::to_string(r.variant) : std::string());
+    std::cout << name << std::string(name.size() < 15 ? 15 - name.size() : 0, ' ')
+              << fmt(" %7.0f", double(r.batch));
     if (!r.error.empty()) {
       std::cout << "   " << (r.work.rfind("loop", 0) == 0 ? "" : "capture failed: ") << r.error.substr(0, 100) << "\n";
       continue;
@@ -493,6 +562,8 @@ void run_bench(const BenchOptions& o) {
     if (r.graph_nodes) std::cout << fmt(" %8.0f", double(r.graph_nodes));
     std::cout << "\n";
   }
+  for (std::size_t k = 0; k < variants.size(); ++k)
+    std::cout << "  +" << k + 1 << "  " << variants[k].label << "\n";
   // Which kernels ran: the first question when comparing two tables.
   if (device.is_cuda())
     std::cout << "GPU switches (as `ladnn info` prints them):\n"
@@ -525,6 +596,11 @@ void add_bench(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--loss-curve", o->loss_curve, "N: compare N training steps' losses with PyTorch")
       ->check(CLI::Range(0, 10000));
+  cmd->add_option(
+      "--variants", o->variants,
+      "Sets of GPU switches, ';' between sets, ',' within one (LADNN_PDL=1;LADNN_BN_KERNEL=cluster): "
+      "each train/infer row is timed again under each set, in this process, with the default "
+      "row's timed choices");
   cmd->callback([o] { run_bench(*o); });
 }
 

@@ -115,6 +115,19 @@ void set_programmatic_launch(bool on);
 /// cuBLAS/cuDNN pointwise choice, LADNN_FUSED_CONV=auto's — to stderr.
 bool log_choices();
 
+/// Every switch's value at once (from the environment where a switch was not read yet), to restore later:
+/// what `ladnn bench --variants` changes for a row and puts back.
+struct SwitchSnapshot {
+  int impl[4], tf32, deterministic, conv1x1, graph_plan, fused_conv, bn_kernel, pdl;
+};
+SwitchSnapshot save_switches();
+void restore_switches(const SwitchSnapshot& s);
+/// Sets one switch by its environment variable's name, from a value written as in the environment
+/// ("LADNN_PDL", "1"; "LADNN_BN_KERNEL", "cluster"): as if the process had started with it. Throws
+/// std::invalid_argument naming the variable (and the names there are) or the value, as the environment's
+/// parsing does.
+void set_switch(const std::string& name, const std::string& value);
+
 /// One line per switch, as `ladnn info` prints them: "conv  cudnn  (LADNN_CONV; default cudnn)", ...,
 /// "conv1x1  auto  (LADNN_CONV1X1; ...)", "tf32  on  (LADNN_TF32)", "deterministic  off  (LADNN_DETERMINISTIC)". A switch whose environment
 /// value is invalid says so instead of throwing.

@@ -63,15 +63,20 @@ std::string normalised(const std::string& s) {
   return out;
 }
 
+// 1 or 0 from a boolean switch's value; throws naming the variable otherwise.
+int parse_on_off(const char* name, const std::string& value) {
+  const std::string s = normalised(value);
+  if (s == "1" || s == "on" || s == "true" || s == "yes") return 1;
+  if (s == "0" || s == "off" || s == "false" || s == "no") return 0;
+  throw std::invalid_argument(std::string(name) + "=\"" + value +
+                              "\" is not a switch; use 1 or 0 (on/off, true/false, yes/no)");
+}
+
 // 1 or 0 from a boolean environment variable (unset or empty: `fallback`); throws naming it otherwise.
 int env_switch(const char* name, int fallback) {
   const char* env = std::getenv(name);
   if (!env || !*env) return fallback;
-  const std::string s = normalised(env);
-  if (s == "1" || s == "on" || s == "true" || s == "yes") return 1;
-  if (s == "0" || s == "off" || s == "false" || s == "no") return 0;
-  throw std::invalid_argument(std::string(name) + "=\"" + env +
-                              "\" is not a switch; use 1 or 0 (on/off, true/false, yes/no)");
+  return parse_on_off(name, env);
 }
 
 /// A switch's value: what `slot` holds, or — at first use — `read()` (from the environment; it may
@@ -273,6 +278,49 @@ bool log_choices() {
     return v != nullptr && v[0] != '\0' && v[0] != '0';
   }();
   return on;
+}
+
+SwitchSnapshot save_switches() {
+  SwitchSnapshot s;
+  for (Family f : {Family::Conv, Family::BatchNorm, Family::Pool, Family::Gemm})
+    s.impl[index_of(f)] = static_cast<int>(impl(f));
+  s.tf32 = tf32_enabled() ? 1 : 0;
+  s.deterministic = deterministic() ? 1 : 0;
+  s.conv1x1 = static_cast<int>(conv1x1());
+  s.graph_plan = graph_memory_plan() ? 1 : 0;
+  s.fused_conv = static_cast<int>(fused_conv());
+  s.bn_kernel = static_cast<int>(bn_kernel());
+  s.pdl = programmatic_launch() ? 1 : 0;
+  return s;
+}
+
+void restore_switches(const SwitchSnapshot& s) {
+  for (int i = 0; i < kFamilies; ++i) g_impl[i].store(s.impl[i]);
+  g_tf32.store(s.tf32);
+  g_deterministic.store(s.deterministic);
+  g_conv1x1.store(s.conv1x1);
+  g_graph_plan.store(s.graph_plan);
+  g_fused_conv.store(s.fused_conv);
+  g_bn_kernel.store(s.bn_kernel);
+  g_pdl.store(s.pdl);
+}
+
+void set_switch(const std::string& name, const std::string& value) {
+  for (Family f : {Family::Conv, Family::BatchNorm, Family::Pool, Family::Gemm})
+    if (name == env_name(f)) return set_impl(f, parse_impl(f, value, env_name(f)));
+  if (name == "LADNN_TF32") return set_tf32(parse_on_off("LADNN_TF32", value) == 1);
+  if (name == "LADNN_DETERMINISTIC")
+    return set_deterministic(parse_on_off("LADNN_DETERMINISTIC", value) == 1);
+  if (name == "LADNN_GRAPH_PLAN") return set_graph_memory_plan(parse_on_off("LADNN_GRAPH_PLAN", value) == 1);
+  if (name == "LADNN_PDL") return set_programmatic_launch(parse_on_off("LADNN_PDL", value) == 1);
+  if (name == kConv1x1.env) return set_conv1x1(parse_mode(kConv1x1, value, kConv1x1.env));
+  if (name == kFusedConv.env) return set_fused_conv(parse_mode(kFusedConv, value, kFusedConv.env));
+  if (name == kBnKernel.env) return set_bn_kernel(parse_mode(kBnKernel, value, kBnKernel.env));
+  throw std::invalid_argument(
+      "\"" + name +
+      "\" is not a switch; use LADNN_CONV, LADNN_BN, LADNN_POOL, LADNN_GEMM, LADNN_TF32, "
+      "LADNN_DETERMINISTIC, LADNN_GRAPH_PLAN, LADNN_PDL, LADNN_CONV1X1, LADNN_FUSED_CONV or "
+      "LADNN_BN_KERNEL");
 }
 
 std::string describe_switches() {

@@ -167,6 +167,72 @@ TEST(CudaContextSwitches, ProgrammaticLaunchRoundTripAndDescription) {
   EXPECT_EQ(cuda::programmatic_launch(), saved);
 }
 
+bool same_switches(const cuda::SwitchSnapshot& a, const cuda::SwitchSnapshot& b) {
+  for (int i = 0; i < 4; ++i)
+    if (a.impl[i] != b.impl[i]) return false;
+  return a.tf32 == b.tf32 && a.deterministic == b.deterministic && a.conv1x1 == b.conv1x1 &&
+         a.graph_plan == b.graph_plan && a.fused_conv == b.fused_conv && a.bn_kernel == b.bn_kernel &&
+         a.pdl == b.pdl;
+}
+
+// `ladnn bench --variants`' plumbing: a switch set by its variable's name and value as the environment
+// would, every switch saved and put back at once, and clear errors for an unknown name or a bad value.
+TEST(CudaContextSwitches, SetByNameAndRestoreEverySwitch) {
+  const cuda::SwitchSnapshot before = cuda::save_switches();
+  cuda::set_switch("LADNN_PDL", "on");
+  cuda::set_switch("LADNN_BN_KERNEL", " Cluster ");
+  cuda::set_switch("LADNN_BN", "cudnn");
+  cuda::set_switch("LADNN_GEMM", "native");
+  cuda::set_switch("LADNN_FUSED_CONV", "off");
+  cuda::set_switch("LADNN_CONV1X1", "cublas");
+  cuda::set_switch("LADNN_TF32", "0");
+  cuda::set_switch("LADNN_DETERMINISTIC", "yes");
+  cuda::set_switch("LADNN_GRAPH_PLAN", "1");
+  EXPECT_TRUE(cuda::programmatic_launch());
+  EXPECT_EQ(cuda::bn_kernel(), cuda::BnKernel::Cluster);
+  EXPECT_EQ(cuda::impl(cuda::Family::BatchNorm), cuda::Impl::Library);
+  EXPECT_EQ(cuda::impl(cuda::Family::Gemm), cuda::Impl::Native);
+  EXPECT_EQ(cuda::fused_conv(), cuda::FusedConv::Off);
+  EXPECT_EQ(cuda::conv1x1(), cuda::Conv1x1::Cublas);
+  EXPECT_FALSE(cuda::tf32_enabled());
+  EXPECT_TRUE(cuda::deterministic());
+  EXPECT_TRUE(cuda::graph_memory_plan());
+  const cuda::SwitchSnapshot changed = cuda::save_switches();
+  EXPECT_FALSE(same_switches(changed, before));
+  cuda::restore_switches(before);
+  EXPECT_TRUE(same_switches(cuda::save_switches(), before));
+  EXPECT_EQ(cuda::programmatic_launch(), before.pdl == 1);
+  EXPECT_EQ(static_cast<int>(cuda::bn_kernel()), before.bn_kernel);
+  EXPECT_EQ(static_cast<int>(cuda::impl(cuda::Family::BatchNorm)), before.impl[1]);
+  EXPECT_EQ(cuda::tf32_enabled(), before.tf32 == 1);
+  cuda::restore_switches(changed);
+  EXPECT_EQ(cuda::bn_kernel(), cuda::BnKernel::Cluster);
+  cuda::restore_switches(before);
+
+  try {
+    cuda::set_switch("LADNN_PDLL", "1");
+    ADD_FAILURE() << "an unknown switch was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("\"LADNN_PDLL\" is not a switch; use LADNN_CONV,"),
+              std::string::npos)
+        << e.what();
+  }
+  try {
+    cuda::set_switch("LADNN_PDL", "maybe");
+    ADD_FAILURE() << "a bad value was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "LADNN_PDL=\"maybe\" is not a switch; use 1 or 0 (on/off, true/false, yes/no)");
+  }
+  try {
+    cuda::set_switch("LADNN_BN_KERNEL", "fast");
+    ADD_FAILURE() << "a bad mode was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("LADNN_BN_KERNEL=\"fast\" is not a layout", 0), 0u) << e.what();
+  }
+  EXPECT_TRUE(same_switches(cuda::save_switches(), before)) << "a failed set_switch changed a switch";
+}
+
 TEST(CudaContextSwitches, Conv1x1ModeNamesAndRoundTrip) {
   EXPECT_STREQ(cuda::conv1x1_name(cuda::Conv1x1::Auto), "auto");
   EXPECT_STREQ(cuda::conv1x1_name(cuda::Conv1x1::Cudnn), "cudnn");
