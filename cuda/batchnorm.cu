@@ -11,7 +11,9 @@
 //                            scale/shift from the running stats and normalises the plane); it reads x in
 //                            place when x's samples are contiguous but spaced apart (a dense block's
 //                            channel prefix, ops::sample_contiguous), which cuDNN's packed descriptors
-//                            cannot express: such inputs take the native kernel under LADNN_BN=cudnn too
+//                            cannot express: such inputs take the native kernel under LADNN_BN=cudnn too.
+//                            For small planes (math::bn_planes_by_channel: 14x14 and 7x7 in DenseNet) a block
+//                            per channel instead (bn_eval_by_channel): the same values, the same bits
 //             batch stats    (ops::batch_norm_batch_stats: a training dense block's table, computed once per
 //                            channel) bn_channel_batch_stats, a block per channel, one launch; or, under
 //                            LADNN_BN_KERNEL=split or past 2^24 values a channel, bn_stats_partial ->
@@ -19,7 +21,8 @@
 //             forward train, given those statistics: bn_train_plane, one pass as bn_eval_plane's (a block per
 //                            (n, c) plane derives its channel's coefficients as the finalize would, and the
 //                            first sample's blocks record save_mean, save_invstd and the running statistics).
-//                            Native under LADNN_BN=cudnn too: cuDNN's training forward always reduces.
+//                            Native under LADNN_BN=cudnn too: cuDNN's training forward always reduces. Small
+//                            planes by channel as the eval map's (bn_train_given_by_channel).
 //             fused pools    (training, the BatchNorm given statistics) bn_train_avg_pool (a transition's
 //                            norm-relu-pool) and bn_train_max_pool (the stem's), a block per output plane;
 //                            a transition's backward from the pooled gradient when the windows tile the
@@ -367,6 +370,17 @@ __global__ void bn_train_channel_kernel(const float* __restrict__ x, BnPartition
 // itself, then max(., 0) when RELU. Two launches (per-channel constants, then the map) cost more than
 // the arithmetic at inference sizes: at batch 1 a 7x7 map is 49 values and the launch is the work.
 // x's samples are sN floats apart (C * HW when contiguous); y is contiguous.
+// Channel c's eval-mode map from its running statistics: scale = gamma / sqrt(running_var + eps) (in
+// double), shift = beta.
+__device__ __forceinline__ NormCoefs eval_coefs(int64_t c, double eps, const ChanPtr& gamma,
+                                                const ChanPtr& beta, const ChanPtr& running_mean,
+                                                const ChanPtr& running_var) {
+  const double invstd = 1.0 / ::sqrt(double(running_var.p[c * running_var.stride]) + eps);
+  const double g = gamma.p ? gamma.p[c * gamma.stride] : 1.0;
+  return {running_mean.p[c * running_mean.stride], static_cast<float>(g * invstd),
+          beta.p ? beta.p[c * beta.stride] : 0.0f};
+}
+
 template <int VEC, bool RELU>
 __global__ void bn_eval_plane_kernel(const float* __restrict__ x, int64_t sN, float* __restrict__ y, int64_t planes,
                                      int64_t C, int64_t HW, double eps, ChanPtr gamma, ChanPtr beta,
@@ -374,16 +388,37 @@ __global__ void bn_eval_plane_kernel(const float* __restrict__ x, int64_t sN, fl
   pdl_enter();
   for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
     const int64_t c = plane % C, n = plane / C;
-    const double invstd = 1.0 / ::sqrt(double(running_var.p[c * running_var.stride]) + eps);
-    const double g = gamma.p ? gamma.p[c * gamma.stride] : 1.0;
-    const float mu = running_mean.p[c * running_mean.stride];
-    const float sc = static_cast<float>(g * invstd);
-    const float sh = beta.p ? beta.p[c * beta.stride] : 0.0f;
+    const NormCoefs k = eval_coefs(c, eps, gamma, beta, running_mean, running_var);
     const float* xp = x + n * sN + c * HW;
     float* yp = y + plane * HW;
     for (int64_t i = threadIdx.x * int64_t(VEC); i < HW; i += int64_t(blockDim.x) * VEC)
-      normalize_values<VEC, RELU>(xp + i, yp + i, mu, sc, sh);
+      normalize_values<VEC, RELU>(xp + i, yp + i, k.mean, k.scale, k.shift);
   }
+}
+
+// The same maps with a block per channel instead of per plane, for small planes (bn_planes_by_channel): block
+// b takes channels b, b + gridDim.x, ..., derives the channel's coefficients once and walks its N * HW
+// values as the per-channel kernels do (j = t * VEC, stepping blockDim.x * VEC). The same values, the same
+// bits as the plane kernels; a 7x7 plane is 49 values, and a block per plane spends more on being scheduled
+// and on its coefficients (double arithmetic, in every thread) than on them.
+template <int VEC, bool RELU>
+__device__ __forceinline__ void normalize_channel(const float* __restrict__ x, int64_t sN,
+                                                  float* __restrict__ y, int64_t c, int64_t N, int64_t C,
+                                                  int64_t HW, const NormCoefs& k) {
+  const int64_t M = N * HW;
+  for (int64_t j = threadIdx.x * int64_t(VEC); j < M; j += int64_t(blockDim.x) * VEC) {
+    const int64_t n = j / HW, r = j - n * HW;
+    normalize_values<VEC, RELU>(x + n * sN + c * HW + r, y + (n * C + c) * HW + r, k.mean, k.scale, k.shift);
+  }
+}
+template <int VEC, bool RELU>
+__global__ void bn_eval_by_channel_kernel(const float* __restrict__ x, int64_t sN, float* __restrict__ y,
+                                          int64_t N, int64_t C, int64_t HW, double eps, ChanPtr gamma,
+                                          ChanPtr beta, ChanPtr running_mean, ChanPtr running_var) {
+  pdl_enter();
+  for (int64_t c = blockIdx.x; c < C; c += gridDim.x)
+    normalize_channel<VEC, RELU>(x, sN, y, c, N, C, HW,
+                                 eval_coefs(c, eps, gamma, beta, running_mean, running_var));
 }
 
 // The training forward given the batch statistics (stats: (C, 2) float64 [mean, var] per channel, of n
@@ -403,6 +438,17 @@ __global__ void bn_train_plane_kernel(const float* __restrict__ x, int64_t sN, f
     for (int64_t i = threadIdx.x * int64_t(VEC); i < HW; i += int64_t(blockDim.x) * VEC)
       normalize_values<VEC, RELU>(xp + i, yp + i, k.mean, k.scale, k.shift);
   }
+}
+
+// bn_train_plane_kernel's map with a block per channel (bn_planes_by_channel): the channel's coefficients
+// once, its first sample's planes recording its statistics as there (given_channel with s = 0).
+template <int VEC, bool RELU>
+__global__ void bn_train_given_by_channel_kernel(const float* __restrict__ x, int64_t sN,
+                                                 float* __restrict__ y, int64_t N, int64_t C, int64_t HW,
+                                                 GivenStats a) {
+  pdl_enter();
+  for (int64_t c = blockIdx.x; c < C; c += gridDim.x)
+    normalize_channel<VEC, RELU>(x, sN, y, c, N, C, HW, given_channel(a, c, 0));
 }
 
 // The same with an average pool after it (ops::bn_avg_pool2d_train, a DenseNet transition's training
@@ -1020,9 +1066,42 @@ bool planes_vec(const Tensor& x, const Tensor& y, const BnGeom& g) {
          aligned16(y.data<float>());
 }
 
+/// Whether the normalising kernels without a reduction (eval; training given its statistics) take a block
+/// per channel rather than per plane: cuda::BnKernel Channel always, Split never (the plane kernels, as
+/// before), Auto and Cluster for small planes (math::bn_planes_by_channel).
+bool by_channel(const BnGeom& g) {
+  switch (bn_kernel()) {
+    case BnKernel::Channel:
+      return g.C > 0;
+    case BnKernel::Split:
+      return false;
+    case BnKernel::Auto:
+    case BnKernel::Cluster:
+      return math::bn_planes_by_channel(g.N, g.C, g.HW, sm_count());
+  }
+  return false;
+}
+
+/// A block per channel: bn_channel_threads(N * HW) threads (about 16 values each), C blocks.
+struct ChannelLaunch {
+  unsigned blocks;
+  int threads;
+};
+ChannelLaunch channel_launch(const BnGeom& g) {
+  return {static_cast<unsigned>(std::min<int64_t>(g.C, int64_t(1) << 30)), math::bn_channel_threads(g.M())};
+}
+
 template <int VEC, bool RELU>
 void launch_eval_planes(const Tensor& x, const Tensor& y, const BnGeom& g, double eps, const Tensor& gamma,
                         const Tensor& beta, const Tensor& running_mean, const Tensor& running_var) {
+  if (by_channel(g)) {
+    const ChannelLaunch l = channel_launch(g);
+    launch_kernel(bn_eval_by_channel_kernel<VEC, RELU>, l.blocks, l.threads, 0, cur_stream(), x.data<float>(),
+                  sample_stride(x, g), y.data<float>(), g.N, g.C, g.HW, eps, chan(gamma), chan(beta),
+                  chan(running_mean), chan(running_var));
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
   const PlaneLaunch l = plane_launch<VEC>(g);
   launch_kernel(bn_eval_plane_kernel<VEC, RELU>, l.blocks, l.threads, 0, cur_stream(), x.data<float>(),
                 sample_stride(x, g), y.data<float>(), l.planes, g.C, g.HW, eps, chan(gamma), chan(beta),
@@ -1054,11 +1133,19 @@ void native_forward_train_given(const Tensor& x, const Tensor& gamma, const Tens
                                 const ops::BatchNormForward& out) {
   const BnGeom g = geom_of(x);
   if (g.total() == 0) return;
+  const GivenStats given = given_stats(stats, g, eps, momentum, gamma, beta, running_mean, running_var, out);
   with_vec_flag(planes_vec(x, out.y, g), relu, [&](auto v, auto r) {
-    const PlaneLaunch l = plane_launch<decltype(v)::value>(g);
-    launch_kernel(bn_train_plane_kernel<decltype(v)::value, decltype(r)::value>, l.blocks, l.threads, 0,
-                  cur_stream(), x.data<float>(), sample_stride(x, g), out.y.data<float>(), l.planes, g.C,
-                  g.HW, given_stats(stats, g, eps, momentum, gamma, beta, running_mean, running_var, out));
+    constexpr int VEC = decltype(v)::value;
+    constexpr bool RELU = decltype(r)::value;
+    if (by_channel(g)) {
+      const ChannelLaunch l = channel_launch(g);
+      launch_kernel(bn_train_given_by_channel_kernel<VEC, RELU>, l.blocks, l.threads, 0, cur_stream(),
+                    x.data<float>(), sample_stride(x, g), out.y.data<float>(), g.N, g.C, g.HW, given);
+    } else {
+      const PlaneLaunch l = plane_launch<VEC>(g);
+      launch_kernel(bn_train_plane_kernel<VEC, RELU>, l.blocks, l.threads, 0, cur_stream(), x.data<float>(),
+                    sample_stride(x, g), out.y.data<float>(), l.planes, g.C, g.HW, given);
+    }
     CUDA_CHECK_LAUNCH();
   });
 }

@@ -146,6 +146,15 @@ inline int bn_channel_threads(int64_t M) {
   t = (t + 31) / 32 * 32;
   return static_cast<int>(t < 32 ? 32 : (t > 1024 ? 1024 : t));
 }
+/// The normalising kernels without a reduction (eval, and training given the batch statistics) take a
+/// block per channel instead of a block per (n, c) plane when the planes are small (up to 16x16) and the
+/// channels alone fill half the GPU: DenseNet's 14x14 and 7x7 BatchNorms (256 to 1,664 channels). A
+/// 7x7 plane is 49 values, a block per plane handles one value a thread and derives its channel's
+/// coefficients (double arithmetic) in every thread of every plane.
+inline bool bn_planes_by_channel(int64_t N, int64_t C, int64_t HW, int num_sms) {
+  return N > 0 && HW > 0 && HW <= 256 && 2 * C >= num_sms;
+}
+
 /// A channel's values held in registers (cuda::BnKernel::Cluster): a cluster of `blocks` blocks (Hopper
 /// thread block clusters; one block where it suffices) of `threads` threads takes one channel, and each
 /// thread at most kBnClusterValues of its values — groups u, u + U, u + 2U, ... of VEC values, u the

@@ -91,6 +91,9 @@ FusedConv parse_fused_conv(const std::string& value, const char* where);
 ///            cuda/bnpool_math.h's kBnChannelMaxValues values (math::bn_channel_fits), else Split.
 ///            GPU run 7 (H200), graphed training against Split: 10.01 -> 8.70 ms at batch 1, 29.97 ->
 ///            28.17 ms at batch 32, 46.03 -> 44.34 ms at batch 64 (2459 -> 1808 graph nodes at 32);
+///   The maps without a reduction (eval, and training given the batch statistics) take a block per
+///   channel under Channel, a block per (n, c) plane under Split, and under Auto and Cluster a block per
+///   channel for small planes (math::bn_planes_by_channel), else per plane. The same bits either way.
 ///   Cluster  (sm_90+, not yet measured, so not Auto's) the training forward and every backward hold the
 ///            channel's values in registers: one block, or a cluster of up to 8 blocks that merge their
 ///            partial statistics (or sums) through distributed shared memory, reads each value once

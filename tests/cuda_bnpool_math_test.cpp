@@ -349,6 +349,17 @@ TEST(CudaBnPoolMath, ChannelBlockCoversEveryValueOnce) {
   }
 }
 
+// Which BatchNorms take a block per channel for their map without a reduction (eval; training given the
+// statistics): DenseNet-169's 14x14 and 7x7 ones at every batch, not 28x28, not too few channels.
+TEST(CudaBnPoolMath, SmallPlanesAreNormalisedByChannel) {
+  EXPECT_TRUE(m::bn_planes_by_channel(64, 1664, 7 * 7, 132));
+  EXPECT_TRUE(m::bn_planes_by_channel(1, 256, 14 * 14, 132));
+  EXPECT_TRUE(m::bn_planes_by_channel(32, 66, 16 * 16, 132));
+  EXPECT_FALSE(m::bn_planes_by_channel(64, 512, 28 * 28, 132));
+  EXPECT_FALSE(m::bn_planes_by_channel(64, 65, 7 * 7, 132));  // 65 blocks on 132 SMs: by plane
+  EXPECT_FALSE(m::bn_planes_by_channel(0, 640, 7 * 7, 132));
+}
+
 // The cluster kernels (cuda::BnKernel::Cluster): every value of the channel held by exactly one thread of
 // its cluster, at most kBnClusterValues a thread; whole warps; one block up to 8,192 values with the
 // per-channel kernel's threads (the same walk, so the same bits); at most 8 blocks of at most 512 threads.

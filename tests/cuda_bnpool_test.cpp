@@ -1065,6 +1065,53 @@ TEST(CudaBnCluster, OneBlockGivesTheBitsOfTheChannelKernel) {
   cuda::set_impl(Family::BatchNorm, saved_impl);
 }
 
+// The maps without a reduction in both layouts (cuda::BnKernel Channel: a block per channel; Split: a block
+// per plane): eval forward and training forward given the batch statistics, both with a channel-prefix
+// input read in place, float4 and scalar paths — the same bits, and the same recorded statistics.
+TEST(CudaBnByChannel, ThePlaneAndChannelLayoutsGiveTheSameBits) {
+  LADNN_REQUIRE_GPU();
+  const cuda::Impl saved_impl = cuda::impl(Family::BatchNorm);
+  const cuda::BnKernel saved_kernel = cuda::bn_kernel();
+  cuda::set_impl(Family::BatchNorm, Impl::Native);
+  Generator gen(132);
+  for (const Shape& full :
+       {Shape{4, 70, 7, 7}, Shape{3, 40, 14, 14}, Shape{2, 9, 16, 16}, Shape{1, 33, 5, 3}}) {
+    SCOPED_TRACE(shape_str(full));
+    const int64_t C = full[1] - 2;
+    const Tensor x = gpu(Tensor::normal(full, 0.5, 2.0, gen)).narrow(1, 1, C);
+    const Tensor g = gpu(Tensor::uniform({C}, 0.5, 1.5, gen)), b = gpu(Tensor::uniform({C}, -0.5, 0.5, gen));
+    const Tensor rm0 = gpu(Tensor::normal({C}, 0, 1, gen)), rv0 = gpu(Tensor::uniform({C}, 0.5, 2, gen));
+    const Tensor stats = ops::batch_norm_batch_stats(x);
+    struct Run {
+      Tensor eval_y;
+      ops::BatchNormForward given;
+      Tensor rm, rv;
+    };
+    auto run = [&](cuda::BnKernel k) {
+      cuda::set_bn_kernel(k);
+      Run r;
+      r.eval_y = ops::batch_norm_forward_eval(x, g, b, rm0, rv0, 1e-5, ops::BnAct::Relu);
+      r.rm = rm0.clone();
+      r.rv = rv0.clone();
+      r.given = ops::batch_norm_forward_train(x, g, b, r.rm, r.rv, 0.1, 1e-5, ops::BnAct::Relu, stats);
+      cuda::synchronize();
+      return r;
+    };
+    const Run planes = run(cuda::BnKernel::Split), channels = run(cuda::BnKernel::Channel);
+    auto same = [](const std::string& what, const Tensor& a, const Tensor& e) {
+      EXPECT_TRUE(cuda_test::gpu_equals(what, a, e.to(Device::cpu()).to(DType::Float64)));
+    };
+    same("eval y", channels.eval_y, planes.eval_y);
+    same("given y", channels.given.y, planes.given.y);
+    same("given save_mean", channels.given.save_mean, planes.given.save_mean);
+    same("given save_invstd", channels.given.save_invstd, planes.given.save_invstd);
+    same("running_mean", channels.rm, planes.rm);
+    same("running_var", channels.rv, planes.rv);
+  }
+  cuda::set_bn_kernel(saved_kernel);
+  cuda::set_impl(Family::BatchNorm, saved_impl);
+}
+
 // ---- without a device ---------------------------------------------------------------------------------------
 
 // OpRange and the profiler must be harmless where no GPU is usable (CI): no throw, nothing recorded.
