@@ -498,9 +498,20 @@ void run_bench(const BenchOptions& o) {
               for (const auto& [name, value] : variants[variant - 1].switches) cuda::set_switch(name, value);
             try {
               rows.push_back(run_one(o, w, batch, device, graph));
-            } catch (...) {
+            } catch (const std::exception& e) {
               cuda::restore_switches(saved);
-              throw;
+              if (variant == 0) throw;
+              // A variant that fails (a switch a device refuses) is reported in its row; the rest still run.
+              try {
+                if (device.is_cuda()) cuda::synchronize();
+              } catch (const std::exception&) {  // a sticky error: the rows after this one will say so
+              }
+              Row failed;
+              failed.work = w;
+              failed.graph = graph;
+              failed.batch = batch;
+              failed.error = std::string("variant failed: ") + e.what();
+              rows.push_back(failed);
             }
             cuda::restore_switches(saved);
             rows.back().variant = variant;
@@ -545,7 +556,8 @@ void run_bench(const BenchOptions& o) {
     std::cout << name << std::string(name.size() < 15 ? 15 - name.size() : 0, ' ')
               << fmt(" %7.0f", double(r.batch));
     if (!r.error.empty()) {
-      std::cout << "   " << (r.work.rfind("loop", 0) == 0 ? "" : "capture failed: ") << r.error.substr(0, 100) << "\n";
+      const bool plain = r.work.rfind("loop", 0) == 0 || r.error.rfind("variant failed", 0) == 0;
+      std::cout << "   " << (plain ? "" : "capture failed: ") << r.error.substr(0, 100) << "\n";
       continue;
     }
     std::cout << fmt(" %10.2f", r.ms) << fmt(" %8.0f", r.batch * 1000.0 / r.ms);
