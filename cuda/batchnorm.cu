@@ -441,14 +441,33 @@ __global__ void bn_train_plane_kernel(const float* __restrict__ x, int64_t sN, f
 }
 
 // bn_train_plane_kernel's map with a block per channel (bn_planes_by_channel): the channel's coefficients
-// once, its first sample's planes recording its statistics as there (given_channel with s = 0).
+// once, recording its statistics as the first sample's planes do there (given_channel with s = 0).
+// Channels [fresh_begin, C) are not in the table yet (ops::batch_norm_forward_train's `fresh`: the previous
+// dense layer's new channels): their blocks first reduce them as bn_channel_batch_stats_kernel does (the
+// same walk, threads and merge: the same [mean, var]) into table rows 2c, 2c + 1, then map them. They run
+// first (blocks 0 .. C - fresh_begin - 1), so that the longest blocks do not make the kernel's tail. (table
+// is a.stats, written here and read by given_channel: not __restrict__.)
 template <int VEC, bool RELU>
-__global__ void bn_train_given_by_channel_kernel(const float* __restrict__ x, int64_t sN,
-                                                 float* __restrict__ y, int64_t N, int64_t C, int64_t HW,
-                                                 GivenStats a) {
+__global__ void bn_train_given_by_channel_kernel(const float* __restrict__ x, BnPartition p,
+                                                 float* __restrict__ y, GivenStats a, int64_t fresh_begin,
+                                                 double* table) {
   pdl_enter();
-  for (int64_t c = blockIdx.x; c < C; c += gridDim.x)
-    normalize_channel<VEC, RELU>(x, sN, y, c, N, C, HW, given_channel(a, c, 0));
+  const int64_t fresh = p.C - fresh_begin;
+  for (int64_t b = blockIdx.x; b < p.C; b += gridDim.x) {
+    const int64_t c = b < fresh ? fresh_begin + b : b - fresh;
+    if (c >= fresh_begin) {
+      const Welford w = block_welford(math::bn_stats_thread<VEC>(x, c, 0, threadIdx.x, blockDim.x, p));
+      if (threadIdx.x == 0) {
+        const float partial[3] = {w.n, w.mean, w.m2};
+        const math::BnChannelStats st = math::bn_merge_partials(partial, 1, 0.0);
+        table[2 * c] = st.mean;
+        table[2 * c + 1] = st.var;
+      }
+      __syncthreads();  // the row, written by thread 0, read by every thread's given_channel below
+    }
+    normalize_channel<VEC, RELU>(x, p.sN, y, c, p.M / p.HW, p.C, p.HW, given_channel(a, c, 0));
+    __syncthreads();  // (block_welford's shared state is reused by the next channel)
+  }
 }
 
 // The same with an average pool after it (ops::bn_avg_pool2d_train, a DenseNet transition's training
@@ -1126,21 +1145,31 @@ GivenStats given_stats(const Tensor& stats, const BnGeom& g, double eps, double 
           out.save_invstd.data<float>()};
 }
 
-/// The training forward given the batch statistics ((C, 2) float64, packed): one bn_train_plane launch.
+void native_batch_stats(const Tensor& x, const Tensor& out);
+
+/// The training forward given the batch statistics ((C, 2) float64, packed): one bn_train_plane launch, or
+/// a block per channel for small planes; with `fresh`, the last channels' statistics computed first (in
+/// the same kernel when it is by channel).
 void native_forward_train_given(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                 const Tensor& running_mean, const Tensor& running_var, double momentum,
-                                double eps, bool relu, const Tensor& stats,
-                                const ops::BatchNormForward& out) {
+                                double eps, bool relu, const Tensor& stats, const ops::BatchNormForward& out,
+                                int64_t fresh) {
   const BnGeom g = geom_of(x);
   if (g.total() == 0) return;
+  const bool fused_fresh = fresh > 0 && by_channel(g);
+  if (fresh > 0 && !fused_fresh)  // the fresh channels' statistics first, then the map as for any table
+    native_batch_stats(x.narrow(1, g.C - fresh, fresh), stats.narrow(0, g.C - fresh, fresh));
   const GivenStats given = given_stats(stats, g, eps, momentum, gamma, beta, running_mean, running_var, out);
   with_vec_flag(planes_vec(x, out.y, g), relu, [&](auto v, auto r) {
     constexpr int VEC = decltype(v)::value;
     constexpr bool RELU = decltype(r)::value;
     if (by_channel(g)) {
       const ChannelLaunch l = channel_launch(g);
+      BnPartition part = math::bn_channel_partition(g.N, g.C, g.HW);
+      part.sN = sample_stride(x, g);
       launch_kernel(bn_train_given_by_channel_kernel<VEC, RELU>, l.blocks, l.threads, 0, cur_stream(),
-                    x.data<float>(), sample_stride(x, g), out.y.data<float>(), g.N, g.C, g.HW, given);
+                    x.data<float>(), part, out.y.data<float>(), given, fused_fresh ? g.C - fresh : g.C,
+                    stats.data<double>());
     } else {
       const PlaneLaunch l = plane_launch<VEC>(g);
       launch_kernel(bn_train_plane_kernel<VEC, RELU>, l.blocks, l.threads, 0, cur_stream(), x.data<float>(),
@@ -1414,7 +1443,8 @@ const char* bn_impl_name(Impl i) { return impl_name(Family::BatchNorm, i); }
 
 ops::BatchNormForward batch_norm_forward_train(const Tensor& x_in, const Tensor& gamma, const Tensor& beta,
                                                Tensor& running_mean, Tensor& running_var, double momentum,
-                                               double eps, ops::BnAct act, const Tensor& batch_stats) {
+                                               double eps, ops::BnAct act, const Tensor& batch_stats,
+                                               int64_t fresh) {
   const std::string op = "batch_norm_forward_train";
   const bool relu = act == ops::BnAct::Relu;
   require_float32_all(op, {{&x_in, "input"}, {&gamma, "gamma"}, {&beta, "beta"},
@@ -1435,9 +1465,9 @@ ops::BatchNormForward batch_norm_forward_train(const Tensor& x_in, const Tensor&
     cudnn_forward_train(op, x, gamma, beta, running_mean, running_var, momentum, eps, out);
     if (relu) relu_inplace(out.y);
   } else {
-    if (given)
+    if (given)  // (fresh > 0: batch_stats is contiguous, checked by ops::batch_norm_forward_train)
       native_forward_train_given(x, gamma, beta, running_mean, running_var, momentum, eps, relu,
-                                 batch_stats.contiguous(), out);
+                                 fresh > 0 ? batch_stats : batch_stats.contiguous(), out, fresh);
     else
       native_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps, relu, out);
     out.relu_from_x = relu;  // math::BnMaskFromX redoes its ReLU's decisions

@@ -17,7 +17,7 @@ namespace {
 }  // namespace
 
 ops::BatchNormForward batch_norm_forward_train(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&,
-                                               double, double, ops::BnAct, const Tensor&) {
+                                               double, double, ops::BnAct, const Tensor&, int64_t) {
   no_backend("batch_norm_forward_train");
 }
 void batch_norm_batch_stats_into(const Tensor&, const Tensor&) {

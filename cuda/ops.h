@@ -154,7 +154,7 @@ void conv2d_backward_weight_fused_plan(const Tensor& dy, const Tensor& x, int64_
 ops::BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                                Tensor& running_mean, Tensor& running_var, double momentum,
                                                double eps, ops::BnAct act,
-                                               const Tensor& batch_stats = Tensor());
+                                               const Tensor& batch_stats = Tensor(), int64_t fresh = 0);
 /// Native always (one kernel): x's per-channel [mean, biased variance] into out, (C, 2) float64 packed.
 void batch_norm_batch_stats_into(const Tensor& x, const Tensor& out);
 /// ops::bn_avg_pool2d_train in one kernel (BatchNorm given `stats`, (C, 2) float64, the native arithmetic;

@@ -36,17 +36,18 @@ ops::BnEval BatchNorm2d::eval_params(ops::BnAct act) {
   return {weight_.tensor(), bias_.tensor(), buffer("running_mean"), buffer("running_var"), eps_, act};
 }
 
-ops::BatchNormForward BatchNorm2d::forward_train(const Tensor& x, ops::BnAct act, const Tensor& batch_stats) {
+ops::BatchNormForward BatchNorm2d::forward_train(const Tensor& x, ops::BnAct act, const Tensor& batch_stats,
+                                                 int64_t fresh) {
   check(is_training(), "BatchNorm2d::forward_train: the layer is in eval mode");
   check_input(x.shape());
   if (recomputing()) {  // as run(): the statistics were updated by the first run
     Tensor no_mean, no_var;
     return ops::batch_norm_forward_train(x, weight_.tensor(), bias_.tensor(), no_mean, no_var, momentum_,
-                                         eps_, act, batch_stats);
+                                         eps_, act, batch_stats, fresh);
   }
   if (!counted_by_owner_) ops::increment_(buffer("num_batches_tracked"));
   return ops::batch_norm_forward_train(x, weight_.tensor(), bias_.tensor(), buffer("running_mean"),
-                                       buffer("running_var"), momentum_, eps_, act, batch_stats);
+                                       buffer("running_var"), momentum_, eps_, act, batch_stats, fresh);
 }
 
 Variable BatchNorm2d::forward_relu_avg_pool(const Variable& x, const ops::Pool2dParams& p,

@@ -24,8 +24,10 @@ class BatchNorm2d : public Module {
   /// The training forward on plain tensors, no autograd record, with this layer's bookkeeping (running
   /// statistics and num_batches_tracked updated, but not again while a checkpoint re-runs it), for code
   /// that writes its own backward (DenseNet's memory-efficient layer). Needs training mode.
-  /// `batch_stats`: x's statistics from ops::batch_norm_batch_stats, if the caller has them.
-  ops::BatchNormForward forward_train(const Tensor& x, ops::BnAct act, const Tensor& batch_stats = Tensor());
+  /// `batch_stats`: x's statistics from ops::batch_norm_batch_stats, if the caller has them; `fresh`: how
+  /// many of x's last channels are not in them yet (computed into them first, ops::batch_norm_forward_train).
+  ops::BatchNormForward forward_train(const Tensor& x, ops::BnAct act, const Tensor& batch_stats = Tensor(),
+                                      int64_t fresh = 0);
 
   /// Training: avg_pool2d(forward_relu(x), p) as one op (batch_norm_relu_avg_pool2d), with this layer's
   /// bookkeeping; `batch_stats` as there. Needs training mode.

@@ -169,9 +169,10 @@ bool DenseBlock::dropout_free() const {
 // statistics, and a channel's values never change once written — so layer l + 1's norm1 would find the
 // same statistics for all but its last growth channels. The block keeps one table S, (C_total, 2) float64
 // [mean, variance] rows (ops::batch_norm_batch_stats): the input's rows at the start, each layer's new
-// channels' rows right after its conv2 writes them. Each norm1 (and its recomputation when
-// memory-efficient) takes rows [0, c_l) of S and reads its input once, to normalise it, instead of twice.
-// All of S is the block output's statistics: the transition after the block takes them
+// channels' rows by the next layer's norm1 (its `fresh` channels: on the GPU, for 14x14 and 7x7, inside
+// the norm1's own kernel), the last layer's right after its conv2 writes them. Each norm1 (and its
+// recomputation when memory-efficient) takes rows [0, c_l) of S and reads its input once, to normalise it,
+// instead of twice. All of S is the block output's statistics: the transition after the block takes them
 // (take_output_stats) for its BatchNorm.
 // Over DenseNet-169's 82 norm1s that is one pass over ~48 MB of prefixes per sample fewer per step (once
 // more when memory-efficient), for one more read of each layer's growth channels.
@@ -201,15 +202,18 @@ Variable DenseBlock::forward_training(const Variable& x) {
   for (int64_t l = 0; l < L; ++l) {
     DenseLayer& layer = *layers_[l];
     const int64_t c = c0 + l * g;
-    ops::BatchNormForward n1 =
-        layer.norm1().forward_train(block.narrow(1, 0, c), ops::BnAct::Relu, stats.narrow(0, 0, c));
+    // The previous layer's g new channels are not in the table yet: this norm1 computes their rows first
+    // (fresh), in the same kernel as its map where that takes a block per channel.
+    ops::BatchNormForward n1 = layer.norm1().forward_train(block.narrow(1, 0, c), ops::BnAct::Relu,
+                                                           stats.narrow(0, 0, c), l > 0 ? g : 0);
     // The forward convolutions as conv2d_bn_eval without BatchNorms: plain convolutions (the same ops on
     // the CPU, and on the GPU unless LADNN_FUSED_CONV=auto finds our kernel faster for the shape).
     Tensor b = ops::conv2d_bn_eval(n1.y, nullptr, layer.conv1().weight().tensor(), layer.conv1().params(), nullptr);
     ops::BatchNormForward n2 = layer.norm2().forward_train(b, ops::BnAct::Relu);
     ops::conv2d_bn_eval_into(n2.y, nullptr, layer.conv2().weight().tensor(), layer.conv2().params(), nullptr,
                              block.narrow(1, c, g));
-    ops::batch_norm_batch_stats_into(block.narrow(1, c, g), stats.narrow(0, c, g));
+    if (l == L - 1)  // the last layer's new channels: for the transition's BatchNorm (take_output_stats)
+      ops::batch_norm_batch_stats_into(block.narrow(1, c, g), stats.narrow(0, c, g));
     if (keep) (*saved)[l] = {std::move(n1), std::move(n2), std::move(b)};
     params.push_back({layer.norm1().weight().tensor(), layer.norm1().bias().tensor(),
                       layer.conv1().weight().tensor(), layer.norm2().weight().tensor(),

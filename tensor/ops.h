@@ -133,10 +133,14 @@ inline BnReluMask relu_mask_of(const BatchNormForward& f, const Tensor& beta) {
 /// the statistics batch_norm_batch_stats found: on the CPU the same bits; on the GPU the same up to the
 /// order of the sums (its partition of a channel is its own), and always one native pass, under
 /// LADNN_BN=cudnn too.
+/// `fresh` (> 0, with batch_stats contiguous): the statistics of x's last `fresh` channels are not in
+/// batch_stats yet; the call computes them (as batch_norm_batch_stats would) into its last `fresh` rows
+/// first. A dense layer's norm1 finds the previous layer's new channels so, and on the GPU, where its map
+/// takes a block per channel (small planes), one kernel reduces those channels and maps them all.
 BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                           Tensor& running_mean, Tensor& running_var, double momentum,
                                           double eps, BnAct act = BnAct::None,
-                                          const Tensor& batch_stats = Tensor());
+                                          const Tensor& batch_stats = Tensor(), int64_t fresh = 0);
 /// A training BatchNorm's batch statistics, computed once for several forwards: per channel of x
 /// (N, C, H, W, float32 or float64), its mean and biased variance over the N*H*W values, in double, as
 /// a (C, 2) float64 tensor on x's device, rows [mean, variance]. A dense block's norm1s normalise every

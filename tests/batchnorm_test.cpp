@@ -295,6 +295,47 @@ TEST(BatchNormTest, GivenBatchStatisticsGiveTheSameForward) {
       }
 }
 
+// `fresh`: a forward whose table lacks the last channels' rows computes them first — the rows
+// batch_norm_batch_stats gives, written into the table, and the forward of a complete table, bit for bit
+// (a dense layer's norm1 finding the previous layer's new channels).
+TEST(BatchNormTest, FreshChannelsAreComputedIntoTheTable) {
+  Generator gen(43);
+  for (DType dt : {DType::Float32, DType::Float64})
+    for (int64_t fresh : {1, 2, 5}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + " fresh " + std::to_string(fresh));
+      const Tensor wide = Tensor::normal({3, 7, 4, 5}, 0.7, 1.3, gen, dt);
+      const Tensor x = wide.narrow(1, 0, 5);
+      const Tensor gamma = Tensor::uniform({5}, 0.5, 1.5, gen, dt),
+                   beta = Tensor::uniform({5}, -0.5, 0.5, gen, dt);
+      Tensor rm1 = Tensor::uniform({5}, -1, 1, gen, dt), rv1 = Tensor::uniform({5}, 0.5, 2, gen, dt);
+      Tensor rm2 = rm1.clone(), rv2 = rv1.clone();
+      const Tensor complete = ops::batch_norm_batch_stats(x);
+      Tensor table = Tensor::full({7, 2}, std::nan(""), DType::Float64);  // rows 5, 6: beyond x, untouched
+      table.narrow(0, 0, 5 - fresh).copy_(complete.narrow(0, 0, 5 - fresh));
+      const auto want =
+          ops::batch_norm_forward_train(x, gamma, beta, rm1, rv1, 0.1, 1e-5, ops::BnAct::Relu, complete);
+      const auto got = ops::batch_norm_forward_train(x, gamma, beta, rm2, rv2, 0.1, 1e-5, ops::BnAct::Relu,
+                                                     table.narrow(0, 0, 5), fresh);
+      EXPECT_EQ(ops::max_abs_diff(table.narrow(0, 0, 5), complete), 0.0) << "the fresh rows";
+      EXPECT_TRUE(std::isnan(table.at({5, 0})) && std::isnan(table.at({6, 1})))
+          << "a row beyond x was written";
+      EXPECT_EQ(ops::max_abs_diff(got.y, want.y), 0.0);
+      EXPECT_EQ(ops::max_abs_diff(got.save_invstd, want.save_invstd), 0.0);
+      EXPECT_EQ(ops::max_abs_diff(rv2, rv1), 0.0);
+    }
+  const Tensor x = Tensor::zeros({2, 3, 4, 4});
+  Tensor c3 = Tensor::ones({3}), rm = Tensor::zeros({3}), rv = Tensor::ones({3});
+  EXPECT_THROW_WITH(
+      ops::batch_norm_forward_train(x, c3, c3, rm, rv, 0.1, 1e-5, ops::BnAct::None, Tensor(), 2),
+      "batch_norm_forward_train", "fresh = 2", "needs batch_stats");
+  EXPECT_THROW_WITH(ops::batch_norm_forward_train(x, c3, c3, rm, rv, 0.1, 1e-5, ops::BnAct::None,
+                                                  Tensor::zeros({3, 2}, DType::Float64), 4),
+                    "fresh = 4", "is not in [0, 3]");
+  EXPECT_THROW_WITH(ops::batch_norm_forward_train(x, c3, c3, rm, rv, 0.1, 1e-5, ops::BnAct::None,
+                                                  Tensor::zeros({2, 3}, DType::Float64).transpose(0, 1), 1),
+                    "must be contiguous");
+}
+
 TEST(BatchNormTest, GivenBatchStatisticsAreChecked) {
   const Tensor x = Tensor::zeros({2, 3, 4, 4});
   Tensor c3 = Tensor::ones({3}), rm = Tensor::zeros({3}), rv = Tensor::ones({3});

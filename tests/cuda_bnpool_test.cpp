@@ -1112,6 +1112,43 @@ TEST(CudaBnByChannel, ThePlaneAndChannelLayoutsGiveTheSameBits) {
   cuda::set_impl(Family::BatchNorm, saved_impl);
 }
 
+// `fresh` on the GPU: the last channels' rows computed into the table by the forward itself — in the
+// by-channel kernel (one launch), or before the plane kernel — give the table and the forward of the
+// statistics op then a complete table, bit for bit (both reduce a channel in one block of the same walk).
+TEST(CudaBnByChannel, FreshChannelsInTheMapsKernelGiveTheSameBits) {
+  LADNN_REQUIRE_GPU();
+  const cuda::Impl saved_impl = cuda::impl(Family::BatchNorm);
+  const cuda::BnKernel saved_kernel = cuda::bn_kernel();
+  cuda::set_impl(Family::BatchNorm, Impl::Native);
+  Generator gen(133);
+  for (cuda::BnKernel k : {cuda::BnKernel::Channel, cuda::BnKernel::Auto})
+    for (const Shape& full : {Shape{4, 70, 7, 7}, Shape{3, 40, 14, 14}, Shape{2, 9, 16, 16}}) {
+      SCOPED_TRACE(shape_str(full) + " " + cuda::bn_kernel_name(k));
+      cuda::set_bn_kernel(k);
+      const int64_t C = full[1] - 2, fresh = 3;
+      const Tensor x = gpu(Tensor::normal(full, 0.5, 2.0, gen)).narrow(1, 0, C);
+      const Tensor g = gpu(Tensor::uniform({C}, 0.5, 1.5, gen)),
+                   b = gpu(Tensor::uniform({C}, -0.5, 0.5, gen));
+      Tensor rm1 = gpu(Tensor::zeros({C})), rv1 = gpu(Tensor::ones({C}));
+      Tensor rm2 = rm1.clone(), rv2 = rv1.clone();
+      const Tensor complete = ops::batch_norm_batch_stats(x);
+      const auto want =
+          ops::batch_norm_forward_train(x, g, b, rm1, rv1, 0.1, 1e-5, ops::BnAct::Relu, complete);
+      Tensor table = gpu(Tensor::zeros({C, 2}, DType::Float64));
+      table.narrow(0, 0, C - fresh).copy_(complete.narrow(0, 0, C - fresh));
+      const auto got =
+          ops::batch_norm_forward_train(x, g, b, rm2, rv2, 0.1, 1e-5, ops::BnAct::Relu, table, fresh);
+      cuda::synchronize();
+      EXPECT_TRUE(cuda_test::gpu_equals("table", table, complete.to(Device::cpu())));
+      EXPECT_TRUE(cuda_test::gpu_equals("y", got.y, want.y.to(Device::cpu()).to(DType::Float64)));
+      EXPECT_TRUE(cuda_test::gpu_equals("save_invstd", got.save_invstd,
+                                        want.save_invstd.to(Device::cpu()).to(DType::Float64)));
+      EXPECT_TRUE(cuda_test::gpu_equals("running_var", rv2, rv1.to(Device::cpu()).to(DType::Float64)));
+    }
+  cuda::set_bn_kernel(saved_kernel);
+  cuda::set_impl(Family::BatchNorm, saved_impl);
+}
+
 // ---- without a device ---------------------------------------------------------------------------------------
 
 // OpRange and the profiler must be harmless where no GPU is usable (CI): no throw, nothing recorded.

@@ -339,12 +339,20 @@ bool sample_contiguous(const Tensor& x) {
 
 BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                           Tensor& running_mean, Tensor& running_var, double momentum,
-                                          double eps, BnAct act, const Tensor& batch_stats) {
+                                          double eps, BnAct act, const Tensor& batch_stats, int64_t fresh) {
   const std::string op = "batch_norm_forward_train";
   const BnDims d = check_train_forward(op, x, gamma, beta, running_mean, running_var, batch_stats);
+  if (fresh != 0) {
+    check(batch_stats.defined(), op + ": fresh = " + std::to_string(fresh) + " needs batch_stats to fill");
+    check(fresh > 0 && fresh <= d.C, op + ": fresh = " + std::to_string(fresh) + " is not in [0, " +
+                                         std::to_string(d.C) + "], the input's channels");
+    check(batch_stats.is_contiguous(), op + ": fresh > 0 writes into batch_stats, which must be contiguous");
+  }
   if (x.device().is_cuda())
     return cuda::batch_norm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps, act,
-                                          batch_stats);
+                                          batch_stats, fresh);
+  if (fresh > 0)
+    batch_norm_batch_stats_into(x.narrow(1, d.C - fresh, fresh), batch_stats.narrow(0, d.C - fresh, fresh));
   const Tensor xc = sample_contiguous(x) ? x : x.contiguous();
   const Shape c_shape{d.C};
   BatchNormForward out{Tensor::empty(x.shape(), x.dtype(), x.device()),
