@@ -268,13 +268,11 @@ __device__ NormCoefs given_channel(const GivenStats& a, int64_t c, int64_t s) {
 // ---- batch statistics computed once and reused (ops::batch_norm_batch_stats) ----------------------------
 // out: (C, 2) float64, packed: channel c's mean at out[2c], its biased variance at out[2c + 1].
 
-// Block c: channel c's Welford state over all its values (as bn_train_channel_kernel's), merged in double
-// as a single chunk, stored as [mean, var].
+// Channel c's Welford state over all its values, by the whole block (as bn_train_channel_kernel's), merged
+// in double as a single chunk, stored by thread 0 as [mean, var] at out[2c], out[2c + 1].
 template <int VEC>
-__global__ void bn_channel_batch_stats_kernel(const float* __restrict__ x, BnPartition p,
-                                              double* __restrict__ out) {
-  pdl_enter();
-  const int64_t c = blockIdx.x;
+__device__ __forceinline__ void store_channel_batch_stats(const float* __restrict__ x, const BnPartition& p,
+                                                          int64_t c, double* out) {
   const Welford w = block_welford(math::bn_stats_thread<VEC>(x, c, 0, threadIdx.x, blockDim.x, p));
   if (threadIdx.x == 0) {
     const float partial[3] = {w.n, w.mean, w.m2};
@@ -282,6 +280,14 @@ __global__ void bn_channel_batch_stats_kernel(const float* __restrict__ x, BnPar
     out[2 * c] = st.mean;
     out[2 * c + 1] = st.var;
   }
+}
+
+// Block c: channel c's statistics (store_channel_batch_stats).
+template <int VEC>
+__global__ void bn_channel_batch_stats_kernel(const float* __restrict__ x, BnPartition p,
+                                              double* __restrict__ out) {
+  pdl_enter();
+  store_channel_batch_stats<VEC>(x, p, blockIdx.x, out);
 }
 
 // One thread per channel: the chunks' partial states (bn_stats_partial_kernel) merged, stored as [mean, var].
@@ -456,13 +462,7 @@ __global__ void bn_train_given_by_channel_kernel(const float* __restrict__ x, Bn
   for (int64_t b = blockIdx.x; b < p.C; b += gridDim.x) {
     const int64_t c = b < fresh ? fresh_begin + b : b - fresh;
     if (c >= fresh_begin) {
-      const Welford w = block_welford(math::bn_stats_thread<VEC>(x, c, 0, threadIdx.x, blockDim.x, p));
-      if (threadIdx.x == 0) {
-        const float partial[3] = {w.n, w.mean, w.m2};
-        const math::BnChannelStats st = math::bn_merge_partials(partial, 1, 0.0);
-        table[2 * c] = st.mean;
-        table[2 * c + 1] = st.var;
-      }
+      store_channel_batch_stats<VEC>(x, p, c, table);
       __syncthreads();  // the row, written by thread 0, read by every thread's given_channel below
     }
     normalize_channel<VEC, RELU>(x, p.sN, y, c, p.M / p.HW, p.C, p.HW, given_channel(a, c, 0));
