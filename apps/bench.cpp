@@ -82,45 +82,6 @@ struct BenchOptions {
   std::string variants;   // "NAME=VALUE,...;...": each row timed again under each set of GPU switches
 };
 
-/// One --variants entry: GPU switches by their environment names, and how the table labels it.
-struct Variant {
-  std::vector<std::pair<std::string, std::string>> switches;
-  std::string label;  // "LADNN_PDL=1,LADNN_BN_KERNEL=cluster"
-};
-
-/// --variants "A=1,B=x;C=0": the sets, each checked by setting it (cuda::set_switch names a bad variable or
-/// value) and putting every switch back. Empty: none.
-std::vector<Variant> parse_variants(const std::string& spec) {
-  std::vector<Variant> out;
-  std::stringstream sets(spec);
-  std::string set;
-  while (std::getline(sets, set, ';')) {
-    if (set.empty()) continue;
-    Variant v;
-    std::stringstream items(set);
-    std::string item;
-    while (std::getline(items, item, ',')) {
-      if (item.empty()) continue;
-      const std::size_t eq = item.find('=');
-      if (eq == std::string::npos || eq == 0)
-        throw std::invalid_argument("--variants: \"" + item + "\" is not NAME=VALUE (e.g. LADNN_PDL=1)");
-      v.switches.emplace_back(item.substr(0, eq), item.substr(eq + 1));
-      v.label += (v.label.empty() ? "" : ",") + item;
-    }
-    if (v.switches.empty()) continue;
-    const cuda::SwitchSnapshot saved = cuda::save_switches();
-    try {
-      for (const auto& [name, value] : v.switches) cuda::set_switch(name, value);
-    } catch (const std::invalid_argument& e) {
-      cuda::restore_switches(saved);
-      throw std::invalid_argument(std::string("--variants: ") + e.what());
-    }
-    cuda::restore_switches(saved);
-    out.push_back(std::move(v));
-  }
-  return out;
-}
-
 std::vector<std::string> split_list(const std::string& s) {
   std::vector<std::string> out;
   std::stringstream ss(s);
@@ -479,7 +440,8 @@ void run_bench(const BenchOptions& o) {
     }
     if (torch_rows.empty()) std::cerr << "bench: no PyTorch figures (" << cmd << " gave none)\n";
   }
-  const std::vector<Variant> variants = parse_variants(o.variants);  // (on the CPU they change nothing)
+  // (on the CPU they change nothing)
+  const std::vector<cuda::SwitchSet> variants = cuda::parse_switch_sets(o.variants, "--variants");
   std::vector<Row> rows;
   for (const std::string& w : split_list(o.work))
     for (const std::string& bs : split_list(o.batches)) {
@@ -494,8 +456,7 @@ void run_bench(const BenchOptions& o) {
             // A variant's row: the same work with its switches, in this process, so that every choice made
             // by timing (cuDNN's search, LADNN_CONV1X1 and LADNN_FUSED_CONV auto) is the default row's.
             const cuda::SwitchSnapshot saved = cuda::save_switches();
-            if (variant > 0)
-              for (const auto& [name, value] : variants[variant - 1].switches) cuda::set_switch(name, value);
+            if (variant > 0) cuda::apply_switch_set(variants[variant - 1]);
             try {
               rows.push_back(run_one(o, w, batch, device, graph));
             } catch (const std::exception& e) {

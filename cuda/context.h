@@ -12,6 +12,8 @@
 
 #include <cstddef>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "tensor/tensor.h"
 
@@ -130,6 +132,17 @@ void restore_switches(const SwitchSnapshot& s);
 /// std::invalid_argument naming the variable (and the names there are) or the value, as the environment's
 /// parsing does.
 void set_switch(const std::string& name, const std::string& value);
+/// A set of switches by their environment names and values, and its label as written ("A=1,B=x").
+struct SwitchSet {
+  std::vector<std::pair<std::string, std::string>> switches;
+  std::string label;
+};
+/// "A=1,B=x;C=0" (';' between sets, ',' within one; empty parts skipped) as sets, each checked by setting
+/// it and putting every switch back: a bad item, name or value throws std::invalid_argument, prefixed by
+/// `where` ("--variants: ..."), with nothing changed. What `ladnn bench --variants` takes.
+std::vector<SwitchSet> parse_switch_sets(const std::string& spec, const std::string& where);
+/// set_switch for each of the set's switches, in order.
+void apply_switch_set(const SwitchSet& set);
 
 /// One line per switch, as `ladnn info` prints them: "conv  cudnn  (LADNN_CONV; default cudnn)", ...,
 /// "conv1x1  auto  (LADNN_CONV1X1; ...)", "tf32  on  (LADNN_TF32)", "deterministic  off  (LADNN_DETERMINISTIC)". A switch whose environment

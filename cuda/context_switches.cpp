@@ -323,6 +323,40 @@ void set_switch(const std::string& name, const std::string& value) {
       "LADNN_BN_KERNEL");
 }
 
+void apply_switch_set(const SwitchSet& set) {
+  for (const auto& [name, value] : set.switches) set_switch(name, value);
+}
+
+std::vector<SwitchSet> parse_switch_sets(const std::string& spec, const std::string& where) {
+  std::vector<SwitchSet> out;
+  std::stringstream sets(spec);
+  std::string text;
+  while (std::getline(sets, text, ';')) {
+    SwitchSet set;
+    std::stringstream items(text);
+    std::string item;
+    while (std::getline(items, item, ',')) {
+      if (item.empty()) continue;
+      const std::size_t eq = item.find('=');
+      if (eq == std::string::npos || eq == 0)
+        throw std::invalid_argument(where + ": \"" + item + "\" is not NAME=VALUE (e.g. LADNN_PDL=1)");
+      set.switches.emplace_back(item.substr(0, eq), item.substr(eq + 1));
+      set.label += (set.label.empty() ? "" : ",") + item;
+    }
+    if (set.switches.empty()) continue;
+    const SwitchSnapshot saved = save_switches();
+    try {
+      apply_switch_set(set);
+    } catch (const std::invalid_argument& e) {
+      restore_switches(saved);
+      throw std::invalid_argument(where + ": " + e.what());
+    }
+    restore_switches(saved);
+    out.push_back(std::move(set));
+  }
+  return out;
+}
+
 std::string describe_switches() {
   std::ostringstream out;
   auto line = [&](const std::string& name, const std::string& value, const std::string& note) {

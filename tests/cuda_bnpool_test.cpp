@@ -114,7 +114,7 @@ Tensor dgamma_abs_terms(const Tensor& dy, const Tensor& x, const std::vector<dou
 }
 
 /// The implementation under test and, for the native one, the layout of its BatchNorm kernels
-/// (cuda::BnKernel: auto by shape, or one of the two forced, so that the small cases below run both).
+/// (cuda::BnKernel: auto by shape, or one of the others forced, so that the small cases below run each).
 struct BnMode {
   Impl impl;
   cuda::BnKernel kernel;
@@ -1014,8 +1014,7 @@ INSTANTIATE_TEST_SUITE_P(CudaImpl, CudaOpTest,
 TEST(CudaBnCluster, OneBlockGivesTheBitsOfTheChannelKernel) {
   LADNN_REQUIRE_GPU();
   if (cuda::compute_capability() < 90) GTEST_SKIP() << "thread block clusters need sm_90; this GPU is not";
-  const cuda::Impl saved_impl = cuda::impl(Family::BatchNorm);
-  const cuda::BnKernel saved_kernel = cuda::bn_kernel();
+  cuda_test::SwitchesScope keep;
   cuda::set_impl(Family::BatchNorm, Impl::Native);
   Generator gen(131);
   for (const Shape& full :
@@ -1061,8 +1060,6 @@ TEST(CudaBnCluster, OneBlockGivesTheBitsOfTheChannelKernel) {
     same("G (dx added, mask from x)", got.G, want.G);
     same("dgamma (mask from x)", got.added.dgamma, want.added.dgamma);
   }
-  cuda::set_bn_kernel(saved_kernel);
-  cuda::set_impl(Family::BatchNorm, saved_impl);
 }
 
 // The maps without a reduction in both layouts (cuda::BnKernel Channel: a block per channel; Split: a block
@@ -1070,8 +1067,7 @@ TEST(CudaBnCluster, OneBlockGivesTheBitsOfTheChannelKernel) {
 // input read in place, float4 and scalar paths — the same bits, and the same recorded statistics.
 TEST(CudaBnByChannel, ThePlaneAndChannelLayoutsGiveTheSameBits) {
   LADNN_REQUIRE_GPU();
-  const cuda::Impl saved_impl = cuda::impl(Family::BatchNorm);
-  const cuda::BnKernel saved_kernel = cuda::bn_kernel();
+  cuda_test::SwitchesScope keep;
   cuda::set_impl(Family::BatchNorm, Impl::Native);
   Generator gen(132);
   for (const Shape& full :
@@ -1108,8 +1104,6 @@ TEST(CudaBnByChannel, ThePlaneAndChannelLayoutsGiveTheSameBits) {
     same("running_mean", channels.rm, planes.rm);
     same("running_var", channels.rv, planes.rv);
   }
-  cuda::set_bn_kernel(saved_kernel);
-  cuda::set_impl(Family::BatchNorm, saved_impl);
 }
 
 // `fresh` on the GPU: the last channels' rows computed into the table by the forward itself — in the
@@ -1117,8 +1111,7 @@ TEST(CudaBnByChannel, ThePlaneAndChannelLayoutsGiveTheSameBits) {
 // statistics op then a complete table, bit for bit (both reduce a channel in one block of the same walk).
 TEST(CudaBnByChannel, FreshChannelsInTheMapsKernelGiveTheSameBits) {
   LADNN_REQUIRE_GPU();
-  const cuda::Impl saved_impl = cuda::impl(Family::BatchNorm);
-  const cuda::BnKernel saved_kernel = cuda::bn_kernel();
+  cuda_test::SwitchesScope keep;
   cuda::set_impl(Family::BatchNorm, Impl::Native);
   Generator gen(133);
   for (cuda::BnKernel k : {cuda::BnKernel::Channel, cuda::BnKernel::Auto})
@@ -1145,8 +1138,6 @@ TEST(CudaBnByChannel, FreshChannelsInTheMapsKernelGiveTheSameBits) {
                                         want.save_invstd.to(Device::cpu()).to(DType::Float64)));
       EXPECT_TRUE(cuda_test::gpu_equals("running_var", rv2, rv1.to(Device::cpu()).to(DType::Float64)));
     }
-  cuda::set_bn_kernel(saved_kernel);
-  cuda::set_impl(Family::BatchNorm, saved_impl);
 }
 
 // ---- without a device ---------------------------------------------------------------------------------------

@@ -4,12 +4,15 @@
 
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "cuda/context.h"
 #include "cuda/graph.h"
 #include "cuda/profiler.h"
 #include "cuda/runtime.h"
 #include "tests/cuda_test_util.h"
+#include "tests/test_util.h"
 
 #ifdef LADNN_HAVE_CUDA
 #include <cublas_v2.h>
@@ -231,6 +234,32 @@ TEST(CudaContextSwitches, SetByNameAndRestoreEverySwitch) {
     EXPECT_EQ(std::string(e.what()).rfind("LADNN_BN_KERNEL=\"fast\" is not a layout", 0), 0u) << e.what();
   }
   EXPECT_TRUE(same_switches(cuda::save_switches(), before)) << "a failed set_switch changed a switch";
+}
+
+// `ladnn bench --variants`' sets: split and labelled as written, empty parts skipped, each checked without
+// changing a switch; a malformed item, an unknown name or a bad value named, with the option's prefix.
+TEST(CudaContextSwitches, SwitchSetsParseAndCheckEverySet) {
+  const cuda::SwitchSnapshot before = cuda::save_switches();
+  const std::vector<cuda::SwitchSet> sets =
+      cuda::parse_switch_sets("LADNN_PDL=1;;LADNN_BN_KERNEL=cluster,LADNN_PDL=0;", "--variants");
+  ASSERT_EQ(sets.size(), 2u);
+  EXPECT_EQ(sets[0].label, "LADNN_PDL=1");
+  EXPECT_EQ(sets[1].label, "LADNN_BN_KERNEL=cluster,LADNN_PDL=0");
+  ASSERT_EQ(sets[1].switches.size(), 2u);
+  EXPECT_EQ(sets[1].switches[0], (std::pair<std::string, std::string>{"LADNN_BN_KERNEL", "cluster"}));
+  EXPECT_TRUE(same_switches(cuda::save_switches(), before)) << "parsing changed a switch";
+  EXPECT_TRUE(cuda::parse_switch_sets("", "--variants").empty());
+  cuda::apply_switch_set(sets[1]);
+  EXPECT_EQ(cuda::bn_kernel(), cuda::BnKernel::Cluster);
+  EXPECT_FALSE(cuda::programmatic_launch());
+  cuda::restore_switches(before);
+  EXPECT_THROW_WITH(cuda::parse_switch_sets("LADNN_PDL=1;PDL", "--variants"),
+                    "--variants: \"PDL\" is not NAME=VALUE");
+  EXPECT_THROW_WITH(cuda::parse_switch_sets("=1", "--variants"), "\"=1\" is not NAME=VALUE");
+  EXPECT_THROW_WITH(cuda::parse_switch_sets("LADNN_BN_KERNEL=cluster,LADNN_PDL=2", "--variants"),
+                    "--variants: LADNN_PDL=\"2\" is not a switch");
+  EXPECT_THROW_WITH(cuda::parse_switch_sets("LADNN_NOPE=1", "--variants"), "--variants: \"LADNN_NOPE\"");
+  EXPECT_TRUE(same_switches(cuda::save_switches(), before)) << "a failed set left a switch changed";
 }
 
 TEST(CudaContextSwitches, Conv1x1ModeNamesAndRoundTrip) {

@@ -195,6 +195,25 @@ class DeterministicScope {
   bool saved_;
 };
 
+/// Every GPU switch as it was when made, put back when it ends (after waiting for the stream), however the
+/// test leaves: a test may then set any of them (cuda::set_impl, set_bn_kernel, ...) freely.
+class SwitchesScope {
+ public:
+  SwitchesScope() : saved_(cuda::save_switches()) {}
+  ~SwitchesScope() {
+    try {
+      cuda::synchronize();
+    } catch (...) {  // (a failed test's sticky error: the switches go back all the same)
+    }
+    cuda::restore_switches(saved_);
+  }
+  SwitchesScope(const SwitchesScope&) = delete;
+  SwitchesScope& operator=(const SwitchesScope&) = delete;
+
+ private:
+  cuda::SwitchSnapshot saved_;
+};
+
 /// Programmatic dependent launch (cuda/launch.h) on or off for its lifetime; waits for the stream first
 /// and last, so that no kernel launched under one setting is still running under the other.
 class PdlScope {
