@@ -407,6 +407,30 @@ void bench_conv_mma(benchmark::State& state, ConvShape s, int plan, int cps) {
   });
 }
 
+// The growth 3x3's weight gradient with halo-staged bands (cuda/conv_wgrad_halo.cuh) alone, in its plan
+// `plan` (kWgradHaloPlans), split for `waves` blocks per SM: beside conv_bwd_weight/cudnn/3x3/... (dy and x
+// packed, as those rows have them).
+void bench_wgrad_halo(benchmark::State& state, ConvShape s, int plan, int waves) {
+  guarded(state, [&] {
+    if (!cuda::fused_conv_tensor_cores()) {
+      state.SkipWithError("our tensor-core kernels do not run here (TF32 off, or a GPU below sm_80)");
+      return;
+    }
+    ops::Conv2dParams p;
+    p.stride_h = p.stride_w = s.stride;
+    p.pad_h = p.pad_w = s.pad;
+    const Shape xs{kBatch, s.C, s.H, s.H}, ws{s.K, s.C, s.R, s.R};
+    const Shape ys = ops::conv2d_output_shape(xs, ws, p);
+    const Tensor x = random_gpu(xs, 11), dy = random_gpu(ys, 13);
+    const Tensor dw = Tensor::empty(ws, ladnn::DType::Float32, Device::cuda());
+    const double flops = 2.0 * double(kBatch * s.K * s.C * s.R * s.R * ys[2] * ys[3]);
+    run_timed(state,
+              [&] { cuda::conv2d_backward_weight_halo_plan(dy, x, s.C * s.H * s.H, p, dw, plan, waves); },
+              {0, flops});
+    state.SetLabel("mma tf32");
+  });
+}
+
 // ---- a dense layer at inference: unfused ops against the fused kernel ----------------------------------------
 
 struct DenseLayerShape {
@@ -695,6 +719,23 @@ void register_all() {
           ("conv_fwd/native-halo/" + shape + "/" + cuda::fused_conv_plan_name(plan)).c_str(), bench_conv_mma,
           s, plan, 0));
     }
+  }
+
+  // The halo weight gradient's plans on the growth 3x3s, for one and two blocks per SM:
+  // "conv_bwd_weight/native-halo/3x3/<H>x<H>/128->32/plan<i>/w<waves>", the plans that take the row.
+  for (const ConvShape& s : kConvShapes) {
+    ops::Conv2dParams p;
+    p.stride_h = p.stride_w = s.stride;
+    p.pad_h = p.pad_w = s.pad;
+    for (int plan = 0; plan < cuda::conv_wgrad_halo_plans(); ++plan)
+      for (int waves : {1, 2})
+        if (cuda::conv_wgrad_halo_plan_takes(plan, {kBatch, s.C, s.H, s.H}, {s.K, s.C, s.R, s.R}, p))
+          configure(benchmark::RegisterBenchmark(
+              ("conv_bwd_weight/native-halo/3x3/" + std::to_string(s.H) + "x" + std::to_string(s.H) + "/" +
+               std::to_string(s.C) + "->" + std::to_string(s.K) + "/plan" + std::to_string(plan) + "/w" +
+               std::to_string(waves))
+                  .c_str(),
+              bench_wgrad_halo, s, plan, waves));
   }
 
   // "unfused" = BN kernel + cuDNN (or cuBLAS) conv, twice; "native" = the fused kernel (plan_fused's

@@ -29,6 +29,7 @@
 
 #include "cuda/check.h"
 #include "cuda/context.h"
+#include "cuda/conv_wgrad_halo.cuh"
 #include "cuda/conv_wgrad_tc.cuh"
 #include "cuda/fused_conv.cuh"
 #include "cuda/fused_conv_halo.cuh"
@@ -164,9 +165,12 @@ struct FusedChoice {
   MmaPlan mma_plan;
   HaloPlan halo_plan;
   int tc_cps = 0;  // the tensor-core form's reduction in runs of this many chunks of its own (0: whole)
-  // The weight gradient's (conv2d_backward_weight_fused): its tile and pixel chunks per split.
+  // The weight gradient's (conv2d_backward_weight_fused): its tile and pixel chunks per split; or, with
+  // wgrad_halo, cuda/conv_wgrad_halo.cuh's kernel in wh_plan, wg_cps bands per split.
   WgradPlan wg_plan;
   int wg_cps = 1;
+  bool wgrad_halo = false;
+  WgradHaloPlan wh_plan;
 };
 
 /// `c` with its reduction (`chunks` chunks over the grid `fg`) split for `waves` blocks per SM, each split
@@ -675,7 +679,9 @@ void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval
 // - backward data of a stride-1 convolution: dx = conv(dy, w rotated and transposed), padded R-1-ph —
 //   cuda/fused_conv_tc.cuh's kernel reading w in that order (FusedConvGeom::w_flipped), no copy of w;
 // - backward weight (any stride): cuda/conv_wgrad_tc.cuh, the pixels split over blocks and the partial
-//   sums added in a fixed order.
+//   sums added in a fixed order; for the growth 3x3s (stride 1, padding 1) also cuda/conv_wgrad_halo.cuh,
+//   bands of whole rows staged once with their halo, the nine taps read from shared memory (Auto times it
+//   with LADNN_HALO_UNCHECKED=1 until a device check has passed, as the forward halo kernel).
 // Auto times each tile shape of our kernel and the library's call (cuDNN, or cuBLAS for a pointwise dx
 // when LADNN_CONV1X1 picks it) as graph replays, on the call's own buffers, and keeps the fastest per
 // shape, as for the forward. Without TF32 (or below sm_80) these passes stay the library's.
@@ -710,10 +716,76 @@ struct LaunchWgrad {
   }
 };
 
+/// dispatch_wgrad_halo's callback: the halo-staged weight gradient, then the reduction of its splits.
+struct LaunchWgradHalo {
+  const FusedConvGeom& g;
+  const float* dy;
+  const float* x;
+  float* dw;
+  Device device;
+  int bands_per_split;
+  template <int VEC>
+  void go_wgrad_halo(int bm) const {
+    static const bool opted_in = [] {  // as go_halo: once, for the most any plan's call can ask
+      CUDA_CHECK(cudaFuncSetAttribute(
+          conv_wgrad_halo_kernel<VEC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+          static_cast<int>(sizeof(float)) * wgrad_halo_smem_floats_bound(kWgradHaloMaxBM)));
+      return true;
+    }();
+    (void)opted_in;
+    const WgradHaloLayout L = wgrad_halo_layout(g, bm);
+    const int splits = wgrad_halo_split_count(g, WgradHaloPlan{bm, VEC}, bands_per_split);
+    const WgradGrid gr = wgrad_halo_grid(g, splits);
+    const cudaStream_t st = static_cast<cudaStream_t>(stream());
+    const int64_t n = int64_t(g.K) * g.C * 9;
+    Tensor ws;  // the splits' partial sums (none with one split)
+    if (splits > 1) ws = Tensor::empty({splits, n}, DType::Float32, device);
+    float* out = splits > 1 ? ws.data<float>() : dw;
+    const size_t smem = sizeof(float) * static_cast<size_t>(wgrad_halo_smem_floats(L));
+    launch_kernel(conv_wgrad_halo_kernel<VEC>, dim3(gr.x, gr.y, gr.z), kWhThreads, smem, st, g, L, dy, x,
+                  bands_per_split, out);
+    CUDA_CHECK_LAUNCH();
+    if (splits > 1) {
+      const int64_t blocks = std::min<int64_t>((n + 255) / 256, int64_t(sm_count()) * 8);
+      launch_kernel(wgrad_reduce_kernel, static_cast<unsigned>(blocks), 256, 0, st, out, splits, n, dw);
+      CUDA_CHECK_LAUNCH();
+    }
+  }
+};
+
 void run_wgrad(const FusedConvGeom& g, const float* dy, const float* x, float* dw, Device device,
                const FusedChoice& c) {
   OpRange range("conv2d_backward_weight", "native-tc");
-  dispatch_wgrad(c.wg_plan, LaunchWgrad{g, dy, x, dw, device, c.wg_cps});
+  if (c.wgrad_halo)
+    dispatch_wgrad_halo(c.wh_plan, LaunchWgradHalo{g, dy, x, dw, device, c.wg_cps});
+  else
+    dispatch_wgrad(c.wg_plan, LaunchWgrad{g, dy, x, dw, device, c.wg_cps});
+}
+
+/// The halo-staged weight gradient in `plan`, its bands split for `waves` blocks per SM.
+FusedChoice wgrad_halo_choice(const FusedConvGeom& g, const WgradHaloPlan& plan, int waves) {
+  FusedChoice c;
+  c.fused = c.tc = c.wgrad_halo = true;
+  c.wh_plan = plan;
+  wgrad_halo_splits(g, plan, sm_count(), waves, c.wg_cps);
+  return c;
+}
+
+/// A weight-gradient launch, for the log: "tc64x64/14" (wmma: tile / splits), "halo128/67" (halo-staged
+/// bands of 128 slots: "v2", "v1" for 8- and 4-byte copies).
+std::string wgrad_name(const FusedConvGeom& g, const FusedChoice& c) {
+  if (c.wgrad_halo)
+    return "halo" + std::to_string(c.wh_plan.bm) +
+           (c.wh_plan.vec != 4 ? "v" + std::to_string(c.wh_plan.vec) : "") + "/" +
+           std::to_string(wgrad_halo_split_count(g, c.wh_plan, c.wg_cps));
+  return "tc" + std::to_string(c.wg_plan.bk) + "x" + std::to_string(c.wg_plan.bn) + "/" +
+         std::to_string(wgrad_split_count(g, c.wg_cps));
+}
+
+/// dy and x as the halo weight gradient copies them: plan.vec floats at a time.
+bool wgrad_halo_aligned(const WgradHaloPlan& plan, const Tensor& dy, const Tensor& x) {
+  return reinterpret_cast<std::uintptr_t>(dy.data<float>()) % (4 * plan.vec) == 0 &&
+         reinterpret_cast<std::uintptr_t>(x.data<float>()) % (4 * plan.vec) == 0;
 }
 
 /// The weight gradient in `plan`, its pixels split for `waves` blocks per SM.
@@ -815,13 +887,13 @@ bool conv2d_backward_weight_fused(const Tensor& dy, const Tensor& x, int64_t x_i
             if (plan.bk > 32 && g.K <= 32) continue;  // all but 32 of its rows would be padding
             for (int waves : {1, 3}) candidates.push_back(wgrad_choice(g, plan, waves));
           }
+          if (halo_unchecked_allowed())  // (the forward halo kernel's gate: not yet run on a GPU)
+            for (const WgradHaloPlan& plan : kWgradHaloPlans)
+              if (wgrad_halo_takes(g, plan) && wgrad_halo_aligned(plan, dy, x))
+                for (int waves : {1, 2}) candidates.push_back(wgrad_halo_choice(g, plan, waves));
           return candidates;
         },
-        [&g](const FusedChoice& c) {
-          return "tc" + std::to_string(c.wg_plan.bk) + "x" + std::to_string(c.wg_plan.bn) + "/" +
-                 std::to_string(wgrad_split_count(g, c.wg_cps));
-        },
-        run, library);
+        [&g](const FusedChoice& c) { return wgrad_name(g, c); }, run, library);
   if (!choice.fused) return false;
   run(choice);
   return true;
@@ -829,6 +901,40 @@ bool conv2d_backward_weight_fused(const Tensor& dy, const Tensor& x, int64_t x_i
 
 bool fused_conv_tensor_cores() {
   return tc_applies();
+}
+
+int conv_wgrad_halo_plans() {
+  return static_cast<int>(sizeof(kWgradHaloPlans) / sizeof(kWgradHaloPlans[0]));
+}
+
+bool conv_wgrad_halo_plan_takes(int plan, const Shape& x, const Shape& w, const ops::Conv2dParams& p) {
+  if (plan < 0 || plan >= conv_wgrad_halo_plans()) return false;
+  FusedConvGeom g = geom_of(x, x[1] * x[2] * x[3], w, p, 0);
+  g.y_img = int64_t(g.K) * g.P * g.Q;  // dy packed
+  return wgrad_halo_takes(g, kWgradHaloPlans[plan]);
+}
+
+void conv2d_backward_weight_halo_plan(const Tensor& dy, const Tensor& x, int64_t x_img,
+                                      const ops::Conv2dParams& p, const Tensor& dw, int plan, int waves) {
+  const char* op = "conv2d_backward_weight_halo_plan";
+  if (plan < 0 || plan >= conv_wgrad_halo_plans())
+    throw std::invalid_argument(std::string(op) + ": plan " + std::to_string(plan) + " is not in [0, " +
+                                std::to_string(conv_wgrad_halo_plans()) + ")");
+  if (waves < 1) throw std::invalid_argument(std::string(op) + ": waves " + std::to_string(waves) + " < 1");
+  if (!tc_applies())
+    throw std::invalid_argument(std::string(op) + ": the tensor-core kernels need TF32 on and sm_80+");
+  const WgradHaloPlan& hp = kWgradHaloPlans[plan];
+  const FusedConvGeom g = geom_of(x, x_img, dw, p, dy_images_apart(dy));
+  if (!wgrad_applies(dy, x, dw) || !wgrad_halo_takes(g, hp) || !wgrad_halo_aligned(hp, dy, x))
+    throw std::invalid_argument(
+        std::string(op) + ": plan " + std::to_string(plan) + " (bands of " + std::to_string(hp.bm) +
+        " slots, copies of " + std::to_string(hp.vec) +
+        " floats) takes 3x3 windows of stride 1 and padding 1, C a multiple of 32, 4 <= W <= " +
+        std::to_string(hp.bm) + " with the widest copy W allows, dy and x aligned to it; this call: C " +
+        std::to_string(g.C) + ", W " + std::to_string(g.W) + ", window " + std::to_string(g.R) + "x" +
+        std::to_string(g.S) + ", stride " + std::to_string(g.sh) + ", padding " + std::to_string(g.ph));
+  run_wgrad(g, dy.data<float>(), x.data<float>(), dw.data<float>(), dw.device(),
+            wgrad_halo_choice(g, hp, waves));
 }
 
 int conv_backward_plans(bool weight) {

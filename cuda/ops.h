@@ -147,6 +147,16 @@ void conv2d_backward_input_fused_plan(const Tensor& dy, const Tensor& w, const o
                                       int plan, int chunks_per_split = 0);
 void conv2d_backward_weight_fused_plan(const Tensor& dy, const Tensor& x, int64_t x_img, const ops::Conv2dParams& p,
                                        const Tensor& dw, int plan, int waves);
+/// How many launch shapes cuda/conv_wgrad_halo.cuh's weight gradient has (kWgradHaloPlans), and that kernel
+/// alone in shape `plan`, its bands split for `waves` blocks per SM — for tests and benches (Auto times it
+/// only with LADNN_HALO_UNCHECKED=1 until a device check has passed). It takes 3x3 windows of stride 1 and
+/// padding 1 whose input channels come in blocks of 32; throws std::invalid_argument, naming the plan and
+/// the call, for any other, or when the tensor-core kernels cannot run.
+int conv_wgrad_halo_plans();
+/// Whether plan `plan` takes a call of these shapes (packed x and dy, aligned), as the hook would.
+bool conv_wgrad_halo_plan_takes(int plan, const Shape& x, const Shape& w, const ops::Conv2dParams& p);
+void conv2d_backward_weight_halo_plan(const Tensor& dy, const Tensor& x, int64_t x_img,
+                                      const ops::Conv2dParams& p, const Tensor& dw, int plan, int waves);
 
 // ---- batch normalisation (cuDNN | native) ---------------------------------------------------------------------
 // act / relu_y: the fused BatchNorm-ReLU (tensor/ops.h). Native: the ReLU and the gradient mask live

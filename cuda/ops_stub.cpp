@@ -248,6 +248,16 @@ void conv2d_backward_weight_fused_plan(const Tensor&, const Tensor&, int64_t, co
                                        int, int) {
   no_backend("conv2d_backward_weight_fused_plan");
 }
+int conv_wgrad_halo_plans() {
+  return 0;
+}
+bool conv_wgrad_halo_plan_takes(int, const Shape&, const Shape&, const ops::Conv2dParams&) {
+  return false;
+}
+void conv2d_backward_weight_halo_plan(const Tensor&, const Tensor&, int64_t, const ops::Conv2dParams&,
+                                      const Tensor&, int, int) {
+  no_backend("conv2d_backward_weight_halo_plan");
+}
 
 // batch norm and pooling: C3's cuda/bnpool_stub.cpp.
 

@@ -163,6 +163,77 @@ TEST(CudaConvBackwardTc, EveryTileShapeMatchesFloat64) {
   EXPECT_THROW_WITH(cuda::conv2d_backward_input_fused_plan(dy, w, {}, dx, 0, -1), "chunks_per_split -1 < 0");
 }
 
+// The growth 3x3's weight gradient with halo-staged bands (cuda/conv_wgrad_halo.cuh) on DenseNet-169's
+// four map sizes (56 and 28: 16-byte copies; 14: 8-byte; 7: 4-byte) and a 12-pixel row with K past one
+// 32-channel block: every plan that takes the call, split for one and two blocks per SM, against float64.
+// x is a channel prefix of a wider tensor and dy a channel slice whose other channels are NaN, as in a
+// training dense block. The emulator runs the same kernel on the CPU
+// (FusedConvEmulation.HaloWeightGradientMatchesFloat64); this is where it first meets a GPU.
+TEST(CudaConvBackwardTc, HaloWeightGradientMatchesFloat64OnGrowthShapes) {
+  LADNN_REQUIRE_GPU();
+  REQUIRE_TENSOR_CORES();
+  FillNanScope nan_fill;
+  ASSERT_EQ(cuda::conv_wgrad_halo_plans(), 5);
+  Generator gen(73);
+  const Case cases[] = {{2, 128, 56, 56, 32, 3, 3, 1, 1},
+                        {2, 128, 28, 28, 32, 3, 3, 1, 1},
+                        {4, 128, 14, 14, 32, 3, 3, 1, 1},
+                        {4, 128, 7, 7, 32, 3, 3, 1, 1},
+                        {1, 64, 9, 12, 40, 3, 3, 1, 1}};
+  int runs = 0;
+  for (const Case& c : cases) {
+    const ops::Conv2dParams p = params_of(c);
+    const Tensor xbuf = randn({c.N, c.C + 5, c.H, c.W}, gen), x = xbuf.narrow(1, 0, c.C);
+    const Tensor dy = randn({c.N, c.K, c.H, c.W}, gen);
+    Tensor dybuf = Tensor::full({c.N, c.K + 2, c.H, c.W}, NAN);
+    dybuf.narrow(1, 1, c.K).copy_(dy);
+    const Tensor gx = to_gpu(xbuf).narrow(1, 0, c.C), gdy = to_gpu(dybuf).narrow(1, 1, c.K);
+    const int64_t x_img = (c.C + 5) * c.H * c.W;
+    const Shape w_shape{c.K, c.C, 3, 3};
+    const test::ConvGradReference rw = test::conv_backward_reference(dy, x, x.shape(), w_shape, p, true);
+    int taken = 0;
+    for (int plan = 0; plan < cuda::conv_wgrad_halo_plans(); ++plan)
+      for (int waves : {1, 2}) {
+        const std::string what = name_of(c) + " halo weight gradient, plan " + std::to_string(plan) +
+                                 ", waves " + std::to_string(waves);
+        const Tensor dw = Tensor::empty(w_shape, DType::Float32, Device::cuda());
+        std::string ran;
+        try {
+          ran = profiled([&] { cuda::conv2d_backward_weight_halo_plan(gdy, gx, x_img, p, dw, plan, waves); });
+        } catch (const std::invalid_argument& e) {
+          EXPECT_NE(std::string(e.what()).find("takes 3x3 windows"), std::string::npos)
+              << what << ": " << e.what();
+          continue;  // a copy width or band size this row does not take
+        }
+        EXPECT_EQ(ran, "conv2d_backward_weight/native-tc") << what;
+        EXPECT_TRUE(gpu_matches(what, dw, rw.value, {0.0, kTcRtol}, rw.scale));
+        ++taken;
+        ++runs;
+      }
+    EXPECT_GT(taken, 0) << name_of(c);
+  }
+  EXPECT_EQ(runs, 18);  // 56, 28, 12: two plans each; 14: two; 7: one; each at two splittings
+  // What it refuses, by name: a 1x1, a stride-2 3x3, input channels not in blocks of 32.
+  const Tensor x = to_gpu(Tensor::ones({1, 32, 8, 8})), dy = to_gpu(Tensor::ones({1, 32, 8, 8}));
+  const Tensor dw1 = Tensor::empty({32, 32, 1, 1}, DType::Float32, Device::cuda());
+  EXPECT_THROW_WITH(cuda::conv2d_backward_weight_halo_plan(dy, x, 32 * 64, {}, dw1, 0, 1),
+                    "takes 3x3 windows", "window 1x1");
+  ops::Conv2dParams s2;
+  s2.stride_h = s2.stride_w = 2;
+  s2.pad_h = s2.pad_w = 1;
+  const Tensor dy2 = to_gpu(Tensor::ones({1, 32, 4, 4}));
+  const Tensor dw3 = Tensor::empty({32, 32, 3, 3}, DType::Float32, Device::cuda());
+  EXPECT_THROW_WITH(cuda::conv2d_backward_weight_halo_plan(dy2, x, 32 * 64, s2, dw3, 0, 1), "stride 2");
+  const Tensor x24 = to_gpu(Tensor::ones({1, 24, 8, 8}));
+  const Tensor dw24 = Tensor::empty({32, 24, 3, 3}, DType::Float32, Device::cuda());
+  ops::Conv2dParams p1;
+  p1.pad_h = p1.pad_w = 1;
+  EXPECT_THROW_WITH(cuda::conv2d_backward_weight_halo_plan(dy, x24, 24 * 64, p1, dw24, 0, 1), "C 24");
+  EXPECT_THROW_WITH(cuda::conv2d_backward_weight_halo_plan(dy, x, 32 * 64, p1, dw3, 5, 1),
+                    "is not in [0, 5)");
+  EXPECT_THROW_WITH(cuda::conv2d_backward_weight_halo_plan(dy, x, 32 * 64, p1, dw3, 0, 0), "waves 0 < 1");
+}
+
 // The ops themselves: On runs our kernels; Auto times them against the library once per shape, then runs
 // the choice alone, replays it in a graph, and refuses a shape first seen inside a capture.
 TEST(CudaConvBackwardTc, OpsRunOursUnderOnAndTimeOnceUnderAuto) {

@@ -256,6 +256,7 @@ inline void cp_async_wait() {}
 #define __align__(n) __attribute__((aligned(n)))
 #define __launch_bounds__(...)
 #include "cuda/conv2d_gemm.cuh"
+#include "cuda/conv_wgrad_halo.cuh"
 #include "cuda/conv_wgrad_tc.cuh"
 #include "cuda/fused_conv.cuh"
 #include "cuda/fused_conv_halo.cuh"
@@ -1357,6 +1358,153 @@ TEST(FusedConvEmulation, TensorCoreWeightGradientMatchesFloat64) {
   }
   EXPECT_EQ(runs, 40);
   EXPECT_EQ(nvcuda::wmma::g_misuse.load(), 0) << "a wmma call with a misaligned tile pointer, ldm or layout";
+}
+
+/// cuda/fused_conv.cu's LaunchWgradHalo, emulated: the kernel into dw or the workspace, then the
+/// reduction. Shared memory starts NaN: a read that neither a copy nor the zeroing wrote shows up.
+struct EmulateWgradHalo {
+  const FusedConvGeom& g;
+  const float* dy;
+  const float* x;
+  float* dw;
+  int bands_per_split;
+  template <int VEC>
+  void go_wgrad_halo(int bm) const {
+    const WgradHaloLayout L = wgrad_halo_layout(g, bm);
+    const int splits = wgrad_halo_split_count(g, WgradHaloPlan{bm, VEC}, bands_per_split);
+    const WgradGrid gr = wgrad_halo_grid(g, splits);
+    const int64_t n = int64_t(g.K) * g.C * 9;
+    std::vector<float> ws(splits > 1 ? static_cast<std::size_t>(splits * n) : 0,
+                          std::numeric_limits<float>::quiet_NaN());
+    float* out = splits > 1 ? ws.data() : dw;
+    EXPECT_LE(wgrad_halo_smem_floats(L), wgrad_halo_smem_floats_bound(bm));
+    EXPECT_LE(wgrad_halo_smem_floats_bound(bm), wgrad_halo_smem_floats_bound(kWgradHaloMaxBM));
+    emu::g_dynamic_smem.assign(static_cast<std::size_t>(wgrad_halo_smem_floats(L)),
+                               std::numeric_limits<float>::quiet_NaN());
+    emulate({gr.x, gr.y, gr.z}, kWhThreads,
+            [&] { conv_wgrad_halo_kernel<VEC>(g, L, dy, x, bands_per_split, out); });
+    if (splits > 1) emulate_serial({3, 1, 1}, 64, [&] { wgrad_reduce_kernel(out, splits, n, dw); });
+  }
+};
+
+// The growth 3x3's weight gradient with halo-staged bands (cuda/conv_wgrad_halo.cuh) against float64,
+// every plan that takes the case, whole and a band a split: rows of 5 to 56 pixels
+// (7, 14, 28, 56 as DenseNet's; 5 and 28: a k-step's 8 slots cross output rows), bands that leave the last
+// one short, K under one 32-channel block and past it (a partial second block), two x-channel blocks, x
+// read as a channel prefix and dy as a channel slice (the other channels NaN). The layout's claims are
+// checked too: th * Q fits the slots, the bands cover P, ldp and ch are 4 mod 8.
+TEST(FusedConvEmulation, HaloWeightGradientMatchesFloat64) {
+  struct Case {
+    int N, C, H, W, K;
+  };
+  // (Small: the emulated mma.sync meets the whole block twice, and the test runs about 4,600 of them.)
+  const Case cases[] = {{1, 32, 8, 8, 32},  {1, 64, 5, 12, 32}, {1, 32, 9, 14, 20}, {1, 32, 7, 7, 40},
+                        {1, 32, 5, 28, 16}, {1, 32, 2, 56, 32}, {1, 32, 4, 6, 8},   {1, 32, 4, 5, 33}};
+  Generator gen(59);
+  int runs = 0, short_bands = 0, split_runs = 0;
+  for (const Case& cs : cases) {
+    ops::Conv2dParams p;
+    p.pad_h = p.pad_w = 1;
+    const int P = cs.H, Q = cs.W;
+    const Tensor xbuf = Tensor::normal({cs.N, cs.C + 3, cs.H, cs.W}, 0, 1, gen);
+    const Tensor x = xbuf.narrow(1, 0, cs.C);
+    const bool slice = (&cs - cases) % 2 == 1;  // dy channels [1, 1 + K) of a wider buffer in odd cases
+    Tensor dybuf =
+        Tensor::full({cs.N, cs.K + (slice ? 2 : 0), P, Q}, std::numeric_limits<double>::quiet_NaN());
+    const Tensor dy = Tensor::normal({cs.N, cs.K, P, Q}, 0, 1, gen);
+    dybuf.narrow(1, slice ? 1 : 0, cs.K).copy_(dy);
+    const Shape w_shape{cs.K, cs.C, 3, 3};
+    const test::ConvGradReference ref = test::conv_backward_reference(dy, x, x.shape(), w_shape, p, true);
+    FusedConvGeom g{};
+    g.N = cs.N, g.C = cs.C, g.H = cs.H, g.W = cs.W, g.K = cs.K, g.R = g.S = 3, g.P = P, g.Q = Q;
+    g.sh = g.sw = 1, g.ph = g.pw = 1;
+    g.x_img = int64_t(cs.C + 3) * cs.H * cs.W;
+    g.y_img = int64_t(cs.K + (slice ? 2 : 0)) * P * Q;
+    const float* dyp = dybuf.data<float>() + (slice ? int64_t(P) * Q : 0);
+    int taken = 0;
+    for (const WgradHaloPlan& plan : kWgradHaloPlans) {
+      if (!wgrad_halo_takes(g, plan)) continue;
+      ++taken;
+      const WgradHaloLayout L = wgrad_halo_layout(g, plan.bm);
+      EXPECT_LE(L.th * g.Q, plan.bm);
+      EXPECT_GE(L.th * L.bands, g.P);
+      EXPECT_LT(L.th * (L.bands - 1), g.P) << "an empty band";
+      EXPECT_EQ(L.ldp % 8, 4);
+      EXPECT_EQ(L.ch % 8, 4);
+      EXPECT_GE(L.ldp, L.steps * 8);
+      EXPECT_GE(L.ldh, g.Q + 5);
+      short_bands += L.th * L.bands > g.P;
+      const int chunks = wgrad_halo_chunks(g, L);
+      for (int v = 0; v < (chunks > 1 ? 2 : 1); ++v) {  // whole; a band a split where there are more
+        const int bps = v == 0 ? chunks : 1, splits = wgrad_halo_split_count(g, plan, bps);
+        EXPECT_EQ(splits, v == 0 ? 1 : chunks);
+        split_runs += splits > 1;
+        SCOPED_TRACE("x (" + std::to_string(cs.N) + ", " + std::to_string(cs.C) + ", " +
+                     std::to_string(cs.H) + ", " + std::to_string(cs.W) + ") K " + std::to_string(cs.K) +
+                     " plan " + std::to_string(plan.bm) + "/" + std::to_string(plan.vec) +
+                     " bands per split " + std::to_string(bps));
+        Tensor dw = Tensor::full(w_shape, std::numeric_limits<double>::quiet_NaN());
+        dispatch_wgrad_halo(plan, EmulateWgradHalo{g, dyp, xbuf.data<float>(), dw.data<float>(), bps});
+        const std::vector<double> got = dw.to_vector(), want = ref.value.to_vector(),
+                                  scale = ref.scale.to_vector();
+        for (std::size_t i = 0; i < got.size(); ++i)
+          ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i])
+              << "element " << i << " got " << got[i];
+        ++runs;
+      }
+    }
+    EXPECT_GT(taken, 0) << "no plan takes case " << (&cs - cases);
+  }
+  EXPECT_EQ(runs, 18);  // 14 whole, and split where a plan has more than one band
+  EXPECT_GT(short_bands, 0) << "no case left the last band short";
+  EXPECT_GT(split_runs, 0);
+  EXPECT_EQ(emu::g_cp_async_misaligned.load(), 0) << "a cp.async from or to a misaligned address";
+}
+
+// What the halo weight gradient refuses: a flipped weight, stride 2, padding 0, a 1x1, channels not in
+// blocks of 32, rows under 4 or longer than the slots, a copy width other than the widest the rows allow,
+// images apart by other than a multiple of it.
+TEST(FusedConvEmulation, HaloWeightGradientTakesGrowthShapesOnly) {
+  FusedConvGeom ok{};
+  ok.N = 2, ok.C = 128, ok.H = ok.W = ok.P = ok.Q = 56, ok.K = 32, ok.R = ok.S = 3;
+  ok.sh = ok.sw = ok.ph = ok.pw = 1;
+  ok.x_img = int64_t(128) * 56 * 56, ok.y_img = int64_t(256) * 56 * 56;
+  const WgradHaloPlan p64{64, 4}, p128{128, 4}, p64v2{64, 2}, p64v1{64, 1};
+  EXPECT_TRUE(wgrad_halo_takes(ok, p64));
+  EXPECT_TRUE(wgrad_halo_takes(ok, p128));
+  EXPECT_FALSE(wgrad_halo_takes(ok, p64v2));
+  const std::pair<const char*, std::function<void(FusedConvGeom&)>> refused[] = {
+      {"a flipped weight", [](FusedConvGeom& g) { g.w_flipped = true; }},
+      {"stride 2", [](FusedConvGeom& g) { g.sh = g.sw = 2; }},
+      {"padding 0", [](FusedConvGeom& g) { g.ph = g.pw = 0; }},
+      {"a 1x1", [](FusedConvGeom& g) { g.R = g.S = 1; }},
+      {"48 channels", [](FusedConvGeom& g) { g.C = 48; }},
+      {"rows of 68", [](FusedConvGeom& g) { g.W = g.Q = 68; }},
+      {"x images an odd number of floats apart", [](FusedConvGeom& g) { g.x_img += 1; }},
+      {"dy images an odd number of floats apart", [](FusedConvGeom& g) { g.y_img += 1; }}};
+  for (const auto& [what, change] : refused) {
+    FusedConvGeom g = ok;
+    change(g);
+    EXPECT_FALSE(wgrad_halo_takes(g, p64)) << what;
+  }
+  FusedConvGeom g = ok;
+  g.W = g.Q = g.H = g.P = 14;
+  EXPECT_TRUE(wgrad_halo_takes(g, p64v2));
+  EXPECT_FALSE(wgrad_halo_takes(g, p64));
+  g.W = g.Q = g.H = g.P = 7;
+  EXPECT_TRUE(wgrad_halo_takes(g, p64v1));
+  g.W = g.Q = g.H = g.P = 3;  // rows under 4
+  EXPECT_FALSE(wgrad_halo_takes(g, p64v1));
+  g.W = g.Q = 68, g.H = g.P = 4;  // 68 pixels: more than 64 slots, not more than 128
+  EXPECT_FALSE(wgrad_halo_takes(g, p64));
+  EXPECT_TRUE(wgrad_halo_takes(g, p128));
+  // DenseNet-169's growth 3x3s at batch 64: the split for two blocks per SM on 132 SMs.
+  // 4 blocks a split (128 channels of x, 32 of dy), 64 x 28 bands of 2 rows: 66 splits wanted, 67 of 27.
+  g = ok;
+  g.N = 64;
+  int bps = 0;
+  EXPECT_EQ(wgrad_halo_splits(g, p128, 132, 2, bps), 67);
+  EXPECT_EQ(bps, 27);
 }
 
 }  // namespace
