@@ -54,9 +54,17 @@ __device__ __forceinline__ void pdl_enter() {
 
 namespace ladnn::cuda {
 
-/// Whether launch_kernel() sets the programmatic attribute now: the switch, on a device that has PDL.
+/// True when the code this device runs for our kernels was compiled for compute capability 9.0 or newer
+/// (cudaFuncGetAttributes' ptxVersion of a probe kernel in cuda/runtime.cu; every .cu file is compiled for
+/// the same architectures): only then does pdl_enter() hold the griddepcontrol.wait that makes the
+/// attribute safe. A build for sm_80 run on an H100 (its PTX compiled at load) has kernels that would not
+/// wait, so they launch without the attribute. Read once.
+bool kernels_wait_for_pdl();
+
+/// Whether launch_kernel() sets the programmatic attribute now: the switch, on a device that has PDL,
+/// with kernels compiled to wait for it.
 inline bool launch_programmatic() {
-  return programmatic_launch() && compute_capability() >= 90;
+  return programmatic_launch() && compute_capability() >= 90 && kernels_wait_for_pdl();
 }
 
 /// Throws cuda::Error naming the kernel (cudaFuncGetName), its launch shape and the status.

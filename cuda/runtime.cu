@@ -12,9 +12,26 @@
 #include "cuda/allocator.h"
 #include "cuda/check.h"
 #include "cuda/context.h"
+#include "cuda/launch.h"
 #include "cuda/runtime.h"
 
 namespace ladnn::cuda {
+
+namespace {
+/// Never launched: its attributes say which architecture the kernels' code was compiled for.
+__global__ void pdl_probe_kernel() {
+  pdl_enter();
+}
+}  // namespace
+
+bool kernels_wait_for_pdl() {
+  static const bool wait = [] {
+    cudaFuncAttributes attr{};
+    CUDA_CHECK(cudaFuncGetAttributes(&attr, pdl_probe_kernel));
+    return attr.ptxVersion >= 90;
+  }();
+  return wait;
+}
 
 static std::string probe_reason() {
   int n = 0;
