@@ -1156,7 +1156,9 @@ void native_forward_train_given(const Tensor& x, const Tensor& gamma, const Tens
                                 int64_t fresh) {
   const BnGeom g = geom_of(x);
   if (g.total() == 0) return;
-  const bool fused_fresh = fresh > 0 && by_channel(g);
+  // (In the map's kernel only where one block may reduce a channel, as native_batch_stats decides: float
+  // counts are exact up to 2^24 values.)
+  const bool fused_fresh = fresh > 0 && by_channel(g) && g.M() <= (int64_t(1) << 24);
   if (fresh > 0 && !fused_fresh)  // the fresh channels' statistics first, then the map as for any table
     native_batch_stats(x.narrow(1, g.C - fresh, fresh), stats.narrow(0, g.C - fresh, fresh));
   const GivenStats given = given_stats(stats, g, eps, momentum, gamma, beta, running_mean, running_var, out);
@@ -1595,6 +1597,7 @@ bool bn_avg_pool2d_backward_train(const Tensor& dy_in, const Tensor& x_in, const
                 coef_mean_dy, coef_proj, coef_scale, coef_shift);
   CUDA_CHECK_LAUNCH();
   const int64_t planes = bg.N * bg.C;
+  if (planes == 0) return true;  // an empty batch: dgamma and dbeta are the finalize's zeros, dx is empty
   const int threads = static_cast<int>(std::min<int64_t>(kThreads, (bg.HW + 31) / 32 * 32));
   launch_kernel(bn_pool_backward_dx_kernel,
                 static_cast<unsigned>(std::min<int64_t>(planes, int64_t(1) << 30)), threads, 0, cur_stream(),

@@ -208,6 +208,9 @@ class TensorDescriptor {
   TensorDescriptor& operator=(const TensorDescriptor&) = delete;
   /// Float32 (n, c, h, w) with packed (c, h, w) and images `n_stride` elements apart.
   void set(int n, int c, int h, int w, int64_t n_stride) {
+    if (n_stride > INT_MAX)  // (a channel slice of a very wide tensor: cuDNN's strides are int)
+      throw Error("cuDNN tensor descriptor: images " + std::to_string(n_stride) +
+                  " elements apart do not fit cuDNN's int stride");
     CUDNN_CHECK(cudnnSetTensor4dDescriptorEx(d_, CUDNN_DATA_FLOAT, n, c, h, w, static_cast<int>(n_stride),
                                              h * w, w, 1));
   }
