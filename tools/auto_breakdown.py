@@ -17,6 +17,15 @@ With -v it lists every 3x3 and the stem: the chosen time, the library's, and the
 forms (cuda/fused_conv_mma.cuh, cuda/fused_conv_halo.cuh; "-" where none was timed).
 
   python3 tools/auto_breakdown.py ladnn_bench.log --batch 32 [--layers 6,12,32,32] [-v]
+
+With --training it does the same for a training step's three convolution passes (the forward of
+conv2d_bn_eval with no BatchNorms or conv2d_forward, conv2d_backward_input, conv2d_backward_weight): each
+shape's chosen time (ours or the library's, as Auto logged it) times its layer count (the growth 3x3s once
+per layer of their block, every other shape once: shapes that coincide, such as the first transition's
+1x1 and a dense layer's at 28x28, are counted once), by pass, window and map size. With -v it lists the
+growth 3x3s' weight gradients: the chosen time, the library's, and the fastest wmma ("tc") and halo forms.
+
+  python3 tools/auto_breakdown.py ladnn_bench.log --batch 64 --training [-v]
 """
 import argparse
 import collections
@@ -27,15 +36,94 @@ LINE = re.compile(r"^ladnn: conv2d_bn_eval x \((\d+), (\d+), (\d+), (\d+)\) w \(
                   r"pre (\d) post (\d): ours \(ms\)(.*); library ([0-9.]+) ms -> (.*)$")
 
 
+X_SHAPE = re.compile(r" x \((\d+), (\d+), (\d+), (\d+)\)")  # (a backward weight line: dy, w, then x)
+W_SHAPE = re.compile(r" w \((\d+), (\d+), (\d+), (\d+)\)")
+PASSES = {"conv2d_bn_eval": "forward", "conv2d_forward": "forward", "conv2d_backward_input": "backward data",
+          "conv2d_backward_weight": "backward weight"}
+
+
+def training(a, layers):
+    """--training: each (pass, shape)'s chosen time at a.batch, from the lines that offer ours (their
+    choice) or else the library's own line (cuDNN or cuBLAS, whichever it chose)."""
+    chosen, library_only, details = {}, {}, {}
+    with open(a.log, errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("ladnn: conv2d"):
+                continue
+            op = line.split()[1]
+            mx, mw = X_SHAPE.search(line), W_SHAPE.search(line)
+            if op not in PASSES or not mx or not mw:
+                continue
+            n, c, h, _w = map(int, mx.groups())
+            k, _c2, r, _s = map(int, mw.groups())
+            if n != a.batch:
+                continue
+            if op == "conv2d_bn_eval" and not re.search(r"pre 0 post 0", line):
+                continue  # inference's fused BatchNorms
+            stride = re.search(r"stride (\d+)x", line)
+            key = (PASSES[op], r, h, c, k, int(stride.group(1)) if stride else 1)
+            choice = line.rsplit("->", 1)[-1].strip()
+            if ": ours (ms)" in line:
+                words = line.split(": ours (ms)")[1].split(";")[0].split()
+                ours = {}
+                for i in range(0, len(words) - 1, 2):
+                    ours[words[i]] = min(float(words[i + 1]), ours.get(words[i], float("inf")))
+                library = float(re.search(r"library ([0-9.]+) ms", line).group(1))
+                name = choice.split()[-1]
+                chosen[key] = library if choice.startswith("lib") else ours[name]
+                best = lambda pre: min(((v, n_) for n_, v in ours.items() if n_.startswith(pre)),
+                                       default=(float("nan"), "-"))
+                details[key] = (chosen[key], library, best("tc"), best("halo"), choice)
+            else:
+                t = re.search(r"cuBLAS GEMM ([0-9.]+) ms", line) if choice == "cuBLAS" else \
+                    re.search(r"([0-9.]+) ms(?:;[^;]*)? -> cuDNN", line)
+                if t:
+                    library_only[key] = float(t.group(1))
+    for key, t in library_only.items():
+        chosen.setdefault(key, t)
+    if not chosen:
+        sys.exit(f"{a.log}: no convolution choice lines at batch {a.batch} (run with LADNN_CUDNN_LOG=1)")
+    sizes = sorted({key[2] for key in chosen if key[1] == 3 and key[4] == a.growth}, reverse=True)
+    per_block = dict(zip(sizes, layers))
+    groups = collections.defaultdict(lambda: [0.0, 0])
+    for key, t in chosen.items():
+        pas, r, h, c, k, stride = key
+        growth = r == 3 and k == a.growth and stride == 1
+        count = per_block.get(h, 0) if growth else 1
+        g = (pas, f"{r}x{r}" + (" growth" if growth else ""), h)
+        groups[g][0] += t * count
+        groups[g][1] += count
+        if a.v and growth and pas == "backward weight" and key in details:
+            ch, lib, tc, halo, choice = details[key]
+            print(f"wgrad 3x3 {h:>3}x{h:<3} C {c:>4} K {k:>3} x{count:<2} chosen {ch:.4f} library {lib:.4f} "
+                  f"best tc {tc[1]} {tc[0]:.4f} best halo {halo[1]} {halo[0]:.4f} -> {choice}")
+    print(f"batch {a.batch}, training: Auto's chosen time x layers (ms), by pass, window and input map size")
+    total = 0.0
+    for pas in ("forward", "backward data", "backward weight"):
+        sub = 0.0
+        for (p_, win, h), (ms, count) in sorted(groups.items(), key=lambda kv: (kv[0][1], -kv[0][2])):
+            if p_ != pas:
+                continue
+            print(f"  {pas:<16} {win:<10} {h:>4}  {ms:7.3f}  ({count})")
+            sub += ms
+        print(f"  {pas:<16} {'all':<10} {'':>4}  {sub:7.3f}")
+        total += sub
+    print(f"  {'sum':<33} {total:7.3f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("log")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--layers", default="6,12,32,32", help="dense layers per block, first block first")
     ap.add_argument("--growth", type=int, default=32, help="the growth rate (the 3x3s' output channels)")
+    ap.add_argument("--training", action="store_true", help="a training step's three passes")
     ap.add_argument("-v", action="store_true")
     a = ap.parse_args()
     layers = [int(v) for v in a.layers.split(",")]
+    if a.training:
+        return training(a, layers)
 
     rows = []
     with open(a.log, errors="replace") as f:
