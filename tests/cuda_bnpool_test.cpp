@@ -359,6 +359,23 @@ TEST_P(CudaOpTest, BatchNormReluAvgPoolTrainEqualsTheTwoOps) {
   }
 }
 
+// An empty batch through the transition's fused backward: the CPU's answer (dgamma and dbeta zero, dx
+// empty), not a launch of a zero-block grid (the GPU path's dx kernel has a block per plane).
+TEST_P(CudaOpTest, BatchNormReluAvgPoolBackwardOfAnEmptyBatch) {
+  ops::Pool2dParams p;
+  p.kernel_h = p.kernel_w = p.stride_h = p.stride_w = 2;
+  const Tensor x = Tensor::zeros({0, 4, 4, 4}), dy = Tensor::zeros({0, 4, 2, 2});
+  const Tensor g = Tensor::full({4}, 1.5), b = Tensor::full({4}, 0.25);
+  const Tensor mean = Tensor::zeros({4}), invstd = Tensor::ones({4});
+  const ops::BatchNormGrads want =
+      ops::bn_avg_pool2d_backward_train(dy, x, g, b, mean, invstd, ops::BnAct::Relu, p);
+  const ops::BatchNormGrads got = ops::bn_avg_pool2d_backward_train(
+      gpu(dy), gpu(x), gpu(g), gpu(b), gpu(mean), gpu(invstd), ops::BnAct::Relu, p);
+  EXPECT_EQ(got.dx.shape(), x.shape());
+  EXPECT_TRUE(gpu_equals("dgamma", got.dgamma, f64(want.dgamma)));
+  EXPECT_TRUE(gpu_equals("dbeta", got.dbeta, f64(want.dbeta)));
+}
+
 // The stem's training BatchNorm-ReLU-max pool (ops::bn_max_pool2d_train): with LADNN_POOL native one
 // kernel, the same bits and indices as the native BatchNorm given the same statistics followed by the
 // native max pool; against the CPU in float64 (indices exactly), forward and backward.
