@@ -62,6 +62,7 @@ constexpr int kWhBK = 32;        // dy channels (output channels of the convolut
 constexpr int kWhBC = 32;        // x channels per block: 8 a warp
 constexpr int kWhThreads = 128;  // 4 warps
 constexpr int kWhStages = 2;
+constexpr int kWhLDT = kWhBC * 9 + 4;  // the epilogue's tile rows in shared memory (292 floats)
 
 /// Where a launch's bands lie: th output rows a band, bands per image, `steps` k-steps of 8 pixel slots a
 /// band, ldp floats per dy row, ldh per halo row, ch per halo channel (see the header comment).
@@ -114,9 +115,11 @@ inline int wgrad_halo_split_count(const FusedConvGeom& g, const WgradHaloPlan& p
   return split_count(wgrad_halo_chunks(g, wgrad_halo_layout(g, plan.bm)), bands_per_split);
 }
 
-/// Dynamic shared memory of a launch (floats): the two stages, then the pixel slots' offsets (ints).
+/// Dynamic shared memory of a launch (floats): the two stages (or the epilogue's tile, if larger: small
+/// maps), then the pixel slots' offsets (ints).
 LADNN_HD int wgrad_halo_smem_floats(const WgradHaloLayout& L) {
-  return kWhStages * (kWhBK * L.ldp + kWhBC * L.ch) + L.steps * 8;
+  const int stages = kWhStages * (kWhBK * L.ldp + kWhBC * L.ch), tile = kWhBK * kWhLDT;
+  return (stages > tile ? stages : tile) + L.steps * 8;
 }
 /// ... the most any call the kernel takes can ask at BM (for the launcher's opt-in past 48 KB): with
 /// 4 <= Q <= BM, th Q <= BM, so ldp <= BM + 12 and ch <= (BM / Q + 2)(Q + 8) + 4 <= 3 BM + 28 (at Q = 4
@@ -143,7 +146,9 @@ __global__ void __launch_bounds__(kWhThreads)
   static_assert(VEC == 4 || VEC == 2 || VEC == 1, "16-, 8- or 4-byte copies");
   LADNN_DYNAMIC_SMEM(smem);
   const int kA = BK * L.ldp, kStage = kA + BC * L.ch;
-  int* s_off = reinterpret_cast<int*>(smem + kStages * kStage);  // the pixel slots' halo offsets
+  // the pixel slots' halo offsets, after the stages or the epilogue's tile
+  int* s_off =
+      reinterpret_cast<int*>(smem + (kStages * kStage > BK * kWhLDT ? kStages * kStage : BK * kWhLDT));
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
   const int c0 = blockIdx.x * BC, k0 = blockIdx.y * BK;
   const int Q = g.Q, PQ = g.P * Q, HW = g.H * g.W, rows = L.th + 2, slots = L.th * Q;
@@ -252,21 +257,36 @@ __global__ void __launch_bounds__(kWhThreads)
   cp_async_wait<0>();
 
   // Epilogue: lane (g, t) holds rows (dy channels) g and g + 8 of each half, columns (x channels) 2t and
-  // 2t + 1 of its warp's 8, for every tap: dW[k, c, tap] at (k C + c) 9 + tap of this split's slab.
-  float* slab = out + int64_t(blockIdx.z) * g.K * g.C * 9;
+  // 2t + 1 of its warp's 8, for every tap. The block's tile goes through shared memory (the stages are
+  // free: the loop ended with a barrier), row k holding dW[k0 + k, c0 .. c0 + 31, 0 .. 8], 288 floats
+  // contiguous in dW; then each row is stored 16 bytes at a time (k C 9 + c0 9 is a multiple of 4: C and c0
+  // are multiples of 32), not 4 bytes to 32 scattered places per instruction.
+  float* tile = smem;  // [BK][kWhLDT]
 #pragma unroll
   for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int k = k0 + mi * 16 + gq + 8 * h;
-      if (k >= g.K) continue;
+    for (int h = 0; h < 2; ++h)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        float* dst = slab + (int64_t(k) * g.C + c0 + warp * 8 + 2 * tq + e) * 9;
+        float* dst = tile + (mi * 16 + gq + 8 * h) * kWhLDT + (warp * 8 + 2 * tq + e) * 9;
 #pragma unroll
         for (int tap = 0; tap < 9; ++tap) dst[tap] = acc[mi][tap][2 * h + e];
       }
+  __syncthreads();
+  float* slab = out + int64_t(blockIdx.z) * g.K * g.C * 9 + int64_t(k0) * g.C * 9 + c0 * 9;
+  const bool vec = reinterpret_cast<uintptr_t>(out) % 16 == 0;
+  constexpr int kRow4 = BC * 9 / 4;  // 72 float4 a row
+  for (int i = tid; i < BK * kRow4; i += kWhThreads) {
+    const int k = i / kRow4, col = 4 * (i - k * kRow4);
+    if (k0 + k >= g.K) break;  // (rows in order: every later i is past K too)
+    const float* src = tile + k * kWhLDT + col;
+    float* dst = slab + int64_t(k) * g.C * 9 + col;
+    if (vec) {
+      *reinterpret_cast<float4*>(dst) = float4{src[0], src[1], src[2], src[3]};
+    } else {
+      for (int q = 0; q < 4; ++q) dst[q] = src[q];
     }
+  }
 #endif
 }
 

@@ -1452,6 +1452,17 @@ TEST(FusedConvEmulation, HaloWeightGradientMatchesFloat64) {
               << "element " << i << " got " << got[i];
         ++runs;
       }
+      if (&cs == cases) {  // dW one float past a 16-byte boundary: the epilogue's scalar stores
+        Tensor wide = Tensor::full({shape_numel(w_shape) + 1}, std::numeric_limits<double>::quiet_NaN());
+        dispatch_wgrad_halo(plan,
+                            EmulateWgradHalo{g, dyp, xbuf.data<float>(), wide.data<float>() + 1, chunks});
+        const Tensor dw = wide.narrow(0, 1, shape_numel(w_shape)).reshape(w_shape);
+        const std::vector<double> got = dw.to_vector(), want = ref.value.to_vector(),
+                                  scale = ref.scale.to_vector();
+        for (std::size_t i = 0; i < got.size(); ++i)
+          ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i])
+              << "misaligned dW, element " << i;
+      }
     }
     EXPECT_GT(taken, 0) << "no plan takes case " << (&cs - cases);
   }
