@@ -431,6 +431,24 @@ void bench_wgrad_halo(benchmark::State& state, ConvShape s, int plan, int waves)
   });
 }
 
+// The pointwise weight gradient on mma.sync (cuda/conv_wgrad_pw.cuh) alone, split for `waves` blocks per
+// SM: beside conv_bwd_weight/cudnn/1x1/... .
+void bench_wgrad_pw(benchmark::State& state, ConvShape s, int waves) {
+  guarded(state, [&] {
+    if (!cuda::fused_conv_tensor_cores()) {
+      state.SkipWithError("our tensor-core kernels do not run here (TF32 off, or a GPU below sm_80)");
+      return;
+    }
+    const Shape xs{kBatch, s.C, s.H, s.H}, ws{s.K, s.C, 1, 1}, ys{kBatch, s.K, s.H, s.H};
+    const Tensor x = random_gpu(xs, 11), dy = random_gpu(ys, 13);
+    const Tensor dw = Tensor::empty(ws, ladnn::DType::Float32, Device::cuda());
+    const double flops = 2.0 * double(kBatch * s.K * s.C * s.H * s.H);
+    run_timed(state, [&] { cuda::conv2d_backward_weight_pw_plan(dy, x, s.C * s.H * s.H, {}, dw, waves); },
+              {0, flops});
+    state.SetLabel("mma tf32");
+  });
+}
+
 // ---- a dense layer at inference: unfused ops against the fused kernel ----------------------------------------
 
 struct DenseLayerShape {
@@ -737,6 +755,19 @@ void register_all() {
                   .c_str(),
               bench_wgrad_halo, s, plan, waves));
   }
+
+  // The pointwise weight gradient on the 1x1 shapes, for one and two blocks per SM:
+  // "conv_bwd_weight/native-pw/1x1/<H>x<H>/<C>->128/w<waves>" (no rows in a build without CUDA).
+  if (cuda::conv_backward_plans(true) > 0)
+    for (const ConvShape& s : kConvShapes) {
+      if (s.R != 1) continue;
+      for (int waves : {1, 2})
+        configure(benchmark::RegisterBenchmark(
+            ("conv_bwd_weight/native-pw/1x1/" + std::to_string(s.H) + "x" + std::to_string(s.H) + "/" +
+             std::to_string(s.C) + "->" + std::to_string(s.K) + "/w" + std::to_string(waves))
+                .c_str(),
+            bench_wgrad_pw, s, waves));
+    }
 
   // "unfused" = BN kernel + cuDNN (or cuBLAS) conv, twice; "native" = the fused kernel (plan_fused's
   // SIMT launch shape).

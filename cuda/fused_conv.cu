@@ -30,6 +30,7 @@
 #include "cuda/check.h"
 #include "cuda/context.h"
 #include "cuda/conv_wgrad_halo.cuh"
+#include "cuda/conv_wgrad_pw.cuh"
 #include "cuda/conv_wgrad_tc.cuh"
 #include "cuda/fused_conv.cuh"
 #include "cuda/fused_conv_halo.cuh"
@@ -171,6 +172,7 @@ struct FusedChoice {
   int wg_cps = 1;
   bool wgrad_halo = false;
   WgradHaloPlan wh_plan;
+  bool wgrad_pw = false;  // cuda/conv_wgrad_pw.cuh's kernel (pointwise), wg_cps stages per split
 };
 
 /// `c` with its reduction (`chunks` chunks over the grid `fg`) split for `waves` blocks per SM, each split
@@ -680,8 +682,9 @@ void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval
 //   cuda/fused_conv_tc.cuh's kernel reading w in that order (FusedConvGeom::w_flipped), no copy of w;
 // - backward weight (any stride): cuda/conv_wgrad_tc.cuh, the pixels split over blocks and the partial
 //   sums added in a fixed order; for the growth 3x3s (stride 1, padding 1) also cuda/conv_wgrad_halo.cuh,
-//   bands of whole rows staged once with their halo, the nine taps read from shared memory (Auto times it
-//   with LADNN_HALO_UNCHECKED=1 until a device check has passed, as the forward halo kernel).
+//   bands of whole rows staged once with their halo, the nine taps read from shared memory, and for the
+//   pointwise ones cuda/conv_wgrad_pw.cuh, a 128 x 64 mma.sync tile fed by 16-byte cp.async copies (Auto
+//   times both with LADNN_HALO_UNCHECKED=1 until a device check has passed, as the forward halo kernel).
 // Auto times each tile shape of our kernel and the library's call (cuDNN, or cuBLAS for a pointwise dx
 // when LADNN_CONV1X1 picks it) as graph replays, on the call's own buffers, and keeps the fastest per
 // shape, as for the forward. Without TF32 (or below sm_80) these passes stay the library's.
@@ -753,10 +756,46 @@ struct LaunchWgradHalo {
   }
 };
 
+/// dispatch_wgrad_pw's callback: the pointwise weight gradient on mma.sync, then the reduction of its splits.
+struct LaunchWgradPw {
+  const FusedConvGeom& g;
+  const float* dy;
+  const float* x;
+  float* dw;
+  Device device;
+  int chunks_per_split;
+  template <int VEC>
+  void go_wgrad_pw() const {
+    static const bool opted_in = [] {  // its 81 KB of shared memory, once
+      CUDA_CHECK(cudaFuncSetAttribute(conv_wgrad_pw_kernel<VEC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(sizeof(float)) * kPwSmemFloats));
+      return true;
+    }();
+    (void)opted_in;
+    const int splits = wgrad_pw_split_count(g, chunks_per_split);
+    const WgradGrid gr = wgrad_pw_grid(g, splits);
+    const cudaStream_t st = static_cast<cudaStream_t>(stream());
+    const int64_t n = int64_t(g.K) * g.C;
+    Tensor ws;  // the splits' partial sums (none with one split)
+    if (splits > 1) ws = Tensor::empty({splits, n}, DType::Float32, device);
+    float* out = splits > 1 ? ws.data<float>() : dw;
+    launch_kernel(conv_wgrad_pw_kernel<VEC>, dim3(gr.x, gr.y, gr.z), kPwThreads,
+                  sizeof(float) * static_cast<size_t>(kPwSmemFloats), st, g, dy, x, chunks_per_split, out);
+    CUDA_CHECK_LAUNCH();
+    if (splits > 1) {
+      const int64_t blocks = std::min<int64_t>((n + 255) / 256, int64_t(sm_count()) * 8);
+      launch_kernel(wgrad_reduce_kernel, static_cast<unsigned>(blocks), 256, 0, st, out, splits, n, dw);
+      CUDA_CHECK_LAUNCH();
+    }
+  }
+};
+
 void run_wgrad(const FusedConvGeom& g, const float* dy, const float* x, float* dw, Device device,
                const FusedChoice& c) {
   OpRange range("conv2d_backward_weight", "native-tc");
-  if (c.wgrad_halo)
+  if (c.wgrad_pw)
+    dispatch_wgrad_pw(g, LaunchWgradPw{g, dy, x, dw, device, c.wg_cps});
+  else if (c.wgrad_halo)
     dispatch_wgrad_halo(c.wh_plan, LaunchWgradHalo{g, dy, x, dw, device, c.wg_cps});
   else
     dispatch_wgrad(c.wg_plan, LaunchWgrad{g, dy, x, dw, device, c.wg_cps});
@@ -774,12 +813,30 @@ FusedChoice wgrad_halo_choice(const FusedConvGeom& g, const WgradHaloPlan& plan,
 /// A weight-gradient launch, for the log: "tc64x64/14" (wmma: tile / splits), "halo128/67" (halo-staged
 /// bands of 128 slots: "v2", "v1" for 8- and 4-byte copies).
 std::string wgrad_name(const FusedConvGeom& g, const FusedChoice& c) {
+  if (c.wgrad_pw)
+    return "pw" + std::to_string(kPwBK) + "x" + std::to_string(kPwBC) + "/" +
+           std::to_string(wgrad_pw_split_count(g, c.wg_cps));
   if (c.wgrad_halo)
     return "halo" + std::to_string(c.wh_plan.bm) +
            (c.wh_plan.vec != 4 ? "v" + std::to_string(c.wh_plan.vec) : "") + "/" +
            std::to_string(wgrad_halo_split_count(g, c.wh_plan, c.wg_cps));
   return "tc" + std::to_string(c.wg_plan.bk) + "x" + std::to_string(c.wg_plan.bn) + "/" +
          std::to_string(wgrad_split_count(g, c.wg_cps));
+}
+
+/// The pointwise weight gradient on mma.sync, its stages split for `waves` blocks per SM.
+FusedChoice wgrad_pw_choice(const FusedConvGeom& g, int waves) {
+  FusedChoice c;
+  c.fused = c.tc = c.wgrad_pw = true;
+  wgrad_pw_splits(g, sm_count(), waves, c.wg_cps);
+  return c;
+}
+
+/// dy and x as the pointwise weight gradient copies them: pw_copy_width floats at a time.
+bool wgrad_pw_aligned(const FusedConvGeom& g, const Tensor& dy, const Tensor& x) {
+  const std::uintptr_t bytes = 4 * static_cast<std::uintptr_t>(pw_copy_width(int64_t(g.H) * g.W));
+  return reinterpret_cast<std::uintptr_t>(dy.data<float>()) % bytes == 0 &&
+         reinterpret_cast<std::uintptr_t>(x.data<float>()) % bytes == 0;
 }
 
 /// dy and x as the halo weight gradient copies them: plan.vec floats at a time.
@@ -887,10 +944,13 @@ bool conv2d_backward_weight_fused(const Tensor& dy, const Tensor& x, int64_t x_i
             if (plan.bk > 32 && g.K <= 32) continue;  // all but 32 of its rows would be padding
             for (int waves : {1, 3}) candidates.push_back(wgrad_choice(g, plan, waves));
           }
-          if (halo_unchecked_allowed())  // (the forward halo kernel's gate: not yet run on a GPU)
+          if (halo_unchecked_allowed()) {  // (the forward halo kernel's gate: not yet run on a GPU)
             for (const WgradHaloPlan& plan : kWgradHaloPlans)
               if (wgrad_halo_takes(g, plan) && wgrad_halo_aligned(plan, dy, x))
                 for (int waves : {1, 2}) candidates.push_back(wgrad_halo_choice(g, plan, waves));
+            if (wgrad_pw_takes(g) && wgrad_pw_aligned(g, dy, x))
+              for (int waves : {1, 2}) candidates.push_back(wgrad_pw_choice(g, waves));
+          }
           return candidates;
         },
         [&g](const FusedChoice& c) { return wgrad_name(g, c); }, run, library);
@@ -901,6 +961,22 @@ bool conv2d_backward_weight_fused(const Tensor& dy, const Tensor& x, int64_t x_i
 
 bool fused_conv_tensor_cores() {
   return tc_applies();
+}
+
+void conv2d_backward_weight_pw_plan(const Tensor& dy, const Tensor& x, int64_t x_img,
+                                    const ops::Conv2dParams& p, const Tensor& dw, int waves) {
+  const char* op = "conv2d_backward_weight_pw_plan";
+  if (waves < 1) throw std::invalid_argument(std::string(op) + ": waves " + std::to_string(waves) + " < 1");
+  if (!tc_applies())
+    throw std::invalid_argument(std::string(op) + ": the tensor-core kernels need TF32 on and sm_80+");
+  const FusedConvGeom g = geom_of(x, x_img, dw, p, dy_images_apart(dy));
+  if (!wgrad_applies(dy, x, dw) || !wgrad_pw_takes(g) || !wgrad_pw_aligned(g, dy, x))
+    throw std::invalid_argument(std::string(op) +
+                                ": the kernel takes pointwise convolutions (1x1, stride 1, "
+                                "no padding) with dy and x aligned to its copies; this call: window " +
+                                std::to_string(g.R) + "x" + std::to_string(g.S) + ", stride " +
+                                std::to_string(g.sh) + ", padding " + std::to_string(g.ph));
+  run_wgrad(g, dy.data<float>(), x.data<float>(), dw.data<float>(), dw.device(), wgrad_pw_choice(g, waves));
 }
 
 int conv_wgrad_halo_plans() {

@@ -153,6 +153,10 @@ void conv2d_backward_weight_fused_plan(const Tensor& dy, const Tensor& x, int64_
 /// padding 1 whose input channels come in blocks of 32; throws std::invalid_argument, naming the plan and
 /// the call, for any other, or when the tensor-core kernels cannot run.
 int conv_wgrad_halo_plans();
+/// cuda/conv_wgrad_pw.cuh's pointwise weight gradient alone (the same gate and use): 1x1 windows of stride
+/// 1 without padding; throws std::invalid_argument naming the call for any other.
+void conv2d_backward_weight_pw_plan(const Tensor& dy, const Tensor& x, int64_t x_img,
+                                    const ops::Conv2dParams& p, const Tensor& dw, int waves);
 /// Whether plan `plan` takes a call of these shapes (packed x and dy, aligned), as the hook would.
 bool conv_wgrad_halo_plan_takes(int plan, const Shape& x, const Shape& w, const ops::Conv2dParams& p);
 void conv2d_backward_weight_halo_plan(const Tensor& dy, const Tensor& x, int64_t x_img,

@@ -248,6 +248,10 @@ void conv2d_backward_weight_fused_plan(const Tensor&, const Tensor&, int64_t, co
                                        int, int) {
   no_backend("conv2d_backward_weight_fused_plan");
 }
+void conv2d_backward_weight_pw_plan(const Tensor&, const Tensor&, int64_t, const ops::Conv2dParams&,
+                                    const Tensor&, int) {
+  no_backend("conv2d_backward_weight_pw_plan");
+}
 int conv_wgrad_halo_plans() {
   return 0;
 }

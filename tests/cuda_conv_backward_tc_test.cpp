@@ -234,6 +234,50 @@ TEST(CudaConvBackwardTc, HaloWeightGradientMatchesFloat64OnGrowthShapes) {
   EXPECT_THROW_WITH(cuda::conv2d_backward_weight_halo_plan(dy, x, 32 * 64, p1, dw3, 0, 0), "waves 0 < 1");
 }
 
+// The pointwise weight gradient on mma.sync (cuda/conv_wgrad_pw.cuh) on DenseNet-169's bottleneck shapes
+// (16-byte copies at 56x56 and 14x14, 4-byte ones at 7x7, the 7x7 input the widest prefix) and an odd one
+// (K and C off the tiles, 8-byte copies), split for one and two blocks per SM, x a channel prefix, dy a
+// channel slice in the odd cases, against float64.
+TEST(CudaConvBackwardTc, PointwiseWeightGradientMatchesFloat64) {
+  LADNN_REQUIRE_GPU();
+  REQUIRE_TENSOR_CORES();
+  FillNanScope nan_fill;
+  Generator gen(74);
+  const Case cases[] = {{4, 1280, 7, 7, 128, 1, 1, 1, 0},
+                        {2, 640, 14, 14, 128, 1, 1, 1, 0},
+                        {2, 256, 56, 56, 128, 1, 1, 1, 0},
+                        {3, 37, 9, 10, 131, 1, 1, 1, 0}};
+  for (const Case& c : cases) {
+    const ops::Conv2dParams p = params_of(c);
+    const Tensor xbuf = randn({c.N, c.C + 5, c.H, c.W}, gen), x = xbuf.narrow(1, 0, c.C);
+    const Tensor dy = randn({c.N, c.K, c.H, c.W}, gen);
+    const bool slice = (&c - cases) % 2 == 1;
+    Tensor dybuf = Tensor::full({c.N, c.K + (slice ? 2 : 0), c.H, c.W}, NAN);
+    dybuf.narrow(1, slice ? 1 : 0, c.K).copy_(dy);
+    const Tensor gx = to_gpu(xbuf).narrow(1, 0, c.C), gdy = to_gpu(dybuf).narrow(1, slice ? 1 : 0, c.K);
+    const Shape w_shape{c.K, c.C, 1, 1};
+    const test::ConvGradReference rw = test::conv_backward_reference(dy, x, x.shape(), w_shape, p, true);
+    for (int waves : {1, 2}) {
+      const std::string what = name_of(c) + " pointwise weight gradient, waves " + std::to_string(waves);
+      const Tensor dw = Tensor::empty(w_shape, DType::Float32, Device::cuda());
+      EXPECT_EQ(profiled([&] {
+                  cuda::conv2d_backward_weight_pw_plan(gdy, gx, (c.C + 5) * c.H * c.W, p, dw, waves);
+                }),
+                "conv2d_backward_weight/native-tc")
+          << what;
+      EXPECT_TRUE(gpu_matches(what, dw, rw.value, {0.0, kTcRtol}, rw.scale));
+    }
+  }
+  const Tensor x = to_gpu(Tensor::ones({1, 32, 8, 8})), dy = to_gpu(Tensor::ones({1, 32, 8, 8}));
+  const Tensor dw3 = Tensor::empty({32, 32, 3, 3}, DType::Float32, Device::cuda());
+  ops::Conv2dParams p1;
+  p1.pad_h = p1.pad_w = 1;
+  EXPECT_THROW_WITH(cuda::conv2d_backward_weight_pw_plan(dy, x, 32 * 64, p1, dw3, 1), "takes pointwise",
+                    "window 3x3");
+  const Tensor dw1 = Tensor::empty({32, 32, 1, 1}, DType::Float32, Device::cuda());
+  EXPECT_THROW_WITH(cuda::conv2d_backward_weight_pw_plan(dy, x, 32 * 64, {}, dw1, 0), "waves 0 < 1");
+}
+
 // The ops themselves: On runs our kernels; Auto times them against the library once per shape, then runs
 // the choice alone, replays it in a graph, and refuses a shape first seen inside a capture.
 TEST(CudaConvBackwardTc, OpsRunOursUnderOnAndTimeOnceUnderAuto) {

@@ -257,6 +257,7 @@ inline void cp_async_wait() {}
 #define __launch_bounds__(...)
 #include "cuda/conv2d_gemm.cuh"
 #include "cuda/conv_wgrad_halo.cuh"
+#include "cuda/conv_wgrad_pw.cuh"
 #include "cuda/conv_wgrad_tc.cuh"
 #include "cuda/fused_conv.cuh"
 #include "cuda/fused_conv_halo.cuh"
@@ -1516,6 +1517,102 @@ TEST(FusedConvEmulation, HaloWeightGradientTakesGrowthShapesOnly) {
   int bps = 0;
   EXPECT_EQ(wgrad_halo_splits(g, p128, 132, 2, bps), 67);
   EXPECT_EQ(bps, 27);
+}
+
+/// cuda/fused_conv.cu's LaunchWgradPw, emulated (shared memory starts NaN).
+struct EmulateWgradPw {
+  const FusedConvGeom& g;
+  const float* dy;
+  const float* x;
+  float* dw;
+  int chunks_per_split;
+  template <int VEC>
+  void go_wgrad_pw() const {
+    const int splits = wgrad_pw_split_count(g, chunks_per_split);
+    const WgradGrid gr = wgrad_pw_grid(g, splits);
+    const int64_t n = int64_t(g.K) * g.C;
+    std::vector<float> ws(splits > 1 ? static_cast<std::size_t>(splits * n) : 0,
+                          std::numeric_limits<float>::quiet_NaN());
+    float* out = splits > 1 ? ws.data() : dw;
+    emu::g_dynamic_smem.assign(static_cast<std::size_t>(kPwSmemFloats),
+                               std::numeric_limits<float>::quiet_NaN());
+    emulate({gr.x, gr.y, gr.z}, kPwThreads,
+            [&] { conv_wgrad_pw_kernel<VEC>(g, dy, x, chunks_per_split, out); });
+    if (splits > 1) emulate_serial({3, 1, 1}, 64, [&] { wgrad_reduce_kernel(out, splits, n, dw); });
+  }
+};
+
+// The pointwise weight gradient on mma.sync (cuda/conv_wgrad_pw.cuh) against float64, whole and a stage
+// (32 pixels) a split: planes of 16, 30 and 49 pixels (16-, 8- and 4-byte copies; a stage's pixels cross
+// images), K past one 128-row block and C past one 64-column block (partial second blocks, odd C: the
+// epilogue's single stores), more stages than the pipeline holds, dy a channel slice with NaN beside it
+// in odd cases, x a channel prefix.
+TEST(FusedConvEmulation, PointwiseWeightGradientMatchesFloat64) {
+  struct Case {
+    int N, C, H, W, K;
+  };
+  const Case cases[] = {{3, 70, 4, 4, 130}, {3, 40, 6, 5, 24}, {1, 64, 7, 7, 128}, {2, 33, 8, 8, 16}};
+  Generator gen(60);
+  int runs = 0, split_runs = 0;
+  for (const Case& cs : cases) {
+    ops::Conv2dParams p;
+    const int P = cs.H, Q = cs.W;
+    const Tensor xbuf = Tensor::normal({cs.N, cs.C + 3, cs.H, cs.W}, 0, 1, gen);
+    const Tensor x = xbuf.narrow(1, 0, cs.C);
+    const bool slice = (&cs - cases) % 2 == 1;
+    Tensor dybuf =
+        Tensor::full({cs.N, cs.K + (slice ? 2 : 0), P, Q}, std::numeric_limits<double>::quiet_NaN());
+    const Tensor dy = Tensor::normal({cs.N, cs.K, P, Q}, 0, 1, gen);
+    dybuf.narrow(1, slice ? 1 : 0, cs.K).copy_(dy);
+    const Shape w_shape{cs.K, cs.C, 1, 1};
+    const test::ConvGradReference ref = test::conv_backward_reference(dy, x, x.shape(), w_shape, p, true);
+    FusedConvGeom g{};
+    g.N = cs.N, g.C = cs.C, g.H = cs.H, g.W = cs.W, g.K = cs.K, g.R = g.S = 1, g.P = P, g.Q = Q;
+    g.sh = g.sw = 1;
+    g.x_img = int64_t(cs.C + 3) * cs.H * cs.W;
+    g.y_img = int64_t(cs.K + (slice ? 2 : 0)) * P * Q;
+    ASSERT_TRUE(wgrad_pw_takes(g));
+    const int chunks = wgrad_pw_chunks(g);
+    for (int cps : {chunks, 1}) {
+      const int splits = wgrad_pw_split_count(g, cps);
+      EXPECT_EQ(splits, cps == chunks ? 1 : chunks);
+      split_runs += splits > 1;
+      SCOPED_TRACE("x (" + std::to_string(cs.N) + ", " + std::to_string(cs.C) + ", " + std::to_string(cs.H) +
+                   ", " + std::to_string(cs.W) + ") K " + std::to_string(cs.K) + " splits " +
+                   std::to_string(splits));
+      Tensor dw = Tensor::full(w_shape, std::numeric_limits<double>::quiet_NaN());
+      dispatch_wgrad_pw(g, EmulateWgradPw{g, dybuf.data<float>() + (slice ? int64_t(P) * Q : 0),
+                                          xbuf.data<float>(), dw.data<float>(), cps});
+      const std::vector<double> got = dw.to_vector(), want = ref.value.to_vector(),
+                                scale = ref.scale.to_vector();
+      for (std::size_t i = 0; i < got.size(); ++i)
+        ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i])
+            << "element " << i << " got " << got[i];
+      ++runs;
+    }
+  }
+  EXPECT_EQ(runs, 8);
+  EXPECT_EQ(split_runs, 4);  // every case has 2 to 4 stages
+  EXPECT_EQ(emu::g_cp_async_misaligned.load(), 0) << "a cp.async from or to a misaligned address";
+  // What it refuses: a 3x3, stride 2, padding, a flipped weight, images apart by other than a multiple
+  // of the copy width.
+  FusedConvGeom ok{};
+  ok.N = 2, ok.C = 64, ok.H = ok.W = ok.P = ok.Q = 14, ok.K = 128, ok.R = ok.S = 1, ok.sh = ok.sw = 1;
+  ok.x_img = 64 * 196, ok.y_img = 256 * 196;
+  EXPECT_TRUE(wgrad_pw_takes(ok));
+  EXPECT_EQ(pw_copy_width(196), 4);
+  const std::pair<const char*, std::function<void(FusedConvGeom&)>> refused[] = {
+      {"a 3x3", [](FusedConvGeom& g) { g.R = g.S = 3; }},
+      {"stride 2", [](FusedConvGeom& g) { g.sh = g.sw = 2; }},
+      {"padding 1", [](FusedConvGeom& g) { g.ph = g.pw = 1; }},
+      {"a flipped weight", [](FusedConvGeom& g) { g.w_flipped = true; }},
+      {"x images 2 floats off 16 bytes", [](FusedConvGeom& g) { g.x_img += 2; }},
+      {"dy images 1 float off", [](FusedConvGeom& g) { g.y_img += 1; }}};
+  for (const auto& [what, change] : refused) {
+    FusedConvGeom g = ok;
+    change(g);
+    EXPECT_FALSE(wgrad_pw_takes(g)) << what;
+  }
 }
 
 }  // namespace
