@@ -23,7 +23,8 @@ conv2d_bn_eval with no BatchNorms or conv2d_forward, conv2d_backward_input, conv
 shape's chosen time (ours or the library's, as Auto logged it) times its layer count (the growth 3x3s once
 per layer of their block, every other shape once: shapes that coincide, such as the first transition's
 1x1 and a dense layer's at 28x28, are counted once), by pass, window and map size. With -v it lists the
-growth 3x3s' weight gradients: the chosen time, the library's, and the fastest wmma ("tc") and halo forms.
+growth 3x3s' weight gradients: the chosen time, the library's, and the fastest wmma ("tc") and halo forms,
+and the 1x1s' per map size: the sums of the chosen, the library's and the fastest pw (mma.sync) times.
 
   python3 tools/auto_breakdown.py ladnn_bench.log --batch 64 --training [-v]
 """
@@ -74,7 +75,7 @@ def training(a, layers):
                 chosen[key] = library if choice.startswith("lib") else ours[name]
                 best = lambda pre: min(((v, n_) for n_, v in ours.items() if n_.startswith(pre)),
                                        default=(float("nan"), "-"))
-                details[key] = (chosen[key], library, best("tc"), best("halo"), choice)
+                details[key] = (chosen[key], library, best("tc"), best("halo"), choice, best("pw"))
             else:
                 t = re.search(r"cuBLAS GEMM ([0-9.]+) ms", line) if choice == "cuBLAS" else \
                     re.search(r"([0-9.]+) ms(?:;[^;]*)? -> cuDNN", line)
@@ -87,6 +88,7 @@ def training(a, layers):
     sizes = sorted({key[2] for key in chosen if key[1] == 3 and key[4] == a.growth}, reverse=True)
     per_block = dict(zip(sizes, layers))
     groups = collections.defaultdict(lambda: [0.0, 0])
+    pointwise = collections.defaultdict(lambda: [0.0, 0.0, 0.0, 0, 0])  # chosen, library, best pw, ours, n
     for key, t in chosen.items():
         pas, r, h, c, k, stride = key
         growth = r == 3 and k == a.growth and stride == 1
@@ -94,10 +96,22 @@ def training(a, layers):
         g = (pas, f"{r}x{r}" + (" growth" if growth else ""), h)
         groups[g][0] += t * count
         groups[g][1] += count
+        if pas == "backward weight" and r == 1 and key in details:
+            ch, lib, _tc, _halo, choice, pw = details[key]
+            row = pointwise[h]
+            row[0] += ch
+            row[1] += lib
+            row[2] += pw[0] if pw[0] == pw[0] else lib  # (no pw form timed: the library's)
+            row[3] += not choice.startswith("lib")
+            row[4] += 1
         if a.v and growth and pas == "backward weight" and key in details:
-            ch, lib, tc, halo, choice = details[key]
+            ch, lib, tc, halo, choice, _pw = details[key]
             print(f"wgrad 3x3 {h:>3}x{h:<3} C {c:>4} K {k:>3} x{count:<2} chosen {ch:.4f} library {lib:.4f} "
                   f"best tc {tc[1]} {tc[0]:.4f} best halo {halo[1]} {halo[0]:.4f} -> {choice}")
+    if a.v:
+        for h, (ch, lib, pw, ours, n) in sorted(pointwise.items(), reverse=True):
+            print(f"wgrad 1x1 {h:>3}x{h:<3} {n:>2} shapes: chosen {ch:.3f} library {lib:.3f} best pw {pw:.3f} "
+                  f"(ours chosen in {ours})")
     print(f"batch {a.batch}, training: Auto's chosen time x layers (ms), by pass, window and input map size")
     total = 0.0
     for pas in ("forward", "backward data", "backward weight"):

@@ -408,4 +408,11 @@ if grep -q '^work ' "$OUTDIR/ladnn_bench.log" 2>/dev/null; then
 else  # cut short: the rows it measured, as it measured them
   grep -E '^(ladnn|torch) ' "$OUTDIR/ladnn_bench.log" 2>/dev/null
 fi
+# Auto's convolution choices by group (with LADNN_CUDNN_LOG=1): inference at batch 32, a training step at
+# 64 with the growth 3x3s' weight gradients beside the library's (tools/auto_breakdown.py).
+if grep -q '^ladnn: conv2d' "$OUTDIR/ladnn_bench.log" 2>/dev/null && command -v python3 >/dev/null; then
+  echo
+  python3 tools/auto_breakdown.py "$OUTDIR/ladnn_bench.log" --batch 32 2>&1 | tail -6
+  python3 tools/auto_breakdown.py "$OUTDIR/ladnn_bench.log" --batch 64 --training -v 2>&1 | tail -40
+fi
 section "done"
