@@ -143,7 +143,6 @@ __global__ void __launch_bounds__(kWhThreads)
   __trap();  // mma.sync on TF32 and cp.async need sm_80; the launcher never launches this there
 #else
   constexpr int BK = kWhBK, BC = kWhBC, kStages = kWhStages;
-  static_assert(VEC == 4 || VEC == 2 || VEC == 1, "16-, 8- or 4-byte copies");
   LADNN_DYNAMIC_SMEM(smem);
   const int kA = BK * L.ldp, kStage = kA + BC * L.ch;
   // the pixel slots' halo offsets, after the stages or the epilogue's tile
@@ -160,15 +159,7 @@ __global__ void __launch_bounds__(kWhThreads)
   // The copies of a stage. A warp takes rows warp, warp + 4, ... (x: (channel, halo row) pairs; dy: its
   // channels), `per` lanes a row (the row's copies <= 8 or 16: two or four rows a warp at once).
   const int qv = Q / VEC, sv = slots / VEC;
-  auto copy = [](float* s, const float* p, bool in) {
-    if constexpr (VEC == 4) {
-      cp_async_16(s, p, in);
-    } else if constexpr (VEC == 2) {
-      cp_async_8(s, p, in);
-    } else {
-      cp_async_4(s, p, in);
-    }
-  };
+  auto copy = [](float* s, const float* p, bool in) { cp_async_vec<VEC>(s, p, in); };
   auto issue = [&](int j) {  // band b0 + j's copies into stage j % kStages
     float* As = smem + (j % kStages) * kStage;
     float* Bs = As + kA;

@@ -89,7 +89,6 @@ __global__ void __launch_bounds__(kPwThreads)
 #else
   constexpr int BK = kPwBK, BC = kPwBC, S = kPwSlots, LD = kPwLD, kStages = kPwStages;
   constexpr int kStage = (BK + BC) * LD;
-  static_assert(VEC == 4 || VEC == 2 || VEC == 1, "16-, 8- or 4-byte copies");
   LADNN_DYNAMIC_SMEM(smem);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
   const int wk = warp >> 1, wc = warp & 1;
@@ -106,15 +105,7 @@ __global__ void __launch_bounds__(kPwThreads)
   // tid % kCols (so its pixels' image and offset are found once a stage) of rows tid / kCols, + kRows, ...
   constexpr int kCols = S / VEC, kRows = kPwThreads / kCols;
   const int col = tid % kCols, row0 = tid / kCols;
-  auto copy = [](float* s, const float* p, bool in) {
-    if constexpr (VEC == 4) {
-      cp_async_16(s, p, in);
-    } else if constexpr (VEC == 2) {
-      cp_async_8(s, p, in);
-    } else {
-      cp_async_4(s, p, in);
-    }
-  };
+  auto copy = [](float* s, const float* p, bool in) { cp_async_vec<VEC>(s, p, in); };
   auto issue = [&](int j) {  // chunk chunk0 + j's copies into stage j % kStages
     float* st = smem + (j % kStages) * kStage + col * VEC;
     const int64_t m = int64_t(chunk0 + j) * S + col * VEC;  // VEC pixels m .. m + VEC - 1, one image

@@ -691,7 +691,32 @@ void conv2d_bn_eval_fused_plan(const Tensor& x, int64_t x_img, const ops::BnEval
 
 namespace {
 
-/// dispatch_wgrad's callback: launches the weight-gradient kernel, then the reduction of its splits.
+/// A weight-gradient kernel's output: dW itself with one split, else a workspace of `splits` slabs of n
+/// floats that finish() adds into dW in split order (wgrad_reduce_kernel). Every weight-gradient form
+/// (wmma, halo, pointwise) writes through one.
+class WgradSplits {
+ public:
+  WgradSplits(int splits, int64_t n, float* dw, Device device) : splits_(splits), n_(n), dw_(dw) {
+    if (splits > 1) ws_ = Tensor::empty({splits, n}, DType::Float32, device);
+  }
+  float* out() const { return splits_ > 1 ? ws_.data<float>() : dw_; }
+  void finish(cudaStream_t st) const {
+    if (splits_ <= 1) return;
+    const int64_t blocks = std::min<int64_t>((n_ + 255) / 256, int64_t(sm_count()) * 8);
+    launch_kernel(wgrad_reduce_kernel, static_cast<unsigned>(blocks), 256, 0, st, ws_.data<float>(), splits_,
+                  n_, dw_);
+    CUDA_CHECK_LAUNCH();
+  }
+
+ private:
+  int splits_;
+  int64_t n_;
+  float* dw_;
+  Tensor ws_;  // alive until the reduction is queued (stream-ordered reuse)
+};
+
+/// The weight-gradient dispatchers' callback: launches the form's kernel, then the reduction of its splits
+/// (WgradSplits). chunks_per_split is in the form's own chunks (pixel chunks, bands, or stages).
 struct LaunchWgrad {
   const FusedConvGeom& g;
   const float* dy;
@@ -704,29 +729,13 @@ struct LaunchWgrad {
     const int splits = wgrad_split_count(g, chunks_per_split);
     const WgradGrid gr = wgrad_grid(g, WgradPlan{BK, BN}, splits);
     const cudaStream_t st = static_cast<cudaStream_t>(stream());
-    const int64_t n = int64_t(g.K) * g.C * g.R * g.S;
-    Tensor ws;  // the splits' partial sums (none with one split)
-    if (splits > 1) ws = Tensor::empty({splits, n}, DType::Float32, device);
-    float* out = splits > 1 ? ws.data<float>() : dw;
+    const WgradSplits out(splits, int64_t(g.K) * g.C * g.R * g.S, dw, device);
     launch_kernel(conv_wgrad_tc_kernel<BK, BN, KS>, dim3(gr.x, gr.y, gr.z), WgradTile<BK, BN>::kThreads, 0,
-                  st, g, dy, x, chunks_per_split, out);
+                  st, g, dy, x, chunks_per_split, out.out());
     CUDA_CHECK_LAUNCH();
-    if (splits > 1) {
-      const int64_t blocks = std::min<int64_t>((n + 255) / 256, int64_t(sm_count()) * 8);
-      launch_kernel(wgrad_reduce_kernel, static_cast<unsigned>(blocks), 256, 0, st, out, splits, n, dw);
-      CUDA_CHECK_LAUNCH();
-    }
+    out.finish(st);
   }
-};
-
-/// dispatch_wgrad_halo's callback: the halo-staged weight gradient, then the reduction of its splits.
-struct LaunchWgradHalo {
-  const FusedConvGeom& g;
-  const float* dy;
-  const float* x;
-  float* dw;
-  Device device;
-  int bands_per_split;
+  // dispatch_wgrad_halo's: the halo-staged weight gradient (chunks_per_split counts bands).
   template <int VEC>
   void go_wgrad_halo(int bm) const {
     static const bool opted_in = [] {  // as go_halo: once, for the most any plan's call can ask
@@ -737,33 +746,17 @@ struct LaunchWgradHalo {
     }();
     (void)opted_in;
     const WgradHaloLayout L = wgrad_halo_layout(g, bm);
-    const int splits = wgrad_halo_split_count(g, WgradHaloPlan{bm, VEC}, bands_per_split);
+    const int splits = wgrad_halo_split_count(g, WgradHaloPlan{bm, VEC}, chunks_per_split);
     const WgradGrid gr = wgrad_halo_grid(g, splits);
     const cudaStream_t st = static_cast<cudaStream_t>(stream());
-    const int64_t n = int64_t(g.K) * g.C * 9;
-    Tensor ws;  // the splits' partial sums (none with one split)
-    if (splits > 1) ws = Tensor::empty({splits, n}, DType::Float32, device);
-    float* out = splits > 1 ? ws.data<float>() : dw;
+    const WgradSplits out(splits, int64_t(g.K) * g.C * 9, dw, device);
     const size_t smem = sizeof(float) * static_cast<size_t>(wgrad_halo_smem_floats(L));
     launch_kernel(conv_wgrad_halo_kernel<VEC>, dim3(gr.x, gr.y, gr.z), kWhThreads, smem, st, g, L, dy, x,
-                  bands_per_split, out);
+                  chunks_per_split, out.out());
     CUDA_CHECK_LAUNCH();
-    if (splits > 1) {
-      const int64_t blocks = std::min<int64_t>((n + 255) / 256, int64_t(sm_count()) * 8);
-      launch_kernel(wgrad_reduce_kernel, static_cast<unsigned>(blocks), 256, 0, st, out, splits, n, dw);
-      CUDA_CHECK_LAUNCH();
-    }
+    out.finish(st);
   }
-};
-
-/// dispatch_wgrad_pw's callback: the pointwise weight gradient on mma.sync, then the reduction of its splits.
-struct LaunchWgradPw {
-  const FusedConvGeom& g;
-  const float* dy;
-  const float* x;
-  float* dw;
-  Device device;
-  int chunks_per_split;
+  // dispatch_wgrad_pw's: the pointwise weight gradient on mma.sync.
   template <int VEC>
   void go_wgrad_pw() const {
     static const bool opted_in = [] {  // its 81 KB of shared memory, once
@@ -775,18 +768,12 @@ struct LaunchWgradPw {
     const int splits = wgrad_pw_split_count(g, chunks_per_split);
     const WgradGrid gr = wgrad_pw_grid(g, splits);
     const cudaStream_t st = static_cast<cudaStream_t>(stream());
-    const int64_t n = int64_t(g.K) * g.C;
-    Tensor ws;  // the splits' partial sums (none with one split)
-    if (splits > 1) ws = Tensor::empty({splits, n}, DType::Float32, device);
-    float* out = splits > 1 ? ws.data<float>() : dw;
+    const WgradSplits out(splits, int64_t(g.K) * g.C, dw, device);
     launch_kernel(conv_wgrad_pw_kernel<VEC>, dim3(gr.x, gr.y, gr.z), kPwThreads,
-                  sizeof(float) * static_cast<size_t>(kPwSmemFloats), st, g, dy, x, chunks_per_split, out);
+                  sizeof(float) * static_cast<size_t>(kPwSmemFloats), st, g, dy, x, chunks_per_split,
+                  out.out());
     CUDA_CHECK_LAUNCH();
-    if (splits > 1) {
-      const int64_t blocks = std::min<int64_t>((n + 255) / 256, int64_t(sm_count()) * 8);
-      launch_kernel(wgrad_reduce_kernel, static_cast<unsigned>(blocks), 256, 0, st, out, splits, n, dw);
-      CUDA_CHECK_LAUNCH();
-    }
+    out.finish(st);
   }
 };
 
@@ -794,9 +781,9 @@ void run_wgrad(const FusedConvGeom& g, const float* dy, const float* x, float* d
                const FusedChoice& c) {
   OpRange range("conv2d_backward_weight", "native-tc");
   if (c.wgrad_pw)
-    dispatch_wgrad_pw(g, LaunchWgradPw{g, dy, x, dw, device, c.wg_cps});
+    dispatch_wgrad_pw(g, LaunchWgrad{g, dy, x, dw, device, c.wg_cps});
   else if (c.wgrad_halo)
-    dispatch_wgrad_halo(c.wh_plan, LaunchWgradHalo{g, dy, x, dw, device, c.wg_cps});
+    dispatch_wgrad_halo(c.wh_plan, LaunchWgrad{g, dy, x, dw, device, c.wg_cps});
   else
     dispatch_wgrad(c.wg_plan, LaunchWgrad{g, dy, x, dw, device, c.wg_cps});
 }

@@ -181,13 +181,7 @@ __global__ void __launch_bounds__(kMmaThreads)
     for (int i = 0; i < kXSlots; ++i) {
       if (xs_s[i] < 0) continue;
       const bool in = xs_x[i] >= 0;
-      if constexpr (VEC == 4) {
-        cp_async_16(Bs + xs_s[i], in ? xc + xs_x[i] : x, in);
-      } else if constexpr (VEC == 2) {
-        cp_async_8(Bs + xs_s[i], in ? xc + xs_x[i] : x, in);
-      } else {
-        cp_async_4(Bs + xs_s[i], in ? xc + xs_x[i] : x, in);
-      }
+      cp_async_vec<VEC>(Bs + xs_s[i], in ? xc + xs_x[i] : x, in);
     }
   };
 

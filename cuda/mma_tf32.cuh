@@ -10,11 +10,14 @@
 //                         "Matrix fragments for mma.m16n8k8", .tf32):
 //                           a[0] = A(g, t)   a[1] = A(g + 8, t)   a[2] = A(g, t + 4)   a[3] = A(g + 8, t + 4)
 //                           b[0] = B(t, g)   b[1] = B(t + 4, g)
-//                           d[0] = D(g, 2t)  d[1] = D(g, 2t + 1)  d[2] = D(g + 8, 2t)  d[3] = D(g + 8, 2t + 1)
+//                           d[0] = D(g, 2t)  d[1] = D(g, 2t + 1)  d[2] = D(g + 8, 2t)  d[3] = D(g + 8, 2t +
+//                           1)
 //   cp_async_16 / _8 / _4 cp.async: copy 16 (8, 4) bytes global -> shared without going through registers,
 //                         or write zeros when `in` is false (src-size 0: nothing is read)
 //   cp_async_commit       close the group of this thread's copies issued since the last commit
 //   cp_async_wait<N>      wait until at most N of this thread's groups are still in flight
+//   cp_async_vec<VEC>     one of the three copies by width (4, 2 or 1 floats), below the #endif: it is the
+//                         same code under the emulator
 // All need sm_80; below it the kernel that uses them is a trap (the launcher never runs it there).
 #pragma once
 
@@ -98,3 +101,21 @@ __device__ __forceinline__ void cp_async_wait() {
 }  // namespace
 }  // namespace ladnn::cuda
 #endif  // LADNN_TILE_EMULATION
+
+namespace ladnn::cuda {
+namespace {
+/// cp_async_16, _8 or _4 by VEC (4, 2 or 1 floats): the kernels that copy rows as wide as their shape
+/// allows take the width as a template parameter.
+template <int VEC>
+__device__ __forceinline__ void cp_async_vec(float* smem, const float* gmem, bool in) {
+  static_assert(VEC == 4 || VEC == 2 || VEC == 1, "16-, 8- or 4-byte copies");
+  if constexpr (VEC == 4) {
+    cp_async_16(smem, gmem, in);
+  } else if constexpr (VEC == 2) {
+    cp_async_8(smem, gmem, in);
+  } else {
+    cp_async_4(smem, gmem, in);
+  }
+}
+}  // namespace
+}  // namespace ladnn::cuda

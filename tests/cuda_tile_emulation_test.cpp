@@ -1157,6 +1157,18 @@ TEST(FusedConvEmulation, AlignedWeightLoadsGiveTheSameBits) {
 
 // ---- the backward passes on the tensor cores (cuda/fused_conv_tc.cuh's flipped weights, cuda/conv_wgrad_tc.cuh)
 
+/// `got` within the TF32 bound of a float64 reference: |got - value| <= (2^-9 + 1e-5) * scale, element by
+/// element (the backward passes' tests below); the first element past it, if any, is named.
+::testing::AssertionResult within_tf32(const Tensor& got, const test::ConvGradReference& ref) {
+  const std::vector<double> g = got.to_vector(), want = ref.value.to_vector(), scale = ref.scale.to_vector();
+  if (g.size() != want.size())
+    return ::testing::AssertionFailure() << "sizes " << g.size() << " and " << want.size();
+  for (std::size_t i = 0; i < g.size(); ++i)
+    if (!(std::fabs(g[i] - want[i]) <= (0x1p-9 + 1e-5) * scale[i]))
+      return ::testing::AssertionFailure() << "element " << i << ": got " << g[i] << ", want " << want[i];
+  return ::testing::AssertionSuccess();
+}
+
 // The data pass: dx of a stride-1 convolution as the forward tensor-core kernel with the weight read
 // rotated and transposed, against float64 scattering; every tile shape, pointwise and 3x3 (padded and
 // not) windows, a 2x3 window with unequal padding, channel counts off the tiles, two images.
@@ -1193,9 +1205,7 @@ TEST(FusedConvEmulation, TensorCoreBackwardDataMatchesFloat64) {
       Tensor dx = Tensor::full(x_shape, std::numeric_limits<double>::quiet_NaN());
       const FusedBn none;
       dispatch_fused_tc(plan, EmulateFused{{g, dy.data<float>(), w.data<float>(), none, none, dx.data<float>(), cps}});
-      const std::vector<double> got = dx.to_vector(), want = ref.value.to_vector(), scale = ref.scale.to_vector();
-      for (std::size_t i = 0; i < got.size(); ++i)
-        ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i]) << "element " << i << " got " << got[i];
+      ASSERT_TRUE(within_tf32(dx, ref));
       ++runs;
     }
   }
@@ -1221,35 +1231,58 @@ TEST(FusedConvEmulation, TensorCoreBackwardDataMatchesFloat64) {
       const FusedBn none;
       dispatch_fused_tc(plan, EmulateFused{{g, wide.data<float>() + int64_t(P) * Q, w.data<float>(), none,
                                             none, dx.data<float>(), 0}});
-      const std::vector<double> got = dx.to_vector(), want = ref.value.to_vector(),
-                                scale = ref.scale.to_vector();
-      for (std::size_t i = 0; i < got.size(); ++i)
-        ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i])
-            << "dy a channel slice, tile " << plan.bk << "x" << plan.bm << ", element " << i << " got "
-            << got[i];
+      ASSERT_TRUE(within_tf32(dx, ref)) << "dy a channel slice, tile " << plan.bk << "x" << plan.bm;
     }
   }
   EXPECT_EQ(nvcuda::wmma::g_misuse.load(), 0) << "a wmma call with a misaligned tile pointer, ldm or layout";
 }
 
-/// cuda/fused_conv.cu's LaunchWgrad, emulated: the kernel into dw or the workspace, then the reduction.
+/// cuda/fused_conv.cu's LaunchWgrad, emulated: the kernel into dw or the workspace, then the reduction;
+/// every weight-gradient form (wmma, halo, pointwise).
 struct EmulateWgrad {
   const FusedConvGeom& g;
   const float* dy;
   const float* x;
   float* dw;
   int chunks_per_split;
+  /// `kernel(out)` over grid gr (gr.z splits), out dW or with splits a NaN workspace of gr.z slabs of n
+  /// floats; then the reduction of the slabs into dW.
+  template <class Kernel>
+  void run(const WgradGrid& gr, int threads, int64_t n, const Kernel& kernel) const {
+    std::vector<float> ws(gr.z > 1 ? static_cast<std::size_t>(gr.z * n) : 0,
+                          std::numeric_limits<float>::quiet_NaN());
+    float* out = gr.z > 1 ? ws.data() : dw;
+    emulate({gr.x, gr.y, gr.z}, threads, [&] { kernel(out); });
+    if (gr.z > 1)
+      emulate_serial({3, 1, 1}, 64, [&] { wgrad_reduce_kernel(out, static_cast<int>(gr.z), n, dw); });
+  }
   template <int BK, int BN, int KS>
   void go_wgrad() const {
-    const int splits = wgrad_split_count(g, chunks_per_split);
-    const WgradGrid gr = wgrad_grid(g, WgradPlan{BK, BN}, splits);
-    const int64_t n = int64_t(g.K) * g.C * g.R * g.S;
-    std::vector<float> ws(splits > 1 ? static_cast<std::size_t>(splits * n) : 0,
-                          std::numeric_limits<float>::quiet_NaN());
-    float* out = splits > 1 ? ws.data() : dw;
-    emulate({gr.x, gr.y, gr.z}, WgradTile<BK, BN>::kThreads,
-            [&] { conv_wgrad_tc_kernel<BK, BN, KS>(g, dy, x, chunks_per_split, out); });
-    if (splits > 1) emulate_serial({3, 1, 1}, 64, [&] { wgrad_reduce_kernel(out, splits, n, dw); });
+    const WgradGrid gr = wgrad_grid(g, WgradPlan{BK, BN}, wgrad_split_count(g, chunks_per_split));
+    run(gr, WgradTile<BK, BN>::kThreads, int64_t(g.K) * g.C * g.R * g.S,
+        [&](float* out) { conv_wgrad_tc_kernel<BK, BN, KS>(g, dy, x, chunks_per_split, out); });
+  }
+  // cuda/conv_wgrad_halo.cuh (chunks_per_split counts bands; shared memory starts NaN: a read that
+  // neither a copy nor the zeroing wrote shows up)
+  template <int VEC>
+  void go_wgrad_halo(int bm) const {
+    const WgradHaloLayout L = wgrad_halo_layout(g, bm);
+    EXPECT_LE(wgrad_halo_smem_floats(L), wgrad_halo_smem_floats_bound(bm));
+    EXPECT_LE(wgrad_halo_smem_floats_bound(bm), wgrad_halo_smem_floats_bound(kWgradHaloMaxBM));
+    emu::g_dynamic_smem.assign(static_cast<std::size_t>(wgrad_halo_smem_floats(L)),
+                               std::numeric_limits<float>::quiet_NaN());
+    const WgradGrid gr =
+        wgrad_halo_grid(g, wgrad_halo_split_count(g, WgradHaloPlan{bm, VEC}, chunks_per_split));
+    run(gr, kWhThreads, int64_t(g.K) * g.C * 9,
+        [&](float* out) { conv_wgrad_halo_kernel<VEC>(g, L, dy, x, chunks_per_split, out); });
+  }
+  // cuda/conv_wgrad_pw.cuh (shared memory starts NaN)
+  template <int VEC>
+  void go_wgrad_pw() const {
+    emu::g_dynamic_smem.assign(static_cast<std::size_t>(kPwSmemFloats),
+                               std::numeric_limits<float>::quiet_NaN());
+    run(wgrad_pw_grid(g, wgrad_pw_split_count(g, chunks_per_split)), kPwThreads, int64_t(g.K) * g.C,
+        [&](float* out) { conv_wgrad_pw_kernel<VEC>(g, dy, x, chunks_per_split, out); });
   }
 };
 
@@ -1350,43 +1383,13 @@ TEST(FusedConvEmulation, TensorCoreWeightGradientMatchesFloat64) {
         Tensor dw = Tensor::full(w_shape, std::numeric_limits<double>::quiet_NaN());
         dispatch_wgrad(
             plan, EmulateWgrad{g, dybuf.data<float>() + dy_off, xbuf.data<float>(), dw.data<float>(), cps});
-        const std::vector<double> got = dw.to_vector(), want = ref.value.to_vector(), scale = ref.scale.to_vector();
-        for (std::size_t i = 0; i < got.size(); ++i)
-          ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i])
-              << "element " << i << " got " << got[i];
+        ASSERT_TRUE(within_tf32(dw, ref));
         ++runs;
       }
   }
   EXPECT_EQ(runs, 40);
   EXPECT_EQ(nvcuda::wmma::g_misuse.load(), 0) << "a wmma call with a misaligned tile pointer, ldm or layout";
 }
-
-/// cuda/fused_conv.cu's LaunchWgradHalo, emulated: the kernel into dw or the workspace, then the
-/// reduction. Shared memory starts NaN: a read that neither a copy nor the zeroing wrote shows up.
-struct EmulateWgradHalo {
-  const FusedConvGeom& g;
-  const float* dy;
-  const float* x;
-  float* dw;
-  int bands_per_split;
-  template <int VEC>
-  void go_wgrad_halo(int bm) const {
-    const WgradHaloLayout L = wgrad_halo_layout(g, bm);
-    const int splits = wgrad_halo_split_count(g, WgradHaloPlan{bm, VEC}, bands_per_split);
-    const WgradGrid gr = wgrad_halo_grid(g, splits);
-    const int64_t n = int64_t(g.K) * g.C * 9;
-    std::vector<float> ws(splits > 1 ? static_cast<std::size_t>(splits * n) : 0,
-                          std::numeric_limits<float>::quiet_NaN());
-    float* out = splits > 1 ? ws.data() : dw;
-    EXPECT_LE(wgrad_halo_smem_floats(L), wgrad_halo_smem_floats_bound(bm));
-    EXPECT_LE(wgrad_halo_smem_floats_bound(bm), wgrad_halo_smem_floats_bound(kWgradHaloMaxBM));
-    emu::g_dynamic_smem.assign(static_cast<std::size_t>(wgrad_halo_smem_floats(L)),
-                               std::numeric_limits<float>::quiet_NaN());
-    emulate({gr.x, gr.y, gr.z}, kWhThreads,
-            [&] { conv_wgrad_halo_kernel<VEC>(g, L, dy, x, bands_per_split, out); });
-    if (splits > 1) emulate_serial({3, 1, 1}, 64, [&] { wgrad_reduce_kernel(out, splits, n, dw); });
-  }
-};
 
 // The growth 3x3's weight gradient with halo-staged bands (cuda/conv_wgrad_halo.cuh) against float64,
 // every plan that takes the case, whole and a band a split: rows of 5 to 56 pixels
@@ -1445,24 +1448,15 @@ TEST(FusedConvEmulation, HaloWeightGradientMatchesFloat64) {
                      " plan " + std::to_string(plan.bm) + "/" + std::to_string(plan.vec) +
                      " bands per split " + std::to_string(bps));
         Tensor dw = Tensor::full(w_shape, std::numeric_limits<double>::quiet_NaN());
-        dispatch_wgrad_halo(plan, EmulateWgradHalo{g, dyp, xbuf.data<float>(), dw.data<float>(), bps});
-        const std::vector<double> got = dw.to_vector(), want = ref.value.to_vector(),
-                                  scale = ref.scale.to_vector();
-        for (std::size_t i = 0; i < got.size(); ++i)
-          ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i])
-              << "element " << i << " got " << got[i];
+        dispatch_wgrad_halo(plan, EmulateWgrad{g, dyp, xbuf.data<float>(), dw.data<float>(), bps});
+        ASSERT_TRUE(within_tf32(dw, ref));
         ++runs;
       }
       if (&cs == cases) {  // dW one float past a 16-byte boundary: the epilogue's scalar stores
         Tensor wide = Tensor::full({shape_numel(w_shape) + 1}, std::numeric_limits<double>::quiet_NaN());
-        dispatch_wgrad_halo(plan,
-                            EmulateWgradHalo{g, dyp, xbuf.data<float>(), wide.data<float>() + 1, chunks});
+        dispatch_wgrad_halo(plan, EmulateWgrad{g, dyp, xbuf.data<float>(), wide.data<float>() + 1, chunks});
         const Tensor dw = wide.narrow(0, 1, shape_numel(w_shape)).reshape(w_shape);
-        const std::vector<double> got = dw.to_vector(), want = ref.value.to_vector(),
-                                  scale = ref.scale.to_vector();
-        for (std::size_t i = 0; i < got.size(); ++i)
-          ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i])
-              << "misaligned dW, element " << i;
+        ASSERT_TRUE(within_tf32(dw, ref)) << "misaligned dW";
       }
     }
     EXPECT_GT(taken, 0) << "no plan takes case " << (&cs - cases);
@@ -1519,29 +1513,6 @@ TEST(FusedConvEmulation, HaloWeightGradientTakesGrowthShapesOnly) {
   EXPECT_EQ(bps, 27);
 }
 
-/// cuda/fused_conv.cu's LaunchWgradPw, emulated (shared memory starts NaN).
-struct EmulateWgradPw {
-  const FusedConvGeom& g;
-  const float* dy;
-  const float* x;
-  float* dw;
-  int chunks_per_split;
-  template <int VEC>
-  void go_wgrad_pw() const {
-    const int splits = wgrad_pw_split_count(g, chunks_per_split);
-    const WgradGrid gr = wgrad_pw_grid(g, splits);
-    const int64_t n = int64_t(g.K) * g.C;
-    std::vector<float> ws(splits > 1 ? static_cast<std::size_t>(splits * n) : 0,
-                          std::numeric_limits<float>::quiet_NaN());
-    float* out = splits > 1 ? ws.data() : dw;
-    emu::g_dynamic_smem.assign(static_cast<std::size_t>(kPwSmemFloats),
-                               std::numeric_limits<float>::quiet_NaN());
-    emulate({gr.x, gr.y, gr.z}, kPwThreads,
-            [&] { conv_wgrad_pw_kernel<VEC>(g, dy, x, chunks_per_split, out); });
-    if (splits > 1) emulate_serial({3, 1, 1}, 64, [&] { wgrad_reduce_kernel(out, splits, n, dw); });
-  }
-};
-
 // The pointwise weight gradient on mma.sync (cuda/conv_wgrad_pw.cuh) against float64, whole and a stage
 // (32 pixels) a split: planes of 16, 30 and 49 pixels (16-, 8- and 4-byte copies; a stage's pixels cross
 // images), K past one 128-row block and C past one 64-column block (partial second blocks, odd C: the
@@ -1581,13 +1552,9 @@ TEST(FusedConvEmulation, PointwiseWeightGradientMatchesFloat64) {
                    ", " + std::to_string(cs.W) + ") K " + std::to_string(cs.K) + " splits " +
                    std::to_string(splits));
       Tensor dw = Tensor::full(w_shape, std::numeric_limits<double>::quiet_NaN());
-      dispatch_wgrad_pw(g, EmulateWgradPw{g, dybuf.data<float>() + (slice ? int64_t(P) * Q : 0),
-                                          xbuf.data<float>(), dw.data<float>(), cps});
-      const std::vector<double> got = dw.to_vector(), want = ref.value.to_vector(),
-                                scale = ref.scale.to_vector();
-      for (std::size_t i = 0; i < got.size(); ++i)
-        ASSERT_LE(std::fabs(got[i] - want[i]), (0x1p-9 + 1e-5) * scale[i])
-            << "element " << i << " got " << got[i];
+      dispatch_wgrad_pw(g, EmulateWgrad{g, dybuf.data<float>() + (slice ? int64_t(P) * Q : 0),
+                                        xbuf.data<float>(), dw.data<float>(), cps});
+      ASSERT_TRUE(within_tf32(dw, ref));
       ++runs;
     }
   }
