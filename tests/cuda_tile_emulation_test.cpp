@@ -25,6 +25,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -69,6 +70,7 @@ class Barrier {
 };
 
 thread_local Barrier* t_barrier = nullptr;
+thread_local Barrier* t_warp_barrier = nullptr;  // the thread's warp's 32 (mma.sync is warp-collective)
 
 }  // namespace emu
 
@@ -180,9 +182,10 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 8, f
 
 // cuda/mma_tf32.cuh's primitives for cuda/fused_conv_mma.cuh. cp.async copies at once (it cannot show
 // a read of a stage before its wait; the barriers it needs still run for real); mma.sync is a warp
-// collective: each lane posts its fragments, the block meets (every thread of the kernel reaches each
-// mma in the same order), each lane computes its four outputs from its warp's posts, the block meets
-// again. Lane (g, t) holds A(g + 8 (r % 2), t + 4 (r / 2)) in a[r], B(t + 4 r, g) in b[r], and
+// collective: each lane posts its fragments, its warp's 32 threads meet (every lane of a warp reaches
+// each mma in the same order, as mma.sync.aligned requires), each lane computes its four outputs from its
+// warp's posts, the warp meets again. (A barrier of 32, not of the block: a quarter of the threads to
+// wake per meeting.) Lane (g, t) holds A(g + 8 (r % 2), t + 4 (r / 2)) in a[r], B(t + 4 r, g) in b[r], and
 // D(g + 8 (r / 2), 2t + r % 2) in d[r] (the PTX ISA's m16n8k8 .tf32 fragments).
 namespace emu {
 struct MmaLane {
@@ -209,7 +212,7 @@ inline void mma_tf32_16x8x8(float (&d)[4], const uint32_t (&a)[4], const uint32_
   const int tid = static_cast<int>(threadIdx.x), base = tid & ~31, g = (tid & 31) >> 2, t = tid & 3;
   for (int r = 0; r < 4; ++r) emu::g_mma_lanes[tid].a[r] = a[r];
   for (int r = 0; r < 2; ++r) emu::g_mma_lanes[tid].b[r] = b[r];
-  __syncthreads();
+  emu::t_warp_barrier->wait();
   auto A = [&](int row, int col) {
     return emu::bits_float(emu::g_mma_lanes[base + (row % 8) * 4 + col % 4].a[(row / 8) + 2 * (col / 4)]);
   };
@@ -221,7 +224,7 @@ inline void mma_tf32_16x8x8(float (&d)[4], const uint32_t (&a)[4], const uint32_
     for (int k = 0; k < 8; ++k) sum += A(row, k) * B(k, col);  // TF32 products are exact in float
     out[r] = sum;
   }
-  __syncthreads();
+  emu::t_warp_barrier->wait();
   for (int r = 0; r < 4; ++r) d[r] = out[r];
 }
 namespace emu {
@@ -292,6 +295,9 @@ void emulate(emu::Dim3 grid, int threads, const std::function<void()>& kernel) {
     for (unsigned by = 0; by < grid.y; ++by)
       for (unsigned bx = 0; bx < grid.x; ++bx) {
         emu::Barrier barrier(threads);
+        std::vector<std::unique_ptr<emu::Barrier>> warps;
+        for (int w = 0; w < (threads + 31) / 32; ++w)
+          warps.push_back(std::make_unique<emu::Barrier>(std::min(32, threads - 32 * w)));
         std::vector<std::thread> pool;
         pool.reserve(threads);
         for (int t = 0; t < threads; ++t)
@@ -299,6 +305,7 @@ void emulate(emu::Dim3 grid, int threads, const std::function<void()>& kernel) {
             threadIdx = {static_cast<unsigned>(t), 0, 0};
             blockIdx = {bx, by, bz};
             emu::t_barrier = &barrier;
+            emu::t_warp_barrier = warps[static_cast<std::size_t>(t / 32)].get();
             kernel();
           });
         for (std::thread& th : pool) th.join();
