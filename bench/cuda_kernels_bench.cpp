@@ -334,6 +334,26 @@ const ConvShape kConvShapes[] = {
     {"3x3", 14, 128, 32, 3, 1, 1},  {"3x3", 7, 128, 32, 3, 1, 1},   {"7x7s2", 224, 3, 64, 7, 2, 3},
 };
 
+/// A row's convolution parameters, and its name: "<kernel>/<H>x<H>/<C>-><K>".
+ops::Conv2dParams params_of(const ConvShape& s) {
+  ops::Conv2dParams p;
+  p.stride_h = p.stride_w = s.stride;
+  p.pad_h = p.pad_w = s.pad;
+  return p;
+}
+std::string conv_name(const ConvShape& s) {
+  return std::string(s.kernel) + "/" + std::to_string(s.H) + "x" + std::to_string(s.H) + "/" +
+         std::to_string(s.C) + "->" + std::to_string(s.K);
+}
+
+/// Skips the row (true) where our tensor-core kernels cannot run: it would time nothing, or the library under
+/// our kernels' name.
+bool skipped_without_tensor_cores(benchmark::State& state) {
+  if (cuda::fused_conv_tensor_cores()) return false;
+  state.SkipWithError("our tensor-core kernels do not run here (TF32 off, or a GPU below sm_80)");
+  return true;
+}
+
 enum class ConvPass { Forward, BackwardInput, BackwardWeight };
 
 // `mode`: for the library version, cuDNN alone or a pointwise conv as a cuBLAS GEMM (LADNN_CONV1X1).
@@ -344,16 +364,10 @@ void bench_conv(benchmark::State& state, ConvShape s, ConvPass pass, Impl impl, 
                 cuda::FusedConv fused) {
   guarded(state, [&] {
     FusedModeScope scope(fused);
-    if (fused != cuda::FusedConv::Off && !cuda::fused_conv_tensor_cores()) {
-      // The row would time the library under our kernels' name.
-      state.SkipWithError("our tensor-core kernels do not run here (TF32 off, or a GPU below sm_80)");
-      return;
-    }
+    if (fused != cuda::FusedConv::Off && skipped_without_tensor_cores(state)) return;
     cuda::set_impl(Family::Conv, impl);
     cuda::set_conv1x1(mode);
-    ops::Conv2dParams p;
-    p.stride_h = p.stride_w = s.stride;
-    p.pad_h = p.pad_w = s.pad;
+    const ops::Conv2dParams p = params_of(s);
     const Shape xs{kBatch, s.C, s.H, s.H}, ws{s.K, s.C, s.R, s.R};
     const Shape ys = ops::conv2d_output_shape(xs, ws, p);
     const Tensor x = random_gpu(xs, 11), w = random_gpu(ws, 12), dy = random_gpu(ys, 13);
@@ -385,13 +399,8 @@ void bench_conv(benchmark::State& state, ConvShape s, ConvPass pass, Impl impl, 
 // time cuDNN and cuBLAS.
 void bench_conv_mma(benchmark::State& state, ConvShape s, int plan, int cps) {
   guarded(state, [&] {
-    if (!cuda::fused_conv_tensor_cores()) {
-      state.SkipWithError("our tensor-core kernels do not run here (TF32 off, or a GPU below sm_80)");
-      return;
-    }
-    ops::Conv2dParams p;
-    p.stride_h = p.stride_w = s.stride;
-    p.pad_h = p.pad_w = s.pad;
+    if (skipped_without_tensor_cores(state)) return;
+    const ops::Conv2dParams p = params_of(s);
     const Shape xs{kBatch, s.C, s.H, s.H}, ws{s.K, s.C, s.R, s.R};
     const Shape ys = ops::conv2d_output_shape(xs, ws, p);
     const Tensor x = random_gpu(xs, 11), w = random_gpu(ws, 12);
@@ -407,43 +416,26 @@ void bench_conv_mma(benchmark::State& state, ConvShape s, int plan, int cps) {
   });
 }
 
-// The growth 3x3's weight gradient with halo-staged bands (cuda/conv_wgrad_halo.cuh) alone, in its plan
-// `plan` (kWgradHaloPlans), split for `waves` blocks per SM: beside conv_bwd_weight/cudnn/3x3/... (dy and x
-// packed, as those rows have them).
-void bench_wgrad_halo(benchmark::State& state, ConvShape s, int plan, int waves) {
+// Our mma.sync weight gradients alone, split for `waves` blocks per SM, beside conv_bwd_weight/cudnn/...
+// (dy and x packed, as those rows have them): a 1x1 row on cuda/conv_wgrad_pw.cuh, a 3x3 row on
+// cuda/conv_wgrad_halo.cuh in its plan `plan` (kWgradHaloPlans).
+void bench_wgrad_mma(benchmark::State& state, ConvShape s, int plan, int waves) {
   guarded(state, [&] {
-    if (!cuda::fused_conv_tensor_cores()) {
-      state.SkipWithError("our tensor-core kernels do not run here (TF32 off, or a GPU below sm_80)");
-      return;
-    }
-    ops::Conv2dParams p;
-    p.stride_h = p.stride_w = s.stride;
-    p.pad_h = p.pad_w = s.pad;
+    if (skipped_without_tensor_cores(state)) return;
+    const ops::Conv2dParams p = params_of(s);
     const Shape xs{kBatch, s.C, s.H, s.H}, ws{s.K, s.C, s.R, s.R};
     const Shape ys = ops::conv2d_output_shape(xs, ws, p);
     const Tensor x = random_gpu(xs, 11), dy = random_gpu(ys, 13);
     const Tensor dw = Tensor::empty(ws, ladnn::DType::Float32, Device::cuda());
     const double flops = 2.0 * double(kBatch * s.K * s.C * s.R * s.R * ys[2] * ys[3]);
+    const int64_t x_img = s.C * s.H * s.H;
     run_timed(state,
-              [&] { cuda::conv2d_backward_weight_halo_plan(dy, x, s.C * s.H * s.H, p, dw, plan, waves); },
-              {0, flops});
-    state.SetLabel("mma tf32");
-  });
-}
-
-// The pointwise weight gradient on mma.sync (cuda/conv_wgrad_pw.cuh) alone, split for `waves` blocks per
-// SM: beside conv_bwd_weight/cudnn/1x1/... .
-void bench_wgrad_pw(benchmark::State& state, ConvShape s, int waves) {
-  guarded(state, [&] {
-    if (!cuda::fused_conv_tensor_cores()) {
-      state.SkipWithError("our tensor-core kernels do not run here (TF32 off, or a GPU below sm_80)");
-      return;
-    }
-    const Shape xs{kBatch, s.C, s.H, s.H}, ws{s.K, s.C, 1, 1}, ys{kBatch, s.K, s.H, s.H};
-    const Tensor x = random_gpu(xs, 11), dy = random_gpu(ys, 13);
-    const Tensor dw = Tensor::empty(ws, ladnn::DType::Float32, Device::cuda());
-    const double flops = 2.0 * double(kBatch * s.K * s.C * s.H * s.H);
-    run_timed(state, [&] { cuda::conv2d_backward_weight_pw_plan(dy, x, s.C * s.H * s.H, {}, dw, waves); },
+              [&] {
+                if (s.R == 1)
+                  cuda::conv2d_backward_weight_pw_plan(dy, x, x_img, p, dw, waves);
+                else
+                  cuda::conv2d_backward_weight_halo_plan(dy, x, x_img, p, dw, plan, waves);
+              },
               {0, flops});
     state.SetLabel("mma tf32");
   });
@@ -689,8 +681,7 @@ void register_all() {
   // LADNN_CONV1X1=auto times against cuDNN per shape).
   for (const auto& [pass, name] : conv_passes)
     for (const ConvShape& s : kConvShapes) {
-      const std::string shape = std::string(s.kernel) + "/" + std::to_string(s.H) + "x" + std::to_string(s.H) + "/" +
-                                std::to_string(s.C) + "->" + std::to_string(s.K);
+      const std::string shape = conv_name(s);
       for (Impl i : impls)
         configure(benchmark::RegisterBenchmark((std::string(name) + "/" + impl_str(Family::Conv, i) + "/" + shape).c_str(),
                                                bench_conv, s, pass, i, cuda::Conv1x1::Cudnn, cuda::FusedConv::Off));
@@ -714,8 +705,7 @@ void register_all() {
   // 3x3s tap by tap and the stem's 3 channels channel by channel), whole and in runs of 8 stages:
   // "conv_fwd/native-mma/<shape>/mma<BK>x<BM>[/cps8]" (no rows in a build without CUDA: no plans).
   for (const ConvShape& s : kConvShapes) {
-    const std::string shape = std::string(s.kernel) + "/" + std::to_string(s.H) + "x" + std::to_string(s.H) + "/" +
-                              std::to_string(s.C) + "->" + std::to_string(s.K);
+    const std::string shape = conv_name(s);
     for (int plan = 0; plan < cuda::fused_conv_plans(); ++plan) {
       if (!cuda::fused_conv_plan_is_mma(plan)) continue;
       for (int cps : {0, 8})
@@ -726,12 +716,10 @@ void register_all() {
     // The halo kernel's tiles on the growth 3x3s it takes (stride 1, padding 1, rows at most half the
     // tile's slots: the 56x56 and 28x28 ones with 16-byte copies, the 14x14 one with 8-byte copies ("v2"),
     // the 7x7 one with 4-byte ones ("v1")), whole: "conv_fwd/native-halo/<shape>/halo32x<BM>[v2|v1]".
-    ops::Conv2dParams p;
-    p.stride_h = p.stride_w = s.stride;
-    p.pad_h = p.pad_w = s.pad;
     for (int plan = 0; plan < cuda::fused_conv_plans(); ++plan) {
       if (!cuda::fused_conv_plan_is_halo(plan) ||
-          !cuda::fused_conv_plan_takes(plan, {kBatch, s.C, s.H, s.H}, {s.K, s.C, s.R, s.R}, p, false))
+          !cuda::fused_conv_plan_takes(plan, {kBatch, s.C, s.H, s.H}, {s.K, s.C, s.R, s.R}, params_of(s),
+                                       false))
         continue;
       configure(benchmark::RegisterBenchmark(
           ("conv_fwd/native-halo/" + shape + "/" + cuda::fused_conv_plan_name(plan)).c_str(), bench_conv_mma,
@@ -739,34 +727,21 @@ void register_all() {
     }
   }
 
-  // The halo weight gradient's plans on the growth 3x3s, for one and two blocks per SM:
-  // "conv_bwd_weight/native-halo/3x3/<H>x<H>/128->32/plan<i>/w<waves>", the plans that take the row.
-  for (const ConvShape& s : kConvShapes) {
-    ops::Conv2dParams p;
-    p.stride_h = p.stride_w = s.stride;
-    p.pad_h = p.pad_w = s.pad;
-    for (int plan = 0; plan < cuda::conv_wgrad_halo_plans(); ++plan)
-      for (int waves : {1, 2})
-        if (cuda::conv_wgrad_halo_plan_takes(plan, {kBatch, s.C, s.H, s.H}, {s.K, s.C, s.R, s.R}, p))
+  // Our mma.sync weight gradients, for one and two blocks per SM: the pointwise kernel on the 1x1 rows,
+  // "conv_bwd_weight/native-pw/1x1/<H>x<H>/<C>->128/w<waves>", and the halo kernel's plans that take the 3x3
+  // rows, "conv_bwd_weight/native-halo/3x3/<H>x<H>/128->32/plan<i>/w<waves>" (none in a build without CUDA).
+  for (const ConvShape& s : kConvShapes)
+    for (int waves : {1, 2}) {
+      const std::string tail = "/w" + std::to_string(waves);
+      if (s.R == 1 && cuda::conv_backward_plans(true) > 0)
+        configure(benchmark::RegisterBenchmark(("conv_bwd_weight/native-pw/" + conv_name(s) + tail).c_str(),
+                                               bench_wgrad_mma, s, 0, waves));
+      for (int plan = 0; plan < cuda::conv_wgrad_halo_plans(); ++plan)
+        if (cuda::conv_wgrad_halo_plan_takes(plan, {kBatch, s.C, s.H, s.H}, {s.K, s.C, s.R, s.R},
+                                             params_of(s)))
           configure(benchmark::RegisterBenchmark(
-              ("conv_bwd_weight/native-halo/3x3/" + std::to_string(s.H) + "x" + std::to_string(s.H) + "/" +
-               std::to_string(s.C) + "->" + std::to_string(s.K) + "/plan" + std::to_string(plan) + "/w" +
-               std::to_string(waves))
-                  .c_str(),
-              bench_wgrad_halo, s, plan, waves));
-  }
-
-  // The pointwise weight gradient on the 1x1 shapes, for one and two blocks per SM:
-  // "conv_bwd_weight/native-pw/1x1/<H>x<H>/<C>->128/w<waves>" (no rows in a build without CUDA).
-  if (cuda::conv_backward_plans(true) > 0)
-    for (const ConvShape& s : kConvShapes) {
-      if (s.R != 1) continue;
-      for (int waves : {1, 2})
-        configure(benchmark::RegisterBenchmark(
-            ("conv_bwd_weight/native-pw/1x1/" + std::to_string(s.H) + "x" + std::to_string(s.H) + "/" +
-             std::to_string(s.C) + "->" + std::to_string(s.K) + "/w" + std::to_string(waves))
-                .c_str(),
-            bench_wgrad_pw, s, waves));
+              ("conv_bwd_weight/native-halo/" + conv_name(s) + "/plan" + std::to_string(plan) + tail).c_str(),
+              bench_wgrad_mma, s, plan, waves));
     }
 
   // "unfused" = BN kernel + cuDNN (or cuBLAS) conv, twice; "native" = the fused kernel (plan_fused's

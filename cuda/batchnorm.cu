@@ -114,6 +114,11 @@ struct BnGeom {
 
 BnGeom geom_of(const Tensor& x) { return {x.size(0), x.size(1), x.size(2) * x.size(3)}; }
 
+/// One block may reduce a whole channel: its threads' float counts stay exact (up to 2^24 values).
+bool one_block_per_channel_fits(const BnGeom& g) {
+  return g.M() <= (int64_t(1) << 24);
+}
+
 BnPartition partition_of(const BnGeom& g) { return math::bn_partition(g.N, g.C, g.HW, sm_count()); }
 
 /// Threads of a per-channel block when cuda::bn_kernel() gives (N, C, HW) one (the one-kernel path); 0
@@ -124,7 +129,7 @@ int channel_block_threads(const BnGeom& g) {
     case BnKernel::Split:
       return 0;
     case BnKernel::Channel:  // (float counts stay exact up to 2^24 values)
-      return g.M() <= (int64_t(1) << 24) ? math::bn_channel_threads(g.M()) : 0;
+      return one_block_per_channel_fits(g) ? math::bn_channel_threads(g.M()) : 0;
     case BnKernel::Auto:
     case BnKernel::Cluster:  // (for the kernels without a cluster form, and channels too long for one)
       return math::bn_channel_fits(g.N, g.C, g.HW, sm_count()) ? math::bn_channel_threads(g.M()) : 0;
@@ -1156,9 +1161,8 @@ void native_forward_train_given(const Tensor& x, const Tensor& gamma, const Tens
                                 int64_t fresh) {
   const BnGeom g = geom_of(x);
   if (g.total() == 0) return;
-  // (In the map's kernel only where one block may reduce a channel, as native_batch_stats decides: float
-  // counts are exact up to 2^24 values.)
-  const bool fused_fresh = fresh > 0 && by_channel(g) && g.M() <= (int64_t(1) << 24);
+  // (In the map's kernel only where one block may reduce a channel, as native_batch_stats decides.)
+  const bool fused_fresh = fresh > 0 && by_channel(g) && one_block_per_channel_fits(g);
   if (fresh > 0 && !fused_fresh)  // the fresh channels' statistics first, then the map as for any table
     native_batch_stats(x.narrow(1, g.C - fresh, fresh), stats.narrow(0, g.C - fresh, fresh));
   const GivenStats given = given_stats(stats, g, eps, momentum, gamma, beta, running_mean, running_var, out);
@@ -1190,7 +1194,7 @@ void native_batch_stats(const Tensor& x, const Tensor& out) {
   double* po = out.data<double>();
   const int64_t sN = sample_stride(x, g);
   const bool vec4 = g.HW % 4 == 0 && sN % 4 == 0 && aligned16(px);
-  if (bn_kernel() != BnKernel::Split && g.M() <= (int64_t(1) << 24)) {
+  if (bn_kernel() != BnKernel::Split && one_block_per_channel_fits(g)) {
     BnPartition part = math::bn_channel_partition(g.N, g.C, g.HW);
     part.sN = sN;
     const int threads = math::bn_channel_threads(g.M());
