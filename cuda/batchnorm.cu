@@ -407,6 +407,52 @@ __global__ void bn_eval_plane_kernel(const float* __restrict__ x, int64_t sN, fl
   }
 }
 
+// Training's map from the statistics its forward saved (ops::batch_norm_map_saved), a block per plane as
+// bn_eval_plane_kernel: channel c's coefficients are channel_coefs' read back — save_mean, bn_train_scale of
+// gamma and save_invstd (mask_of, the backward's recomputation of the ReLU's decisions), beta — so the
+// values are the given-statistics forward's bits.
+template <int VEC, bool RELU>
+__global__ void bn_saved_plane_kernel(const float* __restrict__ x, int64_t sN, float* __restrict__ y, int64_t planes,
+                                      int64_t C, int64_t HW, MaskSource saved, ChanPtr save_mean) {
+  pdl_enter();
+  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
+    const int64_t c = plane % C, n = plane / C;
+    const math::BnMaskFromX k = mask_of(saved, c);
+    const float mean = save_mean.p[c * save_mean.stride];
+    const float* xp = x + n * sN + c * HW;
+    float* yp = y + plane * HW;
+    for (int64_t i = threadIdx.x * int64_t(VEC); i < HW; i += int64_t(blockDim.x) * VEC)
+      normalize_values<VEC, RELU>(xp + i, yp + i, mean, k.scale, k.shift);
+  }
+}
+
+// Channel c's given statistics recorded as given_channel records them for the forward's kernels
+// (save_mean, save_invstd, the running update).
+__device__ __forceinline__ void record_given(const GivenStats& a, int64_t c) {
+  const math::BnChannelStats st = math::bn_channel_stats(a.n, a.stats[2 * c], a.stats[2 * c + 1], a.eps);
+  record_channel_stats(c, st, a.momentum, a.running_mean, a.running_var, a.save_mean, a.save_invstd);
+}
+
+// ops::batch_norm_record_train in one launch: blocks 0 .. fresh - 1 reduce the fresh channels
+// fresh_begin + b into the table as bn_channel_batch_stats_kernel does (the same walk: the same rows) and
+// record them; the other blocks record blockDim.x of channels [0, fresh_begin) each, a thread per
+// channel. With fresh_begin = C (no fresh channels, or computed before by native_batch_stats) it only
+// records. (table is a.stats, written and read here by the same thread: not __restrict__.)
+template <int VEC>
+__global__ void bn_record_given_kernel(const float* __restrict__ x, BnPartition p, GivenStats a,
+                                       int64_t fresh_begin, double* table) {
+  pdl_enter();
+  const int64_t fresh = p.C - fresh_begin, b = blockIdx.x;
+  if (b < fresh) {
+    const int64_t c = fresh_begin + b;
+    store_channel_batch_stats<VEC>(x, p, c, table);
+    if (threadIdx.x == 0) record_given(a, c);  // (the thread that stored the row)
+    return;
+  }
+  const int64_t c = (b - fresh) * int64_t(blockDim.x) + threadIdx.x;
+  if (c < fresh_begin) record_given(a, c);
+}
+
 // The same maps with a block per channel instead of per plane, for small planes (bn_planes_by_channel): block
 // b takes channels b, b + gridDim.x, ..., derives the channel's coefficients once and walks its N * HW
 // values as the per-channel kernels do (j = t * VEC, stepping blockDim.x * VEC). The same values, the same
@@ -1641,6 +1687,70 @@ Tensor batch_norm_forward_eval(const Tensor& x_in, const Tensor& gamma, const Te
   } else {
     native_forward_eval(x, gamma, beta, running_mean, running_var, eps, relu, y);
   }
+  return y;
+}
+
+ops::BatchNormForward batch_norm_record_train(const Tensor& x_in, Tensor& running_mean, Tensor& running_var,
+                                              double momentum, double eps, ops::BnAct act,
+                                              const Tensor& batch_stats, int64_t fresh) {
+  const std::string op = "batch_norm_record_train";
+  require_float32_all(op, {{&x_in, "input"}, {&running_mean, "running_mean"}, {&running_var, "running_var"}});
+  const bool spaced = !x_in.is_contiguous() && ops::sample_contiguous(x_in);
+  OpRange range(op.c_str(), "native");
+  // (A packed copy only for an input that is neither packed nor a channel prefix: only its fresh channels
+  // are read.)
+  const Tensor x = spaced || fresh == 0 ? x_in : x_in.contiguous();
+  const Shape c_shape{x.size(1)};
+  ops::BatchNormForward out{Tensor(), new_output(c_shape, DType::Float32, x.device()),
+                            new_output(c_shape, DType::Float32, x.device()), act == ops::BnAct::Relu};
+  const BnGeom g = geom_of(x);
+  if (g.C == 0) return out;
+  // The fresh channels in the same kernel where one block may reduce a channel (as native_batch_stats
+  // decides), else by native_batch_stats first. (batch_stats is contiguous with fresh > 0, checked by
+  // ops::batch_norm_record_train.)
+  const bool fused_fresh = fresh > 0 && bn_kernel() != BnKernel::Split && one_block_per_channel_fits(g);
+  if (fresh > 0 && !fused_fresh)
+    native_batch_stats(x.narrow(1, g.C - fresh, fresh), batch_stats.narrow(0, g.C - fresh, fresh));
+  const Tensor stats = fresh > 0 ? batch_stats : batch_stats.contiguous();
+  const GivenStats given = given_stats(stats, g, eps, momentum, Tensor(), Tensor(), running_mean, running_var, out);
+  const int64_t fresh_begin = fused_fresh ? g.C - fresh : g.C, sN = sample_stride(x, g);
+  BnPartition part = math::bn_channel_partition(g.N, g.C, g.HW);
+  part.sN = sN;
+  const int threads = fused_fresh ? math::bn_channel_threads(g.M()) : kThreads;
+  const unsigned blocks = static_cast<unsigned>((g.C - fresh_begin) + (fresh_begin + threads - 1) / threads);
+  const bool vec4 = g.HW % 4 == 0 && sN % 4 == 0 && aligned16(x.data<float>());
+  double* table = stats.data<double>();
+  if (fused_fresh && vec4)
+    launch_kernel(bn_record_given_kernel<4>, blocks, threads, 0, cur_stream(), x.data<float>(), part, given,
+                  fresh_begin, table);
+  else
+    launch_kernel(bn_record_given_kernel<1>, blocks, threads, 0, cur_stream(), x.data<float>(), part, given,
+                  fresh_begin, table);
+  CUDA_CHECK_LAUNCH();
+  return out;
+}
+
+Tensor batch_norm_map_saved(const Tensor& x_in, const Tensor& gamma, const Tensor& beta, const Tensor& save_mean,
+                            const Tensor& save_invstd, ops::BnAct act) {
+  const std::string op = "batch_norm_map_saved";
+  const bool relu = act == ops::BnAct::Relu;
+  require_float32_all(op, {{&x_in, "input"}, {&gamma, "gamma"}, {&beta, "beta"}, {&save_mean, "save_mean"},
+                           {&save_invstd, "save_invstd"}});
+  const bool spaced = !x_in.is_contiguous() && ops::sample_contiguous(x_in);
+  OpRange range(relu ? "batch_norm_relu_map_saved" : "batch_norm_map_saved", "native");
+  const Tensor x = spaced ? x_in : x_in.contiguous();
+  Tensor y = new_output(x.shape(), DType::Float32, x.device());
+  const BnGeom g = geom_of(x);
+  if (g.total() == 0) return y;
+  const MaskSource saved{true, chan(gamma), chan(beta), chan(save_invstd)};
+  with_vec_flag(planes_vec(x, y, g), relu, [&](auto v, auto r) {
+    constexpr int VEC = decltype(v)::value;
+    const PlaneLaunch l = plane_launch<VEC>(g);
+    launch_kernel(bn_saved_plane_kernel<VEC, decltype(r)::value>, l.blocks, l.threads, 0, cur_stream(),
+                  x.data<float>(), sample_stride(x, g), y.data<float>(), l.planes, g.C, g.HW, saved,
+                  chan(save_mean));
+    CUDA_CHECK_LAUNCH();
+  });
   return y;
 }
 

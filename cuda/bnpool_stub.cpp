@@ -23,6 +23,13 @@ ops::BatchNormForward batch_norm_forward_train(const Tensor&, const Tensor&, con
 void batch_norm_batch_stats_into(const Tensor&, const Tensor&) {
   no_backend("batch_norm_batch_stats");
 }
+ops::BatchNormForward batch_norm_record_train(const Tensor&, Tensor&, Tensor&, double, double, ops::BnAct,
+                                              const Tensor&, int64_t) {
+  no_backend("batch_norm_record_train");
+}
+Tensor batch_norm_map_saved(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, ops::BnAct) {
+  no_backend("batch_norm_map_saved");
+}
 bool bn_avg_pool2d_train(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&, double, double,
                          ops::BnAct, const Tensor&, const ops::Pool2dParams&, ops::BatchNormForward&) {
   no_backend("bn_avg_pool2d_train");

@@ -706,6 +706,32 @@ Tensor conv2d_backward_weight(const Tensor& dy_in, const Tensor& x_in, const Sha
   return dw;
 }
 
+Tensor conv2d_backward_weight_pre(const Tensor& dy_in, const Tensor& x_in, const Shape& w_shape,
+                                  const ops::Conv2dParams& p, const ops::BnEval& pre) {
+  const char* op = "conv2d_backward_weight";
+  detail::require_float32(dy_in, op, "grad_output");
+  detail::require_float32(x_in, op, "input");
+  // pre's map as its own pass, then the plain weight gradient: wherever the kernel does not run.
+  auto unfused = [&] {
+    const Tensor t = pre.batch() ? cuda::batch_norm_map_saved(x_in, pre.gamma, pre.beta, pre.save_mean,
+                                                              pre.save_invstd, pre.act)
+                                 : cuda::batch_norm_forward_eval(x_in, pre.gamma, pre.beta, pre.running_mean,
+                                                                 pre.running_var, pre.eps, pre.act);
+    return cuda::conv2d_backward_weight(dy_in, t, w_shape, p);
+  };
+  int64_t x_img = 0, dy_img = 0;
+  const Tensor x = images_view(x_in, x_img);
+  const Tensor dy = images_view(dy_in, dy_img);
+  if (impl(Family::Conv) != Impl::Library || x.size(0) == 0 || shape_numel(w_shape) == 0) return unfused();
+  Tensor dw = Tensor::empty(w_shape, DType::Float32, dy.device());
+  if (conv2d_backward_weight_pre_fused(dy, x, x_img, p, pre, dw, [&] {
+        Tensor out = dw;  // a handle: Auto's timing of the unfused ops writes into dw's storage
+        out.copy_(unfused());
+      }))
+    return dw;
+  return unfused();
+}
+
 Tensor conv2d_backward_bias(const Tensor& dy_in) {
   const char* op = "conv2d_backward_bias";
   detail::require_float32(dy_in, op, "grad_output");

@@ -21,6 +21,12 @@
 // Split: blockIdx.z takes a run of chunks_per_split stages; each split writes its (K, C) slab of a
 // workspace and wgrad_reduce_kernel (cuda/conv_wgrad_tc.cuh) adds them in split order. No atomics.
 // Arithmetic: TF32 operands (cvt.rna), float32 accumulation in the tensor cores' order.
+// PRE: x goes through a BatchNorm(-ReLU) as the B fragments are read from shared memory — a folded dense
+// layer's norm1 (ops::conv2d_backward_weight with a pre BnEval), so the normalised prefix is never
+// written. Lane (g, t) reads the same 4 channels of x all along (8 ni + g of its warp's 32), so their
+// coefficients are loaded once, into 12 registers. The map is math::bn_normalize and bn_relu, the
+// arithmetic of the map's own kernel: the same operands, the same bits as the kernel without PRE run on
+// that kernel's output. Pixels past the batch (x zero-filled) map to finite values that meet dy's zeros.
 // With LADNN_TILE_EMULATION it compiles as plain C++ for tests/cuda_tile_emulation_test.cpp.
 #pragma once
 
@@ -77,12 +83,12 @@ constexpr int kPwSmemFloats = kPwStages * (kPwBK + kPwBC) * kPwLD;
 
 /// Grid wgrad_pw_grid(g, splits), kPwThreads threads, kPwSmemFloats * 4 bytes of dynamic shared memory;
 /// wgrad_pw_takes(g), VEC = pw_copy_width(H W), dy and x 4 * VEC-byte aligned. dy: (N, K, H, W), images
-/// g.y_img apart; x: (N, C, H, W), images g.x_img apart; out: dW (K, C) with one split, else the
-/// workspace's (splits, K, C) slabs.
-template <int VEC>
+/// g.y_img apart; x: (N, C, H, W), images g.x_img apart; pre: x's BatchNorm (read only when PRE, which
+/// needs pre.on); out: dW (K, C) with one split, else the workspace's (splits, K, C) slabs.
+template <int VEC, bool PRE>
 __global__ void __launch_bounds__(kPwThreads)
     conv_wgrad_pw_kernel(FusedConvGeom g, const float* __restrict__ dy, const float* __restrict__ x,
-                         int chunks_per_split, float* __restrict__ out) {
+                         FusedBn pre, int chunks_per_split, float* __restrict__ out) {
   pdl_enter();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // mma.sync on TF32 and cp.async need sm_80; the launcher never launches this there
@@ -137,6 +143,15 @@ __global__ void __launch_bounds__(kPwThreads)
     for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
       for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.0f;
+  // PRE: the coefficients of this lane's 4 channels of x (zeros past C: those rows are never stored).
+  float pre_mean[4] = {}, pre_scale[4] = {}, pre_shift[4] = {};
+  if constexpr (PRE) {
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni) {
+      const int c = c0 + wc * 32 + ni * 8 + gq;
+      if (c < g.C) fused_bn_coef(pre, c, pre_mean[ni], pre_scale[ni], pre_shift[ni]);
+    }
+  }
 
   for (int j = 0; j < n_chunks; ++j) {
     cp_async_wait<kStages - 2>();  // this thread's copies of stage j have landed
@@ -159,8 +174,14 @@ __global__ void __launch_bounds__(kPwThreads)
 #pragma unroll
       for (int ni = 0; ni < 4; ++ni) {
         const float* r = Bs + ni * 8 * LD + j0;  // B(t, 8 ni + g) = x[c, pixel j0 + t]
-        b[ni][0] = tf32_bits(r[0]);
-        b[ni][1] = tf32_bits(r[4]);
+        float v0 = r[0], v1 = r[4];
+        if constexpr (PRE) {
+          v0 = math::bn_normalize(v0, pre_mean[ni], pre_scale[ni], pre_shift[ni]);
+          v1 = math::bn_normalize(v1, pre_mean[ni], pre_scale[ni], pre_shift[ni]);
+          if (pre.relu) v0 = math::bn_relu(v0), v1 = math::bn_relu(v1);
+        }
+        b[ni][0] = tf32_bits(v0);
+        b[ni][1] = tf32_bits(v1);
       }
 #pragma unroll
       for (int mi = 0; mi < 4; ++mi)
@@ -196,13 +217,18 @@ __global__ void __launch_bounds__(kPwThreads)
 #endif
 }
 
-/// Calls `run.template go_wgrad_pw<VEC>()` with VEC = pw_copy_width(H W).
+/// Calls `run.template go_wgrad_pw<VEC, PRE>()` with VEC = pw_copy_width(H W), PRE = pre_on.
 template <class Run>
-void dispatch_wgrad_pw(const FusedConvGeom& g, const Run& run) {
+void dispatch_wgrad_pw(const FusedConvGeom& g, bool pre_on, const Run& run) {
   const int vec = pw_copy_width(int64_t(g.H) * g.W);
-  if (vec == 1) return run.template go_wgrad_pw<1>();
-  if (vec == 2) return run.template go_wgrad_pw<2>();
-  run.template go_wgrad_pw<4>();
+  if (pre_on) {
+    if (vec == 1) return run.template go_wgrad_pw<1, true>();
+    if (vec == 2) return run.template go_wgrad_pw<2, true>();
+    return run.template go_wgrad_pw<4, true>();
+  }
+  if (vec == 1) return run.template go_wgrad_pw<1, false>();
+  if (vec == 2) return run.template go_wgrad_pw<2, false>();
+  run.template go_wgrad_pw<4, false>();
 }
 
 }  // namespace

@@ -56,8 +56,13 @@ FusedBn fused_bn_of(const ops::BnEval* bn, std::vector<Tensor>& keep) {
   };
   f.gamma = ptr(bn->gamma);
   f.beta = ptr(bn->beta);
-  f.mean = ptr(bn->running_mean);
-  f.var = ptr(bn->running_var);
+  if (bn->batch()) {  // a folded training norm1: its saved statistics
+    f.mean = ptr(bn->save_mean);
+    f.invstd = ptr(bn->save_invstd);
+  } else {
+    f.mean = ptr(bn->running_mean);
+    f.var = ptr(bn->running_var);
+  }
   f.eps = bn->eps;
   f.on = true;
   f.relu = bn->act == ops::BnAct::Relu;
@@ -312,8 +317,9 @@ FusedCache& fused_cache() {
   return *c;
 }
 
+/// A BatchNorm's part in Auto's key: none 0, eval 1 (2 with its ReLU), the batch form 3 (4).
 int bn_code(const ops::BnEval* bn) {
-  return bn ? (bn->act == ops::BnAct::Relu ? 2 : 1) : 0;
+  return bn ? (bn->act == ops::BnAct::Relu ? 2 : 1) + (bn->batch() ? 2 : 0) : 0;
 }
 
 /// The kernel takes the call: float32, channels within the prologue's shared memory, every index
@@ -724,6 +730,7 @@ struct LaunchWgrad {
   float* dw;
   Device device;
   int chunks_per_split;
+  FusedBn pre{};  // the pointwise form's pre BatchNorm (off: none)
   template <int BK, int BN, int KS>
   void go_wgrad() const {
     const int splits = wgrad_split_count(g, chunks_per_split);
@@ -757,10 +764,10 @@ struct LaunchWgrad {
     out.finish(st);
   }
   // dispatch_wgrad_pw's: the pointwise weight gradient on mma.sync.
-  template <int VEC>
+  template <int VEC, bool PRE>
   void go_wgrad_pw() const {
     static const bool opted_in = [] {  // its 81 KB of shared memory, once
-      CUDA_CHECK(cudaFuncSetAttribute(conv_wgrad_pw_kernel<VEC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      CUDA_CHECK(cudaFuncSetAttribute(conv_wgrad_pw_kernel<VEC, PRE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(sizeof(float)) * kPwSmemFloats));
       return true;
     }();
@@ -769,19 +776,20 @@ struct LaunchWgrad {
     const WgradGrid gr = wgrad_pw_grid(g, splits);
     const cudaStream_t st = static_cast<cudaStream_t>(stream());
     const WgradSplits out(splits, int64_t(g.K) * g.C, dw, device);
-    launch_kernel(conv_wgrad_pw_kernel<VEC>, dim3(gr.x, gr.y, gr.z), kPwThreads,
-                  sizeof(float) * static_cast<size_t>(kPwSmemFloats), st, g, dy, x, chunks_per_split,
+    launch_kernel(conv_wgrad_pw_kernel<VEC, PRE>, dim3(gr.x, gr.y, gr.z), kPwThreads,
+                  sizeof(float) * static_cast<size_t>(kPwSmemFloats), st, g, dy, x, pre, chunks_per_split,
                   out.out());
     CUDA_CHECK_LAUNCH();
     out.finish(st);
   }
 };
 
+/// The weight gradient as `c` says; `pre` (the pointwise form only): x's BatchNorm, applied as it is read.
 void run_wgrad(const FusedConvGeom& g, const float* dy, const float* x, float* dw, Device device,
-               const FusedChoice& c) {
+               const FusedChoice& c, const FusedBn& pre = {}) {
   OpRange range("conv2d_backward_weight", "native-tc");
   if (c.wgrad_pw)
-    dispatch_wgrad_pw(g, LaunchWgrad{g, dy, x, dw, device, c.wg_cps});
+    dispatch_wgrad_pw(g, pre.on, LaunchWgrad{g, dy, x, dw, device, c.wg_cps, pre});
   else if (c.wgrad_halo)
     dispatch_wgrad_halo(c.wh_plan, LaunchWgrad{g, dy, x, dw, device, c.wg_cps});
   else
@@ -946,12 +954,38 @@ bool conv2d_backward_weight_fused(const Tensor& dy, const Tensor& x, int64_t x_i
   return true;
 }
 
+bool conv2d_backward_weight_pre_fused(const Tensor& dy, const Tensor& x, int64_t x_img,
+                                      const ops::Conv2dParams& p, const ops::BnEval& pre, const Tensor& dw,
+                                      const std::function<void()>& library) {
+  const FusedConv mode = fused_conv();
+  if (mode == FusedConv::Off || !tc_applies() || !wgrad_applies(dy, x, dw) || !halo_unchecked_allowed())
+    return false;
+  const FusedConvGeom g = geom_of(x, x_img, dw, p, dy_images_apart(dy));
+  if (!wgrad_pw_takes(g) || !wgrad_pw_aligned(g, dy, x)) return false;
+  std::vector<Tensor> keep;  // contiguous copies of pre's vectors, alive until the launches are queued
+  const FusedBn fpre = fused_bn_of(&pre, keep);
+  auto run = [&](const FusedChoice& c) {
+    run_wgrad(g, dy.data<float>(), x.data<float>(), dw.data<float>(), dw.device(), c, fpre);
+  };
+  FusedChoice choice = wgrad_pw_choice(g, 2);  // On: two blocks per SM
+  if (mode == FusedConv::Auto)
+    choice = auto_choice(
+        fused_key(FusedPass::BackwardWeight, g, {bn_code(&pre)}), "conv2d_backward_weight",
+        [&] { return backward_what(dy, dw, x, p) + " pre " + std::to_string(bn_code(&pre)); },
+        [&] { return std::vector<FusedChoice>{wgrad_pw_choice(g, 1), wgrad_pw_choice(g, 2)}; },
+        [&g](const FusedChoice& c) { return wgrad_name(g, c); }, run, library);
+  if (!choice.fused) return false;
+  run(choice);
+  return true;
+}
+
 bool fused_conv_tensor_cores() {
   return tc_applies();
 }
 
 void conv2d_backward_weight_pw_plan(const Tensor& dy, const Tensor& x, int64_t x_img,
-                                    const ops::Conv2dParams& p, const Tensor& dw, int waves) {
+                                    const ops::Conv2dParams& p, const Tensor& dw, int waves,
+                                    const ops::BnEval* pre) {
   const char* op = "conv2d_backward_weight_pw_plan";
   if (waves < 1) throw std::invalid_argument(std::string(op) + ": waves " + std::to_string(waves) + " < 1");
   if (!tc_applies())
@@ -963,7 +997,9 @@ void conv2d_backward_weight_pw_plan(const Tensor& dy, const Tensor& x, int64_t x
                                 "no padding) with dy and x aligned to its copies; this call: window " +
                                 std::to_string(g.R) + "x" + std::to_string(g.S) + ", stride " +
                                 std::to_string(g.sh) + ", padding " + std::to_string(g.ph));
-  run_wgrad(g, dy.data<float>(), x.data<float>(), dw.data<float>(), dw.device(), wgrad_pw_choice(g, waves));
+  std::vector<Tensor> keep;
+  const FusedBn fpre = fused_bn_of(pre, keep);
+  run_wgrad(g, dy.data<float>(), x.data<float>(), dw.data<float>(), dw.device(), wgrad_pw_choice(g, waves), fpre);
 }
 
 int conv_wgrad_halo_plans() {

@@ -59,11 +59,14 @@ struct FusedConvGeom {
 };
 
 /// An eval BatchNorm as the kernel reads it: contiguous (C) arrays; gamma/beta may be null (1 / 0).
+/// The batch form (ops::BnEval::batch(), a folded training norm1): `invstd` set, `mean` the saved mean,
+/// `var` unused — the coefficients of the training forward's kernels.
 struct FusedBn {
   const float* gamma = nullptr;
   const float* beta = nullptr;
   const float* mean = nullptr;
   const float* var = nullptr;
+  const float* invstd = nullptr;  // the batch form's save_invstd
   double eps = 0.0;
   bool on = false;    // false: no BatchNorm here
   bool relu = false;  // max(., 0) after it
@@ -73,9 +76,16 @@ struct FusedBn {
 /// 3 x 2,048 floats). DenseNet-201's widest prefix is 1,888. Wider inputs run the unfused ops.
 constexpr int kFusedMaxC = 2048;
 
-/// Channel c's coefficients, as bn_eval_plane_kernel derives them.
+/// Channel c's coefficients, as bn_eval_plane_kernel derives them; the batch form's as the training
+/// forward's kernels do (cuda/batchnorm.cu channel_coefs: the saved mean, gamma * save_invstd in float).
 __device__ __forceinline__ void fused_bn_coef(const FusedBn& bn, int c, float& mean, float& scale,
                                               float& shift) {
+  if (bn.invstd) {
+    mean = bn.mean[c];
+    scale = math::bn_train_scale(bn.gamma ? bn.gamma[c] : 1.0f, bn.invstd[c]);
+    shift = bn.beta ? bn.beta[c] : 0.0f;
+    return;
+  }
   const double invstd = 1.0 / ::sqrt(double(bn.var[c]) + bn.eps);
   const double g = bn.gamma ? double(bn.gamma[c]) : 1.0;
   mean = bn.mean[c];

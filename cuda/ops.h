@@ -132,6 +132,16 @@ bool conv2d_backward_input_fused(const Tensor& dy, const Tensor& w, const ops::C
                                  const std::function<void()>& library);
 bool conv2d_backward_weight_fused(const Tensor& dy, const Tensor& x, int64_t x_img, const ops::Conv2dParams& p,
                                   const Tensor& dw, const std::function<void()>& library);
+/// conv2d_backward_weight_fused's form for a pre BatchNorm (x's, applied as the kernel reads it): the
+/// pointwise kernel only (cuda/conv_wgrad_pw.cuh), behind LADNN_HALO_UNCHECKED=1 as its plain form;
+/// `library` runs the map's pass and the plain weight gradient into dw. The same contract.
+bool conv2d_backward_weight_pre_fused(const Tensor& dy, const Tensor& x, int64_t x_img, const ops::Conv2dParams& p,
+                                      const ops::BnEval& pre, const Tensor& dw, const std::function<void()>& library);
+/// ops::conv2d_backward_weight with a pre BatchNorm (checked by the caller): the pointwise kernel applying
+/// pre's map as it reads x (cuda/conv_wgrad_pw.cuh with a prologue) where it takes the call and the switch
+/// (Auto: timed against the map's pass plus the plain weight gradient) picks it; else those two ops.
+Tensor conv2d_backward_weight_pre(const Tensor& dy, const Tensor& x, const Shape& w_shape,
+                                  const ops::Conv2dParams& p, const ops::BnEval& pre);
 /// True when the tensor-core forms can run here: TF32 on (cuda::tf32_enabled()), an sm_80+ GPU, and this
 /// build's kernels compiled for one.
 bool fused_conv_tensor_cores();
@@ -155,8 +165,10 @@ void conv2d_backward_weight_fused_plan(const Tensor& dy, const Tensor& x, int64_
 int conv_wgrad_halo_plans();
 /// cuda/conv_wgrad_pw.cuh's pointwise weight gradient alone (the same gate and use): 1x1 windows of stride
 /// 1 without padding; throws std::invalid_argument naming the call for any other.
+/// `pre` (optional): x's BatchNorm, applied as the kernel reads x (the prologue form).
 void conv2d_backward_weight_pw_plan(const Tensor& dy, const Tensor& x, int64_t x_img,
-                                    const ops::Conv2dParams& p, const Tensor& dw, int waves);
+                                    const ops::Conv2dParams& p, const Tensor& dw, int waves,
+                                    const ops::BnEval* pre = nullptr);
 /// Whether plan `plan` takes a call of these shapes (packed x and dy, aligned), as the hook would.
 bool conv_wgrad_halo_plan_takes(int plan, const Shape& x, const Shape& w, const ops::Conv2dParams& p);
 void conv2d_backward_weight_halo_plan(const Tensor& dy, const Tensor& x, int64_t x_img,
@@ -171,6 +183,16 @@ ops::BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& ga
                                                const Tensor& batch_stats = Tensor(), int64_t fresh = 0);
 /// Native always (one kernel): x's per-channel [mean, biased variance] into out, (C, 2) float64 packed.
 void batch_norm_batch_stats_into(const Tensor& x, const Tensor& out);
+/// ops::batch_norm_record_train: native always — the fresh channels' statistics (as
+/// batch_norm_batch_stats_into), then one thread per channel records save_mean, save_invstd and the
+/// running update as the given-statistics forward's kernels do (the same bits); y undefined.
+ops::BatchNormForward batch_norm_record_train(const Tensor& x, Tensor& running_mean, Tensor& running_var,
+                                              double momentum, double eps, ops::BnAct act,
+                                              const Tensor& batch_stats, int64_t fresh);
+/// ops::batch_norm_map_saved: native always, a block per (n, c) plane, the coefficients as the training
+/// forward's kernels derive them from the saved statistics (mean, math::bn_train_scale, beta).
+Tensor batch_norm_map_saved(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& save_mean,
+                            const Tensor& save_invstd, ops::BnAct act);
 /// ops::bn_avg_pool2d_train in one kernel (BatchNorm given `stats`, (C, 2) float64, the native arithmetic;
 /// the pool's window in the same pass) when LADNN_POOL is native: returns true with `out` filled (y the
 /// pooled map); false (nothing done) otherwise, and the caller composes the two ops.

@@ -234,6 +234,14 @@ bool conv2d_backward_weight_fused(const Tensor&, const Tensor&, int64_t, const o
                                   const std::function<void()>&) {
   no_backend("conv2d_backward_weight");
 }
+bool conv2d_backward_weight_pre_fused(const Tensor&, const Tensor&, int64_t, const ops::Conv2dParams&,
+                                      const ops::BnEval&, const Tensor&, const std::function<void()>&) {
+  no_backend("conv2d_backward_weight");
+}
+Tensor conv2d_backward_weight_pre(const Tensor&, const Tensor&, const Shape&, const ops::Conv2dParams&,
+                                  const ops::BnEval&) {
+  no_backend("conv2d_backward_weight");
+}
 bool fused_conv_tensor_cores() {
   return false;
 }
@@ -249,7 +257,7 @@ void conv2d_backward_weight_fused_plan(const Tensor&, const Tensor&, int64_t, co
   no_backend("conv2d_backward_weight_fused_plan");
 }
 void conv2d_backward_weight_pw_plan(const Tensor&, const Tensor&, int64_t, const ops::Conv2dParams&,
-                                    const Tensor&, int) {
+                                    const Tensor&, int, const ops::BnEval*) {
   no_backend("conv2d_backward_weight_pw_plan");
 }
 int conv_wgrad_halo_plans() {

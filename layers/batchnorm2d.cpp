@@ -33,7 +33,8 @@ Variable BatchNorm2d::forward(const Variable& x) { return run(x, false); }
 Variable BatchNorm2d::forward_relu(const Variable& x) { return run(x, true); }
 
 ops::BnEval BatchNorm2d::eval_params(ops::BnAct act) {
-  return {weight_.tensor(), bias_.tensor(), buffer("running_mean"), buffer("running_var"), eps_, act};
+  return {weight_.tensor(), bias_.tensor(), buffer("running_mean"), buffer("running_var"), eps_, act, Tensor(),
+          Tensor()};
 }
 
 ops::BatchNormForward BatchNorm2d::forward_train(const Tensor& x, ops::BnAct act, const Tensor& batch_stats,
@@ -48,6 +49,19 @@ ops::BatchNormForward BatchNorm2d::forward_train(const Tensor& x, ops::BnAct act
   if (!counted_by_owner_) ops::increment_(buffer("num_batches_tracked"));
   return ops::batch_norm_forward_train(x, weight_.tensor(), bias_.tensor(), buffer("running_mean"),
                                        buffer("running_var"), momentum_, eps_, act, batch_stats, fresh);
+}
+
+ops::BatchNormForward BatchNorm2d::record_train(const Tensor& x, ops::BnAct act, const Tensor& batch_stats,
+                                                int64_t fresh) {
+  check(is_training(), "BatchNorm2d::record_train: the layer is in eval mode");
+  check_input(x.shape());
+  if (recomputing()) {  // as forward_train
+    Tensor no_mean, no_var;
+    return ops::batch_norm_record_train(x, no_mean, no_var, momentum_, eps_, act, batch_stats, fresh);
+  }
+  if (!counted_by_owner_) ops::increment_(buffer("num_batches_tracked"));
+  return ops::batch_norm_record_train(x, buffer("running_mean"), buffer("running_var"), momentum_, eps_, act,
+                                      batch_stats, fresh);
 }
 
 Variable BatchNorm2d::forward_relu_avg_pool(const Variable& x, const ops::Pool2dParams& p,

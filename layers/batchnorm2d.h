@@ -28,6 +28,11 @@ class BatchNorm2d : public Module {
   /// many of x's last channels are not in them yet (computed into them first, ops::batch_norm_forward_train).
   ops::BatchNormForward forward_train(const Tensor& x, ops::BnAct act, const Tensor& batch_stats = Tensor(),
                                       int64_t fresh = 0);
+  /// forward_train given `batch_stats` without the map (ops::batch_norm_record_train): the same
+  /// bookkeeping and saved statistics, y undefined — for a caller that applies the map inside its next
+  /// op, a pre BatchNorm (pre_of), as DenseNet's folded norm1 does.
+  ops::BatchNormForward record_train(const Tensor& x, ops::BnAct act, const Tensor& batch_stats,
+                                     int64_t fresh = 0);
 
   /// Training: avg_pool2d(forward_relu(x), p) as one op (batch_norm_relu_avg_pool2d), with this layer's
   /// bookkeeping; `batch_stats` as there. Needs training mode.

@@ -90,6 +90,13 @@ Tensor conv2d_backward_input(const Tensor& dy, const Tensor& w, const Shape& x_s
                              const Conv2dParams& p);
 Tensor conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_shape,
                               const Conv2dParams& p);
+struct BnEval;  // (below: a BatchNorm as part of a fused convolution)
+/// The weight gradient of conv2d(pre(x)): conv2d_backward_weight(dy, pre's map of x), pre a BnEval (x's
+/// channels; the batch form for a folded norm1). The map is applied as x is read where the GPU's pointwise
+/// kernel takes the call and LADNN_FUSED_CONV picks it; elsewhere it runs as its own pass into a
+/// temporary (the CPU always), then the plain weight gradient.
+Tensor conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_shape, const Conv2dParams& p,
+                              const BnEval& pre);
 /// Sum of dy over N, P, Q -> (K).
 Tensor conv2d_backward_bias(const Tensor& dy);
 
@@ -141,6 +148,20 @@ BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, 
                                           Tensor& running_mean, Tensor& running_var, double momentum,
                                           double eps, BnAct act = BnAct::None,
                                           const Tensor& batch_stats = Tensor(), int64_t fresh = 0);
+/// batch_norm_forward_train given `batch_stats` (and `fresh`, filled in first as there) without its map:
+/// the statistics recorded — save_mean, save_invstd and the running update, the bits of that op's — and
+/// y left undefined (relu_from_x set for act = Relu; gamma and beta play no part). For a BatchNorm whose
+/// map the next op applies as it reads x: a dense layer's norm1 folded into its conv1 (DenseBlock under
+/// LADNN_NORM1_FOLD=1, with conv2d_bn_eval and conv2d_backward_weight given a batch-form BnEval).
+/// x's values are read only for the `fresh` channels.
+BatchNormForward batch_norm_record_train(const Tensor& x, Tensor& running_mean, Tensor& running_var,
+                                         double momentum, double eps, BnAct act, const Tensor& batch_stats,
+                                         int64_t fresh = 0);
+/// Training's map from the statistics a training forward saved: act((x - save_mean) * gamma * save_invstd
+/// + beta) in batch_norm_forward_train's own arithmetic — the bits of its y (the CPU's, or the native GPU
+/// kernels'). x may be a channel prefix (samples contiguous), read in place.
+Tensor batch_norm_map_saved(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& save_mean,
+                            const Tensor& save_invstd, BnAct act);
 /// A training BatchNorm's batch statistics, computed once for several forwards: per channel of x
 /// (N, C, H, W, float32 or float64), its mean and biased variance over the N*H*W values, in double, as
 /// a (C, 2) float64 tensor on x's device, rows [mean, variance]. A dense block's norm1s normalise every
@@ -183,10 +204,16 @@ BatchNormGrads batch_norm_backward_eval(const Tensor& dy, const Tensor& x, const
 /// An eval-mode BatchNorm (running statistics) and what follows it, as a part of a fused op:
 /// act((x - running_mean) / sqrt(running_var + eps) * gamma + beta), batch_norm_forward_eval's values.
 /// gamma / beta may be undefined (1 / 0).
+///
+/// The batch form (save_invstd defined): a training BatchNorm given the statistics its forward recorded
+/// (batch_norm_record_train's save_mean and save_invstd, running_mean and running_var undefined, eps
+/// unused), mapped as batch_norm_map_saved does — a dense layer's norm1 folded into its conv1.
 struct BnEval {
   Tensor gamma, beta, running_mean, running_var;
   double eps = 1e-5;
   BnAct act = BnAct::None;
+  Tensor save_mean, save_invstd;  // the batch form's statistics
+  bool batch() const { return save_invstd.defined(); }
 };
 /// Inference: post(conv2d(pre(x), w)) with no bias, where `pre` (x's C channels) and `post` (the
 /// output's K channels) are eval BatchNorms or null for none — a DenseNet layer is
@@ -195,8 +222,12 @@ struct BnEval {
 /// is what runs on the CPU and, on the GPU, unless cuda::fused_conv() picks the fused kernel
 /// (cuda/fused_conv.cuh): one launch that normalises x as it loads it and the sums before it stores them,
 /// in float32 (no TF32) with its own order of additions. x may be a channel prefix (samples contiguous).
+///
+/// `pre_y` (optional): where the op ran pre's map as a pass of its own (the CPU; on the GPU, the unfused
+/// ops), that map — act(bn(x)), what a backward may keep instead of recomputing it; undefined where a
+/// fused kernel applied it as it read x (or there is no pre).
 Tensor conv2d_bn_eval(const Tensor& x, const BnEval* pre, const Tensor& w, const Conv2dParams& p,
-                      const BnEval* post);
+                      const BnEval* post, Tensor* pre_y = nullptr);
 /// The same written into `out`, with conv2d_forward_into's rules for out (a channel slice of a wider
 /// NCHW tensor is written in place; out must not overlap x or w — the fused kernel reads x while other
 /// blocks write out).

@@ -336,6 +336,57 @@ TEST(BatchNormTest, FreshChannelsAreComputedIntoTheTable) {
                     "must be contiguous");
 }
 
+// A folded norm1 (LADNN_NORM1_FOLD): batch_norm_record_train is batch_norm_forward_train without its map
+// (the same saved statistics, running update and fresh rows, y undefined), and batch_norm_map_saved
+// gives that forward's y from what it saved, bit for bit: with and without the ReLU, both dtypes, x a
+// channel prefix.
+TEST(BatchNormTest, RecordThenMapSavedIsTheTrainingForward) {
+  Generator gen(44);
+  for (DType dt : {DType::Float32, DType::Float64})
+    for (ops::BnAct act : {ops::BnAct::Relu, ops::BnAct::None})
+      for (int64_t fresh : {0, 2}) {
+        SCOPED_TRACE(std::string(dtype_name(dt)) + (act == ops::BnAct::Relu ? " relu" : "") + " fresh " +
+                     std::to_string(fresh));
+        const Tensor wide = Tensor::normal({3, 7, 4, 5}, 0.7, 1.3, gen, dt);
+        const Tensor x = wide.narrow(1, 0, 5);
+        const Tensor gamma = Tensor::uniform({5}, 0.5, 1.5, gen, dt), beta = Tensor::uniform({5}, -0.5, 0.5, gen, dt);
+        Tensor rm1 = Tensor::uniform({5}, -1, 1, gen, dt), rv1 = Tensor::uniform({5}, 0.5, 2, gen, dt);
+        Tensor rm2 = rm1.clone(), rv2 = rv1.clone();
+        const Tensor complete = ops::batch_norm_batch_stats(x);
+        const auto want = ops::batch_norm_forward_train(x, gamma, beta, rm1, rv1, 0.1, 1e-5, act, complete);
+        Tensor table = complete.clone();
+        if (fresh > 0) table.narrow(0, 5 - fresh, fresh).fill_(std::nan(""));
+        const auto got = ops::batch_norm_record_train(x, rm2, rv2, 0.1, 1e-5, act, table, fresh);
+        EXPECT_FALSE(got.y.defined());
+        EXPECT_EQ(got.relu_from_x, want.relu_from_x);
+        EXPECT_EQ(ops::max_abs_diff(table, complete), 0.0) << "the fresh rows";
+        EXPECT_EQ(ops::max_abs_diff(got.save_mean, want.save_mean), 0.0);
+        EXPECT_EQ(ops::max_abs_diff(got.save_invstd, want.save_invstd), 0.0);
+        EXPECT_EQ(ops::max_abs_diff(rm2, rm1), 0.0);
+        EXPECT_EQ(ops::max_abs_diff(rv2, rv1), 0.0);
+        const Tensor y = ops::batch_norm_map_saved(x, gamma, beta, got.save_mean, got.save_invstd, act);
+        EXPECT_EQ(ops::max_abs_diff(y, want.y), 0.0);
+        // Without running statistics (a recomputation), the same saved ones.
+        Tensor none_m, none_v;
+        const auto again = ops::batch_norm_record_train(x, none_m, none_v, 0.1, 1e-5, act, complete);
+        EXPECT_EQ(ops::max_abs_diff(again.save_invstd, want.save_invstd), 0.0);
+      }
+  const Tensor x = Tensor::zeros({2, 3, 4, 4});
+  Tensor c3 = Tensor::ones({3}), rm = Tensor::zeros({3}), rv = Tensor::ones({3});
+  EXPECT_THROW_WITH(ops::batch_norm_record_train(x, rm, rv, 0.1, 1e-5, ops::BnAct::Relu, Tensor()),
+                    "batch_norm_record_train", "batch_stats is undefined");
+  EXPECT_THROW_WITH(ops::batch_norm_record_train(x, rm, rv, 0.1, 1e-5, ops::BnAct::Relu,
+                                                 Tensor::zeros({4, 2}, DType::Float64)),
+                    "batch_norm_record_train", "batch_stats", "(3, 2)", "(4, 2)");
+  EXPECT_THROW_WITH(ops::batch_norm_record_train(x, rm, rv, 0.1, 1e-5, ops::BnAct::Relu,
+                                                 Tensor::zeros({3, 2}, DType::Float64), 4),
+                    "fresh = 4", "is not in [0, 3]");
+  EXPECT_THROW_WITH(ops::batch_norm_map_saved(x, c3, c3, Tensor(), c3, ops::BnAct::Relu), "batch_norm_map_saved",
+                    "save_mean is undefined");
+  EXPECT_THROW_WITH(ops::batch_norm_map_saved(x, c3, c3, c3, Tensor::ones({4}), ops::BnAct::Relu),
+                    "batch_norm_map_saved", "save_invstd", "(3)", "(4)");
+}
+
 TEST(BatchNormTest, GivenBatchStatisticsAreChecked) {
   const Tensor x = Tensor::zeros({2, 3, 4, 4});
   Tensor c3 = Tensor::ones({3}), rm = Tensor::zeros({3}), rv = Tensor::ones({3});

@@ -558,6 +558,54 @@ TEST(ConvBnEval, EqualsTheUnfusedOpsToTheBit) {
   EXPECT_EQ(ops::max_abs_diff(ops::conv2d_bn_eval(x, &pre, w, c.params(), &post), want), 0.0);
 }
 
+// The batch form of the pre BatchNorm (a folded training norm1, LADNN_NORM1_FOLD): conv2d_bn_eval and
+// conv2d_backward_weight with it are the unfolded ops on batch_norm_map_saved's output, to the bit on the
+// CPU; conv2d_bn_eval hands that map out through pre_y (what the dense block keeps for its backward).
+TEST(ConvBnEval, BatchFormIsTheMapThenTheConvolution) {
+  Generator gen(45);
+  for (DType dtype : {DType::Float32, DType::Float64}) {
+    const Case c{2, 6, 5, 5, 4, 1, 1, 1, 1, 0, 0};
+    const Tensor xbuf = Tensor::normal({c.N, 9, c.H, c.W}, 0.3, 1, gen, dtype);
+    const Tensor x = xbuf.narrow(1, 0, c.C);  // a channel prefix
+    const Tensor w = Tensor::normal(c.w_shape(), 0, 0.5, gen, dtype);
+    ops::BnEval pre;
+    pre.gamma = Tensor::uniform({c.C}, 0.5, 1.5, gen, dtype);
+    pre.beta = Tensor::uniform({c.C}, -0.5, 0.5, gen, dtype);
+    pre.act = ops::BnAct::Relu;
+    pre.save_mean = Tensor::uniform({c.C}, -0.2, 0.5, gen, dtype);
+    pre.save_invstd = Tensor::uniform({c.C}, 0.6, 1.4, gen, dtype);
+    const Tensor t = ops::batch_norm_map_saved(x, pre.gamma, pre.beta, pre.save_mean, pre.save_invstd, pre.act);
+    Tensor kept;
+    const Tensor y = ops::conv2d_bn_eval(x, &pre, w, c.params(), nullptr, &kept);
+    EXPECT_EQ(ops::max_abs_diff(y, ops::conv2d_forward(t, w, Tensor(), c.params())), 0.0);
+    ASSERT_TRUE(kept.defined());
+    EXPECT_EQ(ops::max_abs_diff(kept, t), 0.0);
+    Tensor none = Tensor::ones({1});
+    ops::conv2d_bn_eval(x, nullptr, w, c.params(), nullptr, &none);
+    EXPECT_FALSE(none.defined()) << "no pre: no map to hand out";
+    const Tensor dy = Tensor::normal(c.y_shape(), 0, 1, gen, dtype);
+    EXPECT_EQ(ops::max_abs_diff(ops::conv2d_backward_weight(dy, x, c.w_shape(), c.params(), pre),
+                                ops::conv2d_backward_weight(dy, t, c.w_shape(), c.params())),
+              0.0);
+  }
+  // The batch form's own checks: its two vectors, and not both forms at once.
+  const Tensor x = Tensor::normal({1, 4, 5, 5}, 0, 1, gen), w = Tensor::normal({3, 4, 1, 1}, 0, 1, gen);
+  ops::BnEval pre;
+  pre.save_mean = Tensor::zeros({4});
+  pre.save_invstd = Tensor::ones({5});
+  EXPECT_THROW_WITH(ops::conv2d_bn_eval(x, &pre, w, {}, nullptr), "conv2d_bn_eval", "pre save_invstd", "(4)", "(5)");
+  pre.save_invstd = Tensor::ones({4});
+  pre.running_var = Tensor::ones({4});
+  EXPECT_THROW_WITH(ops::conv2d_bn_eval(x, &pre, w, {}, nullptr), "pre has save_invstd (the batch form) and running");
+  pre = ops::BnEval{};
+  pre.running_mean = Tensor::zeros({4});
+  pre.running_var = Tensor::ones({4});
+  pre.save_mean = Tensor::zeros({4});
+  EXPECT_THROW_WITH(ops::conv2d_bn_eval(x, &pre, w, {}, nullptr), "pre has save_mean without save_invstd");
+  EXPECT_THROW_WITH(ops::conv2d_backward_weight(Tensor::zeros({1, 3, 5, 5}), x, {3, 4, 1, 1}, {}, pre),
+                    "conv2d_backward_weight", "save_mean without save_invstd");
+}
+
 TEST(ConvBnEval, ChecksItsArguments) {
   Generator gen(44);
   const Tensor x = Tensor::normal({1, 4, 5, 5}, 0, 1, gen), w = Tensor::normal({3, 4, 1, 1}, 0, 1, gen);

@@ -729,6 +729,38 @@ TEST_P(CudaOpTest, BatchNormGivenBatchStatisticsMatchCpu) {
   }
 }
 
+// A folded norm1 (LADNN_NORM1_FOLD): batch_norm_record_train is the given-statistics forward without its
+// map — the same save_mean, save_invstd, running statistics and fresh table rows, bit for bit — and
+// batch_norm_map_saved gives that forward's y from what it saved, bit for bit, whichever of the native
+// map kernels the mode gives the forward (plane, by channel; under LADNN_BN=cudnn the given forward is
+// native too). x a channel slice read in place; float4 and scalar planes; ReLU or not.
+TEST_P(CudaOpTest, BatchNormRecordThenMapSavedIsTheGivenForward) {
+  Generator gen(112);
+  for (const Shape& full : {Shape{3, 12, 8, 8}, Shape{2, 9, 5, 7}, Shape{4, 40, 7, 7}})
+    for (ops::BnAct act : {ops::BnAct::Relu, ops::BnAct::None}) {
+      SCOPED_TRACE(shape_str(full) + (act == ops::BnAct::Relu ? " relu" : ""));
+      const int64_t C = full[1] - 3, fresh = 2;
+      const Tensor slice = gpu(Tensor::normal(full, 0.5, 2.0, gen)).narrow(1, 1, C);
+      const Tensor g = gpu(Tensor::uniform({C}, 0.5, 1.5, gen)), b = gpu(Tensor::uniform({C}, -0.5, 0.5, gen));
+      const Tensor rm0 = Tensor::normal({C}, 0, 1, gen), rv0 = Tensor::uniform({C}, 0.5, 2, gen);
+      Tensor rm1 = gpu(rm0), rv1 = gpu(rv0), rm2 = gpu(rm0), rv2 = gpu(rv0);
+      const Tensor stats = ops::batch_norm_batch_stats(slice);
+      const auto want = ops::batch_norm_forward_train(slice, g, b, rm1, rv1, 0.1, 1e-5, act, stats);
+      Tensor table = stats.clone();
+      table.narrow(0, C - fresh, fresh).fill_(std::nan(""));
+      const auto got = ops::batch_norm_record_train(slice, rm2, rv2, 0.1, 1e-5, act, table, fresh);
+      EXPECT_FALSE(got.y.defined());
+      EXPECT_EQ(got.relu_from_x, want.relu_from_x);
+      EXPECT_TRUE(gpu_equals("fresh rows", table, stats.to(Device::cpu())));
+      EXPECT_TRUE(gpu_equals("save_mean", got.save_mean, want.save_mean.to(Device::cpu())));
+      EXPECT_TRUE(gpu_equals("save_invstd", got.save_invstd, want.save_invstd.to(Device::cpu())));
+      EXPECT_TRUE(gpu_equals("running_mean", rm2, rm1.to(Device::cpu())));
+      EXPECT_TRUE(gpu_equals("running_var", rv2, rv1.to(Device::cpu())));
+      const Tensor y = ops::batch_norm_map_saved(slice, g, b, got.save_mean, got.save_invstd, act);
+      EXPECT_TRUE(gpu_equals("map from the saved statistics", y, want.y.to(Device::cpu())));
+    }
+}
+
 // gamma, beta and the running statistics as every-other-element views of a longer buffer (the CPU
 // accepts any stride; cuDNN needs contiguous vectors and gets copies, updated back in place). The
 // running statistics must change at the even elements only.

@@ -736,8 +736,13 @@ FusedBn host_fused_bn(const ops::BnEval* bn) {
   if (!bn) return f;
   f.gamma = bn->gamma.defined() ? bn->gamma.data<float>() : nullptr;
   f.beta = bn->beta.defined() ? bn->beta.data<float>() : nullptr;
-  f.mean = bn->running_mean.data<float>();
-  f.var = bn->running_var.data<float>();
+  if (bn->batch()) {  // a folded training norm1's saved statistics
+    f.mean = bn->save_mean.data<float>();
+    f.invstd = bn->save_invstd.data<float>();
+  } else {
+    f.mean = bn->running_mean.data<float>();
+    f.var = bn->running_var.data<float>();
+  }
   f.eps = bn->eps;
   f.on = true;
   f.relu = bn->act == ops::BnAct::Relu;
@@ -1252,6 +1257,7 @@ struct EmulateWgrad {
   const float* x;
   float* dw;
   int chunks_per_split;
+  FusedBn pre{};  // the pointwise form's pre BatchNorm
   /// `kernel(out)` over grid gr (gr.z splits), out dW or with splits a NaN workspace of gr.z slabs of n
   /// floats; then the reduction of the slabs into dW.
   template <class Kernel>
@@ -1284,12 +1290,12 @@ struct EmulateWgrad {
         [&](float* out) { conv_wgrad_halo_kernel<VEC>(g, L, dy, x, chunks_per_split, out); });
   }
   // cuda/conv_wgrad_pw.cuh (shared memory starts NaN)
-  template <int VEC>
+  template <int VEC, bool PRE>
   void go_wgrad_pw() const {
     emu::g_dynamic_smem.assign(static_cast<std::size_t>(kPwSmemFloats),
                                std::numeric_limits<float>::quiet_NaN());
     run(wgrad_pw_grid(g, wgrad_pw_split_count(g, chunks_per_split)), kPwThreads, int64_t(g.K) * g.C,
-        [&](float* out) { conv_wgrad_pw_kernel<VEC>(g, dy, x, chunks_per_split, out); });
+        [&](float* out) { conv_wgrad_pw_kernel<VEC, PRE>(g, dy, x, pre, chunks_per_split, out); });
   }
 };
 
@@ -1559,8 +1565,9 @@ TEST(FusedConvEmulation, PointwiseWeightGradientMatchesFloat64) {
                    ", " + std::to_string(cs.W) + ") K " + std::to_string(cs.K) + " splits " +
                    std::to_string(splits));
       Tensor dw = Tensor::full(w_shape, std::numeric_limits<double>::quiet_NaN());
-      dispatch_wgrad_pw(g, EmulateWgrad{g, dybuf.data<float>() + (slice ? int64_t(P) * Q : 0),
-                                        xbuf.data<float>(), dw.data<float>(), cps});
+      dispatch_wgrad_pw(g, false,
+                        EmulateWgrad{g, dybuf.data<float>() + (slice ? int64_t(P) * Q : 0), xbuf.data<float>(),
+                                     dw.data<float>(), cps});
       ASSERT_TRUE(within_tf32(dw, ref));
       ++runs;
     }
@@ -1587,6 +1594,83 @@ TEST(FusedConvEmulation, PointwiseWeightGradientMatchesFloat64) {
     change(g);
     EXPECT_FALSE(wgrad_pw_takes(g)) << what;
   }
+}
+
+// The pointwise weight gradient with a pre BatchNorm (PRE: a folded norm1's map applied to x as the B
+// fragments are read): the same bits as the kernel without it run on the map's output (math::bn_normalize
+// and bn_relu with fused_bn_coef's coefficients, as the map's kernel computes them), and within TF32 of
+// float64 on the CPU's map (ops::batch_norm_map_saved). The batch form with and without the ReLU, and the
+// eval form; x a channel prefix, C past one 64-column block (the lanes past C hold zero coefficients),
+// stages past the batch (x zero-filled there: its map meets dy's zeros), whole and split.
+TEST(FusedConvEmulation, PointwiseWeightGradientWithPreBatchNorm) {
+  struct Case {
+    int N, C, H, W, K;
+    bool batch, relu;
+  };
+  const Case cases[] = {{3, 70, 4, 4, 130, true, true}, {2, 40, 7, 7, 24, true, false}, {2, 33, 6, 5, 16, false, true}};
+  Generator gen(61);
+  int runs = 0;
+  for (const Case& cs : cases) {
+    ops::Conv2dParams p;
+    const Tensor xbuf = Tensor::normal({cs.N, cs.C + 3, cs.H, cs.W}, 0.5, 1, gen);
+    const Tensor x = xbuf.narrow(1, 0, cs.C);
+    const Tensor dy = Tensor::normal({cs.N, cs.K, cs.H, cs.W}, 0, 1, gen);
+    ops::BnEval pre;
+    pre.gamma = Tensor::uniform({cs.C}, 0.5, 1.5, gen);
+    pre.beta = Tensor::normal({cs.C}, 0, 0.5, gen);
+    pre.act = cs.relu ? ops::BnAct::Relu : ops::BnAct::None;
+    if (cs.batch) {
+      pre.save_mean = Tensor::normal({cs.C}, 0.5, 0.2, gen);
+      pre.save_invstd = Tensor::uniform({cs.C}, 0.7, 1.3, gen);
+    } else {
+      pre.running_mean = Tensor::normal({cs.C}, 0.5, 0.2, gen);
+      pre.running_var = Tensor::uniform({cs.C}, 0.5, 1.5, gen);
+    }
+    const FusedBn fpre = host_fused_bn(&pre);
+    // The map as the GPU's map kernels compute it, packed: what the kernel without PRE reads.
+    Tensor t = Tensor::empty({cs.N, cs.C, cs.H, cs.W});
+    const int64_t hw = int64_t(cs.H) * cs.W;
+    for (int n = 0; n < cs.N; ++n)
+      for (int c = 0; c < cs.C; ++c) {
+        float mean, scale, shift;
+        fused_bn_coef(fpre, c, mean, scale, shift);
+        const float* xp = xbuf.data<float>() + (int64_t(n) * (cs.C + 3) + c) * hw;
+        float* tp = t.data<float>() + (int64_t(n) * cs.C + c) * hw;
+        for (int64_t i = 0; i < hw; ++i) {
+          const float v = math::bn_normalize(xp[i], mean, scale, shift);
+          tp[i] = cs.relu ? math::bn_relu(v) : v;
+        }
+      }
+    // The CPU's map (its own arithmetic, in double) for the float64 reference.
+    const Tensor t_cpu = cs.batch ? ops::batch_norm_map_saved(x, pre.gamma, pre.beta, pre.save_mean, pre.save_invstd, pre.act)
+                                  : ops::batch_norm_forward_eval(x, pre.gamma, pre.beta, pre.running_mean,
+                                                                 pre.running_var, pre.eps, pre.act);
+    const Shape w_shape{cs.K, cs.C, 1, 1};
+    const test::ConvGradReference ref = test::conv_backward_reference(dy, t_cpu, t_cpu.shape(), w_shape, p, true);
+    FusedConvGeom g{};
+    g.N = cs.N, g.C = cs.C, g.H = cs.H, g.W = cs.W, g.K = cs.K, g.R = g.S = 1, g.P = cs.H, g.Q = cs.W;
+    g.sh = g.sw = 1;
+    g.x_img = int64_t(cs.C + 3) * hw;
+    g.y_img = int64_t(cs.K) * hw;
+    FusedConvGeom gt = g;  // the map's output, packed
+    gt.x_img = int64_t(cs.C) * hw;
+    ASSERT_TRUE(wgrad_pw_takes(g));
+    const int chunks = wgrad_pw_chunks(g);
+    for (int cps : {chunks, 1}) {
+      SCOPED_TRACE(std::string(cs.batch ? "batch" : "eval") + (cs.relu ? " relu" : "") + " C " +
+                   std::to_string(cs.C) + " splits " + std::to_string(wgrad_pw_split_count(g, cps)));
+      Tensor dw = Tensor::full(w_shape, std::numeric_limits<double>::quiet_NaN());
+      EmulateWgrad with{g, dy.data<float>(), xbuf.data<float>(), dw.data<float>(), cps, fpre};
+      dispatch_wgrad_pw(g, true, with);
+      ASSERT_TRUE(within_tf32(dw, ref));
+      Tensor dw_map = Tensor::full(w_shape, std::numeric_limits<double>::quiet_NaN());
+      dispatch_wgrad_pw(gt, false, EmulateWgrad{gt, dy.data<float>(), t.data<float>(), dw_map.data<float>(), cps});
+      EXPECT_EQ(ops::max_abs_diff(dw, dw_map), 0.0) << "PRE is not the kernel on the map's output";
+      ++runs;
+    }
+  }
+  EXPECT_EQ(runs, 6);
+  EXPECT_EQ(emu::g_cp_async_misaligned.load(), 0) << "a cp.async from or to a misaligned address";
 }
 
 }  // namespace

@@ -96,6 +96,15 @@ BnDims check_train_forward(const std::string& op, const Tensor& x, const Tensor&
   return d;
 }
 
+// batch_norm_forward_train's `fresh`: the last channels' statistics to compute into batch_stats first.
+void check_fresh(const std::string& op, int64_t fresh, const Tensor& batch_stats, int64_t C) {
+  if (fresh == 0) return;
+  check(batch_stats.defined(), op + ": fresh = " + std::to_string(fresh) + " needs batch_stats to fill");
+  check(fresh > 0 && fresh <= C,
+        op + ": fresh = " + std::to_string(fresh) + " is not in [0, " + std::to_string(C) + "], the input's channels");
+  check(batch_stats.is_contiguous(), op + ": fresh > 0 writes into batch_stats, which must be contiguous");
+}
+
 // Strided read/write access to a (C) vector, or a constant when it is undefined.
 template <typename T>
 struct ChannelVec {
@@ -163,7 +172,7 @@ void forward_train_kernel(const Tensor& x, const Tensor& gamma, const Tensor& be
   const int64_t sN = N > 1 ? x.strides()[0] : C * HW;  // x sample-contiguous (a channel prefix read in place)
   const double n = static_cast<double>(N * HW);
   const T* px = x.data<T>();
-  T* py = out.y.data<T>();
+  T* py = out.y.defined() ? out.y.data<T>() : nullptr;  // undefined: the statistics only (record_train)
   T* pmean = out.save_mean.data<T>();
   T* pinvstd = out.save_invstd.data<T>();
   const ChannelVec<T> g(gamma, 1.0), b(beta, 0.0), rm(running_mean, 0.0), rv(running_var, 0.0);
@@ -179,7 +188,7 @@ void forward_train_kernel(const Tensor& x, const Tensor& gamma, const Tensor& be
     // the saved (T-rounded) statistics, so that a backward can redo the ReLU's decisions from x with
     // the same arithmetic (relu_scale_shift; BnReluFromX).
     const auto [scale, shift] = relu_scale_shift(g.get(c), b.get(c), static_cast<T>(mean), static_cast<T>(invstd));
-    for (int64_t i = 0; i < N; ++i) {
+    for (int64_t i = 0; py && i < N; ++i) {
       const T* xp = px + i * sN + c * HW;
       T* yp = py + (i * C + c) * HW;
       for (int64_t k = 0; k < HW; ++k) yp[k] = activate<T>(xp[k] * scale + shift, relu);
@@ -342,12 +351,7 @@ BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, 
                                           double eps, BnAct act, const Tensor& batch_stats, int64_t fresh) {
   const std::string op = "batch_norm_forward_train";
   const BnDims d = check_train_forward(op, x, gamma, beta, running_mean, running_var, batch_stats);
-  if (fresh != 0) {
-    check(batch_stats.defined(), op + ": fresh = " + std::to_string(fresh) + " needs batch_stats to fill");
-    check(fresh > 0 && fresh <= d.C, op + ": fresh = " + std::to_string(fresh) + " is not in [0, " +
-                                         std::to_string(d.C) + "], the input's channels");
-    check(batch_stats.is_contiguous(), op + ": fresh > 0 writes into batch_stats, which must be contiguous");
-  }
+  check_fresh(op, fresh, batch_stats, d.C);
   if (x.device().is_cuda())
     return cuda::batch_norm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps, act,
                                           batch_stats, fresh);
@@ -364,6 +368,31 @@ BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, 
   else
     forward_train_kernel<double>(xc, gamma, beta, running_mean, running_var, momentum, eps,
                                  act == BnAct::Relu, batch_stats, out);
+  return out;
+}
+
+BatchNormForward batch_norm_record_train(const Tensor& x, Tensor& running_mean, Tensor& running_var, double momentum,
+                                         double eps, BnAct act, const Tensor& batch_stats, int64_t fresh) {
+  const std::string op = "batch_norm_record_train";
+  check(batch_stats.defined(), op + ": batch_stats is undefined (the op records given statistics; "
+                                    "batch_norm_forward_train reduces x itself)");
+  const BnDims d = check_train_forward(op, x, Tensor(), Tensor(), running_mean, running_var, batch_stats);
+  check_fresh(op, fresh, batch_stats, d.C);
+  if (x.device().is_cuda())
+    return cuda::batch_norm_record_train(x, running_mean, running_var, momentum, eps, act, batch_stats, fresh);
+  if (fresh > 0)
+    batch_norm_batch_stats_into(x.narrow(1, d.C - fresh, fresh), batch_stats.narrow(0, d.C - fresh, fresh));
+  const Shape c_shape{d.C};
+  // y undefined: forward_train_kernel records the statistics and maps nothing.
+  BatchNormForward out{Tensor(), Tensor::empty(c_shape, x.dtype(), x.device()),
+                       Tensor::empty(c_shape, x.dtype(), x.device()), act == BnAct::Relu};
+  // (x's values are not read: the statistics are given)
+  if (x.dtype() == DType::Float32)
+    forward_train_kernel<float>(x, Tensor(), Tensor(), running_mean, running_var, momentum, eps, false,
+                                batch_stats, out);
+  else
+    forward_train_kernel<double>(x, Tensor(), Tensor(), running_mean, running_var, momentum, eps, false,
+                                 batch_stats, out);
   return out;
 }
 
@@ -501,6 +530,44 @@ Tensor batch_norm_forward_eval(const Tensor& x, const Tensor& gamma, const Tenso
     forward_eval_kernel<float>(xc, gamma, beta, running_mean, running_var, eps, act == BnAct::Relu, y);
   else
     forward_eval_kernel<double>(xc, gamma, beta, running_mean, running_var, eps, act == BnAct::Relu, y);
+  return y;
+}
+
+Tensor batch_norm_map_saved(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& save_mean,
+                            const Tensor& save_invstd, BnAct act) {
+  const std::string op = "batch_norm_map_saved";
+  check_bn_input(op, x);
+  check_channel_vector(op, "gamma", gamma, x, false);
+  check_channel_vector(op, "beta", beta, x, false);
+  check_channel_vector(op, "save_mean", save_mean, x, true);
+  check_channel_vector(op, "save_invstd", save_invstd, x, true);
+  if (x.device().is_cuda()) return cuda::batch_norm_map_saved(x, gamma, beta, save_mean, save_invstd, act);
+  const Tensor xc = sample_contiguous(x) ? x : x.contiguous();
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  auto run = [&](auto zero) {
+    using T = decltype(zero);
+    const int64_t N = xc.size(0), C = xc.size(1), HW = xc.size(2) * xc.size(3);
+    const int64_t sN = N > 1 ? xc.strides()[0] : C * HW;
+    const T* px = xc.data<T>();
+    T* py = y.data<T>();
+    const ChannelVec<T> g(gamma, 1.0), b(beta, 0.0), m(save_mean, 0.0), is(save_invstd, 0.0);
+    const bool relu = act == BnAct::Relu;
+#pragma omp parallel for schedule(static) if (N * C * HW >= kParallelMin)
+    for (int64_t c = 0; c < C; ++c) {
+      // The forward's scale and shift from the same stored values (relu_scale_shift): its bits.
+      const auto [scale, shift] =
+          relu_scale_shift(g.get(c), b.get(c), static_cast<T>(m.get(c)), static_cast<T>(is.get(c)));
+      for (int64_t i = 0; i < N; ++i) {
+        const T* xp = px + i * sN + c * HW;
+        T* yp = py + (i * C + c) * HW;
+        for (int64_t k = 0; k < HW; ++k) yp[k] = activate<T>(xp[k] * scale + shift, relu);
+      }
+    }
+  };
+  if (x.dtype() == DType::Float32)
+    run(0.0f);
+  else
+    run(0.0);
   return y;
 }
 

@@ -768,6 +768,14 @@ Tensor conv2d_backward_bias(const Tensor& dy) {
 
 // ---- convolution with its BatchNorms (inference) ------------------------------------------------------
 
+namespace {
+/// bn's map of x as its own op: the eval BatchNorm, or the batch form's batch_norm_map_saved.
+Tensor bn_eval_of(const Tensor& x, const BnEval& bn) {
+  if (bn.batch()) return batch_norm_map_saved(x, bn.gamma, bn.beta, bn.save_mean, bn.save_invstd, bn.act);
+  return batch_norm_forward_eval(x, bn.gamma, bn.beta, bn.running_mean, bn.running_var, bn.eps, bn.act);
+}
+}  // namespace
+
 void check_bn_eval(const std::string& op, const char* where, const BnEval& bn, int64_t channels, const Tensor& x) {
   auto vec = [&](const char* name, const Tensor& t, bool optional) {
     const std::string what = std::string(where) + " " + name;
@@ -781,6 +789,14 @@ void check_bn_eval(const std::string& op, const char* where, const BnEval& bn, i
   };
   vec("gamma", bn.gamma, true);
   vec("beta", bn.beta, true);
+  if (bn.batch()) {  // a training BatchNorm given its recorded statistics
+    check(!bn.running_mean.defined() && !bn.running_var.defined(),
+          op + ": " + where + " has save_invstd (the batch form) and running statistics: one or the other");
+    vec("save_mean", bn.save_mean, false);
+    vec("save_invstd", bn.save_invstd, false);
+    return;
+  }
+  check(!bn.save_mean.defined(), op + ": " + where + " has save_mean without save_invstd");
   vec("running_mean", bn.running_mean, false);
   vec("running_var", bn.running_var, false);
   check(bn.eps >= 0, op + ": " + where + " eps must be >= 0, got " + std::to_string(bn.eps));
@@ -796,14 +812,12 @@ ConvGeom check_bn_eval_conv(const std::string& op, const Tensor& x, const BnEval
   return g;
 }
 
-Tensor bn_eval_of(const Tensor& x, const BnEval& bn) {
-  return batch_norm_forward_eval(x, bn.gamma, bn.beta, bn.running_mean, bn.running_var, bn.eps, bn.act);
-}
-
-/// The unfused ops: pre's BatchNorm, the convolution, post's BatchNorm (into `out` when defined).
+/// The unfused ops: pre's BatchNorm, the convolution, post's BatchNorm (into `out` when defined); pre's
+/// map into *pre_y when asked.
 Tensor bn_eval_conv_unfused(const Tensor& x, const BnEval* pre, const Tensor& w, const Conv2dParams& p,
-                            const BnEval* post, const Tensor& out) {
+                            const BnEval* post, const Tensor& out, Tensor* pre_y = nullptr) {
   const Tensor t = pre ? bn_eval_of(x, *pre) : x;
+  if (pre && pre_y) *pre_y = t;
   if (out.defined() && !post) {
     conv2d_forward_into(t, w, Tensor(), p, out);
     return out;
@@ -828,12 +842,29 @@ bool fused_on_gpu(ConvGeom g, const Tensor& x, const BnEval* pre, const Tensor& 
 }  // namespace
 
 Tensor conv2d_bn_eval(const Tensor& x, const BnEval* pre, const Tensor& w, const Conv2dParams& p,
-                      const BnEval* post) {
+                      const BnEval* post, Tensor* pre_y) {
   const std::string op = "conv2d_bn_eval";
   const ConvGeom g = check_bn_eval_conv(op, x, pre, w, p, post);
+  if (pre_y) *pre_y = Tensor();
   Tensor y;
   if (shape_numel(g.y_shape()) > 0 && fused_on_gpu(g, x, pre, w, p, post, y, g.K * g.pq())) return y;
-  return bn_eval_conv_unfused(x, pre, w, p, post, Tensor());
+  return bn_eval_conv_unfused(x, pre, w, p, post, Tensor(), pre_y);
+}
+
+Tensor conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_shape, const Conv2dParams& p,
+                              const BnEval& pre) {
+  const std::string op = "conv2d_backward_weight";
+  check_operand(op, "input", x);
+  check(x.dim() == 4, op + ": input must be 4-D (N, C, H, W), got " + shape_str(x.shape()));
+  check_bn_eval(op, "pre", pre, x.size(1), x);
+  if (x.device().is_cuda()) {
+    check_operand(op, "grad_output", dy);
+    check_same_dtype(op, "grad_output", dy, "input", x);
+    const ConvGeom g = conv_geometry(op, x.shape(), w_shape, p);
+    check_grad_output(op, dy, g, x.shape(), w_shape);
+    return cuda::conv2d_backward_weight_pre(dy, x, w_shape, p, pre);
+  }
+  return conv2d_backward_weight(dy, bn_eval_of(x, pre), w_shape, p);
 }
 
 void conv2d_bn_eval_into(const Tensor& x, const BnEval* pre, const Tensor& w, const Conv2dParams& p,
