@@ -116,6 +116,15 @@ BnKernel parse_bn_kernel(const std::string& value, const char* where);
 bool programmatic_launch();
 void set_programmatic_launch(bool on);
 
+/// A training dense layer's norm1-ReLU folded into its conv1 (LADNN_NORM1_FOLD=1; off by default until a
+/// GPU run has measured it): the norm1 records its statistics only (ops::batch_norm_record_train), and
+/// conv1's forward and weight gradient take the map as a pre BatchNorm (ops::conv2d_bn_eval,
+/// ops::conv2d_backward_weight with a batch-form BnEval) — on the GPU, where Auto picks our kernels, the
+/// normalised prefix is never written. The same values on the CPU, bit for bit; a model-level switch
+/// (models/densenet.cpp reads it), here beside the others so that --variants can set it.
+bool fold_norm1();
+void set_fold_norm1(bool on);
+
 /// LADNN_CUDNN_LOG=1 (read once): print each choice made by timing — cuDNN's algorithm search, the
 /// cuBLAS/cuDNN pointwise choice, LADNN_FUSED_CONV=auto's — to stderr.
 bool log_choices();
@@ -123,7 +132,7 @@ bool log_choices();
 /// Every switch's value at once (from the environment where a switch was not read yet), to restore later:
 /// what `ladnn bench --variants` changes for a row and puts back.
 struct SwitchSnapshot {
-  int impl[4], tf32, deterministic, conv1x1, graph_plan, fused_conv, bn_kernel, pdl;
+  int impl[4], tf32, deterministic, conv1x1, graph_plan, fused_conv, bn_kernel, pdl, fold;
 };
 SwitchSnapshot save_switches();
 void restore_switches(const SwitchSnapshot& s);

@@ -33,6 +33,7 @@ std::atomic<int> g_graph_plan{kUnread};
 std::atomic<int> g_fused_conv{kUnread};
 std::atomic<int> g_bn_kernel{kUnread};
 std::atomic<int> g_pdl{kUnread};
+std::atomic<int> g_fold{kUnread};
 
 int index_of(Family f) {
   return static_cast<int>(f);
@@ -272,6 +273,14 @@ void set_programmatic_launch(bool on) {
   g_pdl.store(on ? 1 : 0);
 }
 
+bool fold_norm1() {
+  return read_once(g_fold, [] { return env_switch("LADNN_NORM1_FOLD", 0); }) == 1;
+}
+
+void set_fold_norm1(bool on) {
+  g_fold.store(on ? 1 : 0);
+}
+
 bool log_choices() {
   static const bool on = [] {
     const char* v = std::getenv("LADNN_CUDNN_LOG");
@@ -291,6 +300,7 @@ SwitchSnapshot save_switches() {
   s.fused_conv = static_cast<int>(fused_conv());
   s.bn_kernel = static_cast<int>(bn_kernel());
   s.pdl = programmatic_launch() ? 1 : 0;
+  s.fold = fold_norm1() ? 1 : 0;
   return s;
 }
 
@@ -303,6 +313,7 @@ void restore_switches(const SwitchSnapshot& s) {
   g_fused_conv.store(s.fused_conv);
   g_bn_kernel.store(s.bn_kernel);
   g_pdl.store(s.pdl);
+  g_fold.store(s.fold);
 }
 
 void set_switch(const std::string& name, const std::string& value) {
@@ -313,14 +324,15 @@ void set_switch(const std::string& name, const std::string& value) {
     return set_deterministic(parse_on_off("LADNN_DETERMINISTIC", value) == 1);
   if (name == "LADNN_GRAPH_PLAN") return set_graph_memory_plan(parse_on_off("LADNN_GRAPH_PLAN", value) == 1);
   if (name == "LADNN_PDL") return set_programmatic_launch(parse_on_off("LADNN_PDL", value) == 1);
+  if (name == "LADNN_NORM1_FOLD") return set_fold_norm1(parse_on_off("LADNN_NORM1_FOLD", value) == 1);
   if (name == kConv1x1.env) return set_conv1x1(parse_mode(kConv1x1, value, kConv1x1.env));
   if (name == kFusedConv.env) return set_fused_conv(parse_mode(kFusedConv, value, kFusedConv.env));
   if (name == kBnKernel.env) return set_bn_kernel(parse_mode(kBnKernel, value, kBnKernel.env));
   throw std::invalid_argument(
       "\"" + name +
       "\" is not a switch; use LADNN_CONV, LADNN_BN, LADNN_POOL, LADNN_GEMM, LADNN_TF32, "
-      "LADNN_DETERMINISTIC, LADNN_GRAPH_PLAN, LADNN_PDL, LADNN_CONV1X1, LADNN_FUSED_CONV or "
-      "LADNN_BN_KERNEL");
+      "LADNN_DETERMINISTIC, LADNN_GRAPH_PLAN, LADNN_PDL, LADNN_NORM1_FOLD, LADNN_CONV1X1, LADNN_FUSED_CONV "
+      "or LADNN_BN_KERNEL");
 }
 
 void apply_switch_set(const SwitchSet& set) {
@@ -386,6 +398,8 @@ std::string describe_switches() {
           [] { return std::string(graph_memory_plan() ? "on" : "off"); });
   guarded("pdl", "LADNN_PDL; default off: programmatic dependent launch of our kernels (sm_90+)",
           [] { return std::string(programmatic_launch() ? "on" : "off"); });
+  guarded("norm1-fold", "LADNN_NORM1_FOLD; default off: a training dense layer's norm1-ReLU applied inside conv1",
+          [] { return std::string(fold_norm1() ? "on" : "off"); });
   guarded("tf32", "LADNN_TF32; default on", [] { return std::string(tf32_enabled() ? "on" : "off"); });
   guarded("deterministic", "LADNN_DETERMINISTIC; default off",
           [] { return std::string(deterministic() ? "on" : "off"); });

@@ -6,6 +6,7 @@
 
 #include "autograd/checkpoint.h"
 #include "autograd/functions.h"
+#include "cuda/context.h"
 #include "layers/activation.h"
 #include "layers/pool.h"
 
@@ -176,6 +177,20 @@ bool DenseBlock::dropout_free() const {
 // (take_output_stats) for its BatchNorm.
 // Over DenseNet-169's 82 norm1s that is one pass over ~48 MB of prefixes per sample fewer per step (once
 // more when memory-efficient), for one more read of each layer's growth channels.
+namespace {
+/// A folded norm1 (LADNN_NORM1_FOLD) as conv1's pre BatchNorm: its map with the statistics its forward
+/// recorded (the batch form of ops::BnEval) — the values the unfolded norm1 writes.
+ops::BnEval folded_pre(const Tensor& gamma, const Tensor& beta, const ops::BatchNormForward& n1) {
+  ops::BnEval pre;
+  pre.gamma = gamma;
+  pre.beta = beta;
+  pre.act = ops::BnAct::Relu;
+  pre.save_mean = n1.save_mean;
+  pre.save_invstd = n1.save_invstd;
+  return pre;
+}
+}  // namespace
+
 Variable DenseBlock::forward_training(const Variable& x) {
   const Tensor& in = x.tensor();
   check(in.dim() == 4, "DenseBlock: input must be (N, C, H, W), got " + shape_str(in.shape()));
@@ -191,7 +206,12 @@ Variable DenseBlock::forward_training(const Variable& x) {
     Tensor b;
   };
   const bool keep = !memory_efficient_;
-  auto saved = std::make_shared<std::vector<Saved>>(keep ? L : 0);
+  // Folded (LADNN_NORM1_FOLD=1): norm1 records its statistics and conv1 applies its map as it reads the
+  // prefix. Where a pass of its own made the map (the CPU; the GPU's library path) it is kept as before;
+  // where our kernel normalised on the fly there is none, and the backward's conv1 weight gradient applies
+  // the map again from the saved statistics (kept even when memory-efficient: two vectors a layer).
+  const bool fold = cuda::fold_norm1();
+  auto saved = std::make_shared<std::vector<Saved>>(keep || fold ? L : 0);
   struct Params {
     Tensor g1, be1, w1, g2, be2, w2;
     double eps1, eps2;
@@ -204,17 +224,29 @@ Variable DenseBlock::forward_training(const Variable& x) {
     const int64_t c = c0 + l * g;
     // The previous layer's g new channels are not in the table yet: this norm1 computes their rows first
     // (fresh), in the same kernel as its map where that takes a block per channel.
-    ops::BatchNormForward n1 = layer.norm1().forward_train(block.narrow(1, 0, c), ops::BnAct::Relu,
-                                                           stats.narrow(0, 0, c), l > 0 ? g : 0);
-    // The forward convolutions as conv2d_bn_eval without BatchNorms: plain convolutions (the same ops on
-    // the CPU, and on the GPU unless LADNN_FUSED_CONV=auto finds our kernel faster for the shape).
-    Tensor b = ops::conv2d_bn_eval(n1.y, nullptr, layer.conv1().weight().tensor(), layer.conv1().params(), nullptr);
+    const Tensor prefix = block.narrow(1, 0, c);
+    ops::BatchNormForward n1;
+    Tensor b;
+    if (fold) {
+      n1 = layer.norm1().record_train(prefix, ops::BnAct::Relu, stats.narrow(0, 0, c), l > 0 ? g : 0);
+      const ops::BnEval pre = folded_pre(layer.norm1().weight().tensor(), layer.norm1().bias().tensor(), n1);
+      b = ops::conv2d_bn_eval(prefix, &pre, layer.conv1().weight().tensor(), layer.conv1().params(), nullptr,
+                              keep ? &n1.y : nullptr);
+    } else {
+      n1 = layer.norm1().forward_train(prefix, ops::BnAct::Relu, stats.narrow(0, 0, c), l > 0 ? g : 0);
+      // The forward convolutions as conv2d_bn_eval without BatchNorms: plain convolutions (the same ops on
+      // the CPU, and on the GPU unless LADNN_FUSED_CONV=auto finds our kernel faster for the shape).
+      b = ops::conv2d_bn_eval(n1.y, nullptr, layer.conv1().weight().tensor(), layer.conv1().params(), nullptr);
+    }
     ops::BatchNormForward n2 = layer.norm2().forward_train(b, ops::BnAct::Relu);
     ops::conv2d_bn_eval_into(n2.y, nullptr, layer.conv2().weight().tensor(), layer.conv2().params(), nullptr,
                              block.narrow(1, c, g));
     if (l == L - 1)  // the last layer's new channels: for the transition's BatchNorm (take_output_stats)
       ops::batch_norm_batch_stats_into(block.narrow(1, c, g), stats.narrow(0, c, g));
-    if (keep) (*saved)[l] = {std::move(n1), std::move(n2), std::move(b)};
+    if (keep)
+      (*saved)[l] = {std::move(n1), std::move(n2), std::move(b)};
+    else if (fold)
+      (*saved)[l].n1 = std::move(n1);  // the statistics; no map
     params.push_back({layer.norm1().weight().tensor(), layer.norm1().bias().tensor(),
                       layer.conv1().weight().tensor(), layer.norm2().weight().tensor(),
                       layer.norm2().bias().tensor(), layer.conv2().weight().tensor(), layer.norm1().eps(),
@@ -227,7 +259,7 @@ Variable DenseBlock::forward_training(const Variable& x) {
   output_stats_ = stats;
   return Variable::from_op(
       block, std::move(inputs),
-      [block, stats, saved, params, c0, g, L, keep](const Tensor& dblock, const std::vector<bool>& needs) {
+      [block, stats, saved, params, c0, g, L, keep, fold](const Tensor& dblock, const std::vector<bool>& needs) {
         std::vector<Tensor> grads(1 + 6 * static_cast<std::size_t>(L));
         // Ours to accumulate into: the output's gradient itself when nothing else can see it (as in a
         // training step: one block-sized copy fewer), else a copy.
@@ -245,9 +277,15 @@ Variable DenseBlock::forward_training(const Variable& x) {
             n2 = (*saved)[l].n2;
             b = (*saved)[l].b;
           } else {
-            n1 = ops::batch_norm_forward_train(prefix, p.g1, p.be1, none_mean, none_var, 0.0, p.eps1,
-                                               ops::BnAct::Relu, stats.narrow(0, 0, c));
-            b = ops::conv2d_bn_eval(n1.y, nullptr, p.w1, p.p1, nullptr);  // as the forward ran it
+            if (fold) {  // the statistics kept, the map applied again inside conv1
+              n1 = (*saved)[l].n1;
+              const ops::BnEval pre = folded_pre(p.g1, p.be1, n1);
+              b = ops::conv2d_bn_eval(prefix, &pre, p.w1, p.p1, nullptr);
+            } else {
+              n1 = ops::batch_norm_forward_train(prefix, p.g1, p.be1, none_mean, none_var, 0.0, p.eps1,
+                                                 ops::BnAct::Relu, stats.narrow(0, 0, c));
+              b = ops::conv2d_bn_eval(n1.y, nullptr, p.w1, p.p1, nullptr);  // as the forward ran it
+            }
             n2 = ops::batch_norm_forward_train(b, p.g2, p.be2, none_mean, none_var, 0.0, p.eps2, ops::BnAct::Relu);
           }
           // Both conv2 passes read the output gradient in place: each image's g channels are one packed
@@ -266,8 +304,11 @@ Variable DenseBlock::forward_training(const Variable& x) {
             if (needs[k + 4]) grads[k + 4] = std::move(bn2.dbeta);
             db = std::move(bn2.dx);
           }
-          if (needs[k + 2]) grads[k + 2] = ops::conv2d_backward_weight(db, n1.y, p.w1.shape(), p.p1);
-          const Tensor dt = ops::conv2d_backward_input(db, p.w1, n1.y.shape(), p.p1);
+          if (needs[k + 2])  // folded without a kept map: the weight gradient applies it to the prefix
+            grads[k + 2] = n1.y.defined() ? ops::conv2d_backward_weight(db, n1.y, p.w1.shape(), p.p1)
+                                          : ops::conv2d_backward_weight(db, prefix, p.w1.shape(), p.p1,
+                                                                        folded_pre(p.g1, p.be1, n1));
+          const Tensor dt = ops::conv2d_backward_input(db, p.w1, prefix.shape(), p.p1);
           db = Tensor();
           // dx goes straight into G's first c channels (added by the backward's last pass), and the
           // ReLU's mask is recomputed from the prefix it reads anyway instead of read from t (two

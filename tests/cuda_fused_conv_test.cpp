@@ -487,19 +487,26 @@ TEST(CudaFusedConv, DenseNetInferenceMatchesTheCpu) {
 // (our SIMT kernel at every shape) and Auto (whatever it times faster), plain and memory-efficient (whose
 // backward recomputes the forward through the same op): one SGD step against the CPU; and under each, an
 // eager step, a capture and two replays against three eager steps (no shape is first seen in the capture).
+// Each also with the norm1s folded into conv1 (LADNN_NORM1_FOLD=1: the batch-form pre BatchNorm through
+// the fused kernel's prologue, the statistics recorded by their own kernel, the map applied again for the
+// weight gradient where it is not kept).
 TEST(CudaFusedConv, TrainingStepsThroughTheOpMatchTheCpuAndReplay) {
   LADNN_REQUIRE_GPU();
+  SwitchesScope switches;
   Tf32Scope tf32(false);
   DeterministicScope deterministic;
   Generator gen(67);
   const test::LadnnBatches batches = test::random_ladnn_batches(3, gen);
   const test::LadnnBatch &cb = batches.cpu, &gb = batches.gpu;
   const auto step = test::sgd_step;
+  for (bool fold : {false, true})
   for (cuda::FusedConv mode : {cuda::FusedConv::On, cuda::FusedConv::Auto}) {
     FusedScope fused(mode);
+    cuda::set_fold_norm1(fold);
     cuda::reset_fused_conv_choices();
     for (bool efficient : {false, true}) {
-      SCOPED_TRACE(std::string(cuda::fused_conv_name(mode)) + (efficient ? ", memory-efficient" : ", plain"));
+      SCOPED_TRACE(std::string(cuda::fused_conv_name(mode)) + (efficient ? ", memory-efficient" : ", plain") +
+                   (fold ? ", norm1 folded" : ""));
       auto cpu = test::tiny_ladnn(12, efficient, Device::cpu()),
            gpu = test::tiny_ladnn(12, efficient, Device::cuda());
       SGD opt_c(cpu->parameters(), 0.05, 0.9), opt_g(gpu->parameters(), 0.05, 0.9);
@@ -520,7 +527,8 @@ TEST(CudaFusedConv, TrainingStepsThroughTheOpMatchTheCpuAndReplay) {
                                 Tol{1e-4, 0}));
     }
     test::expect_replayed_steps_match_eager(13, /*eager_memory_efficient=*/false,
-                                            /*graphed_memory_efficient=*/true, gb, cuda::fused_conv_name(mode));
+                                            /*graphed_memory_efficient=*/true, gb,
+                                            std::string(cuda::fused_conv_name(mode)) + (fold ? ", folded" : ""));
   }
 }
 

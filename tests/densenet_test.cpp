@@ -18,6 +18,7 @@
 #include <functional>
 
 #include "autograd/functions.h"
+#include "cuda/context.h"
 #include "models/densenet.h"
 #include "models/ladnn.h"
 #include "tensor/ops.h"
@@ -233,6 +234,31 @@ TEST(DenseNet, EachTrainingForwardCountsEveryBatchNormOnce) {
   }
 }
 
+namespace {
+/// Two training forwards of the same module from the same weights, compared: the outputs ya, yb within
+/// tol_y; after backpropagating sum(y * r) through each, the inputs' gradients and every parameter's
+/// within tol_grad; every buffer (running statistics, counters) exactly. 0: the same bits.
+void expect_same_training(const Variable& ya, const Variable& yb, const Variable& xa, const Variable& xb,
+                          const Tensor& r, Module& a, Module& b, double tol_y, double tol_grad) {
+  ASSERT_EQ(ya.shape(), yb.shape());
+  EXPECT_LE(ops::max_abs_diff(ya.tensor(), yb.tensor()), tol_y) << "output";
+  sum(mul(ya, Variable(r))).backward();
+  sum(mul(yb, Variable(r))).backward();
+  EXPECT_LE(ops::max_abs_diff(xa.grad(), xb.grad()), tol_grad) << "input gradient";
+  const auto pa = a.named_parameters(), pb = b.named_parameters();
+  ASSERT_EQ(pa.size(), pb.size());
+  for (size_t i = 0; i < pa.size(); ++i) {
+    ASSERT_TRUE(pa[i].second.has_grad() && pb[i].second.has_grad()) << pa[i].first;
+    EXPECT_LE(ops::max_abs_diff(pa[i].second.grad(), pb[i].second.grad()), tol_grad) << pa[i].first;
+  }
+  const auto ba = a.named_buffers(), bb = b.named_buffers();
+  ASSERT_EQ(ba.size(), bb.size());
+  for (size_t i = 0; i < ba.size(); ++i)
+    EXPECT_EQ(ops::max_abs_diff(ba[i].second.to(DType::Float64), bb[i].second.to(DType::Float64)), 0.0)
+        << ba[i].first;
+}
+}  // namespace
+
 // Training runs a dense block as one op over one buffer with a hand-written backward (DenseBlock's
 // forward_training). It must equal torchvision's form — each layer on the concatenation of all earlier
 // maps, recorded op by op by autograd — in values, the input's gradient, every parameter's gradient and
@@ -256,20 +282,7 @@ TEST(DenseBlock, OneOpTrainingEqualsTheConcatenatingLayers) {
       for (const auto& [name, child] : b.named_children())
         features.push_back(std::dynamic_pointer_cast<DenseLayer>(child)->forward_features(features));
       const Variable yb = cat(features, 1);
-      EXPECT_LE(ops::max_abs_diff(ya.tensor(), yb.tensor()), 1e-13);
-      sum(mul(ya, Variable(r))).backward();
-      sum(mul(yb, Variable(r))).backward();
-      EXPECT_LE(ops::max_abs_diff(xa.grad(), xb.grad()), 1e-12) << "input gradient";
-      const auto pa = a.named_parameters(), pb = b.named_parameters();
-      ASSERT_EQ(pa.size(), pb.size());
-      for (size_t i = 0; i < pa.size(); ++i) {
-        ASSERT_TRUE(pa[i].second.has_grad()) << pa[i].first;
-        EXPECT_LE(ops::max_abs_diff(pa[i].second.grad(), pb[i].second.grad()), 1e-12) << pa[i].first;
-      }
-      const auto ba = a.named_buffers(), bb = b.named_buffers();
-      for (size_t i = 0; i < ba.size(); ++i)
-        EXPECT_EQ(ops::max_abs_diff(ba[i].second.to(DType::Float64), bb[i].second.to(DType::Float64)), 0.0)
-            << ba[i].first;
+      expect_same_training(ya, yb, xa, xb, r, a, b, 1e-13, 1e-12);
     }
 }
 
@@ -330,6 +343,39 @@ TEST(DenseBlock, OneOpTrainingKeepsNoConcatenations) {
       << "one op keeps " << one_op << ", layered " << layered;
 }
 
+// LADNN_NORM1_FOLD=1: each layer's norm1 records its statistics and conv1 applies its map (conv2d_bn_eval
+// with the batch-form pre; the conv1 weight gradient with it too where the map is not kept). On the CPU the
+// ops run the same arithmetic in the same order, so the folded block gives the unfolded one's output,
+// gradients and running statistics bit for bit — plain (the map kept from the forward) and
+// memory-efficient (the statistics kept, the map applied again by conv1's forward and weight gradient).
+// The switch is read when the forward runs; the backward follows what its forward did.
+TEST(DenseBlock, FoldedNorm1GivesTheUnfoldedBits) {
+  const cuda::SwitchSnapshot saved = cuda::save_switches();
+  for (DType dt : {DType::Float32, DType::Float64})
+    for (bool efficient : {false, true})
+      for (int64_t n : {1, 3}) {
+        SCOPED_TRACE(std::string(dtype_name(dt)) + (efficient ? " memory-efficient" : " plain") + " batch " +
+                     std::to_string(n));
+        Generator g1(27), g2(27), gx(28);
+        DenseBlock a(3, 8, 2, 4, 0.0, g1), b(3, 8, 2, 4, 0.0, g2);
+        for (DenseBlock* m : {&a, &b}) {
+          m->to(dt);
+          m->train();
+          m->set_memory_efficient(efficient);
+        }
+        const Tensor x0 = Tensor::normal({n, 8, 6, 5}, 0.3, 1.0, gx, dt);
+        const Tensor r = Tensor::normal({n, 8 + 3 * 4, 6, 5}, 0, 1, gx, dt);
+        Variable xa(x0.clone(), true), xb(x0.clone(), true);
+        cuda::set_fold_norm1(false);
+        const Variable ya = a.forward(xa);
+        cuda::set_fold_norm1(true);
+        const Variable yb = b.forward(xb);
+        cuda::set_fold_norm1(false);  // (the backward does what its forward did)
+        expect_same_training(ya, yb, xa, xb, r, a, b, 0.0, 0.0);
+      }
+  cuda::restore_switches(saved);
+}
+
 // A transition in training runs its norm, ReLU and pool as one op (batch_norm_relu_avg_pool2d). It must
 // equal torchvision's order of separate ops — norm-relu, pool, conv (the pool before the conv, as in
 // inference) — in values, every gradient and the running statistics, bit for bit on the CPU; and a
@@ -358,19 +404,7 @@ TEST(Transition, TrainingEqualsTheSeparateOps) {
       ASSERT_TRUE(norm && conv);
       ops::Pool2dParams pool;
       const Variable yb = (*conv)(avg_pool2d(norm->forward_relu(xb), pool));
-      ASSERT_EQ(ya.shape(), yb.shape());
-      EXPECT_EQ(ops::max_abs_diff(ya.tensor(), yb.tensor()), 0.0);
-      sum(mul(ya, Variable(r))).backward();
-      sum(mul(yb, Variable(r))).backward();
-      EXPECT_EQ(ops::max_abs_diff(xa.grad(), xb.grad()), 0.0) << "input gradient";
-      const auto pa = a.named_parameters(), pb = b.named_parameters();
-      ASSERT_EQ(pa.size(), pb.size());
-      for (size_t i = 0; i < pa.size(); ++i)
-        EXPECT_EQ(ops::max_abs_diff(pa[i].second.grad(), pb[i].second.grad()), 0.0) << pa[i].first;
-      const auto ba = a.named_buffers(), bb = b.named_buffers();
-      for (size_t i = 0; i < ba.size(); ++i)
-        EXPECT_EQ(ops::max_abs_diff(ba[i].second.to(DType::Float64), bb[i].second.to(DType::Float64)), 0.0)
-            << ba[i].first;
+      expect_same_training(ya, yb, xa, xb, r, a, b, 0.0, 0.0);
     }
 }
 
