@@ -4,7 +4,8 @@
 With LADNN_CUDNN_LOG=1, Auto prints one line per forward shape it times:
   ladnn: conv2d_bn_eval x (N, C, H, W) w (K, C, R, S) pre P post Q: ours (ms) <name> <ms> ...;
          library <ms> ms -> ours <name> | library
-(`pre`/`post`: 0 no BatchNorm, 1 BatchNorm, 2 BatchNorm-ReLU). This script takes the inference calls of
+(`pre`/`post`: 0 no BatchNorm, 1 BatchNorm, 2 BatchNorm-ReLU; 3 and 4 the same given a training forward's
+saved statistics, a folded norm1). This script takes the inference calls of
 one batch size from such a log (`ladnn bench` output, e.g. device-check's ladnn_bench.log), and prints
 each group's chosen time times its layer count:
 - the bottleneck 1x1s (norm1-ReLU, conv, norm2-ReLU: pre 2 post 2), one shape per layer;
@@ -26,7 +27,10 @@ per layer of their block, every other shape once: shapes that coincide, such as 
 growth 3x3s' weight gradients: the chosen time, the library's, and the fastest wmma ("tc") and halo forms,
 and the 1x1s' per map size: the sums of the chosen, the library's and the fastest pw (mma.sync) times.
 
-  python3 tools/auto_breakdown.py ladnn_bench.log --batch 64 --training [-v]
+  python3 tools/auto_breakdown.py ladnn_bench.log --batch 64 --training [-v] [--fold]
+
+With --fold, conv1's lines with a folded norm1 (LADNN_NORM1_FOLD=1: "pre 4", the forward and the weight
+gradient; a bench --variants row times them) stand in for the plain ones of the same shape.
 """
 import argparse
 import collections
@@ -46,7 +50,7 @@ PASSES = {"conv2d_bn_eval": "forward", "conv2d_forward": "forward", "conv2d_back
 def training(a, layers):
     """--training: each (pass, shape)'s chosen time at a.batch, from the lines that offer ours (their
     choice) or else the library's own line (cuDNN or cuBLAS, whichever it chose)."""
-    chosen, library_only, details = {}, {}, {}
+    chosen, library_only, details, folded_chosen = {}, {}, {}, {}
     with open(a.log, errors="replace") as f:
         for line in f:
             line = line.strip()
@@ -60,7 +64,13 @@ def training(a, layers):
             k, _c2, r, _s = map(int, mw.groups())
             if n != a.batch:
                 continue
-            if op == "conv2d_bn_eval" and not re.search(r"pre 0 post 0", line):
+            # A folded norm1 (LADNN_NORM1_FOLD=1): conv1's forward and weight gradient with the batch form of
+            # the pre BatchNorm, "pre 3" or "pre 4". With --fold they replace the plain lines of the same
+            # shape; without, they are left out.
+            folded = bool(re.search(r" pre [34]\b", line))
+            if folded and not a.fold:
+                continue
+            if op == "conv2d_bn_eval" and not (re.search(r"pre 0 post 0", line) or (folded and "post 0" in line)):
                 continue  # inference's fused BatchNorms
             stride = re.search(r"stride (\d+)x", line)
             key = (PASSES[op], r, h, c, k, int(stride.group(1)) if stride else 1)
@@ -72,7 +82,9 @@ def training(a, layers):
                     ours[words[i]] = min(float(words[i + 1]), ours.get(words[i], float("inf")))
                 library = float(re.search(r"library ([0-9.]+) ms", line).group(1))
                 name = choice.split()[-1]
-                chosen[key] = library if choice.startswith("lib") else ours[name]
+                (folded_chosen if folded else chosen)[key] = library if choice.startswith("lib") else ours[name]
+                if folded:
+                    continue
                 best = lambda pre: min(((v, n_) for n_, v in ours.items() if n_.startswith(pre)),
                                        default=(float("nan"), "-"))
                 details[key] = (chosen[key], library, best("tc"), best("halo"), choice, best("pw"))
@@ -83,6 +95,7 @@ def training(a, layers):
                     library_only[key] = float(t.group(1))
     for key, t in library_only.items():
         chosen.setdefault(key, t)
+    chosen.update(folded_chosen)
     if not chosen:
         sys.exit(f"{a.log}: no convolution choice lines at batch {a.batch} (run with LADNN_CUDNN_LOG=1)")
     sizes = sorted({key[2] for key in chosen if key[1] == 3 and key[4] == a.growth}, reverse=True)
@@ -133,6 +146,8 @@ def main():
     ap.add_argument("--layers", default="6,12,32,32", help="dense layers per block, first block first")
     ap.add_argument("--growth", type=int, default=32, help="the growth rate (the 3x3s' output channels)")
     ap.add_argument("--training", action="store_true", help="a training step's three passes")
+    ap.add_argument("--fold", action="store_true",
+                    help="with --training: conv1's folded-norm1 lines (LADNN_NORM1_FOLD=1) instead of the plain ones")
     ap.add_argument("-v", action="store_true")
     a = ap.parse_args()
     layers = [int(v) for v in a.layers.split(",")]

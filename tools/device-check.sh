@@ -425,5 +425,9 @@ if grep -q '^ladnn: conv2d' "$OUTDIR/ladnn_bench.log" 2>/dev/null && command -v 
   echo
   python3 tools/auto_breakdown.py "$OUTDIR/ladnn_bench.log" --batch 32 2>&1 | tail -6
   python3 tools/auto_breakdown.py "$OUTDIR/ladnn_bench.log" --batch 64 --training -v 2>&1 | tail -40
+  if grep -q ' pre 4' "$OUTDIR/ladnn_bench.log"; then  # a LADNN_NORM1_FOLD=1 variant ran: conv1 folded
+    echo "(norm1 folded into conv1, LADNN_NORM1_FOLD=1:)"
+    python3 tools/auto_breakdown.py "$OUTDIR/ladnn_bench.log" --batch 64 --training --fold 2>&1 | tail -12
+  fi
 fi
 section "done"
