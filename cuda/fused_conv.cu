@@ -787,6 +787,9 @@ struct LaunchWgrad {
 /// The weight gradient as `c` says; `pre` (the pointwise form only): x's BatchNorm, applied as it is read.
 void run_wgrad(const FusedConvGeom& g, const float* dy, const float* x, float* dw, Device device,
                const FusedChoice& c, const FusedBn& pre = {}) {
+  if (pre.on && !c.wgrad_pw)  // (only the pointwise form has a prologue; no caller asks another for one)
+    throw Error("conv2d_backward_weight: a pre BatchNorm is applied by the pointwise form only, not by " +
+                std::string(c.wgrad_halo ? "the halo form" : "the wmma form"));
   OpRange range("conv2d_backward_weight", "native-tc");
   if (c.wgrad_pw)
     dispatch_wgrad_pw(g, pre.on, LaunchWgrad{g, dy, x, dw, device, c.wg_cps, pre});

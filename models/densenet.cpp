@@ -280,7 +280,8 @@ Variable DenseBlock::forward_training(const Variable& x) {
             if (fold) {  // the statistics kept, the map applied again inside conv1
               n1 = (*saved)[l].n1;
               const ops::BnEval pre = folded_pre(p.g1, p.be1, n1);
-              b = ops::conv2d_bn_eval(prefix, &pre, p.w1, p.p1, nullptr);
+              // (the map, where a pass of its own made it, for the weight gradient below: not made twice)
+              b = ops::conv2d_bn_eval(prefix, &pre, p.w1, p.p1, nullptr, &n1.y);
             } else {
               n1 = ops::batch_norm_forward_train(prefix, p.g1, p.be1, none_mean, none_var, 0.0, p.eps1,
                                                  ops::BnAct::Relu, stats.narrow(0, 0, c));

@@ -249,6 +249,10 @@ TEST(PoolTest, BatchNormReluAvgPoolEvalIsTheTwoOpsAndChecksItsInput) {
   bad = bn;
   bad.running_mean = Tensor::zeros({3}, DType::Float64);
   EXPECT_THROW_WITH(ops::bn_avg_pool2d_eval(x, bad, p), "bn running_mean is float64 but input is float32");
+  bad = ops::BnEval{};
+  bad.save_mean = Tensor::zeros({3});
+  bad.save_invstd = Tensor::ones({3});
+  EXPECT_THROW_WITH(ops::bn_avg_pool2d_eval(x, bad, p), "bn_avg_pool2d_eval: bn is the batch form");
   EXPECT_THROW_WITH(ops::bn_avg_pool2d_eval(x.view({2, 3, 30}), bn, p), "bn_avg_pool2d_eval", "must be 4-D");
   EXPECT_THROW_WITH(ops::bn_avg_pool2d_eval(x, bn, make(7, 1, 0)), "bn_avg_pool2d_eval");
 }
