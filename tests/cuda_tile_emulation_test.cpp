@@ -977,6 +977,70 @@ TEST(FusedConvEmulation, TensorCorePlansMatchFloat64) {
   EXPECT_EQ(nvcuda::wmma::g_misuse.load(), 0) << "a wmma call with a misaligned tile pointer, ldm or layout";
 }
 
+// The batch form of the pre BatchNorm (a folded training norm1: the saved mean, gamma * save_invstd,
+// beta — fused_bn_coef's batch branch) through every forward form that takes a pointwise convolution with
+// a pre: SIMT, wmma and mma.sync tiles, with a post BatchNorm, give the bits of the same plan run without
+// pre on the map's output (math::bn_normalize, bn_relu with the training kernels' coefficients: the map
+// kernel's arithmetic), x a channel prefix.
+TEST(FusedConvEmulation, BatchFormPreIsThePlanOnTheMap) {
+  Generator gen(62);
+  int runs = 0;
+  for (const int C : {40, 37}) {  // 16-byte copies of x (C % 4 == 0 on a 4x4 plane) and 4-byte ones
+    const int N = 2, H = C == 40 ? 4 : 5, W = H, K = 33, hw = H * W;
+    const PrefixConv c = prefix_conv(N, C, H, W, K, 1, 1, 1, 0, 3, gen);
+    ops::BnEval pre;
+    pre.gamma = Tensor::uniform({C}, 0.5, 1.5, gen);
+    pre.beta = Tensor::normal({C}, 0, 0.5, gen);
+    pre.act = ops::BnAct::Relu;
+    pre.save_mean = Tensor::normal({C}, 0.2, 0.3, gen);
+    pre.save_invstd = Tensor::uniform({C}, 0.6, 1.4, gen);
+    const FusedBn fpre = host_fused_bn(&pre);
+    const ops::BnEval post = test::random_bn_eval(K, ops::BnAct::Relu, gen, DType::Float32, false);
+    Tensor t = Tensor::empty({N, C, H, W});  // the map, packed
+    for (int n = 0; n < N; ++n)
+      for (int ch = 0; ch < C; ++ch) {
+        // The training map's coefficients, as cuda/batchnorm.cu's channel_coefs derives them.
+        const float mean = pre.save_mean.data<float>()[ch], shift = pre.beta.data<float>()[ch];
+        const float scale = math::bn_train_scale(pre.gamma.data<float>()[ch], pre.save_invstd.data<float>()[ch]);
+        const float* xp = c.xbuf.data<float>() + (int64_t(n) * (C + 3) + ch) * hw;
+        float* tp = t.data<float>() + (int64_t(n) * C + ch) * hw;
+        for (int i = 0; i < hw; ++i) tp[i] = math::bn_relu(math::bn_normalize(xp[i], mean, scale, shift));
+      }
+    FusedConvGeom gt = c.g;  // the plan without pre reads the packed map
+    gt.x_img = int64_t(C) * hw;
+    {
+      const ops::BnEval* qp = &post;
+      const FusedBn fpost = host_fused_bn(qp);
+      // Runs `go(geometry, x, pre, y)` folded (x the prefix, the batch form) and on the map; the same bits.
+      auto same = [&](const std::string& what, const std::function<void(const FusedConvGeom&, const float*,
+                                                                       const FusedBn&, float*)>& go) {
+        const SliceOut folded = slice_out(c.g), on_map = slice_out(c.g);
+        go(c.g, c.xbuf.data<float>(), fpre, folded.out.data<float>());
+        go(gt, t.data<float>(), FusedBn{}, on_map.out.data<float>());
+        EXPECT_EQ(ops::max_abs_diff(folded.ybuf, on_map.ybuf), 0.0)
+            << what << ", C " << C;
+        ++runs;
+      };
+      for (const FusedPlan& plan : kFusedPlans)
+        same("SIMT", [&](const FusedConvGeom& g, const float* x, const FusedBn& bn, float* y) {
+          emulate_fused(plan, g, x, c.w.data<float>(), bn, fpost, y);
+        });
+      for (const TcPlan& plan : kTcPlans)
+        same("wmma", [&](const FusedConvGeom& g, const float* x, const FusedBn& bn, float* y) {
+          dispatch_fused_tc(plan, EmulateFused{{g, x, c.w.data<float>(), bn, fpost, y, 0}});
+        });
+      for (const MmaPlan& plan : kMmaPlans)
+        same("mma", [&](const FusedConvGeom& g, const float* x, const FusedBn& bn, float* y) {
+          EmulateFused run{{g, x, c.w.data<float>(), bn, fpost, y, 0}};
+          run.x16 = hw % 4 == 0 && g.x_img % 4 == 0;
+          run.w16 = C % 4 == 0;
+          dispatch_fused_mma(plan, run);
+        });
+    }
+  }
+  EXPECT_EQ(runs, 2 * int(std::size(kFusedPlans) + std::size(kTcPlans) + std::size(kMmaPlans)));
+}
+
 // The mma.sync kernel (cuda/fused_conv_mma.cuh) against float64, every tile at both depths (16 and 32
 // values a stage), whole and split (`cps` stages of 16 a split, half as many of 32). Pointwise: 4-byte copies
 // (C % 4 != 0, a 5x5 plane) and 16-byte ones (C % 4 == 0, 4x4 and 8x8 planes), K under one 128-row tile and
