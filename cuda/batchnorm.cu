@@ -408,21 +408,24 @@ __global__ void bn_eval_plane_kernel(const float* __restrict__ x, int64_t sN, fl
 }
 
 // Training's map from the statistics its forward saved (ops::batch_norm_map_saved), a block per plane as
-// bn_eval_plane_kernel: channel c's coefficients are channel_coefs' read back — save_mean, bn_train_scale of
+// bn_eval_plane_kernel (or per channel, below): channel c's coefficients are channel_coefs' read back — save_mean, bn_train_scale of
 // gamma and save_invstd (mask_of, the backward's recomputation of the ReLU's decisions), beta — so the
 // values are the given-statistics forward's bits.
+__device__ __forceinline__ NormCoefs saved_coefs(const MaskSource& saved, const ChanPtr& save_mean, int64_t c) {
+  const math::BnMaskFromX k = mask_of(saved, c);
+  return {save_mean.p[c * save_mean.stride], k.scale, k.shift};
+}
 template <int VEC, bool RELU>
 __global__ void bn_saved_plane_kernel(const float* __restrict__ x, int64_t sN, float* __restrict__ y, int64_t planes,
                                       int64_t C, int64_t HW, MaskSource saved, ChanPtr save_mean) {
   pdl_enter();
   for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
     const int64_t c = plane % C, n = plane / C;
-    const math::BnMaskFromX k = mask_of(saved, c);
-    const float mean = save_mean.p[c * save_mean.stride];
+    const NormCoefs k = saved_coefs(saved, save_mean, c);
     const float* xp = x + n * sN + c * HW;
     float* yp = y + plane * HW;
     for (int64_t i = threadIdx.x * int64_t(VEC); i < HW; i += int64_t(blockDim.x) * VEC)
-      normalize_values<VEC, RELU>(xp + i, yp + i, mean, k.scale, k.shift);
+      normalize_values<VEC, RELU>(xp + i, yp + i, k.mean, k.scale, k.shift);
   }
 }
 
@@ -476,6 +479,15 @@ __global__ void bn_eval_by_channel_kernel(const float* __restrict__ x, int64_t s
   for (int64_t c = blockIdx.x; c < C; c += gridDim.x)
     normalize_channel<VEC, RELU>(x, sN, y, c, N, C, HW,
                                  eval_coefs(c, eps, gamma, beta, running_mean, running_var));
+}
+
+// bn_saved_plane_kernel's map with a block per channel (bn_planes_by_channel), as bn_eval_by_channel_kernel.
+template <int VEC, bool RELU>
+__global__ void bn_saved_by_channel_kernel(const float* __restrict__ x, int64_t sN, float* __restrict__ y,
+                                           int64_t N, int64_t C, int64_t HW, MaskSource saved, ChanPtr save_mean) {
+  pdl_enter();
+  for (int64_t c = blockIdx.x; c < C; c += gridDim.x)
+    normalize_channel<VEC, RELU>(x, sN, y, c, N, C, HW, saved_coefs(saved, save_mean, c));
 }
 
 // The training forward given the batch statistics (stats: (C, 2) float64 [mean, var] per channel, of n
@@ -1745,10 +1757,16 @@ Tensor batch_norm_map_saved(const Tensor& x_in, const Tensor& gamma, const Tenso
   const MaskSource saved{true, chan(gamma), chan(beta), chan(save_invstd)};
   with_vec_flag(planes_vec(x, y, g), relu, [&](auto v, auto r) {
     constexpr int VEC = decltype(v)::value;
-    const PlaneLaunch l = plane_launch<VEC>(g);
-    launch_kernel(bn_saved_plane_kernel<VEC, decltype(r)::value>, l.blocks, l.threads, 0, cur_stream(),
-                  x.data<float>(), sample_stride(x, g), y.data<float>(), l.planes, g.C, g.HW, saved,
-                  chan(save_mean));
+    constexpr bool RELU = decltype(r)::value;
+    if (by_channel(g)) {  // small planes: a block per channel, as the given forward's map
+      const ChannelLaunch l = channel_launch(g);
+      launch_kernel(bn_saved_by_channel_kernel<VEC, RELU>, l.blocks, l.threads, 0, cur_stream(), x.data<float>(),
+                    sample_stride(x, g), y.data<float>(), g.N, g.C, g.HW, saved, chan(save_mean));
+    } else {
+      const PlaneLaunch l = plane_launch<VEC>(g);
+      launch_kernel(bn_saved_plane_kernel<VEC, RELU>, l.blocks, l.threads, 0, cur_stream(), x.data<float>(),
+                    sample_stride(x, g), y.data<float>(), l.planes, g.C, g.HW, saved, chan(save_mean));
+    }
     CUDA_CHECK_LAUNCH();
   });
   return y;

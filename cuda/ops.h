@@ -189,7 +189,8 @@ void batch_norm_batch_stats_into(const Tensor& x, const Tensor& out);
 ops::BatchNormForward batch_norm_record_train(const Tensor& x, Tensor& running_mean, Tensor& running_var,
                                               double momentum, double eps, ops::BnAct act,
                                               const Tensor& batch_stats, int64_t fresh);
-/// ops::batch_norm_map_saved: native always, a block per (n, c) plane, the coefficients as the training
+/// ops::batch_norm_map_saved: native always, a block per (n, c) plane (per channel for small planes, as the
+/// given-statistics forward's map), the coefficients as the training
 /// forward's kernels derive them from the saved statistics (mean, math::bn_train_scale, beta).
 Tensor batch_norm_map_saved(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& save_mean,
                             const Tensor& save_invstd, ops::BnAct act);
