@@ -211,7 +211,9 @@ Variable DenseBlock::forward_training(const Variable& x) {
   // where our kernel normalised on the fly there is none, and the backward's conv1 weight gradient applies
   // the map again from the saved statistics (kept even when memory-efficient: two vectors a layer).
   const bool fold = cuda::fold_norm1();
-  auto saved = std::make_shared<std::vector<Saved>>(keep || fold ? L : 0);
+  // Memory-efficient, each layer still keeps norm2's statistics (two vectors of bn_size * growth): the
+  // recomputation maps b with them (batch_norm_map_saved, the forward's bits) instead of reducing b again.
+  auto saved = std::make_shared<std::vector<Saved>>(L);
   struct Params {
     Tensor g1, be1, w1, g2, be2, w2;
     double eps1, eps2;
@@ -243,10 +245,12 @@ Variable DenseBlock::forward_training(const Variable& x) {
                              block.narrow(1, c, g));
     if (l == L - 1)  // the last layer's new channels: for the transition's BatchNorm (take_output_stats)
       ops::batch_norm_batch_stats_into(block.narrow(1, c, g), stats.narrow(0, c, g));
-    if (keep)
+    if (keep) {
       (*saved)[l] = {std::move(n1), std::move(n2), std::move(b)};
-    else if (fold)
-      (*saved)[l].n1 = std::move(n1);  // the statistics; no map
+    } else {  // the statistics; no maps
+      if (fold) (*saved)[l].n1 = std::move(n1);
+      (*saved)[l].n2 = {Tensor(), n2.save_mean, n2.save_invstd, n2.relu_from_x};
+    }
     params.push_back({layer.norm1().weight().tensor(), layer.norm1().bias().tensor(),
                       layer.conv1().weight().tensor(), layer.norm2().weight().tensor(),
                       layer.norm2().bias().tensor(), layer.conv2().weight().tensor(), layer.norm1().eps(),
@@ -287,7 +291,11 @@ Variable DenseBlock::forward_training(const Variable& x) {
                                                  ops::BnAct::Relu, stats.narrow(0, 0, c));
               b = ops::conv2d_bn_eval(n1.y, nullptr, p.w1, p.p1, nullptr);  // as the forward ran it
             }
-            n2 = ops::batch_norm_forward_train(b, p.g2, p.be2, none_mean, none_var, 0.0, p.eps2, ops::BnAct::Relu);
+            n2 = (*saved)[l].n2;
+            if (n2.relu_from_x)  // the native arithmetic (and the CPU's): the map from the kept statistics
+              n2.y = ops::batch_norm_map_saved(b, p.g2, p.be2, n2.save_mean, n2.save_invstd, ops::BnAct::Relu);
+            else  // (cuDNN's forward: its own arithmetic again)
+              n2 = ops::batch_norm_forward_train(b, p.g2, p.be2, none_mean, none_var, 0.0, p.eps2, ops::BnAct::Relu);
           }
           // Both conv2 passes read the output gradient in place: each image's g channels are one packed
           // block, images (c0 + L*g)*H*W apart, which the convolutions take (cuDNN's descriptors, our

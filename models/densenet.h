@@ -84,9 +84,10 @@ class DenseLayer : public Module {
 /// the block's output is allocated once, each layer reads the channel prefix written so far and its
 /// 3x3 convolution writes its growth_rate channels after it, in place. Training runs the whole block
 /// as one autograd op whose backward accumulates into one gradient buffer (densenet.cpp); with
-/// memory_efficient it keeps nothing per layer and recomputes. Same values and gradients; none of the
-/// O(L^2) concatenation copies or gradient additions. Any other forward that records a graph (eval
-/// with gradients: Grad-CAM; dropout) concatenates before each layer, as torchvision.
+/// memory_efficient it keeps no map per layer (only its BatchNorms' statistics) and recomputes. Same
+/// values and gradients; none of the O(L^2) concatenation copies or gradient additions. Any other
+/// forward that records a graph (eval with gradients: Grad-CAM; dropout) concatenates before each layer,
+/// as torchvision.
 class DenseBlock : public Module {
  public:
   DenseBlock(int64_t num_layers, int64_t num_input_features, int64_t bn_size, int64_t growth_rate,

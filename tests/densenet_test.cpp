@@ -376,6 +376,31 @@ TEST(DenseBlock, FoldedNorm1GivesTheUnfoldedBits) {
   cuda::restore_switches(saved);
 }
 
+// Memory-efficient, the block's backward recomputes each layer's maps and bottleneck from what it kept —
+// the statistics table, norm2's saved statistics (and, folded, norm1's) — with the forward's own ops:
+// the plain block's output, gradients and running statistics, bit for bit on the CPU, folded or not.
+TEST(DenseBlock, MemoryEfficientGivesThePlainBits) {
+  const cuda::SwitchSnapshot saved = cuda::save_switches();
+  for (DType dt : {DType::Float32, DType::Float64})
+    for (bool fold : {false, true}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + (fold ? ", norm1 folded" : ""));
+      cuda::set_fold_norm1(fold);
+      Generator g1(29), g2(29), gx(30);
+      DenseBlock a(3, 8, 2, 4, 0.0, g1), b(3, 8, 2, 4, 0.0, g2);
+      for (DenseBlock* m : {&a, &b}) {
+        m->to(dt);
+        m->train();
+      }
+      b.set_memory_efficient(true);
+      const Tensor x0 = Tensor::normal({3, 8, 6, 5}, 0.3, 1.0, gx, dt);
+      const Tensor r = Tensor::normal({3, 8 + 3 * 4, 6, 5}, 0, 1, gx, dt);
+      Variable xa(x0.clone(), true), xb(x0.clone(), true);
+      const Variable ya = a.forward(xa), yb = b.forward(xb);
+      expect_same_training(ya, yb, xa, xb, r, a, b, 0.0, 0.0);
+    }
+  cuda::restore_switches(saved);
+}
+
 // A transition in training runs its norm, ReLU and pool as one op (batch_norm_relu_avg_pool2d). It must
 // equal torchvision's order of separate ops — norm-relu, pool, conv (the pool before the conv, as in
 // inference) — in values, every gradient and the running statistics, bit for bit on the CPU; and a
