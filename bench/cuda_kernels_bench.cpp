@@ -418,8 +418,10 @@ void bench_conv_mma(benchmark::State& state, ConvShape s, int plan, int cps) {
 
 // Our mma.sync weight gradients alone, split for `waves` blocks per SM, beside conv_bwd_weight/cudnn/...
 // (dy and x packed, as those rows have them): a 1x1 row on cuda/conv_wgrad_pw.cuh, a 3x3 row on
-// cuda/conv_wgrad_halo.cuh in its plan `plan` (kWgradHaloPlans).
-void bench_wgrad_mma(benchmark::State& state, ConvShape s, int plan, int waves) {
+// cuda/conv_wgrad_halo.cuh in its plan `plan` (kWgradHaloPlans). `pre` (1x1 only): x through a folded
+// norm1's BatchNorm-ReLU in the kernel's prologue (the batch form of ops::BnEval, LADNN_NORM1_FOLD),
+// the row to read beside the plain one: what the prologue costs.
+void bench_wgrad_mma(benchmark::State& state, ConvShape s, int plan, int waves, bool pre) {
   guarded(state, [&] {
     if (skipped_without_tensor_cores(state)) return;
     const ops::Conv2dParams p = params_of(s);
@@ -429,10 +431,18 @@ void bench_wgrad_mma(benchmark::State& state, ConvShape s, int plan, int waves) 
     const Tensor dw = Tensor::empty(ws, ladnn::DType::Float32, Device::cuda());
     const double flops = 2.0 * double(kBatch * s.K * s.C * s.R * s.R * ys[2] * ys[3]);
     const int64_t x_img = s.C * s.H * s.H;
+    ops::BnEval bn;
+    if (pre) {
+      bn.gamma = random_gpu({s.C}, 21);
+      bn.beta = random_gpu({s.C}, 22);
+      bn.save_mean = random_gpu({s.C}, 23);
+      bn.save_invstd = ops::add_scalar(random_gpu({s.C}, 24), 2.0);
+      bn.act = ops::BnAct::Relu;
+    }
     run_timed(state,
               [&] {
                 if (s.R == 1)
-                  cuda::conv2d_backward_weight_pw_plan(dy, x, x_img, p, dw, waves);
+                  cuda::conv2d_backward_weight_pw_plan(dy, x, x_img, p, dw, waves, pre ? &bn : nullptr);
                 else
                   cuda::conv2d_backward_weight_halo_plan(dy, x, x_img, p, dw, plan, waves);
               },
@@ -734,14 +744,16 @@ void register_all() {
     for (int waves : {1, 2}) {
       const std::string tail = "/w" + std::to_string(waves);
       if (s.R == 1 && cuda::conv_backward_plans(true) > 0)
-        configure(benchmark::RegisterBenchmark(("conv_bwd_weight/native-pw/" + conv_name(s) + tail).c_str(),
-                                               bench_wgrad_mma, s, 0, waves));
+        for (bool pre : {false, true})
+          configure(benchmark::RegisterBenchmark(
+              ((pre ? "conv_bwd_weight/native-pw-pre/" : "conv_bwd_weight/native-pw/") + conv_name(s) + tail).c_str(),
+              bench_wgrad_mma, s, 0, waves, pre));
       for (int plan = 0; plan < cuda::conv_wgrad_halo_plans(); ++plan)
         if (cuda::conv_wgrad_halo_plan_takes(plan, {kBatch, s.C, s.H, s.H}, {s.K, s.C, s.R, s.R},
                                              params_of(s)))
           configure(benchmark::RegisterBenchmark(
               ("conv_bwd_weight/native-halo/" + conv_name(s) + "/plan" + std::to_string(plan) + tail).c_str(),
-              bench_wgrad_mma, s, plan, waves));
+              bench_wgrad_mma, s, plan, waves, false));
     }
 
   // "unfused" = BN kernel + cuDNN (or cuBLAS) conv, twice; "native" = the fused kernel (plan_fused's
