@@ -961,7 +961,11 @@ bool conv2d_backward_weight_pre_fused(const Tensor& dy, const Tensor& x, int64_t
                                       const ops::Conv2dParams& p, const ops::BnEval& pre, const Tensor& dw,
                                       const std::function<void()>& library) {
   const FusedConv mode = fused_conv();
-  if (mode == FusedConv::Off || !tc_applies() || !wgrad_applies(dy, x, dw) || !halo_unchecked_allowed())
+  // The prologue form is not yet run on a GPU either: Auto takes it with LADNN_HALO_UNCHECKED=1, as the
+  // plain form, or with LADNN_NORM1_FOLD=1 — its one caller, itself an opt-in to unchecked code, whose
+  // forward would otherwise leave this pass the map's own pass to run again.
+  if (mode == FusedConv::Off || !tc_applies() || !wgrad_applies(dy, x, dw) ||
+      !(halo_unchecked_allowed() || fold_norm1()))
     return false;
   const FusedConvGeom g = geom_of(x, x_img, dw, p, dy_images_apart(dy));
   if (!wgrad_pw_takes(g) || !wgrad_pw_aligned(g, dy, x)) return false;

@@ -133,7 +133,8 @@ bool conv2d_backward_input_fused(const Tensor& dy, const Tensor& w, const ops::C
 bool conv2d_backward_weight_fused(const Tensor& dy, const Tensor& x, int64_t x_img, const ops::Conv2dParams& p,
                                   const Tensor& dw, const std::function<void()>& library);
 /// conv2d_backward_weight_fused's form for a pre BatchNorm (x's, applied as the kernel reads it): the
-/// pointwise kernel only (cuda/conv_wgrad_pw.cuh), behind LADNN_HALO_UNCHECKED=1 as its plain form;
+/// pointwise kernel only (cuda/conv_wgrad_pw.cuh), behind LADNN_HALO_UNCHECKED=1 as its plain form or
+/// LADNN_NORM1_FOLD=1 (its caller's opt-in);
 /// `library` runs the map's pass and the plain weight gradient into dw. The same contract.
 bool conv2d_backward_weight_pre_fused(const Tensor& dy, const Tensor& x, int64_t x_img, const ops::Conv2dParams& p,
                                       const ops::BnEval& pre, const Tensor& dw, const std::function<void()>& library);
