@@ -746,7 +746,8 @@ void register_all() {
       if (s.R == 1 && cuda::conv_backward_plans(true) > 0)
         for (bool pre : {false, true})
           configure(benchmark::RegisterBenchmark(
-              ((pre ? "conv_bwd_weight/native-pw-pre/" : "conv_bwd_weight/native-pw/") + conv_name(s) + tail).c_str(),
+              ((pre ? "conv_bwd_weight/native-pw-pre/" : "conv_bwd_weight/native-pw/") + conv_name(s) + tail)
+                  .c_str(),
               bench_wgrad_mma, s, 0, waves, pre));
       for (int plan = 0; plan < cuda::conv_wgrad_halo_plans(); ++plan)
         if (cuda::conv_wgrad_halo_plan_takes(plan, {kBatch, s.C, s.H, s.H}, {s.K, s.C, s.R, s.R},

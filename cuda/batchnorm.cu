@@ -408,16 +408,18 @@ __global__ void bn_eval_plane_kernel(const float* __restrict__ x, int64_t sN, fl
 }
 
 // Training's map from the statistics its forward saved (ops::batch_norm_map_saved), a block per plane as
-// bn_eval_plane_kernel (or per channel, below): channel c's coefficients are channel_coefs' read back — save_mean, bn_train_scale of
-// gamma and save_invstd (mask_of, the backward's recomputation of the ReLU's decisions), beta — so the
-// values are the given-statistics forward's bits.
-__device__ __forceinline__ NormCoefs saved_coefs(const MaskSource& saved, const ChanPtr& save_mean, int64_t c) {
+// bn_eval_plane_kernel (or per channel, below): channel c's coefficients are channel_coefs' read back —
+// save_mean, bn_train_scale of gamma and save_invstd (mask_of, the backward's recomputation of the ReLU's
+// decisions), beta — so the values are the given-statistics forward's bits.
+__device__ __forceinline__ NormCoefs saved_coefs(const MaskSource& saved, const ChanPtr& save_mean,
+                                                 int64_t c) {
   const math::BnMaskFromX k = mask_of(saved, c);
   return {save_mean.p[c * save_mean.stride], k.scale, k.shift};
 }
 template <int VEC, bool RELU>
-__global__ void bn_saved_plane_kernel(const float* __restrict__ x, int64_t sN, float* __restrict__ y, int64_t planes,
-                                      int64_t C, int64_t HW, MaskSource saved, ChanPtr save_mean) {
+__global__ void bn_saved_plane_kernel(const float* __restrict__ x, int64_t sN, float* __restrict__ y,
+                                      int64_t planes, int64_t C, int64_t HW, MaskSource saved,
+                                      ChanPtr save_mean) {
   pdl_enter();
   for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
     const int64_t c = plane % C, n = plane / C;
@@ -484,7 +486,8 @@ __global__ void bn_eval_by_channel_kernel(const float* __restrict__ x, int64_t s
 // bn_saved_plane_kernel's map with a block per channel (bn_planes_by_channel), as bn_eval_by_channel_kernel.
 template <int VEC, bool RELU>
 __global__ void bn_saved_by_channel_kernel(const float* __restrict__ x, int64_t sN, float* __restrict__ y,
-                                           int64_t N, int64_t C, int64_t HW, MaskSource saved, ChanPtr save_mean) {
+                                           int64_t N, int64_t C, int64_t HW, MaskSource saved,
+                                           ChanPtr save_mean) {
   pdl_enter();
   for (int64_t c = blockIdx.x; c < C; c += gridDim.x)
     normalize_channel<VEC, RELU>(x, sN, y, c, N, C, HW, saved_coefs(saved, save_mean, c));
@@ -1724,7 +1727,8 @@ ops::BatchNormForward batch_norm_record_train(const Tensor& x_in, Tensor& runnin
   if (fresh > 0 && !fused_fresh)
     native_batch_stats(x.narrow(1, g.C - fresh, fresh), batch_stats.narrow(0, g.C - fresh, fresh));
   const Tensor stats = fresh > 0 ? batch_stats : batch_stats.contiguous();
-  const GivenStats given = given_stats(stats, g, eps, momentum, Tensor(), Tensor(), running_mean, running_var, out);
+  const GivenStats given =
+      given_stats(stats, g, eps, momentum, Tensor(), Tensor(), running_mean, running_var, out);
   const int64_t fresh_begin = fused_fresh ? g.C - fresh : g.C, sN = sample_stride(x, g);
   BnPartition part = math::bn_channel_partition(g.N, g.C, g.HW);
   part.sN = sN;
@@ -1742,11 +1746,14 @@ ops::BatchNormForward batch_norm_record_train(const Tensor& x_in, Tensor& runnin
   return out;
 }
 
-Tensor batch_norm_map_saved(const Tensor& x_in, const Tensor& gamma, const Tensor& beta, const Tensor& save_mean,
-                            const Tensor& save_invstd, ops::BnAct act) {
+Tensor batch_norm_map_saved(const Tensor& x_in, const Tensor& gamma, const Tensor& beta,
+                            const Tensor& save_mean, const Tensor& save_invstd, ops::BnAct act) {
   const std::string op = "batch_norm_map_saved";
   const bool relu = act == ops::BnAct::Relu;
-  require_float32_all(op, {{&x_in, "input"}, {&gamma, "gamma"}, {&beta, "beta"}, {&save_mean, "save_mean"},
+  require_float32_all(op, {{&x_in, "input"},
+                           {&gamma, "gamma"},
+                           {&beta, "beta"},
+                           {&save_mean, "save_mean"},
                            {&save_invstd, "save_invstd"}});
   const bool spaced = !x_in.is_contiguous() && ops::sample_contiguous(x_in);
   OpRange range(relu ? "batch_norm_relu_map_saved" : "batch_norm_map_saved", "native");
@@ -1760,8 +1767,9 @@ Tensor batch_norm_map_saved(const Tensor& x_in, const Tensor& gamma, const Tenso
     constexpr bool RELU = decltype(r)::value;
     if (by_channel(g)) {  // small planes: a block per channel, as the given forward's map
       const ChannelLaunch l = channel_launch(g);
-      launch_kernel(bn_saved_by_channel_kernel<VEC, RELU>, l.blocks, l.threads, 0, cur_stream(), x.data<float>(),
-                    sample_stride(x, g), y.data<float>(), g.N, g.C, g.HW, saved, chan(save_mean));
+      launch_kernel(bn_saved_by_channel_kernel<VEC, RELU>, l.blocks, l.threads, 0, cur_stream(),
+                    x.data<float>(), sample_stride(x, g), y.data<float>(), g.N, g.C, g.HW, saved,
+                    chan(save_mean));
     } else {
       const PlaneLaunch l = plane_launch<VEC>(g);
       launch_kernel(bn_saved_plane_kernel<VEC, RELU>, l.blocks, l.threads, 0, cur_stream(), x.data<float>(),

@@ -27,7 +27,8 @@ ops::BatchNormForward batch_norm_record_train(const Tensor&, Tensor&, Tensor&, d
                                               const Tensor&, int64_t) {
   no_backend("batch_norm_record_train");
 }
-Tensor batch_norm_map_saved(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, ops::BnAct) {
+Tensor batch_norm_map_saved(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                            ops::BnAct) {
   no_backend("batch_norm_map_saved");
 }
 bool bn_avg_pool2d_train(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&, double, double,

@@ -398,7 +398,8 @@ std::string describe_switches() {
           [] { return std::string(graph_memory_plan() ? "on" : "off"); });
   guarded("pdl", "LADNN_PDL; default off: programmatic dependent launch of our kernels (sm_90+)",
           [] { return std::string(programmatic_launch() ? "on" : "off"); });
-  guarded("norm1-fold", "LADNN_NORM1_FOLD; default off: a training dense layer's norm1-ReLU applied inside conv1",
+  guarded("norm1-fold",
+          "LADNN_NORM1_FOLD; default off: a training dense layer's norm1-ReLU applied inside conv1",
           [] { return std::string(fold_norm1() ? "on" : "off"); });
   guarded("tf32", "LADNN_TF32; default on", [] { return std::string(tf32_enabled() ? "on" : "off"); });
   guarded("deterministic", "LADNN_DETERMINISTIC; default off",

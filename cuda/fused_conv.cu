@@ -767,7 +767,8 @@ struct LaunchWgrad {
   template <int VEC, bool PRE>
   void go_wgrad_pw() const {
     static const bool opted_in = [] {  // its 81 KB of shared memory, once
-      CUDA_CHECK(cudaFuncSetAttribute(conv_wgrad_pw_kernel<VEC, PRE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      CUDA_CHECK(cudaFuncSetAttribute(conv_wgrad_pw_kernel<VEC, PRE>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(sizeof(float)) * kPwSmemFloats));
       return true;
     }();
@@ -979,7 +980,9 @@ bool conv2d_backward_weight_pre_fused(const Tensor& dy, const Tensor& x, int64_t
     choice = auto_choice(
         fused_key(FusedPass::BackwardWeight, g, {bn_code(&pre)}), "conv2d_backward_weight",
         [&] { return backward_what(dy, dw, x, p) + " pre " + std::to_string(bn_code(&pre)); },
-        [&] { return std::vector<FusedChoice>{wgrad_pw_choice(g, 1), wgrad_pw_choice(g, 2)}; },
+        [&] {
+          return std::vector<FusedChoice>{wgrad_pw_choice(g, 1), wgrad_pw_choice(g, 2)};
+        },
         [&g](const FusedChoice& c) { return wgrad_name(g, c); }, run, library);
   if (!choice.fused) return false;
   run(choice);
@@ -1006,7 +1009,8 @@ void conv2d_backward_weight_pw_plan(const Tensor& dy, const Tensor& x, int64_t x
                                 std::to_string(g.sh) + ", padding " + std::to_string(g.ph));
   std::vector<Tensor> keep;
   const FusedBn fpre = fused_bn_of(pre, keep);
-  run_wgrad(g, dy.data<float>(), x.data<float>(), dw.data<float>(), dw.device(), wgrad_pw_choice(g, waves), fpre);
+  run_wgrad(g, dy.data<float>(), x.data<float>(), dw.data<float>(), dw.device(), wgrad_pw_choice(g, waves),
+            fpre);
 }
 
 int conv_wgrad_halo_plans() {

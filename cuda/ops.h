@@ -136,8 +136,9 @@ bool conv2d_backward_weight_fused(const Tensor& dy, const Tensor& x, int64_t x_i
 /// pointwise kernel only (cuda/conv_wgrad_pw.cuh), behind LADNN_HALO_UNCHECKED=1 as its plain form or
 /// LADNN_NORM1_FOLD=1 (its caller's opt-in);
 /// `library` runs the map's pass and the plain weight gradient into dw. The same contract.
-bool conv2d_backward_weight_pre_fused(const Tensor& dy, const Tensor& x, int64_t x_img, const ops::Conv2dParams& p,
-                                      const ops::BnEval& pre, const Tensor& dw, const std::function<void()>& library);
+bool conv2d_backward_weight_pre_fused(const Tensor& dy, const Tensor& x, int64_t x_img,
+                                      const ops::Conv2dParams& p, const ops::BnEval& pre, const Tensor& dw,
+                                      const std::function<void()>& library);
 /// ops::conv2d_backward_weight with a pre BatchNorm (checked by the caller): the pointwise kernel applying
 /// pre's map as it reads x (cuda/conv_wgrad_pw.cuh with a prologue) where it takes the call and the switch
 /// (Auto: timed against the map's pass plus the plain weight gradient) picks it; else those two ops.

@@ -33,8 +33,8 @@ Variable BatchNorm2d::forward(const Variable& x) { return run(x, false); }
 Variable BatchNorm2d::forward_relu(const Variable& x) { return run(x, true); }
 
 ops::BnEval BatchNorm2d::eval_params(ops::BnAct act) {
-  return {weight_.tensor(), bias_.tensor(), buffer("running_mean"), buffer("running_var"), eps_, act, Tensor(),
-          Tensor()};
+  return {weight_.tensor(), bias_.tensor(), buffer("running_mean"), buffer("running_var"), eps_, act,
+          Tensor(),         Tensor()};
 }
 
 ops::BatchNormForward BatchNorm2d::forward_train(const Tensor& x, ops::BnAct act, const Tensor& batch_stats,

@@ -238,7 +238,8 @@ Variable DenseBlock::forward_training(const Variable& x) {
       n1 = layer.norm1().forward_train(prefix, ops::BnAct::Relu, stats.narrow(0, 0, c), l > 0 ? g : 0);
       // The forward convolutions as conv2d_bn_eval without BatchNorms: plain convolutions (the same ops on
       // the CPU, and on the GPU unless LADNN_FUSED_CONV=auto finds our kernel faster for the shape).
-      b = ops::conv2d_bn_eval(n1.y, nullptr, layer.conv1().weight().tensor(), layer.conv1().params(), nullptr);
+      b = ops::conv2d_bn_eval(n1.y, nullptr, layer.conv1().weight().tensor(), layer.conv1().params(),
+                              nullptr);
     }
     ops::BatchNormForward n2 = layer.norm2().forward_train(b, ops::BnAct::Relu);
     ops::conv2d_bn_eval_into(n2.y, nullptr, layer.conv2().weight().tensor(), layer.conv2().params(), nullptr,
@@ -263,7 +264,8 @@ Variable DenseBlock::forward_training(const Variable& x) {
   output_stats_ = stats;
   return Variable::from_op(
       block, std::move(inputs),
-      [block, stats, saved, params, c0, g, L, keep, fold](const Tensor& dblock, const std::vector<bool>& needs) {
+      [block, stats, saved, params, c0, g, L, keep, fold](const Tensor& dblock,
+                                                          const std::vector<bool>& needs) {
         std::vector<Tensor> grads(1 + 6 * static_cast<std::size_t>(L));
         // Ours to accumulate into: the output's gradient itself when nothing else can see it (as in a
         // training step: one block-sized copy fewer), else a copy.
@@ -293,9 +295,11 @@ Variable DenseBlock::forward_training(const Variable& x) {
             }
             n2 = (*saved)[l].n2;
             if (n2.relu_from_x)  // the native arithmetic (and the CPU's): the map from the kept statistics
-              n2.y = ops::batch_norm_map_saved(b, p.g2, p.be2, n2.save_mean, n2.save_invstd, ops::BnAct::Relu);
+              n2.y =
+                  ops::batch_norm_map_saved(b, p.g2, p.be2, n2.save_mean, n2.save_invstd, ops::BnAct::Relu);
             else  // (cuDNN's forward: its own arithmetic again)
-              n2 = ops::batch_norm_forward_train(b, p.g2, p.be2, none_mean, none_var, 0.0, p.eps2, ops::BnAct::Relu);
+              n2 = ops::batch_norm_forward_train(b, p.g2, p.be2, none_mean, none_var, 0.0, p.eps2,
+                                                 ops::BnAct::Relu);
           }
           // Both conv2 passes read the output gradient in place: each image's g channels are one packed
           // block, images (c0 + L*g)*H*W apart, which the convolutions take (cuDNN's descriptors, our

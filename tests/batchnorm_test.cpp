@@ -349,7 +349,8 @@ TEST(BatchNormTest, RecordThenMapSavedIsTheTrainingForward) {
                      std::to_string(fresh));
         const Tensor wide = Tensor::normal({3, 7, 4, 5}, 0.7, 1.3, gen, dt);
         const Tensor x = wide.narrow(1, 0, 5);
-        const Tensor gamma = Tensor::uniform({5}, 0.5, 1.5, gen, dt), beta = Tensor::uniform({5}, -0.5, 0.5, gen, dt);
+        const Tensor gamma = Tensor::uniform({5}, 0.5, 1.5, gen, dt),
+                     beta = Tensor::uniform({5}, -0.5, 0.5, gen, dt);
         Tensor rm1 = Tensor::uniform({5}, -1, 1, gen, dt), rv1 = Tensor::uniform({5}, 0.5, 2, gen, dt);
         Tensor rm2 = rm1.clone(), rv2 = rv1.clone();
         const Tensor complete = ops::batch_norm_batch_stats(x);
@@ -381,8 +382,8 @@ TEST(BatchNormTest, RecordThenMapSavedIsTheTrainingForward) {
   EXPECT_THROW_WITH(ops::batch_norm_record_train(x, rm, rv, 0.1, 1e-5, ops::BnAct::Relu,
                                                  Tensor::zeros({3, 2}, DType::Float64), 4),
                     "fresh = 4", "is not in [0, 3]");
-  EXPECT_THROW_WITH(ops::batch_norm_map_saved(x, c3, c3, Tensor(), c3, ops::BnAct::Relu), "batch_norm_map_saved",
-                    "save_mean is undefined");
+  EXPECT_THROW_WITH(ops::batch_norm_map_saved(x, c3, c3, Tensor(), c3, ops::BnAct::Relu),
+                    "batch_norm_map_saved", "save_mean is undefined");
   EXPECT_THROW_WITH(ops::batch_norm_map_saved(x, c3, c3, c3, Tensor::ones({4}), ops::BnAct::Relu),
                     "batch_norm_map_saved", "save_invstd", "(3)", "(4)");
 }

@@ -574,7 +574,8 @@ TEST(ConvBnEval, BatchFormIsTheMapThenTheConvolution) {
     pre.act = ops::BnAct::Relu;
     pre.save_mean = Tensor::uniform({c.C}, -0.2, 0.5, gen, dtype);
     pre.save_invstd = Tensor::uniform({c.C}, 0.6, 1.4, gen, dtype);
-    const Tensor t = ops::batch_norm_map_saved(x, pre.gamma, pre.beta, pre.save_mean, pre.save_invstd, pre.act);
+    const Tensor t =
+        ops::batch_norm_map_saved(x, pre.gamma, pre.beta, pre.save_mean, pre.save_invstd, pre.act);
     Tensor kept;
     const Tensor y = ops::conv2d_bn_eval(x, &pre, w, c.params(), nullptr, &kept);
     EXPECT_EQ(ops::max_abs_diff(y, ops::conv2d_forward(t, w, Tensor(), c.params())), 0.0);
@@ -593,10 +594,12 @@ TEST(ConvBnEval, BatchFormIsTheMapThenTheConvolution) {
   ops::BnEval pre;
   pre.save_mean = Tensor::zeros({4});
   pre.save_invstd = Tensor::ones({5});
-  EXPECT_THROW_WITH(ops::conv2d_bn_eval(x, &pre, w, {}, nullptr), "conv2d_bn_eval", "pre save_invstd", "(4)", "(5)");
+  EXPECT_THROW_WITH(ops::conv2d_bn_eval(x, &pre, w, {}, nullptr), "conv2d_bn_eval", "pre save_invstd", "(4)",
+                    "(5)");
   pre.save_invstd = Tensor::ones({4});
   pre.running_var = Tensor::ones({4});
-  EXPECT_THROW_WITH(ops::conv2d_bn_eval(x, &pre, w, {}, nullptr), "pre has save_invstd (the batch form) and running");
+  EXPECT_THROW_WITH(ops::conv2d_bn_eval(x, &pre, w, {}, nullptr),
+                    "pre has save_invstd (the batch form) and running");
   pre = ops::BnEval{};
   pre.running_mean = Tensor::zeros({4});
   pre.running_var = Tensor::ones({4});

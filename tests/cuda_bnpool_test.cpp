@@ -741,7 +741,8 @@ TEST_P(CudaOpTest, BatchNormRecordThenMapSavedIsTheGivenForward) {
       SCOPED_TRACE(shape_str(full) + (act == ops::BnAct::Relu ? " relu" : ""));
       const int64_t C = full[1] - 3, fresh = 2;
       const Tensor slice = gpu(Tensor::normal(full, 0.5, 2.0, gen)).narrow(1, 1, C);
-      const Tensor g = gpu(Tensor::uniform({C}, 0.5, 1.5, gen)), b = gpu(Tensor::uniform({C}, -0.5, 0.5, gen));
+      const Tensor g = gpu(Tensor::uniform({C}, 0.5, 1.5, gen)),
+                   b = gpu(Tensor::uniform({C}, -0.5, 0.5, gen));
       const Tensor rm0 = Tensor::normal({C}, 0, 1, gen), rv0 = Tensor::uniform({C}, 0.5, 2, gen);
       Tensor rm1 = gpu(rm0), rv1 = gpu(rv0), rm2 = gpu(rm0), rv2 = gpu(rv0);
       const Tensor stats = ops::batch_norm_batch_stats(slice);

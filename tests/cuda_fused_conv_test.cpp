@@ -500,36 +500,37 @@ TEST(CudaFusedConv, TrainingStepsThroughTheOpMatchTheCpuAndReplay) {
   const test::LadnnBatch &cb = batches.cpu, &gb = batches.gpu;
   const auto step = test::sgd_step;
   for (bool fold : {false, true})
-  for (cuda::FusedConv mode : {cuda::FusedConv::On, cuda::FusedConv::Auto}) {
-    FusedScope fused(mode);
-    cuda::set_fold_norm1(fold);
-    cuda::reset_fused_conv_choices();
-    for (bool efficient : {false, true}) {
-      SCOPED_TRACE(std::string(cuda::fused_conv_name(mode)) + (efficient ? ", memory-efficient" : ", plain") +
-                   (fold ? ", norm1 folded" : ""));
-      auto cpu = test::tiny_ladnn(12, efficient, Device::cpu()),
-           gpu = test::tiny_ladnn(12, efficient, Device::cuda());
-      SGD opt_c(cpu->parameters(), 0.05, 0.9), opt_g(gpu->parameters(), 0.05, 0.9);
-      step(*cpu, opt_c, cb);
-      cuda::profiler::reset();
-      cuda::profiler::set_enabled(true);
-      step(*gpu, opt_g, gb);
-      cuda::profiler::set_enabled(false);
-      if (mode == cuda::FusedConv::On) {
-        int64_t fused_calls = 0;
-        for (const auto& row : cuda::profiler::stats())
-          if (row.op == "conv2d_bn_eval") fused_calls += row.calls;
-        EXPECT_GT(fused_calls, 0) << "the training forward never ran the fused kernel";
+    for (cuda::FusedConv mode : {cuda::FusedConv::On, cuda::FusedConv::Auto}) {
+      FusedScope fused(mode);
+      cuda::set_fold_norm1(fold);
+      cuda::reset_fused_conv_choices();
+      for (bool efficient : {false, true}) {
+        SCOPED_TRACE(std::string(cuda::fused_conv_name(mode)) +
+                     (efficient ? ", memory-efficient" : ", plain") + (fold ? ", norm1 folded" : ""));
+        auto cpu = test::tiny_ladnn(12, efficient, Device::cpu()),
+             gpu = test::tiny_ladnn(12, efficient, Device::cuda());
+        SGD opt_c(cpu->parameters(), 0.05, 0.9), opt_g(gpu->parameters(), 0.05, 0.9);
+        step(*cpu, opt_c, cb);
+        cuda::profiler::reset();
+        cuda::profiler::set_enabled(true);
+        step(*gpu, opt_g, gb);
+        cuda::profiler::set_enabled(false);
+        if (mode == cuda::FusedConv::On) {
+          int64_t fused_calls = 0;
+          for (const auto& row : cuda::profiler::stats())
+            if (row.op == "conv2d_bn_eval") fused_calls += row.calls;
+          EXPECT_GT(fused_calls, 0) << "the training forward never ran the fused kernel";
+        }
+        const auto pc = cpu->named_parameters(), pg = gpu->named_parameters();
+        for (size_t i = 0; i < pc.size(); ++i)
+          EXPECT_TRUE(gpu_matches("parameter " + pc[i].first, pg[i].second.tensor(), pc[i].second.tensor(),
+                                  Tol{1e-4, 0}));
       }
-      const auto pc = cpu->named_parameters(), pg = gpu->named_parameters();
-      for (size_t i = 0; i < pc.size(); ++i)
-        EXPECT_TRUE(gpu_matches("parameter " + pc[i].first, pg[i].second.tensor(), pc[i].second.tensor(),
-                                Tol{1e-4, 0}));
+      test::expect_replayed_steps_match_eager(
+          13, /*eager_memory_efficient=*/false,
+          /*graphed_memory_efficient=*/true, gb,
+          std::string(cuda::fused_conv_name(mode)) + (fold ? ", folded" : ""));
     }
-    test::expect_replayed_steps_match_eager(13, /*eager_memory_efficient=*/false,
-                                            /*graphed_memory_efficient=*/true, gb,
-                                            std::string(cuda::fused_conv_name(mode)) + (fold ? ", folded" : ""));
-  }
 }
 
 }  // namespace

@@ -64,8 +64,10 @@ TEST(CudaNorm1Fold, FusedForwardPlansApplyTheBatchFormAsTheMapDoes) {
                                cuda::fused_conv_plan_name(plan);
       const Tensor folded = Tensor::empty({c.N, c.K, c.H, c.W}, DType::Float32, Device::cuda());
       const Tensor on_map = Tensor::empty({c.N, c.K, c.H, c.W}, DType::Float32, Device::cuda());
-      cuda::conv2d_bn_eval_fused_plan(x, (c.C + 4) * c.H * c.W, &pre, w, p, nullptr, folded, c.K * c.H * c.W, plan);
-      cuda::conv2d_bn_eval_fused_plan(t, c.C * c.H * c.W, nullptr, w, p, nullptr, on_map, c.K * c.H * c.W, plan);
+      cuda::conv2d_bn_eval_fused_plan(x, (c.C + 4) * c.H * c.W, &pre, w, p, nullptr, folded, c.K * c.H * c.W,
+                                      plan);
+      cuda::conv2d_bn_eval_fused_plan(t, c.C * c.H * c.W, nullptr, w, p, nullptr, on_map, c.K * c.H * c.W,
+                                      plan);
       EXPECT_TRUE(gpu_equals(what, folded, to_cpu(on_map)));
       ++plans_run;
     }
@@ -108,8 +110,8 @@ TEST(CudaNorm1Fold, PointwiseWeightGradientAppliesTheBatchFormAsTheMapDoes) {
                                                    to_cpu(pre.save_mean), to_cpu(pre.save_invstd), pre.act);
     const test::ConvGradReference ref =
         test::conv_backward_reference(to_cpu(dy), t_cpu, t_cpu.shape(), w_shape, p, true);
-    EXPECT_TRUE(gpu_matches(what + " through the op", ops::conv2d_backward_weight(dy, x, w_shape, p, pre), ref.value,
-                            {0.0, kTcRtol}, ref.scale));
+    EXPECT_TRUE(gpu_matches(what + " through the op", ops::conv2d_backward_weight(dy, x, w_shape, p, pre),
+                            ref.value, {0.0, kTcRtol}, ref.scale));
   }
 }
 

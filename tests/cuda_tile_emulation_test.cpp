@@ -1001,7 +1001,8 @@ TEST(FusedConvEmulation, BatchFormPreIsThePlanOnTheMap) {
       for (int ch = 0; ch < C; ++ch) {
         // The training map's coefficients, as cuda/batchnorm.cu's channel_coefs derives them.
         const float mean = pre.save_mean.data<float>()[ch], shift = pre.beta.data<float>()[ch];
-        const float scale = math::bn_train_scale(pre.gamma.data<float>()[ch], pre.save_invstd.data<float>()[ch]);
+        const float scale =
+            math::bn_train_scale(pre.gamma.data<float>()[ch], pre.save_invstd.data<float>()[ch]);
         const float* xp = c.xbuf.data<float>() + (int64_t(n) * (C + 3) + ch) * hw;
         float* tp = t.data<float>() + (int64_t(n) * C + ch) * hw;
         for (int i = 0; i < hw; ++i) tp[i] = math::bn_relu(math::bn_normalize(xp[i], mean, scale, shift));
@@ -1012,15 +1013,15 @@ TEST(FusedConvEmulation, BatchFormPreIsThePlanOnTheMap) {
       const ops::BnEval* qp = &post;
       const FusedBn fpost = host_fused_bn(qp);
       // Runs `go(geometry, x, pre, y)` folded (x the prefix, the batch form) and on the map; the same bits.
-      auto same = [&](const std::string& what, const std::function<void(const FusedConvGeom&, const float*,
-                                                                       const FusedBn&, float*)>& go) {
-        const SliceOut folded = slice_out(c.g), on_map = slice_out(c.g);
-        go(c.g, c.xbuf.data<float>(), fpre, folded.out.data<float>());
-        go(gt, t.data<float>(), FusedBn{}, on_map.out.data<float>());
-        EXPECT_EQ(ops::max_abs_diff(folded.ybuf, on_map.ybuf), 0.0)
-            << what << ", C " << C;
-        ++runs;
-      };
+      auto same =
+          [&](const std::string& what,
+              const std::function<void(const FusedConvGeom&, const float*, const FusedBn&, float*)>& go) {
+            const SliceOut folded = slice_out(c.g), on_map = slice_out(c.g);
+            go(c.g, c.xbuf.data<float>(), fpre, folded.out.data<float>());
+            go(gt, t.data<float>(), FusedBn{}, on_map.out.data<float>());
+            EXPECT_EQ(ops::max_abs_diff(folded.ybuf, on_map.ybuf), 0.0) << what << ", C " << C;
+            ++runs;
+          };
       for (const FusedPlan& plan : kFusedPlans)
         same("SIMT", [&](const FusedConvGeom& g, const float* x, const FusedBn& bn, float* y) {
           emulate_fused(plan, g, x, c.w.data<float>(), bn, fpost, y);
@@ -1630,8 +1631,8 @@ TEST(FusedConvEmulation, PointwiseWeightGradientMatchesFloat64) {
                    std::to_string(splits));
       Tensor dw = Tensor::full(w_shape, std::numeric_limits<double>::quiet_NaN());
       dispatch_wgrad_pw(g, false,
-                        EmulateWgrad{g, dybuf.data<float>() + (slice ? int64_t(P) * Q : 0), xbuf.data<float>(),
-                                     dw.data<float>(), cps});
+                        EmulateWgrad{g, dybuf.data<float>() + (slice ? int64_t(P) * Q : 0),
+                                     xbuf.data<float>(), dw.data<float>(), cps});
       ASSERT_TRUE(within_tf32(dw, ref));
       ++runs;
     }
@@ -1671,7 +1672,8 @@ TEST(FusedConvEmulation, PointwiseWeightGradientWithPreBatchNorm) {
     int N, C, H, W, K;
     bool batch, relu;
   };
-  const Case cases[] = {{3, 70, 4, 4, 130, true, true}, {2, 40, 7, 7, 24, true, false}, {2, 33, 6, 5, 16, false, true}};
+  const Case cases[] = {
+      {3, 70, 4, 4, 130, true, true}, {2, 40, 7, 7, 24, true, false}, {2, 33, 6, 5, 16, false, true}};
   Generator gen(61);
   int runs = 0;
   for (const Case& cs : cases) {
@@ -1706,11 +1708,13 @@ TEST(FusedConvEmulation, PointwiseWeightGradientWithPreBatchNorm) {
         }
       }
     // The CPU's map (its own arithmetic, in double) for the float64 reference.
-    const Tensor t_cpu = cs.batch ? ops::batch_norm_map_saved(x, pre.gamma, pre.beta, pre.save_mean, pre.save_invstd, pre.act)
-                                  : ops::batch_norm_forward_eval(x, pre.gamma, pre.beta, pre.running_mean,
-                                                                 pre.running_var, pre.eps, pre.act);
+    const Tensor t_cpu =
+        cs.batch ? ops::batch_norm_map_saved(x, pre.gamma, pre.beta, pre.save_mean, pre.save_invstd, pre.act)
+                 : ops::batch_norm_forward_eval(x, pre.gamma, pre.beta, pre.running_mean, pre.running_var,
+                                                pre.eps, pre.act);
     const Shape w_shape{cs.K, cs.C, 1, 1};
-    const test::ConvGradReference ref = test::conv_backward_reference(dy, t_cpu, t_cpu.shape(), w_shape, p, true);
+    const test::ConvGradReference ref =
+        test::conv_backward_reference(dy, t_cpu, t_cpu.shape(), w_shape, p, true);
     FusedConvGeom g{};
     g.N = cs.N, g.C = cs.C, g.H = cs.H, g.W = cs.W, g.K = cs.K, g.R = g.S = 1, g.P = cs.H, g.Q = cs.W;
     g.sh = g.sw = 1;
@@ -1728,7 +1732,8 @@ TEST(FusedConvEmulation, PointwiseWeightGradientWithPreBatchNorm) {
       dispatch_wgrad_pw(g, true, with);
       ASSERT_TRUE(within_tf32(dw, ref));
       Tensor dw_map = Tensor::full(w_shape, std::numeric_limits<double>::quiet_NaN());
-      dispatch_wgrad_pw(gt, false, EmulateWgrad{gt, dy.data<float>(), t.data<float>(), dw_map.data<float>(), cps});
+      dispatch_wgrad_pw(gt, false,
+                        EmulateWgrad{gt, dy.data<float>(), t.data<float>(), dw_map.data<float>(), cps});
       EXPECT_EQ(ops::max_abs_diff(dw, dw_map), 0.0) << "PRE is not the kernel on the map's output";
       ++runs;
     }

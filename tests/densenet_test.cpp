@@ -12,6 +12,8 @@
 // over N*H*W, convolutions summing up to 1664*9 terms), so float32 rounding compounds past the 1e-5 of
 // single-op tests. Where PyTorch's own float32 result is further than 1e-4 from float64 (the fixture
 // records that per tensor), ladnn may be as far as twice that: no tighter than the reference itself.
+#include "models/densenet.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -19,7 +21,6 @@
 
 #include "autograd/functions.h"
 #include "cuda/context.h"
-#include "models/densenet.h"
 #include "models/ladnn.h"
 #include "tensor/ops.h"
 #include "tensor/safetensors.h"

@@ -100,8 +100,8 @@ BnDims check_train_forward(const std::string& op, const Tensor& x, const Tensor&
 void check_fresh(const std::string& op, int64_t fresh, const Tensor& batch_stats, int64_t C) {
   if (fresh == 0) return;
   check(batch_stats.defined(), op + ": fresh = " + std::to_string(fresh) + " needs batch_stats to fill");
-  check(fresh > 0 && fresh <= C,
-        op + ": fresh = " + std::to_string(fresh) + " is not in [0, " + std::to_string(C) + "], the input's channels");
+  check(fresh > 0 && fresh <= C, op + ": fresh = " + std::to_string(fresh) + " is not in [0, " +
+                                     std::to_string(C) + "], the input's channels");
   check(batch_stats.is_contiguous(), op + ": fresh > 0 writes into batch_stats, which must be contiguous");
 }
 
@@ -371,15 +371,17 @@ BatchNormForward batch_norm_forward_train(const Tensor& x, const Tensor& gamma, 
   return out;
 }
 
-BatchNormForward batch_norm_record_train(const Tensor& x, Tensor& running_mean, Tensor& running_var, double momentum,
-                                         double eps, BnAct act, const Tensor& batch_stats, int64_t fresh) {
+BatchNormForward batch_norm_record_train(const Tensor& x, Tensor& running_mean, Tensor& running_var,
+                                         double momentum, double eps, BnAct act, const Tensor& batch_stats,
+                                         int64_t fresh) {
   const std::string op = "batch_norm_record_train";
   check(batch_stats.defined(), op + ": batch_stats is undefined (the op records given statistics; "
                                     "batch_norm_forward_train reduces x itself)");
   const BnDims d = check_train_forward(op, x, Tensor(), Tensor(), running_mean, running_var, batch_stats);
   check_fresh(op, fresh, batch_stats, d.C);
   if (x.device().is_cuda())
-    return cuda::batch_norm_record_train(x, running_mean, running_var, momentum, eps, act, batch_stats, fresh);
+    return cuda::batch_norm_record_train(x, running_mean, running_var, momentum, eps, act, batch_stats,
+                                         fresh);
   if (fresh > 0)
     batch_norm_batch_stats_into(x.narrow(1, d.C - fresh, fresh), batch_stats.narrow(0, d.C - fresh, fresh));
   const Shape c_shape{d.C};

@@ -341,8 +341,9 @@ Tensor bn_avg_pool2d_eval(const Tensor& x, const BnEval& bn, const Pool2dParams&
   const std::string op = "bn_avg_pool2d_eval";
   check_input(op, x);
   check_bn_eval(op, "bn", bn, x.size(1), x);
-  check(!bn.batch(), op + ": bn is the batch form (save_mean, save_invstd): this op takes an eval BatchNorm's "
-                          "running statistics");
+  check(!bn.batch(), op +
+                         ": bn is the batch form (save_mean, save_invstd): this op takes an eval BatchNorm's "
+                         "running statistics");
   pool_shape(op, x.shape(), p);  // the window's checks, in this op's name
   if (x.device().is_cuda()) {
     Tensor y;
