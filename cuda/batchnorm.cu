@@ -347,6 +347,18 @@ __device__ __forceinline__ void normalize_values(const float* __restrict__ xp, f
     v[0] = *xp;
   normalize_held<VEC, RELU>(v, yp, mean, scale, shift);
 }
+// Plane `plane` = (n, c) of y (packed) from x's (samples sN apart) with channel c's coefficients k, by the
+// block: the map of the plane kernels (eval, training given its statistics, from saved statistics).
+template <int VEC, bool RELU>
+__device__ __forceinline__ void normalize_plane(const float* __restrict__ x, int64_t sN,
+                                                float* __restrict__ y, int64_t plane, int64_t C, int64_t HW,
+                                                const NormCoefs& k) {
+  const int64_t c = plane % C, n = plane / C;
+  const float* xp = x + n * sN + c * HW;
+  float* yp = y + plane * HW;
+  for (int64_t i = threadIdx.x * int64_t(VEC); i < HW; i += int64_t(blockDim.x) * VEC)
+    normalize_values<VEC, RELU>(xp + i, yp + i, k.mean, k.scale, k.shift);
+}
 
 // The training forward of channel c = blockIdx.x in one kernel (cuda::BnKernel::Channel): the block's
 // Welford states over all the channel's values (math::bn_channel_partition), finished by thread 0 as
@@ -397,14 +409,9 @@ __global__ void bn_eval_plane_kernel(const float* __restrict__ x, int64_t sN, fl
                                      int64_t C, int64_t HW, double eps, ChanPtr gamma, ChanPtr beta,
                                      ChanPtr running_mean, ChanPtr running_var) {
   pdl_enter();
-  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
-    const int64_t c = plane % C, n = plane / C;
-    const NormCoefs k = eval_coefs(c, eps, gamma, beta, running_mean, running_var);
-    const float* xp = x + n * sN + c * HW;
-    float* yp = y + plane * HW;
-    for (int64_t i = threadIdx.x * int64_t(VEC); i < HW; i += int64_t(blockDim.x) * VEC)
-      normalize_values<VEC, RELU>(xp + i, yp + i, k.mean, k.scale, k.shift);
-  }
+  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x)
+    normalize_plane<VEC, RELU>(x, sN, y, plane, C, HW,
+                               eval_coefs(plane % C, eps, gamma, beta, running_mean, running_var));
 }
 
 // Training's map from the statistics its forward saved (ops::batch_norm_map_saved), a block per plane as
@@ -421,14 +428,8 @@ __global__ void bn_saved_plane_kernel(const float* __restrict__ x, int64_t sN, f
                                       int64_t planes, int64_t C, int64_t HW, MaskSource saved,
                                       ChanPtr save_mean) {
   pdl_enter();
-  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
-    const int64_t c = plane % C, n = plane / C;
-    const NormCoefs k = saved_coefs(saved, save_mean, c);
-    const float* xp = x + n * sN + c * HW;
-    float* yp = y + plane * HW;
-    for (int64_t i = threadIdx.x * int64_t(VEC); i < HW; i += int64_t(blockDim.x) * VEC)
-      normalize_values<VEC, RELU>(xp + i, yp + i, k.mean, k.scale, k.shift);
-  }
+  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x)
+    normalize_plane<VEC, RELU>(x, sN, y, plane, C, HW, saved_coefs(saved, save_mean, plane % C));
 }
 
 // Channel c's given statistics recorded as given_channel records them for the forward's kernels
@@ -502,14 +503,8 @@ template <int VEC, bool RELU>
 __global__ void bn_train_plane_kernel(const float* __restrict__ x, int64_t sN, float* __restrict__ y,
                                       int64_t planes, int64_t C, int64_t HW, GivenStats a) {
   pdl_enter();
-  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
-    const int64_t c = plane % C, s = plane / C;
-    const NormCoefs k = given_channel(a, c, s);
-    const float* xp = x + s * sN + c * HW;
-    float* yp = y + plane * HW;
-    for (int64_t i = threadIdx.x * int64_t(VEC); i < HW; i += int64_t(blockDim.x) * VEC)
-      normalize_values<VEC, RELU>(xp + i, yp + i, k.mean, k.scale, k.shift);
-  }
+  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x)
+    normalize_plane<VEC, RELU>(x, sN, y, plane, C, HW, given_channel(a, plane % C, plane / C));
 }
 
 // bn_train_plane_kernel's map with a block per channel (bn_planes_by_channel): the channel's coefficients

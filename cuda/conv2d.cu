@@ -707,18 +707,11 @@ Tensor conv2d_backward_weight(const Tensor& dy_in, const Tensor& x_in, const Sha
 }
 
 Tensor conv2d_backward_weight_pre(const Tensor& dy_in, const Tensor& x_in, const Shape& w_shape,
-                                  const ops::Conv2dParams& p, const ops::BnEval& pre) {
+                                  const ops::Conv2dParams& p, const ops::BnEval& pre,
+                                  const std::function<Tensor()>& unfused) {
   const char* op = "conv2d_backward_weight";
   detail::require_float32(dy_in, op, "grad_output");
   detail::require_float32(x_in, op, "input");
-  // pre's map as its own pass, then the plain weight gradient: wherever the kernel does not run.
-  auto unfused = [&] {
-    const Tensor t = pre.batch() ? cuda::batch_norm_map_saved(x_in, pre.gamma, pre.beta, pre.save_mean,
-                                                              pre.save_invstd, pre.act)
-                                 : cuda::batch_norm_forward_eval(x_in, pre.gamma, pre.beta, pre.running_mean,
-                                                                 pre.running_var, pre.eps, pre.act);
-    return cuda::conv2d_backward_weight(dy_in, t, w_shape, p);
-  };
   int64_t x_img = 0, dy_img = 0;
   const Tensor x = images_view(x_in, x_img);
   const Tensor dy = images_view(dy_in, dy_img);

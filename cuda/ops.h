@@ -141,9 +141,11 @@ bool conv2d_backward_weight_pre_fused(const Tensor& dy, const Tensor& x, int64_t
                                       const std::function<void()>& library);
 /// ops::conv2d_backward_weight with a pre BatchNorm (checked by the caller): the pointwise kernel applying
 /// pre's map as it reads x (cuda/conv_wgrad_pw.cuh with a prologue) where it takes the call and the switch
-/// (Auto: timed against the map's pass plus the plain weight gradient) picks it; else those two ops.
+/// (Auto: timed against `unfused`) picks it; else `unfused` — the caller's map as its own pass, then the
+/// plain weight gradient — which returns dW.
 Tensor conv2d_backward_weight_pre(const Tensor& dy, const Tensor& x, const Shape& w_shape,
-                                  const ops::Conv2dParams& p, const ops::BnEval& pre);
+                                  const ops::Conv2dParams& p, const ops::BnEval& pre,
+                                  const std::function<Tensor()>& unfused);
 /// True when the tensor-core forms can run here: TF32 on (cuda::tf32_enabled()), an sm_80+ GPU, and this
 /// build's kernels compiled for one.
 bool fused_conv_tensor_cores();

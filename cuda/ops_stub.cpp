@@ -239,7 +239,7 @@ bool conv2d_backward_weight_pre_fused(const Tensor&, const Tensor&, int64_t, con
   no_backend("conv2d_backward_weight");
 }
 Tensor conv2d_backward_weight_pre(const Tensor&, const Tensor&, const Shape&, const ops::Conv2dParams&,
-                                  const ops::BnEval&) {
+                                  const ops::BnEval&, const std::function<Tensor()>&) {
   no_backend("conv2d_backward_weight");
 }
 bool fused_conv_tensor_cores() {

@@ -129,6 +129,17 @@ inline T activate(double v, bool relu) {
   return relu && !(t > 0) ? T(0) : t;
 }
 
+// Channel c of y = act(x * scale + shift): the map of every forward here (x's samples sN apart, y packed).
+template <typename T>
+void map_channel(const T* px, int64_t sN, T* py, int64_t c, int64_t N, int64_t C, int64_t HW, double scale,
+                 double shift, bool relu) {
+  for (int64_t i = 0; i < N; ++i) {
+    const T* xp = px + i * sN + c * HW;
+    T* yp = py + (i * C + c) * HW;
+    for (int64_t k = 0; k < HW; ++k) yp[k] = activate<T>(xp[k] * scale + shift, relu);
+  }
+}
+
 // The training forward's y = x * scale + shift per channel, from gamma, beta and the saved statistics
 // as stored (rounded to T): the forward writes y with it and a backward recomputes the ReLU's zeros
 // from x with it (this file builds with -ffp-contract=off: the same two roundings both times).
@@ -188,11 +199,7 @@ void forward_train_kernel(const Tensor& x, const Tensor& gamma, const Tensor& be
     // the saved (T-rounded) statistics, so that a backward can redo the ReLU's decisions from x with
     // the same arithmetic (relu_scale_shift; BnReluFromX).
     const auto [scale, shift] = relu_scale_shift(g.get(c), b.get(c), static_cast<T>(mean), static_cast<T>(invstd));
-    for (int64_t i = 0; py && i < N; ++i) {
-      const T* xp = px + i * sN + c * HW;
-      T* yp = py + (i * C + c) * HW;
-      for (int64_t k = 0; k < HW; ++k) yp[k] = activate<T>(xp[k] * scale + shift, relu);
-    }
+    if (py) map_channel(px, sN, py, c, N, C, HW, scale, shift, relu);
     pmean[c] = static_cast<T>(mean);
     pinvstd[c] = static_cast<T>(invstd);
     if (rm.defined()) rm.set(c, (1.0 - momentum) * rm.get(c) + momentum * mean);
@@ -215,11 +222,7 @@ void forward_eval_kernel(const Tensor& x, const Tensor& gamma, const Tensor& bet
     const double invstd = 1.0 / std::sqrt(rv.get(c) + eps);
     const double scale = g.get(c) * invstd;
     const double shift = b.get(c) - rm.get(c) * scale;
-    for (int64_t i = 0; i < N; ++i) {
-      const T* xp = px + i * sN + c * HW;
-      T* yp = py + (i * C + c) * HW;
-      for (int64_t k = 0; k < HW; ++k) yp[k] = activate<T>(xp[k] * scale + shift, relu);
-    }
+    map_channel(px, sN, py, c, N, C, HW, scale, shift, relu);
   }
 }
 
@@ -559,11 +562,7 @@ Tensor batch_norm_map_saved(const Tensor& x, const Tensor& gamma, const Tensor& 
       // The forward's scale and shift from the same stored values (relu_scale_shift): its bits.
       const auto [scale, shift] =
           relu_scale_shift(g.get(c), b.get(c), static_cast<T>(m.get(c)), static_cast<T>(is.get(c)));
-      for (int64_t i = 0; i < N; ++i) {
-        const T* xp = px + i * sN + c * HW;
-        T* yp = py + (i * C + c) * HW;
-        for (int64_t k = 0; k < HW; ++k) yp[k] = activate<T>(xp[k] * scale + shift, relu);
-      }
+      map_channel(px, sN, py, c, N, C, HW, scale, shift, relu);
     }
   };
   if (x.dtype() == DType::Float32)

@@ -857,14 +857,15 @@ Tensor conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_
   check_operand(op, "input", x);
   check(x.dim() == 4, op + ": input must be 4-D (N, C, H, W), got " + shape_str(x.shape()));
   check_bn_eval(op, "pre", pre, x.size(1), x);
-  if (x.device().is_cuda()) {
-    check_operand(op, "grad_output", dy);
-    check_same_dtype(op, "grad_output", dy, "input", x);
-    const ConvGeom g = conv_geometry(op, x.shape(), w_shape, p);
-    check_grad_output(op, dy, g, x.shape(), w_shape);
-    return cuda::conv2d_backward_weight_pre(dy, x, w_shape, p, pre);
-  }
-  return conv2d_backward_weight(dy, bn_eval_of(x, pre), w_shape, p);
+  // The map as its own pass, then the plain weight gradient: the CPU's way, and the GPU's where its
+  // kernel with the map in its prologue does not run.
+  auto unfused = [&] { return conv2d_backward_weight(dy, bn_eval_of(x, pre), w_shape, p); };
+  if (!x.device().is_cuda()) return unfused();
+  check_operand(op, "grad_output", dy);
+  check_same_dtype(op, "grad_output", dy, "input", x);
+  const ConvGeom g = conv_geometry(op, x.shape(), w_shape, p);
+  check_grad_output(op, dy, g, x.shape(), w_shape);
+  return cuda::conv2d_backward_weight_pre(dy, x, w_shape, p, pre, unfused);
 }
 
 void conv2d_bn_eval_into(const Tensor& x, const BnEval* pre, const Tensor& w, const Conv2dParams& p,
