@@ -165,6 +165,9 @@ const Shape kBnShapes[] = {
 // ForwardGiven / Stats32 (native only): the training dense block's norm1 forward given the batch
 // statistics its table holds (one pass: read x, write y), and the statistics of a layer's 32 new channels
 // that fill the table (ops::batch_norm_batch_stats) — beside "fwd_train", which reduces x itself.
+// MapSaved / Record32 (native only): a folded norm1's two pieces (LADNN_NORM1_FOLD) — the map from saved
+// statistics (ops::batch_norm_map_saved, the library path's pass; compare "fwd_train_given") and the
+// record with the last 32 channels fresh (ops::batch_norm_record_train; compare "stats32").
 enum class BnPass {
   ForwardTrain,
   ForwardEval,
@@ -172,7 +175,9 @@ enum class BnPass {
   BackwardFromX,
   BackwardInto,
   ForwardGiven,
-  Stats32
+  Stats32,
+  MapSaved,
+  Record32
 };
 
 // act = Relu: the fused BatchNorm-ReLU (native: in the BN kernels; cuDNN: its BN plus a ReLU pass).
@@ -228,6 +233,17 @@ void bench_bn(benchmark::State& state, Shape shape, BnPass pass, ops::BnAct act,
         const Tensor slice = x.narrow(1, C - k, k),
                      stats = Tensor::empty({k, 2}, ladnn::DType::Float64, x.device());
         run_timed(state, [&] { ops::batch_norm_batch_stats_into(slice, stats); },
+                  {n * double(k) / double(C), 0});
+        break;
+      }
+      case BnPass::MapSaved:  // reads x, writes y
+        run_timed(state, [&] { ops::batch_norm_map_saved(x, gamma, beta, save_mean, save_invstd, act); },
+                  {2 * n, 0});
+        break;
+      case BnPass::Record32: {  // reads 32 channels of x
+        const int64_t k = std::min<int64_t>(32, C);
+        const Tensor stats = ops::batch_norm_batch_stats(x);
+        run_timed(state, [&] { ops::batch_norm_record_train(x, rm, rv, 0.1, 1e-5, act, stats, k); },
                   {n * double(k) / double(C), 0});
         break;
       }
@@ -637,6 +653,12 @@ void register_all() {
   for (const Shape& s : kBnShapes) {
     configure(benchmark::RegisterBenchmark(("bnrelu_fwd_train_given/native/" + shape_name(s)).c_str(),
                                            bench_bn, s, BnPass::ForwardGiven, ops::BnAct::Relu, Impl::Native,
+                                           cuda::BnKernel::Auto));
+    configure(benchmark::RegisterBenchmark(("bnrelu_map_saved/native/" + shape_name(s)).c_str(), bench_bn, s,
+                                           BnPass::MapSaved, ops::BnAct::Relu, Impl::Native,
+                                           cuda::BnKernel::Auto));
+    configure(benchmark::RegisterBenchmark(("bn_record32/native/" + shape_name(s)).c_str(), bench_bn, s,
+                                           BnPass::Record32, ops::BnAct::Relu, Impl::Native,
                                            cuda::BnKernel::Auto));
     for (cuda::BnKernel k : {cuda::BnKernel::Auto, cuda::BnKernel::Split})
       configure(benchmark::RegisterBenchmark(

@@ -759,6 +759,18 @@ TEST_P(CudaOpTest, BatchNormRecordThenMapSavedIsTheGivenForward) {
       EXPECT_TRUE(gpu_equals("running_var", rv2, rv1.to(Device::cpu())));
       const Tensor y = ops::batch_norm_map_saved(slice, g, b, got.save_mean, got.save_invstd, act);
       EXPECT_TRUE(gpu_equals("map from the saved statistics", y, want.y.to(Device::cpu())));
+      // Against the CPU's ops in float64, given the same table: the recorded statistics, then the map
+      // (each value within the element tolerance of its own arithmetic: one fma against double).
+      Tensor rm64 = f64(rm0), rv64 = f64(rv0);
+      const Tensor cpu_stats = stats.to(Device::cpu()), cpu_x = f64(slice.to(Device::cpu()).contiguous());
+      const auto ref = ops::batch_norm_record_train(cpu_x, rm64, rv64, 0.1, 1e-5, act, cpu_stats);
+      EXPECT_TRUE(gpu_matches("save_invstd against the CPU", got.save_invstd, ref.save_invstd,
+                              Tol{0, cuda_test::kEps32}));
+      EXPECT_TRUE(gpu_matches("running_var against the CPU", rv2, rv64, Tol{0, cuda_test::kEps32}));
+      const Tensor y64 = ops::batch_norm_map_saved(cpu_x, f64(g.to(Device::cpu())), f64(b.to(Device::cpu())),
+                                                   f64(got.save_mean.to(Device::cpu())),
+                                                   f64(got.save_invstd.to(Device::cpu())), act);
+      EXPECT_TRUE(gpu_matches("map against the CPU", y, y64, elem_tol(y64)));
     }
 }
 
