@@ -102,11 +102,38 @@ if [ "${1:-}" = "pack" ]; then
       *) cp -L "$lib" "$dest/lib/" ;;
     esac
   done
-  ls "$dest" "$dest/lib"
+  # The executables travel gzipped: nearly all of their bytes are device code, which gzip takes to a
+  # third (75 MiB -> 26 MiB at 0a6a696), and the tree plus the carried folder must stay under 64 MiB.
+  # Check mode (or 'tools/device-check.sh unpack DIR') unpacks them on the GPU machine.
+  for exe in ladnn ladnn_tests cuda_kernels_bench; do
+    [ -f "$dest/$exe" ] && gzip -6 "$dest/$exe"
+  done
+  ls -l "$dest" "$dest/lib"
   size_mb=$(du -sm "$dest" | cut -f1)
   echo "$dest: ${size_mb} MiB"
   [ "$size_mb" -le 56 ] || echo "warning: over 56 MiB; the device tool carries 64 MiB in all (configure with -DLADNN_BLAS=OFF)"
   exit 0
+fi
+
+# Unpacks what pack gzipped, once: an executable already there is left as it is.
+unpack() {
+  local dir="$1" gz exe
+  for gz in "$dir"/*.gz; do
+    [ -f "$gz" ] || continue
+    exe="${gz%.gz}"
+    [ -x "$exe" ] && continue
+    if gzip -dc "$gz" > "$exe.part" && chmod +x "$exe.part" && mv "$exe.part" "$exe"; then
+      echo "unpacked $exe"
+    else
+      rm -f "$exe.part"
+      echo "unpack: could not unpack $gz" >&2
+      return 1
+    fi
+  done
+}
+if [ "${1:-}" = "unpack" ]; then
+  unpack "${2:-build-device}"
+  exit $?
 fi
 
 # ---- check mode (run on the GPU machine) ----------------------------------------------------------------
@@ -142,6 +169,7 @@ export LD_LIBRARY_PATH="$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 section() { printf '\n==== %s (t=%ss)\n' "$1" "$(( $(date +%s) - START ))"; }
 
 section "environment"
+unpack "$B" || echo "(the packed executables did not unpack: the steps that need them will say so)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -2
 missing=0
 for exe in "$B/ladnn" "$B/ladnn_tests" "$B/cuda_kernels_bench"; do
