@@ -128,6 +128,7 @@ void set_fold_norm1(bool on);
 /// LADNN_CUDNN_LOG=1 (read once): print each choice made by timing — cuDNN's algorithm search, the
 /// cuBLAS/cuDNN pointwise choice, LADNN_FUSED_CONV=auto's — to stderr.
 bool log_choices();
+void set_log_choices(bool on);  // (tests: the log is how Auto's reasons are seen)
 
 /// Every switch's value at once (from the environment where a switch was not read yet), to restore later:
 /// what `ladnn bench --variants` changes for a row and puts back.

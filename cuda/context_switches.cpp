@@ -34,6 +34,7 @@ std::atomic<int> g_fused_conv{kUnread};
 std::atomic<int> g_bn_kernel{kUnread};
 std::atomic<int> g_pdl{kUnread};
 std::atomic<int> g_fold{kUnread};
+std::atomic<int> g_log{kUnread};  // LADNN_CUDNN_LOG (not a switch of the snapshot: it changes no result)
 
 int index_of(Family f) {
   return static_cast<int>(f);
@@ -282,11 +283,14 @@ void set_fold_norm1(bool on) {
 }
 
 bool log_choices() {
-  static const bool on = [] {
-    const char* v = std::getenv("LADNN_CUDNN_LOG");
-    return v != nullptr && v[0] != '\0' && v[0] != '0';
-  }();
-  return on;
+  return read_once(g_log, [] {
+           const char* v = std::getenv("LADNN_CUDNN_LOG");
+           return v != nullptr && v[0] != '\0' && v[0] != '0' ? 1 : 0;
+         }) == 1;
+}
+
+void set_log_choices(bool on) {
+  g_log.store(on ? 1 : 0);
 }
 
 SwitchSnapshot save_switches() {

@@ -359,8 +359,9 @@ FusedConvGeom geom_of(const Tensor& x, int64_t x_img, const Tensor& w, const ops
 
 /// The kernel for one call of geometry g (geom_of), on the stream: as `choice` says (fused), or
 /// plan_fused's SIMT guess.
-void run_fused(FusedConvGeom g, const Tensor& x, const ops::BnEval* pre, const Tensor& w,
-               const ops::BnEval* post, const Tensor& out, const FusedChoice* choice = nullptr) {
+/// run_fused without its profiler range (the data pass on a rotated copy opens its own).
+void launch_fused(FusedConvGeom g, const Tensor& x, const ops::BnEval* pre, const Tensor& w,
+                  const ops::BnEval* post, const Tensor& out, const FusedChoice* choice) {
   std::vector<Tensor> keep;  // contiguous copies, alive until the launch is queued (stream-ordered reuse)
   const FusedBn fpre = fused_bn_of(pre, keep), fpost = fused_bn_of(post, keep);
   const Tensor wc = w.contiguous();
@@ -368,7 +369,6 @@ void run_fused(FusedConvGeom g, const Tensor& x, const ops::BnEval* pre, const T
   g.vec4 = g.chunk4 && reinterpret_cast<std::uintptr_t>(wc.data<float>()) % 16 == 0;
   const int cps = choice && choice->tc ? choice->tc_cps : 0;
   Launch run{{g, x.data<float>(), wc.data<float>(), fpre, fpost, out.data<float>(), cps}, out.device()};
-  OpRange range("conv2d_bn_eval", choice && choice->tc ? "native-tc" : "native");
   if (choice && choice->mma) {
     const int64_t hw = int64_t(g.H) * g.W, crs = int64_t(g.C) * g.R * g.S;
     run.w16 = crs % 4 == 0 && reinterpret_cast<std::uintptr_t>(run.w) % 16 == 0;
@@ -381,6 +381,12 @@ void run_fused(FusedConvGeom g, const Tensor& x, const ops::BnEval* pre, const T
     dispatch_fused_tc(choice->tc_plan, run);
   else
     dispatch_fused(choice ? choice->plan : plan_fused(g.M(), g.K, sm_count()), g.ksize(), run);
+}
+
+void run_fused(const FusedConvGeom& g, const Tensor& x, const ops::BnEval* pre, const Tensor& w,
+               const ops::BnEval* post, const Tensor& out, const FusedChoice* choice = nullptr) {
+  OpRange range("conv2d_bn_eval", choice && choice->tc ? "native-tc" : "native");
+  launch_fused(g, x, pre, w, post, out, choice);
 }
 
 /// The candidates' runs are measurements, not calls of the op: kept out of the per-op profile.
@@ -396,11 +402,15 @@ struct ProfilerOff {
 /// library ops computing the same result), each timed as a graph replay on the call's own buffers; the
 /// fastest, logged with LADNN_CUDNN_LOG=1 as "ladnn: <op> <call>: ours (ms) <name> <ms> ...; library
 /// <ms> ms -> ours <name> | library".
+/// With `then` (what follows the op and depends on its path: conv2d_bn_eval_fused's), each path is
+/// charged its own: ours wins when its fastest plus then(true) beats the library plus then(false), logged
+/// as "...; library <ms> ms; then after ours <ms>, after the library <ms> ms -> ...".
 FusedChoice time_candidates(const char* op, const std::string& what,
                             const std::vector<FusedChoice>& candidates,
                             const std::function<std::string(const FusedChoice&)>& name,
                             const std::function<void(const FusedChoice&)>& run,
-                            const std::function<void()>& library) {
+                            const std::function<void()>& library,
+                            const std::function<void(bool ours)>& then = {}) {
   ProfilerOff profiler_off;
   FusedChoice best;
   double best_ms = std::numeric_limits<double>::infinity();
@@ -411,10 +421,20 @@ FusedChoice time_candidates(const char* op, const std::string& what,
     if (ms < best_ms) best_ms = ms, best = c;
   }
   const double library_ms = time_replayed_ms(library);
-  if (library_ms <= best_ms) best.fused = false;
+  // (each after-path timed once: its own Auto choices, if any, are made in time_replayed_ms's eager run)
+  const double then_ours = then && best.fused ? time_replayed_ms([&] { then(true); }) : 0.0;
+  const double then_library = then ? time_replayed_ms([&] { then(false); }) : 0.0;
+  if (library_ms + then_library <= best_ms + then_ours) best.fused = false;
+  std::string after;
+  if (then) {
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "; then after ours %.4f, after the library %.4f ms", then_ours, then_library);
+    after = buf;
+  }
   if (log_choices())
-    std::fprintf(stderr, "ladnn: %s %s: ours (ms)%s; library %.4f ms -> %s\n", op, what.c_str(),
-                 timings.c_str(), library_ms, best.fused ? ("ours " + name(best)).c_str() : "library");
+    std::fprintf(stderr, "ladnn: %s %s: ours (ms)%s; library %.4f ms%s -> %s\n", op, what.c_str(),
+                 timings.c_str(), library_ms, after.c_str(),
+                 best.fused ? ("ours " + name(best)).c_str() : "library");
   return best;
 }
 
@@ -478,12 +498,13 @@ void refuse_in_capture(const char* op, const std::string& what) {
 FusedChoice auto_choice(const FusedKey& key, const char* op, const std::function<std::string()>& what,
                         const std::function<std::vector<FusedChoice>()>& candidates,
                         const std::function<std::string(const FusedChoice&)>& name,
-                        const std::function<void(const FusedChoice&)>& run, const std::function<void()>& library) {
+                        const std::function<void(const FusedChoice&)>& run, const std::function<void()>& library,
+                        const std::function<void(bool ours)>& then = {}) {
   FusedChoice choice;
   if (cached_choice(key, choice)) return choice;
   const std::string call = what();
   refuse_in_capture(op, call);
-  choice = time_candidates(op, call, candidates(), name, run, library);
+  choice = time_candidates(op, call, candidates(), name, run, library, then);
   remember_choice(key, choice);
   return choice;
 }
@@ -492,7 +513,8 @@ FusedChoice auto_choice(const FusedKey& key, const char* op, const std::function
 
 bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
                           const ops::Conv2dParams& p, const ops::BnEval* post, Tensor& out, int64_t out_img,
-                          const std::function<void(const Tensor&)>& unfused_into) {
+                          const std::function<void(const Tensor&)>& unfused_into,
+                          const std::function<void(bool ours)>& then) {
   const FusedConv mode = fused_conv();
   if (mode == FusedConv::Off) return false;
   const FusedConvGeom g = geom_of(x, x_img, w, p, out_img);
@@ -537,7 +559,7 @@ bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre
       [&g](const FusedChoice& c) { return fused_name(g, c); },
       [&](const FusedChoice& c) { run_fused(g, x, pre, w, post, output(), &c); },
       // the unfused ops as they would run: into the caller's out, or into their own
-      [&] { unfused_into(caller_out ? out : Tensor()); });
+      [&] { unfused_into(caller_out ? out : Tensor()); }, then);
   if (choice.fused) {
     run_fused(g, x, pre, w, post, output(), &choice);
     return true;
@@ -861,6 +883,32 @@ void run_dgrad(const FusedConvGeom& g, const float* dy, const float* w, float* d
   dispatch_fused_tc(c.tc_plan, Launch{{g, dy, w, none, none, dx, c.tc_cps}, device});
 }
 
+/// out = w (K, C, R, S) rotated and transposed, (C, K, R, S): the data pass's weight as a forward's
+/// (rotated_weight).
+__global__ void rotate_weights_kernel(const float* __restrict__ w, int K, int C, int RS, float* __restrict__ out) {
+  pdl_enter();
+  const int64_t n = int64_t(K) * C * RS;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = rotated_weight(w, K, C, RS, i);
+}
+
+/// The data pass on a forward kernel that reads w in the forward's order only (the mma and halo kernels;
+/// c.mma or c.halo): a kernel first writes w rotated and transposed into a (C, K, R, S) copy (36,864
+/// values for a growth 3x3, 128 x C for a bottleneck 1x1), then the forward kernel runs on it with the data
+/// pass's geometry (g: dgrad_geom's, w_flipped cleared). Auto's timing of these choices includes the copy.
+void run_dgrad_on_copy(FusedConvGeom g, const Tensor& dy, const Tensor& w, const Tensor& dx, const FusedChoice& c) {
+  OpRange range("conv2d_backward_input", "native-tc");
+  const Tensor wf = Tensor::empty({w.size(1), w.size(0), w.size(2), w.size(3)}, DType::Float32, w.device());
+  const int64_t n = wf.numel();
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, int64_t(sm_count()) * 4));
+  launch_kernel(rotate_weights_kernel, blocks, 256, 0, static_cast<cudaStream_t>(stream()), w.data<float>(),
+                static_cast<int>(w.size(0)), static_cast<int>(w.size(1)), static_cast<int>(w.size(2) * w.size(3)),
+                wf.data<float>());
+  CUDA_CHECK_LAUNCH();
+  g.w_flipped = false;
+  launch_fused(g, dy, nullptr, wf, nullptr, dx, &c);  // (wf freed after the launch is queued: stream-ordered)
+}
+
 /// Every size of a backward pass fits the kernels' int indexing (and their grids' limits).
 bool backward_fits(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t P,
                    int64_t Q) {
@@ -903,7 +951,10 @@ bool conv2d_backward_input_fused(const Tensor& dy, const Tensor& w, const ops::C
   if (mode == FusedConv::Off || !tc_applies() || !dgrad_applies(dy, w, dx, p)) return false;
   const FusedConvGeom g = dgrad_geom_of(dy, w, dx, p);
   auto run = [&](const FusedChoice& c) {
-    run_dgrad(g, dy.data<float>(), w.data<float>(), dx.data<float>(), dx.device(), c);
+    if (c.mma || c.halo)
+      run_dgrad_on_copy(g, dy, w, dx, c);
+    else
+      run_dgrad(g, dy.data<float>(), w.data<float>(), dx.data<float>(), dx.device(), c);
   };
   FusedChoice choice =
       tc_choice(g, kTcPlans[0], 2);  // On: the first tile, split for two blocks per SM if it helps
@@ -914,6 +965,20 @@ bool conv2d_backward_input_fused(const Tensor& dy, const Tensor& w, const ops::C
         [&] {
           std::vector<FusedChoice> candidates;
           append_tc_candidates(g, candidates);  // as the forward's
+          // The mma and halo kernels on the rotated copy (run_dgrad_on_copy): not yet run on a GPU this
+          // way, so behind the halo kernel's gate. (The copy is aligned: a new allocation.)
+          if (halo_unchecked_allowed()) {
+            FusedConvGeom gf = g;
+            gf.w_flipped = false;
+            append_mma_candidates(gf, false, candidates);
+            for (const HaloPlan& plan : kHaloPlans)
+              if (halo_takes(gf, false, plan) &&
+                  reinterpret_cast<std::uintptr_t>(dy.data<float>()) % (4 * plan.vec) == 0) {
+                candidates.push_back(halo_choice(gf, plan, 0));
+                const FusedChoice split = halo_choice(gf, plan, 2);
+                if (split.tc_cps > 0) candidates.push_back(split);
+              }
+          }
           return candidates;
         },
         [&g](const FusedChoice& c) { return fused_name(g, c); }, run, library);
@@ -1078,6 +1143,49 @@ void conv2d_backward_input_fused_plan(const Tensor& dy, const Tensor& w, const o
   c.tc_plan = kTcPlans[plan];
   c.tc_cps = chunks_per_split;
   run_dgrad(dgrad_geom_of(dy, w, dx, p), dy.data<float>(), w.data<float>(), dx.data<float>(), dx.device(), c);
+}
+
+void conv2d_backward_input_forward_plan(const Tensor& dy, const Tensor& w, const ops::Conv2dParams& p,
+                                        const Tensor& dx, int plan, int chunks_per_split) {
+  const char* op = "conv2d_backward_input_forward_plan";
+  if (plan < 0 || plan >= fused_conv_plans())
+    throw std::invalid_argument(std::string(op) + ": plan " + std::to_string(plan) + " is not in [0, " +
+                                std::to_string(fused_conv_plans()) + ")");
+  FusedChoice c = plan_choice(plan);
+  if (!c.mma && !c.halo)
+    throw std::invalid_argument(std::string(op) + ": plan " + std::to_string(plan) + " (" +
+                                fused_name(FusedConvGeom{}, c) +
+                                ") is not an mma or halo plan: the others read the rotated weight in place "
+                                "(conv2d_backward_input_fused_plan)");
+  if (!tc_applies())
+    throw std::invalid_argument(std::string(op) + ": the tensor-core kernels need TF32 on and sm_80+");
+  if (!dgrad_applies(dy, w, dx, p))
+    throw std::invalid_argument(std::string(op) +
+                                ": our kernels do not take this call (the data pass: stride 1, padding under "
+                                "the window; every size within int)");
+  const FusedConvGeom g = dgrad_geom_of(dy, w, dx, p);
+  FusedConvGeom gf = g;
+  gf.w_flipped = false;
+  const std::string shape = "; the data pass as a forward: " + std::to_string(gf.C) + " input channels, " +
+                            std::to_string(gf.R) + "x" + std::to_string(gf.S) + " window, padding " +
+                            std::to_string(gf.ph) + ", W " + std::to_string(gf.W) + ", dy's images " +
+                            std::to_string(gf.x_img) + " apart";
+  if (c.mma && !mma_takes(gf, false))
+    throw std::invalid_argument(std::string(op) + ": plan " + std::to_string(plan) +
+                                " (mma) takes pointwise convolutions and 3x3 and 7x7 windows" + shape);
+  if (c.halo && (!halo_takes(gf, false, c.halo_plan) ||
+                 reinterpret_cast<std::uintptr_t>(dy.data<float>()) % (4 * c.halo_plan.vec) != 0))
+    throw std::invalid_argument(std::string(op) + ": plan " + std::to_string(plan) +
+                                " (halo) takes 3x3 windows of padding 1 over a multiple of 8 channels, W and "
+                                "dy's images and address multiples of its copy width " +
+                                std::to_string(c.halo_plan.vec) + ", W at most " +
+                                std::to_string(c.halo_plan.bm / 2) + shape);
+  if (chunks_per_split < 0)
+    throw std::invalid_argument(std::string(op) + ": chunks_per_split " + std::to_string(chunks_per_split) +
+                                " < 0");
+  c.tc_cps = chunks_per_split;
+  c.mma_tap = c.mma && mma_tap_major_fits(gf, c.mma_plan.depth);
+  run_dgrad_on_copy(g, dy, w, dx, c);
 }
 
 void conv2d_backward_weight_fused_plan(const Tensor& dy, const Tensor& x, int64_t x_img,

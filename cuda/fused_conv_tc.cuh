@@ -63,6 +63,17 @@ inline FusedGrid tc_grid(const FusedConvGeom& g, const TcPlan& plan) {
           static_cast<unsigned>((g.K + plan.bk - 1) / plan.bk)};
 }
 
+/// Element i of the data pass's weight as a forward convolution's (C, K, R, S) weight: w (K, C, R, S)
+/// rotated by 180 degrees and transposed, out[c][k][rs] = w[k][c][RS - 1 - rs] (RS = R * S). This kernel
+/// reads w in that order in place (w_flipped, below); the mma and halo kernels copy the forward's rows
+/// only, so their data pass runs on a copy made of these (cuda/fused_conv.cu's rotate_weights_kernel).
+LADNN_HD float rotated_weight(const float* w, int K, int C, int RS, int64_t i) {
+  const int rs = static_cast<int>(i % RS);
+  const int64_t ck = i / RS;
+  const int k = static_cast<int>(ck % K), c = static_cast<int>(ck / K);
+  return w[(int64_t(k) * C + c) * RS + (RS - 1 - rs)];
+}
+
 /// The backward data pass of a stride-1 convolution x (N, C, H, W) -> dy (N, K, P, Q), weight (K, C, R, S),
 /// padding (ph, pw), as this kernel's forward convolution: input dy, output dx, the weight read rotated
 /// and transposed (w_flipped), padding R-1-ph and S-1-pw; dx packed, dy's images dy_img elements apart (0:

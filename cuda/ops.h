@@ -73,9 +73,14 @@ Tensor conv2d_backward_bias(const Tensor& dy);
 /// channels) or Auto chose the unfused ops for this shape: the caller then runs them (on the first call
 /// of a shape, Auto's timing has run them too, into out or their own output; a caller's out defined
 /// before the call stays as it was, a new one is dropped).
+/// `then` (optional): what follows the forward and depends on the path it takes, for Auto to time with it
+/// — `then(true)` after ours, `then(false)` after the unfused ops. A training forward with a batch-form pre
+/// (a folded norm1) passes its weight gradient: our kernel leaves no map, so the gradient applies pre's map
+/// again, while the unfused ops leave the map for the plain gradient. Auto picks the faster sum.
 bool conv2d_bn_eval_fused(const Tensor& x, int64_t x_img, const ops::BnEval* pre, const Tensor& w,
                           const ops::Conv2dParams& p, const ops::BnEval* post, Tensor& out, int64_t out_img,
-                          const std::function<void(const Tensor&)>& unfused_into);
+                          const std::function<void(const Tensor&)>& unfused_into,
+                          const std::function<void(bool ours)>& then = {});
 /// Forgets LADNN_FUSED_CONV=auto's per-shape choices (they are kept for the process): the next call of
 /// each shape times again. For tests, and after changing something the choice depends on that its key
 /// does not hold.
@@ -161,6 +166,14 @@ void conv2d_backward_input_fused_plan(const Tensor& dy, const Tensor& w, const o
                                       int plan, int chunks_per_split = 0);
 void conv2d_backward_weight_fused_plan(const Tensor& dy, const Tensor& x, int64_t x_img, const ops::Conv2dParams& p,
                                        const Tensor& dw, int plan, int waves);
+/// The data pass on forward plan `plan` (0 <= plan < fused_conv_plans(), an mma or halo plan): those
+/// kernels read w in the forward's order only, so a kernel first writes w rotated and transposed into a
+/// (C, K, R, S) copy, then the forward kernel convolves dy with it (padding R-1-ph) into dx — as Auto runs
+/// them for conv2d_backward_input with LADNN_HALO_UNCHECKED=1. chunks_per_split as
+/// conv2d_bn_eval_fused_plan's. Throws std::invalid_argument naming the plan and the call's shape when
+/// the kernel does not take it. For tests and benches.
+void conv2d_backward_input_forward_plan(const Tensor& dy, const Tensor& w, const ops::Conv2dParams& p,
+                                        const Tensor& dx, int plan, int chunks_per_split = 0);
 /// How many launch shapes cuda/conv_wgrad_halo.cuh's weight gradient has (kWgradHaloPlans), and that kernel
 /// alone in shape `plan`, its bands split for `waves` blocks per SM — for tests and benches (Auto times it
 /// only with LADNN_HALO_UNCHECKED=1 until a device check has passed). It takes 3x3 windows of stride 1 and

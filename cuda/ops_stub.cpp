@@ -197,7 +197,8 @@ Tensor conv2d_backward_bias(const Tensor&) {
   no_backend("conv2d_backward_bias");
 }
 bool conv2d_bn_eval_fused(const Tensor&, int64_t, const ops::BnEval*, const Tensor&, const ops::Conv2dParams&,
-                          const ops::BnEval*, Tensor&, int64_t, const std::function<void(const Tensor&)>&) {
+                          const ops::BnEval*, Tensor&, int64_t, const std::function<void(const Tensor&)>&,
+                          const std::function<void(bool)>&) {
   no_backend("conv2d_bn_eval");
 }
 void reset_fused_conv_choices() {}
@@ -251,6 +252,10 @@ int conv_backward_plans(bool) {
 void conv2d_backward_input_fused_plan(const Tensor&, const Tensor&, const ops::Conv2dParams&, const Tensor&, int,
                                       int) {
   no_backend("conv2d_backward_input_fused_plan");
+}
+void conv2d_backward_input_forward_plan(const Tensor&, const Tensor&, const ops::Conv2dParams&, const Tensor&, int,
+                                        int) {
+  no_backend("conv2d_backward_input_forward_plan");
 }
 void conv2d_backward_weight_fused_plan(const Tensor&, const Tensor&, int64_t, const ops::Conv2dParams&, const Tensor&,
                                        int, int) {

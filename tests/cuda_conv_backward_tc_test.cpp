@@ -234,6 +234,71 @@ TEST(CudaConvBackwardTc, HaloWeightGradientMatchesFloat64OnGrowthShapes) {
   EXPECT_THROW_WITH(cuda::conv2d_backward_weight_halo_plan(dy, x, 32 * 64, p1, dw3, 0, 0), "waves 0 < 1");
 }
 
+// The data pass on the mma and halo kernels (Auto's candidates with LADNN_HALO_UNCHECKED=1): a kernel
+// rotates and transposes w into a copy, then the forward kernel convolves dy with it. DenseNet-169's
+// growth 3x3s at their four sizes (dy a 32-channel slice of a wider gradient, read in place) and a
+// bottleneck 1x1 (dy 128 channels, dx 256), every mma and halo plan that takes the call, whole and split,
+// against float64.
+TEST(CudaConvBackwardTc, DataPassOnTheRotatedCopyMatchesFloat64) {
+  LADNN_REQUIRE_GPU();
+  REQUIRE_TENSOR_CORES();
+  FillNanScope nan_fill;
+  Generator gen(75);
+  const Case cases[] = {{2, 128, 56, 56, 32, 3, 3, 1, 1},
+                        {2, 128, 28, 28, 32, 3, 3, 1, 1},
+                        {4, 128, 14, 14, 32, 3, 3, 1, 1},
+                        {4, 128, 7, 7, 32, 3, 3, 1, 1},
+                        {4, 256, 14, 14, 128, 1, 1, 1, 0}};
+  int mma_runs = 0, halo_runs = 0;
+  for (const Case& c : cases) {
+    const ops::Conv2dParams p = params_of(c);
+    const Tensor dy = randn({c.N, c.K, c.H, c.W}, gen);
+    Tensor dybuf = Tensor::full({c.N, c.K + 4, c.H, c.W}, NAN);
+    dybuf.narrow(1, 4, c.K).copy_(dy);
+    const Tensor gdy = to_gpu(dybuf).narrow(1, 4, c.K);
+    const Tensor w = randn({c.K, c.C, c.R, c.S}, gen, 0, 0.1), gw = to_gpu(w);
+    const Shape x_shape{c.N, c.C, c.H, c.W};
+    const test::ConvGradReference ref = test::conv_backward_reference(dy, w, x_shape, w.shape(), p, false);
+    int taken = 0;
+    for (int plan = 0; plan < cuda::fused_conv_plans(); ++plan) {
+      if (!cuda::fused_conv_plan_is_mma(plan) && !cuda::fused_conv_plan_is_halo(plan)) continue;
+      for (int cps : {0, 2}) {
+        const std::string what = name_of(c) + " data pass on " + cuda::fused_conv_plan_name(plan) +
+                                 " chunks per split " + std::to_string(cps);
+        const Tensor dx = Tensor::empty(x_shape, DType::Float32, Device::cuda());
+        std::string ran;
+        try {
+          ran = profiled([&] { cuda::conv2d_backward_input_forward_plan(gdy, gw, p, dx, plan, cps); });
+        } catch (const std::invalid_argument& e) {
+          EXPECT_NE(std::string(e.what()).find(" takes "), std::string::npos) << what << ": " << e.what();
+          continue;  // (a halo tile this row length or copy width does not take)
+        }
+        EXPECT_EQ(ran, "conv2d_backward_input/native-tc") << what;
+        EXPECT_TRUE(gpu_matches(what, dx, ref.value, {0.0, kTcRtol}, ref.scale));
+        ++taken;
+        (cuda::fused_conv_plan_is_halo(plan) ? halo_runs : mma_runs) += 1;
+      }
+    }
+    EXPECT_GT(taken, 0) << name_of(c);
+  }
+  EXPECT_GT(mma_runs, 0);
+  EXPECT_GT(halo_runs, 0) << "no halo plan took a growth 3x3's data pass";
+  // What it refuses, by name: a wmma plan (it reads the rotated weight in place), a stride-2 call.
+  const Tensor dy = to_gpu(Tensor::ones({1, 32, 8, 8})), w = to_gpu(Tensor::ones({32, 16, 3, 3}));
+  const Tensor dx = Tensor::empty({1, 16, 8, 8}, DType::Float32, Device::cuda());
+  ops::Conv2dParams p1;
+  p1.pad_h = p1.pad_w = 1;
+  int wmma = 0;
+  while (wmma < cuda::fused_conv_plans() &&
+         (!cuda::fused_conv_plan_is_tensor_core(wmma) || cuda::fused_conv_plan_is_mma(wmma) ||
+          cuda::fused_conv_plan_is_halo(wmma)))
+    ++wmma;
+  ASSERT_LT(wmma, cuda::fused_conv_plans());
+  EXPECT_THROW_WITH(cuda::conv2d_backward_input_forward_plan(dy, w, p1, dx, wmma), "is not an mma or halo plan");
+  EXPECT_THROW_WITH(cuda::conv2d_backward_input_forward_plan(dy, w, p1, dx, cuda::fused_conv_plans()),
+                    "is not in [0, ");
+}
+
 // The pointwise weight gradient on mma.sync (cuda/conv_wgrad_pw.cuh) on DenseNet-169's bottleneck shapes
 // (16-byte copies at 56x56 and 14x14, 4-byte ones at 7x7, the 7x7 input the widest prefix) and an odd one
 // (K and C off the tiles, 8-byte copies), split for one and two blocks per SM, x a channel prefix, dy a

@@ -7,7 +7,10 @@
 // tests/densenet_test.cpp the folded block on the CPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -113,6 +116,85 @@ TEST(CudaNorm1Fold, PointwiseWeightGradientAppliesTheBatchFormAsTheMapDoes) {
     EXPECT_TRUE(gpu_matches(what + " through the op", ops::conv2d_backward_weight(dy, x, w_shape, p, pre),
                             ref.value, {0.0, kTcRtol}, ref.scale));
   }
+}
+
+/// The number after `label` in `line` (-1 when absent).
+double number_after(const std::string& line, const std::string& label) {
+  const size_t at = line.find(label);
+  return at == std::string::npos ? -1.0 : std::stod(line.substr(at + label.size()));
+}
+
+// Auto's forward with a batch-form pre (a folded norm1's conv1) is a training forward: each path is
+// charged the weight gradient it leaves (ours none of the map: the gradient applies pre again; the
+// unfused ops the map: the plain gradient), and the faster sum wins. Read from its log line: the sums
+// decide, the map is handed out exactly when the unfused ops ran, and a second call is Auto's cached choice.
+TEST(CudaNorm1Fold, AutoChargesEachForwardItsWeightGradient) {
+  LADNN_REQUIRE_GPU();
+  SwitchesScope switches;
+  cuda::set_fused_conv(cuda::FusedConv::Auto);
+  cuda::set_fold_norm1(true);  // (the pointwise gradient's prologue among the weight gradient's candidates)
+  struct LogScope {
+    bool was = cuda::log_choices();
+    LogScope() { cuda::set_log_choices(true); }
+    ~LogScope() { cuda::set_log_choices(was); }
+  } log_on;
+  cuda::reset_fused_conv_choices();
+  Generator gen(85);
+  const int64_t N = 2, C = 256, H = 14, W = 14, K = 128;
+  const Tensor xbuf = to_gpu(randn({N, C + 4, H, W}, gen, 0.3, 1.0)), x = xbuf.narrow(1, 0, C);
+  const Tensor w = to_gpu(randn({K, C, 1, 1}, gen, 0, 0.05));
+  const ops::BnEval pre = batch_pre(C, gen);
+  const ops::Conv2dParams p;
+  Tensor pre_y;
+  testing::internal::CaptureStderr();
+  const Tensor y = ops::conv2d_bn_eval(x, &pre, w, p, nullptr, &pre_y);
+  const std::string log = testing::internal::GetCapturedStderr();
+  std::string line;
+  for (size_t at = 0, end; at < log.size(); at = end + 1) {
+    end = log.find('\n', at);
+    if (end == std::string::npos) end = log.size();
+    const std::string l = log.substr(at, end - at);
+    if (l.rfind("ladnn: conv2d_bn_eval x (2, 256, 14, 14)", 0) == 0) line = l;
+  }
+  ASSERT_FALSE(line.empty()) << "no Auto line for the folded forward in:\n" << log;
+  ASSERT_NE(line.find(" pre 4 post 0"), std::string::npos) << line;  // the batch form with its ReLU
+  const double library = number_after(line, "; library ");
+  const double after_ours = number_after(line, "then after ours ");
+  const double after_library = number_after(line, "after the library ");
+  ASSERT_GT(library, 0.0) << line;
+  ASSERT_GT(after_library, 0.0) << "the library's path was not charged its weight gradient: " << line;
+  // The fastest of ours (each "name ms" pair between "ours (ms)" and the first ';').
+  double best_ours = std::numeric_limits<double>::infinity();
+  {
+    const size_t from = line.find(": ours (ms)") + 11;
+    std::istringstream words(line.substr(from, line.find(';', from) - from));
+    std::string name;
+    double ms = 0;
+    while (words >> name >> ms) best_ours = std::min(best_ours, ms);
+  }
+  ASSERT_TRUE(std::isfinite(best_ours)) << "no candidate of ours timed: " << line;
+  ASSERT_GT(after_ours, 0.0) << "our path was not charged its weight gradient: " << line;
+  const bool ours = line.find("-> ours ") != std::string::npos;
+  const double margin = (library + after_library) - (best_ours + after_ours);
+  if (std::abs(margin) > 1e-3)  // (the log rounds each time to 4 decimals)
+    EXPECT_EQ(ours, margin > 0) << line;
+  if (cuda::fused_conv_tensor_cores())  // the prologue's own Auto ran inside the charge for ours
+    EXPECT_NE(log.find("ladnn: conv2d_backward_weight dy (2, 128, 14, 14) w (128, 256, 1, 1) x (2, 256, 14, "
+                       "14) stride 1x1 pad 0x0 pre 4"),
+              std::string::npos)
+        << log;
+  // The map is handed out where a pass of its own made it: the unfused ops.
+  EXPECT_EQ(pre_y.defined(), !ours) << line;
+  if (pre_y.defined()) EXPECT_TRUE(gpu_equals("the handed-out map", pre_y, to_cpu(map_of(x, pre))));
+  // Either way the convolution of the map: within TF32 of float64 (relative to sum |terms|).
+  const test::ConvBnReference ref = test::conv_bn_eval_reference(to_cpu(map_of(x, pre)), nullptr, to_cpu(w), p, nullptr);
+  EXPECT_TRUE(gpu_matches("the folded forward", y, ref.y, {0.0, 0x1p-9 + 1e-5}, ref.scale));
+  // A second call: Auto's cached choice, no timing.
+  testing::internal::CaptureStderr();
+  Tensor pre_y2;
+  (void)ops::conv2d_bn_eval(x, &pre, w, p, nullptr, &pre_y2);
+  EXPECT_EQ(testing::internal::GetCapturedStderr().find("ladnn: conv2d_bn_eval"), std::string::npos);
+  EXPECT_EQ(pre_y2.defined(), !ours);
 }
 
 // A dense block folded and not, on the library's convolutions (LADNN_FUSED_CONV=off, deterministic

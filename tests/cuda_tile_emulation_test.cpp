@@ -1314,6 +1314,85 @@ TEST(FusedConvEmulation, TensorCoreBackwardDataMatchesFloat64) {
   EXPECT_EQ(nvcuda::wmma::g_misuse.load(), 0) << "a wmma call with a misaligned tile pointer, ldm or layout";
 }
 
+// The data pass on the forward kernels that read w in the forward's order only (the mma and halo kernels):
+// a copy of w rotated and transposed (rotated_weight, what rotate_weights_kernel writes), then the forward
+// kernel with the data pass's geometry (dgrad_geom, w_flipped cleared), dy read in place as a channel
+// slice. Against float64 scattering: 3x3 windows padded 1 (the growth convolutions' data pass: padding 1
+// again) at rows of 8, 7 and 12 pixels, one padded 0 (padding 2 as a forward: the mma kernel only), and a
+// pointwise one; every mma tile in both orders and every halo tile that takes the call, whole and split.
+TEST(FusedConvEmulation, DataPassOnTheRotatedCopyMatchesFloat64) {
+  struct Case {
+    int N, C, H, W, K, R, pad;  // the forward's: x (N, C, H, W), w (K, C, R, R)
+    int cps;                     // mma stages of 16 / halo stages of 8 channels per split (0: whole)
+  };
+  const Case cases[] = {{2, 20, 8, 8, 16, 3, 1, 0}, {1, 33, 7, 7, 8, 3, 1, 0},  {1, 36, 6, 12, 24, 3, 1, 1},
+                        {1, 10, 7, 8, 9, 3, 0, 0},  {2, 70, 5, 5, 32, 1, 0, 1}, {1, 24, 4, 8, 32, 3, 1, 2}};
+  Generator gen(59);
+  int mma_runs = 0, halo_runs = 0;
+  for (const Case& cs : cases) {
+    ops::Conv2dParams p;
+    p.pad_h = p.pad_w = cs.pad;
+    const int P = cs.H + 2 * cs.pad - cs.R + 1, Q = cs.W + 2 * cs.pad - cs.R + 1;
+    // dy: channels [2, 2 + K) of a wider buffer, NaN beside them.
+    Tensor wide = Tensor::full({cs.N, cs.K + 3, P, Q}, std::numeric_limits<double>::quiet_NaN(), DType::Float32);
+    const Tensor dy = Tensor::normal({cs.N, cs.K, P, Q}, 0, 1, gen);
+    wide.narrow(1, 2, cs.K).copy_(dy);
+    const Tensor w = Tensor::normal({cs.K, cs.C, cs.R, cs.R}, 0, 0.5, gen);
+    const Shape x_shape{cs.N, cs.C, cs.H, cs.W};
+    const test::ConvGradReference ref = test::conv_backward_reference(dy, w, x_shape, w.shape(), p, false);
+    const int RS = cs.R * cs.R;
+    Tensor wf = Tensor::empty({cs.C, cs.K, cs.R, cs.R});
+    for (int64_t i = 0; i < wf.numel(); ++i) wf.data<float>()[i] = rotated_weight(w.data<float>(), cs.K, cs.C, RS, i);
+    FusedConvGeom g = dgrad_geom(cs.N, cs.C, cs.H, cs.W, cs.K, P, Q, cs.R, cs.R, cs.pad, cs.pad,
+                                 int64_t(cs.K + 3) * P * Q);
+    g.w_flipped = false;
+    const float* dyp = wide.data<float>() + 2 * int64_t(P) * Q;
+    const std::string what = "dx (" + std::to_string(cs.N) + ", " + std::to_string(cs.C) + ", " +
+                             std::to_string(cs.H) + ", " + std::to_string(cs.W) + ") w " + std::to_string(cs.K) +
+                             "x" + std::to_string(cs.R) + "x" + std::to_string(cs.R) + " pad " +
+                             std::to_string(cs.pad);
+    ASSERT_TRUE(mma_takes(g, false)) << what;
+    const FusedBn none;
+    for (const MmaPlan& plan : kMmaPlans)
+      for (const bool tap : {false, true}) {
+        // (the 32 x 64 tiles of both depths: the geometry is what is new here; MmaPlansMatchFloat64 runs
+        // every tile)
+        if (plan.bk != 32 || plan.bm != 64) continue;
+        if (tap && !mma_tap_major_fits(g, plan.depth)) continue;
+        const int cps = cs.cps > 0 ? std::max(1, cs.cps * 16 / plan.depth) : 0;
+        SCOPED_TRACE(what + " mma " + std::to_string(plan.bk) + "x" + std::to_string(plan.bm) + " depth " +
+                     std::to_string(plan.depth) + (tap ? " tap by tap" : "") + " stages per split " +
+                     std::to_string(cps));
+        Tensor dx = Tensor::full(x_shape, std::numeric_limits<double>::quiet_NaN());
+        EmulateFused run{{g, dyp, wf.data<float>(), none, none, dx.data<float>(), cps}};
+        run.w16 = int64_t(g.C) * RS % 4 == 0;  // (wf: a new allocation, aligned)
+        run.x16 = g.pointwise() && P * Q % 4 == 0 && g.x_img % 4 == 0 &&
+                  reinterpret_cast<std::uintptr_t>(dyp) % 16 == 0;
+        run.tap = tap;
+        dispatch_fused_mma(plan, run);
+        ASSERT_TRUE(within_tf32(dx, ref));
+        ++mma_runs;
+      }
+    for (const HaloPlan& plan : kHaloPlans) {
+      if (!halo_takes(g, false, plan) || reinterpret_cast<std::uintptr_t>(dyp) % (4 * plan.vec) != 0) continue;
+      SCOPED_TRACE(what + " halo 32x" + std::to_string(plan.bm) + " copies of " + std::to_string(plan.vec) +
+                   " stages per split " + std::to_string(cs.cps));
+      Tensor dx = Tensor::full(x_shape, std::numeric_limits<double>::quiet_NaN());
+      dispatch_fused_halo(plan, EmulateFused{{g, dyp, wf.data<float>(), none, none, dx.data<float>(), cs.cps}});
+      ASSERT_TRUE(within_tf32(dx, ref));
+      ++halo_runs;
+    }
+  }
+  // 6 cases x 2 tiles, and 3 tap by tap: depth 16 over 16 dy channels, both depths over 32
+  EXPECT_EQ(mma_runs, 15);
+  EXPECT_EQ(halo_runs, 10);  // rows of 8 (two cases) and 12 at the three 16-byte tiles, rows of 7 at the 4-byte one
+  EXPECT_EQ(emu::g_cp_async_misaligned.load(), 0) << "a cp.async from or to a misaligned address";
+  // The copy's order, element by element: out[c][k][rs] = w[k][c][RS - 1 - rs].
+  const std::vector<float> w = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};  // (K 2, C 3, R 1, S 2)
+  const float want[] = {1, 0, 7, 6, 3, 2, 9, 8, 5, 4, 11, 10};          // (C 3, K 2, R 1, S 2)
+  for (int64_t i = 0; i < 12; ++i) EXPECT_EQ(rotated_weight(w.data(), 2, 3, 2, i), want[i]) << "element " << i;
+}
+
 /// cuda/fused_conv.cu's LaunchWgrad, emulated: the kernel into dw or the workspace, then the reduction;
 /// every weight-gradient form (wmma, halo, pointwise).
 struct EmulateWgrad {

@@ -24,13 +24,17 @@ conv2d_bn_eval with no BatchNorms or conv2d_forward, conv2d_backward_input, conv
 shape's chosen time (ours or the library's, as Auto logged it) times its layer count (the growth 3x3s once
 per layer of their block, every other shape once: shapes that coincide, such as the first transition's
 1x1 and a dense layer's at 28x28, are counted once), by pass, window and map size. With -v it lists the
-growth 3x3s' weight gradients: the chosen time, the library's, and the fastest wmma ("tc") and halo forms,
+growth 3x3s' data passes (the chosen time, the library's, the fastest wmma, mma and halo forms: the last
+two on the rotated copy of the weight) and weight gradients: the chosen time, the library's, and the
+fastest wmma ("tc") and halo forms,
 and the 1x1s' per map size: the sums of the chosen, the library's and the fastest pw (mma.sync) times.
 
   python3 tools/auto_breakdown.py ladnn_bench.log --batch 64 --training [-v] [--fold]
 
 With --fold, conv1's lines with a folded norm1 (LADNN_NORM1_FOLD=1: "pre 4", the forward and the weight
-gradient; a bench --variants row times them) stand in for the plain ones of the same shape.
+gradient; a bench --variants row times them) stand in for the plain ones of the same shape: the folded
+weight gradient only where the forward chose ours (Auto charges each forward path the weight gradient it
+leaves, "then after ours <ms>, after the library <ms> ms"; -v lists those sums).
 """
 import argparse
 import collections
@@ -50,7 +54,8 @@ PASSES = {"conv2d_bn_eval": "forward", "conv2d_forward": "forward", "conv2d_back
 def training(a, layers):
     """--training: each (pass, shape)'s chosen time at a.batch, from the lines that offer ours (their
     choice) or else the library's own line (cuDNN or cuBLAS, whichever it chose)."""
-    chosen, library_only, details, folded_chosen = {}, {}, {}, {}
+    chosen, library_only, details, folded_chosen, folded_forward_ours = {}, {}, {}, {}, {}
+    details_mma = {}
     with open(a.log, errors="replace") as f:
         for line in f:
             line = line.strip()
@@ -84,10 +89,19 @@ def training(a, layers):
                 name = choice.split()[-1]
                 (folded_chosen if folded else chosen)[key] = library if choice.startswith("lib") else ours[name]
                 if folded:
+                    if op == "conv2d_bn_eval":
+                        folded_forward_ours[key[1:]] = not choice.startswith("lib")
+                        then = re.search(r"then after ours ([0-9.]+), after the library ([0-9.]+) ms", line)
+                        if a.v and then:
+                            print(f"folded conv1 {h:>3}x{h:<3} C {c:>4} K {k:>3}: forward ours "
+                                  f"{min(ours.values(), default=float('nan')):.4f} + weight gradient "
+                                  f"{float(then.group(1)):.4f}, library {library:.4f} + "
+                                  f"{float(then.group(2)):.4f} -> {choice}")
                     continue
                 best = lambda pre: min(((v, n_) for n_, v in ours.items() if n_.startswith(pre)),
                                        default=(float("nan"), "-"))
                 details[key] = (chosen[key], library, best("tc"), best("halo"), choice, best("pw"))
+                details_mma[key] = best("mma")
             else:
                 t = re.search(r"cuBLAS GEMM ([0-9.]+) ms", line) if choice == "cuBLAS" else \
                     re.search(r"([0-9.]+) ms(?:;[^;]*)? -> cuDNN", line)
@@ -95,7 +109,11 @@ def training(a, layers):
                     library_only[key] = float(t.group(1))
     for key, t in library_only.items():
         chosen.setdefault(key, t)
-    chosen.update(folded_chosen)
+    # A folded conv1's weight gradient with the pre runs only where its forward chose ours (the library's
+    # forward leaves the map, and the plain gradient's line stands). Auto times it either way since the
+    # forward's choice counts it ("then after ours").
+    chosen.update({key: t for key, t in folded_chosen.items()
+                   if key[0] != "backward weight" or folded_forward_ours.get(key[1:], True)})
     if not chosen:
         sys.exit(f"{a.log}: no convolution choice lines at batch {a.batch} (run with LADNN_CUDNN_LOG=1)")
     sizes = sorted({key[2] for key in chosen if key[1] == 3 and key[4] == a.growth}, reverse=True)
@@ -117,6 +135,12 @@ def training(a, layers):
             row[2] += pw[0] if pw[0] == pw[0] else lib  # (no pw form timed: the library's)
             row[3] += not choice.startswith("lib")
             row[4] += 1
+        if a.v and growth and pas == "backward data" and key in details:
+            ch, lib, tc, halo, choice, _pw = details[key]
+            mma = details_mma.get(key, (float("nan"), "-"))
+            print(f"dgrad 3x3 {h:>3}x{h:<3} C {c:>4} K {k:>3} x{count:<2} chosen {ch:.4f} library {lib:.4f} "
+                  f"best tc {tc[1]} {tc[0]:.4f} best mma {mma[1]} {mma[0]:.4f} best halo {halo[1]} {halo[0]:.4f} "
+                  f"-> {choice}")
         if a.v and growth and pas == "backward weight" and key in details:
             ch, lib, tc, halo, choice, _pw = details[key]
             print(f"wgrad 3x3 {h:>3}x{h:<3} C {c:>4} K {k:>3} x{count:<2} chosen {ch:.4f} library {lib:.4f} "

@@ -246,7 +246,7 @@ if want bench; then
   if [ "${LADNN_HALO_UNCHECKED:-0}" = 1 ] && [ -f "$OUTDIR/tests_library.rc" ] &&
      [ "$(cat "$OUTDIR/tests_library.rc")" != 0 ]; then
     if ! grep -q '^\[==========\] .* ran\.' "$OUTDIR/tests_library.log" ||
-       grep -qE '^\[  FAILED  \] .*(Halo|Pointwise|WeightGradient)' "$OUTDIR/tests_library.log"; then
+       grep -qE '^\[  FAILED  \] .*(Halo|Pointwise|WeightGradient|DataPass|Norm1Fold)' "$OUTDIR/tests_library.log"; then
       echo "the library test pass crashed or failed a new kernel's test: the bench runs without LADNN_HALO_UNCHECKED"
       export LADNN_HALO_UNCHECKED=0
     fi

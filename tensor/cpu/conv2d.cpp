@@ -836,8 +836,24 @@ bool fused_on_gpu(ConvGeom g, const Tensor& x, const BnEval* pre, const Tensor& 
                   const BnEval* post, Tensor& out, int64_t out_img) {
   if (!x.device().is_cuda() || cuda::fused_conv() == cuda::FusedConv::Off) return false;
   const Tensor xc = images_view(x, g);  // (a copy only for an input whose images are not blocks)
-  return cuda::conv2d_bn_eval_fused(xc, g.x_stride, pre, w, p, post, out, out_img,
-                                    [&](const Tensor& o) { bn_eval_conv_unfused(x, pre, w, p, post, o); });
+  // A batch-form pre is a training forward (a folded norm1): Auto times each path with the weight
+  // gradient it leaves behind. Ours leaves no map, so the gradient applies pre's map to x again; the
+  // unfused ops leave the map, and the plain gradient reads it. dy's values do not matter to the times.
+  std::function<void(bool)> then;
+  Tensor dy, t;  // made in the timing's first (eager) run, outside any capture
+  if (pre && pre->batch())
+    then = [&](bool ours) {
+      if (!dy.defined()) dy = Tensor::zeros(g.y_shape(), x.dtype(), x.device());
+      if (ours) {
+        (void)conv2d_backward_weight(dy, x, w.shape(), p, *pre);
+        return;
+      }
+      if (!t.defined()) t = bn_eval_of(x, *pre);
+      (void)conv2d_backward_weight(dy, t, w.shape(), p);
+    };
+  return cuda::conv2d_bn_eval_fused(
+      xc, g.x_stride, pre, w, p, post, out, out_img,
+      [&](const Tensor& o) { bn_eval_conv_unfused(x, pre, w, p, post, o); }, then);
 }
 }  // namespace
 
