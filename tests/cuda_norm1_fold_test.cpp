@@ -131,6 +131,7 @@ double number_after(const std::string& line, const std::string& label) {
 TEST(CudaNorm1Fold, AutoChargesEachForwardItsWeightGradient) {
   LADNN_REQUIRE_GPU();
   SwitchesScope switches;
+  cuda::set_impl(cuda::Family::Conv, cuda::Impl::Library);  // (our backward kernels sit on the library path)
   cuda::set_fused_conv(cuda::FusedConv::Auto);
   cuda::set_fold_norm1(true);  // (the pointwise gradient's prologue among the weight gradient's candidates)
   struct LogScope {
