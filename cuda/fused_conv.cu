@@ -898,10 +898,11 @@ __global__ void rotate_weights_kernel(const float* __restrict__ w, int K, int C,
 /// pass's geometry (g: dgrad_geom's, w_flipped cleared). Auto's timing of these choices includes the copy.
 void run_dgrad_on_copy(FusedConvGeom g, const Tensor& dy, const Tensor& w, const Tensor& dx, const FusedChoice& c) {
   OpRange range("conv2d_backward_input", "native-tc");
+  const Tensor wc = w.contiguous();  // (rotated_weight indexes a packed (K, C, R, S))
   const Tensor wf = Tensor::empty({w.size(1), w.size(0), w.size(2), w.size(3)}, DType::Float32, w.device());
   const int64_t n = wf.numel();
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, int64_t(sm_count()) * 4));
-  launch_kernel(rotate_weights_kernel, blocks, 256, 0, static_cast<cudaStream_t>(stream()), w.data<float>(),
+  launch_kernel(rotate_weights_kernel, blocks, 256, 0, static_cast<cudaStream_t>(stream()), wc.data<float>(),
                 static_cast<int>(w.size(0)), static_cast<int>(w.size(1)), static_cast<int>(w.size(2) * w.size(3)),
                 wf.data<float>());
   CUDA_CHECK_LAUNCH();

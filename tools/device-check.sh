@@ -115,13 +115,12 @@ if [ "${1:-}" = "pack" ]; then
   exit 0
 fi
 
-# Unpacks what pack gzipped, once: an executable already there is left as it is.
+# Unpacks what pack gzipped, every time (a second or so): an executable left from an older pack is replaced.
 unpack() {
   local dir="$1" gz exe
   for gz in "$dir"/*.gz; do
     [ -f "$gz" ] || continue
     exe="${gz%.gz}"
-    [ -x "$exe" ] && continue
     if gzip -dc "$gz" > "$exe.part" && chmod +x "$exe.part" && mv "$exe.part" "$exe"; then
       echo "unpacked $exe"
     else
